@@ -1,0 +1,305 @@
+//! `tasker bench`: end-to-end throughput and latency of the orchestrator and
+//! a Rust worker, each beside a raw ZeroMQ ROUTER/DEALER echo of the same
+//! JSON bodies measured in the same run (the ceiling no framework on this
+//! transport can beat). Figures, not pass/fail: the machine is noisy, the
+//! ratios within one run are what to read.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::Value;
+use tasker_config::TaskerConfig;
+use tasker_orchestrator::ZmqPubSubExecutor;
+use tasker_protocol::{
+    codec, OrchestratorMessage, StepBatchRequest, StepBatchResponse, StepExecutionRequest,
+    StepExecutionResult, WorkerMessage,
+};
+use tasker_worker::Worker;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Steps per throughput run.
+    #[arg(long, default_value_t = 50_000)]
+    pub steps: usize,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 100])]
+    pub batch_sizes: Vec<usize>,
+    /// Batches in flight per worker (capacity = batch size × window).
+    #[arg(long, default_value_t = 2)]
+    pub window: usize,
+    /// Round trips sampled for latency.
+    #[arg(long, default_value_t = 2_000)]
+    pub latency_samples: usize,
+    /// Seconds of idleness over which CPU use is measured.
+    #[arg(long, default_value_t = 3.0)]
+    pub idle_secs: f64,
+}
+
+static NEXT_STEP: AtomicI64 = AtomicI64::new(1);
+
+fn noop_steps(n: usize) -> Vec<StepExecutionRequest> {
+    (0..n)
+        .map(|_| {
+            let id = NEXT_STEP.fetch_add(1, Ordering::Relaxed);
+            StepExecutionRequest::new(id, 1, "bench", "noop", 60_000)
+        })
+        .collect()
+}
+
+/// The bodies the real system sends for a batch of `n` no-op steps.
+fn bodies(n: usize) -> ([Vec<u8>; 2], [Vec<u8>; 2]) {
+    let steps = noop_steps(n);
+    let results: Vec<StepExecutionResult> = steps
+        .iter()
+        .map(|s| StepExecutionResult::completed(s.step_ref(), Value::Null, "rust-bench", 0))
+        .collect();
+    let request = OrchestratorMessage::StepBatchRequest(StepBatchRequest::new("bench:1", steps));
+    let response = WorkerMessage::StepBatchResponse(StepBatchResponse::new("bench:1", results));
+    (
+        codec::encode(&request).expect("encodable"),
+        codec::encode(&response).expect("encodable"),
+    )
+}
+
+struct RawEcho {
+    router: zmq::Socket,
+    peer: Vec<u8>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _context: zmq::Context,
+}
+
+impl RawEcho {
+    /// A ROUTER and an echoing DEALER thread that answers every message with
+    /// `reply`, and nothing else.
+    fn start(reply: [Vec<u8>; 2]) -> Result<Self> {
+        let context = zmq::Context::new();
+        let router = context.socket(zmq::ROUTER)?;
+        router.bind("tcp://127.0.0.1:0")?;
+        let endpoint = router.get_last_endpoint()?.expect("utf-8 endpoint");
+        let dealer = context.socket(zmq::DEALER)?;
+        dealer.connect(&endpoint)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_flag = std::sync::Arc::clone(&stop);
+        dealer.send_multipart([b"hi".to_vec()], 0)?;
+        let frames = router.recv_multipart(0)?;
+        let peer = frames[0].clone();
+        let thread = std::thread::spawn(move || {
+            dealer.set_rcvtimeo(100).expect("rcvtimeo");
+            while !stop_flag.load(Ordering::Relaxed) {
+                if dealer.recv_multipart(0).is_ok() {
+                    let _ = dealer.send_multipart(reply.iter(), 0);
+                }
+            }
+        });
+        Ok(Self {
+            router,
+            peer,
+            stop,
+            thread: Some(thread),
+            _context: context,
+        })
+    }
+
+    fn send(&self, body: &[Vec<u8>; 2]) -> Result<()> {
+        self.router
+            .send_multipart([&self.peer[..], &body[0][..], &body[1][..]], 0)?;
+        Ok(())
+    }
+
+    fn recv(&self) -> Result<()> {
+        self.router.recv_multipart(0)?;
+        Ok(())
+    }
+}
+
+impl Drop for RawEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn raw_throughput(batch: usize, steps: usize, window: usize) -> Result<f64> {
+    let (request, response) = bodies(batch);
+    let echo = RawEcho::start(response)?;
+    let messages = steps.div_ceil(batch);
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut received = 0;
+    while sent < messages.min(window) {
+        echo.send(&request)?;
+        sent += 1;
+    }
+    while received < messages {
+        echo.recv()?;
+        received += 1;
+        if sent < messages {
+            echo.send(&request)?;
+            sent += 1;
+        }
+    }
+    Ok((messages * batch) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn raw_latency(samples: usize) -> Result<Vec<Duration>> {
+    let (request, response) = bodies(1);
+    let echo = RawEcho::start(response)?;
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        echo.send(&request)?;
+        echo.recv()?;
+        out.push(t.elapsed());
+    }
+    Ok(out)
+}
+
+struct System {
+    executor: ZmqPubSubExecutor,
+    worker: tasker_worker::RunningWorker,
+}
+
+async fn system(batch: usize, window: usize) -> Result<System> {
+    let config = TaskerConfig {
+        endpoint: "tcp://127.0.0.1:0".into(),
+        batch_size: batch,
+        queue_bound: 10_000_000,
+        ..TaskerConfig::default()
+    };
+    let executor = ZmqPubSubExecutor::start(&config)?;
+    let worker_config = TaskerConfig {
+        endpoint: executor.endpoint().to_string(),
+        ..config
+    };
+    let worker = Worker::new(worker_config)
+        .capacity((batch * window) as u32)
+        .threads(1)
+        .handler("noop", |_| Ok(Value::Null))
+        .spawn()?;
+    if !executor.wait_for_workers(1, Duration::from_secs(10)).await {
+        anyhow::bail!("bench worker did not connect");
+    }
+    Ok(System { executor, worker })
+}
+
+async fn system_throughput(batch: usize, steps: usize, window: usize) -> Result<f64> {
+    let sys = system(batch, window).await?;
+    // Warm up connections and allocators.
+    sys.executor
+        .execute_step_batch(StepBatchRequest::new("warm", noop_steps(batch * 4)))
+        .await?;
+    let started = Instant::now();
+    let results = sys
+        .executor
+        .execute_step_batch(StepBatchRequest::new("bench", noop_steps(steps)))
+        .await?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(results.len() == steps, "lost results");
+    anyhow::ensure!(
+        results
+            .iter()
+            .all(|r| r.status == tasker_protocol::StepStatus::Completed),
+        "some steps failed: {:?}",
+        results
+            .iter()
+            .find(|r| r.status != tasker_protocol::StepStatus::Completed)
+    );
+    sys.executor.shutdown(Duration::from_secs(1)).await;
+    sys.worker.join(Duration::from_secs(5));
+    Ok(steps as f64 / elapsed.as_secs_f64())
+}
+
+async fn system_latency(samples: usize, idle_secs: f64) -> Result<(Vec<Duration>, f64)> {
+    let sys = system(1, 1).await?;
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        sys.executor
+            .execute_step_batch(StepBatchRequest::new("lat", noop_steps(1)))
+            .await?;
+        out.push(t.elapsed());
+    }
+    // Idle: orchestrator and worker connected, exchanging heartbeats only.
+    let cpu_before = process_cpu()?;
+    let wall = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(idle_secs)).await;
+    let idle = (process_cpu()? - cpu_before) / wall.elapsed().as_secs_f64() * 100.0;
+    sys.executor.shutdown(Duration::from_secs(1)).await;
+    sys.worker.join(Duration::from_secs(5));
+    Ok((out, idle))
+}
+
+/// User + system CPU seconds of this process, from /proc.
+fn process_cpu() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let after_name = &stat[stat.rfind(')').unwrap_or(0) + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // Linux reports in USER_HZ, 100 on every mainstream configuration.
+    Ok(ticks / 100.0)
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i].as_secs_f64() * 1e6
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    println!(
+        "tasker bench: {} steps per run, window {} batches, no-op handler, tcp loopback",
+        args.steps, args.window
+    );
+    println!();
+    println!(
+        "{:<28} {:>14} {:>14} {:>8}",
+        "throughput", "tasker", "raw echo", "ratio"
+    );
+    for &batch in &args.batch_sizes {
+        let steps = if batch == 1 {
+            args.steps.min(20_000)
+        } else {
+            args.steps
+        };
+        let raw = raw_throughput(batch, steps, args.window)?;
+        let ours = runtime.block_on(system_throughput(batch, steps, args.window))?;
+        println!(
+            "{:<28} {:>10.0} st/s {:>10.0} st/s {:>7.0}%",
+            format!("batch {batch}"),
+            ours,
+            raw,
+            ours / raw * 100.0
+        );
+    }
+    let mut raw = raw_latency(args.latency_samples)?;
+    let (mut ours, idle) =
+        runtime.block_on(system_latency(args.latency_samples, args.idle_secs))?;
+    println!();
+    println!(
+        "{:<28} {:>14} {:>14}",
+        "single-step round trip", "tasker", "raw echo"
+    );
+    for (label, p) in [("p50", 0.50), ("p99", 0.99)] {
+        println!(
+            "{:<28} {:>11.1} us {:>11.1} us",
+            label,
+            percentile(&mut ours, p),
+            percentile(&mut raw, p)
+        );
+    }
+    println!();
+    println!(
+        "idle CPU, orchestrator + worker (one process, {:.0} s): {:.2}% of one core",
+        args.idle_secs, idle
+    );
+    Ok(())
+}

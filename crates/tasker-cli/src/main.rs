@@ -1,0 +1,136 @@
+//! `tasker`: the command line of tasker-core.
+
+mod bench;
+mod dispatch;
+mod worker;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tasker_config::TaskerConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "tasker",
+    version,
+    about = "tasker-core: language-agnostic step execution over ZeroMQ"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write the JSON Schema of every wire message (or check it is current).
+    Schema {
+        /// Directory to write into.
+        #[arg(long, default_value = "protocol/schema")]
+        out: PathBuf,
+        /// Only compare with the files there; exit 1 when they differ.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Bind the orchestrator, send one batch (JSON file or stdin) to the
+    /// connected workers and print the results as JSON.
+    Dispatch(dispatch::DispatchArgs),
+    /// Run a Rust worker with the built-in example handlers.
+    Worker(worker::WorkerArgs),
+    /// Measure steps/s and latency against a raw ZeroMQ echo ceiling.
+    Bench(bench::BenchArgs),
+}
+
+/// Options every networked command shares.
+#[derive(Args, Clone, Debug)]
+pub struct ConfigArgs {
+    /// Configuration file (default: config/zeromq.yaml when present).
+    #[arg(long, env = "TASKER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Environment section (default: TASKER_ENV or development).
+    #[arg(long = "env")]
+    pub environment: Option<String>,
+    /// Endpoint to bind or connect, overriding the config.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+}
+
+impl ConfigArgs {
+    /// Loads the configuration these options name.
+    pub fn load(&self) -> Result<TaskerConfig> {
+        let environment = self
+            .environment
+            .clone()
+            .or_else(|| std::env::var("TASKER_ENV").ok())
+            .unwrap_or_else(|| "development".into());
+        let default_path = PathBuf::from("config/zeromq.yaml");
+        let path = self
+            .config
+            .clone()
+            .or_else(|| default_path.exists().then_some(default_path));
+        let mut config = match path {
+            Some(path) => TaskerConfig::load_env(&path, &environment)
+                .with_context(|| format!("loading {}", path.display()))?,
+            None => TaskerConfig::from_env()?,
+        };
+        if let Some(endpoint) = &self.endpoint {
+            config.endpoint = endpoint.clone();
+            config.validate()?;
+        }
+        Ok(config)
+    }
+}
+
+fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Schema { out, check } => schema(&out, check),
+        Command::Dispatch(args) => {
+            init_logging("warn");
+            dispatch::run(args)
+        }
+        Command::Worker(args) => {
+            init_logging("info");
+            worker::run(args)
+        }
+        Command::Bench(args) => {
+            init_logging("error");
+            bench::run(args)
+        }
+    }
+}
+
+fn schema(out: &std::path::Path, check: bool) -> Result<()> {
+    if !check {
+        for path in tasker_protocol::schema::write_all(out)? {
+            println!("wrote {}", path.display());
+        }
+        return Ok(());
+    }
+    let mut stale = Vec::new();
+    for (name, schema) in tasker_protocol::schema::all() {
+        let path = out.join(name);
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        if committed != tasker_protocol::schema::render(&schema) {
+            stale.push(path.display().to_string());
+        }
+    }
+    if stale.is_empty() {
+        println!("schema is up to date");
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "schema files out of date (run `tasker schema`): {}",
+            stale.join(", ")
+        )
+    }
+}

@@ -1,0 +1,151 @@
+//! `tasker worker`: a Rust worker with example handlers.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::{json, Value};
+use tasker_protocol::StepExecutionRequest;
+use tasker_worker::{HandlerError, HandlerResult, Worker};
+
+use crate::ConfigArgs;
+
+/// The built-in handlers.
+pub const BUILTIN: &[&str] = &[
+    "noop",
+    "echo",
+    "sleep",
+    "fail_retryable",
+    "fail_permanent",
+    "flaky",
+    "panic",
+];
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Handlers to serve, comma-separated (default: all built-in ones:
+    /// noop, echo, sleep, fail_retryable, fail_permanent, flaky, panic).
+    #[arg(long, value_delimiter = ',')]
+    pub handlers: Vec<String>,
+    /// Capacity to declare (default: worker_capacity from the config).
+    #[arg(long)]
+    pub capacity: Option<u32>,
+    /// Threads running handlers (default: capacity, at most 16).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Worker id (default: generated).
+    #[arg(long)]
+    pub worker_id: Option<String>,
+}
+
+/// Milliseconds to sleep: `handler_config.ms`, else `task_context.sleep_ms`.
+fn sleep_ms(step: &StepExecutionRequest) -> u64 {
+    step.handler_config
+        .get("ms")
+        .or_else(|| step.task_context.get("sleep_ms"))
+        .and_then(Value::as_u64)
+        .unwrap_or(100)
+}
+
+/// `echo`: returns what it was given, so callers can check the round trip.
+fn echo(step: &StepExecutionRequest) -> HandlerResult {
+    Ok(json!({
+        "step_name": step.step_name,
+        "task_context": step.task_context,
+        "handler_config": step.handler_config,
+        "previous_results": step.previous_results,
+        "attempt": step.metadata.attempt,
+    }))
+}
+
+/// Adds the built-in handlers named in `names` to `worker`.
+pub fn with_builtin(mut worker: Worker, names: &[String]) -> Result<Worker> {
+    for name in names {
+        worker = match name.as_str() {
+            "noop" => worker.handler("noop", |_| Ok(Value::Null)),
+            "echo" => worker.handler("echo", echo),
+            "sleep" => worker.handler("sleep", |step| {
+                let ms = sleep_ms(step);
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok(json!({ "slept_ms": ms }))
+            }),
+            "fail_retryable" => worker.handler("fail_retryable", |step| {
+                Err(HandlerError::retryable(format!(
+                    "{} failed (retryable)",
+                    step.step_name
+                )))
+            }),
+            "fail_permanent" => worker.handler("fail_permanent", |step| {
+                Err(HandlerError::permanent(format!(
+                    "{} failed (permanent)",
+                    step.step_name
+                )))
+            }),
+            // Fails retryably until attempt `handler_config.succeed_on` (default 2).
+            "flaky" => worker.handler("flaky", |step| {
+                let succeed_on = step
+                    .handler_config
+                    .get("succeed_on")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(2);
+                if u64::from(step.metadata.attempt) < succeed_on {
+                    Err(HandlerError::retryable(format!(
+                        "attempt {} of {} fails on purpose",
+                        step.metadata.attempt, step.step_name
+                    )))
+                } else {
+                    echo(step)
+                }
+            }),
+            "panic" => worker.handler("panic", |step| -> HandlerResult {
+                panic!("handler for {} panicked on purpose", step.step_name)
+            }),
+            other => bail!(
+                "unknown built-in handler {other:?}; known: {}",
+                BUILTIN.join(", ")
+            ),
+        };
+    }
+    Ok(worker)
+}
+
+pub fn run(args: WorkerArgs) -> Result<()> {
+    let config = args.config.load()?;
+    let shutdown_timeout = config.shutdown_timeout();
+    let names: Vec<String> = if args.handlers.is_empty() {
+        BUILTIN.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.handlers.clone()
+    };
+    let mut worker = with_builtin(Worker::new(config), &names)?;
+    if let Some(capacity) = args.capacity {
+        worker = worker.capacity(capacity);
+    }
+    if let Some(threads) = args.threads {
+        worker = worker.threads(threads);
+    }
+    if let Some(id) = args.worker_id {
+        worker = worker.worker_id(id);
+    }
+    let running = worker.spawn()?;
+    tracing::info!(worker_id = running.worker_id(), handlers = ?names, "worker started");
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    signals.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    tracing::info!("signal received: draining");
+    let clean = running.join(shutdown_timeout);
+    if !clean {
+        tracing::warn!("stopped with steps unfinished");
+    }
+    Ok(())
+}

@@ -1,0 +1,487 @@
+//! Configuration of tasker-core.
+//!
+//! One YAML file (by convention `config/zeromq.yaml`) holds a section per
+//! environment: `development`, `test`, `production`. The section is chosen by
+//! `TASKER_ENV` (default `development`); a key missing from it takes its
+//! built-in default. Every key can then be overridden by an environment
+//! variable named `TASKER_` plus the key in upper case, e.g.
+//! `TASKER_ENDPOINT` or `TASKER_BATCH_SIZE`.
+//!
+//! Unknown keys and bad values are rejected with an error naming the key.
+//!
+//! ```
+//! use tasker_config::TaskerConfig;
+//!
+//! let yaml = "test:\n  endpoint: tcp://127.0.0.1:7000\n  batch_size: 10\n";
+//! let config = TaskerConfig::from_yaml_str(yaml, "test", std::iter::empty()).unwrap();
+//! assert_eq!(config.batch_size, 10);
+//! assert_eq!(config.liveness, 3); // built-in default
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The environments a configuration file may define.
+pub const ENVIRONMENTS: &[&str] = &["development", "test", "production"];
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The YAML does not parse, or a key is unknown or of the wrong type.
+    #[error("invalid config ({context}): {message}")]
+    Parse {
+        /// File and environment.
+        context: String,
+        /// The parser's message, which names the key.
+        message: String,
+    },
+    /// `TASKER_ENV` (or the requested environment) is not defined.
+    #[error("unknown environment {0:?}: expected one of development, test, production")]
+    UnknownEnvironment(String),
+    /// An environment variable override does not parse.
+    #[error("invalid value {value:?} for {var} (key {key}): {message}")]
+    Override {
+        /// The variable.
+        var: String,
+        /// The key it overrides.
+        key: String,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value parses but is out of range.
+    #[error("invalid value for {key}: {message}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// What `submit` does when the orchestrator's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmitPolicy {
+    /// Wait until there is room.
+    #[default]
+    Wait,
+    /// Fail at once with a queue-full error.
+    Reject,
+}
+
+/// serde_yaml loses the key path when deserialising from a `Value`, so find
+/// the offending key by trying each one alone.
+fn name_bad_key(section: &serde_yaml::Value, error: serde_yaml::Error) -> String {
+    if let Some(mapping) = section.as_mapping() {
+        for (key, value) in mapping {
+            let mut alone = serde_yaml::Mapping::new();
+            alone.insert(key.clone(), value.clone());
+            if let Err(e) =
+                serde_yaml::from_value::<TaskerConfig>(serde_yaml::Value::Mapping(alone))
+            {
+                let name = key.as_str().unwrap_or("<non-string key>");
+                return format!("key `{name}`: {e}");
+            }
+        }
+    }
+    error.to_string()
+}
+
+/// The settings shared by the orchestrator and the workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskerConfig {
+    /// ZeroMQ endpoint the orchestrator binds and the workers connect to
+    /// (`tcp://host:port` or `ipc://path`; not `inproc://`, which cannot
+    /// cross separately built libraries). `TASKER_ENDPOINT`.
+    pub endpoint: String,
+    /// Interval between heartbeats, each way, in ms. `TASKER_HEARTBEAT_INTERVAL_MS`.
+    pub heartbeat_interval_ms: u64,
+    /// Missed heartbeat intervals after which a peer is dead. `TASKER_LIVENESS`.
+    pub liveness: u32,
+    /// Timeout of a step that does not set one, in ms. `TASKER_DEFAULT_STEP_TIMEOUT_MS`.
+    pub default_step_timeout_ms: u64,
+    /// Most steps in one delivery to a worker, and most steps a binding
+    /// pulls per wake-up. `TASKER_BATCH_SIZE`.
+    pub batch_size: usize,
+    /// Steps a worker runs at once (its declared capacity). `TASKER_WORKER_CAPACITY`.
+    pub worker_capacity: u32,
+    /// Most unfinished steps the orchestrator holds (queued or out at
+    /// workers); `submit` waits or fails beyond it. `TASKER_QUEUE_BOUND`.
+    pub queue_bound: usize,
+    /// What submit does when the queue is full: `wait` or `reject`.
+    /// `TASKER_SUBMIT_POLICY`.
+    pub submit_policy: SubmitPolicy,
+    /// ZeroMQ send high-water mark, in messages. `TASKER_SEND_HWM`.
+    pub send_hwm: i32,
+    /// ZeroMQ receive high-water mark, in messages. `TASKER_RECV_HWM`.
+    pub recv_hwm: i32,
+    /// Largest message body accepted, in bytes. `TASKER_MAX_MESSAGE_BYTES`.
+    pub max_message_bytes: usize,
+    /// How long a closing socket may keep flushing, in ms. `TASKER_LINGER_MS`.
+    pub linger_ms: i32,
+    /// First delay before a worker reconnects, in ms; doubles up to
+    /// `reconnect_max_ms`. `TASKER_RECONNECT_INITIAL_MS`.
+    pub reconnect_initial_ms: u64,
+    /// Longest delay between reconnection attempts, in ms. `TASKER_RECONNECT_MAX_MS`.
+    pub reconnect_max_ms: u64,
+    /// How long a stopping worker waits for its running steps, and the
+    /// command line's orchestrator for steps in flight, in ms.
+    /// `TASKER_SHUTDOWN_TIMEOUT_MS`.
+    pub shutdown_timeout_ms: u64,
+    /// Whether a handler error of an unrecognised kind may be retried.
+    /// `TASKER_DEFAULT_RETRYABLE`.
+    pub default_retryable: bool,
+}
+
+/// Every key, in file order; `TASKER_` + upper case is its variable.
+pub const KEYS: &[&str] = &[
+    "endpoint",
+    "heartbeat_interval_ms",
+    "liveness",
+    "default_step_timeout_ms",
+    "batch_size",
+    "worker_capacity",
+    "queue_bound",
+    "submit_policy",
+    "send_hwm",
+    "recv_hwm",
+    "max_message_bytes",
+    "linger_ms",
+    "reconnect_initial_ms",
+    "reconnect_max_ms",
+    "shutdown_timeout_ms",
+    "default_retryable",
+];
+
+impl Default for TaskerConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "tcp://127.0.0.1:5555".into(),
+            heartbeat_interval_ms: 1_000,
+            liveness: 3,
+            default_step_timeout_ms: 30_000,
+            batch_size: 100,
+            worker_capacity: 8,
+            queue_bound: 100_000,
+            submit_policy: SubmitPolicy::Wait,
+            send_hwm: 100_000,
+            recv_hwm: 100_000,
+            max_message_bytes: 16 * 1024 * 1024,
+            linger_ms: 1_000,
+            reconnect_initial_ms: 100,
+            reconnect_max_ms: 5_000,
+            shutdown_timeout_ms: 10_000,
+            default_retryable: false,
+        }
+    }
+}
+
+impl TaskerConfig {
+    /// Loads `path` for the environment named by `TASKER_ENV` (default
+    /// `development`) and applies `TASKER_*` overrides from the process
+    /// environment.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let env = std::env::var("TASKER_ENV").unwrap_or_else(|_| "development".into());
+        Self::load_env(path, &env)
+    }
+
+    /// Like [`load`](Self::load) for an explicit environment.
+    pub fn load_env(path: impl AsRef<Path>, environment: &str) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml_str(&text, environment, std::env::vars()).map_err(|e| match e {
+            ConfigError::Parse { context, message } => ConfigError::Parse {
+                context: format!("{}, {context}", path.display()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// The built-in defaults with `TASKER_*` overrides from the process
+    /// environment: the configuration without a file.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut config = Self::default();
+        config.apply_overrides(std::env::vars())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses the `environment` section of a YAML document and applies the
+    /// `TASKER_*` overrides found in `vars`.
+    pub fn from_yaml_str(
+        yaml: &str,
+        environment: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        if !ENVIRONMENTS.contains(&environment) {
+            return Err(ConfigError::UnknownEnvironment(environment.to_string()));
+        }
+        let parse_error = |context: String, e: serde_yaml::Error| ConfigError::Parse {
+            context,
+            message: e.to_string(),
+        };
+        let document: serde_yaml::Mapping =
+            serde_yaml::from_str(yaml).map_err(|e| parse_error("document".into(), e))?;
+        for key in document.keys() {
+            let name = key.as_str().unwrap_or("<non-string key>");
+            if !ENVIRONMENTS.contains(&name) {
+                return Err(ConfigError::Parse {
+                    context: "document".into(),
+                    message: format!(
+                        "unknown environment section `{name}`, expected one of development, test, production"
+                    ),
+                });
+            }
+        }
+        let section = document
+            .get(environment)
+            .cloned()
+            .unwrap_or(serde_yaml::Value::Mapping(Default::default()));
+        let section = if section.is_null() {
+            serde_yaml::Value::Mapping(Default::default())
+        } else {
+            section
+        };
+        let mut config: TaskerConfig =
+            serde_yaml::from_value(section.clone()).map_err(|e| ConfigError::Parse {
+                context: format!("environment {environment}"),
+                message: name_bad_key(&section, e),
+            })?;
+        config.apply_overrides(vars)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies `TASKER_<KEY>` overrides; other variables are ignored.
+    pub fn apply_overrides(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        let mut current = match serde_yaml::to_value(&*self) {
+            Ok(serde_yaml::Value::Mapping(m)) => m,
+            _ => unreachable!("a config serialises to a mapping"),
+        };
+        let mut changed = false;
+        for (var, value) in vars {
+            let Some(rest) = var.strip_prefix("TASKER_") else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase();
+            if !KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            let override_error = |message: String| ConfigError::Override {
+                var: var.clone(),
+                key: key.clone(),
+                value: value.clone(),
+                message,
+            };
+            let parsed: serde_yaml::Value = if key == "endpoint" {
+                serde_yaml::Value::String(value.clone())
+            } else {
+                serde_yaml::from_str(&value).map_err(|e| override_error(e.to_string()))?
+            };
+            // Check the one value on its own so the error names its variable.
+            let mut probe = current.clone();
+            probe.insert(serde_yaml::Value::String(key.clone()), parsed.clone());
+            serde_yaml::from_value::<TaskerConfig>(serde_yaml::Value::Mapping(probe))
+                .map_err(|e| override_error(e.to_string()))?;
+            current.insert(serde_yaml::Value::String(key.clone()), parsed);
+            changed = true;
+        }
+        if changed {
+            *self = serde_yaml::from_value(serde_yaml::Value::Mapping(current)).map_err(|e| {
+                ConfigError::Parse {
+                    context: "environment overrides".into(),
+                    message: e.to_string(),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Checks ranges the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: &str) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        }
+        // inproc:// needs both ends in one ZeroMQ context, which separately
+        // built libraries (and processes) never share.
+        let scheme_ok = ["tcp://", "ipc://"]
+            .iter()
+            .any(|s| self.endpoint.starts_with(s) && self.endpoint.len() > s.len());
+        if !scheme_ok {
+            return invalid("endpoint", "must be tcp://HOST:PORT or ipc://PATH");
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return invalid("heartbeat_interval_ms", "must be at least 1");
+        }
+        if self.liveness == 0 {
+            return invalid("liveness", "must be at least 1");
+        }
+        if self.default_step_timeout_ms == 0 {
+            return invalid("default_step_timeout_ms", "must be at least 1");
+        }
+        if self.batch_size == 0 {
+            return invalid("batch_size", "must be at least 1");
+        }
+        if self.worker_capacity == 0 {
+            return invalid("worker_capacity", "must be at least 1");
+        }
+        if self.queue_bound == 0 {
+            return invalid("queue_bound", "must be at least 1");
+        }
+        if self.send_hwm < 0 || self.recv_hwm < 0 {
+            return invalid("send_hwm", "high-water marks must not be negative");
+        }
+        if self.max_message_bytes < 1024 {
+            return invalid("max_message_bytes", "must be at least 1024");
+        }
+        if self.linger_ms < -1 {
+            return invalid("linger_ms", "must be -1 (forever) or more");
+        }
+        if self.reconnect_initial_ms == 0 || self.reconnect_max_ms < self.reconnect_initial_ms {
+            return invalid(
+                "reconnect_initial_ms",
+                "must be at least 1 and not above reconnect_max_ms",
+            );
+        }
+        Ok(())
+    }
+
+    /// [`heartbeat_interval_ms`](Self::heartbeat_interval_ms) as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// Silence after which a peer is dead: interval × liveness.
+    pub fn peer_expiry(&self) -> Duration {
+        self.heartbeat_interval() * self.liveness
+    }
+
+    /// [`default_step_timeout_ms`](Self::default_step_timeout_ms) as a duration.
+    pub fn default_step_timeout(&self) -> Duration {
+        Duration::from_millis(self.default_step_timeout_ms)
+    }
+
+    /// [`shutdown_timeout_ms`](Self::shutdown_timeout_ms) as a duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn keys_list_matches_the_struct() {
+        let value = serde_yaml::to_value(TaskerConfig::default()).unwrap();
+        let keys: Vec<String> = value
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(keys, KEYS);
+    }
+
+    #[test]
+    fn section_overrides_defaults_and_env_overrides_section() {
+        let yaml = "development:\n  batch_size: 5\ntest:\n  batch_size: 7\n  liveness: 4\n";
+        let config = TaskerConfig::from_yaml_str(
+            yaml,
+            "test",
+            vars(&[
+                ("TASKER_LIVENESS", "9"),
+                ("TASKER_ENDPOINT", "ipc:///tmp/x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.batch_size, 7);
+        assert_eq!(config.liveness, 9);
+        assert_eq!(config.endpoint, "ipc:///tmp/x");
+        assert_eq!(config.heartbeat_interval_ms, 1_000);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = TaskerConfig::from_yaml_str("test:\n  batch_sise: 5\n", "test", vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batch_sise"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = TaskerConfig::from_yaml_str("test:\n  liveness: many\n", "test", vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("liveness"), "{err}");
+        let err = TaskerConfig::from_yaml_str("test:\n  batch_size: 0\n", "test", vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn bad_override_names_the_variable() {
+        let err = TaskerConfig::from_yaml_str("", "test", vars(&[("TASKER_BATCH_SIZE", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TASKER_BATCH_SIZE"), "{err}");
+        let err =
+            TaskerConfig::from_yaml_str("", "test", vars(&[("TASKER_SUBMIT_POLICY", "sometimes")]))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("TASKER_SUBMIT_POLICY"), "{err}");
+    }
+
+    #[test]
+    fn unknown_environment_is_rejected() {
+        let err = TaskerConfig::from_yaml_str("", "staging", vec![]).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownEnvironment(_)));
+        let err = TaskerConfig::from_yaml_str("staging:\n  liveness: 1\n", "test", vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("staging"), "{err}");
+    }
+
+    #[test]
+    fn repository_config_loads_in_every_environment() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/zeromq.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        for env in ENVIRONMENTS {
+            let config = TaskerConfig::from_yaml_str(&text, env, vec![]).unwrap();
+            assert!(config.endpoint.contains("127.0.0.1") || config.endpoint.starts_with("ipc"));
+        }
+    }
+}

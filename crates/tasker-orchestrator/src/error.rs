@@ -1,0 +1,56 @@
+use thiserror::Error;
+
+/// Why the executor refused or failed an operation.
+///
+/// Step failures are not errors of this kind: they arrive as
+/// [`StepExecutionResult`](tasker_protocol::StepExecutionResult)s.
+#[derive(Debug, Error)]
+pub enum ExecutorError {
+    /// The socket could not be created or bound.
+    #[error("cannot bind {endpoint}: {source}")]
+    Bind {
+        /// The endpoint.
+        endpoint: String,
+        /// What ZeroMQ said.
+        source: zmq::Error,
+    },
+    /// Some other I/O set-up failed.
+    #[error("executor set-up failed: {0}")]
+    Setup(String),
+    /// The batch is malformed (empty, duplicate step ids, bad version...).
+    #[error("invalid batch {batch_id}: {reason}")]
+    InvalidBatch {
+        /// The batch.
+        batch_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A step with this id is already in flight; step ids are idempotency
+    /// keys.
+    #[error("step {step_id} is already in flight")]
+    DuplicateStep {
+        /// The step.
+        step_id: i64,
+    },
+    /// The queue is full and the submit policy is `reject`.
+    #[error("queue full: {queued} of {bound} steps waiting, batch of {requested} refused")]
+    QueueFull {
+        /// Steps held now.
+        queued: usize,
+        /// The configured bound.
+        bound: usize,
+        /// Steps in the refused batch.
+        requested: usize,
+    },
+    /// The batch is larger than the whole queue can ever hold.
+    #[error("batch of {requested} steps exceeds queue_bound {bound}")]
+    BatchTooLarge {
+        /// Steps in the batch.
+        requested: usize,
+        /// The configured bound.
+        bound: usize,
+    },
+    /// The executor is shutting down or stopped.
+    #[error("executor is shut down")]
+    ShutDown,
+}

@@ -1,0 +1,384 @@
+//! The public handle of the executor; the work happens in [`crate::dispatcher`].
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tasker_config::{SubmitPolicy, TaskerConfig};
+use tasker_protocol::{codec, StepBatchRequest, StepExecutionResult, StepId, StepRef};
+use tasker_transport::Doorbell;
+use tokio::sync::{mpsc as tokio_mpsc, oneshot, watch, Semaphore};
+use tracing::Instrument;
+
+use crate::dispatcher::{Command, Dispatcher};
+use crate::integration::BoxFuture;
+use crate::metrics::Metrics;
+use crate::{ExecutorError, FrameworkIntegration, MetricsSnapshot};
+
+/// The ZeroMQ step executor: binds a `ROUTER` socket, registers the workers
+/// that say hello, and hands them steps within their capacity.
+///
+/// All socket work happens on one I/O thread that sleeps in `zmq::poll`;
+/// this handle only sends it commands, so it is cheap to share (`Arc`) and
+/// usable from any tokio task. See the crate docs for the guarantees.
+pub struct ZmqPubSubExecutor {
+    endpoint: String,
+    config: TaskerConfig,
+    commands: mpsc::Sender<Command>,
+    doorbell: Arc<Doorbell>,
+    metrics: Arc<Metrics>,
+    permits: Arc<Semaphore>,
+    workers: watch::Receiver<usize>,
+    closed: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A registered worker, as the orchestrator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// The id the worker announced.
+    pub worker_id: String,
+    /// The handlers it serves.
+    pub handlers: Vec<String>,
+    /// Its declared capacity.
+    pub capacity: u32,
+    /// Unfinished steps it holds now (including timed-out ones still
+    /// running there).
+    pub in_flight: usize,
+    /// Whether it asked for no more work.
+    pub draining: bool,
+    /// The language it announced.
+    pub language: Option<String>,
+    /// Its process id, if announced.
+    pub pid: Option<u32>,
+}
+
+/// What [`ZmqPubSubExecutor::shutdown`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShutdownReport {
+    /// Steps that ended while the shutdown waited.
+    pub finished_during_shutdown: u64,
+    /// Steps still unfinished at the deadline; each ended `cancelled` with
+    /// error type `Abandoned`.
+    pub abandoned: Vec<StepRef>,
+    /// Workers connected when the socket closed; each was sent a goodbye.
+    pub workers_at_close: usize,
+}
+
+impl ZmqPubSubExecutor {
+    /// Binds `config.endpoint` and starts the I/O thread.
+    ///
+    /// A `tcp://127.0.0.1:0` endpoint binds an ephemeral port; read the real
+    /// one back with [`endpoint`](Self::endpoint).
+    pub fn start(config: &TaskerConfig) -> Result<Self, ExecutorError> {
+        config
+            .validate()
+            .map_err(|e| ExecutorError::Setup(e.to_string()))?;
+        let context = zmq::Context::new();
+        let socket = context
+            .socket(zmq::ROUTER)
+            .map_err(|e| ExecutorError::Setup(e.to_string()))?;
+        let bind_error = |source| ExecutorError::Bind {
+            endpoint: config.endpoint.clone(),
+            source,
+        };
+        tasker_transport::configure_socket(&socket, config).map_err(bind_error)?;
+        // Without it a ROUTER drops messages to vanished peers silently; with
+        // it the send fails and we know the step never left.
+        socket.set_router_mandatory(true).map_err(bind_error)?;
+        socket.bind(&config.endpoint).map_err(bind_error)?;
+        let endpoint = socket
+            .get_last_endpoint()
+            .map_err(bind_error)?
+            .unwrap_or_else(|_| config.endpoint.clone());
+
+        let doorbell = Arc::new(Doorbell::new().map_err(|e| ExecutorError::Setup(e.to_string()))?);
+        let metrics = Arc::new(Metrics::default());
+        let permits = Arc::new(Semaphore::new(config.queue_bound));
+        let (commands_tx, commands_rx) = mpsc::channel();
+        let (workers_tx, workers_rx) = watch::channel(0usize);
+
+        let dispatcher = Dispatcher::new(
+            config.clone(),
+            context,
+            socket,
+            Arc::clone(&doorbell),
+            commands_rx,
+            Arc::clone(&metrics),
+            Arc::clone(&permits),
+            workers_tx,
+        );
+        let thread = std::thread::Builder::new()
+            .name("tasker-orchestrator-io".into())
+            .spawn(move || dispatcher.run())
+            .map_err(|e| ExecutorError::Setup(e.to_string()))?;
+        tracing::info!(%endpoint, "orchestrator listening");
+        Ok(Self {
+            endpoint,
+            config: config.clone(),
+            commands: commands_tx,
+            doorbell,
+            metrics,
+            permits,
+            workers: workers_rx,
+            closed: AtomicBool::new(false),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The endpoint actually bound (with the real port of `tcp://...:0`).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &TaskerConfig {
+        &self.config
+    }
+
+    /// The counters now.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    fn send(&self, command: Command) -> Result<(), ExecutorError> {
+        self.commands
+            .send(command)
+            .map_err(|_| ExecutorError::ShutDown)?;
+        self.doorbell.ring();
+        Ok(())
+    }
+
+    /// Submits a batch and returns a handle streaming each step's result.
+    ///
+    /// Waits for room in the queue (or fails with
+    /// [`ExecutorError::QueueFull`], per `submit_policy`). Steps whose
+    /// `timeout_ms` is 0 get `default_step_timeout_ms`.
+    pub async fn submit(&self, batch: StepBatchRequest) -> Result<BatchHandle, ExecutorError> {
+        let span =
+            tracing::debug_span!("submit", batch_id = %batch.batch_id, steps = batch.steps.len());
+        self.submit_inner(batch).instrument(span).await
+    }
+
+    async fn submit_inner(&self, batch: StepBatchRequest) -> Result<BatchHandle, ExecutorError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(ExecutorError::ShutDown);
+        }
+        validate_batch(&batch)?;
+        let n = batch.steps.len();
+        let bound = self.config.queue_bound;
+        if n > bound {
+            return Err(ExecutorError::BatchTooLarge {
+                requested: n,
+                bound,
+            });
+        }
+        let permits = match self.config.submit_policy {
+            SubmitPolicy::Wait => Arc::clone(&self.permits)
+                .acquire_many_owned(n as u32)
+                .await
+                .map_err(|_| ExecutorError::ShutDown)?,
+            SubmitPolicy::Reject => Arc::clone(&self.permits)
+                .try_acquire_many_owned(n as u32)
+                .map_err(|_| ExecutorError::QueueFull {
+                    queued: bound.saturating_sub(self.permits.available_permits()),
+                    bound,
+                    requested: n,
+                })?,
+        };
+        // The dispatcher gives the permits back one by one as steps end.
+        permits.forget();
+
+        let order: Vec<StepId> = batch.steps.iter().map(|s| s.step_id).collect();
+        let batch_id = batch.batch_id.clone();
+        let (results_tx, results_rx) = tokio_mpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.send(Command::Submit {
+            batch,
+            results: results_tx,
+            reply: reply_tx,
+        })?;
+        reply_rx.await.map_err(|_| ExecutorError::ShutDown)??;
+        Ok(BatchHandle {
+            batch_id,
+            order,
+            results: results_rx,
+            received: 0,
+        })
+    }
+
+    /// Submits a batch and waits for every result, in batch order.
+    pub async fn execute_step_batch(
+        &self,
+        batch: StepBatchRequest,
+    ) -> Result<Vec<StepExecutionResult>, ExecutorError> {
+        Ok(self.submit(batch).await?.collect().await)
+    }
+
+    /// The workers registered now.
+    pub async fn workers(&self) -> Vec<WorkerInfo> {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Workers { reply: tx }).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Waits until at least `n` workers are registered; false on timeout.
+    pub async fn wait_for_workers(&self, n: usize, timeout: Duration) -> bool {
+        let mut rx = self.workers.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|count| *count >= n))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false)
+    }
+
+    /// Stops accepting batches, waits up to `timeout` for the steps in
+    /// flight, cancels what is left (each such step ends `cancelled`), says
+    /// goodbye to the workers and closes the socket.
+    ///
+    /// Calling it again returns an empty report.
+    pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return ShutdownReport::default();
+        }
+        let (tx, rx) = oneshot::channel();
+        let report = match self.send(Command::Shutdown {
+            deadline: Instant::now() + timeout,
+            reply: Some(tx),
+        }) {
+            Ok(()) => rx.await.unwrap_or_default(),
+            Err(_) => ShutdownReport::default(),
+        };
+        // Closing can linger briefly; keep it off the async worker threads.
+        let thread = self.thread.lock().expect("thread lock").take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        report
+    }
+}
+
+impl Drop for ZmqPubSubExecutor {
+    fn drop(&mut self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.send(Command::Shutdown {
+                deadline: Instant::now(),
+                reply: None,
+            });
+        }
+    }
+}
+
+impl FrameworkIntegration for ZmqPubSubExecutor {
+    fn framework_name(&self) -> &'static str {
+        "zeromq"
+    }
+
+    fn submit(&self, batch: StepBatchRequest) -> BoxFuture<'_, Result<BatchHandle, ExecutorError>> {
+        Box::pin(ZmqPubSubExecutor::submit(self, batch))
+    }
+}
+
+/// Longest step timeout accepted: 30 days.
+const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
+
+fn validate_batch(batch: &StepBatchRequest) -> Result<(), ExecutorError> {
+    let invalid = |reason: String| ExecutorError::InvalidBatch {
+        batch_id: batch.batch_id.clone(),
+        reason,
+    };
+    codec::check_version(&batch.protocol_version).map_err(|e| invalid(e.to_string()))?;
+    if batch.steps.is_empty() {
+        return Err(invalid("the batch has no steps".into()));
+    }
+    let mut seen = HashSet::with_capacity(batch.steps.len());
+    for step in &batch.steps {
+        if !seen.insert(step.step_id) {
+            return Err(invalid(format!("step id {} appears twice", step.step_id)));
+        }
+        if step.handler_class.is_empty() {
+            return Err(invalid(format!(
+                "step {} has an empty handler_class",
+                step.step_id
+            )));
+        }
+        if step.metadata.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(invalid(format!(
+                "step {} has timeout_ms {} above the maximum {MAX_TIMEOUT_MS} (30 days)",
+                step.step_id, step.metadata.timeout_ms
+            )));
+        }
+        if step.metadata.attempt == 0 {
+            return Err(invalid(format!(
+                "step {} has attempt 0; attempts start at 1",
+                step.step_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The results of one submitted batch, as they arrive.
+///
+/// ```no_run
+/// # async fn f(executor: tasker_orchestrator::ZmqPubSubExecutor, batch: tasker_protocol::StepBatchRequest) {
+/// let mut handle = executor.submit(batch).await.unwrap();
+/// while let Some(result) = handle.next().await {
+///     println!("step {} ended {:?}", result.step_id, result.status);
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct BatchHandle {
+    batch_id: String,
+    order: Vec<StepId>,
+    results: tokio_mpsc::UnboundedReceiver<StepExecutionResult>,
+    received: usize,
+}
+
+impl BatchHandle {
+    /// The batch's id.
+    pub fn batch_id(&self) -> &str {
+        &self.batch_id
+    }
+
+    /// Steps in the batch.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether the batch had no steps (never, for an accepted batch).
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Results not received yet.
+    pub fn remaining(&self) -> usize {
+        self.order.len() - self.received
+    }
+
+    /// The next result to arrive, or `None` once every step has one.
+    pub async fn next(&mut self) -> Option<StepExecutionResult> {
+        if self.received == self.order.len() {
+            return None;
+        }
+        let result = self.results.recv().await?;
+        self.received += 1;
+        Some(result)
+    }
+
+    /// Waits for every result and returns them in the batch's step order.
+    pub async fn collect(mut self) -> Vec<StepExecutionResult> {
+        let mut by_id = std::collections::HashMap::with_capacity(self.order.len());
+        while let Some(result) = self.next().await {
+            by_id.insert(result.step_id, result);
+        }
+        self.order
+            .iter()
+            .filter_map(|id| by_id.remove(id))
+            .collect()
+    }
+}

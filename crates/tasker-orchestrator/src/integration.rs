@@ -1,0 +1,40 @@
+use std::future::Future;
+use std::pin::Pin;
+
+use tasker_protocol::{StepBatchRequest, StepExecutionResult};
+
+use crate::{BatchHandle, ExecutorError};
+
+/// A boxed future, so that the trait stays usable as `dyn FrameworkIntegration`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Something that executes batches of steps: the seam between orchestration
+/// (which steps run, in what order) and execution (where and how they run).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use tasker_orchestrator::{FrameworkIntegration, ZmqPubSubExecutor};
+///
+/// fn engine_with(executor: Arc<dyn FrameworkIntegration>) { /* ... */ }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let executor = ZmqPubSubExecutor::start(&tasker_config::TaskerConfig::default())?;
+/// engine_with(Arc::new(executor));
+/// # Ok(()) }
+/// ```
+pub trait FrameworkIntegration: Send + Sync {
+    /// A short name for logs (`zeromq`, ...).
+    fn framework_name(&self) -> &'static str;
+
+    /// Submits a batch; the handle yields each step's final result as it
+    /// arrives. Every step of an accepted batch gets exactly one result.
+    fn submit(&self, batch: StepBatchRequest) -> BoxFuture<'_, Result<BatchHandle, ExecutorError>>;
+
+    /// Submits a batch and waits for all its results, in the order of the
+    /// batch's steps.
+    fn execute_step_batch(
+        &self,
+        batch: StepBatchRequest,
+    ) -> BoxFuture<'_, Result<Vec<StepExecutionResult>, ExecutorError>> {
+        Box::pin(async move { Ok(self.submit(batch).await?.collect().await) })
+    }
+}

@@ -1,0 +1,81 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters the I/O thread updates and anyone can read.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub submitted: AtomicU64,
+    pub dispatched: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub timed_out: AtomicU64,
+    pub worker_lost: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub redelivered: AtomicU64,
+    pub late_results_dropped: AtomicU64,
+    pub duplicate_results_dropped: AtomicU64,
+    pub malformed_messages: AtomicU64,
+    pub workers_connected: AtomicU64,
+    pub workers_lost: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            submitted: get(&self.submitted),
+            dispatched: get(&self.dispatched),
+            completed: get(&self.completed),
+            failed: get(&self.failed),
+            timed_out: get(&self.timed_out),
+            worker_lost: get(&self.worker_lost),
+            cancelled: get(&self.cancelled),
+            redelivered: get(&self.redelivered),
+            late_results_dropped: get(&self.late_results_dropped),
+            duplicate_results_dropped: get(&self.duplicate_results_dropped),
+            malformed_messages: get(&self.malformed_messages),
+            workers_connected: get(&self.workers_connected),
+            workers_lost: get(&self.workers_lost),
+        }
+    }
+}
+
+/// The executor's counters at one moment.
+///
+/// `completed + failed + timed_out + cancelled` counts final results;
+/// `worker_lost` is the part of `failed` due to lost workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MetricsSnapshot {
+    /// Steps accepted by `submit`.
+    pub submitted: u64,
+    /// Step deliveries to workers (a redelivered step counts again).
+    pub dispatched: u64,
+    /// Steps that ended completed.
+    pub completed: u64,
+    /// Steps that ended failed (handler errors, lost workers, no worker).
+    pub failed: u64,
+    /// Steps that ended timed out.
+    pub timed_out: u64,
+    /// Steps failed because their worker died or left.
+    pub worker_lost: u64,
+    /// Steps abandoned at shutdown.
+    pub cancelled: u64,
+    /// Steps delivered again after a worker gave them back unstarted or could
+    /// not be reached.
+    pub redelivered: u64,
+    /// Results that arrived after their step had ended (timed out, worker
+    /// declared lost) and were discarded.
+    pub late_results_dropped: u64,
+    /// Results for steps that already had a result, or that were never in
+    /// flight, discarded.
+    pub duplicate_results_dropped: u64,
+    /// Messages refused by the decoder (bad frames, version, JSON, size...).
+    pub malformed_messages: u64,
+    /// Workers registered now.
+    pub workers_connected: u64,
+    /// Workers declared dead by heartbeat expiry.
+    pub workers_lost: u64,
+}

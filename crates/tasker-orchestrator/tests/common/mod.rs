@@ -1,0 +1,125 @@
+//! Shared set-up: an orchestrator on an ephemeral loopback port, Rust
+//! workers connected to it, and a hand-driven raw DEALER peer.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tasker_config::TaskerConfig;
+use tasker_orchestrator::ZmqPubSubExecutor;
+use tasker_protocol::{
+    codec, OrchestratorMessage, StepExecutionRequest, WorkerHello, WorkerMessage,
+};
+
+pub fn config() -> TaskerConfig {
+    TaskerConfig {
+        endpoint: "tcp://127.0.0.1:0".into(),
+        heartbeat_interval_ms: 100,
+        liveness: 3,
+        default_step_timeout_ms: 10_000,
+        reconnect_initial_ms: 50,
+        reconnect_max_ms: 200,
+        shutdown_timeout_ms: 3_000,
+        linger_ms: 0,
+        ..TaskerConfig::default()
+    }
+}
+
+pub fn start(config: &TaskerConfig) -> ZmqPubSubExecutor {
+    ZmqPubSubExecutor::start(config).expect("orchestrator starts")
+}
+
+pub fn worker_config(executor: &ZmqPubSubExecutor) -> TaskerConfig {
+    TaskerConfig {
+        endpoint: executor.endpoint().to_string(),
+        ..executor.config().clone()
+    }
+}
+
+pub fn steps(
+    ids: std::ops::Range<i64>,
+    handler: &str,
+    timeout_ms: u64,
+) -> Vec<StepExecutionRequest> {
+    ids.map(|id| StepExecutionRequest::new(id, 1, format!("step-{id}"), handler, timeout_ms))
+        .collect()
+}
+
+pub fn with_context(mut step: StepExecutionRequest, context: Value) -> StepExecutionRequest {
+    step.task_context = context;
+    step
+}
+
+/// A peer driven by hand over a real DEALER socket, to do what a
+/// well-behaved worker never would.
+pub struct RawPeer {
+    pub socket: zmq::Socket,
+    _context: zmq::Context,
+}
+
+impl RawPeer {
+    pub fn connect(endpoint: &str) -> Self {
+        let context = zmq::Context::new();
+        let socket = context.socket(zmq::DEALER).unwrap();
+        socket.set_linger(0).unwrap();
+        socket.connect(endpoint).unwrap();
+        Self {
+            socket,
+            _context: context,
+        }
+    }
+
+    pub fn send(&self, message: &WorkerMessage) {
+        let frames = codec::encode(message).unwrap();
+        self.socket.send_multipart(frames, 0).unwrap();
+    }
+
+    pub fn send_raw(&self, frames: Vec<Vec<u8>>) {
+        self.socket.send_multipart(frames, 0).unwrap();
+    }
+
+    pub fn hello(&self, id: &str, handlers: &[&str], capacity: u32) {
+        let hello = WorkerHello::new(
+            id,
+            handlers.iter().map(|h| h.to_string()).collect(),
+            capacity,
+        );
+        self.send(&WorkerMessage::Hello(hello));
+        match self.recv_skipping_heartbeats(Duration::from_secs(5)) {
+            Some(OrchestratorMessage::Welcome(_)) => {}
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    /// The next message within `timeout`, or None.
+    pub fn recv(&self, timeout: Duration) -> Option<OrchestratorMessage> {
+        if self
+            .socket
+            .poll(zmq::POLLIN, timeout.as_millis() as i64)
+            .unwrap()
+            == 0
+        {
+            return None;
+        }
+        let frames = self.socket.recv_multipart(0).unwrap();
+        Some(codec::decode(&frames, usize::MAX).expect("orchestrator sends valid messages"))
+    }
+
+    /// The next non-heartbeat message within `timeout`, answering heartbeats
+    /// so the orchestrator keeps this peer alive.
+    pub fn recv_skipping_heartbeats(&self, timeout: Duration) -> Option<OrchestratorMessage> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.recv(left)? {
+                OrchestratorMessage::Heartbeat(_) => {
+                    self.send(&WorkerMessage::Heartbeat(Default::default()));
+                }
+                other => return Some(other),
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+        }
+    }
+}

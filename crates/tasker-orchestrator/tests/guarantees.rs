@@ -1,0 +1,713 @@
+//! The executor's guarantees, each proved over real ZeroMQ sockets (tcp
+//! loopback on ephemeral ports, and ipc). Process-level failures (kill -9,
+//! SIGSTOP) are in the `tasker-cli` crate's tests, which run real worker
+//! processes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use tasker_config::{SubmitPolicy, TaskerConfig};
+use tasker_orchestrator::ExecutorError;
+use tasker_protocol::*;
+use tasker_worker::{HandlerError, Worker};
+
+const LONG: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g1_each_step_runs_on_exactly_one_of_several_workers() {
+    let executor = start(&config());
+    let runs: Arc<Mutex<HashMap<StepId, Vec<String>>>> = Default::default();
+    let workers: Vec<_> = (0..3)
+        .map(|i| {
+            let runs = Arc::clone(&runs);
+            let id = format!("w{i}");
+            let me = id.clone();
+            Worker::new(worker_config(&executor))
+                .worker_id(id)
+                .capacity(4)
+                .handler("record", move |step| {
+                    runs.lock()
+                        .unwrap()
+                        .entry(step.step_id)
+                        .or_default()
+                        .push(me.clone());
+                    std::thread::sleep(Duration::from_millis(2));
+                    Ok(json!(step.step_id))
+                })
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    assert!(executor.wait_for_workers(3, LONG).await);
+
+    let results = executor
+        .execute_step_batch(StepBatchRequest::new("b1", steps(0..300, "record", 10_000)))
+        .await
+        .unwrap();
+
+    assert_eq!(results.len(), 300);
+    assert!(results.iter().all(|r| r.status == StepStatus::Completed));
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 300, "every step ran");
+    assert!(runs.values().all(|w| w.len() == 1), "no step ran twice");
+    let mut per_worker: HashMap<&str, usize> = HashMap::new();
+    for w in runs.values() {
+        *per_worker.entry(w[0].as_str()).or_default() += 1;
+    }
+    assert_eq!(
+        per_worker.len(),
+        3,
+        "all three workers shared the load: {per_worker:?}"
+    );
+    // The result names the worker that ran the step.
+    for r in &results {
+        assert_eq!(runs[&r.step_id][0], r.metadata.worker_id);
+    }
+    for w in workers {
+        assert!(w.join(LONG));
+    }
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g2_batch_submitted_before_any_worker_is_delivered_when_one_arrives() {
+    let executor = start(&config());
+    let handle = executor
+        .submit(StepBatchRequest::new("early", steps(0..20, "echo", 10_000)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(executor.metrics().dispatched, 0);
+    let worker = Worker::new(worker_config(&executor))
+        .handler("echo", |step| Ok(json!(step.step_id)))
+        .spawn()
+        .unwrap();
+    let results = handle.collect().await;
+    assert_eq!(results.len(), 20);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.status, StepStatus::Completed);
+        assert_eq!(r.output, Some(json!(i)));
+    }
+    worker.join(LONG);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g2_step_with_no_worker_for_its_handler_fails_at_its_timeout() {
+    let executor = start(&config());
+    let _worker = Worker::new(worker_config(&executor))
+        .handler("echo", |_| Ok(json!(null)))
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let results = executor
+        .execute_step_batch(StepBatchRequest::new(
+            "orphan",
+            steps(0..1, "nobody_serves_this", 300),
+        ))
+        .await
+        .unwrap();
+    let r = &results[0];
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(r.status, StepStatus::Failed);
+    let error = r.error.as_ref().unwrap();
+    assert_eq!(error.error_type, error_types::NO_WORKER_FOR_HANDLER);
+    assert!(error.retryable);
+    assert!(error.message.contains("nobody_serves_this"));
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g3_a_worker_never_holds_more_than_its_capacity() {
+    let executor = start(&TaskerConfig {
+        heartbeat_interval_ms: 1_000,
+        ..config()
+    });
+    let peer = RawPeer::connect(executor.endpoint());
+    peer.hello("tight", &["echo"], 3);
+    let handle = executor
+        .submit(StepBatchRequest::new("cap", steps(0..10, "echo", 10_000)))
+        .await
+        .unwrap();
+
+    let mut held: Vec<StepExecutionRequest> = Vec::new();
+    let mut answered = 0;
+    let mut max_held = 0;
+    while answered < 10 {
+        while let Some(message) = peer.recv_skipping_heartbeats(Duration::from_millis(200)) {
+            match message {
+                OrchestratorMessage::StepBatchRequest(batch) => held.extend(batch.steps),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        max_held = max_held.max(held.len());
+        assert!(
+            held.len() <= 3,
+            "worker holds {} steps with capacity 3",
+            held.len()
+        );
+        assert!(!held.is_empty(), "steps are waiting but none was delivered");
+        // Answer one at a time: the orchestrator must refill, never overfill.
+        let step = held.remove(0);
+        let result = StepExecutionResult::completed(step.step_ref(), json!("ok"), "tight", 0);
+        peer.send(&WorkerMessage::StepBatchResponse(StepBatchResponse::new(
+            "x",
+            vec![result],
+        )));
+        answered += 1;
+    }
+    assert_eq!(max_held, 3);
+    let results = handle.collect().await;
+    assert!(results.iter().all(|r| r.status == StepStatus::Completed));
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g3_the_orchestrator_queue_is_bounded_and_submit_pushes_back() {
+    // Reject policy: a full queue refuses at once.
+    let executor = start(&TaskerConfig {
+        queue_bound: 5,
+        submit_policy: SubmitPolicy::Reject,
+        ..config()
+    });
+    let first = executor
+        .submit(StepBatchRequest::new("a", steps(0..5, "echo", 10_000)))
+        .await
+        .unwrap();
+    let err = executor
+        .submit(StepBatchRequest::new("b", steps(5..6, "echo", 10_000)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ExecutorError::QueueFull {
+                queued: 5,
+                bound: 5,
+                requested: 1
+            }
+        ),
+        "{err}"
+    );
+    let err = executor
+        .submit(StepBatchRequest::new("c", steps(10..16, "echo", 10_000)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ExecutorError::BatchTooLarge {
+                requested: 6,
+                bound: 5
+            }
+        ),
+        "{err}"
+    );
+    let worker = Worker::new(worker_config(&executor))
+        .handler("echo", |_| Ok(json!(1)))
+        .spawn()
+        .unwrap();
+    assert_eq!(first.collect().await.len(), 5);
+    // Room again once the steps ended.
+    let again = executor
+        .execute_step_batch(StepBatchRequest::new("d", steps(20..25, "echo", 10_000)))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 5);
+    worker.join(LONG);
+    executor.shutdown(LONG).await;
+
+    // Wait policy: submit waits until there is room.
+    let executor = Arc::new(start(&TaskerConfig {
+        queue_bound: 5,
+        submit_policy: SubmitPolicy::Wait,
+        ..config()
+    }));
+    let first = executor
+        .submit(StepBatchRequest::new("a", steps(0..5, "echo", 10_000)))
+        .await
+        .unwrap();
+    let waiting = {
+        let executor = Arc::clone(&executor);
+        tokio::spawn(async move {
+            executor
+                .submit(StepBatchRequest::new("b", steps(5..8, "echo", 10_000)))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "submit must wait while the queue is full"
+    );
+    let worker = Worker::new(worker_config(&executor))
+        .handler("echo", |_| Ok(json!(1)))
+        .spawn()
+        .unwrap();
+    assert_eq!(first.collect().await.len(), 5);
+    let second = waiting.await.unwrap().unwrap().collect().await;
+    assert_eq!(second.len(), 3);
+    worker.join(LONG);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g4_a_silent_worker_is_declared_dead_and_its_steps_fail_once_as_worker_lost() {
+    let executor = start(&config());
+    let peer = RawPeer::connect(executor.endpoint());
+    peer.hello("mute", &["echo"], 2);
+    let handle = executor
+        .submit(StepBatchRequest::new("lost", steps(0..2, "echo", 10_000)))
+        .await
+        .unwrap();
+    // Take the steps, then go silent: no heartbeats, no results.
+    let got = peer.recv(Duration::from_secs(2));
+    assert!(
+        matches!(got, Some(OrchestratorMessage::StepBatchRequest(_))),
+        "{got:?}"
+    );
+    let started = Instant::now();
+    let results = handle.collect().await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "declared dead too early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "declared dead too late: {waited:?}"
+    );
+    for r in &results {
+        assert_eq!(r.status, StepStatus::Failed);
+        let e = r.error.as_ref().unwrap();
+        assert_eq!(e.error_type, error_types::WORKER_LOST);
+        assert!(e.retryable);
+    }
+    let m = executor.metrics();
+    assert_eq!(m.workers_lost, 1);
+    assert_eq!(m.worker_lost, 2);
+    assert_eq!(m.workers_connected, 0);
+    // A late answer from the dead worker is discarded and counted.
+    let late = StepExecutionResult::completed(results[0].step_ref(), json!(1), "mute", 0);
+    peer.send(&WorkerMessage::StepBatchResponse(StepBatchResponse::new(
+        "x",
+        vec![late],
+    )));
+    // Skip the heartbeats sent while it was still registered.
+    let reply = loop {
+        match peer.recv(Duration::from_secs(2)) {
+            Some(OrchestratorMessage::Heartbeat(_)) => continue,
+            other => break other,
+        }
+    };
+    match reply {
+        Some(OrchestratorMessage::ProtocolError(e)) => {
+            assert_eq!(e.code, ProtocolErrorCode::UnknownWorker)
+        }
+        other => panic!("expected unknown_worker, got {other:?}"),
+    }
+    assert_eq!(executor.metrics().late_results_dropped, 1);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g4_steps_given_back_by_a_draining_worker_are_redelivered_elsewhere() {
+    let executor = start(&config());
+    let peer = RawPeer::connect(executor.endpoint());
+    peer.hello("quitter", &["echo"], 5);
+    let handle = executor
+        .submit(StepBatchRequest::new("drain", steps(0..5, "echo", 10_000)))
+        .await
+        .unwrap();
+    let returned = match peer.recv_skipping_heartbeats(Duration::from_secs(2)) {
+        Some(OrchestratorMessage::StepBatchRequest(batch)) => {
+            batch.steps.iter().map(|s| s.step_ref()).collect::<Vec<_>>()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(returned.len(), 5);
+    peer.send(&WorkerMessage::Drain(WorkerDrain { returned }));
+    let worker = Worker::new(worker_config(&executor))
+        .worker_id("stayer")
+        .handler("echo", |_| Ok(json!("second")))
+        .spawn()
+        .unwrap();
+    let results = handle.collect().await;
+    assert!(results
+        .iter()
+        .all(|r| r.status == StepStatus::Completed && r.metadata.worker_id == "stayer"));
+    assert_eq!(executor.metrics().redelivered, 5);
+    // The draining worker gets nothing new.
+    assert!(peer
+        .recv_skipping_heartbeats(Duration::from_millis(300))
+        .is_none());
+    worker.join(LONG);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g5_a_step_past_its_timeout_ends_timed_out_and_its_late_result_is_dropped() {
+    let executor = start(&config());
+    let worker = Worker::new(worker_config(&executor))
+        .capacity(2)
+        .handler("slow", |_| {
+            std::thread::sleep(Duration::from_millis(700));
+            Ok(json!("too late"))
+        })
+        .handler("fast", |_| Ok(json!("in time")))
+        .spawn()
+        .unwrap();
+    assert!(executor.wait_for_workers(1, LONG).await);
+    let mut batch = steps(0..1, "slow", 200);
+    batch.extend(steps(1..2, "fast", 5_000));
+    let started = Instant::now();
+    let results = executor
+        .execute_step_batch(StepBatchRequest::new("t", batch))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(650),
+        "did not wait for the slow handler"
+    );
+    assert_eq!(results[0].status, StepStatus::TimedOut);
+    assert_eq!(
+        results[0].error.as_ref().unwrap().error_type,
+        error_types::TIMED_OUT
+    );
+    assert!(results[0].is_retryable());
+    assert_eq!(results[1].status, StepStatus::Completed);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while executor.metrics().late_results_dropped == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = executor.metrics();
+    assert_eq!(m.late_results_dropped, 1);
+    assert_eq!(m.timed_out, 1);
+    assert_eq!(m.completed, 1);
+    worker.join(LONG);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g6_a_duplicate_result_is_dropped_and_counted() {
+    let executor = start(&config());
+    let peer = RawPeer::connect(executor.endpoint());
+    peer.hello("twice", &["echo"], 4);
+    let mut handle = executor
+        .submit(StepBatchRequest::new("dup", steps(7..8, "echo", 10_000)))
+        .await
+        .unwrap();
+    let step = match peer.recv_skipping_heartbeats(Duration::from_secs(2)) {
+        Some(OrchestratorMessage::StepBatchRequest(b)) => b.steps[0].clone(),
+        other => panic!("{other:?}"),
+    };
+    let first = StepExecutionResult::completed(step.step_ref(), json!("first"), "twice", 1);
+    let second = StepExecutionResult::completed(step.step_ref(), json!("second"), "twice", 1);
+    let stranger = StepExecutionResult::completed(
+        StepRef {
+            step_id: 999,
+            attempt: 1,
+        },
+        json!(0),
+        "twice",
+        1,
+    );
+    peer.send(&WorkerMessage::StepBatchResponse(StepBatchResponse::new(
+        "dup",
+        vec![first, second, stranger],
+    )));
+    let result = handle.next().await.unwrap();
+    assert_eq!(result.output, Some(json!("first")));
+    assert!(handle.next().await.is_none(), "exactly one result per step");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while executor.metrics().duplicate_results_dropped < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(executor.metrics().duplicate_results_dropped, 2);
+    assert_eq!(executor.metrics().completed, 1);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g7_garbage_gets_protocol_errors_and_never_disturbs_other_workers() {
+    let executor = start(&TaskerConfig {
+        max_message_bytes: 2_048,
+        ..config()
+    });
+    let worker = Worker::new(worker_config(&executor))
+        .handler("echo", |step| Ok(step.task_context.clone()))
+        .spawn()
+        .unwrap();
+    assert!(executor.wait_for_workers(1, LONG).await);
+    let handle = executor
+        .submit(StepBatchRequest::new("calm", steps(0..50, "echo", 10_000)))
+        .await
+        .unwrap();
+
+    let peer = RawPeer::connect(executor.endpoint());
+    let header = PROTOCOL_HEADER.as_bytes().to_vec();
+    let cases: Vec<(Vec<Vec<u8>>, ProtocolErrorCode)> = vec![
+        (
+            vec![b"just one frame".to_vec()],
+            ProtocolErrorCode::MalformedFrames,
+        ),
+        (
+            vec![header.clone(), b"{}".to_vec(), b"{}".to_vec()],
+            ProtocolErrorCode::MalformedFrames,
+        ),
+        (
+            vec![b"MDPW01".to_vec(), b"{}".to_vec()],
+            ProtocolErrorCode::UnsupportedVersion,
+        ),
+        (
+            vec![b"tasker/2.0".to_vec(), br#"{"type":"heartbeat"}"#.to_vec()],
+            ProtocolErrorCode::UnsupportedVersion,
+        ),
+        (
+            vec![header.clone(), b"\xff\xfe not json".to_vec()],
+            ProtocolErrorCode::MalformedJson,
+        ),
+        (
+            vec![header.clone(), br#"{"type":"partial_result"}"#.to_vec()],
+            ProtocolErrorCode::UnknownMessageType,
+        ),
+        (
+            vec![
+                header.clone(),
+                br#"{"type":"hello","capacity":"lots"}"#.to_vec(),
+            ],
+            ProtocolErrorCode::InvalidMessage,
+        ),
+        (
+            vec![header.clone(), vec![b' '; 4_096]],
+            ProtocolErrorCode::MessageTooLarge,
+        ),
+        (
+            vec![header.clone(), br#"{"type":"heartbeat"}"#.to_vec()],
+            ProtocolErrorCode::UnknownWorker,
+        ),
+    ];
+    for (frames, expected) in &cases {
+        peer.send_raw(frames.clone());
+        match peer.recv(Duration::from_secs(2)) {
+            Some(OrchestratorMessage::ProtocolError(e)) => {
+                assert_eq!(e.code, *expected, "reply to {frames:?}: {}", e.message);
+                assert!(!e.message.is_empty());
+            }
+            other => panic!("expected a protocol error for {frames:?}, got {other:?}"),
+        }
+    }
+    let results = handle.collect().await;
+    assert_eq!(results.len(), 50);
+    assert!(results.iter().all(|r| r.status == StepStatus::Completed));
+    let m = executor.metrics();
+    assert_eq!(m.malformed_messages, 8);
+    assert_eq!(m.workers_connected, 1);
+    worker.join(LONG);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g8_shutdown_waits_for_steps_in_flight_and_reports_what_it_abandoned() {
+    let executor = start(&config());
+    let worker = Worker::new(worker_config(&executor))
+        .capacity(4)
+        .handler("sleep", |step| {
+            let ms = step.task_context["ms"].as_u64().unwrap();
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(json!(ms))
+        })
+        .spawn()
+        .unwrap();
+    assert!(executor.wait_for_workers(1, LONG).await);
+    let batch: Vec<_> = steps(0..4, "sleep", 10_000)
+        .into_iter()
+        .map(|s| {
+            let ms = if s.step_id < 2 { 100 } else { 3_000 };
+            with_context(s, json!({ "ms": ms }))
+        })
+        .collect();
+    let handle = executor
+        .submit(StepBatchRequest::new("late", batch))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let started = Instant::now();
+    let report = executor.shutdown(Duration::from_millis(600)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(550) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert_eq!(
+        report.abandoned,
+        vec![
+            StepRef {
+                step_id: 2,
+                attempt: 1
+            },
+            StepRef {
+                step_id: 3,
+                attempt: 1
+            }
+        ]
+    );
+    assert_eq!(report.finished_during_shutdown, 2);
+    let results = handle.collect().await;
+    assert_eq!(results[0].status, StepStatus::Completed);
+    assert_eq!(results[1].status, StepStatus::Completed);
+    assert_eq!(results[2].status, StepStatus::Cancelled);
+    assert_eq!(
+        results[3].error.as_ref().unwrap().error_type,
+        error_types::ABANDONED
+    );
+    let err = executor
+        .submit(StepBatchRequest::new("after", steps(10..11, "sleep", 100)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ExecutorError::ShutDown));
+    drop(worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipc_transport_carries_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let executor = start(&TaskerConfig {
+        endpoint: format!("ipc://{}/tasker.sock", dir.path().display()),
+        ..config()
+    });
+    let worker = Worker::new(worker_config(&executor))
+        .async_handler("double", |step| async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok(json!(step.task_context["n"].as_i64().unwrap() * 2))
+        })
+        .spawn()
+        .unwrap();
+    let batch: Vec<_> = steps(0..10, "double", 5_000)
+        .into_iter()
+        .map(|s| {
+            let n = s.step_id;
+            with_context(s, json!({ "n": n }))
+        })
+        .collect();
+    let results = executor
+        .execute_step_batch(StepBatchRequest::new("ipc", batch))
+        .await
+        .unwrap();
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.output, Some(json!(i as i64 * 2)));
+    }
+    worker.join(LONG);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_errors_keep_their_kind_and_retryability() {
+    let executor = start(&config());
+    let worker = Worker::new(worker_config(&executor))
+        .handler("retry", |_| {
+            Err(HandlerError::retryable("busy").with_type("GatewayBusy"))
+        })
+        .handler("fatal", |_| Err(HandlerError::permanent("bad card")))
+        .handler("boom", |_| -> tasker_worker::HandlerResult {
+            panic!("kaboom")
+        })
+        .spawn()
+        .unwrap();
+    let mut batch = steps(0..1, "retry", 5_000);
+    batch.extend(steps(1..2, "fatal", 5_000));
+    batch.extend(steps(2..3, "boom", 5_000));
+    let r = executor
+        .execute_step_batch(StepBatchRequest::new("e", batch))
+        .await
+        .unwrap();
+    let e0 = r[0].error.as_ref().unwrap();
+    assert_eq!(
+        (e0.error_type.as_str(), e0.retryable, e0.message.as_str()),
+        ("GatewayBusy", true, "busy")
+    );
+    let e1 = r[1].error.as_ref().unwrap();
+    assert_eq!(
+        (e1.error_type.as_str(), e1.retryable),
+        ("PermanentError", false)
+    );
+    let e2 = r[2].error.as_ref().unwrap();
+    assert_eq!(
+        (e2.error_type.as_str(), e2.retryable),
+        (error_types::PANIC, false)
+    );
+    assert!(e2.message.contains("kaboom"));
+    assert!(r.iter().all(|r| r.status == StepStatus::Failed));
+    worker.join(LONG);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reconnects_when_the_orchestrator_comes_back() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = TaskerConfig {
+        endpoint: format!("tcp://127.0.0.1:{port}"),
+        ..config()
+    };
+    let first = start(&cfg);
+    let worker = Worker::new(cfg.clone())
+        .handler("echo", |_| Ok(json!("hi")))
+        .spawn()
+        .unwrap();
+    assert!(first.wait_for_workers(1, LONG).await);
+    first.shutdown(LONG).await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = start(&cfg);
+    assert!(second.wait_for_workers(1, LONG).await, "worker came back");
+    let r = second
+        .execute_step_batch(StepBatchRequest::new("again", steps(0..3, "echo", 5_000)))
+        .await
+        .unwrap();
+    assert!(r.iter().all(|r| r.status == StepStatus::Completed));
+    worker.join(LONG);
+    second.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_batches_are_refused_with_the_reason() {
+    let executor = start(&config());
+    let mut twice = steps(0..2, "echo", 100);
+    twice[1].step_id = 0;
+    let err = executor
+        .submit(StepBatchRequest::new("x", twice))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("appears twice"), "{err}");
+    let err = executor
+        .submit(StepBatchRequest::new("x", vec![]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no steps"), "{err}");
+    let mut old = StepBatchRequest::new("x", steps(0..1, "echo", 100));
+    old.protocol_version = "0.9".into();
+    let err = executor.submit(old).await.unwrap_err();
+    assert!(err.to_string().contains("0.9"), "{err}");
+    let _held = executor
+        .submit(StepBatchRequest::new("y", steps(5..6, "echo", 5_000)))
+        .await
+        .unwrap();
+    let err = executor
+        .submit(StepBatchRequest::new("z", steps(5..6, "echo", 5_000)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ExecutorError::DuplicateStep { step_id: 5 }),
+        "{err}"
+    );
+    executor.shutdown(Duration::ZERO).await;
+}

@@ -1,0 +1,48 @@
+//! The wire protocol of tasker-core.
+//!
+//! An orchestrator (a ZeroMQ `ROUTER` that binds) hands batches of workflow
+//! steps to workers (ZeroMQ `DEALER`s that connect) and receives their results.
+//! This crate is the single source of truth for every message on that wire:
+//!
+//! * [`messages`]: the message types, under the names of the original design
+//!   note (`StepBatchRequest`, `StepExecutionResult`, ...) plus the control
+//!   messages (hello, welcome, heartbeat, drain, goodbye, protocol error);
+//! * [`codec`]: framing, encoding and validating decoding of those messages;
+//! * [`schema`]: JSON Schema (Draft 2020-12) generation, from the same types.
+//!
+//! `protocol/SPEC.md` in the repository describes the state machines that use
+//! these messages.
+//!
+//! # Example
+//!
+//! ```
+//! use tasker_protocol::{codec, messages::*};
+//!
+//! let hello = WorkerMessage::Hello(WorkerHello::new("w-1", vec!["echo".into()], 4));
+//! let frames = codec::encode(&hello).unwrap();
+//! let decoded: WorkerMessage = codec::decode(&frames, 1 << 20).unwrap();
+//! assert_eq!(decoded, hello);
+//! ```
+
+pub mod codec;
+pub mod messages;
+pub mod schema;
+
+pub use codec::DecodeError;
+pub use messages::*;
+
+/// Version of the protocol this crate speaks, `MAJOR.MINOR`.
+///
+/// Peers must agree on the major version; a higher minor version only adds
+/// optional fields, which older peers ignore.
+pub const PROTOCOL_VERSION: &str = "1.0";
+
+/// Major part of [`PROTOCOL_VERSION`].
+pub const PROTOCOL_MAJOR: u32 = 1;
+
+/// The first frame of every message: `tasker/` followed by [`PROTOCOL_VERSION`].
+pub const PROTOCOL_HEADER: &str = "tasker/1.0";
+
+/// Prefix of [`PROTOCOL_HEADER`], used to tell a foreign peer from an
+/// incompatible version of our own.
+pub const PROTOCOL_HEADER_PREFIX: &str = "tasker/";

@@ -1,0 +1,499 @@
+//! Message types of the wire protocol.
+//!
+//! Every message body is a JSON object whose `type` field names the message.
+//! [`WorkerMessage`] lists what a worker may send, [`OrchestratorMessage`] what
+//! an orchestrator may send. Unknown fields are ignored so that minor protocol
+//! versions can add optional fields.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::PROTOCOL_VERSION;
+
+/// Identifier of a workflow step; unique among the steps in flight in one
+/// orchestrator, and the idempotency key of a step attempt together with
+/// `attempt`.
+pub type StepId = i64;
+
+/// Identifier of the task (workflow instance) a step belongs to.
+pub type TaskId = i64;
+
+/// A batch of steps the orchestrator hands to one worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepBatchRequest {
+    /// Correlation id of this delivery; echoed in the worker's responses.
+    pub batch_id: String,
+    /// `MAJOR.MINOR` protocol version of the sender.
+    pub protocol_version: String,
+    /// The steps to execute; never empty.
+    pub steps: Vec<StepExecutionRequest>,
+}
+
+impl StepBatchRequest {
+    /// A batch with the current protocol version.
+    pub fn new(batch_id: impl Into<String>, steps: Vec<StepExecutionRequest>) -> Self {
+        Self {
+            batch_id: batch_id.into(),
+            protocol_version: PROTOCOL_VERSION.to_string(),
+            steps,
+        }
+    }
+}
+
+/// One step to execute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepExecutionRequest {
+    /// The step's id.
+    pub step_id: StepId,
+    /// The task the step belongs to.
+    pub task_id: TaskId,
+    /// Name of the step within its workflow.
+    pub step_name: String,
+    /// Name of the handler that executes the step; a worker only receives
+    /// steps whose handler it announced in its hello.
+    pub handler_class: String,
+    /// Handler-specific configuration from the workflow definition.
+    #[serde(default)]
+    pub handler_config: Value,
+    /// The task's input.
+    #[serde(default)]
+    pub task_context: Value,
+    /// Outputs of the steps this one depends on, keyed by their step names.
+    #[serde(default)]
+    pub previous_results: BTreeMap<String, Value>,
+    /// Attempt, limits and timing.
+    pub metadata: StepRequestMetadata,
+}
+
+impl StepExecutionRequest {
+    /// A request with empty config, context and previous results, attempt 1,
+    /// and the given timeout.
+    ///
+    /// ```
+    /// use tasker_protocol::StepExecutionRequest;
+    /// let step = StepExecutionRequest::new(1, 10, "validate", "validate_order", 5_000);
+    /// assert_eq!(step.metadata.attempt, 1);
+    /// ```
+    pub fn new(
+        step_id: StepId,
+        task_id: TaskId,
+        step_name: impl Into<String>,
+        handler_class: impl Into<String>,
+        timeout_ms: u64,
+    ) -> Self {
+        Self {
+            step_id,
+            task_id,
+            step_name: step_name.into(),
+            handler_class: handler_class.into(),
+            handler_config: Value::Object(Default::default()),
+            task_context: Value::Object(Default::default()),
+            previous_results: BTreeMap::new(),
+            metadata: StepRequestMetadata {
+                attempt: 1,
+                retry_limit: 0,
+                timeout_ms,
+                created_at: Utc::now(),
+            },
+        }
+    }
+
+    /// The `(step_id, attempt)` pair that identifies this attempt.
+    pub fn step_ref(&self) -> StepRef {
+        StepRef {
+            step_id: self.step_id,
+            attempt: self.metadata.attempt,
+        }
+    }
+}
+
+/// Attempt, limits and timing of a step request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepRequestMetadata {
+    /// 1 for the first attempt, incremented by each retry.
+    pub attempt: u32,
+    /// How many retries the workflow allows after the first attempt.
+    #[serde(default)]
+    pub retry_limit: u32,
+    /// Time the worker has, from delivery, before the orchestrator ends the
+    /// step as timed out and discards any later result.
+    pub timeout_ms: u64,
+    /// When the step attempt was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The results a worker sends back; one message may carry results of several
+/// steps, of one or more deliveries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepBatchResponse {
+    /// The `batch_id` of the delivery the results belong to (of the first
+    /// result's delivery when they span several).
+    pub batch_id: String,
+    /// `MAJOR.MINOR` protocol version of the sender.
+    pub protocol_version: String,
+    /// The results; never empty.
+    pub results: Vec<StepExecutionResult>,
+}
+
+impl StepBatchResponse {
+    /// A response with the current protocol version.
+    pub fn new(batch_id: impl Into<String>, results: Vec<StepExecutionResult>) -> Self {
+        Self {
+            batch_id: batch_id.into(),
+            protocol_version: PROTOCOL_VERSION.to_string(),
+            results,
+        }
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// The handler returned an output.
+    Completed,
+    /// The handler, or the system on its behalf, reported an error.
+    Failed,
+    /// The step did not finish within its `timeout_ms`; only the
+    /// orchestrator sets this.
+    TimedOut,
+    /// The step was abandoned (shutdown, cancellation); only the
+    /// orchestrator sets this.
+    Cancelled,
+}
+
+impl StepStatus {
+    /// Whether a worker may report this status (the others are the
+    /// orchestrator's own verdicts).
+    pub fn is_reportable_by_worker(self) -> bool {
+        matches!(self, StepStatus::Completed | StepStatus::Failed)
+    }
+}
+
+/// The final result of one step attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepExecutionResult {
+    /// The step's id.
+    pub step_id: StepId,
+    /// How it ended.
+    pub status: StepStatus,
+    /// The handler's output when `status` is `completed` (JSON `null` is a
+    /// valid output, distinct from no output).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_value"
+    )]
+    pub output: Option<Value>,
+    /// What went wrong, for every other status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StepExecutionError>,
+    /// Attempt, timing and origin.
+    pub metadata: StepResultMetadata,
+}
+
+impl StepExecutionResult {
+    /// A completed result.
+    pub fn completed(
+        step: StepRef,
+        output: Value,
+        worker_id: &str,
+        execution_time_ms: u64,
+    ) -> Self {
+        Self {
+            step_id: step.step_id,
+            status: StepStatus::Completed,
+            output: Some(output),
+            error: None,
+            metadata: StepResultMetadata {
+                attempt: step.attempt,
+                execution_time_ms,
+                worker_id: worker_id.to_string(),
+                retryable: false,
+                completed_at: Utc::now(),
+            },
+        }
+    }
+
+    /// A result with the given non-completed status and error.
+    pub fn failed(
+        step: StepRef,
+        status: StepStatus,
+        error: StepExecutionError,
+        worker_id: &str,
+        execution_time_ms: u64,
+    ) -> Self {
+        Self {
+            step_id: step.step_id,
+            status,
+            output: None,
+            metadata: StepResultMetadata {
+                attempt: step.attempt,
+                execution_time_ms,
+                worker_id: worker_id.to_string(),
+                retryable: error.retryable,
+                completed_at: Utc::now(),
+            },
+            error: Some(error),
+        }
+    }
+
+    /// The `(step_id, attempt)` pair this result answers.
+    pub fn step_ref(&self) -> StepRef {
+        StepRef {
+            step_id: self.step_id,
+            attempt: self.metadata.attempt,
+        }
+    }
+
+    /// Whether the step may be tried again (false for completed steps).
+    pub fn is_retryable(&self) -> bool {
+        self.status != StepStatus::Completed && self.metadata.retryable
+    }
+}
+
+/// A field that is present is `Some`, even when it is `null`.
+fn present_value<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+/// Attempt, timing and origin of a step result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepResultMetadata {
+    /// The attempt this result answers; must equal the request's.
+    pub attempt: u32,
+    /// Wall time the handler ran, in milliseconds.
+    pub execution_time_ms: u64,
+    /// Id of the worker that produced the result (`orchestrator` for
+    /// verdicts the orchestrator reached itself).
+    pub worker_id: String,
+    /// Whether trying again may succeed.
+    pub retryable: bool,
+    /// When the result was produced.
+    pub completed_at: DateTime<Utc>,
+}
+
+/// What went wrong with a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepExecutionError {
+    /// Human-readable description.
+    pub message: String,
+    /// The error's kind: the handler's exception class, or one of
+    /// [`error_types`] for errors the system reports.
+    pub error_type: String,
+    /// Whether trying again may succeed.
+    pub retryable: bool,
+    /// Backtrace lines, innermost first, where the host language has them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backtrace: Vec<String>,
+}
+
+impl StepExecutionError {
+    /// An error without backtrace.
+    pub fn new(error_type: impl Into<String>, message: impl Into<String>, retryable: bool) -> Self {
+        Self {
+            message: message.into(),
+            error_type: error_type.into(),
+            retryable,
+            backtrace: Vec::new(),
+        }
+    }
+}
+
+/// `error_type` values the system itself reports.
+pub mod error_types {
+    /// The step did not finish within its timeout; retryable.
+    pub const TIMED_OUT: &str = "TimedOut";
+    /// The worker holding the step died or left before answering; retryable.
+    pub const WORKER_LOST: &str = "WorkerLost";
+    /// No connected worker serves the step's handler, up to the step's timeout;
+    /// retryable.
+    pub const NO_WORKER_FOR_HANDLER: &str = "NoWorkerForHandler";
+    /// Workers serve the handler but none had room before the step's timeout;
+    /// retryable.
+    pub const SCHEDULE_TIMEOUT: &str = "ScheduleTimeout";
+    /// The orchestrator shut down before the step finished; retryable.
+    pub const ABANDONED: &str = "Abandoned";
+    /// The worker has no handler of the step's name; permanent.
+    pub const UNKNOWN_HANDLER: &str = "UnknownHandler";
+    /// The handler's output could not be serialised to JSON; permanent.
+    pub const SERIALIZATION_ERROR: &str = "SerializationError";
+    /// The handler panicked (Rust workers); permanent.
+    pub const PANIC: &str = "Panic";
+}
+
+/// The identity of one step attempt.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub struct StepRef {
+    /// The step's id.
+    pub step_id: StepId,
+    /// The attempt number.
+    pub attempt: u32,
+}
+
+/// First message of a worker on every (re)connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerHello {
+    /// Stable id of the worker process, kept across reconnections.
+    pub worker_id: String,
+    /// Handler names the worker serves; never empty.
+    pub handlers: Vec<String>,
+    /// Most steps the worker will hold unfinished at once; at least 1.
+    pub capacity: u32,
+    /// Steps the worker still holds from an earlier connection; they count
+    /// against its capacity and their results are accepted on this one.
+    #[serde(default)]
+    pub in_progress: Vec<StepRef>,
+    /// Implementation language, for observability (`rust`, `python`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// Operating-system process id, for observability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+impl WorkerHello {
+    /// A hello with nothing in progress.
+    pub fn new(worker_id: impl Into<String>, handlers: Vec<String>, capacity: u32) -> Self {
+        Self {
+            worker_id: worker_id.into(),
+            handlers,
+            capacity,
+            in_progress: Vec::new(),
+            language: None,
+            pid: None,
+        }
+    }
+}
+
+/// The orchestrator's answer to a hello: the worker is registered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Welcome {
+    /// Interval at which each side sends heartbeats, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// Missed intervals after which a peer is considered dead.
+    pub liveness: u32,
+    /// Largest message body the orchestrator accepts, in bytes.
+    pub max_message_bytes: u64,
+}
+
+/// Liveness signal; each side sends one every heartbeat interval. Any
+/// message counts as a sign of life.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Heartbeat {}
+
+/// A worker stops taking work and gives back steps it has not started.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerDrain {
+    /// Steps delivered to the worker that it has not handed to a handler
+    /// and never will; the orchestrator delivers them elsewhere.
+    #[serde(default)]
+    pub returned: Vec<StepRef>,
+}
+
+/// The sender is leaving; the receiver forgets the connection.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Goodbye {
+    /// Why, for the logs.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtocolErrorCode {
+    /// Wrong number of frames.
+    MalformedFrames,
+    /// The header frame names another protocol or major version.
+    UnsupportedVersion,
+    /// The body is larger than `max_message_bytes`.
+    MessageTooLarge,
+    /// The body is not valid JSON.
+    MalformedJson,
+    /// The body's `type` is not a message this side accepts.
+    UnknownMessageType,
+    /// The body is JSON of a known type but breaks its schema or rules.
+    InvalidMessage,
+    /// The sender has not said hello on this connection (or was declared
+    /// dead); it must send a hello before anything else.
+    UnknownWorker,
+}
+
+/// Sent in reply to a message that was refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProtocolError {
+    /// What kind of problem.
+    pub code: ProtocolErrorCode,
+    /// Details for humans.
+    pub message: String,
+}
+
+/// Every message a worker sends to the orchestrator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerMessage {
+    /// Register (again) with handlers and capacity.
+    Hello(WorkerHello),
+    /// Liveness.
+    Heartbeat(Heartbeat),
+    /// Results of finished steps.
+    StepBatchResponse(StepBatchResponse),
+    /// Stop sending work; here are steps given back.
+    Drain(WorkerDrain),
+    /// Leaving.
+    Goodbye(Goodbye),
+    /// A message from the orchestrator was refused.
+    ProtocolError(ProtocolError),
+}
+
+/// Every message the orchestrator sends to a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OrchestratorMessage {
+    /// The hello was accepted.
+    Welcome(Welcome),
+    /// Steps to execute.
+    StepBatchRequest(StepBatchRequest),
+    /// Liveness.
+    Heartbeat(Heartbeat),
+    /// The orchestrator is shutting down.
+    Goodbye(Goodbye),
+    /// A message from the worker was refused.
+    ProtocolError(ProtocolError),
+}
+
+impl WorkerMessage {
+    /// The `type` tag of this message.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            WorkerMessage::Hello(_) => "hello",
+            WorkerMessage::Heartbeat(_) => "heartbeat",
+            WorkerMessage::StepBatchResponse(_) => "step_batch_response",
+            WorkerMessage::Drain(_) => "drain",
+            WorkerMessage::Goodbye(_) => "goodbye",
+            WorkerMessage::ProtocolError(_) => "protocol_error",
+        }
+    }
+}
+
+impl OrchestratorMessage {
+    /// The `type` tag of this message.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            OrchestratorMessage::Welcome(_) => "welcome",
+            OrchestratorMessage::StepBatchRequest(_) => "step_batch_request",
+            OrchestratorMessage::Heartbeat(_) => "heartbeat",
+            OrchestratorMessage::Goodbye(_) => "goodbye",
+            OrchestratorMessage::ProtocolError(_) => "protocol_error",
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The worker runtime's I/O thread: owns the `DEALER` socket, speaks the
+//! protocol, and moves steps and results between the socket and the queues
+//! of [`crate::runtime`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tasker_protocol::{
+    codec, Goodbye, Heartbeat, OrchestratorMessage, ProtocolError, ProtocolErrorCode,
+    StepBatchResponse, StepExecutionResult, StepRef, WorkerDrain, WorkerHello, WorkerMessage,
+};
+use tasker_transport::{earliest, poll_timeout, send_message};
+
+use crate::runtime::{RuntimeState, Shared};
+use crate::WorkerError;
+
+/// Results per outgoing message; keeps any one message well below the size
+/// limit for ordinary outputs.
+const RESULTS_PER_MESSAGE: usize = 512;
+
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
+    // Field order matters: sockets close before the context.
+    socket: Option<zmq::Socket>,
+    context: zmq::Context,
+    welcomed: bool,
+    last_heard: Instant,
+    next_heartbeat: Instant,
+    heartbeat_interval: Duration,
+    expiry: Duration,
+    backoff: Duration,
+    reconnect_at: Option<Instant>,
+    drain_sent: bool,
+    drain_deadline: Option<Instant>,
+    /// Delivery ids by step, so responses can name the batch they answer.
+    batch_of: std::collections::HashMap<StepRef, String>,
+}
+
+impl Connection {
+    pub(crate) fn new(shared: Arc<Shared>) -> Result<Self, WorkerError> {
+        let config = &shared.config;
+        let heartbeat_interval = config.heartbeat_interval();
+        let expiry = config.peer_expiry();
+        let backoff = Duration::from_millis(config.reconnect_initial_ms);
+        let mut connection = Self {
+            context: zmq::Context::new(),
+            socket: None,
+            welcomed: false,
+            last_heard: Instant::now(),
+            next_heartbeat: Instant::now() + heartbeat_interval,
+            heartbeat_interval,
+            expiry,
+            backoff,
+            reconnect_at: None,
+            drain_sent: false,
+            drain_deadline: None,
+            batch_of: Default::default(),
+            shared,
+        };
+        connection.connect()?;
+        Ok(connection)
+    }
+
+    fn connect(&mut self) -> Result<(), WorkerError> {
+        let config = &self.shared.config;
+        let setup = |e: zmq::Error| WorkerError::Setup(format!("{}: {e}", config.endpoint));
+        let socket = self.context.socket(zmq::DEALER).map_err(setup)?;
+        tasker_transport::configure_socket(&socket, config).map_err(setup)?;
+        socket.connect(&config.endpoint).map_err(setup)?;
+        self.socket = Some(socket);
+        self.welcomed = false;
+        self.last_heard = Instant::now();
+        self.shared.set_state(if self.stopping() {
+            RuntimeState::Draining
+        } else {
+            RuntimeState::Connecting
+        });
+        tracing::debug!(worker_id = %self.shared.worker_id, endpoint = %config.endpoint, "connecting");
+        self.send_hello();
+        Ok(())
+    }
+
+    /// Sends on the current connection; false when there is none or
+    /// ZeroMQ refused the message.
+    fn send(&mut self, message: &WorkerMessage) -> bool {
+        let Some(socket) = &self.socket else {
+            return false;
+        };
+        match send_message(socket, None, message) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, message = message.type_name(), "send failed");
+                false
+            }
+        }
+    }
+
+    fn send_hello(&mut self) {
+        let in_progress: Vec<StepRef> = {
+            let inbox = self.shared.inbox.lock().expect("inbox lock");
+            inbox
+                .in_hand
+                .iter()
+                .copied()
+                .chain(inbox.steps.iter().map(|s| s.step_ref()))
+                .collect()
+        };
+        let hello = WorkerHello {
+            worker_id: self.shared.worker_id.clone(),
+            handlers: self.shared.handlers.clone(),
+            capacity: self.shared.capacity,
+            in_progress,
+            language: Some(self.shared.language.clone()),
+            pid: Some(std::process::id()),
+        };
+        self.send(&WorkerMessage::Hello(hello));
+        if self.drain_sent {
+            // A hello registers a worker as taking work: say again that we
+            // do not.
+            self.send(&WorkerMessage::Drain(WorkerDrain::default()));
+        }
+        self.next_heartbeat = Instant::now() + self.heartbeat_interval;
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.inbox.lock().expect("inbox lock").stopping
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            let wake_at = self.next_wake();
+            let (socket_ready, bell_rang) = {
+                let mut items = Vec::with_capacity(2);
+                items.push(zmq::PollItem::from_fd(
+                    self.shared.doorbell.fd(),
+                    zmq::POLLIN,
+                ));
+                if let Some(socket) = &self.socket {
+                    items.push(socket.as_poll_item(zmq::POLLIN));
+                }
+                match zmq::poll(&mut items, poll_timeout(wake_at)) {
+                    Ok(_) => (
+                        items.get(1).is_some_and(|i| i.is_readable()),
+                        items[0].is_readable(),
+                    ),
+                    Err(zmq::Error::EINTR) => (false, false),
+                    Err(e) => {
+                        tracing::error!(error = %e, "poll failed; worker I/O thread stops");
+                        break;
+                    }
+                }
+            };
+            if bell_rang {
+                self.shared.doorbell.drain();
+            }
+            if socket_ready {
+                self.receive_all();
+            }
+            self.flush_results();
+            self.flush_drain();
+            let now = Instant::now();
+            if let Some(at) = self.reconnect_at {
+                if now >= at {
+                    self.reconnect_at = None;
+                    if let Err(e) = self.connect() {
+                        tracing::error!(error = %e, "reconnect failed");
+                        self.schedule_reconnect();
+                    }
+                }
+            } else if self.socket.is_some() {
+                if now.duration_since(self.last_heard) > self.expiry {
+                    tracing::warn!(
+                        worker_id = %self.shared.worker_id,
+                        "orchestrator silent for {:?}; reconnecting",
+                        self.expiry
+                    );
+                    self.disconnect();
+                    self.schedule_reconnect();
+                } else if now >= self.next_heartbeat {
+                    self.send(&WorkerMessage::Heartbeat(Heartbeat {}));
+                    self.next_heartbeat = now + self.heartbeat_interval;
+                }
+            }
+            if self.drained(now) {
+                break;
+            }
+        }
+        self.shared.set_state(RuntimeState::Stopped);
+        let mut inbox = self.shared.inbox.lock().expect("inbox lock");
+        inbox.closed = true;
+        self.shared.steps_ready.notify_all();
+        tracing::debug!(worker_id = %self.shared.worker_id, "worker I/O thread exits");
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let mut at = self.reconnect_at;
+        if self.socket.is_some() {
+            at = earliest(at, Some(self.next_heartbeat));
+            at = earliest(
+                at,
+                Some(self.last_heard + self.expiry + Duration::from_millis(1)),
+            );
+        }
+        earliest(at, self.drain_deadline)
+    }
+
+    fn disconnect(&mut self) {
+        if let Some(socket) = self.socket.take() {
+            // Whatever is still queued is moot: the peer is gone.
+            let _ = socket.set_linger(0);
+        }
+        self.welcomed = false;
+        self.shared.set_state(if self.stopping() {
+            RuntimeState::Draining
+        } else {
+            RuntimeState::Connecting
+        });
+    }
+
+    fn schedule_reconnect(&mut self) {
+        self.reconnect_at = Some(Instant::now() + self.backoff);
+        let max = Duration::from_millis(self.shared.config.reconnect_max_ms);
+        self.backoff = (self.backoff * 2).min(max);
+    }
+
+    fn receive_all(&mut self) {
+        loop {
+            let Some(socket) = &self.socket else {
+                return;
+            };
+            let frames = match socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(frames) => frames,
+                Err(zmq::Error::EAGAIN) => return,
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "receive failed");
+                    return;
+                }
+            };
+            self.last_heard = Instant::now();
+            match codec::decode::<OrchestratorMessage>(
+                &frames,
+                self.shared.config.max_message_bytes,
+            ) {
+                Ok(message) => self.handle(message),
+                Err(error) => {
+                    tracing::warn!(%error, "malformed message from orchestrator");
+                    let reply = WorkerMessage::ProtocolError(ProtocolError {
+                        code: error.code(),
+                        message: error.to_string(),
+                    });
+                    self.send(&reply);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, message: OrchestratorMessage) {
+        match message {
+            OrchestratorMessage::Welcome(welcome) => {
+                self.welcomed = true;
+                self.backoff = Duration::from_millis(self.shared.config.reconnect_initial_ms);
+                // The orchestrator's timing rules, so both sides agree on death.
+                // Clamped so that absurd values cannot overflow our clocks.
+                let interval_ms = welcome.heartbeat_interval_ms.clamp(1, 3_600_000);
+                self.heartbeat_interval = Duration::from_millis(interval_ms);
+                self.expiry = self.heartbeat_interval * welcome.liveness.clamp(1, 1_000);
+                if !self.stopping() {
+                    self.shared.set_state(RuntimeState::Connected);
+                }
+                tracing::info!(worker_id = %self.shared.worker_id, "registered with orchestrator");
+            }
+            OrchestratorMessage::StepBatchRequest(batch) => {
+                let mut inbox = self.shared.inbox.lock().expect("inbox lock");
+                if inbox.stopping {
+                    inbox
+                        .returned
+                        .extend(batch.steps.iter().map(|s| s.step_ref()));
+                    return;
+                }
+                for step in &batch.steps {
+                    self.batch_of
+                        .insert(step.step_ref(), batch.batch_id.clone());
+                }
+                tracing::debug!(batch_id = %batch.batch_id, steps = batch.steps.len(), "steps received");
+                inbox.steps.extend(batch.steps);
+                self.shared.steps_ready.notify_all();
+            }
+            OrchestratorMessage::Heartbeat(_) => {}
+            OrchestratorMessage::Goodbye(goodbye) => {
+                tracing::info!(reason = %goodbye.reason, "orchestrator said goodbye; will reconnect");
+                self.disconnect();
+                self.schedule_reconnect();
+            }
+            OrchestratorMessage::ProtocolError(error) => {
+                if error.code == ProtocolErrorCode::UnknownWorker {
+                    tracing::info!("orchestrator does not know this worker; saying hello again");
+                    self.send_hello();
+                } else {
+                    tracing::warn!(code = ?error.code, message = %error.message, "orchestrator refused a message");
+                }
+            }
+        }
+    }
+
+    fn flush_results(&mut self) {
+        if self.socket.is_none() {
+            // Keep them for the next connection.
+            return;
+        }
+        let results: Vec<StepExecutionResult> =
+            std::mem::take(&mut *self.shared.outbox.lock().expect("outbox lock"));
+        if results.is_empty() {
+            return;
+        }
+        for chunk in results.chunks(RESULTS_PER_MESSAGE) {
+            let batch_id = self
+                .batch_of
+                .get(&chunk[0].step_ref())
+                .cloned()
+                .unwrap_or_default();
+            for result in chunk {
+                self.batch_of.remove(&result.step_ref());
+            }
+            let response =
+                WorkerMessage::StepBatchResponse(StepBatchResponse::new(batch_id, chunk.to_vec()));
+            self.send(&response);
+        }
+    }
+
+    fn flush_drain(&mut self) {
+        if self.socket.is_none() {
+            return;
+        }
+        let (stopping, returned) = {
+            let mut inbox = self.shared.inbox.lock().expect("inbox lock");
+            (inbox.stopping, std::mem::take(&mut inbox.returned))
+        };
+        if !stopping {
+            return;
+        }
+        if !self.drain_sent || !returned.is_empty() {
+            for step in &returned {
+                self.batch_of.remove(step);
+            }
+            self.send(&WorkerMessage::Drain(WorkerDrain { returned }));
+            if !self.drain_sent {
+                self.drain_sent = true;
+                self.drain_deadline = Some(Instant::now() + self.shared.config.shutdown_timeout());
+                self.shared.set_state(RuntimeState::Draining);
+                tracing::info!(worker_id = %self.shared.worker_id, "draining");
+            }
+        }
+    }
+
+    /// True once stopping and every step in hand is answered (or the drain
+    /// deadline passed); says goodbye on the way out.
+    fn drained(&mut self, now: Instant) -> bool {
+        if !self.drain_sent {
+            return false;
+        }
+        let in_hand = self.shared.inbox.lock().expect("inbox lock").in_hand.len();
+        let outbox_empty = self.shared.outbox.lock().expect("outbox lock").is_empty();
+        let timed_out = self.drain_deadline.is_some_and(|d| now >= d);
+        if (in_hand > 0 || !outbox_empty) && !timed_out {
+            return false;
+        }
+        if timed_out && in_hand > 0 {
+            tracing::warn!(
+                in_hand,
+                "drain deadline passed; leaving with steps unanswered"
+            );
+        }
+        self.send(&WorkerMessage::Goodbye(Goodbye {
+            reason: "worker stopping".into(),
+        }));
+        true
+    }
+}

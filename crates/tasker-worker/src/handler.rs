@@ -1,0 +1,364 @@
+//! A Rust host for the runtime: register closures as handlers and run them
+//! on a thread pool (sync handlers) or a tokio runtime (async handlers).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tasker_config::TaskerConfig;
+use tasker_protocol::{
+    error_types, StepExecutionError, StepExecutionRequest, StepExecutionResult, StepStatus,
+};
+
+use crate::{WorkerError, WorkerOptions, WorkerRuntime};
+
+/// What a handler returns: the step's output, or why it failed.
+pub type HandlerResult = Result<Value, HandlerError>;
+
+type SyncHandler = dyn Fn(&StepExecutionRequest) -> HandlerResult + Send + Sync;
+type AsyncHandler = dyn Fn(StepExecutionRequest) -> Pin<Box<dyn Future<Output = HandlerResult> + Send>>
+    + Send
+    + Sync;
+
+#[derive(Clone)]
+enum Handler {
+    Sync(Arc<SyncHandler>),
+    Async(Arc<AsyncHandler>),
+}
+
+/// A handler's failure.
+///
+/// ```
+/// use tasker_worker::HandlerError;
+/// let e = HandlerError::retryable("gateway busy").with_type("GatewayBusy");
+/// assert!(e.retryable);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    /// The error's kind, reported as `error_type`.
+    pub error_type: String,
+    /// Human-readable description.
+    pub message: String,
+    /// Whether trying again may succeed.
+    pub retryable: bool,
+    /// Backtrace lines, if any.
+    pub backtrace: Vec<String>,
+}
+
+impl HandlerError {
+    /// A failure that may succeed on a later attempt (`RetryableError`).
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            error_type: "RetryableError".into(),
+            message: message.into(),
+            retryable: true,
+            backtrace: Vec::new(),
+        }
+    }
+
+    /// A failure no retry can fix (`PermanentError`).
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            error_type: "PermanentError".into(),
+            message: message.into(),
+            retryable: false,
+            backtrace: Vec::new(),
+        }
+    }
+
+    /// The same error under another `error_type`.
+    pub fn with_type(mut self, error_type: impl Into<String>) -> Self {
+        self.error_type = error_type.into();
+        self
+    }
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error_type, self.message)
+    }
+}
+
+impl std::error::Error for HandlerError {}
+
+/// A Rust worker under construction: handlers and options.
+pub struct Worker {
+    options: WorkerOptions,
+    handlers: HashMap<String, Handler>,
+    threads: Option<usize>,
+}
+
+impl Worker {
+    /// A worker with no handlers yet.
+    pub fn new(config: TaskerConfig) -> Self {
+        Self {
+            options: WorkerOptions::new(config, Vec::new()),
+            handlers: HashMap::new(),
+            threads: None,
+        }
+    }
+
+    /// Sets the worker id (default: generated).
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.options.worker_id = Some(id.into());
+        self
+    }
+
+    /// Sets the declared capacity (default: `worker_capacity`).
+    pub fn capacity(mut self, capacity: u32) -> Self {
+        self.options.capacity = Some(capacity);
+        self
+    }
+
+    /// Sets how many threads run sync handlers (default: capacity, at most 16).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads.max(1));
+        self
+    }
+
+    /// Registers a blocking handler, run on the worker's thread pool.
+    pub fn handler<F>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(&StepExecutionRequest) -> HandlerResult + Send + Sync + 'static,
+    {
+        self.handlers
+            .insert(name.into(), Handler::Sync(Arc::new(f)));
+        self
+    }
+
+    /// Registers an async handler, run on the worker's tokio runtime.
+    pub fn async_handler<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(StepExecutionRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let boxed = move |step| -> Pin<Box<dyn Future<Output = HandlerResult> + Send>> {
+            Box::pin(f(step))
+        };
+        self.handlers
+            .insert(name.into(), Handler::Async(Arc::new(boxed)));
+        self
+    }
+
+    /// Connects and starts serving; returns at once.
+    pub fn spawn(mut self) -> Result<RunningWorker, WorkerError> {
+        let mut names: Vec<String> = self.handlers.keys().cloned().collect();
+        names.sort();
+        self.options.handlers = names;
+        let needs_tokio = self
+            .handlers
+            .values()
+            .any(|h| matches!(h, Handler::Async(_)));
+        let tokio = if needs_tokio {
+            Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("tasker-worker-async")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| WorkerError::Setup(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let runtime = Arc::new(WorkerRuntime::start(self.options)?);
+        let capacity = runtime.capacity() as usize;
+        let threads = self.threads.unwrap_or(capacity.min(16)).max(1);
+        // Enough per pull to amortise the hop, few enough to share the work.
+        let chunk = (capacity / threads).clamp(1, runtime_batch(&runtime));
+        let handlers = Arc::new(self.handlers);
+        let pool = (0..threads)
+            .map(|i| {
+                let runtime = Arc::clone(&runtime);
+                let handlers = Arc::clone(&handlers);
+                let spawner = tokio.as_ref().map(|t| t.handle().clone());
+                std::thread::Builder::new()
+                    .name(format!("tasker-worker-{i}"))
+                    .spawn(move || pump(&runtime, &handlers, spawner.as_ref(), chunk))
+                    .map_err(|e| WorkerError::Setup(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RunningWorker {
+            runtime,
+            pool,
+            tokio,
+        })
+    }
+}
+
+fn runtime_batch(runtime: &WorkerRuntime) -> usize {
+    runtime.capacity().max(1) as usize
+}
+
+fn pump(
+    runtime: &Arc<WorkerRuntime>,
+    handlers: &HashMap<String, Handler>,
+    spawner: Option<&tokio::runtime::Handle>,
+    chunk: usize,
+) {
+    let worker_id = runtime.worker_id().to_string();
+    let mut done = Vec::with_capacity(chunk);
+    while let Ok(steps) = runtime.next_steps(chunk, None) {
+        // Results of quick handlers go back together, so one message answers
+        // many steps; a slow handler flushes what is done before it.
+        let mut flushed_at = Instant::now();
+        for step in steps {
+            if !done.is_empty() && flushed_at.elapsed() >= FLUSH_AFTER {
+                runtime.complete_many(std::mem::take(&mut done));
+                flushed_at = Instant::now();
+            }
+            match handlers.get(&step.handler_class) {
+                Some(Handler::Sync(f)) => {
+                    let started = Instant::now();
+                    let outcome = catch_unwind(AssertUnwindSafe(|| f(&step)));
+                    done.push(to_result(&step, outcome, &worker_id, started));
+                }
+                Some(Handler::Async(f)) => {
+                    let spawner = spawner.expect("async handlers have a runtime");
+                    let future = f(step.clone());
+                    let runtime = Arc::clone(runtime);
+                    let worker_id = worker_id.clone();
+                    spawner.spawn(async move {
+                        let started = Instant::now();
+                        let outcome = tokio::spawn(future).await.map_err(|e| {
+                            if e.is_panic() {
+                                e.into_panic()
+                            } else {
+                                Box::new("cancelled") as Box<dyn std::any::Any + Send>
+                            }
+                        });
+                        runtime.complete(to_result(&step, outcome, &worker_id, started));
+                    });
+                }
+                None => {
+                    let error = StepExecutionError::new(
+                        error_types::UNKNOWN_HANDLER,
+                        format!("this worker has no handler {:?}", step.handler_class),
+                        false,
+                    );
+                    done.push(StepExecutionResult::failed(
+                        step.step_ref(),
+                        StepStatus::Failed,
+                        error,
+                        &worker_id,
+                        0,
+                    ));
+                }
+            }
+        }
+        runtime.complete_many(std::mem::take(&mut done));
+    }
+}
+
+/// Longest a finished result waits for its chunk-mates.
+const FLUSH_AFTER: Duration = Duration::from_millis(2);
+
+fn to_result(
+    step: &StepExecutionRequest,
+    outcome: Result<HandlerResult, Box<dyn std::any::Any + Send>>,
+    worker_id: &str,
+    started: Instant,
+) -> StepExecutionResult {
+    let elapsed = started.elapsed().as_millis() as u64;
+    match outcome {
+        Ok(Ok(output)) => {
+            StepExecutionResult::completed(step.step_ref(), output, worker_id, elapsed)
+        }
+        Ok(Err(e)) => StepExecutionResult::failed(
+            step.step_ref(),
+            StepStatus::Failed,
+            StepExecutionError {
+                message: e.message,
+                error_type: e.error_type,
+                retryable: e.retryable,
+                backtrace: e.backtrace,
+            },
+            worker_id,
+            elapsed,
+        ),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "handler panicked".into());
+            StepExecutionResult::failed(
+                step.step_ref(),
+                StepStatus::Failed,
+                StepExecutionError::new(error_types::PANIC, message, false),
+                worker_id,
+                elapsed,
+            )
+        }
+    }
+}
+
+/// A Rust worker that is serving.
+pub struct RunningWorker {
+    runtime: Arc<WorkerRuntime>,
+    pool: Vec<JoinHandle<()>>,
+    tokio: Option<tokio::runtime::Runtime>,
+}
+
+impl RunningWorker {
+    /// The id announced to the orchestrator.
+    pub fn worker_id(&self) -> &str {
+        self.runtime.worker_id()
+    }
+
+    /// The underlying runtime.
+    pub fn runtime(&self) -> &WorkerRuntime {
+        &self.runtime
+    }
+
+    /// Begins a graceful stop (see [`WorkerRuntime::stop`]).
+    pub fn stop(&self) {
+        self.runtime.stop();
+    }
+
+    /// Stops (if not yet) and waits up to `timeout` for the running steps
+    /// and the goodbye; true if everything finished in time. Handler threads
+    /// still running after that are left to end on their own.
+    pub fn join(mut self, timeout: Duration) -> bool {
+        self.runtime.stop();
+        let deadline = Instant::now() + timeout;
+        let io_done = self.runtime.join(timeout);
+        let mut all_done = io_done;
+        for thread in self.pool.drain(..) {
+            if thread.is_finished() || Instant::now() < deadline {
+                while !thread.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if thread.is_finished() {
+                    let _ = thread.join();
+                    continue;
+                }
+            }
+            all_done = false;
+        }
+        if let Some(tokio) = self.tokio.take() {
+            // Blocking on a runtime's shutdown is not allowed inside another
+            // runtime; the in-flight tasks are done by now anyway.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                tokio.shutdown_background();
+            } else {
+                tokio.shutdown_timeout(deadline.saturating_duration_since(Instant::now()));
+            }
+        }
+        all_done
+    }
+}
+
+impl Drop for RunningWorker {
+    fn drop(&mut self) {
+        self.runtime.stop();
+        if let Some(tokio) = self.tokio.take() {
+            tokio.shutdown_background();
+        }
+    }
+}

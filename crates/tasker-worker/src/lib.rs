@@ -1,0 +1,41 @@
+//! The worker side of tasker-core, written once for every language.
+//!
+//! [`WorkerRuntime`] is the connect-receive-process-reply loop: it connects a
+//! ZeroMQ `DEALER` to the orchestrator, says hello with its handlers and
+//! capacity, exchanges heartbeats, reconnects with backoff when the
+//! orchestrator goes away, and on stop gives back unstarted steps, waits for
+//! the running ones and says goodbye. It never runs user code: a host (the
+//! Rust [`Worker`] below, or a Ruby, Python or Node binding) pulls steps with
+//! the blocking [`WorkerRuntime::next_steps`], runs them on its own threads,
+//! and hands results back with [`WorkerRuntime::complete`] from any thread.
+//!
+//! # Example: a Rust worker
+//!
+//! ```no_run
+//! use serde_json::json;
+//! use tasker_worker::{HandlerError, Worker};
+//!
+//! let config = tasker_config::TaskerConfig::default();
+//! let worker = Worker::new(config)
+//!     .handler("validate_order", |step| {
+//!         let amount = step.task_context["amount"].as_f64().unwrap_or(0.0);
+//!         if amount <= 0.0 {
+//!             return Err(HandlerError::permanent("amount must be positive"));
+//!         }
+//!         Ok(json!({ "valid": true }))
+//!     })
+//!     .spawn()
+//!     .unwrap();
+//! // ... later
+//! worker.stop();
+//! worker.join(std::time::Duration::from_secs(10));
+//! ```
+
+mod connection;
+mod error;
+mod handler;
+mod runtime;
+
+pub use error::WorkerError;
+pub use handler::{HandlerError, HandlerResult, RunningWorker, Worker};
+pub use runtime::{RuntimeState, WorkerOptions, WorkerRuntime};

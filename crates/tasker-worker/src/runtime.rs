@@ -1,0 +1,339 @@
+//! The host-facing half of the worker runtime: the step inbox, the result
+//! outbox and the lifecycle. The socket half lives in [`crate::connection`].
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tasker_config::TaskerConfig;
+use tasker_protocol::{StepExecutionRequest, StepExecutionResult, StepRef};
+use tasker_transport::Doorbell;
+
+use crate::connection::Connection;
+use crate::WorkerError;
+
+/// What a worker announces and how it connects.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Endpoint, timings and limits (`endpoint`, `heartbeat_interval_ms`,
+    /// `reconnect_*`, `shutdown_timeout_ms`, ...).
+    pub config: TaskerConfig,
+    /// Stable id; a fresh one (`<language>-<pid>-<random>`) when `None`.
+    pub worker_id: Option<String>,
+    /// Handler names served; at least one.
+    pub handlers: Vec<String>,
+    /// Unfinished steps held at most; `config.worker_capacity` when `None`.
+    pub capacity: Option<u32>,
+    /// Language announced in the hello (`rust`, `python`, ...).
+    pub language: String,
+}
+
+impl WorkerOptions {
+    /// Options for these handlers with the config's capacity.
+    pub fn new(config: TaskerConfig, handlers: Vec<String>) -> Self {
+        Self {
+            config,
+            worker_id: None,
+            handlers,
+            capacity: None,
+            language: "rust".into(),
+        }
+    }
+}
+
+/// Where a runtime is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeState {
+    /// Hello sent, no welcome yet (also while reconnecting).
+    Connecting,
+    /// Welcomed by the orchestrator.
+    Connected,
+    /// Stopping: takes no new work, waits for running steps.
+    Draining,
+    /// The I/O thread has ended.
+    Stopped,
+}
+
+impl RuntimeState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => RuntimeState::Connecting,
+            1 => RuntimeState::Connected,
+            2 => RuntimeState::Draining,
+            _ => RuntimeState::Stopped,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Inbox {
+    pub steps: VecDeque<StepExecutionRequest>,
+    /// Pulled by the host and not completed yet.
+    pub in_hand: HashSet<StepRef>,
+    pub stopping: bool,
+    pub closed: bool,
+    pub wakes: u64,
+    /// Steps the host will never see, to give back in a drain message.
+    pub returned: Vec<StepRef>,
+}
+
+pub(crate) struct Shared {
+    pub worker_id: String,
+    pub handlers: Vec<String>,
+    pub capacity: u32,
+    pub language: String,
+    pub config: TaskerConfig,
+    pub inbox: Mutex<Inbox>,
+    pub steps_ready: Condvar,
+    pub outbox: Mutex<Vec<StepExecutionResult>>,
+    pub doorbell: Doorbell,
+    pub state: AtomicU8,
+    pub stop_requested_at: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    pub fn set_state(&self, state: RuntimeState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+}
+
+/// The worker runtime: one connection to the orchestrator, driven by its own
+/// I/O thread, and the queues between it and the host.
+///
+/// Every method is safe to call from any thread. The blocking ones
+/// ([`next_steps`](Self::next_steps), [`join`](Self::join)) hold no lock
+/// that another method needs, so a binding can release its interpreter lock
+/// around them, and [`wake`](Self::wake) interrupts them.
+pub struct WorkerRuntime {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for WorkerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerRuntime")
+            .field("worker_id", &self.shared.worker_id)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl WorkerRuntime {
+    /// Validates the options, creates the socket and starts connecting.
+    pub fn start(options: WorkerOptions) -> Result<Self, WorkerError> {
+        options
+            .config
+            .validate()
+            .map_err(|e| WorkerError::InvalidOptions(e.to_string()))?;
+        if options.handlers.is_empty() {
+            return Err(WorkerError::InvalidOptions("no handlers registered".into()));
+        }
+        if let Some(h) = options.handlers.iter().find(|h| h.is_empty()) {
+            return Err(WorkerError::InvalidOptions(format!(
+                "empty handler name {h:?}"
+            )));
+        }
+        let capacity = options.capacity.unwrap_or(options.config.worker_capacity);
+        if capacity == 0 {
+            return Err(WorkerError::InvalidOptions(
+                "capacity must be at least 1".into(),
+            ));
+        }
+        let worker_id = options.worker_id.unwrap_or_else(|| {
+            let uuid = uuid::Uuid::new_v4().simple().to_string();
+            format!("{}-{}-{}", options.language, std::process::id(), &uuid[..8])
+        });
+        let shared = Arc::new(Shared {
+            worker_id,
+            handlers: options.handlers,
+            capacity,
+            language: options.language,
+            config: options.config,
+            inbox: Mutex::new(Inbox::default()),
+            steps_ready: Condvar::new(),
+            outbox: Mutex::new(Vec::new()),
+            doorbell: Doorbell::new().map_err(|e| WorkerError::Setup(e.to_string()))?,
+            state: AtomicU8::new(RuntimeState::Connecting as u8),
+            stop_requested_at: Mutex::new(None),
+        });
+        let connection = Connection::new(Arc::clone(&shared))?;
+        let thread = std::thread::Builder::new()
+            .name("tasker-worker-io".into())
+            .spawn(move || connection.run())
+            .map_err(|e| WorkerError::Setup(e.to_string()))?;
+        Ok(Self {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The id announced to the orchestrator.
+    pub fn worker_id(&self) -> &str {
+        &self.shared.worker_id
+    }
+
+    /// The declared capacity.
+    pub fn capacity(&self) -> u32 {
+        self.shared.capacity
+    }
+
+    /// The handlers announced.
+    pub fn handlers(&self) -> &[String] {
+        &self.shared.handlers
+    }
+
+    /// Where the runtime is in its life.
+    pub fn state(&self) -> RuntimeState {
+        RuntimeState::from_u8(self.shared.state.load(Ordering::Acquire))
+    }
+
+    /// Waits for up to `max` steps.
+    ///
+    /// Returns as soon as at least one step is there; an empty vector when
+    /// `timeout` passes or [`wake`](Self::wake) is called first; and
+    /// [`WorkerError::Stopped`] once the runtime is stopping and holds no
+    /// more undelivered steps. `None` waits without limit.
+    pub fn next_steps(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<StepExecutionRequest>, WorkerError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let max = max.max(1);
+        let mut inbox = self.shared.inbox.lock().expect("inbox lock");
+        let wakes_at_entry = inbox.wakes;
+        loop {
+            if !inbox.steps.is_empty() {
+                let n = max.min(inbox.steps.len());
+                let steps: Vec<StepExecutionRequest> = inbox.steps.drain(..n).collect();
+                for step in &steps {
+                    inbox.in_hand.insert(step.step_ref());
+                }
+                return Ok(steps);
+            }
+            if inbox.stopping || inbox.closed {
+                return Err(WorkerError::Stopped);
+            }
+            if inbox.wakes != wakes_at_entry {
+                return Ok(Vec::new());
+            }
+            inbox = match deadline {
+                None => self.shared.steps_ready.wait(inbox).expect("inbox lock"),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(Vec::new());
+                    }
+                    self.shared
+                        .steps_ready
+                        .wait_timeout(inbox, left)
+                        .expect("inbox lock")
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Makes every blocked [`next_steps`](Self::next_steps) return now
+    /// (with no steps). Bindings call it from their interrupt handlers.
+    pub fn wake(&self) {
+        let mut inbox = self.shared.inbox.lock().expect("inbox lock");
+        inbox.wakes += 1;
+        self.shared.steps_ready.notify_all();
+    }
+
+    /// Hands back the result of a pulled step; any thread.
+    pub fn complete(&self, result: StepExecutionResult) {
+        self.complete_many(vec![result]);
+    }
+
+    /// Hands back several results at once.
+    pub fn complete_many(&self, results: Vec<StepExecutionResult>) {
+        if results.is_empty() {
+            return;
+        }
+        {
+            let mut inbox = self.shared.inbox.lock().expect("inbox lock");
+            for result in &results {
+                inbox.in_hand.remove(&result.step_ref());
+            }
+        }
+        self.shared
+            .outbox
+            .lock()
+            .expect("outbox lock")
+            .extend(results);
+        self.shared.doorbell.ring();
+    }
+
+    /// Steps pulled and not completed yet.
+    pub fn in_hand(&self) -> usize {
+        self.shared.inbox.lock().expect("inbox lock").in_hand.len()
+    }
+
+    /// Begins a graceful stop: no new work is taken, steps received but not
+    /// pulled are given back to the orchestrator, blocked pulls return
+    /// [`WorkerError::Stopped`]; the connection stays up until the steps in
+    /// hand are completed (or `shutdown_timeout_ms` passes), then says
+    /// goodbye. Idempotent.
+    pub fn stop(&self) {
+        {
+            let mut inbox = self.shared.inbox.lock().expect("inbox lock");
+            if inbox.stopping {
+                return;
+            }
+            inbox.stopping = true;
+            let unstarted: Vec<StepRef> = inbox.steps.drain(..).map(|s| s.step_ref()).collect();
+            inbox.returned.extend(unstarted);
+            self.shared.steps_ready.notify_all();
+        }
+        *self.shared.stop_requested_at.lock().expect("stop lock") = Some(Instant::now());
+        self.shared.doorbell.ring();
+    }
+
+    /// Waits up to `timeout` for the I/O thread to finish (after
+    /// [`stop`](Self::stop)); true if it did.
+    pub fn join(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let mut guard = self.thread.lock().expect("thread lock");
+                match guard.as_ref() {
+                    None => return true,
+                    Some(handle) if handle.is_finished() => {
+                        let _ = guard.take().map(JoinHandle::join);
+                        return true;
+                    }
+                    Some(_) => {}
+                }
+            }
+            let inbox = self.shared.inbox.lock().expect("inbox lock");
+            if inbox.closed {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            // The I/O thread notifies when it closes.
+            let wakes = inbox.wakes;
+            let (inbox, _) = self
+                .shared
+                .steps_ready
+                .wait_timeout_while(inbox, left, |i| !i.closed && i.wakes == wakes)
+                .expect("inbox lock");
+            if !inbox.closed && inbox.wakes != wakes {
+                // Interrupted by wake(): let the caller check its signals.
+                return false;
+            }
+        }
+    }
+}
+
+impl Drop for WorkerRuntime {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
