@@ -74,7 +74,7 @@ struct RawEcho {
 impl RawEcho {
     /// A ROUTER and an echoing DEALER thread that answers every message with
     /// `reply`, and nothing else.
-    fn start(reply: [Vec<u8>; 2]) -> Result<Self> {
+    fn start(reply: [Vec<u8>; 2], typed: bool) -> Result<Self> {
         let context = zmq::Context::new();
         let router = context.socket(zmq::ROUTER)?;
         router.bind("tcp://127.0.0.1:0")?;
@@ -88,9 +88,23 @@ impl RawEcho {
         let peer = frames[0].clone();
         let thread = std::thread::spawn(move || {
             dealer.set_rcvtimeo(100).expect("rcvtimeo");
+            let typed_reply: Option<WorkerMessage> =
+                typed.then(|| codec::decode(&reply, usize::MAX).expect("valid reply"));
             while !stop_flag.load(Ordering::Relaxed) {
-                if dealer.recv_multipart(0).is_ok() {
-                    let _ = dealer.send_multipart(reply.iter(), 0);
+                if let Ok(frames) = dealer.recv_multipart(0) {
+                    match &typed_reply {
+                        // What any JSON worker must do: parse, then encode.
+                        Some(message) => {
+                            let parsed: OrchestratorMessage =
+                                codec::decode(&frames, usize::MAX).expect("valid request");
+                            std::hint::black_box(parsed);
+                            let out = codec::encode(message).expect("encodable");
+                            let _ = dealer.send_multipart(out, 0);
+                        }
+                        None => {
+                            let _ = dealer.send_multipart(reply.iter(), 0);
+                        }
+                    }
                 }
             }
         });
@@ -124,22 +138,38 @@ impl Drop for RawEcho {
     }
 }
 
-fn raw_throughput(batch: usize, steps: usize, window: usize) -> Result<f64> {
+fn raw_throughput(batch: usize, steps: usize, window: usize, typed: bool) -> Result<f64> {
     let (request, response) = bodies(batch);
-    let echo = RawEcho::start(response)?;
+    let echo = RawEcho::start(response, typed)?;
+    let typed_request: Option<OrchestratorMessage> =
+        typed.then(|| codec::decode(&request, usize::MAX).expect("valid request"));
+    let send = |echo: &RawEcho| -> Result<()> {
+        match &typed_request {
+            Some(message) => echo.send(&codec::encode(message)?),
+            None => echo.send(&request),
+        }
+    };
+    let recv = |echo: &RawEcho| -> Result<()> {
+        let frames = echo.router.recv_multipart(0)?;
+        if typed {
+            let parsed: WorkerMessage = codec::decode(&frames[1..], usize::MAX)?;
+            std::hint::black_box(parsed);
+        }
+        Ok(())
+    };
     let messages = steps.div_ceil(batch);
     let started = Instant::now();
     let mut sent = 0;
     let mut received = 0;
     while sent < messages.min(window) {
-        echo.send(&request)?;
+        send(&echo)?;
         sent += 1;
     }
     while received < messages {
-        echo.recv()?;
+        recv(&echo)?;
         received += 1;
         if sent < messages {
-            echo.send(&request)?;
+            send(&echo)?;
             sent += 1;
         }
     }
@@ -148,7 +178,7 @@ fn raw_throughput(batch: usize, steps: usize, window: usize) -> Result<f64> {
 
 fn raw_latency(samples: usize) -> Result<Vec<Duration>> {
     let (request, response) = bodies(1);
-    let echo = RawEcho::start(response)?;
+    let echo = RawEcho::start(response, false)?;
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t = Instant::now();
@@ -261,8 +291,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     println!();
     println!(
-        "{:<28} {:>14} {:>14} {:>8}",
-        "throughput", "tasker", "raw echo", "ratio"
+        "{:<12} {:>15} {:>15} {:>8} {:>15} {:>8}",
+        "throughput", "tasker", "raw echo", "ratio", "echo+JSON", "ratio"
     );
     for &batch in &args.batch_sizes {
         let steps = if batch == 1 {
@@ -270,16 +300,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
         } else {
             args.steps
         };
-        let raw = raw_throughput(batch, steps, args.window)?;
+        let raw = raw_throughput(batch, steps, args.window, false)?;
+        let json = raw_throughput(batch, steps, args.window, true)?;
         let ours = runtime.block_on(system_throughput(batch, steps, args.window))?;
         println!(
-            "{:<28} {:>10.0} st/s {:>10.0} st/s {:>7.0}%",
+            "{:<12} {:>10.0} st/s {:>10.0} st/s {:>7.0}% {:>10.0} st/s {:>7.0}%",
             format!("batch {batch}"),
             ours,
             raw,
-            ours / raw * 100.0
+            ours / raw * 100.0,
+            json,
+            ours / json * 100.0
         );
     }
+    println!(
+        "raw echo: the same bodies, unparsed; echo+JSON: both ends also decode and encode them"
+    );
     let mut raw = raw_latency(args.latency_samples)?;
     let (mut ours, idle) =
         runtime.block_on(system_latency(args.latency_samples, args.idle_secs))?;

@@ -1,0 +1,237 @@
+//! The worker runtime as a binding sees it, against a raw ROUTER socket
+//! playing the orchestrator: hello contents, batched pulls, wake-ups,
+//! drain and goodbye.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tasker_config::TaskerConfig;
+use tasker_protocol::*;
+use tasker_worker::{RuntimeState, WorkerError, WorkerOptions, WorkerRuntime};
+
+struct FakeOrchestrator {
+    socket: zmq::Socket,
+    endpoint: String,
+    _context: zmq::Context,
+}
+
+impl FakeOrchestrator {
+    fn bind() -> Self {
+        let context = zmq::Context::new();
+        let socket = context.socket(zmq::ROUTER).unwrap();
+        socket.set_linger(0).unwrap();
+        socket.bind("tcp://127.0.0.1:0").unwrap();
+        let endpoint = socket.get_last_endpoint().unwrap().unwrap();
+        Self {
+            socket,
+            endpoint,
+            _context: context,
+        }
+    }
+
+    /// Next worker message that is not a heartbeat, with its routing id.
+    fn recv(&self, timeout: Duration) -> Option<(Vec<u8>, WorkerMessage)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as i64;
+            if left == 0 || self.socket.poll(zmq::POLLIN, left).unwrap() == 0 {
+                return None;
+            }
+            let mut frames = self.socket.recv_multipart(0).unwrap();
+            let id = frames.remove(0);
+            let message: WorkerMessage = codec::decode(&frames, usize::MAX).unwrap();
+            if !matches!(message, WorkerMessage::Heartbeat(_)) {
+                return Some((id, message));
+            }
+        }
+    }
+
+    fn send(&self, id: &[u8], message: &OrchestratorMessage) {
+        let [h, b] = codec::encode(message).unwrap();
+        self.socket.send_multipart([id.to_vec(), h, b], 0).unwrap();
+    }
+
+    fn welcome(&self, id: &[u8]) {
+        self.send(
+            id,
+            &OrchestratorMessage::Welcome(Welcome {
+                heartbeat_interval_ms: 100,
+                liveness: 3,
+                max_message_bytes: 1 << 20,
+            }),
+        );
+    }
+}
+
+fn runtime(endpoint: &str, capacity: u32) -> WorkerRuntime {
+    let config = TaskerConfig {
+        endpoint: endpoint.into(),
+        heartbeat_interval_ms: 100,
+        shutdown_timeout_ms: 2_000,
+        ..TaskerConfig::default()
+    };
+    let mut options = WorkerOptions::new(config, vec!["echo".into(), "sleep".into()]);
+    options.capacity = Some(capacity);
+    options.worker_id = Some("w-test".into());
+    options.language = "test".into();
+    WorkerRuntime::start(options).unwrap()
+}
+
+fn batch(ids: std::ops::Range<i64>) -> OrchestratorMessage {
+    OrchestratorMessage::StepBatchRequest(StepBatchRequest::new(
+        "b:1",
+        ids.map(|i| StepExecutionRequest::new(i, 1, "s", "echo", 5_000))
+            .collect(),
+    ))
+}
+
+#[test]
+fn hello_announces_handlers_capacity_and_language() {
+    let orchestrator = FakeOrchestrator::bind();
+    let rt = runtime(&orchestrator.endpoint, 7);
+    let (id, message) = orchestrator.recv(Duration::from_secs(5)).expect("hello");
+    let WorkerMessage::Hello(hello) = message else {
+        panic!("{message:?}")
+    };
+    assert_eq!(hello.worker_id, "w-test");
+    assert_eq!(hello.handlers, vec!["echo", "sleep"]);
+    assert_eq!(hello.capacity, 7);
+    assert_eq!(hello.language.as_deref(), Some("test"));
+    assert_eq!(hello.pid, Some(std::process::id()));
+    assert_eq!(rt.state(), RuntimeState::Connecting);
+    orchestrator.welcome(&id);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while rt.state() != RuntimeState::Connected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(rt.state(), RuntimeState::Connected);
+}
+
+#[test]
+fn pulls_return_up_to_max_steps_and_results_go_back_together() {
+    let orchestrator = FakeOrchestrator::bind();
+    let rt = runtime(&orchestrator.endpoint, 10);
+    let (id, _) = orchestrator.recv(Duration::from_secs(5)).unwrap();
+    orchestrator.welcome(&id);
+    orchestrator.send(&id, &batch(0..10));
+    let first = rt.next_steps(4, Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(
+        first.iter().map(|s| s.step_id).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    let rest = rt.next_steps(100, Some(Duration::from_secs(1))).unwrap();
+    assert_eq!(rest.len(), 6);
+    assert_eq!(rt.in_hand(), 10);
+    let results: Vec<_> = first
+        .iter()
+        .chain(&rest)
+        .map(|s| StepExecutionResult::completed(s.step_ref(), json!(s.step_id), "w-test", 0))
+        .collect();
+    rt.complete_many(results);
+    assert_eq!(rt.in_hand(), 0);
+    let mut answered = Vec::new();
+    while answered.len() < 10 {
+        match orchestrator.recv(Duration::from_secs(2)) {
+            Some((_, WorkerMessage::StepBatchResponse(r))) => {
+                assert_eq!(r.batch_id, "b:1");
+                answered.extend(r.results.into_iter().map(|r| r.output.unwrap()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(answered, (0..10).map(|i| json!(i)).collect::<Vec<_>>());
+}
+
+#[test]
+fn wake_interrupts_a_blocked_pull_without_steps() {
+    let orchestrator = FakeOrchestrator::bind();
+    let rt = Arc::new(runtime(&orchestrator.endpoint, 2));
+    let puller = {
+        let rt = Arc::clone(&rt);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let got = rt.next_steps(10, None);
+            (got, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    rt.wake();
+    let (got, waited) = puller.join().unwrap();
+    assert_eq!(got.unwrap().len(), 0);
+    assert!(waited < Duration::from_secs(2));
+    // A timeout also returns empty.
+    let started = Instant::now();
+    assert!(rt
+        .next_steps(1, Some(Duration::from_millis(50)))
+        .unwrap()
+        .is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(50));
+}
+
+#[test]
+fn stop_gives_back_unpulled_steps_waits_for_pulled_ones_then_says_goodbye() {
+    let orchestrator = FakeOrchestrator::bind();
+    let rt = Arc::new(runtime(&orchestrator.endpoint, 5));
+    let (id, _) = orchestrator.recv(Duration::from_secs(5)).unwrap();
+    orchestrator.welcome(&id);
+    orchestrator.send(&id, &batch(0..5));
+    let pulled = rt.next_steps(2, Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(pulled.len(), 2);
+    rt.stop();
+    assert_eq!(rt.next_steps(10, None), Err(WorkerError::Stopped));
+    match orchestrator.recv(Duration::from_secs(2)) {
+        Some((_, WorkerMessage::Drain(d))) => {
+            let ids: Vec<_> = d.returned.iter().map(|s| s.step_id).collect();
+            assert_eq!(ids, vec![2, 3, 4]);
+        }
+        other => panic!("expected drain, got {other:?}"),
+    }
+    // Still holding two: no goodbye yet.
+    assert!(!rt.join(Duration::from_millis(200)));
+    rt.complete_many(
+        pulled
+            .iter()
+            .map(|s| StepExecutionResult::completed(s.step_ref(), json!(null), "w-test", 0))
+            .collect(),
+    );
+    match orchestrator.recv(Duration::from_secs(2)) {
+        Some((_, WorkerMessage::StepBatchResponse(r))) => {
+            assert_eq!(r.results.len(), 2);
+            assert_eq!(r.results[0].output, Some(json!(null)));
+        }
+        other => panic!("expected results, got {other:?}"),
+    }
+    assert!(matches!(
+        orchestrator.recv(Duration::from_secs(2)),
+        Some((_, WorkerMessage::Goodbye(_)))
+    ));
+    assert!(rt.join(Duration::from_secs(2)));
+    assert_eq!(rt.state(), RuntimeState::Stopped);
+}
+
+#[test]
+fn bad_options_are_refused_with_the_reason() {
+    let config = TaskerConfig::default();
+    let err = WorkerRuntime::start(WorkerOptions::new(config.clone(), vec![])).unwrap_err();
+    assert!(err.to_string().contains("no handlers"), "{err}");
+    let mut options = WorkerOptions::new(config.clone(), vec!["a".into()]);
+    options.capacity = Some(0);
+    assert!(WorkerRuntime::start(options)
+        .unwrap_err()
+        .to_string()
+        .contains("capacity"));
+    let options = WorkerOptions::new(
+        TaskerConfig {
+            endpoint: "inproc://nope".into(),
+            ..config
+        },
+        vec!["a".into()],
+    );
+    assert!(WorkerRuntime::start(options)
+        .unwrap_err()
+        .to_string()
+        .contains("endpoint"));
+}
