@@ -17,7 +17,7 @@ const LONG: Duration = Duration::from_secs(15);
 fn config() -> TaskerConfig {
     TaskerConfig {
         endpoint: "tcp://127.0.0.1:0".into(),
-        heartbeat_interval_ms: 100,
+        heartbeat_interval_ms: 200,
         liveness: 3,
         linger_ms: 0,
         ..TaskerConfig::default()
@@ -34,7 +34,7 @@ fn spawn_worker(endpoint: &str, id: &str, capacity: u32) -> Child {
             "--handlers",
             "sleep,echo",
         ])
-        .env("TASKER_HEARTBEAT_INTERVAL_MS", "100")
+        .env("TASKER_HEARTBEAT_INTERVAL_MS", "200")
         .env("TASKER_RECONNECT_INITIAL_MS", "50")
         .env_remove("TASKER_CONFIG")
         .env_remove("TASKER_ENV")

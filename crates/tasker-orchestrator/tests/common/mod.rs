@@ -14,7 +14,9 @@ use tasker_protocol::{
 pub fn config() -> TaskerConfig {
     TaskerConfig {
         endpoint: "tcp://127.0.0.1:0".into(),
-        heartbeat_interval_ms: 100,
+        // Short enough for quick death tests, long enough that a loaded CI
+        // machine does not starve a live peer past 600 ms.
+        heartbeat_interval_ms: 200,
         liveness: 3,
         default_step_timeout_ms: 10_000,
         reconnect_initial_ms: 50,
