@@ -48,8 +48,8 @@ fn noop_steps(n: usize) -> Vec<StepExecutionRequest> {
         .collect()
 }
 
-/// The bodies the real system sends for a batch of `n` no-op steps.
-fn bodies(n: usize) -> ([Vec<u8>; 2], [Vec<u8>; 2]) {
+/// The messages the real system exchanges for a batch of `n` no-op steps.
+fn messages(n: usize) -> (OrchestratorMessage, WorkerMessage) {
     let steps = noop_steps(n);
     let results: Vec<StepExecutionResult> = steps
         .iter()
@@ -57,10 +57,7 @@ fn bodies(n: usize) -> ([Vec<u8>; 2], [Vec<u8>; 2]) {
         .collect();
     let request = OrchestratorMessage::StepBatchRequest(StepBatchRequest::new("bench:1", steps));
     let response = WorkerMessage::StepBatchResponse(StepBatchResponse::new("bench:1", results));
-    (
-        codec::encode(&request).expect("encodable"),
-        codec::encode(&response).expect("encodable"),
-    )
+    (request, response)
 }
 
 struct RawEcho {
@@ -73,8 +70,9 @@ struct RawEcho {
 
 impl RawEcho {
     /// A ROUTER and an echoing DEALER thread that answers every message with
-    /// `reply`, and nothing else.
-    fn start(reply: [Vec<u8>; 2], typed: bool) -> Result<Self> {
+    /// `reply`: pre-encoded, or, when `typed`, after decoding the request
+    /// and encoding the reply as any JSON worker must.
+    fn start(reply: WorkerMessage, typed: bool) -> Result<Self> {
         let context = zmq::Context::new();
         let router = context.socket(zmq::ROUTER)?;
         router.bind("tcp://127.0.0.1:0")?;
@@ -88,23 +86,18 @@ impl RawEcho {
         let peer = frames[0].clone();
         let thread = std::thread::spawn(move || {
             dealer.set_rcvtimeo(100).expect("rcvtimeo");
-            let typed_reply: Option<WorkerMessage> =
-                typed.then(|| codec::decode(&reply, usize::MAX).expect("valid reply"));
+            let encoded = codec::encode(&reply).expect("encodable");
             while !stop_flag.load(Ordering::Relaxed) {
-                if let Ok(frames) = dealer.recv_multipart(0) {
-                    match &typed_reply {
-                        // What any JSON worker must do: parse, then encode.
-                        Some(message) => {
-                            let parsed: OrchestratorMessage =
-                                codec::decode(&frames, usize::MAX).expect("valid request");
-                            std::hint::black_box(parsed);
-                            let out = codec::encode(message).expect("encodable");
-                            let _ = dealer.send_multipart(out, 0);
-                        }
-                        None => {
-                            let _ = dealer.send_multipart(reply.iter(), 0);
-                        }
-                    }
+                let Ok(frames) = dealer.recv_multipart(0) else {
+                    continue;
+                };
+                if typed {
+                    let parsed: OrchestratorMessage =
+                        codec::decode(&frames, usize::MAX).expect("valid request");
+                    std::hint::black_box(parsed);
+                    let _ = dealer.send_multipart(codec::encode(&reply).expect("encodable"), 0);
+                } else {
+                    let _ = dealer.send_multipart(encoded.iter(), 0);
                 }
             }
         });
@@ -123,9 +116,11 @@ impl RawEcho {
         Ok(())
     }
 
-    fn recv(&self) -> Result<()> {
-        self.router.recv_multipart(0)?;
-        Ok(())
+    /// The next reply's frames, without the routing id.
+    fn recv(&self) -> Result<Vec<Vec<u8>>> {
+        let mut frames = self.router.recv_multipart(0)?;
+        frames.remove(0);
+        Ok(frames)
     }
 }
 
@@ -139,20 +134,20 @@ impl Drop for RawEcho {
 }
 
 fn raw_throughput(batch: usize, steps: usize, window: usize, typed: bool) -> Result<f64> {
-    let (request, response) = bodies(batch);
+    let (request, response) = messages(batch);
+    let encoded = codec::encode(&request)?;
     let echo = RawEcho::start(response, typed)?;
-    let typed_request: Option<OrchestratorMessage> =
-        typed.then(|| codec::decode(&request, usize::MAX).expect("valid request"));
     let send = |echo: &RawEcho| -> Result<()> {
-        match &typed_request {
-            Some(message) => echo.send(&codec::encode(message)?),
-            None => echo.send(&request),
+        if typed {
+            echo.send(&codec::encode(&request)?)
+        } else {
+            echo.send(&encoded)
         }
     };
     let recv = |echo: &RawEcho| -> Result<()> {
-        let frames = echo.router.recv_multipart(0)?;
+        let frames = echo.recv()?;
         if typed {
-            let parsed: WorkerMessage = codec::decode(&frames[1..], usize::MAX)?;
+            let parsed: WorkerMessage = codec::decode(&frames, usize::MAX)?;
             std::hint::black_box(parsed);
         }
         Ok(())
@@ -177,7 +172,8 @@ fn raw_throughput(batch: usize, steps: usize, window: usize, typed: bool) -> Res
 }
 
 fn raw_latency(samples: usize) -> Result<Vec<Duration>> {
-    let (request, response) = bodies(1);
+    let (request, response) = messages(1);
+    let request = codec::encode(&request)?;
     let echo = RawEcho::start(response, false)?;
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {

@@ -65,7 +65,7 @@ struct StepInput {
     metadata: Option<MetadataInput>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct MetadataInput {
     #[serde(default)]
@@ -87,12 +87,7 @@ fn parse_batch(text: &str) -> Result<StepBatchRequest> {
         .steps
         .into_iter()
         .map(|s| {
-            let meta = s.metadata.unwrap_or(MetadataInput {
-                attempt: None,
-                retry_limit: None,
-                timeout_ms: None,
-                created_at: None,
-            });
+            let meta = s.metadata.unwrap_or_default();
             StepExecutionRequest {
                 step_id: s.step_id,
                 task_id: s.task_id,
@@ -159,16 +154,7 @@ pub fn run(args: DispatchArgs) -> Result<()> {
             "results": results,
         });
         if args.metrics {
-            out["metrics"] = json!({
-                "dispatched": metrics.dispatched,
-                "completed": metrics.completed,
-                "failed": metrics.failed,
-                "timed_out": metrics.timed_out,
-                "redelivered": metrics.redelivered,
-                "late_results_dropped": metrics.late_results_dropped,
-                "duplicate_results_dropped": metrics.duplicate_results_dropped,
-                "malformed_messages": metrics.malformed_messages,
-            });
+            out["metrics"] = serde_json::to_value(metrics)?;
         }
         println!("{}", serde_json::to_string_pretty(&out)?);
         Ok(())

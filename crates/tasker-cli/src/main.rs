@@ -116,20 +116,14 @@ fn schema(out: &std::path::Path, check: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let mut stale = Vec::new();
-    for (name, schema) in tasker_protocol::schema::all() {
-        let path = out.join(name);
-        let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        if committed != tasker_protocol::schema::render(&schema) {
-            stale.push(path.display().to_string());
-        }
-    }
+    let stale = tasker_protocol::schema::stale(out);
     if stale.is_empty() {
         println!("schema is up to date");
         Ok(())
     } else {
         anyhow::bail!(
-            "schema files out of date (run `tasker schema`): {}",
+            "schema files in {} out of date (run `tasker schema`): {}",
+            out.display(),
             stale.join(", ")
         )
     }

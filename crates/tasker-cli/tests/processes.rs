@@ -84,8 +84,6 @@ impl Drop for Reaper {
 }
 
 fn start_executor() -> ZmqPubSubExecutor {
-    // The config file lookup is bypassed: TASKER_CONFIG points nowhere and
-    // the tests pass explicit settings.
     ZmqPubSubExecutor::start(&config()).unwrap()
 }
 

@@ -61,12 +61,21 @@ struct StepEntry {
     state: StepState,
     /// Bumped on every state change; a deadline of an older epoch is stale.
     epoch: u64,
-    timeout: Duration,
+}
+
+impl StepEntry {
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.request.metadata.timeout_ms)
+    }
+
+    fn is_attempt(&self, step_ref: StepRef) -> bool {
+        self.request.metadata.attempt == step_ref.attempt
+    }
 }
 
 struct WorkerEntry {
     worker_id: String,
-    handlers: Vec<String>,
+    handlers: Arc<[String]>,
     capacity: u32,
     /// Step attempts the worker holds unfinished, including ones the
     /// orchestrator has already ended (timed out): they still run there.
@@ -143,7 +152,6 @@ pub(crate) struct Dispatcher {
     deadlines: BinaryHeap<Reverse<(Instant, StepId, u64)>>,
     next_epoch: u64,
     finished: Finished,
-    finished_total: u64,
 
     workers: HashMap<RoutingId, WorkerEntry>,
     by_worker_id: HashMap<String, RoutingId>,
@@ -181,7 +189,6 @@ impl Dispatcher {
             deadlines: BinaryHeap::new(),
             next_epoch: 0,
             finished: Finished::default(),
-            finished_total: 0,
             workers: HashMap::new(),
             by_worker_id: HashMap::new(),
             next_heartbeat,
@@ -260,7 +267,7 @@ impl Dispatcher {
                         self.shutdown = Some(Shutdown {
                             deadline,
                             reply,
-                            finished_before: self.finished_total,
+                            finished_before: self.finished_total(),
                         });
                     }
                 }
@@ -271,7 +278,7 @@ impl Dispatcher {
                         self.shutdown = Some(Shutdown {
                             deadline: Instant::now(),
                             reply: None,
-                            finished_before: self.finished_total,
+                            finished_before: self.finished_total(),
                         });
                     }
                     return std::ops::ControlFlow::Continue(());
@@ -315,26 +322,19 @@ impl Dispatcher {
             if request.metadata.timeout_ms == 0 {
                 request.metadata.timeout_ms = default_timeout;
             }
-            let timeout = Duration::from_millis(request.metadata.timeout_ms);
             let step_ref = request.step_ref();
-            let epoch = self.bump_epoch();
-            self.deadlines
-                .push(Reverse((now + timeout, step_ref.step_id, epoch)));
-            self.queues
-                .entry(request.handler_class.clone())
-                .or_default()
-                .push_back(step_ref);
-            self.queued += 1;
             self.steps.insert(
                 step_ref.step_id,
                 StepEntry {
                     request,
                     sink: Arc::clone(&sink),
                     state: StepState::Queued,
-                    epoch,
-                    timeout,
+                    epoch: 0,
                 },
             );
+            self.queued += 1;
+            self.arm_deadline(step_ref.step_id, now);
+            self.push_queue(step_ref, false);
         }
         Metrics::add(&self.metrics.submitted, n as u64);
         tracing::debug!(batch_id = %sink.batch_id, steps = n, "batch accepted");
@@ -342,9 +342,49 @@ impl Dispatcher {
         Ok(())
     }
 
-    fn bump_epoch(&mut self) -> u64 {
+    /// Starts a new deadline for the step's current state, `timeout_ms`
+    /// from `from`; any earlier deadline of the step becomes stale.
+    fn arm_deadline(&mut self, step_id: StepId, from: Instant) {
         self.next_epoch += 1;
-        self.next_epoch
+        let epoch = self.next_epoch;
+        if let Some(entry) = self.steps.get_mut(&step_id) {
+            entry.epoch = epoch;
+            self.deadlines
+                .push(Reverse((from + entry.timeout(), step_id, epoch)));
+        }
+    }
+
+    /// Puts a queued step in its handler's queue (at the front for steps
+    /// that waited already).
+    fn push_queue(&mut self, step_ref: StepRef, front: bool) {
+        let Some(entry) = self.steps.get(&step_ref.step_id) else {
+            return;
+        };
+        let queue = match self.queues.get_mut(&entry.request.handler_class) {
+            Some(queue) => queue,
+            None => self
+                .queues
+                .entry(entry.request.handler_class.clone())
+                .or_default(),
+        };
+        if front {
+            queue.push_front(step_ref);
+        } else {
+            queue.push_back(step_ref);
+        }
+    }
+
+    /// Whether this attempt of the step is out at this connection.
+    fn held_by(&self, step_ref: StepRef, routing_id: &[u8]) -> bool {
+        self.steps.get(&step_ref.step_id).is_some_and(|e| {
+            e.is_attempt(step_ref)
+                && matches!(&e.state, StepState::Dispatched { routing_id: r } if r.as_slice() == routing_id)
+        })
+    }
+
+    fn finished_total(&self) -> u64 {
+        let m = self.metrics.snapshot();
+        m.completed + m.failed + m.timed_out + m.cancelled
     }
 
     fn worker_infos(&self) -> Vec<WorkerInfo> {
@@ -353,7 +393,7 @@ impl Dispatcher {
             .values()
             .map(|w| WorkerInfo {
                 worker_id: w.worker_id.clone(),
-                handlers: w.handlers.clone(),
+                handlers: w.handlers.to_vec(),
                 capacity: w.capacity,
                 in_flight: w.occupied.len(),
                 draining: w.draining,
@@ -484,7 +524,7 @@ impl Dispatcher {
             routing_id.clone(),
             WorkerEntry {
                 worker_id: hello.worker_id,
-                handlers: hello.handlers,
+                handlers: hello.handlers.into(),
                 capacity: hello.capacity,
                 occupied,
                 last_seen: Instant::now(),
@@ -507,14 +547,11 @@ impl Dispatcher {
 
     fn migrate_steps(&mut self, old: &[u8], new: &[u8], held: &HashSet<StepRef>) {
         for step_ref in held {
-            if let Some(entry) = self.steps.get_mut(&step_ref.step_id) {
-                if entry.request.metadata.attempt != step_ref.attempt {
-                    continue;
-                }
-                if let StepState::Dispatched { routing_id } = &mut entry.state {
-                    if routing_id.as_slice() == old {
-                        *routing_id = new.to_vec();
-                    }
+            if self.held_by(*step_ref, old) {
+                if let Some(entry) = self.steps.get_mut(&step_ref.step_id) {
+                    entry.state = StepState::Dispatched {
+                        routing_id: new.to_vec(),
+                    };
                 }
             }
         }
@@ -525,12 +562,11 @@ impl Dispatcher {
 
     fn on_result(&mut self, from: &[u8], result: StepExecutionResult) {
         let step_ref = result.step_ref();
-        let holder = if self.workers.contains_key(from) {
-            Some(from.to_vec())
-        } else {
-            self.by_worker_id.get(&result.metadata.worker_id).cloned()
+        let holder = match self.by_worker_id.get(&result.metadata.worker_id) {
+            Some(id) if !self.workers.contains_key(from) => id.as_slice(),
+            _ => from,
         };
-        if let Some(worker) = holder.and_then(|id| self.workers.get_mut(&id)) {
+        if let Some(worker) = self.workers.get_mut(holder) {
             if worker.occupied.remove(&step_ref) {
                 self.dispatch_needed = true;
             }
@@ -538,7 +574,7 @@ impl Dispatcher {
         let current = self
             .steps
             .get(&step_ref.step_id)
-            .is_some_and(|e| e.request.metadata.attempt == step_ref.attempt);
+            .is_some_and(|e| e.is_attempt(step_ref));
         if current {
             tracing::debug!(step_id = step_ref.step_id, status = ?result.status, "step result");
             self.finish(step_ref.step_id, result, Ended::ByWorker);
@@ -570,31 +606,23 @@ impl Dispatcher {
         };
         worker.draining = true;
         tracing::info!(worker_id = %worker.worker_id, returned = returned.len(), "worker draining");
+        for step_ref in &returned {
+            worker.occupied.remove(step_ref);
+        }
+        let now = Instant::now();
         for step_ref in returned {
-            worker.occupied.remove(&step_ref);
-            let Some(entry) = self.steps.get_mut(&step_ref.step_id) else {
+            if !self.held_by(step_ref, routing_id) {
                 continue;
-            };
-            let held_here = entry.request.metadata.attempt == step_ref.attempt
-                && matches!(&entry.state, StepState::Dispatched { routing_id: r } if r.as_slice() == routing_id);
-            if held_here {
-                // Given back unstarted: safe to deliver elsewhere, with a
-                // fresh schedule-to-start deadline.
-                entry.state = StepState::Queued;
-                self.next_epoch += 1;
-                entry.epoch = self.next_epoch;
-                self.deadlines.push(Reverse((
-                    Instant::now() + entry.timeout,
-                    step_ref.step_id,
-                    entry.epoch,
-                )));
-                self.queues
-                    .entry(entry.request.handler_class.clone())
-                    .or_default()
-                    .push_front(step_ref);
-                self.queued += 1;
-                Metrics::add(&self.metrics.redelivered, 1);
             }
+            // Given back unstarted: safe to deliver elsewhere, with a fresh
+            // schedule-to-start deadline.
+            if let Some(entry) = self.steps.get_mut(&step_ref.step_id) {
+                entry.state = StepState::Queued;
+            }
+            self.queued += 1;
+            self.arm_deadline(step_ref.step_id, now);
+            self.push_queue(step_ref, true);
+            Metrics::add(&self.metrics.redelivered, 1);
         }
         self.dispatch_needed = true;
     }
@@ -617,7 +645,6 @@ impl Dispatcher {
         };
         Metrics::add(counter, 1);
         self.finished.record(entry.request.step_ref(), how);
-        self.finished_total += 1;
         self.permits.add_permits(1);
         // A dropped handle just means nobody is listening any more.
         let _ = entry.sink.results.send(result);
@@ -716,11 +743,10 @@ impl Dispatcher {
             self.remove_worker(&routing_id, "no heartbeat");
         }
         let heartbeat = OrchestratorMessage::Heartbeat(Heartbeat {});
-        let peers: Vec<RoutingId> = self.workers.keys().cloned().collect();
-        for routing_id in peers {
+        for routing_id in self.workers.keys() {
             // A vanished connection is left to the liveness rule: the worker
             // may be reconnecting and its hello will claim its steps.
-            let _ = send_message(&self.socket, Some(&routing_id), &heartbeat);
+            let _ = send_message(&self.socket, Some(routing_id), &heartbeat);
         }
     }
 
@@ -734,11 +760,7 @@ impl Dispatcher {
             self.by_worker_id.remove(&worker.worker_id);
         }
         for step_ref in &worker.occupied {
-            let held_here = self.steps.get(&step_ref.step_id).is_some_and(|e| {
-                e.request.metadata.attempt == step_ref.attempt
-                    && matches!(&e.state, StepState::Dispatched { routing_id: r } if r.as_slice() == routing_id)
-            });
-            if held_here {
+            if self.held_by(*step_ref, routing_id) {
                 Metrics::add(&self.metrics.worker_lost, 1);
                 self.fail(
                     step_ref.step_id,
@@ -800,7 +822,7 @@ impl Dispatcher {
                 if take == 0 || (free < threshold && !worker.occupied.is_empty()) {
                     break;
                 }
-                let handlers = worker.handlers.clone();
+                let handlers = Arc::clone(&worker.handlers);
                 let picked = self.pick_steps(&handlers, take);
                 if picked.is_empty() {
                     break;
@@ -831,8 +853,7 @@ impl Dispatcher {
                 let mut got = None;
                 while let Some(step_ref) = queue.pop_front() {
                     let live = self.steps.get(&step_ref.step_id).is_some_and(|e| {
-                        e.request.metadata.attempt == step_ref.attempt
-                            && matches!(e.state, StepState::Queued)
+                        e.is_attempt(step_ref) && matches!(e.state, StepState::Queued)
                     });
                     if live {
                         got = Some(step_ref);
@@ -872,21 +893,14 @@ impl Dispatcher {
             Ok(()) => {
                 let now = Instant::now();
                 let n = picked.len();
-                let mut deadlines = Vec::with_capacity(n);
                 for step_ref in &picked {
-                    self.next_epoch += 1;
-                    let epoch = self.next_epoch;
-                    let entry = self
-                        .steps
-                        .get_mut(&step_ref.step_id)
-                        .expect("picked step exists");
-                    entry.state = StepState::Dispatched {
-                        routing_id: routing_id.clone(),
-                    };
-                    entry.epoch = epoch;
-                    deadlines.push(Reverse((now + entry.timeout, step_ref.step_id, epoch)));
+                    if let Some(entry) = self.steps.get_mut(&step_ref.step_id) {
+                        entry.state = StepState::Dispatched {
+                            routing_id: routing_id.clone(),
+                        };
+                    }
+                    self.arm_deadline(step_ref.step_id, now);
                 }
-                self.deadlines.extend(deadlines);
                 self.queued -= n;
                 if let Some(worker) = self.workers.get_mut(routing_id) {
                     worker.occupied.extend(picked.iter().copied());
@@ -897,11 +911,7 @@ impl Dispatcher {
             }
             Err(error) => {
                 for step_ref in picked.iter().rev() {
-                    let handler = self.steps[&step_ref.step_id].request.handler_class.clone();
-                    self.queues
-                        .entry(handler)
-                        .or_default()
-                        .push_front(*step_ref);
+                    self.push_queue(*step_ref, true);
                 }
                 match error {
                     SendError::Zmq(zmq::Error::EHOSTUNREACH) => {
@@ -953,7 +963,7 @@ impl Dispatcher {
         }
         let shutdown = self.shutdown.take().expect("checked above");
         let report = ShutdownReport {
-            finished_during_shutdown: self.finished_total
+            finished_during_shutdown: self.finished_total()
                 - shutdown.finished_before
                 - abandoned.len() as u64,
             abandoned,

@@ -47,7 +47,7 @@ impl Metrics {
 ///
 /// `completed + failed + timed_out + cancelled` counts final results;
 /// `worker_lost` is the part of `failed` due to lost workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct MetricsSnapshot {
     /// Steps accepted by `submit`.
     pub submitted: u64,

@@ -54,6 +54,18 @@ pub fn render(schema: &Value) -> String {
     text
 }
 
+/// The schema files in `dir` that are missing or differ from what the types
+/// generate; empty when the committed schema is current.
+pub fn stale(dir: &Path) -> Vec<&'static str> {
+    all()
+        .into_iter()
+        .filter(|(name, schema)| {
+            std::fs::read_to_string(dir.join(name)).ok().as_deref() != Some(render(schema).as_str())
+        })
+        .map(|(name, _)| name)
+        .collect()
+}
+
 /// Writes every schema file into `dir`, creating it if needed; returns the
 /// paths written.
 pub fn write_all(dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {

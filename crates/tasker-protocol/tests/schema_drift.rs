@@ -5,13 +5,7 @@ use std::path::PathBuf;
 #[test]
 fn committed_schema_matches_the_types() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../protocol/schema");
-    let mut stale = Vec::new();
-    for (name, schema) in tasker_protocol::schema::all() {
-        let committed = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-        if committed != tasker_protocol::schema::render(&schema) {
-            stale.push(name);
-        }
-    }
+    let stale = tasker_protocol::schema::stale(&dir);
     assert!(
         stale.is_empty(),
         "protocol/schema is out of date for {stale:?}: run `cargo run -p tasker-cli -- schema`"

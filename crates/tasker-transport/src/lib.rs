@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use tasker_config::TaskerConfig;
@@ -127,9 +127,4 @@ pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (a, None) => a,
         (None, b) => b,
     }
-}
-
-/// Milliseconds in a duration, saturating.
-pub fn millis(d: Duration) -> u64 {
-    d.as_millis().min(u64::MAX as u128) as u64
 }

@@ -33,7 +33,7 @@ pub(crate) struct Connection {
     drain_sent: bool,
     drain_deadline: Option<Instant>,
     /// Delivery ids by step, so responses can name the batch they answer.
-    batch_of: std::collections::HashMap<StepRef, String>,
+    batch_of: std::collections::HashMap<StepRef, Arc<str>>,
 }
 
 impl Connection {
@@ -278,9 +278,9 @@ impl Connection {
                         .extend(batch.steps.iter().map(|s| s.step_ref()));
                     return;
                 }
+                let batch_id: Arc<str> = batch.batch_id.as_str().into();
                 for step in &batch.steps {
-                    self.batch_of
-                        .insert(step.step_ref(), batch.batch_id.clone());
+                    self.batch_of.insert(step.step_ref(), Arc::clone(&batch_id));
                 }
                 tracing::debug!(batch_id = %batch.batch_id, steps = batch.steps.len(), "steps received");
                 inbox.steps.extend(batch.steps);
@@ -308,22 +308,21 @@ impl Connection {
             // Keep them for the next connection.
             return;
         }
-        let results: Vec<StepExecutionResult> =
+        let mut results: Vec<StepExecutionResult> =
             std::mem::take(&mut *self.shared.outbox.lock().expect("outbox lock"));
-        if results.is_empty() {
-            return;
-        }
-        for chunk in results.chunks(RESULTS_PER_MESSAGE) {
+        while !results.is_empty() {
+            let rest = results.split_off(results.len().min(RESULTS_PER_MESSAGE));
+            let chunk = std::mem::replace(&mut results, rest);
             let batch_id = self
                 .batch_of
                 .get(&chunk[0].step_ref())
-                .cloned()
+                .map(|id| id.to_string())
                 .unwrap_or_default();
-            for result in chunk {
+            for result in &chunk {
                 self.batch_of.remove(&result.step_ref());
             }
             let response =
-                WorkerMessage::StepBatchResponse(StepBatchResponse::new(batch_id, chunk.to_vec()));
+                WorkerMessage::StepBatchResponse(StepBatchResponse::new(batch_id, chunk));
             self.send(&response);
         }
     }

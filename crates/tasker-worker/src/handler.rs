@@ -170,7 +170,7 @@ impl Worker {
         let capacity = runtime.capacity() as usize;
         let threads = self.threads.unwrap_or(capacity.min(16)).max(1);
         // Enough per pull to amortise the hop, few enough to share the work.
-        let chunk = (capacity / threads).clamp(1, runtime_batch(&runtime));
+        let chunk = (capacity / threads).max(1);
         let handlers = Arc::new(self.handlers);
         let pool = (0..threads)
             .map(|i| {
@@ -189,10 +189,6 @@ impl Worker {
             tokio,
         })
     }
-}
-
-fn runtime_batch(runtime: &WorkerRuntime) -> usize {
-    runtime.capacity().max(1) as usize
 }
 
 fn pump(
@@ -327,19 +323,14 @@ impl RunningWorker {
     pub fn join(mut self, timeout: Duration) -> bool {
         self.runtime.stop();
         let deadline = Instant::now() + timeout;
-        let io_done = self.runtime.join(timeout);
-        let mut all_done = io_done;
+        // With nothing in hand, every pool thread is past its last handler
+        // and leaving; otherwise a handler outlived the deadline and its
+        // thread is left to end on its own.
+        let all_done = self.runtime.join(timeout) && self.runtime.in_hand() == 0;
         for thread in self.pool.drain(..) {
-            if thread.is_finished() || Instant::now() < deadline {
-                while !thread.is_finished() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                if thread.is_finished() {
-                    let _ = thread.join();
-                    continue;
-                }
+            if all_done {
+                let _ = thread.join();
             }
-            all_done = false;
         }
         if let Some(tokio) = self.tokio.take() {
             // Blocking on a runtime's shutdown is not allowed inside another

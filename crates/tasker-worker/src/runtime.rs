@@ -90,7 +90,6 @@ pub(crate) struct Shared {
     pub outbox: Mutex<Vec<StepExecutionResult>>,
     pub doorbell: Doorbell,
     pub state: AtomicU8,
-    pub stop_requested_at: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -156,7 +155,6 @@ impl WorkerRuntime {
             outbox: Mutex::new(Vec::new()),
             doorbell: Doorbell::new().map_err(|e| WorkerError::Setup(e.to_string()))?,
             state: AtomicU8::new(RuntimeState::Connecting as u8),
-            stop_requested_at: Mutex::new(None),
         });
         let connection = Connection::new(Arc::clone(&shared))?;
         let thread = std::thread::Builder::new()
@@ -289,46 +287,30 @@ impl WorkerRuntime {
             inbox.returned.extend(unstarted);
             self.shared.steps_ready.notify_all();
         }
-        *self.shared.stop_requested_at.lock().expect("stop lock") = Some(Instant::now());
         self.shared.doorbell.ring();
     }
 
     /// Waits up to `timeout` for the I/O thread to finish (after
     /// [`stop`](Self::stop)); true if it did.
     pub fn join(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let mut guard = self.thread.lock().expect("thread lock");
-                match guard.as_ref() {
-                    None => return true,
-                    Some(handle) if handle.is_finished() => {
-                        let _ = guard.take().map(JoinHandle::join);
-                        return true;
-                    }
-                    Some(_) => {}
-                }
-            }
-            let inbox = self.shared.inbox.lock().expect("inbox lock");
-            if inbox.closed {
-                continue;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            // The I/O thread notifies when it closes.
-            let wakes = inbox.wakes;
-            let (inbox, _) = self
-                .shared
-                .steps_ready
-                .wait_timeout_while(inbox, left, |i| !i.closed && i.wakes == wakes)
-                .expect("inbox lock");
-            if !inbox.closed && inbox.wakes != wakes {
-                // Interrupted by wake(): let the caller check its signals.
-                return false;
+        let inbox = self.shared.inbox.lock().expect("inbox lock");
+        let wakes = inbox.wakes;
+        // The I/O thread notifies when it closes; wake() also ends the wait,
+        // so a binding can check its signals.
+        let (inbox, _) = self
+            .shared
+            .steps_ready
+            .wait_timeout_while(inbox, timeout, |i| !i.closed && i.wakes == wakes)
+            .expect("inbox lock");
+        let closed = inbox.closed;
+        drop(inbox);
+        if closed {
+            // Closing is the thread's last act; this join is brief.
+            if let Some(handle) = self.thread.lock().expect("thread lock").take() {
+                let _ = handle.join();
             }
         }
+        closed
     }
 }
 
