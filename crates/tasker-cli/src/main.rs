@@ -1,6 +1,7 @@
 //! `tasker`: the command line of tasker-core.
 
 mod bench;
+mod bench_workers;
 mod dispatch;
 mod worker;
 
@@ -39,6 +40,8 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Measure steps/s and latency against a raw ZeroMQ echo ceiling.
     Bench(bench::BenchArgs),
+    /// Compare steps/s of worker processes in any language, run by command.
+    BenchWorkers(bench_workers::BenchWorkersArgs),
 }
 
 /// Options every networked command shares.
@@ -105,6 +108,10 @@ fn main() -> Result<()> {
         Command::Bench(args) => {
             init_logging("error");
             bench::run(args)
+        }
+        Command::BenchWorkers(args) => {
+            init_logging("error");
+            bench_workers::run(args)
         }
     }
 }

@@ -34,6 +34,7 @@
 mod connection;
 mod error;
 mod handler;
+pub mod log_bridge;
 mod runtime;
 
 pub use error::WorkerError;

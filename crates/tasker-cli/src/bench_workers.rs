@@ -1,0 +1,223 @@
+//! `tasker bench-workers`: steps/s of whole worker processes, each in any
+//! language, served by the same orchestrator code in the same run.
+//!
+//! Each `--worker NAME=COMMAND` runs as `sh -c COMMAND` with `TASKER_ENDPOINT`
+//! and `TASKER_WORKER_CAPACITY` set; it must serve the handler `noop` and exit
+//! on SIGTERM. Rounds interleave the workers so that a slow patch of a noisy
+//! machine hits all of them; the best round of each is reported, with its
+//! ratio to the first worker.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use serde::Serialize;
+use tasker_config::TaskerConfig;
+use tasker_orchestrator::ZmqPubSubExecutor;
+use tasker_protocol::{StepBatchRequest, StepExecutionRequest, StepStatus};
+
+#[derive(Args, Debug)]
+pub struct BenchWorkersArgs {
+    /// A worker to measure, as NAME=COMMAND (run with `sh -c`). Repeat it;
+    /// ratios are to the first.
+    #[arg(long = "worker", value_parser = parse_worker, required = true)]
+    pub workers: Vec<(String, String)>,
+    /// Steps per measured run.
+    #[arg(long, default_value_t = 20_000)]
+    pub steps: usize,
+    /// Steps per message to the worker.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Capacity each worker is told to declare (TASKER_WORKER_CAPACITY).
+    #[arg(long, default_value_t = 200)]
+    pub capacity: u32,
+    /// Measured runs per worker; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Seconds a worker may take to start and connect.
+    #[arg(long, default_value_t = 60.0)]
+    pub connect_timeout: f64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_worker(spec: &str) -> Result<(String, String), String> {
+    match spec.split_once('=') {
+        Some((name, command)) if !name.trim().is_empty() && !command.trim().is_empty() => {
+            Ok((name.trim().to_string(), command.to_string()))
+        }
+        _ => Err(format!("expected NAME=COMMAND, got {spec:?}")),
+    }
+}
+
+#[derive(Serialize)]
+struct Figure {
+    worker: String,
+    steps_per_sec: f64,
+    rounds: Vec<f64>,
+    ratio_to_first: f64,
+}
+
+/// A worker process that is killed if the bench leaves early.
+struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    fn spawn(command: &str, endpoint: &str, capacity: u32) -> Result<Self> {
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec {command}"))
+            .env("TASKER_ENDPOINT", endpoint)
+            .env("TASKER_WORKER_CAPACITY", capacity.to_string())
+            // Lifecycle logs of every round would bury the figures.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        Ok(Self(child))
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited after `grace`.
+    fn stop(mut self, grace: Duration) -> Result<()> {
+        let pid = self.0.id().to_string();
+        let signal = |name: &str| {
+            let _ = Command::new("kill").args([name, pid.as_str()]).status();
+        };
+        signal("-TERM");
+        let (exited, exit_seen) = std::sync::mpsc::channel::<()>();
+        let killed = std::thread::scope(|scope| {
+            let killer = scope.spawn(move || {
+                let timed_out = exit_seen.recv_timeout(grace).is_err();
+                if timed_out {
+                    signal("-KILL");
+                }
+                timed_out
+            });
+            let _ = self.0.wait();
+            let _ = exited.send(());
+            killer.join().unwrap_or(true)
+        });
+        ensure!(!killed, "worker pid {pid} ignored SIGTERM for {grace:?}");
+        Ok(())
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn noop_steps(first_id: i64, n: usize) -> Vec<StepExecutionRequest> {
+    (0..n as i64)
+        .map(|i| StepExecutionRequest::new(first_id + i, 1, "bench", "noop", 60_000))
+        .collect()
+}
+
+async fn measure(args: &BenchWorkersArgs, command: &str) -> Result<f64> {
+    let config = TaskerConfig {
+        endpoint: "tcp://127.0.0.1:0".into(),
+        batch_size: args.batch,
+        queue_bound: args.steps.max(10_000) * 2,
+        ..TaskerConfig::default()
+    };
+    let executor = ZmqPubSubExecutor::start(&config)?;
+    let worker = WorkerProcess::spawn(command, executor.endpoint(), args.capacity)?;
+    let connect = Duration::from_secs_f64(args.connect_timeout);
+    if !executor.wait_for_workers(1, connect).await {
+        bail!("{command:?} did not connect within {connect:?}");
+    }
+    // Warm-up: first-touch allocation, JIT and caches are not what is measured.
+    let warm = args.batch * 10;
+    executor
+        .execute_step_batch(StepBatchRequest::new("warm", noop_steps(1, warm)))
+        .await?;
+    let started = Instant::now();
+    let results = executor
+        .execute_step_batch(StepBatchRequest::new(
+            "bench",
+            noop_steps(warm as i64 + 1, args.steps),
+        ))
+        .await?;
+    let elapsed = started.elapsed();
+    ensure!(results.len() == args.steps, "{command:?} lost results");
+    if let Some(bad) = results.iter().find(|r| r.status != StepStatus::Completed) {
+        bail!("{command:?} failed a step: {bad:?}");
+    }
+    worker.stop(Duration::from_secs(10))?;
+    executor.shutdown(Duration::from_secs(1)).await;
+    Ok(args.steps as f64 / elapsed.as_secs_f64())
+}
+
+pub fn run(args: BenchWorkersArgs) -> Result<()> {
+    ensure!(args.rounds > 0, "--rounds must be at least 1");
+    ensure!(
+        args.batch > 0 && args.steps > 0,
+        "--batch and --steps must be positive"
+    );
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); args.workers.len()];
+    for round in 1..=args.rounds {
+        for (i, (name, command)) in args.workers.iter().enumerate() {
+            let rate = runtime
+                .block_on(measure(&args, command))
+                .with_context(|| format!("worker {name}, round {round}"))?;
+            eprintln!("round {round}: {name:<10} {rate:>10.0} steps/s");
+            rounds[i].push(rate);
+        }
+    }
+    let best = |r: &[f64]| r.iter().copied().fold(0.0, f64::max);
+    let first = best(&rounds[0]);
+    let figures: Vec<Figure> = args
+        .workers
+        .iter()
+        .zip(rounds)
+        .map(|((name, _), rounds)| Figure {
+            worker: name.clone(),
+            steps_per_sec: best(&rounds),
+            ratio_to_first: best(&rounds) / first,
+            rounds,
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    println!(
+        "no-op steps, batch {}, capacity {}, {} steps, best of {} rounds",
+        args.batch, args.capacity, args.steps, args.rounds
+    );
+    println!("{:<12} {:>12} {:>10}", "worker", "steps/s", "vs first");
+    for f in &figures {
+        println!(
+            "{:<12} {:>12.0} {:>9.0}%",
+            f.worker,
+            f.steps_per_sec,
+            f.ratio_to_first * 100.0
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_worker;
+
+    #[test]
+    fn worker_specs_need_a_name_and_a_command() {
+        assert_eq!(
+            parse_worker("rust=tasker worker --handlers noop"),
+            Ok(("rust".into(), "tasker worker --handlers noop".into()))
+        );
+        assert!(parse_worker("=cmd").is_err());
+        assert!(parse_worker("name").is_err());
+    }
+}

@@ -1,0 +1,322 @@
+//! Carries the runtime's `tracing` events to a host language's logger.
+//!
+//! A host cannot be called from the runtime's I/O thread: Ruby objects may
+//! only be touched by Ruby threads, Python needs the GIL, and JavaScript runs
+//! on its own event loop. So the bridge only queues records; the host drains
+//! them on a thread of its own with [`LogBridge::next_records`] (a blocking
+//! wait that [`LogBridge::wake`] interrupts) and hands them to its logger.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tasker_worker::log_bridge::{self, LogLevel};
+//!
+//! let bridge = log_bridge::install(LogLevel::Info).unwrap();
+//! tracing::info!(target: "tasker_worker", worker_id = "w-1", "connected");
+//! let records = bridge.next_records(16, Some(Duration::from_secs(1)));
+//! assert_eq!(records[0].message, "connected");
+//! assert_eq!(records[0].fields, vec![("worker_id".to_string(), "w-1".to_string())]);
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tracing::field::{Field, Visit};
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata, Subscriber};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+/// Records kept while the host is not draining; later ones are dropped and
+/// counted, so a stalled logger cannot grow memory without bound.
+const QUEUE_BOUND: usize = 10_000;
+
+/// Severity of a record, ordered from most to least severe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogLevel {
+    /// Something failed.
+    Error = 1,
+    /// Something unexpected that the runtime recovered from.
+    Warn = 2,
+    /// Connection lifecycle: connected, reconnecting, draining, stopped.
+    Info = 3,
+    /// Per-message detail.
+    Debug = 4,
+    /// Everything.
+    Trace = 5,
+}
+
+impl LogLevel {
+    /// The lower-case name: `error`, `warn`, `info`, `debug` or `trace`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+
+    fn of(level: &tracing::Level) -> Self {
+        match *level {
+            tracing::Level::ERROR => LogLevel::Error,
+            tracing::Level::WARN => LogLevel::Warn,
+            tracing::Level::INFO => LogLevel::Info,
+            tracing::Level::DEBUG => LogLevel::Debug,
+            tracing::Level::TRACE => LogLevel::Trace,
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A level name that is not one of `error`, `warn`/`warning`, `info`,
+/// `debug` or `trace`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown log level {0:?}: expected error, warn, info, debug or trace")]
+pub struct UnknownLogLevel(pub String);
+
+impl FromStr for LogLevel {
+    type Err = UnknownLogLevel;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "error" => Ok(LogLevel::Error),
+            "warn" | "warning" => Ok(LogLevel::Warn),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            "trace" => Ok(LogLevel::Trace),
+            _ => Err(UnknownLogLevel(s.to_string())),
+        }
+    }
+}
+
+/// One `tracing` event, ready for a host logger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Severity.
+    pub level: LogLevel,
+    /// The module that logged it, e.g. `tasker_worker::connection`.
+    pub target: String,
+    /// The event's message.
+    pub message: String,
+    /// The event's other fields, in the order they were written.
+    pub fields: Vec<(String, String)>,
+}
+
+impl fmt::Display for LogRecord {
+    /// The message followed by `key=value` pairs, as one log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        for (key, value) in &self.fields {
+            write!(f, " {key}={value}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The bridge could not become the process's `tracing` subscriber.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("another tracing subscriber is already installed in this process")]
+pub struct SubscriberAlreadySet;
+
+/// The process-wide queue of records waiting for the host's logger.
+pub struct LogBridge {
+    level: AtomicU8,
+    dropped: AtomicU64,
+    state: Mutex<Queue>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    records: VecDeque<LogRecord>,
+    woken: bool,
+}
+
+static BRIDGE: OnceLock<Result<&'static LogBridge, SubscriberAlreadySet>> = OnceLock::new();
+
+/// Makes the bridge the process's `tracing` subscriber (first call) and sets
+/// the most verbose level it queues (every call).
+///
+/// Fails when something else installed a global subscriber first; the host
+/// then gets no runtime logs through the bridge.
+pub fn install(level: LogLevel) -> Result<&'static LogBridge, SubscriberAlreadySet> {
+    let bridge = BRIDGE
+        .get_or_init(|| {
+            let bridge: &'static LogBridge = Box::leak(Box::new(LogBridge {
+                level: AtomicU8::new(level as u8),
+                dropped: AtomicU64::new(0),
+                state: Mutex::new(Queue::default()),
+                ready: Condvar::new(),
+            }));
+            let subscriber = tracing_subscriber::registry().with(BridgeLayer(bridge));
+            tracing::subscriber::set_global_default(subscriber)
+                .map(|()| bridge)
+                .map_err(|_| SubscriberAlreadySet)
+        })
+        .clone()?;
+    bridge.set_level(level);
+    Ok(bridge)
+}
+
+impl LogBridge {
+    /// Sets the most verbose level queued from now on.
+    pub fn set_level(&self, level: LogLevel) {
+        self.level.store(level as u8, Ordering::Relaxed);
+    }
+
+    /// The most verbose level queued.
+    pub fn level(&self) -> LogLevel {
+        match self.level.load(Ordering::Relaxed) {
+            1 => LogLevel::Error,
+            2 => LogLevel::Warn,
+            3 => LogLevel::Info,
+            4 => LogLevel::Debug,
+            _ => LogLevel::Trace,
+        }
+    }
+
+    /// Records dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until records are queued, then takes up to `max` of them.
+    ///
+    /// Returns an empty list when `timeout` passes or [`wake`](Self::wake)
+    /// is called first. This blocks: a host calls it without its interpreter
+    /// lock, with `wake` as the interrupt.
+    pub fn next_records(&self, max: usize, timeout: Option<Duration>) -> Vec<LogRecord> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut queue = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if queue.woken {
+                queue.woken = false;
+                return Vec::new();
+            }
+            if !queue.records.is_empty() {
+                let n = max.max(1).min(queue.records.len());
+                return queue.records.drain(..n).collect();
+            }
+            queue = match deadline {
+                None => self.ready.wait(queue).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Vec::new();
+                    }
+                    self.ready
+                        .wait_timeout(queue, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Makes a waiting (or the next) [`next_records`](Self::next_records)
+    /// return at once.
+    pub fn wake(&self) {
+        let mut queue = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        queue.woken = true;
+        self.ready.notify_all();
+    }
+
+    fn push(&self, record: LogRecord) {
+        let mut queue = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.records.len() >= QUEUE_BOUND {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        queue.records.push_back(record);
+        self.ready.notify_one();
+    }
+}
+
+struct BridgeLayer(&'static LogBridge);
+
+impl<S: Subscriber> Layer<S> for BridgeLayer {
+    // The level can change at run time, so no callsite is ruled out for good.
+    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+        Interest::sometimes()
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>, _: Context<'_, S>) -> bool {
+        LogLevel::of(metadata.level()) <= self.0.level()
+    }
+
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut visitor = FieldVisitor::default();
+        event.record(&mut visitor);
+        self.0.push(LogRecord {
+            level: LogLevel::of(event.metadata().level()),
+            target: event.metadata().target().to_string(),
+            message: visitor.message,
+            fields: visitor.fields,
+        });
+    }
+}
+
+#[derive(Default)]
+struct FieldVisitor {
+    message: String,
+    fields: Vec<(String, String)>,
+}
+
+impl Visit for FieldVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            self.fields
+                .push((field.name().to_string(), value.to_string()));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        } else {
+            self.fields
+                .push((field.name().to_string(), format!("{value:?}")));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_parse_and_order() {
+        assert_eq!("WARNING".parse::<LogLevel>(), Ok(LogLevel::Warn));
+        assert!(LogLevel::Error < LogLevel::Debug);
+        let err = "loud".parse::<LogLevel>().unwrap_err();
+        assert!(err.to_string().contains("\"loud\""));
+    }
+
+    #[test]
+    fn queues_filters_and_wakes() {
+        let bridge = install(LogLevel::Info).unwrap();
+        tracing::debug!(target: "t", "hidden");
+        tracing::warn!(target: "t", step_id = 7, "shown");
+        let records = bridge.next_records(10, Some(Duration::from_secs(1)));
+        let shown: Vec<_> = records.iter().filter(|r| r.target == "t").collect();
+        assert_eq!(shown.len(), 1);
+        assert_eq!(shown[0].to_string(), "shown step_id=7");
+        assert_eq!(shown[0].level, LogLevel::Warn);
+
+        let waiter = std::thread::spawn(move || bridge.next_records(10, None));
+        std::thread::sleep(Duration::from_millis(50));
+        bridge.wake();
+        assert!(waiter.join().unwrap().is_empty());
+    }
+}
