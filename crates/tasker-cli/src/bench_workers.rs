@@ -7,7 +7,6 @@
 //! machine hits all of them; the best round of each is reported, with its
 //! ratio to the first worker.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -17,11 +16,13 @@ use tasker_config::TaskerConfig;
 use tasker_orchestrator::ZmqPubSubExecutor;
 use tasker_protocol::{StepBatchRequest, StepExecutionRequest, StepStatus};
 
+use crate::children::{parse_named_command, WorkerProcess};
+
 #[derive(Args, Debug)]
 pub struct BenchWorkersArgs {
     /// A worker to measure, as NAME=COMMAND (run with `sh -c`). Repeat it;
     /// ratios are to the first.
-    #[arg(long = "worker", value_parser = parse_worker, required = true)]
+    #[arg(long = "worker", value_parser = parse_named_command, required = true)]
     pub workers: Vec<(String, String)>,
     /// Steps per measured run.
     #[arg(long, default_value_t = 20_000)]
@@ -43,77 +44,12 @@ pub struct BenchWorkersArgs {
     pub json: bool,
 }
 
-fn parse_worker(spec: &str) -> Result<(String, String), String> {
-    match spec.split_once('=') {
-        Some((name, command)) if !name.trim().is_empty() && !command.trim().is_empty() => {
-            Ok((name.trim().to_string(), command.to_string()))
-        }
-        _ => Err(format!("expected NAME=COMMAND, got {spec:?}")),
-    }
-}
-
 #[derive(Serialize)]
 struct Figure {
     worker: String,
     steps_per_sec: f64,
     rounds: Vec<f64>,
     ratio_to_first: f64,
-}
-
-/// A worker process that is killed if the bench leaves early.
-struct WorkerProcess(Child);
-
-impl WorkerProcess {
-    fn spawn(command: &str, endpoint: &str, capacity: u32) -> Result<Self> {
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("exec {command}"))
-            .env("TASKER_ENDPOINT", endpoint)
-            .env("TASKER_WORKER_CAPACITY", capacity.to_string())
-            // Lifecycle logs of every round would bury the figures.
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {command:?}"))?;
-        Ok(Self(child))
-    }
-
-    /// SIGTERM, then SIGKILL if it has not exited after `grace`.
-    fn stop(mut self, grace: Duration) -> Result<()> {
-        let pid = self.0.id().to_string();
-        let signal = |name: &str| {
-            let _ = Command::new("kill").args([name, pid.as_str()]).status();
-        };
-        signal("-TERM");
-        let (exited, exit_seen) = std::sync::mpsc::channel::<()>();
-        let killed = std::thread::scope(|scope| {
-            let killer = scope.spawn(move || {
-                let timed_out = exit_seen.recv_timeout(grace).is_err();
-                if timed_out {
-                    signal("-KILL");
-                }
-                timed_out
-            });
-            let _ = self.0.wait();
-            let _ = exited.send(());
-            killer.join().unwrap_or(true)
-        });
-        ensure!(!killed, "worker pid {pid} ignored SIGTERM for {grace:?}");
-        Ok(())
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 fn noop_steps(first_id: i64, n: usize) -> Vec<StepExecutionRequest> {
@@ -130,7 +66,8 @@ async fn measure(args: &BenchWorkersArgs, command: &str) -> Result<f64> {
         ..TaskerConfig::default()
     };
     let executor = ZmqPubSubExecutor::start(&config)?;
-    let worker = WorkerProcess::spawn(command, executor.endpoint(), args.capacity)?;
+    let capacity = [("TASKER_WORKER_CAPACITY", args.capacity.to_string())];
+    let worker = WorkerProcess::spawn("bench", command, executor.endpoint(), &capacity, None)?;
     let connect = Duration::from_secs_f64(args.connect_timeout);
     if !executor.wait_for_workers(1, connect).await {
         bail!("{command:?} did not connect within {connect:?}");
@@ -205,19 +142,4 @@ pub fn run(args: BenchWorkersArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_worker;
-
-    #[test]
-    fn worker_specs_need_a_name_and_a_command() {
-        assert_eq!(
-            parse_worker("rust=tasker worker --handlers noop"),
-            Ok(("rust".into(), "tasker worker --handlers noop".into()))
-        );
-        assert!(parse_worker("=cmd").is_err());
-        assert!(parse_worker("name").is_err());
-    }
 }

@@ -2,7 +2,9 @@
 
 mod bench;
 mod bench_workers;
+mod children;
 mod dispatch;
+mod run;
 mod worker;
 
 use std::path::PathBuf;
@@ -36,6 +38,9 @@ enum Command {
     /// Bind the orchestrator, send one batch (JSON file or stdin) to the
     /// connected workers and print the results as JSON.
     Dispatch(dispatch::DispatchArgs),
+    /// Run one task of a workflow (YAML) against connected or spawned
+    /// workers, with live progress and a summary.
+    Run(run::RunArgs),
     /// Run a Rust worker with the built-in example handlers.
     Worker(worker::WorkerArgs),
     /// Measure steps/s and latency against a raw ZeroMQ echo ceiling.
@@ -100,6 +105,18 @@ fn main() -> Result<()> {
         Command::Dispatch(args) => {
             init_logging("warn");
             dispatch::run(args)
+        }
+        Command::Run(args) => {
+            init_logging("warn");
+            match run::run(args) {
+                Ok(tasker_engine::TaskStatus::Complete) => Ok(()),
+                Ok(_) => std::process::exit(1),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    let start_error = e.downcast_ref::<run::StartError>().is_some();
+                    std::process::exit(if start_error { 2 } else { 1 });
+                }
+            }
         }
         Command::Worker(args) => {
             init_logging("info");

@@ -1,0 +1,402 @@
+//! `tasker run`: one task of a workflow, from the command line.
+//!
+//! Binds the orchestrator, optionally starts worker processes (`--spawn`),
+//! waits until every handler the workflow needs is served, runs the task
+//! with live progress on stderr, prints a summary (or `--json`), and stops
+//! the workers it started. Exit status: 0 when the task completed, 1 when it
+//! failed or was cancelled (Ctrl-C cancels), 2 when it could not start.
+
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::Value;
+use tasker_engine::{StepOutcome, TaskEvent, TaskReport, TaskStatus, TaskTemplate, WorkflowEngine};
+use tasker_orchestrator::ZmqPubSubExecutor;
+
+use crate::children::{parse_named_command, WorkerProcess};
+use crate::ConfigArgs;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The workflow (task template) YAML file.
+    pub workflow: PathBuf,
+    /// The task's context, as JSON (handlers see it as `task_context`).
+    #[arg(long, default_value = "{}")]
+    pub context: String,
+    /// Start a worker process, as NAME=COMMAND; repeat for more. It gets the
+    /// orchestrator's endpoint in TASKER_ENDPOINT and SIGTERM at the end.
+    #[arg(long = "spawn", value_parser = parse_named_command)]
+    pub spawn: Vec<(String, String)>,
+    /// Seconds to wait for workers serving every handler the workflow needs.
+    #[arg(long, default_value_t = 60.0)]
+    pub wait: f64,
+    /// Print the report as JSON on stdout (progress stays on stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Directory for spawned workers' output (default: a temporary one).
+    #[arg(long)]
+    pub logs: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Why `run` could not start the task: exit status 2, not 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct StartError(anyhow::Error);
+
+pub fn run(args: RunArgs) -> Result<TaskStatus> {
+    let template = TaskTemplate::load(&args.workflow)
+        .map_err(|e| StartError(anyhow::anyhow!("{}: {e}", args.workflow.display())))?;
+    let context: Value = serde_json::from_str(&args.context)
+        .map_err(|e| StartError(anyhow::anyhow!("--context is not valid JSON: {e}")))?;
+    let config = args.config.load().map_err(StartError)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let executor =
+            Arc::new(ZmqPubSubExecutor::start(&config).map_err(|e| StartError(e.into()))?);
+        let logs = match &args.logs {
+            Some(dir) => dir.clone(),
+            None => std::env::temp_dir().join(format!("tasker-run-{}", std::process::id())),
+        };
+        let mut children = Vec::new();
+        if !args.spawn.is_empty() {
+            std::fs::create_dir_all(&logs)
+                .with_context(|| format!("creating {}", logs.display()))
+                .map_err(StartError)?;
+        }
+        for (name, command) in &args.spawn {
+            let log = logs.join(format!("{name}.log"));
+            children.push(
+                WorkerProcess::spawn(name, command, executor.endpoint(), &[], Some(&log))
+                    .map_err(StartError)?,
+            );
+        }
+        let outcome = async {
+            wait_for_handlers(&executor, &template, &mut children, &logs, args.wait).await?;
+            Ok::<_, anyhow::Error>(run_task(&executor, template, context, args.json).await)
+        }
+        .await;
+        // Workers first, so they drain and say goodbye to a live orchestrator.
+        let mut stop_errors = Vec::new();
+        for child in children {
+            let name = child.name().to_string();
+            if let Err(e) = child.stop(Duration::from_secs(15)) {
+                stop_errors.push(format!(
+                    "{e:#} (log: {})",
+                    logs.join(format!("{name}.log")).display()
+                ));
+            }
+        }
+        executor.shutdown(Duration::from_secs(2)).await;
+        let report = outcome?;
+        for e in &stop_errors {
+            eprintln!("warning: {e}");
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_summary(&report);
+        }
+        Ok(report.status)
+    })
+}
+
+/// Waits until each handler of the template is served by a connected,
+/// non-draining worker; fails early when a spawned worker exits.
+async fn wait_for_handlers(
+    executor: &ZmqPubSubExecutor,
+    template: &TaskTemplate,
+    children: &mut [WorkerProcess],
+    logs: &std::path::Path,
+    wait_secs: f64,
+) -> Result<()> {
+    let needed: BTreeSet<&str> = template.steps.iter().map(|s| s.handler.as_str()).collect();
+    let deadline = Instant::now() + Duration::from_secs_f64(wait_secs);
+    loop {
+        let workers = executor.workers().await;
+        let missing: Vec<&str> = needed
+            .iter()
+            .copied()
+            .filter(|h| {
+                !workers
+                    .iter()
+                    .any(|w| !w.draining && w.handlers.iter().any(|x| x == h))
+            })
+            .collect();
+        if missing.is_empty() {
+            let mut langs: Vec<String> = workers
+                .iter()
+                .map(|w| format!("{} ({})", w.worker_id, w.language.as_deref().unwrap_or("?")))
+                .collect();
+            langs.sort();
+            eprintln!("workers: {}", langs.join(", "));
+            return Ok(());
+        }
+        for child in children.iter_mut() {
+            if let Some(status) = child.exited() {
+                let log = logs.join(format!("{}.log", child.name()));
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(StartError(anyhow::anyhow!(
+                    "worker {} exited with {status} before the task started; its log ({}):\n{}",
+                    child.name(),
+                    log.display(),
+                    tail.join("\n")
+                )));
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(StartError(anyhow::anyhow!(
+                "no worker serves {} after {wait_secs} s (connect one to {}, or use --spawn)",
+                missing.join(", "),
+                executor.endpoint()
+            )));
+        }
+        // Start-up only: workers announce themselves within milliseconds of
+        // connecting, so a short poll costs nothing while the task runs.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn run_task(
+    executor: &Arc<ZmqPubSubExecutor>,
+    template: TaskTemplate,
+    context: Value,
+    json: bool,
+) -> TaskReport {
+    let engine = WorkflowEngine::new(executor.clone());
+    let total = template.steps.len();
+    let name = template.name.clone();
+    let mut task = engine.start(template, context);
+    let mut events = task.events().expect("events are taken once");
+    let canceller = task.canceller();
+    let mut progress = Progress::new(total, std::io::stderr().is_terminal() && !json);
+    eprintln!("task {} ({name}): {total} steps", task.task_id());
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => progress.event(&event),
+                None => break,
+            },
+            _ = tick.tick() => progress.redraw(),
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                interrupted = true;
+                eprintln!("\ninterrupted: cancelling (running steps finish first)");
+                canceller.cancel();
+            }
+        }
+    }
+    progress.finish();
+    task.wait().await
+}
+
+/// Live progress: a status line redrawn in place on a terminal, one line per
+/// event otherwise.
+struct Progress {
+    total: usize,
+    done: usize,
+    retries: usize,
+    running: BTreeSet<String>,
+    started: Instant,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(total: usize, terminal: bool) -> Self {
+        Self {
+            total,
+            done: 0,
+            retries: 0,
+            running: BTreeSet::new(),
+            started: Instant::now(),
+            terminal,
+        }
+    }
+
+    fn line(&self, text: &str) {
+        let mut err = std::io::stderr().lock();
+        if self.terminal {
+            let _ = write!(err, "\r\x1b[2K");
+        }
+        let _ = writeln!(
+            err,
+            "{:>7.2}s  {text}",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    fn event(&mut self, event: &TaskEvent) {
+        match event {
+            TaskEvent::Dispatched { steps } => {
+                for (step, attempt) in steps {
+                    self.running.insert(step.clone());
+                    if !self.terminal {
+                        self.line(&format!("started   {step} (attempt {attempt})"));
+                    }
+                }
+            }
+            TaskEvent::Completed {
+                step,
+                attempt,
+                worker_id,
+                execution_time_ms,
+            } => {
+                self.running.remove(step);
+                self.done += 1;
+                self.line(&format!(
+                    "completed {step} (attempt {attempt}, {worker_id}, {execution_time_ms} ms)"
+                ));
+            }
+            TaskEvent::Retrying {
+                step,
+                attempt,
+                error,
+                delay,
+            } => {
+                self.running.remove(step);
+                self.retries += 1;
+                self.line(&format!(
+                    "retrying  {step} after attempt {attempt} in {} ms: {}: {}",
+                    delay.as_millis(),
+                    error.error_type,
+                    error.message
+                ));
+            }
+            TaskEvent::Failed {
+                step,
+                attempt,
+                error,
+            } => {
+                self.running.remove(step);
+                self.done += 1;
+                self.line(&format!(
+                    "FAILED    {step} after {attempt} attempt(s): {}: {}",
+                    error.error_type, error.message
+                ));
+            }
+            TaskEvent::Blocked { step, by } => {
+                self.done += 1;
+                self.line(&format!("blocked   {step} ({by} failed)"));
+            }
+            TaskEvent::Cancelling => self.line("cancelling: no further steps start"),
+        }
+        self.redraw();
+    }
+
+    fn redraw(&self) {
+        if !self.terminal {
+            return;
+        }
+        let running: Vec<&str> = self.running.iter().map(String::as_str).collect();
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r\x1b[2K[{}/{} done] {:.1}s  running: {}  retries: {}",
+            self.done,
+            self.total,
+            self.started.elapsed().as_secs_f64(),
+            if running.is_empty() {
+                "-".to_string()
+            } else {
+                running.join(", ")
+            },
+            self.retries
+        );
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.terminal {
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        }
+    }
+}
+
+fn print_summary(report: &TaskReport) {
+    let status = match report.status {
+        TaskStatus::Complete => "complete",
+        TaskStatus::Failed => "FAILED",
+        TaskStatus::Cancelled => "CANCELLED",
+    };
+    println!();
+    println!(
+        "{} (task {}): {status} in {:.2} s, {} retr{}",
+        report.workflow,
+        report.task_id,
+        report.duration_ms as f64 / 1000.0,
+        report.retries(),
+        if report.retries() == 1 { "y" } else { "ies" }
+    );
+    let rows: Vec<[String; 6]> = report
+        .steps
+        .iter()
+        .map(|s| {
+            let outcome = match s.outcome {
+                StepOutcome::Completed => "completed",
+                StepOutcome::Failed => "FAILED",
+                StepOutcome::Blocked => "blocked",
+                StepOutcome::Cancelled => "cancelled",
+            };
+            let detail = match (&s.output, &s.error, &s.blocked_by) {
+                (_, Some(e), _) => format!("{}: {}", e.error_type, e.message),
+                (_, _, Some(by)) => format!("needs {by}"),
+                (Some(out), _, _) => out.to_string(),
+                _ => String::new(),
+            };
+            [
+                s.name.clone(),
+                outcome.to_string(),
+                s.attempts.to_string(),
+                format!("{} ms", s.duration_ms),
+                s.worker_id.clone().unwrap_or_else(|| "-".into()),
+                truncate(&detail, 60),
+            ]
+        })
+        .collect();
+    let header = [
+        "STEP",
+        "OUTCOME",
+        "ATTEMPTS",
+        "TIME",
+        "WORKER",
+        "OUTPUT / ERROR",
+    ];
+    let widths: Vec<usize> = (0..6)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let print_row = |cells: &[String]| {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    };
+    print_row(&header.map(String::from));
+    for row in &rows {
+        print_row(row);
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(max - 1).collect();
+    format!("{cut}…")
+}

@@ -1,0 +1,35 @@
+//! Workflows for tasker-core: which steps run, in what order, and what
+//! happens when one fails.
+//!
+//! The executor ([`tasker_orchestrator`]) moves steps to workers and results
+//! back; this crate decides what to move. A [`TaskTemplate`] (YAML, see
+//! `examples/workflows/`) names steps, their handlers and `depends_on`
+//! edges, timeouts and [`RetryPolicy`]s. A [`WorkflowEngine`] runs one task
+//! of a template at a time per call, through any [`FrameworkIntegration`]:
+//!
+//! - every step whose dependencies completed is dispatched, the ready ones
+//!   together in one batch;
+//! - a step gets its dependencies' outputs in `previous_results`, keyed by
+//!   step name;
+//! - a retryable failure (including a timeout or a lost worker) is retried
+//!   after the policy's backoff until its attempts are spent; a permanent
+//!   failure, or spent attempts, fails the step and blocks every step
+//!   downstream of it, while independent branches go on;
+//! - the task ends complete, failed or cancelled, with a [`TaskReport`].
+//!
+//! [`FrameworkIntegration`]: tasker_orchestrator::FrameworkIntegration
+
+mod engine;
+mod report;
+mod retry;
+mod template;
+
+pub use engine::{Canceller, RunningTask, TaskEvent, WorkflowEngine};
+pub use report::{StepOutcome, StepReport, TaskReport, TaskStatus};
+pub use retry::RetryPolicy;
+pub use template::{StepDefaults, StepTemplate, TaskTemplate, TemplateError, TemplateErrorKind};
+
+/// The JSON Schema of the task template format, for editors and validators.
+pub fn template_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(TaskTemplate)).expect("schemas serialise")
+}

@@ -1,0 +1,127 @@
+//! Retry policies: how many attempts a step gets and how long to wait
+//! between them.
+
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How a step's failed attempts are retried.
+///
+/// Only retryable failures are retried: a handler's `RetryableError`, an
+/// unexpected error when the worker's default says so, a timeout, or a lost
+/// worker. The wait before attempt `n + 1` is
+/// `min(max_ms, initial_ms × multiplierⁿ⁻¹)`, shortened by a random fraction
+/// of at most `jitter` so that steps failing together do not retry together.
+///
+/// ```
+/// use std::time::Duration;
+/// use tasker_engine::RetryPolicy;
+///
+/// let policy = RetryPolicy { max_attempts: 4, initial_ms: 100, multiplier: 2.0, max_ms: 300, jitter: 0.0 };
+/// assert_eq!(policy.delay(1, 0.5), Duration::from_millis(100));
+/// assert_eq!(policy.delay(2, 0.5), Duration::from_millis(200));
+/// assert_eq!(policy.delay(3, 0.5), Duration::from_millis(300)); // capped
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; 1 means never retry.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait after the first failed attempt, in ms.
+    #[serde(default = "default_initial_ms")]
+    pub initial_ms: u64,
+    /// Factor the wait grows by after each further failure (≥ 1).
+    #[serde(default = "default_multiplier")]
+    pub multiplier: f64,
+    /// Longest wait, in ms.
+    #[serde(default = "default_max_ms")]
+    pub max_ms: u64,
+    /// Largest fraction (0 to 1) taken off a wait at random.
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_initial_ms() -> u64 {
+    200
+}
+fn default_multiplier() -> f64 {
+    2.0
+}
+fn default_max_ms() -> u64 {
+    10_000
+}
+fn default_jitter() -> f64 {
+    0.1
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            initial_ms: default_initial_ms(),
+            multiplier: default_multiplier(),
+            max_ms: default_max_ms(),
+            jitter: default_jitter(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt `attempt` (1-based), with `random` in
+    /// `[0, 1)` choosing how much jitter to take off.
+    pub fn delay(&self, attempt: u32, random: f64) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(63) as i32;
+        let base =
+            (self.initial_ms as f64 * self.multiplier.powi(exponent)).min(self.max_ms as f64);
+        let jittered = base * (1.0 - self.jitter * random.clamp(0.0, 1.0));
+        Duration::from_micros((jittered * 1000.0) as u64)
+    }
+
+    /// The field at fault and why, for a policy that cannot work.
+    pub(crate) fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.max_attempts == 0 {
+            return Err(("max_attempts", "must be at least 1".into()));
+        }
+        if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
+            return Err((
+                "multiplier",
+                format!("must be a number ≥ 1, got {}", self.multiplier),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err((
+                "jitter",
+                format!("must be between 0 and 1, got {}", self.jitter),
+            ));
+        }
+        if self.max_ms < self.initial_ms {
+            return Err((
+                "max_ms",
+                format!(
+                    "must not be below initial_ms ({} < {})",
+                    self.max_ms, self.initial_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// This policy with the keys of a step's partial `retry:` replaced.
+    pub(crate) fn merged(&self, overrides: serde_yaml::Value) -> Result<Self, serde_yaml::Error> {
+        let mut base = serde_yaml::to_value(self).expect("a policy serialises");
+        if let (Some(base), serde_yaml::Value::Mapping(overrides)) =
+            (base.as_mapping_mut(), &overrides)
+        {
+            for (k, v) in overrides {
+                base.insert(k.clone(), v.clone());
+            }
+            return serde_yaml::from_value(serde_yaml::Value::Mapping(base.clone()));
+        }
+        serde_yaml::from_value(overrides)
+    }
+}
