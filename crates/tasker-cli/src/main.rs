@@ -31,6 +31,9 @@ enum Command {
         /// Directory to write into.
         #[arg(long, default_value = "protocol/schema")]
         out: PathBuf,
+        /// Where the workflow (task template) schema goes.
+        #[arg(long, default_value = tasker_engine::TEMPLATE_SCHEMA_PATH)]
+        workflow_out: PathBuf,
         /// Only compare with the files there; exit 1 when they differ.
         #[arg(long)]
         check: bool,
@@ -101,7 +104,11 @@ fn init_logging(default_level: &str) {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Schema { out, check } => schema(&out, check),
+        Command::Schema {
+            out,
+            workflow_out,
+            check,
+        } => schema(&out, &workflow_out, check),
         Command::Dispatch(args) => {
             init_logging("warn");
             dispatch::run(args)
@@ -133,21 +140,30 @@ fn main() -> Result<()> {
     }
 }
 
-fn schema(out: &std::path::Path, check: bool) -> Result<()> {
+fn schema(out: &std::path::Path, workflow_out: &std::path::Path, check: bool) -> Result<()> {
+    let workflow_schema = tasker_engine::render_template_schema();
     if !check {
         for path in tasker_protocol::schema::write_all(out)? {
             println!("wrote {}", path.display());
         }
+        std::fs::write(workflow_out, workflow_schema)
+            .with_context(|| format!("writing {}", workflow_out.display()))?;
+        println!("wrote {}", workflow_out.display());
         return Ok(());
     }
-    let stale = tasker_protocol::schema::stale(out);
+    let mut stale: Vec<String> = tasker_protocol::schema::stale(out)
+        .into_iter()
+        .map(|f| out.join(f).display().to_string())
+        .collect();
+    if std::fs::read_to_string(workflow_out).ok().as_deref() != Some(workflow_schema.as_str()) {
+        stale.push(workflow_out.display().to_string());
+    }
     if stale.is_empty() {
         println!("schema is up to date");
         Ok(())
     } else {
         anyhow::bail!(
-            "schema files in {} out of date (run `tasker schema`): {}",
-            out.display(),
+            "schema files out of date (run `tasker schema`): {}",
             stale.join(", ")
         )
     }

@@ -29,7 +29,23 @@ pub use report::{StepOutcome, StepReport, TaskReport, TaskStatus};
 pub use retry::RetryPolicy;
 pub use template::{StepDefaults, StepTemplate, TaskTemplate, TemplateError, TemplateErrorKind};
 
+/// Where the template format's schema is committed, relative to the
+/// repository root; `tasker schema` writes it and a test checks it.
+pub const TEMPLATE_SCHEMA_PATH: &str = "examples/workflows/workflow.schema.json";
+
 /// The JSON Schema of the task template format, for editors and validators.
 pub fn template_schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(TaskTemplate)).expect("schemas serialise")
+    let mut schema = schemars::schema_for!(TaskTemplate);
+    schema.insert(
+        "$id".into(),
+        "https://tasker-core.dev/workflow/1/workflow.schema.json".into(),
+    );
+    schema.to_value()
+}
+
+/// [`template_schema`] as it is committed: pretty JSON, final newline.
+pub fn render_template_schema() -> String {
+    let mut text = serde_json::to_string_pretty(&template_schema()).expect("schemas serialise");
+    text.push('\n');
+    text
 }

@@ -74,6 +74,7 @@ fn default_timeout_ms() -> u64 {
 
 /// One step of a workflow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StepTemplate {
     /// Unique within the template; the key of this step's output in its
     /// dependents' `previous_results`.
@@ -86,9 +87,13 @@ pub struct StepTemplate {
     /// Passed to the handler as `handler_config`.
     #[serde(default = "empty_object")]
     pub handler_config: Value,
-    /// Timeout of each attempt, in ms.
+    /// Timeout of each attempt, in ms (default: the template's
+    /// `defaults.timeout_ms`).
+    #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// How failed attempts are retried.
+    /// How failed attempts are retried; keys left out take the template's
+    /// `defaults.retry`.
+    #[serde(default)]
     pub retry: RetryPolicy,
 }
 

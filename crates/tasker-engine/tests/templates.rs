@@ -169,3 +169,16 @@ fn the_schema_describes_the_format() {
         assert!(text.contains(key), "schema lacks {key}");
     }
 }
+
+#[test]
+fn the_committed_schema_is_current() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/workflows/workflow.schema.json"
+    );
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == tasker_engine::render_template_schema(),
+        "{path} is out of date: run `tasker schema`"
+    );
+}

@@ -1,0 +1,254 @@
+//! `tasker run` end to end: real `tasker worker` processes, spawned by the
+//! command or started beside it, and the exit status and JSON report a
+//! script would check.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const TASKER: &str = env!("CARGO_BIN_EXE_tasker");
+
+fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tasker_run() -> Command {
+    let mut cmd = Command::new(TASKER);
+    cmd.current_dir(repo_root())
+        .arg("run")
+        .env("TASKER_ENV", "test")
+        .env("TASKER_HEARTBEAT_INTERVAL_MS", "200")
+        .env("TASKER_LIVENESS", "3")
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+fn free_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("tcp://{}", listener.local_addr().unwrap())
+}
+
+fn workflow_file(yaml: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    file.write_all(yaml.as_bytes()).unwrap();
+    file
+}
+
+fn report(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn step<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {report}"))
+}
+
+#[test]
+fn a_completed_task_exits_0_with_a_json_report() {
+    let workflow = workflow_file(
+        r#"
+name: chain
+steps:
+  - {name: fetch, handler: echo}
+  - name: flaky
+    handler: flaky
+    depends_on: [fetch]
+    handler_config: {succeed_on: 2}
+    retry: {max_attempts: 3, initial_ms: 20}
+  - {name: report, handler: echo, depends_on: [flaky, fetch]}
+"#,
+    );
+    let output = tasker_run()
+        .arg(workflow.path())
+        .args([
+            "--context",
+            r#"{"order":{"id":7,"items":["ä","✓"]}}"#,
+            "--json",
+        ])
+        .args(["--endpoint", &free_endpoint()])
+        .args(["--spawn", &format!("rust={TASKER} worker")])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = report(&output);
+    assert_eq!(report["status"], "complete");
+    assert_eq!(step(&report, "flaky")["attempts"], 2);
+    let out = &step(&report, "report")["output"];
+    assert_eq!(out["task_context"]["order"]["items"][1], "✓");
+    assert_eq!(out["previous_results"]["flaky"]["attempt"], 2);
+    assert_eq!(out["previous_results"]["fetch"]["step_name"], "fetch");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("retrying  flaky after attempt 1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_permanent_failure_example_blocks_dependents_and_exits_1() {
+    let output = tasker_run()
+        .arg("examples/workflows/permanent_failure.yaml")
+        .args(["--json", "--endpoint", &free_endpoint()])
+        .args(["--spawn", &format!("rust={TASKER} worker")])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let report = report(&output);
+    assert_eq!(report["status"], "failed");
+    assert_eq!(step(&report, "charge_card")["outcome"], "failed");
+    assert_eq!(step(&report, "charge_card")["attempts"], 1);
+    assert_eq!(step(&report, "charge_card")["error"]["retryable"], false);
+    for name in ["ship", "email_receipt"] {
+        assert_eq!(step(&report, name)["outcome"], "blocked");
+        assert_eq!(step(&report, name)["blocked_by"], "charge_card");
+    }
+    assert_eq!(step(&report, "audit_log")["outcome"], "completed");
+}
+
+#[test]
+fn the_summary_table_names_every_step() {
+    let output = tasker_run()
+        .arg("examples/workflows/permanent_failure.yaml")
+        .args(["--endpoint", &free_endpoint()])
+        .args(["--spawn", &format!("rust={TASKER} worker")])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("declined_payment (task"), "{stdout}");
+    assert!(stdout.contains("FAILED"), "{stdout}");
+    for line in [
+        "charge_card",
+        "ship",
+        "email_receipt",
+        "audit_log",
+        "load_order",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(line)),
+            "{line} missing:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn an_invalid_workflow_exits_2_naming_step_and_field() {
+    let workflow = workflow_file(
+        "name: bad\nsteps:\n  - {name: a, handler: echo, retry: {max_attempts: 0}}\n",
+    );
+    let output = tasker_run().arg(workflow.path()).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("step `a`, field `retry.max_attempts`: must be at least 1"),
+        "{stderr}"
+    );
+
+    let output = tasker_run()
+        .arg("examples/workflows/permanent_failure.yaml")
+        .args(["--context", "{not json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--context is not valid JSON"));
+}
+
+#[test]
+fn missing_workers_are_named_and_exit_2() {
+    let output = tasker_run()
+        .arg("examples/workflows/permanent_failure.yaml")
+        .args(["--endpoint", &free_endpoint(), "--wait", "0.3"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no worker serves echo, fail_permanent, sleep"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_worker_killed_mid_task_leaves_the_task_to_complete_on_another() {
+    let endpoint = free_endpoint();
+    let workflow = workflow_file(
+        r#"
+name: survive
+defaults:
+  timeout_ms: 10000
+  retry: {max_attempts: 3, initial_ms: 50}
+steps:
+  - {name: s1, handler: sleep, handler_config: {ms: 1500}}
+  - {name: s2, handler: sleep, handler_config: {ms: 1500}}
+  - {name: s3, handler: sleep, handler_config: {ms: 1500}}
+  - {name: s4, handler: sleep, handler_config: {ms: 1500}}
+  - {name: join, handler: echo, depends_on: [s1, s2, s3, s4]}
+"#,
+    );
+    let run = tasker_run()
+        .arg(workflow.path())
+        .args(["--json", "--endpoint", &endpoint, "--wait", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let worker = |id: &str| {
+        Command::new(TASKER)
+            .args(["worker", "--endpoint", &endpoint, "--worker-id", id])
+            .args(["--capacity", "2", "--handlers", "sleep,echo"])
+            .env("TASKER_RECONNECT_INITIAL_MS", "50")
+            .env_remove("TASKER_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut doomed = worker("doomed");
+    let mut survivor = worker("survivor");
+    // Two slots each: the four sleeps are split between them. Kill one
+    // while its two are running.
+    std::thread::sleep(Duration::from_millis(900));
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+
+    let started = Instant::now();
+    let output = run.wait_with_output().unwrap();
+    survivor.kill().unwrap();
+    survivor.wait().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = report(&output);
+    assert_eq!(report["status"], "complete");
+    let retried: Vec<&Value> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["attempts"] == 2)
+        .collect();
+    assert!(!retried.is_empty(), "no step was retried: {report}");
+    for s in &retried {
+        assert_eq!(s["worker_id"], "survivor", "{s}");
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("WorkerLost"), "{stderr}");
+    assert_eq!(step(&report, "join")["worker_id"], "survivor");
+}
