@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what building tasker-core needs on a fresh Debian machine that has
-# only cargo, python3, node and npm. Idempotent; quiet when all is there.
+# Installs what building and testing tasker-core needs on a fresh Debian
+# machine that has only cargo, python3, node and npm. Idempotent; quiet when
+# all is there. Language packages (pip, npm) are installed per binding by
+# bindings/<lang>/build.sh, into the binding's own folder.
 set -euo pipefail
 
 need_apt=()
@@ -8,6 +10,14 @@ command -v g++ >/dev/null 2>&1 || need_apt+=(g++)   # zmq-sys builds libzmq from
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# The Ruby binding: Ruby with headers, and libclang for rb-sys's bindgen.
+command -v ruby >/dev/null 2>&1 || need_apt+=(ruby)
+[[ -n "$(ruby -e 'print RbConfig::CONFIG["rubyhdrdir"]' 2>/dev/null)" && -f "$(ruby -e 'print RbConfig::CONFIG["rubyhdrdir"]' 2>/dev/null)/ruby.h" ]] || need_apt+=(ruby-dev)
+compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null || need_apt+=(libclang-dev)
+# The Ruby benchmark's plain worker uses Debian's ffi-rzmq.
+ruby -e 'require "ffi-rzmq"' >/dev/null 2>&1 || need_apt+=(ruby-ffi-rzmq)
+# Debian's python3 needs python3-venv for the Python binding's virtualenv.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 
 if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]} from Debian" >&2

@@ -83,6 +83,16 @@ pub trait WireMessage: Serialize + DeserializeOwned {
 
     /// Checks the rules the schema cannot express.
     fn validate(&self) -> Result<(), DecodeError>;
+
+    /// Parses the direction's bulk message straight into its type when the
+    /// body starts with its `type` tag, as every encoder here writes it.
+    /// A tagged enum otherwise buffers the whole body as generic content
+    /// before it knows the variant, which costs more than the parse itself.
+    /// `None`: take the general path.
+    fn parse_direct(body: &[u8]) -> Option<serde_json::Result<Self>> {
+        let _ = body;
+        None
+    }
 }
 
 /// Encodes a message as its two frames: header and JSON body.
@@ -145,7 +155,8 @@ pub fn decode<M: WireMessage>(
     }
     // Fast path: one typed parse. Only a failure pays for the second parse
     // that tells which kind of problem it was.
-    match serde_json::from_slice::<M>(body) {
+    let parsed = M::parse_direct(body).unwrap_or_else(|| serde_json::from_slice::<M>(body));
+    match parsed {
         Ok(message) => {
             message.validate()?;
             Ok(message)
@@ -208,6 +219,11 @@ impl WireMessage for WorkerMessage {
         "protocol_error",
     ];
 
+    fn parse_direct(body: &[u8]) -> Option<serde_json::Result<Self>> {
+        body.starts_with(br#"{"type":"step_batch_response","#)
+            .then(|| serde_json::from_slice(body).map(WorkerMessage::StepBatchResponse))
+    }
+
     fn validate(&self) -> Result<(), DecodeError> {
         let t = self.type_name();
         match self {
@@ -269,6 +285,11 @@ impl WireMessage for OrchestratorMessage {
         "goodbye",
         "protocol_error",
     ];
+
+    fn parse_direct(body: &[u8]) -> Option<serde_json::Result<Self>> {
+        body.starts_with(br#"{"type":"step_batch_request","#)
+            .then(|| serde_json::from_slice(body).map(OrchestratorMessage::StepBatchRequest))
+    }
 
     fn validate(&self) -> Result<(), DecodeError> {
         let t = self.type_name();

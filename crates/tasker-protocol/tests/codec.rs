@@ -297,3 +297,18 @@ fn unknown_fields_are_ignored_for_minor_version_compatibility() {
     let body = r#"{"type":"heartbeat","sent_at":"later","extra":{"a":1}}"#;
     assert!(codec::decode::<WorkerMessage>(&frames(body), MAX).is_ok());
 }
+
+/// The bulk messages start with their tag, so decoding takes the direct
+/// parse instead of buffering the body as generic content first.
+#[test]
+fn bulk_messages_lead_with_their_type_tag() {
+    let step = StepExecutionRequest::new(1, 1, "s", "h", 1_000);
+    let result =
+        StepExecutionResult::completed(step.step_ref(), serde_json::json!({"a": 1}), "w", 0);
+    let request = OrchestratorMessage::StepBatchRequest(StepBatchRequest::new("b", vec![step]));
+    let response = WorkerMessage::StepBatchResponse(StepBatchResponse::new("b", vec![result]));
+    let [_, body] = codec::encode(&request).unwrap();
+    assert!(body.starts_with(br#"{"type":"step_batch_request","#));
+    let [_, body] = codec::encode(&response).unwrap();
+    assert!(body.starts_with(br#"{"type":"step_batch_response","#));
+}

@@ -265,6 +265,12 @@ impl Connection {
                 let interval_ms = welcome.heartbeat_interval_ms.clamp(1, 3_600_000);
                 self.heartbeat_interval = Duration::from_millis(interval_ms);
                 self.expiry = self.heartbeat_interval * welcome.liveness.clamp(1, 1_000);
+                // A shorter interval takes effect now, not after the beat
+                // scheduled under our own (longer) one: by then the
+                // orchestrator may have declared us dead.
+                self.next_heartbeat = self
+                    .next_heartbeat
+                    .min(Instant::now() + self.heartbeat_interval);
                 if !self.stopping() {
                     self.shared.set_state(RuntimeState::Connected);
                 }

@@ -235,3 +235,35 @@ fn bad_options_are_refused_with_the_reason() {
         .to_string()
         .contains("endpoint"));
 }
+
+#[test]
+fn a_shorter_heartbeat_from_welcome_takes_effect_at_once() {
+    let orchestrator = FakeOrchestrator::bind();
+    let config = TaskerConfig {
+        endpoint: orchestrator.endpoint.clone(),
+        // Far longer than the orchestrator's 100 ms × 3 liveness.
+        heartbeat_interval_ms: 30_000,
+        ..TaskerConfig::default()
+    };
+    let rt = WorkerRuntime::start(WorkerOptions::new(config, vec!["echo".into()])).unwrap();
+    let (id, _) = orchestrator.recv(Duration::from_secs(5)).expect("hello");
+    orchestrator.welcome(&id);
+    let welcomed = Instant::now();
+    // The fake orchestrator sends no heartbeats, so after 300 ms of silence
+    // the worker reconnects with a new hello. A worker that kept its own
+    // 30 s schedule says nothing before that; one that adopted 100 ms beats
+    // first.
+    assert!(
+        orchestrator.socket.poll(zmq::POLLIN, 5_000).unwrap() > 0,
+        "the worker went silent"
+    );
+    let mut frames = orchestrator.socket.recv_multipart(0).unwrap();
+    frames.remove(0);
+    let message: WorkerMessage = codec::decode(&frames, usize::MAX).unwrap();
+    assert!(
+        matches!(message, WorkerMessage::Heartbeat(_)),
+        "expected a heartbeat {:?} after welcome, got {message:?}",
+        welcomed.elapsed()
+    );
+    rt.stop();
+}
