@@ -1,0 +1,102 @@
+// Declarations of the JavaScript layer. The native types (Step, Config,
+// ConfigOverrides, LogEntry) come from native.d.ts, which `napi build`
+// generates from the Rust types.
+import type { Config, ConfigOverrides, LogEntry, Step } from "../native";
+
+export type { Config, ConfigOverrides, LogEntry, Step };
+
+/** Options of `TaskerError` and its subclasses. */
+export interface TaskerErrorOptions {
+  /** Whether a step failed with this error may be retried. */
+  retryable?: boolean;
+  /** The underlying error. */
+  cause?: unknown;
+}
+
+/** Base class of tasker-core's errors (SDK errors and handler failures). */
+export declare class TaskerError extends Error {
+  constructor(message: string, options?: TaskerErrorOptions);
+  /** Set when the error decides the step's retryability. */
+  retryable?: boolean;
+}
+
+/** A handler failure that may succeed on a later attempt. */
+export declare class RetryableError extends TaskerError {
+  constructor(message: string, options?: { cause?: unknown });
+  retryable: true;
+}
+
+/** A handler failure that no retry can fix. */
+export declare class PermanentError extends TaskerError {
+  constructor(message: string, options?: { cause?: unknown });
+  retryable: false;
+}
+
+/** Receives the runtime's log records. */
+export type LogFunction = (entry: LogEntry) => void;
+
+/** A console-like logger: `console`, pino, winston, ... */
+export interface ConsoleLikeLogger {
+  error?(message: string, fields?: Record<string, string>): void;
+  warn?(message: string, fields?: Record<string, string>): void;
+  info?(message: string, fields?: Record<string, string>): void;
+  debug?(message: string, fields?: Record<string, string>): void;
+  log?(message: string, fields?: Record<string, string>): void;
+}
+
+/** Where log records go: a function, a console-like object, or null (drop). */
+export type Logger = LogFunction | ConsoleLikeLogger | null;
+
+/** Most verbose level forwarded. */
+export type LogLevel = "error" | "warn" | "info" | "debug" | "trace";
+
+/** Options of a Worker: any config key, plus the worker's own options. */
+export interface WorkerOptions extends ConfigOverrides {
+  /** Most steps in flight at once (sets `workerCapacity`). */
+  capacity?: number;
+  /** Stable worker id; generated (`node-<pid>-<random>`) by default. */
+  workerId?: string;
+  /** Where runtime log records go (process-wide); stderr by default. */
+  logger?: Logger;
+  /** Most verbose level forwarded (process-wide); `info` by default. */
+  logLevel?: LogLevel;
+  /** Install SIGINT/SIGTERM handlers that drain while running (default true). */
+  handleSignals?: boolean;
+}
+
+/** A step handler: returns the output (JSON-serialisable) or a Promise of it. */
+export type Handler<T = unknown> = (step: Step) => T | Promise<T>;
+
+/** Lifecycle of a Worker. */
+export type WorkerState = "idle" | "running" | "stopping" | "stopped";
+
+/** A Node worker serving the steps of its registered handlers. */
+export declare class Worker {
+  /** Configured from a YAML file, then `TASKER_*` variables, then `options`. */
+  static fromConfig(path: string, options?: WorkerOptions): Worker;
+  /** Configured from the defaults, then `TASKER_*` variables, then `options`. */
+  constructor(options?: WorkerOptions);
+  /** The resolved configuration. */
+  readonly config: Readonly<Config>;
+  /** Where the worker is in its life. */
+  readonly state: WorkerState;
+  /** The id announced to the orchestrator (null before run() without a workerId option). */
+  readonly workerId: string | null;
+  /** Most steps in flight at once. */
+  readonly capacity: number;
+  /** Registers the handler of steps whose `handlerClass` is `name`. */
+  handle<T>(name: string, fn: Handler<T>): this;
+  /** Serves steps; resolves after stop() (or SIGINT/SIGTERM) has drained. */
+  run(): Promise<void>;
+  /** Drains gracefully; resolves when done (see README for calls inside handlers). */
+  stop(): Promise<void>;
+}
+
+/** Sets where runtime log records go (process-wide); undefined restores stderr. */
+export declare function setLogger(logger: Logger | undefined, level?: LogLevel): void;
+
+/** Sets the most verbose level forwarded (process-wide). */
+export declare function setLogLevel(level: LogLevel): void;
+
+/** Resolves a configuration like a Worker does, without starting anything. */
+export declare function loadConfig(path?: string | null, overrides?: ConfigOverrides | null): Config;

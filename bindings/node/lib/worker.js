@@ -1,0 +1,414 @@
+"use strict";
+
+const { AsyncLocalStorage } = require("node:async_hooks");
+const { performance } = require("node:perf_hooks");
+const { inspect } = require("node:util");
+
+const native = require("../native.js");
+const { TaskerError } = require("./errors.js");
+const logging = require("./logging.js");
+
+/** Config keys a Worker accepts as options, besides its own options. */
+const CONFIG_KEYS = new Set([
+  "endpoint",
+  "heartbeatIntervalMs",
+  "liveness",
+  "defaultStepTimeoutMs",
+  "batchSize",
+  "workerCapacity",
+  "maxMessageBytes",
+  "reconnectInitialMs",
+  "reconnectMaxMs",
+  "shutdownTimeoutMs",
+  "defaultRetryable",
+  "lingerMs",
+]);
+const OWN_KEYS = new Set(["capacity", "workerId", "logger", "logLevel", "handleSignals"]);
+
+const CONFIG_PATH = Symbol("configPath");
+
+/** Tells `stop()` whether it runs inside one of a worker's handlers. */
+const handlerContext = new AsyncLocalStorage();
+
+/** Turns a native (napi) error into a TaskerError, keeping its message. */
+function wrapNative(error) {
+  if (error instanceof TaskerError) return error;
+  return new TaskerError(error && error.message ? error.message : String(error), { cause: error });
+}
+
+function configOverrides(options) {
+  const overrides = {};
+  for (const [key, value] of Object.entries(options)) {
+    if (value === undefined) continue;
+    if (CONFIG_KEYS.has(key)) overrides[key] = value;
+    else if (!OWN_KEYS.has(key)) {
+      throw new TaskerError(
+        `unknown Worker option ${JSON.stringify(key)}: expected one of ${[...OWN_KEYS, ...CONFIG_KEYS].join(", ")}`,
+      );
+    }
+  }
+  if (options.capacity !== undefined) {
+    if (!Number.isInteger(options.capacity) || options.capacity < 1) {
+      throw new TaskerError(`capacity must be a positive integer, got ${inspect(options.capacity)}`);
+    }
+    overrides.workerCapacity = options.capacity;
+  }
+  return overrides;
+}
+
+/** Innermost-first stack lines of an error, without its "Name: message" header. */
+function stackLines(error) {
+  const stack = error.stack;
+  if (typeof stack !== "string") return [];
+  const lines = [];
+  for (const line of stack.split("\n")) {
+    const trimmed = line.trim();
+    if (trimmed.startsWith("at ")) lines.push(trimmed);
+  }
+  return lines;
+}
+
+/**
+ * One step, as a handler sees it (the fields of the native `Step` type).
+ * Built from a row of the native chunk, whose field order is Step's.
+ */
+class Step {
+  constructor(row) {
+    this.stepId = row[0];
+    this.taskId = row[1];
+    this.stepName = row[2];
+    this.handlerClass = row[3];
+    this.handlerConfig = row[4];
+    this.taskContext = row[5];
+    this.previousResults = row[6];
+    this.attempt = row[7];
+    this.retryLimit = row[8];
+    this.timeoutMs = row[9];
+    this.createdAt = row[10];
+  }
+}
+
+/**
+ * A Node worker: serves the steps of the handlers registered with
+ * `handle()` until `stop()`.
+ */
+class Worker {
+  /**
+   * A worker configured from a YAML file (section `TASKER_ENV`, default
+   * `development`), then `TASKER_*` environment variables, then `options`.
+   */
+  static fromConfig(path, options = {}) {
+    if (typeof path !== "string" || path === "") {
+      throw new TaskerError("Worker.fromConfig needs the path of a YAML config file");
+    }
+    return new Worker({ ...options, [CONFIG_PATH]: path });
+  }
+
+  /**
+   * A worker configured from the built-in defaults, then `TASKER_*`
+   * environment variables, then `options`.
+   */
+  constructor(options = {}) {
+    if (options === null || typeof options !== "object") {
+      throw new TaskerError("Worker options must be an object");
+    }
+    const { [CONFIG_PATH]: path, ...rest } = options;
+    const overrides = configOverrides(rest);
+    try {
+      /** The resolved configuration (read-only). */
+      this.config = Object.freeze(native.loadConfig(path ?? null, overrides));
+    } catch (error) {
+      throw wrapNative(error);
+    }
+    if (rest.workerId !== undefined && (typeof rest.workerId !== "string" || rest.workerId === "")) {
+      throw new TaskerError("workerId must be a non-empty string");
+    }
+    this._workerId = rest.workerId;
+    this._defaultRetryable = this.config.defaultRetryable;
+    this._handleSignals = rest.handleSignals !== false;
+    if (rest.logger !== undefined || rest.logLevel !== undefined) {
+      logging.setLogger(rest.logger, rest.logLevel);
+    }
+
+    this._handlers = new Map();
+    this._state = "idle";
+    this._native = null;
+    this._pending = [];
+    this._flushQueued = null;
+    // Results go back every half capacity: the orchestrator refills a busy
+    // worker once half its credit is free, so the next delivery overlaps
+    // with the rest of the chunk.
+    this._flushEvery = Math.max(1, Math.ceil(this.config.workerCapacity / 2));
+    this._waiters = []; // stop() calls made inside handlers
+    this._signalListener = null;
+    this._closedPromise = new Promise((resolve) => {
+      this._resolveClosed = resolve;
+    });
+    this._onSteps = this._onSteps.bind(this);
+    this._flush = this._flush.bind(this);
+  }
+
+  /** `idle`, `running`, `stopping` or `stopped`. */
+  get state() {
+    return this._state;
+  }
+
+  /** The id announced to the orchestrator (known once running). */
+  get workerId() {
+    return this._workerId ?? null;
+  }
+
+  /** The declared capacity: most steps (and handler calls) in flight at once. */
+  get capacity() {
+    return this.config.workerCapacity;
+  }
+
+  /**
+   * Registers the handler of the steps whose `handlerClass` is `name`.
+   * `fn(step)` returns the step's output (any JSON-serialisable value) or a
+   * Promise of it; throwing (or rejecting) fails the step.
+   */
+  handle(name, fn) {
+    if (typeof name !== "string" || name === "") {
+      throw new TaskerError("handler name must be a non-empty string");
+    }
+    if (typeof fn !== "function") {
+      throw new TaskerError(`handler ${JSON.stringify(name)} must be a function`);
+    }
+    if (this._state !== "idle") {
+      throw new TaskerError(`cannot add handler ${JSON.stringify(name)}: the worker is already ${this._state}`);
+    }
+    this._handlers.set(name, fn);
+    return this;
+  }
+
+  /**
+   * Connects and serves steps. Resolves once the worker has stopped
+   * (`stop()`, SIGINT or SIGTERM) and drained.
+   */
+  async run() {
+    if (this._state !== "idle") {
+      throw new TaskerError(`run() called on a ${this._state} worker; a Worker runs once`);
+    }
+    if (this._handlers.size === 0) {
+      throw new TaskerError("no handlers registered: call worker.handle(name, fn) before run()");
+    }
+    logging.ensureForwarding();
+    const options = { handlers: [...this._handlers.keys()], capacity: this.config.workerCapacity };
+    if (this._workerId !== undefined) options.workerId = this._workerId;
+    try {
+      this._native = new native.NativeWorker(this.config, options, this._onSteps);
+    } catch (error) {
+      this._state = "stopped";
+      throw wrapNative(error);
+    }
+    this._workerId = this._native.workerId;
+    this._state = "running";
+    this._installSignals();
+    return this._closedPromise;
+  }
+
+  /**
+   * Stops gracefully: takes no new steps, gives unstarted ones back to the
+   * orchestrator, lets running handlers finish (up to `shutdownTimeoutMs`),
+   * then says goodbye. Resolves when that is done; called inside a handler,
+   * resolves when everything but the handlers awaiting it has drained (the
+   * drain itself waits for those handlers to return).
+   */
+  stop() {
+    if (this._state === "idle") {
+      this._state = "stopped";
+      this._resolveClosed();
+      return this._closedPromise;
+    }
+    if (this._state === "running") {
+      this._state = "stopping";
+      this._native.stop();
+    }
+    if (this._state === "stopped") return this._closedPromise;
+    const context = handlerContext.getStore();
+    if (context !== undefined && context.worker === this && !context.done) {
+      return new Promise((resolve) => {
+        this._waiters.push({ context, resolve });
+        this._flush();
+      });
+    }
+    return this._closedPromise;
+  }
+
+  _installSignals() {
+    if (!this._handleSignals) return;
+    const listener = (signal) => {
+      if (this._state === "stopping") {
+        // A second signal while draining: give up the drain, let the
+        // signal's default action end the process.
+        this._removeSignals();
+        process.kill(process.pid, signal);
+        return;
+      }
+      logging.log("info", `received ${signal}; draining`, { worker_id: this.workerId });
+      this.stop();
+    };
+    this._signalListener = listener;
+    process.on("SIGINT", listener);
+    process.on("SIGTERM", listener);
+  }
+
+  _removeSignals() {
+    if (this._signalListener === null) return;
+    process.removeListener("SIGINT", this._signalListener);
+    process.removeListener("SIGTERM", this._signalListener);
+    this._signalListener = null;
+  }
+
+  /** Called by the native pump thread with each chunk (JSON), then with null. */
+  _onSteps(chunk) {
+    if (chunk === null || chunk === undefined) {
+      this._closed();
+      return;
+    }
+    const rows = JSON.parse(chunk);
+    const every = this._flushEvery;
+    for (let i = 0; i < rows.length; i++) {
+      this._start(new Step(rows[i]));
+      if (this._pending.length >= every) this._flush();
+    }
+    this._flush();
+  }
+
+  _start(step) {
+    const fn = this._handlers.get(step.handlerClass);
+    if (fn === undefined) {
+      this._pending.push(
+        this._failure(step, 0, "UnknownHandler", `this worker has no handler ${JSON.stringify(step.handlerClass)}`, false),
+      );
+      return;
+    }
+    const context = { worker: this, done: false };
+    const started = performance.now();
+    let value;
+    try {
+      value = handlerContext.run(context, fn, step);
+    } catch (error) {
+      context.done = true;
+      this._pending.push(this._errorOutcome(step, started, error));
+      return;
+    }
+    if (value !== null && typeof value === "object" && typeof value.then === "function") {
+      value.then(
+        (output) => this._settle(context, this._success(step, started, output)),
+        (error) => this._settle(context, this._errorOutcome(step, started, error)),
+      );
+      return;
+    }
+    context.done = true;
+    this._pending.push(this._success(step, started, value));
+  }
+
+  _settle(context, outcome) {
+    context.done = true;
+    this._pending.push(outcome);
+    // Results finished in the same turn of the event loop go back together.
+    if (this._flushQueued === null) this._flushQueued = setImmediate(this._flush);
+  }
+
+  _flush() {
+    if (this._flushQueued !== null) {
+      clearImmediate(this._flushQueued);
+      this._flushQueued = null;
+    }
+    if (this._pending.length > 0 && this._native !== null) {
+      const outcomes = this._pending;
+      this._pending = [];
+      try {
+        this._native.complete(`[${outcomes.join(",")}]`);
+      } catch (error) {
+        this._completeOneByOne(outcomes, error);
+      }
+    }
+    if (this._waiters.length > 0) this._checkWaiters();
+  }
+
+  /** Cannot happen with JSON.stringify's output; if it does, no step is lost. */
+  _completeOneByOne(outcomes, error) {
+    logging.log("error", `results refused by the runtime, completing one by one: ${error.message}`);
+    for (const outcome of outcomes) {
+      try {
+        this._native.complete(`[${outcome}]`);
+      } catch (e) {
+        const [stepId, attempt] = JSON.parse(outcome);
+        const failure = this._failure({ stepId, attempt }, 0, "SerializationError", e.message, false);
+        this._native.complete(`[${failure}]`);
+      }
+    }
+  }
+
+  /** Resolves in-handler stop() calls once only their own handlers remain. */
+  _checkWaiters() {
+    const waiting = new Set();
+    for (const { context } of this._waiters) {
+      if (!context.done) waiting.add(context);
+    }
+    if (this._native === null || this._native.inHand <= waiting.size) {
+      const waiters = this._waiters;
+      this._waiters = [];
+      for (const { resolve } of waiters) resolve();
+    }
+  }
+
+  _closed() {
+    this._flush();
+    this._state = "stopped";
+    this._removeSignals();
+    this._native = null;
+    const waiters = this._waiters;
+    this._waiters = [];
+    for (const { resolve } of waiters) resolve();
+    this._resolveClosed();
+  }
+
+  /** The outcome of a completed step, as JSON text (a StepOutcome). */
+  _success(step, started, output) {
+    let json;
+    try {
+      json = JSON.stringify(output);
+    } catch (error) {
+      return this._failure(
+        step,
+        started,
+        "SerializationError",
+        `the output of handler ${JSON.stringify(step.handlerClass)} cannot be serialised to JSON: ${error.message}`,
+        false,
+      );
+    }
+    // undefined, functions and symbols have no JSON form: the output is null.
+    if (json === undefined) json = "null";
+    // A StepOutcome row: [stepId, attempt, elapsedMs, output].
+    return `[${step.stepId},${step.attempt},${Math.round(performance.now() - started)},${json}]`;
+  }
+
+  _errorOutcome(step, started, error) {
+    if (error instanceof Error || (error !== null && typeof error === "object" && typeof error.message === "string")) {
+      const name =
+        (typeof error.name === "string" && error.name) || (error.constructor && error.constructor.name) || "Error";
+      const retryable = typeof error.retryable === "boolean" ? error.retryable : this._defaultRetryable;
+      return this._failure(step, started, name, String(error.message), retryable, stackLines(error));
+    }
+    return this._failure(
+      step,
+      started,
+      "ThrownValue",
+      `handler threw a non-Error value: ${inspect(error, { depth: 2, breakLength: Infinity })}`,
+      this._defaultRetryable,
+    );
+  }
+
+  /** The outcome of a failed step, as JSON text (a StepOutcome). */
+  _failure(step, started, errorType, message, retryable, backtrace = []) {
+    const elapsedMs = started === 0 ? 0 : Math.round(performance.now() - started);
+    // A StepOutcome row: [stepId, attempt, elapsedMs, output, error].
+    return JSON.stringify([step.stepId, step.attempt, elapsedMs, null, { message, errorType, retryable, backtrace }]);
+  }
+}
+
+module.exports = { Worker };

@@ -1,0 +1,299 @@
+"use strict";
+
+// In-process workers (the real addon) against the real orchestrator
+// (`tasker dispatch` subprocess).
+
+const { test, after } = require("node:test");
+const assert = require("node:assert/strict");
+
+const { Worker, RetryableError, PermanentError, TaskerError, setLogger } = require("tasker-core");
+const { freeEndpoint, dispatch, byStepId, withTimeout, killAll } = require("./helpers.js");
+
+after(killAll);
+
+// Quick exits: after `tasker dispatch` has gone, a stopping worker's goodbye
+// waits for a reconnection and the socket's linger.
+const QUICK = { lingerMs: 100, reconnectInitialMs: 20 };
+
+/** Runs `worker` for `batch`; returns the results by step id, worker stopped. */
+async function serve(worker, batch) {
+  const running = worker.run();
+  try {
+    return byStepId(await dispatch(worker.config.endpoint, batch).result);
+  } finally {
+    await withTimeout(worker.stop(), 15_000, "worker.stop()");
+    await withTimeout(running, 15_000, "worker.run()");
+  }
+}
+
+test("a step's fields reach the handler in camelCase and nested unicode output comes back intact", async () => {
+  const worker = new Worker({ ...QUICK, endpoint: await freeEndpoint(), capacity: 4, logger: null });
+  let seen;
+  worker.handle("echo", (step) => {
+    seen = step;
+    return {
+      greeting: "héllo wörld ✓ 日本語 😀",
+      nested: { list: [1, 2.5, null, true, { deep: ["ü", { deeper: "𝄞" }] }], empty: {}, none: null },
+      context: step.taskContext,
+    };
+  });
+  const context = { customer: { name: "Zoë Ñuñez", tags: ["vip", "早"] }, amount: 42.5 };
+  const results = await serve(worker, {
+    steps: [
+      {
+        step_id: 101,
+        task_id: 77,
+        step_name: "validate",
+        handler_class: "echo",
+        task_context: context,
+        handler_config: { strict: true },
+        previous_results: { fetch: { rows: 3 } },
+        metadata: { attempt: 2, retry_limit: 5, timeout_ms: 7000 },
+      },
+    ],
+  });
+  const result = results.get(101);
+  assert.equal(result.status, "completed");
+  assert.deepEqual(result.output, {
+    greeting: "héllo wörld ✓ 日本語 😀",
+    nested: { list: [1, 2.5, null, true, { deep: ["ü", { deeper: "𝄞" }] }], empty: {}, none: null },
+    context,
+  });
+  assert.equal(result.metadata.attempt, 2);
+  assert.equal(result.metadata.worker_id, worker.workerId);
+  assert.match(worker.workerId, /^node-\d+-/);
+  assert.equal(seen.stepId, 101);
+  assert.equal(seen.taskId, 77);
+  assert.equal(seen.stepName, "validate");
+  assert.equal(seen.handlerClass, "echo");
+  assert.deepEqual(seen.handlerConfig, { strict: true });
+  assert.deepEqual(seen.taskContext, context);
+  assert.deepEqual(seen.previousResults, { fetch: { rows: 3 } });
+  assert.equal(seen.attempt, 2);
+  assert.equal(seen.retryLimit, 5);
+  assert.equal(seen.timeoutMs, 7000);
+  assert.ok(!Number.isNaN(Date.parse(seen.createdAt)), `createdAt ${seen.createdAt}`);
+});
+
+test("sync and async handlers both complete, async ones concurrently up to the capacity", async () => {
+  const worker = new Worker({ ...QUICK, endpoint: await freeEndpoint(), capacity: 4, logger: null });
+  let running = 0;
+  let peak = 0;
+  worker.handle("sync", (step) => ({ doubled: step.taskContext.n * 2 }));
+  worker.handle("async", async (step) => {
+    running += 1;
+    peak = Math.max(peak, running);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    running -= 1;
+    return { tripled: step.taskContext.n * 3 };
+  });
+  worker.handle("thenable", (step) => Promise.resolve(`p${step.stepId}`));
+  worker.handle("undefined", () => undefined);
+  const steps = [];
+  for (let i = 1; i <= 8; i++) steps.push({ step_id: i, handler_class: "async", task_context: { n: i } });
+  steps.push({ step_id: 20, handler_class: "sync", task_context: { n: 21 } });
+  steps.push({ step_id: 21, handler_class: "thenable" });
+  steps.push({ step_id: 22, handler_class: "undefined" });
+  const results = await serve(worker, { steps });
+  for (let i = 1; i <= 8; i++) {
+    assert.equal(results.get(i).status, "completed");
+    assert.deepEqual(results.get(i).output, { tripled: i * 3 });
+  }
+  assert.deepEqual(results.get(20).output, { doubled: 42 });
+  assert.equal(results.get(21).output, "p21");
+  assert.equal(results.get(22).status, "completed");
+  assert.equal(results.get(22).output, null);
+  assert.ok(peak > 1, `async handlers ran one at a time (peak ${peak})`);
+  assert.ok(peak <= 4, `more handlers in flight (${peak}) than the capacity 4`);
+});
+
+test("each kind of failure is reported with its type, message, stack and retryability", async () => {
+  const worker = new Worker({ ...QUICK, endpoint: await freeEndpoint(), capacity: 8, logger: null });
+  class CardDeclined extends PermanentError {}
+  worker.handle("retryable", async () => {
+    throw new RetryableError("gateway busy");
+  });
+  worker.handle("permanent", () => {
+    throw new PermanentError("amount must be positive");
+  });
+  worker.handle("subclass", () => {
+    throw new CardDeclined("card declined");
+  });
+  worker.handle("type_error", (step) => step.taskContext.missing.field);
+  worker.handle("rejects", () => Promise.reject(new RangeError("out of range")));
+  worker.handle("string", () => {
+    throw "plain string"; // eslint-disable-line no-throw-literal
+  });
+  worker.handle("object", async () => {
+    throw { code: 42 }; // eslint-disable-line no-throw-literal
+  });
+  worker.handle("bigint", () => ({ total: 10n }));
+  worker.handle("cycle", () => {
+    const a = { name: "a" };
+    a.self = a;
+    return a;
+  });
+  worker.handle("fine", () => "still serving");
+  const names = ["retryable", "permanent", "subclass", "type_error", "rejects", "string", "object", "bigint", "cycle", "fine"];
+  const results = await serve(worker, {
+    steps: names.map((name, i) => ({ step_id: i + 1, handler_class: name })),
+  });
+  const error = (i) => {
+    const r = results.get(i);
+    assert.equal(r.status, "failed", JSON.stringify(r));
+    assert.equal(r.metadata.retryable, r.error.retryable);
+    return r.error;
+  };
+  assert.deepEqual(
+    { ...error(1), backtrace: undefined },
+    { error_type: "RetryableError", message: "gateway busy", retryable: true, backtrace: undefined },
+  );
+  assert.equal(error(2).error_type, "PermanentError");
+  assert.equal(error(2).retryable, false);
+  assert.equal(error(3).error_type, "CardDeclined");
+  assert.equal(error(3).retryable, false);
+
+  const typeError = error(4);
+  assert.equal(typeError.error_type, "TypeError");
+  assert.match(typeError.message, /Cannot read properties of undefined/);
+  assert.equal(typeError.retryable, false, "unrecognised errors default to not retryable");
+  assert.ok(typeError.backtrace.length > 0, "the stack is reported");
+  assert.match(typeError.backtrace[0], /^at .*worker\.test\.js:\d+:\d+/);
+
+  assert.equal(error(5).error_type, "RangeError");
+  assert.equal(error(5).message, "out of range");
+  assert.equal(error(6).error_type, "ThrownValue");
+  assert.match(error(6).message, /plain string/);
+  assert.equal(error(7).error_type, "ThrownValue");
+  assert.match(error(7).message, /code: 42/);
+
+  assert.equal(error(8).error_type, "SerializationError");
+  assert.match(error(8).message, /BigInt/);
+  assert.equal(error(8).retryable, false);
+  assert.equal(error(9).error_type, "SerializationError");
+  assert.match(error(9).message, /circular/i);
+
+  assert.equal(results.get(10).status, "completed");
+  assert.equal(results.get(10).output, "still serving");
+});
+
+test("defaultRetryable decides the retryability of unrecognised errors", async () => {
+  const worker = new Worker({ ...QUICK, endpoint: await freeEndpoint(), defaultRetryable: true, logger: null });
+  worker.handle("type_error", () => null.field);
+  worker.handle("string", () => {
+    throw "nope"; // eslint-disable-line no-throw-literal
+  });
+  worker.handle("permanent", () => {
+    throw new PermanentError("still permanent");
+  });
+  const results = await serve(worker, {
+    steps: [
+      { step_id: 1, handler_class: "type_error" },
+      { step_id: 2, handler_class: "string" },
+      { step_id: 3, handler_class: "permanent" },
+    ],
+  });
+  assert.equal(results.get(1).error.retryable, true);
+  assert.equal(results.get(2).error.retryable, true);
+  assert.equal(results.get(3).error.retryable, false);
+});
+
+test("a step id beyond Number.MAX_SAFE_INTEGER is failed without reaching the handler", async () => {
+  const worker = new Worker({ ...QUICK, endpoint: await freeEndpoint(), logger: null });
+  const seen = [];
+  worker.handle("echo", (step) => {
+    seen.push(step.stepId);
+    return step.stepId;
+  });
+  const huge = "9007199254740993"; // 2^53 + 1: JSON.parse would round it
+  const batch = `{"steps":[{"step_id":${huge},"handler_class":"echo"},{"step_id":9007199254740991,"handler_class":"echo"}]}`;
+  const running = worker.run();
+  let text;
+  try {
+    // As text: JSON.parse would round the huge id in the response too.
+    text = await dispatch(worker.config.endpoint, batch, { raw: true }).result;
+  } finally {
+    await withTimeout(worker.stop(), 15_000, "worker.stop()");
+    await withTimeout(running, 15_000, "worker.run()");
+  }
+  assert.match(text, new RegExp(`"step_id": ${huge}`));
+  assert.match(text, /"error_type": "UnsupportedStepId"/);
+  assert.ok(!seen.includes(Number(huge)), "the handler saw the huge id");
+  assert.ok(seen.includes(9007199254740991), "the largest safe id reached the handler");
+});
+
+test("the logger hook receives the runtime's Rust tracing records", async () => {
+  const records = [];
+  const worker = new Worker({ ...QUICK, endpoint: await freeEndpoint(), logger: (entry) => records.push(entry) });
+  worker.handle("noop", () => null);
+  await serve(worker, { steps: [{ step_id: 1, handler_class: "noop" }] });
+  setLogger(null);
+  const registered = records.find((r) => r.message === "registered with orchestrator");
+  assert.ok(registered, `no registration record among ${JSON.stringify(records.map((r) => r.message))}`);
+  assert.equal(registered.level, "info");
+  assert.equal(registered.target, "tasker_worker::connection");
+  assert.equal(registered.fields.worker_id, worker.workerId);
+  assert.match(registered.line, /^registered with orchestrator worker_id=/);
+});
+
+test("stop() awaited inside a handler resolves without deadlock once the other steps are done", async () => {
+  const worker = new Worker({ ...QUICK, endpoint: await freeEndpoint(), capacity: 4, logger: null });
+  const events = [];
+  worker.handle("stopper", async () => {
+    events.push("stop called");
+    await worker.stop();
+    events.push("stop resolved");
+    return "stopped from inside";
+  });
+  worker.handle("slow", async (step) => {
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    events.push(`slow ${step.stepId} done`);
+    return step.stepId;
+  });
+  const running = worker.run();
+  const batch = {
+    steps: [
+      { step_id: 1, handler_class: "slow" },
+      { step_id: 2, handler_class: "slow" },
+      { step_id: 3, handler_class: "stopper" },
+      { step_id: 4, handler_class: "slow" },
+    ],
+  };
+  const response = await dispatch(worker.config.endpoint, batch).result;
+  await withTimeout(running, 10_000, "worker.run() after an in-handler stop");
+  assert.equal(worker.state, "stopped");
+  for (const result of response.results) assert.equal(result.status, "completed", JSON.stringify(result));
+  assert.equal(byStepId(response).get(3).output, "stopped from inside");
+  // The in-handler stop() waited for the other handlers, not for itself.
+  assert.equal(events[events.length - 1], "stop resolved", events.join(", "));
+  assert.equal(events.filter((e) => e.startsWith("slow")).length, 3);
+  // After it resolved, stop() stays resolved.
+  await withTimeout(worker.stop(), 1000, "a second stop()");
+});
+
+test("bad options and misuse throw TaskerError naming the problem", async () => {
+  assert.throws(() => new Worker({ endpoint: "inproc://x" }), (e) => e instanceof TaskerError && /endpoint/.test(e.message));
+  assert.throws(() => new Worker({ capcity: 3 }), (e) => e instanceof TaskerError && /capcity/.test(e.message));
+  assert.throws(() => new Worker({ capacity: 0 }), (e) => e instanceof TaskerError && /capacity/.test(e.message));
+  assert.throws(() => Worker.fromConfig("/nonexistent/zeromq.yaml"), (e) => e instanceof TaskerError && /nonexistent/.test(e.message));
+  const worker = new Worker({ endpoint: await freeEndpoint() });
+  assert.throws(() => worker.handle("", () => null), TaskerError);
+  assert.throws(() => worker.handle("x", "not a function"), TaskerError);
+  await assert.rejects(worker.run(), (e) => e instanceof TaskerError && /no handlers/.test(e.message));
+});
+
+test("Worker.fromConfig reads the project's config file, its environment section and overrides", () => {
+  const path = require("node:path");
+  const file = path.join(require("./helpers.js").REPO, "config", "zeromq.yaml");
+  const previous = process.env.TASKER_ENV;
+  process.env.TASKER_ENV = "test";
+  try {
+    const worker = Worker.fromConfig(file, { capacity: 3 });
+    assert.equal(worker.config.endpoint, "tcp://127.0.0.1:5655");
+    assert.equal(worker.config.heartbeatIntervalMs, 200);
+    assert.equal(worker.capacity, 3);
+  } finally {
+    if (previous === undefined) delete process.env.TASKER_ENV;
+    else process.env.TASKER_ENV = previous;
+  }
+});
