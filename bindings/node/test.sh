@@ -5,17 +5,10 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-cd "$here"
 
-# npm packages (napi-rs CLI, typescript, zeromq) into ./node_modules.
-if [ ! -x node_modules/.bin/napi ] || [ ! -x node_modules/.bin/tsc ] || [ ! -d node_modules/zeromq ] \
-  || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci --no-audit --no-fund
-fi
-
-(cd "$repo" && cargo build -p tasker-cli)
-# The addon, its loader (native.js) and the generated native.d.ts.
-npx napi build --platform --js native.js --dts native.d.ts
+bash "$here/build.sh"
+(cd "$repo" && cargo build --quiet -p tasker-cli)
 
 export TASKER_BIN="$repo/target/debug/tasker"
+cd "$here"
 node --test test/*.test.js

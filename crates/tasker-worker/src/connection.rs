@@ -160,7 +160,9 @@ impl Connection {
             self.flush_drain();
             let now = Instant::now();
             if let Some(at) = self.reconnect_at {
-                if now >= at {
+                // A stop must not wait out the backoff: reconnect now, so
+                // the drain and goodbye go out at once.
+                if now >= at || self.stopping() {
                     self.reconnect_at = None;
                     if let Err(e) = self.connect() {
                         tracing::error!(error = %e, "reconnect failed");

@@ -267,3 +267,32 @@ fn a_shorter_heartbeat_from_welcome_takes_effect_at_once() {
     );
     rt.stop();
 }
+
+#[test]
+fn stop_while_waiting_to_reconnect_does_not_wait_out_the_backoff() {
+    // Nothing listens here: the worker hears no welcome, gives up after
+    // heartbeat × liveness, and backs off for 10 s before trying again.
+    let endpoint = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("tcp://{}", probe.local_addr().unwrap())
+    };
+    let config = TaskerConfig {
+        endpoint,
+        heartbeat_interval_ms: 50,
+        liveness: 2,
+        reconnect_initial_ms: 10_000,
+        reconnect_max_ms: 10_000,
+        linger_ms: 0,
+        ..TaskerConfig::default()
+    };
+    let rt = WorkerRuntime::start(WorkerOptions::new(config, vec!["echo".into()])).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let asked = Instant::now();
+    rt.stop();
+    assert!(rt.join(Duration::from_secs(5)), "runtime did not stop");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "stop took {:?}",
+        asked.elapsed()
+    );
+}

@@ -1,0 +1,88 @@
+//! `TaskerCore::Native` log functions: the runtime's `tracing` events are
+//! queued by `tasker_worker::log_bridge`, and a Ruby thread drains them into
+//! a `Logger` with [`next_log_records`].
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use magnus::{Error, RArray, Ruby};
+use tasker_worker::log_bridge::{self, LogBridge, LogLevel};
+
+use crate::errors;
+use crate::nogvl::without_gvl;
+
+/// The bridge once installed; kept here because `log_bridge::install` also
+/// sets the level, which only `install` below should do.
+static BRIDGE: OnceLock<&'static LogBridge> = OnceLock::new();
+
+/// Installs the bridge (first call) and sets its level: `error`, `warn`,
+/// `info`, `debug` or `trace`. Raises `TaskerCore::Error` for an unknown
+/// level or when another `tracing` subscriber owns the process.
+pub fn install(name: String) -> Result<(), Error> {
+    let level = name
+        .parse::<LogLevel>()
+        .map_err(|e| errors::error(e.to_string()))?;
+    let bridge = log_bridge::install(level).map_err(|e| errors::error(e.to_string()))?;
+    let _ = BRIDGE.set(bridge);
+    Ok(())
+}
+
+/// Waits up to `timeout` seconds (nil: no limit) for records; returns an
+/// Array of `[level, target, line]`, empty on timeout or after
+/// [`wake`] (and at once when the bridge is not installed). Ruby interrupts
+/// end the wait and run.
+pub fn next_log_records(ruby: &Ruby, max: usize, timeout: Option<f64>) -> Result<RArray, Error> {
+    let Some(bridge) = BRIDGE.get().copied() else {
+        return Ok(ruby.ary_new());
+    };
+    let timeout = match timeout {
+        Some(t) if t.is_finite() && t >= 0.0 => Some(Duration::from_secs_f64(t)),
+        Some(t) => {
+            return Err(Error::new(
+                ruby.exception_arg_error(),
+                format!("timeout must be a non-negative number of seconds, got {t}"),
+            ))
+        }
+        None => None,
+    };
+    let records =
+        without_gvl(|| bridge.next_records(max, timeout), || bridge.wake()).unwrap_or_default();
+    if records.is_empty() {
+        // The wait ends early only for an interrupt (or `log_wake`): run it.
+        ruby.thread_check_ints()?;
+    }
+    let out = ruby.ary_new_capa(records.len());
+    for record in records {
+        let line = record.to_string();
+        out.push((record.level.as_str(), record.target, line))?;
+    }
+    Ok(out)
+}
+
+/// Makes a waiting `next_log_records` return.
+pub fn wake() {
+    if let Some(bridge) = BRIDGE.get() {
+        bridge.wake();
+    }
+}
+
+/// Records dropped because nobody drained the queue.
+pub fn dropped() -> u64 {
+    BRIDGE.get().map_or(0, |b| b.dropped())
+}
+
+/// Emits a `tracing` event at `level` with target `tasker_core_ruby`, so a
+/// host can check its logger set-up end to end.
+pub fn emit(level: String, message: String) -> Result<(), Error> {
+    match level
+        .parse::<LogLevel>()
+        .map_err(|e| errors::error(e.to_string()))?
+    {
+        LogLevel::Error => tracing::error!(target: "tasker_core_ruby", "{message}"),
+        LogLevel::Warn => tracing::warn!(target: "tasker_core_ruby", "{message}"),
+        LogLevel::Info => tracing::info!(target: "tasker_core_ruby", "{message}"),
+        LogLevel::Debug => tracing::debug!(target: "tasker_core_ruby", "{message}"),
+        LogLevel::Trace => tracing::trace!(target: "tasker_core_ruby", "{message}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,369 @@
+# frozen_string_literal: true
+
+module TaskerCore
+  # A worker: named handlers served over ZeroMQ by the Rust worker runtime.
+  #
+  # The runtime (connection, hello, heartbeats, credit, reconnects, drain)
+  # runs on its own native thread. Handlers run on a pool of Ruby threads;
+  # each thread pulls a chunk of steps, runs them one after the other and
+  # sends their results back together.
+  #
+  # == Capacity and threads
+  #
+  # `capacity` (default: the config's `worker_capacity`) is what the worker
+  # declares to the orchestrator: the most steps it holds at once.
+  # `threads` (default: `capacity`, at most {DEFAULT_MAX_THREADS}; never more
+  # than `capacity`) is the pool size. Each thread pulls at most
+  # `ceil(capacity / threads)` steps at a time, so the pool holds exactly
+  # what was declared: with `capacity == threads` every step runs on its own
+  # thread; with a larger capacity, steps of one chunk run in turn.
+  #
+  # @example
+  #   worker = TaskerCore::Worker.from_config("config/zeromq.yaml")
+  #   worker.handle("validate_order") do |step|
+  #     raise TaskerCore::PermanentError, "amount must be positive" if step.task_context["amount"] <= 0
+  #     { valid: true }
+  #   end
+  #   worker.register("charge_card", ChargeCardHandler.new)
+  #   worker.run # blocks; INT/TERM drain gracefully
+  class Worker
+    # Most pool threads when `threads` is not given.
+    DEFAULT_MAX_THREADS = 8
+
+    # Results of quick steps wait at most this long (seconds) for their
+    # chunk-mates before they are sent.
+    FLUSH_AFTER = 0.002
+
+    # @return [Config] the configuration in use
+    attr_reader :config
+    # @return [Integer] the capacity declared to the orchestrator
+    attr_reader :capacity
+    # @return [Integer] the number of handler threads
+    attr_reader :threads
+    # @return [Logger, nil] where this worker's own messages go
+    attr_reader :logger
+
+    # A worker configured from a YAML file (see {Config.load}).
+    #
+    # @param path [String, nil] the config file; nil: built-in defaults
+    # @param env [String, nil] its section (default `TASKER_ENV`)
+    # @param capacity [Integer, nil] declared capacity (default `worker_capacity`)
+    # @param threads [Integer, nil] handler threads
+    # @param worker_id [String, nil] stable id (default generated: `ruby-<pid>-<random>`)
+    # @param logger [Logger, nil] for the worker's own messages
+    # @param overrides [Hash{Symbol=>Object}] config keys, e.g. `endpoint:`
+    # @return [Worker]
+    # @raise [ConfigError]
+    def self.from_config(path = nil, env: nil, capacity: nil, threads: nil, worker_id: nil, logger: nil, **overrides)
+      new(config: Config.load(path, env: env, **overrides),
+          capacity: capacity, threads: threads, worker_id: worker_id, logger: logger)
+    end
+
+    # @param endpoint [String, nil] orchestrator endpoint (`tcp://host:port` or `ipc://path`)
+    # @param capacity [Integer, nil] declared capacity (default `worker_capacity`)
+    # @param threads [Integer, nil] handler threads (see the class notes)
+    # @param worker_id [String, nil] stable id (default generated)
+    # @param default_retryable [Boolean, nil] retryability of a handler error
+    #   that is not a {RetryableError} or {PermanentError} (default: the
+    #   config's `default_retryable`, false unless configured)
+    # @param logger [Logger, nil] for the worker's own messages (default {TaskerCore.logger})
+    # @param config [Config, nil] base configuration (default: built-in
+    #   defaults plus `TASKER_*` variables)
+    # @param settings [Hash{Symbol=>Object}] other config keys
+    # @raise [ConfigError] for a bad key or value
+    def initialize(endpoint: nil, capacity: nil, threads: nil, worker_id: nil,
+                   default_retryable: nil, logger: nil, config: nil, **settings)
+      overrides = settings.dup
+      overrides[:endpoint] = endpoint if endpoint
+      overrides[:default_retryable] = default_retryable unless default_retryable.nil?
+      @config = if config
+                  overrides.empty? ? config : config.merge(**overrides)
+                else
+                  Config.load(nil, **overrides)
+                end
+      @capacity = positive(:capacity, capacity || @config.worker_capacity)
+      @threads = [positive(:threads, threads || [@capacity, DEFAULT_MAX_THREADS].min), @capacity].min
+      @chunk = (@capacity + @threads - 1) / @threads
+      @worker_id = worker_id&.to_s
+      @logger = logger || TaskerCore.logger
+      @default_retryable = @config.default_retryable?
+      @handlers = {}
+      @mutex = Mutex.new
+      @native = nil
+      @pool = []
+      @fatal = nil
+      @signal = nil
+      @watcher = nil
+      @stopped = false
+      @done_mutex = Mutex.new
+      @done = ConditionVariable.new
+    end
+
+    # Registers a block as the handler of `name`. The block gets a {Step}
+    # and returns the step's output (Hash, Array, String, Integer, Float,
+    # true, false, nil; symbols become strings).
+    #
+    # @param name [String, Symbol] the handler class steps name
+    # @yieldparam step [Step]
+    # @return [self]
+    def handle(name, &block)
+      raise ArgumentError, "handle(#{name.inspect}) needs a block" unless block
+
+      register(name, block)
+    end
+
+    # Registers any object responding to `#call(step)` as the handler of
+    # `name`.
+    #
+    # @param name [String, Symbol]
+    # @param callable [#call]
+    # @return [self]
+    def register(name, callable)
+      name = name.to_s
+      raise ArgumentError, "handler name must not be empty" if name.empty?
+      raise ArgumentError, "handler for #{name.inspect} does not respond to #call" unless callable.respond_to?(:call)
+
+      @mutex.synchronize do
+        raise Error, "cannot add handlers to a started worker" if @native
+
+        @handlers[name] = callable
+      end
+      self
+    end
+
+    # @return [Array<String>] the registered handler names
+    def handler_names
+      @handlers.keys
+    end
+
+    # @return [String, nil] the id announced to the orchestrator (once started)
+    def worker_id
+      @native ? @native.worker_id : @worker_id
+    end
+
+    # @return [Symbol] `:idle` (not started), `:connecting`, `:connected`,
+    #   `:draining` or `:stopped`
+    def state
+      @native ? @native.state.to_sym : :idle
+    end
+
+    # Connects and starts the handler threads; returns at once.
+    #
+    # @return [self]
+    # @raise [Error] when already started or without handlers
+    # @raise [WorkerError, ConfigError] when the runtime refuses to start
+    def start
+      @mutex.synchronize do
+        raise Error, "worker already started" if @native
+        raise Error, "no handlers registered: call #handle or #register first" if @handlers.empty?
+
+        @handlers.freeze
+        Logging.start
+        @native = Native::Runtime.new(@config.to_h, @handlers.keys, @capacity, @worker_id)
+        @pool = Array.new(@threads) { |i| spawn_thread("tasker-worker-#{i}") { pump } }
+        @watcher = spawn_thread("tasker-watch") { watch }
+      end
+      @logger&.info("tasker_core") do
+        "worker #{worker_id} serving #{@handlers.keys.join(', ')} on #{@config.endpoint} " \
+          "(capacity #{@capacity}, #{@threads} threads)"
+      end
+      self
+    end
+
+    # Starts (unless started) and blocks until the worker has stopped:
+    # after {#stop} from another thread or a handler, or INT/TERM when
+    # `trap_signals` (only on the main thread). The first signal drains:
+    # steps not yet started go back to the orchestrator, running ones finish
+    # (up to `shutdown_timeout_ms`); a second one raises as usual
+    # (`Interrupt` / `SignalException`). An exception that ends the wait
+    # early stops the worker without waiting for the drain.
+    #
+    # @param trap_signals [Boolean]
+    # @return [self]
+    # @raise [Exception] what killed a handler thread, if something did
+    def run(trap_signals: true)
+      start unless @native
+      previous = trap_signals && Thread.current == Thread.main ? install_traps : {}
+      begin
+        wait
+      rescue Exception # rubocop:disable Lint/RescueException
+        stop
+        raise
+      end
+      self
+    ensure
+      previous&.each { |sig, handler| trap(sig, handler || "DEFAULT") }
+    end
+
+    # Begins a graceful stop; returns at once. Safe from any thread, from a
+    # handler and from a signal trap. Idempotent.
+    #
+    # @return [self]
+    def stop
+      @native&.stop
+      self
+    end
+
+    # @return [Boolean] whether the worker has stopped and its threads ended
+    def stopped?
+      @done_mutex.synchronize { @stopped }
+    end
+
+    # Waits for the worker to stop (it stops only after {#stop} or a
+    # signal) and its handler threads to end; handlers still running when
+    # the runtime gave up on them (`shutdown_timeout_ms`) are killed.
+    #
+    # @param timeout [Numeric, nil] seconds; nil waits without limit
+    # @return [Boolean] true once stopped, false on timeout
+    # @raise [Exception] what killed a handler thread, if something did
+    def wait(timeout = nil)
+      raise Error, "worker not started" unless @native
+
+      deadline = timeout && monotonic + timeout
+      @done_mutex.synchronize do
+        # The calling thread sleeps in Ruby (not in native code), so it is
+        # the one Ruby wakes for signals and trap handlers.
+        until @stopped
+          left = deadline && deadline - monotonic
+          return false if left && left <= 0
+
+          @done.wait(@done_mutex, left)
+        end
+      end
+      raise @fatal if @fatal
+
+      true
+    end
+
+    private
+
+    def positive(name, value)
+      int = Integer(value)
+      raise ConfigError, "#{name} must be at least 1, got #{value.inspect}" if int < 1
+
+      int
+    rescue ArgumentError, TypeError
+      raise ConfigError, "#{name} must be an Integer, got #{value.inspect}"
+    end
+
+    def monotonic
+      Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    end
+
+    def spawn_thread(name, &body)
+      Thread.new(&body).tap do |thread|
+        thread.name = name
+        thread.report_on_exception = false
+      end
+    end
+
+    def install_traps
+      %w[INT TERM].to_h do |sig|
+        previous = trap(sig) do
+          # Second signal: stop waiting for the drain.
+          raise(sig == "INT" ? Interrupt : SignalException.new(sig)) if @signal
+
+          @signal = sig
+          stop
+          # A trap handler may not take the Logger's lock; a thread may.
+          Thread.new { @logger&.info("tasker_core") { "SIG#{sig} received: draining (again to abort)" } }
+        end
+        [sig, previous]
+      end
+    end
+
+    # Waits (without the GVL) for the runtime to finish, then for the pool.
+    def watch
+      native = @native
+      nil until native.join(3600)
+      reap_pool
+      Logging.flush
+      @logger&.info("tasker_core") { "worker #{native.worker_id} stopped" }
+    ensure
+      @done_mutex.synchronize do
+        @stopped = true
+        @done.broadcast
+      end
+    end
+
+    def reap_pool
+      grace = monotonic + 1.0
+      @pool.each do |thread|
+        next if thread.join([grace - monotonic, 0].max)
+
+        @logger&.warn("tasker_core") { "killing #{thread.name}: its handler outlived shutdown_timeout_ms" }
+        thread.kill
+        thread.join(1)
+      end
+    end
+
+    # One handler thread: pull a chunk, run it, send the results.
+    def pump
+      native = @native
+      chunk = @chunk
+      while (steps = native.next_steps(chunk, nil))
+        next if steps.empty?
+
+        begin
+          run_chunk(native, steps)
+          steps = nil
+        ensure
+          # Interrupted mid-chunk (Thread#kill, an Exception from a handler):
+          # the steps not run still get their one answer.
+          native.abandon(steps, "WorkerInterrupted", "handler thread interrupted (#{$!&.class || 'killed'})") if steps
+        end
+      end
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      # Not a handler's StandardError (those fail their step): e.g. `exit`
+      # or NoMemoryError in a handler. Stop the worker and re-raise from #wait.
+      @fatal ||= e
+      @logger&.error("tasker_core") { "handler thread died: #{e.class}: #{e.message}" }
+      native&.stop
+    end
+
+    def run_chunk(native, steps)
+      if steps.size == 1
+        execute(steps[0])
+      else
+        flushed_at = monotonic
+        steps.each do |step|
+          execute(step)
+          next unless monotonic - flushed_at >= FLUSH_AFTER
+
+          native.complete_many(steps)
+          flushed_at = monotonic
+        end
+      end
+      native.complete_many(steps)
+    end
+
+    def execute(step)
+      handler = @handlers[step.handler_class]
+      unless handler
+        step._fail("UnknownHandler", "this worker has no handler #{step.handler_class.inspect}", false, nil)
+        return
+      end
+      problem = step._succeed(handler.call(step))
+      @logger&.warn("tasker_core") { "step #{step.step_id}: #{problem}" } if problem
+    rescue StandardError, ScriptError => e
+      # ScriptError covers NotImplementedError, which handlers often raise.
+      record_error(step, e)
+    end
+
+    def record_error(step, error)
+      type = error.respond_to?(:error_type) ? error.error_type.to_s : (error.class.name || error.class.inspect)
+      retryable = error.respond_to?(:retryable?) ? error.retryable? : nil
+      retryable = @default_retryable if retryable.nil?
+      backtrace = error.backtrace&.first(100)&.map { |line| utf8(line) }
+      step._fail(utf8(type), utf8(error.message), retryable ? true : false, backtrace)
+      @logger&.debug("tasker_core") { "step #{step.step_id} failed: #{type}: #{error.message}" }
+    end
+
+    def utf8(text)
+      text = text.to_s
+      return text if text.encoding == Encoding::UTF_8 && text.valid_encoding?
+
+      text.encode(Encoding::UTF_8, invalid: :replace, undef: :replace)
+    end
+  end
+end

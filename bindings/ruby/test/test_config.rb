@@ -1,0 +1,80 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+
+class TestConfig < Minitest::Test
+  def write_config(text)
+    path = File.join(@tmp, "zeromq.yaml")
+    File.write(path, text)
+    path
+  end
+
+  def test_loads_a_section_then_overrides
+    path = write_config("test:\n  endpoint: tcp://127.0.0.1:7001\n  worker_capacity: 3\n")
+    config = TaskerCore::Config.load(path, env: "test", batch_size: 7)
+    assert_equal "tcp://127.0.0.1:7001", config.endpoint
+    assert_equal 3, config.worker_capacity
+    assert_equal 7, config.batch_size
+    assert_equal 3, config.liveness # built-in default
+    refute config.default_retryable?
+  end
+
+  def test_the_project_config_file_loads
+    config = TaskerCore::Config.load(File.join(REPO, "config", "zeromq.yaml"), env: "production")
+    assert_equal 16, config.worker_capacity
+  end
+
+  def test_env_variables_override_the_file_and_ruby_overrides_win
+    path = write_config("development:\n  worker_capacity: 3\n")
+    ENV["TASKER_WORKER_CAPACITY"] = "5"
+    assert_equal 5, TaskerCore::Config.load(path).worker_capacity
+    assert_equal 6, TaskerCore::Config.load(path, worker_capacity: 6).worker_capacity
+  ensure
+    ENV.delete("TASKER_WORKER_CAPACITY")
+  end
+
+  def test_bad_input_names_the_problem
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, worker_capacityy: 2) }
+    assert_match(/worker_capacityy/, error.message)
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, worker_capacity: 0) }
+    assert_match(/worker_capacity/, error.message)
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, endpoint: "inproc://x") }
+    assert_match(/endpoint/, error.message)
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(File.join(@tmp, "missing.yaml")) }
+    assert_match(/missing\.yaml/, error.message)
+    path = write_config("staging:\n  liveness: 2\n")
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(path) }
+    assert_match(/staging/, error.message)
+    assert_kind_of TaskerCore::Error, error
+  end
+
+  def test_capacity_and_threads_rule
+    worker = TaskerCore::Worker.new(endpoint: "tcp://127.0.0.1:7002", capacity: 20, logger: nil)
+    assert_equal 20, worker.capacity
+    assert_equal TaskerCore::Worker::DEFAULT_MAX_THREADS, worker.threads
+    worker = TaskerCore::Worker.new(capacity: 3, threads: 10, logger: nil)
+    assert_equal 3, worker.threads, "never more threads than capacity"
+    worker = TaskerCore::Worker.new(worker_capacity: 2, logger: nil)
+    assert_equal 2, worker.capacity, "capacity defaults to worker_capacity"
+    assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(capacity: 0) }
+    assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(threads: "many") }
+  end
+
+  def test_from_config_takes_file_env_and_overrides
+    path = write_config("test:\n  endpoint: tcp://127.0.0.1:7003\n  default_retryable: true\n")
+    worker = TaskerCore::Worker.from_config(path, env: "test", threads: 2, worker_capacity: 4, logger: nil)
+    assert_equal "tcp://127.0.0.1:7003", worker.config.endpoint
+    assert_equal 4, worker.capacity
+    assert_equal 2, worker.threads
+    assert worker.config.default_retryable?
+  end
+
+  def test_handlers_are_checked
+    worker = TaskerCore::Worker.new(logger: nil)
+    assert_raises(ArgumentError) { worker.handle("x") }
+    assert_raises(ArgumentError) { worker.register("x", Object.new) }
+    assert_raises(ArgumentError) { worker.register("", ->(_s) {}) }
+    error = assert_raises(TaskerCore::Error) { worker.start }
+    assert_match(/no handlers/, error.message)
+  end
+end

@@ -1,0 +1,57 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+
+# `gem build` + `gem install` into an empty GEM_HOME, then a worker started
+# from the installed gem serves a step. The install compiles the vendored
+# crates with cargo; CARGO_TARGET_DIR (default: the repository's target
+# directory) and TASKER_GEM_PROFILE (default: dev) let it reuse the
+# artifacts of earlier builds, libzmq above all.
+class TestGem < Minitest::Test
+  def run_command(env, *command, timeout:)
+    out_r, out_w = IO.pipe
+    pid = Process.spawn(env, *command, out: out_w, err: out_w, chdir: @tmp)
+    out_w.close
+    @children << pid
+    reader = Thread.new { out_r.read }
+    status = wait_exit(pid, timeout: timeout)
+    [reader.value, status]
+  end
+
+  def test_gem_build_install_and_serve_from_the_installed_gem
+    out, status = run_command({}, RbConfig.ruby, File.join(RUBY_DIR, "script", "build_gem.rb"), timeout: 120)
+    assert status.success?, "build_gem.rb failed:\n#{out}"
+    gem_file = out.lines.last.strip
+    assert_match(/tasker_core-#{Regexp.escape(TaskerCore::VERSION)}\.gem\z/, gem_file)
+
+    gem_home = File.join(@tmp, "gem-home")
+    env = { "GEM_HOME" => gem_home, "GEM_PATH" => gem_home, "RUBYLIB" => nil, "RUBYOPT" => nil,
+            "CARGO_TARGET_DIR" => TARGET_DIR,
+            "TASKER_CORE_CARGO_PROFILE" => ENV.fetch("TASKER_GEM_PROFILE", "dev") }
+    out, status = run_command(env, "gem", "install", "--local", "--no-document", gem_file, timeout: 900)
+    assert status.success?, "gem install failed:\n#{out}"
+    assert_match(/Successfully installed tasker_core-/, out)
+
+    endpoint = free_endpoint
+    script = File.join(@tmp, "installed_worker.rb")
+    File.write(script, <<~RUBY)
+      $stdout.sync = true
+      require "tasker_core"
+      puts $LOADED_FEATURES.grep(%r{tasker_core/tasker_core\\.so}).first
+      worker = TaskerCore::Worker.new(endpoint: #{endpoint.dump}, capacity: 1, logger: nil)
+      worker.handle("hello") { |step| { "greeting" => "hello \#{step.task_context['name']}", "gem" => TaskerCore::VERSION } }
+      worker.run
+    RUBY
+    out_r, out_w = IO.pipe
+    pid = Process.spawn(env, RbConfig.ruby, script, out: out_w, err: File.join(@tmp, "installed_worker.log"),
+                        chdir: @tmp)
+    out_w.close
+    @children << pid
+    loaded = read_line(out_r)
+    assert loaded&.start_with?(gem_home), "extension loaded from #{loaded.inspect}, not from #{gem_home}"
+    result = dispatch([step(1, "hello", task_context: { "name" => "gem" })], endpoint: endpoint).results.fetch(1)
+    assert_equal({ "greeting" => "hello gem", "gem" => TaskerCore::VERSION }, result["output"])
+    Process.kill("TERM", pid)
+    assert wait_exit(pid, timeout: 10).success?
+  end
+end

@@ -1,0 +1,106 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+
+# Ruby worker processes against the real orchestrator.
+class TestProcesses < Minitest::Test
+  def test_several_worker_processes_share_a_handler_without_duplicates
+    endpoint = free_endpoint
+    log = File.join(@tmp, "executions.log")
+    3.times do
+      spawn_worker(<<~RUBY, endpoint: endpoint)
+        worker = TaskerCore::Worker.new(endpoint: ENDPOINT, capacity: 4)
+        worker.handle("record") do |step|
+          File.open(#{log.dump}, "a") { |f| f.flock(File::LOCK_EX); f.puts(step.step_id) }
+          sleep 0.002
+          { "pid" => Process.pid }
+        end
+        worker.run
+      RUBY
+    end
+    steps = (1..300).map { |id| step(id, "record") }
+    results = dispatch(steps, endpoint: endpoint, workers: 3).results(timeout: 90)
+    assert_equal (1..300).to_a, results.keys.sort
+    assert(results.values.all? { |r| r["status"] == "completed" }, "every step completed")
+    executions = File.readlines(log, chomp: true).map(&:to_i)
+    assert_equal (1..300).to_a, executions.sort, "each step ran exactly once"
+    pids = results.values.map { |r| r.dig("output", "pid") }.uniq
+    assert_operator pids.size, :>=, 2, "the work was shared (#{pids})"
+  end
+
+  def test_a_worker_killed_mid_batch_loses_only_its_steps
+    endpoint = free_endpoint
+    stuck, stuck_out = spawn_worker(<<~RUBY, endpoint: endpoint)
+      worker = TaskerCore::Worker.new(endpoint: ENDPOINT, capacity: 2, worker_id: "stuck")
+      worker.handle("work") do |step|
+        puts "started \#{step.step_id}"
+        sleep 60
+      end
+      worker.run
+    RUBY
+    spawn_worker(<<~RUBY, endpoint: endpoint)
+      worker = TaskerCore::Worker.new(endpoint: ENDPOINT, capacity: 4, worker_id: "healthy")
+      worker.handle("work") { |step| { "id" => step.step_id } }
+      worker.run
+    RUBY
+    steps = (1..40).map { |id| step(id, "work", metadata: { "timeout_ms" => 30_000 }) }
+    run = dispatch(steps, endpoint: endpoint, workers: 2)
+    held = [read_line(stuck_out), read_line(stuck_out)].map { |line| Integer(line[/\d+/]) }
+    Process.kill("KILL", stuck)
+    wait_exit(stuck, timeout: 10)
+    results = run.results(timeout: 60)
+    assert_equal (1..40).to_a, results.keys.sort, "exactly one result per step"
+    held.each do |id|
+      result = results.fetch(id)
+      assert_equal ["failed", "WorkerLost", true],
+                   [result["status"], result.dig("error", "error_type"), result.dig("error", "retryable")], "step #{id}"
+    end
+    (results.keys - held).each do |id|
+      assert_equal ["completed", "healthy"], [results[id]["status"], results[id].dig("metadata", "worker_id")],
+                   "step #{id}"
+    end
+  end
+
+  def test_int_drains_and_exits_zero
+    endpoint = free_endpoint
+    pid, out = spawn_worker(<<~RUBY, endpoint: endpoint)
+      worker = TaskerCore::Worker.new(endpoint: ENDPOINT, capacity: 2, threads: 2)
+      worker.handle("slow") do |step|
+        puts "started \#{step.step_id}"
+        sleep 0.5
+        { "finished" => step.step_id }
+      end
+      worker.run
+      puts "run returned"
+    RUBY
+    steps = (1..4).map { |id| step(id, "slow", metadata: { "timeout_ms" => 3000 }) }
+    run = dispatch(steps, endpoint: endpoint)
+    in_flight = [read_line(out), read_line(out)].map { |line| Integer(line[/\d+/]) }
+    signalled_at = monotonic
+    Process.kill("INT", pid)
+    status = wait_exit(pid, timeout: 10)
+    assert_operator monotonic - signalled_at, :<, 2.5, "drained within a couple of seconds"
+    assert status.success?, "exit status #{status}"
+    assert_equal "run returned", read_line(out)
+    results = run.results
+    in_flight.each { |id| assert_equal({ "finished" => id }, results.fetch(id)["output"]) }
+    (results.keys - in_flight).each do |id|
+      refute_equal "completed", results[id]["status"], "step #{id} was not started before INT"
+      assert results[id].dig("error", "retryable"), "step #{id} can be retried"
+    end
+  end
+
+  def test_term_drains_and_exits_zero
+    endpoint = free_endpoint
+    pid, out = spawn_worker(<<~RUBY, endpoint: endpoint)
+      worker = TaskerCore::Worker.new(endpoint: ENDPOINT, capacity: 1)
+      worker.handle("slow") { |step| puts "started"; sleep 0.3; "ok" }
+      worker.run
+    RUBY
+    run = dispatch([step(1, "slow")], endpoint: endpoint)
+    read_line(out)
+    Process.kill("TERM", pid)
+    assert wait_exit(pid, timeout: 10).success?
+    assert_equal "ok", run.results.fetch(1)["output"]
+  end
+end

@@ -1,0 +1,219 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+
+# Workers in this process against the real orchestrator (`tasker dispatch`).
+class TestWorker < Minitest::Test
+  class Doubler
+    def call(step)
+      { "doubled" => step.task_context.fetch("n") * 2 }
+    end
+  end
+
+  class CardDeclined < TaskerCore::PermanentError; end
+
+  def test_success_and_nested_unicode_output_round_trip
+    endpoint = free_endpoint
+    seen = Queue.new
+    with_worker(endpoint: endpoint, capacity: 2) do |worker|
+      worker.handle("echo") do |step|
+        seen << step
+        { echo: step.task_context, sym: :ok, list: [1, 2.5, nil, true, false, "é", :x], config: step.handler_config,
+          previous: step.previous_results, attempt: step.attempt, timeout: step.timeout }
+      end
+      worker.start
+      context = { "name" => "Zoë ✓ 東京 🚀", "nested" => { "a" => [1, { "b" => [] }], "big" => 2**62 }, "x" => nil }
+      run = dispatch([step(7, "echo", task_id: 3, step_name: "greet", task_context: context,
+                                      handler_config: { "k" => "v" }, previous_results: { "prev" => { "ok" => 1 } },
+                                      metadata: { "timeout_ms" => 4000, "attempt" => 2, "retry_limit" => 5 })],
+                     endpoint: endpoint)
+      result = run.results.fetch(7)
+      assert_equal "completed", result["status"]
+      assert_equal({ "echo" => context, "sym" => "ok", "list" => [1, 2.5, nil, true, false, "é", "x"],
+                     "config" => { "k" => "v" }, "previous" => { "prev" => { "ok" => 1 } }, "attempt" => 2,
+                     "timeout" => 4.0 }, result["output"])
+      assert_equal 2, result.dig("metadata", "attempt")
+      assert_equal worker.worker_id, result.dig("metadata", "worker_id")
+      assert_match(/\Aruby-#{Process.pid}-/, worker.worker_id)
+
+      step = seen.pop
+      assert_equal [7, 3, "greet", "echo", 2, 5, 4000], [step.step_id, step.task_id, step.step_name,
+                                                       step.handler_class, step.attempt, step.retry_limit,
+                                                       step.timeout_ms]
+      assert_same step.task_context, step.task_context, "fields are converted once"
+      assert_kind_of Time, step.created_at
+    end
+  end
+
+  def test_error_kinds
+    endpoint = free_endpoint
+    with_worker(endpoint: endpoint, capacity: 4) do |worker|
+      worker.handle("retryable") { raise TaskerCore::RetryableError, "gateway busy" }
+      worker.handle("permanent") { raise TaskerCore::PermanentError, "amount must be positive" }
+      worker.handle("declined") { raise CardDeclined, "card declined" }
+      worker.handle("typed") { raise TaskerCore::RetryableError.new("slow down", error_type: "RateLimited") }
+      worker.handle("other") { raise ArgumentError, "bad argument" }
+      worker.handle("not_implemented") { raise NotImplementedError, "later" }
+      worker.start
+      run = dispatch(%w[retryable permanent declined typed other not_implemented].each_with_index.map do |h, i|
+        step(i + 1, h)
+      end, endpoint: endpoint)
+      results = run.results
+      expect = {
+        1 => ["RetryableError", "gateway busy", true],
+        2 => ["PermanentError", "amount must be positive", false],
+        3 => ["TestWorker::CardDeclined", "card declined", false],
+        4 => ["RateLimited", "slow down", true],
+        5 => ["ArgumentError", "bad argument", false],
+        6 => ["NotImplementedError", "later", false]
+      }
+      expect.each do |id, (type, message, retryable)|
+        error = results.fetch(id).fetch("error")
+        assert_equal "failed", results[id]["status"], "step #{id}"
+        assert_equal [type, message, retryable], [error["error_type"], error["message"], error["retryable"]], "step #{id}"
+        assert_equal retryable, results[id].dig("metadata", "retryable"), "step #{id}"
+      end
+      backtrace = results[5].dig("error", "backtrace")
+      assert backtrace.first.include?("test_worker.rb"), "innermost frame first: #{backtrace.first}"
+    end
+  end
+
+  def test_default_retryable_applies_to_other_errors_only
+    endpoint = free_endpoint
+    with_worker(endpoint: endpoint, capacity: 2, default_retryable: true) do |worker|
+      worker.handle("other") { raise KeyError, "missing" }
+      worker.handle("permanent") { raise TaskerCore::PermanentError, "no" }
+      worker.start
+      results = dispatch([step(1, "other"), step(2, "permanent")], endpoint: endpoint).results
+      assert_equal ["KeyError", true], [results[1].dig("error", "error_type"), results[1].dig("error", "retryable")]
+      assert_equal false, results[2].dig("error", "retryable")
+    end
+  end
+
+  def test_unserialisable_output_fails_that_step_and_the_worker_keeps_serving
+    endpoint = free_endpoint
+    with_worker(endpoint: endpoint, capacity: 1) do |worker|
+      worker.handle("object") { { "value" => Object.new } }
+      worker.handle("nan") { [1, Float::NAN] }
+      worker.handle("proc") { -> {} }
+      worker.handle("binary") { "\xFF\xFE".b }
+      worker.handle("key") { { [1] => 2 } }
+      worker.handle("fine") { { ok: true } }
+      worker.start
+      steps = %w[object nan proc binary key fine].each_with_index.map { |h, i| step(i + 1, h) }
+      results = dispatch(steps, endpoint: endpoint).results
+      {
+        1 => /output\["value"\]: cannot serialise #<Object/, 2 => /output\[1\]: float NaN/,
+        3 => /output: cannot serialise #<Proc/, 4 => /UTF-8/, 5 => /hash key \[1\]/
+      }.each do |id, pattern|
+        error = results.fetch(id).fetch("error")
+        assert_equal ["SerializationError", false], [error["error_type"], error["retryable"]], "step #{id}"
+        assert_match pattern, error["message"], "step #{id}"
+      end
+      assert_equal({ "ok" => true }, results.fetch(6)["output"])
+    end
+  end
+
+  def test_block_and_callable_handlers
+    endpoint = free_endpoint
+    with_worker(endpoint: endpoint, capacity: 2) do |worker|
+      worker.register("double", Doubler.new)
+      worker.register(:triple, ->(step) { step.task_context["n"] * 3 })
+      worker.handle("square") { |step| step.task_context["n"]**2 }
+      assert_equal %w[double triple square], worker.handler_names
+      worker.start
+      assert_raises(TaskerCore::Error) { worker.handle("late") { nil } }
+      steps = %w[double triple square].each_with_index.map { |h, i| step(i + 1, h, task_context: { "n" => 7 }) }
+      results = dispatch(steps, endpoint: endpoint).results
+      assert_equal [{ "doubled" => 14 }, 21, 49], [1, 2, 3].map { |id| results[id]["output"] }
+    end
+  end
+
+  def test_stop_from_inside_a_handler
+    endpoint = free_endpoint
+    worker = TaskerCore::Worker.new(endpoint: endpoint, capacity: 1, logger: nil)
+    worker.handle("last") do
+      worker.stop
+      "stopped myself"
+    end
+    run = dispatch([step(1, "last")], endpoint: endpoint)
+    runner = Thread.new { worker.run(trap_signals: false) }
+    assert runner.join(15), "run did not return after stop from a handler"
+    assert_equal "stopped myself", run.results.fetch(1)["output"]
+    assert worker.stopped?
+    assert_equal :stopped, worker.state
+  end
+
+  def test_graceful_stop_finishes_steps_in_flight
+    endpoint = free_endpoint
+    started = Queue.new
+    executions = Queue.new
+    worker = TaskerCore::Worker.new(endpoint: endpoint, capacity: 2, threads: 2, logger: nil)
+    worker.handle("slow") do |step|
+      started << step.step_id
+      sleep 0.5
+      executions << step.step_id
+      { "done" => step.step_id }
+    end
+    worker.start
+    steps = (1..6).map { |id| step(id, "slow", metadata: { "timeout_ms" => 2500 }) }
+    run = dispatch(steps, endpoint: endpoint)
+    in_flight = [Timeout.timeout(15) { started.pop }, Timeout.timeout(15) { started.pop }]
+    stopping_at = monotonic
+    worker.stop
+    assert worker.wait(10), "worker did not stop"
+    assert_operator monotonic - stopping_at, :<, 3.0
+    results = run.results
+    assert_equal 6, results.size
+    in_flight.each do |id|
+      assert_equal "completed", results[id]["status"], "step #{id} was running at stop: #{results[id]}"
+    end
+    ran = []
+    ran << executions.pop until executions.empty?
+    assert_equal ran.uniq, ran, "no step ran twice"
+    (results.keys - ran).each do |id|
+      refute_equal "completed", results[id]["status"], "step #{id} never ran here"
+    end
+  end
+
+  def test_a_handler_sleeping_past_its_timeout_does_not_deadlock_stop
+    endpoint = free_endpoint
+    worker = TaskerCore::Worker.new(endpoint: endpoint, capacity: 1, shutdown_timeout_ms: 500, logger: nil)
+    started = Queue.new
+    worker.handle("sleepy") do
+      started << true
+      sleep 30
+    end
+    worker.start
+    run = dispatch([step(1, "sleepy", metadata: { "timeout_ms" => 300 })], endpoint: endpoint)
+    Timeout.timeout(15) { started.pop }
+    result = run.results.fetch(1)
+    assert_equal "timed_out", result["status"]
+    stopping_at = monotonic
+    worker.stop
+    assert worker.wait(10), "stop deadlocked behind a sleeping handler"
+    assert_operator monotonic - stopping_at, :<, 4.0
+  end
+
+  def test_runtime_logs_reach_the_logger
+    endpoint = free_endpoint
+    io = StringIO.new
+    previous = TaskerCore.logger
+    TaskerCore.logger = Logger.new(io, level: Logger::INFO)
+    with_worker(endpoint: endpoint, capacity: 1, logger: TaskerCore.logger) do |worker|
+      worker.handle("noop") { nil }
+      worker.start
+      dispatch([step(1, "noop")], endpoint: endpoint).results
+      TaskerCore::Logging.flush
+      TaskerCore::Native.log_emit("debug", "below the level")
+      TaskerCore::Native.log_emit("warn", "bridge check")
+      TaskerCore::Logging.flush
+      log = io.string
+      assert_match(/INFO -- tasker_worker::connection: registered with orchestrator worker_id=#{worker.worker_id}/, log)
+      assert_match(/WARN -- tasker_core_ruby: bridge check/, log)
+      refute_match(/below the level/, log)
+    end
+  ensure
+    TaskerCore.logger = previous
+  end
+end
