@@ -5,11 +5,11 @@
 default:
     @just --list
 
-# Run the demo (orchestrator + Rust worker, a small batch end to end).
-demo:
-    ./scripts/demo.sh
+# Run the demo: an order workflow over Rust, Python, Ruby and Node workers.
+demo *ARGS:
+    ./scripts/demo.sh {{ARGS}}
 
-# Run the whole test suite, lints included.
+# Run the whole test suite, lints and all bindings included.
 test:
     ./scripts/test.sh
 
@@ -18,14 +18,30 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Regenerate protocol/schema from the message types.
+# Regenerate protocol/schema and the workflow schema from the Rust types.
 schema:
-    cargo run --quiet -p tasker-cli -- schema --out protocol/schema
+    cargo run --quiet -p tasker-cli -- schema
 
 # Throughput and latency beside a raw ZeroMQ echo ceiling.
 bench *ARGS:
     cargo run --release --quiet -p tasker-cli -- bench {{ARGS}}
 
+# Each binding's worker beside the Rust worker and a plain hand-written one.
+bench-python *ARGS:
+    bindings/python/bench.sh {{ARGS}}
+bench-ruby *ARGS:
+    bindings/ruby/bench.sh {{ARGS}}
+bench-node *ARGS:
+    bindings/node/bench.sh {{ARGS}}
+
+# One binding's test suite (python, ruby or node).
+test-binding LANG:
+    bindings/{{LANG}}/test.sh
+
 # A Rust worker with the built-in handlers.
 worker *ARGS:
     cargo run --release --quiet -p tasker-cli -- worker {{ARGS}}
+
+# Run one workflow: just run examples/workflows/permanent_failure.yaml --spawn "rust=target/debug/tasker worker"
+run *ARGS:
+    cargo run --quiet -p tasker-cli -- run {{ARGS}}

@@ -16,10 +16,9 @@ done
 ruby -e 'require "minitest"; require "json"; require "logger"' \
   || { echo "bindings/ruby/test.sh: Ruby lacks minitest/json (Debian's ruby package has them)" >&2; exit 1; }
 
-echo "== ruby: cargo build (tasker-core-ruby, tasker-cli)" >&2
-cargo build --quiet -p tasker-core-ruby -p tasker-cli
-mkdir -p "$here/tmp/native/tasker_core"
-ln -sf "$CARGO_TARGET_DIR/debug/libtasker_core.so" "$here/tmp/native/tasker_core/tasker_core.so"
+echo "== ruby: build (tasker-core-ruby, tasker-cli)" >&2
+bash "$here/build.sh"
+cargo build --quiet -p tasker-cli
 
 echo "== ruby: cargo fmt --check, clippy (tasker-core-ruby)" >&2
 cargo fmt -p tasker-core-ruby -- --check

@@ -1,6 +1,9 @@
-// An order-processing worker: validate an order, charge the card, ship it.
+// The Node part of the order-fulfilment demo
+// (examples/workflows/order_fulfillment.yaml): books the shipment once stock
+// is reserved (Rust) and the card charged (Ruby), joining both branches'
+// outputs, and quotes shipping (a sync handler).
 //
-//   node worker.js                # endpoint from config/zeromq.yaml or TASKER_ENDPOINT
+//   node examples/node-worker/worker.js   # endpoint from config/zeromq.yaml or TASKER_ENDPOINT
 //
 // Ctrl-C (SIGINT) or SIGTERM drains: running steps finish, the rest go back
 // to the orchestrator, then the process exits by itself.
@@ -8,35 +11,36 @@ import { existsSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Worker, RetryableError, PermanentError } from "tasker-core";
 
-/** A declined card is final: retrying will not help. */
-class CardDeclined extends PermanentError {}
+/** The carrier refuses the parcel: retrying will not help. */
+class UndeliverableAddress extends PermanentError {}
 
-const configFile = new URL("../../config/zeromq.yaml", import.meta.url).pathname;
+const configFile = process.env.TASKER_CONFIG ?? new URL("../../config/zeromq.yaml", import.meta.url).pathname;
 const worker = existsSync(configFile) ? Worker.fromConfig(configFile) : new Worker();
 
-worker.handle("validate_order", (step) => {
-  const { amount, items = [] } = step.taskContext;
-  if (typeof amount !== "number" || amount <= 0) {
-    throw new PermanentError(`amount must be a positive number, got ${JSON.stringify(amount)}`);
-  }
-  if (items.length === 0) throw new PermanentError("an order needs at least one item");
-  return { valid: true, amount, itemCount: items.length };
-});
-
-worker.handle("charge_card", async (step) => {
-  const { amount, card } = step.taskContext;
-  const validated = step.previousResults.validate_order;
-  if (validated && !validated.valid) throw new PermanentError("order was not validated");
-  await sleep(20); // the payment gateway
-  if (card === "declined") throw new CardDeclined(`card declined for ${amount}`);
-  if (card === "flaky" && step.attempt < 2) throw new RetryableError("gateway timeout, try again");
-  return { charged: amount, transactionId: `tx-${step.taskId}-${step.attempt}` };
-});
-
 worker.handle("ship_order", async (step) => {
-  const { address } = step.taskContext;
-  await sleep(10); // the carrier's API
-  return { carrier: "tasker-post", tracking: `TP${step.taskId}${step.stepId}`, to: address };
+  const reservation = step.previousResults.reserve_inventory;
+  const charge = step.previousResults.charge_payment;
+  if (!reservation || !charge) {
+    throw new PermanentError("ship_order needs the reserve_inventory and charge_payment results");
+  }
+  const { address = "unknown" } = step.taskContext;
+  if (address === "unknown") throw new UndeliverableAddress("task_context.address is missing");
+  await sleep(20); // the carrier's API
+  if (step.handlerConfig.carrier_down) throw new RetryableError("carrier API unavailable");
+  return {
+    carrier: step.handlerConfig.carrier ?? "tasker-post",
+    tracking_number: `TRK-${step.taskContext.order_id}-${step.stepId}`,
+    reservation_id: reservation.reservation_id,
+    charge_id: charge.charge_id,
+    parcels: reservation.lines.length,
+    to: address,
+  };
+});
+
+worker.handle("quote_shipping", (step) => {
+  const { items = [] } = step.taskContext;
+  const parcels = items.reduce((n, item) => n + (item.qty ?? 1), 0);
+  return { parcels, price: Math.round((4.95 + 1.5 * parcels) * 100) / 100 };
 });
 
 console.error(`order worker serving ${worker.config.endpoint}`);
