@@ -1,0 +1,104 @@
+"""Bridge from the runtime's Rust ``tracing`` events to Python ``logging``.
+
+The Rust side only queues records (its I/O thread must never call into
+Python); one daemon thread here waits for them with the GIL released and
+hands each to the logger ``tasker_core.<rust module path>``, e.g.
+``tasker_core.tasker_worker.connection``. The record's structured fields are
+in ``record.tasker_fields`` and the Rust module path in ``record.rust_target``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from typing import Dict, Optional, Union
+
+from . import _native
+
+__all__ = ["enable_log_bridge", "set_log_level", "LOGGER_NAME"]
+
+#: Root of the loggers that receive the runtime's records.
+LOGGER_NAME = "tasker_core"
+
+_lock = threading.Lock()
+_thread: Optional[threading.Thread] = None
+_stopping = False
+_loggers: Dict[str, logging.Logger] = {}
+
+
+def _rust_level(level: Union[int, str]) -> str:
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper())
+        if not isinstance(level, int):
+            raise ValueError(f"unknown log level {level!r}")
+    if level <= 5:
+        return "trace"
+    if level <= logging.DEBUG:
+        return "debug"
+    if level <= logging.INFO:
+        return "info"
+    if level <= logging.WARNING:
+        return "warn"
+    return "error"
+
+
+def enable_log_bridge(level: Union[int, str, None] = None) -> bool:
+    """Starts forwarding the runtime's log records to ``logging``.
+
+    ``level`` (a ``logging`` level or name; default: the effective level of
+    the ``tasker_core`` logger) is the most verbose level the runtime queues.
+    Called by :meth:`Worker.start`; calling it again only changes the level.
+    Returns False when another Rust ``tracing`` subscriber owns the process.
+    """
+    global _thread
+    if level is None:
+        level = logging.getLogger(LOGGER_NAME).getEffectiveLevel()
+    rust_level = _rust_level(level)
+    with _lock:
+        if _thread is not None:
+            _native.set_log_level(rust_level)
+            return True
+        if not _native.install_log_bridge(rust_level):
+            logging.getLogger(LOGGER_NAME).warning(
+                "another tracing subscriber is installed; runtime logs are not forwarded"
+            )
+            return False
+        _thread = threading.Thread(target=_pump, name="tasker-core-logs", daemon=True)
+        _thread.start()
+        return True
+
+
+def set_log_level(level: Union[int, str]) -> None:
+    """Changes the most verbose level the runtime queues for ``logging``."""
+    enable_log_bridge(level)
+
+
+def _logger(target: str) -> logging.Logger:
+    logger = _loggers.get(target)
+    if logger is None:
+        logger = logging.getLogger(f"{LOGGER_NAME}.{target.replace('::', '.')}")
+        _loggers[target] = logger
+    return logger
+
+
+def _pump() -> None:
+    while not _stopping:
+        for levelno, target, text, fields in _native.next_log_records(256, None):
+            logger = _logger(target)
+            if logger.isEnabledFor(levelno):
+                logger.log(
+                    levelno, "%s", text, extra={"rust_target": target, "tasker_fields": fields}
+                )
+
+
+@atexit.register
+def _shutdown() -> None:
+    # The thread waits inside Rust; it must be out of there before the
+    # interpreter finalises, or re-taking the GIL would end it mid-Rust.
+    global _stopping
+    _stopping = True
+    thread = _thread
+    if thread is not None:
+        _native.wake_logs()
+        thread.join(timeout=2.0)

@@ -1,0 +1,120 @@
+"""Type stubs of the native module (Rust, pyo3). Use the :mod:`tasker_core`
+package rather than this module directly."""
+
+import datetime
+from os import PathLike
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+MAX_OUTPUT_DEPTH: int
+SERIALIZATION_ERROR: str
+UNKNOWN_HANDLER: str
+CONFIG_KEYS: List[str]
+
+class TaskerError(Exception):
+    """Base class of every error raised by tasker_core."""
+
+class ConfigError(TaskerError):
+    """The configuration (file, environment variable or keyword) is invalid."""
+
+class WorkerError(TaskerError):
+    """The worker runtime could not start or was used wrongly."""
+
+def load_config(
+    path: Union[str, "PathLike[str]", None] = None,
+    environment: Optional[str] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
+    """Loads a configuration (file section, TASKER_* variables, overrides)
+    and returns every key. Raises ConfigError naming the bad key."""
+
+class Step:
+    """One step to run; the request's fields as read-only attributes."""
+
+    @property
+    def step_id(self) -> int: ...
+    @property
+    def task_id(self) -> int: ...
+    @property
+    def step_name(self) -> str: ...
+    @property
+    def handler_class(self) -> str: ...
+    @property
+    def task_context(self) -> Any:
+        """The task's input: plain JSON data, built on first access."""
+    @property
+    def handler_config(self) -> Any:
+        """The handler's configuration: plain JSON data."""
+    @property
+    def previous_results(self) -> Dict[str, Any]:
+        """Outputs of the steps this one depends on, by step name."""
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def retry_limit(self) -> int: ...
+    @property
+    def timeout_ms(self) -> int: ...
+    @property
+    def timeout(self) -> float:
+        """The step's timeout in seconds."""
+    @property
+    def created_at(self) -> datetime.datetime:
+        """When the attempt was created (aware, UTC)."""
+
+class WorkerRuntime:
+    """The native worker runtime: one connection to the orchestrator."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        handlers: Sequence[str],
+        worker_id: Optional[str] = None,
+        capacity: Optional[int] = None,
+    ) -> None: ...
+    @property
+    def worker_id(self) -> str: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def handlers(self) -> List[str]: ...
+    @property
+    def state(self) -> str:
+        """connecting, connected, draining or stopped."""
+    @property
+    def in_hand(self) -> int: ...
+    def next_steps(self, max: int, timeout: Optional[float] = None) -> Optional[List[Step]]:
+        """Waits (GIL released) for up to `max` steps; [] on timeout or
+        wake(); None once stopping and empty."""
+    def wake(self) -> None:
+        """Makes blocked next_steps/join calls return now."""
+    def complete_many(self, results: List[Tuple[Step, Any, float]]) -> None:
+        """Hands back (step, output, elapsed_seconds) results; a
+        non-serialisable output fails its step with SerializationError."""
+    def fail(
+        self,
+        step: Step,
+        error_type: str,
+        message: str,
+        retryable: bool,
+        backtrace: Sequence[str] = ...,
+        elapsed: float = 0.0,
+    ) -> None:
+        """Fails one step."""
+    def stop(self) -> None:
+        """Begins a graceful stop; returns at once."""
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Waits (GIL released) for the runtime to finish after stop()."""
+
+def install_log_bridge(level: str) -> bool:
+    """Routes the runtime's tracing events to next_log_records; False if
+    another tracing subscriber owns the process."""
+
+def set_log_level(level: str) -> None: ...
+def next_log_records(
+    max: int = 256, timeout: Optional[float] = None
+) -> List[Tuple[int, str, str, Dict[str, str]]]:
+    """Waits (GIL released) for (levelno, target, text, fields) records."""
+
+def wake_logs() -> None: ...
+def log_records_dropped() -> int: ...
+def emit_log(level: str, message: str) -> None:
+    """Emits a tracing event from Rust (target `tasker_core`)."""

@@ -1,0 +1,179 @@
+"""Each way a handler can fail, as the orchestrator reports it."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_batch, step
+from tasker_core import PermanentError, RetryableError, TaskerError
+
+
+class CardDeclined(PermanentError):
+    pass
+
+
+class GatewayBusy(RetryableError):
+    pass
+
+
+def failing_handlers(worker):
+    @worker.handler("retryable")
+    def retryable(step):
+        raise RetryableError("gateway busy, try later")
+
+    @worker.handler("permanent")
+    def permanent(step):
+        raise PermanentError("amount must be positive")
+
+    @worker.handler("declined")
+    def declined(step):
+        raise CardDeclined("card declined")
+
+    @worker.handler("busy")
+    def busy(step):
+        raise GatewayBusy("busy")
+
+    @worker.handler("custom_type")
+    def custom_type(step):
+        raise PermanentError("bad input", error_type="InvalidInput")
+
+    @worker.handler("key_error")
+    def key_error(step):
+        return lookup(step.task_context)
+
+    @worker.handler("ok")
+    def ok(step):
+        return "fine"
+
+
+def lookup(context):
+    return context["missing"]
+
+
+def test_error_kinds(dispatch, make_worker):
+    names = ["retryable", "permanent", "declined", "busy", "custom_type", "key_error", "ok"]
+    results = run_batch(
+        dispatch, make_worker, [step(i, n) for i, n in enumerate(names)], failing_handlers
+    )
+    by_name = {n: results[i] for i, n in enumerate(names)}
+
+    def error(name):
+        r = by_name[name]
+        assert r["status"] == "failed", r
+        assert "output" not in r
+        assert r["metadata"]["retryable"] == r["error"]["retryable"]
+        return r["error"]
+
+    assert error("retryable") | {"backtrace": None} == {
+        "error_type": "RetryableError",
+        "message": "gateway busy, try later",
+        "retryable": True,
+        "backtrace": None,
+    }
+    assert error("permanent")["error_type"] == "PermanentError"
+    assert error("permanent")["retryable"] is False
+    assert error("permanent")["message"] == "amount must be positive"
+    assert (error("declined")["error_type"], error("declined")["retryable"]) == ("CardDeclined", False)
+    assert (error("busy")["error_type"], error("busy")["retryable"]) == ("GatewayBusy", True)
+    assert error("custom_type")["error_type"] == "InvalidInput"
+
+    key = error("key_error")
+    assert key["error_type"] == "KeyError"
+    assert key["message"] == "'missing'"
+    assert key["retryable"] is False  # default_retryable defaults to false
+    # Innermost first, the worker's own frames left out.
+    assert "in lookup" in key["backtrace"][0]
+    assert "in key_error" in key["backtrace"][1]
+    assert len(key["backtrace"]) == 2
+    assert key["backtrace"][0].startswith(__file__)
+
+    assert by_name["ok"]["status"] == "completed" and by_name["ok"]["output"] == "fine"
+
+
+@pytest.mark.parametrize("default_retryable", [True, False])
+def test_unexpected_exception_uses_default_retryable(dispatch, make_worker, default_retryable):
+    def register(worker):
+        @worker.handler("boom")
+        def boom(step):
+            raise RuntimeError("boom")
+
+        @worker.handler("explicit")
+        def explicit(step):
+            raise PermanentError("never retry")
+
+    results = run_batch(
+        dispatch,
+        make_worker,
+        [step(1, "boom"), step(2, "explicit")],
+        register,
+        default_retryable=default_retryable,
+    )
+    assert results[1]["error"]["error_type"] == "RuntimeError"
+    assert results[1]["error"]["retryable"] is default_retryable
+    assert results[1]["metadata"]["retryable"] is default_retryable
+    # RetryableError/PermanentError are not affected by the default.
+    assert results[2]["error"]["retryable"] is False
+
+
+def test_default_retryable_from_environment(dispatch, make_worker, monkeypatch):
+    monkeypatch.setenv("TASKER_DEFAULT_RETRYABLE", "true")
+
+    def register(worker):
+        worker.register("boom", lambda step: 1 / 0)
+
+    results = run_batch(dispatch, make_worker, [step(1, "boom")], register)
+    assert results[1]["error"]["error_type"] == "ZeroDivisionError"
+    assert results[1]["error"]["retryable"] is True
+
+
+class Unserialisable:
+    pass
+
+
+def self_containing():
+    items = [1]
+    items.append(items)
+    return items
+
+
+BAD_OUTPUTS = {
+    "set": ({1, 2}, "$: object of type set"),
+    "object": (Unserialisable(), "$: object of type Unserialisable"),
+    "nan": (float("nan"), "$: float NaN"),
+    "inf": ({"x": float("inf")}, '$["x"]: float inf'),
+    "nested_bytes": ({"a": [1, {"b": b"raw"}]}, '$["a"][1]["b"]: object of type bytes'),
+    "huge_int": (2**70, "$: integer does not fit in 64 bits"),
+    "tuple_key": ({(1, 2): "v"}, "dict key of type tuple"),
+    "cycle": (self_containing(), "nested deeper than"),
+}
+
+
+def test_non_serialisable_output_fails_that_step_only(dispatch, make_worker):
+    names = list(BAD_OUTPUTS)
+
+    def register(worker):
+        for name in names:
+            worker.register(name, lambda step, value=BAD_OUTPUTS[name][0]: value)
+        worker.register("fine", lambda step: {"still": "serving"})
+
+    steps = [step(i, n) for i, n in enumerate(names)] + [step(100, "fine")]
+    results = run_batch(dispatch, make_worker, steps, register)
+    for i, name in enumerate(names):
+        r = results[i]
+        assert r["status"] == "failed", (name, r)
+        assert r["error"]["error_type"] == "SerializationError"
+        assert r["error"]["retryable"] is False
+        assert "not JSON-serialisable" in r["error"]["message"]
+        assert BAD_OUTPUTS[name][1] in r["error"]["message"], (name, r["error"]["message"])
+    assert results[100]["output"] == {"still": "serving"}
+
+
+def test_error_classes_share_a_base():
+    from tasker_core import ConfigError, HandlerError, WorkerError
+
+    for cls in (RetryableError, PermanentError, ConfigError, WorkerError, HandlerError):
+        assert issubclass(cls, TaskerError)
+    assert issubclass(TaskerError, Exception)
+    assert RetryableError("x").retryable is True
+    assert PermanentError("x").retryable is False
+    assert CardDeclined("x").error_type == "CardDeclined"

@@ -1,0 +1,76 @@
+"""A worker process for the tests: serves the handler `work` with worker.run().
+
+Prints `ready <worker_id>` once started and, with --announce, `started
+<step_id>` when a step begins (stdout is a pipe the test reads). With
+--record FILE, appends `<step_id> <attempt> <pid>` to FILE after each
+execution (O_APPEND: one atomic write per line). --sleep S sleeps S seconds
+per step; --block never returns (a hung handler, for the kill test).
+"""
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+
+from tasker_core import Worker
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--capacity", type=int, default=4)
+parser.add_argument("--threads", type=int, default=None)
+parser.add_argument("--record")
+parser.add_argument("--sleep", type=float, default=0.0)
+parser.add_argument("--block", action="store_true")
+parser.add_argument("--announce", action="store_true")
+args = parser.parse_args()
+
+out_lock = threading.Lock()
+
+
+def say(line: str) -> None:
+    with out_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+worker = Worker(capacity=args.capacity, threads=args.threads)
+
+
+@worker.handler("work")
+def work(step):
+    if args.announce:
+        say(f"started {step.step_id}")
+    if args.block:
+        threading.Event().wait()
+    if args.sleep:
+        time.sleep(args.sleep)
+    if args.record:
+        fd = os.open(args.record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{step.step_id} {step.attempt} {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+    return {"step_id": step.step_id, "pid": os.getpid()}
+
+
+class Ready(logging.Handler):
+    """Says `ready` when the worker logs that it serves (inside run(), after
+    its signal handlers are in place) and `draining` when the runtime logs
+    that it began the stop."""
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message.startswith("worker ") and " serving " in message:
+            say(f"ready {worker.worker_id}")
+        elif record.name == "tasker_core.tasker_worker.connection" and message.startswith(
+            "draining"
+        ):
+            say("draining")
+
+
+ready_logger = logging.getLogger("tasker_core")
+ready_logger.setLevel(logging.INFO)
+ready_logger.addHandler(Ready())
+worker.run()
+say("exited run")
