@@ -27,6 +27,7 @@
 pub mod codec;
 pub mod messages;
 pub mod schema;
+mod timestamp;
 
 pub use codec::DecodeError;
 pub use messages::*;

@@ -123,6 +123,8 @@ pub struct StepRequestMetadata {
     /// step as timed out and discards any later result.
     pub timeout_ms: u64,
     /// When the step attempt was created.
+    #[serde(with = "crate::timestamp")]
+    #[schemars(with = "DateTime<Utc>")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -276,6 +278,8 @@ pub struct StepResultMetadata {
     /// Whether trying again may succeed.
     pub retryable: bool,
     /// When the result was produced.
+    #[serde(with = "crate::timestamp")]
+    #[schemars(with = "DateTime<Utc>")]
     pub completed_at: DateTime<Utc>,
 }
 
