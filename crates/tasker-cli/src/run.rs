@@ -86,11 +86,14 @@ pub fn run(args: RunArgs) -> Result<TaskStatus> {
         let mut stop_errors = Vec::new();
         for child in children {
             let name = child.name().to_string();
-            if let Err(e) = child.stop(Duration::from_secs(15)) {
-                stop_errors.push(format!(
-                    "{e:#} (log: {})",
-                    logs.join(format!("{name}.log")).display()
-                ));
+            let log = logs.join(format!("{name}.log"));
+            match child.stop(Duration::from_secs(15)) {
+                Ok(status) if status.success() => {}
+                Ok(status) => stop_errors.push(format!(
+                    "worker {name} exited with {status} (log: {})",
+                    log.display()
+                )),
+                Err(e) => stop_errors.push(format!("{e:#} (log: {})", log.display())),
             }
         }
         executor.shutdown(Duration::from_secs(2)).await;
