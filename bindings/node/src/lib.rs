@@ -398,7 +398,7 @@ impl NativeWorker {
     /// `connecting`, `connected`, `draining` or `stopped`.
     #[napi(getter)]
     pub fn state(&self) -> String {
-        format!("{:?}", self.runtime.state()).to_ascii_lowercase()
+        self.runtime.state().as_str().to_string()
     }
 
     /// Steps handed to JavaScript and not completed yet.

@@ -26,7 +26,7 @@ use tasker_protocol::{
     error_types, StepExecutionError, StepExecutionRequest, StepExecutionResult, StepRef, StepStatus,
 };
 use tasker_worker::log_bridge::{self, LogBridge, LogLevel};
-use tasker_worker::{RuntimeState, WorkerOptions};
+use tasker_worker::WorkerOptions;
 
 create_exception!(
     _native,
@@ -397,12 +397,7 @@ impl PyWorkerRuntime {
     /// `"connecting"`, `"connected"`, `"draining"` or `"stopped"`.
     #[getter]
     fn state(&self) -> &'static str {
-        match self.inner.state() {
-            RuntimeState::Connecting => "connecting",
-            RuntimeState::Connected => "connected",
-            RuntimeState::Draining => "draining",
-            RuntimeState::Stopped => "stopped",
-        }
+        self.inner.state().as_str()
     }
 
     /// Steps pulled and not completed yet.

@@ -113,7 +113,6 @@ pub fn with_builtin(mut worker: Worker, names: &[String]) -> Result<Worker> {
 
 pub fn run(args: WorkerArgs) -> Result<()> {
     let config = args.config.load()?;
-    let shutdown_timeout = config.shutdown_timeout();
     let names: Vec<String> = if args.handlers.is_empty() {
         BUILTIN.iter().map(|s| s.to_string()).collect()
     } else {
@@ -131,20 +130,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     }
     let running = worker.spawn()?;
     tracing::info!(worker_id = running.worker_id(), handlers = ?names, "worker started");
-    let signals = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    signals.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        anyhow::Ok(())
-    })?;
-    tracing::info!("signal received: draining");
-    let clean = running.join(shutdown_timeout);
-    if !clean {
+    if !running.serve_until_signal()? {
         tracing::warn!("stopped with steps unfinished");
     }
     Ok(())

@@ -317,6 +317,40 @@ impl RunningWorker {
         self.runtime.stop();
     }
 
+    /// Serves until SIGINT (Ctrl-C) or SIGTERM, then drains as
+    /// [`join`](Self::join) does, within the config's
+    /// `shutdown_timeout_ms`; true if everything finished in time. For a
+    /// worker that is its own program. Must not be called inside a tokio
+    /// runtime.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), tasker_worker::WorkerError> {
+    /// let worker = tasker_worker::Worker::new(tasker_config::TaskerConfig::from_env().unwrap())
+    ///     .handler("noop", |_| Ok(serde_json::Value::Null))
+    ///     .spawn()?;
+    /// worker.serve_until_signal()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn serve_until_signal(self) -> Result<bool, WorkerError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let setup = |e: std::io::Error| WorkerError::Setup(format!("signal handling: {e}"));
+        let signals = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(setup)?;
+        signals.block_on(async {
+            let mut term = signal(SignalKind::terminate()).map_err(setup)?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            Ok::<_, WorkerError>(())
+        })?;
+        tracing::info!(worker_id = self.worker_id(), "signal received: draining");
+        let timeout = self.runtime.shutdown_timeout();
+        Ok(self.join(timeout))
+    }
+
     /// Stops (if not yet) and waits up to `timeout` for the running steps
     /// and the goodbye; true if everything finished in time. Handler threads
     /// still running after that are left to end on their own.

@@ -57,6 +57,17 @@ pub enum RuntimeState {
 }
 
 impl RuntimeState {
+    /// The lower-case name hosts show: `connecting`, `connected`,
+    /// `draining` or `stopped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeState::Connecting => "connecting",
+            RuntimeState::Connected => "connected",
+            RuntimeState::Draining => "draining",
+            RuntimeState::Stopped => "stopped",
+        }
+    }
+
     fn from_u8(v: u8) -> Self {
         match v {
             0 => RuntimeState::Connecting,
@@ -264,6 +275,11 @@ impl WorkerRuntime {
             .expect("outbox lock")
             .extend(results);
         self.shared.doorbell.ring();
+    }
+
+    /// How long a stop waits for steps in hand (`shutdown_timeout_ms`).
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.shared.config.shutdown_timeout()
     }
 
     /// Steps pulled and not completed yet.

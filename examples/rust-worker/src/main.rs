@@ -80,7 +80,6 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = config()?;
-    let shutdown_timeout = config.shutdown_timeout();
     let worker = Worker::new(config)
         .handler("reserve_inventory", reserve_inventory)
         .spawn()?;
@@ -88,20 +87,7 @@ fn main() -> Result<()> {
         worker_id = worker.worker_id(),
         "order worker serving reserve_inventory"
     );
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate())?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            anyhow::Ok(())
-        })?;
-    tracing::info!("draining");
-    if !worker.join(shutdown_timeout) {
+    if !worker.serve_until_signal()? {
         tracing::warn!("stopped with steps unfinished");
     }
     Ok(())

@@ -11,7 +11,7 @@ use tasker_config::TaskerConfig;
 use tasker_protocol::{
     error_types, StepExecutionError, StepExecutionRequest, StepExecutionResult, StepStatus,
 };
-use tasker_worker::{RuntimeState, WorkerError, WorkerOptions, WorkerRuntime};
+use tasker_worker::{WorkerError, WorkerOptions, WorkerRuntime};
 
 use crate::convert;
 use crate::errors;
@@ -185,12 +185,7 @@ impl Runtime {
     }
 
     fn state(&self) -> &'static str {
-        match self.inner.state() {
-            RuntimeState::Connecting => "connecting",
-            RuntimeState::Connected => "connected",
-            RuntimeState::Draining => "draining",
-            RuntimeState::Stopped => "stopped",
-        }
+        self.inner.state().as_str()
     }
 }
 
