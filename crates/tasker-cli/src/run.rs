@@ -17,6 +17,7 @@ use clap::Args;
 use serde_json::Value;
 use tasker_engine::{StepOutcome, TaskEvent, TaskReport, TaskStatus, TaskTemplate, WorkflowEngine};
 use tasker_orchestrator::ZmqPubSubExecutor;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::children::{parse_named_command, WorkerProcess};
 use crate::ConfigArgs;
@@ -183,6 +184,15 @@ async fn run_task(
     let mut progress = Progress::new(total, std::io::stderr().is_terminal() && !json);
     eprintln!("task {} ({name}): {total} steps", task.task_id());
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // One stream for the whole run: a fresh `ctrl_c()` future per loop turn
+    // would miss a signal that lands while an event is being printed.
+    let mut sigint = match signal(SignalKind::interrupt()) {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            eprintln!("warning: Ctrl-C will not cancel the task: {e}");
+            None
+        }
+    };
     let mut interrupted = false;
     loop {
         tokio::select! {
@@ -191,7 +201,7 @@ async fn run_task(
                 None => break,
             },
             _ = tick.tick() => progress.redraw(),
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
+            Some(()) = recv_signal(&mut sigint), if !interrupted => {
                 interrupted = true;
                 eprintln!("\ninterrupted: cancelling (running steps finish first)");
                 canceller.cancel();
@@ -200,6 +210,13 @@ async fn run_task(
     }
     progress.finish();
     task.wait().await
+}
+
+async fn recv_signal(stream: &mut Option<Signal>) -> Option<()> {
+    match stream {
+        Some(stream) => stream.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Live progress: a status line redrawn in place on a terminal, one line per

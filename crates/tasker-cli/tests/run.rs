@@ -252,3 +252,62 @@ steps:
     assert!(stderr.contains("WorkerLost"), "{stderr}");
     assert_eq!(step(&report, "join")["worker_id"], "survivor");
 }
+
+#[test]
+fn ctrl_c_cancels_the_task_after_running_steps_finish() {
+    let workflow = workflow_file(
+        r#"
+name: long
+steps:
+  - {name: first, handler: sleep, handler_config: {ms: 800}}
+  - {name: second, handler: echo, depends_on: [first]}
+"#,
+    );
+    let mut run = tasker_run()
+        .arg(workflow.path())
+        .args(["--json", "--endpoint", &free_endpoint()])
+        .args(["--spawn", &format!("rust={TASKER} worker")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Progress lines arrive on stderr; interrupt once `first` has started.
+    let stderr = run.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains("started   first") => break,
+            Ok(_) => continue,
+            Err(e) => panic!("`first` never started: {e}"),
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &run.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = run.wait_with_output().unwrap();
+    let stderr = reader.join().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cancelling"), "{stderr}");
+    let report = report(&output);
+    assert_eq!(report["status"], "cancelled");
+    assert_eq!(step(&report, "first")["outcome"], "completed");
+    assert_eq!(step(&report, "second")["outcome"], "cancelled");
+    assert_eq!(step(&report, "second")["attempts"], 0);
+}
