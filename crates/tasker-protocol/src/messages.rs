@@ -330,6 +330,9 @@ pub mod error_types {
     pub const SERIALIZATION_ERROR: &str = "SerializationError";
     /// The handler panicked (Rust workers); permanent.
     pub const PANIC: &str = "Panic";
+    /// The result alone is larger than the orchestrator's
+    /// `max_message_bytes`, so the worker reports this instead; permanent.
+    pub const OUTPUT_TOO_LARGE: &str = "OutputTooLarge";
 }
 
 /// The identity of one step attempt.

@@ -6,16 +6,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tasker_protocol::{
-    codec, Goodbye, Heartbeat, OrchestratorMessage, ProtocolError, ProtocolErrorCode,
-    StepBatchResponse, StepExecutionResult, StepRef, WorkerDrain, WorkerHello, WorkerMessage,
+    codec, error_types, Goodbye, Heartbeat, OrchestratorMessage, ProtocolError, ProtocolErrorCode,
+    StepBatchResponse, StepExecutionError, StepExecutionResult, StepRef, StepStatus, WorkerDrain,
+    WorkerHello, WorkerMessage,
 };
 use tasker_transport::{earliest, poll_timeout, send_message};
 
 use crate::runtime::{RuntimeState, Shared};
 use crate::WorkerError;
 
-/// Results per outgoing message; keeps any one message well below the size
-/// limit for ordinary outputs.
+/// Most results per outgoing message; messages are split further by size
+/// (see `flush_results`).
 const RESULTS_PER_MESSAGE: usize = 512;
 
 pub(crate) struct Connection {
@@ -34,6 +35,8 @@ pub(crate) struct Connection {
     drain_deadline: Option<Instant>,
     /// Delivery ids by step, so responses can name the batch they answer.
     batch_of: std::collections::HashMap<StepRef, Arc<str>>,
+    /// Largest body the orchestrator accepts (from its welcome).
+    peer_max_bytes: usize,
 }
 
 impl Connection {
@@ -55,6 +58,7 @@ impl Connection {
             drain_sent: false,
             drain_deadline: None,
             batch_of: Default::default(),
+            peer_max_bytes: config.max_message_bytes,
             shared,
         };
         connection.connect()?;
@@ -267,6 +271,9 @@ impl Connection {
                 let interval_ms = welcome.heartbeat_interval_ms.clamp(1, 3_600_000);
                 self.heartbeat_interval = Duration::from_millis(interval_ms);
                 self.expiry = self.heartbeat_interval * welcome.liveness.clamp(1, 1_000);
+                self.peer_max_bytes = usize::try_from(welcome.max_message_bytes)
+                    .unwrap_or(usize::MAX)
+                    .max(1024);
                 // A shorter interval takes effect now, not after the beat
                 // scheduled under our own (longer) one: by then the
                 // orchestrator may have declared us dead.
@@ -318,21 +325,81 @@ impl Connection {
         }
         let mut results: Vec<StepExecutionResult> =
             std::mem::take(&mut *self.shared.outbox.lock().expect("outbox lock"));
+        // Chunks to send, last first: split by count, then again by size
+        // where a message would exceed what the orchestrator accepts (it
+        // would refuse the whole message and every step in it would time
+        // out).
+        let mut chunks = Vec::new();
         while !results.is_empty() {
             let rest = results.split_off(results.len().min(RESULTS_PER_MESSAGE));
-            let chunk = std::mem::replace(&mut results, rest);
+            chunks.push(std::mem::replace(&mut results, rest));
+        }
+        chunks.reverse();
+        while let Some(mut chunk) = chunks.pop() {
             let batch_id = self
                 .batch_of
                 .get(&chunk[0].step_ref())
                 .map(|id| id.to_string())
                 .unwrap_or_default();
+            let response =
+                WorkerMessage::StepBatchResponse(StepBatchResponse::new(batch_id, chunk));
+            let frames = match codec::encode(&response) {
+                Ok(frames) => frames,
+                Err(e) => {
+                    // Values from serde_json always encode; keep going.
+                    tracing::error!(error = %e, "cannot encode results");
+                    continue;
+                }
+            };
+            let WorkerMessage::StepBatchResponse(response) = response else {
+                unreachable!("built above")
+            };
+            chunk = response.results;
+            if frames[1].len() > self.peer_max_bytes {
+                if chunk.len() > 1 {
+                    let second = chunk.split_off(chunk.len() / 2);
+                    chunks.push(second);
+                    chunks.push(chunk);
+                } else {
+                    chunks.push(vec![self.too_large(&chunk[0], frames[1].len())]);
+                }
+                continue;
+            }
             for result in &chunk {
                 self.batch_of.remove(&result.step_ref());
             }
-            let response =
-                WorkerMessage::StepBatchResponse(StepBatchResponse::new(batch_id, chunk));
-            self.send(&response);
+            if let Some(socket) = &self.socket {
+                if let Err(e) = socket.send_multipart(frames, zmq::DONTWAIT) {
+                    tracing::warn!(error = %e, "sending results failed");
+                }
+            }
         }
+    }
+
+    /// What to report for a result that alone exceeds the orchestrator's
+    /// message limit: the step failed, for good (the same output would be as
+    /// large next time).
+    fn too_large(&self, result: &StepExecutionResult, size: usize) -> StepExecutionResult {
+        tracing::warn!(
+            step_id = result.step_id,
+            size,
+            max = self.peer_max_bytes,
+            "result too large for the orchestrator; reporting it failed"
+        );
+        StepExecutionResult::failed(
+            result.step_ref(),
+            StepStatus::Failed,
+            StepExecutionError::new(
+                error_types::OUTPUT_TOO_LARGE,
+                format!(
+                    "the step's result is {size} bytes of JSON; the orchestrator accepts at most {} (max_message_bytes)",
+                    self.peer_max_bytes
+                ),
+                false,
+            ),
+            &self.shared.worker_id,
+            result.metadata.execution_time_ms,
+        )
     }
 
     fn flush_drain(&mut self) {

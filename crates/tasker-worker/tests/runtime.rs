@@ -296,3 +296,64 @@ fn stop_while_waiting_to_reconnect_does_not_wait_out_the_backoff() {
         asked.elapsed()
     );
 }
+
+#[test]
+fn results_are_split_to_fit_the_orchestrators_message_limit() {
+    let orchestrator = FakeOrchestrator::bind();
+    let rt = runtime(&orchestrator.endpoint, 20);
+    let (id, _) = orchestrator.recv(Duration::from_secs(5)).unwrap();
+    let limit = 4_096;
+    orchestrator.send(
+        &id,
+        &OrchestratorMessage::Welcome(Welcome {
+            heartbeat_interval_ms: 100,
+            liveness: 3,
+            max_message_bytes: limit,
+        }),
+    );
+    orchestrator.send(&id, &batch(0..11));
+    let mut steps = Vec::new();
+    while steps.len() < 11 {
+        steps.extend(rt.next_steps(100, Some(Duration::from_secs(5))).unwrap());
+    }
+    // Ten results of ~1 KB each: one message would be ~10 KB. Step 10's
+    // output alone is larger than the limit.
+    let results: Vec<_> = steps
+        .iter()
+        .map(|s| {
+            let size = if s.step_id == 10 { 8_000 } else { 1_000 };
+            StepExecutionResult::completed(s.step_ref(), json!("x".repeat(size)), "w-test", 0)
+        })
+        .collect();
+    rt.complete_many(results);
+    let mut answered = std::collections::BTreeMap::new();
+    while answered.len() < 11 {
+        let Some((_, message)) = orchestrator.recv(Duration::from_secs(2)) else {
+            panic!("only {} of 11 results arrived", answered.len());
+        };
+        let WorkerMessage::StepBatchResponse(response) = message else {
+            panic!("{message:?}")
+        };
+        let [_, body] = codec::encode(&WorkerMessage::StepBatchResponse(response.clone())).unwrap();
+        assert!(
+            body.len() <= limit as usize,
+            "a {}-byte message",
+            body.len()
+        );
+        for r in response.results {
+            assert!(
+                answered.insert(r.step_id, r).is_none(),
+                "a result arrived twice"
+            );
+        }
+    }
+    for id in 0..10 {
+        assert_eq!(answered[&id].status, StepStatus::Completed);
+    }
+    let too_large = &answered[&10];
+    assert_eq!(too_large.status, StepStatus::Failed);
+    let error = too_large.error.as_ref().unwrap();
+    assert_eq!(error.error_type, error_types::OUTPUT_TOO_LARGE);
+    assert!(!error.retryable);
+    assert!(error.message.contains("4096"), "{}", error.message);
+}
