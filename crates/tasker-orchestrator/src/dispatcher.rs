@@ -669,6 +669,21 @@ impl Dispatcher {
         self.finish(step_id, result, Ended::ByOrchestrator);
     }
 
+    /// Ends a step that no attempt can get through: not retryable.
+    fn fail_permanently(&mut self, step_id: StepId, error_type: &str, message: String) {
+        let Some(entry) = self.steps.get(&step_id) else {
+            return;
+        };
+        let result = StepExecutionResult::failed(
+            entry.request.step_ref(),
+            StepStatus::Failed,
+            StepExecutionError::new(error_type, message, false),
+            ORCHESTRATOR_ID,
+            0,
+        );
+        self.finish(step_id, result, Ended::ByOrchestrator);
+    }
+
     fn expire_steps(&mut self, now: Instant) {
         while let Some(Reverse((at, step_id, epoch))) = self.deadlines.peek().copied() {
             if at > now {
@@ -874,11 +889,15 @@ impl Dispatcher {
 
     /// Sends the picked steps to one worker; false if that worker cannot
     /// take more now (the steps are queued again, at the front).
-    fn deliver(&mut self, routing_id: &RoutingId, picked: Vec<StepRef>) -> bool {
+    ///
+    /// A delivery whose body would exceed `max_message_bytes` (which every
+    /// worker accepts, SPEC §10) goes out in halves; a step too large to go
+    /// out at all fails for good rather than waiting for its timeout.
+    fn deliver(&mut self, routing_id: &RoutingId, mut picked: Vec<StepRef>) -> bool {
         self.delivery_seq += 1;
         let first = &self.steps[&picked[0].step_id];
         let batch_id = format!("{}:{}", first.sink.batch_id, self.delivery_seq);
-        let sent = {
+        let encoded = {
             let message = StepBatchRequestRef {
                 batch_id: &batch_id,
                 protocol_version: PROTOCOL_VERSION,
@@ -887,7 +906,38 @@ impl Dispatcher {
                     .map(|s| &self.steps[&s.step_id].request)
                     .collect(),
             };
-            send_message(&self.socket, Some(routing_id), &message)
+            codec::encode(&message)
+        };
+        let sent = match encoded {
+            Ok([_, ref body]) if body.len() > self.config.max_message_bytes => {
+                let size = body.len();
+                if picked.len() > 1 {
+                    let second = picked.split_off(picked.len() / 2);
+                    if !self.deliver(routing_id, picked) {
+                        for step_ref in second.iter().rev() {
+                            self.push_queue(*step_ref, true);
+                        }
+                        return false;
+                    }
+                    return self.deliver(routing_id, second);
+                }
+                let step_id = picked[0].step_id;
+                tracing::warn!(step_id, size, "step too large to send; failing it");
+                self.fail_permanently(
+                    step_id,
+                    error_types::STEP_TOO_LARGE,
+                    format!(
+                        "the step is {size} bytes of JSON; messages may hold at most {} (max_message_bytes)",
+                        self.config.max_message_bytes
+                    ),
+                );
+                return true;
+            }
+            Ok([header, body]) => self
+                .socket
+                .send_multipart([routing_id.to_vec(), header, body], zmq::DONTWAIT)
+                .map_err(SendError::Zmq),
+            Err(e) => Err(SendError::Encode(e.to_string())),
         };
         match sent {
             Ok(()) => {

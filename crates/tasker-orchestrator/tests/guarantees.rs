@@ -711,3 +711,50 @@ async fn invalid_batches_are_refused_with_the_reason() {
     );
     executor.shutdown(Duration::ZERO).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_and_results_fit_max_message_bytes_and_an_oversized_step_fails_for_good() {
+    let config = TaskerConfig {
+        max_message_bytes: 4_096,
+        ..config()
+    };
+    let executor = start(&config);
+    let worker = Worker::new(worker_config(&executor))
+        .capacity(64)
+        .threads(1)
+        .handler("echo", |step| Ok(step.handler_config.clone()))
+        .spawn()
+        .unwrap();
+    assert!(executor.wait_for_workers(1, Duration::from_secs(5)).await);
+    // Twenty ~600-byte steps: one delivery would be ~14 KB, and so would
+    // one response. Step 99 alone is larger than any message may be.
+    let mut batch: Vec<StepExecutionRequest> = steps(0..20, "echo", 10_000)
+        .into_iter()
+        .map(|mut s| {
+            s.handler_config = json!({ "pad": "p".repeat(500), "id": s.step_id });
+            s
+        })
+        .collect();
+    let mut huge = StepExecutionRequest::new(99, 1, "huge", "echo", 10_000);
+    huge.handler_config = json!({ "pad": "h".repeat(6_000) });
+    batch.push(huge);
+    let results = executor
+        .execute_step_batch(StepBatchRequest::new("big", batch))
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 21);
+    for r in &results[..20] {
+        assert_eq!(r.status, StepStatus::Completed, "{r:?}");
+        assert_eq!(r.output.as_ref().unwrap()["id"], r.step_id);
+    }
+    let too_large = &results[20];
+    assert_eq!(too_large.status, StepStatus::Failed);
+    let error = too_large.error.as_ref().unwrap();
+    assert_eq!(error.error_type, error_types::STEP_TOO_LARGE);
+    assert!(!error.retryable);
+    let metrics = executor.metrics();
+    assert_eq!(metrics.dispatched, 20);
+    assert_eq!(metrics.completed, 20);
+    executor.shutdown(Duration::from_secs(2)).await;
+    worker.join(Duration::from_secs(5));
+}

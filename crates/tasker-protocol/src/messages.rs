@@ -333,6 +333,9 @@ pub mod error_types {
     /// The result alone is larger than the orchestrator's
     /// `max_message_bytes`, so the worker reports this instead; permanent.
     pub const OUTPUT_TOO_LARGE: &str = "OutputTooLarge";
+    /// The step alone is larger than `max_message_bytes`, so the
+    /// orchestrator cannot send it to any worker; permanent.
+    pub const STEP_TOO_LARGE: &str = "StepTooLarge";
 }
 
 /// The identity of one step attempt.
