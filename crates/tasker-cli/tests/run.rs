@@ -193,10 +193,10 @@ defaults:
   timeout_ms: 10000
   retry: {max_attempts: 3, initial_ms: 50}
 steps:
-  - {name: s1, handler: sleep, handler_config: {ms: 1500}}
-  - {name: s2, handler: sleep, handler_config: {ms: 1500}}
-  - {name: s3, handler: sleep, handler_config: {ms: 1500}}
-  - {name: s4, handler: sleep, handler_config: {ms: 1500}}
+  - {name: s1, handler: sleep, handler_config: {ms: 2500}}
+  - {name: s2, handler: sleep, handler_config: {ms: 2500}}
+  - {name: s3, handler: sleep, handler_config: {ms: 2500}}
+  - {name: s4, handler: sleep, handler_config: {ms: 2500}}
   - {name: join, handler: echo, depends_on: [s1, s2, s3, s4]}
 "#,
     );
@@ -221,8 +221,9 @@ steps:
     let mut doomed = worker("doomed");
     let mut survivor = worker("survivor");
     // Two slots each: the four sleeps are split between them. Kill one
-    // while its two are running.
-    std::thread::sleep(Duration::from_millis(900));
+    // while its two are running (workers connect in milliseconds; the
+    // margin is for a loaded CI machine).
+    std::thread::sleep(Duration::from_millis(1200));
     doomed.kill().unwrap();
     doomed.wait().unwrap();
 
