@@ -221,10 +221,8 @@ fn apply_overrides(config: &mut TaskerConfig, o: ConfigOverrides) {
 /// naming the bad key, variable or file.
 #[napi]
 pub fn load_config(path: Option<String>, overrides: Option<ConfigOverrides>) -> Result<Config> {
-    let mut config = match path {
-        Some(path) => TaskerConfig::load(path).map_err(BindingError::from)?,
-        None => TaskerConfig::from_env().map_err(BindingError::from)?,
-    };
+    let mut config = TaskerConfig::load_from(path.as_deref().map(std::path::Path::new), None)
+        .map_err(BindingError::from)?;
     apply_overrides(&mut config, overrides.unwrap_or_default());
     config.validate().map_err(BindingError::from)?;
     Ok(Config::from(&config))

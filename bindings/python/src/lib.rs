@@ -101,12 +101,8 @@ fn load_config<'py>(
     environment: Option<String>,
     overrides: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let mut config = match (&path, environment) {
-        (Some(path), Some(env)) => TaskerConfig::load_env(path, &env),
-        (Some(path), None) => TaskerConfig::load(path),
-        (None, _) => TaskerConfig::from_env(),
-    }
-    .map_err(config_error)?;
+    let mut config =
+        TaskerConfig::load_from(path.as_deref(), environment.as_deref()).map_err(config_error)?;
     if let Some(overrides) = overrides {
         let mut vars = Vec::new();
         for (key, value) in overrides.iter() {

@@ -69,21 +69,8 @@ pub struct ConfigArgs {
 impl ConfigArgs {
     /// Loads the configuration these options name.
     pub fn load(&self) -> Result<TaskerConfig> {
-        let environment = self
-            .environment
-            .clone()
-            .or_else(|| std::env::var("TASKER_ENV").ok())
-            .unwrap_or_else(|| "development".into());
-        let default_path = PathBuf::from("config/zeromq.yaml");
-        let path = self
-            .config
-            .clone()
-            .or_else(|| default_path.exists().then_some(default_path));
-        let mut config = match path {
-            Some(path) => TaskerConfig::load_env(&path, &environment)
-                .with_context(|| format!("loading {}", path.display()))?,
-            None => TaskerConfig::from_env()?,
-        };
+        let mut config =
+            TaskerConfig::discover(self.config.as_deref(), self.environment.as_deref())?;
         if let Some(endpoint) = &self.endpoint {
             config.endpoint = endpoint.clone();
             config.validate()?;

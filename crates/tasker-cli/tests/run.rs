@@ -25,6 +25,15 @@ fn tasker_run() -> Command {
     cmd
 }
 
+/// `tasker run WORKFLOW` on a free port, with one `tasker worker` spawned.
+fn tasker_run_with_worker(workflow: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = tasker_run();
+    cmd.arg(workflow)
+        .args(["--endpoint", &free_endpoint()])
+        .args(["--spawn", &format!("rust={TASKER} worker")]);
+    cmd
+}
+
 fn free_endpoint() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     format!("tcp://{}", listener.local_addr().unwrap())
@@ -69,15 +78,12 @@ steps:
   - {name: report, handler: echo, depends_on: [flaky, fetch]}
 "#,
     );
-    let output = tasker_run()
-        .arg(workflow.path())
+    let output = tasker_run_with_worker(workflow.path())
         .args([
             "--context",
             r#"{"order":{"id":7,"items":["ä","✓"]}}"#,
             "--json",
         ])
-        .args(["--endpoint", &free_endpoint()])
-        .args(["--spawn", &format!("rust={TASKER} worker")])
         .output()
         .unwrap();
     assert!(
@@ -101,10 +107,8 @@ steps:
 
 #[test]
 fn the_permanent_failure_example_blocks_dependents_and_exits_1() {
-    let output = tasker_run()
-        .arg("examples/workflows/permanent_failure.yaml")
-        .args(["--json", "--endpoint", &free_endpoint()])
-        .args(["--spawn", &format!("rust={TASKER} worker")])
+    let output = tasker_run_with_worker("examples/workflows/permanent_failure.yaml")
+        .arg("--json")
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
@@ -122,10 +126,7 @@ fn the_permanent_failure_example_blocks_dependents_and_exits_1() {
 
 #[test]
 fn the_summary_table_names_every_step() {
-    let output = tasker_run()
-        .arg("examples/workflows/permanent_failure.yaml")
-        .args(["--endpoint", &free_endpoint()])
-        .args(["--spawn", &format!("rust={TASKER} worker")])
+    let output = tasker_run_with_worker("examples/workflows/permanent_failure.yaml")
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
@@ -264,10 +265,8 @@ steps:
   - {name: second, handler: echo, depends_on: [first]}
 "#,
     );
-    let mut run = tasker_run()
-        .arg(workflow.path())
-        .args(["--json", "--endpoint", &free_endpoint()])
-        .args(["--spawn", &format!("rust={TASKER} worker")])
+    let mut run = tasker_run_with_worker(workflow.path())
+        .arg("--json")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

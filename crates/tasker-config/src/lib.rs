@@ -190,7 +190,37 @@ impl Default for TaskerConfig {
     }
 }
 
+/// The file a program reads when not told which: relative to the working
+/// directory, so that running from the repository root finds the project's.
+pub const DEFAULT_PATH: &str = "config/zeromq.yaml";
+
 impl TaskerConfig {
+    /// Loads `path`'s section for `environment` (default: `TASKER_ENV`, else
+    /// `development`), or, without a path, the built-in defaults; the
+    /// `TASKER_*` overrides of the process environment apply either way.
+    /// This is what every binding's "from config" constructor does.
+    pub fn load_from(path: Option<&Path>, environment: Option<&str>) -> Result<Self, ConfigError> {
+        match (path, environment) {
+            (Some(path), Some(environment)) => Self::load_env(path, environment),
+            (Some(path), None) => Self::load(path),
+            (None, _) => Self::from_env(),
+        }
+    }
+
+    /// The configuration of a program run from the command line: `path`,
+    /// else the file named by `TASKER_CONFIG`, else [`DEFAULT_PATH`] when it
+    /// exists, else the built-in defaults; then as
+    /// [`load_from`](Self::load_from). A named file that is missing is an
+    /// error; only the default one is optional.
+    pub fn discover(path: Option<&Path>, environment: Option<&str>) -> Result<Self, ConfigError> {
+        let named = path
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("TASKER_CONFIG").map(std::path::PathBuf::from));
+        let default = Path::new(DEFAULT_PATH);
+        let path = named.or_else(|| default.exists().then(|| default.to_path_buf()));
+        Self::load_from(path.as_deref(), environment)
+    }
+
     /// Loads `path` for the environment named by `TASKER_ENV` (default
     /// `development`) and applies `TASKER_*` overrides from the process
     /// environment.

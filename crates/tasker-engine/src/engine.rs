@@ -282,17 +282,14 @@ impl TaskRun {
         let (results_tx, mut results_rx) = mpsc::unbounded_channel::<StepExecutionResult>();
         tracing::info!(task_id = self.task_id, workflow = %self.template.name, "task started");
         loop {
-            if !self.cancelled {
-                self.dispatch_ready(&results_tx).await;
-            }
-            if self.running == 0 && (self.cancelled || self.next_retry().is_none()) {
-                break;
-            }
             let retry_at = if self.cancelled {
                 None
             } else {
-                self.next_retry()
+                self.dispatch_ready(&results_tx).await
             };
+            if self.running == 0 && retry_at.is_none() {
+                break;
+            }
             tokio::select! {
                 Some(result) = results_rx.recv() => self.on_result(result),
                 _ = sleep_until(retry_at) => {}
@@ -311,16 +308,6 @@ impl TaskRun {
         report
     }
 
-    fn next_retry(&self) -> Option<Instant> {
-        self.steps
-            .iter()
-            .filter_map(|s| match s.state {
-                State::RetryAt(at) => Some(at),
-                _ => None,
-            })
-            .min()
-    }
-
     fn start_cancelling(&mut self) {
         if !self.cancelled {
             self.cancelled = true;
@@ -336,18 +323,25 @@ impl TaskRun {
     }
 
     /// Sends every step whose dependencies are complete (and whose retry
-    /// wait, if any, is over) as one batch.
-    async fn dispatch_ready(&mut self, results: &mpsc::UnboundedSender<StepExecutionResult>) {
+    /// wait, if any, is over) as one batch; returns when the next retry
+    /// wait ends, if any step is waiting for one.
+    async fn dispatch_ready(
+        &mut self,
+        results: &mpsc::UnboundedSender<StepExecutionResult>,
+    ) -> Option<Instant> {
         let now = Instant::now();
-        let ready: Vec<usize> = (0..self.steps.len())
-            .filter(|&i| match self.steps[i].state {
-                State::Waiting => self.steps[i].unmet == 0,
-                State::RetryAt(at) => at <= now,
-                _ => false,
-            })
-            .collect();
+        let mut ready = Vec::new();
+        let mut next_retry: Option<Instant> = None;
+        for (i, step) in self.steps.iter().enumerate() {
+            match step.state {
+                State::Waiting if step.unmet == 0 => ready.push(i),
+                State::RetryAt(at) if at <= now => ready.push(i),
+                State::RetryAt(at) => next_retry = Some(next_retry.map_or(at, |n| n.min(at))),
+                _ => {}
+            }
+        }
         if ready.is_empty() {
-            return;
+            return next_retry;
         }
         let requests: Vec<StepExecutionRequest> = ready.iter().map(|&i| self.request(i)).collect();
         for &i in &ready {
@@ -396,6 +390,7 @@ impl TaskRun {
                 }
             }
         }
+        next_retry
     }
 
     fn request(&self, i: usize) -> StepExecutionRequest {

@@ -10,8 +10,6 @@
 //! cargo run -p tasker-example-rust-worker
 //! ```
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use serde_json::{json, Value};
 use tasker_config::TaskerConfig;
@@ -61,17 +59,6 @@ fn bin_of(sku: &str) -> u32 {
         % 100
 }
 
-fn config() -> Result<TaskerConfig> {
-    let path = std::env::var_os("TASKER_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("config/zeromq.yaml"));
-    Ok(if path.exists() {
-        TaskerConfig::load(&path)?
-    } else {
-        TaskerConfig::from_env()?
-    })
-}
-
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -79,7 +66,7 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = config()?;
+    let config = TaskerConfig::discover(None, None)?;
     let worker = Worker::new(config)
         .handler("reserve_inventory", reserve_inventory)
         .spawn()?;

@@ -24,11 +24,8 @@ fn load_config(
     overrides: RHash,
 ) -> Result<RHash, Error> {
     let cfg = |e: tasker_config::ConfigError| errors::config(e.to_string());
-    let base = match (&path, &env) {
-        (Some(path), Some(env)) => TaskerConfig::load_env(path, env).map_err(cfg)?,
-        (Some(path), None) => TaskerConfig::load(path).map_err(cfg)?,
-        (None, _) => TaskerConfig::from_env().map_err(cfg)?,
-    };
+    let base = TaskerConfig::load_from(path.as_deref().map(std::path::Path::new), env.as_deref())
+        .map_err(cfg)?;
     let mut json = serde_json::to_value(&base).map_err(|e| errors::config(e.to_string()))?;
     let overrides = convert::to_json(magnus::value::ReprValue::as_value(overrides))
         .map_err(|e| errors::config(format!("invalid override: {e}")))?;
