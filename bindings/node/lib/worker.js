@@ -261,7 +261,7 @@ class Worker {
     this._signalListener = null;
   }
 
-  /** Called by the native pump thread with each chunk (JSON), then with null. */
+  /** Called by the native worker with each chunk of steps (JSON), then with null. */
   _onSteps(chunk) {
     if (chunk === null || chunk === undefined) {
       this._closed();

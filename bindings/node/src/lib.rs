@@ -1,20 +1,26 @@
 //! Node binding of tasker-core: the Rust worker runtime driven from JavaScript.
 //!
-//! The JavaScript thread never blocks on Rust. Each [`NativeWorker`] owns a
-//! Rust "pump" thread that waits in the runtime's blocking
-//! [`WorkerRuntime::next_steps`] and hands every chunk of steps to JavaScript
-//! through one thread-safe function call (never one call per step). Results
-//! come back in batches through [`NativeWorker::complete`], which only queues
-//! them for the runtime's I/O thread.
+//! The JavaScript thread never blocks on Rust, and no thread waits for
+//! JavaScript: the runtime's I/O thread, when steps arrive, pulls them
+//! without waiting ([`WorkerRuntime::set_waker`]) and hands each chunk to
+//! JavaScript through one thread-safe function call (never one call per
+//! step). Results come back in batches through [`NativeWorker::complete`],
+//! which only queues them for the I/O thread.
 //!
-//! Chunks and results cross the boundary as JSON text: each step and each
-//! outcome is an array of its fields in the declared order of [`Step`] and
-//! [`StepOutcome`]. The pump thread encodes a chunk off the JavaScript
-//! thread, and V8's `JSON.parse` builds arrays far faster than one Node-API
-//! call per property (or keyed objects) would; that time is on every step's
-//! round trip. The JavaScript layer turns each row into a `Step` object. When the runtime has drained and said
-//! goodbye, the pump thread delivers `null`, then releases its thread-safe
-//! function, so nothing of the worker keeps the event loop alive.
+//! Chunks and results cross the boundary as JSON text, which V8's
+//! `JSON.parse` and `JSON.stringify` turn into objects and back far faster
+//! than one Node-API call per property would. Each step is an array of its
+//! fields in the declared order of [`Step`]: V8 builds arrays faster than
+//! keyed objects, and that time is on every step's round trip. No step is
+//! parsed in Rust on the way: the runtime keeps each step as the JSON text
+//! the orchestrator sent, with its fields located
+//! ([`WorkerRuntime::next_raw_steps`]), and a row is those texts copied
+//! into an array; the JavaScript layer turns each row into a `Step`. On the
+//! way back each outcome is an array of the fields of [`StepOutcome`], and
+//! its output text is spliced into the result unparsed
+//! ([`EncodedResult::completed`]). When the runtime has drained and said
+//! goodbye, `null` is delivered and the thread-safe function released, so
+//! nothing of the worker keeps the event loop alive.
 //!
 //! Runtime `tracing` events go through [`tasker_worker::log_bridge`] to a
 //! logger thread that calls a weak (unreferenced) thread-safe function, so
@@ -32,11 +38,13 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tasker_config::TaskerConfig;
-use tasker_protocol::{StepExecutionError, StepExecutionRequest, StepExecutionResult, StepStatus};
+use tasker_protocol::raw::{CompletedEncoder, EncodedResult, RawStep};
+use tasker_protocol::{StepExecutionError, StepExecutionResult, StepRef, StepStatus};
 use tasker_worker::log_bridge::{self, LogBridge, LogLevel, LogRecord};
-use tasker_worker::{WorkerError, WorkerOptions, WorkerRuntime};
+use tasker_worker::{RuntimeState, WorkerError, WorkerOptions, WorkerRuntime};
 
 /// Largest integer a JavaScript number holds exactly (`Number.MAX_SAFE_INTEGER`).
 const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
@@ -59,8 +67,6 @@ enum BindingError {
     Log(#[from] log_bridge::UnknownLogLevel),
     #[error("malformed step outcomes: {0}")]
     Outcomes(serde_json::Error),
-    #[error("cannot start the worker's pump thread: {0}")]
-    Thread(std::io::Error),
 }
 
 impl From<BindingError> for napi::Error {
@@ -262,27 +268,40 @@ pub struct Step {
 }
 
 /// A chunk of steps as JSON: an array of rows, each the fields of [`Step`]
-/// in order.
-fn encode_chunk(steps: &[StepExecutionRequest]) -> serde_json::Result<String> {
-    let rows: Vec<_> = steps
-        .iter()
-        .map(|s| {
-            (
-                s.step_id,
-                s.task_id,
-                &s.step_name,
-                &s.handler_class,
-                &s.handler_config,
-                &s.task_context,
-                &s.previous_results,
-                s.metadata.attempt,
-                s.metadata.retry_limit,
-                s.metadata.timeout_ms,
-                s.metadata.created_at,
-            )
-        })
-        .collect();
-    serde_json::to_string(&rows)
+/// in order. Every field is copied from the text the orchestrator sent
+/// ([`RawStep::fields`]); nothing is parsed or escaped again.
+fn encode_chunk(steps: &[RawStep]) -> String {
+    let mut numbers = itoa::Buffer::new();
+    let mut text = String::with_capacity(steps.len() * 128);
+    text.push('[');
+    for (i, step) in steps.iter().enumerate() {
+        let f = step.fields();
+        text.push_str(if i == 0 { "[" } else { ",[" });
+        text.push_str(numbers.format(f.step_id));
+        text.push(',');
+        text.push_str(numbers.format(f.task_id));
+        for json in [
+            f.step_name,
+            f.handler_class,
+            f.handler_config,
+            f.task_context,
+            f.previous_results,
+        ] {
+            text.push(',');
+            text.push_str(json);
+        }
+        text.push(',');
+        text.push_str(numbers.format(f.attempt));
+        text.push(',');
+        text.push_str(numbers.format(f.retry_limit));
+        text.push(',');
+        text.push_str(numbers.format(f.timeout_ms));
+        text.push(',');
+        text.push_str(f.created_at);
+        text.push(']');
+    }
+    text.push(']');
+    text
 }
 
 /// Why a step failed, as reported by the JavaScript layer.
@@ -306,22 +325,31 @@ pub struct StepFailure {
 /// array of these fields in this order (trailing absent ones may be left
 /// out) or an object with these (camelCase) keys.
 #[napi(object)]
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct StepOutcome {
     /// Copied from the step.
     pub step_id: i64,
     /// Copied from the step.
     pub attempt: u32,
     /// Wall time of the handler, in whole ms.
-    #[serde(default)]
     pub elapsed_ms: f64,
     /// The handler's output (`null` when it failed).
-    #[serde(default)]
     pub output: Option<Value>,
     /// Why it failed; absent when it completed.
-    #[serde(default)]
     pub error: Option<StepFailure>,
+}
+
+/// A [`StepOutcome`] as `complete` reads it: the output stays JSON text.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OutcomeRow<'a> {
+    step_id: i64,
+    attempt: u32,
+    #[serde(default)]
+    elapsed_ms: f64,
+    #[serde(default, borrow)]
+    output: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<StepFailure>,
 }
 
 /// Options of a `NativeWorker` beyond its configuration.
@@ -364,20 +392,18 @@ impl NativeWorker {
         worker_options.capacity = options.capacity;
         worker_options.language = "node".into();
         let runtime = Arc::new(WorkerRuntime::start(worker_options).map_err(BindingError::from)?);
-        // Half the capacity per hand-over: JavaScript runs one half while the
-        // other is being encoded, and the first half's results go back (and
-        // free credit for the next delivery) before the second half is done.
+        // Half the capacity per hand-over: the first half's results go back
+        // (and free credit for the next delivery) before the second half is
+        // done.
         let half = (runtime.capacity() as usize).div_ceil(2);
-        let chunk = half.min(config.batch_size as usize).max(1);
-        let pump_runtime = Arc::clone(&runtime);
-        // Detached: it ends by itself after the drain (see `pump`).
-        std::thread::Builder::new()
-            .name("tasker-node-pump".into())
-            .spawn(move || pump(&pump_runtime, on_steps, chunk))
-            .map_err(|e| {
-                runtime.stop();
-                BindingError::Thread(e)
-            })?;
+        let delivery = Arc::new(Delivery {
+            chunk: half.min(config.batch_size as usize).max(1),
+            target: Mutex::new(Some((Arc::clone(&runtime), on_steps))),
+        });
+        let waker = Arc::clone(&delivery);
+        runtime.set_waker(move || waker.deliver());
+        // Steps that arrived before the waker was set.
+        delivery.deliver();
         Ok(Self { runtime })
     }
 
@@ -409,14 +435,18 @@ impl NativeWorker {
     /// (the I/O thread sends them). Throws if the text is not such an array.
     #[napi]
     pub fn complete(&self, outcomes_json: String) -> Result<()> {
-        let outcomes: Vec<StepOutcome> =
+        let outcomes: Vec<OutcomeRow> =
             serde_json::from_str(&outcomes_json).map_err(BindingError::Outcomes)?;
         let worker_id = self.runtime.worker_id();
+        // One clock reading for the call: its outcomes are handed over
+        // together, within the same turn of the event loop.
+        let now = chrono::Utc::now();
+        let completed = CompletedEncoder::new(worker_id, now);
         let results = outcomes
             .into_iter()
-            .map(|o| to_result(o, worker_id))
+            .map(|o| to_result(o, &completed, worker_id, now))
             .collect();
-        self.runtime.complete_many(results);
+        self.runtime.complete_encoded(results);
         Ok(())
     }
 
@@ -430,43 +460,67 @@ impl NativeWorker {
     }
 }
 
-fn pump(runtime: &WorkerRuntime, on_steps: StepsCallback, chunk: usize) {
-    let worker_id = runtime.worker_id().to_string();
-    while let Ok(steps) = runtime.next_steps(chunk, None) {
-        if steps.is_empty() {
-            continue;
-        }
-        let (steps, unsupported): (Vec<_>, Vec<_>) = steps
-            .into_iter()
-            .partition(|s| s.step_id.abs() <= MAX_SAFE_INTEGER);
-        if !unsupported.is_empty() {
-            let failed = unsupported
-                .iter()
-                .map(|s| unsupported_step(s, &worker_id))
-                .collect();
-            runtime.complete_many(failed);
-        }
-        if !steps.is_empty() {
-            match encode_chunk(&steps) {
-                Ok(text) => {
-                    on_steps.call(Some(text), ThreadsafeFunctionCallMode::NonBlocking);
+/// Hands steps to JavaScript, on the runtime's I/O thread as they arrive.
+struct Delivery {
+    /// Most steps per call into JavaScript.
+    chunk: usize,
+    /// Taken once the runtime has closed: that ends the cycle runtime →
+    /// waker → runtime, and releases the thread-safe function.
+    target: Mutex<Option<(Arc<WorkerRuntime>, StepsCallback)>>,
+}
+
+impl Delivery {
+    fn deliver(&self) {
+        // Held throughout: the I/O thread and the constructor's first call
+        // deliver in turn, in order.
+        let Ok(mut target) = self.target.lock() else {
+            return;
+        };
+        let Some((runtime, on_steps)) = target.as_ref() else {
+            return;
+        };
+        loop {
+            match runtime.next_raw_steps(self.chunk, Some(Duration::ZERO)) {
+                Ok(steps) if steps.is_empty() => return,
+                Ok(steps) => hand_over(runtime, on_steps, steps),
+                Err(_) if runtime.state() == RuntimeState::Stopped => {
+                    // Drained and said goodbye: `null` means "fully stopped".
+                    on_steps.call(None, ThreadsafeFunctionCallMode::NonBlocking);
+                    // Dropping the function releases it: once its queue is
+                    // delivered it no longer holds the event loop.
+                    *target = None;
+                    return;
                 }
-                // Only non-string map keys fail; a map of Values has none.
-                Err(e) => tracing::error!(error = %e, "cannot encode steps for JavaScript"),
+                // Stopping: the I/O thread calls again when it has closed.
+                Err(_) => return,
             }
         }
     }
-    // Stopping: wait until the runtime has drained and said goodbye (bounded
-    // by shutdown_timeout_ms), so `null` means "fully stopped".
-    while !runtime.join(Duration::from_secs(60)) {}
-    on_steps.call(None, ThreadsafeFunctionCallMode::NonBlocking);
-    // Dropping `on_steps` releases the thread-safe function: once its queue
-    // is delivered it no longer holds the event loop.
 }
 
-fn unsupported_step(step: &StepExecutionRequest, worker_id: &str) -> StepExecutionResult {
+fn hand_over(runtime: &WorkerRuntime, on_steps: &StepsCallback, steps: Vec<RawStep>) {
+    let (steps, unsupported): (Vec<_>, Vec<_>) = steps
+        .into_iter()
+        .partition(|s| s.step_ref().step_id.abs() <= MAX_SAFE_INTEGER);
+    if !unsupported.is_empty() {
+        let failed = unsupported
+            .iter()
+            .map(|s| unsupported_step(s, runtime.worker_id()))
+            .collect();
+        runtime.complete_many(failed);
+    }
+    if !steps.is_empty() {
+        on_steps.call(
+            Some(encode_chunk(&steps)),
+            ThreadsafeFunctionCallMode::NonBlocking,
+        );
+    }
+}
+
+fn unsupported_step(step: &RawStep, worker_id: &str) -> StepExecutionResult {
+    let step_id = step.step_ref().step_id;
     tracing::warn!(
-        step_id = step.step_id,
+        step_id,
         "step id beyond Number.MAX_SAFE_INTEGER; not handed to JavaScript"
     );
     StepExecutionResult::failed(
@@ -475,8 +529,7 @@ fn unsupported_step(step: &StepExecutionRequest, worker_id: &str) -> StepExecuti
         StepExecutionError::new(
             UNSUPPORTED_STEP_ID,
             format!(
-                "step id {} is beyond Number.MAX_SAFE_INTEGER (2^53 - 1); the Node worker cannot represent it exactly",
-                step.step_id
+                "step id {step_id} is beyond Number.MAX_SAFE_INTEGER (2^53 - 1); the Node worker cannot represent it exactly",
             ),
             false,
         ),
@@ -485,8 +538,13 @@ fn unsupported_step(step: &StepExecutionRequest, worker_id: &str) -> StepExecuti
     )
 }
 
-fn to_result(o: StepOutcome, worker_id: &str) -> StepExecutionResult {
-    let step = tasker_protocol::StepRef {
+fn to_result(
+    o: OutcomeRow,
+    completed: &CompletedEncoder,
+    worker_id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> EncodedResult {
+    let step = StepRef {
         step_id: o.step_id,
         attempt: o.attempt,
     };
@@ -496,7 +554,7 @@ fn to_result(o: StepOutcome, worker_id: &str) -> StepExecutionResult {
         0
     };
     if let Some(e) = o.error {
-        return StepExecutionResult::failed(
+        let mut result = StepExecutionResult::failed(
             step,
             StepStatus::Failed,
             StepExecutionError {
@@ -508,9 +566,10 @@ fn to_result(o: StepOutcome, worker_id: &str) -> StepExecutionResult {
             worker_id,
             elapsed,
         );
+        result.metadata.completed_at = now;
+        return EncodedResult::new(&result);
     }
-    let output = o.output.unwrap_or(Value::Null);
-    StepExecutionResult::completed(step, output, worker_id, elapsed)
+    completed.encode(step, o.output.unwrap_or(RawValue::NULL), elapsed)
 }
 
 /// A Rust `tracing` event of the runtime, for a JavaScript logger.

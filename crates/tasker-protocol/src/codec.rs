@@ -142,17 +142,7 @@ pub fn decode<M: WireMessage>(
     frames: &[impl AsRef<[u8]>],
     max_message_bytes: usize,
 ) -> Result<M, DecodeError> {
-    if frames.len() != 2 {
-        return Err(DecodeError::FrameCount(frames.len()));
-    }
-    check_header(frames[0].as_ref())?;
-    let body = frames[1].as_ref();
-    if body.len() > max_message_bytes {
-        return Err(DecodeError::TooLarge {
-            size: body.len(),
-            max: max_message_bytes,
-        });
-    }
+    let body = checked_body(frames, max_message_bytes)?;
     // Fast path: one typed parse. Only a failure pays for the second parse
     // that tells which kind of problem it was.
     let parsed = M::parse_direct(body).unwrap_or_else(|| serde_json::from_slice::<M>(body));
@@ -165,7 +155,27 @@ pub fn decode<M: WireMessage>(
     }
 }
 
-fn classify<M: WireMessage>(body: &[u8], typed_error: serde_json::Error) -> DecodeError {
+/// The body of a two-frame message whose header and size are acceptable.
+pub(crate) fn checked_body(
+    frames: &[impl AsRef<[u8]>],
+    max_message_bytes: usize,
+) -> Result<&[u8], DecodeError> {
+    if frames.len() != 2 {
+        return Err(DecodeError::FrameCount(frames.len()));
+    }
+    check_header(frames[0].as_ref())?;
+    let body = frames[1].as_ref();
+    if body.len() > max_message_bytes {
+        return Err(DecodeError::TooLarge {
+            size: body.len(),
+            max: max_message_bytes,
+        });
+    }
+    Ok(body)
+}
+
+/// Names what is wrong with a body the typed parse refused.
+pub(crate) fn classify<M: WireMessage>(body: &[u8], typed_error: serde_json::Error) -> DecodeError {
     let value: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
         Err(e) => return DecodeError::MalformedJson(e.to_string()),
@@ -202,7 +212,7 @@ fn truncate(text: &str, max_chars: usize) -> String {
     }
 }
 
-fn invalid(message_type: &str, reason: impl Into<String>) -> DecodeError {
+pub(crate) fn invalid(message_type: &str, reason: impl Into<String>) -> DecodeError {
     DecodeError::Invalid {
         message_type: message_type.to_string(),
         reason: reason.into(),

@@ -8,6 +8,9 @@
 //!   note (`StepBatchRequest`, `StepExecutionResult`, ...) plus the control
 //!   messages (hello, welcome, heartbeat, drain, goodbye, protocol error);
 //! * [`codec`]: framing, encoding and validating decoding of those messages;
+//! * [`raw`]: the worker's way to the same messages with steps and results
+//!   kept as JSON text, so a step is not parsed and written out again on
+//!   its way to a host that parses JSON itself;
 //! * [`schema`]: JSON Schema (Draft 2020-12) generation, from the same types.
 //!
 //! `protocol/SPEC.md` in the repository describes the state machines that use
@@ -26,6 +29,7 @@
 
 pub mod codec;
 pub mod messages;
+pub mod raw;
 pub mod schema;
 mod timestamp;
 

@@ -336,6 +336,9 @@ pub mod error_types {
     /// The step alone is larger than `max_message_bytes`, so the
     /// orchestrator cannot send it to any worker; permanent.
     pub const STEP_TOO_LARGE: &str = "StepTooLarge";
+    /// The worker could not decode a step the orchestrator sent (a JSON
+    /// value nested deeper than its parser builds); permanent.
+    pub const INVALID_STEP: &str = "InvalidStep";
 }
 
 /// The identity of one step attempt.

@@ -312,3 +312,258 @@ fn bulk_messages_lead_with_their_type_tag() {
     let [_, body] = codec::encode(&response).unwrap();
     assert!(body.starts_with(br#"{"type":"step_batch_response","#));
 }
+
+// ---- raw: steps and results kept as JSON text (tasker_protocol::raw) ----
+
+fn batch_body(steps: &[String]) -> String {
+    format!(
+        r#"{{"type":"step_batch_request","batch_id":"b-1","protocol_version":"1.0","steps":[{}]}}"#,
+        steps.join(",")
+    )
+}
+
+/// Every field of a step, as a path into its JSON object.
+const STEP_FIELDS: &[&[&str]] = &[
+    &["step_id"],
+    &["task_id"],
+    &["step_name"],
+    &["handler_class"],
+    &["handler_config"],
+    &["task_context"],
+    &["previous_results"],
+    &["metadata"],
+    &["metadata", "attempt"],
+    &["metadata", "retry_limit"],
+    &["metadata", "timeout_ms"],
+    &["metadata", "created_at"],
+];
+
+fn typed_steps(frames: &[Vec<u8>]) -> Result<Vec<StepExecutionRequest>, DecodeError> {
+    match codec::decode::<OrchestratorMessage>(frames, MAX)? {
+        OrchestratorMessage::StepBatchRequest(batch) => Ok(batch.steps),
+        other => panic!("not a batch: {other:?}"),
+    }
+}
+
+fn raw_batch(frames: &[impl AsRef<[u8]>]) -> Result<raw::RawStepBatch, DecodeError> {
+    match raw::decode_for_worker(frames, MAX)? {
+        raw::RawOrchestratorMessage::StepBatch(batch) => Ok(batch),
+        other => panic!("not a batch: {other:?}"),
+    }
+}
+
+/// `fields()` of a raw step give the same values as the typed step.
+fn assert_fields_are(raw: &raw::RawStep, step: &StepExecutionRequest) {
+    let fields = raw.fields();
+    let parse = |text: &str| serde_json::from_str::<Value>(text).unwrap();
+    assert_eq!(fields.step_id, step.step_id);
+    assert_eq!(fields.task_id, step.task_id);
+    assert_eq!(parse(fields.step_name), json!(step.step_name));
+    assert_eq!(parse(fields.handler_class), json!(step.handler_class));
+    assert_eq!(parse(fields.handler_config), step.handler_config);
+    assert_eq!(parse(fields.task_context), step.task_context);
+    assert_eq!(parse(fields.previous_results), json!(step.previous_results));
+    assert_eq!(fields.attempt, step.metadata.attempt);
+    assert_eq!(fields.retry_limit, step.metadata.retry_limit);
+    assert_eq!(fields.timeout_ms, step.metadata.timeout_ms);
+    assert_eq!(
+        parse(fields.created_at),
+        json!(step.metadata).get("created_at").cloned().unwrap()
+    );
+}
+
+proptest! {
+    #[test]
+    fn raw_steps_are_the_steps_as_sent(steps in prop::collection::vec(step_request(), 1..5), id in "\\PC{1,20}") {
+        let message = OrchestratorMessage::StepBatchRequest(StepBatchRequest::new(id.clone(), steps.clone()));
+        let batch = raw_batch(codec::encode(&message).unwrap().as_ref()).unwrap();
+        prop_assert_eq!(&batch.batch_id, &id);
+        prop_assert_eq!(batch.steps.len(), steps.len());
+        for (raw, step) in batch.steps.iter().zip(&steps) {
+            prop_assert_eq!(raw.step_ref(), step.step_ref());
+            prop_assert_eq!(&raw.decode().unwrap(), step);
+            assert_fields_are(raw, step);
+        }
+    }
+
+    /// The raw check refuses a step exactly when the typed decode does,
+    /// whatever one field is replaced with or whether it is there at all.
+    #[test]
+    fn raw_and_typed_decoding_agree_on_every_field(
+        step in step_request(),
+        field in 0..STEP_FIELDS.len(),
+        replacement in prop::option::of(json_value()),
+    ) {
+        let mut value = serde_json::to_value(&step).unwrap();
+        let path = STEP_FIELDS[field];
+        let (last, parents) = path.split_last().unwrap();
+        let mut object = &mut value;
+        for key in parents {
+            object = object.get_mut(*key).unwrap();
+        }
+        let object = object.as_object_mut().unwrap();
+        match replacement {
+            Some(v) => { object.insert(last.to_string(), v); }
+            None => { object.remove(*last); }
+        }
+        let body = batch_body(&[value.to_string()]);
+        let typed = typed_steps(&frames(&body));
+        let raw = raw_batch(&frames(&body));
+        match (&typed, &raw) {
+            (Ok(typed), Ok(raw)) => {
+                prop_assert_eq!(&raw.steps[0].decode().unwrap(), &typed[0]);
+                assert_fields_are(&raw.steps[0], &typed[0]);
+            }
+            (Err(typed), Err(raw)) => prop_assert_eq!(typed.code(), raw.code()),
+            _ => prop_assert!(false, "typed {:?} but raw {:?} for {}", typed, raw, body),
+        }
+    }
+
+    #[test]
+    fn raw_decoding_of_arbitrary_batches_never_panics(tail in "\\PC{0,120}") {
+        let body = format!(r#"{{"type":"step_batch_request",{tail}"#);
+        let typed = codec::decode::<OrchestratorMessage>(&frames(&body), MAX);
+        let raw = raw::decode_for_worker(&frames(&body), MAX);
+        prop_assert_eq!(typed.is_ok(), raw.is_ok());
+    }
+
+    #[test]
+    fn encoded_results_are_the_typed_encoding(
+        results in prop::collection::vec(step_result(), 1..5),
+        batch_id in "\\PC{0,20}",
+    ) {
+        let encoded: Vec<raw::EncodedResult> = results.iter().map(raw::EncodedResult::new).collect();
+        let typed = WorkerMessage::StepBatchResponse(StepBatchResponse::new(batch_id.clone(), results));
+        let frames = raw::encode_results(&batch_id, &encoded);
+        prop_assert_eq!(&frames, &codec::encode(&typed).unwrap());
+        let len: usize = raw::response_envelope_len(&batch_id)
+            + encoded.iter().map(|r| r.json().len()).sum::<usize>()
+            + encoded.len() - 1;
+        prop_assert_eq!(frames[1].len(), len);
+    }
+
+    #[test]
+    fn spliced_output_is_the_typed_encoding(
+        output in json_value(),
+        step_id in any::<i64>(),
+        attempt in 1u32..10,
+        worker_id in "\\PC{1,20}",
+        elapsed in any::<u64>(),
+    ) {
+        let step = StepRef { step_id, attempt };
+        let mut typed = StepExecutionResult::completed(step, output.clone(), &worker_id, elapsed);
+        // Whole microseconds, as a JavaScript host would see them.
+        typed.metadata.completed_at = chrono::DateTime::from_timestamp_micros(1_795_000_000_123_456).unwrap();
+        let text = serde_json::value::RawValue::from_string(output.to_string()).unwrap();
+        let spliced = raw::EncodedResult::completed(step, &text, &worker_id, elapsed, typed.metadata.completed_at);
+        let expected = raw::EncodedResult::new(&typed);
+        prop_assert_eq!(spliced.json(), expected.json());
+        prop_assert_eq!(spliced.step_ref(), step);
+        prop_assert_eq!(spliced.execution_time_ms(), elapsed);
+    }
+}
+
+#[test]
+fn raw_decoding_names_the_bad_step_like_the_typed_decode() {
+    let good = serde_json::to_string(&StepExecutionRequest::new(1, 1, "s", "h", 1_000)).unwrap();
+    let bad = good.replace(r#""attempt":1"#, r#""attempt":-1"#);
+    let body = batch_body(&[good.clone(), bad]);
+    let err = raw_batch(&frames(&body)).unwrap_err();
+    assert!(
+        matches!(err, DecodeError::Invalid { ref message_type, .. } if message_type == "step_batch_request"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("expected u32"), "{err}");
+
+    let not_an_object = batch_body(&[good.clone(), "5".into()]);
+    let err = raw_batch(&frames(&not_an_object)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("expected struct StepExecutionRequest"),
+        "{err}"
+    );
+
+    let empty = batch_body(&[]);
+    assert_eq!(
+        raw_batch(&frames(&empty)).unwrap_err(),
+        typed_steps(&frames(&empty)).unwrap_err()
+    );
+    let newer_major = batch_body(std::slice::from_ref(&good)).replace(r#""1.0""#, r#""2.0""#);
+    assert!(matches!(
+        raw_batch(&frames(&newer_major)).unwrap_err(),
+        DecodeError::VersionMismatch { .. }
+    ));
+    let cut = &batch_body(&[good])[..60];
+    assert!(matches!(
+        raw_batch(&frames(cut)).unwrap_err(),
+        DecodeError::MalformedJson(_)
+    ));
+}
+
+#[test]
+fn raw_decoding_takes_control_messages_and_batches_in_any_field_order() {
+    let welcome = OrchestratorMessage::Welcome(Welcome {
+        heartbeat_interval_ms: 1000,
+        liveness: 3,
+        max_message_bytes: MAX as u64,
+    });
+    let decoded = raw::decode_for_worker(&codec::encode(&welcome).unwrap(), MAX).unwrap();
+    assert_eq!(decoded, raw::RawOrchestratorMessage::Control(welcome));
+
+    // Another encoder may put the tag last; the steps are the same.
+    let step = StepExecutionRequest::new(9, 1, "s", "h", 1_000);
+    let body = format!(
+        r#"{{"batch_id":"b","protocol_version":"1.0","steps":[{}],"type":"step_batch_request"}}"#,
+        serde_json::to_string(&step).unwrap()
+    );
+    let batch = raw_batch(&frames(&body)).unwrap();
+    assert_eq!(batch.batch_id, "b");
+    assert_eq!(batch.steps[0].decode().unwrap(), step);
+}
+
+#[test]
+fn raw_checks_escapes_where_the_typed_decode_builds_strings() {
+    let step = serde_json::to_string(&StepExecutionRequest::new(4, 1, "s", "h", 1_000)).unwrap();
+    // An unpaired surrogate cannot be a Rust String: refused in names.
+    let lone = step.replace(r#""step_name":"s""#, r#""step_name":"a\ud800b""#);
+    let body = batch_body(&[lone]);
+    let typed = typed_steps(&frames(&body)).unwrap_err();
+    let err = raw_batch(&frames(&body)).unwrap_err();
+    assert_eq!(err.code(), typed.code());
+    assert!(err.to_string().contains("hex escape"), "{err}");
+    // Paired escapes are fine, and kept as sent.
+    let pair = step.replace(r#""step_name":"s""#, r#""step_name":"\ud83d\ude00 \n""#);
+    let batch = raw_batch(&frames(&batch_body(&[pair]))).unwrap();
+    assert_eq!(batch.steps[0].fields().step_name, r#""\ud83d\ude00 \n""#);
+    assert_eq!(batch.steps[0].decode().unwrap().step_name, "😀 \n");
+    // Inside a JSON value the check only skips: the typed decode names it.
+    let inside = step.replace(r#""task_context":{}"#, r#""task_context":{"k":"\udc00"}"#);
+    let batch = raw_batch(&frames(&batch_body(&[inside]))).unwrap();
+    assert_eq!(batch.steps[0].fields().task_context, r#"{"k":"\udc00"}"#);
+    let err = batch.steps[0].decode().unwrap_err();
+    assert!(err.to_string().contains("hex escape"), "{err}");
+}
+
+#[test]
+fn steps_nested_beyond_the_value_parser_are_refused_only_when_decoded() {
+    let mut step = serde_json::to_value(StepExecutionRequest::new(3, 1, "s", "h", 1_000)).unwrap();
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    step["task_context"] = Value::Null;
+    let text = step.to_string().replace(
+        r#""task_context":null"#,
+        &format!(r#""task_context":{deep}"#),
+    );
+    let batch = raw_batch(&frames(&batch_body(&[text]))).unwrap();
+    assert_eq!(
+        batch.steps[0].step_ref(),
+        StepRef {
+            step_id: 3,
+            attempt: 1
+        }
+    );
+    assert!(batch.steps[0]
+        .decode()
+        .unwrap_err()
+        .to_string()
+        .contains("recursion limit"));
+}

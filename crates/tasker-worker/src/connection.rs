@@ -2,13 +2,15 @@
 //! protocol, and moves steps and results between the socket and the queues
 //! of [`crate::runtime`].
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tasker_protocol::raw::{self, EncodedResult, RawOrchestratorMessage};
 use tasker_protocol::{
-    codec, error_types, Goodbye, Heartbeat, OrchestratorMessage, ProtocolError, ProtocolErrorCode,
-    StepBatchResponse, StepExecutionError, StepExecutionResult, StepRef, StepStatus, WorkerDrain,
-    WorkerHello, WorkerMessage,
+    error_types, Goodbye, Heartbeat, OrchestratorMessage, ProtocolError, ProtocolErrorCode,
+    StepExecutionError, StepExecutionResult, StepRef, StepStatus, WorkerDrain, WorkerHello,
+    WorkerMessage,
 };
 use tasker_transport::{earliest, poll_timeout, send_message};
 
@@ -192,9 +194,12 @@ impl Connection {
             }
         }
         self.shared.set_state(RuntimeState::Stopped);
-        let mut inbox = self.shared.inbox.lock().expect("inbox lock");
-        inbox.closed = true;
-        self.shared.steps_ready.notify_all();
+        {
+            let mut inbox = self.shared.inbox.lock().expect("inbox lock");
+            inbox.closed = true;
+            self.shared.steps_ready.notify_all();
+        }
+        self.shared.wake_host();
         tracing::debug!(worker_id = %self.shared.worker_id, "worker I/O thread exits");
     }
 
@@ -244,11 +249,9 @@ impl Connection {
                 }
             };
             self.last_heard = Instant::now();
-            match codec::decode::<OrchestratorMessage>(
-                &frames,
-                self.shared.config.max_message_bytes,
-            ) {
-                Ok(message) => self.handle(message),
+            match raw::decode_for_worker(&frames, self.shared.config.max_message_bytes) {
+                Ok(RawOrchestratorMessage::StepBatch(batch)) => self.receive_steps(batch),
+                Ok(RawOrchestratorMessage::Control(message)) => self.handle(message),
                 Err(error) => {
                     tracing::warn!(%error, "malformed message from orchestrator");
                     let reply = WorkerMessage::ProtocolError(ProtocolError {
@@ -286,20 +289,12 @@ impl Connection {
                 tracing::info!(worker_id = %self.shared.worker_id, "registered with orchestrator");
             }
             OrchestratorMessage::StepBatchRequest(batch) => {
-                let mut inbox = self.shared.inbox.lock().expect("inbox lock");
-                if inbox.stopping {
-                    inbox
-                        .returned
-                        .extend(batch.steps.iter().map(|s| s.step_ref()));
-                    return;
-                }
-                let batch_id: Arc<str> = batch.batch_id.as_str().into();
-                for step in &batch.steps {
-                    self.batch_of.insert(step.step_ref(), Arc::clone(&batch_id));
-                }
-                tracing::debug!(batch_id = %batch.batch_id, steps = batch.steps.len(), "steps received");
-                inbox.steps.extend(batch.steps);
-                self.shared.steps_ready.notify_all();
+                // `decode_for_worker` hands batches over raw.
+                let steps = batch.steps.iter().map(raw::RawStep::from_request).collect();
+                self.receive_steps(raw::RawStepBatch {
+                    batch_id: batch.batch_id,
+                    steps,
+                });
             }
             OrchestratorMessage::Heartbeat(_) => {}
             OrchestratorMessage::Goodbye(goodbye) => {
@@ -318,60 +313,71 @@ impl Connection {
         }
     }
 
+    fn receive_steps(&mut self, batch: raw::RawStepBatch) {
+        {
+            let mut inbox = self.shared.inbox.lock().expect("inbox lock");
+            if inbox.stopping {
+                inbox
+                    .returned
+                    .extend(batch.steps.iter().map(|s| s.step_ref()));
+                return;
+            }
+            let batch_id: Arc<str> = batch.batch_id.as_str().into();
+            for step in &batch.steps {
+                self.batch_of.insert(step.step_ref(), Arc::clone(&batch_id));
+            }
+            tracing::debug!(batch_id = %batch.batch_id, steps = batch.steps.len(), "steps received");
+            inbox.steps.extend(batch.steps);
+            self.shared.steps_ready.notify_all();
+        }
+        self.shared.wake_host();
+    }
+
     fn flush_results(&mut self) {
         if self.socket.is_none() {
             // Keep them for the next connection.
             return;
         }
-        let mut results: Vec<StepExecutionResult> =
-            std::mem::take(&mut *self.shared.outbox.lock().expect("outbox lock"));
-        // Chunks to send, last first: split by count, then again by size
-        // where a message would exceed what the orchestrator accepts (it
-        // would refuse the whole message and every step in it would time
-        // out).
-        let mut chunks = Vec::new();
-        while !results.is_empty() {
-            let rest = results.split_off(results.len().min(RESULTS_PER_MESSAGE));
-            chunks.push(std::mem::replace(&mut results, rest));
-        }
-        chunks.reverse();
-        while let Some(mut chunk) = chunks.pop() {
+        let mut results: VecDeque<EncodedResult> =
+            std::mem::take(&mut *self.shared.outbox.lock().expect("outbox lock")).into();
+        // As many results per message as fit what the orchestrator accepts
+        // (it would refuse the whole message, and every step in it would
+        // time out), in order.
+        while let Some(first) = results.front() {
             let batch_id = self
                 .batch_of
-                .get(&chunk[0].step_ref())
-                .map(|id| id.to_string())
-                .unwrap_or_default();
-            let response =
-                WorkerMessage::StepBatchResponse(StepBatchResponse::new(batch_id, chunk));
-            let frames = match codec::encode(&response) {
-                Ok(frames) => frames,
-                Err(e) => {
-                    // Values from serde_json always encode; keep going.
-                    tracing::error!(error = %e, "cannot encode results");
-                    continue;
-                }
-            };
-            let WorkerMessage::StepBatchResponse(response) = response else {
-                unreachable!("built above")
-            };
-            chunk = response.results;
-            if frames[1].len() > self.peer_max_bytes {
-                if chunk.len() > 1 {
-                    let second = chunk.split_off(chunk.len() / 2);
-                    chunks.push(second);
-                    chunks.push(chunk);
-                } else {
-                    chunks.push(vec![self.too_large(&chunk[0], frames[1].len())]);
-                }
+                .get(&first.step_ref())
+                .cloned()
+                .unwrap_or_else(|| Arc::from(""));
+            let mut size = raw::response_envelope_len(&batch_id) + first.json().len();
+            if size > self.peer_max_bytes {
+                let result = results.pop_front().expect("front exists");
+                let failed = self.too_large(&result, size);
+                self.send_results(&batch_id, vec![failed]);
                 continue;
             }
-            for result in &chunk {
-                self.batch_of.remove(&result.step_ref());
-            }
-            if let Some(socket) = &self.socket {
-                if let Err(e) = socket.send_multipart(frames, zmq::DONTWAIT) {
-                    tracing::warn!(error = %e, "sending results failed");
+            let mut n = 1;
+            while let Some(next) = results.get(n) {
+                let grown = size + 1 + next.json().len();
+                if n == RESULTS_PER_MESSAGE || grown > self.peer_max_bytes {
+                    break;
                 }
+                size = grown;
+                n += 1;
+            }
+            let chunk: Vec<EncodedResult> = results.drain(..n).collect();
+            self.send_results(&batch_id, chunk);
+        }
+    }
+
+    fn send_results(&mut self, batch_id: &str, results: Vec<EncodedResult>) {
+        for result in &results {
+            self.batch_of.remove(&result.step_ref());
+        }
+        let frames = raw::encode_results(batch_id, &results);
+        if let Some(socket) = &self.socket {
+            if let Err(e) = socket.send_multipart(frames, zmq::DONTWAIT) {
+                tracing::warn!(error = %e, "sending results failed");
             }
         }
     }
@@ -379,14 +385,14 @@ impl Connection {
     /// What to report for a result that alone exceeds the orchestrator's
     /// message limit: the step failed, for good (the same output would be as
     /// large next time).
-    fn too_large(&self, result: &StepExecutionResult, size: usize) -> StepExecutionResult {
+    fn too_large(&self, result: &EncodedResult, size: usize) -> EncodedResult {
         tracing::warn!(
-            step_id = result.step_id,
+            step_id = result.step_ref().step_id,
             size,
             max = self.peer_max_bytes,
             "result too large for the orchestrator; reporting it failed"
         );
-        StepExecutionResult::failed(
+        EncodedResult::new(&StepExecutionResult::failed(
             result.step_ref(),
             StepStatus::Failed,
             StepExecutionError::new(
@@ -398,8 +404,8 @@ impl Connection {
                 false,
             ),
             &self.shared.worker_id,
-            result.metadata.execution_time_ms,
-        )
+            result.execution_time_ms(),
+        ))
     }
 
     fn flush_drain(&mut self) {

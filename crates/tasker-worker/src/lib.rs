@@ -9,6 +9,14 @@
 //! the blocking [`WorkerRuntime::next_steps`], runs them on its own threads,
 //! and hands results back with [`WorkerRuntime::complete`] from any thread.
 //!
+//! The I/O thread only checks each step and notes where its fields are in
+//! the message ([`tasker_protocol::raw`]); steps are decoded on the host's
+//! thread. A host that parses JSON itself pulls them undecoded
+//! ([`WorkerRuntime::next_raw_steps`]), hands back results whose output is
+//! JSON text already ([`WorkerRuntime::complete_encoded`]), and, if it cannot
+//! block a thread, asks to be woken when steps arrive
+//! ([`WorkerRuntime::set_waker`]). The Node binding does all three.
+//!
 //! # Example: a Rust worker
 //!
 //! ```no_run

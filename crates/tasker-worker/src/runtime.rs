@@ -3,12 +3,15 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tasker_config::TaskerConfig;
-use tasker_protocol::{StepExecutionRequest, StepExecutionResult, StepRef};
+use tasker_protocol::raw::{EncodedResult, RawStep};
+use tasker_protocol::{
+    error_types, StepExecutionError, StepExecutionRequest, StepExecutionResult, StepRef, StepStatus,
+};
 use tasker_transport::Doorbell;
 
 use crate::connection::Connection;
@@ -80,7 +83,9 @@ impl RuntimeState {
 
 #[derive(Default)]
 pub(crate) struct Inbox {
-    pub steps: VecDeque<StepExecutionRequest>,
+    /// Received and not pulled yet, as their JSON text: the I/O thread only
+    /// checks them; the host's thread decodes them.
+    pub steps: VecDeque<RawStep>,
     /// Pulled by the host and not completed yet.
     pub in_hand: HashSet<StepRef>,
     pub stopping: bool,
@@ -98,14 +103,25 @@ pub(crate) struct Shared {
     pub config: TaskerConfig,
     pub inbox: Mutex<Inbox>,
     pub steps_ready: Condvar,
-    pub outbox: Mutex<Vec<StepExecutionResult>>,
+    /// Results encoded by the threads that completed them; the I/O thread
+    /// only frames them.
+    pub outbox: Mutex<Vec<EncodedResult>>,
     pub doorbell: Doorbell,
     pub state: AtomicU8,
+    pub waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Shared {
     pub fn set_state(&self, state: RuntimeState) {
         self.state.store(state as u8, Ordering::Release);
+    }
+
+    /// Tells a host that set a waker that steps arrived or the runtime
+    /// closed. Called with no lock held: the waker pulls.
+    pub fn wake_host(&self) {
+        if let Some(waker) = self.waker.get() {
+            waker();
+        }
     }
 }
 
@@ -166,6 +182,7 @@ impl WorkerRuntime {
             outbox: Mutex::new(Vec::new()),
             doorbell: Doorbell::new().map_err(|e| WorkerError::Setup(e.to_string()))?,
             state: AtomicU8::new(RuntimeState::Connecting as u8),
+            waker: OnceLock::new(),
         });
         let connection = Connection::new(Arc::clone(&shared))?;
         let thread = std::thread::Builder::new()
@@ -204,11 +221,45 @@ impl WorkerRuntime {
     /// `timeout` passes or [`wake`](Self::wake) is called first; and
     /// [`WorkerError::Stopped`] once the runtime is stopping and holds no
     /// more undelivered steps. `None` waits without limit.
+    ///
+    /// Steps are decoded here, on the caller's thread. One that cannot be
+    /// (nested deeper than `serde_json` builds values) is not returned: it
+    /// is reported failed as [`error_types::INVALID_STEP`], for good.
     pub fn next_steps(
         &self,
         max: usize,
         timeout: Option<Duration>,
     ) -> Result<Vec<StepExecutionRequest>, WorkerError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let raw = self.next_raw_steps(max, left)?;
+            if raw.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut steps = Vec::with_capacity(raw.len());
+            let mut invalid = Vec::new();
+            for step in &raw {
+                match step.decode() {
+                    Ok(request) => steps.push(request),
+                    Err(e) => invalid.push(self.invalid_step(step, &e)),
+                }
+            }
+            self.complete_many(invalid);
+            if !steps.is_empty() {
+                return Ok(steps);
+            }
+        }
+    }
+
+    /// Like [`next_steps`](Self::next_steps), with each step as the JSON
+    /// text the orchestrator sent (checked as strictly as `next_steps`
+    /// decodes it), for hosts that parse JSON themselves.
+    pub fn next_raw_steps(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<RawStep>, WorkerError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let max = max.max(1);
         let mut inbox = self.shared.inbox.lock().expect("inbox lock");
@@ -216,7 +267,7 @@ impl WorkerRuntime {
         loop {
             if !inbox.steps.is_empty() {
                 let n = max.min(inbox.steps.len());
-                let steps: Vec<StepExecutionRequest> = inbox.steps.drain(..n).collect();
+                let steps: Vec<RawStep> = inbox.steps.drain(..n).collect();
                 for step in &steps {
                     inbox.in_hand.insert(step.step_ref());
                 }
@@ -245,6 +296,33 @@ impl WorkerRuntime {
         }
     }
 
+    fn invalid_step(&self, step: &RawStep, error: &serde_json::Error) -> StepExecutionResult {
+        tracing::error!(step_id = step.step_ref().step_id, %error, "cannot decode step");
+        StepExecutionResult::failed(
+            step.step_ref(),
+            StepStatus::Failed,
+            StepExecutionError::new(
+                error_types::INVALID_STEP,
+                format!("the worker cannot decode the step: {error}"),
+                false,
+            ),
+            self.worker_id(),
+            0,
+        )
+    }
+
+    /// Sets a function the I/O thread calls each time steps arrive, and once
+    /// when the runtime has closed (state [`RuntimeState::Stopped`]), so a
+    /// host that cannot block a thread in [`next_steps`](Self::next_steps)
+    /// can pull with a zero timeout instead. It runs on the I/O thread with
+    /// no lock held: it must not block, and may call any method but the
+    /// blocking ones with a nonzero timeout. Steps that arrived before it
+    /// was set are the caller's to pull. Only the first call has effect;
+    /// false for the others.
+    pub fn set_waker(&self, waker: impl Fn() + Send + Sync + 'static) -> bool {
+        self.shared.waker.set(Box::new(waker)).is_ok()
+    }
+
     /// Makes every blocked [`next_steps`](Self::next_steps) return now
     /// (with no steps). Bindings call it from their interrupt handlers.
     pub fn wake(&self) {
@@ -258,8 +336,15 @@ impl WorkerRuntime {
         self.complete_many(vec![result]);
     }
 
-    /// Hands back several results at once.
+    /// Hands back several results at once. They are encoded here, on the
+    /// caller's thread.
     pub fn complete_many(&self, results: Vec<StepExecutionResult>) {
+        self.complete_encoded(results.iter().map(EncodedResult::new).collect());
+    }
+
+    /// Hands back results already encoded, e.g. made with
+    /// [`EncodedResult::completed`] from output that is JSON text already.
+    pub fn complete_encoded(&self, results: Vec<EncodedResult>) {
         if results.is_empty() {
             return;
         }

@@ -357,3 +357,95 @@ fn results_are_split_to_fit_the_orchestrators_message_limit() {
     assert!(!error.retryable);
     assert!(error.message.contains("4096"), "{}", error.message);
 }
+
+/// The path of hosts that parse and write JSON themselves: steps come out
+/// as the text the orchestrator sent, output text goes back unparsed.
+#[test]
+fn raw_pulls_give_the_steps_as_sent_and_encoded_results_go_out_as_given() {
+    let orchestrator = FakeOrchestrator::bind();
+    let rt = runtime(&orchestrator.endpoint, 10);
+    let (id, _) = orchestrator.recv(Duration::from_secs(5)).unwrap();
+    orchestrator.welcome(&id);
+    let OrchestratorMessage::StepBatchRequest(sent) = batch(0..3) else {
+        unreachable!()
+    };
+    orchestrator.send(&id, &OrchestratorMessage::StepBatchRequest(sent.clone()));
+    let steps = rt.next_raw_steps(10, Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(steps.len(), 3);
+    for (raw, step) in steps.iter().zip(&sent.steps) {
+        assert_eq!(&raw.decode().unwrap(), step);
+        assert_eq!(raw.fields().handler_class, r#""echo""#);
+        assert_eq!(raw.fields().task_context, "{}");
+    }
+    assert_eq!(rt.in_hand(), 3);
+    let output = serde_json::value::RawValue::from_string(r#"{"ok":"jä ✓"}"#.into()).unwrap();
+    let now = chrono::Utc::now();
+    rt.complete_encoded(
+        steps
+            .iter()
+            .map(|s| raw::EncodedResult::completed(s.step_ref(), &output, "w-test", 2, now))
+            .collect(),
+    );
+    assert_eq!(rt.in_hand(), 0);
+    let Some((_, WorkerMessage::StepBatchResponse(response))) =
+        orchestrator.recv(Duration::from_secs(2))
+    else {
+        panic!("no results")
+    };
+    assert_eq!(response.batch_id, "b:1");
+    assert_eq!(response.results.len(), 3);
+    for result in &response.results {
+        assert_eq!(result.status, StepStatus::Completed);
+        assert_eq!(result.output, Some(json!({"ok": "jä ✓"})));
+        assert_eq!(result.metadata.execution_time_ms, 2);
+        assert_eq!(result.metadata.completed_at, now);
+    }
+}
+
+/// A step the typed decode cannot build (nested deeper than serde_json
+/// goes) is failed for good; the rest of its batch is served.
+#[test]
+fn a_step_too_deep_to_decode_fails_as_invalid_step_and_the_rest_are_served() {
+    let orchestrator = FakeOrchestrator::bind();
+    let rt = runtime(&orchestrator.endpoint, 10);
+    let (id, _) = orchestrator.recv(Duration::from_secs(5)).unwrap();
+    orchestrator.welcome(&id);
+    let fine = serde_json::to_string(&StepExecutionRequest::new(1, 1, "s", "echo", 5_000)).unwrap();
+    let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+    let too_deep = serde_json::to_string(&StepExecutionRequest::new(2, 1, "s", "echo", 5_000))
+        .unwrap()
+        .replace(r#""task_context":{}"#, &format!(r#""task_context":{deep}"#));
+    let body = format!(
+        r#"{{"type":"step_batch_request","batch_id":"b:deep","protocol_version":"1.0","steps":[{too_deep},{fine}]}}"#
+    );
+    orchestrator
+        .socket
+        .send_multipart(
+            [
+                id.clone(),
+                PROTOCOL_HEADER.as_bytes().to_vec(),
+                body.into_bytes(),
+            ],
+            0,
+        )
+        .unwrap();
+    let steps = rt.next_steps(10, Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(steps.iter().map(|s| s.step_id).collect::<Vec<_>>(), vec![1]);
+    let Some((_, WorkerMessage::StepBatchResponse(response))) =
+        orchestrator.recv(Duration::from_secs(2))
+    else {
+        panic!("no failure reported")
+    };
+    let failed = &response.results[0];
+    assert_eq!(failed.step_id, 2);
+    assert_eq!(failed.status, StepStatus::Failed);
+    let error = failed.error.as_ref().unwrap();
+    assert_eq!(error.error_type, error_types::INVALID_STEP);
+    assert!(!error.retryable);
+    assert!(
+        error.message.contains("recursion limit"),
+        "{}",
+        error.message
+    );
+    assert_eq!(rt.in_hand(), 1);
+}
