@@ -1,11 +1,16 @@
 //! Node binding of tasker-core: the Rust worker runtime driven from JavaScript.
 //!
-//! The JavaScript thread never blocks on Rust, and no thread waits for
-//! JavaScript: the runtime's I/O thread, when steps arrive, pulls them
-//! without waiting ([`WorkerRuntime::set_waker`]) and hands each chunk to
-//! JavaScript through one thread-safe function call (never one call per
-//! step). Results come back in batches through [`NativeWorker::complete`],
-//! which only queues them for the I/O thread.
+//! The runtime runs on Node's own event loop, without an I/O thread of its
+//! own ([`WorkerRuntime::start_driven`], [`uv`]): libuv watches the worker
+//! socket's descriptor and the next deadline, and the connection takes a
+//! turn when either fires, after JavaScript completes steps, and on stop.
+//! Every turn is non-blocking, so the JavaScript thread never waits on
+//! Rust, and steps and results pass through no other thread: the same
+//! hand-overs as a worker written with the `zeromq` package, one fewer each
+//! way than a runtime thread would add. New steps reach JavaScript in
+//! chunks through one thread-safe function call each (queued on this same
+//! thread, never one call per step); results come back in batches through
+//! [`NativeWorker::complete`], which sends them at once.
 //!
 //! Chunks and results cross the boundary as JSON text, which V8's
 //! `JSON.parse` and `JSON.stringify` turn into objects and back far faster
@@ -18,9 +23,9 @@
 //! into an array; the JavaScript layer turns each row into a `Step`. On the
 //! way back each outcome is an array of the fields of [`StepOutcome`], and
 //! its output text is spliced into the result unparsed
-//! ([`EncodedResult::completed`]). When the runtime has drained and said
-//! goodbye, `null` is delivered and the thread-safe function released, so
-//! nothing of the worker keeps the event loop alive.
+//! ([`CompletedEncoder`]). When the runtime has drained and said goodbye,
+//! `null` is delivered, the thread-safe function released and the libuv
+//! handles closed, so nothing of the worker keeps the event loop alive.
 //!
 //! Runtime `tracing` events go through [`tasker_worker::log_bridge`] to a
 //! logger thread that calls a weak (unreferenced) thread-safe function, so
@@ -30,6 +35,8 @@
 //! the package's JavaScript layer (`lib/`) builds the public API on top.
 
 #![deny(clippy::all)]
+
+mod uv;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -67,6 +74,8 @@ enum BindingError {
     Log(#[from] log_bridge::UnknownLogLevel),
     #[error("malformed step outcomes: {0}")]
     Outcomes(serde_json::Error),
+    #[error("cannot watch the worker socket on the event loop: {0}")]
+    EventLoop(#[from] uv::UvError),
 }
 
 impl From<BindingError> for napi::Error {
@@ -376,6 +385,7 @@ type StepsCallback = ThreadsafeFunction<Option<String>, (), Option<String>, Stat
 #[napi]
 pub struct NativeWorker {
     runtime: Arc<WorkerRuntime>,
+    driver: uv::SharedDriver,
 }
 
 #[napi]
@@ -383,6 +393,7 @@ impl NativeWorker {
     /// Validates the options, connects and starts delivering steps.
     #[napi(constructor)]
     pub fn new(
+        env: Env,
         config: Config,
         options: NativeWorkerOptions,
         on_steps: ThreadsafeFunction<Option<String>, (), Option<String>, Status, false>,
@@ -391,7 +402,11 @@ impl NativeWorker {
         worker_options.worker_id = options.worker_id;
         worker_options.capacity = options.capacity;
         worker_options.language = "node".into();
-        let runtime = Arc::new(WorkerRuntime::start(worker_options).map_err(BindingError::from)?);
+        // V8 parses the steps: the runtime only checks them.
+        worker_options.raw_steps = true;
+        let (runtime, driver) =
+            WorkerRuntime::start_driven(worker_options).map_err(BindingError::from)?;
+        let runtime = Arc::new(runtime);
         // Half the capacity per hand-over: the first half's results go back
         // (and free credit for the next delivery) before the second half is
         // done.
@@ -402,9 +417,12 @@ impl NativeWorker {
         });
         let waker = Arc::clone(&delivery);
         runtime.set_waker(move || waker.deliver());
-        // Steps that arrived before the waker was set.
-        delivery.deliver();
-        Ok(Self { runtime })
+        let event_loop = env.get_uv_event_loop()?;
+        let driver = uv::start(event_loop, driver).map_err(|e| {
+            runtime.stop();
+            BindingError::EventLoop(e)
+        })?;
+        Ok(Self { runtime, driver })
     }
 
     /// The id announced to the orchestrator.
@@ -447,6 +465,7 @@ impl NativeWorker {
             .map(|o| to_result(o, &completed, worker_id, now))
             .collect();
         self.runtime.complete_encoded(results);
+        uv::drive(&self.driver);
         Ok(())
     }
 
@@ -457,6 +476,7 @@ impl NativeWorker {
     #[napi]
     pub fn stop(&self) {
         self.runtime.stop();
+        uv::drive(&self.driver);
     }
 }
 

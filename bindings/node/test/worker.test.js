@@ -236,6 +236,71 @@ test("the logger hook receives the runtime's Rust tracing records", async () => 
   assert.match(registered.line, /^registered with orchestrator worker_id=/);
 });
 
+test("an idle worker keeps its registration on heartbeats from the event loop, without busy polling", async () => {
+  // The runtime runs on this thread's event loop: its heartbeats come from a
+  // libuv timer. At a 100 ms interval (liveness 3) the orchestrator drops a
+  // worker silent for 300 ms, and the worker would say hello again.
+  const records = [];
+  const endpoint = await freeEndpoint();
+  const idler = new Worker({ ...QUICK, endpoint, logLevel: "debug", logger: (r) => records.push(r) });
+  idler.handle("noop", () => "served");
+  const late = new Worker({ ...QUICK, endpoint });
+  late.handle("noop", () => "served");
+  const running = [idler.run()];
+  try {
+    // Sends the step once two workers are there: the first idles until then.
+    const call = dispatch(endpoint, { steps: [{ step_id: 1, handler_class: "noop" }] }, {
+      workers: 2,
+      env: { TASKER_HEARTBEAT_INTERVAL_MS: "100", TASKER_LIVENESS: "3" },
+    });
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const before = process.cpuUsage();
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const idle = process.cpuUsage(before);
+    const messages = records.map((r) => r.message);
+    running.push(late.run());
+    const results = byStepId(await call.result);
+    assert.equal(results.get(1).status, "completed");
+    assert.equal(results.get(1).output, "served");
+    assert.ok(messages.includes("registered with orchestrator"), JSON.stringify(messages));
+    for (const m of messages) {
+      assert.doesNotMatch(m, /silent|does not know this worker|reconnect/, JSON.stringify(messages));
+    }
+    // A busy loop would spend the whole second; the beats cost next to nothing.
+    const idleMs = (idle.user + idle.system) / 1000;
+    assert.ok(idleMs < 250, `idle worker used ${idleMs} ms of CPU in 1 s`);
+  } finally {
+    await withTimeout(Promise.all([idler.stop(), late.stop()]), 15_000, "worker.stop()");
+    await withTimeout(Promise.all(running), 15_000, "worker.run()");
+    setLogger(null);
+  }
+});
+
+test("after the orchestrator goes away the worker reconnects on a new socket and serves the next one", async () => {
+  const worker = new Worker({
+    ...QUICK,
+    endpoint: await freeEndpoint(),
+    heartbeatIntervalMs: 100,
+    reconnectMaxMs: 200,
+    logger: null,
+  });
+  let served = 0;
+  worker.handle("noop", () => ++served);
+  const running = worker.run();
+  try {
+    const env = { TASKER_HEARTBEAT_INTERVAL_MS: "100" };
+    const first = byStepId(await dispatch(worker.config.endpoint, { steps: [{ step_id: 1, handler_class: "noop" }] }, { env }).result);
+    assert.equal(first.get(1).output, 1);
+    // The first orchestrator has exited; a new one binds the same endpoint.
+    const second = byStepId(await dispatch(worker.config.endpoint, { steps: [{ step_id: 2, handler_class: "noop" }] }, { env }).result);
+    assert.equal(second.get(2).status, "completed");
+    assert.equal(second.get(2).output, 2);
+  } finally {
+    await withTimeout(worker.stop(), 15_000, "worker.stop()");
+    await withTimeout(running, 15_000, "worker.run()");
+  }
+});
+
 test("stop() awaited inside a handler resolves without deadlock once the other steps are done", async () => {
   // Capacity 8 hands the four steps to JavaScript in one chunk (half the
   // capacity per chunk): with smaller chunks, steps still in the runtime

@@ -357,11 +357,10 @@ impl PyWorkerRuntime {
     ) -> PyResult<Self> {
         let config = config_from_dict(config)?;
         let options = WorkerOptions {
-            config,
             worker_id,
-            handlers,
             capacity,
             language: "python".into(),
+            ..WorkerOptions::new(config, handlers)
         };
         let inner = tasker_worker::WorkerRuntime::start(options).map_err(|e| match e {
             tasker_worker::WorkerError::InvalidOptions(_) => ConfigError::new_err(e.to_string()),

@@ -5,7 +5,7 @@
 //! and `TASKER_WORKER_CAPACITY` set; it must serve the handler `noop` and exit
 //! on SIGTERM. Rounds interleave the workers so that a slow patch of a noisy
 //! machine hits all of them; the best round of each is reported, with its
-//! ratio to the first worker.
+//! ratio to the first worker, and the median round beside it.
 
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,7 @@ pub struct BenchWorkersArgs {
 struct Figure {
     worker: String,
     steps_per_sec: f64,
+    median_steps_per_sec: f64,
     rounds: Vec<f64>,
     ratio_to_first: f64,
     worker_cpu_us_per_step: Option<f64>,
@@ -128,6 +129,16 @@ pub fn run(args: BenchWorkersArgs) -> Result<()> {
         }
     }
     let best = |r: &[Run]| r.iter().map(|r| r.rate).fold(0.0, f64::max);
+    let median = |r: &[Run]| {
+        let mut rates: Vec<f64> = r.iter().map(|r| r.rate).collect();
+        rates.sort_by(f64::total_cmp);
+        let mid = rates.len() / 2;
+        if rates.len() % 2 == 0 {
+            (rates[mid - 1] + rates[mid]) / 2.0
+        } else {
+            rates[mid]
+        }
+    };
     // The least CPU a round needed: noise (other processes, cache misses)
     // only ever adds.
     let least_cpu = |r: &[Run]| r.iter().filter_map(|r| r.cpu_per_step).min();
@@ -139,6 +150,7 @@ pub fn run(args: BenchWorkersArgs) -> Result<()> {
         .map(|((name, _), runs)| Figure {
             worker: name.clone(),
             steps_per_sec: best(runs),
+            median_steps_per_sec: median(runs),
             ratio_to_first: best(runs) / first,
             worker_cpu_us_per_step: least_cpu(runs).map(|d| d.as_secs_f64() * 1e6),
             rounds: runs.iter().map(|r| r.rate).collect(),
@@ -153,18 +165,19 @@ pub fn run(args: BenchWorkersArgs) -> Result<()> {
         args.batch, args.capacity, args.steps, args.rounds
     );
     println!(
-        "{:<14} {:>10} {:>9} {:>22}",
-        "worker", "steps/s", "vs first", "worker CPU us/step"
+        "{:<14} {:>10} {:>9} {:>10} {:>22}",
+        "worker", "steps/s", "vs first", "median", "worker CPU us/step"
     );
     for f in &figures {
         let cpu = f
             .worker_cpu_us_per_step
             .map_or_else(|| "-".to_string(), |us| format!("{us:.1}"));
         println!(
-            "{:<14} {:>10.0} {:>8.0}% {:>22}",
+            "{:<14} {:>10.0} {:>8.0}% {:>10.0} {:>22}",
             f.worker,
             f.steps_per_sec,
             f.ratio_to_first * 100.0,
+            f.median_steps_per_sec,
             cpu
         );
     }

@@ -2,7 +2,7 @@
 //!
 //! A worker's I/O thread does not need a step's payload, only its identity,
 //! so [`decode_for_worker`] validates a `step_batch_request` as strictly as
-//! [`codec::decode`](crate::codec::decode), in one pass, but leaves each
+//! [`codec::decode`], in one pass, but leaves each
 //! step as JSON text: a [`RawStep`] is the step's place in the message body
 //! and the places of its fields. Whoever runs the step decodes it on its
 //! own thread ([`RawStep::decode`]), or copies the fields' text to a host
@@ -229,7 +229,7 @@ pub enum RawOrchestratorMessage {
 }
 
 /// Decodes and validates one message from the orchestrator, as
-/// [`codec::decode`](crate::codec::decode) does, keeping a batch's steps as
+/// [`codec::decode`] does, keeping a batch's steps as
 /// JSON text.
 ///
 /// A batch is refused for exactly the reasons the typed decode refuses it;
@@ -523,7 +523,7 @@ pub fn response_envelope_len(batch_id: &str) -> usize {
 }
 
 /// The frames of a `step_batch_response` carrying these results: the same
-/// bytes [`codec::encode`](crate::codec::encode) writes for the typed
+/// bytes [`codec::encode`] writes for the typed
 /// message.
 pub fn encode_results(batch_id: &str, results: &[EncodedResult]) -> [Vec<u8>; 2] {
     [

@@ -8,18 +8,36 @@ use std::time::{Duration, Instant};
 
 use tasker_protocol::raw::{self, EncodedResult, RawOrchestratorMessage};
 use tasker_protocol::{
-    error_types, Goodbye, Heartbeat, OrchestratorMessage, ProtocolError, ProtocolErrorCode,
-    StepExecutionError, StepExecutionResult, StepRef, StepStatus, WorkerDrain, WorkerHello,
-    WorkerMessage,
+    codec, error_types, DecodeError, Goodbye, Heartbeat, OrchestratorMessage, ProtocolError,
+    ProtocolErrorCode, StepExecutionError, StepExecutionResult, StepRef, StepStatus, WorkerDrain,
+    WorkerHello, WorkerMessage,
 };
 use tasker_transport::{earliest, poll_timeout, send_message};
 
-use crate::runtime::{RuntimeState, Shared};
+use crate::runtime::{Received, RuntimeState, Shared};
 use crate::WorkerError;
 
 /// Most results per outgoing message; messages are split further by size
 /// (see `flush_results`).
 const RESULTS_PER_MESSAGE: usize = 512;
+
+/// A decoded message from the orchestrator.
+enum Inbound {
+    Steps {
+        batch_id: String,
+        steps: Vec<Received>,
+    },
+    Control(OrchestratorMessage),
+}
+
+impl Inbound {
+    fn raw(batch: raw::RawStepBatch) -> Self {
+        Inbound::Steps {
+            batch_id: batch.batch_id,
+            steps: batch.steps.into_iter().map(Received::Raw).collect(),
+        }
+    }
+}
 
 pub(crate) struct Connection {
     shared: Arc<Shared>,
@@ -39,6 +57,9 @@ pub(crate) struct Connection {
     batch_of: std::collections::HashMap<StepRef, Arc<str>>,
     /// Largest body the orchestrator accepts (from its welcome).
     peer_max_bytes: usize,
+    /// Sockets opened so far, so a host watching `fd` can tell a new socket
+    /// whose descriptor has an old number.
+    sockets_opened: u64,
 }
 
 impl Connection {
@@ -61,6 +82,7 @@ impl Connection {
             drain_deadline: None,
             batch_of: Default::default(),
             peer_max_bytes: config.max_message_bytes,
+            sockets_opened: 0,
             shared,
         };
         connection.connect()?;
@@ -74,6 +96,7 @@ impl Connection {
         tasker_transport::configure_socket(&socket, config).map_err(setup)?;
         socket.connect(&config.endpoint).map_err(setup)?;
         self.socket = Some(socket);
+        self.sockets_opened += 1;
         self.welcomed = false;
         self.last_heard = Instant::now();
         self.shared.set_state(if self.stopping() {
@@ -132,6 +155,8 @@ impl Connection {
         self.shared.inbox.lock().expect("inbox lock").stopping
     }
 
+    /// The I/O thread's loop: wait for the socket, the doorbell or the next
+    /// deadline, then take a turn, until the connection is done.
     pub(crate) fn run(mut self) {
         loop {
             let wake_at = self.next_wake();
@@ -159,40 +184,86 @@ impl Connection {
             if bell_rang {
                 self.shared.doorbell.drain();
             }
-            if socket_ready {
-                self.receive_all();
-            }
-            self.flush_results();
-            self.flush_drain();
-            let now = Instant::now();
-            if let Some(at) = self.reconnect_at {
-                // A stop must not wait out the backoff: reconnect now, so
-                // the drain and goodbye go out at once.
-                if now >= at || self.stopping() {
-                    self.reconnect_at = None;
-                    if let Err(e) = self.connect() {
-                        tracing::error!(error = %e, "reconnect failed");
-                        self.schedule_reconnect();
-                    }
-                }
-            } else if self.socket.is_some() {
-                if now.duration_since(self.last_heard) > self.expiry {
-                    tracing::warn!(
-                        worker_id = %self.shared.worker_id,
-                        "orchestrator silent for {:?}; reconnecting",
-                        self.expiry
-                    );
-                    self.disconnect();
-                    self.schedule_reconnect();
-                } else if now >= self.next_heartbeat {
-                    self.send(&WorkerMessage::Heartbeat(Heartbeat {}));
-                    self.next_heartbeat = now + self.heartbeat_interval;
-                }
-            }
-            if self.drained(now) {
-                break;
+            if self.turn(socket_ready) {
+                return;
             }
         }
+        self.close();
+    }
+
+    /// Does everything that is due: takes in what the socket holds (when
+    /// `socket_ready`), sends results and drain notices, reconnects, beats.
+    /// True once the connection is done and closed.
+    pub(crate) fn turn(&mut self, socket_ready: bool) -> bool {
+        if socket_ready {
+            self.receive_all();
+        }
+        self.flush_results();
+        self.flush_drain();
+        let now = Instant::now();
+        if let Some(at) = self.reconnect_at {
+            // A stop must not wait out the backoff: reconnect now, so
+            // the drain and goodbye go out at once.
+            if now >= at || self.stopping() {
+                self.reconnect_at = None;
+                if let Err(e) = self.connect() {
+                    tracing::error!(error = %e, "reconnect failed");
+                    self.schedule_reconnect();
+                }
+            }
+        } else if self.socket.is_some() {
+            if now.duration_since(self.last_heard) > self.expiry {
+                tracing::warn!(
+                    worker_id = %self.shared.worker_id,
+                    "orchestrator silent for {:?}; reconnecting",
+                    self.expiry
+                );
+                self.disconnect();
+                self.schedule_reconnect();
+            } else if now >= self.next_heartbeat {
+                self.send(&WorkerMessage::Heartbeat(Heartbeat {}));
+                self.next_heartbeat = now + self.heartbeat_interval;
+            }
+        }
+        if self.drained(now) {
+            self.close();
+            return true;
+        }
+        false
+    }
+
+    /// Takes turns until the socket has nothing more to read, for a host
+    /// that watches the socket's [`fd`](Self::fd) itself: that descriptor
+    /// only signals changes, and a send can take the signal of a message
+    /// that came in meanwhile. Returns when to be called again at the
+    /// latest, or `None` once the connection is done.
+    pub(crate) fn drive(&mut self) -> Option<Option<Instant>> {
+        loop {
+            if self.turn(true) {
+                return None;
+            }
+            let more = self.socket.as_ref().is_some_and(|s| {
+                s.get_events()
+                    .is_ok_and(|events| events.contains(zmq::POLLIN))
+            });
+            if !more {
+                return Some(self.next_wake());
+            }
+        }
+    }
+
+    /// The descriptor that signals activity of the current socket (ZeroMQ's
+    /// `ZMQ_FD`); it changes on reconnect, and there is none while waiting
+    /// to reconnect.
+    pub(crate) fn fd(&self) -> Option<crate::runtime::SocketFd> {
+        let fd = self.socket.as_ref()?.get_fd().ok()?;
+        Some(crate::runtime::SocketFd {
+            fd,
+            socket: self.sockets_opened,
+        })
+    }
+
+    fn close(&mut self) {
         self.shared.set_state(RuntimeState::Stopped);
         {
             let mut inbox = self.shared.inbox.lock().expect("inbox lock");
@@ -200,7 +271,7 @@ impl Connection {
             self.shared.steps_ready.notify_all();
         }
         self.shared.wake_host();
-        tracing::debug!(worker_id = %self.shared.worker_id, "worker I/O thread exits");
+        tracing::debug!(worker_id = %self.shared.worker_id, "worker connection closed");
     }
 
     fn next_wake(&self) -> Option<Instant> {
@@ -249,9 +320,9 @@ impl Connection {
                 }
             };
             self.last_heard = Instant::now();
-            match raw::decode_for_worker(&frames, self.shared.config.max_message_bytes) {
-                Ok(RawOrchestratorMessage::StepBatch(batch)) => self.receive_steps(batch),
-                Ok(RawOrchestratorMessage::Control(message)) => self.handle(message),
+            match self.decode(&frames) {
+                Ok(Inbound::Steps { batch_id, steps }) => self.receive_steps(&batch_id, steps),
+                Ok(Inbound::Control(message)) => self.handle(message),
                 Err(error) => {
                     tracing::warn!(%error, "malformed message from orchestrator");
                     let reply = WorkerMessage::ProtocolError(ProtocolError {
@@ -289,12 +360,9 @@ impl Connection {
                 tracing::info!(worker_id = %self.shared.worker_id, "registered with orchestrator");
             }
             OrchestratorMessage::StepBatchRequest(batch) => {
-                // `decode_for_worker` hands batches over raw.
-                let steps = batch.steps.iter().map(raw::RawStep::from_request).collect();
-                self.receive_steps(raw::RawStepBatch {
-                    batch_id: batch.batch_id,
-                    steps,
-                });
+                // `decode` hands batches over as `Inbound::Steps`.
+                let steps = batch.steps.into_iter().map(Received::Typed).collect();
+                self.receive_steps(&batch.batch_id, steps);
             }
             OrchestratorMessage::Heartbeat(_) => {}
             OrchestratorMessage::Goodbye(goodbye) => {
@@ -313,21 +381,49 @@ impl Connection {
         }
     }
 
-    fn receive_steps(&mut self, batch: raw::RawStepBatch) {
+    /// Decodes a message: typed in one pass, unless the host takes steps
+    /// as JSON text or the typed decode cannot build a step of an otherwise
+    /// valid batch (then that step fails alone, as `InvalidStep`, when
+    /// pulled).
+    fn decode(&self, frames: &[Vec<u8>]) -> Result<Inbound, DecodeError> {
+        let max = self.shared.config.max_message_bytes;
+        if !self.shared.raw_steps {
+            let error = match codec::decode::<OrchestratorMessage>(frames, max) {
+                Ok(OrchestratorMessage::StepBatchRequest(batch)) => {
+                    return Ok(Inbound::Steps {
+                        batch_id: batch.batch_id,
+                        steps: batch.steps.into_iter().map(Received::Typed).collect(),
+                    })
+                }
+                Ok(other) => return Ok(Inbound::Control(other)),
+                Err(error) => error,
+            };
+            // Only worth a second look if the raw check takes it.
+            return match raw::decode_for_worker(frames, max) {
+                Ok(RawOrchestratorMessage::StepBatch(batch)) => Ok(Inbound::raw(batch)),
+                _ => Err(error),
+            };
+        }
+        Ok(match raw::decode_for_worker(frames, max)? {
+            RawOrchestratorMessage::StepBatch(batch) => Inbound::raw(batch),
+            RawOrchestratorMessage::Control(message) => Inbound::Control(message),
+        })
+    }
+
+    fn receive_steps(&mut self, batch_id: &str, steps: Vec<Received>) {
         {
             let mut inbox = self.shared.inbox.lock().expect("inbox lock");
             if inbox.stopping {
-                inbox
-                    .returned
-                    .extend(batch.steps.iter().map(|s| s.step_ref()));
+                inbox.returned.extend(steps.iter().map(|s| s.step_ref()));
                 return;
             }
-            let batch_id: Arc<str> = batch.batch_id.as_str().into();
-            for step in &batch.steps {
-                self.batch_of.insert(step.step_ref(), Arc::clone(&batch_id));
+            let shared_id: Arc<str> = batch_id.into();
+            for step in &steps {
+                self.batch_of
+                    .insert(step.step_ref(), Arc::clone(&shared_id));
             }
-            tracing::debug!(batch_id = %batch.batch_id, steps = batch.steps.len(), "steps received");
-            inbox.steps.extend(batch.steps);
+            tracing::debug!(batch_id, steps = steps.len(), "steps received");
+            inbox.steps.extend(steps);
             self.shared.steps_ready.notify_all();
         }
         self.shared.wake_host();

@@ -9,13 +9,16 @@
 //! the blocking [`WorkerRuntime::next_steps`], runs them on its own threads,
 //! and hands results back with [`WorkerRuntime::complete`] from any thread.
 //!
-//! The I/O thread only checks each step and notes where its fields are in
-//! the message ([`tasker_protocol::raw`]); steps are decoded on the host's
-//! thread. A host that parses JSON itself pulls them undecoded
-//! ([`WorkerRuntime::next_raw_steps`]), hands back results whose output is
-//! JSON text already ([`WorkerRuntime::complete_encoded`]), and, if it cannot
-//! block a thread, asks to be woken when steps arrive
-//! ([`WorkerRuntime::set_waker`]). The Node binding does all three.
+//! A host that parses JSON itself can have steps kept as JSON text, only
+//! checked and located in their message ([`WorkerOptions::raw_steps`],
+//! [`tasker_protocol::raw`]), pull them undecoded
+//! ([`WorkerRuntime::next_raw_steps`]), and hand back results whose output
+//! is JSON text already ([`WorkerRuntime::complete_encoded`]). A host that
+//! cannot block a thread asks to be woken when steps arrive
+//! ([`WorkerRuntime::set_waker`]), and one with an event loop of its own
+//! can run the connection there, without the I/O thread
+//! ([`WorkerRuntime::start_driven`], [`Driver`]). The Node binding does all
+//! of this.
 //!
 //! # Example: a Rust worker
 //!
@@ -47,4 +50,4 @@ mod runtime;
 
 pub use error::WorkerError;
 pub use handler::{HandlerError, HandlerResult, RunningWorker, Worker};
-pub use runtime::{RuntimeState, WorkerOptions, WorkerRuntime};
+pub use runtime::{Drive, Driver, RuntimeState, SocketFd, WorkerOptions, WorkerRuntime};

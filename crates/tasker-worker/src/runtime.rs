@@ -31,6 +31,11 @@ pub struct WorkerOptions {
     pub capacity: Option<u32>,
     /// Language announced in the hello (`rust`, `python`, ...).
     pub language: String,
+    /// Keeps steps as JSON text for a host that pulls them with
+    /// [`WorkerRuntime::next_raw_steps`]: the I/O thread only checks each
+    /// batch, and [`WorkerRuntime::next_steps`] decodes on the caller's
+    /// thread. Otherwise the I/O thread decodes each batch in one pass.
+    pub raw_steps: bool,
 }
 
 impl WorkerOptions {
@@ -42,6 +47,7 @@ impl WorkerOptions {
             handlers,
             capacity: None,
             language: "rust".into(),
+            raw_steps: false,
         }
     }
 }
@@ -81,11 +87,26 @@ impl RuntimeState {
     }
 }
 
+/// A received step: decoded by the I/O thread, or checked and kept as JSON
+/// text (see [`WorkerOptions::raw_steps`]).
+pub(crate) enum Received {
+    Typed(StepExecutionRequest),
+    Raw(RawStep),
+}
+
+impl Received {
+    pub fn step_ref(&self) -> StepRef {
+        match self {
+            Received::Typed(step) => step.step_ref(),
+            Received::Raw(step) => step.step_ref(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Inbox {
-    /// Received and not pulled yet, as their JSON text: the I/O thread only
-    /// checks them; the host's thread decodes them.
-    pub steps: VecDeque<RawStep>,
+    /// Received and not pulled yet.
+    pub steps: VecDeque<Received>,
     /// Pulled by the host and not completed yet.
     pub in_hand: HashSet<StepRef>,
     pub stopping: bool,
@@ -109,6 +130,10 @@ pub(crate) struct Shared {
     pub doorbell: Doorbell,
     pub state: AtomicU8,
     pub waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// See [`WorkerOptions::raw_steps`].
+    pub raw_steps: bool,
+    /// Run by the host's [`Driver`]: no I/O thread listens to the doorbell.
+    pub driven: bool,
 }
 
 impl Shared {
@@ -149,6 +174,34 @@ impl std::fmt::Debug for WorkerRuntime {
 impl WorkerRuntime {
     /// Validates the options, creates the socket and starts connecting.
     pub fn start(options: WorkerOptions) -> Result<Self, WorkerError> {
+        let (runtime, connection) = Self::prepare(options, false)?;
+        let thread = std::thread::Builder::new()
+            .name("tasker-worker-io".into())
+            .spawn(move || connection.run())
+            .map_err(|e| WorkerError::Setup(e.to_string()))?;
+        *runtime.thread.lock().expect("thread lock") = Some(thread);
+        Ok(runtime)
+    }
+
+    /// Like [`start`](Self::start), without an I/O thread: the host runs the
+    /// connection from its own event loop with the returned [`Driver`]. It
+    /// must call [`Driver::drive`] when the driver's [`fd`](Driver::fd) is
+    /// readable, when the time `drive` returned comes, and after
+    /// [`complete_encoded`](Self::complete_encoded),
+    /// [`complete_many`](Self::complete_many) or [`stop`](Self::stop). In
+    /// exchange, steps and results do not pass through another thread.
+    pub fn start_driven(options: WorkerOptions) -> Result<(Self, Driver), WorkerError> {
+        let (runtime, connection) = Self::prepare(options, true)?;
+        Ok((
+            runtime,
+            Driver {
+                connection,
+                closed: false,
+            },
+        ))
+    }
+
+    fn prepare(options: WorkerOptions, driven: bool) -> Result<(Self, Connection), WorkerError> {
         options
             .config
             .validate()
@@ -183,16 +236,15 @@ impl WorkerRuntime {
             doorbell: Doorbell::new().map_err(|e| WorkerError::Setup(e.to_string()))?,
             state: AtomicU8::new(RuntimeState::Connecting as u8),
             waker: OnceLock::new(),
+            raw_steps: options.raw_steps,
+            driven,
         });
         let connection = Connection::new(Arc::clone(&shared))?;
-        let thread = std::thread::Builder::new()
-            .name("tasker-worker-io".into())
-            .spawn(move || connection.run())
-            .map_err(|e| WorkerError::Setup(e.to_string()))?;
-        Ok(Self {
+        let runtime = Self {
             shared,
-            thread: Mutex::new(Some(thread)),
-        })
+            thread: Mutex::new(None),
+        };
+        Ok((runtime, connection))
     }
 
     /// The id announced to the orchestrator.
@@ -222,9 +274,10 @@ impl WorkerRuntime {
     /// [`WorkerError::Stopped`] once the runtime is stopping and holds no
     /// more undelivered steps. `None` waits without limit.
     ///
-    /// Steps are decoded here, on the caller's thread. One that cannot be
-    /// (nested deeper than `serde_json` builds values) is not returned: it
-    /// is reported failed as [`error_types::INVALID_STEP`], for good.
+    /// A step this process cannot build although its message is valid
+    /// (a JSON value nested deeper than `serde_json` builds values) is not
+    /// returned: it is reported failed as [`error_types::INVALID_STEP`], for
+    /// good, and the rest of its batch is served.
     pub fn next_steps(
         &self,
         max: usize,
@@ -233,16 +286,19 @@ impl WorkerRuntime {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let raw = self.next_raw_steps(max, left)?;
-            if raw.is_empty() {
+            let received = self.pull(max, left)?;
+            if received.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut steps = Vec::with_capacity(raw.len());
+            let mut steps = Vec::with_capacity(received.len());
             let mut invalid = Vec::new();
-            for step in &raw {
-                match step.decode() {
-                    Ok(request) => steps.push(request),
-                    Err(e) => invalid.push(self.invalid_step(step, &e)),
+            for step in received {
+                match step {
+                    Received::Typed(step) => steps.push(step),
+                    Received::Raw(raw) => match raw.decode() {
+                        Ok(step) => steps.push(step),
+                        Err(e) => invalid.push(self.invalid_step(&raw, &e)),
+                    },
                 }
             }
             self.complete_many(invalid);
@@ -253,13 +309,25 @@ impl WorkerRuntime {
     }
 
     /// Like [`next_steps`](Self::next_steps), with each step as the JSON
-    /// text the orchestrator sent (checked as strictly as `next_steps`
-    /// decodes it), for hosts that parse JSON themselves.
+    /// text the orchestrator sent, checked as strictly as `next_steps`
+    /// decodes it, for hosts that parse JSON themselves (best with
+    /// [`WorkerOptions::raw_steps`], else each step is encoded again).
     pub fn next_raw_steps(
         &self,
         max: usize,
         timeout: Option<Duration>,
     ) -> Result<Vec<RawStep>, WorkerError> {
+        Ok(self
+            .pull(max, timeout)?
+            .into_iter()
+            .map(|step| match step {
+                Received::Raw(raw) => raw,
+                Received::Typed(step) => RawStep::from_request(&step),
+            })
+            .collect())
+    }
+
+    fn pull(&self, max: usize, timeout: Option<Duration>) -> Result<Vec<Received>, WorkerError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let max = max.max(1);
         let mut inbox = self.shared.inbox.lock().expect("inbox lock");
@@ -267,7 +335,7 @@ impl WorkerRuntime {
         loop {
             if !inbox.steps.is_empty() {
                 let n = max.min(inbox.steps.len());
-                let steps: Vec<RawStep> = inbox.steps.drain(..n).collect();
+                let steps: Vec<Received> = inbox.steps.drain(..n).collect();
                 for step in &steps {
                     inbox.in_hand.insert(step.step_ref());
                 }
@@ -359,7 +427,9 @@ impl WorkerRuntime {
             .lock()
             .expect("outbox lock")
             .extend(results);
-        self.shared.doorbell.ring();
+        if !self.shared.driven {
+            self.shared.doorbell.ring();
+        }
     }
 
     /// How long a stop waits for steps in hand (`shutdown_timeout_ms`).
@@ -388,7 +458,9 @@ impl WorkerRuntime {
             inbox.returned.extend(unstarted);
             self.shared.steps_ready.notify_all();
         }
-        self.shared.doorbell.ring();
+        if !self.shared.driven {
+            self.shared.doorbell.ring();
+        }
     }
 
     /// Waits up to `timeout` for the I/O thread to finish (after
@@ -412,6 +484,75 @@ impl WorkerRuntime {
             }
         }
         closed
+    }
+}
+
+/// The connection of a runtime started with
+/// [`WorkerRuntime::start_driven`], run by the host's event loop.
+///
+/// Dropping it closes the socket, which may wait up to `linger_ms` for the
+/// last messages to go out: drop it off the event loop's thread.
+pub struct Driver {
+    connection: Connection,
+    closed: bool,
+}
+
+/// The descriptor of a [`Driver`]'s current socket.
+///
+/// ZeroMQ closes it with its socket, so a watcher should watch a duplicate
+/// (`dup`) it owns: a closed descriptor's number may be reused at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketFd {
+    /// The descriptor, owned by ZeroMQ.
+    pub fd: std::os::fd::RawFd,
+    /// Which socket it belongs to: a new value for each new socket.
+    pub socket: u64,
+}
+
+/// What [`Driver::drive`] leaves to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drive {
+    /// Call again when the fd is readable, or at `wake_at` at the latest.
+    Running {
+        /// The next deadline (heartbeat, expiry, reconnect, drain).
+        wake_at: Option<Instant>,
+    },
+    /// The connection is done (drained, goodbye sent): the runtime is
+    /// [`RuntimeState::Stopped`].
+    Closed,
+}
+
+impl Driver {
+    /// The descriptor to watch for readability: ZeroMQ's signal of the
+    /// current socket. It changes when the runtime reconnects; `None`
+    /// while it waits to. It signals changes, not data: drive after each.
+    pub fn fd(&self) -> Option<SocketFd> {
+        if self.closed {
+            return None;
+        }
+        self.connection.fd()
+    }
+
+    /// Does everything due: receives (the waker is called for new steps),
+    /// sends results and drain notices, beats, reconnects, says goodbye.
+    /// Never blocks.
+    pub fn drive(&mut self) -> Drive {
+        if self.closed {
+            return Drive::Closed;
+        }
+        match self.connection.drive() {
+            Some(wake_at) => Drive::Running { wake_at },
+            None => {
+                self.closed = true;
+                Drive::Closed
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").field("fd", &self.fd()).finish()
     }
 }
 

@@ -67,6 +67,10 @@ impl FakeOrchestrator {
 }
 
 fn runtime(endpoint: &str, capacity: u32) -> WorkerRuntime {
+    WorkerRuntime::start(options(endpoint, capacity)).unwrap()
+}
+
+fn options(endpoint: &str, capacity: u32) -> WorkerOptions {
     let config = TaskerConfig {
         endpoint: endpoint.into(),
         heartbeat_interval_ms: 100,
@@ -77,7 +81,7 @@ fn runtime(endpoint: &str, capacity: u32) -> WorkerRuntime {
     options.capacity = Some(capacity);
     options.worker_id = Some("w-test".into());
     options.language = "test".into();
-    WorkerRuntime::start(options).unwrap()
+    options
 }
 
 fn batch(ids: std::ops::Range<i64>) -> OrchestratorMessage {
@@ -358,14 +362,29 @@ fn results_are_split_to_fit_the_orchestrators_message_limit() {
     assert!(error.message.contains("4096"), "{}", error.message);
 }
 
+/// A runtime of capacity 10, steps kept raw or not, welcomed by a fake
+/// orchestrator; with the routing id of its connection.
+fn welcomed(raw_steps: bool) -> (FakeOrchestrator, WorkerRuntime, Vec<u8>) {
+    let orchestrator = FakeOrchestrator::bind();
+    let mut options = options(&orchestrator.endpoint, 10);
+    options.raw_steps = raw_steps;
+    let rt = WorkerRuntime::start(options).unwrap();
+    let (id, _) = orchestrator.recv(Duration::from_secs(5)).unwrap();
+    orchestrator.welcome(&id);
+    (orchestrator, rt, id)
+}
+
 /// The path of hosts that parse and write JSON themselves: steps come out
 /// as the text the orchestrator sent, output text goes back unparsed.
 #[test]
 fn raw_pulls_give_the_steps_as_sent_and_encoded_results_go_out_as_given() {
-    let orchestrator = FakeOrchestrator::bind();
-    let rt = runtime(&orchestrator.endpoint, 10);
-    let (id, _) = orchestrator.recv(Duration::from_secs(5)).unwrap();
-    orchestrator.welcome(&id);
+    for raw_steps in [true, false] {
+        raw_round_trip(raw_steps);
+    }
+}
+
+fn raw_round_trip(raw_steps: bool) {
+    let (orchestrator, rt, id) = welcomed(raw_steps);
     let OrchestratorMessage::StepBatchRequest(sent) = batch(0..3) else {
         unreachable!()
     };
@@ -406,10 +425,13 @@ fn raw_pulls_give_the_steps_as_sent_and_encoded_results_go_out_as_given() {
 /// goes) is failed for good; the rest of its batch is served.
 #[test]
 fn a_step_too_deep_to_decode_fails_as_invalid_step_and_the_rest_are_served() {
-    let orchestrator = FakeOrchestrator::bind();
-    let rt = runtime(&orchestrator.endpoint, 10);
-    let (id, _) = orchestrator.recv(Duration::from_secs(5)).unwrap();
-    orchestrator.welcome(&id);
+    for raw_steps in [false, true] {
+        too_deep(raw_steps);
+    }
+}
+
+fn too_deep(raw_steps: bool) {
+    let (orchestrator, rt, id) = welcomed(raw_steps);
     let fine = serde_json::to_string(&StepExecutionRequest::new(1, 1, "s", "echo", 5_000)).unwrap();
     let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
     let too_deep = serde_json::to_string(&StepExecutionRequest::new(2, 1, "s", "echo", 5_000))
@@ -448,4 +470,119 @@ fn a_step_too_deep_to_decode_fails_as_invalid_step_and_the_rest_are_served() {
         error.message
     );
     assert_eq!(rt.in_hand(), 1);
+}
+
+/// A host event loop in miniature: wait for the driver's descriptor or its
+/// deadline, then drive.
+fn drive_for(driver: &mut tasker_worker::Driver, time: Duration) -> tasker_worker::Drive {
+    let until = Instant::now() + time;
+    loop {
+        let state = driver.drive();
+        let tasker_worker::Drive::Running { wake_at } = state else {
+            return state;
+        };
+        let now = Instant::now();
+        if now >= until {
+            return state;
+        }
+        let wait = wake_at.map_or(until, |at| at.min(until)) - now.min(until);
+        let wait_ms = (wait.as_millis() as i64).max(1);
+        match driver.fd() {
+            Some(fd) => {
+                let mut items = [zmq::PollItem::from_fd(fd.fd, zmq::POLLIN)];
+                zmq::poll(&mut items, wait_ms).unwrap();
+            }
+            None => std::thread::sleep(Duration::from_millis(wait_ms as u64)),
+        }
+    }
+}
+
+/// Without an I/O thread: the host's loop drives the connection, the
+/// waker tells it of steps, results go out when it drives after completing,
+/// heartbeats keep the connection alive, and stop ends in goodbye and
+/// `Closed`.
+#[test]
+fn a_driven_runtime_serves_steps_from_the_hosts_own_loop() {
+    let orchestrator = FakeOrchestrator::bind();
+    let config = TaskerConfig {
+        endpoint: orchestrator.endpoint.clone(),
+        heartbeat_interval_ms: 100,
+        ..TaskerConfig::default()
+    };
+    let mut options = WorkerOptions::new(config, vec!["echo".into()]);
+    options.capacity = Some(10);
+    let (rt, mut driver) = WorkerRuntime::start_driven(options).unwrap();
+    let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&woken);
+    assert!(rt.set_waker(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }));
+    // The hello goes out on the first drive.
+    drive_for(&mut driver, Duration::from_millis(20));
+    let (id, hello) = orchestrator.recv(Duration::from_secs(5)).expect("hello");
+    assert!(matches!(hello, WorkerMessage::Hello(_)));
+    orchestrator.welcome(&id);
+    orchestrator.send(&id, &batch(0..4));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rt.in_hand() + rt.next_raw_steps(10, Some(Duration::ZERO)).unwrap().len() == 0 {
+        assert!(Instant::now() < deadline, "no steps");
+        drive_for(&mut driver, Duration::from_millis(20));
+    }
+    assert!(woken.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert_eq!(rt.state(), RuntimeState::Connected);
+    assert_eq!(rt.in_hand(), 4);
+    let output = serde_json::value::RawValue::from_string("7".into()).unwrap();
+    let encoder = raw::CompletedEncoder::new(rt.worker_id(), chrono::Utc::now());
+    rt.complete_encoded(
+        (0..4)
+            .map(|i| {
+                encoder.encode(
+                    StepRef {
+                        step_id: i,
+                        attempt: 1,
+                    },
+                    &output,
+                    1,
+                )
+            })
+            .collect(),
+    );
+    driver.drive();
+    let Some((_, WorkerMessage::StepBatchResponse(response))) =
+        orchestrator.recv(Duration::from_secs(2))
+    else {
+        panic!("no results")
+    };
+    assert_eq!(response.results.len(), 4);
+    assert!(response.results.iter().all(|r| r.output == Some(json!(7))));
+
+    // Driven only by its deadlines for a while: it beats, so the
+    // orchestrator hears from it at least every interval.
+    let beats_from = Instant::now();
+    let mut beats = 0;
+    while beats_from.elapsed() < Duration::from_millis(600) {
+        drive_for(&mut driver, Duration::from_millis(50));
+        while orchestrator.socket.poll(zmq::POLLIN, 0).unwrap() > 0 {
+            let frames = orchestrator.socket.recv_multipart(0).unwrap();
+            let message: WorkerMessage = codec::decode(&frames[1..], usize::MAX).unwrap();
+            if matches!(message, WorkerMessage::Heartbeat(_)) {
+                beats += 1;
+            }
+        }
+    }
+    assert!(
+        beats >= 3,
+        "{beats} heartbeats in 600 ms at a 100 ms interval"
+    );
+
+    rt.stop();
+    let state = drive_for(&mut driver, Duration::from_secs(5));
+    assert_eq!(state, tasker_worker::Drive::Closed);
+    assert_eq!(rt.state(), RuntimeState::Stopped);
+    assert!(driver.fd().is_none());
+    let mut saw_goodbye = false;
+    while let Some((_, message)) = orchestrator.recv(Duration::from_millis(500)) {
+        saw_goodbye |= matches!(message, WorkerMessage::Goodbye(_));
+    }
+    assert!(saw_goodbye);
 }

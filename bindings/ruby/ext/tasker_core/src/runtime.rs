@@ -59,11 +59,10 @@ impl Runtime {
     ) -> Result<Self, Error> {
         let config = config_from_hash(config)?;
         let options = WorkerOptions {
-            config,
             worker_id,
-            handlers,
             capacity,
             language: "ruby".into(),
+            ..WorkerOptions::new(config, handlers)
         };
         let inner = WorkerRuntime::start(options).map_err(errors::worker)?;
         let worker_id = Arc::from(inner.worker_id());
