@@ -449,8 +449,8 @@ impl NativeWorker {
         clamp_u32(self.runtime.in_hand())
     }
 
-    /// Hands back results, a JSON array of `StepOutcome`; returns at once
-    /// (the I/O thread sends them). Throws if the text is not such an array.
+    /// Hands back results, a JSON array of `StepOutcome`, and sends them
+    /// without waiting. Throws if the text is not such an array.
     #[napi]
     pub fn complete(&self, outcomes_json: String) -> Result<()> {
         let outcomes: Vec<OutcomeRow> =
@@ -480,7 +480,9 @@ impl NativeWorker {
     }
 }
 
-/// Hands steps to JavaScript, on the runtime's I/O thread as they arrive.
+/// Hands steps to JavaScript as they arrive: called by the runtime (its
+/// waker) during a turn on the event loop, so the calls into JavaScript are
+/// queued, never nested.
 struct Delivery {
     /// Most steps per call into JavaScript.
     chunk: usize,
@@ -491,8 +493,8 @@ struct Delivery {
 
 impl Delivery {
     fn deliver(&self) {
-        // Held throughout: the I/O thread and the constructor's first call
-        // deliver in turn, in order.
+        // Only the event loop's thread gets here; the lock is what the
+        // waker's `Send + Sync` bound asks for.
         let Ok(mut target) = self.target.lock() else {
             return;
         };
@@ -511,7 +513,7 @@ impl Delivery {
                     *target = None;
                     return;
                 }
-                // Stopping: the I/O thread calls again when it has closed.
+                // Stopping: the runtime wakes us again when it has closed.
                 Err(_) => return,
             }
         }
