@@ -12,7 +12,8 @@
 //! one reference to the [`LoopDriver`] until then.
 
 use std::cell::RefCell;
-use std::os::raw::{c_int, c_void};
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int, c_void};
 use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -28,6 +29,7 @@ const UV_READABLE: c_int = 1;
 type Handle = *mut c_void;
 
 extern "C" {
+    fn uv_handle_type_name(kind: c_int) -> *const c_char;
     fn uv_handle_size(kind: c_int) -> usize;
     fn uv_poll_init(event_loop: *mut uv_loop_s, handle: Handle, fd: c_int) -> c_int;
     fn uv_poll_start(
@@ -49,15 +51,47 @@ extern "C" {
 
 /// Errors of libuv calls, named by the call.
 #[derive(Debug, thiserror::Error)]
-#[error("{call} failed: libuv error {code}")]
-pub struct UvError {
-    call: &'static str,
-    code: c_int,
+pub enum UvError {
+    /// A call failed with this (negative) libuv error code.
+    #[error("{call} failed: libuv error {code}")]
+    Call { call: &'static str, code: c_int },
+    /// The loaded libuv numbers its handle types otherwise than the uv.h
+    /// this module was written against.
+    #[error("unexpected libuv: handle type {kind} is {name:?}, expected {expected:?}")]
+    Mismatch {
+        kind: c_int,
+        name: String,
+        expected: &'static str,
+    },
+}
+
+/// Checks that the loaded libuv agrees with the constants above.
+fn check_types() -> Result<(), UvError> {
+    for (kind, expected) in [(UV_POLL, "poll"), (UV_TIMER, "timer")] {
+        // SAFETY: libuv returns a static string, or NULL for unknown types.
+        let name = unsafe { uv_handle_type_name(kind) };
+        let name = if name.is_null() {
+            String::new()
+        } else {
+            // SAFETY: a NUL-terminated static string.
+            unsafe { CStr::from_ptr(name) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        if name != expected {
+            return Err(UvError::Mismatch {
+                kind,
+                name,
+                expected,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check(call: &'static str, code: c_int) -> Result<(), UvError> {
     if code < 0 {
-        Err(UvError { call, code })
+        Err(UvError::Call { call, code })
     } else {
         Ok(())
     }
@@ -85,6 +119,7 @@ pub type SharedDriver = Rc<RefCell<LoopDriver>>;
 
 /// Starts driving `driver` on `event_loop` and takes its first turn.
 pub fn start(event_loop: *mut uv_loop_s, driver: Driver) -> Result<SharedDriver, UvError> {
+    check_types()?;
     let shared = Rc::new(RefCell::new(LoopDriver {
         driver: Some(driver),
         event_loop,
@@ -145,7 +180,7 @@ impl LoopDriver {
         // SAFETY: dup of a descriptor ZeroMQ keeps open during this call.
         let own = unsafe { libc::dup(fd.fd) };
         if own < 0 {
-            return Err(UvError {
+            return Err(UvError::Call {
                 call: "dup",
                 code: -std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
             });
