@@ -295,6 +295,17 @@ test("after the orchestrator goes away the worker reconnects on a new socket and
     const second = byStepId(await dispatch(worker.config.endpoint, { steps: [{ step_id: 2, handler_class: "noop" }] }, { env }).result);
     assert.equal(second.get(2).status, "completed");
     assert.equal(second.get(2).output, 2);
+    // An orchestrator killed outright says no goodbye, and nothing arrives
+    // any more: only the worker's timer makes it beat (and notice silence),
+    // so that the next orchestrator learns of it and has it say hello.
+    const doomed = dispatch(worker.config.endpoint, { steps: [{ step_id: 3, handler_class: "noop" }] }, { env, workers: 2 });
+    doomed.result.catch(() => {});
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    doomed.kill("SIGKILL");
+    await doomed.exited;
+    const third = byStepId(await dispatch(worker.config.endpoint, { steps: [{ step_id: 4, handler_class: "noop" }] }, { env }).result);
+    assert.equal(third.get(4).status, "completed");
+    assert.equal(third.get(4).output, 3);
   } finally {
     await withTimeout(worker.stop(), 15_000, "worker.stop()");
     await withTimeout(running, 15_000, "worker.run()");
