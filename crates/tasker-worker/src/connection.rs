@@ -1,6 +1,7 @@
-//! The worker runtime's I/O thread: owns the `DEALER` socket, speaks the
+//! The worker runtime's connection: owns the `DEALER` socket, speaks the
 //! protocol, and moves steps and results between the socket and the queues
-//! of [`crate::runtime`].
+//! of [`crate::runtime`]. Its own I/O thread runs it ([`Connection::run`]),
+//! or a host's event loop does ([`Connection::drive`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -194,7 +195,7 @@ impl Connection {
     /// Does everything that is due: takes in what the socket holds (when
     /// `socket_ready`), sends results and drain notices, reconnects, beats.
     /// True once the connection is done and closed.
-    pub(crate) fn turn(&mut self, socket_ready: bool) -> bool {
+    fn turn(&mut self, socket_ready: bool) -> bool {
         if socket_ready {
             self.receive_all();
         }
