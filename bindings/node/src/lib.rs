@@ -1,7 +1,7 @@
 //! Node binding of tasker-core: the Rust worker runtime driven from JavaScript.
 //!
 //! The runtime runs on Node's own event loop, without an I/O thread of its
-//! own ([`WorkerRuntime::start_driven`], [`uv`]): libuv watches the worker
+//! own ([`WorkerRuntime::start_driven`], `uv.rs`): libuv watches the worker
 //! socket's descriptor and the next deadline, and the connection takes a
 //! turn when either fires, after JavaScript completes steps, and on stop.
 //! Every turn is non-blocking, so the JavaScript thread never waits on
@@ -21,7 +21,7 @@
 //! the orchestrator sent, with its fields located
 //! ([`WorkerRuntime::next_raw_steps`]), and a row is those texts copied
 //! into an array; the JavaScript layer turns each row into a `Step`. On the
-//! way back each outcome is an array of the fields of [`StepOutcome`], and
+//! way back each outcome is an array of the fields of `StepOutcome`, and
 //! its output text is spliced into the result unparsed
 //! ([`CompletedEncoder`]). When the runtime has drained and said goodbye,
 //! `null` is delivered, the thread-safe function released and the libuv
@@ -313,52 +313,41 @@ fn encode_chunk(steps: &[RawStep]) -> String {
     text
 }
 
-/// Why a step failed, as reported by the JavaScript layer.
-#[napi(object)]
+/// The outcome of one step, as `NativeWorker.complete` reads it: an array
+/// of these fields in this order (trailing absent ones may be left out) or
+/// an object with these (camelCase) keys. `output` when it completed (its
+/// JSON text is kept as it is), `error` when it failed.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StepFailure {
-    /// Human-readable description.
-    pub message: String,
-    /// The error's kind (the thrown error's name, or a system type).
-    pub error_type: String,
-    /// Whether trying again may succeed.
-    pub retryable: bool,
-    /// Stack lines, innermost first.
-    #[serde(default)]
-    pub backtrace: Option<Vec<String>>,
-}
-
-/// The outcome of one step: `output` when it completed, `error` when it
-/// failed. `NativeWorker.complete` takes a JSON array of outcomes, each an
-/// array of these fields in this order (trailing absent ones may be left
-/// out) or an object with these (camelCase) keys.
-#[napi(object)]
-pub struct StepOutcome {
+struct StepOutcome<'a> {
     /// Copied from the step.
-    pub step_id: i64,
-    /// Copied from the step.
-    pub attempt: u32,
-    /// Wall time of the handler, in whole ms.
-    pub elapsed_ms: f64,
-    /// The handler's output (`null` when it failed).
-    pub output: Option<Value>,
-    /// Why it failed; absent when it completed.
-    pub error: Option<StepFailure>,
-}
-
-/// A [`StepOutcome`] as `complete` reads it: the output stays JSON text.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct OutcomeRow<'a> {
     step_id: i64,
+    /// Copied from the step.
     attempt: u32,
+    /// Wall time of the handler, in whole ms.
     #[serde(default)]
     elapsed_ms: f64,
+    /// The handler's output (absent or `null` when it failed).
     #[serde(default, borrow)]
     output: Option<&'a RawValue>,
+    /// Why it failed; absent when it completed.
     #[serde(default)]
     error: Option<StepFailure>,
+}
+
+/// Why a step failed, as reported by the JavaScript layer.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StepFailure {
+    /// Human-readable description.
+    message: String,
+    /// The error's kind (the thrown error's name, or a system type).
+    error_type: String,
+    /// Whether trying again may succeed.
+    retryable: bool,
+    /// Stack lines, innermost first.
+    #[serde(default)]
+    backtrace: Option<Vec<String>>,
 }
 
 /// Options of a `NativeWorker` beyond its configuration.
@@ -404,6 +393,9 @@ impl NativeWorker {
         worker_options.language = "node".into();
         // V8 parses the steps: the runtime only checks them.
         worker_options.raw_steps = true;
+        // Before connecting: a refusal then leaves nothing half started.
+        uv::check_types().map_err(BindingError::from)?;
+        let event_loop = env.get_uv_event_loop()?;
         let (runtime, driver) =
             WorkerRuntime::start_driven(worker_options).map_err(BindingError::from)?;
         let runtime = Arc::new(runtime);
@@ -417,7 +409,6 @@ impl NativeWorker {
         });
         let waker = Arc::clone(&delivery);
         runtime.set_waker(move || waker.deliver());
-        let event_loop = env.get_uv_event_loop()?;
         let driver = uv::start(event_loop, driver).map_err(|e| {
             runtime.stop();
             BindingError::EventLoop(e)
@@ -453,7 +444,7 @@ impl NativeWorker {
     /// without waiting. Throws if the text is not such an array.
     #[napi]
     pub fn complete(&self, outcomes_json: String) -> Result<()> {
-        let outcomes: Vec<OutcomeRow> =
+        let outcomes: Vec<StepOutcome> =
             serde_json::from_str(&outcomes_json).map_err(BindingError::Outcomes)?;
         let worker_id = self.runtime.worker_id();
         // One clock reading for the call: its outcomes are handed over
@@ -561,7 +552,7 @@ fn unsupported_step(step: &RawStep, worker_id: &str) -> StepExecutionResult {
 }
 
 fn to_result(
-    o: OutcomeRow,
+    o: StepOutcome,
     completed: &CompletedEncoder,
     worker_id: &str,
     now: chrono::DateTime<chrono::Utc>,

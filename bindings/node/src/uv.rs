@@ -65,8 +65,9 @@ pub enum UvError {
     },
 }
 
-/// Checks that the loaded libuv agrees with the constants above.
-fn check_types() -> Result<(), UvError> {
+/// Checks that the loaded libuv agrees with the constants above; call it
+/// before [`start`].
+pub fn check_types() -> Result<(), UvError> {
     for (kind, expected) in [(UV_POLL, "poll"), (UV_TIMER, "timer")] {
         // SAFETY: libuv returns a static string, or NULL for unknown types.
         let name = unsafe { uv_handle_type_name(kind) };
@@ -97,9 +98,9 @@ fn check(call: &'static str, code: c_int) -> Result<(), UvError> {
     }
 }
 
-/// A watched socket: our duplicate of its descriptor (ZeroMQ closes its
-/// own with the socket, and the number may be reused at once) and the poll
-/// handle on it.
+/// A watched socket: which one, and the poll handle on our duplicate of
+/// its descriptor (ZeroMQ closes its own with the socket, and the number
+/// may be reused at once; the duplicate is closed with the handle).
 struct Watch {
     socket: u64,
     handle: Handle,
@@ -119,7 +120,6 @@ pub type SharedDriver = Rc<RefCell<LoopDriver>>;
 
 /// Starts driving `driver` on `event_loop` and takes its first turn.
 pub fn start(event_loop: *mut uv_loop_s, driver: Driver) -> Result<SharedDriver, UvError> {
-    check_types()?;
     let shared = Rc::new(RefCell::new(LoopDriver {
         driver: Some(driver),
         event_loop,
@@ -167,13 +167,7 @@ impl LoopDriver {
         if self.watch.as_ref().map(|w| w.socket) == fd.map(|f| f.socket) {
             return Ok(());
         }
-        if let Some(old) = self.watch.take() {
-            // SAFETY: an initialised poll handle; closed once.
-            unsafe {
-                uv_poll_stop(old.handle);
-                uv_close(old.handle, on_close);
-            }
-        }
+        self.unwatch();
         let Some(fd) = fd else {
             return Ok(());
         };
@@ -217,6 +211,17 @@ impl LoopDriver {
         Ok(())
     }
 
+    /// Stops watching the current socket, if any.
+    fn unwatch(&mut self) {
+        if let Some(watch) = self.watch.take() {
+            // SAFETY: an initialised poll handle, closed once (taken).
+            unsafe {
+                uv_poll_stop(watch.handle);
+                uv_close(watch.handle, on_close);
+            }
+        }
+    }
+
     /// Sets the timer for the next deadline.
     fn arm(&mut self, wake_at: Option<Instant>) {
         let Some(timer) = self.timer else {
@@ -243,13 +248,7 @@ impl LoopDriver {
     /// holds the event loop any more) and drop the connection off this
     /// thread, since closing its socket may wait out `linger_ms`.
     fn close(&mut self) {
-        if let Some(watch) = self.watch.take() {
-            // SAFETY: initialised, closed once.
-            unsafe {
-                uv_poll_stop(watch.handle);
-                uv_close(watch.handle, on_close);
-            }
-        }
+        self.unwatch();
         if let Some(timer) = self.timer.take() {
             // SAFETY: initialised, closed once.
             unsafe {

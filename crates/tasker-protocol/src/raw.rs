@@ -229,11 +229,11 @@ pub enum RawOrchestratorMessage {
 }
 
 /// Decodes and validates one message from the orchestrator, as
-/// [`codec::decode`] does, keeping a batch's steps as
-/// JSON text.
+/// [`codec::decode`] does, keeping a batch's steps as JSON text.
 ///
-/// A batch is refused for exactly the reasons the typed decode refuses it;
-/// the reason names the step (`steps[3]: ...`).
+/// A batch is refused for the reasons the typed decode refuses it, with the
+/// same [`DecodeError`] kind; only values the check skips rather than
+/// builds are not looked into (see [`RawStep::decode`]).
 pub fn decode_for_worker(
     frames: &[impl AsRef<[u8]>],
     max_message_bytes: usize,

@@ -22,22 +22,11 @@ use crate::WorkerError;
 /// (see `flush_results`).
 const RESULTS_PER_MESSAGE: usize = 512;
 
-/// A decoded message from the orchestrator.
+/// A decoded message from the orchestrator: typed, or a batch whose steps
+/// are kept as JSON text.
 enum Inbound {
-    Steps {
-        batch_id: String,
-        steps: Vec<Received>,
-    },
-    Control(OrchestratorMessage),
-}
-
-impl Inbound {
-    fn raw(batch: raw::RawStepBatch) -> Self {
-        Inbound::Steps {
-            batch_id: batch.batch_id,
-            steps: batch.steps.into_iter().map(Received::Raw).collect(),
-        }
-    }
+    Message(OrchestratorMessage),
+    RawBatch(raw::RawStepBatch),
 }
 
 pub(crate) struct Connection {
@@ -322,8 +311,11 @@ impl Connection {
             };
             self.last_heard = Instant::now();
             match self.decode(&frames) {
-                Ok(Inbound::Steps { batch_id, steps }) => self.receive_steps(&batch_id, steps),
-                Ok(Inbound::Control(message)) => self.handle(message),
+                Ok(Inbound::Message(message)) => self.handle(message),
+                Ok(Inbound::RawBatch(batch)) => {
+                    let steps = batch.steps.into_iter().map(Received::Raw).collect();
+                    self.receive_steps(&batch.batch_id, steps);
+                }
                 Err(error) => {
                     tracing::warn!(%error, "malformed message from orchestrator");
                     let reply = WorkerMessage::ProtocolError(ProtocolError {
@@ -361,7 +353,6 @@ impl Connection {
                 tracing::info!(worker_id = %self.shared.worker_id, "registered with orchestrator");
             }
             OrchestratorMessage::StepBatchRequest(batch) => {
-                // `decode` hands batches over as `Inbound::Steps`.
                 let steps = batch.steps.into_iter().map(Received::Typed).collect();
                 self.receive_steps(&batch.batch_id, steps);
             }
@@ -390,24 +381,18 @@ impl Connection {
         let max = self.shared.config.max_message_bytes;
         if !self.shared.raw_steps {
             let error = match codec::decode::<OrchestratorMessage>(frames, max) {
-                Ok(OrchestratorMessage::StepBatchRequest(batch)) => {
-                    return Ok(Inbound::Steps {
-                        batch_id: batch.batch_id,
-                        steps: batch.steps.into_iter().map(Received::Typed).collect(),
-                    })
-                }
-                Ok(other) => return Ok(Inbound::Control(other)),
+                Ok(message) => return Ok(Inbound::Message(message)),
                 Err(error) => error,
             };
             // Only worth a second look if the raw check takes it.
             return match raw::decode_for_worker(frames, max) {
-                Ok(RawOrchestratorMessage::StepBatch(batch)) => Ok(Inbound::raw(batch)),
+                Ok(RawOrchestratorMessage::StepBatch(batch)) => Ok(Inbound::RawBatch(batch)),
                 _ => Err(error),
             };
         }
         Ok(match raw::decode_for_worker(frames, max)? {
-            RawOrchestratorMessage::StepBatch(batch) => Inbound::raw(batch),
-            RawOrchestratorMessage::Control(message) => Inbound::Control(message),
+            RawOrchestratorMessage::StepBatch(batch) => Inbound::RawBatch(batch),
+            RawOrchestratorMessage::Control(message) => Inbound::Message(message),
         })
     }
 

@@ -346,7 +346,9 @@ module TaskerCore
       problem = step._succeed(handler.call(step))
       @logger&.warn("tasker_core") { "step #{step.step_id}: #{problem}" } if problem
     rescue StandardError, ScriptError => e
-      # ScriptError covers NotImplementedError, which handlers often raise.
+      # NotImplementedError is a ScriptError, not a StandardError: without
+      # it here, a handler raising it would kill this thread and leave its
+      # step unanswered instead of failing it.
       record_error(step, e)
     end
 
