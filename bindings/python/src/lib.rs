@@ -12,7 +12,7 @@
 mod convert;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::create_exception;
@@ -345,20 +345,19 @@ impl PyWorkerRuntime {
 impl PyWorkerRuntime {
     /// Validates the options, then starts connecting in the background.
     ///
-    /// `config` is a dict as returned by `load_config`; `handlers` the names
-    /// announced; `capacity` defaults to the config's `worker_capacity`.
+    /// `config` is a dict as returned by `load_config` (its
+    /// `worker_capacity` is the capacity announced); `handlers` the names
+    /// announced.
     #[new]
-    #[pyo3(signature = (config, handlers, worker_id=None, capacity=None))]
+    #[pyo3(signature = (config, handlers, worker_id=None))]
     fn new(
         config: &Bound<'_, PyDict>,
         handlers: Vec<String>,
         worker_id: Option<String>,
-        capacity: Option<u32>,
     ) -> PyResult<Self> {
         let config = config_from_dict(config)?;
         let options = WorkerOptions {
             worker_id,
-            capacity,
             language: "python".into(),
             ..WorkerOptions::new(config, handlers)
         };
@@ -383,12 +382,6 @@ impl PyWorkerRuntime {
         self.inner.capacity()
     }
 
-    /// The handler names announced.
-    #[getter]
-    fn handlers(&self) -> Vec<String> {
-        self.inner.handlers().to_vec()
-    }
-
     /// `"connecting"`, `"connected"`, `"draining"` or `"stopped"`.
     #[getter]
     fn state(&self) -> &'static str {
@@ -404,8 +397,8 @@ impl PyWorkerRuntime {
     /// Waits (GIL released) for up to `max` steps.
     ///
     /// Returns a list of `Step` as soon as one is there; an empty list when
-    /// `timeout` seconds pass or `wake()` is called; `None` once the runtime
-    /// is stopping and holds no more undelivered steps.
+    /// `timeout` seconds pass; `None` once the runtime is stopping and holds
+    /// no more undelivered steps. Python signals end the wait.
     #[pyo3(signature = (max, timeout=None))]
     fn next_steps<'py>(
         &self,
@@ -426,11 +419,6 @@ impl PyWorkerRuntime {
             Err(tasker_worker::WorkerError::Stopped) => Ok(None),
             Err(e) => Err(WorkerError::new_err(e.to_string())),
         }
-    }
-
-    /// Makes every blocked `next_steps` and `join` return now.
-    fn wake(&self) {
-        self.inner.wake();
     }
 
     /// Hands back results: a list of `(step, output, elapsed_seconds)`.
@@ -527,8 +515,6 @@ impl PyWorkerRuntime {
     }
 }
 
-static BRIDGE: OnceLock<&'static LogBridge> = OnceLock::new();
-
 fn parse_level(level: &str) -> PyResult<LogLevel> {
     level
         .parse::<LogLevel>()
@@ -536,10 +522,7 @@ fn parse_level(level: &str) -> PyResult<LogLevel> {
 }
 
 fn bridge() -> PyResult<&'static LogBridge> {
-    BRIDGE
-        .get()
-        .copied()
-        .ok_or_else(|| WorkerError::new_err("the log bridge is not installed"))
+    log_bridge::installed().ok_or_else(|| WorkerError::new_err("the log bridge is not installed"))
 }
 
 /// Routes the runtime's `tracing` events into a queue drained by
@@ -549,13 +532,7 @@ fn bridge() -> PyResult<&'static LogBridge> {
 #[pyfunction]
 fn install_log_bridge(level: &str) -> PyResult<bool> {
     let level = parse_level(level)?;
-    match log_bridge::install(level) {
-        Ok(bridge) => {
-            let _ = BRIDGE.set(bridge);
-            Ok(true)
-        }
-        Err(_) => Ok(false),
-    }
+    Ok(log_bridge::install(level).is_ok())
 }
 
 /// Changes the most verbose level queued by the log bridge.
@@ -610,36 +587,13 @@ fn wake_logs() -> PyResult<()> {
     Ok(())
 }
 
-/// Log records dropped because Python did not drain them fast enough.
-#[pyfunction]
-fn log_records_dropped() -> PyResult<u64> {
-    Ok(bridge()?.dropped())
-}
-
-/// Emits a `tracing` event from Rust, as the runtime would; for checking the
-/// log set-up end to end.
-#[pyfunction]
-fn emit_log(level: &str, message: &str) -> PyResult<()> {
-    match parse_level(level)? {
-        LogLevel::Error => tracing::error!(target: "tasker_core", "{message}"),
-        LogLevel::Warn => tracing::warn!(target: "tasker_core", "{message}"),
-        LogLevel::Info => tracing::info!(target: "tasker_core", "{message}"),
-        LogLevel::Debug => tracing::debug!(target: "tasker_core", "{message}"),
-        LogLevel::Trace => tracing::trace!(target: "tasker_core", "{message}"),
-    }
-    Ok(())
-}
-
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("TaskerError", py.get_type::<TaskerError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("WorkerError", py.get_type::<WorkerError>())?;
-    m.add("MAX_OUTPUT_DEPTH", convert::MAX_DEPTH)?;
-    m.add("SERIALIZATION_ERROR", error_types::SERIALIZATION_ERROR)?;
     m.add("UNKNOWN_HANDLER", error_types::UNKNOWN_HANDLER)?;
-    m.add("CONFIG_KEYS", tasker_config::KEYS.to_vec())?;
     m.add_class::<Step>()?;
     m.add_class::<PyWorkerRuntime>()?;
     m.add_function(wrap_pyfunction!(load_config, m)?)?;
@@ -647,7 +601,5 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(next_log_records, m)?)?;
     m.add_function(wrap_pyfunction!(wake_logs, m)?)?;
-    m.add_function(wrap_pyfunction!(log_records_dropped, m)?)?;
-    m.add_function(wrap_pyfunction!(emit_log, m)?)?;
     Ok(())
 }

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::Value;
 use tasker_config::TaskerConfig;
@@ -39,7 +39,8 @@ pub struct BenchArgs {
 
 static NEXT_STEP: AtomicI64 = AtomicI64::new(1);
 
-fn noop_steps(n: usize) -> Vec<StepExecutionRequest> {
+/// `n` steps for the handler `noop`, with ids unique in this process.
+pub(crate) fn noop_steps(n: usize) -> Vec<StepExecutionRequest> {
     (0..n)
         .map(|_| {
             let id = NEXT_STEP.fetch_add(1, Ordering::Relaxed);
@@ -262,12 +263,8 @@ async fn system_latency(samples: usize, idle_secs: f64) -> Result<(Vec<Duration>
 
 /// User + system CPU seconds of this process, from /proc.
 fn process_cpu() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let after_name = &stat[stat.rfind(')').unwrap_or(0) + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // Linux reports in USER_HZ, 100 on every mainstream configuration.
-    Ok(ticks / 100.0)
+    let cpu = crate::children::cpu_time_of("self").context("reading /proc/self/stat")?;
+    Ok(cpu.as_secs_f64())
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> f64 {

@@ -14,8 +14,9 @@ use clap::Args;
 use serde::Serialize;
 use tasker_config::TaskerConfig;
 use tasker_orchestrator::ZmqPubSubExecutor;
-use tasker_protocol::{StepBatchRequest, StepExecutionRequest, StepStatus};
+use tasker_protocol::{StepBatchRequest, StepStatus};
 
+use crate::bench::noop_steps;
 use crate::children::{parse_named_command, WorkerProcess};
 
 #[derive(Args, Debug)]
@@ -54,12 +55,6 @@ struct Figure {
     worker_cpu_us_per_step: Option<f64>,
 }
 
-fn noop_steps(first_id: i64, n: usize) -> Vec<StepExecutionRequest> {
-    (0..n as i64)
-        .map(|i| StepExecutionRequest::new(first_id + i, 1, "bench", "noop", 60_000))
-        .collect()
-}
-
 /// One measured run: steps/s, and the worker's CPU time per step.
 struct Run {
     rate: f64,
@@ -83,15 +78,12 @@ async fn measure(args: &BenchWorkersArgs, command: &str) -> Result<Run> {
     // Warm-up: first-touch allocation, JIT and caches are not what is measured.
     let warm = args.batch * 10;
     executor
-        .execute_step_batch(StepBatchRequest::new("warm", noop_steps(1, warm)))
+        .execute_step_batch(StepBatchRequest::new("warm", noop_steps(warm)))
         .await?;
     let cpu_before = worker.cpu_time();
     let started = Instant::now();
     let results = executor
-        .execute_step_batch(StepBatchRequest::new(
-            "bench",
-            noop_steps(warm as i64 + 1, args.steps),
-        ))
+        .execute_step_batch(StepBatchRequest::new("bench", noop_steps(args.steps)))
         .await?;
     let elapsed = started.elapsed();
     let cpu = match (cpu_before, worker.cpu_time()) {

@@ -3,7 +3,7 @@
 //! orchestrator's endpoint in `TASKER_ENDPOINT`, stopped with SIGTERM (so it
 //! drains), and killed if it lingers or if the command leaves early.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -19,10 +19,22 @@ pub fn parse_named_command(spec: &str) -> Result<(String, String), String> {
     }
 }
 
+/// CPU time (user + system, all threads) used so far by process `pid`
+/// (`self` for this one), from `/proc` at its 10 ms resolution.
+pub fn cpu_time_of(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name, which may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // /proc reports in USER_HZ, which Linux fixes at 100 for user space.
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// A running worker process; dropped, it is killed.
 pub struct WorkerProcess {
     child: std::process::Child,
     name: String,
+    log: Option<PathBuf>,
 }
 
 impl WorkerProcess {
@@ -64,7 +76,13 @@ impl WorkerProcess {
         Ok(Self {
             child,
             name: name.to_string(),
+            log: log.map(Path::to_path_buf),
         })
+    }
+
+    /// The file its output goes to, if it was given one.
+    pub fn log(&self) -> Option<&Path> {
+        self.log.as_deref()
     }
 
     /// The name it was given.
@@ -85,13 +103,7 @@ impl WorkerProcess {
     /// CPU time it has used so far (user + system, all threads), from
     /// `/proc` at its 10 ms resolution; `None` once it has exited.
     pub fn cpu_time(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
-        // Fields after the parenthesised command name, which may hold spaces.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        // /proc reports in USER_HZ, which Linux fixes at 100 for user space.
-        Some(Duration::from_millis(ticks * 10))
+        cpu_time_of(&self.pid().to_string())
     }
 
     /// SIGTERM, then SIGKILL if it has not exited after `grace`. Fails if it

@@ -79,7 +79,7 @@ pub fn run(args: RunArgs) -> Result<TaskStatus> {
             );
         }
         let outcome = async {
-            wait_for_handlers(&executor, &template, &mut children, &logs, args.wait).await?;
+            wait_for_handlers(&executor, &template, &mut children, args.wait).await?;
             Ok::<_, anyhow::Error>(run_task(&executor, template, context, args.json).await)
         }
         .await;
@@ -87,14 +87,16 @@ pub fn run(args: RunArgs) -> Result<TaskStatus> {
         let mut stop_errors = Vec::new();
         for child in children {
             let name = child.name().to_string();
-            let log = logs.join(format!("{name}.log"));
+            let log = child
+                .log()
+                .map(|l| l.display().to_string())
+                .unwrap_or_default();
             match child.stop(Duration::from_secs(15)) {
                 Ok(status) if status.success() => {}
-                Ok(status) => stop_errors.push(format!(
-                    "worker {name} exited with {status} (log: {})",
-                    log.display()
-                )),
-                Err(e) => stop_errors.push(format!("{e:#} (log: {})", log.display())),
+                Ok(status) => {
+                    stop_errors.push(format!("worker {name} exited with {status} (log: {log})"))
+                }
+                Err(e) => stop_errors.push(format!("{e:#} (log: {log})")),
             }
         }
         executor.shutdown(Duration::from_secs(2)).await;
@@ -117,7 +119,6 @@ async fn wait_for_handlers(
     executor: &ZmqPubSubExecutor,
     template: &TaskTemplate,
     children: &mut [WorkerProcess],
-    logs: &std::path::Path,
     wait_secs: f64,
 ) -> Result<()> {
     let needed: BTreeSet<&str> = template.steps.iter().map(|s| s.handler.as_str()).collect();
@@ -144,8 +145,8 @@ async fn wait_for_handlers(
         }
         for child in children.iter_mut() {
             if let Some(status) = child.exited() {
-                let log = logs.join(format!("{}.log", child.name()));
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let log = child.log().unwrap_or(std::path::Path::new("-"));
+                let tail = std::fs::read_to_string(log).unwrap_or_default();
                 let tail: Vec<&str> = tail.lines().rev().take(15).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 bail!(StartError(anyhow::anyhow!(

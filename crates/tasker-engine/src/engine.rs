@@ -300,9 +300,6 @@ impl TaskRun {
                 }
             }
         }
-        if self.cancelled {
-            self.start_cancelling();
-        }
         let report = self.report(started_at, started);
         tracing::info!(task_id = self.task_id, status = ?report.status, "task ended");
         report

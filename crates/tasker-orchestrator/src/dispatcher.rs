@@ -650,11 +650,12 @@ impl Dispatcher {
         let _ = entry.sink.results.send(result);
     }
 
-    fn fail(&mut self, step_id: StepId, status: StepStatus, error_type: &str, message: String) {
+    /// Ends a step with the orchestrator's own verdict: a timeout, a lost
+    /// worker, a step too large to send, a shutdown.
+    fn fail(&mut self, step_id: StepId, status: StepStatus, error: StepExecutionError) {
         let Some(entry) = self.steps.get(&step_id) else {
             return;
         };
-        let error = StepExecutionError::new(error_type, message, true);
         let elapsed = match entry.state {
             StepState::Queued => 0,
             StepState::Dispatched { .. } => entry.request.metadata.timeout_ms,
@@ -665,21 +666,6 @@ impl Dispatcher {
             error,
             ORCHESTRATOR_ID,
             elapsed,
-        );
-        self.finish(step_id, result, Ended::ByOrchestrator);
-    }
-
-    /// Ends a step that no attempt can get through: not retryable.
-    fn fail_permanently(&mut self, step_id: StepId, error_type: &str, message: String) {
-        let Some(entry) = self.steps.get(&step_id) else {
-            return;
-        };
-        let result = StepExecutionResult::failed(
-            entry.request.step_ref(),
-            StepStatus::Failed,
-            StepExecutionError::new(error_type, message, false),
-            ORCHESTRATOR_ID,
-            0,
         );
         self.finish(step_id, result, Ended::ByOrchestrator);
     }
@@ -708,17 +694,26 @@ impl Dispatcher {
                         self.fail(
                             step_id,
                             StepStatus::TimedOut,
-                            error_types::SCHEDULE_TIMEOUT,
-                            format!(
-                                "no worker serving {handler:?} had room within {timeout_ms} ms"
+                            StepExecutionError::new(
+                                error_types::SCHEDULE_TIMEOUT,
+                                format!(
+                                    "no worker serving {handler:?} had room within {timeout_ms} ms"
+                                ),
+                                true,
                             ),
                         );
                     } else {
+                        let message = format!(
+                            "no connected worker serves handler {handler:?} (waited {timeout_ms} ms)"
+                        );
                         self.fail(
                             step_id,
                             StepStatus::Failed,
-                            error_types::NO_WORKER_FOR_HANDLER,
-                            format!("no connected worker serves handler {handler:?} (waited {timeout_ms} ms)"),
+                            StepExecutionError::new(
+                                error_types::NO_WORKER_FOR_HANDLER,
+                                message,
+                                true,
+                            ),
                         );
                     }
                 }
@@ -728,8 +723,11 @@ impl Dispatcher {
                     self.fail(
                         step_id,
                         StepStatus::TimedOut,
-                        error_types::TIMED_OUT,
-                        format!("no result within timeout_ms = {timeout_ms}"),
+                        StepExecutionError::new(
+                            error_types::TIMED_OUT,
+                            format!("no result within timeout_ms = {timeout_ms}"),
+                            true,
+                        ),
                     );
                 }
             }
@@ -780,10 +778,13 @@ impl Dispatcher {
                 self.fail(
                     step_ref.step_id,
                     StepStatus::Failed,
-                    error_types::WORKER_LOST,
-                    format!(
-                        "worker {} was lost ({why}) while holding the step",
-                        worker.worker_id
+                    StepExecutionError::new(
+                        error_types::WORKER_LOST,
+                        format!(
+                            "worker {} was lost ({why}) while holding the step",
+                            worker.worker_id
+                        ),
+                        true,
                     ),
                 );
             }
@@ -923,14 +924,13 @@ impl Dispatcher {
                 }
                 let step_id = picked[0].step_id;
                 tracing::warn!(step_id, size, "step too large to send; failing it");
-                self.fail_permanently(
-                    step_id,
-                    error_types::STEP_TOO_LARGE,
-                    format!(
-                        "the step is {size} bytes of JSON; messages may hold at most {} (max_message_bytes)",
-                        self.config.max_message_bytes
-                    ),
+                let message = format!(
+                    "the step is {size} bytes of JSON; messages may hold at most {} (max_message_bytes)",
+                    self.config.max_message_bytes
                 );
+                // Not retryable: no attempt of it can get through.
+                let error = StepExecutionError::new(error_types::STEP_TOO_LARGE, message, false);
+                self.fail(step_id, StepStatus::Failed, error);
                 return true;
             }
             Ok([header, body]) => self
@@ -1000,8 +1000,11 @@ impl Dispatcher {
             self.fail(
                 step_ref.step_id,
                 StepStatus::Cancelled,
-                error_types::ABANDONED,
-                "orchestrator shut down before the step finished".into(),
+                StepExecutionError::new(
+                    error_types::ABANDONED,
+                    "orchestrator shut down before the step finished",
+                    true,
+                ),
             );
         }
         let goodbye = OrchestratorMessage::Goodbye(Goodbye {

@@ -167,6 +167,11 @@ pub fn install(level: LogLevel) -> Result<&'static LogBridge, SubscriberAlreadyS
     Ok(bridge)
 }
 
+/// The bridge, once [`install`] has made it the process's subscriber.
+pub fn installed() -> Option<&'static LogBridge> {
+    BRIDGE.get().and_then(|b| b.as_ref().ok().copied())
+}
+
 impl LogBridge {
     /// Sets the most verbose level queued from now on.
     pub fn set_level(&self, level: LogLevel) {

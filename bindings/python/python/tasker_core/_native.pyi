@@ -5,10 +5,7 @@ import datetime
 from os import PathLike
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-MAX_OUTPUT_DEPTH: int
-SERIALIZATION_ERROR: str
 UNKNOWN_HANDLER: str
-CONFIG_KEYS: List[str]
 
 class TaskerError(Exception):
     """Base class of every error raised by tasker_core."""
@@ -68,24 +65,19 @@ class WorkerRuntime:
         config: Mapping[str, Any],
         handlers: Sequence[str],
         worker_id: Optional[str] = None,
-        capacity: Optional[int] = None,
     ) -> None: ...
     @property
     def worker_id(self) -> str: ...
     @property
     def capacity(self) -> int: ...
     @property
-    def handlers(self) -> List[str]: ...
-    @property
     def state(self) -> str:
         """connecting, connected, draining or stopped."""
     @property
     def in_hand(self) -> int: ...
     def next_steps(self, max: int, timeout: Optional[float] = None) -> Optional[List[Step]]:
-        """Waits (GIL released) for up to `max` steps; [] on timeout or
-        wake(); None once stopping and empty."""
-    def wake(self) -> None:
-        """Makes blocked next_steps/join calls return now."""
+        """Waits (GIL released) for up to `max` steps; [] on timeout; None
+        once stopping and empty."""
     def complete_many(self, results: List[Tuple[Step, Any, float]]) -> None:
         """Hands back (step, output, elapsed_seconds) results; a
         non-serialisable output fails its step with SerializationError."""
@@ -115,6 +107,3 @@ def next_log_records(
     """Waits (GIL released) for (levelno, target, text, fields) records."""
 
 def wake_logs() -> None: ...
-def log_records_dropped() -> int: ...
-def emit_log(level: str, message: str) -> None:
-    """Emits a tracing event from Rust (target `tasker_core`)."""

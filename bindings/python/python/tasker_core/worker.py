@@ -59,10 +59,14 @@ _this_file = os.path.normcase(__file__)
 
 def _backtrace(exc: BaseException) -> List[str]:
     """``file:line in function`` lines, innermost first, without our frames."""
+    # walk_tb, not extract_tb: these three fields are all we report, and
+    # extract_tb also stats every source file and reads its lines.
     frames = [
-        f for f in traceback.extract_tb(exc.__traceback__) if os.path.normcase(f.filename) != _this_file
+        (frame.f_code.co_filename, lineno, frame.f_code.co_name)
+        for frame, lineno in traceback.walk_tb(exc.__traceback__)
+        if os.path.normcase(frame.f_code.co_filename) != _this_file
     ]
-    return [f"{f.filename}:{f.lineno} in {f.name}" for f in reversed(frames)]
+    return [f"{filename}:{lineno} in {name}" for filename, lineno, name in reversed(frames)]
 
 
 class _AsyncRunner:
@@ -299,7 +303,7 @@ class Worker:
                 raise _native.WorkerError("this worker was already started")
             _logging.enable_log_bridge(self._log_level)
             rt = _native.WorkerRuntime(
-                self.config, self.handlers, worker_id=self._worker_id, capacity=None
+                self.config, self.handlers, worker_id=self._worker_id
             )
             self._rt = rt
             if self._async:

@@ -11,12 +11,8 @@ module TaskerCore
   #   config.endpoint        # => "tcp://127.0.0.1:5655"
   #   config.worker_capacity # => 4
   class Config
-    # Every configuration key.
-    KEYS = %i[
-      endpoint heartbeat_interval_ms liveness default_step_timeout_ms batch_size
-      worker_capacity queue_bound submit_policy send_hwm recv_hwm max_message_bytes
-      linger_ms reconnect_initial_ms reconnect_max_ms shutdown_timeout_ms default_retryable
-    ].freeze
+    # Every configuration key, in file order (from the Rust `tasker_config`).
+    KEYS = Native::CONFIG_KEYS.map(&:to_sym).freeze
 
     # Loads a configuration.
     #

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "time"
+
 module TaskerCore
   # One step handed to a handler. Instances are made by the worker; the
   # JSON fields become Ruby objects (Hashes with String keys) the first time
@@ -51,7 +53,6 @@ module TaskerCore
 
     # @return [Time] when the step attempt was created
     def created_at
-      require "time"
       Time.iso8601(created_at_iso8601)
     end
 

@@ -65,12 +65,11 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     let core = ruby.define_module("TaskerCore")?;
     errors::define(ruby, core)?;
     let native = core.define_module("Native")?;
+    native.const_set("CONFIG_KEYS", tasker_config::KEYS.to_vec())?;
     native.define_singleton_method("load_config", function!(load_config, 3))?;
     native.define_singleton_method("check_config", function!(check_config, 1))?;
     native.define_singleton_method("log_install", function!(logging::install, 1))?;
     native.define_singleton_method("next_log_records", function!(logging::next_log_records, 2))?;
-    native.define_singleton_method("log_wake", function!(logging::wake, 0))?;
-    native.define_singleton_method("log_dropped", function!(logging::dropped, 0))?;
     native.define_singleton_method("log_emit", function!(logging::emit, 2))?;
     runtime::define(ruby, core, native)?;
     Ok(())

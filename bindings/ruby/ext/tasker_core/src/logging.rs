@@ -2,18 +2,11 @@
 //! queued by `tasker_worker::log_bridge`, and a Ruby thread drains them into
 //! a `Logger` with [`next_log_records`].
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use magnus::{Error, RArray, Ruby};
-use tasker_worker::log_bridge::{self, LogBridge, LogLevel};
+use tasker_worker::log_bridge::{self, LogLevel};
 
 use crate::errors;
-use crate::nogvl::without_gvl;
-
-/// The bridge once installed; kept here because `log_bridge::install` also
-/// sets the level, which only `install` below should do.
-static BRIDGE: OnceLock<&'static LogBridge> = OnceLock::new();
+use crate::nogvl::{seconds, without_gvl};
 
 /// Installs the bridge (first call) and sets its level: `error`, `warn`,
 /// `info`, `debug` or `trace`. Raises `TaskerCore::Error` for an unknown
@@ -22,33 +15,22 @@ pub fn install(name: String) -> Result<(), Error> {
     let level = name
         .parse::<LogLevel>()
         .map_err(|e| errors::error(e.to_string()))?;
-    let bridge = log_bridge::install(level).map_err(|e| errors::error(e.to_string()))?;
-    let _ = BRIDGE.set(bridge);
+    log_bridge::install(level).map_err(|e| errors::error(e.to_string()))?;
     Ok(())
 }
 
 /// Waits up to `timeout` seconds (nil: no limit) for records; returns an
-/// Array of `[level, target, line]`, empty on timeout or after
-/// [`wake`] (and at once when the bridge is not installed). Ruby interrupts
-/// end the wait and run.
+/// Array of `[level, target, line]`, empty on timeout (and at once when the
+/// bridge is not installed). Ruby interrupts end the wait and run.
 pub fn next_log_records(ruby: &Ruby, max: usize, timeout: Option<f64>) -> Result<RArray, Error> {
-    let Some(bridge) = BRIDGE.get().copied() else {
+    let Some(bridge) = log_bridge::installed() else {
         return Ok(ruby.ary_new());
     };
-    let timeout = match timeout {
-        Some(t) if t.is_finite() && t >= 0.0 => Some(Duration::from_secs_f64(t)),
-        Some(t) => {
-            return Err(Error::new(
-                ruby.exception_arg_error(),
-                format!("timeout must be a non-negative number of seconds, got {t}"),
-            ))
-        }
-        None => None,
-    };
+    let timeout = seconds(timeout)?;
     let records =
         without_gvl(|| bridge.next_records(max, timeout), || bridge.wake()).unwrap_or_default();
     if records.is_empty() {
-        // The wait ends early only for an interrupt (or `log_wake`): run it.
+        // The wait ends early only for an interrupt: run it.
         ruby.thread_check_ints()?;
     }
     let out = ruby.ary_new_capa(records.len());
@@ -57,18 +39,6 @@ pub fn next_log_records(ruby: &Ruby, max: usize, timeout: Option<f64>) -> Result
         out.push((record.level.as_str(), record.target, line))?;
     }
     Ok(out)
-}
-
-/// Makes a waiting `next_log_records` return.
-pub fn wake() {
-    if let Some(bridge) = BRIDGE.get() {
-        bridge.wake();
-    }
-}
-
-/// Records dropped because nobody drained the queue.
-pub fn dropped() -> u64 {
-    BRIDGE.get().map_or(0, |b| b.dropped())
 }
 
 /// Emits a `tracing` event at `level` with target `tasker_core_ruby`, so a

@@ -3,7 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use magnus::value::ReprValue;
 use magnus::{Error, RArray, RHash, Ruby, TryConvert, Value};
@@ -15,7 +15,7 @@ use tasker_worker::{WorkerError, WorkerOptions, WorkerRuntime};
 
 use crate::convert;
 use crate::errors;
-use crate::nogvl::without_gvl;
+use crate::nogvl::{seconds, without_gvl};
 
 thread_local! {
     /// When this thread last pulled steps or finished one. Each pool thread
@@ -28,17 +28,6 @@ fn elapsed_since_mark() -> u64 {
     let now = Instant::now();
     let started = MARK.with(|m| m.replace(Some(now))).unwrap_or(now);
     now.duration_since(started).as_millis() as u64
-}
-
-fn seconds(timeout: Option<f64>) -> Result<Option<Duration>, Error> {
-    match timeout {
-        None => Ok(None),
-        Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(Duration::from_secs_f64(t))),
-        Some(t) => Err(Error::new(
-            Ruby::get().expect("Ruby thread").exception_arg_error(),
-            format!("timeout must be a non-negative number of seconds, got {t}"),
-        )),
-    }
 }
 
 /// The Rust worker runtime, owned by a Ruby object.
@@ -173,14 +162,6 @@ impl Runtime {
 
     fn worker_id(&self) -> String {
         self.worker_id.to_string()
-    }
-
-    fn capacity(&self) -> u32 {
-        self.inner.capacity()
-    }
-
-    fn in_hand(&self) -> usize {
-        self.inner.in_hand()
     }
 
     fn state(&self) -> &'static str {
@@ -365,8 +346,6 @@ pub fn define(ruby: &Ruby, core: magnus::RModule, native: magnus::RModule) -> Re
     class.define_method("stop", method!(Runtime::stop, 0))?;
     class.define_method("join", method!(Runtime::join, 1))?;
     class.define_method("worker_id", method!(Runtime::worker_id, 0))?;
-    class.define_method("capacity", method!(Runtime::capacity, 0))?;
-    class.define_method("in_hand", method!(Runtime::in_hand, 0))?;
     class.define_method("state", method!(Runtime::state, 0))?;
 
     let step = core.define_class("Step", ruby.class_object())?;
@@ -382,7 +361,6 @@ pub fn define(ruby: &Ruby, core: magnus::RModule, native: magnus::RModule) -> Re
     step.define_method("_handler_config", method!(Step::handler_config, 0))?;
     step.define_method("_task_context", method!(Step::task_context, 0))?;
     step.define_method("_previous_results", method!(Step::previous_results, 0))?;
-    step.define_method("answered?", method!(Step::answered, 0))?;
     step.define_method("_succeed", method!(Step::succeed, 1))?;
     step.define_method("_fail", method!(Step::fail, 4))?;
     Ok(())
