@@ -1,7 +1,7 @@
 //! The engine: runs a task template's DAG through a [`FrameworkIntegration`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -560,12 +560,9 @@ async fn sleep_until(at: Option<Instant>) {
 /// splitmix64: jitter needs spread, not secrecy.
 struct Random(u64);
 
-static SEED: AtomicU64 = AtomicU64::new(0);
-
 impl Random {
     fn new() -> Self {
-        let entropy = uuid::Uuid::new_v4().as_u64_pair().0;
-        Self(entropy ^ SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed))
+        Self(uuid::Uuid::new_v4().as_u64_pair().0)
     }
 
     fn next_f64(&mut self) -> f64 {

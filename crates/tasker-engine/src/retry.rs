@@ -113,15 +113,16 @@ impl RetryPolicy {
 
     /// This policy with the keys of a step's partial `retry:` replaced.
     pub(crate) fn merged(&self, overrides: serde_yaml::Value) -> Result<Self, serde_yaml::Error> {
-        let mut base = serde_yaml::to_value(self).expect("a policy serialises");
-        if let (Some(base), serde_yaml::Value::Mapping(overrides)) =
-            (base.as_mapping_mut(), &overrides)
-        {
-            for (k, v) in overrides {
-                base.insert(k.clone(), v.clone());
-            }
-            return serde_yaml::from_value(serde_yaml::Value::Mapping(base.clone()));
-        }
-        serde_yaml::from_value(overrides)
+        let serde_yaml::Value::Mapping(overrides) = overrides else {
+            // Not a mapping: the decode names what is wrong with it.
+            return serde_yaml::from_value(overrides);
+        };
+        let serde_yaml::Value::Mapping(mut base) =
+            serde_yaml::to_value(self).expect("a policy serialises")
+        else {
+            unreachable!("a policy serialises to a mapping")
+        };
+        base.extend(overrides);
+        serde_yaml::from_value(serde_yaml::Value::Mapping(base))
     }
 }
