@@ -6,16 +6,22 @@
 set -euo pipefail
 
 need_apt=()
+# A package counts as present only when dpkg says it is installed: a file
+# pattern can match the wrong library (libclang-cpp14, which ships with other
+# packages, is not the libclang that bindgen loads).
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
+want() { installed "$1" || need_apt+=("$1"); }
+# Tools count by command, libraries by package.
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)   # zmq-sys builds libzmq from C++ source
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # The Ruby binding: Ruby with headers, and libclang for rb-sys's bindgen.
 command -v ruby >/dev/null 2>&1 || need_apt+=(ruby)
-[[ -n "$(ruby -e 'print RbConfig::CONFIG["rubyhdrdir"]' 2>/dev/null)" && -f "$(ruby -e 'print RbConfig::CONFIG["rubyhdrdir"]' 2>/dev/null)/ruby.h" ]] || need_apt+=(ruby-dev)
-compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null || need_apt+=(libclang-dev)
+want ruby-dev
+want libclang-dev
 # The Ruby benchmark's plain worker uses Debian's ffi-rzmq.
-ruby -e 'require "ffi-rzmq"' >/dev/null 2>&1 || need_apt+=(ruby-ffi-rzmq)
+want ruby-ffi-rzmq
 # Debian's python3 needs python3-venv for the Python binding's virtualenv.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 

@@ -82,15 +82,15 @@ pub enum SubmitPolicy {
     Reject,
 }
 
-/// serde_yaml loses the key path when deserialising from a `Value`, so find
+/// The YAML deserialiser loses the key path when deserialising from a `Value`, so find
 /// the offending key by trying each one alone.
-fn name_bad_key(section: &serde_yaml::Value, error: serde_yaml::Error) -> String {
+fn name_bad_key(section: &serde_norway::Value, error: serde_norway::Error) -> String {
     if let Some(mapping) = section.as_mapping() {
         for (key, value) in mapping {
-            let mut alone = serde_yaml::Mapping::new();
+            let mut alone = serde_norway::Mapping::new();
             alone.insert(key.clone(), value.clone());
             if let Err(e) =
-                serde_yaml::from_value::<TaskerConfig>(serde_yaml::Value::Mapping(alone))
+                serde_norway::from_value::<TaskerConfig>(serde_norway::Value::Mapping(alone))
             {
                 let name = key.as_str().unwrap_or("<non-string key>");
                 return format!("key `{name}`: {e}");
@@ -145,6 +145,10 @@ pub struct TaskerConfig {
     /// Whether a handler error of an unrecognised kind may be retried.
     /// `TASKER_DEFAULT_RETRYABLE`.
     pub default_retryable: bool,
+    /// Most worker connections the orchestrator registers at once; a hello
+    /// beyond it is refused (`registry_full`), so a flood of hellos cannot
+    /// grow memory without bound. `TASKER_MAX_WORKERS`.
+    pub max_workers: usize,
 }
 
 /// Every key, in file order; `TASKER_` + upper case is its variable.
@@ -165,6 +169,7 @@ pub const KEYS: &[&str] = &[
     "reconnect_max_ms",
     "shutdown_timeout_ms",
     "default_retryable",
+    "max_workers",
 ];
 
 impl Default for TaskerConfig {
@@ -186,6 +191,7 @@ impl Default for TaskerConfig {
             reconnect_max_ms: 5_000,
             shutdown_timeout_ms: 10_000,
             default_retryable: false,
+            max_workers: 10_000,
         }
     }
 }
@@ -264,12 +270,12 @@ impl TaskerConfig {
         if !ENVIRONMENTS.contains(&environment) {
             return Err(ConfigError::UnknownEnvironment(environment.to_string()));
         }
-        let parse_error = |context: String, e: serde_yaml::Error| ConfigError::Parse {
+        let parse_error = |context: String, e: serde_norway::Error| ConfigError::Parse {
             context,
             message: e.to_string(),
         };
-        let document: serde_yaml::Mapping =
-            serde_yaml::from_str(yaml).map_err(|e| parse_error("document".into(), e))?;
+        let document: serde_norway::Mapping =
+            serde_norway::from_str(yaml).map_err(|e| parse_error("document".into(), e))?;
         for key in document.keys() {
             let name = key.as_str().unwrap_or("<non-string key>");
             if !ENVIRONMENTS.contains(&name) {
@@ -284,14 +290,14 @@ impl TaskerConfig {
         let section = document
             .get(environment)
             .cloned()
-            .unwrap_or(serde_yaml::Value::Mapping(Default::default()));
+            .unwrap_or(serde_norway::Value::Mapping(Default::default()));
         let section = if section.is_null() {
-            serde_yaml::Value::Mapping(Default::default())
+            serde_norway::Value::Mapping(Default::default())
         } else {
             section
         };
         let mut config: TaskerConfig =
-            serde_yaml::from_value(section.clone()).map_err(|e| ConfigError::Parse {
+            serde_norway::from_value(section.clone()).map_err(|e| ConfigError::Parse {
                 context: format!("environment {environment}"),
                 message: name_bad_key(&section, e),
             })?;
@@ -305,8 +311,8 @@ impl TaskerConfig {
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
-        let mut current = match serde_yaml::to_value(&*self) {
-            Ok(serde_yaml::Value::Mapping(m)) => m,
+        let mut current = match serde_norway::to_value(&*self) {
+            Ok(serde_norway::Value::Mapping(m)) => m,
             _ => unreachable!("a config serialises to a mapping"),
         };
         let mut changed = false;
@@ -324,21 +330,21 @@ impl TaskerConfig {
                 value: value.clone(),
                 message,
             };
-            let parsed: serde_yaml::Value = if key == "endpoint" {
-                serde_yaml::Value::String(value.clone())
+            let parsed: serde_norway::Value = if key == "endpoint" {
+                serde_norway::Value::String(value.clone())
             } else {
-                serde_yaml::from_str(&value).map_err(|e| override_error(e.to_string()))?
+                serde_norway::from_str(&value).map_err(|e| override_error(e.to_string()))?
             };
             // Check the one value on its own so the error names its variable.
             let mut probe = current.clone();
-            probe.insert(serde_yaml::Value::String(key.clone()), parsed.clone());
-            serde_yaml::from_value::<TaskerConfig>(serde_yaml::Value::Mapping(probe))
+            probe.insert(serde_norway::Value::String(key.clone()), parsed.clone());
+            serde_norway::from_value::<TaskerConfig>(serde_norway::Value::Mapping(probe))
                 .map_err(|e| override_error(e.to_string()))?;
-            current.insert(serde_yaml::Value::String(key.clone()), parsed);
+            current.insert(serde_norway::Value::String(key.clone()), parsed);
             changed = true;
         }
         if changed {
-            *self = serde_yaml::from_value(serde_yaml::Value::Mapping(current)).map_err(|e| {
+            *self = serde_norway::from_value(serde_norway::Value::Mapping(current)).map_err(|e| {
                 ConfigError::Parse {
                     context: "environment overrides".into(),
                     message: e.to_string(),
@@ -391,6 +397,9 @@ impl TaskerConfig {
         if self.linger_ms < -1 {
             return invalid("linger_ms", "must be -1 (forever) or more");
         }
+        if self.max_workers == 0 {
+            return invalid("max_workers", "must be at least 1");
+        }
         if self.reconnect_initial_ms == 0 || self.reconnect_max_ms < self.reconnect_initial_ms {
             return invalid(
                 "reconnect_initial_ms",
@@ -434,7 +443,7 @@ mod tests {
 
     #[test]
     fn keys_list_matches_the_struct() {
-        let value = serde_yaml::to_value(TaskerConfig::default()).unwrap();
+        let value = serde_norway::to_value(TaskerConfig::default()).unwrap();
         let keys: Vec<String> = value
             .as_mapping()
             .unwrap()

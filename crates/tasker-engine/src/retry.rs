@@ -112,17 +112,17 @@ impl RetryPolicy {
     }
 
     /// This policy with the keys of a step's partial `retry:` replaced.
-    pub(crate) fn merged(&self, overrides: serde_yaml::Value) -> Result<Self, serde_yaml::Error> {
-        let serde_yaml::Value::Mapping(overrides) = overrides else {
+    pub(crate) fn merged(&self, overrides: serde_norway::Value) -> Result<Self, serde_norway::Error> {
+        let serde_norway::Value::Mapping(overrides) = overrides else {
             // Not a mapping: the decode names what is wrong with it.
-            return serde_yaml::from_value(overrides);
+            return serde_norway::from_value(overrides);
         };
-        let serde_yaml::Value::Mapping(mut base) =
-            serde_yaml::to_value(self).expect("a policy serialises")
+        let serde_norway::Value::Mapping(mut base) =
+            serde_norway::to_value(self).expect("a policy serialises")
         else {
             unreachable!("a policy serialises to a mapping")
         };
         base.extend(overrides);
-        serde_yaml::from_value(serde_yaml::Value::Mapping(base))
+        serde_norway::from_value(serde_norway::Value::Mapping(base))
     }
 }

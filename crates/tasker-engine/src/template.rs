@@ -112,7 +112,7 @@ struct StepSource {
     #[serde(default = "empty_object")]
     handler_config: Value,
     timeout_ms: Option<u64>,
-    retry: Option<serde_yaml::Value>,
+    retry: Option<serde_norway::Value>,
 }
 
 #[derive(Deserialize)]
@@ -122,8 +122,8 @@ struct TemplateSource {
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
-    defaults: Option<serde_yaml::Value>,
-    steps: Vec<serde_yaml::Value>,
+    defaults: Option<serde_norway::Value>,
+    steps: Vec<serde_norway::Value>,
 }
 
 /// What is wrong with a template.
@@ -186,9 +186,9 @@ impl TemplateError {
     }
 
     /// Classifies a serde error from a part of the template.
-    fn from_serde(step: Option<&str>, prefix: Option<&str>, e: &serde_yaml::Error) -> Self {
+    fn from_serde(step: Option<&str>, prefix: Option<&str>, e: &serde_norway::Error) -> Self {
         let text = e.to_string();
-        // serde_yaml prefixes nested errors with their path: "a.b: message".
+        // serde_norway prefixes nested errors with their path: "a.b: message".
         let (path, message) = match text.split_once(": ") {
             Some((path, rest))
                 if !path.contains(' ') && !path.is_empty() && !text.starts_with("unknown") =>
@@ -228,7 +228,7 @@ impl TaskTemplate {
 
     /// Parses and checks a template.
     pub fn from_yaml_str(yaml: &str) -> Result<Self, TemplateError> {
-        let source: TemplateSource = serde_yaml::from_str(yaml).map_err(|e| {
+        let source: TemplateSource = serde_norway::from_str(yaml).map_err(|e| {
             let mut err = TemplateError::from_serde(None, None, &e);
             if err.kind == TemplateErrorKind::BadValue && err.field.is_none() {
                 err.kind = TemplateErrorKind::Syntax;
@@ -237,7 +237,7 @@ impl TaskTemplate {
         })?;
         let defaults: StepDefaults = match source.defaults {
             None => StepDefaults::default(),
-            Some(v) => serde_yaml::from_value(v)
+            Some(v) => serde_norway::from_value(v)
                 .map_err(|e| TemplateError::from_serde(None, Some("defaults"), &e))?,
         };
         defaults
@@ -386,7 +386,7 @@ fn bad(step: Option<&str>, field: &str, message: impl Into<String>) -> TemplateE
 }
 
 fn step_from(
-    raw: serde_yaml::Value,
+    raw: serde_norway::Value,
     position: usize,
     defaults: &StepDefaults,
 ) -> Result<StepTemplate, TemplateError> {
@@ -396,7 +396,7 @@ fn step_from(
         .and_then(|n| n.as_str())
         .map(str::to_string)
         .unwrap_or_else(|| format!("#{}", position + 1));
-    let source: StepSource = serde_yaml::from_value(raw)
+    let source: StepSource = serde_norway::from_value(raw)
         .map_err(|e| TemplateError::from_serde(Some(&label), None, &e))?;
     let retry = match source.retry {
         None => defaults.retry.clone(),

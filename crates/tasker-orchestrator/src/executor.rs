@@ -7,15 +7,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tasker_config::{SubmitPolicy, TaskerConfig};
-use tasker_protocol::{codec, StepBatchRequest, StepExecutionResult, StepId, StepRef};
+use tasker_protocol::{codec, StepBatchRequest, StepExecutionResult, StepId};
 use tasker_transport::Doorbell;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot, watch, Semaphore};
 use tracing::Instrument;
 
-use crate::dispatcher::{Command, Dispatcher};
+use crate::dispatcher::{Channels, Command, Dispatcher};
 use crate::integration::BoxFuture;
 use crate::metrics::Metrics;
-use crate::{ExecutorError, FrameworkIntegration, MetricsSnapshot};
+use crate::{ExecutorError, FrameworkIntegration, MetricsSnapshot, ShutdownReport, WorkerInfo};
 
 /// The ZeroMQ step executor: binds a `ROUTER` socket, registers the workers
 /// that say hello, and hands them steps within their capacity.
@@ -33,38 +33,6 @@ pub struct ZmqPubSubExecutor {
     workers: watch::Receiver<usize>,
     closed: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// A registered worker, as the orchestrator sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerInfo {
-    /// The id the worker announced.
-    pub worker_id: String,
-    /// The handlers it serves.
-    pub handlers: Vec<String>,
-    /// Its declared capacity.
-    pub capacity: u32,
-    /// Unfinished steps it holds now (including timed-out ones still
-    /// running there).
-    pub in_flight: usize,
-    /// Whether it asked for no more work.
-    pub draining: bool,
-    /// The language it announced.
-    pub language: Option<String>,
-    /// Its process id, if announced.
-    pub pid: Option<u32>,
-}
-
-/// What [`ZmqPubSubExecutor::shutdown`] did.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ShutdownReport {
-    /// Steps that ended while the shutdown waited.
-    pub finished_during_shutdown: u64,
-    /// Steps still unfinished at the deadline; each ended `cancelled` with
-    /// error type `Abandoned`.
-    pub abandoned: Vec<StepRef>,
-    /// Workers connected when the socket closed; each was sent a goodbye.
-    pub workers_at_close: usize,
 }
 
 impl ZmqPubSubExecutor {
@@ -100,16 +68,14 @@ impl ZmqPubSubExecutor {
         let (commands_tx, commands_rx) = mpsc::channel();
         let (workers_tx, workers_rx) = watch::channel(0usize);
 
-        let dispatcher = Dispatcher::new(
-            config.clone(),
-            context,
-            socket,
-            Arc::clone(&doorbell),
-            commands_rx,
-            Arc::clone(&metrics),
-            Arc::clone(&permits),
-            workers_tx,
-        );
+        let channels = Channels {
+            doorbell: Arc::clone(&doorbell),
+            commands: commands_rx,
+            metrics: Arc::clone(&metrics),
+            permits: Arc::clone(&permits),
+            workers_count: workers_tx,
+        };
+        let dispatcher = Dispatcher::new(config.clone(), context, socket, channels);
         let thread = std::thread::Builder::new()
             .name("tasker-orchestrator-io".into())
             .spawn(move || dispatcher.run())
@@ -233,6 +199,14 @@ impl ZmqPubSubExecutor {
             .await
             .map(|r| r.is_ok())
             .unwrap_or(false)
+    }
+
+    /// Makes the I/O thread stop as it does when its socket fails, so that
+    /// callers can test what they see then: every step in flight ends
+    /// `cancelled` with `ExecutorStopped`, later submits fail.
+    #[doc(hidden)]
+    pub fn inject_fault(&self) {
+        let _ = self.send(Command::InjectFault);
     }
 
     /// Stops accepting batches, waits up to `timeout` for the steps in

@@ -46,8 +46,10 @@ mod error;
 mod executor;
 mod integration;
 mod metrics;
+mod report;
 
 pub use error::ExecutorError;
-pub use executor::{BatchHandle, ShutdownReport, WorkerInfo, ZmqPubSubExecutor};
+pub use executor::{BatchHandle, ZmqPubSubExecutor};
 pub use integration::FrameworkIntegration;
 pub use metrics::MetricsSnapshot;
+pub use report::{ShutdownReport, WorkerInfo};

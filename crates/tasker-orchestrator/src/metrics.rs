@@ -14,6 +14,10 @@ pub(crate) struct Metrics {
     pub late_results_dropped: AtomicU64,
     pub duplicate_results_dropped: AtomicU64,
     pub malformed_messages: AtomicU64,
+    pub unheld_results_dropped: AtomicU64,
+    pub foreign_results_dropped: AtomicU64,
+    pub invalid_results: AtomicU64,
+    pub hellos_refused: AtomicU64,
     pub workers_connected: AtomicU64,
     pub workers_lost: AtomicU64,
 }
@@ -37,6 +41,10 @@ impl Metrics {
             late_results_dropped: get(&self.late_results_dropped),
             duplicate_results_dropped: get(&self.duplicate_results_dropped),
             malformed_messages: get(&self.malformed_messages),
+            unheld_results_dropped: get(&self.unheld_results_dropped),
+            foreign_results_dropped: get(&self.foreign_results_dropped),
+            invalid_results: get(&self.invalid_results),
+            hellos_refused: get(&self.hellos_refused),
             workers_connected: get(&self.workers_connected),
             workers_lost: get(&self.workers_lost),
         }
@@ -74,6 +82,19 @@ pub struct MetricsSnapshot {
     pub duplicate_results_dropped: u64,
     /// Messages refused by the decoder (bad frames, version, JSON, size...).
     pub malformed_messages: u64,
+    /// Results discarded because the connection they came on does not
+    /// hold that step attempt (another does, it is queued, or the
+    /// connection never said hello).
+    pub unheld_results_dropped: u64,
+    /// Results of steps delivered by another (earlier) orchestrator,
+    /// discarded; their slots were freed.
+    pub foreign_results_dropped: u64,
+    /// Results refused one by one (output too deep to parse, lone
+    /// surrogate, a status a worker may not report...); a step so answered
+    /// ends `InvalidResult`.
+    pub invalid_results: u64,
+    /// Hellos refused (worker id in use, registry full, invalid).
+    pub hellos_refused: u64,
     /// Workers registered now.
     pub workers_connected: u64,
     /// Workers declared dead by heartbeat expiry.

@@ -155,10 +155,7 @@ async fn g3_a_worker_never_holds_more_than_its_capacity() {
         // Answer one at a time: the orchestrator must refill, never overfill.
         let step = held.remove(0);
         let result = StepExecutionResult::completed(step.step_ref(), json!("ok"), "tight", 0);
-        peer.send(&WorkerMessage::StepBatchResponse(StepBatchResponse::new(
-            "x",
-            vec![result],
-        )));
+        peer.respond(vec![result]);
         answered += 1;
     }
     assert_eq!(max_held, 3);
@@ -294,10 +291,7 @@ async fn g4_a_silent_worker_is_declared_dead_and_its_steps_fail_once_as_worker_l
     assert_eq!(m.workers_connected, 0);
     // A late answer from the dead worker is discarded and counted.
     let late = StepExecutionResult::completed(results[0].step_ref(), json!(1), "mute", 0);
-    peer.send(&WorkerMessage::StepBatchResponse(StepBatchResponse::new(
-        "x",
-        vec![late],
-    )));
+    peer.respond(vec![late]);
     // Skip the heartbeats sent while it was still registered.
     let reply = loop {
         match peer.recv(Duration::from_secs(2)) {
@@ -331,6 +325,15 @@ async fn g4_steps_given_back_by_a_draining_worker_are_redelivered_elsewhere() {
         other => panic!("{other:?}"),
     };
     assert_eq!(returned.len(), 5);
+    let orchestrator_id = peer.orchestrator_id.borrow().clone();
+    let returned = returned
+        .into_iter()
+        .map(|s| HeldStep {
+            step_id: s.step_id,
+            attempt: s.attempt,
+            orchestrator_id: orchestrator_id.clone(),
+        })
+        .collect();
     peer.send(&WorkerMessage::Drain(WorkerDrain { returned }));
     let worker = Worker::new(worker_config(&executor))
         .worker_id("stayer")
@@ -417,10 +420,7 @@ async fn g6_a_duplicate_result_is_dropped_and_counted() {
         "twice",
         1,
     );
-    peer.send(&WorkerMessage::StepBatchResponse(StepBatchResponse::new(
-        "dup",
-        vec![first, second, stranger],
-    )));
+    peer.respond(vec![first, second, stranger]);
     let result = handle.next().await.unwrap();
     assert_eq!(result.output, Some(json!("first")));
     assert!(handle.next().await.is_none(), "exactly one result per step");

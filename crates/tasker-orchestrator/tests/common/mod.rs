@@ -8,7 +8,8 @@ use serde_json::Value;
 use tasker_config::TaskerConfig;
 use tasker_orchestrator::ZmqPubSubExecutor;
 use tasker_protocol::{
-    codec, OrchestratorMessage, StepExecutionRequest, WorkerHello, WorkerMessage,
+    codec, OrchestratorMessage, StepBatchResponse, StepExecutionRequest, StepExecutionResult,
+    Welcome, WorkerHello, WorkerMessage,
 };
 
 pub fn config() -> TaskerConfig {
@@ -56,6 +57,8 @@ pub fn with_context(mut step: StepExecutionRequest, context: Value) -> StepExecu
 /// well-behaved worker never would.
 pub struct RawPeer {
     pub socket: zmq::Socket,
+    /// The `orchestrator_id` of the last welcome, for results.
+    pub orchestrator_id: std::cell::RefCell<String>,
     _context: zmq::Context,
 }
 
@@ -67,6 +70,7 @@ impl RawPeer {
         socket.connect(endpoint).unwrap();
         Self {
             socket,
+            orchestrator_id: Default::default(),
             _context: context,
         }
     }
@@ -80,17 +84,35 @@ impl RawPeer {
         self.socket.send_multipart(frames, 0).unwrap();
     }
 
-    pub fn hello(&self, id: &str, handlers: &[&str], capacity: u32) {
+    pub fn hello(&self, id: &str, handlers: &[&str], capacity: u32) -> Welcome {
         let hello = WorkerHello::new(
             id,
             handlers.iter().map(|h| h.to_string()).collect(),
             capacity,
         );
+        self.send_hello(hello)
+    }
+
+    /// Sends `hello` and expects a welcome.
+    pub fn send_hello(&self, hello: WorkerHello) -> Welcome {
         self.send(&WorkerMessage::Hello(hello));
         match self.recv_skipping_heartbeats(Duration::from_secs(5)) {
-            Some(OrchestratorMessage::Welcome(_)) => {}
+            Some(OrchestratorMessage::Welcome(welcome)) => {
+                *self.orchestrator_id.borrow_mut() = welcome.orchestrator_id.clone();
+                welcome
+            }
             other => panic!("expected welcome, got {other:?}"),
         }
+    }
+
+    /// Sends results tagged with the orchestrator of the last welcome.
+    pub fn respond(&self, results: Vec<StepExecutionResult>) {
+        let orchestrator_id = self.orchestrator_id.borrow().clone();
+        self.send(&WorkerMessage::StepBatchResponse(StepBatchResponse::new(
+            "raw",
+            orchestrator_id,
+            results,
+        )));
     }
 
     /// The next message within `timeout`, or None.

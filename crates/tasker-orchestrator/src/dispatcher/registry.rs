@@ -1,0 +1,300 @@
+//! The worker registry: one entry per connection that said hello, found by
+//! its ZeroMQ routing id, and by `worker_id` for the connection that speaks
+//! for that worker now.
+//!
+//! An entry is bound to its connection: its `worker_id` never changes, and
+//! only results arriving on it can free its slots. A worker that reconnects
+//! gets a new entry; the old one is *retired* (no new work, not counted as
+//! a worker) and keeps the steps the new hello did not claim until their
+//! results come in on it or its liveness runs out.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tasker_protocol::{HeldStep, StepRef};
+
+/// The registry's own number for a connection: cheap to copy into every
+/// step it holds (a routing id is a heap buffer), and never reused.
+pub(crate) type ConnId = u64;
+
+/// A ZeroMQ routing id, as the `ROUTER` prefixes it.
+pub(crate) type RoutingId = Vec<u8>;
+
+pub(crate) struct Conn {
+    pub routing_id: RoutingId,
+    pub worker_id: Arc<str>,
+    pub handlers: Arc<[String]>,
+    pub capacity: u32,
+    /// Step attempts of this orchestrator the worker holds unanswered on
+    /// this connection, including ones already ended here (timed out):
+    /// they still run there.
+    pub occupied: HashSet<StepRef>,
+    /// Steps of other orchestrators the worker announced; they hold slots
+    /// until their results come.
+    pub foreign: HashSet<HeldStep>,
+    pub last_seen: Instant,
+    /// Asked for no more work.
+    pub draining: bool,
+    /// ZeroMQ has no pipe to it any more (a send failed `EHOSTUNREACH`).
+    /// For good: a peer that reconnects gets a new routing id. What it
+    /// sent before may still be queued for reading.
+    pub gone: bool,
+    /// A newer connection speaks for this worker now.
+    pub retired: bool,
+    pub language: Option<String>,
+    pub pid: Option<u32>,
+}
+
+impl Conn {
+    pub fn in_flight(&self) -> usize {
+        self.occupied.len() + self.foreign.len()
+    }
+
+    pub fn free_slots(&self) -> usize {
+        (self.capacity as usize).saturating_sub(self.in_flight())
+    }
+
+    /// Whether it may be sent work.
+    pub fn takes_work(&self) -> bool {
+        !self.draining && !self.retired && !self.gone
+    }
+
+    fn is_idle(&self) -> bool {
+        self.occupied.is_empty() && self.foreign.is_empty()
+    }
+}
+
+/// What a hello needs from the registry.
+pub(crate) struct Hello {
+    pub worker_id: String,
+    pub handlers: Vec<String>,
+    pub capacity: u32,
+    pub mine: HashSet<StepRef>,
+    pub foreign: HashSet<HeldStep>,
+    pub language: Option<String>,
+    pub pid: Option<u32>,
+}
+
+pub(crate) struct Registry {
+    conns: HashMap<ConnId, Conn>,
+    by_routing: HashMap<RoutingId, ConnId>,
+    /// The live (not retired) connection of each worker.
+    by_worker: HashMap<Arc<str>, ConnId>,
+    next_id: ConnId,
+    max: usize,
+}
+
+impl Registry {
+    pub fn new(max: usize) -> Self {
+        Self {
+            conns: HashMap::new(),
+            by_routing: HashMap::new(),
+            by_worker: HashMap::new(),
+            next_id: 1,
+            max,
+        }
+    }
+
+    /// Registered workers (live connections).
+    pub fn workers(&self) -> usize {
+        self.by_worker.len()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.conns.len() >= self.max
+    }
+
+    pub fn id_of(&self, routing_id: &[u8]) -> Option<ConnId> {
+        self.by_routing.get(routing_id).copied()
+    }
+
+    pub fn get(&self, conn: ConnId) -> Option<&Conn> {
+        self.conns.get(&conn)
+    }
+
+    pub fn get_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(&conn)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (ConnId, &Conn)> {
+        self.conns.iter().map(|(id, c)| (*id, c))
+    }
+
+    /// The live connection of `worker_id`.
+    pub fn holder(&self, worker_id: &str) -> Option<ConnId> {
+        self.by_worker.get(worker_id).copied()
+    }
+
+    /// Registers a new connection; the caller has checked that the worker
+    /// id is free (or retired its holder) and that there is room.
+    pub fn register(&mut self, routing_id: RoutingId, hello: Hello, now: Instant) -> ConnId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let worker_id: Arc<str> = hello.worker_id.into();
+        self.by_routing.insert(routing_id.clone(), id);
+        self.by_worker.insert(Arc::clone(&worker_id), id);
+        self.conns.insert(
+            id,
+            Conn {
+                routing_id,
+                worker_id,
+                handlers: hello.handlers.into(),
+                capacity: hello.capacity,
+                occupied: hello.mine,
+                foreign: hello.foreign,
+                last_seen: now,
+                draining: false,
+                gone: false,
+                retired: false,
+                language: hello.language,
+                pid: hello.pid,
+            },
+        );
+        id
+    }
+
+    /// A hello again on a registered connection (same worker id): new
+    /// handlers and capacity, taking work again; what it holds stays.
+    pub fn reregister(&mut self, conn: ConnId, hello: Hello) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.handlers = hello.handlers.into();
+            c.capacity = hello.capacity;
+            c.occupied.extend(hello.mine);
+            c.foreign.extend(hello.foreign);
+            c.draining = false;
+            c.language = hello.language;
+            c.pid = hello.pid;
+        }
+    }
+
+    /// A newer connection speaks for this one's worker: no more work for
+    /// it. Returns false when it held nothing and was removed outright.
+    pub fn retire(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        c.retired = true;
+        if self.by_worker.get(&c.worker_id) == Some(&conn) {
+            self.by_worker.remove(&c.worker_id);
+        }
+        if c.is_idle() {
+            self.remove(conn);
+            return false;
+        }
+        true
+    }
+
+    /// Forgets a connection; returns its entry so the caller can end the
+    /// steps it held.
+    pub fn remove(&mut self, conn: ConnId) -> Option<Conn> {
+        let c = self.conns.remove(&conn)?;
+        self.by_routing.remove(&c.routing_id);
+        if self.by_worker.get(&c.worker_id) == Some(&conn) {
+            self.by_worker.remove(&c.worker_id);
+        }
+        Some(c)
+    }
+
+    /// A retired connection whose last step got its answer has nothing
+    /// left to wait for.
+    pub fn drop_if_spent(&mut self, conn: ConnId) {
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.retired && c.is_idle())
+        {
+            self.remove(conn);
+        }
+    }
+
+    /// Connections silent for longer than `expiry` at `now`.
+    pub fn silent(&self, now: Instant, expiry: Duration) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| now.saturating_duration_since(c.last_seen) > expiry)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The orchestrator itself was not running for `stall`: nothing could be
+    /// heard meanwhile, so that time is not held against any worker.
+    pub fn forgive(&mut self, stall: Duration) {
+        for c in self.conns.values_mut() {
+            c.last_seen += stall;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(id: &str, mine: &[i64]) -> Hello {
+        Hello {
+            worker_id: id.into(),
+            handlers: vec!["echo".into()],
+            capacity: 4,
+            mine: mine
+                .iter()
+                .map(|&step_id| StepRef {
+                    step_id,
+                    attempt: 1,
+                })
+                .collect(),
+            foreign: HashSet::new(),
+            language: None,
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn a_retired_connection_is_no_longer_the_workers_but_keeps_its_steps() {
+        let mut registry = Registry::new(10);
+        let now = Instant::now();
+        let old = registry.register(b"x".to_vec(), hello("w", &[1]), now);
+        assert!(registry.retire(old), "it still holds step 1");
+        assert_eq!(registry.holder("w"), None);
+        assert_eq!(registry.workers(), 0);
+        assert_eq!(registry.id_of(b"x"), Some(old), "its results still find it");
+        let new = registry.register(b"y".to_vec(), hello("w", &[]), now);
+        assert_eq!(registry.holder("w"), Some(new));
+
+        registry.get_mut(old).unwrap().occupied.clear();
+        registry.drop_if_spent(old);
+        assert_eq!(registry.id_of(b"x"), None);
+        assert_eq!(registry.holder("w"), Some(new));
+    }
+
+    #[test]
+    fn an_idle_connection_retires_by_going_away() {
+        let mut registry = Registry::new(10);
+        let old = registry.register(b"x".to_vec(), hello("w", &[]), Instant::now());
+        assert!(!registry.retire(old));
+        assert!(registry.get(old).is_none());
+    }
+
+    #[test]
+    fn the_registry_is_full_at_its_bound_counting_retired_entries() {
+        let mut registry = Registry::new(2);
+        let now = Instant::now();
+        let a = registry.register(b"a".to_vec(), hello("a", &[1]), now);
+        registry.retire(a);
+        registry.register(b"b".to_vec(), hello("b", &[]), now);
+        assert!(registry.is_full());
+        registry.remove(a);
+        assert!(!registry.is_full());
+    }
+
+    #[test]
+    fn a_stall_of_the_orchestrator_is_not_silence_of_its_workers() {
+        let mut registry = Registry::new(2);
+        let t0 = Instant::now();
+        registry.register(b"a".to_vec(), hello("a", &[]), t0);
+        let expiry = Duration::from_millis(600);
+        let woke = t0 + Duration::from_millis(1_500);
+        assert_eq!(registry.silent(woke, expiry).len(), 1);
+        registry.forgive(Duration::from_millis(1_400));
+        assert!(registry.silent(woke, expiry).is_empty());
+    }
+}

@@ -1,0 +1,193 @@
+//! Scheduling: which worker gets how many queued steps of which handler.
+//!
+//! A pure function of the workers' free credit and the queue lengths, so
+//! the rules of SPEC §6.2 are tested here without a socket; the dispatcher
+//! then takes the steps off the queues and sends them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::registry::ConnId;
+
+/// A worker that may be sent work, as scheduling sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    pub conn: ConnId,
+    pub capacity: u32,
+    /// Slots occupied now.
+    pub in_flight: usize,
+    pub handlers: Arc<[String]>,
+}
+
+/// One `step_batch_request` to send: `per_handler[i]` steps of
+/// `handlers[i]`, taken round robin across the handlers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    pub conn: ConnId,
+    pub handlers: Arc<[String]>,
+    pub per_handler: Vec<usize>,
+}
+
+impl Delivery {
+    pub fn len(&self) -> usize {
+        self.per_handler.iter().sum()
+    }
+}
+
+/// Plans deliveries for these candidates from the live queue lengths:
+///
+/// * least occupied worker first (ties by connection, oldest first);
+/// * each delivery carries at most min(free credit, `batch_size`) steps;
+/// * an idle worker gets work as soon as it has credit; a busy one only
+///   once its free credit reaches max(1, min(`batch_size`, steps queued,
+///   ⌈capacity / 2⌉)), so freed slots are filled in batches rather than
+///   one step per message (Nagle for steps);
+/// * a worker's handlers are served round robin.
+pub(crate) fn plan(
+    candidates: &[Candidate],
+    queued: &HashMap<String, usize>,
+    batch_size: usize,
+) -> Vec<Delivery> {
+    let mut remaining: HashMap<&str, usize> =
+        queued.iter().map(|(h, n)| (h.as_str(), *n)).collect();
+    let mut total: usize = remaining.values().sum();
+    let mut order: Vec<&Candidate> = candidates.iter().collect();
+    order.sort_by_key(|c| (c.in_flight, c.conn));
+    let mut plan = Vec::new();
+    for candidate in order {
+        let mut in_flight = candidate.in_flight;
+        loop {
+            if total == 0 {
+                return plan;
+            }
+            let free = (candidate.capacity as usize).saturating_sub(in_flight);
+            let take = free.min(batch_size);
+            let threshold = batch_size
+                .min(total)
+                .min((candidate.capacity as usize).div_ceil(2))
+                .max(1);
+            if take == 0 || (free < threshold && in_flight > 0) {
+                break;
+            }
+            let per_handler = round_robin(&candidate.handlers, &mut remaining, take);
+            let n: usize = per_handler.iter().sum();
+            if n == 0 {
+                break;
+            }
+            plan.push(Delivery {
+                conn: candidate.conn,
+                handlers: Arc::clone(&candidate.handlers),
+                per_handler,
+            });
+            in_flight += n;
+            total -= n;
+            if n < take {
+                break;
+            }
+        }
+    }
+    plan
+}
+
+fn round_robin(
+    handlers: &[String],
+    remaining: &mut HashMap<&str, usize>,
+    take: usize,
+) -> Vec<usize> {
+    let mut counts = vec![0; handlers.len()];
+    let mut n = 0;
+    while n < take {
+        let mut progressed = false;
+        for (i, handler) in handlers.iter().enumerate() {
+            if n == take {
+                break;
+            }
+            if let Some(left) = remaining
+                .get_mut(handler.as_str())
+                .filter(|left| **left > 0)
+            {
+                *left -= 1;
+                counts[i] += 1;
+                n += 1;
+                progressed = true;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(conn: ConnId, capacity: u32, in_flight: usize, handlers: &[&str]) -> Candidate {
+        Candidate {
+            conn,
+            capacity,
+            in_flight,
+            handlers: handlers.iter().map(|h| h.to_string()).collect(),
+        }
+    }
+
+    fn queued(entries: &[(&str, usize)]) -> HashMap<String, usize> {
+        entries.iter().map(|(h, n)| (h.to_string(), *n)).collect()
+    }
+
+    fn plan_for_rest() -> Vec<Delivery> {
+        plan(&[worker(1, 250, 200, &["a"])], &queued(&[("a", 50)]), 100)
+    }
+
+    fn sizes(plan: &[Delivery]) -> Vec<(ConnId, usize)> {
+        plan.iter().map(|d| (d.conn, d.len())).collect()
+    }
+
+    #[test]
+    fn credit_is_never_exceeded_and_batches_are_capped() {
+        let plan = plan(&[worker(1, 250, 0, &["a"])], &queued(&[("a", 1_000)]), 100);
+        // The last 50 slots wait: a busy worker is refilled only once
+        // ⌈250 / 2⌉ slots (capped at the batch size, 100) are free.
+        assert_eq!(sizes(&plan), vec![(1, 100), (1, 100)]);
+        let plan = plan_for_rest();
+        assert_eq!(sizes(&plan), vec![(1, 50)]);
+    }
+
+    #[test]
+    fn the_least_occupied_worker_is_served_first() {
+        let workers = [worker(1, 4, 2, &["a"]), worker(2, 4, 0, &["a"])];
+        let plan = plan(&workers, &queued(&[("a", 5)]), 100);
+        assert_eq!(sizes(&plan), vec![(2, 4), (1, 1)]);
+    }
+
+    #[test]
+    fn a_busy_worker_waits_for_half_its_capacity_to_free_up() {
+        // 3 of 8 free: below ⌈8/2⌉ = 4 while 10 steps wait.
+        let busy = [worker(1, 8, 5, &["a"])];
+        assert!(plan(&busy, &queued(&[("a", 10)]), 100).is_empty());
+        // With fewer steps queued than the threshold, they go at once.
+        assert_eq!(sizes(&plan(&busy, &queued(&[("a", 2)]), 100)), vec![(1, 2)]);
+        // An idle worker takes even one free slot's worth.
+        let idle = [worker(1, 1, 0, &["a"])];
+        assert_eq!(
+            sizes(&plan(&idle, &queued(&[("a", 10)]), 100)),
+            vec![(1, 1)]
+        );
+    }
+
+    #[test]
+    fn handlers_are_served_round_robin_and_only_the_workers_own() {
+        let workers = [worker(1, 5, 0, &["a", "b"])];
+        let plan = plan(&workers, &queued(&[("a", 10), ("b", 1), ("c", 9)]), 100);
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[0].per_handler, vec![4, 1]);
+    }
+
+    #[test]
+    fn nothing_is_planned_without_queued_steps_for_the_workers() {
+        let workers = [worker(1, 5, 0, &["a"])];
+        assert!(plan(&workers, &queued(&[("b", 3)]), 100).is_empty());
+        assert!(plan(&workers, &queued(&[]), 100).is_empty());
+    }
+}

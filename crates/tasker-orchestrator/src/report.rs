@@ -1,0 +1,35 @@
+//! What the executor tells its caller about workers and shutdown.
+
+use tasker_protocol::StepRef;
+
+/// A registered worker, as the orchestrator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// The id the worker announced.
+    pub worker_id: String,
+    /// The handlers it serves.
+    pub handlers: Vec<String>,
+    /// Its declared capacity.
+    pub capacity: u32,
+    /// Unfinished steps it holds now (including timed-out ones still
+    /// running there, and steps of an earlier orchestrator).
+    pub in_flight: usize,
+    /// Whether it asked for no more work.
+    pub draining: bool,
+    /// The language it announced.
+    pub language: Option<String>,
+    /// Its process id, if announced.
+    pub pid: Option<u32>,
+}
+
+/// What [`ZmqPubSubExecutor::shutdown`](crate::ZmqPubSubExecutor::shutdown) did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShutdownReport {
+    /// Steps that ended while the shutdown waited.
+    pub finished_during_shutdown: u64,
+    /// Steps still unfinished at the deadline; each ended `cancelled` with
+    /// error type `Abandoned`.
+    pub abandoned: Vec<StepRef>,
+    /// Workers connected when the socket closed; each was sent a goodbye.
+    pub workers_at_close: usize,
+}

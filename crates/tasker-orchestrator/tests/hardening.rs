@@ -1,0 +1,518 @@
+//! What a hostile or broken peer cannot do to the orchestrator, each over
+//! real sockets: results count only from the connection that holds the
+//! step, of the orchestrator that delivered it; a registration is bound to
+//! its connection; one bad result costs only its own step; the registry is
+//! bounded; a dead I/O thread still ends every step once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use tasker_config::TaskerConfig;
+use tasker_orchestrator::{ExecutorError, ZmqPubSubExecutor};
+use tasker_protocol::*;
+
+const LONG: Duration = Duration::from_secs(10);
+
+/// Waits for the steps of one delivery to `peer`.
+fn delivered(peer: &RawPeer) -> Vec<StepExecutionRequest> {
+    match peer.recv_skipping_heartbeats(Duration::from_secs(3)) {
+        Some(OrchestratorMessage::StepBatchRequest(batch)) => batch.steps,
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+}
+
+/// The next protocol error `peer` is sent, skipping heartbeats.
+fn protocol_error(peer: &RawPeer) -> ProtocolError {
+    match peer.recv_skipping_heartbeats(Duration::from_secs(3)) {
+        Some(OrchestratorMessage::ProtocolError(e)) => e,
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+}
+
+fn completed(step: &StepExecutionRequest, output: Value, worker_id: &str) -> StepExecutionResult {
+    StepExecutionResult::completed(step.step_ref(), output, worker_id, 1)
+}
+
+/// `result` with its output replaced by raw JSON text, as a worker that
+/// builds JSON by hand would send it.
+fn with_raw_output(result: &StepExecutionResult, output: &str) -> String {
+    let json = serde_json::to_string(result).unwrap();
+    let tagged = serde_json::to_string(&result.output).unwrap();
+    json.replacen(
+        &format!("\"output\":{tagged}"),
+        &format!("\"output\":{output}"),
+        1,
+    )
+}
+
+fn response_frames(orchestrator_id: &str, results: &[String]) -> Vec<Vec<u8>> {
+    let body = format!(
+        r#"{{"type":"step_batch_response","batch_id":"b","orchestrator_id":"{orchestrator_id}","protocol_version":"1.0","results":[{}]}}"#,
+        results.join(",")
+    );
+    vec![PROTOCOL_HEADER.as_bytes().to_vec(), body.into_bytes()]
+}
+
+async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_one_bad_result_fails_only_its_own_step_and_frees_its_slot() {
+    let executor = start(&config());
+    let peer = RawPeer::connect(executor.endpoint());
+    let welcome = peer.hello("mixed", &["echo"], 3);
+    assert_eq!(welcome.max_json_depth, MAX_JSON_DEPTH);
+    let handle = executor
+        .submit(StepBatchRequest::new("three", steps(1..4, "echo", 10_000)))
+        .await
+        .unwrap();
+    let held = delivered(&peer);
+    assert_eq!(held.len(), 3);
+    let good = serde_json::to_string(&completed(&held[0], json!("fine"), "mixed")).unwrap();
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let too_deep = with_raw_output(&completed(&held[1], json!(0), "mixed"), &deep);
+    let surrogate = with_raw_output(&completed(&held[2], json!(0), "mixed"), r#""\udce9""#);
+    peer.send_raw(response_frames(
+        &welcome.orchestrator_id,
+        &[good, too_deep, surrogate],
+    ));
+
+    let refusal = protocol_error(&peer);
+    assert_eq!(refusal.code, ProtocolErrorCode::InvalidMessage);
+    assert!(refusal.message.contains("[1, 2]"), "{}", refusal.message);
+    let results = handle.collect().await;
+    assert_eq!(results[0].status, StepStatus::Completed);
+    assert_eq!(results[0].output, Some(json!("fine")));
+    for bad in &results[1..] {
+        assert_eq!(bad.status, StepStatus::Failed);
+        let error = bad.error.as_ref().unwrap();
+        assert_eq!(error.error_type, error_types::INVALID_RESULT);
+        assert!(!bad.is_retryable());
+    }
+    // All three slots are free again: three new steps go out at once.
+    let handle = executor
+        .submit(StepBatchRequest::new("again", steps(4..7, "echo", 10_000)))
+        .await
+        .unwrap();
+    let again = delivered(&peer);
+    assert_eq!(again.len(), 3, "the refused results freed their slots");
+    peer.respond(
+        again
+            .iter()
+            .map(|s| completed(s, json!(1), "mixed"))
+            .collect(),
+    );
+    assert_eq!(handle.collect().await.len(), 3);
+    assert_eq!(executor.metrics().invalid_results, 2);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_a_result_for_an_earlier_orchestrators_step_never_completes_a_step_of_this_one() {
+    let executor = start(&config());
+    let earlier = "0123456789abcdef0123456789abcdef".to_string();
+    // Step 1 of this orchestrator, and a worker still running step 1 of an
+    // earlier one (its process restarted and numbered steps from 1 again).
+    let handle = executor
+        .submit(StepBatchRequest::new(
+            "second-run",
+            steps(1..2, "echo", 10_000),
+        ))
+        .await
+        .unwrap();
+    let peer = RawPeer::connect(executor.endpoint());
+    let mut hello = WorkerHello::new("survivor", vec!["echo".into()], 1);
+    hello.in_progress = vec![HeldStep {
+        step_id: 1,
+        attempt: 1,
+        orchestrator_id: earlier.clone(),
+    }];
+    let welcome = peer.send_hello(hello);
+    assert_ne!(welcome.orchestrator_id, earlier);
+    // Its one slot is taken by the earlier step: nothing is sent yet.
+    assert!(
+        matches!(
+            peer.recv_skipping_heartbeats(Duration::from_millis(400)),
+            None
+        ),
+        "a worker whose capacity is held by an earlier orchestrator's step got work"
+    );
+    let stale = StepExecutionResult::completed(
+        StepRef {
+            step_id: 1,
+            attempt: 1,
+        },
+        json!("from the first run"),
+        "survivor",
+        1,
+    );
+    peer.send(&WorkerMessage::StepBatchResponse(StepBatchResponse::new(
+        "old",
+        earlier,
+        vec![stale],
+    )));
+    // The slot is free now, and step 1 of this run goes out.
+    let step = delivered(&peer);
+    assert_eq!(step[0].step_id, 1);
+    peer.respond(vec![completed(
+        &step[0],
+        json!("from the second run"),
+        "survivor",
+    )]);
+    let results = handle.collect().await;
+    assert_eq!(results[0].output, Some(json!("from the second run")));
+    assert_eq!(executor.metrics().foreign_results_dropped, 1);
+    assert_eq!(executor.metrics().completed, 1);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h4_only_the_connection_holding_a_step_can_complete_it() {
+    let executor = start(&config());
+    let holder = RawPeer::connect(executor.endpoint());
+    holder.hello("holder", &["echo"], 4);
+    let handle = executor
+        .submit(StepBatchRequest::new("owned", steps(1..3, "echo", 10_000)))
+        .await
+        .unwrap();
+    let held = delivered(&holder);
+    let orchestrator_id = holder.orchestrator_id.borrow().clone();
+
+    // A connection that never said hello.
+    let stranger = RawPeer::connect(executor.endpoint());
+    stranger.send(&WorkerMessage::StepBatchResponse(StepBatchResponse::new(
+        "forged",
+        orchestrator_id.clone(),
+        held.iter()
+            .map(|s| completed(s, json!("forged"), "holder"))
+            .collect(),
+    )));
+    assert_eq!(
+        protocol_error(&stranger).code,
+        ProtocolErrorCode::UnknownWorker
+    );
+    // A registered worker answering steps it does not hold.
+    let rival = RawPeer::connect(executor.endpoint());
+    rival.hello("rival", &["echo"], 4);
+    rival.respond(
+        held.iter()
+            .map(|s| completed(s, json!("forged"), "holder"))
+            .collect(),
+    );
+    wait_until("the forged results are counted", || {
+        executor.metrics().unheld_results_dropped == 4
+    })
+    .await;
+    assert_eq!(executor.metrics().completed, 0);
+
+    holder.respond(
+        held.iter()
+            .map(|s| completed(s, json!("real"), "holder"))
+            .collect(),
+    );
+    let results = handle.collect().await;
+    assert!(results.iter().all(|r| r.output == Some(json!("real"))));
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h5_forged_results_with_a_victims_worker_id_do_not_free_its_slots() {
+    let executor = start(&config());
+    let victim = RawPeer::connect(executor.endpoint());
+    victim.hello("victim", &["echo"], 4);
+    let handle = executor
+        .submit(StepBatchRequest::new(
+            "twelve",
+            steps(1..13, "echo", 10_000),
+        ))
+        .await
+        .unwrap();
+    let held = delivered(&victim);
+    assert_eq!(held.len(), 4);
+    let attacker = RawPeer::connect(executor.endpoint());
+    attacker.hello("attacker", &["other"], 1);
+    attacker.respond(
+        held.iter()
+            .map(|s| completed(s, json!("x"), "victim"))
+            .collect(),
+    );
+    wait_until("the forged results are counted", || {
+        executor.metrics().unheld_results_dropped == 4
+    })
+    .await;
+    // Still four in hand: the victim must not be sent a fifth.
+    assert!(
+        victim
+            .recv_skipping_heartbeats(Duration::from_millis(400))
+            .is_none(),
+        "the victim was sent more than its capacity"
+    );
+    let mut answered = 0;
+    let mut in_hand = held;
+    while answered < 12 {
+        assert!(
+            in_hand.len() <= 4,
+            "victim holds {} of capacity 4",
+            in_hand.len()
+        );
+        victim.respond(
+            in_hand
+                .iter()
+                .map(|s| completed(s, json!("ok"), "victim"))
+                .collect(),
+        );
+        answered += in_hand.len();
+        if answered < 12 {
+            in_hand = delivered(&victim);
+        }
+    }
+    assert_eq!(handle.collect().await.len(), 12);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h6_a_hello_reusing_a_live_workers_id_is_refused_and_the_worker_keeps_its_steps() {
+    let executor = start(&config());
+    let victim = RawPeer::connect(executor.endpoint());
+    victim.hello("same-id", &["echo"], 2);
+    let handle = executor
+        .submit(StepBatchRequest::new("kept", steps(1..3, "echo", 10_000)))
+        .await
+        .unwrap();
+    let held = delivered(&victim);
+
+    let impostor = RawPeer::connect(executor.endpoint());
+    impostor.send(&WorkerMessage::Hello(WorkerHello::new(
+        "same-id",
+        vec!["echo".into()],
+        2,
+    )));
+    assert_eq!(
+        protocol_error(&impostor).code,
+        ProtocolErrorCode::WorkerIdInUse
+    );
+
+    victim.respond(
+        held.iter()
+            .map(|s| completed(s, json!("ran"), "same-id"))
+            .collect(),
+    );
+    let results = handle.collect().await;
+    assert!(results.iter().all(|r| r.status == StepStatus::Completed));
+    assert_eq!(executor.metrics().worker_lost, 0);
+    assert_eq!(executor.metrics().hellos_refused, 1);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h6_a_worker_that_really_reconnected_takes_its_steps_and_its_old_results_still_count() {
+    let executor = start(&config());
+    let old = RawPeer::connect(executor.endpoint());
+    old.hello("phoenix", &["echo"], 4);
+    let handle = executor
+        .submit(StepBatchRequest::new("moving", steps(1..5, "echo", 10_000)))
+        .await
+        .unwrap();
+    let held = delivered(&old);
+    assert_eq!(held.len(), 4);
+    let orchestrator_id = old.orchestrator_id.borrow().clone();
+    // Two results were sent on the old connection, which then closed; the
+    // new connection's hello lists the other two.
+    old.respond(
+        held[..2]
+            .iter()
+            .map(|s| completed(s, json!("old"), "phoenix"))
+            .collect(),
+    );
+    // Let ZeroMQ send them before the socket closes (linger 0).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(old);
+    let new = RawPeer::connect(executor.endpoint());
+    let mut hello = WorkerHello::new("phoenix", vec!["echo".into()], 4);
+    hello.in_progress = held[2..]
+        .iter()
+        .map(|s| HeldStep {
+            step_id: s.step_id,
+            attempt: 1,
+            orchestrator_id: orchestrator_id.clone(),
+        })
+        .collect();
+    // As a worker does: until ZeroMQ has seen the old connection close, the
+    // id is in use; try again after a pause.
+    for _ in 0..50 {
+        new.send(&WorkerMessage::Hello(hello.clone()));
+        match new.recv_skipping_heartbeats(Duration::from_secs(3)) {
+            Some(OrchestratorMessage::Welcome(w)) => {
+                *new.orchestrator_id.borrow_mut() = w.orchestrator_id;
+                break;
+            }
+            Some(OrchestratorMessage::ProtocolError(e)) => {
+                assert_eq!(e.code, ProtocolErrorCode::WorkerIdInUse);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    new.respond(
+        held[2..]
+            .iter()
+            .map(|s| completed(s, json!("new"), "phoenix"))
+            .collect(),
+    );
+    let results = handle.collect().await;
+    let outputs: Vec<_> = results.iter().map(|r| r.output.clone().unwrap()).collect();
+    assert_eq!(
+        outputs,
+        vec![json!("old"), json!("old"), json!("new"), json!("new")]
+    );
+    assert_eq!(executor.metrics().worker_lost, 0);
+    assert_eq!(executor.metrics().workers_connected, 1);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h7_the_registry_is_bounded_and_a_connection_keeps_its_worker_id() {
+    let executor = start(&TaskerConfig {
+        max_workers: 5,
+        ..config()
+    });
+    // Many ids on one connection: the first one sticks.
+    let flooder = RawPeer::connect(executor.endpoint());
+    flooder.hello("first", &["echo"], 1);
+    for i in 0..300 {
+        flooder.send(&WorkerMessage::Hello(WorkerHello::new(
+            format!("id-{i}"),
+            vec!["echo".into()],
+            1,
+        )));
+    }
+    for _ in 0..300 {
+        assert_eq!(
+            protocol_error(&flooder).code,
+            ProtocolErrorCode::InvalidMessage
+        );
+    }
+    assert_eq!(executor.workers().await.len(), 1);
+    // Many connections: at most max_workers registered.
+    let peers: Vec<RawPeer> = (0..8)
+        .map(|_| RawPeer::connect(executor.endpoint()))
+        .collect();
+    let mut refused = 0;
+    for (i, peer) in peers.iter().enumerate() {
+        peer.send(&WorkerMessage::Hello(WorkerHello::new(
+            format!("w-{i}"),
+            vec!["echo".into()],
+            1,
+        )));
+        match peer.recv_skipping_heartbeats(Duration::from_secs(3)) {
+            Some(OrchestratorMessage::Welcome(_)) => {}
+            Some(OrchestratorMessage::ProtocolError(e)) => {
+                assert_eq!(e.code, ProtocolErrorCode::RegistryFull);
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(refused, 4, "5 of 9 connections registered");
+    assert_eq!(executor.workers().await.len(), 5);
+    // Entries go with their connections: silent peers are removed.
+    drop(peers);
+    drop(flooder);
+    let expiry = executor.config().peer_expiry();
+    tokio::time::sleep(expiry + executor.config().heartbeat_interval() * 2).await;
+    assert_eq!(executor.workers().await.len(), 0);
+    let late = RawPeer::connect(executor.endpoint());
+    late.hello("room-again", &["echo"], 1);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h9_attempt_zero_is_an_invalid_message_not_a_duplicate() {
+    let executor = start(&config());
+    let peer = RawPeer::connect(executor.endpoint());
+    peer.hello("zero", &["echo"], 1);
+    let handle = executor
+        .submit(StepBatchRequest::new("z", steps(1..2, "echo", 10_000)))
+        .await
+        .unwrap();
+    let step = delivered(&peer).remove(0);
+    let zero = StepExecutionResult::completed(
+        StepRef {
+            step_id: step.step_id,
+            attempt: 0,
+        },
+        json!(0),
+        "zero",
+        1,
+    );
+    peer.respond(vec![zero]);
+    let error = protocol_error(&peer);
+    assert_eq!(error.code, ProtocolErrorCode::InvalidMessage);
+    assert!(error.message.contains("attempt"), "{}", error.message);
+    assert_eq!(executor.metrics().duplicate_results_dropped, 0);
+    peer.respond(vec![completed(&step, json!("one"), "zero")]);
+    assert_eq!(handle.collect().await[0].output, Some(json!("one")));
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h11_a_dead_io_thread_ends_every_step_once_and_fails_later_submits() {
+    let executor: ZmqPubSubExecutor = start(&TaskerConfig {
+        queue_bound: 4,
+        ..config()
+    });
+    let executor = std::sync::Arc::new(executor);
+    let peer = RawPeer::connect(executor.endpoint());
+    peer.hello("holder", &["echo"], 2);
+    let handle = executor
+        .submit(StepBatchRequest::new("held", steps(1..5, "echo", 10_000)))
+        .await
+        .unwrap();
+    assert_eq!(delivered(&peer).len(), 2);
+    // A submit waiting for room in the full queue.
+    let waiting = {
+        let executor = std::sync::Arc::clone(&executor);
+        tokio::spawn(async move {
+            executor
+                .submit(StepBatchRequest::new(
+                    "waits",
+                    steps(10..11, "echo", 10_000),
+                ))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished());
+
+    executor.inject_fault();
+    let results = tokio::time::timeout(LONG, handle.collect()).await.unwrap();
+    assert_eq!(results.len(), 4, "every step gets its one final result");
+    for result in &results {
+        assert_eq!(result.status, StepStatus::Cancelled);
+        assert_eq!(
+            result.error.as_ref().unwrap().error_type,
+            error_types::EXECUTOR_STOPPED
+        );
+        assert!(result.is_retryable());
+    }
+    let waited = tokio::time::timeout(LONG, waiting).await.unwrap().unwrap();
+    assert!(matches!(waited, Err(ExecutorError::ShutDown)), "{waited:?}");
+    let later = tokio::time::timeout(
+        LONG,
+        executor.submit(StepBatchRequest::new(
+            "later",
+            steps(20..21, "echo", 10_000),
+        )),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(later, Err(ExecutorError::ShutDown)), "{later:?}");
+}

@@ -1,0 +1,119 @@
+//! A peer cannot turn the orchestrator's log or its replies into an
+//! amplifier: bad input is quoted a few hundred bytes at most, and
+//! repeated messages from one peer do not write a line each. This file has
+//! its own process-wide log capture, so it holds only these tests.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use common::*;
+use tasker_config::TaskerConfig;
+use tasker_protocol::*;
+
+const LONG: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Everything logged at info and above from here on, in this process.
+fn captured() -> &'static Capture {
+    static CAPTURE: OnceLock<Capture> = OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .init();
+        capture
+    })
+}
+
+/// Bytes and lines logged while `f` ran.
+async fn logged_during<F: std::future::Future<Output = ()>>(f: F) -> (usize, usize) {
+    let capture = captured();
+    let start = capture.0.lock().unwrap().len();
+    f.await;
+    let log = capture.0.lock().unwrap();
+    let text = &log[start..];
+    (text.len(), text.iter().filter(|b| **b == b'\n').count())
+}
+
+// Both scenarios run in one test: the capture is process-wide, and tests
+// in one binary run in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h8_h10_bad_input_is_quoted_briefly_and_floods_do_not_flood_the_log() {
+    let executor = start(&TaskerConfig {
+        max_message_bytes: 8 << 20,
+        ..config()
+    });
+
+    // h8: twenty 4 MiB messages, each refused.
+    let huge = "x".repeat(4 << 20);
+    let bodies = [
+        format!(r#"{{"type":"protocol_error","code":"{huge}","message":""}}"#),
+        format!(r#"{{"type":"{huge}"}}"#),
+        format!(r#"{{"type":"hello","worker_id":"{huge}","handlers":[],"capacity":1}}"#),
+        format!(r#"{{"type":"heartbeat","x":{huge}}}"#),
+    ];
+    let peer = RawPeer::connect(executor.endpoint());
+    let (bytes, _) = logged_during(async {
+        for i in 0..20 {
+            let body = bodies[i % bodies.len()].clone().into_bytes();
+            peer.send_raw(vec![PROTOCOL_HEADER.as_bytes().to_vec(), body]);
+            match peer.recv(Duration::from_secs(5)) {
+                Some(OrchestratorMessage::ProtocolError(e)) => {
+                    assert!(e.message.len() <= 512, "reply of {} bytes", e.message.len());
+                }
+                other => panic!("expected a protocol error, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        bytes < 32 * 1024,
+        "twenty bad messages logged {bytes} bytes"
+    );
+
+    // h10: a peer that repeats its hello thousands of times and goes away
+    // without reading the welcomes.
+    let (_, lines) = logged_during(async {
+        let flooder = RawPeer::connect(executor.endpoint());
+        flooder.socket.set_sndhwm(0).unwrap();
+        let hello = WorkerHello::new("flooder", vec!["echo".into()], 1);
+        for _ in 0..5_000 {
+            flooder.send(&WorkerMessage::Hello(hello.clone()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(flooder);
+        tokio::time::sleep(executor.config().peer_expiry() * 2).await;
+    })
+    .await;
+    assert!(
+        lines < 50,
+        "5000 hellos wrote {lines} log lines: {}",
+        String::from_utf8_lossy(&captured().0.lock().unwrap())
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    executor.shutdown(LONG).await;
+}
