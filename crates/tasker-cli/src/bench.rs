@@ -57,7 +57,13 @@ fn messages(n: usize) -> (OrchestratorMessage, WorkerMessage) {
         .map(|s| StepExecutionResult::completed(s.step_ref(), Value::Null, "rust-bench", 0))
         .collect();
     let request = OrchestratorMessage::StepBatchRequest(StepBatchRequest::new("bench:1", steps));
-    let response = WorkerMessage::StepBatchResponse(StepBatchResponse::new("bench:1", results));
+    // The id is as long as a real orchestrator's (32 hex digits).
+    let orchestrator_id = "0".repeat(32);
+    let response = WorkerMessage::StepBatchResponse(StepBatchResponse::new(
+        "bench:1",
+        orchestrator_id,
+        results,
+    ));
     (request, response)
 }
 

@@ -270,3 +270,73 @@ fn dispatch_names_the_problem_in_bad_input() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown field `handler`"), "{stderr}");
 }
+
+/// A free loopback port for a process that binds it itself.
+fn free_endpoint() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("tcp://127.0.0.1:{port}")
+}
+
+#[test]
+fn g4_a_stalled_orchestrator_declares_no_healthy_worker_dead() {
+    let endpoint = free_endpoint();
+    let mut reaper = Reaper(vec![
+        spawn_worker(&endpoint, "steady-1", 4),
+        spawn_worker(&endpoint, "steady-2", 4),
+    ]);
+    let mut dispatch = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args(["dispatch", "-", "--endpoint", &endpoint])
+        .args(["--workers", "2", "--wait", "10", "--metrics"])
+        .env("TASKER_HEARTBEAT_INTERVAL_MS", "200")
+        .env_remove("TASKER_CONFIG")
+        .env_remove("TASKER_ENV")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // 96 steps of 150 ms on 8 slots: about two seconds of work, so the
+    // freezes below land while steps run and results are on their way.
+    let steps: Vec<Value> = (1..=96)
+        .map(|id| json!({ "step_id": id, "handler_class": "sleep",
+                          "handler_config": { "ms": 150 }, "metadata": { "timeout_ms": 20_000 } }))
+        .collect();
+    let input = json!({ "batch_id": "stall", "steps": steps });
+    dispatch
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    // Wait for work to start, then freeze the orchestrator for twice the
+    // workers' expiry (3 × 200 ms), three times.
+    std::thread::sleep(Duration::from_millis(400));
+    for _ in 0..3 {
+        signal(&dispatch, "-STOP");
+        std::thread::sleep(Duration::from_millis(1_200));
+        signal(&dispatch, "-CONT");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let out = dispatch.wait_with_output().unwrap();
+    assert!(out.status.success(), "dispatch failed");
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = printed["results"].as_array().unwrap();
+    assert_eq!(results.len(), 96);
+    let not_completed: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["status"] != "completed")
+        .collect();
+    assert!(
+        not_completed.is_empty(),
+        "healthy workers' steps ended otherwise: {not_completed:?}"
+    );
+    assert_eq!(printed["metrics"]["worker_lost"], 0);
+    assert_eq!(printed["metrics"]["workers_lost"], 0);
+    for worker in &mut reaper.0 {
+        assert!(worker.try_wait().unwrap().is_none(), "a worker exited");
+    }
+}
