@@ -18,7 +18,8 @@
 //! assert_eq!(config.liveness, 3); // built-in default
 //! ```
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,26 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A key that is not a config key, in a file section, a `TASKER_*`
+    /// variable that is a near miss of one, or a host's keyword option.
+    #[error("unknown config key `{key}` ({origin}){}", suggestion.map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
+    UnknownKey {
+        /// Where it was found (`environment variable TASKER_X`, `option`,
+        /// `config/zeromq.yaml, environment test`).
+        origin: String,
+        /// The key as given.
+        key: String,
+        /// The closest valid key, when one is close.
+        suggestion: Option<&'static str>,
+    },
+    /// A keyword option's value is not one the key takes.
+    #[error("invalid value for option `{key}`: {message}")]
+    Option {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A value parses but is out of range.
     #[error("invalid value for {key}: {message}")]
     Invalid {
@@ -93,7 +114,14 @@ fn name_bad_key(section: &serde_norway::Value, error: serde_norway::Error) -> St
                 serde_norway::from_value::<TaskerConfig>(serde_norway::Value::Mapping(alone))
             {
                 let name = key.as_str().unwrap_or("<non-string key>");
-                return format!("key `{name}`: {e}");
+                let hint = if KEYS.contains(&name) {
+                    String::new()
+                } else {
+                    closest_key(name)
+                        .map(|k| format!("; did you mean `{k}`?"))
+                        .unwrap_or_default()
+                };
+                return format!("key `{name}`: {e}{hint}");
             }
         }
     }
@@ -196,6 +224,64 @@ impl Default for TaskerConfig {
     }
 }
 
+/// `TASKER_*` variables that name no config key and are not a mistake.
+pub const NON_KEY_VARIABLES: &[&str] = &["TASKER_CONFIG", "TASKER_ENV"];
+
+/// The valid key closest to `key`, when it is close enough to be what was
+/// meant (a typo, not another setting altogether).
+pub fn closest_key(key: &str) -> Option<&'static str> {
+    let key = key.to_ascii_lowercase();
+    KEYS.iter()
+        .map(|k| (strsim::levenshtein(&key, k), *k))
+        .filter(|(distance, k)| *distance <= (k.len() / 4).max(2))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, k)| k)
+}
+
+/// Where one configuration comes from. Later sources win: the file's
+/// section (the built-in defaults without a file), then the `TASKER_*`
+/// variables, then `options` (a host's keyword arguments).
+///
+/// ```
+/// use tasker_config::{Sources, TaskerConfig};
+///
+/// let mut sources = Sources::with_vars(Vec::new());
+/// sources.options.insert("worker_capacity".into(), serde_json::json!(3));
+/// assert_eq!(TaskerConfig::resolve(&sources).unwrap().worker_capacity, 3);
+///
+/// sources.options.insert("worker_capcity".into(), serde_json::json!(3));
+/// let error = TaskerConfig::resolve(&sources).unwrap_err().to_string();
+/// assert!(error.contains("did you mean `worker_capacity`"), "{error}");
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Sources {
+    /// The YAML file; `None`: the built-in defaults.
+    pub path: Option<PathBuf>,
+    /// Its section; `None`: `TASKER_ENV`, else `development`.
+    pub environment: Option<String>,
+    /// The environment variables to read (`TASKER_*`); `None`: the
+    /// process's own.
+    pub vars: Option<Vec<(String, String)>>,
+    /// Keyword options by key; each key must be a config key.
+    pub options: BTreeMap<String, serde_json::Value>,
+}
+
+impl Sources {
+    /// The process's environment, no file, no options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// These variables instead of the process's environment.
+    pub fn with_vars(vars: Vec<(String, String)>) -> Self {
+        Self {
+            vars: Some(vars),
+            ..Self::default()
+        }
+    }
+}
+
 /// The file a program reads when not told which: relative to the working
 /// directory, so that running from the repository root finds the project's.
 pub const DEFAULT_PATH: &str = "config/zeromq.yaml";
@@ -206,11 +292,11 @@ impl TaskerConfig {
     /// `TASKER_*` overrides of the process environment apply either way.
     /// This is what every binding's "from config" constructor does.
     pub fn load_from(path: Option<&Path>, environment: Option<&str>) -> Result<Self, ConfigError> {
-        match (path, environment) {
-            (Some(path), Some(environment)) => Self::load_env(path, environment),
-            (Some(path), None) => Self::load(path),
-            (None, _) => Self::from_env(),
-        }
+        Self::resolve(&Sources {
+            path: path.map(Path::to_path_buf),
+            environment: environment.map(str::to_string),
+            ..Sources::default()
+        })
     }
 
     /// The configuration of a program run from the command line: `path`,
@@ -225,6 +311,94 @@ impl TaskerConfig {
         let default = Path::new(DEFAULT_PATH);
         let path = named.or_else(|| default.exists().then(|| default.to_path_buf()));
         Self::load_from(path.as_deref(), environment)
+    }
+
+    /// The one way every binding and program resolves its configuration:
+    /// file section, `TASKER_*` variables, keyword options, each checked,
+    /// then the whole validated. A key that is not a config key is an
+    /// error naming it and the closest valid one; so is a `TASKER_*`
+    /// variable that is a near miss of a key (other `TASKER_*` variables
+    /// belong to someone else and are left alone).
+    pub fn resolve(sources: &Sources) -> Result<Self, ConfigError> {
+        let process_vars;
+        let vars: &[(String, String)] = match &sources.vars {
+            Some(vars) => vars,
+            None => {
+                process_vars = std::env::vars().collect::<Vec<_>>();
+                &process_vars
+            }
+        };
+        let environment = sources.environment.clone().unwrap_or_else(|| {
+            vars.iter()
+                .find(|(k, _)| k == "TASKER_ENV")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| "development".into())
+        });
+        let mut config = match &sources.path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Self::from_yaml_str(&text, &environment, vars.iter().cloned()).map_err(
+                    |e| match e {
+                        ConfigError::Parse { context, message } => ConfigError::Parse {
+                            context: format!("{}, {context}", path.display()),
+                            message,
+                        },
+                        other => other,
+                    },
+                )?
+            }
+            None => {
+                let mut config = Self::default();
+                config.apply_overrides(vars.iter().cloned())?;
+                config
+            }
+        };
+        config.apply_options(&sources.options)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies keyword options (config keys to JSON values).
+    fn apply_options(
+        &mut self,
+        options: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<(), ConfigError> {
+        if options.is_empty() {
+            return Ok(());
+        }
+        let mut current = match serde_norway::to_value(&*self) {
+            Ok(serde_norway::Value::Mapping(m)) => m,
+            _ => unreachable!("a config serialises to a mapping"),
+        };
+        for (key, value) in options {
+            if !KEYS.contains(&key.as_str()) {
+                return Err(ConfigError::UnknownKey {
+                    origin: "option".into(),
+                    key: key.clone(),
+                    suggestion: closest_key(key),
+                });
+            }
+            let option_error = |message: String| ConfigError::Option {
+                key: key.clone(),
+                message,
+            };
+            let value = serde_norway::to_value(value).map_err(|e| option_error(e.to_string()))?;
+            let mut probe = current.clone();
+            probe.insert(serde_norway::Value::String(key.clone()), value.clone());
+            serde_norway::from_value::<TaskerConfig>(serde_norway::Value::Mapping(probe))
+                .map_err(|e| option_error(e.to_string()))?;
+            current.insert(serde_norway::Value::String(key.clone()), value);
+        }
+        *self = serde_norway::from_value(serde_norway::Value::Mapping(current)).map_err(|e| {
+            ConfigError::Option {
+                key: "options".into(),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(())
     }
 
     /// Loads `path` for the environment named by `TASKER_ENV` (default
@@ -306,7 +480,9 @@ impl TaskerConfig {
         Ok(config)
     }
 
-    /// Applies `TASKER_<KEY>` overrides; other variables are ignored.
+    /// Applies `TASKER_<KEY>` overrides. A variable that is a near miss of
+    /// a key (`TASKER_WORKER_CAPACTY`) is an error naming the key meant;
+    /// other variables are ignored.
     pub fn apply_overrides(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
@@ -322,6 +498,17 @@ impl TaskerConfig {
             };
             let key = rest.to_ascii_lowercase();
             if !KEYS.contains(&key.as_str()) {
+                // A near miss of a key is a mistake to name, not a
+                // variable of someone else's to leave alone.
+                if let Some(suggestion) =
+                    closest_key(&key).filter(|_| !NON_KEY_VARIABLES.contains(&var.as_str()))
+                {
+                    return Err(ConfigError::UnknownKey {
+                        origin: format!("environment variable {var}"),
+                        key,
+                        suggestion: Some(suggestion),
+                    });
+                }
                 continue;
             }
             let override_error = |message: String| ConfigError::Override {
@@ -344,12 +531,13 @@ impl TaskerConfig {
             changed = true;
         }
         if changed {
-            *self = serde_norway::from_value(serde_norway::Value::Mapping(current)).map_err(|e| {
-                ConfigError::Parse {
-                    context: "environment overrides".into(),
-                    message: e.to_string(),
-                }
-            })?;
+            *self =
+                serde_norway::from_value(serde_norway::Value::Mapping(current)).map_err(|e| {
+                    ConfigError::Parse {
+                        context: "environment overrides".into(),
+                        message: e.to_string(),
+                    }
+                })?;
         }
         Ok(())
     }
@@ -512,6 +700,68 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("staging"), "{err}");
+    }
+
+    #[test]
+    fn resolve_applies_file_then_variables_then_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "test:\n  batch_size: 7\n  liveness: 4\n").unwrap();
+        let mut sources = Sources::with_vars(vars(&[
+            ("TASKER_ENV", "test"),
+            ("TASKER_LIVENESS", "5"),
+            ("TASKER_BIN", "/usr/bin/tasker"),
+        ]));
+        sources.path = Some(path);
+        sources
+            .options
+            .insert("liveness".into(), serde_json::json!(6));
+        let config = TaskerConfig::resolve(&sources).unwrap();
+        assert_eq!(config.batch_size, 7);
+        assert_eq!(config.liveness, 6);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_the_closest_valid_one_in_every_source() {
+        let mut sources = Sources::with_vars(vec![]);
+        sources
+            .options
+            .insert("heartbeat_interval".into(), serde_json::json!(5));
+        let err = TaskerConfig::resolve(&sources).unwrap_err().to_string();
+        assert!(err.contains("`heartbeat_interval` (option)"), "{err}");
+        assert!(
+            err.contains("did you mean `heartbeat_interval_ms`"),
+            "{err}"
+        );
+
+        let sources = Sources::with_vars(vars(&[("TASKER_WORKER_CAPACTY", "3")]));
+        let err = TaskerConfig::resolve(&sources).unwrap_err().to_string();
+        assert!(
+            err.contains("environment variable TASKER_WORKER_CAPACTY"),
+            "{err}"
+        );
+        assert!(err.contains("did you mean `worker_capacity`"), "{err}");
+
+        let err = TaskerConfig::from_yaml_str("test:\n  batch_sise: 5\n", "test", vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean `batch_size`"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_option_value_names_the_option() {
+        let mut sources = Sources::with_vars(vec![]);
+        sources
+            .options
+            .insert("liveness".into(), serde_json::json!("many"));
+        let err = TaskerConfig::resolve(&sources).unwrap_err().to_string();
+        assert!(err.contains("option `liveness`"), "{err}");
+        let mut sources = Sources::with_vars(vec![]);
+        sources
+            .options
+            .insert("liveness".into(), serde_json::json!(0));
+        let err = TaskerConfig::resolve(&sources).unwrap_err().to_string();
+        assert!(err.contains("liveness"), "{err}");
     }
 
     #[test]
