@@ -7,12 +7,19 @@
 //! [`decode`] rejects, with a [`DecodeError`] naming the problem, anything
 //! that is not a well-formed message of the expected direction.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use serde::{de::DeserializeOwned, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::messages::{OrchestratorMessage, ProtocolErrorCode, StepStatus, WorkerMessage};
-use crate::{PROTOCOL_HEADER, PROTOCOL_HEADER_PREFIX, PROTOCOL_MAJOR};
+use crate::messages::{
+    HeldStep, OrchestratorMessage, ProtocolError, ProtocolErrorCode, StepBatchResponse,
+    StepExecutionResult, StepId, StepRef, StepStatus, WorkerMessage,
+};
+use crate::{MAX_JSON_DEPTH, PROTOCOL_HEADER, PROTOCOL_HEADER_PREFIX, PROTOCOL_MAJOR};
 
 /// Why a message could not be decoded.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -174,48 +181,116 @@ pub(crate) fn checked_body(
     Ok(body)
 }
 
-/// Names what is wrong with a body the typed parse refused.
-pub(crate) fn classify<M: WireMessage>(body: &[u8], typed_error: serde_json::Error) -> DecodeError {
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(value) => value,
-        Err(e) => return DecodeError::MalformedJson(e.to_string()),
-    };
-    let Some(object) = value.as_object() else {
-        return DecodeError::MalformedJson("body is not a JSON object".into());
-    };
-    match object.get("type").and_then(Value::as_str) {
-        None => DecodeError::UnknownMessageType("<missing>".into()),
-        Some(t) if !M::TYPES.contains(&t) => DecodeError::UnknownMessageType(truncate(t, 64)),
-        Some(t) => {
-            // A wrong major version inside a batch is a version problem, not
-            // a shape problem: report it as such.
-            if let Some(v) = object.get("protocol_version").and_then(Value::as_str) {
-                if let Err(e) = check_version(v) {
-                    return e;
-                }
-            }
-            DecodeError::Invalid {
-                message_type: t.to_string(),
-                reason: typed_error.to_string(),
-            }
+/// The top-level fields of a body, each left as its JSON text: read
+/// without building values, so neither nesting depth nor string escapes
+/// inside a field can fail it. An error when the body is not JSON text
+/// (including: not UTF-8) or not an object.
+fn top_level(body: &[u8]) -> Result<BTreeMap<Cow<'_, str>, &RawValue>, DecodeError> {
+    serde_json::from_slice(body).map_err(|e| {
+        if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+            DecodeError::MalformedJson("body is not a JSON object".into())
+        } else {
+            DecodeError::MalformedJson(truncate(&e.to_string(), 200))
         }
+    })
+}
+
+/// The `type` of a body, as a string: `Err` names what else it is.
+fn type_of(fields: &BTreeMap<Cow<'_, str>, &RawValue>) -> Result<String, String> {
+    match fields.get("type") {
+        None => Err("<missing>".into()),
+        Some(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| truncate(raw.get(), 64)),
     }
 }
 
-fn truncate(text: &str, max_chars: usize) -> String {
-    if text.chars().count() <= max_chars {
-        text.to_string()
-    } else {
-        let mut cut: String = text.chars().take(max_chars).collect();
-        cut.push('…');
-        cut
+/// Names what is wrong with a body the typed parse refused.
+///
+/// Not JSON text or not an object: `MalformedJson`. A missing or unknown
+/// `type`: `UnknownMessageType`. A `protocol_version` of another major:
+/// `VersionMismatch`. Anything else, including a lone surrogate escape or
+/// nesting beyond the parser's limit inside a field: `Invalid`, with the
+/// typed parse's reason.
+pub(crate) fn classify<M: WireMessage>(body: &[u8], typed_error: serde_json::Error) -> DecodeError {
+    let fields = match top_level(body) {
+        Ok(fields) => fields,
+        Err(e) => return e,
+    };
+    let t = match type_of(&fields) {
+        Ok(t) if M::TYPES.contains(&t.as_str()) => t,
+        Ok(t) => return DecodeError::UnknownMessageType(truncate(&t, 64)),
+        Err(what) => return DecodeError::UnknownMessageType(what),
+    };
+    // A wrong major version inside a batch is a version problem, not a
+    // shape problem: report it as such.
+    if let Some(v) = fields
+        .get("protocol_version")
+        .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
+    {
+        if let Err(e) = check_version(&v) {
+            return e;
+        }
     }
+    DecodeError::Invalid {
+        message_type: t,
+        reason: truncate(&typed_error.to_string(), 200),
+    }
+}
+
+/// At most `max_bytes` bytes of `text` (so at most that many characters),
+/// cut at a character boundary and marked `…` when cut: untrusted input is
+/// never quoted whole in a log line or a reply.
+///
+/// ```
+/// use tasker_protocol::codec::truncate;
+/// assert_eq!(truncate("abcdef", 3), "abc…");
+/// assert_eq!(truncate("ééé", 3), "é…");
+/// assert_eq!(truncate("abc", 3), "abc");
+/// ```
+pub fn truncate(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_string();
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut cut = String::with_capacity(end + '…'.len_utf8());
+    cut.push_str(&text[..end]);
+    cut.push('…');
+    cut
+}
+
+/// How deeply arrays and objects nest in `value`: `7` is 0 deep, `[7]`
+/// and `[]` 1, `{"a":[7]}` 2. Compared with `max_json_depth`
+/// ([`crate::MAX_JSON_DEPTH`]). Walks without recursion, so any value a
+/// handler builds can be measured.
+///
+/// ```
+/// use serde_json::json;
+/// use tasker_protocol::codec::json_depth;
+/// assert_eq!(json_depth(&json!(7)), 0);
+/// assert_eq!(json_depth(&json!([])), 1);
+/// assert_eq!(json_depth(&json!({"a": [7], "b": 1})), 2);
+/// ```
+pub fn json_depth(value: &Value) -> u32 {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0u32)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    deepest
 }
 
 pub(crate) fn invalid(message_type: &str, reason: impl Into<String>) -> DecodeError {
     DecodeError::Invalid {
         message_type: message_type.to_string(),
-        reason: reason.into(),
+        reason: truncate(&reason.into(), 200),
     }
 }
 
@@ -250,41 +325,342 @@ impl WireMessage for WorkerMessage {
                 if hello.capacity == 0 {
                     return Err(invalid(t, "capacity must be at least 1"));
                 }
-            }
-            WorkerMessage::StepBatchResponse(response) => {
-                check_version(&response.protocol_version)?;
-                if response.results.is_empty() {
-                    return Err(invalid(t, "results is empty"));
+                if hello.in_progress.len() > hello.capacity as usize {
+                    return Err(invalid(
+                        t,
+                        format!(
+                            "in_progress lists {} steps, more than capacity {}",
+                            hello.in_progress.len(),
+                            hello.capacity
+                        ),
+                    ));
                 }
-                for result in &response.results {
-                    let id = result.step_id;
-                    if !result.status.is_reportable_by_worker() {
-                        return Err(invalid(
-                            t,
-                            format!(
-                                "step {id}: a worker cannot report status {:?}",
-                                result.status
-                            ),
-                        ));
-                    }
-                    match (result.status, &result.output, &result.error) {
-                        (StepStatus::Completed, _, Some(_)) => {
-                            return Err(invalid(t, format!("step {id}: completed with an error")))
-                        }
-                        (StepStatus::Failed, _, None) => {
-                            return Err(invalid(t, format!("step {id}: failed without an error")))
-                        }
-                        _ => {}
+                check_held(t, "in_progress", &hello.in_progress)?;
+            }
+            WorkerMessage::Drain(drain) => check_held(t, "returned", &drain.returned)?,
+            WorkerMessage::StepBatchResponse(response) => {
+                check_response_envelope(response)?;
+                for (index, result) in response.results.iter().enumerate() {
+                    if let Err(reason) = check_result(result) {
+                        return Err(invalid(t, format!("results[{index}]: {reason}")));
                     }
                 }
             }
             WorkerMessage::Heartbeat(_)
-            | WorkerMessage::Drain(_)
             | WorkerMessage::Goodbye(_)
             | WorkerMessage::ProtocolError(_) => {}
         }
         Ok(())
     }
+}
+
+/// The entries of a hello's `in_progress` or a drain's `returned`.
+fn check_held(message_type: &str, field: &str, held: &[HeldStep]) -> Result<(), DecodeError> {
+    for (index, step) in held.iter().enumerate() {
+        if step.attempt == 0 {
+            return Err(invalid(
+                message_type,
+                format!(
+                    "{field}[{index}]: step {}: attempt must be at least 1",
+                    step.step_id
+                ),
+            ));
+        }
+        if step.orchestrator_id.is_empty() {
+            return Err(invalid(
+                message_type,
+                format!("{field}[{index}]: orchestrator_id is empty"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The rules of a `step_batch_response` that concern the whole message.
+fn check_response_envelope(response: &StepBatchResponse) -> Result<(), DecodeError> {
+    check_envelope(
+        &response.protocol_version,
+        &response.orchestrator_id,
+        response.results.len(),
+    )
+}
+
+fn check_envelope(
+    protocol_version: &str,
+    orchestrator_id: &str,
+    results: usize,
+) -> Result<(), DecodeError> {
+    check_version(protocol_version)?;
+    if orchestrator_id.is_empty() {
+        return Err(invalid("step_batch_response", "orchestrator_id is empty"));
+    }
+    if results == 0 {
+        return Err(invalid("step_batch_response", "results is empty"));
+    }
+    Ok(())
+}
+
+/// The rules one step of a `step_batch_request` must keep that its schema
+/// alone does not say: attempt and timeout at least 1.
+pub(crate) fn check_step(step_id: StepId, attempt: u32, timeout_ms: u64) -> Result<(), String> {
+    if attempt == 0 {
+        return Err(format!(
+            "step {step_id}: metadata.attempt must be at least 1"
+        ));
+    }
+    if timeout_ms == 0 {
+        return Err(format!(
+            "step {step_id}: metadata.timeout_ms must be at least 1"
+        ));
+    }
+    Ok(())
+}
+
+/// The rules one result from a worker must keep beyond its types (SPEC
+/// §4.2): attempt at least 1, status `completed` or `failed`, an error
+/// exactly when failed, output nested at most [`crate::MAX_JSON_DEPTH`]
+/// deep. The reason names the step.
+pub fn check_result(result: &StepExecutionResult) -> Result<(), String> {
+    let id = result.step_id;
+    if result.metadata.attempt == 0 {
+        return Err(format!("step {id}: metadata.attempt must be at least 1"));
+    }
+    if let Some(output) = &result.output {
+        let depth = json_depth(output);
+        if depth > MAX_JSON_DEPTH {
+            return Err(format!(
+                "step {id}: output nested {depth} deep, more than max_json_depth {MAX_JSON_DEPTH}"
+            ));
+        }
+    }
+    if !result.status.is_reportable_by_worker() {
+        return Err(format!(
+            "step {id}: a worker cannot report status {:?}",
+            result.status
+        ));
+    }
+    match (result.status, &result.output, &result.error) {
+        (StepStatus::Completed, _, Some(_)) => Err(format!("step {id}: completed with an error")),
+        (StepStatus::Failed, _, None) => Err(format!("step {id}: failed without an error")),
+        _ => Ok(()),
+    }
+}
+
+/// What the orchestrator reads from a worker: a control message, or the
+/// results of a `step_batch_response`, each result judged on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FromWorker {
+    /// Any message but `step_batch_response`.
+    Message(WorkerMessage),
+    /// A `step_batch_response`.
+    Results(ResultBatch),
+}
+
+/// A `step_batch_response` whose envelope is valid, with its results
+/// split into those that keep the rules and those that do not. One bad
+/// result does not cost the others (SPEC §3.3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultBatch {
+    /// `batch_id` as sent.
+    pub batch_id: String,
+    /// The orchestrator whose steps these results answer.
+    pub orchestrator_id: String,
+    /// The results that keep the rules, in message order.
+    pub results: Vec<StepExecutionResult>,
+    /// The results that do not.
+    pub refused: Vec<RefusedResult>,
+}
+
+impl ResultBatch {
+    /// The `protocol_error` (`invalid_message`) to send once for this
+    /// message when some of its results were refused: it names their
+    /// indices (the first 16) and the first reason, in a few hundred bytes.
+    /// `None` when every result was accepted.
+    pub fn refusal(&self) -> Option<ProtocolError> {
+        let first = self.refused.first()?;
+        let mut indices: Vec<String> = self
+            .refused
+            .iter()
+            .take(16)
+            .map(|r| r.index.to_string())
+            .collect();
+        if self.refused.len() > 16 {
+            indices.push(format!("… ({} in all)", self.refused.len()));
+        }
+        Some(ProtocolError {
+            code: ProtocolErrorCode::InvalidMessage,
+            message: format!(
+                "step_batch_response: results [{}] refused (the others were taken); results[{}]: {}",
+                indices.join(", "),
+                first.index,
+                truncate(&first.reason, 200)
+            ),
+        })
+    }
+}
+
+/// A result refused on its own, inside an otherwise valid message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedResult {
+    /// Its place in `results`.
+    pub index: usize,
+    /// The step attempt it names, when `step_id` and `metadata.attempt`
+    /// could be read (and the attempt is at least 1).
+    pub step: Option<StepRef>,
+    /// What is wrong, at most a few hundred bytes.
+    pub reason: String,
+}
+
+/// Decodes one message from a worker as the orchestrator does: like
+/// [`decode`]`::<WorkerMessage>`, except that the results of a
+/// `step_batch_response` are judged one by one. A result nested deeper
+/// than the parser goes, holding a lone surrogate escape, or breaking a
+/// rule of §4.2 is refused alone ([`RefusedResult`]); the message is
+/// refused whole only when its envelope is wrong.
+///
+/// ```
+/// use tasker_protocol::codec::{self, FromWorker};
+///
+/// let body = r#"{"type":"step_batch_response","batch_id":"b","orchestrator_id":"o",
+///   "protocol_version":"1.0","results":[
+///   {"step_id":1,"status":"completed","output":"\udce9","metadata":{"attempt":1,
+///    "execution_time_ms":1,"worker_id":"w","retryable":false,"completed_at":"2025-01-01T00:00:00Z"}},
+///   {"step_id":2,"status":"completed","output":"ok","metadata":{"attempt":1,
+///    "execution_time_ms":1,"worker_id":"w","retryable":false,"completed_at":"2025-01-01T00:00:00Z"}}]}"#;
+/// let Ok(FromWorker::Results(batch)) = codec::decode_from_worker(&[&b"tasker/1.0"[..], body.as_bytes()], 1 << 20)
+/// else { panic!() };
+/// assert_eq!(batch.results.len(), 1);
+/// assert_eq!(batch.refused[0].step.unwrap().step_id, 1);
+/// ```
+pub fn decode_from_worker(
+    frames: &[impl AsRef<[u8]>],
+    max_message_bytes: usize,
+) -> Result<FromWorker, DecodeError> {
+    let body = checked_body(frames, max_message_bytes)?;
+    let parsed = WorkerMessage::parse_direct(body).unwrap_or_else(|| serde_json::from_slice(body));
+    let typed_error = match parsed {
+        Ok(WorkerMessage::StepBatchResponse(response)) => {
+            check_response_envelope(&response)?;
+            return Ok(FromWorker::Results(split_results(response)));
+        }
+        Ok(message) => {
+            message.validate()?;
+            return Ok(FromWorker::Message(message));
+        }
+        Err(e) => e,
+    };
+    lenient_results(body, typed_error).map(FromWorker::Results)
+}
+
+fn split_results(response: StepBatchResponse) -> ResultBatch {
+    let mut results = Vec::with_capacity(response.results.len());
+    let mut refused = Vec::new();
+    for (index, result) in response.results.into_iter().enumerate() {
+        match check_result(&result) {
+            Ok(()) => results.push(result),
+            Err(reason) => refused.push(RefusedResult {
+                index,
+                step: (result.metadata.attempt > 0).then(|| result.step_ref()),
+                reason,
+            }),
+        }
+    }
+    ResultBatch {
+        batch_id: response.batch_id,
+        orchestrator_id: response.orchestrator_id,
+        results,
+        refused,
+    }
+}
+
+/// A message the typed parse refused, read again as a
+/// `step_batch_response` with each result kept as text (the raw reader
+/// neither recurses nor checks escapes, so no one result can sink the
+/// parse), then each result parsed alone. A message that is not a response
+/// whose envelope reads is refused whole, named by the envelope's own
+/// problem when it is a response.
+fn lenient_results(
+    body: &[u8],
+    typed_error: serde_json::Error,
+) -> Result<ResultBatch, DecodeError> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+        batch_id: String,
+        orchestrator_id: String,
+        protocol_version: String,
+        #[serde(borrow)]
+        results: Vec<&'a serde_json::value::RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Ident {
+        step_id: StepId,
+        metadata: IdentMetadata,
+    }
+    #[derive(serde::Deserialize)]
+    struct IdentMetadata {
+        attempt: u32,
+    }
+    let envelope = match serde_json::from_slice::<Envelope<'_>>(body) {
+        Ok(envelope) if envelope.kind == "step_batch_response" => envelope,
+        Ok(_) => return Err(classify::<WorkerMessage>(body, typed_error)),
+        Err(envelope_error) => {
+            let is_response = top_level(body)
+                .ok()
+                .and_then(|fields| type_of(&fields).ok())
+                .is_some_and(|t| t == "step_batch_response");
+            let error = if is_response {
+                envelope_error
+            } else {
+                typed_error
+            };
+            return Err(classify::<WorkerMessage>(body, error));
+        }
+    };
+    check_envelope(
+        &envelope.protocol_version,
+        &envelope.orchestrator_id,
+        envelope.results.len(),
+    )?;
+    let mut results = Vec::with_capacity(envelope.results.len());
+    let mut refused = Vec::new();
+    for (index, raw) in envelope.results.iter().enumerate() {
+        match serde_json::from_str::<StepExecutionResult>(raw.get()) {
+            Ok(result) => match check_result(&result) {
+                Ok(()) => results.push(result),
+                Err(reason) => refused.push(RefusedResult {
+                    index,
+                    step: (result.metadata.attempt > 0).then(|| result.step_ref()),
+                    reason,
+                }),
+            },
+            Err(error) => {
+                let step = serde_json::from_str::<Ident>(raw.get())
+                    .ok()
+                    .filter(|i| i.metadata.attempt > 0)
+                    .map(|i| StepRef {
+                        step_id: i.step_id,
+                        attempt: i.metadata.attempt,
+                    });
+                let reason = match step {
+                    Some(s) => format!("step {}: {}", s.step_id, truncate(&error.to_string(), 200)),
+                    None => truncate(&error.to_string(), 200),
+                };
+                refused.push(RefusedResult {
+                    index,
+                    step,
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(ResultBatch {
+        batch_id: envelope.batch_id,
+        orchestrator_id: envelope.orchestrator_id,
+        results,
+        refused,
+    })
 }
 
 impl WireMessage for OrchestratorMessage {
@@ -309,6 +685,12 @@ impl WireMessage for OrchestratorMessage {
                 if batch.steps.is_empty() {
                     return Err(invalid(t, "steps is empty"));
                 }
+                for (index, step) in batch.steps.iter().enumerate() {
+                    let m = &step.metadata;
+                    if let Err(reason) = check_step(step.step_id, m.attempt, m.timeout_ms) {
+                        return Err(invalid(t, format!("steps[{index}]: {reason}")));
+                    }
+                }
             }
             OrchestratorMessage::Welcome(welcome) => {
                 if welcome.heartbeat_interval_ms == 0 || welcome.liveness == 0 {
@@ -316,6 +698,12 @@ impl WireMessage for OrchestratorMessage {
                         t,
                         "heartbeat_interval_ms and liveness must be positive",
                     ));
+                }
+                if welcome.orchestrator_id.is_empty() {
+                    return Err(invalid(t, "orchestrator_id is empty"));
+                }
+                if welcome.max_json_depth == 0 {
+                    return Err(invalid(t, "max_json_depth must be at least 1"));
                 }
             }
             OrchestratorMessage::Heartbeat(_)

@@ -48,6 +48,12 @@ pub const PROTOCOL_MAJOR: u32 = 1;
 /// The first frame of every message: `tasker/` followed by [`PROTOCOL_VERSION`].
 pub const PROTOCOL_HEADER: &str = "tasker/1.0";
 
+/// Deepest nesting of arrays and objects a worker may send in a result's
+/// `output` (`7` is 0 deep, `[7]` 1, `{"a":[7]}` 2). The orchestrator states
+/// it in `welcome` (`max_json_depth`); a worker checks its output against it
+/// and reports `SerializationError` instead of sending a deeper one.
+pub const MAX_JSON_DEPTH: u32 = 100;
+
 /// Prefix of [`PROTOCOL_HEADER`], used to tell a foreign peer from an
 /// incompatible version of our own.
 pub const PROTOCOL_HEADER_PREFIX: &str = "tasker/";

@@ -30,6 +30,7 @@ pub struct StepBatchRequest {
     /// `MAJOR.MINOR` protocol version of the sender.
     pub protocol_version: String,
     /// The steps to execute; never empty.
+    #[schemars(length(min = 1))]
     pub steps: Vec<StepExecutionRequest>,
 }
 
@@ -115,12 +116,14 @@ impl StepExecutionRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StepRequestMetadata {
     /// 1 for the first attempt, incremented by each retry.
+    #[schemars(range(min = 1))]
     pub attempt: u32,
     /// How many retries the workflow allows after the first attempt.
     #[serde(default)]
     pub retry_limit: u32,
     /// Time the worker has, from delivery, before the orchestrator ends the
-    /// step as timed out and discards any later result.
+    /// step as timed out and discards any later result; at least 1.
+    #[schemars(range(min = 1))]
     pub timeout_ms: u64,
     /// When the step attempt was created.
     #[serde(with = "crate::timestamp")]
@@ -135,17 +138,29 @@ pub struct StepBatchResponse {
     /// The `batch_id` of the delivery the results belong to (of the first
     /// result's delivery when they span several).
     pub batch_id: String,
+    /// The `orchestrator_id` of the welcome under which every step these
+    /// results answer was delivered. Results of steps delivered by
+    /// different orchestrators travel in different messages.
+    #[schemars(length(min = 1))]
+    pub orchestrator_id: String,
     /// `MAJOR.MINOR` protocol version of the sender.
     pub protocol_version: String,
     /// The results; never empty.
+    #[schemars(length(min = 1))]
     pub results: Vec<StepExecutionResult>,
 }
 
 impl StepBatchResponse {
-    /// A response with the current protocol version.
-    pub fn new(batch_id: impl Into<String>, results: Vec<StepExecutionResult>) -> Self {
+    /// A response with the current protocol version, answering steps
+    /// delivered by the orchestrator `orchestrator_id`.
+    pub fn new(
+        batch_id: impl Into<String>,
+        orchestrator_id: impl Into<String>,
+        results: Vec<StepExecutionResult>,
+    ) -> Self {
         Self {
             batch_id: batch_id.into(),
+            orchestrator_id: orchestrator_id.into(),
             protocol_version: PROTOCOL_VERSION.to_string(),
             results,
         }
@@ -177,11 +192,18 @@ impl StepStatus {
 }
 
 /// The final result of one step attempt.
+///
+/// Its JSON Schema is that of a worker's result on the wire: `status` is
+/// `completed` or `failed`, `error` is present exactly when `failed`. The
+/// orchestrator's own verdicts (`timed_out`, `cancelled`) use the same type
+/// but never travel to the orchestrator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = crate::schema::error_iff_failed)]
 pub struct StepExecutionResult {
     /// The step's id.
     pub step_id: StepId,
-    /// How it ended.
+    /// How it ended: `completed` or `failed` from a worker.
+    #[schemars(schema_with = "crate::schema::worker_status")]
     pub status: StepStatus,
     /// The handler's output when `status` is `completed` (JSON `null` is a
     /// valid output, distinct from no output).
@@ -191,8 +213,14 @@ pub struct StepExecutionResult {
         deserialize_with = "present_value"
     )]
     pub output: Option<Value>,
-    /// What went wrong, for every other status.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// What went wrong, for every other status; absent (not `null`) when
+    /// `completed`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_error"
+    )]
+    #[schemars(with = "StepExecutionError")]
     pub error: Option<StepExecutionError>,
     /// Attempt, timing and origin.
     pub metadata: StepResultMetadata,
@@ -252,9 +280,15 @@ impl StepExecutionResult {
         }
     }
 
-    /// Whether the step may be tried again (false for completed steps).
+    /// Whether the step may be tried again: false for completed steps;
+    /// otherwise `error.retryable`, which wins when `metadata.retryable`
+    /// says otherwise (SPEC §4.2), or `metadata.retryable` without an error.
     pub fn is_retryable(&self) -> bool {
-        self.status != StepStatus::Completed && self.metadata.retryable
+        self.status != StepStatus::Completed
+            && self
+                .error
+                .as_ref()
+                .map_or(self.metadata.retryable, |e| e.retryable)
     }
 }
 
@@ -265,10 +299,19 @@ fn present_value<'de, D: serde::Deserializer<'de>>(
     Value::deserialize(deserializer).map(Some)
 }
 
+/// A field that is present holds an error object: `"error": null` is
+/// refused, as the schema refuses it.
+fn present_error<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<StepExecutionError>, D::Error> {
+    StepExecutionError::deserialize(deserializer).map(Some)
+}
+
 /// Attempt, timing and origin of a step result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StepResultMetadata {
     /// The attempt this result answers; must equal the request's.
+    #[schemars(range(min = 1))]
     pub attempt: u32,
     /// Wall time the handler ran, in milliseconds.
     pub execution_time_ms: u64,
@@ -339,6 +382,14 @@ pub mod error_types {
     /// The worker could not decode a step the orchestrator sent (a JSON
     /// value nested deeper than its parser builds); permanent.
     pub const INVALID_STEP: &str = "InvalidStep";
+    /// The worker's result for the step broke the protocol's rules (output
+    /// nested deeper than `max_json_depth`, a lone surrogate escape, a
+    /// status a worker may not report, ...); the orchestrator refused it
+    /// and ended the step with this instead; permanent.
+    pub const INVALID_RESULT: &str = "InvalidResult";
+    /// The executor stopped (its I/O thread failed) before the step
+    /// finished; retryable.
+    pub const EXECUTOR_STOPPED: &str = "ExecutorStopped";
 }
 
 /// The identity of one step attempt.
@@ -348,23 +399,57 @@ pub mod error_types {
 pub struct StepRef {
     /// The step's id.
     pub step_id: StepId,
-    /// The attempt number.
+    /// The attempt number, at least 1.
+    #[schemars(range(min = 1))]
     pub attempt: u32,
+}
+
+/// A step attempt a worker holds, with the orchestrator that delivered it:
+/// an entry of a hello's `in_progress` or of a drain's `returned`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub struct HeldStep {
+    /// The step's id.
+    pub step_id: StepId,
+    /// The attempt number.
+    #[schemars(range(min = 1))]
+    pub attempt: u32,
+    /// The `orchestrator_id` of the welcome under which the step was
+    /// delivered.
+    #[schemars(length(min = 1))]
+    pub orchestrator_id: String,
+}
+
+impl HeldStep {
+    /// The `(step_id, attempt)` pair.
+    pub fn step_ref(&self) -> StepRef {
+        StepRef {
+            step_id: self.step_id,
+            attempt: self.attempt,
+        }
+    }
 }
 
 /// First message of a worker on every (re)connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WorkerHello {
     /// Stable id of the worker process, kept across reconnections.
+    #[schemars(length(min = 1))]
     pub worker_id: String,
-    /// Handler names the worker serves; never empty.
+    /// Handler names the worker serves; never empty, no name empty.
+    #[schemars(length(min = 1), inner(length(min = 1)))]
     pub handlers: Vec<String>,
     /// Most steps the worker will hold unfinished at once; at least 1.
+    #[schemars(range(min = 1))]
     pub capacity: u32,
-    /// Steps the worker still holds from an earlier connection; they count
-    /// against its capacity and their results are accepted on this one.
+    /// Steps the worker holds (received, not yet answered nor returned),
+    /// each with the orchestrator that delivered it; they count against its
+    /// capacity, and those of this orchestrator held by the worker's
+    /// earlier connection move to this one. At most `capacity` entries
+    /// (a rule JSON Schema cannot state).
     #[serde(default)]
-    pub in_progress: Vec<StepRef>,
+    pub in_progress: Vec<HeldStep>,
     /// Implementation language, for observability (`rust`, `python`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
@@ -390,12 +475,24 @@ impl WorkerHello {
 /// The orchestrator's answer to a hello: the worker is registered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Welcome {
-    /// Interval at which each side sends heartbeats, in milliseconds.
+    /// Interval at which each side sends heartbeats, in milliseconds; at
+    /// least 1.
+    #[schemars(range(min = 1))]
     pub heartbeat_interval_ms: u64,
-    /// Missed intervals after which a peer is considered dead.
+    /// Missed intervals after which a peer is considered dead; at least 1.
+    #[schemars(range(min = 1))]
     pub liveness: u32,
     /// Largest message body the orchestrator accepts, in bytes.
     pub max_message_bytes: u64,
+    /// This orchestrator's id, new each time an orchestrator starts; the
+    /// worker tags the steps it receives with it and echoes it in results,
+    /// so a result is never taken for another orchestrator's step.
+    #[schemars(length(min = 1))]
+    pub orchestrator_id: String,
+    /// Deepest nesting of arrays and objects a result's `output` may have
+    /// ([`crate::MAX_JSON_DEPTH`]); at least 1.
+    #[schemars(range(min = 1))]
+    pub max_json_depth: u32,
 }
 
 /// Liveness signal; each side sends one every heartbeat interval. Any
@@ -409,7 +506,7 @@ pub struct WorkerDrain {
     /// Steps delivered to the worker that it has not handed to a handler
     /// and never will; the orchestrator delivers them elsewhere.
     #[serde(default)]
-    pub returned: Vec<StepRef>,
+    pub returned: Vec<HeldStep>,
 }
 
 /// The sender is leaving; the receiver forgets the connection.
@@ -439,6 +536,14 @@ pub enum ProtocolErrorCode {
     /// The sender has not said hello on this connection (or was declared
     /// dead); it must send a hello before anything else.
     UnknownWorker,
+    /// A hello named a `worker_id` that a live connection holds; the
+    /// hello was refused. The worker tries again after its reconnect
+    /// backoff.
+    WorkerIdInUse,
+    /// A hello was refused because the orchestrator holds as many workers
+    /// as it allows (`max_workers`). The worker tries again after its
+    /// reconnect backoff.
+    RegistryFull,
 }
 
 /// Sent in reply to a message that was refused.

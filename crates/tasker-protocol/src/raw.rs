@@ -272,6 +272,15 @@ pub fn decode_for_worker(
     if envelope.steps.is_empty() {
         return Err(invalid("step_batch_request", "steps is empty"));
     }
+    for (index, step) in envelope.steps.iter().enumerate() {
+        let m = &step.metadata;
+        if let Err(reason) = codec::check_step(step.step_id, m.attempt, m.timeout_ms) {
+            return Err(invalid(
+                "step_batch_request",
+                format!("steps[{index}]: {reason}"),
+            ));
+        }
+    }
     let steps = envelope
         .steps
         .into_iter()
@@ -515,28 +524,36 @@ impl CompletedEncoder {
 
 const RESPONSE_START: &[u8] = br#"{"type":"step_batch_response","batch_id":"#;
 
-/// Size in bytes of a `step_batch_response` body for `batch_id` with no
-/// results: the body with results `r1..rn` is this plus their lengths plus
-/// `n - 1` separating commas.
-pub fn response_envelope_len(batch_id: &str) -> usize {
-    response_body(batch_id, &[]).len()
+/// Size in bytes of a `step_batch_response` body for `batch_id` and
+/// `orchestrator_id` with no results: the body with results `r1..rn` is
+/// this plus their lengths plus `n - 1` separating commas.
+pub fn response_envelope_len(batch_id: &str, orchestrator_id: &str) -> usize {
+    response_body(batch_id, orchestrator_id, &[]).len()
 }
 
-/// The frames of a `step_batch_response` carrying these results: the same
-/// bytes [`codec::encode`] writes for the typed
-/// message.
-pub fn encode_results(batch_id: &str, results: &[EncodedResult]) -> [Vec<u8>; 2] {
+/// The frames of a `step_batch_response` carrying these results of steps
+/// delivered by `orchestrator_id`: the same bytes [`codec::encode`] writes
+/// for the typed message.
+pub fn encode_results(
+    batch_id: &str,
+    orchestrator_id: &str,
+    results: &[EncodedResult],
+) -> [Vec<u8>; 2] {
     [
         PROTOCOL_HEADER.as_bytes().to_vec(),
-        response_body(batch_id, results),
+        response_body(batch_id, orchestrator_id, results),
     ]
 }
 
-fn response_body(batch_id: &str, results: &[EncodedResult]) -> Vec<u8> {
+fn response_body(batch_id: &str, orchestrator_id: &str, results: &[EncodedResult]) -> Vec<u8> {
     let payload: usize = results.iter().map(|r| r.json.len() + 1).sum();
-    let mut body = Vec::with_capacity(RESPONSE_START.len() + batch_id.len() + 48 + payload);
+    let mut body = Vec::with_capacity(
+        RESPONSE_START.len() + batch_id.len() + orchestrator_id.len() + 72 + payload,
+    );
     body.extend_from_slice(RESPONSE_START);
     serde_json::to_writer(&mut body, batch_id).expect("writing to a Vec cannot fail");
+    body.extend_from_slice(br#","orchestrator_id":"#);
+    serde_json::to_writer(&mut body, orchestrator_id).expect("writing to a Vec cannot fail");
     body.extend_from_slice(br#","protocol_version":""#);
     body.extend_from_slice(PROTOCOL_VERSION.as_bytes());
     body.extend_from_slice(br#"","results":["#);

@@ -3,17 +3,86 @@
 //!
 //! The committed copies live in `protocol/schema/`; `tasker schema`
 //! regenerates them and a test fails when they drift from the types.
+//!
+//! The schemas use standard keywords only, so a strict Draft 2020-12
+//! validator compiles them without registering anything but the standard
+//! `date-time` format: integers carry `minimum`/`maximum` of their Rust
+//! type instead of schemars' `format: int64`/`uint32`/`uint64`.
 
 use std::io;
 use std::path::Path;
 
-use schemars::{JsonSchema, SchemaGenerator};
-use serde_json::Value;
+use schemars::generate::SchemaSettings;
+use schemars::transform::{RecursiveTransform, Transform};
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde_json::{json, Value};
 
 use crate::messages::*;
 
+/// Replaces schemars' non-standard integer formats (`int64`, `uint32`,
+/// `uint64`, ...) with the `minimum` and `maximum` of the Rust type,
+/// keeping a tighter bound set on the field (`range(min = 1)`).
+#[derive(Debug, Clone, Copy)]
+struct IntegerBounds;
+
+impl Transform for IntegerBounds {
+    fn transform(&mut self, schema: &mut Schema) {
+        let Some(object) = schema.as_object_mut() else {
+            return;
+        };
+        let (min, max): (Value, Value) = match object.get("format").and_then(Value::as_str) {
+            Some("int8") => (json!(i8::MIN), json!(i8::MAX)),
+            Some("int16") => (json!(i16::MIN), json!(i16::MAX)),
+            Some("int32") => (json!(i32::MIN), json!(i32::MAX)),
+            Some("int64" | "int") => (json!(i64::MIN), json!(i64::MAX)),
+            Some("uint8") => (json!(0), json!(u8::MAX)),
+            Some("uint16") => (json!(0), json!(u16::MAX)),
+            Some("uint32") => (json!(0), json!(u32::MAX)),
+            Some("uint64" | "uint") => (json!(0), json!(u64::MAX)),
+            _ => return,
+        };
+        object.remove("format");
+        // A bound set on the field (`range(min = 1)`) is tighter: keep it.
+        let get = |key: &str| object.get(key).and_then(Value::as_f64);
+        let keep_min = matches!(get("minimum"), Some(m) if m >= min.as_f64().unwrap_or(f64::MIN));
+        let keep_max = matches!(get("maximum"), Some(m) if m <= max.as_f64().unwrap_or(f64::MAX));
+        if !keep_min {
+            object.insert("minimum".into(), min);
+        }
+        if !keep_max {
+            object.insert("maximum".into(), max);
+        }
+    }
+}
+
+/// The schema of a worker's result status: `completed` or `failed` (the
+/// other [`StepStatus`] values are the orchestrator's own verdicts).
+pub(crate) fn worker_status(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "enum": ["completed", "failed"]
+    })
+}
+
+/// A worker's result carries `error` exactly when its status is `failed`.
+/// (`error: true` in `then` names the property beside `required`, as a
+/// strict validator such as ajv's `strictRequired` wants; `error: false`
+/// in `else` forbids it.)
+pub(crate) fn error_iff_failed(schema: &mut Schema) {
+    schema.insert(
+        "if".into(),
+        json!({ "properties": { "status": { "const": "failed" } } }),
+    );
+    schema.insert(
+        "then".into(),
+        json!({ "properties": { "error": true }, "required": ["error"] }),
+    );
+    schema.insert("else".into(), json!({ "properties": { "error": false } }));
+}
+
 fn schema_of<T: JsonSchema>(id: &str) -> Value {
-    let mut schema = SchemaGenerator::default().into_root_schema_for::<T>();
+    let settings = SchemaSettings::draft2020_12().with_transform(RecursiveTransform(IntegerBounds));
+    let mut schema = SchemaGenerator::new(settings).into_root_schema_for::<T>();
     schema.insert(
         "$id".into(),
         Value::String(format!("https://tasker-core.dev/protocol/1/{id}")),

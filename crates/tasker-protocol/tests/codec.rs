@@ -73,6 +73,33 @@ prop_compose! {
     }
 }
 
+/// An orchestrator id: any non-empty text.
+fn orchestrator_id() -> impl Strategy<Value = String> {
+    "\\PC{1,24}"
+}
+
+prop_compose! {
+    fn held_step()(
+        step_id in any::<i64>(),
+        attempt in 1u32..10,
+        orchestrator_id in orchestrator_id(),
+    ) -> HeldStep {
+        HeldStep { step_id, attempt, orchestrator_id }
+    }
+}
+
+prop_compose! {
+    fn welcome()(
+        heartbeat_interval_ms in 1u64..100_000,
+        liveness in 1u32..20,
+        max_message_bytes in 1024u64..(1 << 30),
+        orchestrator_id in orchestrator_id(),
+        max_json_depth in 1u32..=1000,
+    ) -> Welcome {
+        Welcome { heartbeat_interval_ms, liveness, max_message_bytes, orchestrator_id, max_json_depth }
+    }
+}
+
 proptest! {
     #[test]
     fn step_batch_request_round_trips(steps in prop::collection::vec(step_request(), 1..5), id in "\\PC{1,20}") {
@@ -83,8 +110,11 @@ proptest! {
     }
 
     #[test]
-    fn step_batch_response_round_trips(results in prop::collection::vec(step_result(), 1..5)) {
-        let message = WorkerMessage::StepBatchResponse(StepBatchResponse::new("b:1", results));
+    fn step_batch_response_round_trips(
+        results in prop::collection::vec(step_result(), 1..5),
+        orchestrator in orchestrator_id(),
+    ) {
+        let message = WorkerMessage::StepBatchResponse(StepBatchResponse::new("b:1", orchestrator, results));
         let encoded = codec::encode(&message).unwrap();
         let decoded: WorkerMessage = codec::decode(&encoded, MAX).unwrap();
         prop_assert_eq!(decoded, message);
@@ -95,14 +125,33 @@ proptest! {
         id in "\\PC{1,20}",
         handlers in prop::collection::vec("[a-z_]{1,10}", 1..4),
         capacity in 1u32..1000,
-        in_progress in prop::collection::vec((any::<i64>(), 1u32..5), 0..4),
+        in_progress in prop::collection::vec(held_step(), 0..4),
     ) {
+        // A hello lists at most `capacity` held steps.
+        let capacity = capacity.max(in_progress.len() as u32);
         let mut hello = WorkerHello::new(id, handlers, capacity);
-        hello.in_progress = in_progress.into_iter().map(|(step_id, attempt)| StepRef { step_id, attempt }).collect();
+        hello.in_progress = in_progress;
         hello.language = Some("python".into());
         let message = WorkerMessage::Hello(hello);
         let decoded: WorkerMessage = codec::decode(&codec::encode(&message).unwrap(), MAX).unwrap();
         prop_assert_eq!(decoded, message);
+    }
+
+    #[test]
+    fn drain_round_trips(returned in prop::collection::vec(held_step(), 0..5)) {
+        let message = WorkerMessage::Drain(WorkerDrain { returned });
+        let decoded: WorkerMessage = codec::decode(&codec::encode(&message).unwrap(), MAX).unwrap();
+        prop_assert_eq!(decoded, message);
+    }
+
+    #[test]
+    fn welcome_round_trips(welcome in welcome()) {
+        let message = OrchestratorMessage::Welcome(welcome);
+        let frames = codec::encode(&message).unwrap();
+        let decoded: OrchestratorMessage = codec::decode(&frames, MAX).unwrap();
+        prop_assert_eq!(&decoded, &message);
+        let raw = raw::decode_for_worker(&frames, MAX).unwrap();
+        prop_assert_eq!(raw, raw::RawOrchestratorMessage::Control(message));
     }
 
     #[test]
@@ -117,9 +166,10 @@ fn control_messages_round_trip() {
     let messages = vec![
         WorkerMessage::Heartbeat(Heartbeat {}),
         WorkerMessage::Drain(WorkerDrain {
-            returned: vec![StepRef {
+            returned: vec![HeldStep {
                 step_id: 4,
                 attempt: 2,
+                orchestrator_id: "o-1".into(),
             }],
         }),
         WorkerMessage::Goodbye(Goodbye {
@@ -139,6 +189,8 @@ fn control_messages_round_trip() {
             heartbeat_interval_ms: 1000,
             liveness: 3,
             max_message_bytes: 1024,
+            orchestrator_id: "o-1".into(),
+            max_json_depth: MAX_JSON_DEPTH,
         }),
         OrchestratorMessage::Heartbeat(Heartbeat {}),
         OrchestratorMessage::Goodbye(Goodbye {
@@ -159,6 +211,7 @@ fn control_messages_round_trip() {
 fn wire_tags_are_snake_case() {
     let body = serde_json::to_value(WorkerMessage::StepBatchResponse(StepBatchResponse::new(
         "b",
+        "o",
         vec![],
     )))
     .unwrap();
@@ -206,17 +259,22 @@ fn foreign_header_and_wrong_major_are_named() {
         "{err}"
     );
     assert_eq!(err.code(), ProtocolErrorCode::UnsupportedVersion);
-    // A newer minor version is compatible.
-    let ok = codec::decode::<WorkerMessage>(
-        &[b"tasker/1.7".to_vec(), br#"{"type":"heartbeat"}"#.to_vec()],
-        MAX,
-    );
-    assert!(ok.is_ok(), "{ok:?}");
+    // A newer minor version is compatible, and so is a major alone.
+    for header in ["tasker/1.7", "tasker/1"] {
+        let ok = codec::decode::<WorkerMessage>(
+            &[
+                header.as_bytes().to_vec(),
+                br#"{"type":"heartbeat"}"#.to_vec(),
+            ],
+            MAX,
+        );
+        assert!(ok.is_ok(), "{header}: {ok:?}");
+    }
 }
 
 #[test]
 fn wrong_major_inside_a_batch_is_a_version_error() {
-    let body = r#"{"type":"step_batch_response","batch_id":"b","protocol_version":"2.1","results":[
+    let body = r#"{"type":"step_batch_response","batch_id":"b","orchestrator_id":"o","protocol_version":"2.1","results":[
         {"step_id":1,"status":"completed","output":1,"metadata":{"attempt":1,"execution_time_ms":0,"worker_id":"w","retryable":false,"completed_at":"2026-01-01T00:00:00Z"}}]}"#;
     let err = codec::decode::<WorkerMessage>(&frames(body), MAX).unwrap_err();
     assert!(matches!(err, DecodeError::VersionMismatch { .. }), "{err}");
@@ -276,12 +334,12 @@ fn rules_beyond_the_schema_are_enforced() {
             "worker_id",
         ),
         (
-            r#"{"type":"step_batch_response","batch_id":"b","protocol_version":"1.0","results":[
+            r#"{"type":"step_batch_response","batch_id":"b","orchestrator_id":"o","protocol_version":"1.0","results":[
               {"step_id":1,"status":"timed_out","metadata":{"attempt":1,"execution_time_ms":0,"worker_id":"w","retryable":false,"completed_at":"2026-01-01T00:00:00Z"}}]}"#,
             "cannot report",
         ),
         (
-            r#"{"type":"step_batch_response","batch_id":"b","protocol_version":"1.0","results":[
+            r#"{"type":"step_batch_response","batch_id":"b","orchestrator_id":"o","protocol_version":"1.0","results":[
               {"step_id":1,"status":"failed","metadata":{"attempt":1,"execution_time_ms":0,"worker_id":"w","retryable":false,"completed_at":"2026-01-01T00:00:00Z"}}]}"#,
             "without an error",
         ),
@@ -306,7 +364,7 @@ fn bulk_messages_lead_with_their_type_tag() {
     let result =
         StepExecutionResult::completed(step.step_ref(), serde_json::json!({"a": 1}), "w", 0);
     let request = OrchestratorMessage::StepBatchRequest(StepBatchRequest::new("b", vec![step]));
-    let response = WorkerMessage::StepBatchResponse(StepBatchResponse::new("b", vec![result]));
+    let response = WorkerMessage::StepBatchResponse(StepBatchResponse::new("b", "o", vec![result]));
     let [_, body] = codec::encode(&request).unwrap();
     assert!(body.starts_with(br#"{"type":"step_batch_request","#));
     let [_, body] = codec::encode(&response).unwrap();
@@ -431,12 +489,13 @@ proptest! {
     fn encoded_results_are_the_typed_encoding(
         results in prop::collection::vec(step_result(), 1..5),
         batch_id in "\\PC{0,20}",
+        orchestrator in orchestrator_id(),
     ) {
         let encoded: Vec<raw::EncodedResult> = results.iter().map(raw::EncodedResult::new).collect();
-        let typed = WorkerMessage::StepBatchResponse(StepBatchResponse::new(batch_id.clone(), results));
-        let frames = raw::encode_results(&batch_id, &encoded);
+        let typed = WorkerMessage::StepBatchResponse(StepBatchResponse::new(batch_id.clone(), orchestrator.clone(), results));
+        let frames = raw::encode_results(&batch_id, &orchestrator, &encoded);
         prop_assert_eq!(&frames, &codec::encode(&typed).unwrap());
-        let len: usize = raw::response_envelope_len(&batch_id)
+        let len: usize = raw::response_envelope_len(&batch_id, &orchestrator)
             + encoded.iter().map(|r| r.json().len()).sum::<usize>()
             + encoded.len() - 1;
         prop_assert_eq!(frames[1].len(), len);
@@ -506,6 +565,8 @@ fn raw_decoding_takes_control_messages_and_batches_in_any_field_order() {
         heartbeat_interval_ms: 1000,
         liveness: 3,
         max_message_bytes: MAX as u64,
+        orchestrator_id: "o-1".into(),
+        max_json_depth: MAX_JSON_DEPTH,
     });
     let decoded = raw::decode_for_worker(&codec::encode(&welcome).unwrap(), MAX).unwrap();
     assert_eq!(decoded, raw::RawOrchestratorMessage::Control(welcome));

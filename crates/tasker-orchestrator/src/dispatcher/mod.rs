@@ -443,17 +443,6 @@ impl Dispatcher {
     }
 
     fn on_hello(&mut self, routing_id: RoutingId, conn: Option<ConnId>, hello: WorkerHello) {
-        if hello.in_progress.len() > hello.capacity as usize {
-            return self.refuse_hello(
-                &routing_id,
-                ProtocolErrorCode::InvalidMessage,
-                format!(
-                    "invalid hello message: in_progress lists {} steps, more than capacity {}",
-                    hello.in_progress.len(),
-                    hello.capacity
-                ),
-            );
-        }
         let (mine, foreign) = self.split_held(hello.in_progress);
         let registration = registry::Hello {
             worker_id: hello.worker_id,
@@ -652,6 +641,7 @@ impl Dispatcher {
             self.registry.drop_if_spent(conn);
             return;
         }
+        let refusal = batch.refusal();
         for result in batch.results {
             let step = result.step_ref();
             self.free_slot(conn, step);
@@ -662,8 +652,8 @@ impl Dispatcher {
                 self.count_unwanted(Some(conn), step);
             }
         }
-        if !batch.refused.is_empty() {
-            self.on_refused_results(conn, routing_id, &batch.refused);
+        if let Some(refusal) = refusal {
+            self.on_refused_results(conn, routing_id, &batch.refused, refusal);
         }
         self.registry.drop_if_spent(conn);
     }
@@ -709,7 +699,13 @@ impl Dispatcher {
     /// Results refused one by one: each step this connection holds ends
     /// `InvalidResult` (no attempt of the same handler is likely to do
     /// better), and the worker is told which.
-    fn on_refused_results(&mut self, conn: ConnId, routing_id: &[u8], refused: &[RefusedResult]) {
+    fn on_refused_results(
+        &mut self,
+        conn: ConnId,
+        routing_id: &[u8],
+        refused: &[RefusedResult],
+        refusal: ProtocolError,
+    ) {
         Metrics::add(&self.channels.metrics.invalid_results, refused.len() as u64);
         for bad in refused {
             let Some(step) = bad.step else { continue };
@@ -723,23 +719,10 @@ impl Dispatcher {
                 self.fail(step.step_id, StepStatus::Failed, error);
             }
         }
-        let first = &refused[0];
-        let indices: Vec<String> = refused
-            .iter()
-            .take(16)
-            .map(|r| r.index.to_string())
-            .collect();
-        let message = format!(
-            "invalid step_batch_response message: results [{}] refused ({} in all; the others were accepted); results[{}]: {}",
-            indices.join(", "),
-            refused.len(),
-            first.index,
-            first.reason
-        );
         if self.warnings.allow(routing_id) {
-            tracing::warn!(peer = %hex(routing_id), %message, "results refused");
+            tracing::warn!(peer = %hex(routing_id), message = %refusal.message, "results refused");
         }
-        self.reply_error(routing_id, ProtocolErrorCode::InvalidMessage, message);
+        self.reply_error(routing_id, refusal.code, refusal.message);
     }
 
     fn free_slot(&mut self, conn: ConnId, step: StepRef) {
