@@ -112,7 +112,10 @@ impl RetryPolicy {
     }
 
     /// This policy with the keys of a step's partial `retry:` replaced.
-    pub(crate) fn merged(&self, overrides: serde_norway::Value) -> Result<Self, serde_norway::Error> {
+    pub(crate) fn merged(
+        &self,
+        overrides: serde_norway::Value,
+    ) -> Result<Self, serde_norway::Error> {
         let serde_norway::Value::Mapping(overrides) = overrides else {
             // Not a mapping: the decode names what is wrong with it.
             return serde_norway::from_value(overrides);
