@@ -26,6 +26,10 @@ schema:
 bench *ARGS:
     cargo run --release --quiet -p tasker-cli -- bench {{ARGS}}
 
+# Chaos soak: steps through Rust and Python workers while workers and the orchestrator are killed and stopped.
+soak *ARGS:
+    cargo run --release --quiet -p tasker-cli -- soak {{ARGS}}
+
 # Each binding's worker beside the Rust worker and a plain hand-written one.
 bench-python *ARGS:
     bindings/python/bench.sh {{ARGS}}

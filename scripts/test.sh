@@ -14,6 +14,9 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy (workspace, bindings included)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The soak test (tasker-cli) runs Python workers: build that extension first.
+step "bindings/python build (for the soak test)"
+bash bindings/python/build.sh
 step "cargo test"
 cargo test --no-fail-fast
 

@@ -5,6 +5,7 @@ mod bench_workers;
 mod children;
 mod dispatch;
 mod run;
+mod soak;
 mod worker;
 
 use std::path::PathBuf;
@@ -50,6 +51,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Compare steps/s of worker processes in any language, run by command.
     BenchWorkers(bench_workers::BenchWorkersArgs),
+    /// Chaos soak: run steps through Rust and Python worker processes while
+    /// killing, terminating and stopping them and stopping the
+    /// orchestrator, then check that nothing was lost, duplicated or
+    /// overcommitted. Exits 0 only when every check passed.
+    Soak(soak::SoakArgs),
 }
 
 /// Options every networked command shares.
@@ -123,6 +129,17 @@ fn main() -> Result<()> {
         Command::BenchWorkers(args) => {
             init_logging("error");
             bench_workers::run(args)
+        }
+        Command::Soak(args) => {
+            init_logging("warn");
+            match soak::run(args) {
+                Ok(true) => Ok(()),
+                Ok(false) => std::process::exit(1),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::exit(2);
+                }
+            }
         }
     }
 }

@@ -21,12 +21,17 @@ pub const BUILTIN: &[&str] = &[
     "panic",
 ];
 
+/// Handlers served only when named: `soak` records its runs for `tasker
+/// soak` (see [`crate::soak::handler`]).
+pub const ON_REQUEST: &[&str] = &["soak"];
+
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Handlers to serve, comma-separated (default: all built-in ones:
-    /// noop, echo, sleep, fail_retryable, fail_permanent, flaky, panic).
+    /// noop, echo, sleep, fail_retryable, fail_permanent, flaky, panic;
+    /// `soak`, for `tasker soak`, only when named).
     #[arg(long, value_delimiter = ',')]
     pub handlers: Vec<String>,
     /// Capacity to declare (default: worker_capacity from the config).
@@ -60,10 +65,16 @@ fn echo(step: &StepExecutionRequest) -> HandlerResult {
     }))
 }
 
-/// Adds the built-in handlers named in `names` to `worker`.
-pub fn with_builtin(mut worker: Worker, names: &[String]) -> Result<Worker> {
+/// Adds the built-in handlers named in `names` to `worker`, which declares
+/// `capacity`.
+pub fn with_builtin(mut worker: Worker, names: &[String], capacity: u32) -> Result<Worker> {
     for name in names {
         worker = match name.as_str() {
+            "soak" => {
+                let soak = crate::soak::handler::SoakHandler::from_env(capacity)?;
+                crate::soak::exit_with_parent();
+                worker.handler("soak", move |step| soak.call(step))
+            }
             "noop" => worker.handler("noop", |_| Ok(Value::Null)),
             "echo" => worker.handler("echo", echo),
             "sleep" => worker.handler("sleep", |step| {
@@ -103,8 +114,9 @@ pub fn with_builtin(mut worker: Worker, names: &[String]) -> Result<Worker> {
                 panic!("handler for {} panicked on purpose", step.step_name)
             }),
             other => bail!(
-                "unknown built-in handler {other:?}; known: {}",
-                BUILTIN.join(", ")
+                "unknown built-in handler {other:?}; known: {}, {}",
+                BUILTIN.join(", "),
+                ON_REQUEST.join(", ")
             ),
         };
     }
@@ -118,7 +130,8 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     } else {
         args.handlers.clone()
     };
-    let mut worker = with_builtin(Worker::new(config), &names)?;
+    let capacity = args.capacity.unwrap_or(config.worker_capacity);
+    let mut worker = with_builtin(Worker::new(config), &names, capacity)?;
     if let Some(capacity) = args.capacity {
         worker = worker.capacity(capacity);
     }

@@ -302,8 +302,10 @@ fn g4_a_stalled_orchestrator_declares_no_healthy_worker_dead() {
     // 96 steps of 150 ms on 8 slots: about two seconds of work, so the
     // freezes below land while steps run and results are on their way.
     let steps: Vec<Value> = (1..=96)
-        .map(|id| json!({ "step_id": id, "handler_class": "sleep",
-                          "handler_config": { "ms": 150 }, "metadata": { "timeout_ms": 20_000 } }))
+        .map(|id| {
+            json!({ "step_id": id, "handler_class": "sleep",
+                          "handler_config": { "ms": 150 }, "metadata": { "timeout_ms": 20_000 } })
+        })
         .collect();
     let input = json!({ "batch_id": "stall", "steps": steps });
     dispatch

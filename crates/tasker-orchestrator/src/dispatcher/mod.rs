@@ -584,7 +584,10 @@ impl Dispatcher {
         match send_message(&self.socket, Some(&c.routing_id), &heartbeat) {
             Ok(()) => true,
             Err(SendError::Zmq(zmq::Error::EAGAIN)) => true,
-            Err(_) => false,
+            Err(e) => {
+                self.unreachable(conn, &e);
+                false
+            }
         }
     }
 
@@ -803,6 +806,10 @@ impl Dispatcher {
     }
 
     fn expire_steps(&mut self, now: Instant) {
+        if self.steps.next_deadline().is_some_and(|at| at <= now) {
+            // A result already queued beats the deadline it raced.
+            while self.receive_burst() {}
+        }
         while let Some(step_id) = self.steps.pop_expired(now) {
             let Some(entry) = self.steps.get(step_id) else {
                 continue;
@@ -865,6 +872,13 @@ impl Dispatcher {
         // Retries deliveries refused earlier by a full pipe.
         self.dispatch_needed = true;
         let expiry = self.config.peer_expiry();
+        if !self.registry.silent(now, expiry).is_empty() {
+            // Judge only after reading what is already queued: a stall of
+            // this process (stopped, starved) that the loop did not notice
+            // leaves heartbeats and results waiting here.
+            self.catch_up();
+        }
+        let now = Instant::now();
         for conn in self.registry.silent(now, expiry) {
             Metrics::add(&self.channels.metrics.workers_lost, 1);
             if let Some(c) = self.registry.get(conn) {
@@ -876,19 +890,63 @@ impl Dispatcher {
             }
             self.remove_worker(conn, "no heartbeat");
         }
+        self.settle_retired(now);
         let heartbeat = OrchestratorMessage::Heartbeat(Heartbeat {});
         let peers: Vec<(ConnId, RoutingId)> = self
             .registry
             .iter()
-            .filter(|(_, c)| !c.retired && !c.gone)
+            .filter(|(_, c)| !c.gone)
             .map(|(id, c)| (id, c.routing_id.clone()))
             .collect();
         for (conn, routing_id) in peers {
+            // A retired connection is sent one too: that is how its end
+            // is noticed (EHOSTUNREACH).
             if let Err(e) = send_message(&self.socket, Some(&routing_id), &heartbeat) {
                 // A vanished connection is left to the liveness rule: the
                 // worker may be reconnecting and its hello will claim its
                 // steps.
                 self.unreachable(conn, &e);
+            }
+        }
+    }
+
+    /// A retired connection whose pipe is gone and whose queued input has
+    /// been read (nothing came for an interval) can hold only steps its
+    /// worker never received: the worker's hello on its new connection
+    /// listed every step it received and has not answered, and answers
+    /// sent on the old connection have come in. Those steps are delivered
+    /// again, same attempt, instead of failing `WorkerLost` at expiry. (A
+    /// delivery still inside this process when it was stopped goes out on
+    /// a connection the worker has already closed.)
+    fn settle_retired(&mut self, now: Instant) {
+        let interval = self.config.heartbeat_interval();
+        let settled: Vec<ConnId> = self
+            .registry
+            .iter()
+            .filter(|(_, c)| {
+                c.retired && c.gone && now.saturating_duration_since(c.last_seen) >= interval
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for conn in settled {
+            let Some(c) = self.registry.remove(conn) else {
+                continue;
+            };
+            let mut redelivered = 0;
+            for step in &c.occupied {
+                if self.steps.held_by(*step, conn) {
+                    self.steps.requeue(*step, now);
+                    redelivered += 1;
+                }
+            }
+            if redelivered > 0 {
+                Metrics::add(&self.channels.metrics.redelivered, redelivered);
+                tracing::info!(
+                    worker_id = %codec::truncate(&c.worker_id, 64),
+                    redelivered,
+                    "steps its worker never received are delivered again"
+                );
+                self.dispatch_needed = true;
             }
         }
     }

@@ -1,0 +1,121 @@
+//! `tasker soak`, small: a few thousand steps through Rust and Python worker
+//! processes while one worker is killed with SIGKILL, one is terminated
+//! (it drains), one is stopped with SIGSTOP, and the orchestrator process
+//! is stopped with SIGSTOP for more than the liveness expiry. The command
+//! checks its own records; this test asserts its exit status and that each
+//! check printed `ok`.
+//!
+//! The Python workers need the `tasker_core` extension built into
+//! bindings/python/.venv (bindings/python/build.sh; scripts/test.sh builds
+//! it before `cargo test`). Without that virtualenv the soak runs Rust
+//! workers only, and the test says so loudly.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The checks `tasker soak` prints, each on a line `ok   NAME ...`.
+const CHECKS: &[&str] = &[
+    "results",
+    "completed",
+    "runs once",
+    "reruns",
+    "genuine",
+    "capacity",
+    "losses",
+    "drains",
+    "workers",
+    "orchestrator",
+    "rss",
+    "chaos",
+    "languages",
+];
+
+fn venv_python() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join("bindings/python/.venv/bin/python");
+    python.exists().then_some(python)
+}
+
+#[test]
+fn a_small_soak_with_every_kind_of_chaos_passes_every_check() {
+    let work = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tasker"));
+    cmd.args([
+        "soak",
+        "--steps",
+        "4000",
+        "--seed",
+        "11",
+        "--chaos-events",
+        "6",
+    ])
+    .args(["--capacity", "8", "--timeout", "100", "--max-rss-mb", "200"])
+    .arg("--work-dir")
+    .arg(work.path())
+    .env_remove("TASKER_SOAK_PYTHON")
+    .env("RUST_LOG", "info");
+    let python = venv_python();
+    match &python {
+        Some(python) => {
+            cmd.args(["--rust-workers", "2", "--python-workers", "2", "--python"])
+                .arg(python);
+        }
+        None => {
+            eprintln!(
+                "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+                 !!! SKIPPING THE PYTHON WORKERS OF THE SOAK: bindings/python/.venv is\n\
+                 !!! missing. Run bindings/python/build.sh (scripts/test.sh does it\n\
+                 !!! before cargo test) to soak the Python SDK too.\n\
+                 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+            );
+            cmd.args(["--rust-workers", "3", "--python-workers", "0"]);
+        }
+    }
+    let output = cmd.output().expect("tasker soak runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let explain = || {
+        let logs: String = std::fs::read_dir(work.path())
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().to_string();
+                        name.ends_with(".log") && name != "runs.log"
+                    })
+                    .map(|e| {
+                        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                        let tail: Vec<&str> = tail.into_iter().rev().collect();
+                        format!("--- {}\n{}\n", e.path().display(), tail.join("\n"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        format!(
+            "status {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n{logs}",
+            output.status
+        )
+    };
+    assert!(output.status.success(), "the soak failed:\n{}", explain());
+    for check in CHECKS {
+        let passed = format!("ok   {check:<13} ");
+        let line = stdout.lines().find(|l| l.trim_start().starts_with(&passed));
+        assert!(
+            line.is_some(),
+            "check {check:?} did not pass:\n{}",
+            explain()
+        );
+    }
+    assert!(
+        stdout.contains(&format!("soak: {} passed, 0 failed", CHECKS.len())),
+        "{}",
+        explain()
+    );
+    // The chaos the issue asks for happened: the `chaos` check requires
+    // one of each kind; show the figures in the test's output.
+    let figures = stdout.lines().find(|l| l.starts_with("figures:"));
+    eprintln!("{}", figures.unwrap_or("no figures line"));
+    if python.is_none() {
+        eprintln!("(soak ran without Python workers: bindings/python/.venv is missing)");
+    }
+}
