@@ -139,10 +139,8 @@ async fn h2_a_result_for_an_earlier_orchestrators_step_never_completes_a_step_of
     assert_ne!(welcome.orchestrator_id, earlier);
     // Its one slot is taken by the earlier step: nothing is sent yet.
     assert!(
-        matches!(
-            peer.recv_skipping_heartbeats(Duration::from_millis(400)),
-            None
-        ),
+        peer.recv_skipping_heartbeats(Duration::from_millis(400))
+            .is_none(),
         "a worker whose capacity is held by an earlier orchestrator's step got work"
     );
     let stale = StepExecutionResult::completed(
