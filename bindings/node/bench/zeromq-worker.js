@@ -23,6 +23,9 @@ let heardAt = Date.now();
 let beatAt = 0;
 let stopping = false;
 let socket = null;
+// The `orchestrator_id` of the last welcome: steps are answered as they
+// arrive, so every result answers that orchestrator.
+let orchestratorId = null;
 
 function send(message) {
   // Sends are queued by zeromq.js; a full queue throws EAGAIN, which at our
@@ -80,18 +83,27 @@ function onMessage(body) {
   }
   switch (message.type) {
     case "welcome":
+      orchestratorId = message.orchestrator_id;
       interval = message.heartbeat_interval_ms;
       expiry = interval * message.liveness;
       backoff = 100;
       break;
     case "step_batch_request":
       if (stopping) {
-        send({ type: "drain", returned: message.steps.map((s) => ({ step_id: s.step_id, attempt: s.metadata.attempt })) });
+        send({
+          type: "drain",
+          returned: message.steps.map((s) => ({
+            step_id: s.step_id,
+            attempt: s.metadata.attempt,
+            orchestrator_id: orchestratorId,
+          })),
+        });
         break;
       }
       send({
         type: "step_batch_response",
         batch_id: message.batch_id,
+        orchestrator_id: orchestratorId,
         protocol_version: "1.0",
         results: message.steps.map(run),
       });

@@ -406,9 +406,26 @@ class Worker {
   /** The outcome of a failed step, as JSON text (a StepOutcome). */
   _failure(step, started, errorType, message, retryable, backtrace = []) {
     const elapsedMs = started === 0 ? 0 : Math.round(performance.now() - started);
+    // Only valid Unicode crosses the wire; these texts only describe the
+    // failure, so a lone surrogate in them becomes U+FFFD.
+    const error = {
+      message: wellFormed(message),
+      errorType: wellFormed(errorType),
+      retryable,
+      backtrace: backtrace.map(wellFormed),
+    };
     // A StepOutcome row: [stepId, attempt, elapsedMs, output, error].
-    return JSON.stringify([step.stepId, step.attempt, elapsedMs, null, { message, errorType, retryable, backtrace }]);
+    return JSON.stringify([step.stepId, step.attempt, elapsedMs, null, error]);
   }
+}
+
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+
+/** `text` with each lone UTF-16 surrogate replaced by U+FFFD. */
+function wellFormed(value) {
+  const text = String(value);
+  if (typeof text.toWellFormed === "function") return text.toWellFormed();
+  return text.replace(LONE_SURROGATE, "\ufffd");
 }
 
 module.exports = { Worker };

@@ -23,7 +23,11 @@
 //! into an array; the JavaScript layer turns each row into a `Step`. On the
 //! way back each outcome is an array of the fields of `StepOutcome`, and
 //! its output text is spliced into the result unparsed
-//! ([`CompletedEncoder`]). When the runtime has drained and said goodbye,
+//! ([`CompletedEncoder`]); the runtime checks it on the way in, on this
+//! thread ([`WorkerRuntime::complete_encoded`]: nesting within the
+//! orchestrator's `max_json_depth`, no lone surrogate escape, which
+//! `JSON.stringify` writes for a string cut mid-character), and fails the
+//! step as `SerializationError` otherwise. When the runtime has drained and said goodbye,
 //! `null` is delivered, the thread-safe function released and the libuv
 //! handles closed, so nothing of the worker keeps the event loop alive.
 //!

@@ -177,6 +177,48 @@ test("each kind of failure is reported with its type, message, stack and retryab
   assert.equal(results.get(10).output, "still serving");
 });
 
+/** `depth` arrays deep around 7 (`7` is 0 deep, `[7]` 1). */
+function nested(depth) {
+  let value = 7;
+  for (let i = 0; i < depth; i++) value = [value];
+  return value;
+}
+
+test("an output the orchestrator would refuse fails as SerializationError and the rest go through", async () => {
+  // Defect 1: nested deeper than the welcome's max_json_depth (100), or a
+  // string holding a lone surrogate (a string cut mid-character, which
+  // JSON.stringify writes as an escape), is not sent.
+  const worker = new Worker({ ...QUICK, endpoint: await freeEndpoint(), capacity: 8, logger: null });
+  worker.handle("deep_100", () => ({ v: nested(99) }));
+  worker.handle("deep_101", () => ({ v: nested(100) }));
+  worker.handle("cut_emoji", () => ({ name: "🎉".slice(0, 1) }));
+  worker.handle("lone_low", () => ({ name: "caf\udce9" }));
+  worker.handle("pair", () => "caf\u00e9 \ud83c\udf89");
+  worker.handle("throws_lone", () => {
+    throw new TypeError("caf\udce9");
+  });
+  const names = ["deep_100", "deep_101", "cut_emoji", "lone_low", "pair", "throws_lone"];
+  const results = await serve(worker, {
+    steps: names.map((name, i) => ({ step_id: i + 1, handler_class: name })),
+  });
+  assert.equal(results.get(1).status, "completed", JSON.stringify(results.get(1)));
+  assert.deepEqual(results.get(1).output, { v: nested(99) });
+  for (const id of [2, 3, 4]) {
+    const r = results.get(id);
+    assert.equal(r.status, "failed", JSON.stringify(r));
+    assert.equal(r.error.error_type, "SerializationError");
+    assert.equal(r.error.retryable, false);
+    assert.equal(r.metadata.retryable, false);
+  }
+  assert.match(results.get(2).error.message, /nested more than 100 levels deep.*max_json_depth/);
+  assert.match(results.get(3).error.message, /lone UTF-16 surrogate \(\\ud83c\)/);
+  assert.match(results.get(4).error.message, /lone UTF-16 surrogate \(\\udce9\)/);
+  assert.equal(results.get(5).output, "caf\u00e9 \ud83c\udf89");
+  // A failure's own texts only describe it: sent with U+FFFD in place.
+  assert.equal(results.get(6).error.error_type, "TypeError");
+  assert.equal(results.get(6).error.message, "caf\ufffd");
+});
+
 test("defaultRetryable decides the retryability of unrecognised errors", async () => {
   const worker = new Worker({ ...QUICK, endpoint: await freeEndpoint(), defaultRetryable: true, logger: null });
   worker.handle("type_error", () => null.field);

@@ -85,7 +85,9 @@ class PlainWorker:
         self.wake_tx.connect(f"inproc://wake-{id(self)}")
         import threading
         self.wake_lock = threading.Lock()
-        self.held = {}  # (step_id, attempt) -> batch_id
+        # (step_id, attempt) -> (batch_id, orchestrator_id of its welcome)
+        self.held = {}
+        self.orchestrator_id = None
         self.interval, self.expiry, self.backoff = 1.0, 3.0, 0.1
         self.stopping = False
         self.sock = None
@@ -96,7 +98,8 @@ class PlainWorker:
     def hello(self):
         self.send({"type": "hello", "worker_id": WORKER_ID, "handlers": list(HANDLERS),
                    "capacity": CAPACITY, "language": "python", "pid": os.getpid(),
-                   "in_progress": [{"step_id": s, "attempt": a} for s, a in self.held]})
+                   "in_progress": [{"step_id": s, "attempt": a, "orchestrator_id": o}
+                                   for (s, a), (_, o) in self.held.items()]})
         if self.stopping:
             self.send({"type": "drain", "returned": []})
 
@@ -118,11 +121,17 @@ class PlainWorker:
                 break
         if not results:
             return
+        # One message per orchestrator the results answer (a restarted one
+        # still gets the results of its predecessor's steps, tagged so).
+        by_orchestrator = {}
         for r in results:
-            self.held.pop((r["step_id"], r["metadata"]["attempt"]), None)
-        for i in range(0, len(results), 512):
-            self.send({"type": "step_batch_response", "batch_id": "",
-                       "protocol_version": "1.0", "results": results[i:i + 512]})
+            batch_id, orchestrator_id = self.held.pop((r["step_id"], r["metadata"]["attempt"]))
+            by_orchestrator.setdefault(orchestrator_id, (batch_id, []))[1].append(r)
+        for orchestrator_id, (batch_id, rs) in by_orchestrator.items():
+            for i in range(0, len(rs), 512):
+                self.send({"type": "step_batch_response", "batch_id": batch_id,
+                           "orchestrator_id": orchestrator_id, "protocol_version": "1.0",
+                           "results": rs[i:i + 512]})
 
     def run(self):
         signal.signal(signal.SIGTERM, self.on_signal)
@@ -165,13 +174,16 @@ class PlainWorker:
                         steps = msg["steps"]
                         if self.stopping:
                             self.send({"type": "drain", "returned": [
-                                {"step_id": s["step_id"], "attempt": s["metadata"]["attempt"]}
+                                {"step_id": s["step_id"], "attempt": s["metadata"]["attempt"],
+                                 "orchestrator_id": self.orchestrator_id}
                                 for s in steps]})
                             continue
                         for s in steps:
-                            self.held[(s["step_id"], s["metadata"]["attempt"])] = msg["batch_id"]
+                            self.held[(s["step_id"], s["metadata"]["attempt"])] = (
+                                msg["batch_id"], self.orchestrator_id)
                         self.pool.submit(run_batch, steps, self.results, self.wake_lock, self.wake_tx)
                     elif kind == "welcome":
+                        self.orchestrator_id = msg["orchestrator_id"]
                         self.interval = msg["heartbeat_interval_ms"] / 1000
                         self.expiry = self.interval * msg["liveness"]
                         self.backoff = 0.1

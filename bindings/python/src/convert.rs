@@ -8,12 +8,11 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 use serde_json::{Map, Number, Value};
 
-/// Deepest nesting accepted in a handler's output. The orchestrator's JSON
-/// decoder refuses documents nested deeper than 128 levels, and the output
-/// sits a few levels down inside the response message; a deeper output would
-/// make the whole message (every result in it) unreadable. The limit also
-/// turns a self-containing list or dict into a clear error.
-pub const MAX_DEPTH: usize = 100;
+/// Deepest nesting of lists and dicts in a value that is not a handler's
+/// output (the configuration); it turns a self-containing one into a clear
+/// error. Outputs are held to the orchestrator's `max_json_depth` instead
+/// (the runtime's `max_json_depth()`).
+pub const MAX_DEPTH: u32 = tasker_protocol::MAX_JSON_DEPTH;
 
 /// Why a Python value is not JSON, and where in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,81 +86,108 @@ pub fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>>
 /// `float`, `str`, `list` and `tuple`, `dict` with `str` keys (`int` and
 /// `bool` keys become strings, as `json.dumps` does), and subclasses of
 /// these. Anything else (sets, bytes, arbitrary objects, NaN and infinities,
-/// which JSON cannot express) is an error naming the place and the type.
-pub fn from_py(obj: &Bound<'_, PyAny>) -> Result<Value, ConvertError> {
-    convert(obj, 0)
+/// which JSON cannot express) is an error naming the place and the type,
+/// and so is nesting of lists, tuples and dicts deeper than `max_depth`
+/// (`7` is 0 deep, `[7]` 1, `{"a": [7]}` 2; a value that contains itself is
+/// always too deep).
+pub fn from_py(obj: &Bound<'_, PyAny>, max_depth: u32) -> Result<Value, ConvertError> {
+    Converter { max_depth }.convert(obj, 0)
 }
 
-fn convert(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ConvertError> {
-    if obj.is_none() {
-        return Ok(Value::Null);
-    }
-    if let Ok(s) = obj.cast::<PyString>() {
-        return s
-            .to_cow()
-            .map(|s| Value::String(s.into_owned()))
-            .map_err(|e| ConvertError::new(format!("string cannot be encoded: {e}")));
-    }
-    // bool before int: bool is a subclass of int.
-    if let Ok(b) = obj.cast::<PyBool>() {
-        return Ok(Value::Bool(b.is_true()));
-    }
-    if obj.cast::<PyInt>().is_ok() {
-        if let Ok(i) = obj.extract::<i64>() {
-            return Ok(Value::from(i));
-        }
-        if let Ok(u) = obj.extract::<u64>() {
-            return Ok(Value::from(u));
-        }
-        return Err(ConvertError::new(
-            "integer does not fit in 64 bits (JSON numbers here are i64/u64)",
-        ));
-    }
-    if let Ok(f) = obj.cast::<PyFloat>() {
-        let v = f.value();
-        return Number::from_f64(v)
-            .map(Value::Number)
-            .ok_or_else(|| ConvertError::new(format!("float {v} is not valid JSON")));
-    }
-    if depth >= MAX_DEPTH {
-        return Err(ConvertError::new(format!(
-            "nested deeper than {MAX_DEPTH} levels (or contains itself)"
-        )));
-    }
-    if let Ok(dict) = obj.cast::<PyDict>() {
-        let mut map = Map::new();
-        for (key, item) in dict.iter() {
-            let key = dict_key(&key)?;
-            let value = convert(&item, depth + 1).map_err(|e| e.under(format!("[{key:?}]")))?;
-            map.insert(key, value);
-        }
-        return Ok(Value::Object(map));
-    }
-    if let Ok(list) = obj.cast::<PyList>() {
-        return sequence(list.iter(), depth);
-    }
-    if let Ok(tuple) = obj.cast::<PyTuple>() {
-        return sequence(tuple.iter(), depth);
-    }
-    let type_name = obj
-        .get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".into());
-    Err(ConvertError::new(format!(
-        "object of type {type_name} is not JSON-serialisable"
-    )))
+struct Converter {
+    max_depth: u32,
 }
 
-fn sequence<'py>(
-    items: impl Iterator<Item = Bound<'py, PyAny>>,
-    depth: usize,
-) -> Result<Value, ConvertError> {
-    items
-        .enumerate()
-        .map(|(i, item)| convert(&item, depth + 1).map_err(|e| e.under(format!("[{i}]"))))
-        .collect::<Result<Vec<_>, _>>()
-        .map(Value::Array)
+impl Converter {
+    fn convert(&self, obj: &Bound<'_, PyAny>, depth: u32) -> Result<Value, ConvertError> {
+        if obj.is_none() {
+            return Ok(Value::Null);
+        }
+        if let Ok(s) = obj.cast::<PyString>() {
+            return s
+                .to_cow()
+                .map(|s| Value::String(s.into_owned()))
+                .map_err(|e| ConvertError::new(format!("string cannot be encoded: {e}")));
+        }
+        // bool before int: bool is a subclass of int.
+        if let Ok(b) = obj.cast::<PyBool>() {
+            return Ok(Value::Bool(b.is_true()));
+        }
+        if obj.cast::<PyInt>().is_ok() {
+            if let Ok(i) = obj.extract::<i64>() {
+                return Ok(Value::from(i));
+            }
+            if let Ok(u) = obj.extract::<u64>() {
+                return Ok(Value::from(u));
+            }
+            return Err(ConvertError::new(
+                "integer does not fit in 64 bits (JSON numbers here are i64/u64)",
+            ));
+        }
+        if let Ok(f) = obj.cast::<PyFloat>() {
+            let v = f.value();
+            return Number::from_f64(v)
+                .map(Value::Number)
+                .ok_or_else(|| ConvertError::new(format!("float {v} is not valid JSON")));
+        }
+        // A list, tuple or dict here is `depth + 1` deep.
+        let too_deep = || {
+            let max = self.max_depth;
+            ConvertError::new(format!(
+                "nested more than {max} levels deep (or contains itself); \
+             the orchestrator accepts at most {max} (max_json_depth)"
+            ))
+        };
+        if let Ok(dict) = obj.cast::<PyDict>() {
+            if depth >= self.max_depth {
+                return Err(too_deep());
+            }
+            let mut map = Map::new();
+            for (key, item) in dict.iter() {
+                let key = dict_key(&key)?;
+                let value = self
+                    .convert(&item, depth + 1)
+                    .map_err(|e| e.under(format!("[{key:?}]")))?;
+                map.insert(key, value);
+            }
+            return Ok(Value::Object(map));
+        }
+        if let Ok(list) = obj.cast::<PyList>() {
+            if depth >= self.max_depth {
+                return Err(too_deep());
+            }
+            return self.sequence(list.iter(), depth);
+        }
+        if let Ok(tuple) = obj.cast::<PyTuple>() {
+            if depth >= self.max_depth {
+                return Err(too_deep());
+            }
+            return self.sequence(tuple.iter(), depth);
+        }
+        let type_name = obj
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        Err(ConvertError::new(format!(
+            "object of type {type_name} is not JSON-serialisable"
+        )))
+    }
+
+    fn sequence<'py>(
+        &self,
+        items: impl Iterator<Item = Bound<'py, PyAny>>,
+        depth: u32,
+    ) -> Result<Value, ConvertError> {
+        items
+            .enumerate()
+            .map(|(i, item)| {
+                self.convert(&item, depth + 1)
+                    .map_err(|e| e.under(format!("[{i}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array)
+    }
 }
 
 fn dict_key(key: &Bound<'_, PyAny>) -> Result<String, ConvertError> {

@@ -132,7 +132,7 @@ fn load_config<'py>(
 }
 
 fn config_from_dict(config: &Bound<'_, PyDict>) -> PyResult<TaskerConfig> {
-    let value = convert::from_py(config.as_any())
+    let value = convert::from_py(config.as_any(), convert::MAX_DEPTH)
         .map_err(|e| ConfigError::new_err(format!("config is not plain data: {e}")))?;
     let config: TaskerConfig = serde_json::from_value(value).map_err(config_error)?;
     config.validate().map_err(config_error)?;
@@ -341,6 +341,28 @@ impl PyWorkerRuntime {
     }
 }
 
+/// `text` as UTF-8, each lone surrogate (as in a path decoded with
+/// `surrogateescape`) replaced by one U+FFFD.
+fn well_formed(text: &Bound<'_, PyString>) -> String {
+    if let Ok(text) = text.to_cow() {
+        return text.into_owned();
+    }
+    // UTF-16 keeps a lone surrogate as the one unit it is.
+    let units = text
+        .call_method1("encode", ("utf-16-le", "surrogatepass"))
+        .and_then(|bytes| bytes.extract::<Vec<u8>>());
+    match units {
+        Ok(bytes) => char::decode_utf16(
+            bytes
+                .chunks_exact(2)
+                .map(|pair| u16::from_le_bytes([pair[0], pair[1]])),
+        )
+        .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+        .collect(),
+        Err(_) => text.to_string_lossy().into_owned(),
+    }
+}
+
 #[pymethods]
 impl PyWorkerRuntime {
     /// Validates the options, then starts connecting in the background.
@@ -424,9 +446,11 @@ impl PyWorkerRuntime {
     /// Hands back results: a list of `(step, output, elapsed_seconds)`.
     ///
     /// Each output is converted to JSON here; one that cannot be (a set, an
-    /// arbitrary object, NaN, ...) fails its step with `SerializationError`
-    /// and the others go through. Never blocks.
+    /// arbitrary object, NaN, a str with a lone surrogate, nesting deeper
+    /// than the orchestrator's `max_json_depth`, ...) fails its step with
+    /// `SerializationError` and the others go through. Never blocks.
     fn complete_many(&self, results: &Bound<'_, PyList>) -> PyResult<()> {
+        let max_depth = self.inner.max_json_depth();
         let mut out = Vec::with_capacity(results.len());
         for item in results.iter() {
             let item = item.cast_into::<PyTuple>().map_err(|_| {
@@ -443,7 +467,7 @@ impl PyWorkerRuntime {
             })?;
             let step = step.get();
             let elapsed: f64 = item.get_item(2)?.extract()?;
-            let result = match convert::from_py(&item.get_item(1)?) {
+            let result = match convert::from_py(&item.get_item(1)?, max_depth) {
                 Ok(output) => StepExecutionResult::completed(
                     step.step_ref,
                     output,
@@ -465,23 +489,26 @@ impl PyWorkerRuntime {
         Ok(())
     }
 
-    /// Fails one step with the given error; never blocks.
+    /// Fails one step with the given error; never blocks. Texts that are not
+    /// valid Unicode (a lone surrogate, as in a path decoded with
+    /// `surrogateescape`) are sent with U+FFFD in its place: they only
+    /// describe the failure.
     #[pyo3(signature = (step, error_type, message, retryable, backtrace=Vec::new(), elapsed=0.0))]
     fn fail(
         &self,
         step: &Bound<'_, Step>,
-        error_type: String,
-        message: String,
+        error_type: &Bound<'_, PyString>,
+        message: &Bound<'_, PyString>,
         retryable: bool,
-        backtrace: Vec<String>,
+        backtrace: Vec<Bound<'_, PyString>>,
         elapsed: f64,
     ) {
         let result = self.failure(
             step.get(),
-            error_type,
-            message,
+            well_formed(error_type),
+            well_formed(message),
             retryable,
-            backtrace,
+            backtrace.iter().map(well_formed).collect(),
             elapsed,
         );
         self.inner.complete(result);

@@ -144,7 +144,7 @@ BAD_OUTPUTS = {
     "nested_bytes": ({"a": [1, {"b": b"raw"}]}, '$["a"][1]["b"]: object of type bytes'),
     "huge_int": (2**70, "$: integer does not fit in 64 bits"),
     "tuple_key": ({(1, 2): "v"}, "dict key of type tuple"),
-    "cycle": (self_containing(), "nested deeper than"),
+    "cycle": (self_containing(), "nested more than 100 levels deep"),
 }
 
 
@@ -166,6 +166,60 @@ def test_non_serialisable_output_fails_that_step_only(dispatch, make_worker):
         assert "not JSON-serialisable" in r["error"]["message"]
         assert BAD_OUTPUTS[name][1] in r["error"]["message"], (name, r["error"]["message"])
     assert results[100]["output"] == {"still": "serving"}
+
+
+def nested(depth):
+    """`depth` lists deep around 7 (`7` is 0 deep, `[7]` 1)."""
+    value = 7
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_output_the_orchestrator_would_refuse_fails_as_serialization_error(dispatch, make_worker):
+    """Defect 1: an output nested deeper than the welcome's max_json_depth
+    (100), or holding a lone surrogate, is not sent: its step fails, not
+    retryable, and the rest of its message goes through."""
+
+    def register(worker):
+        worker.register("deep_100", lambda step: {"v": nested(99)})
+        worker.register("deep_101", lambda step: {"v": nested(100)})
+        worker.register("deep_tuple", lambda step: (nested(100),))
+        worker.register("surrogate", lambda step: {"name": "caf\udce9"})
+        worker.register("pair", lambda step: "\U0001f389 caf\u00e9")
+
+        def raises(step):
+            raise ValueError("caf\udce9")
+
+        worker.register("raises_surrogate", raises)
+
+    steps = [
+        step(1, "deep_100"),
+        step(2, "deep_101"),
+        step(3, "deep_tuple"),
+        step(4, "surrogate"),
+        step(5, "pair"),
+        step(6, "raises_surrogate"),
+    ]
+    results = run_batch(dispatch, make_worker, steps, register)
+    assert results[1]["status"] == "completed", results[1]
+    assert results[1]["output"] == {"v": nested(99)}
+    for i in (2, 3, 4):
+        r = results[i]
+        assert r["status"] == "failed", r
+        assert r["error"]["error_type"] == "SerializationError"
+        assert r["error"]["retryable"] is False
+        assert r["metadata"]["retryable"] is False
+    assert "nested more than 100 levels deep" in results[2]["error"]["message"]
+    assert "max_json_depth" in results[2]["error"]["message"]
+    assert "nested more than 100 levels deep" in results[3]["error"]["message"]
+    assert '$["name"]' in results[4]["error"]["message"]
+    assert "surrogates not allowed" in results[4]["error"]["message"]
+    assert results[5]["output"] == "\U0001f389 caf\u00e9"
+    # A failure's message only describes it: sent with U+FFFD in place.
+    assert results[6]["status"] == "failed", results[6]
+    assert results[6]["error"]["error_type"] == "ValueError"
+    assert results[6]["error"]["message"] == "caf\ufffd"
 
 
 def test_error_classes_share_a_base():

@@ -111,6 +111,7 @@ class PlainWorker
     message = JSON.parse(parts[1])
     case message["type"]
     when "welcome"
+      @orchestrator_id = message["orchestrator_id"]
       @interval = message["heartbeat_interval_ms"] / 1000.0
       @expiry = @interval * message["liveness"]
       @backoff = 0.1
@@ -128,13 +129,16 @@ class PlainWorker
   def run_batch(batch)
     steps = batch["steps"]
     if @stopping
-      returned = steps.map { |s| { "step_id" => s["step_id"], "attempt" => s["metadata"]["attempt"] } }
+      returned = steps.map do |s|
+        { "step_id" => s["step_id"], "attempt" => s["metadata"]["attempt"], "orchestrator_id" => @orchestrator_id }
+      end
       send_message("type" => "drain", "returned" => returned)
       return
     end
     results = steps.map { |step| execute(step) }
+    # Answered before the next receive: the steps came under the last welcome.
     send_message("type" => "step_batch_response", "batch_id" => batch["batch_id"],
-                 "protocol_version" => "1.0", "results" => results)
+                 "orchestrator_id" => @orchestrator_id, "protocol_version" => "1.0", "results" => results)
   end
 
   def execute(step)

@@ -78,7 +78,8 @@ module TaskerTestHelpers
       _, status = Process.wait2(@pid)
       raise "tasker dispatch failed (#{status}): #{@err.value}" unless status.success?
 
-      JSON.parse(@out.value)
+      # Outputs may nest 100 deep (max_json_depth) inside the report.
+      JSON.parse(@out.value, max_nesting: false)
     end
 
     # Results by step id.

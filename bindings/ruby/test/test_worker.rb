@@ -114,6 +114,39 @@ class TestWorker < Minitest::Test
     end
   end
 
+  def nested(depth)
+    depth.times.reduce(7) { |value, _| [value] }
+  end
+
+  # Defect 1: an output the orchestrator would refuse is not sent; its step
+  # fails, not retryable, and the rest of the message goes through.
+  def test_output_nested_too_deep_or_not_utf8_fails_as_serialization_error
+    endpoint = free_endpoint
+    with_worker(endpoint: endpoint, capacity: 5) do |worker|
+      worker.handle("deep_100") { { "v" => nested(99) } }
+      worker.handle("deep_101") { { "v" => nested(100) } }
+      worker.handle("invalid_utf8") { { "name" => (+"caf\xE9").force_encoding(Encoding::UTF_8) } }
+      worker.handle("invalid_key") { { (+"k\xFF").force_encoding(Encoding::UTF_8) => 1 } }
+      worker.handle("fine") { "caf\u00e9 \u{1F389}" }
+      worker.start
+      steps = %w[deep_100 deep_101 invalid_utf8 invalid_key fine].each_with_index.map { |h, i| step(i + 1, h) }
+      results = dispatch(steps, endpoint: endpoint).results
+      assert_equal "completed", results.fetch(1)["status"], results.fetch(1).inspect
+      assert_equal({ "v" => nested(99) }, results.fetch(1)["output"])
+      {
+        2 => /output\["v"\](\[0\])+: nested more than 100 levels deep.*max_json_depth/,
+        3 => /output\["name"\]: string .* is not UTF-8/, 4 => /hash key is not UTF-8/
+      }.each do |id, pattern|
+        result = results.fetch(id)
+        error = result.fetch("error")
+        assert_equal ["SerializationError", false, false],
+                     [error["error_type"], error["retryable"], result.dig("metadata", "retryable")], "step #{id}"
+        assert_match pattern, error["message"], "step #{id}"
+      end
+      assert_equal "caf\u00e9 \u{1F389}", results.fetch(5)["output"]
+    end
+  end
+
   def test_block_and_callable_handlers
     endpoint = free_endpoint
     with_worker(endpoint: endpoint, capacity: 2) do |worker|

@@ -514,3 +514,58 @@ async fn h11_a_dead_io_thread_ends_every_step_once_and_fails_later_submits() {
     .unwrap();
     assert!(matches!(later, Err(ExecutorError::ShutDown)), "{later:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_worker_loses_only_the_steps_it_received_the_rest_go_elsewhere() {
+    let executor = start(&config());
+    let leaver = RawPeer::connect(executor.endpoint());
+    leaver.hello("leaver", &["echo"], 4);
+    let handle = executor
+        .submit(StepBatchRequest::new("left", steps(1..5, "echo", 10_000)))
+        .await
+        .unwrap();
+    let sent = delivered(&leaver);
+    assert_eq!(sent.len(), 4);
+    let orchestrator_id = leaver.orchestrator_id.borrow().clone();
+    // It says it received (and still runs) steps 1 and 2; 3 and 4 were on
+    // their way when it left.
+    leaver.send(&WorkerMessage::Drain(WorkerDrain::default()));
+    leaver.send(&WorkerMessage::Goodbye(Goodbye {
+        reason: "stopping".into(),
+        unanswered: sent[..2]
+            .iter()
+            .map(|s| HeldStep {
+                step_id: s.step_id,
+                attempt: 1,
+                orchestrator_id: orchestrator_id.clone(),
+            })
+            .collect(),
+    }));
+    let stayer = RawPeer::connect(executor.endpoint());
+    stayer.hello("stayer", &["echo"], 4);
+    let again = delivered(&stayer);
+    let ids: Vec<i64> = again.iter().map(|s| s.step_id).collect();
+    assert_eq!(ids, vec![sent[2].step_id, sent[3].step_id]);
+    assert!(
+        again.iter().all(|s| s.metadata.attempt == 1),
+        "same attempt"
+    );
+    stayer.respond(
+        again
+            .iter()
+            .map(|s| completed(s, json!("again"), "stayer"))
+            .collect(),
+    );
+    let results = handle.collect().await;
+    for lost in &results[..2] {
+        assert_eq!(
+            lost.error.as_ref().unwrap().error_type,
+            error_types::WORKER_LOST
+        );
+    }
+    for ok in &results[2..] {
+        assert_eq!(ok.output, Some(json!("again")));
+    }
+    assert_eq!(executor.metrics().redelivered, 2);
+    executor.shutdown(LONG).await;
+}

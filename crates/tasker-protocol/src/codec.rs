@@ -338,6 +338,7 @@ impl WireMessage for WorkerMessage {
                 check_held(t, "in_progress", &hello.in_progress)?;
             }
             WorkerMessage::Drain(drain) => check_held(t, "returned", &drain.returned)?,
+            WorkerMessage::Goodbye(goodbye) => check_held(t, "unanswered", &goodbye.unanswered)?,
             WorkerMessage::StepBatchResponse(response) => {
                 check_response_envelope(response)?;
                 for (index, result) in response.results.iter().enumerate() {
@@ -346,9 +347,7 @@ impl WireMessage for WorkerMessage {
                     }
                 }
             }
-            WorkerMessage::Heartbeat(_)
-            | WorkerMessage::Goodbye(_)
-            | WorkerMessage::ProtocolError(_) => {}
+            WorkerMessage::Heartbeat(_) | WorkerMessage::ProtocolError(_) => {}
         }
         Ok(())
     }

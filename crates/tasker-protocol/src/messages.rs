@@ -515,6 +515,21 @@ pub struct Goodbye {
     /// Why, for the logs.
     #[serde(default)]
     pub reason: String,
+    /// From a worker: the steps it received and leaves unanswered (still
+    /// running at its drain deadline). Every other step its connection
+    /// holds, it never received: the orchestrator delivers those again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<HeldStep>,
+}
+
+impl Goodbye {
+    /// A goodbye with nothing left unanswered.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            unanswered: Vec::new(),
+        }
+    }
 }
 
 /// Why a message was refused.

@@ -174,6 +174,11 @@ fn control_messages_round_trip() {
         }),
         WorkerMessage::Goodbye(Goodbye {
             reason: "bye".into(),
+            unanswered: vec![HeldStep {
+                step_id: 9,
+                attempt: 1,
+                orchestrator_id: "o-1".into(),
+            }],
         }),
         WorkerMessage::ProtocolError(ProtocolError {
             code: ProtocolErrorCode::MalformedJson,
@@ -193,9 +198,7 @@ fn control_messages_round_trip() {
             max_json_depth: MAX_JSON_DEPTH,
         }),
         OrchestratorMessage::Heartbeat(Heartbeat {}),
-        OrchestratorMessage::Goodbye(Goodbye {
-            reason: "bye".into(),
-        }),
+        OrchestratorMessage::Goodbye(Goodbye::new("bye")),
         OrchestratorMessage::ProtocolError(ProtocolError {
             code: ProtocolErrorCode::UnknownWorker,
             message: "x".into(),

@@ -2,24 +2,34 @@
 //! protocol, and moves steps and results between the socket and the queues
 //! of [`crate::runtime`]. Its own I/O thread runs it ([`Connection::run`]),
 //! or a host's event loop does ([`Connection::drive`]).
+//!
+//! What it keeps of each step (SPEC §5): every step received is tagged
+//! with the `orchestrator_id` of the welcome of the connection it came on,
+//! and stays *held* until its result is sent or it is returned in a drain.
+//! Every hello lists what is held (`in_progress`), results go out only on
+//! a welcomed connection, one message per orchestrator they answer, and a
+//! results message ZeroMQ refuses for now (high-water mark) is kept and
+//! sent when the socket takes it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tasker_protocol::raw::{self, EncodedResult, RawOrchestratorMessage};
 use tasker_protocol::{
-    codec, error_types, DecodeError, Goodbye, Heartbeat, OrchestratorMessage, ProtocolError,
+    codec, error_types, DecodeError, Goodbye, Heartbeat, HeldStep, OrchestratorMessage,
     ProtocolErrorCode, StepExecutionError, StepExecutionResult, StepRef, StepStatus, WorkerDrain,
     WorkerHello, WorkerMessage,
 };
 use tasker_transport::{earliest, poll_timeout, send_message};
 
+use crate::output::DEPTH_CAP;
 use crate::runtime::{Received, RuntimeState, Shared};
 use crate::WorkerError;
 
 /// Most results per outgoing message; messages are split further by size
-/// (see `flush_results`).
+/// and by the orchestrator they answer (see `send_results`).
 const RESULTS_PER_MESSAGE: usize = 512;
 
 /// A decoded message from the orchestrator: typed, or a batch whose steps
@@ -29,22 +39,72 @@ enum Inbound {
     RawBatch(raw::RawStepBatch),
 }
 
+/// Where a held step came from: the delivery its result names, and the
+/// orchestrator whose welcome it arrived under.
+#[derive(Clone)]
+struct Delivery {
+    batch_id: Arc<str>,
+    orchestrator_id: Arc<str>,
+}
+
+impl Delivery {
+    fn held(&self, step: StepRef) -> HeldStep {
+        HeldStep {
+            step_id: step.step_id,
+            attempt: step.attempt,
+            orchestrator_id: self.orchestrator_id.to_string(),
+        }
+    }
+}
+
 pub(crate) struct Connection {
     shared: Arc<Shared>,
     // Field order matters: sockets close before the context.
     socket: Option<zmq::Socket>,
     context: zmq::Context,
+    /// The current connection's hello was answered by a welcome (and not
+    /// since refused or forgotten): results may go out.
     welcomed: bool,
+    /// The `orchestrator_id` of the last welcome on the current socket.
+    orchestrator_id: Option<Arc<str>>,
     last_heard: Instant,
     next_heartbeat: Instant,
     heartbeat_interval: Duration,
     expiry: Duration,
     backoff: Duration,
     reconnect_at: Option<Instant>,
+    /// When to say hello again on this socket, after the orchestrator
+    /// refused the last one (`worker_id_in_use`, `registry_full`).
+    hello_at: Option<Instant>,
     drain_sent: bool,
     drain_deadline: Option<Instant>,
-    /// Delivery ids by step, so responses can name the batch they answer.
-    batch_of: std::collections::HashMap<StepRef, Arc<str>>,
+    /// Every step received and neither answered nor returned, except those
+    /// in `deferred`: where it came from. A step leaves when its result is
+    /// taken from the outbox (into `unsent`) or it is returned.
+    held: HashMap<StepRef, Delivery>,
+    /// Steps received while the same `(step_id, attempt)` of another
+    /// orchestrator is held: the host sees a step by that pair only, so
+    /// each waits until the one before it is answered.
+    deferred: VecDeque<(Received, Delivery)>,
+    /// Steps to give back in the next drain (received while stopping).
+    to_return: Vec<HeldStep>,
+    /// Results taken from the outbox and not sent yet, in order, with
+    /// where each step came from (`unsent_from`, same indices).
+    unsent: VecDeque<EncodedResult>,
+    unsent_from: VecDeque<Delivery>,
+    /// A results or drain message was refused by ZeroMQ (high-water mark)
+    /// this turn: wait until the socket can take one (`POLLOUT`).
+    send_blocked: bool,
+    /// When to try a refused send again at the latest, should no
+    /// `POLLOUT` wake us (a host's event loop sees only readability).
+    retry_at: Option<Instant>,
+    /// When the loop meant to take its next turn. A turn far later than
+    /// that means this process was held up (stopped, starved): the delay
+    /// is no evidence that the orchestrator went silent.
+    planned_wake: Option<Instant>,
+    /// Results and drain messages sent so far (to tell whether a turn
+    /// progressed).
+    sends_done: u64,
     /// Largest body the orchestrator accepts (from its welcome).
     peer_max_bytes: usize,
     /// Sockets opened so far, so a host watching `fd` can tell a new socket
@@ -62,15 +122,25 @@ impl Connection {
             context: zmq::Context::new(),
             socket: None,
             welcomed: false,
+            orchestrator_id: None,
             last_heard: Instant::now(),
             next_heartbeat: Instant::now() + heartbeat_interval,
             heartbeat_interval,
             expiry,
             backoff,
             reconnect_at: None,
+            hello_at: None,
             drain_sent: false,
             drain_deadline: None,
-            batch_of: Default::default(),
+            held: HashMap::new(),
+            deferred: VecDeque::new(),
+            to_return: Vec::new(),
+            unsent: VecDeque::new(),
+            unsent_from: VecDeque::new(),
+            send_blocked: false,
+            retry_at: None,
+            planned_wake: None,
+            sends_done: 0,
             peer_max_bytes: config.max_message_bytes,
             sockets_opened: 0,
             shared,
@@ -87,16 +157,29 @@ impl Connection {
         socket.connect(&config.endpoint).map_err(setup)?;
         self.socket = Some(socket);
         self.sockets_opened += 1;
-        self.welcomed = false;
+        tracing::debug!(worker_id = %self.shared.worker_id, endpoint = %config.endpoint, "connecting");
+        self.forget_peer();
         self.last_heard = Instant::now();
+        self.send_hello();
+        Ok(())
+    }
+
+    /// What the last socket knew of its orchestrator no longer holds.
+    fn forget_peer(&mut self) {
+        self.welcomed = false;
+        self.orchestrator_id = None;
+        self.hello_at = None;
+        self.send_blocked = false;
+        self.retry_at = None;
+        self.set_unregistered_state();
+    }
+
+    fn set_unregistered_state(&self) {
         self.shared.set_state(if self.stopping() {
             RuntimeState::Draining
         } else {
             RuntimeState::Connecting
         });
-        tracing::debug!(worker_id = %self.shared.worker_id, endpoint = %config.endpoint, "connecting");
-        self.send_hello();
-        Ok(())
     }
 
     /// Sends on the current connection; false when there is none or
@@ -114,57 +197,81 @@ impl Connection {
         }
     }
 
+    /// Every step received and not answered (result sent) nor returned:
+    /// waiting to be pulled, running, waiting behind another attempt of the
+    /// same pair, or answered by a result not sent yet.
+    fn in_progress(&self) -> Vec<HeldStep> {
+        let mut steps: Vec<HeldStep> = self
+            .held
+            .iter()
+            .map(|(step, from)| from.held(*step))
+            .chain(
+                self.deferred
+                    .iter()
+                    .map(|(step, from)| from.held(step.step_ref())),
+            )
+            .chain(
+                self.unsent
+                    .iter()
+                    .zip(&self.unsent_from)
+                    .map(|(result, from)| from.held(result.step_ref())),
+            )
+            .chain(self.to_return.iter().cloned())
+            .collect();
+        steps.sort_unstable();
+        steps
+    }
+
     fn send_hello(&mut self) {
-        let in_progress: Vec<StepRef> = {
-            let inbox = self.shared.inbox.lock().expect("inbox lock");
-            inbox
-                .in_hand
-                .iter()
-                .copied()
-                .chain(inbox.steps.iter().map(|s| s.step_ref()))
-                .collect()
-        };
         let hello = WorkerHello {
             worker_id: self.shared.worker_id.clone(),
             handlers: self.shared.handlers.clone(),
             capacity: self.shared.capacity,
-            in_progress,
+            in_progress: self.in_progress(),
             language: Some(self.shared.language.clone()),
             pid: Some(std::process::id()),
         };
-        self.send(&WorkerMessage::Hello(hello));
+        let now = Instant::now();
+        if !self.send(&WorkerMessage::Hello(hello)) {
+            // Not on its way: try again a little later, on this socket.
+            self.hello_at = Some(now + self.heartbeat_interval);
+        }
         if self.drain_sent {
             // A hello registers a worker as taking work: say again that we
             // do not.
             self.send(&WorkerMessage::Drain(WorkerDrain::default()));
         }
-        self.next_heartbeat = Instant::now() + self.heartbeat_interval;
+        self.next_heartbeat = now + self.heartbeat_interval;
     }
 
     fn stopping(&self) -> bool {
         self.shared.inbox.lock().expect("inbox lock").stopping
     }
 
-    /// The I/O thread's loop: wait for the socket, the doorbell or the next
-    /// deadline, then take a turn, until the connection is done.
+    /// The I/O thread's loop: wait for the socket (readable, or writable
+    /// while a send waits for room), the doorbell or the next deadline,
+    /// then take a turn, until the connection is done.
     pub(crate) fn run(mut self) {
         loop {
             let wake_at = self.next_wake();
-            let (socket_ready, bell_rang) = {
+            self.planned_wake = wake_at;
+            let bell_rang = {
                 let mut items = Vec::with_capacity(2);
                 items.push(zmq::PollItem::from_fd(
                     self.shared.doorbell.fd(),
                     zmq::POLLIN,
                 ));
                 if let Some(socket) = &self.socket {
-                    items.push(socket.as_poll_item(zmq::POLLIN));
+                    let events = if self.send_blocked {
+                        zmq::POLLIN | zmq::POLLOUT
+                    } else {
+                        zmq::POLLIN
+                    };
+                    items.push(socket.as_poll_item(events));
                 }
                 match zmq::poll(&mut items, poll_timeout(wake_at)) {
-                    Ok(_) => (
-                        items.get(1).is_some_and(|i| i.is_readable()),
-                        items[0].is_readable(),
-                    ),
-                    Err(zmq::Error::EINTR) => (false, false),
+                    Ok(_) => items[0].is_readable(),
+                    Err(zmq::Error::EINTR) => false,
                     Err(e) => {
                         tracing::error!(error = %e, "poll failed; worker I/O thread stops");
                         break;
@@ -174,21 +281,37 @@ impl Connection {
             if bell_rang {
                 self.shared.doorbell.drain();
             }
-            if self.turn(socket_ready) {
+            if self.turn() {
                 return;
             }
         }
         self.close();
     }
 
-    /// Does everything that is due: takes in what the socket holds (when
-    /// `socket_ready`), sends results and drain notices, reconnects, beats.
-    /// True once the connection is done and closed.
-    fn turn(&mut self, socket_ready: bool) -> bool {
-        if socket_ready {
-            self.receive_all();
+    /// Does everything that is due: takes in whatever the socket holds,
+    /// then sends results and drain notices, reconnects, beats. The
+    /// orchestrator's silence is judged only after reading, and not at all
+    /// in a turn that came late. True once the connection is done and
+    /// closed.
+    fn turn(&mut self) -> bool {
+        let late = self
+            .planned_wake
+            .take()
+            .is_some_and(|planned| Instant::now() > planned + self.heartbeat_interval);
+        self.receive_all();
+        if late && self.socket.is_some() {
+            // Held up ourselves: what the orchestrator sent meanwhile may
+            // not even have reached the socket yet. Start counting again.
+            tracing::debug!(
+                worker_id = %self.shared.worker_id,
+                "turn ran late; the delay is not counted as orchestrator silence"
+            );
+            self.last_heard = self.last_heard.max(Instant::now());
         }
-        self.flush_results();
+        self.send_blocked = false;
+        self.retry_at = None;
+        self.take_results();
+        self.send_results();
         self.flush_drain();
         let now = Instant::now();
         if let Some(at) = self.reconnect_at {
@@ -202,13 +325,23 @@ impl Connection {
                 }
             }
         } else if self.socket.is_some() {
-            if now.duration_since(self.last_heard) > self.expiry {
+            if let Some(at) = self.hello_at {
+                // Refused: the orchestrator expects nothing from us until
+                // the next hello, and sends us nothing (no heartbeats to
+                // judge it by, and a heartbeat of ours would only earn an
+                // `unknown_worker`).
+                if now >= at {
+                    self.hello_at = None;
+                    self.last_heard = now;
+                    self.send_hello();
+                }
+            } else if now.duration_since(self.last_heard) > self.expiry {
                 tracing::warn!(
                     worker_id = %self.shared.worker_id,
                     "orchestrator silent for {:?}; reconnecting",
                     self.expiry
                 );
-                self.disconnect();
+                self.disconnect(true);
                 self.schedule_reconnect();
             } else if now >= self.next_heartbeat {
                 self.send(&WorkerMessage::Heartbeat(Heartbeat {}));
@@ -222,22 +355,31 @@ impl Connection {
         false
     }
 
-    /// Takes turns until the socket has nothing more to read, for a host
-    /// that watches the socket's [`fd`](Self::fd) itself: that descriptor
-    /// only signals changes, and a send can take the signal of a message
-    /// that came in meanwhile. Returns when to be called again at the
-    /// latest, or `None` once the connection is done.
+    /// Takes turns until the socket has nothing more to read (or, while a
+    /// send waits for room, nothing more to take), for a host that watches
+    /// the socket's [`fd`](Self::fd) itself: that descriptor only signals
+    /// changes, and a send can take the signal of a message that came in
+    /// meanwhile. Returns when to be called again at the latest, or `None`
+    /// once the connection is done.
     pub(crate) fn drive(&mut self) -> Option<Option<Instant>> {
         loop {
-            if self.turn(true) {
+            let sent_before = self.sends_done;
+            if self.turn() {
                 return None;
             }
-            let more = self.socket.as_ref().is_some_and(|s| {
-                s.get_events()
-                    .is_ok_and(|events| events.contains(zmq::POLLIN))
-            });
+            let events = self
+                .socket
+                .as_ref()
+                .and_then(|s| s.get_events().ok())
+                .unwrap_or(zmq::PollEvents::empty());
+            let more = events.contains(zmq::POLLIN)
+                || (self.send_blocked
+                    && events.contains(zmq::POLLOUT)
+                    && self.sends_done > sent_before);
             if !more {
-                return Some(self.next_wake());
+                let wake_at = self.next_wake();
+                self.planned_wake = wake_at;
+                return Some(wake_at);
             }
         }
     }
@@ -265,32 +407,40 @@ impl Connection {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        let mut at = self.reconnect_at;
-        if self.socket.is_some() {
+        let mut at = earliest(self.reconnect_at, self.hello_at);
+        if self.socket.is_some() && self.hello_at.is_none() {
             at = earliest(at, Some(self.next_heartbeat));
             at = earliest(
                 at,
                 Some(self.last_heard + self.expiry + Duration::from_millis(1)),
             );
         }
+        at = earliest(at, self.retry_at);
         earliest(at, self.drain_deadline)
     }
 
-    fn disconnect(&mut self) {
+    /// Closes the socket. `flush`: the peer may only be held up (it went
+    /// silent), so what is still queued for it (results already counted as
+    /// sent) may go out on the old connection for `linger_ms`, where it
+    /// still holds those steps; otherwise (it said goodbye) it is dropped.
+    fn disconnect(&mut self, flush: bool) {
         if let Some(socket) = self.socket.take() {
-            // Whatever is still queued is moot: the peer is gone.
-            let _ = socket.set_linger(0);
+            let linger = if flush {
+                self.shared.config.linger_ms
+            } else {
+                0
+            };
+            let _ = socket.set_linger(linger);
         }
-        self.welcomed = false;
-        self.shared.set_state(if self.stopping() {
-            RuntimeState::Draining
-        } else {
-            RuntimeState::Connecting
-        });
+        self.forget_peer();
     }
 
     fn schedule_reconnect(&mut self) {
         self.reconnect_at = Some(Instant::now() + self.backoff);
+        self.grow_backoff();
+    }
+
+    fn grow_backoff(&mut self) {
         let max = Duration::from_millis(self.shared.config.reconnect_max_ms);
         self.backoff = (self.backoff * 2).min(max);
     }
@@ -318,7 +468,7 @@ impl Connection {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "malformed message from orchestrator");
-                    let reply = WorkerMessage::ProtocolError(ProtocolError {
+                    let reply = WorkerMessage::ProtocolError(tasker_protocol::ProtocolError {
                         code: error.code(),
                         message: error.to_string(),
                     });
@@ -332,6 +482,8 @@ impl Connection {
         match message {
             OrchestratorMessage::Welcome(welcome) => {
                 self.welcomed = true;
+                self.hello_at = None;
+                self.orchestrator_id = Some(welcome.orchestrator_id.as_str().into());
                 self.backoff = Duration::from_millis(self.shared.config.reconnect_initial_ms);
                 // The orchestrator's timing rules, so both sides agree on death.
                 // Clamped so that absurd values cannot overflow our clocks.
@@ -341,6 +493,9 @@ impl Connection {
                 self.peer_max_bytes = usize::try_from(welcome.max_message_bytes)
                     .unwrap_or(usize::MAX)
                     .max(1024);
+                self.shared
+                    .max_json_depth
+                    .store(welcome.max_json_depth.min(DEPTH_CAP), Ordering::Release);
                 // A shorter interval takes effect now, not after the beat
                 // scheduled under our own (longer) one: by then the
                 // orchestrator may have declared us dead.
@@ -350,7 +505,11 @@ impl Connection {
                 if !self.stopping() {
                     self.shared.set_state(RuntimeState::Connected);
                 }
-                tracing::info!(worker_id = %self.shared.worker_id, "registered with orchestrator");
+                tracing::info!(
+                    worker_id = %self.shared.worker_id,
+                    orchestrator_id = %welcome.orchestrator_id,
+                    "registered with orchestrator"
+                );
             }
             OrchestratorMessage::StepBatchRequest(batch) => {
                 let steps = batch.steps.into_iter().map(Received::Typed).collect();
@@ -359,17 +518,43 @@ impl Connection {
             OrchestratorMessage::Heartbeat(_) => {}
             OrchestratorMessage::Goodbye(goodbye) => {
                 tracing::info!(reason = %goodbye.reason, "orchestrator said goodbye; will reconnect");
-                self.disconnect();
+                self.disconnect(false);
                 self.schedule_reconnect();
             }
-            OrchestratorMessage::ProtocolError(error) => {
-                if error.code == ProtocolErrorCode::UnknownWorker {
+            OrchestratorMessage::ProtocolError(error) => match error.code {
+                // Never answered: a reply to a protocol error could loop.
+                ProtocolErrorCode::UnknownWorker => {
+                    if self.hello_at.is_some() {
+                        // A hello is due after the backoff already.
+                        return;
+                    }
                     tracing::info!("orchestrator does not know this worker; saying hello again");
+                    // It takes no results from us until it welcomes us again.
+                    self.welcomed = false;
+                    self.set_unregistered_state();
                     self.send_hello();
-                } else {
-                    tracing::warn!(code = ?error.code, message = %error.message, "orchestrator refused a message");
                 }
-            }
+                ProtocolErrorCode::WorkerIdInUse | ProtocolErrorCode::RegistryFull => {
+                    tracing::warn!(
+                        worker_id = %self.shared.worker_id,
+                        code = ?error.code,
+                        message = %codec::truncate(&error.message, 200),
+                        "orchestrator refused the hello; saying hello again in {:?}",
+                        self.backoff
+                    );
+                    self.welcomed = false;
+                    self.set_unregistered_state();
+                    self.hello_at = Some(Instant::now() + self.backoff);
+                    self.grow_backoff();
+                }
+                _ => {
+                    tracing::warn!(
+                        code = ?error.code,
+                        message = %codec::truncate(&error.message, 200),
+                        "orchestrator refused a message"
+                    );
+                }
+            },
         }
     }
 
@@ -397,71 +582,159 @@ impl Connection {
     }
 
     fn receive_steps(&mut self, batch_id: &str, steps: Vec<Received>) {
-        {
+        let Some(orchestrator_id) = self.orchestrator_id.clone() else {
+            // Steps come only after a welcome; without one they answer no
+            // orchestrator we could name.
+            tracing::warn!(
+                batch_id = %codec::truncate(batch_id, 64),
+                steps = steps.len(),
+                "steps received before any welcome on this connection; ignored"
+            );
+            return;
+        };
+        let from = Delivery {
+            batch_id: batch_id.into(),
+            orchestrator_id,
+        };
+        let count = steps.len();
+        let delivered = {
             let mut inbox = self.shared.inbox.lock().expect("inbox lock");
-            if inbox.stopping {
-                inbox.returned.extend(steps.iter().map(|s| s.step_ref()));
-                return;
+            let mut delivered = false;
+            for step in steps {
+                let key = step.step_ref();
+                match self.held.get(&key) {
+                    Some(held) if held.orchestrator_id == from.orchestrator_id => {
+                        // Delivered twice by the same orchestrator: the one
+                        // result answers both (and it may have started, so
+                        // it is never returned).
+                        tracing::warn!(
+                            step_id = key.step_id,
+                            attempt = key.attempt,
+                            "step attempt delivered again while held; ignored"
+                        );
+                    }
+                    _ if inbox.stopping => self.to_return.push(from.held(key)),
+                    None => {
+                        self.held.insert(key, from.clone());
+                        inbox.steps.push_back(step);
+                        delivered = true;
+                    }
+                    Some(_) => {
+                        tracing::info!(
+                            step_id = key.step_id,
+                            attempt = key.attempt,
+                            "an earlier orchestrator's step with the same id and attempt is still held; this one waits for it"
+                        );
+                        self.deferred.push_back((step, from.clone()));
+                    }
+                }
             }
-            let shared_id: Arc<str> = batch_id.into();
-            for step in &steps {
-                self.batch_of
-                    .insert(step.step_ref(), Arc::clone(&shared_id));
+            if delivered {
+                self.shared.steps_ready.notify_all();
             }
-            tracing::debug!(batch_id, steps = steps.len(), "steps received");
-            inbox.steps.extend(steps);
-            self.shared.steps_ready.notify_all();
+            delivered
+        };
+        tracing::debug!(batch_id, steps = count, "steps received");
+        if delivered {
+            self.shared.wake_host();
         }
-        self.shared.wake_host();
     }
 
-    fn flush_results(&mut self) {
-        if self.socket.is_none() {
-            // Keep them for the next connection.
+    /// Moves the results completed by the host into `unsent`, each tagged
+    /// with where its step came from; a step waiting behind the one just
+    /// answered is handed to the host.
+    fn take_results(&mut self) {
+        let done = std::mem::take(&mut *self.shared.outbox.lock().expect("outbox lock"));
+        let mut released = false;
+        for result in done {
+            let step = result.step_ref();
+            let Some(from) = self.held.remove(&step) else {
+                tracing::warn!(
+                    step_id = step.step_id,
+                    attempt = step.attempt,
+                    "result for a step this worker does not hold (answered twice?); dropped"
+                );
+                continue;
+            };
+            self.unsent.push_back(result);
+            self.unsent_from.push_back(from);
+            if let Some(at) = self.deferred.iter().position(|(s, _)| s.step_ref() == step) {
+                let (next, from) = self.deferred.remove(at).expect("position exists");
+                self.held.insert(step, from);
+                let mut inbox = self.shared.inbox.lock().expect("inbox lock");
+                if inbox.stopping {
+                    inbox.returned.push(step);
+                } else {
+                    inbox.steps.push_back(next);
+                    self.shared.steps_ready.notify_all();
+                    released = true;
+                }
+            }
+        }
+        if released {
+            self.shared.wake_host();
+        }
+    }
+
+    /// Sends what results it can, in order: only on a welcomed connection,
+    /// as many per message as fit what the orchestrator accepts (it would
+    /// refuse a larger message whole), one orchestrator's per message.
+    /// What ZeroMQ refuses stays for a later turn.
+    fn send_results(&mut self) {
+        if !self.welcomed || self.socket.is_none() {
+            // Kept for the welcome.
             return;
         }
-        let mut results: VecDeque<EncodedResult> =
-            std::mem::take(&mut *self.shared.outbox.lock().expect("outbox lock")).into();
-        // As many results per message as fit what the orchestrator accepts
-        // (it would refuse the whole message, and every step in it would
-        // time out), in order.
-        while let Some(first) = results.front() {
-            let batch_id = self
-                .batch_of
-                .get(&first.step_ref())
-                .cloned()
-                .unwrap_or_else(|| Arc::from(""));
-            let mut size = raw::response_envelope_len(&batch_id) + first.json().len();
-            if size > self.peer_max_bytes {
-                let result = results.pop_front().expect("front exists");
-                let failed = self.too_large(&result, size);
-                self.send_results(&batch_id, vec![failed]);
-                continue;
+        while !self.unsent.is_empty() {
+            let from = self.unsent_from[0].clone();
+            let envelope = raw::response_envelope_len(&from.batch_id, &from.orchestrator_id);
+            let alone = envelope + self.unsent[0].json().len();
+            if alone > self.peer_max_bytes {
+                let failed = self.too_large(&self.unsent[0], alone);
+                self.unsent[0] = failed;
             }
+            let mut size = envelope + self.unsent[0].json().len();
             let mut n = 1;
-            while let Some(next) = results.get(n) {
-                let grown = size + 1 + next.json().len();
-                if n == RESULTS_PER_MESSAGE || grown > self.peer_max_bytes {
+            while n < self.unsent.len() && n < RESULTS_PER_MESSAGE {
+                if self.unsent_from[n].orchestrator_id != from.orchestrator_id {
+                    break;
+                }
+                let grown = size + 1 + self.unsent[n].json().len();
+                if grown > self.peer_max_bytes {
                     break;
                 }
                 size = grown;
                 n += 1;
             }
-            let chunk: Vec<EncodedResult> = results.drain(..n).collect();
-            self.send_results(&batch_id, chunk);
+            let frames = raw::encode_results(
+                &from.batch_id,
+                &from.orchestrator_id,
+                &self.unsent.make_contiguous()[..n],
+            );
+            let socket = self.socket.as_ref().expect("checked above");
+            match socket.send_multipart(frames, zmq::DONTWAIT) {
+                Ok(()) => {
+                    self.unsent.drain(..n);
+                    self.unsent_from.drain(..n);
+                    self.sends_done += 1;
+                }
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => {
+                    // EAGAIN: the high-water mark. Kept, in order, for when
+                    // the socket takes messages again.
+                    tracing::debug!(error = %e, unsent = self.unsent.len(), "results not sent yet");
+                    self.wait_for_room();
+                    return;
+                }
+            }
         }
     }
 
-    fn send_results(&mut self, batch_id: &str, results: Vec<EncodedResult>) {
-        for result in &results {
-            self.batch_of.remove(&result.step_ref());
-        }
-        let frames = raw::encode_results(batch_id, &results);
-        if let Some(socket) = &self.socket {
-            if let Err(e) = socket.send_multipart(frames, zmq::DONTWAIT) {
-                tracing::warn!(error = %e, "sending results failed");
-            }
-        }
+    /// A send was refused for now: poll for room, and try again by the
+    /// next heartbeat interval at the latest.
+    fn wait_for_room(&mut self) {
+        self.send_blocked = true;
+        self.retry_at = Some(Instant::now() + self.heartbeat_interval);
     }
 
     /// What to report for a result that alone exceeds the orchestrator's
@@ -501,41 +774,68 @@ impl Connection {
         if !stopping {
             return;
         }
-        if !self.drain_sent || !returned.is_empty() {
-            for step in &returned {
-                self.batch_of.remove(step);
+        let mut given_back = std::mem::take(&mut self.to_return);
+        for step in returned {
+            if let Some(from) = self.held.remove(&step) {
+                given_back.push(from.held(step));
             }
-            self.send(&WorkerMessage::Drain(WorkerDrain { returned }));
-            if !self.drain_sent {
-                self.drain_sent = true;
-                self.drain_deadline = Some(Instant::now() + self.shared.config.shutdown_timeout());
-                self.shared.set_state(RuntimeState::Draining);
-                tracing::info!(worker_id = %self.shared.worker_id, "draining");
+        }
+        given_back.extend(
+            self.deferred
+                .drain(..)
+                .map(|(step, from)| from.held(step.step_ref())),
+        );
+        if self.drain_sent && given_back.is_empty() {
+            return;
+        }
+        let drain = WorkerMessage::Drain(WorkerDrain {
+            returned: given_back,
+        });
+        if !self.send(&drain) {
+            // Kept for the next try (still ours: a hello meanwhile lists
+            // them).
+            if let WorkerMessage::Drain(drain) = drain {
+                self.to_return = drain.returned;
             }
+            self.wait_for_room();
+            return;
+        }
+        self.sends_done += 1;
+        if !self.drain_sent {
+            self.drain_sent = true;
+            self.drain_deadline = Some(Instant::now() + self.shared.config.shutdown_timeout());
+            self.shared.set_state(RuntimeState::Draining);
+            tracing::info!(worker_id = %self.shared.worker_id, "draining");
         }
     }
 
-    /// True once stopping and every step in hand is answered (or the drain
-    /// deadline passed); says goodbye on the way out.
+    /// True once stopping and every step in hand is answered and its result
+    /// sent (or the drain deadline passed); says goodbye on the way out.
     fn drained(&mut self, now: Instant) -> bool {
         if !self.drain_sent {
             return false;
         }
         let in_hand = self.shared.inbox.lock().expect("inbox lock").in_hand.len();
-        let outbox_empty = self.shared.outbox.lock().expect("outbox lock").is_empty();
+        let unsent = self.unsent.len() + self.shared.outbox.lock().expect("outbox lock").len();
         let timed_out = self.drain_deadline.is_some_and(|d| now >= d);
-        if (in_hand > 0 || !outbox_empty) && !timed_out {
+        if (in_hand > 0 || unsent > 0 || !self.to_return.is_empty()) && !timed_out {
             return false;
         }
-        if timed_out && in_hand > 0 {
+        if timed_out && (in_hand > 0 || unsent > 0) {
             tracing::warn!(
                 in_hand,
+                unsent,
                 "drain deadline passed; leaving with steps unanswered"
             );
         }
-        self.send(&WorkerMessage::Goodbye(Goodbye {
+        // What is still held was received and may be running: the
+        // orchestrator must not deliver it again. The rest of what it sent
+        // never arrived here, and it may.
+        let goodbye = Goodbye {
             reason: "worker stopping".into(),
-        }));
+            unanswered: self.in_progress(),
+        };
+        self.send(&WorkerMessage::Goodbye(goodbye));
         true
     }
 }

@@ -9,6 +9,15 @@
 //! the blocking [`WorkerRuntime::next_steps`], runs them on its own threads,
 //! and hands results back with [`WorkerRuntime::complete`] from any thread.
 //!
+//! Every step is tagged with the orchestrator whose welcome it came under,
+//! and its result goes back to that orchestrator's id, on a welcomed
+//! connection only; a result ZeroMQ cannot take yet (high-water mark) is
+//! kept, in order, until it can; every hello lists each step received and
+//! not yet answered. Outputs the orchestrator would refuse (nested deeper
+//! than its `max_json_depth`, a lone surrogate escape in JSON text) are
+//! reported as `SerializationError` failures instead, checked on the thread
+//! that completes the step ([`check_output`], [`check_output_json`]).
+//!
 //! A host that parses JSON itself can have steps kept as JSON text, only
 //! checked and located in their message ([`WorkerOptions::raw_steps`],
 //! [`tasker_protocol::raw`]), pull them undecoded
@@ -46,8 +55,10 @@ mod connection;
 mod error;
 mod handler;
 pub mod log_bridge;
+mod output;
 mod runtime;
 
 pub use error::WorkerError;
 pub use handler::{HandlerError, HandlerResult, RunningWorker, Worker};
+pub use output::{check_output, check_output_json, serialization_failure};
 pub use runtime::{Drive, Driver, RuntimeState, SocketFd, WorkerOptions, WorkerRuntime};

@@ -2,7 +2,7 @@
 //! outbox and the lifecycle. The socket half lives in [`crate::connection`].
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use tasker_config::TaskerConfig;
 use tasker_protocol::raw::{EncodedResult, RawStep};
 use tasker_protocol::{
-    error_types, StepExecutionError, StepExecutionRequest, StepExecutionResult, StepRef, StepStatus,
+    error_types, StepExecutionError, StepExecutionRequest, StepExecutionResult, StepRef,
+    StepStatus, MAX_JSON_DEPTH,
 };
 use tasker_transport::Doorbell;
 
 use crate::connection::Connection;
+use crate::output::{check_output, check_result_json, serialization_failure};
 use crate::WorkerError;
 
 /// What a worker announces and how it connects.
@@ -129,6 +131,9 @@ pub(crate) struct Shared {
     pub outbox: Mutex<Vec<EncodedResult>>,
     pub doorbell: Doorbell,
     pub state: AtomicU8,
+    /// Deepest nesting an output may have: the welcome's `max_json_depth`
+    /// ([`MAX_JSON_DEPTH`] before any welcome).
+    pub max_json_depth: AtomicU32,
     pub waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// See [`WorkerOptions::raw_steps`].
     pub raw_steps: bool,
@@ -235,6 +240,7 @@ impl WorkerRuntime {
             outbox: Mutex::new(Vec::new()),
             doorbell: Doorbell::new().map_err(|e| WorkerError::Setup(e.to_string()))?,
             state: AtomicU8::new(RuntimeState::Connecting as u8),
+            max_json_depth: AtomicU32::new(MAX_JSON_DEPTH),
             waker: OnceLock::new(),
             raw_steps: options.raw_steps,
             driven,
@@ -404,29 +410,88 @@ impl WorkerRuntime {
         self.complete_many(vec![result]);
     }
 
-    /// Hands back several results at once. They are encoded here, on the
-    /// caller's thread.
+    /// Hands back several results at once. They are checked and encoded
+    /// here, on the caller's thread: an output nested deeper than the
+    /// orchestrator accepts ([`max_json_depth`](Self::max_json_depth)) is
+    /// not sent; its step is reported failed as
+    /// [`error_types::SERIALIZATION_ERROR`], not retryable.
     pub fn complete_many(&self, results: Vec<StepExecutionResult>) {
-        self.complete_encoded(results.iter().map(EncodedResult::new).collect());
+        let max_depth = self.max_json_depth();
+        self.hand_over(
+            results
+                .iter()
+                .map(|result| self.encode_checked(result, max_depth))
+                .collect(),
+        );
+    }
+
+    fn encode_checked(&self, result: &StepExecutionResult, max_depth: u32) -> EncodedResult {
+        if let Some(output) = &result.output {
+            if let Err(problem) = check_output(output, max_depth) {
+                tracing::warn!(step_id = result.step_id, %problem, "output cannot be sent; reporting the step failed");
+                return EncodedResult::new(&serialization_failure(
+                    result.step_ref(),
+                    &problem,
+                    &result.metadata.worker_id,
+                    result.metadata.execution_time_ms,
+                ));
+            }
+        }
+        EncodedResult::new(result)
+    }
+
+    /// Deepest nesting of arrays and objects a step's output may have, as
+    /// the orchestrator's last welcome said (`max_json_depth`;
+    /// [`MAX_JSON_DEPTH`] before any welcome). A host that converts
+    /// outputs itself can stop there.
+    pub fn max_json_depth(&self) -> u32 {
+        self.shared.max_json_depth.load(Ordering::Acquire)
     }
 
     /// Hands back results already encoded, e.g. made with
     /// [`EncodedResult::completed`] from output that is JSON text already.
-    pub fn complete_encoded(&self, results: Vec<EncodedResult>) {
+    /// Each is checked here, on the caller's thread, in one pass over its
+    /// text: an output nested deeper than
+    /// [`max_json_depth`](Self::max_json_depth), or any string holding a
+    /// lone UTF-16 surrogate escape (`"\udce9"`, as JavaScript's
+    /// `JSON.stringify` writes for a string cut mid-character), is not sent:
+    /// the step is reported failed as [`error_types::SERIALIZATION_ERROR`],
+    /// not retryable.
+    pub fn complete_encoded(&self, mut results: Vec<EncodedResult>) {
+        let max_depth = self.max_json_depth();
+        for result in &mut results {
+            if let Err(problem) = check_result_json(result.json(), max_depth) {
+                tracing::warn!(step_id = result.step_ref().step_id, %problem, "output cannot be sent; reporting the step failed");
+                *result = EncodedResult::new(&serialization_failure(
+                    result.step_ref(),
+                    &problem,
+                    self.worker_id(),
+                    result.execution_time_ms(),
+                ));
+            }
+        }
+        self.hand_over(results);
+    }
+
+    /// Queues checked results for the connection to send.
+    fn hand_over(&self, results: Vec<EncodedResult>) {
         if results.is_empty() {
             return;
         }
-        {
-            let mut inbox = self.shared.inbox.lock().expect("inbox lock");
-            for result in &results {
-                inbox.in_hand.remove(&result.step_ref());
-            }
-        }
+        let steps: Vec<StepRef> = results.iter().map(EncodedResult::step_ref).collect();
+        // Into the outbox before out of hand: a drain that checks both never
+        // sees a result in neither (and leaves without it).
         self.shared
             .outbox
             .lock()
             .expect("outbox lock")
             .extend(results);
+        {
+            let mut inbox = self.shared.inbox.lock().expect("inbox lock");
+            for step in &steps {
+                inbox.in_hand.remove(step);
+            }
+        }
         if !self.shared.driven {
             self.shared.doorbell.ring();
         }

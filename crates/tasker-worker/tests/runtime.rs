@@ -55,14 +55,35 @@ impl FakeOrchestrator {
     }
 
     fn welcome(&self, id: &[u8]) {
-        self.send(
-            id,
-            &OrchestratorMessage::Welcome(Welcome {
-                heartbeat_interval_ms: 100,
-                liveness: 3,
-                max_message_bytes: 1 << 20,
-            }),
-        );
+        self.welcome_as(id, ORCHESTRATOR);
+    }
+
+    fn welcome_as(&self, id: &[u8], orchestrator_id: &str) {
+        self.send(id, &OrchestratorMessage::Welcome(welcome(orchestrator_id)));
+    }
+
+    /// Next worker message of any kind, heartbeats included.
+    fn recv_any(&self, timeout: Duration) -> Option<(Vec<u8>, WorkerMessage)> {
+        let timeout_ms = timeout.as_millis() as i64;
+        if self.socket.poll(zmq::POLLIN, timeout_ms).unwrap() == 0 {
+            return None;
+        }
+        let mut frames = self.socket.recv_multipart(0).unwrap();
+        let id = frames.remove(0);
+        Some((id, codec::decode(&frames, usize::MAX).unwrap()))
+    }
+}
+
+/// The `orchestrator_id` the fake orchestrator welcomes with.
+const ORCHESTRATOR: &str = "orch-A";
+
+fn welcome(orchestrator_id: &str) -> Welcome {
+    Welcome {
+        heartbeat_interval_ms: 100,
+        liveness: 3,
+        max_message_bytes: 1 << 20,
+        orchestrator_id: orchestrator_id.into(),
+        max_json_depth: MAX_JSON_DEPTH,
     }
 }
 
@@ -190,6 +211,8 @@ fn stop_gives_back_unpulled_steps_waits_for_pulled_ones_then_says_goodbye() {
         Some((_, WorkerMessage::Drain(d))) => {
             let ids: Vec<_> = d.returned.iter().map(|s| s.step_id).collect();
             assert_eq!(ids, vec![2, 3, 4]);
+            // W8: each with the orchestrator that delivered it.
+            assert!(d.returned.iter().all(|s| s.orchestrator_id == ORCHESTRATOR));
         }
         other => panic!("expected drain, got {other:?}"),
     }
@@ -310,9 +333,8 @@ fn results_are_split_to_fit_the_orchestrators_message_limit() {
     orchestrator.send(
         &id,
         &OrchestratorMessage::Welcome(Welcome {
-            heartbeat_interval_ms: 100,
-            liveness: 3,
             max_message_bytes: limit,
+            ..welcome(ORCHESTRATOR)
         }),
     );
     orchestrator.send(&id, &batch(0..11));
@@ -585,4 +607,556 @@ fn a_driven_runtime_serves_steps_from_the_hosts_own_loop() {
         saw_goodbye |= matches!(message, WorkerMessage::Goodbye(_));
     }
     assert!(saw_goodbye);
+}
+
+// ---------------------------------------------------------------------
+// The worker rules of SPEC §5 (W1-W8): which orchestrator a step answers,
+// when results may go out, what a hello lists, a full pipe, refused
+// hellos, late turns, outputs the orchestrator would refuse.
+// ---------------------------------------------------------------------
+
+/// Options of a worker that waits long for a welcome (so it does not give
+/// up on a fake orchestrator that is slow to answer) and reconnects fast.
+fn patient(endpoint: &str, capacity: u32) -> WorkerOptions {
+    let mut options = options(endpoint, capacity);
+    options.config.liveness = 50;
+    options.config.reconnect_initial_ms = 50;
+    options
+}
+
+/// A welcome whose expiry (5 s) outlasts a test that sends no heartbeats.
+fn patient_welcome(orchestrator_id: &str) -> OrchestratorMessage {
+    OrchestratorMessage::Welcome(Welcome {
+        liveness: 50,
+        ..welcome(orchestrator_id)
+    })
+}
+
+/// Pulls until `n` steps are in hand.
+fn pull(rt: &WorkerRuntime, n: usize) -> Vec<StepExecutionRequest> {
+    let mut steps = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while steps.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} steps",
+            steps.len()
+        );
+        steps.extend(
+            rt.next_steps(n - steps.len(), Some(Duration::from_millis(100)))
+                .unwrap(),
+        );
+    }
+    steps
+}
+
+fn done(step: &StepExecutionRequest) -> StepExecutionResult {
+    StepExecutionResult::completed(step.step_ref(), json!(step.step_id), "w-test", 0)
+}
+
+/// A worker welcomed by orchestrator A, holding steps 0..4 of A (0 and 1
+/// pulled, 2 and 3 waiting), whose orchestrator said goodbye; step 0 was
+/// completed after that, with no connection. Returns the hello it sent on
+/// reconnecting (not answered yet) and its routing id.
+fn reconnected_holding_steps_of_a() -> (
+    FakeOrchestrator,
+    WorkerRuntime,
+    Vec<StepExecutionRequest>,
+    Vec<u8>,
+    WorkerHello,
+) {
+    let orchestrator = FakeOrchestrator::bind();
+    let rt = WorkerRuntime::start(patient(&orchestrator.endpoint, 10)).unwrap();
+    let (id, _) = orchestrator.recv(Duration::from_secs(5)).expect("hello");
+    orchestrator.send(&id, &patient_welcome("orch-A"));
+    orchestrator.send(&id, &batch(0..4));
+    let pulled = pull(&rt, 2);
+    orchestrator.send(
+        &id,
+        &OrchestratorMessage::Goodbye(Goodbye::new("orchestrator shutting down")),
+    );
+    // Completed while the worker has no connection (it waits out its
+    // reconnect backoff, or it is connecting and not welcomed yet).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rt.state() == RuntimeState::Connected {
+        assert!(Instant::now() < deadline, "the goodbye was not taken");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    rt.complete(done(&pulled[0]));
+    let (new_id, message) = orchestrator
+        .recv(Duration::from_secs(5))
+        .expect("a new hello");
+    let WorkerMessage::Hello(hello) = message else {
+        panic!("expected a hello, got {message:?}")
+    };
+    assert_ne!(new_id, id, "a new connection");
+    (orchestrator, rt, pulled, new_id, hello)
+}
+
+/// W1, W3: the hello on a new connection lists every step received and not
+/// answered, each with the orchestrator whose welcome it came under:
+/// running, waiting to be pulled, and completed with its result not sent.
+#[test]
+fn w3_a_reconnect_hello_lists_every_unanswered_step_with_the_orchestrator_that_sent_it() {
+    let (_orchestrator, rt, _pulled, _id, hello) = reconnected_holding_steps_of_a();
+    let held = |step_id| HeldStep {
+        step_id,
+        attempt: 1,
+        orchestrator_id: "orch-A".into(),
+    };
+    let mut listed = hello.in_progress.clone();
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec![held(0), held(1), held(2), held(3)],
+        "0: result not sent, 1: running, 2 and 3: waiting"
+    );
+    rt.stop();
+}
+
+/// W2: results wait for a welcome (none goes out after a bare hello) and
+/// each message names the orchestrator whose steps it answers, also when
+/// that is an earlier one; results of two orchestrators never share one.
+#[test]
+fn w2_results_wait_for_a_welcome_and_name_the_orchestrator_whose_steps_they_answer() {
+    let (orchestrator, rt, pulled, id, _hello) = reconnected_holding_steps_of_a();
+    rt.complete(done(&pulled[1]));
+    // Not welcomed yet on this connection: nothing but heartbeats.
+    if let Some((_, message)) = orchestrator.recv(Duration::from_millis(400)) {
+        panic!("sent before any welcome: {message:?}");
+    }
+    // Another orchestrator (a restart) welcomes the worker.
+    orchestrator.send(&id, &patient_welcome("orch-B"));
+    let mut by_orchestrator: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    let collect = |want: usize, by: &mut std::collections::BTreeMap<String, Vec<i64>>| {
+        while by.values().map(Vec::len).sum::<usize>() < want {
+            let Some((_, message)) = orchestrator.recv(Duration::from_secs(2)) else {
+                panic!("results missing: {by:?}")
+            };
+            let WorkerMessage::StepBatchResponse(response) = message else {
+                panic!("{message:?}")
+            };
+            by.entry(response.orchestrator_id)
+                .or_default()
+                .extend(response.results.iter().map(|r| r.step_id));
+        }
+    };
+    collect(2, &mut by_orchestrator);
+    assert_eq!(
+        by_orchestrator,
+        [("orch-A".to_string(), vec![0, 1])].into(),
+        "results of A's steps go to B tagged with A's id"
+    );
+    // B's own steps, completed together with A's last two.
+    orchestrator.send(
+        &id,
+        &OrchestratorMessage::StepBatchRequest(StepBatchRequest::new(
+            "b:2",
+            (10..12)
+                .map(|i| StepExecutionRequest::new(i, 1, "s", "echo", 5_000))
+                .collect(),
+        )),
+    );
+    let rest = pull(&rt, 4);
+    rt.complete_many(rest.iter().map(done).collect());
+    by_orchestrator.clear();
+    collect(4, &mut by_orchestrator);
+    for ids in by_orchestrator.values_mut() {
+        ids.sort();
+    }
+    assert_eq!(
+        by_orchestrator,
+        [
+            ("orch-A".to_string(), vec![2, 3]),
+            ("orch-B".to_string(), vec![10, 11])
+        ]
+        .into()
+    );
+    rt.stop();
+}
+
+/// W1: a new orchestrator may number its steps as an earlier one did. A
+/// step with the same `(step_id, attempt)` as one of the earlier
+/// orchestrator's still held is not handed to the host (which knows steps
+/// by that pair only) until the earlier one is answered, and each result
+/// goes to the orchestrator of its own step.
+#[test]
+fn w1_a_new_orchestrators_step_with_a_held_steps_id_and_attempt_waits_and_each_result_keeps_its_orchestrator(
+) {
+    let (orchestrator, rt, pulled, id, _hello) = reconnected_holding_steps_of_a();
+    orchestrator.send(&id, &patient_welcome("orch-B"));
+    // B's step 1, attempt 1: A's step 1 is still running.
+    orchestrator.send(
+        &id,
+        &OrchestratorMessage::StepBatchRequest(StepBatchRequest::new(
+            "b:B",
+            vec![StepExecutionRequest::new(1, 1, "s", "echo", 5_000)],
+        )),
+    );
+    // A's waiting steps 2 and 3 come out; B's step 1 does not.
+    let waiting = pull(&rt, 2);
+    assert_eq!(
+        waiting.iter().map(|s| s.step_id).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    assert!(rt
+        .next_steps(10, Some(Duration::from_millis(300)))
+        .unwrap()
+        .is_empty());
+    let mut tags = Vec::new();
+    let take = |n: usize, tags: &mut Vec<(String, i64, Option<serde_json::Value>)>| {
+        while tags.len() < n {
+            let Some((_, WorkerMessage::StepBatchResponse(r))) =
+                orchestrator.recv(Duration::from_secs(2))
+            else {
+                panic!("results missing: {tags:?}")
+            };
+            for result in r.results {
+                tags.push((r.orchestrator_id.clone(), result.step_id, result.output));
+            }
+        }
+    };
+    take(1, &mut tags); // step 0 of A, completed before
+    rt.complete(StepExecutionResult::completed(
+        pulled[1].step_ref(),
+        json!("A's step 1"),
+        "w-test",
+        0,
+    ));
+    take(2, &mut tags);
+    assert_eq!(tags[1], ("orch-A".into(), 1, Some(json!("A's step 1"))));
+    // Now B's step 1 is handed over, and its result goes to B.
+    let next = pull(&rt, 1);
+    assert_eq!(next[0].step_id, 1);
+    rt.complete(StepExecutionResult::completed(
+        next[0].step_ref(),
+        json!("B's step 1"),
+        "w-test",
+        0,
+    ));
+    take(3, &mut tags);
+    assert_eq!(tags[2], ("orch-B".into(), 1, Some(json!("B's step 1"))));
+    rt.complete_many(waiting.iter().map(done).collect());
+    take(5, &mut tags);
+    rt.stop();
+}
+
+/// W4: a results message ZeroMQ refuses (the high-water mark: the
+/// orchestrator does not read) is kept, in order, and sent once there is
+/// room; nothing is lost, nothing sent twice. With the I/O thread and
+/// driven by a host's loop.
+#[test]
+fn w4_results_refused_by_a_full_pipe_are_kept_and_all_arrive_once_the_orchestrator_reads() {
+    for driven in [false, true] {
+        full_pipe(driven);
+    }
+}
+
+fn full_pipe(driven: bool) {
+    const STEPS: i64 = 400;
+    // Unix sockets buffer far less than loopback TCP: the pipe fills sooner.
+    let path = std::env::temp_dir().join(format!("tasker-w4-{}-{driven}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let endpoint = format!("ipc://{}", path.display());
+    let context = zmq::Context::new();
+    let router = context.socket(zmq::ROUTER).unwrap();
+    router.set_linger(0).unwrap();
+    router.set_rcvhwm(1).unwrap();
+    router.bind(&endpoint).unwrap();
+    let orchestrator = FakeOrchestrator {
+        socket: router,
+        endpoint: endpoint.clone(),
+        _context: context,
+    };
+    let mut options = patient(&endpoint, STEPS as u32);
+    options.config.send_hwm = 1;
+    options.raw_steps = driven;
+    let (rt, mut driver) = if driven {
+        let (rt, driver) = WorkerRuntime::start_driven(options).unwrap();
+        (rt, Some(driver))
+    } else {
+        (WorkerRuntime::start(options).unwrap(), None)
+    };
+    let mut turn = |time: Duration| match driver.as_mut() {
+        Some(driver) => {
+            drive_for(driver, time);
+        }
+        None => std::thread::sleep(time),
+    };
+    turn(Duration::from_millis(20));
+    let (id, _) = orchestrator.recv(Duration::from_secs(5)).expect("hello");
+    orchestrator.send(
+        &id,
+        &OrchestratorMessage::Welcome(Welcome {
+            // Long enough that the worker keeps the connection while the
+            // orchestrator does not read.
+            heartbeat_interval_ms: 1_000,
+            liveness: 10,
+            // One result per message: many messages.
+            max_message_bytes: 4_096,
+            ..welcome(ORCHESTRATOR)
+        }),
+    );
+    orchestrator.send(&id, &batch(0..STEPS));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut steps = Vec::new();
+    while steps.len() < STEPS as usize {
+        assert!(Instant::now() < deadline, "steps missing");
+        turn(Duration::from_millis(10));
+        steps.extend(rt.next_raw_steps(1_000, Some(Duration::ZERO)).unwrap());
+    }
+    let output = json!("x".repeat(3_000));
+    rt.complete_many(
+        steps
+            .iter()
+            .map(|s| StepExecutionResult::completed(s.step_ref(), output.clone(), "w-test", 0))
+            .collect(),
+    );
+    // The orchestrator does not read for a while: the pipe fills.
+    turn(Duration::from_millis(500));
+    let mut seen = std::collections::BTreeSet::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    while (seen.len() as i64) < STEPS && Instant::now() < until {
+        turn(Duration::from_millis(5));
+        while orchestrator.socket.poll(zmq::POLLIN, 5).unwrap() > 0 {
+            let frames = orchestrator.socket.recv_multipart(0).unwrap();
+            let message: WorkerMessage = codec::decode(&frames[1..], usize::MAX).unwrap();
+            if let WorkerMessage::StepBatchResponse(response) = message {
+                for result in response.results {
+                    assert_eq!(result.status, StepStatus::Completed);
+                    assert!(seen.insert(result.step_id), "step {} twice", result.step_id);
+                }
+            }
+        }
+    }
+    assert_eq!(
+        seen.len() as i64,
+        STEPS,
+        "results lost (driven: {driven}); missing e.g. {:?}",
+        (0..STEPS).find(|i| !seen.contains(i))
+    );
+    rt.stop();
+    drop(driver);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Nested `depth` arrays deep around 7.
+fn nested(depth: usize) -> serde_json::Value {
+    serde_json::from_str(&format!("{}7{}", "[".repeat(depth), "]".repeat(depth))).unwrap()
+}
+
+/// W7: an output nested deeper than the welcome's `max_json_depth` is not
+/// sent (the orchestrator would refuse it); the step fails as
+/// `SerializationError`, not retryable, naming the limit. One at the limit
+/// goes through.
+#[test]
+fn w7_an_output_nested_deeper_than_max_json_depth_fails_as_serialization_error() {
+    let (orchestrator, rt, id) = welcomed(false);
+    orchestrator.send(&id, &batch(0..2));
+    let steps = pull(&rt, 2);
+    let depth = MAX_JSON_DEPTH as usize;
+    rt.complete_many(vec![
+        StepExecutionResult::completed(steps[0].step_ref(), nested(depth), "w-test", 0),
+        StepExecutionResult::completed(steps[1].step_ref(), nested(depth + 1), "w-test", 0),
+    ]);
+    let Some((_, WorkerMessage::StepBatchResponse(response))) =
+        orchestrator.recv(Duration::from_secs(2))
+    else {
+        panic!("no results")
+    };
+    let results: std::collections::BTreeMap<_, _> = response
+        .results
+        .into_iter()
+        .map(|r| (r.step_id, r))
+        .collect();
+    assert_eq!(results[&0].status, StepStatus::Completed);
+    assert_eq!(results[&0].output, Some(nested(depth)));
+    let failed = &results[&1];
+    assert_eq!(failed.status, StepStatus::Failed);
+    let error = failed.error.as_ref().unwrap();
+    assert_eq!(error.error_type, error_types::SERIALIZATION_ERROR);
+    assert!(!error.retryable);
+    assert!(!failed.metadata.retryable);
+    assert!(error.message.contains("100"), "{}", error.message);
+    assert!(error.message.contains("deep"), "{}", error.message);
+    rt.stop();
+}
+
+/// W7: the limit is the welcome's, for output handed over as JSON text too.
+#[test]
+fn w7_the_depth_limit_is_the_welcomes_also_for_output_given_as_json_text() {
+    let orchestrator = FakeOrchestrator::bind();
+    let rt = runtime(&orchestrator.endpoint, 10);
+    let (id, _) = orchestrator.recv(Duration::from_secs(5)).unwrap();
+    orchestrator.send(
+        &id,
+        &OrchestratorMessage::Welcome(Welcome {
+            max_json_depth: 3,
+            ..welcome(ORCHESTRATOR)
+        }),
+    );
+    orchestrator.send(&id, &batch(0..2));
+    let steps = rt.next_raw_steps(2, Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(steps.len(), 2);
+    let now = chrono::Utc::now();
+    let output = |text: &str| serde_json::value::RawValue::from_string(text.into()).unwrap();
+    rt.complete_encoded(vec![
+        raw::EncodedResult::completed(
+            steps[0].step_ref(),
+            &output(r#"{"a":[[7]]}"#),
+            "w-test",
+            1,
+            now,
+        ),
+        raw::EncodedResult::completed(
+            steps[1].step_ref(),
+            &output(r#"{"a":[[[7]]]}"#),
+            "w-test",
+            1,
+            now,
+        ),
+    ]);
+    let Some((_, WorkerMessage::StepBatchResponse(response))) =
+        orchestrator.recv(Duration::from_secs(2))
+    else {
+        panic!("no results")
+    };
+    assert_eq!(response.results[0].status, StepStatus::Completed);
+    assert_eq!(response.results[1].status, StepStatus::Failed);
+    let error = response.results[1].error.as_ref().unwrap();
+    assert_eq!(error.error_type, error_types::SERIALIZATION_ERROR);
+    assert!(error.message.contains("at most 3"), "{}", error.message);
+    rt.stop();
+}
+
+/// W7: output handed over as JSON text (as the Node SDK does) holding a
+/// lone UTF-16 surrogate escape, which `JSON.stringify` writes for a
+/// string cut mid-character, is not sent; the step fails as
+/// `SerializationError`. A proper pair goes through.
+#[test]
+fn w7_a_raw_output_with_a_lone_surrogate_escape_fails_as_serialization_error() {
+    let (orchestrator, rt, id) = welcomed(true);
+    orchestrator.send(&id, &batch(0..2));
+    let steps = rt.next_raw_steps(2, Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(steps.len(), 2);
+    let now = chrono::Utc::now();
+    let output = |text: &str| serde_json::value::RawValue::from_string(text.into()).unwrap();
+    rt.complete_encoded(vec![
+        raw::EncodedResult::completed(
+            steps[0].step_ref(),
+            &output(r#"{"name":"caf\udce9"}"#),
+            "w-test",
+            1,
+            now,
+        ),
+        raw::EncodedResult::completed(
+            steps[1].step_ref(),
+            &output(r#"{"name":"caf\u00e9 \ud83c\udf89"}"#),
+            "w-test",
+            1,
+            now,
+        ),
+    ]);
+    // The fake orchestrator decodes the whole message as the real one
+    // does: a lone surrogate anywhere in it would fail the decode.
+    let Some((_, WorkerMessage::StepBatchResponse(response))) =
+        orchestrator.recv(Duration::from_secs(2))
+    else {
+        panic!("no results")
+    };
+    let failed = &response.results[0];
+    assert_eq!(failed.step_id, 0);
+    assert_eq!(failed.status, StepStatus::Failed);
+    let error = failed.error.as_ref().unwrap();
+    assert_eq!(error.error_type, error_types::SERIALIZATION_ERROR);
+    assert!(!error.retryable);
+    assert!(error.message.contains("surrogate"), "{}", error.message);
+    assert_eq!(response.results[1].status, StepStatus::Completed);
+    assert_eq!(response.results[1].output, Some(json!({"name": "café 🎉"})));
+    rt.stop();
+}
+
+/// W6: a hello refused because the worker id is in use (or the registry
+/// is full) is sent again on the same socket after the reconnect backoff,
+/// which doubles; in between the worker sends nothing (a heartbeat would
+/// only earn `unknown_worker`). A welcome then registers it.
+#[test]
+fn w6_a_refused_hello_is_sent_again_on_the_same_socket_after_a_growing_backoff() {
+    let orchestrator = FakeOrchestrator::bind();
+    let mut options = options(&orchestrator.endpoint, 4);
+    options.config.reconnect_initial_ms = 300;
+    options.config.reconnect_max_ms = 5_000;
+    let rt = WorkerRuntime::start(options).unwrap();
+    let (id, hello) = orchestrator.recv(Duration::from_secs(5)).expect("hello");
+    assert!(matches!(hello, WorkerMessage::Hello(_)));
+    let mut waits = Vec::new();
+    for code in [
+        ProtocolErrorCode::WorkerIdInUse,
+        ProtocolErrorCode::RegistryFull,
+    ] {
+        orchestrator.send(
+            &id,
+            &OrchestratorMessage::ProtocolError(ProtocolError {
+                code,
+                message: "refused".into(),
+            }),
+        );
+        let refused_at = Instant::now();
+        let (again_id, message) = orchestrator
+            .recv_any(Duration::from_secs(5))
+            .expect("a hello again");
+        assert!(
+            matches!(message, WorkerMessage::Hello(_)),
+            "after {code:?}, the next message is {message:?}"
+        );
+        assert_eq!(again_id, id, "on the same socket");
+        waits.push(refused_at.elapsed());
+    }
+    assert!(
+        waits[0] >= Duration::from_millis(280) && waits[1] >= Duration::from_millis(580),
+        "waited {waits:?} (backoff 300 ms, doubling)"
+    );
+    orchestrator.welcome(&id);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while rt.state() != RuntimeState::Connected {
+        assert!(Instant::now() < deadline, "not registered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rt.stop();
+}
+
+/// W5: a turn that comes much later than planned (the worker itself was
+/// held up: stopped, or its host's loop was busy) is no evidence that the
+/// orchestrator went silent: what it sent may not even have reached the
+/// socket yet. The worker does not give up on the connection for it.
+#[test]
+fn w5_a_turn_that_runs_late_does_not_count_as_orchestrator_silence() {
+    let orchestrator = FakeOrchestrator::bind();
+    let config = TaskerConfig {
+        endpoint: orchestrator.endpoint.clone(),
+        heartbeat_interval_ms: 100,
+        ..TaskerConfig::default()
+    };
+    let (rt, mut driver) =
+        WorkerRuntime::start_driven(WorkerOptions::new(config, vec!["echo".into()])).unwrap();
+    drive_for(&mut driver, Duration::from_millis(20));
+    let (id, _) = orchestrator.recv(Duration::from_secs(5)).expect("hello");
+    // Expiry: 100 ms × 3.
+    orchestrator.welcome(&id);
+    drive_for(&mut driver, Duration::from_millis(50));
+    assert_eq!(rt.state(), RuntimeState::Connected);
+    // The host's loop is held up for over three expiries.
+    std::thread::sleep(Duration::from_millis(1_000));
+    // It runs again; the orchestrator beats as usual from now on.
+    let until = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < until {
+        drive_for(&mut driver, Duration::from_millis(50));
+        orchestrator.send(&id, &OrchestratorMessage::Heartbeat(Heartbeat {}));
+        if let Some((from, message)) = orchestrator.recv(Duration::from_millis(1)) {
+            panic!("the worker gave up on the connection: {message:?} from {from:?}");
+        }
+    }
+    assert_eq!(rt.state(), RuntimeState::Connected);
+    rt.stop();
+    drive_for(&mut driver, Duration::from_secs(2));
 }

@@ -79,8 +79,9 @@ class WorkerRuntime:
         """Waits (GIL released) for up to `max` steps; [] on timeout; None
         once stopping and empty."""
     def complete_many(self, results: List[Tuple[Step, Any, float]]) -> None:
-        """Hands back (step, output, elapsed_seconds) results; a
-        non-serialisable output fails its step with SerializationError."""
+        """Hands back (step, output, elapsed_seconds) results; an output that
+        is not JSON, holds a lone surrogate or nests deeper than the
+        orchestrator's max_json_depth fails its step with SerializationError."""
     def fail(
         self,
         step: Step,
@@ -90,7 +91,7 @@ class WorkerRuntime:
         backtrace: Sequence[str] = ...,
         elapsed: float = 0.0,
     ) -> None:
-        """Fails one step."""
+        """Fails one step (a lone surrogate in its texts is sent as U+FFFD)."""
     def stop(self) -> None:
         """Begins a graceful stop; returns at once."""
     def join(self, timeout: Optional[float] = None) -> bool:

@@ -406,7 +406,7 @@ impl Dispatcher {
                         reason = %codec::truncate(&goodbye.reason, 200),
                         "worker said goodbye"
                     );
-                    self.remove_worker(conn, "worker left");
+                    self.on_goodbye(conn, goodbye.unanswered);
                 }
             }
             FromWorker::Message(WorkerMessage::ProtocolError(error)) => {
@@ -764,6 +764,32 @@ impl Dispatcher {
         self.registry.drop_if_spent(conn);
         self.publish_worker_count();
         self.dispatch_needed = true;
+    }
+
+    /// A worker leaves. It lists what it received and leaves unanswered:
+    /// those may be running and end `WorkerLost`. Any other step this
+    /// connection holds was still on its way when the worker said goodbye
+    /// (a drain races the deliveries already sent) and never reached a
+    /// handler: it is delivered again.
+    fn on_goodbye(&mut self, conn: ConnId, unanswered: Vec<HeldStep>) {
+        let unanswered: HashSet<StepRef> = unanswered
+            .iter()
+            .filter(|h| h.orchestrator_id == self.orchestrator_id)
+            .map(HeldStep::step_ref)
+            .collect();
+        let now = Instant::now();
+        let mut redelivered = 0;
+        if let Some(c) = self.registry.get_mut(conn) {
+            for step in c.occupied.clone() {
+                if !unanswered.contains(&step) && self.steps.held_by(step, conn) {
+                    c.occupied.remove(&step);
+                    self.steps.requeue(step, now);
+                    redelivered += 1;
+                }
+            }
+        }
+        Metrics::add(&self.channels.metrics.redelivered, redelivered);
+        self.remove_worker(conn, "worker left");
     }
 
     // ----- ending steps ---------------------------------------------------
@@ -1177,9 +1203,7 @@ impl Dispatcher {
             error_types::ABANDONED,
             "orchestrator shut down before the step finished",
         );
-        let goodbye = OrchestratorMessage::Goodbye(Goodbye {
-            reason: "orchestrator shutting down".into(),
-        });
+        let goodbye = OrchestratorMessage::Goodbye(Goodbye::new("orchestrator shutting down"));
         let peers: Vec<RoutingId> = self
             .registry
             .iter()

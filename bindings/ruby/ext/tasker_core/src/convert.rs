@@ -15,8 +15,11 @@ use magnus::{Error, Float, Integer, RArray, RHash, RString, Ruby, Symbol, Value}
 use rb_sys::ruby_value_type as T;
 use serde_json::{Map, Number, Value as Json};
 
-/// Deeper outputs are almost certainly cyclic.
-const MAX_DEPTH: usize = 256;
+/// Deepest nesting of Arrays and Hashes in a value that is not a handler's
+/// output (the configuration); it turns a cyclic one into a clear error.
+/// Outputs are held to the orchestrator's `max_json_depth` instead (the
+/// runtime's `max_json_depth()`).
+pub const MAX_DEPTH: u32 = tasker_protocol::MAX_JSON_DEPTH;
 
 /// A Ruby value that has no JSON form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,17 +68,22 @@ fn class_name(value: Value) -> String {
     value.class().inspect()
 }
 
-/// Converts a Ruby value to JSON.
-pub fn to_json(value: Value) -> Result<Json, ConvertError> {
-    convert(value, 0)
+/// Converts a Ruby value to JSON, Arrays and Hashes nested at most
+/// `max_depth` deep (`7` is 0 deep, `[7]` 1, `{"a" => [7]}` 2; a cyclic
+/// value is always too deep).
+pub fn to_json(value: Value, max_depth: u32) -> Result<Json, ConvertError> {
+    convert(value, 0, max_depth)
 }
 
-fn convert(value: Value, depth: usize) -> Result<Json, ConvertError> {
-    if depth > MAX_DEPTH {
-        return Err(ConvertError::new(format!(
-            "nesting deeper than {MAX_DEPTH} levels (a cyclic structure?)"
-        )));
-    }
+fn too_deep(max_depth: u32) -> ConvertError {
+    ConvertError::new(format!(
+        "nested more than {max_depth} levels deep (a cyclic structure?); \
+         the orchestrator accepts at most {max_depth} (max_json_depth)"
+    ))
+}
+
+/// `depth`: the Arrays and Hashes around `value`.
+fn convert(value: Value, depth: u32, max_depth: u32) -> Result<Json, ConvertError> {
     // SAFETY: `value` is a live Ruby value held on this (Ruby) thread.
     let kind = unsafe { rb_sys::RB_TYPE(value.as_raw()) };
     match kind {
@@ -114,17 +122,25 @@ fn convert(value: Value, depth: usize) -> Result<Json, ConvertError> {
                 .map_err(|e| ConvertError::new(format!("symbol name is not UTF-8: {e}")))
         }
         T::RUBY_T_ARRAY => {
+            if depth >= max_depth {
+                return Err(too_deep(max_depth));
+            }
             let array = RArray::from_value(value).expect("an Array");
             let mut out = Vec::with_capacity(array.len());
             for i in 0..array.len() {
                 let item: Value = array
                     .entry(i as isize)
                     .map_err(|e| ConvertError::new(e.to_string()))?;
-                out.push(convert(item, depth + 1).map_err(|e| e.within(Segment::Index(i)))?);
+                out.push(
+                    convert(item, depth + 1, max_depth).map_err(|e| e.within(Segment::Index(i)))?,
+                );
             }
             Ok(Json::Array(out))
         }
         T::RUBY_T_HASH => {
+            if depth >= max_depth {
+                return Err(too_deep(max_depth));
+            }
             let hash = RHash::from_value(value).expect("a Hash");
             let mut out = Map::new();
             let mut failure = None;
@@ -136,7 +152,7 @@ fn convert(value: Value, depth: usize) -> Result<Json, ConvertError> {
                         return Ok(ForEach::Stop);
                     }
                 };
-                match convert(item, depth + 1) {
+                match convert(item, depth + 1, max_depth) {
                     Ok(json) => {
                         out.insert(key, json);
                         Ok(ForEach::Continue)

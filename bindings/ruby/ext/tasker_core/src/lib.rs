@@ -27,8 +27,11 @@ fn load_config(
     let base = TaskerConfig::load_from(path.as_deref().map(std::path::Path::new), env.as_deref())
         .map_err(cfg)?;
     let mut json = serde_json::to_value(&base).map_err(|e| errors::config(e.to_string()))?;
-    let overrides = convert::to_json(magnus::value::ReprValue::as_value(overrides))
-        .map_err(|e| errors::config(format!("invalid override: {e}")))?;
+    let overrides = convert::to_json(
+        magnus::value::ReprValue::as_value(overrides),
+        convert::MAX_DEPTH,
+    )
+    .map_err(|e| errors::config(format!("invalid override: {e}")))?;
     if let (Some(target), Some(overrides)) = (json.as_object_mut(), overrides.as_object()) {
         for (key, value) in overrides {
             if !tasker_config::KEYS.contains(&key.as_str()) {

@@ -94,11 +94,13 @@ impl Runtime {
 
     fn to_ruby(&self, ruby: &Ruby, steps: Vec<StepExecutionRequest>) -> Result<RArray, Error> {
         MARK.with(|m| m.set(Some(Instant::now())));
+        let max_depth = self.inner.max_json_depth();
         let array = ruby.ary_new_capa(steps.len());
         for request in steps {
             array.push(Step {
                 request,
                 worker_id: Arc::clone(&self.worker_id),
+                max_depth,
                 outcome: RefCell::new(Outcome::Pending),
             })?;
         }
@@ -171,7 +173,8 @@ impl Runtime {
 
 /// Parses the Hash made by `TaskerCore::Native.load_config` (or by hand).
 pub fn config_from_hash(hash: RHash) -> Result<TaskerConfig, Error> {
-    let json = convert::to_json(hash.as_value()).map_err(|e| errors::config(e.to_string()))?;
+    let json = convert::to_json(hash.as_value(), convert::MAX_DEPTH)
+        .map_err(|e| errors::config(e.to_string()))?;
     let config: TaskerConfig =
         serde_json::from_value(json).map_err(|e| errors::config(format!("invalid config: {e}")))?;
     config
@@ -193,6 +196,9 @@ enum Outcome {
 pub struct Step {
     request: StepExecutionRequest,
     worker_id: Arc<str>,
+    /// Deepest nesting its output may have (the orchestrator's
+    /// `max_json_depth` when the step was pulled).
+    max_depth: u32,
     outcome: RefCell<Outcome>,
 }
 
@@ -261,7 +267,7 @@ impl Step {
     fn succeed(&self, output: Value) -> Result<Option<String>, Error> {
         self.check_pending()?;
         let elapsed = elapsed_since_mark();
-        match convert::to_json(output) {
+        match convert::to_json(output, self.max_depth) {
             Ok(json) => {
                 let result = StepExecutionResult::completed(
                     self.request.step_ref(),
