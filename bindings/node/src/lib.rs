@@ -1,7 +1,7 @@
 //! Node binding of tasker-core: the Rust worker runtime driven from JavaScript.
 //!
 //! The runtime runs on Node's own event loop, without an I/O thread of its
-//! own ([`WorkerRuntime::start_driven`], `uv.rs`): libuv watches the worker
+//! own ([`event_loop::start`], `uv.rs`): libuv watches the worker
 //! socket's descriptor and the next deadline, and the connection takes a
 //! turn when either fires, after JavaScript completes steps, and on stop.
 //! Every turn is non-blocking, so the JavaScript thread never waits on
@@ -19,12 +19,12 @@
 //! keyed objects, and that time is on every step's round trip. No step is
 //! parsed in Rust on the way: the runtime keeps each step as the JSON text
 //! the orchestrator sent, with its fields located
-//! ([`WorkerRuntime::next_raw_steps`]), and a row is those texts copied
+//! ([`EventLoopHost::next_raw_steps`]), and a row is those texts copied
 //! into an array; the JavaScript layer turns each row into a `Step`. On the
 //! way back each outcome is an array of the fields of `StepOutcome`, and
 //! its output text is spliced into the result unparsed
 //! ([`CompletedEncoder`]); the runtime checks it on the way in, on this
-//! thread ([`WorkerRuntime::complete_encoded`]: nesting within the
+//! thread ([`EventLoopHost::complete_encoded`]: nesting within the
 //! orchestrator's `max_json_depth`, no lone surrogate escape, which
 //! `JSON.stringify` writes for a string cut mid-character), and fails the
 //! step as `SerializationError` otherwise. When the runtime has drained and said goodbye,
@@ -54,6 +54,7 @@ use serde_json::Value;
 use tasker_config::TaskerConfig;
 use tasker_protocol::raw::{CompletedEncoder, EncodedResult, RawStep};
 use tasker_protocol::{StepExecutionError, StepExecutionResult, StepRef, StepStatus};
+use tasker_worker::event_loop::{self, EventLoopHost};
 use tasker_worker::log_bridge::{self, LogBridge, LogLevel, LogRecord};
 use tasker_worker::{RuntimeState, WorkerError, WorkerOptions, WorkerRuntime};
 
@@ -396,12 +397,11 @@ impl NativeWorker {
         worker_options.capacity = options.capacity;
         worker_options.language = "node".into();
         // V8 parses the steps: the runtime only checks them.
-        worker_options.raw_steps = true;
+        event_loop::keep_raw_steps(&mut worker_options);
         // Before connecting: a refusal then leaves nothing half started.
         uv::check_types().map_err(BindingError::from)?;
         let event_loop = env.get_uv_event_loop()?;
-        let (runtime, driver) =
-            WorkerRuntime::start_driven(worker_options).map_err(BindingError::from)?;
+        let (runtime, driver) = event_loop::start(worker_options).map_err(BindingError::from)?;
         let runtime = Arc::new(runtime);
         // Half the capacity per hand-over: the first half's results go back
         // (and free credit for the next delivery) before the second half is

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use napi::sys::uv_loop_s;
-use tasker_worker::{Drive, Driver, SocketFd};
+use tasker_worker::event_loop::{Drive, Driver, SocketFd};
 
 // `uv_handle_type` values and `uv_poll_event` flags of uv.h.
 const UV_POLL: c_int = 8;

@@ -378,11 +378,9 @@ impl PyWorkerRuntime {
         worker_id: Option<String>,
     ) -> PyResult<Self> {
         let config = config_from_dict(config)?;
-        let options = WorkerOptions {
-            worker_id,
-            language: "python".into(),
-            ..WorkerOptions::new(config, handlers)
-        };
+        let mut options = WorkerOptions::new(config, handlers);
+        options.worker_id = worker_id;
+        options.language = "python".into();
         let inner = tasker_worker::WorkerRuntime::start(options).map_err(|e| match e {
             tasker_worker::WorkerError::InvalidOptions(_) => ConfigError::new_err(e.to_string()),
             _ => WorkerError::new_err(e.to_string()),

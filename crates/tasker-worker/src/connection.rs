@@ -25,7 +25,7 @@ use tasker_protocol::{
 use tasker_transport::{earliest, poll_timeout, send_message};
 
 use crate::output::DEPTH_CAP;
-use crate::runtime::{Received, RuntimeState, Shared};
+use crate::shared::{Received, RuntimeState, Shared, SocketFd};
 use crate::WorkerError;
 
 /// Most results per outgoing message; messages are split further by size
@@ -387,9 +387,9 @@ impl Connection {
     /// The descriptor that signals activity of the current socket (ZeroMQ's
     /// `ZMQ_FD`); it changes on reconnect, and there is none while waiting
     /// to reconnect.
-    pub(crate) fn fd(&self) -> Option<crate::runtime::SocketFd> {
+    pub(crate) fn fd(&self) -> Option<SocketFd> {
         let fd = self.socket.as_ref()?.get_fd().ok()?;
-        Some(crate::runtime::SocketFd {
+        Some(SocketFd {
             fd,
             socket: self.sockets_opened,
         })

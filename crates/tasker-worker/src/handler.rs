@@ -115,7 +115,9 @@ impl Worker {
         self
     }
 
-    /// Sets how many threads run sync handlers (default: capacity, at most 16).
+    /// Sets how many threads run sync handlers (default: capacity, at most
+    /// [`policy::DEFAULT_MAX_THREADS`](crate::policy::DEFAULT_MAX_THREADS);
+    /// never more than capacity).
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = Some(threads.max(1));
         self
@@ -168,9 +170,9 @@ impl Worker {
         };
         let runtime = Arc::new(WorkerRuntime::start(self.options)?);
         let capacity = runtime.capacity() as usize;
-        let threads = self.threads.unwrap_or(capacity.min(16)).max(1);
-        // Enough per pull to amortise the hop, few enough to share the work.
-        let chunk = (capacity / threads).max(1);
+        let threads = crate::policy::handler_threads(capacity as u32, self.threads)
+            .map_err(|e| WorkerError::InvalidOptions(e.to_string()))?;
+        let chunk = crate::policy::chunk_size(capacity as u32, threads);
         let handlers = Arc::new(self.handlers);
         let pool = (0..threads)
             .map(|i| {

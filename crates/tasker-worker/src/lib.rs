@@ -18,16 +18,15 @@
 //! reported as `SerializationError` failures instead, checked on the thread
 //! that completes the step ([`check_output`], [`check_output_json`]).
 //!
-//! A host that parses JSON itself can have steps kept as JSON text, only
-//! checked and located in their message ([`WorkerOptions::raw_steps`],
-//! [`tasker_protocol::raw`]), pull them undecoded
-//! ([`WorkerRuntime::next_raw_steps`]), and hand back results whose output
-//! is JSON text already ([`WorkerRuntime::complete_encoded`]). A host that
-//! cannot block a thread asks to be woken when steps arrive
-//! ([`WorkerRuntime::set_waker`]), and one with an event loop of its own
-//! can run the connection there, without the I/O thread
-//! ([`WorkerRuntime::start_driven`], [`Driver`]). The Node binding does all
-//! of this.
+//! A host with an event loop of its own, which parses JSON itself, finds
+//! what it needs in [`event_loop`]: the connection run from its loop
+//! without an I/O thread, steps kept as JSON text, results whose output is
+//! JSON text already. The Node binding does all of this; a Rust worker
+//! needs none of it.
+//!
+//! The rules each host follows that are not language idiom (bounded waits,
+//! handler threads per capacity, the error kinds a worker reports) are in
+//! [`policy`].
 //!
 //! # Example: a Rust worker
 //!
@@ -53,12 +52,16 @@
 
 mod connection;
 mod error;
+pub mod event_loop;
 mod handler;
 pub mod log_bridge;
 mod output;
+pub mod policy;
 mod runtime;
+mod shared;
 
 pub use error::WorkerError;
 pub use handler::{HandlerError, HandlerResult, RunningWorker, Worker};
 pub use output::{check_output, check_output_json, serialization_failure};
-pub use runtime::{Drive, Driver, RuntimeState, SocketFd, WorkerOptions, WorkerRuntime};
+pub use runtime::{WorkerOptions, WorkerRuntime};
+pub use shared::RuntimeState;

@@ -1,7 +1,6 @@
 //! The host-facing half of the worker runtime: the step inbox, the result
 //! outbox and the lifecycle. The socket half lives in [`crate::connection`].
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -16,11 +15,23 @@ use tasker_protocol::{
 use tasker_transport::Doorbell;
 
 use crate::connection::Connection;
-use crate::output::{check_output, check_result_json, serialization_failure};
+use crate::output::{check_output, serialization_failure};
+use crate::shared::{Inbox, Received, RuntimeState, Shared};
 use crate::WorkerError;
 
-/// What a worker announces and how it connects.
+/// What a worker announces and how it connects. Made with
+/// [`new`](Self::new), then fields set: new fields may be added without
+/// breaking anyone.
+///
+/// ```
+/// use tasker_worker::WorkerOptions;
+///
+/// let mut options = WorkerOptions::new(Default::default(), vec!["echo".into()]);
+/// options.capacity = Some(4);
+/// options.language = "python".into();
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WorkerOptions {
     /// Endpoint, timings and limits (`endpoint`, `heartbeat_interval_ms`,
     /// `reconnect_*`, `shutdown_timeout_ms`, ...).
@@ -33,11 +44,8 @@ pub struct WorkerOptions {
     pub capacity: Option<u32>,
     /// Language announced in the hello (`rust`, `python`, ...).
     pub language: String,
-    /// Keeps steps as JSON text for a host that pulls them with
-    /// [`WorkerRuntime::next_raw_steps`]: the I/O thread only checks each
-    /// batch, and [`WorkerRuntime::next_steps`] decodes on the caller's
-    /// thread. Otherwise the I/O thread decodes each batch in one pass.
-    pub raw_steps: bool,
+    /// See [`crate::event_loop::keep_raw_steps`].
+    pub(crate) raw_steps: bool,
 }
 
 impl WorkerOptions {
@@ -54,107 +62,6 @@ impl WorkerOptions {
     }
 }
 
-/// Where a runtime is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuntimeState {
-    /// Hello sent, no welcome yet (also while reconnecting).
-    Connecting,
-    /// Welcomed by the orchestrator.
-    Connected,
-    /// Stopping: takes no new work, waits for running steps.
-    Draining,
-    /// The I/O thread has ended.
-    Stopped,
-}
-
-impl RuntimeState {
-    /// The lower-case name hosts show: `connecting`, `connected`,
-    /// `draining` or `stopped`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RuntimeState::Connecting => "connecting",
-            RuntimeState::Connected => "connected",
-            RuntimeState::Draining => "draining",
-            RuntimeState::Stopped => "stopped",
-        }
-    }
-
-    fn from_u8(v: u8) -> Self {
-        match v {
-            0 => RuntimeState::Connecting,
-            1 => RuntimeState::Connected,
-            2 => RuntimeState::Draining,
-            _ => RuntimeState::Stopped,
-        }
-    }
-}
-
-/// A received step: decoded by the I/O thread, or checked and kept as JSON
-/// text (see [`WorkerOptions::raw_steps`]).
-pub(crate) enum Received {
-    Typed(StepExecutionRequest),
-    Raw(RawStep),
-}
-
-impl Received {
-    pub fn step_ref(&self) -> StepRef {
-        match self {
-            Received::Typed(step) => step.step_ref(),
-            Received::Raw(step) => step.step_ref(),
-        }
-    }
-}
-
-#[derive(Default)]
-pub(crate) struct Inbox {
-    /// Received and not pulled yet.
-    pub steps: VecDeque<Received>,
-    /// Pulled by the host and not completed yet.
-    pub in_hand: HashSet<StepRef>,
-    pub stopping: bool,
-    pub closed: bool,
-    pub wakes: u64,
-    /// Steps the host will never see, to give back in a drain message.
-    pub returned: Vec<StepRef>,
-}
-
-pub(crate) struct Shared {
-    pub worker_id: String,
-    pub handlers: Vec<String>,
-    pub capacity: u32,
-    pub language: String,
-    pub config: TaskerConfig,
-    pub inbox: Mutex<Inbox>,
-    pub steps_ready: Condvar,
-    /// Results encoded by the threads that completed them; the I/O thread
-    /// only frames them.
-    pub outbox: Mutex<Vec<EncodedResult>>,
-    pub doorbell: Doorbell,
-    pub state: AtomicU8,
-    /// Deepest nesting an output may have: the welcome's `max_json_depth`
-    /// ([`MAX_JSON_DEPTH`] before any welcome).
-    pub max_json_depth: AtomicU32,
-    pub waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
-    /// See [`WorkerOptions::raw_steps`].
-    pub raw_steps: bool,
-    /// Run by the host's [`Driver`]: no I/O thread listens to the doorbell.
-    pub driven: bool,
-}
-
-impl Shared {
-    pub fn set_state(&self, state: RuntimeState) {
-        self.state.store(state as u8, Ordering::Release);
-    }
-
-    /// Tells a host that set a waker that steps arrived or the runtime
-    /// closed. Called with no lock held: the waker pulls.
-    pub fn wake_host(&self) {
-        if let Some(waker) = self.waker.get() {
-            waker();
-        }
-    }
-}
-
 /// The worker runtime: one connection to the orchestrator, driven by its own
 /// I/O thread, and the queues between it and the host.
 ///
@@ -163,7 +70,7 @@ impl Shared {
 /// that another method needs, so a binding can release its interpreter lock
 /// around them, and [`wake`](Self::wake) interrupts them.
 pub struct WorkerRuntime {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -188,25 +95,10 @@ impl WorkerRuntime {
         Ok(runtime)
     }
 
-    /// Like [`start`](Self::start), without an I/O thread: the host runs the
-    /// connection from its own event loop with the returned [`Driver`]. It
-    /// must call [`Driver::drive`] when the driver's [`fd`](Driver::fd) is
-    /// readable, when the time `drive` returned comes, and after
-    /// [`complete_encoded`](Self::complete_encoded),
-    /// [`complete_many`](Self::complete_many) or [`stop`](Self::stop). In
-    /// exchange, steps and results do not pass through another thread.
-    pub fn start_driven(options: WorkerOptions) -> Result<(Self, Driver), WorkerError> {
-        let (runtime, connection) = Self::prepare(options, true)?;
-        Ok((
-            runtime,
-            Driver {
-                connection,
-                closed: false,
-            },
-        ))
-    }
-
-    fn prepare(options: WorkerOptions, driven: bool) -> Result<(Self, Connection), WorkerError> {
+    pub(crate) fn prepare(
+        options: WorkerOptions,
+        driven: bool,
+    ) -> Result<(Self, Connection), WorkerError> {
         options
             .config
             .validate()
@@ -314,26 +206,11 @@ impl WorkerRuntime {
         }
     }
 
-    /// Like [`next_steps`](Self::next_steps), with each step as the JSON
-    /// text the orchestrator sent, checked as strictly as `next_steps`
-    /// decodes it, for hosts that parse JSON themselves (best with
-    /// [`WorkerOptions::raw_steps`], else each step is encoded again).
-    pub fn next_raw_steps(
+    pub(crate) fn pull(
         &self,
         max: usize,
         timeout: Option<Duration>,
-    ) -> Result<Vec<RawStep>, WorkerError> {
-        Ok(self
-            .pull(max, timeout)?
-            .into_iter()
-            .map(|step| match step {
-                Received::Raw(raw) => raw,
-                Received::Typed(step) => RawStep::from_request(&step),
-            })
-            .collect())
-    }
-
-    fn pull(&self, max: usize, timeout: Option<Duration>) -> Result<Vec<Received>, WorkerError> {
+    ) -> Result<Vec<Received>, WorkerError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let max = max.max(1);
         let mut inbox = self.shared.inbox.lock().expect("inbox lock");
@@ -383,18 +260,6 @@ impl WorkerRuntime {
             self.worker_id(),
             0,
         )
-    }
-
-    /// Sets a function the I/O thread calls each time steps arrive, and once
-    /// when the runtime has closed (state [`RuntimeState::Stopped`]), so a
-    /// host that cannot block a thread in [`next_steps`](Self::next_steps)
-    /// can pull with a zero timeout instead. It runs on the I/O thread with
-    /// no lock held: it must not block, and may call any method but the
-    /// blocking ones with a nonzero timeout. Steps that arrived before it
-    /// was set are the caller's to pull. Only the first call has effect;
-    /// false for the others.
-    pub fn set_waker(&self, waker: impl Fn() + Send + Sync + 'static) -> bool {
-        self.shared.waker.set(Box::new(waker)).is_ok()
     }
 
     /// Makes every blocked [`next_steps`](Self::next_steps) return now
@@ -448,33 +313,8 @@ impl WorkerRuntime {
         self.shared.max_json_depth.load(Ordering::Acquire)
     }
 
-    /// Hands back results already encoded, e.g. made with
-    /// [`EncodedResult::completed`] from output that is JSON text already.
-    /// Each is checked here, on the caller's thread, in one pass over its
-    /// text: an output nested deeper than
-    /// [`max_json_depth`](Self::max_json_depth), or any string holding a
-    /// lone UTF-16 surrogate escape (`"\udce9"`, as JavaScript's
-    /// `JSON.stringify` writes for a string cut mid-character), is not sent:
-    /// the step is reported failed as [`error_types::SERIALIZATION_ERROR`],
-    /// not retryable.
-    pub fn complete_encoded(&self, mut results: Vec<EncodedResult>) {
-        let max_depth = self.max_json_depth();
-        for result in &mut results {
-            if let Err(problem) = check_result_json(result.json(), max_depth) {
-                tracing::warn!(step_id = result.step_ref().step_id, %problem, "output cannot be sent; reporting the step failed");
-                *result = EncodedResult::new(&serialization_failure(
-                    result.step_ref(),
-                    &problem,
-                    self.worker_id(),
-                    result.execution_time_ms(),
-                ));
-            }
-        }
-        self.hand_over(results);
-    }
-
     /// Queues checked results for the connection to send.
-    fn hand_over(&self, results: Vec<EncodedResult>) {
+    pub(crate) fn hand_over(&self, results: Vec<EncodedResult>) {
         if results.is_empty() {
             return;
         }
@@ -549,75 +389,6 @@ impl WorkerRuntime {
             }
         }
         closed
-    }
-}
-
-/// The connection of a runtime started with
-/// [`WorkerRuntime::start_driven`], run by the host's event loop.
-///
-/// Dropping it closes the socket, which may wait up to `linger_ms` for the
-/// last messages to go out: drop it off the event loop's thread.
-pub struct Driver {
-    connection: Connection,
-    closed: bool,
-}
-
-/// The descriptor of a [`Driver`]'s current socket.
-///
-/// ZeroMQ closes it with its socket, so a watcher should watch a duplicate
-/// (`dup`) it owns: a closed descriptor's number may be reused at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SocketFd {
-    /// The descriptor, owned by ZeroMQ.
-    pub fd: std::os::fd::RawFd,
-    /// Which socket it belongs to: a new value for each new socket.
-    pub socket: u64,
-}
-
-/// What [`Driver::drive`] leaves to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drive {
-    /// Call again when the fd is readable, or at `wake_at` at the latest.
-    Running {
-        /// The next deadline (heartbeat, expiry, reconnect, drain).
-        wake_at: Option<Instant>,
-    },
-    /// The connection is done (drained, goodbye sent): the runtime is
-    /// [`RuntimeState::Stopped`].
-    Closed,
-}
-
-impl Driver {
-    /// The descriptor to watch for readability: ZeroMQ's signal of the
-    /// current socket. It changes when the runtime reconnects; `None`
-    /// while it waits to. It signals changes, not data: drive after each.
-    pub fn fd(&self) -> Option<SocketFd> {
-        if self.closed {
-            return None;
-        }
-        self.connection.fd()
-    }
-
-    /// Does everything due: receives (the waker is called for new steps),
-    /// sends results and drain notices, beats, reconnects, says goodbye.
-    /// Never blocks.
-    pub fn drive(&mut self) -> Drive {
-        if self.closed {
-            return Drive::Closed;
-        }
-        match self.connection.drive() {
-            Some(wake_at) => Drive::Running { wake_at },
-            None => {
-                self.closed = true;
-                Drive::Closed
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for Driver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Driver").field("fd", &self.fd()).finish()
     }
 }
 

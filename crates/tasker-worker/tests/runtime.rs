@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tasker_config::TaskerConfig;
 use tasker_protocol::*;
+use tasker_worker::event_loop::{self, EventLoopHost};
 use tasker_worker::{RuntimeState, WorkerError, WorkerOptions, WorkerRuntime};
 
 struct FakeOrchestrator {
@@ -389,7 +390,9 @@ fn results_are_split_to_fit_the_orchestrators_message_limit() {
 fn welcomed(raw_steps: bool) -> (FakeOrchestrator, WorkerRuntime, Vec<u8>) {
     let orchestrator = FakeOrchestrator::bind();
     let mut options = options(&orchestrator.endpoint, 10);
-    options.raw_steps = raw_steps;
+    if raw_steps {
+        event_loop::keep_raw_steps(&mut options);
+    }
     let rt = WorkerRuntime::start(options).unwrap();
     let (id, _) = orchestrator.recv(Duration::from_secs(5)).unwrap();
     orchestrator.welcome(&id);
@@ -496,11 +499,11 @@ fn too_deep(raw_steps: bool) {
 
 /// A host event loop in miniature: wait for the driver's descriptor or its
 /// deadline, then drive.
-fn drive_for(driver: &mut tasker_worker::Driver, time: Duration) -> tasker_worker::Drive {
+fn drive_for(driver: &mut event_loop::Driver, time: Duration) -> event_loop::Drive {
     let until = Instant::now() + time;
     loop {
         let state = driver.drive();
-        let tasker_worker::Drive::Running { wake_at } = state else {
+        let event_loop::Drive::Running { wake_at } = state else {
             return state;
         };
         let now = Instant::now();
@@ -533,7 +536,7 @@ fn a_driven_runtime_serves_steps_from_the_hosts_own_loop() {
     };
     let mut options = WorkerOptions::new(config, vec!["echo".into()]);
     options.capacity = Some(10);
-    let (rt, mut driver) = WorkerRuntime::start_driven(options).unwrap();
+    let (rt, mut driver) = event_loop::start(options).unwrap();
     let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = Arc::clone(&woken);
     assert!(rt.set_waker(move || {
@@ -599,7 +602,7 @@ fn a_driven_runtime_serves_steps_from_the_hosts_own_loop() {
 
     rt.stop();
     let state = drive_for(&mut driver, Duration::from_secs(5));
-    assert_eq!(state, tasker_worker::Drive::Closed);
+    assert_eq!(state, event_loop::Drive::Closed);
     assert_eq!(rt.state(), RuntimeState::Stopped);
     assert!(driver.fd().is_none());
     let mut saw_goodbye = false;
@@ -870,9 +873,11 @@ fn full_pipe(driven: bool) {
     };
     let mut options = patient(&endpoint, STEPS as u32);
     options.config.send_hwm = 1;
-    options.raw_steps = driven;
+    if driven {
+        event_loop::keep_raw_steps(&mut options);
+    }
     let (rt, mut driver) = if driven {
-        let (rt, driver) = WorkerRuntime::start_driven(options).unwrap();
+        let (rt, driver) = event_loop::start(options).unwrap();
         (rt, Some(driver))
     } else {
         (WorkerRuntime::start(options).unwrap(), None)
@@ -1138,7 +1143,7 @@ fn w5_a_turn_that_runs_late_does_not_count_as_orchestrator_silence() {
         ..TaskerConfig::default()
     };
     let (rt, mut driver) =
-        WorkerRuntime::start_driven(WorkerOptions::new(config, vec!["echo".into()])).unwrap();
+        event_loop::start(WorkerOptions::new(config, vec!["echo".into()])).unwrap();
     drive_for(&mut driver, Duration::from_millis(20));
     let (id, _) = orchestrator.recv(Duration::from_secs(5)).expect("hello");
     // Expiry: 100 ms × 3.

@@ -47,12 +47,10 @@ impl Runtime {
         worker_id: Option<String>,
     ) -> Result<Self, Error> {
         let config = config_from_hash(config)?;
-        let options = WorkerOptions {
-            worker_id,
-            capacity,
-            language: "ruby".into(),
-            ..WorkerOptions::new(config, handlers)
-        };
+        let mut options = WorkerOptions::new(config, handlers);
+        options.worker_id = worker_id;
+        options.capacity = capacity;
+        options.language = "ruby".into();
         let inner = WorkerRuntime::start(options).map_err(errors::worker)?;
         let worker_id = Arc::from(inner.worker_id());
         Ok(Self {
