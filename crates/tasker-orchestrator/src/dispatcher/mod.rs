@@ -664,7 +664,11 @@ impl Dispatcher {
     /// A result that took no effect: say why in the counters.
     fn count_unwanted(&mut self, conn: Option<ConnId>, step: StepRef) {
         let metrics = &self.channels.metrics;
-        if self.steps.contains(step.step_id) {
+        let in_flight = self
+            .steps
+            .get(step.step_id)
+            .is_some_and(|e| e.request.metadata.attempt == step.attempt);
+        if in_flight {
             // In flight, but not out at this connection under this
             // attempt: another connection holds it, or it waits in the
             // queue, or this connection never said hello. Not this
