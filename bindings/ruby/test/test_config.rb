@@ -48,6 +48,47 @@ class TestConfig < Minitest::Test
     assert_kind_of TaskerCore::Error, error
   end
 
+  def test_keys_are_the_rust_list_and_each_has_a_reader
+    assert_equal TaskerCore::Native::CONFIG_KEYS.map(&:to_sym), TaskerCore::Config::KEYS
+    assert TaskerCore::Native::CONFIG_KEYS.frozen?
+    config = TaskerCore::Config.load
+    assert_equal TaskerCore::Native::CONFIG_KEYS, config.to_h.keys, "what Rust resolves is exactly KEYS"
+    TaskerCore::Config::KEYS.each { |key| assert_equal config.to_h.fetch(key.to_s), config.public_send(key), key }
+  end
+
+  def test_unknown_keys_are_named_with_the_closest_valid_one_by_rust_in_every_source
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, worker_capcity: 2) }
+    assert_equal "unknown config key `worker_capcity` (option); did you mean `worker_capacity`?", error.message
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load.merge(heartbeat_interval: 5) }
+    assert_match(/`heartbeat_interval` \(option\); did you mean `heartbeat_interval_ms`\?/, error.message)
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(batch_sise: 5, logger: nil) }
+    assert_match(/did you mean `batch_size`/, error.message)
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.new("liveness" => 2, "livenes" => 3) }
+    assert_match(/`livenes`.*did you mean `liveness`/, error.message)
+
+    path = write_config("test:\n  batch_sise: 5\n")
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(path, env: "test") }
+    assert_match(/batch_sise.*did you mean `batch_size`/, error.message)
+
+    ENV["TASKER_WORKER_CAPACTY"] = "3"
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load }
+    assert_match(/environment variable TASKER_WORKER_CAPACTY.*did you mean `worker_capacity`/, error.message)
+    # A Config given whole reads no variables.
+    assert_equal 4, TaskerCore::Config.new(worker_capacity: 4).worker_capacity
+  ensure
+    ENV.delete("TASKER_WORKER_CAPACTY")
+  end
+
+  def test_bad_option_values_name_the_option
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, liveness: "many") }
+    assert_match(/option `liveness`/, error.message)
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, endpoint: Object.new) }
+    assert_match(/option `endpoint`: value: cannot serialise #<Object/, error.message)
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, submit_policy: "sometimes") }
+    assert_match(/submit_policy/, error.message)
+    assert_equal "reject", TaskerCore::Config.load(nil, submit_policy: :reject).submit_policy
+  end
+
   def test_capacity_and_threads_rule
     worker = TaskerCore::Worker.new(endpoint: "tcp://127.0.0.1:7002", capacity: 20, logger: nil)
     assert_equal 20, worker.capacity
@@ -58,6 +99,31 @@ class TestConfig < Minitest::Test
     assert_equal 2, worker.capacity, "capacity defaults to worker_capacity"
     assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(capacity: 0) }
     assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(threads: "many") }
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(threads: 0) }
+    assert_match(/threads must be at least 1, got 0/, error.message)
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(threads: -2) }
+    assert_match(/threads must be at least 1, got -2/, error.message)
+  end
+
+  # The rules are tasker_worker::policy's, through the native module.
+  def test_threads_and_chunks_come_from_the_rust_policy
+    assert_equal 8, TaskerCore::Native::DEFAULT_MAX_THREADS
+    assert_equal TaskerCore::Native::DEFAULT_MAX_THREADS, TaskerCore::Worker::DEFAULT_MAX_THREADS
+    assert_equal 4, TaskerCore::Native.handler_threads(4, nil)
+    assert_equal 8, TaskerCore::Native.handler_threads(100, nil)
+    assert_equal 4, TaskerCore::Native.handler_threads(4, 10)
+    assert_equal 3, TaskerCore::Native.chunk_size(10, 4)
+    assert_equal 1, TaskerCore::Native.chunk_size(4, 4)
+    (1..20).each do |capacity|
+      [nil, 1, 3, 64].each do |requested|
+        threads = TaskerCore::Native.handler_threads(capacity, requested)
+        chunk = TaskerCore::Native.chunk_size(capacity, threads)
+        assert_operator threads * chunk, :>=, capacity
+        assert_operator (chunk - 1) * threads, :<, capacity
+      end
+    end
+    worker = TaskerCore::Worker.new(capacity: 10, threads: 4, logger: nil)
+    assert_equal [10, 4], [worker.capacity, worker.threads]
   end
 
   def test_from_config_takes_file_env_and_overrides

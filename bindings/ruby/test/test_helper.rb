@@ -88,12 +88,13 @@ module TaskerTestHelpers
     end
   end
 
-  def dispatch(steps, endpoint:, workers: 1, wait: 30)
+  # `env`: more variables for the orchestrator (e.g. `TASKER_*` settings).
+  def dispatch(steps, endpoint:, workers: 1, wait: 30, env: {})
     args = [TASKER, "dispatch", "-", "--endpoint", endpoint, "--workers", workers.to_s, "--wait", wait.to_s]
     in_r, in_w = IO.pipe
     out_r, out_w = IO.pipe
     err_r, err_w = IO.pipe
-    pid = Process.spawn(ORCHESTRATOR_ENV, *args, in: in_r, out: out_w, err: err_w, chdir: @tmp)
+    pid = Process.spawn(ORCHESTRATOR_ENV.merge(env), *args, in: in_r, out: out_w, err: err_w, chdir: @tmp)
     [in_r, out_w, err_w].each(&:close)
     @children << pid
     in_w.write(JSON.generate("steps" => steps))

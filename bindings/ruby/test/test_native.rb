@@ -56,6 +56,43 @@ class TestNative < Minitest::Test
     assert native.join(5)
   end
 
+  # policy::wait_timeout: negative and NaN refused, anything longer than
+  # policy::FOREVER (a year) waits that long instead of overflowing.
+  def test_waits_are_bounded_by_the_rust_policy
+    native = runtime
+    assert_raises(ArgumentError) { native.next_steps(1, Float::NAN) }
+    assert_raises(ArgumentError) { native.join(-0.5) }
+    assert_raises(ArgumentError) { TaskerCore::Native.next_log_records(1, -1) }
+    year = 365 * 24 * 3600.0
+    assert_equal year, TaskerCore::Native.wait_seconds(1e300)
+    assert_equal year, TaskerCore::Native.wait_seconds(Float::INFINITY)
+    assert_equal 0.25, TaskerCore::Native.wait_seconds(0.25)
+    assert_nil TaskerCore::Native.wait_seconds(nil)
+    error = assert_raises(ArgumentError) { TaskerCore::Native.wait_seconds(-1) }
+    assert_match(/non-negative/, error.message)
+    native.stop
+    assert_nil native.next_steps(1, 1e300)
+    assert native.join(Float::INFINITY)
+  end
+
+  def test_error_kinds_are_rust_constants_and_the_gem_spells_none
+    kinds = TaskerCore::ErrorTypes
+    assert_equal "UnknownHandler", kinds::UNKNOWN_HANDLER
+    assert_equal "SerializationError", kinds::SERIALIZATION_ERROR
+    assert_equal "OutputTooLarge", kinds::OUTPUT_TOO_LARGE
+    assert_equal "InvalidStep", kinds::INVALID_STEP
+    assert_equal "WorkerLost", kinds::WORKER_LOST
+    assert_equal "WorkerInterrupted", kinds::WORKER_INTERRUPTED
+    assert(kinds.constants.all? { |name| kinds.const_get(name).frozen? })
+    sources = Dir[File.join(RUBY_DIR, "lib", "**", "*.rb")].to_h do |file|
+      [file, File.readlines(file).grep_v(/\A\s*#/).join] # code, not comments
+    end
+    kinds.constants.each do |name|
+      value = kinds.const_get(name)
+      sources.each { |file, text| refute_includes text, "\"#{value}\"", "#{file} spells ErrorTypes::#{name}" }
+    end
+  end
+
   def test_bad_arguments_raise
     native = runtime
     assert_raises(ArgumentError) { native.next_steps(1, -1) }

@@ -147,6 +147,34 @@ class TestWorker < Minitest::Test
     end
   end
 
+  # A non-StandardError from a handler kills its thread: the step it was on
+  # still gets its one answer (ErrorTypes::WORKER_INTERRUPTED, retryable),
+  # the worker stops and #wait re-raises it.
+  def test_a_handler_killing_its_thread_fails_the_step_as_worker_interrupted
+    endpoint = free_endpoint
+    fatal = Class.new(Exception) # rubocop:disable Lint/InheritException
+    worker = TaskerCore::Worker.new(endpoint: endpoint, capacity: 1, logger: Logger.new(IO::NULL))
+    worker.handle("fatal") { raise fatal, "gone" }
+    worker.start
+    result = dispatch([step(1, "fatal")], endpoint: endpoint).results.fetch(1)
+    assert_equal ["failed", TaskerCore::ErrorTypes::WORKER_INTERRUPTED, true],
+                 [result["status"], result.dig("error", "error_type"), result.dig("error", "retryable")]
+    assert_raises(fatal) { worker.wait(15) }
+    assert worker.stopped?
+  end
+
+  def test_wait_refuses_a_negative_or_nan_timeout
+    worker = TaskerCore::Worker.new(endpoint: free_endpoint, capacity: 1, logger: nil)
+    worker.handle("noop") { nil }
+    worker.start
+    assert_raises(ArgumentError) { worker.wait(-1) }
+    assert_raises(ArgumentError) { worker.wait(Float::NAN) }
+    refute worker.wait(0.05)
+  ensure
+    worker.stop
+    assert worker.wait(15)
+  end
+
   def test_block_and_callable_handlers
     endpoint = free_endpoint
     with_worker(endpoint: endpoint, capacity: 2) do |worker|

@@ -390,6 +390,24 @@ pub mod error_types {
     /// The executor stopped (its I/O thread failed) before the step
     /// finished; retryable.
     pub const EXECUTOR_STOPPED: &str = "ExecutorStopped";
+
+    /// Every kind above, by its constant's name, so a binding can export
+    /// them all to its host language without a list of its own.
+    pub const ALL: &[(&str, &str)] = &[
+        ("TIMED_OUT", TIMED_OUT),
+        ("WORKER_LOST", WORKER_LOST),
+        ("NO_WORKER_FOR_HANDLER", NO_WORKER_FOR_HANDLER),
+        ("SCHEDULE_TIMEOUT", SCHEDULE_TIMEOUT),
+        ("ABANDONED", ABANDONED),
+        ("UNKNOWN_HANDLER", UNKNOWN_HANDLER),
+        ("SERIALIZATION_ERROR", SERIALIZATION_ERROR),
+        ("PANIC", PANIC),
+        ("OUTPUT_TOO_LARGE", OUTPUT_TOO_LARGE),
+        ("STEP_TOO_LARGE", STEP_TOO_LARGE),
+        ("INVALID_STEP", INVALID_STEP),
+        ("INVALID_RESULT", INVALID_RESULT),
+        ("EXECUTOR_STOPPED", EXECUTOR_STOPPED),
+    ];
 }
 
 /// The identity of one step attempt.

@@ -1,17 +1,22 @@
 # frozen_string_literal: true
 
 module TaskerCore
-  # The settings shared by the orchestrator and the workers, as loaded by the
-  # Rust `tasker_config` crate: one section per environment of a YAML file
+  # The settings shared by the orchestrator and the workers, resolved by the
+  # Rust `tasker_config` crate (`TaskerConfig::resolve`, the one resolution
+  # every SDK uses): one section per environment of a YAML file
   # (`config/zeromq.yaml`), then `TASKER_<KEY>` environment variables, then
-  # the overrides given in Ruby. Immutable; every key has a reader.
+  # the options given in Ruby. A key that is not a config key, in any of the
+  # three, is a {ConfigError} naming it and the closest valid one. Immutable;
+  # every key has a reader.
   #
   # @example
   #   config = TaskerCore::Config.load("config/zeromq.yaml", env: "test", worker_capacity: 4)
   #   config.endpoint        # => "tcp://127.0.0.1:5655"
   #   config.worker_capacity # => 4
   class Config
-    # Every configuration key, in file order (from the Rust `tasker_config`).
+    # Every configuration key, in file order: `tasker_config::KEYS`,
+    # exported by the native extension (for documentation and the readers;
+    # the keys are checked in Rust).
     KEYS = Native::CONFIG_KEYS.map(&:to_sym).freeze
 
     # Loads a configuration.
@@ -19,18 +24,20 @@ module TaskerCore
     # @param path [String, nil] the YAML file; nil for the built-in defaults
     # @param env [String, nil] the section (default `TASKER_ENV`, else
     #   `development`); ignored without a file
-    # @param overrides [Hash{Symbol=>Object}] keys that win over the file and
-    #   the environment variables
+    # @param options [Hash{Symbol=>Object}] config keys that win over the
+    #   file and the environment variables
     # @return [Config]
     # @raise [ConfigError] naming the file, key or variable at fault
-    def self.load(path = nil, env: nil, **overrides)
-      new(Native.load_config(path&.to_s, env&.to_s, overrides))
+    def self.load(path = nil, env: nil, **options)
+      new(Native.resolve_config(path&.to_s, env&.to_s, nil, options))
     end
 
-    # @param values [Hash{String=>Object}] a complete configuration
-    # @raise [ConfigError] when a key is unknown, missing or invalid
+    # @param values [Hash{String,Symbol=>Object}] the configuration: config
+    #   keys and their values (a key left out takes its built-in default;
+    #   neither a file nor `TASKER_*` variables are read)
+    # @raise [ConfigError] when a key is unknown or a value invalid
     def initialize(values)
-      @values = Native.check_config(values.transform_keys(&:to_s)).freeze
+      @values = Native.resolve_config(nil, nil, {}, values).freeze
     end
 
     KEYS.each do |key|
@@ -45,14 +52,11 @@ module TaskerCore
 
     # A copy with some keys changed.
     #
-    # @param overrides [Hash{Symbol=>Object}]
+    # @param options [Hash{Symbol=>Object}]
     # @return [Config]
     # @raise [ConfigError] for an unknown key or a bad value
-    def merge(**overrides)
-      unknown = overrides.keys - KEYS
-      raise ConfigError, "unknown config key `#{unknown.first}`; expected one of #{KEYS.join(', ')}" unless unknown.empty?
-
-      Config.new(@values.merge(overrides.transform_keys(&:to_s)))
+    def merge(**options)
+      Config.new(@values.merge(options.transform_keys(&:to_s)))
     end
 
     # @return [Hash{String=>Object}] every key and value

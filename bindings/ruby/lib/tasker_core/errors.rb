@@ -55,4 +55,14 @@ module TaskerCore
       false
     end
   end
+
+  # The `error_type` values the system itself reports, as constants the
+  # native extension exports from Rust (`tasker_protocol::error_types`):
+  # `UNKNOWN_HANDLER` ("UnknownHandler"), `SERIALIZATION_ERROR`,
+  # `OUTPUT_TOO_LARGE`, `INVALID_STEP`, `INVALID_RESULT`, `TIMED_OUT`,
+  # `WORKER_LOST`, `NO_WORKER_FOR_HANDLER`, `SCHEDULE_TIMEOUT`, `ABANDONED`,
+  # `STEP_TOO_LARGE`, `EXECUTOR_STOPPED`, `PANIC`; and the gem's own
+  # `WORKER_INTERRUPTED` (the steps of a chunk whose handler thread was
+  # interrupted before running them; retryable).
+  module ErrorTypes; end
 end

@@ -16,7 +16,8 @@ module TaskerCore
   # than `capacity`) is the pool size. Each thread pulls at most
   # `ceil(capacity / threads)` steps at a time, so the pool holds exactly
   # what was declared: with `capacity == threads` every step runs on its own
-  # thread; with a larger capacity, steps of one chunk run in turn.
+  # thread; with a larger capacity, steps of one chunk run in turn. These
+  # rules are `tasker_worker::policy`'s, shared by every SDK.
   #
   # @example
   #   worker = TaskerCore::Worker.from_config("config/zeromq.yaml")
@@ -27,8 +28,8 @@ module TaskerCore
   #   worker.register("charge_card", ChargeCardHandler.new)
   #   worker.run # blocks; INT/TERM drain gracefully
   class Worker
-    # Most pool threads when `threads` is not given.
-    DEFAULT_MAX_THREADS = 8
+    # Most pool threads when `threads` is not given (`tasker_worker::policy`).
+    DEFAULT_MAX_THREADS = Native::DEFAULT_MAX_THREADS
 
     # Results of quick steps wait at most this long (seconds) for their
     # chunk-mates before they are sent.
@@ -81,9 +82,9 @@ module TaskerCore
                 else
                   Config.load(nil, **overrides)
                 end
-      @capacity = positive(:capacity, capacity || @config.worker_capacity)
-      @threads = [positive(:threads, threads || [@capacity, DEFAULT_MAX_THREADS].min), @capacity].min
-      @chunk = (@capacity + @threads - 1) / @threads
+      @capacity = integer(:capacity, capacity || @config.worker_capacity)
+      @threads = Native.handler_threads(@capacity, threads.nil? ? nil : integer(:threads, threads))
+      @chunk = Native.chunk_size(@capacity, @threads)
       @worker_id = worker_id&.to_s
       @logger = logger || TaskerCore.logger
       @default_retryable = @config.default_retryable?
@@ -215,10 +216,12 @@ module TaskerCore
     #
     # @param timeout [Numeric, nil] seconds; nil waits without limit
     # @return [Boolean] true once stopped, false on timeout
+    # @raise [ArgumentError] for a negative or NaN timeout
     # @raise [Exception] what killed a handler thread, if something did
     def wait(timeout = nil)
       raise Error, "worker not started" unless @native
 
+      timeout = Native.wait_seconds(timeout)
       deadline = timeout && monotonic + timeout
       @done_mutex.synchronize do
         # The calling thread sleeps in Ruby (not in native code), so it is
@@ -237,11 +240,9 @@ module TaskerCore
 
     private
 
-    def positive(name, value)
-      int = Integer(value)
-      raise ConfigError, "#{name} must be at least 1, got #{value.inspect}" if int < 1
-
-      int
+    # The range rules are Rust's (Native.handler_threads).
+    def integer(name, value)
+      Integer(value)
     rescue ArgumentError, TypeError
       raise ConfigError, "#{name} must be an Integer, got #{value.inspect}"
     end
@@ -309,8 +310,9 @@ module TaskerCore
           steps = nil
         ensure
           # Interrupted mid-chunk (Thread#kill, an Exception from a handler):
-          # the steps not run still get their one answer.
-          native.abandon(steps, "WorkerInterrupted", "handler thread interrupted (#{$!&.class || 'killed'})") if steps
+          # the steps not run still get their one answer,
+          # ErrorTypes::WORKER_INTERRUPTED, retryable.
+          native.abandon(steps, "handler thread interrupted (#{$!&.class || 'killed'})") if steps
         end
       end
     rescue Exception => e # rubocop:disable Lint/RescueException
@@ -340,7 +342,7 @@ module TaskerCore
     def execute(step)
       handler = @handlers[step.handler_class]
       unless handler
-        step._fail("UnknownHandler", "this worker has no handler #{step.handler_class.inspect}", false, nil)
+        step._fail(ErrorTypes::UNKNOWN_HANDLER, "this worker has no handler #{step.handler_class.inspect}", false, nil)
         return
       end
       problem = step._succeed(handler.call(step))

@@ -19,7 +19,7 @@ use serde_json::{Map, Number, Value as Json};
 /// output (the configuration); it turns a cyclic one into a clear error.
 /// Outputs are held to the orchestrator's `max_json_depth` instead (the
 /// runtime's `max_json_depth()`).
-pub const MAX_DEPTH: u32 = tasker_protocol::MAX_JSON_DEPTH;
+pub const MAX_DEPTH: u32 = tasker_worker::policy::MAX_JSON_DEPTH;
 
 /// A Ruby value that has no JSON form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,16 +51,26 @@ impl ConvertError {
     }
 }
 
+impl ConvertError {
+    /// The message with the path from `root` (`value["items"][2]: ...`).
+    pub fn at(&self, root: &str) -> String {
+        use fmt::Write;
+        let mut text = root.to_string();
+        for segment in self.path.iter().rev() {
+            let _ = match segment {
+                Segment::Key(k) => write!(text, "[{k:?}]"),
+                Segment::Index(i) => write!(text, "[{i}]"),
+            };
+        }
+        let _ = write!(text, ": {}", self.message);
+        text
+    }
+}
+
+/// The path from the handler's output: `output["items"][2]: ...`.
 impl fmt::Display for ConvertError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("output")?;
-        for segment in self.path.iter().rev() {
-            match segment {
-                Segment::Key(k) => write!(f, "[{k:?}]")?,
-                Segment::Index(i) => write!(f, "[{i}]")?,
-            }
-        }
-        write!(f, ": {}", self.message)
+        f.write_str(&self.at("output"))
     }
 }
 
@@ -178,7 +188,8 @@ fn convert(value: Value, depth: u32, max_depth: u32) -> Result<Json, ConvertErro
     }
 }
 
-fn key_string(key: Value) -> Result<String, ConvertError> {
+/// A Hash key as JSON writes it (String, Symbol or Integer keys).
+pub fn key_string(key: Value) -> Result<String, ConvertError> {
     if let Some(s) = RString::from_value(key) {
         return s
             .to_string()
@@ -251,4 +262,11 @@ pub fn object_to_ruby<'a>(
         hash.aset(ruby.str_new(key), to_ruby(ruby, value)?)?;
     }
     Ok(hash.as_value())
+}
+
+/// A frozen String, for a constant.
+pub fn frozen_str(ruby: &Ruby, text: &str) -> RString {
+    let string = ruby.str_new(text);
+    string.freeze();
+    string
 }

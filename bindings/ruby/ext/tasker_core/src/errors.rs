@@ -41,9 +41,21 @@ pub fn error(message: String) -> Error {
     Error::new(ruby().get_inner(&ERROR), message)
 }
 
-/// A `TaskerCore::ConfigError`.
-pub fn config(message: String) -> Error {
+/// A `TaskerCore::ConfigError` carrying the Rust message unchanged.
+pub fn config(e: tasker_config::ConfigError) -> Error {
+    invalid(e.to_string())
+}
+
+/// A `TaskerCore::ConfigError` for a worker option that is not a config
+/// key (`capacity`, `threads`).
+pub fn invalid(message: String) -> Error {
     Error::new(ruby().get_inner(&CONFIG_ERROR), message)
+}
+
+/// An `ArgumentError` (a bad argument to a native call, e.g. a negative
+/// timeout).
+pub fn argument(message: String) -> Error {
+    Error::new(ruby().exception_arg_error(), message)
 }
 
 /// A `TaskerCore::WorkerError` (or `ConfigError` for invalid options).

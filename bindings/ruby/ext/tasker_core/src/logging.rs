@@ -2,16 +2,17 @@
 //! queued by `tasker_worker::log_bridge`, and a Ruby thread drains them into
 //! a `Logger` with [`next_log_records`].
 
-use magnus::{Error, RArray, Ruby};
+use magnus::{function, Error, Object, RArray, RModule, Ruby};
 use tasker_worker::log_bridge::{self, LogLevel};
 
 use crate::errors;
-use crate::nogvl::{seconds, without_gvl};
+use crate::nogvl::without_gvl;
+use crate::policy::wait_timeout;
 
 /// Installs the bridge (first call) and sets its level: `error`, `warn`,
 /// `info`, `debug` or `trace`. Raises `TaskerCore::Error` for an unknown
 /// level or when another `tracing` subscriber owns the process.
-pub fn install(name: String) -> Result<(), Error> {
+fn install(name: String) -> Result<(), Error> {
     let level = name
         .parse::<LogLevel>()
         .map_err(|e| errors::error(e.to_string()))?;
@@ -22,11 +23,11 @@ pub fn install(name: String) -> Result<(), Error> {
 /// Waits up to `timeout` seconds (nil: no limit) for records; returns an
 /// Array of `[level, target, line]`, empty on timeout (and at once when the
 /// bridge is not installed). Ruby interrupts end the wait and run.
-pub fn next_log_records(ruby: &Ruby, max: usize, timeout: Option<f64>) -> Result<RArray, Error> {
+fn next_log_records(ruby: &Ruby, max: usize, timeout: Option<f64>) -> Result<RArray, Error> {
+    let timeout = wait_timeout(timeout)?;
     let Some(bridge) = log_bridge::installed() else {
         return Ok(ruby.ary_new());
     };
-    let timeout = seconds(timeout)?;
     let records =
         without_gvl(|| bridge.next_records(max, timeout), || bridge.wake()).unwrap_or_default();
     if records.is_empty() {
@@ -43,7 +44,7 @@ pub fn next_log_records(ruby: &Ruby, max: usize, timeout: Option<f64>) -> Result
 
 /// Emits a `tracing` event at `level` with target `tasker_core_ruby`, so a
 /// host can check its logger set-up end to end.
-pub fn emit(level: String, message: String) -> Result<(), Error> {
+fn emit(level: String, message: String) -> Result<(), Error> {
     match level
         .parse::<LogLevel>()
         .map_err(|e| errors::error(e.to_string()))?
@@ -54,5 +55,13 @@ pub fn emit(level: String, message: String) -> Result<(), Error> {
         LogLevel::Debug => tracing::debug!(target: "tasker_core_ruby", "{message}"),
         LogLevel::Trace => tracing::trace!(target: "tasker_core_ruby", "{message}"),
     }
+    Ok(())
+}
+
+/// Defines the log functions on `TaskerCore::Native`.
+pub fn define(native: RModule) -> Result<(), Error> {
+    native.define_singleton_method("log_install", function!(install, 1))?;
+    native.define_singleton_method("next_log_records", function!(next_log_records, 2))?;
+    native.define_singleton_method("log_emit", function!(emit, 2))?;
     Ok(())
 }

@@ -65,18 +65,3 @@ where
     }
     call.result
 }
-
-/// A Ruby timeout in seconds (`nil`: no limit) as a `Duration`; raises
-/// `ArgumentError` for a negative or non-finite one.
-pub fn seconds(timeout: Option<f64>) -> Result<Option<std::time::Duration>, magnus::Error> {
-    match timeout {
-        None => Ok(None),
-        Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(std::time::Duration::from_secs_f64(t))),
-        Some(t) => Err(magnus::Error::new(
-            magnus::Ruby::get()
-                .expect("Ruby thread")
-                .exception_arg_error(),
-            format!("timeout must be a non-negative number of seconds, got {t}"),
-        )),
-    }
-}
