@@ -12,7 +12,7 @@ use serde_json::{Map, Number, Value};
 /// output (the configuration); it turns a self-containing one into a clear
 /// error. Outputs are held to the orchestrator's `max_json_depth` instead
 /// (the runtime's `max_json_depth()`).
-pub const MAX_DEPTH: u32 = tasker_protocol::MAX_JSON_DEPTH;
+pub const MAX_DEPTH: u32 = tasker_worker::policy::MAX_JSON_DEPTH;
 
 /// Why a Python value is not JSON, and where in it.
 #[derive(Debug, Clone, PartialEq, Eq)]

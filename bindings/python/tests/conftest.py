@@ -52,10 +52,16 @@ class Dispatch:
     """One `tasker dispatch` run: binds, waits for workers, sends one batch,
     prints one result per step."""
 
-    def __init__(self, steps: List[Dict[str, Any]], workers: int = 1, wait: float = 30.0) -> None:
+    def __init__(
+        self,
+        steps: List[Dict[str, Any]],
+        workers: int = 1,
+        wait: float = 30.0,
+        env: Optional[Dict[str, str]] = None,
+    ) -> None:
         self.endpoint = free_endpoint()
         self.steps = steps
-        env = dict(os.environ, TASKER_ENV="test", RUST_LOG="warn")
+        env = dict(os.environ, TASKER_ENV="test", RUST_LOG="warn", **(env or {}))
         fd, self.batch_file = tempfile.mkstemp(prefix="tasker-batch-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump({"steps": steps}, f)
@@ -103,9 +109,10 @@ class Dispatch:
 
 
 class WorkerProcess:
-    """A Python worker process running tests/worker_script.py."""
+    """A Python worker process running `script` (tests/worker_script.py
+    unless told otherwise)."""
 
-    def __init__(self, endpoint: str, *args: str) -> None:
+    def __init__(self, endpoint: str, *args: str, script: Path = WORKER_SCRIPT) -> None:
         env = dict(
             os.environ,
             TASKER_ENDPOINT=endpoint,
@@ -113,7 +120,7 @@ class WorkerProcess:
             PYTHONUNBUFFERED="1",
         )
         self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER_SCRIPT), *args],
+            [sys.executable, str(script), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
@@ -164,11 +171,14 @@ class WorkerProcess:
 
 @pytest.fixture
 def dispatch() -> Iterator[Any]:
-    """Factory: dispatch(steps, workers=1) -> Dispatch; killed at teardown."""
+    """Factory: dispatch(steps, workers=1, env=None) -> Dispatch (`env`: more
+    environment variables for the orchestrator); killed at teardown."""
     runs: List[Dispatch] = []
 
-    def start(steps: List[Dict[str, Any]], workers: int = 1) -> Dispatch:
-        run = Dispatch(steps, workers)
+    def start(
+        steps: List[Dict[str, Any]], workers: int = 1, env: Optional[Dict[str, str]] = None
+    ) -> Dispatch:
+        run = Dispatch(steps, workers, env=env)
         runs.append(run)
         return run
 
@@ -199,12 +209,12 @@ def make_worker() -> Iterator[Any]:
 
 @pytest.fixture
 def worker_process() -> Iterator[Any]:
-    """Factory: worker_process(endpoint, *args) -> WorkerProcess; killed at
-    teardown."""
+    """Factory: worker_process(endpoint, *args, script=WORKER_SCRIPT) ->
+    WorkerProcess; killed at teardown."""
     procs: List[WorkerProcess] = []
 
-    def start(endpoint: str, *args: str) -> WorkerProcess:
-        proc = WorkerProcess(endpoint, *args)
+    def start(endpoint: str, *args: str, script: Path = WORKER_SCRIPT) -> WorkerProcess:
+        proc = WorkerProcess(endpoint, *args, script=script)
         procs.append(proc)
         return proc
 

@@ -134,7 +134,7 @@ def test_config_from_file_environment_and_keywords(monkeypatch):
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
-        ({"no_such_key": 1}, '"no_such_key"'),
+        ({"no_such_key": 1}, "`no_such_key`"),
         ({"capacity": 0}, "worker_capacity"),
         ({"endpoint": "inproc://x"}, "endpoint"),
         ({"heartbeat_interval_ms": "soon"}, "heartbeat_interval_ms"),

@@ -16,8 +16,11 @@
 
 The ZeroMQ protocol loop (hello, heartbeats, credit, reconnects, drain) runs
 in the native runtime, written in Rust; this package runs the handlers.
+:mod:`tasker_core.error_types` holds the ``error_type`` values the system
+itself reports (``SerializationError``, ``UnknownHandler``, ...).
 """
 
+from . import error_types
 from ._logging import enable_log_bridge, set_log_level
 from ._native import Step
 from .errors import (
@@ -42,6 +45,7 @@ __all__ = [
     "PermanentError",
     "ConfigError",
     "WorkerError",
+    "error_types",
     "enable_log_bridge",
     "set_log_level",
     "__version__",

@@ -5,7 +5,23 @@ import datetime
 from os import PathLike
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+# -- errors: the error_type values the system reports (tasker_protocol::error_types)
+
+TIMED_OUT: str
+WORKER_LOST: str
+NO_WORKER_FOR_HANDLER: str
+SCHEDULE_TIMEOUT: str
+ABANDONED: str
 UNKNOWN_HANDLER: str
+SERIALIZATION_ERROR: str
+PANIC: str
+OUTPUT_TOO_LARGE: str
+STEP_TOO_LARGE: str
+INVALID_STEP: str
+INVALID_RESULT: str
+EXECUTOR_STOPPED: str
+#: Every constant above, name to value (a read-only mapping).
+ERROR_TYPES: Mapping[str, str]
 
 class TaskerError(Exception):
     """Base class of every error raised by tasker_core."""
@@ -16,13 +32,37 @@ class ConfigError(TaskerError):
 class WorkerError(TaskerError):
     """The worker runtime could not start or was used wrongly."""
 
+# -- config: TaskerConfig::resolve
+
+#: Every config key, in file order (tasker_config::KEYS).
+CONFIG_KEYS: Tuple[str, ...]
+
 def load_config(
     path: Union[str, "PathLike[str]", None] = None,
     environment: Optional[str] = None,
-    overrides: Optional[Mapping[str, Any]] = None,
+    options: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """Loads a configuration (file section, TASKER_* variables, overrides)
-    and returns every key. Raises ConfigError naming the bad key."""
+    """Resolves a configuration (file section or built-in defaults, then
+    TASKER_* variables, then options: config keys to plain values, None
+    meaning not given) and returns every key. Raises ConfigError naming the
+    bad key (and the closest valid one) or value."""
+
+# -- policy: tasker_worker::policy
+
+#: Handler threads when not requested: one per slot, up to this.
+DEFAULT_MAX_THREADS: int
+#: Deepest nesting of an output the orchestrator accepts by default.
+MAX_JSON_DEPTH: int
+
+def handler_threads(capacity: int, requested: Optional[int] = None) -> int:
+    """Threads running handlers: requested, or min(capacity,
+    DEFAULT_MAX_THREADS); never more than capacity. ConfigError when the
+    request is not a positive integer."""
+
+def chunk_size(capacity: int, threads: int) -> int:
+    """Steps one thread pulls at a time: ceil(capacity / threads)."""
+
+# -- step, runtime
 
 class Step:
     """One step to run; the request's fields as read-only attributes."""
@@ -65,7 +105,11 @@ class WorkerRuntime:
         config: Mapping[str, Any],
         handlers: Sequence[str],
         worker_id: Optional[str] = None,
-    ) -> None: ...
+    ) -> None:
+        """Starts connecting in the background. `config` is a complete dict
+        as load_config returns (resolved again as options over the built-in
+        defaults: ConfigError names a bad key); `handlers` the names
+        announced."""
     @property
     def worker_id(self) -> str: ...
     @property
@@ -77,7 +121,7 @@ class WorkerRuntime:
     def in_hand(self) -> int: ...
     def next_steps(self, max: int, timeout: Optional[float] = None) -> Optional[List[Step]]:
         """Waits (GIL released) for up to `max` steps; [] on timeout; None
-        once stopping and empty."""
+        once stopping and empty. ValueError for a negative or NaN timeout."""
     def complete_many(self, results: List[Tuple[Step, Any, float]]) -> None:
         """Hands back (step, output, elapsed_seconds) results; an output that
         is not JSON, holds a lone surrogate or nests deeper than the
@@ -96,6 +140,8 @@ class WorkerRuntime:
         """Begins a graceful stop; returns at once."""
     def join(self, timeout: Optional[float] = None) -> bool:
         """Waits (GIL released) for the runtime to finish after stop()."""
+
+# -- logging
 
 def install_log_bridge(level: str) -> bool:
     """Routes the runtime's tracing events to next_log_records; False if

@@ -16,7 +16,11 @@ credit, reconnects, drain and goodbye. This module only runs handlers:
 * ``capacity`` (default: the config's ``worker_capacity``) is what the
   orchestrator is told: the most steps this worker holds at once, running or
   waiting in a pulled chunk. ``threads`` defaults to ``min(capacity, 8)``
-  when sync handlers are registered, and to 1 when all handlers are async.
+  when sync handlers are registered, and to 1 when all handlers are async;
+  it is never more than ``capacity``.
+
+The numbers come from the native module (``tasker_worker::policy`` in Rust,
+shared with every SDK): ``handler_threads`` and ``chunk_size``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import asyncio
 import atexit
 import inspect
 import logging
-import math
 import os
 import signal
 import threading
@@ -37,6 +40,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVa
 
 from . import _logging, _native
 from ._native import Step
+from .error_types import UNKNOWN_HANDLER
 from .errors import HandlerError, TaskerError
 
 __all__ = ["Worker", "Handler"]
@@ -50,8 +54,9 @@ F = TypeVar("F")
 _FLUSH_AFTER = 0.002
 #: How long the pulling threads get to leave after the runtime stopped.
 _THREAD_EXIT_GRACE = 1.0
-#: Default bound on sync handler threads.
-_DEFAULT_MAX_THREADS = 8
+#: Longest the main thread waits in run() before looking for a signal
+#: another thread received.
+_SIGNAL_POLL = 0.1
 
 _live_workers: "weakref.WeakSet[Worker]" = weakref.WeakSet()
 _this_file = os.path.normcase(__file__)
@@ -143,9 +148,11 @@ class Worker:
     * ``endpoint``, ``default_retryable`` and any other config key
       (``heartbeat_interval_ms``, ``shutdown_timeout_ms``, ...) override the
       configuration (file section, then ``TASKER_<KEY>`` variables, then
-      these keywords, last wins);
+      these keywords, last wins; ``None`` means not given). The resolution
+      is the one every SDK shares (``TaskerConfig::resolve`` in Rust);
     * ``capacity``: steps held at once (default: ``worker_capacity``);
-    * ``threads``: threads running sync handlers (see the module doc);
+    * ``threads``: threads running sync handlers, never more than
+      ``capacity`` (see the module doc);
     * ``worker_id``: the id announced (default: ``python-<pid>-<random>``);
     * ``config_path`` / ``env``: a YAML configuration file and its section;
     * ``log_level``: most verbose runtime level forwarded to ``logging``
@@ -167,19 +174,20 @@ class Worker:
         log_level: Union[int, str, None] = None,
         **config: Any,
     ) -> None:
-        overrides: Dict[str, Any] = dict(config)
+        options: Dict[str, Any] = dict(config)
         if endpoint is not None:
-            overrides["endpoint"] = endpoint
+            options["endpoint"] = endpoint
         if default_retryable is not None:
-            overrides["default_retryable"] = default_retryable
+            options["default_retryable"] = default_retryable
         if capacity is not None:
-            overrides["worker_capacity"] = capacity
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise _native.ConfigError(f"threads must be a positive integer, got {threads!r}")
+            options["worker_capacity"] = capacity
         #: The effective configuration (every key), as a dict.
         self.config: Dict[str, Any] = _native.load_config(
-            os.fspath(config_path) if config_path is not None else None, env, overrides
+            os.fspath(config_path) if config_path is not None else None, env, options
         )
+        if threads is not None:
+            # Refused here, not at start(): a bad count is a configuration error.
+            _native.handler_threads(int(self.config["worker_capacity"]), threads)
         self._threads_wanted = threads
         self._worker_id = worker_id
         self._log_level = log_level
@@ -198,12 +206,12 @@ class Worker:
 
     @classmethod
     def from_config(
-        cls, path: Union[str, "os.PathLike[str]"], env: Optional[str] = None, **overrides: Any
+        cls, path: Union[str, "os.PathLike[str]"], env: Optional[str] = None, **options: Any
     ) -> "Worker":
         """A worker configured from a YAML file (section ``env``, default
         ``TASKER_ENV`` or ``development``), ``TASKER_<KEY>`` variables, then
-        ``overrides`` (config keys and the keywords of :class:`Worker`)."""
-        return cls(config_path=path, env=env, **overrides)
+        ``options`` (config keys and the keywords of :class:`Worker`)."""
+        return cls(config_path=path, env=env, **options)
 
     # -- registration -----------------------------------------------------
 
@@ -270,11 +278,11 @@ class Worker:
     @property
     def threads(self) -> int:
         """Threads pulling steps and running sync handlers."""
-        if self._threads_wanted is not None:
-            return self._threads_wanted
-        if not self._sync and self._async:
-            return 1
-        return max(1, min(self.capacity, _DEFAULT_MAX_THREADS))
+        requested = self._threads_wanted
+        if requested is None and self._async and not self._sync:
+            # Async handlers run on the event loop; one thread hands them over.
+            requested = 1
+        return _native.handler_threads(self.capacity, requested)
 
     @property
     def state(self) -> str:
@@ -309,7 +317,7 @@ class Worker:
             if self._async:
                 self._runner = _AsyncRunner(self)
             threads = self.threads
-            chunk = max(1, math.ceil(rt.capacity / threads))
+            chunk = _native.chunk_size(rt.capacity, threads)
             self._pumps = [
                 threading.Thread(
                     target=self._pump, args=(chunk,), name=f"tasker-core-worker-{i}", daemon=True
@@ -369,9 +377,14 @@ class Worker:
         try:
             if self._rt is None:
                 self.start()
-            # An Event wait is interruptible by signals, so the handlers
-            # above run at once, unlike a wait inside Rust.
-            self._done.wait()
+            # An Event wait is interrupted by a signal the main thread
+            # receives, so the handlers above run at once, unlike a wait
+            # inside Rust. The kernel may hand the signal to another thread
+            # (a Rust or handler thread) instead: Python then only runs the
+            # handler when the main thread next runs bytecode, so the wait
+            # wakes up now and then to let it.
+            while not self._done.wait(_SIGNAL_POLL):
+                pass
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -423,7 +436,7 @@ class Worker:
                 if fn is None:
                     rt.fail(
                         step,
-                        _native.UNKNOWN_HANDLER,
+                        UNKNOWN_HANDLER,
                         f"this worker has no handler {step.handler_class!r}",
                         False,
                     )

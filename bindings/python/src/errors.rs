@@ -1,0 +1,91 @@
+//! The exception classes of `tasker_core`, how Rust errors become them, and
+//! the `error_type` values the system reports, exported as constants so the
+//! package never spells them itself.
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use tasker_worker::policy::{error_types, PolicyError};
+
+create_exception!(
+    _native,
+    TaskerError,
+    PyException,
+    "Base class of every error raised by tasker_core."
+);
+create_exception!(
+    _native,
+    ConfigError,
+    TaskerError,
+    "The configuration (file, environment variable or keyword) is invalid."
+);
+create_exception!(
+    _native,
+    WorkerError,
+    TaskerError,
+    "The worker runtime could not start or was used wrongly."
+);
+
+/// A configuration error, with the Rust message unchanged.
+pub fn config(e: tasker_config::ConfigError) -> PyErr {
+    ConfigError::new_err(e.to_string())
+}
+
+/// A runtime error: bad options are a `ConfigError`, the rest `WorkerError`.
+pub fn worker(e: tasker_worker::WorkerError) -> PyErr {
+    match e {
+        tasker_worker::WorkerError::InvalidOptions(_) => ConfigError::new_err(e.to_string()),
+        _ => WorkerError::new_err(e.to_string()),
+    }
+}
+
+/// A value the policy refuses that came from the configuration (`threads`).
+pub fn policy_config(e: PolicyError) -> PyErr {
+    ConfigError::new_err(e.to_string())
+}
+
+/// A value the policy refuses that was a call's argument (a timeout).
+pub fn policy_value(e: PolicyError) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+/// Every constant of `tasker_protocol::error_types`, by its Rust name: the
+/// module attributes `tasker_core._native.UNKNOWN_HANDLER`, ... and the
+/// read-only mapping `ERROR_TYPES`. (The test suite checks this list against the Rust
+/// module's source.)
+pub const ERROR_TYPES: &[(&str, &str)] = &[
+    ("TIMED_OUT", error_types::TIMED_OUT),
+    ("WORKER_LOST", error_types::WORKER_LOST),
+    ("NO_WORKER_FOR_HANDLER", error_types::NO_WORKER_FOR_HANDLER),
+    ("SCHEDULE_TIMEOUT", error_types::SCHEDULE_TIMEOUT),
+    ("ABANDONED", error_types::ABANDONED),
+    ("UNKNOWN_HANDLER", error_types::UNKNOWN_HANDLER),
+    ("SERIALIZATION_ERROR", error_types::SERIALIZATION_ERROR),
+    ("PANIC", error_types::PANIC),
+    ("OUTPUT_TOO_LARGE", error_types::OUTPUT_TOO_LARGE),
+    ("STEP_TOO_LARGE", error_types::STEP_TOO_LARGE),
+    ("INVALID_STEP", error_types::INVALID_STEP),
+    ("INVALID_RESULT", error_types::INVALID_RESULT),
+    ("EXECUTOR_STOPPED", error_types::EXECUTOR_STOPPED),
+];
+
+/// Adds the exception classes and the error kinds to the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("TaskerError", py.get_type::<TaskerError>())?;
+    m.add("ConfigError", py.get_type::<ConfigError>())?;
+    m.add("WorkerError", py.get_type::<WorkerError>())?;
+    let all = PyDict::new(py);
+    for (name, value) in ERROR_TYPES {
+        m.add(*name, *value)?;
+        all.set_item(*name, *value)?;
+    }
+    // Read-only: the values are the protocol's.
+    let all = py
+        .import("types")?
+        .getattr("MappingProxyType")?
+        .call1((all,))?;
+    m.add("ERROR_TYPES", all)?;
+    Ok(())
+}
