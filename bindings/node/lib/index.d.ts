@@ -1,9 +1,65 @@
-// Declarations of the JavaScript layer. The native types (Step, Config,
-// ConfigOverrides, LogEntry) come from native.d.ts, which `napi build`
-// generates from the Rust types.
-import type { Config, ConfigOverrides, LogEntry, Step } from "../native";
+// Declarations of the JavaScript layer. The native types (Step, LogEntry,
+// errorTypes) come from native.d.ts, which `napi build` generates from the
+// Rust types.
+import type { LogEntry, Step, errorTypes as nativeErrorTypes } from "../native";
 
-export type { Config, ConfigOverrides, LogEntry, Step };
+export type { LogEntry, Step };
+
+/**
+ * A resolved configuration: every config key (`tasker_config::KEYS`), in
+ * camelCase, in file order. For types and documentation only: the keys are
+ * Rust's, which resolves and checks them (the test suite checks that this
+ * list is `configKeys()` of the native module). See the project README for
+ * the full meaning of each key.
+ */
+export interface Config {
+  /** ZeroMQ endpoint the orchestrator binds (`tcp://HOST:PORT` or `ipc://PATH`). */
+  endpoint: string;
+  /** Interval between heartbeats, each way, in ms. */
+  heartbeatIntervalMs: number;
+  /** Missed heartbeat intervals after which a peer is dead. */
+  liveness: number;
+  /** Timeout of a step that does not set one, in ms. */
+  defaultStepTimeoutMs: number;
+  /** Most steps per delivery to a worker, and per hand-over to JavaScript. */
+  batchSize: number;
+  /** Steps the worker holds at once (its declared capacity). */
+  workerCapacity: number;
+  /** Most unfinished steps the orchestrator holds (orchestrator only). */
+  queueBound: number;
+  /** What the orchestrator's submit does when its queue is full (orchestrator only). */
+  submitPolicy: "wait" | "reject";
+  /** ZeroMQ send high-water mark of the worker's socket, in messages. */
+  sendHwm: number;
+  /** ZeroMQ receive high-water mark of the worker's socket, in messages. */
+  recvHwm: number;
+  /** Largest message body accepted, in bytes. */
+  maxMessageBytes: number;
+  /** How long a closing socket may flush, in ms (-1: forever). */
+  lingerMs: number;
+  /** First reconnect delay, in ms; doubles up to `reconnectMaxMs`. */
+  reconnectInitialMs: number;
+  /** Longest reconnect delay, in ms. */
+  reconnectMaxMs: number;
+  /** How long a stopping worker waits for its running steps, in ms. */
+  shutdownTimeoutMs: number;
+  /** Retryability of a handler error of an unrecognised kind. */
+  defaultRetryable: boolean;
+  /** Most worker connections the orchestrator registers (orchestrator only). */
+  maxWorkers: number;
+}
+
+/** Config keys that replace those of the file and the environment; `undefined` keeps the loaded value. */
+export type ConfigOptions = Partial<Config>;
+
+/** The former name of `ConfigOptions`. */
+export type ConfigOverrides = ConfigOptions;
+
+/**
+ * The `error_type` values tasker-core reports (`errorTypes.UNKNOWN_HANDLER`
+ * is `"UnknownHandler"`, ...), defined in Rust.
+ */
+export declare const errorTypes: Readonly<typeof nativeErrorTypes>;
 
 /** Options of `TaskerError` and its subclasses. */
 export interface TaskerErrorOptions {
@@ -32,6 +88,9 @@ export declare class PermanentError extends TaskerError {
   retryable: false;
 }
 
+/** A configuration that does not resolve; the message names the key, variable, value or file. */
+export declare class ConfigError extends TaskerError {}
+
 /** Receives the runtime's log records. */
 export type LogFunction = (entry: LogEntry) => void;
 
@@ -51,7 +110,7 @@ export type Logger = LogFunction | ConsoleLikeLogger | null;
 export type LogLevel = "error" | "warn" | "info" | "debug" | "trace";
 
 /** Options of a Worker: any config key, plus the worker's own options. */
-export interface WorkerOptions extends ConfigOverrides {
+export interface WorkerOptions extends ConfigOptions {
   /** Most steps in flight at once (sets `workerCapacity`). */
   capacity?: number;
   /** Stable worker id; generated (`node-<pid>-<random>`) by default. */
@@ -98,5 +157,5 @@ export declare function setLogger(logger: Logger | undefined, level?: LogLevel):
 /** Sets the most verbose level forwarded (process-wide). */
 export declare function setLogLevel(level: LogLevel): void;
 
-/** Resolves a configuration like a Worker does, without starting anything. */
-export declare function loadConfig(path?: string | null, overrides?: ConfigOverrides | null): Config;
+/** Resolves a configuration like a Worker does, without starting anything; throws ConfigError. */
+export declare function loadConfig(path?: string | null, options?: ConfigOptions | null): Config;

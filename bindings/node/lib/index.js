@@ -4,21 +4,18 @@
 // ZeroMQ loop runs in Rust (native.js, built by napi-rs); this layer makes
 // it idiomatic.
 
-const native = require("../native.js");
-const { TaskerError, RetryableError, PermanentError } = require("./errors.js");
+const { resolveConfig } = require("./config.js");
+const { TaskerError, RetryableError, PermanentError, ConfigError, errorTypes } = require("./errors.js");
 const { Worker } = require("./worker.js");
 const { setLogger, setLogLevel } = require("./logging.js");
 
 /**
  * Resolves a configuration the way a Worker does (file or defaults, then
- * `TASKER_*` variables, then overrides), without starting anything.
+ * `TASKER_*` variables, then `options`: config keys in camelCase), without
+ * starting anything. Throws a ConfigError naming a bad key or value.
  */
-function loadConfig(path, overrides) {
-  try {
-    return native.loadConfig(path ?? null, overrides ?? null);
-  } catch (error) {
-    throw new TaskerError(error.message, { cause: error });
-  }
+function loadConfig(path, options) {
+  return resolveConfig(path, options).values;
 }
 
 module.exports = {
@@ -26,6 +23,8 @@ module.exports = {
   TaskerError,
   RetryableError,
   PermanentError,
+  ConfigError,
+  errorTypes,
   setLogger,
   setLogLevel,
   loadConfig,

@@ -2,5 +2,15 @@
 // `instanceof RetryableError` holds whichever way a file imported it.
 import cjs from "./index.js";
 
-export const { Worker, TaskerError, RetryableError, PermanentError, setLogger, setLogLevel, loadConfig } = cjs;
+export const {
+  Worker,
+  TaskerError,
+  RetryableError,
+  PermanentError,
+  ConfigError,
+  errorTypes,
+  setLogger,
+  setLogLevel,
+  loadConfig,
+} = cjs;
 export default cjs;

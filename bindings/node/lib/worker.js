@@ -5,56 +5,14 @@ const { performance } = require("node:perf_hooks");
 const { inspect } = require("node:util");
 
 const native = require("../native.js");
-const { TaskerError } = require("./errors.js");
+const { resolveConfig } = require("./config.js");
+const { TaskerError, errorTypes, fromNative } = require("./errors.js");
 const logging = require("./logging.js");
-
-/** Config keys a Worker accepts as options, besides its own options. */
-const CONFIG_KEYS = new Set([
-  "endpoint",
-  "heartbeatIntervalMs",
-  "liveness",
-  "defaultStepTimeoutMs",
-  "batchSize",
-  "workerCapacity",
-  "maxMessageBytes",
-  "reconnectInitialMs",
-  "reconnectMaxMs",
-  "shutdownTimeoutMs",
-  "defaultRetryable",
-  "lingerMs",
-]);
-const OWN_KEYS = new Set(["capacity", "workerId", "logger", "logLevel", "handleSignals"]);
 
 const CONFIG_PATH = Symbol("configPath");
 
 /** Tells `stop()` whether it runs inside one of a worker's handlers. */
 const handlerContext = new AsyncLocalStorage();
-
-/** Turns a native (napi) error into a TaskerError, keeping its message. */
-function wrapNative(error) {
-  if (error instanceof TaskerError) return error;
-  return new TaskerError(error && error.message ? error.message : String(error), { cause: error });
-}
-
-function configOverrides(options) {
-  const overrides = {};
-  for (const [key, value] of Object.entries(options)) {
-    if (value === undefined) continue;
-    if (CONFIG_KEYS.has(key)) overrides[key] = value;
-    else if (!OWN_KEYS.has(key)) {
-      throw new TaskerError(
-        `unknown Worker option ${JSON.stringify(key)}: expected one of ${[...OWN_KEYS, ...CONFIG_KEYS].join(", ")}`,
-      );
-    }
-  }
-  if (options.capacity !== undefined) {
-    if (!Number.isInteger(options.capacity) || options.capacity < 1) {
-      throw new TaskerError(`capacity must be a positive integer, got ${inspect(options.capacity)}`);
-    }
-    overrides.workerCapacity = options.capacity;
-  }
-  return overrides;
-}
 
 /** Innermost-first stack lines of an error, without its "Name: message" header. */
 function stackLines(error) {
@@ -68,23 +26,59 @@ function stackLines(error) {
   return lines;
 }
 
-/**
- * One step, as a handler sees it (the fields of the native `Step` type).
- * Built from a row of the native chunk, whose field order is Step's.
- */
+// A step reaches this layer as a row: an array of its fields in the order
+// the native module writes them, which it names (`stepFields()`). Each
+// field's position is read here, once, at load.
+const STEP_FIELDS = native.stepFields();
+const taken = new Set();
+function position(name) {
+  const at = STEP_FIELDS.indexOf(name);
+  if (at < 0) throw new TaskerError(`the native step rows have no field ${name} (${STEP_FIELDS.join(", ")}): rebuild the addon`);
+  taken.add(name);
+  return at;
+}
+const STEP_ID = position("stepId");
+const TASK_ID = position("taskId");
+const STEP_NAME = position("stepName");
+const HANDLER_CLASS = position("handlerClass");
+const HANDLER_CONFIG = position("handlerConfig");
+const TASK_CONTEXT = position("taskContext");
+const PREVIOUS_RESULTS = position("previousResults");
+const ATTEMPT = position("attempt");
+const RETRY_LIMIT = position("retryLimit");
+const TIMEOUT_MS = position("timeoutMs");
+const CREATED_AT = position("createdAt");
+if (taken.size !== STEP_FIELDS.length) {
+  const left = STEP_FIELDS.filter((name) => !taken.has(name));
+  throw new TaskerError(`the native step rows carry fields this layer does not read (${left.join(", ")})`);
+}
+
+// An outcome goes back as a row too: [stepId, attempt, elapsedMs, output]
+// when it completed, [stepId, attempt, elapsedMs, null, error] when it
+// failed (`_success` and `_failure` write them). The native module reads
+// rows in the order it names; a module that reads another order is refused
+// here, at load, rather than misread.
+const OUTCOME_ROW = ["stepId", "attempt", "elapsedMs", "output", "error"];
+if (native.outcomeFields().join() !== OUTCOME_ROW.join()) {
+  throw new TaskerError(
+    `the native module reads outcome rows as [${native.outcomeFields().join(", ")}], this layer writes [${OUTCOME_ROW.join(", ")}]: rebuild the addon`,
+  );
+}
+
+/** One step, as a handler sees it (the fields of the native `Step` type). */
 class Step {
   constructor(row) {
-    this.stepId = row[0];
-    this.taskId = row[1];
-    this.stepName = row[2];
-    this.handlerClass = row[3];
-    this.handlerConfig = row[4];
-    this.taskContext = row[5];
-    this.previousResults = row[6];
-    this.attempt = row[7];
-    this.retryLimit = row[8];
-    this.timeoutMs = row[9];
-    this.createdAt = row[10];
+    this.stepId = row[STEP_ID];
+    this.taskId = row[TASK_ID];
+    this.stepName = row[STEP_NAME];
+    this.handlerClass = row[HANDLER_CLASS];
+    this.handlerConfig = row[HANDLER_CONFIG];
+    this.taskContext = row[TASK_CONTEXT];
+    this.previousResults = row[PREVIOUS_RESULTS];
+    this.attempt = row[ATTEMPT];
+    this.retryLimit = row[RETRY_LIMIT];
+    this.timeoutMs = row[TIMEOUT_MS];
+    this.createdAt = row[CREATED_AT];
   }
 }
 
@@ -112,22 +106,22 @@ class Worker {
     if (options === null || typeof options !== "object") {
       throw new TaskerError("Worker options must be an object");
     }
-    const { [CONFIG_PATH]: path, ...rest } = options;
-    const overrides = configOverrides(rest);
-    try {
-      /** The resolved configuration (read-only). */
-      this.config = Object.freeze(native.loadConfig(path ?? null, overrides));
-    } catch (error) {
-      throw wrapNative(error);
-    }
-    if (rest.workerId !== undefined && (typeof rest.workerId !== "string" || rest.workerId === "")) {
+    // The worker's own options; every other key is a config key, for Rust
+    // to resolve (and to refuse when it is none).
+    const { [CONFIG_PATH]: path, capacity, workerId, logger, logLevel, handleSignals, ...configOptions } = options;
+    if (capacity !== undefined) configOptions.workerCapacity = capacity;
+    const { resolved, values } = resolveConfig(path, configOptions);
+    this._nativeConfig = resolved;
+    /** The resolved configuration (read-only). */
+    this.config = Object.freeze(values);
+    if (workerId !== undefined && (typeof workerId !== "string" || workerId === "")) {
       throw new TaskerError("workerId must be a non-empty string");
     }
-    this._workerId = rest.workerId;
+    this._workerId = workerId;
     this._defaultRetryable = this.config.defaultRetryable;
-    this._handleSignals = rest.handleSignals !== false;
-    if (rest.logger !== undefined || rest.logLevel !== undefined) {
-      logging.setLogger(rest.logger, rest.logLevel);
+    this._handleSignals = handleSignals !== false;
+    if (logger !== undefined || logLevel !== undefined) {
+      logging.setLogger(logger, logLevel);
     }
 
     this._handlers = new Map();
@@ -135,10 +129,9 @@ class Worker {
     this._native = null;
     this._pending = [];
     this._flushQueued = null;
-    // Results go back every half capacity: the orchestrator refills a busy
-    // worker once half its credit is free, so the next delivery overlaps
-    // with the rest of the chunk.
-    this._flushEvery = Math.max(1, Math.ceil(this.config.workerCapacity / 2));
+    // Results go back every `flushEvery` (set by the native worker: half
+    // the capacity), so the next delivery overlaps with the rest of the chunk.
+    this._flushEvery = 1;
     this._waiters = []; // stop() calls made inside handlers
     this._signalListener = null;
     this._closedPromise = new Promise((resolve) => {
@@ -194,15 +187,16 @@ class Worker {
       throw new TaskerError("no handlers registered: call worker.handle(name, fn) before run()");
     }
     logging.ensureForwarding();
-    const options = { handlers: [...this._handlers.keys()], capacity: this.config.workerCapacity };
+    const options = { handlers: [...this._handlers.keys()] };
     if (this._workerId !== undefined) options.workerId = this._workerId;
     try {
-      this._native = new native.NativeWorker(this.config, options, this._onSteps);
+      this._native = new native.NativeWorker(this._nativeConfig, options, this._onSteps);
     } catch (error) {
       this._state = "stopped";
-      throw wrapNative(error);
+      throw fromNative(error);
     }
     this._workerId = this._native.workerId;
+    this._flushEvery = this._native.flushEvery;
     this._state = "running";
     this._installSignals();
     return this._closedPromise;
@@ -280,7 +274,7 @@ class Worker {
     const fn = this._handlers.get(step.handlerClass);
     if (fn === undefined) {
       this._pending.push(
-        this._failure(step, 0, "UnknownHandler", `this worker has no handler ${JSON.stringify(step.handlerClass)}`, false),
+        this._failure(step, 0, errorTypes.UNKNOWN_HANDLER, `this worker has no handler ${JSON.stringify(step.handlerClass)}`, false),
       );
       return;
     }
@@ -337,7 +331,7 @@ class Worker {
         this._native.complete(`[${outcome}]`);
       } catch (e) {
         const [stepId, attempt] = JSON.parse(outcome);
-        const failure = this._failure({ stepId, attempt }, 0, "SerializationError", e.message, false);
+        const failure = this._failure({ stepId, attempt }, 0, errorTypes.SERIALIZATION_ERROR, e.message, false);
         this._native.complete(`[${failure}]`);
       }
     }
@@ -376,7 +370,7 @@ class Worker {
       return this._failure(
         step,
         started,
-        "SerializationError",
+        errorTypes.SERIALIZATION_ERROR,
         `the output of handler ${JSON.stringify(step.handlerClass)} cannot be serialised to JSON: ${error.message}`,
         false,
       );
@@ -397,7 +391,7 @@ class Worker {
     return this._failure(
       step,
       started,
-      "ThrownValue",
+      errorTypes.THROWN_VALUE,
       `handler threw a non-Error value: ${inspect(error, { depth: 2, breakLength: Infinity })}`,
       this._defaultRetryable,
     );
@@ -428,4 +422,5 @@ function wellFormed(value) {
   return text.replace(LONE_SURROGATE, "\ufffd");
 }
 
-module.exports = { Worker };
+// Step is exported for the test suite's check of the row pairing only.
+module.exports = { Worker, Step };

@@ -1,8 +1,8 @@
 // Type-checked with `tsc --noEmit -p test/tsconfig.json` (see package.test.js)
 // against lib/index.d.ts and the native.d.ts that `napi build` generates.
 // The @ts-expect-error lines fail the check if the declarations get looser.
-import { Worker, RetryableError, PermanentError, TaskerError, setLogger, setLogLevel, loadConfig } from "tasker-core";
-import type { Step, Config, LogEntry, WorkerOptions, Handler } from "tasker-core";
+import { Worker, RetryableError, PermanentError, TaskerError, ConfigError, errorTypes, setLogger, setLogLevel, loadConfig } from "tasker-core";
+import type { Step, Config, ConfigOptions, LogEntry, WorkerOptions, Handler } from "tasker-core";
 
 interface Order {
   amount: number;
@@ -35,6 +35,14 @@ worker.handle("bad", 42);
 new Worker({ capacity: "four" });
 // @ts-expect-error there is no such log level
 setLogLevel("loud");
+// @ts-expect-error there is no such option
+new Worker({ capcity: 3 });
+// @ts-expect-error submitPolicy is wait or reject
+new Worker({ submitPolicy: "never" });
+
+const marks: ConfigOptions = { sendHwm: 1000, recvHwm: 1000, submitPolicy: "reject" };
+const unknownHandler: string = errorTypes.UNKNOWN_HANDLER;
+const configError: TaskerError = new ConfigError("bad key");
 
 const config: Readonly<Config> = worker.config;
 const endpoint: string = config.endpoint;
@@ -57,4 +65,4 @@ async function main(): Promise<void> {
   await running;
 }
 
-void [fromFile, wrongId, endpoint, capacity, state, id, loaded, retryable, r, p, main];
+void [fromFile, wrongId, endpoint, capacity, state, id, loaded, retryable, r, p, main, marks, unknownHandler, configError];
