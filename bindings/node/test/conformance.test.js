@@ -60,14 +60,6 @@ function mismatches(result, expect) {
   return wrong;
 }
 
-// `tasker dispatch` reads a step's `"task_context": null` as absent and sends
-// `{}` (crates/tasker-cli/src/dispatch.rs: `Option<Value>` with a default),
-// so a case sending a null context cannot pass through it: such a case must
-// fail in exactly that way. Strict: once the CLI keeps the null, the case
-// passes, this test fails, and this allowance must go.
-const DISPATCH_NULL_CONTEXT = ["output {} (expected null)"];
-const sendsNullContext = (c) => "task_context" in c.step && c.step.task_context === null;
-
 test("the Node worker gives the results the conformance scenario expects", async (t) => {
   const scenario = JSON.parse(fs.readFileSync(SCENARIO, "utf8"));
   const cases = scenario.cases.filter((c) => !(c.skip ?? []).includes(LANGUAGE));
@@ -88,14 +80,9 @@ test("the Node worker gives the results the conformance scenario expects", async
 
   const failed = [];
   for (const [i, c] of cases.entries()) {
-    const name = sendsNullContext(c) ? `${c.name} (known: dispatch sends {} for a null context)` : c.name;
-    await t.test(name, () => {
+    await t.test(c.name, () => {
       const result = results.get(i + 1);
-      let wrong = mismatches(result, c.expect);
-      if (sendsNullContext(c)) {
-        const known = JSON.stringify(wrong) === JSON.stringify(DISPATCH_NULL_CONTEXT);
-        wrong = known ? [] : [`expected only the dispatch null-context defect (${DISPATCH_NULL_CONTEXT}), got: ${wrong.join("; ") || "a pass: drop the allowance"}`];
-      }
+      const wrong = mismatches(result, c.expect);
       if (wrong.length > 0) failed.push(c.name);
       assert.deepEqual(wrong, [], `case "${c.name}": ${wrong.join("; ")}\nresult: ${JSON.stringify(result)?.slice(0, 500)}`);
     });

@@ -37,22 +37,10 @@ def skipped(case: Dict[str, Any]) -> bool:
     return LANGUAGE in case.get("skip", [])
 
 
-# `tasker dispatch` reads a step's `"task_context": null` as absent and sends
-# `{}` (crates/tasker-cli/src/dispatch.rs: `Option<Value>` with a default), so
-# a case sending null cannot pass through it. Strict: once the CLI keeps the
-# null, the case passes and this marker must go.
-DISPATCH_NULL_CONTEXT = pytest.mark.xfail(
-    strict=True,
-    reason="tasker dispatch turns task_context null into {} (crates/tasker-cli/src/dispatch.rs)",
-)
-
-
 def case_param(case: Dict[str, Any]) -> Any:
     marks: List[Any] = []
     if skipped(case):
         marks.append(pytest.mark.skip(reason=f"the scenario skips {LANGUAGE}"))
-    elif "task_context" in case["step"] and case["step"]["task_context"] is None:
-        marks.append(DISPATCH_NULL_CONTEXT)
     return pytest.param(case, id=case["name"], marks=marks)
 
 

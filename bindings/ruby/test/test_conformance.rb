@@ -11,27 +11,6 @@ class TestConformance < Minitest::Test
   LANGUAGE = "ruby"
   SCENARIO = File.join(REPO, "protocol", "conformance", "scenario.json")
 
-  # `tasker dispatch` reads a step's `"task_context": null` as absent and
-  # sends {} (crates/tasker-cli/src/dispatch.rs: `Option<Value>` with a
-  # default), so a case sending a null context cannot pass through it: such
-  # a case must fail in exactly that way (its output {}, the rest as
-  # expected). Strict, as in the Python and Node suites: once the CLI keeps
-  # the null, the case passes and this test fails until the workaround goes.
-  def null_context?(kase)
-    kase.fetch("step").key?("task_context") && kase.fetch("step")["task_context"].nil?
-  end
-
-  def check(kase, result)
-    expect = kase.fetch("expect")
-    return mismatches(result, expect) unless null_context?(kase) && expect.key?("output")
-
-    if mismatches(result, expect).empty?
-      ["passes although tasker dispatch used to send {} for a null task_context: drop the workaround"]
-    else
-      mismatches(result, expect.merge("output" => {}))
-    end
-  end
-
   # Nesting of Arrays and Hashes: `7` is 0 deep, `[7]` 1.
   def depth(value)
     case value
@@ -99,7 +78,7 @@ class TestConformance < Minitest::Test
       result = results[i + 1]
       next "#{c['name']}: no result" unless result
 
-      wrong = check(c, result)
+      wrong = mismatches(result, c.fetch("expect"))
       "#{c['name']}: #{wrong.join('; ')}" unless wrong.empty?
     end
     assert_empty failures, "conformance failures:\n#{failures.join("\n")}"

@@ -55,14 +55,20 @@ struct StepInput {
     #[serde(default)]
     step_name: Option<String>,
     handler_class: String,
-    #[serde(default)]
-    handler_config: Option<Value>,
-    #[serde(default)]
-    task_context: Option<Value>,
+    /// Absent: `{}`; an explicit `null` stays `null`.
+    #[serde(default = "empty_object")]
+    handler_config: Value,
+    /// Absent: `{}`; an explicit `null` stays `null`.
+    #[serde(default = "empty_object")]
+    task_context: Value,
     #[serde(default)]
     previous_results: BTreeMap<String, Value>,
     #[serde(default)]
     metadata: Option<MetadataInput>,
+}
+
+fn empty_object() -> Value {
+    json!({})
 }
 
 #[derive(Deserialize, Default)]
@@ -93,8 +99,8 @@ fn parse_batch(text: &str) -> Result<StepBatchRequest> {
                 task_id: s.task_id,
                 step_name: s.step_name.unwrap_or_else(|| s.handler_class.clone()),
                 handler_class: s.handler_class,
-                handler_config: s.handler_config.unwrap_or_else(|| json!({})),
-                task_context: s.task_context.unwrap_or_else(|| json!({})),
+                handler_config: s.handler_config,
+                task_context: s.task_context,
                 previous_results: s.previous_results,
                 metadata: StepRequestMetadata {
                     attempt: meta.attempt.unwrap_or(1),
