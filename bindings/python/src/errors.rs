@@ -50,26 +50,6 @@ pub fn policy_value(e: PolicyError) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
 
-/// Every constant of `tasker_protocol::error_types`, by its Rust name: the
-/// module attributes `tasker_core._native.UNKNOWN_HANDLER`, ... and the
-/// read-only mapping `ERROR_TYPES`. (The test suite checks this list against the Rust
-/// module's source.)
-pub const ERROR_TYPES: &[(&str, &str)] = &[
-    ("TIMED_OUT", error_types::TIMED_OUT),
-    ("WORKER_LOST", error_types::WORKER_LOST),
-    ("NO_WORKER_FOR_HANDLER", error_types::NO_WORKER_FOR_HANDLER),
-    ("SCHEDULE_TIMEOUT", error_types::SCHEDULE_TIMEOUT),
-    ("ABANDONED", error_types::ABANDONED),
-    ("UNKNOWN_HANDLER", error_types::UNKNOWN_HANDLER),
-    ("SERIALIZATION_ERROR", error_types::SERIALIZATION_ERROR),
-    ("PANIC", error_types::PANIC),
-    ("OUTPUT_TOO_LARGE", error_types::OUTPUT_TOO_LARGE),
-    ("STEP_TOO_LARGE", error_types::STEP_TOO_LARGE),
-    ("INVALID_STEP", error_types::INVALID_STEP),
-    ("INVALID_RESULT", error_types::INVALID_RESULT),
-    ("EXECUTOR_STOPPED", error_types::EXECUTOR_STOPPED),
-];
-
 /// Adds the exception classes and the error kinds to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -77,7 +57,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("WorkerError", py.get_type::<WorkerError>())?;
     let all = PyDict::new(py);
-    for (name, value) in ERROR_TYPES {
+    // Every constant of `tasker_protocol::error_types`, by its Rust name:
+    // the module attributes `UNKNOWN_HANDLER`, ... and the mapping.
+    for (name, value) in error_types::ALL {
         m.add(*name, *value)?;
         all.set_item(*name, *value)?;
     }

@@ -18,25 +18,6 @@ use crate::errors;
 /// threads die under it.
 pub const WORKER_INTERRUPTED: &str = "WorkerInterrupted";
 
-/// `TaskerCore::ErrorTypes` constants: the protocol's error kinds
-/// (`tasker_protocol::error_types`) and the gem's own.
-const ERROR_TYPES: &[(&str, &str)] = &[
-    ("TIMED_OUT", error_types::TIMED_OUT),
-    ("WORKER_LOST", error_types::WORKER_LOST),
-    ("NO_WORKER_FOR_HANDLER", error_types::NO_WORKER_FOR_HANDLER),
-    ("SCHEDULE_TIMEOUT", error_types::SCHEDULE_TIMEOUT),
-    ("ABANDONED", error_types::ABANDONED),
-    ("UNKNOWN_HANDLER", error_types::UNKNOWN_HANDLER),
-    ("SERIALIZATION_ERROR", error_types::SERIALIZATION_ERROR),
-    ("PANIC", error_types::PANIC),
-    ("OUTPUT_TOO_LARGE", error_types::OUTPUT_TOO_LARGE),
-    ("STEP_TOO_LARGE", error_types::STEP_TOO_LARGE),
-    ("INVALID_STEP", error_types::INVALID_STEP),
-    ("INVALID_RESULT", error_types::INVALID_RESULT),
-    ("EXECUTOR_STOPPED", error_types::EXECUTOR_STOPPED),
-    ("WORKER_INTERRUPTED", WORKER_INTERRUPTED),
-];
-
 /// A Ruby timeout in seconds (`nil`: no limit) as a bounded wait
 /// (`policy::wait_timeout`: anything longer, infinity included, is
 /// `policy::FOREVER`); `ArgumentError` for a negative or NaN one.
@@ -94,7 +75,9 @@ pub fn define(ruby: &Ruby, core: RModule, native: RModule) -> Result<(), Error> 
     native.define_singleton_method("chunk_size", function!(chunk_size, 2))?;
     native.define_singleton_method("wait_seconds", function!(wait_seconds, 1))?;
     let kinds = core.define_module("ErrorTypes")?;
-    for (name, value) in ERROR_TYPES {
+    // `TaskerCore::ErrorTypes`: the protocol's error kinds and the gem's own.
+    let own = [("WORKER_INTERRUPTED", WORKER_INTERRUPTED)];
+    for (name, value) in error_types::ALL.iter().chain(&own) {
         kinds.const_set(*name, convert::frozen_str(ruby, value))?;
     }
     Ok(())
