@@ -204,12 +204,7 @@ async fn sigint_drains_a_worker_its_running_steps_complete_and_it_exits_cleanly(
 
 #[test]
 fn dispatch_command_round_trips_nested_unicode_output_through_a_worker() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let endpoint = free_endpoint();
     let _reaper = Reaper(vec![spawn_worker(&endpoint, "shell", 4)]);
     let mut dispatch = Command::new(env!("CARGO_BIN_EXE_tasker"))
         .args([
