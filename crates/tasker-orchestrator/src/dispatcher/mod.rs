@@ -750,7 +750,7 @@ impl Dispatcher {
             returned = returned.len(),
             "worker draining"
         );
-        let now = Instant::now();
+        let mut given_back = Vec::new();
         for held in returned {
             if held.orchestrator_id != self.orchestrator_id {
                 c.foreign.remove(&held);
@@ -761,10 +761,11 @@ impl Dispatcher {
             // Given back unstarted: safe to deliver elsewhere, with a fresh
             // schedule-to-start deadline.
             if self.steps.held_by(step, conn) {
-                self.steps.requeue(step, now);
-                Metrics::add(&self.channels.metrics.redelivered, 1);
+                given_back.push(step);
             }
         }
+        Metrics::add(&self.channels.metrics.redelivered, given_back.len() as u64);
+        self.steps.requeue_all(given_back, Instant::now());
         self.registry.drop_if_spent(conn);
         self.publish_worker_count();
         self.dispatch_needed = true;
@@ -781,17 +782,18 @@ impl Dispatcher {
             .filter(|h| h.orchestrator_id == self.orchestrator_id)
             .map(HeldStep::step_ref)
             .collect();
-        let now = Instant::now();
-        let mut redelivered = 0;
+        let mut never_received = Vec::new();
         if let Some(c) = self.registry.get_mut(conn) {
-            for step in c.occupied.clone() {
-                if !unanswered.contains(&step) && self.steps.held_by(step, conn) {
-                    c.occupied.remove(&step);
-                    self.steps.requeue(step, now);
-                    redelivered += 1;
+            c.occupied.retain(|step| {
+                let resend = !unanswered.contains(step) && self.steps.held_by(*step, conn);
+                if resend {
+                    never_received.push(*step);
                 }
-            }
+                !resend
+            });
         }
+        let redelivered = never_received.len() as u64;
+        self.steps.requeue_all(never_received, Instant::now());
         Metrics::add(&self.channels.metrics.redelivered, redelivered);
         self.remove_worker(conn, "worker left");
     }
@@ -962,13 +964,14 @@ impl Dispatcher {
             let Some(c) = self.registry.remove(conn) else {
                 continue;
             };
-            let mut redelivered = 0;
-            for step in &c.occupied {
-                if self.steps.held_by(*step, conn) {
-                    self.steps.requeue(*step, now);
-                    redelivered += 1;
-                }
-            }
+            let never_received: Vec<StepRef> = c
+                .occupied
+                .iter()
+                .copied()
+                .filter(|step| self.steps.held_by(*step, conn))
+                .collect();
+            let redelivered = never_received.len() as u64;
+            self.steps.requeue_all(never_received, now);
             if redelivered > 0 {
                 Metrics::add(&self.channels.metrics.redelivered, redelivered);
                 tracing::info!(

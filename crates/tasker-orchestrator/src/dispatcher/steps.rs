@@ -159,6 +159,16 @@ impl StepTable {
         }
     }
 
+    /// Several steps given back at once (a drain, a goodbye, a retired
+    /// connection): queued at the front in step id order, which is the
+    /// order they were submitted in by every caller here.
+    pub fn requeue_all(&mut self, mut steps: Vec<StepRef>, now: Instant) {
+        steps.sort_unstable();
+        for step in steps.into_iter().rev() {
+            self.requeue(step, now);
+        }
+    }
+
     /// Steps picked for a delivery that could not be sent: back to the
     /// front, in their order, keeping their queue deadlines.
     pub fn unpick(&mut self, picked: &[StepRef]) {
