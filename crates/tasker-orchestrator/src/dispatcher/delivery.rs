@@ -1,0 +1,153 @@
+//! Sending work: the schedule's deliveries taken off the queues and sent,
+//! split when too large for a message (§6.2, §10).
+
+use super::*;
+
+impl Dispatcher {
+    pub(super) fn dispatch(&mut self) {
+        self.dispatch_needed = false;
+        if self.steps.queued() == 0 {
+            return;
+        }
+        let candidates: Vec<schedule::Candidate> = self
+            .registry
+            .iter()
+            .filter(|(_, c)| c.takes_work() && c.free_slots() > 0)
+            .map(|(conn, c)| schedule::Candidate {
+                conn,
+                capacity: c.capacity,
+                in_flight: c.in_flight(),
+                handlers: Arc::clone(&c.handlers),
+            })
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let plan = schedule::plan(
+            &candidates,
+            self.steps.queued_by_handler(),
+            self.config.batch_size,
+        );
+        let mut refused: HashSet<ConnId> = HashSet::new();
+        for delivery in plan {
+            if refused.contains(&delivery.conn) {
+                continue;
+            }
+            let picked = self.pick(&delivery);
+            if picked.is_empty() {
+                continue;
+            }
+            if !self.deliver(delivery.conn, picked) {
+                refused.insert(delivery.conn);
+            }
+        }
+    }
+
+    /// Takes a planned delivery's steps off their queues, round robin.
+    pub(super) fn pick(&mut self, delivery: &schedule::Delivery) -> Vec<StepRef> {
+        let mut left = delivery.per_handler.clone();
+        let mut picked = Vec::with_capacity(delivery.len());
+        loop {
+            let mut progressed = false;
+            for (i, handler) in delivery.handlers.iter().enumerate() {
+                if left[i] == 0 {
+                    continue;
+                }
+                match self.steps.pick(handler) {
+                    Some(step) => {
+                        picked.push(step);
+                        left[i] -= 1;
+                        progressed = true;
+                    }
+                    None => left[i] = 0,
+                }
+            }
+            if !progressed {
+                return picked;
+            }
+        }
+    }
+
+    /// Sends picked steps to one connection; false if it cannot take more
+    /// now (the steps go back to the front of their queues).
+    ///
+    /// A delivery whose body would exceed `max_message_bytes` (which every
+    /// worker accepts, SPEC §10) goes out in halves; a step too large to go
+    /// out at all fails for good rather than waiting for its timeout.
+    pub(super) fn deliver(&mut self, conn: ConnId, mut picked: Vec<StepRef>) -> bool {
+        let Some(routing_id) = self.registry.get(conn).map(|c| c.routing_id.clone()) else {
+            self.steps.unpick(&picked);
+            return false;
+        };
+        self.delivery_seq += 1;
+        let first = self
+            .steps
+            .get(picked[0].step_id)
+            .expect("picked steps are in flight");
+        let batch_id = format!("{}:{}", first.sink.batch_id, self.delivery_seq);
+        let encoded = {
+            let message = StepBatchRequestRef {
+                batch_id: &batch_id,
+                protocol_version: PROTOCOL_VERSION,
+                steps: picked
+                    .iter()
+                    .map(|s| {
+                        &self
+                            .steps
+                            .get(s.step_id)
+                            .expect("picked steps are in flight")
+                            .request
+                    })
+                    .collect(),
+            };
+            codec::encode(&message)
+        };
+        let sent = match encoded {
+            Ok([_, ref body]) if body.len() > self.config.max_message_bytes => {
+                let size = body.len();
+                if picked.len() > 1 {
+                    let second = picked.split_off(picked.len() / 2);
+                    if !self.deliver(conn, picked) {
+                        self.steps.unpick(&second);
+                        return false;
+                    }
+                    return self.deliver(conn, second);
+                }
+                let step_id = picked[0].step_id;
+                tracing::warn!(step_id, size, "step too large to send; failing it");
+                let message = format!(
+                    "the step is {size} bytes of JSON; messages may hold at most {} (max_message_bytes)",
+                    self.config.max_message_bytes
+                );
+                // Not retryable: no attempt of it can get through.
+                let error = StepExecutionError::new(error_types::STEP_TOO_LARGE, message, false);
+                self.fail(step_id, StepStatus::Failed, error);
+                return true;
+            }
+            Ok([header, body]) => self
+                .socket
+                .send_multipart([routing_id, header, body], zmq::DONTWAIT)
+                .map_err(SendError::Zmq),
+            Err(e) => Err(SendError::Encode(e.to_string())),
+        };
+        match sent {
+            Ok(()) => {
+                let n = picked.len() as u64;
+                self.steps.dispatched(&picked, conn, Instant::now());
+                if let Some(c) = self.registry.get_mut(conn) {
+                    tracing::debug!(worker_id = %c.worker_id, %batch_id, steps = n, "delivered");
+                    c.occupied.extend(picked);
+                }
+                Metrics::add(&self.channels.metrics.dispatched, n);
+                true
+            }
+            Err(error) => {
+                // Never left: back to the front, to be sent elsewhere or
+                // later.
+                self.steps.unpick(&picked);
+                self.unreachable(conn, &error);
+                false
+            }
+        }
+    }
+}

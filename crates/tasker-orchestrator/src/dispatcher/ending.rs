@@ -1,0 +1,196 @@
+//! Ending steps: the one final result of each step attempt, the
+//! orchestrator's own verdicts, and deadlines; and stopping, by shutdown or
+//! by fault, which ends whatever is left.
+
+use super::*;
+
+impl Dispatcher {
+    pub(super) fn finish(&mut self, step_id: StepId, result: StepExecutionResult, how: Ended) {
+        let Some(entry) = self.steps.finish(step_id, how) else {
+            return;
+        };
+        let metrics = &self.channels.metrics;
+        let counter = match result.status {
+            StepStatus::Completed => &metrics.completed,
+            StepStatus::Failed => &metrics.failed,
+            StepStatus::TimedOut => &metrics.timed_out,
+            StepStatus::Cancelled => &metrics.cancelled,
+        };
+        Metrics::add(counter, 1);
+        self.channels.permits.add_permits(1);
+        // A dropped handle just means nobody is listening any more.
+        let _ = entry.sink.results.send(result);
+    }
+
+    /// Ends a step with the orchestrator's own verdict: a timeout, a lost
+    /// worker, a refused result, a step too large to send, a shutdown.
+    pub(super) fn fail(&mut self, step_id: StepId, status: StepStatus, error: StepExecutionError) {
+        let Some(entry) = self.steps.get(step_id) else {
+            return;
+        };
+        let elapsed = match entry.state {
+            StepState::Queued => 0,
+            StepState::Dispatched(_) => entry.request.metadata.timeout_ms,
+        };
+        let result = StepExecutionResult::failed(
+            entry.request.step_ref(),
+            status,
+            error,
+            ORCHESTRATOR_ID,
+            elapsed,
+        );
+        self.finish(step_id, result, Ended::ByOrchestrator);
+    }
+
+    pub(super) fn expire_steps(&mut self, now: Instant) {
+        if self.steps.next_deadline().is_some_and(|at| at <= now) {
+            // A result already queued beats the deadline it raced.
+            while self.receive_burst() {}
+        }
+        while let Some(step_id) = self.steps.pop_expired(now) {
+            let Some(entry) = self.steps.get(step_id) else {
+                continue;
+            };
+            let timeout_ms = entry.request.metadata.timeout_ms;
+            match entry.state {
+                StepState::Queued => {
+                    let handler = entry.request.handler_class.clone();
+                    let served = self
+                        .registry
+                        .iter()
+                        .any(|(_, c)| c.takes_work() && c.handlers.contains(&handler));
+                    let (status, error) = if served {
+                        (
+                            StepStatus::TimedOut,
+                            StepExecutionError::new(
+                                error_types::SCHEDULE_TIMEOUT,
+                                format!(
+                                    "no worker serving {handler:?} had room within {timeout_ms} ms"
+                                ),
+                                true,
+                            ),
+                        )
+                    } else {
+                        (
+                            StepStatus::Failed,
+                            StepExecutionError::new(
+                                error_types::NO_WORKER_FOR_HANDLER,
+                                format!("no connected worker serves handler {handler:?} (waited {timeout_ms} ms)"),
+                                true,
+                            ),
+                        )
+                    };
+                    self.fail(step_id, status, error);
+                }
+                StepState::Dispatched(_) => {
+                    tracing::info!(step_id, timeout_ms, "step timed out");
+                    // The slot stays occupied: the handler is still running.
+                    self.fail(
+                        step_id,
+                        StepStatus::TimedOut,
+                        StepExecutionError::new(
+                            error_types::TIMED_OUT,
+                            format!("no result within timeout_ms = {timeout_ms}"),
+                            true,
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    pub(super) fn shutdown_complete(&mut self, now: Instant) -> bool {
+        let Some(shutdown) = &self.shutdown else {
+            return false;
+        };
+        if !self.steps.is_empty() && now < shutdown.deadline {
+            return false;
+        }
+        let abandoned = self.end_all(
+            StepStatus::Cancelled,
+            error_types::ABANDONED,
+            "orchestrator shut down before the step finished",
+        );
+        let goodbye = OrchestratorMessage::Goodbye(Goodbye::new("orchestrator shutting down"));
+        let peers: Vec<RoutingId> = self
+            .registry
+            .iter()
+            .filter(|(_, c)| !c.retired)
+            .map(|(_, c)| c.routing_id.clone())
+            .collect();
+        for routing_id in &peers {
+            let _ = send_message(&self.socket, Some(routing_id), &goodbye);
+        }
+        let shutdown = self.shutdown.take().expect("checked above");
+        let report = ShutdownReport {
+            finished_during_shutdown: self.finished_total()
+                - shutdown.finished_before
+                - abandoned.len() as u64,
+            abandoned,
+            workers_at_close: peers.len(),
+        };
+        tracing::info!(abandoned = report.abandoned.len(), "orchestrator stopped");
+        self.channels.permits.close();
+        if let Some(reply) = shutdown.reply {
+            let _ = reply.send(report);
+        }
+        true
+    }
+
+    /// Ends every step in flight with the orchestrator's verdict; returns
+    /// them, sorted.
+    pub(super) fn end_all(
+        &mut self,
+        status: StepStatus,
+        error_type: &str,
+        message: &str,
+    ) -> Vec<StepRef> {
+        let mut ended = self.steps.step_refs();
+        ended.sort();
+        for step in &ended {
+            self.fail(
+                step.step_id,
+                status,
+                StepExecutionError::new(error_type, message, true),
+            );
+        }
+        ended
+    }
+
+    /// The loop cannot go on: every step in flight gets its one final
+    /// result now (`ExecutorStopped`), waiting and later submits fail, and
+    /// a pending shutdown gets its report.
+    pub(super) fn stop_on_fault(&mut self, fault: &str) {
+        tracing::error!(%fault, "orchestrator I/O thread stops");
+        let ended = self.end_all(
+            StepStatus::Cancelled,
+            error_types::EXECUTOR_STOPPED,
+            &format!("the executor stopped before the step finished: {fault}"),
+        );
+        self.channels.permits.close();
+        if let Some(shutdown) = self.shutdown.take() {
+            if let Some(reply) = shutdown.reply {
+                let _ = reply.send(ShutdownReport {
+                    finished_during_shutdown: 0,
+                    abandoned: ended,
+                    workers_at_close: 0,
+                });
+            }
+        }
+        // Submits queued behind the fault get ShutDown when their reply
+        // sender drops with the channel.
+        while let Ok(command) = self.channels.commands.try_recv() {
+            match command {
+                Command::Submit { reply, .. } => {
+                    let _ = reply.send(Err(ExecutorError::ShutDown));
+                }
+                Command::Shutdown {
+                    reply: Some(reply), ..
+                } => {
+                    let _ = reply.send(ShutdownReport::default());
+                }
+                _ => {}
+            }
+        }
+    }
+}

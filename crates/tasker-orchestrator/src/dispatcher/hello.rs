@@ -1,0 +1,191 @@
+//! Registration: a hello registers its connection, re-registers it, takes
+//! over a reconnecting worker's old connection, or is refused (§6.6).
+
+use super::*;
+
+impl Dispatcher {
+    pub(super) fn on_hello(
+        &mut self,
+        routing_id: RoutingId,
+        conn: Option<ConnId>,
+        hello: WorkerHello,
+    ) {
+        let (mine, foreign) = self.split_held(hello.in_progress);
+        let registration = registry::Hello {
+            worker_id: hello.worker_id,
+            handlers: hello.handlers,
+            capacity: hello.capacity,
+            mine,
+            foreign,
+            language: hello.language,
+            pid: hello.pid,
+        };
+        let conn = match conn {
+            Some(conn) => {
+                let current = self.registry.get(conn).expect("id from the registry");
+                if *current.worker_id != *registration.worker_id {
+                    let message = format!(
+                        "invalid hello message: this connection is registered as worker {:?}; a connection keeps its worker_id",
+                        codec::truncate(&current.worker_id, 64)
+                    );
+                    return self.refuse_hello(
+                        &routing_id,
+                        ProtocolErrorCode::InvalidMessage,
+                        message,
+                    );
+                }
+                if current.retired {
+                    let message =
+                        "worker_id in use: a newer connection speaks for this worker".into();
+                    return self.refuse_hello(
+                        &routing_id,
+                        ProtocolErrorCode::WorkerIdInUse,
+                        message,
+                    );
+                }
+                self.registry.reregister(conn, registration);
+                // Not logged at info: a peer repeating hellos must not
+                // write a line per message.
+                tracing::debug!(peer = %hex(&routing_id), "worker registered again");
+                self.send_welcome(conn, &routing_id);
+                return;
+            }
+            None => {
+                let holder = self.registry.holder(&registration.worker_id);
+                if let Some(holder) = holder {
+                    if self.still_alive(holder) {
+                        let message = format!(
+                            "worker_id {:?} is in use by a live connection",
+                            codec::truncate(&registration.worker_id, 64)
+                        );
+                        return self.refuse_hello(
+                            &routing_id,
+                            ProtocolErrorCode::WorkerIdInUse,
+                            message,
+                        );
+                    }
+                } else if self.registry.is_full() {
+                    // A reconnecting worker replaces its entry, so only a
+                    // new worker can be refused for room.
+                    let message = format!(
+                        "the orchestrator holds its most workers ({}); try again later",
+                        self.config.max_workers
+                    );
+                    return self.refuse_hello(
+                        &routing_id,
+                        ProtocolErrorCode::RegistryFull,
+                        message,
+                    );
+                }
+                let claimed = holder.map(|_| registration.mine.clone());
+                let conn = self
+                    .registry
+                    .register(routing_id.clone(), registration, Instant::now());
+                if let (Some(old), Some(claimed)) = (holder, claimed) {
+                    self.take_over(old, conn, &claimed);
+                }
+                conn
+            }
+        };
+        let c = self.registry.get(conn).expect("just registered");
+        tracing::info!(
+            worker_id = %codec::truncate(&c.worker_id, 64),
+            handlers = c.handlers.len(),
+            capacity = c.capacity,
+            language = c.language.as_deref().map(|l| codec::truncate(l, 32)).unwrap_or_default(),
+            "worker registered"
+        );
+        self.send_welcome(conn, &routing_id);
+    }
+
+    pub(super) fn send_welcome(&mut self, conn: ConnId, routing_id: &[u8]) {
+        self.publish_worker_count();
+        self.dispatch_needed = true;
+        if self.registry.get(conn).is_some_and(|c| c.gone) {
+            return;
+        }
+        let welcome = OrchestratorMessage::Welcome(Welcome {
+            heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+            liveness: self.config.liveness,
+            max_message_bytes: self.config.max_message_bytes as u64,
+            orchestrator_id: self.orchestrator_id.clone(),
+            max_json_depth: MAX_JSON_DEPTH,
+        });
+        if let Err(e) = send_message(&self.socket, Some(routing_id), &welcome) {
+            self.unreachable(conn, &e);
+        }
+    }
+
+    pub(super) fn refuse_hello(
+        &mut self,
+        routing_id: &[u8],
+        code: ProtocolErrorCode,
+        message: String,
+    ) {
+        Metrics::add(&self.channels.metrics.hellos_refused, 1);
+        if self.warnings.allow(routing_id) {
+            tracing::warn!(peer = %hex(routing_id), ?code, %message, "hello refused");
+        }
+        self.reply_error(routing_id, code, message);
+    }
+
+    /// A hello's `in_progress`, split into this orchestrator's steps and
+    /// other orchestrators'.
+    pub(super) fn split_held(&self, held: Vec<HeldStep>) -> (HashSet<StepRef>, HashSet<HeldStep>) {
+        let (mine, foreign): (Vec<HeldStep>, Vec<HeldStep>) = held
+            .into_iter()
+            .partition(|h| h.orchestrator_id == self.orchestrator_id);
+        (
+            mine.iter().map(HeldStep::step_ref).collect(),
+            foreign.into_iter().collect(),
+        )
+    }
+
+    /// Whether a worker's registered connection still works: heard within
+    /// expiry, and ZeroMQ still has a pipe to it (a heartbeat goes out).
+    pub(super) fn still_alive(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.registry.get(conn) else {
+            return false;
+        };
+        if c.gone
+            || Instant::now().saturating_duration_since(c.last_seen) > self.config.peer_expiry()
+        {
+            return false;
+        }
+        let heartbeat = OrchestratorMessage::Heartbeat(Heartbeat {});
+        match send_message(&self.socket, Some(&c.routing_id), &heartbeat) {
+            Ok(()) => true,
+            Err(SendError::Zmq(zmq::Error::EAGAIN)) => true,
+            Err(e) => {
+                self.unreachable(conn, &e);
+                false
+            }
+        }
+    }
+
+    /// The worker of `old` said hello on `new`: the steps it lists move
+    /// with it; `old` is retired and keeps the rest until their results
+    /// come in on it or its liveness runs out. Results the worker sent on
+    /// `old` just before it reconnected may still be queued behind this
+    /// hello; this is what keeps them from being lost.
+    pub(super) fn take_over(&mut self, old: ConnId, new: ConnId, claimed: &HashSet<StepRef>) {
+        let Some(c) = self.registry.get_mut(old) else {
+            return;
+        };
+        let mut moved = 0;
+        for step in claimed {
+            // Claimed slots are the new connection's now, held or not.
+            c.occupied.remove(step);
+            if self.steps.move_to(*step, old, new) {
+                moved += 1;
+            }
+        }
+        tracing::info!(
+            worker_id = %codec::truncate(&c.worker_id, 64),
+            moved,
+            left = c.occupied.len(),
+            "worker reconnected; its old connection is retired"
+        );
+        self.registry.retire(old);
+    }
+}

@@ -1,0 +1,119 @@
+//! Reading: every message a worker sends is decoded here and handed to
+//! the part that deals with it; malformed ones get their reply here.
+
+use super::*;
+
+impl Dispatcher {
+    /// Handles up to [`RECV_BURST`] messages; true if it stopped at the
+    /// burst limit with more possibly waiting.
+    pub(super) fn receive_burst(&mut self) -> bool {
+        for _ in 0..RECV_BURST {
+            match self.socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(mut frames) => {
+                    if frames.is_empty() {
+                        continue;
+                    }
+                    let routing_id = frames.remove(0);
+                    self.handle_frames(routing_id, frames);
+                }
+                Err(zmq::Error::EAGAIN) => return false,
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "receive failed");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    pub(super) fn handle_frames(&mut self, routing_id: RoutingId, frames: Vec<Vec<u8>>) {
+        let conn = self.registry.id_of(&routing_id);
+        // Any message is a sign of life, a malformed one included.
+        if let Some(c) = conn.and_then(|id| self.registry.get_mut(id)) {
+            c.last_seen = Instant::now();
+        }
+        let message = match codec::decode_from_worker(&frames, self.config.max_message_bytes) {
+            Ok(message) => message,
+            Err(error) => {
+                Metrics::add(&self.channels.metrics.malformed_messages, 1);
+                if self.warnings.allow(&routing_id) {
+                    tracing::warn!(peer = %hex(&routing_id), %error, "malformed message refused");
+                }
+                self.reply_error(&routing_id, error.code(), error.to_string());
+                return;
+            }
+        };
+        match message {
+            FromWorker::Results(batch) => match conn {
+                Some(conn) => self.on_results(conn, &routing_id, batch),
+                None => {
+                    // Never accepted from a connection without a hello:
+                    // anyone can connect.
+                    for result in &batch.results {
+                        self.count_unwanted(None, result.step_ref());
+                    }
+                    self.reply_unknown(&routing_id);
+                }
+            },
+            FromWorker::Message(WorkerMessage::Hello(hello)) => {
+                self.on_hello(routing_id, conn, hello)
+            }
+            FromWorker::Message(WorkerMessage::Heartbeat(_)) => {
+                if conn.is_none() {
+                    self.reply_unknown(&routing_id);
+                }
+            }
+            FromWorker::Message(WorkerMessage::Drain(drain)) => {
+                if let Some(conn) = conn {
+                    self.on_drain(conn, drain.returned);
+                }
+            }
+            FromWorker::Message(WorkerMessage::Goodbye(goodbye)) => {
+                if let Some(conn) = conn {
+                    tracing::info!(
+                        peer = %hex(&routing_id),
+                        reason = %codec::truncate(&goodbye.reason, 200),
+                        "worker said goodbye"
+                    );
+                    self.on_goodbye(conn, goodbye.unanswered);
+                }
+            }
+            FromWorker::Message(WorkerMessage::ProtocolError(error)) => {
+                if self.warnings.allow(&routing_id) {
+                    tracing::warn!(
+                        peer = %hex(&routing_id),
+                        code = ?error.code,
+                        message = %codec::truncate(&error.message, 200),
+                        "worker refused a message"
+                    );
+                }
+            }
+            FromWorker::Message(WorkerMessage::StepBatchResponse(_)) => {
+                unreachable!("decode_from_worker gives results as FromWorker::Results")
+            }
+        }
+    }
+
+    pub(super) fn reply_unknown(&mut self, routing_id: &[u8]) {
+        self.reply_error(
+            routing_id,
+            ProtocolErrorCode::UnknownWorker,
+            "no hello on this connection (or declared dead): send hello".into(),
+        );
+    }
+
+    /// Replies go to the sender only; one it cannot take any more (gone,
+    /// or not reading) is not worth a warning per message.
+    pub(super) fn reply_error(
+        &mut self,
+        routing_id: &[u8],
+        code: ProtocolErrorCode,
+        message: String,
+    ) {
+        let reply = OrchestratorMessage::ProtocolError(ProtocolError { code, message });
+        if let Err(e) = send_message(&self.socket, Some(routing_id), &reply) {
+            tracing::debug!(peer = %hex(routing_id), error = %e, "protocol error reply not sent");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Liveness: heartbeats out, silent connections removed, retired ones
+//! settled, unreachable ones noticed (§7).
+
+use super::*;
+
+impl Dispatcher {
+    pub(super) fn heartbeat_tick(&mut self, now: Instant) {
+        let interval = self.config.heartbeat_interval();
+        while self.next_heartbeat <= now {
+            self.next_heartbeat += interval;
+        }
+        // Retries deliveries refused earlier by a full pipe.
+        self.dispatch_needed = true;
+        let expiry = self.config.peer_expiry();
+        if !self.registry.silent(now, expiry).is_empty() {
+            // Judge only after reading what is already queued: a stall of
+            // this process (stopped, starved) that the loop did not notice
+            // leaves heartbeats and results waiting here.
+            self.catch_up();
+        }
+        let now = Instant::now();
+        for conn in self.registry.silent(now, expiry) {
+            Metrics::add(&self.channels.metrics.workers_lost, 1);
+            if let Some(c) = self.registry.get(conn) {
+                tracing::warn!(
+                    worker_id = %codec::truncate(&c.worker_id, 64),
+                    retired = c.retired,
+                    "worker silent for {expiry:?}: declared dead"
+                );
+            }
+            self.remove_worker(conn, "no heartbeat");
+        }
+        self.settle_retired(now);
+        let heartbeat = OrchestratorMessage::Heartbeat(Heartbeat {});
+        let peers: Vec<(ConnId, RoutingId)> = self
+            .registry
+            .iter()
+            .filter(|(_, c)| !c.gone)
+            .map(|(id, c)| (id, c.routing_id.clone()))
+            .collect();
+        for (conn, routing_id) in peers {
+            // A retired connection is sent one too: that is how its end
+            // is noticed (EHOSTUNREACH).
+            if let Err(e) = send_message(&self.socket, Some(&routing_id), &heartbeat) {
+                // A vanished connection is left to the liveness rule: the
+                // worker may be reconnecting and its hello will claim its
+                // steps.
+                self.unreachable(conn, &e);
+            }
+        }
+    }
+
+    /// A retired connection whose pipe is gone and whose queued input has
+    /// been read (nothing came for an interval) can hold only steps its
+    /// worker never received: the worker's hello on its new connection
+    /// listed every step it received and has not answered, and answers
+    /// sent on the old connection have come in. Those steps are delivered
+    /// again, same attempt, instead of failing `WorkerLost` at expiry. (A
+    /// delivery still inside this process when it was stopped goes out on
+    /// a connection the worker has already closed.)
+    pub(super) fn settle_retired(&mut self, now: Instant) {
+        let interval = self.config.heartbeat_interval();
+        let settled: Vec<ConnId> = self
+            .registry
+            .iter()
+            .filter(|(_, c)| {
+                c.retired && c.gone && now.saturating_duration_since(c.last_seen) >= interval
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for conn in settled {
+            let Some(c) = self.registry.remove(conn) else {
+                continue;
+            };
+            let never_received: Vec<StepRef> = c
+                .occupied
+                .iter()
+                .copied()
+                .filter(|step| self.steps.held_by(*step, conn))
+                .collect();
+            let redelivered = never_received.len() as u64;
+            self.steps.requeue_all(never_received, now);
+            if redelivered > 0 {
+                Metrics::add(&self.channels.metrics.redelivered, redelivered);
+                tracing::info!(
+                    worker_id = %codec::truncate(&c.worker_id, 64),
+                    redelivered,
+                    "steps its worker never received are delivered again"
+                );
+                self.dispatch_needed = true;
+            }
+        }
+    }
+
+    /// A send to a registered connection failed. `EHOSTUNREACH`: ZeroMQ
+    /// has no pipe to it any more (the peer closed, though what it sent may
+    /// still be queued for us to read); it gets nothing more, and one line
+    /// in the log, however many messages it left queued. `EAGAIN`: its pipe
+    /// is full; try later.
+    pub(super) fn unreachable(&mut self, conn: ConnId, error: &SendError) {
+        let Some(c) = self.registry.get_mut(conn) else {
+            return;
+        };
+        match error {
+            SendError::Zmq(zmq::Error::EHOSTUNREACH) => {
+                if !c.gone {
+                    c.gone = true;
+                    tracing::info!(
+                        worker_id = %codec::truncate(&c.worker_id, 64),
+                        "worker connection closed; it gets no more work"
+                    );
+                    self.dispatch_needed = true;
+                }
+            }
+            SendError::Zmq(zmq::Error::EAGAIN) => {
+                tracing::debug!(worker_id = %codec::truncate(&c.worker_id, 64), "worker pipe full");
+            }
+            other => tracing::error!(error = %other, "cannot send to worker"),
+        }
+    }
+
+    /// Forgets a connection; every step it held that is still in flight
+    /// ends failed with a retryable `WorkerLost` (it may have started).
+    pub(super) fn remove_worker(&mut self, conn: ConnId, why: &str) {
+        let Some(c) = self.registry.remove(conn) else {
+            return;
+        };
+        // Counted before the steps end: whoever their results wake must see
+        // the worker gone.
+        self.publish_worker_count();
+        self.dispatch_needed = true;
+        for step in &c.occupied {
+            if self.steps.held_by(*step, conn) {
+                Metrics::add(&self.channels.metrics.worker_lost, 1);
+                self.fail(
+                    step.step_id,
+                    StepStatus::Failed,
+                    StepExecutionError::new(
+                        error_types::WORKER_LOST,
+                        format!(
+                            "worker {} was lost ({why}) while holding the step",
+                            codec::truncate(&c.worker_id, 64)
+                        ),
+                        true,
+                    ),
+                );
+            }
+        }
+    }
+
+    pub(super) fn publish_worker_count(&mut self) {
+        let n = self.registry.workers();
+        self.channels
+            .metrics
+            .workers_connected
+            .store(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.channels.workers_count.send_replace(n);
+    }
+}

@@ -1,0 +1,187 @@
+//! What workers report: results, refused results, drains and goodbyes,
+//! each taken only from the connection that holds the step (§6.3, §6.4).
+
+use super::*;
+
+impl Dispatcher {
+    pub(super) fn on_results(&mut self, conn: ConnId, routing_id: &[u8], batch: ResultBatch) {
+        let metrics = Arc::clone(&self.channels.metrics);
+        if batch.orchestrator_id != self.orchestrator_id {
+            // Steps of an earlier orchestrator: nobody here wants their
+            // results, but the slots they held are free now.
+            let n = (batch.results.len() + batch.refused.len()) as u64;
+            Metrics::add(&metrics.foreign_results_dropped, n);
+            if let Some(c) = self.registry.get_mut(conn) {
+                let steps = batch
+                    .results
+                    .iter()
+                    .map(StepExecutionResult::step_ref)
+                    .chain(batch.refused.iter().filter_map(|r| r.step));
+                for step in steps {
+                    let held = HeldStep {
+                        step_id: step.step_id,
+                        attempt: step.attempt,
+                        orchestrator_id: batch.orchestrator_id.clone(),
+                    };
+                    if c.foreign.remove(&held) {
+                        self.dispatch_needed = true;
+                    }
+                }
+            }
+            self.registry.drop_if_spent(conn);
+            return;
+        }
+        let refusal = batch.refusal();
+        for result in batch.results {
+            let step = result.step_ref();
+            self.free_slot(conn, step);
+            if self.steps.held_by(step, conn) {
+                tracing::debug!(step_id = step.step_id, status = ?result.status, "step result");
+                self.finish(step.step_id, result, Ended::ByWorker);
+            } else {
+                self.count_unwanted(Some(conn), step);
+            }
+        }
+        if let Some(refusal) = refusal {
+            self.on_refused_results(conn, routing_id, &batch.refused, refusal);
+        }
+        self.registry.drop_if_spent(conn);
+    }
+
+    /// A result that took no effect: say why in the counters.
+    pub(super) fn count_unwanted(&mut self, conn: Option<ConnId>, step: StepRef) {
+        let metrics = &self.channels.metrics;
+        let in_flight = self
+            .steps
+            .get(step.step_id)
+            .is_some_and(|e| e.request.metadata.attempt == step.attempt);
+        if in_flight {
+            // In flight, but not out at this connection under this
+            // attempt: another connection holds it, or it waits in the
+            // queue, or this connection never said hello. Not this
+            // connection's to answer.
+            Metrics::add(&metrics.unheld_results_dropped, 1);
+            if self.warnings.allow_conn(conn.unwrap_or(0)) {
+                tracing::warn!(
+                    step_id = step.step_id,
+                    attempt = step.attempt,
+                    "result for a step this connection does not hold dropped"
+                );
+            }
+            return;
+        }
+        match self.steps.ended(step) {
+            Some(Ended::ByOrchestrator) => {
+                Metrics::add(&metrics.late_results_dropped, 1);
+                tracing::info!(
+                    step_id = step.step_id,
+                    attempt = step.attempt,
+                    "late result dropped"
+                );
+            }
+            _ => {
+                Metrics::add(&metrics.duplicate_results_dropped, 1);
+                tracing::info!(
+                    step_id = step.step_id,
+                    attempt = step.attempt,
+                    "duplicate result dropped"
+                );
+            }
+        }
+    }
+
+    /// Results refused one by one: each step this connection holds ends
+    /// `InvalidResult` (no attempt of the same handler is likely to do
+    /// better), and the worker is told which.
+    pub(super) fn on_refused_results(
+        &mut self,
+        conn: ConnId,
+        routing_id: &[u8],
+        refused: &[RefusedResult],
+        refusal: ProtocolError,
+    ) {
+        Metrics::add(&self.channels.metrics.invalid_results, refused.len() as u64);
+        for bad in refused {
+            let Some(step) = bad.step else { continue };
+            self.free_slot(conn, step);
+            if self.steps.held_by(step, conn) {
+                let error = StepExecutionError::new(
+                    error_types::INVALID_RESULT,
+                    format!("the worker's result was refused: {}", bad.reason),
+                    false,
+                );
+                self.fail(step.step_id, StepStatus::Failed, error);
+            }
+        }
+        if self.warnings.allow(routing_id) {
+            tracing::warn!(peer = %hex(routing_id), message = %refusal.message, "results refused");
+        }
+        self.reply_error(routing_id, refusal.code, refusal.message);
+    }
+
+    pub(super) fn free_slot(&mut self, conn: ConnId, step: StepRef) {
+        if let Some(c) = self.registry.get_mut(conn) {
+            if c.occupied.remove(&step) {
+                self.dispatch_needed = true;
+            }
+        }
+    }
+
+    pub(super) fn on_drain(&mut self, conn: ConnId, returned: Vec<HeldStep>) {
+        let Some(c) = self.registry.get_mut(conn) else {
+            return;
+        };
+        c.draining = true;
+        tracing::info!(
+            worker_id = %codec::truncate(&c.worker_id, 64),
+            returned = returned.len(),
+            "worker draining"
+        );
+        let mut given_back = Vec::new();
+        for held in returned {
+            if held.orchestrator_id != self.orchestrator_id {
+                c.foreign.remove(&held);
+                continue;
+            }
+            let step = held.step_ref();
+            c.occupied.remove(&step);
+            // Given back unstarted: safe to deliver elsewhere, with a fresh
+            // schedule-to-start deadline.
+            if self.steps.held_by(step, conn) {
+                given_back.push(step);
+            }
+        }
+        Metrics::add(&self.channels.metrics.redelivered, given_back.len() as u64);
+        self.steps.requeue_all(given_back, Instant::now());
+        self.registry.drop_if_spent(conn);
+        self.publish_worker_count();
+        self.dispatch_needed = true;
+    }
+
+    /// A worker leaves. It lists what it received and leaves unanswered:
+    /// those may be running and end `WorkerLost`. Any other step this
+    /// connection holds was still on its way when the worker said goodbye
+    /// (a drain races the deliveries already sent) and never reached a
+    /// handler: it is delivered again.
+    pub(super) fn on_goodbye(&mut self, conn: ConnId, unanswered: Vec<HeldStep>) {
+        let unanswered: HashSet<StepRef> = unanswered
+            .iter()
+            .filter(|h| h.orchestrator_id == self.orchestrator_id)
+            .map(HeldStep::step_ref)
+            .collect();
+        let mut never_received = Vec::new();
+        if let Some(c) = self.registry.get_mut(conn) {
+            c.occupied.retain(|step| {
+                let resend = !unanswered.contains(step) && self.steps.held_by(*step, conn);
+                if resend {
+                    never_received.push(*step);
+                }
+                !resend
+            });
+        }
+        let redelivered = never_received.len() as u64;
+        self.steps.requeue_all(never_received, Instant::now());
+        Metrics::add(&self.channels.metrics.redelivered, redelivered);
+        self.remove_worker(conn, "worker left");
+    }
+}
