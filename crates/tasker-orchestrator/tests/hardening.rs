@@ -205,8 +205,8 @@ async fn h4_only_the_connection_holding_a_step_can_complete_it() {
             .map(|s| completed(s, json!("forged"), "holder"))
             .collect(),
     );
-    wait_until("the forged results are counted", || {
-        executor.metrics().unheld_results_dropped == 4
+    wait_until("the rival's results are counted", || {
+        executor.metrics().unheld_results_dropped == 2
     })
     .await;
     assert_eq!(executor.metrics().completed, 0);
@@ -218,6 +218,9 @@ async fn h4_only_the_connection_holding_a_step_can_complete_it() {
     );
     let results = handle.collect().await;
     assert!(results.iter().all(|r| r.output == Some(json!("real"))));
+    // The stranger's results waited for a hello that never came, and went.
+    tokio::time::sleep(executor.config().peer_expiry() * 2).await;
+    assert_eq!(executor.metrics().unheld_results_dropped, 4);
     executor.shutdown(LONG).await;
 }
 
@@ -567,5 +570,72 @@ async fn a_leaving_worker_loses_only_the_steps_it_received_the_rest_go_elsewhere
         assert_eq!(ok.output, Some(json!("again")));
     }
     assert_eq!(executor.metrics().redelivered, 2);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_sent_on_a_new_connection_before_its_hello_count_once_it_takes_over() {
+    // ZeroMQ re-established the worker's connection underneath it (a new
+    // routing id): the worker sends results before it learns it must say
+    // hello again.
+    let executor = start(&config());
+    let old = RawPeer::connect(executor.endpoint());
+    old.hello("renewed", &["echo"], 4);
+    let handle = executor
+        .submit(StepBatchRequest::new(
+            "renewed",
+            steps(1..4, "echo", 10_000),
+        ))
+        .await
+        .unwrap();
+    let held = delivered(&old);
+    assert_eq!(held.len(), 3);
+    let orchestrator_id = old.orchestrator_id.borrow().clone();
+    drop(old);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let new = RawPeer::connect(executor.endpoint());
+    *new.orchestrator_id.borrow_mut() = orchestrator_id.clone();
+    new.respond(
+        held[..2]
+            .iter()
+            .map(|s| completed(s, json!("early"), "renewed"))
+            .collect(),
+    );
+    assert_eq!(protocol_error(&new).code, ProtocolErrorCode::UnknownWorker);
+    let mut hello = WorkerHello::new("renewed", vec!["echo".into()], 4);
+    hello.in_progress = vec![HeldStep {
+        step_id: held[2].step_id,
+        attempt: 1,
+        orchestrator_id,
+    }];
+    for _ in 0..50 {
+        new.send(&WorkerMessage::Hello(hello.clone()));
+        match new.recv_skipping_heartbeats(Duration::from_secs(3)) {
+            Some(OrchestratorMessage::Welcome(_)) => break,
+            Some(OrchestratorMessage::ProtocolError(e)) => {
+                assert_eq!(e.code, ProtocolErrorCode::WorkerIdInUse);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    new.respond(vec![completed(&held[2], json!("late"), "renewed")]);
+    let results = handle.collect().await;
+    let outputs: Vec<_> = results.iter().map(|r| r.output.clone()).collect();
+    assert_eq!(
+        outputs,
+        vec![
+            Some(json!("early")),
+            Some(json!("early")),
+            Some(json!("late"))
+        ]
+    );
+    let m = executor.metrics();
+    assert_eq!(
+        (m.worker_lost, m.redelivered, m.dispatched),
+        (0, 0, 3),
+        "none ran twice"
+    );
     executor.shutdown(LONG).await;
 }

@@ -84,6 +84,7 @@ impl Dispatcher {
                 if let (Some(old), Some(claimed)) = (holder, claimed) {
                     self.take_over(old, conn, &claimed);
                 }
+                self.claim_unclaimed(&routing_id, conn, holder);
                 conn
             }
         };
@@ -187,5 +188,33 @@ impl Dispatcher {
             "worker reconnected; its old connection is retired"
         );
         self.registry.retire(old);
+    }
+
+    /// Results this connection sent before its hello: answers of its
+    /// worker's old connection's steps count as answers from it now; the
+    /// rest take no effect.
+    pub(super) fn claim_unclaimed(&mut self, routing_id: &[u8], conn: ConnId, old: Option<ConnId>) {
+        for result in self.unclaimed.take(routing_id) {
+            let step = result.step_ref();
+            if let Some(old) = old {
+                if self.steps.move_to(step, old, conn) {
+                    if let Some(c) = self.registry.get_mut(old) {
+                        c.occupied.remove(&step);
+                    }
+                    if let Some(c) = self.registry.get_mut(conn) {
+                        c.occupied.insert(step);
+                    }
+                }
+            }
+            if self.steps.held_by(step, conn) {
+                self.free_slot(conn, step);
+                self.finish(step.step_id, result, Ended::ByWorker);
+            } else {
+                self.count_unwanted(Some(conn), step);
+            }
+        }
+        if let Some(old) = old {
+            self.registry.drop_if_spent(old);
+        }
     }
 }

@@ -48,10 +48,20 @@ impl Dispatcher {
             FromWorker::Results(batch) => match conn {
                 Some(conn) => self.on_results(conn, &routing_id, batch),
                 None => {
-                    // Never accepted from a connection without a hello:
-                    // anyone can connect.
-                    for result in &batch.results {
-                        self.count_unwanted(None, result.step_ref());
+                    // Never accepted from a connection without a hello
+                    // (anyone can connect); kept for its hello if they
+                    // answer steps in flight (see `unclaimed`).
+                    let now = Instant::now();
+                    for result in batch.results {
+                        let step = result.step_ref();
+                        let in_flight = self
+                            .steps
+                            .get(step.step_id)
+                            .is_some_and(|e| e.request.metadata.attempt == step.attempt);
+                        let kept = in_flight && self.unclaimed.keep(&routing_id, result, now);
+                        if !kept {
+                            self.count_unwanted(None, step);
+                        }
                     }
                     self.reply_unknown(&routing_id);
                 }

@@ -30,6 +30,11 @@ impl Dispatcher {
             }
             self.remove_worker(conn, "no heartbeat");
         }
+        let expired = self.unclaimed.expire(now, expiry);
+        Metrics::add(
+            &self.channels.metrics.unheld_results_dropped,
+            expired as u64,
+        );
         self.settle_retired(now);
         let heartbeat = OrchestratorMessage::Heartbeat(Heartbeat {});
         let peers: Vec<(ConnId, RoutingId)> = self

@@ -26,6 +26,7 @@ mod registry;
 mod results;
 mod schedule;
 mod steps;
+mod unclaimed;
 
 use std::collections::HashSet;
 use std::sync::{mpsc, Arc};
@@ -49,6 +50,7 @@ use crate::ExecutorError;
 use limiter::Limiter;
 use registry::{ConnId, Registry, RoutingId};
 use steps::{BatchSink, Ended, StepState, StepTable};
+use unclaimed::Unclaimed;
 
 /// Results produced by the orchestrator itself carry this worker id.
 const ORCHESTRATOR_ID: &str = "orchestrator";
@@ -116,6 +118,7 @@ pub(crate) struct Dispatcher {
 
     steps: StepTable,
     registry: Registry,
+    unclaimed: Unclaimed,
     warnings: Limiter,
     next_heartbeat: Instant,
     last_turn: Instant,
@@ -141,6 +144,7 @@ impl Dispatcher {
             _context: context,
             channels,
             steps: StepTable::default(),
+            unclaimed: Unclaimed::default(),
             warnings: Limiter::default(),
             last_turn: now,
             delivery_seq: 0,
