@@ -227,12 +227,7 @@ fn dispatch_command_round_trips_nested_unicode_output_through_a_worker() {
         { "step_id": 1, "handler_class": "echo", "task_context": context },
         { "step_id": 2, "handler_class": "nope", "metadata": { "timeout_ms": 200 } }
     ]});
-    dispatch
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
+    write_stdin(&mut dispatch, &input);
     let out = dispatch.wait_with_output().unwrap();
     assert!(out.status.success());
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -264,6 +259,12 @@ fn dispatch_names_the_problem_in_bad_input() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown field `handler`"), "{stderr}");
+}
+
+/// Hands `input` to `child` as its whole standard input.
+fn write_stdin(child: &mut Child, input: &Value) {
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    stdin.write_all(input.to_string().as_bytes()).unwrap();
 }
 
 /// A free loopback port for a process that binds it itself.
@@ -303,12 +304,7 @@ fn g4_a_stalled_orchestrator_declares_no_healthy_worker_dead() {
         })
         .collect();
     let input = json!({ "batch_id": "stall", "steps": steps });
-    dispatch
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
+    write_stdin(&mut dispatch, &input);
     // Wait for work to start, then freeze the orchestrator for twice the
     // workers' expiry (3 × 200 ms), three times.
     std::thread::sleep(Duration::from_millis(400));

@@ -483,12 +483,7 @@ fn too_deep(raw_steps: bool) {
     else {
         panic!("no failure reported")
     };
-    let failed = &response.results[0];
-    assert_eq!(failed.step_id, 2);
-    assert_eq!(failed.status, StepStatus::Failed);
-    let error = failed.error.as_ref().unwrap();
-    assert_eq!(error.error_type, error_types::INVALID_STEP);
-    assert!(!error.retryable);
+    let error = failed_for_good(&response.results[0], 2, error_types::INVALID_STEP);
     assert!(
         error.message.contains("recursion limit"),
         "{}",
@@ -977,10 +972,7 @@ fn w7_an_output_nested_deeper_than_max_json_depth_fails_as_serialization_error()
     assert_eq!(results[&0].status, StepStatus::Completed);
     assert_eq!(results[&0].output, Some(nested(depth)));
     let failed = &results[&1];
-    assert_eq!(failed.status, StepStatus::Failed);
-    let error = failed.error.as_ref().unwrap();
-    assert_eq!(error.error_type, error_types::SERIALIZATION_ERROR);
-    assert!(!error.retryable);
+    let error = failed_for_good(failed, 1, error_types::SERIALIZATION_ERROR);
     assert!(!failed.metadata.retryable);
     assert!(error.message.contains("100"), "{}", error.message);
     assert!(error.message.contains("deep"), "{}", error.message);
@@ -1069,12 +1061,7 @@ fn w7_a_raw_output_with_a_lone_surrogate_escape_fails_as_serialization_error() {
     else {
         panic!("no results")
     };
-    let failed = &response.results[0];
-    assert_eq!(failed.step_id, 0);
-    assert_eq!(failed.status, StepStatus::Failed);
-    let error = failed.error.as_ref().unwrap();
-    assert_eq!(error.error_type, error_types::SERIALIZATION_ERROR);
-    assert!(!error.retryable);
+    let error = failed_for_good(&response.results[0], 0, error_types::SERIALIZATION_ERROR);
     assert!(error.message.contains("surrogate"), "{}", error.message);
     assert_eq!(response.results[1].status, StepStatus::Completed);
     assert_eq!(response.results[1].output, Some(json!({"name": "café 🎉"})));
@@ -1164,4 +1151,15 @@ fn w5_a_turn_that_runs_late_does_not_count_as_orchestrator_silence() {
     assert_eq!(rt.state(), RuntimeState::Connected);
     rt.stop();
     drive_for(&mut driver, Duration::from_secs(2));
+}
+
+/// The error of `result`, after checking it is step `step_id` failed for
+/// good with `kind`.
+fn failed_for_good(result: &StepExecutionResult, step_id: i64, kind: &str) -> StepExecutionError {
+    assert_eq!(result.step_id, step_id);
+    assert_eq!(result.status, StepStatus::Failed);
+    let error = result.error.clone().expect("a failed result has an error");
+    assert_eq!(error.error_type, kind);
+    assert!(!error.retryable);
+    error
 }
