@@ -177,7 +177,22 @@ pub struct TaskerConfig {
     /// beyond it is refused (`registry_full`), so a flood of hellos cannot
     /// grow memory without bound. `TASKER_MAX_WORKERS`.
     pub max_workers: usize,
+    /// Where `tasker serve` keeps tasks: `sqlite:PATH` (created on first
+    /// start) or `postgres://USER@HOST/DB`. `TASKER_STORE`.
+    pub store: String,
+    /// The address `tasker serve` answers HTTP on (`HOST:PORT`; port 0
+    /// picks a free one). `TASKER_API_LISTEN`.
+    pub api_listen: String,
+    /// The folder `tasker serve` loads workflow templates (`*.yaml`) from;
+    /// empty: `examples/workflows` when it exists. `TASKER_WORKFLOWS_DIR`.
+    pub workflows_dir: String,
+    /// Hours an ended task is kept before `tasker serve` purges it; 0 keeps
+    /// tasks forever. `TASKER_TASK_RETENTION_HOURS`.
+    pub task_retention_hours: u64,
 }
+
+/// Keys whose variable is taken as text as it is, never parsed as YAML.
+const STRING_KEYS: &[&str] = &["endpoint", "store", "api_listen", "workflows_dir"];
 
 /// Every key, in file order; `TASKER_` + upper case is its variable.
 pub const KEYS: &[&str] = &[
@@ -198,6 +213,10 @@ pub const KEYS: &[&str] = &[
     "shutdown_timeout_ms",
     "default_retryable",
     "max_workers",
+    "store",
+    "api_listen",
+    "workflows_dir",
+    "task_retention_hours",
 ];
 
 impl Default for TaskerConfig {
@@ -220,9 +239,16 @@ impl Default for TaskerConfig {
             shutdown_timeout_ms: 10_000,
             default_retryable: false,
             max_workers: 10_000,
+            store: DEFAULT_STORE.into(),
+            api_listen: "127.0.0.1:8080".into(),
+            workflows_dir: String::new(),
+            task_retention_hours: 168,
         }
     }
 }
+
+/// Where `tasker serve` keeps tasks unless `store` says otherwise.
+pub const DEFAULT_STORE: &str = "sqlite:tasker-data/tasker.db";
 
 /// `TASKER_*` variables that name no config key and are not a mistake.
 pub const NON_KEY_VARIABLES: &[&str] = &["TASKER_CONFIG", "TASKER_ENV"];
@@ -517,7 +543,7 @@ impl TaskerConfig {
                 value: value.clone(),
                 message,
             };
-            let parsed: serde_norway::Value = if key == "endpoint" {
+            let parsed: serde_norway::Value = if STRING_KEYS.contains(&key.as_str()) {
                 serde_norway::Value::String(value.clone())
             } else {
                 serde_norway::from_str(&value).map_err(|e| override_error(e.to_string()))?
@@ -587,6 +613,21 @@ impl TaskerConfig {
         }
         if self.max_workers == 0 {
             return invalid("max_workers", "must be at least 1");
+        }
+        if !(self.store.starts_with("sqlite:")
+            || self.store.starts_with("postgres://")
+            || self.store.starts_with("postgresql://"))
+        {
+            return invalid(
+                "store",
+                "must be sqlite:PATH or postgres://USER@HOST/DATABASE",
+            );
+        }
+        if self.api_listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid(
+                "api_listen",
+                "must be HOST:PORT with a numeric host, e.g. 127.0.0.1:8080",
+            );
         }
         if self.reconnect_initial_ms == 0 || self.reconnect_max_ms < self.reconnect_initial_ms {
             return invalid(

@@ -19,11 +19,16 @@
 //!
 //! [`FrameworkIntegration`]: tasker_orchestrator::FrameworkIntegration
 
+mod durable;
 mod engine;
 mod report;
 mod retry;
 mod template;
 
+pub use durable::{
+    Journal, JournalError, StepSnapshot, StepState, StoredStep, StoredTask, TaskState, Transition,
+    UnknownState,
+};
 pub use engine::{Canceller, RunningTask, TaskEvent, WorkflowEngine};
 pub use report::{StepOutcome, StepReport, TaskReport, TaskStatus};
 pub use retry::RetryPolicy;

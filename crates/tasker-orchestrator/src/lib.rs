@@ -50,6 +50,6 @@ mod report;
 
 pub use error::ExecutorError;
 pub use executor::{BatchHandle, ZmqPubSubExecutor};
-pub use integration::FrameworkIntegration;
+pub use integration::{BoxFuture, FrameworkIntegration};
 pub use metrics::MetricsSnapshot;
 pub use report::{ShutdownReport, WorkerInfo};

@@ -1,0 +1,296 @@
+//! What a durable task is made of: the persisted state of each step, the
+//! transitions between states, and the [`Journal`] that commits them.
+//!
+//! The engine itself keeps no files: a [`Journal`] (the `tasker-store`
+//! crate is one) receives every transition and must have committed it
+//! before the call returns. The engine calls it *before* a step leaves for
+//! a worker (write-ahead dispatch) and *before* it acts on a result, so a
+//! crash at any point leaves a state the engine can resume from
+//! ([`WorkflowEngine::resume`](crate::WorkflowEngine::resume)).
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tasker_orchestrator::BoxFuture;
+use tasker_protocol::{StepExecutionError, StepId};
+
+use crate::report::StepOutcome;
+use crate::template::TaskTemplate;
+
+/// Where a step of a durable task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Not dispatched yet (dependencies unmet, or not picked yet).
+    Waiting,
+    /// Attempt `attempt` was handed to the executor (and may be at a worker).
+    Running,
+    /// Attempt `attempt` failed; the next one runs at `next_run_at`.
+    RetryWait,
+    /// Ended: its handler returned an output.
+    Completed,
+    /// Ended: its last attempt failed for good.
+    Failed,
+    /// Ended: a step it depends on failed.
+    Blocked,
+    /// Ended: the task was cancelled first.
+    Cancelled,
+}
+
+impl StepState {
+    /// Every state, for checks and schemas.
+    pub const ALL: [StepState; 7] = [
+        StepState::Waiting,
+        StepState::Running,
+        StepState::RetryWait,
+        StepState::Completed,
+        StepState::Failed,
+        StepState::Blocked,
+        StepState::Cancelled,
+    ];
+
+    /// The state's name as stored (`retry_wait`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Waiting => "waiting",
+            StepState::Running => "running",
+            StepState::RetryWait => "retry_wait",
+            StepState::Completed => "completed",
+            StepState::Failed => "failed",
+            StepState::Blocked => "blocked",
+            StepState::Cancelled => "cancelled",
+        }
+    }
+
+    /// How a step in this state ended; `None` while it has not.
+    pub fn outcome(self) -> Option<StepOutcome> {
+        match self {
+            StepState::Completed => Some(StepOutcome::Completed),
+            StepState::Failed => Some(StepOutcome::Failed),
+            StepState::Blocked => Some(StepOutcome::Blocked),
+            StepState::Cancelled => Some(StepOutcome::Cancelled),
+            StepState::Waiting | StepState::Running | StepState::RetryWait => None,
+        }
+    }
+}
+
+impl fmt::Display for StepState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state name that is not one of [`StepState::ALL`] or [`TaskState::ALL`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown state {0:?}")]
+pub struct UnknownState(pub String);
+
+impl FromStr for StepState {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        StepState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_string()))
+    }
+}
+
+/// Where a durable task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Steps are running or will.
+    Running,
+    /// Every step completed.
+    Complete,
+    /// A step failed for good.
+    Failed,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl TaskState {
+    /// Every state.
+    pub const ALL: [TaskState; 4] = [
+        TaskState::Running,
+        TaskState::Complete,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    /// The state's name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Running => "running",
+            TaskState::Complete => "complete",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskState {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_string()))
+    }
+}
+
+impl From<crate::TaskStatus> for TaskState {
+    fn from(status: crate::TaskStatus) -> Self {
+        match status {
+            crate::TaskStatus::Complete => TaskState::Complete,
+            crate::TaskStatus::Failed => TaskState::Failed,
+            crate::TaskStatus::Cancelled => TaskState::Cancelled,
+        }
+    }
+}
+
+/// Everything persisted about one step, as it is after a transition.
+/// Stores write all of it on every transition, so a reader never sees a
+/// state with another state's fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepSnapshot {
+    /// Where the step is.
+    pub state: StepState,
+    /// Attempts dispatched so far (0 before the first).
+    pub attempt: u32,
+    /// For [`StepState::RetryWait`]: when the next attempt is due.
+    pub next_run_at: Option<DateTime<Utc>>,
+    /// For [`StepState::Running`]: the `orchestrator_id` of the executor
+    /// the attempt was handed to; a worker's result for this attempt must
+    /// name it.
+    pub dispatched_by: Option<String>,
+    /// When attempt 1 was dispatched.
+    pub first_dispatched_at: Option<DateTime<Utc>>,
+    /// When the step ended (completed, failed, blocked, cancelled).
+    pub ended_at: Option<DateTime<Utc>>,
+    /// The worker that produced the latest result.
+    pub worker_id: Option<String>,
+    /// The output, once completed.
+    pub output: Option<Value>,
+    /// The latest failed attempt's error.
+    pub error: Option<StepExecutionError>,
+    /// For a blocked step: the failed step upstream.
+    pub blocked_by: Option<String>,
+}
+
+impl StepSnapshot {
+    /// A step not dispatched yet.
+    pub fn waiting() -> Self {
+        Self {
+            state: StepState::Waiting,
+            attempt: 0,
+            next_run_at: None,
+            dispatched_by: None,
+            first_dispatched_at: None,
+            ended_at: None,
+            worker_id: None,
+            output: None,
+            error: None,
+            blocked_by: None,
+        }
+    }
+}
+
+/// One change of state. A store applies a step transition only if the
+/// step is still in `from_state` at `from_attempt` (compare-and-swap), so
+/// a stale writer cannot overwrite a newer state; each applied transition
+/// is also appended to the journal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// A step moves from `(from_state, from_attempt)` to `to`.
+    Step {
+        /// The step's task.
+        task_id: i64,
+        /// The step.
+        step_id: StepId,
+        /// The state expected now.
+        from_state: StepState,
+        /// The attempt expected now.
+        from_attempt: u32,
+        /// The whole new state.
+        to: Box<StepSnapshot>,
+        /// When it happened.
+        at: DateTime<Utc>,
+    },
+    /// A task ends (it was created `running`).
+    Task {
+        /// The task.
+        task_id: i64,
+        /// Its end state (never `Running`).
+        to: TaskState,
+        /// When it happened.
+        at: DateTime<Utc>,
+    },
+}
+
+/// Why a [`Journal`] could not commit.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    /// A compare-and-swap found another state: someone else (a newer
+    /// owner of the task) changed the step. The task must stop here.
+    #[error("step {step_id} is no longer in the state this engine expected (another writer changed it)")]
+    Conflict {
+        /// The step.
+        step_id: StepId,
+    },
+    /// The store failed (I/O, connection, closed).
+    #[error("the store failed: {0}")]
+    Store(String),
+}
+
+/// Commits transitions durably.
+///
+/// Implementations group the commits of many callers into one transaction;
+/// a call returns once its transitions are committed (or could not be).
+/// Either all of one call's transitions apply or none do.
+pub trait Journal: Send + Sync {
+    /// Commits `transitions`, in order.
+    fn commit(&self, transitions: Vec<Transition>) -> BoxFuture<'_, Result<(), JournalError>>;
+}
+
+/// A durable task as a store holds it: what [`WorkflowEngine::start_durable`]
+/// and [`WorkflowEngine::resume`] run.
+///
+/// [`WorkflowEngine::start_durable`]: crate::WorkflowEngine::start_durable
+/// [`WorkflowEngine::resume`]: crate::WorkflowEngine::resume
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTask {
+    /// The task's id.
+    pub task_id: i64,
+    /// The template as it was when the task was created.
+    pub template: TaskTemplate,
+    /// The task's context.
+    pub context: Value,
+    /// When the task was created.
+    pub created_at: DateTime<Utc>,
+    /// Whether a cancel was requested.
+    pub cancel_requested: bool,
+    /// One per template step, in template order.
+    pub steps: Vec<StoredStep>,
+}
+
+/// One step of a [`StoredTask`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredStep {
+    /// The step's id (unique in the store, never reused).
+    pub step_id: StepId,
+    /// Its state.
+    pub snapshot: StepSnapshot,
+}
