@@ -6,7 +6,7 @@
 //! before the call returns. The engine calls it *before* a step leaves for
 //! a worker (write-ahead dispatch) and *before* it acts on a result, so a
 //! crash at any point leaves a state the engine can resume from
-//! ([`WorkflowEngine::resume`](crate::WorkflowEngine::resume)).
+//! ([`WorkflowEngine::start_durable`](crate::WorkflowEngine::start_durable)).
 
 use std::fmt;
 use std::str::FromStr;
@@ -245,7 +245,9 @@ pub enum Transition {
 pub enum JournalError {
     /// A compare-and-swap found another state: someone else (a newer
     /// owner of the task) changed the step. The task must stop here.
-    #[error("step {step_id} is no longer in the state this engine expected (another writer changed it)")]
+    #[error(
+        "step {step_id} is no longer in the state this engine expected (another writer changed it)"
+    )]
     Conflict {
         /// The step.
         step_id: StepId,
@@ -265,11 +267,8 @@ pub trait Journal: Send + Sync {
     fn commit(&self, transitions: Vec<Transition>) -> BoxFuture<'_, Result<(), JournalError>>;
 }
 
-/// A durable task as a store holds it: what [`WorkflowEngine::start_durable`]
-/// and [`WorkflowEngine::resume`] run.
-///
-/// [`WorkflowEngine::start_durable`]: crate::WorkflowEngine::start_durable
-/// [`WorkflowEngine::resume`]: crate::WorkflowEngine::resume
+/// A durable task as a store holds it, new or half done: what
+/// [`WorkflowEngine::start_durable`](crate::WorkflowEngine::start_durable) runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredTask {
     /// The task's id.

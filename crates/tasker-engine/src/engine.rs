@@ -5,15 +5,19 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tasker_orchestrator::FrameworkIntegration;
 use tasker_protocol::{
-    StepBatchRequest, StepExecutionError, StepExecutionRequest, StepExecutionResult, StepStatus,
+    error_types, StepBatchRequest, StepExecutionError, StepExecutionRequest, StepExecutionResult,
+    StepRef, StepStatus,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::durable::{
+    Journal, JournalError, StepSnapshot, StepState, StoredTask, TaskState, Transition,
+};
 use crate::report::{StepOutcome, StepReport, TaskReport, TaskStatus};
 use crate::template::TaskTemplate;
 
@@ -107,33 +111,101 @@ impl WorkflowEngine {
     /// [`TaskTemplate::check`] (loading does that).
     pub fn start(&self, template: TaskTemplate, context: Value) -> RunningTask {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let (cancel_tx, cancel_rx) = watch::channel(Control::Run);
+        let task_id = NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed);
+        let step_ids = template
+            .steps
+            .iter()
+            .map(|_| NEXT_STEP_ID.fetch_add(1, Ordering::Relaxed))
+            .collect();
         let run = TaskRun::new(
             Arc::clone(&self.integration),
             template,
             context,
+            task_id,
+            step_ids,
             events_tx,
             cancel_rx,
         );
-        let task_id = run.task_id;
-        RunningTask {
-            task_id,
-            events: Some(events_rx),
-            cancel: cancel_tx,
-            join: tokio::spawn(run.drive()),
-        }
+        RunningTask::spawn(run, events_rx, cancel_tx)
     }
+
+    /// Runs a task a store holds, new or loaded after a restart, writing
+    /// every transition through `durable.journal` before it takes effect:
+    /// a step's dispatch is committed before it is submitted, a result
+    /// before anything follows from it.
+    ///
+    /// Steps stored `running` were dispatched by an earlier run: those
+    /// dispatched under `durable.orchestrator_id` are handed back to the
+    /// integration ([`FrameworkIntegration::resume`]) so the worker still
+    /// holding one can answer it; the others (another orchestrator's) have
+    /// no worker that can, and count as lost. Either way a lost attempt is
+    /// retried within the step's policy. Steps waiting out a backoff
+    /// resume at their recorded time; a task whose cancel was requested
+    /// dispatches nothing more.
+    ///
+    /// If the journal fails the task stops where it is (nothing more is
+    /// dispatched or recorded) and [`RunningTask::outcome`] says why; the
+    /// store still holds a state to resume from.
+    pub fn start_durable(&self, stored: StoredTask, durable: Durable) -> RunningTask {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let control = if stored.cancel_requested {
+            Control::Cancel
+        } else {
+            Control::Run
+        };
+        let (cancel_tx, cancel_rx) = watch::channel(control);
+        let step_ids = stored.steps.iter().map(|s| s.step_id).collect();
+        let mut run = TaskRun::new(
+            Arc::clone(&self.integration),
+            stored.template,
+            stored.context,
+            stored.task_id,
+            step_ids,
+            events_tx,
+            cancel_rx,
+        );
+        run.restore(&stored.steps, stored.created_at, durable);
+        RunningTask::spawn(run, events_rx, cancel_tx)
+    }
+}
+
+/// What makes a task durable: where its transitions go, and the
+/// orchestrator it dispatches through.
+#[derive(Clone)]
+pub struct Durable {
+    /// Commits every transition.
+    pub journal: Arc<dyn Journal>,
+    /// The `orchestrator_id` of the executor steps go to, recorded with
+    /// each dispatch.
+    pub orchestrator_id: String,
+    /// How long a step dispatched before a restart waits for its worker to
+    /// reclaim it.
+    pub resume_grace: Duration,
 }
 
 /// A task that is running.
 pub struct RunningTask {
     task_id: i64,
     events: Option<mpsc::UnboundedReceiver<TaskEvent>>,
-    cancel: watch::Sender<bool>,
-    join: tokio::task::JoinHandle<TaskReport>,
+    cancel: watch::Sender<Control>,
+    join: tokio::task::JoinHandle<Result<TaskReport, TaskStopped>>,
 }
 
 impl RunningTask {
+    fn spawn(
+        run: TaskRun,
+        events: mpsc::UnboundedReceiver<TaskEvent>,
+        cancel: watch::Sender<Control>,
+    ) -> Self {
+        Self {
+            task_id: run.task_id,
+            events: Some(events),
+            cancel,
+            join: tokio::spawn(run.drive()),
+        }
+    }
+
     /// The task's id.
     pub fn task_id(&self) -> i64 {
         self.task_id
@@ -148,7 +220,7 @@ impl RunningTask {
     /// Stops further dispatch. Steps already running finish and are
     /// reported; the rest end as cancelled.
     pub fn cancel(&self) {
-        let _ = self.cancel.send(true);
+        Canceller(self.cancel.clone()).cancel();
     }
 
     /// A handle that can cancel the task from elsewhere.
@@ -157,9 +229,23 @@ impl RunningTask {
     }
 
     /// Waits for the task to end.
+    ///
+    /// # Panics
+    /// If a durable task stopped without ending; use
+    /// [`outcome`](Self::outcome) for durable tasks.
     pub async fn wait(self) -> TaskReport {
-        match self.join.await {
+        match self.outcome().await {
             Ok(report) => report,
+            Err(e) => panic!("the task stopped without ending: {e}"),
+        }
+    }
+
+    /// Waits for the task to end, or (a durable task only) to stop
+    /// without ending: its journal failed or it was suspended, and its
+    /// store holds where it was.
+    pub async fn outcome(self) -> Result<TaskReport, TaskStopped> {
+        match self.join.await {
+            Ok(outcome) => outcome,
             // The driver has no panicking paths; if one appears, surface it.
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
@@ -168,13 +254,54 @@ impl RunningTask {
 
 /// Cancels a [`RunningTask`] from another task or thread.
 #[derive(Clone)]
-pub struct Canceller(watch::Sender<bool>);
+pub struct Canceller(watch::Sender<Control>);
 
 impl Canceller {
     /// See [`RunningTask::cancel`].
     pub fn cancel(&self) {
-        let _ = self.0.send(true);
+        self.0.send_if_modified(|c| {
+            let run = *c == Control::Run;
+            if run {
+                *c = Control::Cancel;
+            }
+            run
+        });
     }
+
+    /// Stops a durable task for a restart: nothing more is dispatched,
+    /// results of steps out now are still recorded, and once none is left
+    /// the task stops where it is, still `running` in its store, and
+    /// [`RunningTask::outcome`] gives [`TaskStopped::Suspended`]. Results
+    /// that only say the executor stopped (`Abandoned`, `ExecutorStopped`)
+    /// are not recorded: those steps are reclaimed or run again after the
+    /// restart.
+    pub fn suspend(&self) {
+        self.0.send_if_modified(|c| {
+            let changed = *c != Control::Suspend;
+            *c = Control::Suspend;
+            changed
+        });
+    }
+}
+
+/// What a task's driver is told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Run,
+    Cancel,
+    Suspend,
+}
+
+/// Why a task stopped without ending.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TaskStopped {
+    /// Its journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// It was suspended ([`Canceller::suspend`]), or its executor stopped
+    /// under it; its store holds where it was.
+    #[error("the task was suspended; it resumes when its store is loaded again")]
+    Suspended,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -191,6 +318,12 @@ struct StepRun {
     attempts: u32,
     first_dispatch: Option<Instant>,
     ended: Option<Instant>,
+    /// Wall-clock times, for the journal (a restart keeps no `Instant`).
+    first_dispatch_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    retry_at: Option<DateTime<Utc>>,
+    /// The orchestrator the running attempt went to.
+    dispatched_by: Option<String>,
     output: Option<Value>,
     error: Option<StepExecutionError>,
     worker_id: Option<String>,
@@ -211,11 +344,20 @@ struct TaskRun {
     steps: Vec<StepRun>,
     by_step_id: HashMap<i64, usize>,
     events: mpsc::UnboundedSender<TaskEvent>,
-    cancel: watch::Receiver<bool>,
+    cancel: watch::Receiver<Control>,
     cancelled: bool,
+    suspended: bool,
     running: usize,
     random: Random,
     batches: u64,
+    started_at: DateTime<Utc>,
+    started: Instant,
+    durable: Option<Durable>,
+    /// Steps changed since the last commit, each with the state and
+    /// attempt the store still has for it.
+    unsaved: Vec<(usize, StepState, u32)>,
+    /// Steps dispatched before a restart, to hand back to the integration.
+    orphans: Vec<usize>,
 }
 
 impl TaskRun {
@@ -223,19 +365,26 @@ impl TaskRun {
         integration: Arc<dyn FrameworkIntegration>,
         template: TaskTemplate,
         context: Value,
+        task_id: i64,
+        step_ids: Vec<i64>,
         events: mpsc::UnboundedSender<TaskEvent>,
-        cancel: watch::Receiver<bool>,
+        cancel: watch::Receiver<Control>,
     ) -> Self {
         let index = template.index();
         let mut steps: Vec<StepRun> = template
             .steps
             .iter()
-            .map(|s| StepRun {
-                step_id: NEXT_STEP_ID.fetch_add(1, Ordering::Relaxed),
+            .zip(step_ids)
+            .map(|(s, step_id)| StepRun {
+                step_id,
                 state: State::Waiting,
                 attempts: 0,
                 first_dispatch: None,
                 ended: None,
+                first_dispatch_at: None,
+                ended_at: None,
+                retry_at: None,
+                dispatched_by: None,
                 output: None,
                 error: None,
                 worker_id: None,
@@ -259,16 +408,159 @@ impl TaskRun {
             integration,
             template,
             context,
-            task_id: NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed),
+            task_id,
             steps,
             by_step_id,
             events,
             cancel,
             cancelled: false,
+            suspended: false,
             running: 0,
             random: Random::new(),
             batches: 0,
+            started_at: Utc::now(),
+            started: Instant::now(),
+            durable: None,
+            unsaved: Vec::new(),
+            orphans: Vec::new(),
         }
+    }
+
+    /// Takes the stored state of every step and the journal to write to.
+    fn restore(
+        &mut self,
+        stored: &[crate::durable::StoredStep],
+        created_at: DateTime<Utc>,
+        durable: Durable,
+    ) {
+        let now = Instant::now();
+        let wall = Utc::now();
+        // A restart keeps no monotonic clock: place past wall-clock times
+        // on this run's, as well as it can be done.
+        let instant_of = |at: DateTime<Utc>| -> Instant {
+            match (at - wall).to_std() {
+                Ok(ahead) => now + ahead,
+                Err(_) => {
+                    let behind = (wall - at).to_std().unwrap_or_default();
+                    now.checked_sub(behind).unwrap_or(now)
+                }
+            }
+        };
+        self.started_at = created_at;
+        self.started = instant_of(created_at);
+        for (i, step) in stored.iter().enumerate() {
+            let snap = &step.snapshot;
+            let run = &mut self.steps[i];
+            run.attempts = snap.attempt;
+            run.first_dispatch_at = snap.first_dispatched_at;
+            run.first_dispatch = snap.first_dispatched_at.map(instant_of);
+            run.ended_at = snap.ended_at;
+            run.ended = snap.ended_at.map(instant_of);
+            run.retry_at = snap.next_run_at;
+            run.dispatched_by = snap.dispatched_by.clone();
+            run.worker_id = snap.worker_id.clone();
+            run.output = snap.output.clone();
+            run.error = snap.error.clone();
+            run.blocked_by = snap.blocked_by.clone();
+            run.state = match snap.state {
+                StepState::Waiting => State::Waiting,
+                StepState::RetryWait => {
+                    State::RetryAt(instant_of(snap.next_run_at.unwrap_or(wall)))
+                }
+                StepState::Running => {
+                    self.orphans.push(i);
+                    State::Running
+                }
+                StepState::Completed => State::Done(StepOutcome::Completed),
+                StepState::Failed => State::Done(StepOutcome::Failed),
+                StepState::Blocked => State::Done(StepOutcome::Blocked),
+                StepState::Cancelled => State::Done(StepOutcome::Cancelled),
+            };
+        }
+        for i in 0..self.steps.len() {
+            if self.steps[i].state == State::Done(StepOutcome::Completed) {
+                for d in self.steps[i].dependents.clone() {
+                    self.steps[d].unmet -= 1;
+                }
+            }
+        }
+        self.running = self.orphans.len();
+        self.durable = Some(durable);
+    }
+
+    /// The state the store should have for step `i` now.
+    fn snapshot(&self, i: usize) -> StepSnapshot {
+        let run = &self.steps[i];
+        let state = match run.state {
+            State::Waiting => StepState::Waiting,
+            State::RetryAt(_) => StepState::RetryWait,
+            State::Running => StepState::Running,
+            State::Done(StepOutcome::Completed) => StepState::Completed,
+            State::Done(StepOutcome::Failed) => StepState::Failed,
+            State::Done(StepOutcome::Blocked) => StepState::Blocked,
+            State::Done(StepOutcome::Cancelled) => StepState::Cancelled,
+        };
+        StepSnapshot {
+            state,
+            attempt: run.attempts,
+            next_run_at: (state == StepState::RetryWait)
+                .then_some(run.retry_at)
+                .flatten(),
+            dispatched_by: (state == StepState::Running)
+                .then(|| run.dispatched_by.clone())
+                .flatten(),
+            first_dispatched_at: run.first_dispatch_at,
+            ended_at: run.ended_at,
+            worker_id: run.worker_id.clone(),
+            output: run.output.clone(),
+            error: run.error.clone(),
+            blocked_by: run.blocked_by.clone(),
+        }
+    }
+
+    /// Notes that step `i` is about to change, so the next commit carries
+    /// it; the first note since the last commit holds what the store has.
+    fn touch(&mut self, i: usize) {
+        if self.durable.is_none() || self.unsaved.iter().any(|(j, _, _)| *j == i) {
+            return;
+        }
+        let stored = self.snapshot(i);
+        self.unsaved.push((i, stored.state, stored.attempt));
+    }
+
+    /// Commits every change since the last commit (and the task's end, if
+    /// given); returns once the journal has them.
+    async fn save(&mut self, end: Option<TaskState>) -> Result<(), JournalError> {
+        let Some(durable) = &self.durable else {
+            self.unsaved.clear();
+            return Ok(());
+        };
+        if self.unsaved.is_empty() && end.is_none() {
+            return Ok(());
+        }
+        let at = Utc::now();
+        let mut transitions: Vec<Transition> = self
+            .unsaved
+            .iter()
+            .map(|&(i, from_state, from_attempt)| Transition::Step {
+                task_id: self.task_id,
+                step_id: self.steps[i].step_id,
+                from_state,
+                from_attempt,
+                to: Box::new(self.snapshot(i)),
+                at,
+            })
+            .collect();
+        if let Some(to) = end {
+            transitions.push(Transition::Task {
+                task_id: self.task_id,
+                to,
+                at,
+            });
+        }
+        let journal = Arc::clone(&durable.journal);
+        self.unsaved.clear();
+        journal.commit(transitions).await
     }
 
     fn emit(&self, event: TaskEvent) {
@@ -276,33 +568,123 @@ impl TaskRun {
         let _ = self.events.send(event);
     }
 
-    async fn drive(mut self) -> TaskReport {
-        let started_at = Utc::now();
-        let started = Instant::now();
+    async fn drive(mut self) -> Result<TaskReport, TaskStopped> {
         let (results_tx, mut results_rx) = mpsc::unbounded_channel::<StepExecutionResult>();
         tracing::info!(task_id = self.task_id, workflow = %self.template.name, "task started");
+        self.resume_orphans(&results_tx).await;
+        let control = *self.cancel.borrow();
+        match control {
+            Control::Cancel => self.start_cancelling(),
+            Control::Suspend => self.suspended = true,
+            Control::Run => {}
+        }
+        self.save(None).await?;
         loop {
-            let retry_at = if self.cancelled {
+            let retry_at = if self.cancelled || self.suspended {
                 None
             } else {
-                self.dispatch_ready(&results_tx).await
+                self.dispatch_ready(&results_tx).await?
             };
             if self.running == 0 && retry_at.is_none() {
                 break;
             }
             tokio::select! {
-                Some(result) = results_rx.recv() => self.on_result(result),
+                Some(result) = results_rx.recv() => {
+                    self.on_result(result);
+                    // Results that arrived together are committed together.
+                    while let Ok(result) = results_rx.try_recv() {
+                        self.on_result(result);
+                    }
+                    self.save(None).await?;
+                }
                 _ = sleep_until(retry_at) => {}
-                changed = self.cancel.changed(), if !self.cancelled => {
-                    if changed.is_err() || *self.cancel.borrow() {
-                        self.start_cancelling();
+                changed = self.cancel.changed(), if !self.cancelled && !self.suspended => {
+                    let control = if changed.is_err() {
+                        // Every handle is gone: nobody can wait for it.
+                        Control::Cancel
+                    } else {
+                        *self.cancel.borrow()
+                    };
+                    match control {
+                        Control::Cancel => {
+                            self.start_cancelling();
+                            self.save(None).await?;
+                        }
+                        Control::Suspend => self.suspended = true,
+                        Control::Run => {}
                     }
                 }
             }
         }
-        let report = self.report(started_at, started);
+        if self.suspended {
+            self.save(None).await?;
+            tracing::info!(task_id = self.task_id, "task suspended");
+            return Err(TaskStopped::Suspended);
+        }
+        let report = self.report();
+        self.save(Some(report.status.into())).await?;
         tracing::info!(task_id = self.task_id, status = ?report.status, "task ended");
-        report
+        Ok(report)
+    }
+
+    /// Steps a restored task had out when the process stopped: the ones
+    /// this orchestrator dispatched go back to the integration to be
+    /// reclaimed; another orchestrator's cannot be, and are lost now.
+    async fn resume_orphans(&mut self, results: &mpsc::UnboundedSender<StepExecutionResult>) {
+        let Some(durable) = self.durable.clone() else {
+            return;
+        };
+        let orphans = std::mem::take(&mut self.orphans);
+        if orphans.is_empty() {
+            return;
+        }
+        let (ours, theirs): (Vec<usize>, Vec<usize>) = orphans.into_iter().partition(|&i| {
+            self.steps[i].dispatched_by.as_deref() == Some(durable.orchestrator_id.as_str())
+        });
+        for i in theirs {
+            let step = StepRef {
+                step_id: self.steps[i].step_id,
+                attempt: self.steps[i].attempts,
+            };
+            let error = StepExecutionError::new(
+                error_types::WORKER_LOST,
+                "dispatched by another orchestrator, whose workers cannot answer this one",
+                true,
+            );
+            let _ = results.send(StepExecutionResult::failed(
+                step,
+                StepStatus::Failed,
+                error,
+                "engine",
+                0,
+            ));
+        }
+        if ours.is_empty() {
+            return;
+        }
+        let requests = ours
+            .iter()
+            .map(|&i| {
+                let mut request = self.request(i);
+                request.metadata.attempt = self.steps[i].attempts;
+                request
+            })
+            .collect();
+        tracing::info!(
+            task_id = self.task_id,
+            steps = ours.len(),
+            "waiting for workers to reclaim steps"
+        );
+        self.batches += 1;
+        let batch =
+            StepBatchRequest::new(format!("task-{}:{}", self.task_id, self.batches), requests);
+        self.forward(
+            self.integration
+                .resume(batch.clone(), durable.resume_grace)
+                .await,
+            &batch,
+            results,
+        );
     }
 
     fn start_cancelling(&mut self) {
@@ -311,21 +693,26 @@ impl TaskRun {
             self.emit(TaskEvent::Cancelling);
         }
         let now = Instant::now();
-        for s in &mut self.steps {
-            if matches!(s.state, State::Waiting | State::RetryAt(_)) {
+        let wall = Utc::now();
+        for i in 0..self.steps.len() {
+            if matches!(self.steps[i].state, State::Waiting | State::RetryAt(_)) {
+                self.touch(i);
+                let s = &mut self.steps[i];
                 s.state = State::Done(StepOutcome::Cancelled);
                 s.ended = Some(now);
+                s.ended_at = Some(wall);
+                s.retry_at = None;
             }
         }
     }
 
     /// Sends every step whose dependencies are complete (and whose retry
-    /// wait, if any, is over) as one batch; returns when the next retry
-    /// wait ends, if any step is waiting for one.
+    /// wait, if any, is over) as one batch, committed to the journal first;
+    /// returns when the next retry wait ends, if any step is waiting for one.
     async fn dispatch_ready(
         &mut self,
         results: &mpsc::UnboundedSender<StepExecutionResult>,
-    ) -> Option<Instant> {
+    ) -> Result<Option<Instant>, JournalError> {
         let now = Instant::now();
         let mut ready = Vec::new();
         let mut next_retry: Option<Instant> = None;
@@ -338,16 +725,24 @@ impl TaskRun {
             }
         }
         if ready.is_empty() {
-            return next_retry;
+            return Ok(next_retry);
         }
         let requests: Vec<StepExecutionRequest> = ready.iter().map(|&i| self.request(i)).collect();
+        let wall = Utc::now();
+        let dispatched_by = self.durable.as_ref().map(|d| d.orchestrator_id.clone());
         for &i in &ready {
+            self.touch(i);
             let s = &mut self.steps[i];
             s.state = State::Running;
             s.attempts += 1;
             s.first_dispatch.get_or_insert(now);
+            s.first_dispatch_at.get_or_insert(wall);
+            s.retry_at = None;
+            s.dispatched_by.clone_from(&dispatched_by);
         }
         self.running += ready.len();
+        // Write-ahead: once a step may reach a worker, the store knows.
+        self.save(None).await?;
         self.emit(TaskEvent::Dispatched {
             steps: ready
                 .iter()
@@ -357,8 +752,31 @@ impl TaskRun {
         self.batches += 1;
         let batch_id = format!("task-{}:{}", self.task_id, self.batches);
         let batch = StepBatchRequest::new(batch_id, requests);
-        let refs: Vec<_> = batch.steps.iter().map(|s| s.step_ref()).collect();
-        match self.integration.submit(batch).await {
+        let refs: Vec<StepRef> = batch.steps.iter().map(|s| s.step_ref()).collect();
+        let outcome = self.integration.submit(batch).await;
+        self.forward_refs(outcome, refs, results);
+        Ok(next_retry)
+    }
+
+    fn forward(
+        &self,
+        outcome: Result<tasker_orchestrator::BatchHandle, tasker_orchestrator::ExecutorError>,
+        batch: &StepBatchRequest,
+        results: &mpsc::UnboundedSender<StepExecutionResult>,
+    ) {
+        let refs = batch.steps.iter().map(|s| s.step_ref()).collect();
+        self.forward_refs(outcome, refs, results);
+    }
+
+    /// Streams a submitted batch's results into the task's channel; a
+    /// refused batch fails each of its steps' attempts without running.
+    fn forward_refs(
+        &self,
+        outcome: Result<tasker_orchestrator::BatchHandle, tasker_orchestrator::ExecutorError>,
+        refs: Vec<StepRef>,
+        results: &mpsc::UnboundedSender<StepExecutionResult>,
+    ) {
+        match outcome {
             Ok(mut handle) => {
                 let results = results.clone();
                 tokio::spawn(async move {
@@ -375,7 +793,13 @@ impl TaskRun {
                 let retryable = matches!(e, tasker_orchestrator::ExecutorError::QueueFull { .. });
                 tracing::warn!(task_id = self.task_id, error = %e, "batch refused");
                 for step_ref in refs {
-                    let error = StepExecutionError::new("SubmitRefused", e.to_string(), retryable);
+                    let kind = match e {
+                        tasker_orchestrator::ExecutorError::ShutDown => {
+                            error_types::EXECUTOR_STOPPED
+                        }
+                        _ => "SubmitRefused",
+                    };
+                    let error = StepExecutionError::new(kind, e.to_string(), retryable);
                     let result = StepExecutionResult::failed(
                         step_ref,
                         StepStatus::Failed,
@@ -387,7 +811,6 @@ impl TaskRun {
                 }
             }
         }
-        next_retry
     }
 
     fn request(&self, i: usize) -> StepExecutionRequest {
@@ -428,14 +851,23 @@ impl TaskRun {
             return;
         }
         self.running -= 1;
+        if self.durable.is_some() && executor_stopped(&result) {
+            // Not the step's outcome: the store keeps it running, and the
+            // next start reclaims it or runs it again.
+            self.suspended = true;
+            return;
+        }
+        self.touch(i);
         let name = self.template.steps[i].name.clone();
         let now = Instant::now();
+        let wall = Utc::now();
         let attempt = self.steps[i].attempts;
         self.steps[i].worker_id = Some(result.metadata.worker_id.clone());
         if result.status == StepStatus::Completed {
             let s = &mut self.steps[i];
             s.state = State::Done(StepOutcome::Completed);
             s.ended = Some(now);
+            s.ended_at = Some(wall);
             s.output = Some(result.output.unwrap_or(Value::Null));
             s.error = None;
             for d in s.dependents.clone() {
@@ -460,6 +892,8 @@ impl TaskRun {
         if error.retryable && attempt < policy.max_attempts && !self.cancelled {
             let delay = policy.delay(attempt, self.random.next_f64());
             self.steps[i].state = State::RetryAt(now + delay);
+            self.steps[i].retry_at = chrono::Duration::from_std(delay).ok().map(|d| wall + d);
+            self.steps[i].error = Some(error.clone());
             self.emit(TaskEvent::Retrying {
                 step: name,
                 attempt,
@@ -475,6 +909,7 @@ impl TaskRun {
             StepOutcome::Failed
         });
         s.ended = Some(now);
+        s.ended_at = Some(wall);
         s.error = Some(error.clone());
         self.emit(TaskEvent::Failed {
             step: name.clone(),
@@ -491,9 +926,11 @@ impl TaskRun {
             if self.steps[d].state != State::Waiting {
                 continue;
             }
+            self.touch(d);
             let s = &mut self.steps[d];
             s.state = State::Done(StepOutcome::Blocked);
             s.ended = Some(now);
+            s.ended_at = Some(Utc::now());
             s.blocked_by = Some(by.to_string());
             stack.extend(s.dependents.iter().copied());
             self.emit(TaskEvent::Blocked {
@@ -503,7 +940,7 @@ impl TaskRun {
         }
     }
 
-    fn report(&self, started_at: chrono::DateTime<Utc>, started: Instant) -> TaskReport {
+    fn report(&self) -> TaskReport {
         let steps: Vec<StepReport> = self
             .template
             .steps
@@ -543,11 +980,19 @@ impl TaskRun {
             task_id: self.task_id,
             workflow: self.template.name.clone(),
             status,
-            started_at,
-            duration_ms: started.elapsed().as_millis() as u64,
+            started_at: self.started_at,
+            duration_ms: self.started.elapsed().as_millis() as u64,
             steps,
         }
     }
+}
+
+/// A result that only says the executor stopped (shut down, failed, or
+/// refused the batch for it).
+fn executor_stopped(result: &StepExecutionResult) -> bool {
+    result.error.as_ref().is_some_and(|e| {
+        e.error_type == error_types::ABANDONED || e.error_type == error_types::EXECUTOR_STOPPED
+    })
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -29,7 +29,7 @@ pub use durable::{
     Journal, JournalError, StepSnapshot, StepState, StoredStep, StoredTask, TaskState, Transition,
     UnknownState,
 };
-pub use engine::{Canceller, RunningTask, TaskEvent, WorkflowEngine};
+pub use engine::{Canceller, Durable, RunningTask, TaskEvent, TaskStopped, WorkflowEngine};
 pub use report::{StepOutcome, StepReport, TaskReport, TaskStatus};
 pub use retry::RetryPolicy;
 pub use template::{StepDefaults, StepTemplate, TaskTemplate, TemplateError, TemplateErrorKind};

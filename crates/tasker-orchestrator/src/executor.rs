@@ -41,6 +41,21 @@ impl ZmqPubSubExecutor {
     /// A `tcp://127.0.0.1:0` endpoint binds an ephemeral port; read the real
     /// one back with [`endpoint`](Self::endpoint).
     pub fn start(config: &TaskerConfig) -> Result<Self, ExecutorError> {
+        Self::start_as(config, uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// [`start`](Self::start), under an `orchestrator_id` kept from an
+    /// earlier run, so that workers still holding that run's steps can
+    /// answer them after a restart (see [`resume`](Self::resume)).
+    ///
+    /// Only for callers whose step ids are never reused across runs (ids
+    /// from a store): the id is what tells a worker's result for an old
+    /// step from one for a new step with the same id.
+    pub fn start_as(
+        config: &TaskerConfig,
+        orchestrator_id: impl Into<String>,
+    ) -> Result<Self, ExecutorError> {
+        let orchestrator_id = orchestrator_id.into();
         config
             .validate()
             .map_err(|e| ExecutorError::Setup(e.to_string()))?;
@@ -75,7 +90,8 @@ impl ZmqPubSubExecutor {
             permits: Arc::clone(&permits),
             workers_count: workers_tx,
         };
-        let dispatcher = Dispatcher::new(config.clone(), context, socket, channels);
+        let dispatcher =
+            Dispatcher::new(config.clone(), orchestrator_id, context, socket, channels);
         let thread = std::thread::Builder::new()
             .name("tasker-orchestrator-io".into())
             .spawn(move || dispatcher.run())
@@ -125,10 +141,31 @@ impl ZmqPubSubExecutor {
     pub async fn submit(&self, batch: StepBatchRequest) -> Result<BatchHandle, ExecutorError> {
         let span =
             tracing::debug_span!("submit", batch_id = %batch.batch_id, steps = batch.steps.len());
-        self.submit_inner(batch).instrument(span).await
+        self.submit_inner(batch, None).instrument(span).await
     }
 
-    async fn submit_inner(&self, batch: StepBatchRequest) -> Result<BatchHandle, ExecutorError> {
+    /// Hands back steps that an earlier run under the same
+    /// `orchestrator_id` ([`start_as`](Self::start_as)) dispatched and never
+    /// saw answered, each with the attempt it was dispatched as.
+    ///
+    /// Nothing is sent: a worker that still holds one names it in its hello
+    /// or answers it, and that result is the step's result. A step nobody
+    /// reclaims within `grace` ends `failed` with `WorkerLost` (retryable),
+    /// so the caller can dispatch a new attempt. `grace` should cover a
+    /// worker noticing the restart: twice the peer expiry is plenty.
+    pub async fn resume(
+        &self,
+        batch: StepBatchRequest,
+        grace: Duration,
+    ) -> Result<BatchHandle, ExecutorError> {
+        self.submit_inner(batch, Some(grace)).await
+    }
+
+    async fn submit_inner(
+        &self,
+        batch: StepBatchRequest,
+        resume: Option<Duration>,
+    ) -> Result<BatchHandle, ExecutorError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(ExecutorError::ShutDown);
         }
@@ -161,10 +198,18 @@ impl ZmqPubSubExecutor {
         let batch_id = batch.batch_id.clone();
         let (results_tx, results_rx) = tokio_mpsc::unbounded_channel();
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.send(Command::Submit {
-            batch,
-            results: results_tx,
-            reply: reply_tx,
+        self.send(match resume {
+            None => Command::Submit {
+                batch,
+                results: results_tx,
+                reply: reply_tx,
+            },
+            Some(grace) => Command::Resume {
+                batch,
+                grace,
+                results: results_tx,
+                reply: reply_tx,
+            },
         })?;
         reply_rx.await.map_err(|_| ExecutorError::ShutDown)??;
         Ok(BatchHandle {
@@ -254,6 +299,14 @@ impl FrameworkIntegration for ZmqPubSubExecutor {
     fn submit(&self, batch: StepBatchRequest) -> BoxFuture<'_, Result<BatchHandle, ExecutorError>> {
         Box::pin(ZmqPubSubExecutor::submit(self, batch))
     }
+
+    fn resume(
+        &self,
+        batch: StepBatchRequest,
+        grace: Duration,
+    ) -> BoxFuture<'_, Result<BatchHandle, ExecutorError>> {
+        Box::pin(ZmqPubSubExecutor::resume(self, batch, grace))
+    }
 }
 
 /// Longest step timeout accepted: 30 days.
@@ -314,6 +367,22 @@ pub struct BatchHandle {
 }
 
 impl BatchHandle {
+    /// A handle whose results are known already, for integrations that
+    /// answer without a dispatcher (see [`FrameworkIntegration::resume`]).
+    pub fn ready(batch_id: impl Into<String>, results: Vec<StepExecutionResult>) -> Self {
+        let (tx, rx) = tokio_mpsc::unbounded_channel();
+        let order = results.iter().map(|r| r.step_id).collect();
+        for result in results {
+            let _ = tx.send(result);
+        }
+        Self {
+            batch_id: batch_id.into(),
+            order,
+            results: rx,
+            received: 0,
+        }
+    }
+
     /// The batch's id.
     pub fn batch_id(&self) -> &str {
         &self.batch_id

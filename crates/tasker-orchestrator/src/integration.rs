@@ -1,7 +1,11 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use tasker_protocol::{StepBatchRequest, StepExecutionResult};
+use std::time::Duration;
+
+use tasker_protocol::{
+    error_types, StepBatchRequest, StepExecutionError, StepExecutionResult, StepStatus,
+};
 
 use crate::{BatchHandle, ExecutorError};
 
@@ -28,6 +32,32 @@ pub trait FrameworkIntegration: Send + Sync {
     /// Submits a batch; the handle yields each step's final result as it
     /// arrives. Every step of an accepted batch gets exactly one result.
     fn submit(&self, batch: StepBatchRequest) -> BoxFuture<'_, Result<BatchHandle, ExecutorError>>;
+
+    /// Hands back steps this integration dispatched before a restart, each
+    /// at the attempt it was dispatched as: a worker that still holds one
+    /// may answer it within `grace`; the rest end `failed` with
+    /// `WorkerLost` (retryable). This default cannot reclaim anything and
+    /// ends them all at once.
+    fn resume(
+        &self,
+        batch: StepBatchRequest,
+        grace: Duration,
+    ) -> BoxFuture<'_, Result<BatchHandle, ExecutorError>> {
+        let _ = grace;
+        let results = batch
+            .steps
+            .iter()
+            .map(|step| {
+                let error = StepExecutionError::new(
+                    error_types::WORKER_LOST,
+                    "dispatched before a restart; this integration cannot reclaim it",
+                    true,
+                );
+                StepExecutionResult::failed(step.step_ref(), StepStatus::Failed, error, "engine", 0)
+            })
+            .collect();
+        Box::pin(async move { Ok(BatchHandle::ready(batch.batch_id, results)) })
+    }
 
     /// Submits a batch and waits for all its results, in the order of the
     /// batch's steps.

@@ -20,6 +20,7 @@ pub(crate) struct Metrics {
     pub hellos_refused: AtomicU64,
     pub workers_connected: AtomicU64,
     pub workers_lost: AtomicU64,
+    pub reclaimed: AtomicU64,
 }
 
 impl Metrics {
@@ -47,6 +48,7 @@ impl Metrics {
             hellos_refused: get(&self.hellos_refused),
             workers_connected: get(&self.workers_connected),
             workers_lost: get(&self.workers_lost),
+            reclaimed: get(&self.reclaimed),
         }
     }
 }
@@ -99,4 +101,8 @@ pub struct MetricsSnapshot {
     pub workers_connected: u64,
     /// Workers declared dead by heartbeat expiry.
     pub workers_lost: u64,
+    /// Steps dispatched by an earlier run of this orchestrator (see
+    /// [`ZmqPubSubExecutor::resume`](crate::ZmqPubSubExecutor::resume))
+    /// that a worker reclaimed.
+    pub reclaimed: u64,
 }

@@ -20,6 +20,8 @@ pub struct WorkerInfo {
     pub language: Option<String>,
     /// Its process id, if announced.
     pub pid: Option<u32>,
+    /// How long ago the orchestrator last heard from it (any message).
+    pub last_heard: std::time::Duration,
 }
 
 /// What [`ZmqPubSubExecutor::shutdown`](crate::ZmqPubSubExecutor::shutdown) did.

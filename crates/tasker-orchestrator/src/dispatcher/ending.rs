@@ -29,7 +29,7 @@ impl Dispatcher {
             return;
         };
         let elapsed = match entry.state {
-            StepState::Queued => 0,
+            StepState::Queued | StepState::Orphaned => 0,
             StepState::Dispatched(_) => entry.request.metadata.timeout_ms,
         };
         let result = StepExecutionResult::failed(
@@ -81,6 +81,22 @@ impl Dispatcher {
                         )
                     };
                     self.fail(step_id, status, error);
+                }
+                StepState::Orphaned => {
+                    tracing::info!(
+                        step_id,
+                        "no worker reclaimed a step dispatched before the restart"
+                    );
+                    Metrics::add(&self.channels.metrics.worker_lost, 1);
+                    self.fail(
+                        step_id,
+                        StepStatus::Failed,
+                        StepExecutionError::new(
+                            error_types::WORKER_LOST,
+                            "the orchestrator restarted while the step was out, and no worker reclaimed it in time",
+                            true,
+                        ),
+                    );
                 }
                 StepState::Dispatched(_) => {
                     tracing::info!(step_id, timeout_ms, "step timed out");
@@ -181,7 +197,7 @@ impl Dispatcher {
         // sender drops with the channel.
         while let Ok(command) = self.channels.commands.try_recv() {
             match command {
-                Command::Submit { reply, .. } => {
+                Command::Submit { reply, .. } | Command::Resume { reply, .. } => {
                     let _ = reply.send(Err(ExecutorError::ShutDown));
                 }
                 Command::Shutdown {

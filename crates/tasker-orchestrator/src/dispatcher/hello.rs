@@ -11,6 +11,11 @@ impl Dispatcher {
         hello: WorkerHello,
     ) {
         let (mine, foreign) = self.split_held(hello.in_progress);
+        let reclaimed: Vec<StepRef> = mine
+            .iter()
+            .copied()
+            .filter(|step| self.steps.is_orphan(*step))
+            .collect();
         let registration = registry::Hello {
             worker_id: hello.worker_id,
             handlers: hello.handlers,
@@ -44,6 +49,7 @@ impl Dispatcher {
                     );
                 }
                 self.registry.reregister(conn, registration);
+                self.adopt_all(conn, &reclaimed);
                 // Not logged at info: a peer repeating hellos must not
                 // write a line per message.
                 tracing::debug!(peer = %hex(&routing_id), "worker registered again");
@@ -84,6 +90,7 @@ impl Dispatcher {
                 if let (Some(old), Some(claimed)) = (holder, claimed) {
                     self.take_over(old, conn, &claimed);
                 }
+                self.adopt_all(conn, &reclaimed);
                 self.claim_unclaimed(&routing_id, conn, holder);
                 conn
             }
@@ -97,6 +104,24 @@ impl Dispatcher {
             "worker registered"
         );
         self.send_welcome(conn, &routing_id);
+    }
+
+    /// Steps an earlier run of this orchestrator dispatched, named by a
+    /// worker as held: they are this connection's now (its hello put them
+    /// among its occupied slots already).
+    pub(super) fn adopt_all(&mut self, conn: ConnId, steps: &[StepRef]) {
+        let now = Instant::now();
+        let adopted = steps
+            .iter()
+            .filter(|step| self.steps.adopt(**step, conn, now))
+            .count();
+        if adopted > 0 {
+            Metrics::add(&self.channels.metrics.reclaimed, adopted as u64);
+            tracing::info!(
+                adopted,
+                "worker reclaimed steps dispatched before the restart"
+            );
+        }
     }
 
     pub(super) fn send_welcome(&mut self, conn: ConnId, routing_id: &[u8]) {
@@ -196,6 +221,12 @@ impl Dispatcher {
     pub(super) fn claim_unclaimed(&mut self, routing_id: &[u8], conn: ConnId, old: Option<ConnId>) {
         for result in self.unclaimed.take(routing_id) {
             let step = result.step_ref();
+            if self.steps.adopt(step, conn, Instant::now()) {
+                Metrics::add(&self.channels.metrics.reclaimed, 1);
+                if let Some(c) = self.registry.get_mut(conn) {
+                    c.occupied.insert(step);
+                }
+            }
             if let Some(old) = old {
                 if self.steps.move_to(step, old, conn) {
                     if let Some(c) = self.registry.get_mut(old) {

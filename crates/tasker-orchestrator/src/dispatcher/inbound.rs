@@ -52,6 +52,12 @@ impl Dispatcher {
                     // (anyone can connect); kept for its hello if they
                     // answer steps in flight (see `unclaimed`).
                     let now = Instant::now();
+                    if batch.orchestrator_id != self.orchestrator_id {
+                        let n = batch.results.len() as u64;
+                        Metrics::add(&self.channels.metrics.foreign_results_dropped, n);
+                        self.reply_unknown(&routing_id);
+                        return;
+                    }
                     for result in batch.results {
                         let step = result.step_ref();
                         let in_flight = self

@@ -67,6 +67,14 @@ pub(crate) enum Command {
         results: tokio_mpsc::UnboundedSender<StepExecutionResult>,
         reply: oneshot::Sender<Result<(), ExecutorError>>,
     },
+    /// Steps an earlier run of this orchestrator dispatched, waiting for
+    /// the workers that hold them (see `StepState::Orphaned`).
+    Resume {
+        batch: StepBatchRequest,
+        grace: Duration,
+        results: tokio_mpsc::UnboundedSender<StepExecutionResult>,
+        reply: oneshot::Sender<Result<(), ExecutorError>>,
+    },
     Workers {
         reply: oneshot::Sender<Vec<WorkerInfo>>,
     },
@@ -107,9 +115,9 @@ pub(crate) struct StepBatchRequestRef<'a> {
 
 pub(crate) struct Dispatcher {
     config: TaskerConfig,
-    /// New each time an orchestrator starts; sent in every welcome and
-    /// echoed in results, so a result is never taken for a step of another
-    /// orchestrator that reused its step id.
+    /// Sent in every welcome and echoed in results, so a result is never
+    /// taken for a step of another orchestrator that reused its step id:
+    /// new each start, unless a store keeps it (and never reuses step ids).
     orchestrator_id: String,
     // Field order matters: the socket must close before the context.
     socket: zmq::Socket,
@@ -130,13 +138,14 @@ pub(crate) struct Dispatcher {
 impl Dispatcher {
     pub(crate) fn new(
         config: TaskerConfig,
+        orchestrator_id: String,
         context: zmq::Context,
         socket: zmq::Socket,
         channels: Channels,
     ) -> Self {
         let now = Instant::now();
         Self {
-            orchestrator_id: uuid::Uuid::new_v4().simple().to_string(),
+            orchestrator_id,
             next_heartbeat: now + config.heartbeat_interval(),
             registry: Registry::new(config.max_workers),
             config,
@@ -254,6 +263,15 @@ impl Dispatcher {
                     let outcome = self.accept_batch(batch, results);
                     let _ = reply.send(outcome);
                 }
+                Ok(Command::Resume {
+                    batch,
+                    grace,
+                    results,
+                    reply,
+                }) => {
+                    let outcome = self.accept_orphans(batch, grace, results);
+                    let _ = reply.send(outcome);
+                }
                 Ok(Command::Workers { reply }) => {
                     let _ = reply.send(self.worker_infos());
                 }
@@ -323,12 +341,48 @@ impl Dispatcher {
         Ok(())
     }
 
+    fn accept_orphans(
+        &mut self,
+        batch: StepBatchRequest,
+        grace: Duration,
+        results: tokio_mpsc::UnboundedSender<StepExecutionResult>,
+    ) -> Result<(), ExecutorError> {
+        let n = batch.steps.len();
+        if self.shutdown.is_some() {
+            self.channels.permits.add_permits(n);
+            return Err(ExecutorError::ShutDown);
+        }
+        if let Some(step) = batch.steps.iter().find(|s| self.steps.contains(s.step_id)) {
+            self.channels.permits.add_permits(n);
+            return Err(ExecutorError::DuplicateStep {
+                step_id: step.step_id,
+            });
+        }
+        let sink = Arc::new(BatchSink {
+            batch_id: batch.batch_id,
+            results,
+        });
+        let now = Instant::now();
+        for request in batch.steps {
+            self.steps
+                .insert_orphan(request, Arc::clone(&sink), grace, now);
+        }
+        Metrics::add(&self.channels.metrics.submitted, n as u64);
+        tracing::info!(
+            steps = n,
+            grace_ms = grace.as_millis() as u64,
+            "waiting for workers to reclaim steps dispatched before the restart"
+        );
+        Ok(())
+    }
+
     fn finished_total(&self) -> u64 {
         let m = self.channels.metrics.snapshot();
         m.completed + m.failed + m.timed_out + m.cancelled
     }
 
     fn worker_infos(&self) -> Vec<WorkerInfo> {
+        let now = Instant::now();
         let mut infos: Vec<WorkerInfo> = self
             .registry
             .iter()
@@ -341,6 +395,7 @@ impl Dispatcher {
                 draining: c.draining,
                 language: c.language.clone(),
                 pid: c.pid,
+                last_heard: now.saturating_duration_since(c.last_seen),
             })
             .collect();
         infos.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));

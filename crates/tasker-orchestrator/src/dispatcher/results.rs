@@ -34,6 +34,11 @@ impl Dispatcher {
         let refusal = batch.refusal();
         for result in batch.results {
             let step = result.step_ref();
+            if self.steps.adopt(step, conn, Instant::now()) {
+                // Dispatched before a restart, answered now: the ids say
+                // it is the same dispatch.
+                Metrics::add(&metrics.reclaimed, 1);
+            }
             self.free_slot(conn, step);
             if self.steps.held_by(step, conn) {
                 tracing::debug!(step_id = step.step_id, status = ?result.status, "step result");

@@ -31,6 +31,10 @@ pub(crate) enum StepState {
     Queued,
     /// Out at this connection.
     Dispatched(ConnId),
+    /// Dispatched by an earlier run of this orchestrator (same
+    /// `orchestrator_id`, from a store) and waiting for the worker that
+    /// holds it to say so, in a hello or with its result.
+    Orphaned,
 }
 
 pub(crate) struct StepEntry {
@@ -147,6 +151,55 @@ impl StepTable {
         );
         self.enqueue(step, false);
         self.arm_deadline(step.step_id, now);
+    }
+
+    /// Accepts a step an earlier run of this orchestrator dispatched: no
+    /// queue; a worker that names it in its hello or answers it adopts it,
+    /// and if none does within `grace` it ends as lost.
+    pub fn insert_orphan(
+        &mut self,
+        request: StepExecutionRequest,
+        sink: Arc<BatchSink>,
+        grace: Duration,
+        now: Instant,
+    ) {
+        let step_id = request.step_id;
+        self.steps.insert(
+            step_id,
+            StepEntry {
+                request,
+                sink,
+                state: StepState::Orphaned,
+                epoch: 0,
+            },
+        );
+        self.next_epoch += 1;
+        let epoch = self.next_epoch;
+        if let Some(entry) = self.steps.get_mut(&step_id) {
+            entry.epoch = epoch;
+        }
+        self.deadlines.push(Reverse((now + grace, step_id, epoch)));
+    }
+
+    /// Whether this attempt of the step waits for its worker to come back.
+    pub fn is_orphan(&self, step: StepRef) -> bool {
+        self.steps.get(&step.step_id).is_some_and(|e| {
+            e.request.metadata.attempt == step.attempt && e.state == StepState::Orphaned
+        })
+    }
+
+    /// An orphaned step is held by `conn`: it is out there again, with a
+    /// fresh execution deadline (its handler may have run for a while
+    /// already; a late result is better than a second run).
+    pub fn adopt(&mut self, step: StepRef, conn: ConnId, now: Instant) -> bool {
+        if !self.is_orphan(step) {
+            return false;
+        }
+        if let Some(entry) = self.steps.get_mut(&step.step_id) {
+            entry.state = StepState::Dispatched(conn);
+        }
+        self.arm_deadline(step.step_id, now);
+        true
     }
 
     /// A step given back unstarted by its connection: queued at the front

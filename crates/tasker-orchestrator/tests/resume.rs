@@ -1,0 +1,159 @@
+//! After a restart under the same `orchestrator_id` (a store keeps it),
+//! steps the earlier run dispatched get exactly one final result: the
+//! holding worker's, if it names the step in its hello or answers it,
+//! otherwise `WorkerLost` once the grace period ends. Over real sockets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use tasker_orchestrator::ZmqPubSubExecutor;
+use tasker_protocol::*;
+
+const LONG: Duration = Duration::from_secs(10);
+const KEPT_ID: &str = "0123456789abcdef0123456789abcdef";
+
+fn restarted() -> ZmqPubSubExecutor {
+    ZmqPubSubExecutor::start_as(&config(), KEPT_ID).expect("orchestrator starts")
+}
+
+/// Step `id` as the earlier run dispatched it: attempt 2.
+fn dispatched_before(id: i64) -> StepExecutionRequest {
+    let mut step = StepExecutionRequest::new(id, 1, format!("step-{id}"), "echo", 10_000);
+    step.metadata.attempt = 2;
+    step
+}
+
+fn held(id: i64, orchestrator_id: &str) -> HeldStep {
+    HeldStep {
+        step_id: id,
+        attempt: 2,
+        orchestrator_id: orchestrator_id.into(),
+    }
+}
+
+fn result(id: i64) -> StepExecutionResult {
+    let step = StepRef {
+        step_id: id,
+        attempt: 2,
+    };
+    StepExecutionResult::completed(step, json!({ "answered": id }), "survivor", 5)
+}
+
+/// Results before a hello are answered "say hello" (and kept, if ours).
+fn expect_unknown_worker(peer: &RawPeer) {
+    match peer.recv_skipping_heartbeats(Duration::from_secs(3)) {
+        Some(OrchestratorMessage::ProtocolError(e)) => {
+            assert_eq!(e.code, ProtocolErrorCode::UnknownWorker)
+        }
+        other => panic!("expected unknown_worker, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r1_a_worker_that_names_a_step_in_its_hello_gives_its_one_result() {
+    let executor = restarted();
+    let handle = executor
+        .resume(
+            StepBatchRequest::new("resumed", vec![dispatched_before(41)]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let peer = RawPeer::connect(executor.endpoint());
+    let mut hello = WorkerHello::new("survivor", vec!["echo".into()], 4);
+    hello.in_progress = vec![held(41, KEPT_ID)];
+    let welcome = peer.send_hello(hello);
+    assert_eq!(welcome.orchestrator_id, KEPT_ID, "the id survives the restart");
+    peer.respond(vec![result(41)]);
+    // Answered twice: the second is a duplicate and changes nothing.
+    peer.respond(vec![result(41)]);
+    let results = handle.collect().await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].status, StepStatus::Completed);
+    assert_eq!(results[0].output, Some(json!({ "answered": 41 })));
+    let metrics = executor.metrics();
+    assert_eq!(metrics.reclaimed, 1);
+    // Nothing was sent again: the step ran once.
+    assert_eq!(metrics.dispatched, 0);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r2_a_result_sent_before_the_hello_is_taken_once_the_hello_comes() {
+    let executor = restarted();
+    let handle = executor
+        .resume(
+            StepBatchRequest::new("resumed", vec![dispatched_before(42)]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let peer = RawPeer::connect(executor.endpoint());
+    *peer.orchestrator_id.borrow_mut() = KEPT_ID.into();
+    // A worker whose socket reconnected underneath it sends what it had.
+    peer.respond(vec![result(42)]);
+    expect_unknown_worker(&peer);
+    peer.hello("survivor", &["echo"], 4);
+    let results = handle.collect().await;
+    assert_eq!(results[0].status, StepStatus::Completed);
+    assert_eq!(results[0].metadata.worker_id, "survivor");
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_a_step_nobody_reclaims_ends_worker_lost_after_the_grace_period_only() {
+    let executor = restarted();
+    let grace = Duration::from_millis(800);
+    let started = Instant::now();
+    let mut handle = executor
+        .resume(
+            StepBatchRequest::new("resumed", vec![dispatched_before(43)]),
+            grace,
+        )
+        .await
+        .unwrap();
+    // A worker that holds other things is no claim on this step.
+    let peer = RawPeer::connect(executor.endpoint());
+    let mut hello = WorkerHello::new("other", vec!["echo".into()], 4);
+    hello.in_progress = vec![held(99, KEPT_ID)];
+    peer.send_hello(hello);
+    let lost = handle.next().await.unwrap();
+    assert!(started.elapsed() >= grace, "not before the grace period");
+    assert_eq!(lost.status, StepStatus::Failed);
+    let error = lost.error.unwrap();
+    assert_eq!(error.error_type, error_types::WORKER_LOST);
+    assert!(error.retryable, "a new attempt may run");
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r4_a_result_tagged_with_another_orchestrator_is_not_the_same_dispatch() {
+    let executor = restarted();
+    let mut handle = executor
+        .resume(
+            StepBatchRequest::new("resumed", vec![dispatched_before(44)]),
+            Duration::from_millis(800),
+        )
+        .await
+        .unwrap();
+    // Same step id and attempt, but from a run that never had this id:
+    // before the hello and after it.
+    let peer = RawPeer::connect(executor.endpoint());
+    *peer.orchestrator_id.borrow_mut() = "ffffffffffffffffffffffffffffffff".into();
+    peer.respond(vec![result(44)]);
+    expect_unknown_worker(&peer);
+    let mut hello = WorkerHello::new("stranger", vec!["echo".into()], 4);
+    hello.in_progress = vec![held(44, "ffffffffffffffffffffffffffffffff")];
+    peer.send_hello(hello);
+    *peer.orchestrator_id.borrow_mut() = "ffffffffffffffffffffffffffffffff".into();
+    peer.respond(vec![result(44)]);
+    let lost = handle.next().await.unwrap();
+    assert_eq!(lost.status, StepStatus::Failed);
+    assert_eq!(lost.error.unwrap().error_type, error_types::WORKER_LOST);
+    assert_eq!(executor.metrics().foreign_results_dropped, 2);
+    assert_eq!(executor.metrics().reclaimed, 0);
+    executor.shutdown(LONG).await;
+}
