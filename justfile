@@ -49,3 +49,15 @@ worker *ARGS:
 # Run one workflow: just run examples/workflows/permanent_failure.yaml --spawn "rust=target/debug/tasker worker"
 run *ARGS:
     cargo run --quiet -p tasker-cli -- run {{ARGS}}
+
+# The orchestrator as a service (durable tasks, HTTP API): just serve --api-listen 127.0.0.1:8080
+serve *ARGS:
+    cargo run --release --quiet -p tasker-cli -- serve {{ARGS}}
+
+# Start, show, list and cancel tasks of a running serve: just task submit order_fulfillment --wait
+task *ARGS:
+    cargo run --release --quiet -p tasker-cli -- task {{ARGS}}
+
+# Tasks through serve's store (SQLite and a throwaway PostgreSQL) beside the in-memory engine.
+bench-durable *ARGS:
+    cargo run --release --quiet -p tasker-cli -- bench --durable-only {{ARGS}}

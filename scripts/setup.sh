@@ -22,6 +22,9 @@ want ruby-dev
 want libclang-dev
 # The Ruby benchmark's plain worker uses Debian's ffi-rzmq.
 want ruby-ffi-rzmq
+# The store's tests start throwaway PostgreSQL servers (crates/tasker-pgtest)
+# from Debian's server binaries.
+want postgresql
 # Debian's python3 needs python3-venv for the Python binding's virtualenv.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 

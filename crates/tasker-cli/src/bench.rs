@@ -35,6 +35,20 @@ pub struct BenchArgs {
     /// Seconds of idleness over which CPU use is measured.
     #[arg(long, default_value_t = 3.0)]
     pub idle_secs: f64,
+    /// Also measure tasks through `tasker serve`'s store: the in-memory
+    /// engine beside SQLite and PostgreSQL.
+    #[arg(long)]
+    pub durable: bool,
+    /// Only the `--durable` measurement.
+    #[arg(long)]
+    pub durable_only: bool,
+    /// Steps per `--durable` run.
+    #[arg(long, default_value_t = 50_000)]
+    pub durable_steps: usize,
+    /// PostgreSQL for `--durable`: a postgres:// URL, `auto` (a throwaway
+    /// server from Debian's postgresql package), or `off`.
+    #[arg(long, default_value = "auto")]
+    pub postgres: String,
 }
 
 static NEXT_STEP: AtomicI64 = AtomicI64::new(1);
@@ -280,6 +294,9 @@ fn percentile(samples: &mut [Duration], p: f64) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.durable_only {
+        return crate::bench_store::run(args.durable_steps, &args.postgres);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -336,5 +353,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "idle CPU, orchestrator + worker (one process, {:.0} s): {:.2}% of one core",
         args.idle_secs, idle
     );
+    if args.durable {
+        println!();
+        crate::bench_store::run(args.durable_steps, &args.postgres)?;
+    }
     Ok(())
 }

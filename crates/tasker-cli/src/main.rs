@@ -1,11 +1,14 @@
 //! `tasker`: the command line of tasker-core.
 
 mod bench;
+mod bench_store;
 mod bench_workers;
 mod children;
 mod dispatch;
 mod run;
+mod serve;
 mod soak;
+mod task;
 mod worker;
 
 use std::path::PathBuf;
@@ -27,7 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write the JSON Schema of every wire message (or check it is current).
+    /// Write the JSON Schema of every wire message and the API's OpenAPI
+    /// document (or check they are current).
     Schema {
         /// Directory to write into.
         #[arg(long, default_value = "protocol/schema")]
@@ -35,6 +39,9 @@ enum Command {
         /// Where the workflow (task template) schema goes.
         #[arg(long, default_value = tasker_engine::TEMPLATE_SCHEMA_PATH)]
         workflow_out: PathBuf,
+        /// Where the HTTP API's OpenAPI document goes.
+        #[arg(long, default_value = tasker_server::api::OPENAPI_PATH)]
+        openapi_out: PathBuf,
         /// Only compare with the files there; exit 1 when they differ.
         #[arg(long)]
         check: bool,
@@ -56,6 +63,13 @@ enum Command {
     /// orchestrator, then check that nothing was lost, duplicated or
     /// overcommitted. Exits 0 only when every check passed.
     Soak(soak::SoakArgs),
+    /// Start, show, list and cancel tasks of a running `tasker serve`
+    /// through its HTTP API.
+    Task(task::TaskArgs),
+    /// Run the orchestrator as a service: tasks kept in a store (SQLite by
+    /// default, or PostgreSQL) survive a crash; an HTTP API starts, shows
+    /// and cancels them. Stops cleanly on SIGTERM or Ctrl-C.
+    Serve(serve::ServeArgs),
 }
 
 /// Options every networked command shares.
@@ -100,8 +114,9 @@ fn main() -> Result<()> {
         Command::Schema {
             out,
             workflow_out,
+            openapi_out,
             check,
-        } => schema(&out, &workflow_out, check),
+        } => schema(&out, &workflow_out, &openapi_out, check),
         Command::Dispatch(args) => {
             init_logging("warn");
             dispatch::run(args)
@@ -130,6 +145,21 @@ fn main() -> Result<()> {
             init_logging("error");
             bench_workers::run(args)
         }
+        Command::Serve(args) => {
+            init_logging("info");
+            serve::run(args)
+        }
+        Command::Task(args) => {
+            init_logging("warn");
+            match task::run(args) {
+                Ok(0) => Ok(()),
+                Ok(code) => std::process::exit(code),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::exit(2);
+                }
+            }
+        }
         Command::Soak(args) => {
             init_logging("warn");
             match soak::run(args) {
@@ -144,8 +174,14 @@ fn main() -> Result<()> {
     }
 }
 
-fn schema(out: &std::path::Path, workflow_out: &std::path::Path, check: bool) -> Result<()> {
+fn schema(
+    out: &std::path::Path,
+    workflow_out: &std::path::Path,
+    openapi_out: &std::path::Path,
+    check: bool,
+) -> Result<()> {
     let workflow_schema = tasker_engine::render_template_schema();
+    let openapi = tasker_server::api::render_openapi();
     if !check {
         for path in tasker_protocol::schema::write_all(out)? {
             println!("wrote {}", path.display());
@@ -153,6 +189,9 @@ fn schema(out: &std::path::Path, workflow_out: &std::path::Path, check: bool) ->
         std::fs::write(workflow_out, workflow_schema)
             .with_context(|| format!("writing {}", workflow_out.display()))?;
         println!("wrote {}", workflow_out.display());
+        std::fs::write(openapi_out, &openapi)
+            .with_context(|| format!("writing {}", openapi_out.display()))?;
+        println!("wrote {}", openapi_out.display());
         return Ok(());
     }
     let mut stale: Vec<String> = tasker_protocol::schema::stale(out)
@@ -161,6 +200,9 @@ fn schema(out: &std::path::Path, workflow_out: &std::path::Path, check: bool) ->
         .collect();
     if std::fs::read_to_string(workflow_out).ok().as_deref() != Some(workflow_schema.as_str()) {
         stale.push(workflow_out.display().to_string());
+    }
+    if std::fs::read_to_string(openapi_out).ok().as_deref() != Some(openapi.as_str()) {
+        stale.push(openapi_out.display().to_string());
     }
     if stale.is_empty() {
         println!("schema is up to date");

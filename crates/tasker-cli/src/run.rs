@@ -222,7 +222,7 @@ async fn recv_signal(stream: &mut Option<Signal>) -> Option<()> {
 
 /// Live progress: a status line redrawn in place on a terminal, one line per
 /// event otherwise.
-struct Progress {
+pub(crate) struct Progress {
     total: usize,
     done: usize,
     retries: usize,
@@ -232,7 +232,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(total: usize, terminal: bool) -> Self {
+    pub(crate) fn new(total: usize, terminal: bool) -> Self {
         Self {
             total,
             done: 0,
@@ -243,7 +243,7 @@ impl Progress {
         }
     }
 
-    fn line(&self, text: &str) {
+    pub(crate) fn line(&self, text: &str) {
         let mut err = std::io::stderr().lock();
         if self.terminal {
             let _ = write!(err, "\r\x1b[2K");
@@ -255,7 +255,7 @@ impl Progress {
         );
     }
 
-    fn event(&mut self, event: &TaskEvent) {
+    pub(crate) fn event(&mut self, event: &TaskEvent) {
         match event {
             TaskEvent::Dispatched { steps } => {
                 for (step, attempt) in steps {
@@ -313,7 +313,7 @@ impl Progress {
         self.redraw();
     }
 
-    fn redraw(&self) {
+    pub(crate) fn redraw(&self) {
         if !self.terminal {
             return;
         }
@@ -335,7 +335,7 @@ impl Progress {
         let _ = err.flush();
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if self.terminal {
             let _ = write!(std::io::stderr(), "\r\x1b[2K");
         }
@@ -414,7 +414,7 @@ fn print_summary(report: &TaskReport) {
     }
 }
 
-fn truncate(text: &str, max: usize) -> String {
+pub(crate) fn truncate(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_string();
     }

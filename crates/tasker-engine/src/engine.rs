@@ -189,20 +189,34 @@ pub struct RunningTask {
     task_id: i64,
     events: Option<mpsc::UnboundedReceiver<TaskEvent>>,
     cancel: watch::Sender<Control>,
+    ready: Option<tokio::sync::oneshot::Receiver<()>>,
     join: tokio::task::JoinHandle<Result<TaskReport, TaskStopped>>,
 }
 
 impl RunningTask {
     fn spawn(
-        run: TaskRun,
+        mut run: TaskRun,
         events: mpsc::UnboundedReceiver<TaskEvent>,
         cancel: watch::Sender<Control>,
     ) -> Self {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        run.ready = Some(ready_tx);
         Self {
             task_id: run.task_id,
             events: Some(events),
             cancel,
+            ready: Some(ready_rx),
             join: tokio::spawn(run.drive()),
+        }
+    }
+
+    /// Waits until the task has handed the integration the steps a
+    /// restored task had out at workers ([`FrameworkIntegration::resume`]),
+    /// so a caller can let workers' answers in only once they are
+    /// expected. Returns at once for a task with none, and on later calls.
+    pub async fn ready(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.await;
         }
     }
 
@@ -324,6 +338,8 @@ struct StepRun {
     retry_at: Option<DateTime<Utc>>,
     /// The orchestrator the running attempt went to.
     dispatched_by: Option<String>,
+    /// Changed since the last commit (listed in `TaskRun::unsaved`).
+    unsaved: bool,
     output: Option<Value>,
     error: Option<StepExecutionError>,
     worker_id: Option<String>,
@@ -358,6 +374,8 @@ struct TaskRun {
     unsaved: Vec<(usize, StepState, u32)>,
     /// Steps dispatched before a restart, to hand back to the integration.
     orphans: Vec<usize>,
+    /// Told once the orphans are handed back.
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl TaskRun {
@@ -385,6 +403,7 @@ impl TaskRun {
                 ended_at: None,
                 retry_at: None,
                 dispatched_by: None,
+                unsaved: false,
                 output: None,
                 error: None,
                 worker_id: None,
@@ -423,6 +442,7 @@ impl TaskRun {
             durable: None,
             unsaved: Vec::new(),
             orphans: Vec::new(),
+            ready: None,
         }
     }
 
@@ -521,9 +541,10 @@ impl TaskRun {
     /// Notes that step `i` is about to change, so the next commit carries
     /// it; the first note since the last commit holds what the store has.
     fn touch(&mut self, i: usize) {
-        if self.durable.is_none() || self.unsaved.iter().any(|(j, _, _)| *j == i) {
+        if self.durable.is_none() || self.steps[i].unsaved {
             return;
         }
+        self.steps[i].unsaved = true;
         let stored = self.snapshot(i);
         self.unsaved.push((i, stored.state, stored.attempt));
     }
@@ -559,6 +580,9 @@ impl TaskRun {
             });
         }
         let journal = Arc::clone(&durable.journal);
+        for &(i, _, _) in &self.unsaved {
+            self.steps[i].unsaved = false;
+        }
         self.unsaved.clear();
         journal.commit(transitions).await
     }
@@ -572,6 +596,9 @@ impl TaskRun {
         let (results_tx, mut results_rx) = mpsc::unbounded_channel::<StepExecutionResult>();
         tracing::info!(task_id = self.task_id, workflow = %self.template.name, "task started");
         self.resume_orphans(&results_tx).await;
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
+        }
         let control = *self.cancel.borrow();
         match control {
             Control::Cancel => self.start_cancelling(),
@@ -586,16 +613,20 @@ impl TaskRun {
                 self.dispatch_ready(&results_tx).await?
             };
             if self.running == 0 && retry_at.is_none() {
+                // The last results go into the same commit as the end.
                 break;
             }
+            // Results not committed with a dispatch above are committed
+            // before waiting: a worker counts them delivered.
+            self.save(None).await?;
             tokio::select! {
                 Some(result) = results_rx.recv() => {
+                    // Results that arrived together are committed together,
+                    // with the dispatch they allow (next turn).
                     self.on_result(result);
-                    // Results that arrived together are committed together.
                     while let Ok(result) = results_rx.try_recv() {
                         self.on_result(result);
                     }
-                    self.save(None).await?;
                 }
                 _ = sleep_until(retry_at) => {}
                 changed = self.cancel.changed(), if !self.cancelled && !self.suspended => {
@@ -606,10 +637,7 @@ impl TaskRun {
                         *self.cancel.borrow()
                     };
                     match control {
-                        Control::Cancel => {
-                            self.start_cancelling();
-                            self.save(None).await?;
-                        }
+                        Control::Cancel => self.start_cancelling(),
                         Control::Suspend => self.suspended = true,
                         Control::Run => {}
                     }
@@ -741,7 +769,8 @@ impl TaskRun {
             s.dispatched_by.clone_from(&dispatched_by);
         }
         self.running += ready.len();
-        // Write-ahead: once a step may reach a worker, the store knows.
+        // Write-ahead: once a step may reach a worker, the store knows; the
+        // results that made these steps ready go in the same commit.
         self.save(None).await?;
         self.emit(TaskEvent::Dispatched {
             steps: ready

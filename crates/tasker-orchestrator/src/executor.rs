@@ -55,7 +55,31 @@ impl ZmqPubSubExecutor {
         config: &TaskerConfig,
         orchestrator_id: impl Into<String>,
     ) -> Result<Self, ExecutorError> {
-        let orchestrator_id = orchestrator_id.into();
+        Self::start_inner(config, orchestrator_id.into(), false)
+    }
+
+    /// [`start_as`](Self::start_as), reading nothing from workers until
+    /// [`release_input`](Self::release_input): a restarted orchestrator
+    /// first hands back what its earlier run left out
+    /// ([`resume`](Self::resume)), so that a worker's answer to one of
+    /// those steps, arriving at once, finds it.
+    pub fn start_held(
+        config: &TaskerConfig,
+        orchestrator_id: impl Into<String>,
+    ) -> Result<Self, ExecutorError> {
+        Self::start_inner(config, orchestrator_id.into(), true)
+    }
+
+    /// Starts reading from workers after [`start_held`](Self::start_held).
+    pub fn release_input(&self) {
+        let _ = self.send(Command::ReleaseInput);
+    }
+
+    fn start_inner(
+        config: &TaskerConfig,
+        orchestrator_id: String,
+        input_held: bool,
+    ) -> Result<Self, ExecutorError> {
         config
             .validate()
             .map_err(|e| ExecutorError::Setup(e.to_string()))?;
@@ -90,8 +114,14 @@ impl ZmqPubSubExecutor {
             permits: Arc::clone(&permits),
             workers_count: workers_tx,
         };
-        let dispatcher =
-            Dispatcher::new(config.clone(), orchestrator_id, context, socket, channels);
+        let dispatcher = Dispatcher::new(
+            config.clone(),
+            orchestrator_id,
+            context,
+            socket,
+            channels,
+            input_held,
+        );
         let thread = std::thread::Builder::new()
             .name("tasker-orchestrator-io".into())
             .spawn(move || dispatcher.run())

@@ -66,7 +66,10 @@ async fn r1_a_worker_that_names_a_step_in_its_hello_gives_its_one_result() {
     let mut hello = WorkerHello::new("survivor", vec!["echo".into()], 4);
     hello.in_progress = vec![held(41, KEPT_ID)];
     let welcome = peer.send_hello(hello);
-    assert_eq!(welcome.orchestrator_id, KEPT_ID, "the id survives the restart");
+    assert_eq!(
+        welcome.orchestrator_id, KEPT_ID,
+        "the id survives the restart"
+    );
     peer.respond(vec![result(41)]);
     // Answered twice: the second is a duplicate and changes nothing.
     peer.respond(vec![result(41)]);

@@ -5,6 +5,11 @@
 //! SKELETON: signatures are fixed; bodies are being written.
 
 pub mod api;
+mod server;
 mod service;
 
-pub use service::{Readiness, Service, ServiceError, WorkerView, WorkflowInfo};
+pub use server::Server;
+
+pub use service::{
+    Readiness, Service, ServiceError, StartError, WorkerView, WorkflowInfo, WorkflowStepInfo,
+};

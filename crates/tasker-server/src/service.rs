@@ -1,11 +1,24 @@
 //! The service: workflows, the store, the engine and the executor, and the
 //! operations the API offers on them.
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tasker_store::{StoreError, TaskDetail, TaskFilter, TaskPage};
+use sha2::{Digest, Sha256};
+use tasker_config::TaskerConfig;
+use tasker_engine::{Canceller, Durable, StoredTask, TaskStopped, TaskTemplate, WorkflowEngine};
+use tasker_orchestrator::{ExecutorError, ZmqPubSubExecutor};
+use tasker_store::{
+    CancelOutcome, Created, NewTask, StepDetail, Store, StoreError, TaskDetail, TaskFilter,
+    TaskPage,
+};
 
 /// A workflow the service can run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -84,7 +97,9 @@ pub enum ServiceError {
     #[error("no task {0}")]
     TaskNotFound(i64),
     /// The idempotency key was used with another request.
-    #[error("idempotency key {key:?} was used for task {task_id} with a different workflow or context")]
+    #[error(
+        "idempotency key {key:?} was used for task {task_id} with a different workflow or context"
+    )]
     IdempotencyConflict {
         /// The key.
         key: String,
@@ -107,12 +122,250 @@ pub enum ServiceError {
     Store(#[from] StoreError),
 }
 
-/// The running service.
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The workflows folder could not be read.
+    #[error("reading workflows folder {path}: {source}")]
+    WorkflowsDir {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A workflow file is invalid.
+    #[error("{path}: {source}")]
+    Workflow {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: tasker_engine::TemplateError,
+    },
+    /// Two files define the same workflow name.
+    #[error("workflow {name:?} is defined twice: {first} and {second}")]
+    DuplicateWorkflow {
+        /// The name.
+        name: String,
+        /// One file.
+        first: PathBuf,
+        /// The other.
+        second: PathBuf,
+    },
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] tasker_config::ConfigError),
+    /// The store could not be opened.
+    #[error("opening the store: {0}")]
+    Store(#[from] StoreError),
+    /// The orchestrator could not start.
+    #[error(transparent)]
+    Executor(#[from] ExecutorError),
+    /// The API address could not be bound.
+    #[error("binding the API address {address}: {source}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// How long a service holds its tasks without renewing; another service
+/// sharing the store may take them over after that.
+const LEASE: Duration = Duration::from_secs(60);
+/// How often the service purges ended tasks past their retention.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// The tasks this service drives now.
+#[derive(Default)]
+struct Drivers {
+    tasks: HashMap<i64, Canceller>,
+    /// Drivers that have not returned yet, for shutdown to wait on.
+    joins: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The running service: the store, the orchestrator, the engine driving
+/// each unfinished task, and the workflows it can start.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = tasker_config::TaskerConfig::default();
+/// let service = tasker_server::Service::start(&config).await?;
+/// let (task, _new) = service
+///     .create_task("order_fulfillment", serde_json::json!({ "order_id": 7 }), None)
+///     .await?;
+/// println!("task {} is {}", task.task_id, task.status);
+/// service.shutdown().await;
+/// # Ok(()) }
+/// ```
 pub struct Service {
-    _private: (),
+    config: TaskerConfig,
+    store: Store,
+    executor: Arc<ZmqPubSubExecutor>,
+    engine: WorkflowEngine,
+    durable: Durable,
+    workflows: BTreeMap<String, TaskTemplate>,
+    drivers: Arc<Mutex<Drivers>>,
+    shutting_down: AtomicBool,
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Service {
+    /// Loads the workflows, opens the store, binds the orchestrator under
+    /// the store's orchestrator id, and resumes every unfinished task.
+    pub async fn start(config: &TaskerConfig) -> Result<Arc<Service>, StartError> {
+        config.validate()?;
+        let workflows = load_workflows(config)?;
+        let store = Store::open(&config.store).await?;
+        let orchestrator_id = store.orchestrator_id().await?;
+        // Held: a worker answering a step of the earlier run must find it
+        // handed back first (see the resume below).
+        let executor = Arc::new(ZmqPubSubExecutor::start_held(
+            config,
+            orchestrator_id.clone(),
+        )?);
+        let engine = WorkflowEngine::new(executor.clone());
+        let durable = Durable {
+            journal: store.journal(&orchestrator_id),
+            orchestrator_id,
+            // A worker notices the restart within one peer expiry and says
+            // hello at once; twice that leaves room for a slow reconnect.
+            resume_grace: config.peer_expiry() * 2 + Duration::from_secs(1),
+        };
+        let service = Arc::new(Service {
+            config: config.clone(),
+            store,
+            executor,
+            engine,
+            durable,
+            workflows,
+            drivers: Arc::default(),
+            shutting_down: AtomicBool::new(false),
+            background: Mutex::default(),
+        });
+        let unfinished = service
+            .store
+            .claim_unfinished(&service.durable.orchestrator_id, LEASE)
+            .await?;
+        if !unfinished.is_empty() {
+            tracing::info!(tasks = unfinished.len(), "resuming unfinished tasks");
+        }
+        let mut resumed = Vec::with_capacity(unfinished.len());
+        for task in unfinished {
+            resumed.push(service.launch(task));
+        }
+        for ready in resumed {
+            ready.await;
+        }
+        service.executor.release_input();
+        service.start_background();
+        tracing::info!(
+            endpoint = %service.executor.endpoint(),
+            workflows = service.workflows.len(),
+            "service started"
+        );
+        Ok(service)
+    }
+
+    /// The ZeroMQ endpoint workers connect to (the real port of `:0`).
+    pub fn endpoint(&self) -> &str {
+        self.executor.endpoint()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The orchestrator.
+    pub fn executor(&self) -> &ZmqPubSubExecutor {
+        &self.executor
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &TaskerConfig {
+        &self.config
+    }
+
+    /// Runs `task` until it ends or stops; the future resolves once the
+    /// steps it had out at workers are handed back to the orchestrator.
+    fn launch(&self, task: StoredTask) -> impl std::future::Future<Output = ()> {
+        let task_id = task.task_id;
+        let mut running = self.engine.start_durable(task, self.durable.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        let drivers = Arc::clone(&self.drivers);
+        let mut guard = drivers.lock().expect("drivers lock");
+        guard.tasks.insert(task_id, running.canceller());
+        let drivers_for_task = Arc::clone(&self.drivers);
+        let join = tokio::spawn(async move {
+            running.ready().await;
+            let _ = ready_tx.send(());
+            match running.outcome().await {
+                Ok(report) => {
+                    tracing::debug!(task_id, status = ?report.status, "task ended");
+                }
+                Err(TaskStopped::Suspended) => {}
+                Err(TaskStopped::Journal(e)) => {
+                    tracing::error!(task_id, error = %e, "task stopped: its journal failed; it resumes at the next start");
+                }
+            }
+            drivers_for_task
+                .lock()
+                .expect("drivers lock")
+                .tasks
+                .remove(&task_id);
+        });
+        guard.joins.retain(|j| !j.is_finished());
+        guard.joins.push(join);
+        async move {
+            let _ = ready_rx.await;
+        }
+    }
+
+    fn start_background(self: &Arc<Self>) {
+        let mut background = self.background.lock().expect("background lock");
+        let weak = Arc::downgrade(self);
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LEASE / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(service) = weak.upgrade() else {
+                    return;
+                };
+                if let Err(e) = service
+                    .store
+                    .renew_leases(&service.durable.orchestrator_id, LEASE)
+                    .await
+                {
+                    tracing::warn!(error = %e, "renewing task leases failed");
+                }
+            }
+        }));
+        if self.config.task_retention_hours > 0 {
+            let weak = Arc::downgrade(self);
+            let retention = chrono::Duration::hours(self.config.task_retention_hours as i64);
+            background.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(PURGE_EVERY);
+                loop {
+                    tick.tick().await;
+                    let Some(service) = weak.upgrade() else {
+                        return;
+                    };
+                    match service
+                        .store
+                        .purge_ended_before(Utc::now() - retention)
+                        .await
+                    {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(tasks = n, "purged ended tasks past retention"),
+                        Err(e) => tracing::warn!(error = %e, "purging ended tasks failed"),
+                    }
+                }
+            }));
+        }
+    }
+
     /// Creates a task of `workflow`, or returns the one `idempotency_key`
     /// created before; the flag says whether it is new.
     pub async fn create_task(
@@ -121,40 +374,321 @@ impl Service {
         context: Value,
         idempotency_key: Option<String>,
     ) -> Result<(TaskDetail, bool), ServiceError> {
-        let _ = (workflow, context, idempotency_key);
-        todo!()
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(ServiceError::ShuttingDown);
+        }
+        let Some(template) = self.workflows.get(workflow) else {
+            return Err(self.unknown_workflow(workflow));
+        };
+        let request_hash = request_hash(workflow, &context);
+        let new = NewTask {
+            workflow: workflow.to_string(),
+            template: template.clone(),
+            context,
+            idempotency_key: idempotency_key.clone(),
+            request_hash,
+            owner: self.durable.orchestrator_id.clone(),
+            lease: LEASE,
+        };
+        match self.store.create_task(new).await {
+            Ok(Created::New(task)) => {
+                // As created: reading it back would cost a query per task.
+                let detail = new_task_detail(&task, idempotency_key);
+                // A new task has nothing out yet: no need to wait.
+                let _ready = self.launch(task);
+                Ok((detail, true))
+            }
+            Ok(Created::Existing { task_id }) => Ok((self.get_task(task_id).await?, false)),
+            Err(StoreError::IdempotencyConflict { key, task_id }) => {
+                Err(ServiceError::IdempotencyConflict { key, task_id })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn unknown_workflow(&self, name: &str) -> ServiceError {
+        let closest = self
+            .workflows
+            .keys()
+            .map(|k| (strsim::levenshtein(name, k), k))
+            .filter(|(d, k)| *d <= (k.len() / 3).max(2))
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, k)| k.clone());
+        ServiceError::UnknownWorkflow {
+            name: name.to_string(),
+            closest,
+            known: self.workflows.keys().cloned().collect(),
+        }
     }
 
     /// A task with its steps.
     pub async fn get_task(&self, task_id: i64) -> Result<TaskDetail, ServiceError> {
-        let _ = task_id;
-        todo!()
+        self.store
+            .get_task(task_id)
+            .await?
+            .ok_or(ServiceError::TaskNotFound(task_id))
     }
 
     /// Tasks, newest first.
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<TaskPage, ServiceError> {
-        let _ = filter;
-        todo!()
+        Ok(self.store.list_tasks(filter).await?)
     }
 
     /// Stops a task's dispatching; running steps finish and are recorded.
     pub async fn cancel_task(&self, task_id: i64) -> Result<TaskDetail, ServiceError> {
-        let _ = task_id;
-        todo!()
+        match self.store.request_cancel(task_id).await? {
+            CancelOutcome::NotFound => return Err(ServiceError::TaskNotFound(task_id)),
+            CancelOutcome::Ended(status) => {
+                return Err(ServiceError::TaskEnded { task_id, status })
+            }
+            CancelOutcome::Requested => {}
+        }
+        let canceller = self
+            .drivers
+            .lock()
+            .expect("drivers lock")
+            .tasks
+            .get(&task_id)
+            .cloned();
+        if let Some(canceller) = canceller {
+            canceller.cancel();
+        }
+        self.get_task(task_id).await
     }
 
     /// The workflows loaded, by name.
     pub fn workflows(&self) -> Vec<WorkflowInfo> {
-        todo!()
+        self.workflows
+            .values()
+            .map(|t| WorkflowInfo {
+                name: t.name.clone(),
+                description: t.description.clone(),
+                steps: t
+                    .steps
+                    .iter()
+                    .map(|s| WorkflowStepInfo {
+                        name: s.name.clone(),
+                        handler: s.handler.clone(),
+                        depends_on: s.depends_on.clone(),
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// The workers connected now.
     pub async fn workers(&self) -> Vec<WorkerView> {
-        todo!()
+        let now = Utc::now();
+        self.executor
+            .workers()
+            .await
+            .into_iter()
+            .map(|w| WorkerView {
+                worker_id: w.worker_id,
+                language: w.language,
+                handlers: w.handlers,
+                capacity: w.capacity,
+                in_flight: w.in_flight as u64,
+                draining: w.draining,
+                pid: w.pid,
+                last_heartbeat_at: now
+                    - chrono::Duration::from_std(w.last_heard).unwrap_or_default(),
+            })
+            .collect()
     }
 
     /// Whether the service takes tasks.
     pub async fn readiness(&self) -> Readiness {
-        todo!()
+        let shutting_down = self.shutting_down.load(Ordering::Acquire);
+        let store = self.store.ping().await.is_ok();
+        Readiness {
+            ready: store && !shutting_down,
+            store,
+            workers: self.executor.workers().await.len() as u64,
+            shutting_down,
+        }
+    }
+
+    /// Tasks being driven now.
+    pub fn tasks_in_progress(&self) -> usize {
+        self.drivers.lock().expect("drivers lock").tasks.len()
+    }
+
+    /// Stops cleanly: takes no new tasks, dispatches nothing more, waits
+    /// up to `shutdown_timeout_ms` for the steps out at workers and records
+    /// their results, then stops the orchestrator and closes the store.
+    /// Unfinished tasks stay `running` in the store and resume at the next
+    /// start. Calling it again does nothing.
+    pub async fn shutdown(&self) {
+        if self.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!(tasks = self.tasks_in_progress(), "service stopping");
+        for job in self.background.lock().expect("background lock").drain(..) {
+            job.abort();
+        }
+        let joins = {
+            let mut drivers = self.drivers.lock().expect("drivers lock");
+            for canceller in drivers.tasks.values() {
+                canceller.suspend();
+            }
+            std::mem::take(&mut drivers.joins)
+        };
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout();
+        let mut joins = joins.into_iter();
+        let mut left = Vec::new();
+        for join in joins.by_ref() {
+            let mut join = join;
+            match tokio::time::timeout_at(deadline, &mut join).await {
+                Ok(_) => {}
+                Err(_) => {
+                    left.push(join);
+                    break;
+                }
+            }
+        }
+        left.extend(joins);
+        // Steps still out are abandoned; their tasks do not record that and
+        // stop, so the next start reclaims or reruns them.
+        let report = self.executor.shutdown(Duration::ZERO).await;
+        for join in left {
+            let _ = join.await;
+        }
+        self.store.close().await;
+        tracing::info!(abandoned = report.abandoned.len(), "service stopped");
+    }
+}
+
+/// A task just created, as `GET /v1/tasks/{id}` shows it then.
+fn new_task_detail(task: &StoredTask, idempotency_key: Option<String>) -> TaskDetail {
+    TaskDetail {
+        task_id: task.task_id,
+        workflow: task.template.name.clone(),
+        status: tasker_engine::TaskState::Running,
+        cancel_requested: false,
+        idempotency_key,
+        context: task.context.clone(),
+        started_at: task.created_at,
+        finished_at: None,
+        duration_ms: 0,
+        steps: task
+            .template
+            .steps
+            .iter()
+            .zip(&task.steps)
+            .map(|(def, step)| StepDetail {
+                step_id: step.step_id,
+                name: def.name.clone(),
+                handler: def.handler.clone(),
+                state: step.snapshot.state,
+                outcome: None,
+                attempts: 0,
+                duration_ms: 0,
+                worker_id: None,
+                output: None,
+                error: None,
+                blocked_by: None,
+                next_run_at: None,
+            })
+            .collect(),
+    }
+}
+
+/// A digest of what a task was asked to be: the workflow and the context
+/// with its object keys sorted, so key order does not make two equal
+/// requests differ.
+fn request_hash(workflow: &str, context: &Value) -> String {
+    fn canonical(value: &Value, out: &mut String) {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (n, key) in keys.into_iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(key.clone()).to_string());
+                    out.push(':');
+                    canonical(&map[key], out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (n, item) in items.iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    canonical(item, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut text = Value::String(workflow.to_string()).to_string();
+    text.push('\n');
+    canonical(context, &mut text);
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every `*.yaml` / `*.yml` file of the workflows folder, by name.
+fn load_workflows(config: &TaskerConfig) -> Result<BTreeMap<String, TaskTemplate>, StartError> {
+    let dir = if config.workflows_dir.is_empty() {
+        let default = PathBuf::from("examples/workflows");
+        if !default.is_dir() {
+            tracing::warn!(
+                "no workflows_dir configured and no examples/workflows here: no workflows loaded"
+            );
+            return Ok(BTreeMap::new());
+        }
+        default
+    } else {
+        PathBuf::from(&config.workflows_dir)
+    };
+    let dir_error = |source| StartError::WorkflowsDir {
+        path: dir.clone(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(dir_error)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let mut workflows = BTreeMap::new();
+    let mut sources: HashMap<String, PathBuf> = HashMap::new();
+    for path in files {
+        let template = TaskTemplate::load(&path).map_err(|source| StartError::Workflow {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(first) = sources.get(&template.name) {
+            return Err(StartError::DuplicateWorkflow {
+                name: template.name,
+                first: first.clone(),
+                second: path,
+            });
+        }
+        sources.insert(template.name.clone(), path);
+        workflows.insert(template.name.clone(), template);
+    }
+    Ok(workflows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_digest_ignores_key_order_but_not_values() {
+        let a = serde_json::json!({ "a": 1, "b": { "x": [1, 2], "y": null } });
+        let b: Value = serde_json::from_str(r#"{"b":{"y":null,"x":[1,2]},"a":1}"#).unwrap();
+        assert_eq!(request_hash("w", &a), request_hash("w", &b));
+        assert_ne!(request_hash("w", &a), request_hash("v", &a));
+        let c = serde_json::json!({ "a": 1, "b": { "x": [2, 1], "y": null } });
+        assert_ne!(request_hash("w", &a), request_hash("w", &c));
     }
 }

@@ -2,20 +2,72 @@
 //! append-only journal of every transition, in an embedded SQLite file
 //! (the default) or in PostgreSQL, behind one [`Store`].
 //!
-//! SKELETON: signatures are fixed; bodies are being written.
+//! One writer per store, on a thread of its own, commits every write (task
+//! creation, journal commits, cancel requests, claims, renewals, purges)
+//! in groups: everything queued while the previous group was applied goes
+//! into the next transaction, so a flush to disk is shared by every
+//! transition in it, and each caller is answered once its write is
+//! durable. Reads go to a connection pool beside it.
+//!
+//! Where to look: `writer.rs` (grouping and compare-and-swap),
+//! `sqlite.rs` and `postgres.rs` (each dialect's SQL; the SQLite writer
+//! uses rusqlite on sqlx's bundled SQLite, see there why), `wal_sync.rs`
+//! (SQLite durability off the writer's path), `reads.rs`, `rows.rs`.
+//!
+//! ```no_run
+//! # async fn demo(template: tasker_engine::TaskTemplate) -> Result<(), tasker_store::StoreError> {
+//! use std::time::Duration;
+//! use tasker_store::{Created, NewTask, Store};
+//!
+//! let store = Store::open("sqlite:tasker-data/tasker.db").await?;
+//! let owner = store.orchestrator_id().await?;
+//! let created = store
+//!     .create_task(NewTask {
+//!         workflow: template.name.clone(),
+//!         template,
+//!         context: serde_json::json!({ "order": 7 }),
+//!         idempotency_key: Some("order-7".into()),
+//!         request_hash: "digest of workflow and context".into(),
+//!         owner: owner.clone(),
+//!         lease: Duration::from_secs(30),
+//!     })
+//!     .await?;
+//! if let Created::New(task) = created {
+//!     let journal = store.journal(&owner); // hand it to the engine
+//!     # let _ = (task, journal);
+//! }
+//! store.close().await;
+//! # Ok(())
+//! # }
+//! ```
 
+mod db;
+mod journal;
 mod model;
+mod postgres;
+mod reads;
+mod rows;
+mod sqlite;
+mod wal_sync;
+mod writer;
 
 pub use model::{
     CancelOutcome, Created, JournalEntry, NewTask, StepDetail, TaskDetail, TaskFilter, TaskPage,
     TaskSummary,
 };
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tasker_engine::{Journal, StoredTask};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::Db;
+use crate::journal::StoreJournal;
+use crate::rows::{now_ms, to_ms};
+use crate::writer::{Op, Outcome, PreparedCreate, Request, Stats, WriteError, Writer};
 
 /// Which database a [`Store`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,65 +104,199 @@ pub enum StoreError {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// The grouped write transaction this operation was part of failed;
+    /// nothing of it was stored.
+    #[error("writing to the store failed: {0}")]
+    Write(String),
+}
+
+impl From<WriteError> for StoreError {
+    fn from(e: WriteError) -> Self {
+        match &e {
+            WriteError::Closed => StoreError::Closed,
+            WriteError::Failed(message) => StoreError::Write(message.clone()),
+            WriteError::Guessed => StoreError::Write(e.to_string()),
+        }
+    }
+}
+
+/// What the writer has done since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Operations (journal commits, creates, cancels, ...) they carried.
+    pub calls: u64,
+    /// Step and task transitions committed.
+    pub transitions: u64,
+    /// Tasks created.
+    pub tasks_created: u64,
+    /// Writes waiting for the writer now.
+    pub queued: u64,
 }
 
 /// A handle on the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<()>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    queue: mpsc::Sender<Op>,
+    closed: AtomicBool,
+    /// Whether the writer still runs; held while closing.
+    writer_running: tokio::sync::Mutex<bool>,
+    stats: Arc<Stats>,
+}
+
+/// Writes waiting for the writer, at most; callers wait beyond that.
+const QUEUE_DEPTH: usize = 16 * 1024;
+
+/// Tasks one purge transaction deletes at most, so that a large purge
+/// does not hold up commits.
+const PURGE_CHUNK: i64 = 1000;
+
+fn lease_until(lease: Duration) -> i64 {
+    now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn unexpected(outcome: &str) -> StoreError {
+    StoreError::Write(format!("the store's writer answered with {outcome}"))
 }
 
 impl Store {
     /// Opens (and creates, for SQLite, with its parent folder) the store at
     /// `url` and brings its schema up to date.
+    ///
+    /// `url` is `sqlite:PATH` (or `sqlite://PATH`), or a `postgres://` /
+    /// `postgresql://` URL. Must be called inside a Tokio runtime: the
+    /// store's writer is a task on it.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        let _ = url;
-        todo!()
+        let (db, connector) = Db::open(url).await?;
+        let (queue, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let stats = Arc::new(Stats::default());
+        if let Err(e) = Writer::start(connector, receiver, Arc::clone(&stats)).await {
+            db.close().await;
+            return Err(e);
+        }
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                queue,
+                closed: AtomicBool::new(false),
+                writer_running: tokio::sync::Mutex::new(true),
+                stats,
+            }),
+        })
     }
 
     /// The database in use.
     pub fn backend(&self) -> Backend {
-        todo!()
+        self.inner.db.backend()
+    }
+
+    /// What the writer has committed so far.
+    pub fn commit_stats(&self) -> CommitStats {
+        let stats = &self.inner.stats;
+        CommitStats {
+            commits: stats.commits.load(Ordering::Relaxed),
+            calls: stats.calls.load(Ordering::Relaxed),
+            transitions: stats.transitions.load(Ordering::Relaxed),
+            tasks_created: stats.tasks_created.load(Ordering::Relaxed),
+            queued: (self.inner.queue.max_capacity() - self.inner.queue.capacity()) as u64,
+        }
+    }
+
+    /// Queues a write and waits until it is committed (or failed).
+    pub(crate) async fn submit(&self, request: Request) -> Result<Outcome, WriteError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(WriteError::Closed);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .queue
+            .send(Op::Write { request, reply })
+            .await
+            .map_err(|_| WriteError::Closed)?;
+        answer.await.map_err(|_| WriteError::Closed)?
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
     }
 
     /// This node's orchestrator id: created on first open, the same on
     /// every later one, so workers holding steps across a restart are
     /// recognised.
     pub async fn orchestrator_id(&self) -> Result<String, StoreError> {
-        todo!()
+        self.check_open()?;
+        reads::orchestrator_id(&self.inner.db).await
     }
 
     /// Creates a task with one `waiting` step per template step, owned by
     /// `new.owner`; or, for an idempotency key seen before with the same
     /// `request_hash`, returns the task it created.
+    ///
+    /// The same key with another `request_hash` is
+    /// [`StoreError::IdempotencyConflict`], and nothing is stored.
     pub async fn create_task(&self, new: NewTask) -> Result<Created, StoreError> {
-        let _ = new;
-        todo!()
+        let serialise =
+            |e: serde_json::Error| StoreError::Write(format!("serialising a task: {e}"));
+        let now = now_ms();
+        let create = PreparedCreate {
+            template_json: serde_json::to_string(&new.template).map_err(serialise)?,
+            context_json: serde_json::to_string(&new.context).map_err(serialise)?,
+            created_at: rows::from_ms(now)?,
+            lease_until: lease_until(new.lease),
+            new,
+        };
+        match self.submit(Request::Create(Box::new(create))).await? {
+            Outcome::Created(created) => Ok(created),
+            Outcome::IdempotencyConflict { key, task_id } => {
+                Err(StoreError::IdempotencyConflict { key, task_id })
+            }
+            _ => Err(unexpected("something else than a task")),
+        }
     }
 
     /// A [`Journal`] committing transitions of tasks `owner` holds: a
     /// transition of a task owned by someone else is a conflict (fencing).
+    ///
+    /// A step transition holds if the step is still at its `from_state` and
+    /// `from_attempt` and its task is `owner`'s; a task transition if the
+    /// task is still running and `owner`'s (a failed task transition is
+    /// reported as a conflict on step 0: it has no step). When one
+    /// transition of a `commit` call fails, none of that call's apply.
     pub fn journal(&self, owner: &str) -> Arc<dyn Journal> {
-        let _ = owner;
-        todo!()
+        Arc::new(StoreJournal {
+            store: self.clone(),
+            owner: Arc::from(owner),
+        })
     }
 
     /// Records that a task should stop dispatching.
     pub async fn request_cancel(&self, task_id: i64) -> Result<CancelOutcome, StoreError> {
-        let _ = task_id;
-        todo!()
+        match self.submit(Request::Cancel { task_id }).await? {
+            Outcome::Cancel(outcome) => Ok(outcome),
+            _ => Err(unexpected("something else than a cancel outcome")),
+        }
     }
 
     /// A task with its steps.
     pub async fn get_task(&self, task_id: i64) -> Result<Option<TaskDetail>, StoreError> {
-        let _ = task_id;
-        todo!()
+        self.check_open()?;
+        reads::get_task(&self.inner.db, task_id).await
     }
 
     /// Tasks, newest first.
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<TaskPage, StoreError> {
-        let _ = filter;
-        todo!()
+        self.check_open()?;
+        reads::list_tasks(&self.inner.db, filter).await
     }
 
     /// Every unfinished task that `owner` holds, nobody holds, or whose
@@ -120,36 +306,84 @@ impl Store {
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<StoredTask>, StoreError> {
-        let _ = (owner, lease);
-        todo!()
+        let request = Request::Claim {
+            owner: owner.to_string(),
+            lease_until: lease_until(lease),
+            now: now_ms(),
+        };
+        let Outcome::Claimed { tasks, steps } = self.submit(request).await? else {
+            return Err(unexpected("something else than claimed tasks"));
+        };
+        // Steps come ordered by task, then position, as tasks by id.
+        let mut steps = steps.into_iter().peekable();
+        tasks
+            .into_iter()
+            .map(|task| {
+                let mut own = Vec::new();
+                while let Some(step) = steps.next_if(|step| step.task_id == task.id) {
+                    own.push(step);
+                }
+                task.into_stored(own)
+            })
+            .collect()
     }
 
     /// Extends `owner`'s lease on its unfinished tasks.
     pub async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<u64, StoreError> {
-        let _ = (owner, lease);
-        todo!()
+        let request = Request::Renew {
+            owner: owner.to_string(),
+            lease_until: lease_until(lease),
+        };
+        match self.submit(request).await? {
+            Outcome::Count(n) => Ok(n),
+            _ => Err(unexpected("something else than a count")),
+        }
     }
 
     /// Deletes tasks that ended before `cutoff`, with their steps and
     /// journal; returns how many.
     pub async fn purge_ended_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
-        let _ = cutoff;
-        todo!()
+        let cutoff = to_ms(cutoff);
+        let mut purged = 0;
+        loop {
+            let request = Request::Purge {
+                cutoff,
+                limit: PURGE_CHUNK,
+            };
+            let Outcome::Count(n) = self.submit(request).await? else {
+                return Err(unexpected("something else than a count"));
+            };
+            purged += n;
+            if n < PURGE_CHUNK as u64 {
+                return Ok(purged);
+            }
+        }
     }
 
     /// A task's journal, oldest first.
     pub async fn journal_entries(&self, task_id: i64) -> Result<Vec<JournalEntry>, StoreError> {
-        let _ = task_id;
-        todo!()
+        self.check_open()?;
+        reads::journal_entries(&self.inner.db, task_id).await
     }
 
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        todo!()
+        self.check_open()?;
+        reads::ping(&self.inner.db).await
     }
 
-    /// Commits what is queued, then closes the connections.
+    /// Commits what is queued, then closes the connections. Later calls
+    /// fail with [`StoreError::Closed`].
     pub async fn close(&self) {
-        todo!()
+        self.inner.closed.store(true, Ordering::Release);
+        let mut running = self.inner.writer_running.lock().await;
+        if *running {
+            let (done, stopped) = oneshot::channel();
+            if self.inner.queue.send(Op::Shutdown(done)).await.is_ok() {
+                let _ = stopped.await;
+            }
+            *running = false;
+        }
+        self.inner.db.close().await;
     }
 }

@@ -7,6 +7,9 @@ impl Dispatcher {
     /// Handles up to [`RECV_BURST`] messages; true if it stopped at the
     /// burst limit with more possibly waiting.
     pub(super) fn receive_burst(&mut self) -> bool {
+        if self.input_held {
+            return false;
+        }
         for _ in 0..RECV_BURST {
             match self.socket.recv_multipart(zmq::DONTWAIT) {
                 Ok(mut frames) => {

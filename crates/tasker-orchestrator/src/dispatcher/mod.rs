@@ -82,6 +82,8 @@ pub(crate) enum Command {
         deadline: Instant,
         reply: Option<oneshot::Sender<ShutdownReport>>,
     },
+    /// Start reading the socket (see `input_held`).
+    ReleaseInput,
     /// Makes the I/O loop fail as it does when polling its socket fails, so
     /// that path can be tested.
     InjectFault,
@@ -133,6 +135,10 @@ pub(crate) struct Dispatcher {
     delivery_seq: u64,
     dispatch_needed: bool,
     shutdown: Option<Shutdown>,
+    /// Nothing is read from the socket yet: a restarted orchestrator first
+    /// learns which steps its earlier run left out, or a worker's answer
+    /// to one, arriving first, would be taken for a stray result.
+    input_held: bool,
 }
 
 impl Dispatcher {
@@ -142,9 +148,11 @@ impl Dispatcher {
         context: zmq::Context,
         socket: zmq::Socket,
         channels: Channels,
+        input_held: bool,
     ) -> Self {
         let now = Instant::now();
         Self {
+            input_held,
             orchestrator_id,
             next_heartbeat: now + config.heartbeat_interval(),
             registry: Registry::new(config.max_workers),
@@ -167,8 +175,13 @@ impl Dispatcher {
             let wake_at = earliest(Some(self.next_heartbeat), self.steps.next_deadline());
             let wake_at = earliest(wake_at, self.shutdown.as_ref().map(|s| s.deadline));
             let (socket_ready, bell_rang) = {
+                let events = if self.input_held {
+                    zmq::PollEvents::empty()
+                } else {
+                    zmq::POLLIN
+                };
                 let mut items = [
-                    self.socket.as_poll_item(zmq::POLLIN),
+                    self.socket.as_poll_item(events),
                     zmq::PollItem::from_fd(self.channels.doorbell.fd(), zmq::POLLIN),
                 ];
                 match zmq::poll(&mut items, poll_timeout(wake_at)) {
@@ -276,6 +289,11 @@ impl Dispatcher {
                     let _ = reply.send(self.worker_infos());
                 }
                 Ok(Command::Shutdown { deadline, reply }) => self.begin_shutdown(deadline, reply),
+                Ok(Command::ReleaseInput) => {
+                    self.input_held = false;
+                    // Time spent held was ours, not the workers'.
+                    self.last_turn = Instant::now();
+                }
                 Ok(Command::InjectFault) => return Err("fault injected".into()),
                 Err(mpsc::TryRecvError::Empty) => return Ok(()),
                 Err(mpsc::TryRecvError::Disconnected) => {

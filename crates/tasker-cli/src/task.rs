@@ -1,0 +1,909 @@
+//! `tasker task`: start, follow, list and cancel tasks of a running
+//! `tasker serve` through its HTTP API.
+//!
+//! Exit status: 0 on success (for `submit --wait`, when the task
+//! completed), 1 when a waited-for task failed or was cancelled, 2 when a
+//! request failed (the server's problem `detail` is printed as `error:
+//! ...`).
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{SecondsFormat, Utc};
+use clap::{Args, Subcommand};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tasker_engine::{StepState, TaskEvent, TaskState};
+use tasker_protocol::StepExecutionError;
+use tasker_server::api::types::Problem;
+use tasker_store::{TaskDetail, TaskPage};
+
+use crate::run::{truncate, Progress};
+use crate::ConfigArgs;
+
+#[derive(Args, Debug)]
+pub struct TaskArgs {
+    #[command(subcommand)]
+    pub command: TaskCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TaskCommand {
+    /// Start a task of a workflow the server has loaded.
+    Submit(SubmitArgs),
+    /// Show a task and its steps.
+    Get(GetArgs),
+    /// List tasks, newest first.
+    List(ListArgs),
+    /// Cancel a task: nothing more starts, running steps finish.
+    Cancel(CancelArgs),
+}
+
+/// Where the API is.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// The API's base URL, e.g. http://127.0.0.1:8080 (default: http:// and
+    /// the config's `api_listen`).
+    #[arg(long, env = "TASKER_API")]
+    pub api: Option<String>,
+    /// Configuration file, for `api_listen` (default: config/zeromq.yaml
+    /// when present).
+    #[arg(long, env = "TASKER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Environment section (default: TASKER_ENV or development).
+    #[arg(long = "env")]
+    pub environment: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// The workflow's name (`GET /v1/workflows` lists them).
+    pub workflow: String,
+    /// The task's context, a JSON object (handlers see it as `task_context`).
+    #[arg(long, default_value = "{}")]
+    pub context: String,
+    /// A key of your choosing: submitting the same workflow and context
+    /// with it again returns the same task instead of a new one.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Follow the task with live progress until it ends; exit 0 when it
+    /// completed, 1 when it failed or was cancelled.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the API's JSON on stdout (with --wait: the final task).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// The task's id.
+    pub id: i64,
+    /// Print the API's JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only tasks in this state: running, complete, failed, cancelled.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only tasks of this workflow.
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// Only tasks created at or after this time (RFC 3339, e.g.
+    /// 2026-05-01T00:00:00Z).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Most tasks to show (1 to 1000; the server's default is 50).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// The next page: the cursor the previous page printed.
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Print the API's JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    /// The task's id.
+    pub id: i64,
+    /// Print the API's JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// How often `submit --wait` asks for the task.
+const POLL_EVERY: Duration = Duration::from_millis(200);
+/// How long `submit --wait` keeps trying a server that went away (it may
+/// be restarting: its tasks survive).
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+
+/// Runs a `tasker task` command; the exit status on success (0, or 1 for a
+/// waited-for task that did not complete). An error is exit status 2.
+pub fn run(args: TaskArgs) -> Result<i32> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        match args.command {
+            TaskCommand::Submit(args) => submit(args).await,
+            TaskCommand::Get(args) => {
+                let api = Api::new(&args.api)?;
+                let (_, body) = api.get(&format!("/v1/tasks/{}", args.id)).await?;
+                if args.json {
+                    print_json(&body);
+                } else {
+                    print_task(&parse::<TaskDetail>(body)?);
+                }
+                Ok(0)
+            }
+            TaskCommand::List(args) => list(args).await,
+            TaskCommand::Cancel(args) => {
+                let api = Api::new(&args.api)?;
+                let (_, body) = api
+                    .post(&format!("/v1/tasks/{}/cancel", args.id), None)
+                    .await?;
+                if args.json {
+                    print_json(&body);
+                } else {
+                    let task: TaskDetail = parse(body)?;
+                    println!(
+                        "cancel requested for task {} ({}): nothing more starts; running steps \
+                         finish and are recorded",
+                        task.task_id, task.workflow
+                    );
+                    print_task(&task);
+                }
+                Ok(0)
+            }
+        }
+    })
+}
+
+async fn submit(args: SubmitArgs) -> Result<i32> {
+    let context: Value = serde_json::from_str(&args.context)
+        .map_err(|e| anyhow!("--context is not valid JSON: {e}"))?;
+    let api = Api::new(&args.api)?;
+    let mut request = serde_json::json!({ "workflow": args.workflow, "context": context });
+    if let Some(key) = &args.idempotency_key {
+        request["idempotency_key"] = Value::String(key.clone());
+    }
+    let (status, body) = api.post("/v1/tasks", Some(&request)).await?;
+    let created = status == reqwest::StatusCode::CREATED;
+    if !args.wait {
+        if args.json {
+            print_json(&body);
+        } else {
+            let task: TaskDetail = parse(body)?;
+            if created {
+                println!(
+                    "created task {} ({}): {}, {} step{}",
+                    task.task_id,
+                    task.workflow,
+                    task.status,
+                    task.steps.len(),
+                    if task.steps.len() == 1 { "" } else { "s" }
+                );
+            } else {
+                println!(
+                    "task {} ({}) was created before with this idempotency key: {}",
+                    task.task_id, task.workflow, task.status
+                );
+            }
+            println!("follow it: tasker task get {}", task.task_id);
+        }
+        return Ok(0);
+    }
+    let task: TaskDetail = parse(body.clone())?;
+    if !created {
+        eprintln!(
+            "task {} was created before with this idempotency key; following it",
+            task.task_id
+        );
+    }
+    let last = follow(&api, task, body, args.json).await?;
+    match last {
+        Followed::Ended(task, body) => {
+            if args.json {
+                print_json(&body);
+            } else {
+                println!();
+                print_task(&task);
+            }
+            Ok(if task.status == TaskState::Complete {
+                0
+            } else {
+                1
+            })
+        }
+        Followed::Interrupted(task_id) => {
+            eprintln!(
+                "\nstopped following: task {task_id} goes on in the server \
+                 (`tasker task get {task_id}`, `tasker task cancel {task_id}`)"
+            );
+            Ok(130)
+        }
+    }
+}
+
+enum Followed {
+    /// The task as it ended, and the API's JSON of it.
+    Ended(TaskDetail, Value),
+    Interrupted(i64),
+}
+
+/// Polls the task until it ends, printing progress as `tasker run` does.
+async fn follow(api: &Api, first: TaskDetail, first_body: Value, json: bool) -> Result<Followed> {
+    let task_id = first.task_id;
+    let path = format!("/v1/tasks/{task_id}");
+    let mut progress = Progress::new(first.steps.len(), std::io::stderr().is_terminal() && !json);
+    eprintln!(
+        "task {task_id} ({}): {} steps",
+        first.workflow,
+        first.steps.len()
+    );
+    let mut changes = Changes::default();
+    let mut task = first;
+    let mut body = first_body;
+    let mut lost_since: Option<Instant> = None;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        for event in changes.between(&task) {
+            match event {
+                Change::Event(event) => progress.event(&event),
+                Change::Line(text) => progress.line(&text),
+            }
+        }
+        progress.redraw();
+        if task.status != TaskState::Running {
+            progress.finish();
+            return Ok(Followed::Ended(task, body));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL_EVERY) => {}
+            _ = &mut ctrl_c => {
+                progress.finish();
+                return Ok(Followed::Interrupted(task_id));
+            }
+        }
+        match api.get(&path).await {
+            Ok((_, answer)) => {
+                if lost_since.take().is_some() {
+                    progress.line("the server answers again");
+                }
+                task = parse(answer.clone())?;
+                body = answer;
+            }
+            Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
+                let since = *lost_since.get_or_insert_with(|| {
+                    progress.line(&format!(
+                        "lost the server at {} ({}); retrying for {} s (a restarted server \
+                         carries on with the task)",
+                        api.base,
+                        e.downcast_ref::<Unreachable>()
+                            .map(|u| u.cause.as_str())
+                            .unwrap_or("?"),
+                        RECONNECT_FOR.as_secs()
+                    ));
+                    Instant::now()
+                });
+                if since.elapsed() > RECONNECT_FOR {
+                    progress.finish();
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                progress.finish();
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// What a poll showed that the previous did not.
+enum Change {
+    Event(TaskEvent),
+    Line(String),
+}
+
+/// The steps' states at the previous poll, to turn the next one into
+/// progress events.
+#[derive(Default)]
+struct Changes {
+    seen: HashMap<i64, (StepState, u32)>,
+    cancelling: bool,
+}
+
+impl Changes {
+    fn between(&mut self, task: &TaskDetail) -> Vec<Change> {
+        let mut out = Vec::new();
+        if task.cancel_requested && !self.cancelling {
+            self.cancelling = true;
+            out.push(Change::Event(TaskEvent::Cancelling));
+        }
+        // Steps already running end first; then the attempts that started
+        // since the last poll, then how those of them that finished ended.
+        let mut dispatched = Vec::new();
+        let mut ended_running = Vec::new();
+        let mut ended_new = Vec::new();
+        for step in &task.steps {
+            let (was, was_attempts) = self
+                .seen
+                .insert(step.step_id, (step.state, step.attempts))
+                .unwrap_or((StepState::Waiting, 0));
+            if (was, was_attempts) == (step.state, step.attempts) {
+                continue;
+            }
+            let started = step.attempts > was_attempts;
+            if started {
+                // An attempt that failed and was retried between two polls
+                // never showed as `retry_wait`.
+                let missed_retry = was_attempts > 0 && was != StepState::RetryWait;
+                if missed_retry || step.attempts > was_attempts + 1 {
+                    if let Some(error) = &step.error {
+                        out.push(Change::Line(format!(
+                            "retried   {} after attempt {}: {}: {}",
+                            step.name,
+                            step.attempts - 1,
+                            error.error_type,
+                            error.message
+                        )));
+                    }
+                }
+                dispatched.push((step.name.clone(), step.attempts));
+            }
+            let event = match step.state {
+                StepState::Completed => Some(TaskEvent::Completed {
+                    step: step.name.clone(),
+                    attempt: step.attempts,
+                    worker_id: step.worker_id.clone().unwrap_or_else(|| "-".into()),
+                    execution_time_ms: step.duration_ms,
+                }),
+                StepState::RetryWait => Some(TaskEvent::Retrying {
+                    step: step.name.clone(),
+                    attempt: step.attempts,
+                    error: step.error.clone().unwrap_or_else(unknown_error),
+                    delay: step
+                        .next_run_at
+                        .and_then(|at| (at - Utc::now()).to_std().ok())
+                        .unwrap_or_default(),
+                }),
+                StepState::Failed => Some(TaskEvent::Failed {
+                    step: step.name.clone(),
+                    attempt: step.attempts,
+                    error: step.error.clone().unwrap_or_else(unknown_error),
+                }),
+                StepState::Blocked => Some(TaskEvent::Blocked {
+                    step: step.name.clone(),
+                    by: step.blocked_by.clone().unwrap_or_else(|| "?".into()),
+                }),
+                StepState::Waiting | StepState::Running | StepState::Cancelled => None,
+            };
+            if started {
+                ended_new.extend(event);
+            } else {
+                ended_running.extend(event);
+            }
+        }
+        out.extend(ended_running.into_iter().map(Change::Event));
+        if !dispatched.is_empty() {
+            out.push(Change::Event(TaskEvent::Dispatched { steps: dispatched }));
+        }
+        out.extend(ended_new.into_iter().map(Change::Event));
+        out
+    }
+}
+
+fn unknown_error() -> StepExecutionError {
+    StepExecutionError::new("Unknown", "no error recorded", false)
+}
+
+async fn list(args: ListArgs) -> Result<i32> {
+    let api = Api::new(&args.api)?;
+    let mut query: Vec<(&str, String)> = Vec::new();
+    if let Some(status) = &args.status {
+        query.push(("status", status.clone()));
+    }
+    if let Some(workflow) = &args.workflow {
+        query.push(("workflow", workflow.clone()));
+    }
+    if let Some(since) = &args.since {
+        query.push(("created_since", since.clone()));
+    }
+    if let Some(limit) = args.limit {
+        query.push(("limit", limit.to_string()));
+    }
+    if let Some(cursor) = &args.cursor {
+        query.push(("cursor", cursor.clone()));
+    }
+    let (_, body) = api.get_query("/v1/tasks", &query).await?;
+    if args.json {
+        print_json(&body);
+        return Ok(0);
+    }
+    let page: TaskPage = parse(body)?;
+    if page.tasks.is_empty() {
+        println!("no tasks");
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = page
+        .tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.task_id.to_string(),
+                t.workflow.clone(),
+                format!(
+                    "{}{}",
+                    status_word(t.status),
+                    if t.cancel_requested && t.status == TaskState::Running {
+                        " (cancelling)"
+                    } else {
+                        ""
+                    }
+                ),
+                format!("{}/{}", t.steps_completed, t.steps_total),
+                t.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                t.finished_at
+                    .map(|f| f.to_rfc3339_opts(SecondsFormat::Secs, true))
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "WORKFLOW",
+            "STATUS",
+            "STEPS DONE",
+            "STARTED",
+            "FINISHED",
+        ],
+        &rows,
+    );
+    if let Some(cursor) = &page.next_cursor {
+        println!("more: tasker task list --cursor {cursor} (with the same filters)");
+    }
+    Ok(0)
+}
+
+fn status_word(status: TaskState) -> &'static str {
+    match status {
+        TaskState::Running => "running",
+        TaskState::Complete => "complete",
+        TaskState::Failed => "FAILED",
+        TaskState::Cancelled => "CANCELLED",
+    }
+}
+
+/// A task as `tasker run` summarises one: a header line and a table of
+/// its steps.
+fn print_task(task: &TaskDetail) {
+    let retries: u32 = task
+        .steps
+        .iter()
+        .map(|s| s.attempts.saturating_sub(1))
+        .sum();
+    let timing = if task.status == TaskState::Running {
+        format!("for {:.2} s", task.duration_ms as f64 / 1000.0)
+    } else {
+        format!("in {:.2} s", task.duration_ms as f64 / 1000.0)
+    };
+    println!(
+        "{} (task {}): {}{} {timing}, {retries} retr{}",
+        task.workflow,
+        task.task_id,
+        status_word(task.status),
+        if task.cancel_requested && task.status == TaskState::Running {
+            " (cancel requested)"
+        } else {
+            ""
+        },
+        if retries == 1 { "y" } else { "ies" }
+    );
+    let rows: Vec<Vec<String>> = task
+        .steps
+        .iter()
+        .map(|s| {
+            let state = match s.state {
+                StepState::Failed => "FAILED".to_string(),
+                StepState::RetryWait => match s.next_run_at {
+                    Some(at) => format!(
+                        "retry in {:.1} s",
+                        (at - Utc::now()).num_milliseconds().max(0) as f64 / 1000.0
+                    ),
+                    None => "retry_wait".to_string(),
+                },
+                other => other.to_string(),
+            };
+            let detail = match (&s.output, &s.error, &s.blocked_by) {
+                (_, _, Some(by)) => format!("needs {by}"),
+                (Some(out), _, _) => out.to_string(),
+                (_, Some(e), _) => format!("{}: {}", e.error_type, e.message),
+                _ => String::new(),
+            };
+            vec![
+                s.name.clone(),
+                state,
+                s.attempts.to_string(),
+                format!("{} ms", s.duration_ms),
+                s.worker_id.clone().unwrap_or_else(|| "-".into()),
+                truncate(&detail, 60),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "STEP",
+            "STATE",
+            "ATTEMPTS",
+            "TIME",
+            "WORKER",
+            "OUTPUT / ERROR",
+        ],
+        &rows,
+    );
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let print_row = |cells: &[String]| {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    };
+    print_row(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    for row in rows {
+        print_row(row);
+    }
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialise")
+    );
+}
+
+fn parse<T: DeserializeOwned>(body: Value) -> Result<T> {
+    serde_json::from_value(body).context("the server's answer is not what this tasker expects")
+}
+
+/// The server could not be reached at all.
+#[derive(Debug, thiserror::Error)]
+#[error("the tasker server at {base} is not reachable ({cause}); start it with `tasker serve`, or point --api / TASKER_API at a running one")]
+pub struct Unreachable {
+    base: String,
+    cause: String,
+}
+
+/// The server answered with a problem document; its `detail` is the
+/// message.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.detail)]
+pub struct ProblemError(pub Problem);
+
+/// A client of one server's API.
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(args: &ApiArgs) -> Result<Api> {
+        let base = match &args.api {
+            Some(url) => base_url(url)?,
+            None => {
+                let config = ConfigArgs {
+                    config: args.config.clone(),
+                    environment: args.environment.clone(),
+                    endpoint: None,
+                }
+                .load()?;
+                url_of_listen(&config.api_listen)?
+            }
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("tasker-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api { base, http })
+    }
+
+    async fn get(&self, path: &str) -> Result<(reqwest::StatusCode, Value)> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn get_query(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<(reqwest::StatusCode, Value)> {
+        self.send(self.http.get(format!("{}{path}", self.base)).query(query))
+            .await
+    }
+
+    async fn post(&self, path: &str, body: Option<&Value>) -> Result<(reqwest::StatusCode, Value)> {
+        let request = self.http.post(format!("{}{path}", self.base));
+        let request = match body {
+            Some(body) => request.json(body),
+            None => request,
+        };
+        self.send(request).await
+    }
+
+    /// Sends `request`; a 2xx answer's JSON, or an error: [`Unreachable`],
+    /// [`ProblemError`], or another.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, Value)> {
+        let response = request.send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow!(Unreachable {
+                    base: self.base.clone(),
+                    cause: root_cause(&e),
+                })
+            } else if e.is_timeout() {
+                anyhow!("the tasker server at {} did not answer in time", self.base)
+            } else {
+                anyhow!("request to {} failed: {}", self.base, root_cause(&e))
+            }
+        })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .with_context(|| format!("reading the answer of {}", self.base))?;
+        if status.is_success() {
+            let body = serde_json::from_slice(&bytes)
+                .with_context(|| format!("the answer of {} is not JSON", self.base))?;
+            return Ok((status, body));
+        }
+        match serde_json::from_slice::<Problem>(&bytes) {
+            Ok(problem) => Err(ProblemError(problem).into()),
+            Err(_) => bail!(
+                "{} answered {status}: {}",
+                self.base,
+                truncate(String::from_utf8_lossy(&bytes).trim(), 200)
+            ),
+        }
+    }
+}
+
+/// The innermost cause of an error, e.g. "Connection refused (os error 111)".
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// `--api` as a base URL without a trailing slash; `HOST:PORT` is taken
+/// as `http://HOST:PORT`.
+fn base_url(url: &str) -> Result<String> {
+    let url = url.trim().trim_end_matches('/');
+    if url.starts_with("https://") {
+        bail!(
+            "--api {url}: this client speaks plain HTTP only; use the server's http:// address \
+             (or a TLS-terminating proxy's plain HTTP side)"
+        );
+    }
+    let url = if url.starts_with("http://") {
+        url.to_string()
+    } else if url.contains("://") {
+        bail!("--api {url}: expected http://HOST:PORT");
+    } else {
+        format!("http://{url}")
+    };
+    reqwest::Url::parse(&url).map_err(|e| anyhow!("--api {url}: {e}"))?;
+    Ok(url)
+}
+
+/// The URL a client uses for the server's `api_listen`: an unspecified
+/// address (0.0.0.0, ::) is reached on loopback.
+fn url_of_listen(listen: &str) -> Result<String> {
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| anyhow!("api_listen {listen:?} is not HOST:PORT: {e}"))?;
+    if addr.port() == 0 {
+        bail!(
+            "api_listen is {listen} (a free port chosen when the server starts): pass --api with \
+             the address `tasker serve` printed"
+        );
+    }
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        other => other,
+    };
+    Ok(format!(
+        "http://{}",
+        std::net::SocketAddr::new(ip, addr.port())
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tasker_store::StepDetail;
+
+    #[test]
+    fn api_urls() {
+        assert_eq!(base_url("127.0.0.1:9000").unwrap(), "http://127.0.0.1:9000");
+        assert_eq!(
+            base_url("http://example.invalid:80/").unwrap(),
+            "http://example.invalid:80"
+        );
+        assert!(base_url("https://example.invalid")
+            .unwrap_err()
+            .to_string()
+            .contains("plain HTTP"));
+        assert_eq!(
+            url_of_listen("127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            url_of_listen("0.0.0.0:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(url_of_listen("[::]:8080").unwrap(), "http://[::1]:8080");
+        assert!(url_of_listen("127.0.0.1:0")
+            .unwrap_err()
+            .to_string()
+            .contains("pass --api"));
+    }
+
+    fn step(id: i64, name: &str, state: StepState, attempts: u32) -> StepDetail {
+        StepDetail {
+            step_id: id,
+            name: name.into(),
+            handler: "h".into(),
+            state,
+            outcome: state.outcome(),
+            attempts,
+            duration_ms: 5,
+            worker_id: (state == StepState::Completed).then(|| "w1".to_string()),
+            output: None,
+            error: (attempts > 1 || state == StepState::Failed)
+                .then(|| StepExecutionError::new("Boom", "it broke", true)),
+            blocked_by: None,
+            next_run_at: None,
+        }
+    }
+
+    fn task(steps: Vec<StepDetail>, cancel_requested: bool) -> TaskDetail {
+        TaskDetail {
+            task_id: 1,
+            workflow: "wf".into(),
+            status: TaskState::Running,
+            cancel_requested,
+            idempotency_key: None,
+            context: serde_json::json!({}),
+            started_at: Utc::now(),
+            finished_at: None,
+            duration_ms: 0,
+            steps,
+        }
+    }
+
+    fn describe(changes: Vec<Change>) -> Vec<String> {
+        changes
+            .into_iter()
+            .map(|c| match c {
+                Change::Line(text) => text,
+                Change::Event(TaskEvent::Dispatched { steps }) => format!("dispatched {steps:?}"),
+                Change::Event(TaskEvent::Completed { step, attempt, .. }) => {
+                    format!("completed {step} {attempt}")
+                }
+                Change::Event(TaskEvent::Retrying { step, attempt, .. }) => {
+                    format!("retrying {step} {attempt}")
+                }
+                Change::Event(TaskEvent::Failed { step, attempt, .. }) => {
+                    format!("failed {step} {attempt}")
+                }
+                Change::Event(TaskEvent::Blocked { step, .. }) => format!("blocked {step}"),
+                Change::Event(TaskEvent::Cancelling) => "cancelling".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn polls_become_the_events_tasker_run_prints() {
+        let mut changes = Changes::default();
+        let first = task(
+            vec![
+                step(1, "a", StepState::Waiting, 0),
+                step(2, "b", StepState::Waiting, 0),
+            ],
+            false,
+        );
+        assert!(describe(changes.between(&first)).is_empty());
+        let second = task(
+            vec![
+                step(1, "a", StepState::Running, 1),
+                step(2, "b", StepState::Waiting, 0),
+            ],
+            false,
+        );
+        assert_eq!(
+            describe(changes.between(&second)),
+            vec![r#"dispatched [("a", 1)]"#]
+        );
+        // No change: nothing printed.
+        assert!(describe(changes.between(&second)).is_empty());
+        // a finished and b ran and completed between two polls.
+        let third = task(
+            vec![
+                step(1, "a", StepState::RetryWait, 1),
+                step(2, "b", StepState::Completed, 1),
+            ],
+            false,
+        );
+        assert_eq!(
+            describe(changes.between(&third)),
+            vec![
+                "retrying a 1".to_string(),
+                r#"dispatched [("b", 1)]"#.into(),
+                "completed b 1".into()
+            ]
+        );
+        let fourth = task(
+            vec![
+                step(1, "a", StepState::Failed, 2),
+                step(2, "b", StepState::Completed, 1),
+            ],
+            true,
+        );
+        assert_eq!(
+            describe(changes.between(&fourth)),
+            vec![
+                "cancelling".to_string(),
+                r#"dispatched [("a", 2)]"#.into(),
+                "failed a 2".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_retry_between_polls_is_still_reported() {
+        let mut changes = Changes::default();
+        changes.between(&task(vec![step(1, "a", StepState::Running, 1)], false));
+        let lines =
+            describe(changes.between(&task(vec![step(1, "a", StepState::Running, 2)], false)));
+        assert_eq!(
+            lines,
+            vec![
+                "retried   a after attempt 1: Boom: it broke".to_string(),
+                r#"dispatched [("a", 2)]"#.into()
+            ]
+        );
+    }
+}

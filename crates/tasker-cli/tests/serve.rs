@@ -1,0 +1,504 @@
+//! `tasker serve` end to end, on SQLite and on PostgreSQL: real server
+//! processes, real `tasker worker` processes, real HTTP. The server is
+//! killed with SIGKILL while hundreds of tasks are in flight, restarted,
+//! and every task must end with each step completed exactly once.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tasker_store::Store;
+
+const TASKER: &str = env!("CARGO_BIN_EXE_tasker");
+
+const SLOW_WORKFLOW: &str = r#"
+name: slow
+description: three steps in a row, the first two slow
+defaults:
+  timeout_ms: 20000
+  retry: { max_attempts: 5, initial_ms: 100, max_ms: 500 }
+steps:
+  - name: first
+    handler: sleep
+    handler_config: { ms: 300 }
+  - name: second
+    handler: sleep
+    handler_config: { ms: 200 }
+    depends_on: [first]
+  - name: last
+    handler: echo
+    depends_on: [second]
+"#;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `tasker serve`.
+struct Serve {
+    child: Child,
+    api: String,
+    log: PathBuf,
+}
+
+impl Serve {
+    fn start(dir: &Path, store: &str, endpoint: &str) -> Serve {
+        let log = dir.join(format!("serve-{}.log", Instant::now().elapsed().as_nanos()));
+        let log = unique(log);
+        let mut child = Command::new(TASKER)
+            .arg("serve")
+            .args(["--store", store])
+            .args(["--api-listen", "127.0.0.1:0"])
+            .args(["--workflows-dir", dir.join("workflows").to_str().unwrap()])
+            .args(["--endpoint", endpoint])
+            .env("TASKER_ENV", "test")
+            .env("TASKER_HEARTBEAT_INTERVAL_MS", "200")
+            .env("TASKER_LIVENESS", "3")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("tasker serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let api = line
+            .split_whitespace()
+            .skip_while(|w| *w != "api")
+            .nth(1)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no address line ({line:?}); log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_string();
+        Serve { child, api, log }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique(path: PathBuf) -> PathBuf {
+    let mut n = 0;
+    loop {
+        let candidate = path.with_extension(format!("{n}.log"));
+        if !candidate.exists() {
+            return candidate;
+        }
+        n += 1;
+    }
+}
+
+/// `tasker worker` processes; killed when dropped.
+struct Workers(Vec<Child>);
+
+impl Workers {
+    fn start(endpoint: &str, n: usize, capacity: u32) -> Workers {
+        Workers(
+            (0..n)
+                .map(|i| {
+                    Command::new(TASKER)
+                        .arg("worker")
+                        .args(["--endpoint", endpoint])
+                        .args(["--handlers", "sleep,echo,fail_permanent"])
+                        .args(["--capacity", &capacity.to_string()])
+                        .args(["--threads", &capacity.min(64).to_string()])
+                        .args(["--worker-id", &format!("w{i}")])
+                        .env("TASKER_ENV", "test")
+                        .env("TASKER_HEARTBEAT_INTERVAL_MS", "200")
+                        .env("TASKER_LIVENESS", "3")
+                        .env("TASKER_RECONNECT_MAX_MS", "200")
+                        .env("RUST_LOG", "warn")
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("tasker worker starts")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn submit(http: &reqwest::blocking::Client, serve: &Serve, n: usize) -> Vec<i64> {
+    (0..n)
+        .map(|i| {
+            let response = http
+                .post(serve.url("/v1/tasks"))
+                .json(&json!({ "workflow": "slow", "context": { "n": i } }))
+                .send()
+                .unwrap();
+            assert_eq!(response.status(), 201, "{:?}", response.text());
+            response.json::<Value>().unwrap()["task_id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Waits until no task is running; returns how many ended in each status.
+fn wait_all_ended(http: &reqwest::blocking::Client, serve: &Serve, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let page: Value = http
+            .get(serve.url("/v1/tasks?status=running&limit=1"))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap();
+        if page["tasks"].as_array().unwrap().is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tasks still running after {timeout:?}; server log:\n{}",
+            tail(&serve.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn workflows_dir(dir: &Path) {
+    std::fs::create_dir_all(dir.join("workflows")).unwrap();
+    std::fs::write(dir.join("workflows/slow.yaml"), SLOW_WORKFLOW).unwrap();
+}
+
+/// The contract of recovery, on one store.
+fn a_killed_server_restarts_and_every_step_completes_exactly_once(store_url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    workflows_dir(dir.path());
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let http = client();
+    let serve = Serve::start(dir.path(), store_url, &endpoint);
+    let _workers = Workers::start(&endpoint, 2, 60);
+    let tasks = submit(&http, &serve, 200);
+    // Let the first wave of slow steps get out to the workers.
+    std::thread::sleep(Duration::from_millis(400));
+    let killed_at = chrono::Utc::now();
+    serve.kill_9();
+
+    let serve = Serve::start(dir.path(), store_url, &endpoint);
+    wait_all_ended(&http, &serve, Duration::from_secs(90));
+    for id in &tasks {
+        let task: Value = http
+            .get(serve.url(&format!("/v1/tasks/{id}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(task["status"], "complete", "task {id}: {task:#}");
+        let last = &task["steps"][2];
+        assert_eq!(
+            last["output"]["attempt"], last["attempts"],
+            "the output is of the attempt the store has"
+        );
+    }
+    drop(serve);
+
+    // The journal: one `completed` per step, for the attempt dispatched
+    // last; and some of the steps out at the kill were answered by the
+    // worker that held them, not run again.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let reclaimed = runtime.block_on(async {
+        let store = Store::open(store_url).await.unwrap();
+        let mut reclaimed = 0;
+        for id in &tasks {
+            let journal = store.journal_entries(*id).await.unwrap();
+            let task = store.get_task(*id).await.unwrap().unwrap();
+            for step in &task.steps {
+                let entries: Vec<_> = journal
+                    .iter()
+                    .filter(|e| e.step_id == Some(step.step_id))
+                    .collect();
+                let completed: Vec<_> = entries
+                    .iter()
+                    .filter(|e| e.to_state == "completed")
+                    .collect();
+                assert_eq!(
+                    completed.len(),
+                    1,
+                    "task {id} step {}: {entries:#?}",
+                    step.name
+                );
+                assert_eq!(completed[0].attempt, step.attempts);
+                let dispatch = entries
+                    .iter()
+                    .rev()
+                    .find(|e| e.to_state == "running")
+                    .expect("dispatched before completing");
+                assert_eq!(dispatch.attempt, completed[0].attempt);
+                if dispatch.at < killed_at && completed[0].at > killed_at {
+                    reclaimed += 1;
+                }
+            }
+        }
+        store.close().await;
+        reclaimed
+    });
+    assert!(
+        reclaimed > 0,
+        "no step out at the kill was answered by its worker after the restart"
+    );
+}
+
+#[test]
+fn s1_sqlite_a_killed_server_restarts_and_every_step_completes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("tasks.db").display());
+    a_killed_server_restarts_and_every_step_completes_exactly_once(&url);
+}
+
+#[test]
+fn s2_postgres_a_killed_server_restarts_and_every_step_completes_exactly_once() {
+    let pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
+    a_killed_server_restarts_and_every_step_completes_exactly_once(&pg.url());
+}
+
+/// `tasker task ...` against `api`.
+fn task_cli(api: &str, args: &[&str]) -> std::process::Output {
+    Command::new(TASKER)
+        .arg("task")
+        .args(args)
+        .args(["--api", api])
+        .output()
+        .expect("tasker task runs")
+}
+
+const MIXED_WORKFLOW: &str = r#"
+name: mixed
+steps:
+  - name: fetch
+    handler: echo
+  - name: charge
+    handler: fail_permanent
+    depends_on: [fetch]
+  - name: ship
+    handler: echo
+    depends_on: [charge]
+  - name: log
+    handler: echo
+    depends_on: [fetch]
+"#;
+
+#[test]
+fn s3_the_task_command_submits_waits_shows_lists_and_cancels_with_exit_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    workflows_dir(dir.path());
+    std::fs::write(dir.path().join("workflows/mixed.yaml"), MIXED_WORKFLOW).unwrap();
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let store = format!("sqlite:{}", dir.path().join("t.db").display());
+    let serve = Serve::start(dir.path(), &store, &endpoint);
+    let _workers = Workers::start(&endpoint, 1, 8);
+
+    // Completes: exit 0, the JSON report of `tasker run --json`, with the id.
+    let done = task_cli(
+        &serve.api,
+        &[
+            "submit",
+            "slow",
+            "--context",
+            r#"{"order": 1}"#,
+            "--wait",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let report: Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(report["status"], "complete");
+    assert_eq!(report["steps"][2]["outcome"], "completed");
+    let id = report["task_id"].as_i64().unwrap();
+    let progress = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        progress.contains("first"),
+        "live progress names the steps: {progress}"
+    );
+
+    // Fails: exit 1; the blocked step says by what.
+    let failed = task_cli(&serve.api, &["submit", "mixed", "--wait", "--json"]);
+    assert_eq!(failed.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&failed.stdout).unwrap();
+    assert_eq!(report["status"], "failed");
+    assert_eq!(report["steps"][2]["outcome"], "blocked");
+    assert_eq!(report["steps"][2]["blocked_by"], "charge");
+    assert_eq!(
+        report["steps"][3]["outcome"], "completed",
+        "the other branch went on"
+    );
+
+    // Get and list.
+    let got = task_cli(&serve.api, &["get", &id.to_string(), "--json"]);
+    assert_eq!(got.status.code(), Some(0));
+    let got: Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(got["task_id"], id);
+    assert_eq!(got["context"], json!({ "order": 1 }));
+    let listed = task_cli(&serve.api, &["list", "--status", "failed", "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let tasks = listed["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0]["workflow"], "mixed");
+
+    // Cancel a running task: its running step finishes, the rest never run.
+    let started = task_cli(&serve.api, &["submit", "slow", "--json"]);
+    let started: Value = serde_json::from_slice(&started.stdout).unwrap();
+    let running = started["task_id"].as_i64().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(100));
+    let cancelled = task_cli(&serve.api, &["cancel", &running]);
+    assert_eq!(
+        cancelled.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&cancelled.stderr)
+    );
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let task = loop {
+        let task: Value = http
+            .get(serve.url(&format!("/v1/tasks/{running}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if task["status"] != "running" || Instant::now() > deadline {
+            break task;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(task["status"], "cancelled", "{task:#}");
+    assert_eq!(task["steps"][2]["outcome"], "cancelled");
+    assert_eq!(task["steps"][2]["attempts"], 0, "never dispatched");
+    // Cancelling again: the task has ended, exit 2 with the server's reason.
+    let again = task_cli(&serve.api, &["cancel", &running]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("ended"));
+
+    // An unknown workflow: exit 2 and the closest name.
+    let unknown = task_cli(&serve.api, &["submit", "slwo"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        message.contains("slow"),
+        "names the closest workflow: {message}"
+    );
+}
+
+#[test]
+fn s4_sigterm_drains_the_steps_out_and_the_next_start_finishes_the_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    workflows_dir(dir.path());
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let store = format!("sqlite:{}", dir.path().join("t.db").display());
+    let http = client();
+    let mut serve = Serve::start(dir.path(), &store, &endpoint);
+    let _workers = Workers::start(&endpoint, 1, 50);
+    let tasks = submit(&http, &serve, 20);
+    std::thread::sleep(Duration::from_millis(150));
+    let stopping = Instant::now();
+    let pid = serve.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = serve.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "a clean stop exits 0: {status:?}\n{}",
+        serve.log()
+    );
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "drained within the shutdown timeout"
+    );
+    let log = serve.log();
+    assert!(log.contains("service stopped"), "{}", tail(&log, 20));
+    drop(serve);
+    // The drain finished the steps that were out, and dispatched nothing
+    // more: the tasks wait in the store, none marked failed.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = Store::open(&store).await.unwrap();
+        let mut running = 0;
+        for id in &tasks {
+            let task = store.get_task(*id).await.unwrap().unwrap();
+            assert_ne!(task.status.to_string(), "failed");
+            if task.status.to_string() == "running" {
+                running += 1;
+                assert!(
+                    task.steps.iter().all(|s| s.state.to_string() != "running"),
+                    "{task:#?}"
+                );
+            }
+        }
+        assert!(running > 0, "the stop came before the tasks could finish");
+        store.close().await;
+    });
+
+    // Nothing was abandoned as a failure: the next start finishes each task.
+    let serve = Serve::start(dir.path(), &store, &endpoint);
+    wait_all_ended(&http, &serve, Duration::from_secs(60));
+    for id in tasks {
+        let task: Value = http
+            .get(serve.url(&format!("/v1/tasks/{id}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(task["status"], "complete", "{task:#}");
+        for step in task["steps"].as_array().unwrap() {
+            assert_eq!(
+                step["attempts"], 1,
+                "a drained step is not run again: {task:#}"
+            );
+        }
+    }
+}

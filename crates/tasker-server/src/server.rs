@@ -1,0 +1,83 @@
+//! The process around the service: the HTTP listener, and a clean stop on
+//! a signal.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tasker_config::TaskerConfig;
+
+use crate::{Service, StartError};
+
+/// A started service with its API listener bound, not serving yet.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = tasker_config::TaskerConfig::default();
+/// let server = tasker_server::Server::bind(&config).await?;
+/// println!("API on http://{}", server.local_addr());
+/// server.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    service: Arc<Service>,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts the service ([`Service::start`]) and binds `api_listen`.
+    pub async fn bind(config: &TaskerConfig) -> Result<Server, StartError> {
+        let listen = config.api_listen.clone();
+        // Bind first: a taken port should fail before tasks are resumed.
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                address: listen.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            address: listen,
+            source,
+        })?;
+        let service = Service::start(config).await?;
+        Ok(Server {
+            service,
+            listener,
+            addr,
+        })
+    }
+
+    /// The address the API answers on (the real port of `:0`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The service.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// Serves the API until `stop` completes, then stops the service
+    /// ([`Service::shutdown`]: drain, then close the store) while the API
+    /// still answers reads, and only then closes the listener.
+    pub async fn run(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+        let app = crate::api::router(Arc::clone(&self.service));
+        let http = tokio::spawn(
+            axum::serve(self.listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = closed_rx.await;
+                })
+                .into_future(),
+        );
+        stop.await;
+        tracing::info!("stop requested");
+        self.service.shutdown().await;
+        let _ = closed_tx.send(());
+        match http.await {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}

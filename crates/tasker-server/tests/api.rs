@@ -1,0 +1,614 @@
+//! The HTTP API over real HTTP, against a real service (SQLite store in a
+//! temporary folder, orchestrator on an ephemeral port) and, where a task
+//! must run, a real in-process Rust worker.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{ALLOW, CONTENT_TYPE, LOCATION};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tasker_config::TaskerConfig;
+use tasker_server::api::{openapi, router, MAX_BODY_BYTES};
+use tasker_server::Service;
+
+const ECHO_TWICE: &str = "\
+name: echo_twice
+description: Two echo steps, one after the other.
+steps:
+  - name: first
+    handler: echo
+  - name: second
+    handler: echo
+    depends_on: [first]
+";
+
+const SLOW_THEN_ECHO: &str = "\
+name: slow_then_echo
+steps:
+  - name: slow
+    handler: slow
+  - name: after
+    handler: echo
+    depends_on: [slow]
+";
+
+/// A service with its API on an ephemeral port.
+struct Api {
+    service: Arc<Service>,
+    base: String,
+    http: reqwest::Client,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Api {
+    async fn start() -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let workflows = dir.path().join("workflows");
+        std::fs::create_dir(&workflows).unwrap();
+        std::fs::write(workflows.join("echo_twice.yaml"), ECHO_TWICE).unwrap();
+        std::fs::write(workflows.join("slow_then_echo.yaml"), SLOW_THEN_ECHO).unwrap();
+        let config = TaskerConfig {
+            endpoint: "tcp://127.0.0.1:0".into(),
+            store: format!("sqlite:{}", dir.path().join("tasker.db").display()),
+            api_listen: "127.0.0.1:0".into(),
+            workflows_dir: workflows.display().to_string(),
+            heartbeat_interval_ms: 200,
+            ..TaskerConfig::default()
+        };
+        let service = Service::start(&config).await.expect("service starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = router(Arc::clone(&service));
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Api {
+            service,
+            base,
+            http: reqwest::Client::new(),
+            server,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(self) {
+        self.server.abort();
+        self.service.shutdown().await;
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        answer(self.http.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        answer(
+            self.http
+                .post(self.url(path))
+                .json(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn post(&self, path: &str) -> (StatusCode, Value) {
+        answer(self.http.post(self.url(path)).send().await.unwrap()).await
+    }
+
+    /// Polls the task until `done` holds of it.
+    async fn wait_for(&self, id: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, task) = self.get(&format!("/v1/tasks/{id}")).await;
+            assert_eq!(status, StatusCode::OK, "{task}");
+            if done(&task) {
+                return task;
+            }
+            assert!(Instant::now() < deadline, "task {id} never {what}: {task}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A Rust worker serving `echo` and `slow` (1 s), connected.
+    async fn worker(&self) -> tasker_worker::RunningWorker {
+        let config = TaskerConfig {
+            endpoint: self.service.endpoint().to_string(),
+            heartbeat_interval_ms: 200,
+            ..TaskerConfig::default()
+        };
+        let worker = tasker_worker::Worker::new(config)
+            .handler("echo", |step| Ok(step.task_context.clone()))
+            .handler("slow", |_| {
+                std::thread::sleep(Duration::from_secs(1));
+                Ok(json!({ "slept_ms": 1000 }))
+            })
+            .spawn()
+            .expect("worker starts");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, workers) = self.get("/v1/workers").await;
+            if workers["workers"].as_array().is_some_and(|w| !w.is_empty()) {
+                return worker;
+            }
+            assert!(Instant::now() < deadline, "the worker never connected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Status and JSON body, checking that an error is a problem document
+/// whose `status` is the response's.
+async fn answer(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body: Value = response.json().await.expect("a JSON body");
+    if status.is_client_error() || status.is_server_error() {
+        assert_eq!(content_type, "application/problem+json", "{status} {body}");
+        assert_eq!(body["status"], status.as_u16(), "{body}");
+        assert!(body["title"].is_string(), "{body}");
+        assert!(
+            body["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://tasker-core.dev/problems/"),
+            "{body}"
+        );
+    } else {
+        assert!(
+            content_type.starts_with("application/json"),
+            "{content_type}"
+        );
+    }
+    (status, body)
+}
+
+fn assert_problem(
+    (status, body): &(StatusCode, Value),
+    want_status: u16,
+    slug: &str,
+    detail: &str,
+    field: Option<&str>,
+) {
+    assert_eq!(status.as_u16(), want_status, "{body}");
+    assert_eq!(
+        body["type"],
+        format!("https://tasker-core.dev/problems/{slug}"),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains(detail),
+        "detail {:?} lacks {detail:?}",
+        body["detail"]
+    );
+    match field {
+        Some(field) => assert_eq!(body["field"], field, "{body}"),
+        None => assert!(body.get("field").is_none(), "{body}"),
+    }
+}
+
+async fn send_raw(
+    api: &Api,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> (StatusCode, Value) {
+    let mut request = api.http.post(api.url("/v1/tasks")).body(body);
+    if let Some(content_type) = content_type {
+        request = request.header(CONTENT_TYPE, content_type);
+    }
+    answer(request.send().await.unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_problems_that_name_the_field_and_store_nothing() {
+    let api = Api::start().await;
+    const JSON: Option<&str> = Some("application/json");
+
+    let unknown = api
+        .post_json("/v1/tasks", &json!({ "workflow": "echo_twcie" }))
+        .await;
+    assert_problem(
+        &unknown,
+        422,
+        "unknown-workflow",
+        "workflow: unknown workflow `echo_twcie`; did you mean `echo_twice`?",
+        Some("workflow"),
+    );
+    assert_eq!(unknown.1["closest"], "echo_twice");
+    assert_eq!(
+        unknown.1["known_workflows"],
+        json!(["echo_twice", "slow_then_echo"])
+    );
+
+    assert_problem(
+        &send_raw(&api, JSON, r#"{"workflow": "echo_twice", "context": {"#).await,
+        400,
+        "malformed-json",
+        "the body is not valid JSON: EOF while parsing an object at line 1 column",
+        None,
+    );
+    assert_problem(
+        &api.post_json(
+            "/v1/tasks",
+            &json!({ "workflow": "echo_twice", "context": "order 42" }),
+        )
+        .await,
+        422,
+        "invalid-body",
+        "context: expected an object, got a string",
+        Some("context"),
+    );
+    assert_problem(
+        &api.post_json("/v1/tasks", &json!({ "workflow": 42 })).await,
+        422,
+        "invalid-body",
+        "workflow: expected a string, got an integer",
+        Some("workflow"),
+    );
+    assert_problem(
+        &api.post_json(
+            "/v1/tasks",
+            &json!({ "workflow": "echo_twice", "idempotency_key": 7 }),
+        )
+        .await,
+        422,
+        "invalid-body",
+        "idempotency_key: expected a string, got an integer",
+        Some("idempotency_key"),
+    );
+    assert_problem(
+        &api.post_json("/v1/tasks", &json!({ "workflo": "echo_twice" }))
+            .await,
+        422,
+        "invalid-body",
+        "unknown field `workflo`, expected one of `workflow`, `context`, `idempotency_key`",
+        Some("workflo"),
+    );
+    assert_problem(
+        &api.post_json("/v1/tasks", &json!({ "context": {} })).await,
+        422,
+        "invalid-body",
+        "workflow: missing",
+        Some("workflow"),
+    );
+    let padding = "x".repeat(MAX_BODY_BYTES);
+    let oversized = json!({ "workflow": "echo_twice", "context": { "pad": padding } }).to_string();
+    assert_problem(
+        &send_raw(&api, JSON, oversized).await,
+        413,
+        "body-too-large",
+        "larger than the limit of 1048576 bytes",
+        None,
+    );
+    assert_problem(
+        &send_raw(&api, Some("text/plain"), r#"{"workflow":"echo_twice"}"#).await,
+        415,
+        "unsupported-media-type",
+        "Content-Type: expected application/json, got `text/plain`",
+        Some("Content-Type"),
+    );
+    assert_problem(
+        &send_raw(&api, None, r#"{"workflow":"echo_twice"}"#).await,
+        415,
+        "unsupported-media-type",
+        "got none",
+        Some("Content-Type"),
+    );
+    assert_problem(
+        &api.get("/v1/tasks?limit=0").await,
+        400,
+        "invalid-parameter",
+        "limit: expected an integer from 1 to 1000, got `0`",
+        Some("limit"),
+    );
+    assert_problem(
+        &api.get("/v1/tasks?status=done").await,
+        400,
+        "invalid-parameter",
+        "status: expected one of `running`, `complete`, `failed`, `cancelled`, got `done`",
+        Some("status"),
+    );
+    assert_problem(
+        &api.get("/v1/tasks?created_since=yesterday").await,
+        400,
+        "invalid-parameter",
+        "created_since: expected an RFC 3339 time",
+        Some("created_since"),
+    );
+    assert_problem(
+        &api.get("/v1/tasks?colour=red").await,
+        400,
+        "invalid-parameter",
+        "unknown query parameter `colour`",
+        Some("colour"),
+    );
+    let missing = api.get("/v1/tasks/987654").await;
+    assert_problem(
+        &missing,
+        404,
+        "task-not-found",
+        "no task has id 987654",
+        None,
+    );
+    assert_eq!(missing.1["task_id"], 987654);
+    assert_problem(
+        &api.get("/v1/tasks/abc").await,
+        400,
+        "invalid-parameter",
+        "id: expected a task id (a positive integer), got `abc`",
+        Some("id"),
+    );
+    assert_problem(
+        &api.post("/v1/tasks/987654/cancel").await,
+        404,
+        "task-not-found",
+        "no task has id 987654",
+        None,
+    );
+    assert_problem(
+        &api.get("/v2/nothing").await,
+        404,
+        "not-found",
+        "no route for GET /v2/nothing",
+        None,
+    );
+    let response = api.http.delete(api.url("/v1/tasks")).send().await.unwrap();
+    let allow = response.headers()[ALLOW].to_str().unwrap().to_string();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    assert_problem(
+        &answer(response).await,
+        405,
+        "method-not-allowed",
+        "/v1/tasks does not take DELETE",
+        None,
+    );
+
+    // A name of a megabyte is not echoed back whole.
+    let long = "w".repeat(500_000);
+    let (_, body) = api
+        .post_json("/v1/tasks", &json!({ "workflow": long }))
+        .await;
+    assert!(
+        body.to_string().len() < 2_000,
+        "{} bytes",
+        body.to_string().len()
+    );
+
+    let (status, page) = api.get("/v1/tasks").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["tasks"], json!([]), "a bad request stored a task");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_resubmit_returns_the_same_task_and_another_body_conflicts() {
+    let api = Api::start().await;
+    let request = json!({
+        "workflow": "echo_twice",
+        "context": { "order_id": 42 },
+        "idempotency_key": "order-42"
+    });
+    let response = api
+        .http
+        .post(api.url("/v1/tasks"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()[LOCATION].to_str().unwrap().to_string();
+    let (_, created) = answer(response).await;
+    let id = created["task_id"].as_i64().unwrap();
+    assert_eq!(location, format!("/v1/tasks/{id}"));
+    assert_eq!(created["workflow"], "echo_twice");
+    assert_eq!(created["idempotency_key"], "order-42");
+    assert_eq!(created["context"], json!({ "order_id": 42 }));
+    assert_eq!(created["steps"].as_array().unwrap().len(), 2);
+
+    let (status, again) = api.post_json("/v1/tasks", &request).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["task_id"], id);
+
+    let other = json!({
+        "workflow": "echo_twice",
+        "context": { "order_id": 43 },
+        "idempotency_key": "order-42"
+    });
+    let conflict = api.post_json("/v1/tasks", &other).await;
+    assert_problem(
+        &conflict,
+        409,
+        "idempotency-conflict",
+        &format!("`order-42` was used for task {id} with a different workflow or context"),
+        Some("idempotency_key"),
+    );
+    assert_eq!(conflict.1["task_id"], id);
+
+    let (_, fetched) = api.get(&location).await;
+    assert_eq!(fetched["task_id"], id);
+    let (_, page) = api.get("/v1/tasks").await;
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 1, "{page}");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_lets_the_running_step_finish_and_an_ended_task_cannot_be_cancelled() {
+    let api = Api::start().await;
+    let worker = api.worker().await;
+
+    let (status, task) = api
+        .post_json("/v1/tasks", &json!({ "workflow": "slow_then_echo" }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    let id = task["task_id"].as_i64().unwrap();
+    api.wait_for(id, "ran its slow step", |t| {
+        t["steps"][0]["state"] == "running"
+    })
+    .await;
+    let (status, cancelled) = api.post(&format!("/v1/tasks/{id}/cancel")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{cancelled}");
+    assert_eq!(cancelled["cancel_requested"], true);
+    let ended = api
+        .wait_for(id, "ended", |t| t["status"] != "running")
+        .await;
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    assert_eq!(ended["steps"][0]["state"], "completed", "{ended}");
+    assert_eq!(ended["steps"][0]["output"], json!({ "slept_ms": 1000 }));
+    assert_eq!(ended["steps"][1]["state"], "cancelled", "{ended}");
+    assert_eq!(ended["steps"][1]["attempts"], 0, "{ended}");
+
+    let again = api.post(&format!("/v1/tasks/{id}/cancel")).await;
+    assert_problem(
+        &again,
+        409,
+        "task-ended",
+        &format!("task {id} has already ended (cancelled)"),
+        None,
+    );
+    assert_eq!(again.1["task_status"], "cancelled");
+
+    let (_, done) = api
+        .post_json(
+            "/v1/tasks",
+            &json!({ "workflow": "echo_twice", "context": { "n": 1 } }),
+        )
+        .await;
+    let done_id = done["task_id"].as_i64().unwrap();
+    let complete = api
+        .wait_for(done_id, "completed", |t| t["status"] != "running")
+        .await;
+    assert_eq!(complete["status"], "complete", "{complete}");
+    assert_eq!(complete["steps"][1]["output"], json!({ "n": 1 }));
+    let ended = api.post(&format!("/v1/tasks/{done_id}/cancel")).await;
+    assert_problem(
+        &ended,
+        409,
+        "task-ended",
+        &format!("task {done_id} has already ended (complete)"),
+        None,
+    );
+
+    let (_, page) = api.get("/v1/tasks?status=complete").await;
+    let ids: Vec<i64> = page["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![done_id]);
+
+    worker.stop();
+    worker.join(Duration::from_secs(10));
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_page_with_the_cursor() {
+    let api = Api::start().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let (status, task) = api
+            .post_json(
+                "/v1/tasks",
+                &json!({ "workflow": "echo_twice", "context": { "n": n } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{task}");
+        ids.push(task["task_id"].as_i64().unwrap());
+    }
+    ids.reverse();
+    let mut seen = Vec::new();
+    let mut path = "/v1/tasks?limit=2&workflow=echo_twice".to_string();
+    for _ in 0..5 {
+        let (status, page) = api.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        seen.extend(
+            page["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["task_id"].as_i64().unwrap()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/tasks?limit=2&workflow=echo_twice&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "newest first, each task once");
+    let (_, none) = api.get("/v1/tasks?workflow=slow_then_echo").await;
+    assert_eq!(none["tasks"], json!([]));
+    let (_, future) = api
+        .get("/v1/tasks?created_since=2999-01-01T00:00:00Z")
+        .await;
+    assert_eq!(future["tasks"], json!([]));
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_its_document_health_workflows_workers_and_every_documented_route() {
+    let api = Api::start().await;
+    let (status, document) = api.get("/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(document, openapi());
+
+    let (status, health) = api.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health, json!({ "status": "ok" }));
+    let (status, ready) = api.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["store"], true);
+
+    let (_, workflows) = api.get("/v1/workflows").await;
+    let echo = &workflows["workflows"][0];
+    assert_eq!(echo["name"], "echo_twice");
+    assert_eq!(echo["description"], "Two echo steps, one after the other.");
+    assert_eq!(echo["steps"][1]["depends_on"], json!(["first"]));
+
+    let worker = api.worker().await;
+    let (_, workers) = api.get("/v1/workers").await;
+    let listed = &workers["workers"][0];
+    assert_eq!(listed["language"], "rust", "{workers}");
+    let mut handlers: Vec<&str> = listed["handlers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    handlers.sort_unstable();
+    assert_eq!(handlers, ["echo", "slow"]);
+    assert!(listed["capacity"].as_u64().unwrap() > 0);
+
+    // Each documented operation is routed: whatever it answers, it is not
+    // the router's own "no such route" or "wrong method".
+    for (path, item) in document["paths"].as_object().unwrap() {
+        let path = path.replace("{id}", "987654");
+        for method in item.as_object().unwrap().keys() {
+            let request = match method.as_str() {
+                "get" => api.http.get(api.url(&path)),
+                "post" => api.http.post(api.url(&path)).json(&json!({})),
+                other => panic!("undocumented method {other}"),
+            };
+            let (_, body) = answer(request.send().await.unwrap()).await;
+            let kind = body["type"].as_str().unwrap_or("");
+            assert!(
+                !kind.ends_with("/not-found") && !kind.ends_with("/method-not-allowed"),
+                "{method} {path} is not routed: {body}"
+            );
+        }
+    }
+
+    worker.stop();
+    worker.join(Duration::from_secs(10));
+    api.stop().await;
+}

@@ -1,0 +1,129 @@
+//! Which database a store runs on: parsing its URL, connecting, migrating.
+
+use std::path::PathBuf;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{PgPool, SqlitePool};
+
+use crate::{postgres, sqlite, Backend, StoreError};
+
+/// The connection pool of either dialect. Everything that runs the same
+/// SQL on both goes through [`with_pool!`].
+#[derive(Clone, Debug)]
+pub(crate) enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool `$db` holds; the body
+/// is compiled once per dialect.
+macro_rules! with_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($pool) => $body,
+            $crate::db::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// What a store URL names.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    SqliteFile(PathBuf),
+    Postgres,
+}
+
+fn parse(url: &str) -> Result<Target, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Target::Postgres);
+    }
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| StoreError::BadUrl(url.to_string()))?;
+    // An in-memory database would lose every task on exit, and each pooled
+    // connection would see a different one.
+    if path.is_empty() || path.starts_with(":memory:") {
+        return Err(StoreError::BadUrl(url.to_string()));
+    }
+    Ok(Target::SqliteFile(PathBuf::from(path)))
+}
+
+/// How the writer opens its own connection.
+#[derive(Clone, Debug)]
+pub(crate) enum Connector {
+    /// The database file.
+    Sqlite(PathBuf),
+    Postgres(Box<PgConnectOptions>),
+}
+
+impl Db {
+    /// Connects to the database `url` names and brings its schema up to
+    /// date; returns the readers' pool and how to open the writer's
+    /// connection.
+    pub(crate) async fn open(url: &str) -> Result<(Db, Connector), StoreError> {
+        let opened = match parse(url)? {
+            Target::SqliteFile(path) => {
+                let pool = sqlite::connect(&path).await?;
+                (Db::Sqlite(pool), Connector::Sqlite(path))
+            }
+            Target::Postgres => {
+                let (pool, options) = postgres::connect(url).await?;
+                (Db::Postgres(pool), Connector::Postgres(Box::new(options)))
+            }
+        };
+        match &opened.0 {
+            Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        Ok(opened)
+    }
+
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Waits for every connection to be returned, then closes them.
+    pub(crate) async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_a_sqlite_file_or_a_postgres_server() {
+        assert_eq!(
+            parse("sqlite:tasker-data/tasker.db").unwrap(),
+            Target::SqliteFile("tasker-data/tasker.db".into())
+        );
+        assert_eq!(
+            parse("sqlite:///var/lib/tasker.db").unwrap(),
+            Target::SqliteFile("/var/lib/tasker.db".into())
+        );
+        assert_eq!(
+            parse("sqlite://rel/t.db").unwrap(),
+            Target::SqliteFile("rel/t.db".into())
+        );
+        assert_eq!(parse("postgres://u@h/db").unwrap(), Target::Postgres);
+        assert_eq!(parse("postgresql://u@h/db").unwrap(), Target::Postgres);
+        for bad in [
+            "mysql://h/db",
+            "tasker.db",
+            "sqlite:",
+            "sqlite::memory:",
+            "",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(StoreError::BadUrl(ref u)) if u == bad),
+                "{bad}"
+            );
+        }
+    }
+}
