@@ -2,7 +2,12 @@
 //! in a [`tasker_store::Store`] and survive a crash; an HTTP API starts,
 //! shows and cancels them.
 //!
-//! SKELETON: signatures are fixed; bodies are being written.
+//! * [`Service`]: the workflows, the store, the engine driving each
+//!   unfinished task, and the orchestrator; what the API calls.
+//! * [`api`]: the HTTP routes under `/v1`, problem+json errors, and the
+//!   OpenAPI document generated from the request and response types.
+//! * [`Server`]: the service with its listener bound, stopping cleanly on
+//!   a signal.
 
 pub mod api;
 mod server;
