@@ -383,35 +383,18 @@ fn print_summary(report: &TaskReport) {
             ]
         })
         .collect();
-    let header = [
-        "STEP",
-        "OUTCOME",
-        "ATTEMPTS",
-        "TIME",
-        "WORKER",
-        "OUTPUT / ERROR",
-    ];
-    let widths: Vec<usize> = (0..6)
-        .map(|c| {
-            rows.iter()
-                .map(|r| r[c].chars().count())
-                .chain([header[c].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let print_row = |cells: &[String]| {
-        let line: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    };
-    print_row(&header.map(String::from));
-    for row in &rows {
-        print_row(row);
-    }
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    crate::task::print_table(
+        &[
+            "STEP",
+            "OUTCOME",
+            "ATTEMPTS",
+            "TIME",
+            "WORKER",
+            "OUTPUT / ERROR",
+        ],
+        &rows,
+    );
 }
 
 pub(crate) fn truncate(text: &str, max: usize) -> String {

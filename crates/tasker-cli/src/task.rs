@@ -560,7 +560,8 @@ fn print_task(task: &TaskDetail) {
     );
 }
 
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+/// Prints `rows` under `header`, each column as wide as its widest cell.
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let widths: Vec<usize> = (0..header.len())
         .map(|c| {
             rows.iter()
