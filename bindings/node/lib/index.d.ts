@@ -47,6 +47,14 @@ export interface Config {
   defaultRetryable: boolean;
   /** Most worker connections the orchestrator registers (orchestrator only). */
   maxWorkers: number;
+  /** Where `tasker serve` keeps tasks: `sqlite:PATH` or `postgres://...` (serve only). */
+  store: string;
+  /** The HTTP API address of `tasker serve`, `HOST:PORT` (serve only). */
+  apiListen: string;
+  /** The folder `tasker serve` loads workflows from; empty: `examples/workflows` (serve only). */
+  workflowsDir: string;
+  /** Hours `tasker serve` keeps ended tasks; 0 keeps them (serve only). */
+  taskRetentionHours: number;
 }
 
 /** Config keys that replace those of the file and the environment; `undefined` keeps the loaded value. */
