@@ -198,6 +198,15 @@ fn wait_all_ended(http: &reqwest::blocking::Client, serve: &Serve, timeout: Dura
     }
 }
 
+/// `GET /v1/tasks/{id}`.
+fn get_task(http: &reqwest::blocking::Client, serve: &Serve, id: &str) -> Value {
+    http.get(serve.url(&format!("/v1/tasks/{id}")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -225,12 +234,7 @@ fn a_killed_server_restarts_and_every_step_completes_exactly_once(store_url: &st
     let serve = Serve::start(dir.path(), store_url, &endpoint);
     wait_all_ended(&http, &serve, Duration::from_secs(90));
     for id in &tasks {
-        let task: Value = http
-            .get(serve.url(&format!("/v1/tasks/{id}")))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let task: Value = get_task(&http, &serve, &id.to_string());
         assert_eq!(task["status"], "complete", "task {id}: {task:#}");
         let last = &task["steps"][2];
         assert_eq!(
@@ -402,12 +406,7 @@ fn s3_the_task_command_submits_waits_shows_lists_and_cancels_with_exit_statuses(
     let http = client();
     let deadline = Instant::now() + Duration::from_secs(10);
     let task = loop {
-        let task: Value = http
-            .get(serve.url(&format!("/v1/tasks/{running}")))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let task: Value = get_task(&http, &serve, &running);
         if task["status"] != "running" || Instant::now() > deadline {
             break task;
         }
@@ -487,12 +486,7 @@ fn s4_sigterm_drains_the_steps_out_and_the_next_start_finishes_the_tasks() {
     let serve = Serve::start(dir.path(), &store, &endpoint);
     wait_all_ended(&http, &serve, Duration::from_secs(60));
     for id in tasks {
-        let task: Value = http
-            .get(serve.url(&format!("/v1/tasks/{id}")))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let task: Value = get_task(&http, &serve, &id.to_string());
         assert_eq!(task["status"], "complete", "{task:#}");
         for step in task["steps"].as_array().unwrap() {
             assert_eq!(
