@@ -189,10 +189,28 @@ pub struct TaskerConfig {
     /// Hours an ended task is kept before `tasker serve` purges it; 0 keeps
     /// tasks forever. `TASKER_TASK_RETENTION_HOURS`.
     pub task_retention_hours: u64,
+    /// Where clients (`tasker task`, the SDKs' `Client`) reach the API:
+    /// `http://HOST:PORT`. Empty: `http://` + `api_listen`, an unspecified
+    /// address reached on loopback. `TASKER_API_URL`.
+    pub api_url: String,
+    /// The bearer token clients send; empty sends none. `TASKER_API_TOKEN`.
+    pub api_token: String,
+    /// `tasker serve`: a YAML file mapping token names to tokens
+    /// (`ci: 8f1c...`); when set, every API request but `/healthz` must
+    /// carry one of them. Empty: no tokens. `TASKER_API_TOKENS_FILE`.
+    pub api_tokens_file: String,
 }
 
 /// Keys whose variable is taken as text as it is, never parsed as YAML.
-const STRING_KEYS: &[&str] = &["endpoint", "store", "api_listen", "workflows_dir"];
+const STRING_KEYS: &[&str] = &[
+    "endpoint",
+    "store",
+    "api_listen",
+    "workflows_dir",
+    "api_url",
+    "api_token",
+    "api_tokens_file",
+];
 
 /// Every key, in file order; `TASKER_` + upper case is its variable.
 pub const KEYS: &[&str] = &[
@@ -217,6 +235,9 @@ pub const KEYS: &[&str] = &[
     "api_listen",
     "workflows_dir",
     "task_retention_hours",
+    "api_url",
+    "api_token",
+    "api_tokens_file",
 ];
 
 impl Default for TaskerConfig {
@@ -243,8 +264,45 @@ impl Default for TaskerConfig {
             api_listen: "127.0.0.1:8080".into(),
             workflows_dir: String::new(),
             task_retention_hours: 168,
+            api_url: String::new(),
+            api_token: String::new(),
+            api_tokens_file: String::new(),
         }
     }
+}
+
+/// `url` as an API base URL without a trailing slash, or why it is not
+/// one. Clients speak plain HTTP: TLS belongs to a reverse proxy, whose
+/// plain side (or the server's own address) they use.
+///
+/// ```
+/// use tasker_config::parse_api_url;
+/// assert_eq!(parse_api_url("127.0.0.1:8080/").unwrap(), "http://127.0.0.1:8080");
+/// assert!(parse_api_url("https://tasks.example.com").is_err());
+/// ```
+pub fn parse_api_url(url: &str) -> Result<String, String> {
+    let url = url.trim().trim_end_matches('/');
+    if url.starts_with("https://") {
+        return Err(format!(
+            "{url}: clients speak plain HTTP; use the server's http:// address, or a \
+             TLS-terminating proxy's plain side"
+        ));
+    }
+    let rest = match url.strip_prefix("http://") {
+        Some(rest) => rest,
+        None if url.contains("://") => return Err(format!("{url}: expected http://HOST:PORT")),
+        None => url,
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let valid_authority = !authority.is_empty()
+        && !authority.contains(['@', '?', '#', ' '])
+        && authority.rsplit_once(':').map_or(true, |(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok()
+        });
+    if !valid_authority {
+        return Err(format!("{url}: expected http://HOST:PORT"));
+    }
+    Ok(format!("http://{rest}"))
 }
 
 /// Where `tasker serve` keeps tasks unless `store` says otherwise.
@@ -629,6 +687,11 @@ impl TaskerConfig {
                 "must be HOST:PORT with a numeric host, e.g. 127.0.0.1:8080",
             );
         }
+        if !self.api_url.is_empty() {
+            if let Err(message) = parse_api_url(&self.api_url) {
+                return invalid("api_url", &message);
+            }
+        }
         if self.reconnect_initial_ms == 0 || self.reconnect_max_ms < self.reconnect_initial_ms {
             return invalid(
                 "reconnect_initial_ms",
@@ -636,6 +699,47 @@ impl TaskerConfig {
             );
         }
         Ok(())
+    }
+
+    /// The API's base URL for a client, without a trailing slash:
+    /// `api_url`, else `http://` + `api_listen` with an unspecified address
+    /// (`0.0.0.0`, `::`) reached on loopback.
+    ///
+    /// ```
+    /// let config = tasker_config::TaskerConfig::default();
+    /// assert_eq!(config.api_base_url().unwrap(), "http://127.0.0.1:8080");
+    /// ```
+    pub fn api_base_url(&self) -> Result<String, ConfigError> {
+        if !self.api_url.is_empty() {
+            return parse_api_url(&self.api_url).map_err(|message| ConfigError::Invalid {
+                key: "api_url",
+                message,
+            });
+        }
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "api_listen",
+            message,
+        };
+        let addr: std::net::SocketAddr = self
+            .api_listen
+            .parse()
+            .map_err(|_| invalid("must be HOST:PORT with a numeric host".into()))?;
+        if addr.port() == 0 {
+            return Err(invalid(
+                "is port 0 (a free port chosen when the server starts): set api_url to the \
+                 address `tasker serve` printed"
+                    .into(),
+            ));
+        }
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+            other => other,
+        };
+        Ok(format!(
+            "http://{}",
+            std::net::SocketAddr::new(ip, addr.port())
+        ))
     }
 
     /// [`heartbeat_interval_ms`](Self::heartbeat_interval_ms) as a duration.

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tasker_config::TaskerConfig;
-use tasker_engine::{Canceller, Durable, StoredTask, TaskStopped, TaskTemplate, WorkflowEngine};
+use tasker_engine::{
+    Canceller, Durable, StoredTask, TaskState, TaskStopped, TaskTemplate, WorkflowEngine,
+};
 use tasker_orchestrator::{ExecutorError, ZmqPubSubExecutor};
 use tasker_store::{
     CancelOutcome, Created, NewTask, StepDetail, Store, StoreError, TaskDetail, TaskFilter,
@@ -154,6 +156,9 @@ pub enum StartError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] tasker_config::ConfigError),
+    /// The API tokens file is unusable.
+    #[error(transparent)]
+    Tokens(#[from] crate::api::TokensError),
     /// The store could not be opened.
     #[error("opening the store: {0}")]
     Store(#[from] StoreError),
@@ -179,9 +184,20 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// The tasks this service drives now.
 #[derive(Default)]
 struct Drivers {
-    tasks: HashMap<i64, Canceller>,
+    tasks: HashMap<i64, Driven>,
     /// Drivers that have not returned yet, for shutdown to wait on.
     joins: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How often a long-poll looks at a running task no driver here holds.
+const UNDRIVEN_RECHECK: Duration = Duration::from_millis(500);
+
+/// A task this service drives.
+struct Driven {
+    canceller: Canceller,
+    /// Becomes true once the task's driver has returned: the task ended
+    /// (and the store has its end) or stopped.
+    done: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The running service: the store, the orchestrator, the engine driving
@@ -207,6 +223,11 @@ pub struct Service {
     workflows: BTreeMap<String, TaskTemplate>,
     drivers: Arc<Mutex<Drivers>>,
     shutting_down: AtomicBool,
+    /// The bearer tokens the API requires, when `api_tokens_file` is set.
+    tokens: Option<crate::api::Tokens>,
+    /// Turns true when shutdown starts, so long-polls answer at once
+    /// instead of holding the API's graceful stop.
+    stopping: tokio::sync::watch::Sender<bool>,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -215,6 +236,10 @@ impl Service {
     /// the store's orchestrator id, and resumes every unfinished task.
     pub async fn start(config: &TaskerConfig) -> Result<Arc<Service>, StartError> {
         config.validate()?;
+        let tokens = match config.api_tokens_file.as_str() {
+            "" => None,
+            path => Some(crate::api::Tokens::load(std::path::Path::new(path))?),
+        };
         let workflows = load_workflows(config)?;
         let store = Store::open(&config.store).await?;
         let orchestrator_id = store.orchestrator_id().await?;
@@ -241,6 +266,8 @@ impl Service {
             workflows,
             drivers: Arc::default(),
             shutting_down: AtomicBool::new(false),
+            tokens,
+            stopping: tokio::sync::watch::Sender::new(false),
             background: Mutex::default(),
         });
         let unfinished = service
@@ -282,6 +309,11 @@ impl Service {
         &self.executor
     }
 
+    /// The bearer tokens the API requires (`api_tokens_file`), if any.
+    pub fn tokens(&self) -> Option<&crate::api::Tokens> {
+        self.tokens.as_ref()
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &TaskerConfig {
         &self.config
@@ -295,7 +327,14 @@ impl Service {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         let drivers = Arc::clone(&self.drivers);
         let mut guard = drivers.lock().expect("drivers lock");
-        guard.tasks.insert(task_id, running.canceller());
+        let (done_tx, done) = tokio::sync::watch::channel(false);
+        guard.tasks.insert(
+            task_id,
+            Driven {
+                canceller: running.canceller(),
+                done,
+            },
+        );
         let drivers_for_task = Arc::clone(&self.drivers);
         let join = tokio::spawn(async move {
             running.ready().await;
@@ -314,6 +353,7 @@ impl Service {
                 .expect("drivers lock")
                 .tasks
                 .remove(&task_id);
+            done_tx.send_replace(true);
         });
         guard.joins.retain(|j| !j.is_finished());
         guard.joins.push(join);
@@ -429,6 +469,62 @@ impl Service {
             .ok_or(ServiceError::TaskNotFound(task_id))
     }
 
+    /// A task once it has ended, or as it is after `wait`, whichever comes
+    /// first: the API's long-poll (`GET /v1/tasks/{id}?wait=`).
+    ///
+    /// While the service stops, a wait on a running task answers
+    /// [`ServiceError::ShuttingDown`] at once: the API's graceful stop
+    /// waits for open requests, and a client should learn the server is
+    /// going rather than hold it up.
+    pub async fn wait_task(
+        &self,
+        task_id: i64,
+        wait: Duration,
+    ) -> Result<TaskDetail, ServiceError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut stopping = self.stopping.subscribe();
+        loop {
+            // Subscribed before reading, so an end between the two wakes us.
+            let done = self
+                .drivers
+                .lock()
+                .expect("drivers lock")
+                .tasks
+                .get(&task_id)
+                .map(|driven| driven.done.clone());
+            let task = self.get_task(task_id).await?;
+            if task.status != TaskState::Running {
+                return Ok(task);
+            }
+            if *stopping.borrow_and_update() {
+                return Err(ServiceError::ShuttingDown);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(task);
+            }
+            match done {
+                Some(mut done) => {
+                    tokio::select! {
+                        _ = done.wait_for(|done| *done) => {}
+                        _ = stopping.changed() => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                }
+                // Running in the store with no driver here: it is being
+                // launched or its journal failed. Look again shortly
+                // rather than answer at once and have the client spin.
+                None => {
+                    tokio::select! {
+                        _ = stopping.changed() => {}
+                        _ = tokio::time::sleep_until(deadline.min(
+                            tokio::time::Instant::now() + UNDRIVEN_RECHECK,
+                        )) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// Tasks, newest first.
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<TaskPage, ServiceError> {
         Ok(self.store.list_tasks(filter).await?)
@@ -449,7 +545,7 @@ impl Service {
             .expect("drivers lock")
             .tasks
             .get(&task_id)
-            .cloned();
+            .map(|driven| driven.canceller.clone());
         if let Some(canceller) = canceller {
             canceller.cancel();
         }
@@ -523,14 +619,15 @@ impl Service {
         if self.shutting_down.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.stopping.send_replace(true);
         tracing::info!(tasks = self.tasks_in_progress(), "service stopping");
         for job in self.background.lock().expect("background lock").drain(..) {
             job.abort();
         }
         let joins = {
             let mut drivers = self.drivers.lock().expect("drivers lock");
-            for canceller in drivers.tasks.values() {
-                canceller.suspend();
+            for driven in drivers.tasks.values() {
+                driven.canceller.suspend();
             }
             std::mem::take(&mut drivers.joins)
         };

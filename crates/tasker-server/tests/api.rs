@@ -44,6 +44,11 @@ struct Api {
 
 impl Api {
     async fn start() -> Api {
+        Api::start_with(|_, _| {}).await
+    }
+
+    /// A service whose config `tweak` adjusts (given the temporary folder).
+    async fn start_with(tweak: impl FnOnce(&mut TaskerConfig, &std::path::Path)) -> Api {
         let dir = tempfile::tempdir().unwrap();
         let workflows = dir.path().join("workflows");
         std::fs::create_dir(&workflows).unwrap();
@@ -57,6 +62,8 @@ impl Api {
             heartbeat_interval_ms: 200,
             ..TaskerConfig::default()
         };
+        let mut config = config;
+        tweak(&mut config, dir.path());
         let service = Service::start(&config).await.expect("service starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -611,4 +618,187 @@ async fn serves_its_document_health_workflows_workers_and_every_documented_route
     worker.stop();
     worker.join(Duration::from_secs(10));
     api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_as_soon_as_the_task_ends_or_when_its_wait_is_over() {
+    let api = Api::start().await;
+    let _worker = api.worker().await;
+    let (status, task) = api
+        .post_json("/v1/tasks", &json!({ "workflow": "slow_then_echo" }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    let id = task["task_id"].as_i64().unwrap();
+
+    // The slow step takes 1 s: a 0.3 s wait ends first, with the task running.
+    let started = Instant::now();
+    let (status, task) = api.get(&format!("/v1/tasks/{id}?wait=0.3")).await;
+    let waited = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{task}");
+    assert_eq!(task["status"], "running", "{task}");
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(900),
+        "waited {waited:?}"
+    );
+
+    // A long wait answers when the task ends, not when the wait is over.
+    let started = Instant::now();
+    let (status, task) = api.get(&format!("/v1/tasks/{id}?wait=30")).await;
+    assert_eq!(status, StatusCode::OK, "{task}");
+    assert_eq!(task["status"], "complete", "{task}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(task["steps"][1]["state"], "completed", "{task}");
+
+    // An ended task answers at once.
+    let started = Instant::now();
+    let (_, again) = api.get(&format!("/v1/tasks/{id}?wait=30")).await;
+    assert_eq!(again["status"], "complete");
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    assert_problem(
+        &api.get(&format!("/v1/tasks/{id}?wait=61")).await,
+        400,
+        "invalid-parameter",
+        "from 0 to 60",
+        Some("wait"),
+    );
+    assert_problem(
+        &api.get("/v1/tasks/987654?wait=1").await,
+        404,
+        "task-not-found",
+        "987654",
+        None,
+    );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_is_answered_503_at_once_when_the_service_starts_to_stop() {
+    let api = Api::start().await;
+    // No worker: the task stays running.
+    let (_, task) = api
+        .post_json("/v1/tasks", &json!({ "workflow": "echo_twice" }))
+        .await;
+    let id = task["task_id"].as_i64().unwrap();
+    let url = api.url(&format!("/v1/tasks/{id}?wait=30"));
+    let http = api.http.clone();
+    let started = Instant::now();
+    let poll = tokio::spawn(async move { answer(http.get(url).send().await.unwrap()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !poll.is_finished(),
+        "the long-poll waits while the task runs"
+    );
+    let service = Arc::clone(&api.service);
+    let stopping = tokio::spawn(async move { service.shutdown().await });
+    let answered = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("the long-poll is answered when the stop begins")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_problem(&answered, 503, "shutting-down", "shutting down", None);
+    stopping.await.unwrap();
+    api.server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_every_route_but_healthz_needs_a_listed_bearer_token() {
+    let api = Api::start_with(|config, dir| {
+        let path = dir.join("tokens.yaml");
+        std::fs::write(
+            &path,
+            "ci: ci-token-0123456789abcdef\nops: ops-token-0123456789abcdef\n",
+        )
+        .unwrap();
+        config.api_tokens_file = path.display().to_string();
+    })
+    .await;
+    let get = |token: Option<&'static str>, path: &'static str| {
+        let mut request = api.http.get(api.url(path));
+        if let Some(token) = token {
+            request = request.header("authorization", token);
+        }
+        request.send()
+    };
+
+    let (status, _) = answer(get(None, "/healthz").await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "/healthz is open to probes");
+
+    for path in ["/v1/tasks", "/v1/workflows", "/readyz", "/v1/no-such-route"] {
+        let response = get(None, path).await.unwrap();
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Bearer realm=\"tasker\""
+        );
+        assert_problem(
+            &answer(response).await,
+            401,
+            "unauthorized",
+            "requires a bearer token",
+            None,
+        );
+    }
+    assert_problem(
+        &answer(
+            get(Some("Bearer ci-token-0123456789abcdeX"), "/v1/tasks")
+                .await
+                .unwrap(),
+        )
+        .await,
+        401,
+        "unauthorized",
+        "not one this server accepts",
+        None,
+    );
+    assert_problem(
+        &answer(get(Some("Basic Y2k6Y2k="), "/v1/tasks").await.unwrap()).await,
+        401,
+        "unauthorized",
+        "Bearer TOKEN",
+        None,
+    );
+    for token in [
+        "Bearer ci-token-0123456789abcdef",
+        "Bearer ops-token-0123456789abcdef",
+    ] {
+        let (status, body) = answer(get(Some(token), "/v1/workflows").await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // A POST without a token creates nothing.
+    let (status, _) = api
+        .post_json("/v1/tasks", &json!({ "workflow": "echo_twice" }))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, page) = answer(
+        get(Some("Bearer ci-token-0123456789abcdef"), "/v1/tasks")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(page["tasks"], json!([]), "{page}");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_tokens_file_stops_the_start_naming_the_file_not_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.yaml");
+    std::fs::write(&path, "ci: tooshort\n").unwrap();
+    let config = TaskerConfig {
+        endpoint: "tcp://127.0.0.1:0".into(),
+        store: format!("sqlite:{}", dir.path().join("tasker.db").display()),
+        workflows_dir: dir.path().display().to_string(),
+        api_tokens_file: path.display().to_string(),
+        ..TaskerConfig::default()
+    };
+    let error = Service::start(&config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("tokens.yaml") && error.contains("`ci`"),
+        "{error}"
+    );
+    assert!(!error.contains("tooshort"), "{error}");
 }

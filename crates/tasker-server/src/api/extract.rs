@@ -312,6 +312,68 @@ impl<S: Send + Sync> FromRequestParts<S> for ListQuery {
     }
 }
 
+/// Longest long-poll of `GET /v1/tasks/{id}?wait=`, in seconds.
+pub const MAX_WAIT_SECONDS: f64 = 60.0;
+
+/// The query of `GET /v1/tasks/{id}`: how long to wait for the task to end.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WaitQuery(pub Option<std::time::Duration>);
+
+impl<S: Send + Sync> FromRequestParts<S> for WaitQuery {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| {
+                Problem::new(
+                    ProblemKind::InvalidParameter,
+                    format!(
+                        "the query string does not parse: {}",
+                        sanitize_serde_message(&e.body_text())
+                    ),
+                )
+            })?;
+        parse_wait_query(&pairs).map(WaitQuery)
+    }
+}
+
+/// Reads `GET /v1/tasks/{id}`'s one parameter, `wait` (seconds, 0 to
+/// [`MAX_WAIT_SECONDS`], fractions allowed).
+pub fn parse_wait_query(
+    pairs: &[(String, String)],
+) -> Result<Option<std::time::Duration>, Problem> {
+    let mut wait = None;
+    for (name, value) in pairs {
+        if name != "wait" {
+            return Err(Problem::new(
+                ProblemKind::InvalidParameter,
+                format!("unknown query parameter `{}`, expected `wait`", quote(name)),
+            )
+            .with_field(quote(name)));
+        }
+        let bad = |detail: String| {
+            Problem::new(ProblemKind::InvalidParameter, format!("wait: {detail}"))
+                .with_field("wait")
+        };
+        if wait.is_some() {
+            return Err(bad("given more than once".into()));
+        }
+        let seconds = value
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && (0.0..=MAX_WAIT_SECONDS).contains(s))
+            .ok_or_else(|| {
+                bad(format!(
+                    "expected seconds from 0 to {MAX_WAIT_SECONDS}, got `{}`",
+                    quote(value)
+                ))
+            })?;
+        wait = Some(std::time::Duration::from_secs_f64(seconds));
+    }
+    Ok(wait)
+}
+
 /// Reads `GET /v1/tasks`'s parameters; each bad one is a 400 naming it.
 pub fn parse_list_query(pairs: &[(String, String)]) -> Result<ListTasksQuery, Problem> {
     let bad = |name: &str, detail: String| {
@@ -644,6 +706,23 @@ mod tests {
             p.detail,
             "cursor: expected the `next_cursor` of a previous page, got `abc`"
         );
+    }
+
+    #[test]
+    fn wait_is_seconds_up_to_a_minute() {
+        assert_eq!(parse_wait_query(&[]).unwrap(), None);
+        assert_eq!(
+            parse_wait_query(&pairs(&[("wait", "2.5")])).unwrap(),
+            Some(std::time::Duration::from_millis(2500))
+        );
+        for bad in ["-1", "61", "NaN", "inf", "soon", ""] {
+            let problem = parse_wait_query(&pairs(&[("wait", bad)])).unwrap_err();
+            assert_eq!(problem.field.as_deref(), Some("wait"), "{bad}");
+            assert_eq!(problem.status, 400);
+        }
+        let problem = parse_wait_query(&pairs(&[("timeout", "5")])).unwrap_err();
+        assert_eq!(problem.field.as_deref(), Some("timeout"));
+        assert!(problem.detail.contains("`wait`"), "{}", problem.detail);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! ([`types::Problem`], `application/problem+json`), axum's own rejections
 //! (unknown route, wrong method, body too large) included.
 
+mod auth;
 mod extract;
 mod openapi;
 mod problem;
@@ -20,12 +21,15 @@ use axum::{Json, Router};
 use serde_json::Value;
 use tasker_store::{TaskDetail, TaskPage};
 
-pub use extract::{parse_body, parse_list_query, parse_task_id, Validate};
+pub use auth::{Tokens, TokensError, MIN_TOKEN_CHARS};
+pub use extract::{
+    parse_body, parse_list_query, parse_task_id, parse_wait_query, Validate, MAX_WAIT_SECONDS,
+};
 pub use openapi::{openapi, render_openapi, OPENAPI_PATH};
 pub use problem::{ProblemKind, MAX_QUOTED_CHARS, PROBLEM_BASE, PROBLEM_CONTENT_TYPE};
 
 use crate::Service;
-use extract::{ApiJson, ListQuery, TaskIdPath};
+use extract::{ApiJson, ListQuery, TaskIdPath, WaitQuery};
 use problem::quote;
 use types::{CreateTaskRequest, Health, HealthStatus, Problem, WorkerList, WorkflowList};
 
@@ -44,9 +48,11 @@ pub(crate) mod paths {
     pub const READYZ: &str = "/readyz";
 }
 
-/// The API's routes over `service`.
+/// The API's routes over `service`, behind its bearer tokens when it has
+/// some.
 pub fn router(service: Arc<Service>) -> axum::Router {
-    Router::new()
+    let tokens = service.tokens().cloned();
+    let router = Router::new()
         .route(paths::TASKS, post(create_task).get(list_tasks))
         .route(paths::TASK, get(get_task))
         .route(paths::TASK_CANCEL, post(cancel_task))
@@ -57,7 +63,11 @@ pub fn router(service: Arc<Service>) -> axum::Router {
         .route(paths::READYZ, get(readyz))
         .layer(middleware::from_fn(problem_for_bare_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(service)
+        .with_state(service);
+    match tokens {
+        Some(tokens) => router.layer(middleware::from_fn_with_state(tokens, auth::require_token)),
+        None => router,
+    }
 }
 
 type Shared = State<Arc<Service>>;
@@ -89,8 +99,12 @@ async fn create_task(
 async fn get_task(
     State(service): Shared,
     TaskIdPath(id): TaskIdPath,
+    WaitQuery(wait): WaitQuery,
 ) -> Result<Json<TaskDetail>, Problem> {
-    Ok(Json(service.get_task(id).await?))
+    Ok(Json(match wait {
+        Some(wait) => service.wait_task(id, wait).await?,
+        None => service.get_task(id).await?,
+    }))
 }
 
 async fn list_tasks(

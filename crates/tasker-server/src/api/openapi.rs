@@ -11,7 +11,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 use tasker_store::{TaskDetail, TaskPage};
 
-use super::extract::LIST_PARAMETERS;
+use super::extract::{LIST_PARAMETERS, MAX_WAIT_SECONDS};
 use super::paths;
 use super::types::{CreateTaskRequest, Health, ListTasksQuery, Problem, WorkerList, WorkflowList};
 use super::{MAX_BODY_BYTES, PROBLEM_CONTENT_TYPE};
@@ -33,6 +33,8 @@ enum Parameters {
     None,
     /// `{id}`: a task id.
     TaskId,
+    /// `{id}` and the long-poll's `wait`.
+    TaskIdWait,
     /// The fields of [`ListTasksQuery`], each a query parameter.
     ListQuery,
 }
@@ -164,13 +166,22 @@ const OPERATIONS: &[Operation] = &[
         tag: "tasks",
         summary: "A task with its steps",
         description: "The same report as `tasker run --json`, with the task's id, its \
-            state while it runs and each step's state.",
-        parameters: Parameters::TaskId,
+            state while it runs and each step's state. With `wait`, a long-poll: the \
+            answer comes as soon as the task has ended, or after `wait` seconds with the \
+            task as it is then.",
+        parameters: Parameters::TaskIdWait,
         request: None,
         answers: &[
             ok("200", "The task.", schema::<TaskDetail>),
-            problem("400", "`invalid-parameter`: the id is not a task id."),
+            problem(
+                "400",
+                "`invalid-parameter`: the id is not a task id, or `wait` is not 0 to 60.",
+            ),
             problem("404", "`task-not-found`: no task has this id."),
+            problem(
+                "503",
+                "`shutting-down`: the server began to stop during the wait.",
+            ),
             DEFAULT_PROBLEM,
         ],
     },
@@ -431,7 +442,20 @@ pub fn openapi() -> Value {
             { "name": "meta", "description": "This document." }
         ],
         "paths": paths,
-        "components": { "schemas": schemas }
+        // Optional: a server without `api_tokens_file` takes any request.
+        "security": [{ "bearer": [] }, {}],
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "One of the tokens in the server's `api_tokens_file`, when \
+                        it has one; without a valid token every route but `/healthz` answers \
+                        401 `unauthorized`."
+                }
+            }
+        }
     })
 }
 
@@ -439,13 +463,18 @@ pub fn openapi() -> Value {
 fn parameters(parameters: Parameters, generator: &mut SchemaGenerator) -> Vec<Value> {
     match parameters {
         Parameters::None => Vec::new(),
-        Parameters::TaskId => vec![json!({
-            "name": "id",
-            "in": "path",
-            "required": true,
-            "description": "The task's id.",
-            "schema": { "type": "integer", "format": "int64", "minimum": 1 }
-        })],
+        Parameters::TaskId => vec![task_id_parameter()],
+        Parameters::TaskIdWait => vec![
+            task_id_parameter(),
+            json!({
+                "name": "wait",
+                "in": "query",
+                "required": false,
+                "description": "Seconds to wait for the task to end before answering \
+                    (fractions allowed); absent or 0 answers at once.",
+                "schema": { "type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS }
+            }),
+        ],
         Parameters::ListQuery => {
             // Its own schema inline (it is no body), its field types by
             // reference.
@@ -483,6 +512,16 @@ fn parameters(parameters: Parameters, generator: &mut SchemaGenerator) -> Vec<Va
                 .collect()
         }
     }
+}
+
+fn task_id_parameter() -> Value {
+    json!({
+        "name": "id",
+        "in": "path",
+        "required": true,
+        "description": "The task's id.",
+        "schema": { "type": "integer", "format": "int64", "minimum": 1 }
+    })
 }
 
 /// An optional field's schema says it may be `null`; a query parameter is

@@ -44,6 +44,8 @@ pub enum ProblemKind {
     TaskEnded,
     /// The service is stopping.
     ShuttingDown,
+    /// No valid bearer token.
+    Unauthorized,
     /// No route for the path.
     NotFound,
     /// The route does not take the method.
@@ -68,6 +70,7 @@ impl ProblemKind {
             ProblemKind::IdempotencyConflict => "idempotency-conflict",
             ProblemKind::TaskEnded => "task-ended",
             ProblemKind::ShuttingDown => "shutting-down",
+            ProblemKind::Unauthorized => "unauthorized",
             ProblemKind::NotFound => "not-found",
             ProblemKind::MethodNotAllowed => "method-not-allowed",
             ProblemKind::Internal => "internal",
@@ -87,6 +90,7 @@ impl ProblemKind {
             ProblemKind::TaskNotFound | ProblemKind::NotFound => StatusCode::NOT_FOUND,
             ProblemKind::IdempotencyConflict | ProblemKind::TaskEnded => StatusCode::CONFLICT,
             ProblemKind::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ProblemKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ProblemKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProblemKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ProblemKind::Other(status) => status,
@@ -106,6 +110,7 @@ impl ProblemKind {
             ProblemKind::IdempotencyConflict => "Idempotency key reused",
             ProblemKind::TaskEnded => "Task has ended",
             ProblemKind::ShuttingDown => "Service shutting down",
+            ProblemKind::Unauthorized => "Unauthorized",
             ProblemKind::NotFound => "Not found",
             ProblemKind::MethodNotAllowed => "Method not allowed",
             ProblemKind::Internal => "Internal error",
@@ -114,7 +119,7 @@ impl ProblemKind {
     }
 
     /// Every kind a handler answers with (not [`ProblemKind::Other`]).
-    pub const ALL: [ProblemKind; 13] = [
+    pub const ALL: [ProblemKind; 14] = [
         ProblemKind::MalformedJson,
         ProblemKind::InvalidBody,
         ProblemKind::InvalidParameter,
@@ -125,6 +130,7 @@ impl ProblemKind {
         ProblemKind::IdempotencyConflict,
         ProblemKind::TaskEnded,
         ProblemKind::ShuttingDown,
+        ProblemKind::Unauthorized,
         ProblemKind::NotFound,
         ProblemKind::MethodNotAllowed,
         ProblemKind::Internal,
@@ -134,6 +140,7 @@ impl ProblemKind {
     pub fn for_status(status: StatusCode) -> ProblemKind {
         match status {
             StatusCode::NOT_FOUND => ProblemKind::NotFound,
+            StatusCode::UNAUTHORIZED => ProblemKind::Unauthorized,
             StatusCode::METHOD_NOT_ALLOWED => ProblemKind::MethodNotAllowed,
             StatusCode::PAYLOAD_TOO_LARGE => ProblemKind::BodyTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ProblemKind::UnsupportedMediaType,

@@ -1,0 +1,205 @@
+//! Bearer tokens: with `api_tokens_file` set, every request but
+//! `/healthz` must carry `Authorization: Bearer TOKEN` with one of the
+//! file's tokens, or it is a 401 `unauthorized` problem.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::paths;
+use super::problem::ProblemKind;
+use super::types::Problem;
+
+/// Shortest token accepted in a tokens file: a guessable token is no
+/// better than none.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// A tokens file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("api_tokens_file {path}: {message}")]
+pub struct TokensError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong (never the tokens themselves).
+    pub message: String,
+}
+
+/// The tokens the API accepts, each under its name, kept as SHA-256
+/// digests so a comparison takes the same time however much of a guess
+/// matches.
+#[derive(Clone)]
+pub struct Tokens {
+    by_digest: Arc<Vec<([u8; 32], String)>>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.by_digest.iter().map(|(_, n)| n.as_str()).collect();
+        f.debug_struct("Tokens").field("names", &names).finish()
+    }
+}
+
+impl Tokens {
+    /// Reads a YAML file of `name: token` entries.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("tokens.yaml");
+    /// std::fs::write(&path, "ci: 0123456789abcdef0123\n").unwrap();
+    /// let tokens = tasker_server::api::Tokens::load(&path).unwrap();
+    /// assert_eq!(tokens.names(), ["ci"]);
+    /// ```
+    pub fn load(path: &Path) -> Result<Tokens, TokensError> {
+        let error = |message: String| TokensError {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        // serde_norway's messages quote the text they choke on: a token.
+        let entries: BTreeMap<String, String> = serde_norway::from_str(&text)
+            .map_err(|_| error("expected a YAML mapping of token names to tokens".into()))?;
+        Tokens::from_entries(entries).map_err(error)
+    }
+
+    /// Tokens from `name → token` entries.
+    pub fn from_entries(entries: BTreeMap<String, String>) -> Result<Tokens, String> {
+        if entries.is_empty() {
+            return Err("lists no token".into());
+        }
+        let mut by_digest = Vec::with_capacity(entries.len());
+        for (name, token) in entries {
+            if token.chars().count() < MIN_TOKEN_CHARS || token.chars().any(char::is_whitespace) {
+                return Err(format!(
+                    "token `{name}` must be at least {MIN_TOKEN_CHARS} characters without spaces \
+                     (e.g. `openssl rand -hex 24`)"
+                ));
+            }
+            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            if by_digest.iter().any(|(d, _)| *d == digest) {
+                return Err(format!("token `{name}` is listed under another name too"));
+            }
+            by_digest.push((digest, name));
+        }
+        Ok(Tokens {
+            by_digest: Arc::new(by_digest),
+        })
+    }
+
+    /// The tokens' names.
+    pub fn names(&self) -> Vec<&str> {
+        self.by_digest.iter().map(|(_, n)| n.as_str()).collect()
+    }
+
+    /// The name of `token`, when it is one of these.
+    pub fn name_of(&self, token: &str) -> Option<&str> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        // Every entry is compared in full, so the time taken does not say
+        // which entry (or how many bytes of one) matched.
+        for (candidate, name) in self.by_digest.iter() {
+            let mut diff = 0u8;
+            for (a, b) in candidate.iter().zip(digest.iter()) {
+                diff |= a ^ b;
+            }
+            if diff == 0 {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+}
+
+/// Lets a request through only with a valid bearer token (`/healthz`
+/// always).
+pub(crate) async fn require_token(
+    State(tokens): State<Tokens>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path() == paths::HEALTHZ {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    let detail = match presented {
+        None => "this server requires a bearer token: send `Authorization: Bearer TOKEN`",
+        Some(value) => match value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+        {
+            None => "the Authorization header must be `Bearer TOKEN`",
+            Some(token) => match tokens.name_of(token.trim()) {
+                Some(name) => {
+                    tracing::trace!(token = name, "authorized");
+                    return next.run(request).await;
+                }
+                None => "the bearer token is not one this server accepts",
+            },
+        },
+    };
+    tracing::debug!(path = %super::problem::quote(request.uri().path()), "refused a request without a valid token");
+    let mut response = Problem::new(ProblemKind::Unauthorized, detail).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"tasker\""),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(list: &[(&str, &str)]) -> BTreeMap<String, String> {
+        list.iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_token_is_known_by_its_name() {
+        let tokens = Tokens::from_entries(entries(&[
+            ("ci", "ci-token-0123456789"),
+            ("dashboard", "dash-token-0123456789"),
+        ]))
+        .unwrap();
+        assert_eq!(tokens.name_of("dash-token-0123456789"), Some("dashboard"));
+        assert_eq!(tokens.name_of("ci-token-0123456789"), Some("ci"));
+        assert_eq!(tokens.name_of("ci-token-012345678"), None);
+        assert_eq!(tokens.name_of(""), None);
+    }
+
+    #[test]
+    fn short_empty_or_repeated_tokens_are_refused_by_name_without_the_token() {
+        let short = Tokens::from_entries(entries(&[("ci", "short")])).unwrap_err();
+        assert!(
+            short.contains("`ci`") && !short.contains("short "),
+            "{short}"
+        );
+        assert!(Tokens::from_entries(entries(&[])).is_err());
+        let twice = Tokens::from_entries(entries(&[
+            ("a", "same-token-0123456789"),
+            ("b", "same-token-0123456789"),
+        ]))
+        .unwrap_err();
+        assert!(twice.contains("another name"), "{twice}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_mapping_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.yaml");
+        std::fs::write(&path, "- secret-token-0123456789\n").unwrap();
+        let error = Tokens::load(&path).unwrap_err().to_string();
+        assert!(!error.contains("secret-token"), "{error}");
+        assert!(error.contains("mapping"), "{error}");
+    }
+}
