@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Runs the demo (scripts/demo.sh) with real workers in Rust, Python, Ruby and
-# Node, and checks its JSON report: every step completed, each language ran
-# its steps, the payment step was retried once, and the join step used both
-# branches' outputs.
+# Node, twice: with `tasker run`, and with `tasker serve` and the order
+# submitted through the Python SDK's Client (demo.sh --serve). Checks each
+# JSON report: every step completed, each language ran its steps, the
+# payment step was retried once, and the join step used both branches'
+# outputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 report="$(mktemp)"
-trap 'rm -f "$report"' EXIT
+served="$(mktemp)"
+trap 'rm -f "$report" "$served"' EXIT
 ./scripts/demo.sh --json >"$report"
-python3 - "$report" <<'PY'
+./scripts/demo.sh --serve --json >"$served"
+for file in "$report" "$served"; do
+python3 - "$file" <<'PY'
 import json
 import sys
 
@@ -49,3 +54,4 @@ if problems:
     sys.exit(1)
 print("demo report: complete across rust, python, ruby and node, 1 retry, join used both branches")
 PY
+done

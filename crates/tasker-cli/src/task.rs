@@ -45,12 +45,12 @@ pub enum TaskCommand {
 /// Where the API is.
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
-    /// The API's base URL, e.g. http://127.0.0.1:8080 (default: http:// and
-    /// the config's `api_listen`).
-    #[arg(long, env = "TASKER_API")]
+    /// The API's base URL, e.g. http://127.0.0.1:8080 (default: the
+    /// config's `api_url`, TASKER_API_URL, else http:// and `api_listen`).
+    #[arg(long)]
     pub api: Option<String>,
-    /// Configuration file, for `api_listen` (default: config/zeromq.yaml
-    /// when present).
+    /// Configuration file, for `api_url`/`api_listen` and `api_token`
+    /// (default: config/zeromq.yaml when present).
     #[arg(long, env = "TASKER_CONFIG")]
     pub config: Option<PathBuf>,
     /// Environment section (default: TASKER_ENV or development).
@@ -598,7 +598,7 @@ fn parse<T: DeserializeOwned>(body: Value) -> Result<T> {
 
 /// The server could not be reached at all.
 #[derive(Debug, thiserror::Error)]
-#[error("the tasker server at {base} is not reachable ({cause}); start it with `tasker serve`, or point --api / TASKER_API at a running one")]
+#[error("the tasker server at {base} is not reachable ({cause}); start it with `tasker serve`, or point --api / TASKER_API_URL at a running one")]
 pub struct Unreachable {
     base: String,
     cause: String,
@@ -613,30 +613,30 @@ pub struct ProblemError(pub Problem);
 /// A client of one server's API.
 struct Api {
     base: String,
+    token: Option<String>,
     http: reqwest::Client,
 }
 
 impl Api {
     fn new(args: &ApiArgs) -> Result<Api> {
+        let config = ConfigArgs {
+            config: args.config.clone(),
+            environment: args.environment.clone(),
+            endpoint: None,
+        }
+        .load()?;
         let base = match &args.api {
-            Some(url) => base_url(url)?,
-            None => {
-                let config = ConfigArgs {
-                    config: args.config.clone(),
-                    environment: args.environment.clone(),
-                    endpoint: None,
-                }
-                .load()?;
-                url_of_listen(&config.api_listen)?
-            }
+            Some(url) => tasker_config::parse_api_url(url).map_err(|e| anyhow!("--api {e}"))?,
+            None => config.api_base_url()?,
         };
+        let token = Some(config.api_token).filter(|t| !t.is_empty());
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("tasker-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client")?;
-        Ok(Api { base, http })
+        Ok(Api { base, token, http })
     }
 
     async fn get(&self, path: &str) -> Result<(reqwest::StatusCode, Value)> {
@@ -665,6 +665,10 @@ impl Api {
     /// Sends `request`; a 2xx answer's JSON, or an error: [`Unreachable`],
     /// [`ProblemError`], or another.
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, Value)> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request.send().await.map_err(|e| {
             if e.is_connect() {
                 anyhow!(Unreachable {
@@ -707,80 +711,10 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-/// `--api` as a base URL without a trailing slash; `HOST:PORT` is taken
-/// as `http://HOST:PORT`.
-fn base_url(url: &str) -> Result<String> {
-    let url = url.trim().trim_end_matches('/');
-    if url.starts_with("https://") {
-        bail!(
-            "--api {url}: this client speaks plain HTTP only; use the server's http:// address \
-             (or a TLS-terminating proxy's plain HTTP side)"
-        );
-    }
-    let url = if url.starts_with("http://") {
-        url.to_string()
-    } else if url.contains("://") {
-        bail!("--api {url}: expected http://HOST:PORT");
-    } else {
-        format!("http://{url}")
-    };
-    reqwest::Url::parse(&url).map_err(|e| anyhow!("--api {url}: {e}"))?;
-    Ok(url)
-}
-
-/// The URL a client uses for the server's `api_listen`: an unspecified
-/// address (0.0.0.0, ::) is reached on loopback.
-fn url_of_listen(listen: &str) -> Result<String> {
-    let addr: std::net::SocketAddr = listen
-        .parse()
-        .map_err(|e| anyhow!("api_listen {listen:?} is not HOST:PORT: {e}"))?;
-    if addr.port() == 0 {
-        bail!(
-            "api_listen is {listen} (a free port chosen when the server starts): pass --api with \
-             the address `tasker serve` printed"
-        );
-    }
-    let ip = match addr.ip() {
-        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-        other => other,
-    };
-    Ok(format!(
-        "http://{}",
-        std::net::SocketAddr::new(ip, addr.port())
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tasker_store::StepDetail;
-
-    #[test]
-    fn api_urls() {
-        assert_eq!(base_url("127.0.0.1:9000").unwrap(), "http://127.0.0.1:9000");
-        assert_eq!(
-            base_url("http://example.invalid:80/").unwrap(),
-            "http://example.invalid:80"
-        );
-        assert!(base_url("https://example.invalid")
-            .unwrap_err()
-            .to_string()
-            .contains("plain HTTP"));
-        assert_eq!(
-            url_of_listen("127.0.0.1:8080").unwrap(),
-            "http://127.0.0.1:8080"
-        );
-        assert_eq!(
-            url_of_listen("0.0.0.0:8080").unwrap(),
-            "http://127.0.0.1:8080"
-        );
-        assert_eq!(url_of_listen("[::]:8080").unwrap(), "http://[::1]:8080");
-        assert!(url_of_listen("127.0.0.1:0")
-            .unwrap_err()
-            .to_string()
-            .contains("pass --api"));
-    }
 
     fn step(id: i64, name: &str, state: StepState, attempts: u32) -> StepDetail {
         StepDetail {

@@ -775,6 +775,43 @@ mod tests {
     }
 
     #[test]
+    fn clients_find_the_api_from_api_url_or_api_listen() {
+        let with = |url: &str, listen: &str| TaskerConfig {
+            api_url: url.into(),
+            api_listen: listen.into(),
+            ..TaskerConfig::default()
+        };
+        assert_eq!(
+            with("", "0.0.0.0:8080").api_base_url().unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            with("", "[::]:8080").api_base_url().unwrap(),
+            "http://[::1]:8080"
+        );
+        assert_eq!(
+            with("http://tasks.internal:9000/", "127.0.0.1:8080")
+                .api_base_url()
+                .unwrap(),
+            "http://tasks.internal:9000"
+        );
+        let port_zero = with("", "127.0.0.1:0")
+            .api_base_url()
+            .unwrap_err()
+            .to_string();
+        assert!(port_zero.contains("api_url"), "{port_zero}");
+        for bad in [
+            "https://tasks.example.com",
+            "ftp://x",
+            "http://:80",
+            "http://host:port",
+        ] {
+            assert!(parse_api_url(bad).is_err(), "{bad}");
+            assert!(with(bad, "127.0.0.1:8080").validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn keys_list_matches_the_struct() {
         let value = serde_norway::to_value(TaskerConfig::default()).unwrap();
         let keys: Vec<String> = value

@@ -8,148 +8,14 @@
 //! crash at any point leaves a state the engine can resume from
 //! ([`WorkflowEngine::start_durable`](crate::WorkflowEngine::start_durable)).
 
-use std::fmt;
-use std::str::FromStr;
-
 use chrono::{DateTime, Utc};
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tasker_orchestrator::BoxFuture;
 use tasker_protocol::{StepExecutionError, StepId};
 
-use crate::report::StepOutcome;
 use crate::template::TaskTemplate;
-
-/// Where a step of a durable task is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum StepState {
-    /// Not dispatched yet (dependencies unmet, or not picked yet).
-    Waiting,
-    /// Attempt `attempt` was handed to the executor (and may be at a worker).
-    Running,
-    /// Attempt `attempt` failed; the next one runs at `next_run_at`.
-    RetryWait,
-    /// Ended: its handler returned an output.
-    Completed,
-    /// Ended: its last attempt failed for good.
-    Failed,
-    /// Ended: a step it depends on failed.
-    Blocked,
-    /// Ended: the task was cancelled first.
-    Cancelled,
-}
-
-impl StepState {
-    /// Every state, for checks and schemas.
-    pub const ALL: [StepState; 7] = [
-        StepState::Waiting,
-        StepState::Running,
-        StepState::RetryWait,
-        StepState::Completed,
-        StepState::Failed,
-        StepState::Blocked,
-        StepState::Cancelled,
-    ];
-
-    /// The state's name as stored (`retry_wait`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepState::Waiting => "waiting",
-            StepState::Running => "running",
-            StepState::RetryWait => "retry_wait",
-            StepState::Completed => "completed",
-            StepState::Failed => "failed",
-            StepState::Blocked => "blocked",
-            StepState::Cancelled => "cancelled",
-        }
-    }
-
-    /// How a step in this state ended; `None` while it has not.
-    pub fn outcome(self) -> Option<StepOutcome> {
-        match self {
-            StepState::Completed => Some(StepOutcome::Completed),
-            StepState::Failed => Some(StepOutcome::Failed),
-            StepState::Blocked => Some(StepOutcome::Blocked),
-            StepState::Cancelled => Some(StepOutcome::Cancelled),
-            StepState::Waiting | StepState::Running | StepState::RetryWait => None,
-        }
-    }
-}
-
-impl fmt::Display for StepState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A state name that is not one of [`StepState::ALL`] or [`TaskState::ALL`].
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown state {0:?}")]
-pub struct UnknownState(pub String);
-
-impl FromStr for StepState {
-    type Err = UnknownState;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        StepState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| UnknownState(s.to_string()))
-    }
-}
-
-/// Where a durable task is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskState {
-    /// Steps are running or will.
-    Running,
-    /// Every step completed.
-    Complete,
-    /// A step failed for good.
-    Failed,
-    /// Cancelled before it finished.
-    Cancelled,
-}
-
-impl TaskState {
-    /// Every state.
-    pub const ALL: [TaskState; 4] = [
-        TaskState::Running,
-        TaskState::Complete,
-        TaskState::Failed,
-        TaskState::Cancelled,
-    ];
-
-    /// The state's name as stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Running => "running",
-            TaskState::Complete => "complete",
-            TaskState::Failed => "failed",
-            TaskState::Cancelled => "cancelled",
-        }
-    }
-}
-
-impl fmt::Display for TaskState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for TaskState {
-    type Err = UnknownState;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        TaskState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| UnknownState(s.to_string()))
-    }
-}
+pub use tasker_protocol::api::{StepState, TaskState, UnknownState};
 
 impl From<crate::TaskStatus> for TaskState {
     fn from(status: crate::TaskStatus) -> Self {

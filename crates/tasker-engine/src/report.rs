@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+pub use tasker_protocol::api::StepOutcome;
 use tasker_protocol::StepExecutionError;
 
 /// How a task ended.
@@ -15,20 +16,6 @@ pub enum TaskStatus {
     /// A step failed for good; its dependents were blocked.
     Failed,
     /// The task was cancelled before it finished.
-    Cancelled,
-}
-
-/// How a step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum StepOutcome {
-    /// Its handler returned an output.
-    Completed,
-    /// Its last attempt failed and no retry was left or allowed.
-    Failed,
-    /// Not run: a step it depends on failed.
-    Blocked,
-    /// Not run (or not retried) because the task was cancelled.
     Cancelled,
 }
 

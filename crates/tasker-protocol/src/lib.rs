@@ -27,6 +27,7 @@
 //! assert_eq!(decoded, hello);
 //! ```
 
+pub mod api;
 pub mod codec;
 pub mod messages;
 pub mod raw;

@@ -22,28 +22,7 @@ use tasker_store::{
     TaskPage,
 };
 
-/// A workflow the service can run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct WorkflowInfo {
-    /// Its name (what `POST /v1/tasks` takes as `workflow`).
-    pub name: String,
-    /// What it does.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// Its steps, in template order.
-    pub steps: Vec<WorkflowStepInfo>,
-}
-
-/// One step of a [`WorkflowInfo`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct WorkflowStepInfo {
-    /// The step's name.
-    pub name: String,
-    /// Its handler.
-    pub handler: String,
-    /// The steps it waits for.
-    pub depends_on: Vec<String>,
-}
+pub use tasker_protocol::api::{WorkflowInfo, WorkflowStepInfo};
 
 /// A connected worker, as `GET /v1/workers` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tasker_engine::{StepOutcome, StepState, StoredTask, TaskState, TaskTemplate};
-use tasker_protocol::StepExecutionError;
+use tasker_engine::{StoredTask, TaskState, TaskTemplate};
+pub use tasker_protocol::api::{StepDetail, TaskDetail, TaskPage, TaskSummary};
 
 /// A task to create.
 #[derive(Debug, Clone)]
@@ -51,94 +51,6 @@ pub enum CancelOutcome {
     Requested,
 }
 
-/// A task and its steps: the report `tasker run --json` prints, with the
-/// task's id and state while it runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct TaskDetail {
-    /// The task's id.
-    pub task_id: i64,
-    /// The workflow's name.
-    pub workflow: String,
-    /// Where the task is.
-    pub status: TaskState,
-    /// Whether a cancel was requested (the task stops dispatching).
-    pub cancel_requested: bool,
-    /// The key it was created with, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
-    /// The task's context.
-    pub context: Value,
-    /// When it was created (and started).
-    pub started_at: DateTime<Utc>,
-    /// When it ended.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<DateTime<Utc>>,
-    /// From creation to end (or to now), in ms.
-    pub duration_ms: u64,
-    /// Each step, in template order.
-    pub steps: Vec<StepDetail>,
-}
-
-/// One step of a [`TaskDetail`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct StepDetail {
-    /// The step's id (the `step_id` its workers see).
-    pub step_id: i64,
-    /// Its name in the template.
-    pub name: String,
-    /// Its handler.
-    pub handler: String,
-    /// Where it is.
-    pub state: StepState,
-    /// How it ended, once it has.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<StepOutcome>,
-    /// Attempts dispatched.
-    pub attempts: u32,
-    /// From first dispatch to end, in ms (0 until both happened).
-    pub duration_ms: u64,
-    /// The worker of the latest result.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub worker_id: Option<String>,
-    /// The output, once completed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output: Option<Value>,
-    /// The latest failed attempt's error.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<StepExecutionError>,
-    /// For a blocked step, the failed step upstream.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub blocked_by: Option<String>,
-    /// While waiting out a retry backoff: when the next attempt is due.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_run_at: Option<DateTime<Utc>>,
-}
-
-/// A task in a list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct TaskSummary {
-    /// The task's id.
-    pub task_id: i64,
-    /// The workflow's name.
-    pub workflow: String,
-    /// Where the task is.
-    pub status: TaskState,
-    /// Whether a cancel was requested.
-    pub cancel_requested: bool,
-    /// The key it was created with, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
-    /// When it was created.
-    pub started_at: DateTime<Utc>,
-    /// When it ended.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<DateTime<Utc>>,
-    /// Steps in all.
-    pub steps_total: u32,
-    /// Steps completed.
-    pub steps_completed: u32,
-}
-
 /// Which tasks to list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskFilter {
@@ -164,16 +76,6 @@ impl Default for TaskFilter {
             limit: 50,
         }
     }
-}
-
-/// One page of tasks, newest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct TaskPage {
-    /// The tasks.
-    pub tasks: Vec<TaskSummary>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
 }
 
 /// One line of a task's journal.

@@ -2,60 +2,16 @@
 //! [`tasker_store`]'s, the workflow and worker types the service's). Each
 //! is in the OpenAPI document under its Rust name.
 
-use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use tasker_engine::TaskState;
 
 use crate::{WorkerView, WorkflowInfo};
 
-/// `POST /v1/tasks`: start a task of a workflow.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTaskRequest {
-    /// The workflow's name (one of `GET /v1/workflows`).
-    pub workflow: String,
-    /// The task's context: handlers see it as `task_context`. A JSON object.
-    #[serde(default)]
-    pub context: Map<String, Value>,
-    /// A key of the client's choosing: the same key with the same workflow
-    /// and context returns the task it created (200 instead of 201); with
-    /// another workflow or context it is a 409.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 255))]
-    pub idempotency_key: Option<String>,
-}
-
-/// Longest idempotency key, in characters.
-pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
-
-/// `GET /v1/tasks`: which tasks to list. Every parameter is optional.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
-pub struct ListTasksQuery {
-    /// Only tasks in this state.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<TaskState>,
-    /// Only tasks of this workflow.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub workflow: Option<String>,
-    /// Only tasks created at or after this time (RFC 3339, e.g.
-    /// `2026-05-01T00:00:00Z`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub created_since: Option<DateTime<Utc>>,
-    /// Most tasks in the page (default 50).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000))]
-    pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cursor: Option<String>,
-}
-
-/// Default of [`ListTasksQuery::limit`].
-pub const DEFAULT_LIST_LIMIT: u32 = 50;
-/// Largest [`ListTasksQuery::limit`].
-pub const MAX_LIST_LIMIT: u32 = 1000;
+pub use tasker_protocol::api::{
+    CreateTaskRequest, ListTasksQuery, DEFAULT_LIST_LIMIT, MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_LIST_LIMIT,
+};
 
 /// `GET /v1/workflows`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -1,0 +1,409 @@
+//! The client: requests, retries and the long-poll wait (CLIENT.md §2–§6).
+
+use std::time::Duration;
+
+use reqwest::header::{ACCEPT, AUTHORIZATION};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tasker_config::TaskerConfig;
+use tasker_protocol::api::{TaskDetail, TaskPage, TaskState, WorkflowInfo};
+use tokio::time::Instant;
+
+use crate::error::{quote, Error, ProblemDetails};
+use crate::retry::RetryPolicy;
+
+pub use tasker_protocol::api::ListTasksQuery as ListTasks;
+
+/// Longest single long-poll; a longer wait asks again.
+const WAIT_CHUNK: Duration = Duration::from_secs(20);
+/// Read timeout beyond a long-poll's own wait.
+const WAIT_SLACK: Duration = Duration::from_secs(10);
+/// Read timeout of every other call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client of one `tasker serve`. Cheap to clone; safe to share between
+/// tasks.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tasker_client::Error> {
+/// let config = tasker_config::TaskerConfig::discover(None, None).expect("config");
+/// let client = tasker_client::Client::from_config(&config)?;
+/// let page = client.list(&Default::default()).await?;
+/// for task in page.tasks {
+///     println!("{} {} {}", task.task_id, task.workflow, task.status);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    retry: RetryPolicy,
+    http: reqwest::Client,
+}
+
+/// A task this client submitted: its id, whether this call created it,
+/// the task as the server answered, and the calls about it.
+#[derive(Debug, Clone)]
+pub struct TaskHandle {
+    client: Client,
+    /// The task's id.
+    pub id: i64,
+    /// False when an idempotency key returned a task created before.
+    pub created: bool,
+    /// The task as the submit's answer showed it.
+    pub task: TaskDetail,
+}
+
+impl TaskHandle {
+    /// The task as it is now.
+    pub async fn get(&self) -> Result<TaskDetail, Error> {
+        self.client.get(self.id).await
+    }
+
+    /// Waits for the task to end; see [`Client::wait`].
+    pub async fn wait(&self, timeout: Option<Duration>) -> Result<TaskDetail, Error> {
+        self.client.wait(self.id, timeout).await
+    }
+
+    /// Cancels the task; see [`Client::cancel`].
+    pub async fn cancel(&self) -> Result<TaskDetail, Error> {
+        self.client.cancel(self.id).await
+    }
+}
+
+impl Client {
+    /// A client of the API at `url` (`http://HOST:PORT`; `HOST:PORT` is
+    /// taken as `http://`). `https://` is refused: TLS belongs to a
+    /// reverse proxy, whose plain side the client uses.
+    pub fn new(url: &str) -> Result<Client, Error> {
+        let base = tasker_config::parse_api_url(url).map_err(Error::InvalidUrl)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("tasker-client-rust/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::InvalidUrl(format!("building the HTTP client: {e}")))?;
+        Ok(Client {
+            base,
+            token: None,
+            retry: RetryPolicy::default(),
+            http,
+        })
+    }
+
+    /// A client configured like a worker: `api_url` (else `api_listen`)
+    /// and `api_token`.
+    pub fn from_config(config: &TaskerConfig) -> Result<Client, Error> {
+        let url = config
+            .api_base_url()
+            .map_err(|e| Error::InvalidUrl(e.to_string()))?;
+        let client = Client::new(&url)?;
+        Ok(match config.api_token.as_str() {
+            "" => client,
+            token => client.with_token(token),
+        })
+    }
+
+    /// Sends `token` as `Authorization: Bearer` with every request.
+    pub fn with_token(mut self, token: impl Into<String>) -> Client {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Retries idempotent calls by `policy` instead of the default.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Client {
+        self.retry = policy;
+        self
+    }
+
+    /// The API's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Starts a task of `workflow` with `context` (a JSON object). With an
+    /// `idempotency_key`, submitting again returns the same task
+    /// (`created` false) and the call is retried like a read; without
+    /// one, it is tried once.
+    pub async fn submit(
+        &self,
+        workflow: &str,
+        context: Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<TaskHandle, Error> {
+        let mut body = json!({ "workflow": workflow, "context": context });
+        if let Some(key) = idempotency_key {
+            body["idempotency_key"] = json!(key);
+        }
+        let answer = self
+            .call(Call {
+                method: Method::POST,
+                path: "/v1/tasks".into(),
+                query: Vec::new(),
+                body: Some(body),
+                idempotent: idempotency_key.is_some(),
+                timeout: CALL_TIMEOUT,
+            })
+            .await?;
+        let created = answer.status == StatusCode::CREATED;
+        let task: TaskDetail = self.decode(&answer)?;
+        Ok(TaskHandle {
+            client: self.clone(),
+            id: task.task_id,
+            created,
+            task,
+        })
+    }
+
+    /// The task `task_id` as it is now.
+    pub async fn get(&self, task_id: i64) -> Result<TaskDetail, Error> {
+        self.read(format!("/v1/tasks/{task_id}"), Vec::new(), CALL_TIMEOUT)
+            .await
+    }
+
+    /// Waits until the task has ended and returns it; with a `timeout`,
+    /// [`Error::WaitTimeout`] (carrying the task) once it passes. Uses the
+    /// API's long-poll, so the answer comes as the task ends.
+    pub async fn wait(&self, task_id: i64, timeout: Option<Duration>) -> Result<TaskDetail, Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let chunk = match deadline {
+                None => WAIT_CHUNK,
+                Some(deadline) => {
+                    WAIT_CHUNK.min(deadline.saturating_duration_since(Instant::now()))
+                }
+            };
+            let task: TaskDetail = self
+                .read(
+                    format!("/v1/tasks/{task_id}"),
+                    vec![("wait", format!("{:.3}", chunk.as_secs_f64()))],
+                    chunk + WAIT_SLACK,
+                )
+                .await?;
+            if task.status != TaskState::Running {
+                return Ok(task);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::WaitTimeout {
+                    task: Box::new(task),
+                });
+            }
+        }
+    }
+
+    /// Cancels the task: nothing more of it is dispatched, running steps
+    /// finish, then it ends `cancelled`. [`Error::TaskEnded`] if it had
+    /// ended.
+    pub async fn cancel(&self, task_id: i64) -> Result<TaskDetail, Error> {
+        let answer = self
+            .call(Call {
+                method: Method::POST,
+                path: format!("/v1/tasks/{task_id}/cancel"),
+                query: Vec::new(),
+                body: None,
+                idempotent: true,
+                timeout: CALL_TIMEOUT,
+            })
+            .await?;
+        self.decode(&answer)
+    }
+
+    /// One page of tasks, newest first; pass the page's `next_cursor` as
+    /// `cursor` for the next.
+    pub async fn list(&self, query: &ListTasks) -> Result<TaskPage, Error> {
+        let mut pairs = Vec::new();
+        if let Some(status) = query.status {
+            pairs.push(("status", status.to_string()));
+        }
+        if let Some(workflow) = &query.workflow {
+            pairs.push(("workflow", workflow.clone()));
+        }
+        if let Some(since) = query.created_since {
+            pairs.push(("created_since", since.to_rfc3339()));
+        }
+        if let Some(limit) = query.limit {
+            pairs.push(("limit", limit.to_string()));
+        }
+        if let Some(cursor) = &query.cursor {
+            pairs.push(("cursor", cursor.clone()));
+        }
+        self.read("/v1/tasks".into(), pairs, CALL_TIMEOUT).await
+    }
+
+    /// The workflows the server has loaded.
+    pub async fn workflows(&self) -> Result<Vec<WorkflowInfo>, Error> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            workflows: Vec<WorkflowInfo>,
+        }
+        let list: List = self
+            .read("/v1/workflows".into(), Vec::new(), CALL_TIMEOUT)
+            .await?;
+        Ok(list.workflows)
+    }
+
+    async fn read<T: DeserializeOwned>(
+        &self,
+        path: String,
+        query: Vec<(&'static str, String)>,
+        timeout: Duration,
+    ) -> Result<T, Error> {
+        let answer = self
+            .call(Call {
+                method: Method::GET,
+                path,
+                query,
+                body: None,
+                idempotent: true,
+                timeout,
+            })
+            .await?;
+        self.decode(&answer)
+    }
+
+    fn decode<T: DeserializeOwned>(&self, answer: &Answer) -> Result<T, Error> {
+        serde_json::from_slice(&answer.body).map_err(|e| {
+            Error::UnexpectedAnswer(format!(
+                "{} answered {} with a body that is not what the API sends ({e}): {}",
+                self.base,
+                answer.status.as_u16(),
+                quote(String::from_utf8_lossy(&answer.body).trim())
+            ))
+        })
+    }
+
+    /// Sends `call`, retrying it by the policy when it is idempotent and
+    /// got no answer or a 5xx; a 2xx answer, or the error.
+    async fn call(&self, call: Call) -> Result<Answer, Error> {
+        let url = format!("{}{}", self.base, call.path);
+        let mut retries = 0;
+        loop {
+            let mut request = self
+                .http
+                .request(call.method.clone(), &url)
+                .timeout(call.timeout)
+                .header(ACCEPT, "application/json");
+            if !call.query.is_empty() {
+                request = request.query(&call.query);
+            }
+            if let Some(token) = &self.token {
+                request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+            }
+            if let Some(body) = &call.body {
+                request = request.json(body);
+            }
+            let failure = match send(request).await {
+                Ok(answer) if answer.status.is_success() => return Ok(answer),
+                Ok(answer) if answer.status.is_server_error() => Failure::ServerError(answer),
+                Ok(answer) => return Err(self.refusal(&answer)),
+                Err(e) => Failure::NoAnswer(e),
+            };
+            let delay = if call.idempotent {
+                self.retry.delay(retries)
+            } else {
+                None
+            };
+            let Some(delay) = delay else {
+                return Err(self.unavailable(failure, call.idempotent, retries));
+            };
+            tracing::debug!(
+                url = %url,
+                retry = retries + 1,
+                delay_ms = delay.as_millis() as u64,
+                "retrying after {}",
+                failure.describe(&self.base)
+            );
+            retries += 1;
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// The error for a 4xx answer.
+    fn refusal(&self, answer: &Answer) -> Error {
+        match serde_json::from_slice::<ProblemDetails>(&answer.body) {
+            Ok(problem) => Error::from_problem(problem),
+            Err(_) => Error::unexpected(&self.base, answer.status.as_u16(), &answer.body),
+        }
+    }
+
+    fn unavailable(&self, failure: Failure, idempotent: bool, retries: usize) -> Error {
+        let mut message = failure.describe(&self.base);
+        if retries > 0 {
+            message.push_str(&format!(" (tried {} times)", retries + 1));
+        }
+        let status = match &failure {
+            Failure::ServerError(answer) => Some(answer.status.as_u16()),
+            Failure::NoAnswer(_) => None,
+        };
+        let maybe_sent =
+            matches!(&failure, Failure::NoAnswer(e) if !e.is_connect()) || status.is_some();
+        if !idempotent && maybe_sent {
+            message.push_str(
+                "; the task may or may not have been created: submit with an idempotency key to \
+                 retry safely",
+            );
+        }
+        Error::ServerUnavailable { message, status }
+    }
+}
+
+/// One request, as sent on every try.
+struct Call {
+    method: Method,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    body: Option<Value>,
+    idempotent: bool,
+    timeout: Duration,
+}
+
+/// An answer, read whole.
+struct Answer {
+    status: StatusCode,
+    body: Vec<u8>,
+}
+
+enum Failure {
+    NoAnswer(reqwest::Error),
+    ServerError(Answer),
+}
+
+impl Failure {
+    fn describe(&self, base: &str) -> String {
+        match self {
+            Failure::NoAnswer(e) if e.is_timeout() => {
+                format!("the tasker server at {base} did not answer in time")
+            }
+            Failure::NoAnswer(e) => format!(
+                "the tasker server at {base} is not reachable ({}); is tasker serve running?",
+                root_cause(e)
+            ),
+            Failure::ServerError(answer) => {
+                let detail = serde_json::from_slice::<ProblemDetails>(&answer.body)
+                    .map(|p| p.detail)
+                    .unwrap_or_else(|_| quote(String::from_utf8_lossy(&answer.body).trim()));
+                format!(
+                    "the tasker server at {base} answered {}: {detail}",
+                    answer.status.as_u16()
+                )
+            }
+        }
+    }
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Result<Answer, reqwest::Error> {
+    let response = request.send().await?;
+    let status = response.status();
+    let body = response.bytes().await?.to_vec();
+    Ok(Answer { status, body })
+}
+
+/// The innermost cause, e.g. "Connection refused (os error 111)".
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}

@@ -1,0 +1,416 @@
+//! The Rust client against a real `tasker serve` (the server in process,
+//! a SQLite file, real HTTP) and, where steps must run, a real Python
+//! worker process: the steps run in another language than the client.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tasker_client::{Client, Error, ListTasks, RetryPolicy, StepOutcome, TaskState};
+use tasker_config::TaskerConfig;
+
+const DOUBLE: &str = "\
+name: double
+steps:
+  - name: double
+    handler: double
+  - name: describe
+    handler: describe
+    depends_on: [double]
+";
+
+const SLOW: &str = "\
+name: slow
+steps:
+  - name: slow
+    handler: slow
+  - name: describe
+    handler: describe
+    depends_on: [slow]
+";
+
+const REFUSE: &str = "\
+name: refuse
+steps:
+  - name: refuse
+    handler: refuse
+";
+
+const WORKER: &str = r#"
+import logging, time
+from tasker_core import PermanentError, Worker
+
+logging.basicConfig(level="WARNING")
+worker = Worker()
+
+class OutOfStock(PermanentError):
+    pass
+
+@worker.handler("double")
+def double(step):
+    return {"value": step.task_context["n"] * 2, "language": "python"}
+
+@worker.handler("describe")
+def describe(step):
+    return {"text": f"n={step.task_context['n']}"}
+
+@worker.handler("slow")
+def slow(step):
+    time.sleep(1.5)
+    return {"slept": True}
+
+@worker.handler("refuse")
+def refuse(step):
+    raise OutOfStock("sku 42 is out of stock")
+
+worker.start()
+worker.run()
+"#;
+
+/// A `tasker serve` in this process: its service, API and stop switch.
+struct Serve {
+    url: String,
+    endpoint: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    run: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Serve {
+    async fn start(tweak: impl FnOnce(&mut TaskerConfig, &Path)) -> Serve {
+        let dir = tempfile::tempdir().unwrap();
+        let workflows = dir.path().join("workflows");
+        std::fs::create_dir(&workflows).unwrap();
+        std::fs::write(workflows.join("double.yaml"), DOUBLE).unwrap();
+        std::fs::write(workflows.join("refuse.yaml"), REFUSE).unwrap();
+        std::fs::write(workflows.join("slow.yaml"), SLOW).unwrap();
+        let mut config = TaskerConfig {
+            endpoint: "tcp://127.0.0.1:0".into(),
+            store: format!("sqlite:{}", dir.path().join("tasker.db").display()),
+            api_listen: "127.0.0.1:0".into(),
+            workflows_dir: workflows.display().to_string(),
+            heartbeat_interval_ms: 200,
+            shutdown_timeout_ms: 1000,
+            ..TaskerConfig::default()
+        };
+        tweak(&mut config, dir.path());
+        let server = tasker_server::Server::bind(&config)
+            .await
+            .expect("serve starts");
+        let url = format!("http://{}", server.local_addr());
+        let endpoint = server.service().endpoint().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(async move {
+            server
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("serve runs");
+        });
+        Serve {
+            url,
+            endpoint,
+            stop: Some(stop),
+            run,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.run).await;
+    }
+}
+
+/// A Python worker process serving `double`, `describe` and `refuse`.
+struct PythonWorker(Child);
+
+impl PythonWorker {
+    fn start(endpoint: &str, dir: &Path) -> PythonWorker {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let python = root.join("bindings/python/.venv/bin/python");
+        assert!(
+            python.exists(),
+            "{} is missing: run `bash bindings/python/build.sh` first (scripts/test.sh does)",
+            python.display()
+        );
+        let script = dir.join("worker.py");
+        std::fs::write(&script, WORKER).unwrap();
+        let child = Command::new(python)
+            .arg(&script)
+            .env("TASKER_ENDPOINT", endpoint)
+            .env("TASKER_HEARTBEAT_INTERVAL_MS", "200")
+            .env_remove("TASKER_CONFIG")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("python starts");
+        PythonWorker(child)
+    }
+}
+
+impl Drop for PythonWorker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_submitted_from_rust_runs_on_a_python_worker_and_its_report_comes_back() {
+    let serve = Serve::start(|_, _| {}).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let _worker = PythonWorker::start(&serve.endpoint, scratch.path());
+    let client = Client::new(&serve.url).unwrap();
+
+    let handle = client
+        .submit("double", json!({ "n": 21 }), Some("order-21"))
+        .await
+        .unwrap();
+    assert!(handle.created);
+    assert_eq!(handle.task.status, TaskState::Running);
+    let task = handle.wait(Some(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(task.status, TaskState::Complete, "{task:?}");
+    assert_eq!(
+        task.steps[0].output,
+        Some(json!({ "value": 42, "language": "python" }))
+    );
+    assert_eq!(task.steps[1].output, Some(json!({ "text": "n=21" })));
+    assert!(task
+        .steps
+        .iter()
+        .all(|s| s.outcome == Some(StepOutcome::Completed)
+            && s.worker_id
+                .as_deref()
+                .is_some_and(|w| w.starts_with("python-"))));
+
+    // The same key and body: the same task, not a second one.
+    let again = client
+        .submit("double", json!({ "n": 21 }), Some("order-21"))
+        .await
+        .unwrap();
+    assert_eq!((again.id, again.created), (handle.id, false));
+    // The same key with another body is a conflict naming the key.
+    let conflict = client
+        .submit("double", json!({ "n": 22 }), Some("order-21"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(conflict, Error::IdempotencyConflict(_)),
+        "{conflict:?}"
+    );
+    assert_eq!(conflict.field(), Some("idempotency_key"));
+    assert_eq!(conflict.problem().unwrap().task_id, Some(handle.id));
+
+    // A handler's error comes back with its class and message.
+    let failed = client
+        .submit("refuse", json!({}), None)
+        .await
+        .unwrap()
+        .wait(Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(failed.status, TaskState::Failed);
+    let error = failed.steps[0].error.as_ref().expect("an error");
+    assert_eq!(error.error_type, "OutOfStock");
+    assert_eq!(error.message, "sku 42 is out of stock");
+    assert!(!error.retryable);
+
+    let page = client
+        .list(&ListTasks {
+            status: Some(TaskState::Complete),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<i64> = page.tasks.iter().map(|t| t.task_id).collect();
+    assert_eq!(ids, [handle.id]);
+
+    // Cancelled while its first step runs: that step finishes, the next
+    // never starts.
+    let slow = client
+        .submit("slow", json!({ "n": 3 }), None)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while slow.get().await.unwrap().steps[0].worker_id.is_none()
+        && slow.get().await.unwrap().steps[0].attempts == 0
+    {
+        assert!(Instant::now() < deadline, "the slow step never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(slow.cancel().await.unwrap().cancel_requested);
+    let cancelled = slow.wait(Some(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(cancelled.status, TaskState::Cancelled, "{cancelled:?}");
+    assert_eq!(cancelled.steps[1].outcome, Some(StepOutcome::Cancelled));
+    let again = slow.cancel().await.unwrap_err();
+    assert!(matches!(again, Error::TaskEnded(_)), "{again:?}");
+    assert_eq!(
+        again.problem().unwrap().task_status,
+        Some(TaskState::Cancelled)
+    );
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refusal_is_its_own_error_with_the_servers_message() {
+    let serve = Serve::start(|_, _| {}).await;
+    let client = Client::new(&serve.url).unwrap();
+
+    let missing = client.get(987_654).await.unwrap_err();
+    assert!(matches!(missing, Error::TaskNotFound(_)), "{missing:?}");
+    assert_eq!(missing.to_string(), "no task has id 987654");
+    assert_eq!(missing.status(), Some(404));
+
+    let unknown = client.submit("dubble", json!({}), None).await.unwrap_err();
+    let Error::UnknownWorkflow(problem) = &unknown else {
+        panic!("{unknown:?}")
+    };
+    assert_eq!(problem.closest.as_deref(), Some("double"));
+    assert_eq!(unknown.field(), Some("workflow"));
+
+    let bad_limit = client
+        .list(&ListTasks {
+            limit: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(bad_limit, Error::Validation(_)), "{bad_limit:?}");
+    assert_eq!(bad_limit.field(), Some("limit"));
+
+    let long_key = "k".repeat(300);
+    let bad_key = client
+        .submit("double", json!({}), Some(&long_key))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_key.field(), Some("idempotency_key"), "{bad_key:?}");
+
+    // No worker: the task runs until cancelled; a wait ends at its timeout.
+    let handle = client
+        .submit("double", json!({ "n": 1 }), None)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let timeout = handle
+        .wait(Some(Duration::from_millis(500)))
+        .await
+        .unwrap_err();
+    let Error::WaitTimeout { task } = &timeout else {
+        panic!("{timeout:?}")
+    };
+    assert_eq!(task.task_id, handle.id);
+    assert_eq!(task.status, TaskState::Running);
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_tokens_refuses_a_client_without_the_right_one() {
+    let serve = Serve::start(|config, dir| {
+        let path = dir.join("tokens.yaml");
+        std::fs::write(&path, "ci: ci-token-0123456789abcdef\n").unwrap();
+        config.api_tokens_file = path.display().to_string();
+    })
+    .await;
+    for client in [
+        Client::new(&serve.url).unwrap(),
+        Client::new(&serve.url)
+            .unwrap()
+            .with_token("not-the-token-0123456789"),
+    ] {
+        let refused = client.workflows().await.unwrap_err();
+        assert!(matches!(refused, Error::Unauthorized(_)), "{refused:?}");
+        assert_eq!(refused.status(), Some(401));
+    }
+    // Configured like a worker: api_url and api_token.
+    let config = TaskerConfig {
+        api_url: serve.url.clone(),
+        api_token: "ci-token-0123456789abcdef".into(),
+        ..TaskerConfig::default()
+    };
+    let client = Client::from_config(&config).unwrap();
+    let names: Vec<String> = client
+        .workflows()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(names, ["double", "refuse", "slow"]);
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_server_is_server_unavailable_after_the_retries_and_at_once_for_a_keyless_submit() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = Client::new(&format!("127.0.0.1:{port}")).unwrap();
+
+    let started = Instant::now();
+    let error = client.get(1).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(error, Error::ServerUnavailable { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("is not reachable"), "{error}");
+    assert!(error.to_string().contains("tried 5 times"), "{error}");
+    // 0.2 + 0.4 + 0.8 + 1.6 s, each ±20%.
+    assert!(
+        took >= Duration::from_millis(2400) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+
+    let started = Instant::now();
+    let error = client.submit("double", json!({}), None).await.unwrap_err();
+    assert!(
+        matches!(error, Error::ServerUnavailable { .. }),
+        "{error:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    let client = client.with_retry(RetryPolicy::none());
+    let started = Instant::now();
+    assert!(client.get(1).await.is_err());
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    assert!(matches!(
+        Client::new("https://tasks.example.com"),
+        Err(Error::InvalidUrl(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stopping_during_a_wait_ends_it_with_server_unavailable_not_a_hang() {
+    let serve = Serve::start(|_, _| {}).await;
+    let client = Client::new(&serve.url).unwrap();
+    // No worker: the task would run forever.
+    let handle = client
+        .submit("double", json!({ "n": 1 }), None)
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move { handle.wait(None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished());
+    let started = Instant::now();
+    serve.stop().await;
+    let error = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("the wait ends")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::ServerUnavailable { .. }),
+        "{error:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
