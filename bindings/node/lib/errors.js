@@ -51,6 +51,118 @@ class PermanentError extends TaskerError {
  */
 class ConfigError extends TaskerError {}
 
+// ---- Errors of the HTTP client (`Client`, lib/client.js) ----------------
+//
+// protocol/CLIENT.md §4: the last segment of a problem document's `type`
+// decides the class; its `detail` is the message, unchanged.
+
+/**
+ * Base class of the errors a `Client` throws. `status` is the HTTP status
+ * (null when there was no answer), `problemType` the problem's slug
+ * (`task-not-found`, ...; null without a problem document), `detail` the
+ * server's detail (null without one) and `problem` the whole problem
+ * document as the server sent it (snake_case keys; null without one).
+ */
+class ClientError extends TaskerError {
+  /**
+   * @param {string} message
+   * @param {{ status?: number | null, problemType?: string | null, detail?: string | null,
+   *   problem?: object | null, cause?: unknown }} [options]
+   */
+  constructor(message, options = {}) {
+    super(message, { cause: options.cause });
+    this.status = options.status ?? null;
+    this.problemType = options.problemType ?? null;
+    this.detail = options.detail ?? null;
+    this.problem = options.problem ?? null;
+  }
+}
+
+/** What a problem document says beyond type, title, status and detail. */
+function problemField(options, key) {
+  const problem = options.problem;
+  return problem && typeof problem === "object" && problem[key] !== undefined ? problem[key] : null;
+}
+
+/**
+ * The request was refused as invalid (`malformed-json`, `invalid-body`,
+ * `invalid-parameter`, `unsupported-media-type`, `body-too-large`);
+ * `field` names the field or parameter at fault, when the server says.
+ */
+class ValidationError extends ClientError {
+  constructor(message, options = {}) {
+    super(message, options);
+    this.field = problemField(options, "field");
+  }
+}
+
+/**
+ * The workflow is not one the server loaded (`unknown-workflow`): `field`
+ * is `"workflow"`, `knownWorkflows` the names loaded and `closest` the one
+ * nearest to the name given (null when none is near).
+ */
+class UnknownWorkflow extends ValidationError {
+  constructor(message, options = {}) {
+    super(message, options);
+    this.knownWorkflows = problemField(options, "known_workflows") ?? [];
+    this.closest = problemField(options, "closest");
+  }
+}
+
+/** No task has this id (`task-not-found`); `taskId` is the id asked for. */
+class TaskNotFound extends ClientError {
+  constructor(message, options = {}) {
+    super(message, options);
+    this.taskId = problemField(options, "task_id");
+  }
+}
+
+/**
+ * The idempotency key was used before with another workflow or context
+ * (`idempotency-conflict`); `taskId` is the task the key belongs to.
+ */
+class IdempotencyConflict extends ClientError {
+  constructor(message, options = {}) {
+    super(message, options);
+    this.taskId = problemField(options, "task_id");
+  }
+}
+
+/** Cancelling a task that has ended (`task-ended`); `taskStatus` is how it ended. */
+class TaskEnded extends ClientError {
+  constructor(message, options = {}) {
+    super(message, options);
+    this.taskId = problemField(options, "task_id");
+    this.taskStatus = problemField(options, "task_status");
+  }
+}
+
+/** The server wants a bearer token and got none, or a wrong one (`unauthorized`). */
+class Unauthorized extends ClientError {}
+
+/**
+ * No answer (connection refused or reset, timeout), or a 5xx answer
+ * (`shutting-down`, ...), left after the retries; `cause` is the last
+ * cause, `url` the server's base URL.
+ */
+class ServerUnavailable extends ClientError {
+  constructor(message, options = {}) {
+    super(message, options);
+    this.url = options.url ?? null;
+  }
+}
+
+/** `wait()`'s timeout passed before the task ended; `task` is the task as last seen. */
+class WaitTimeout extends ClientError {
+  constructor(message, options = {}) {
+    super(message, options);
+    this.task = options.task ?? null;
+  }
+}
+
+/** Any other problem or status (`not-found`, `method-not-allowed`, an answer that is not JSON, ...). */
+class ApiError extends ClientError {}
+
 /**
  * The `error_type` values tasker-core reports (`errorTypes.UNKNOWN_HANDLER`,
  * `errorTypes.SERIALIZATION_ERROR`, ...), as the native module defines them:
@@ -66,4 +178,21 @@ function fromNative(error) {
   return new Class(message, { cause: error });
 }
 
-module.exports = { TaskerError, RetryableError, PermanentError, ConfigError, errorTypes, fromNative };
+module.exports = {
+  TaskerError,
+  RetryableError,
+  PermanentError,
+  ConfigError,
+  errorTypes,
+  fromNative,
+  ClientError,
+  ValidationError,
+  UnknownWorkflow,
+  TaskNotFound,
+  IdempotencyConflict,
+  TaskEnded,
+  Unauthorized,
+  ServerUnavailable,
+  WaitTimeout,
+  ApiError,
+};

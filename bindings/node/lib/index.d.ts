@@ -55,6 +55,12 @@ export interface Config {
   workflowsDir: string;
   /** Hours `tasker serve` keeps ended tasks; 0 keeps them (serve only). */
   taskRetentionHours: number;
+  /** Where a `Client` reaches the API, `http://HOST:PORT`; empty: `http://` + `apiListen` (clients only). */
+  apiUrl: string;
+  /** The bearer token a `Client` sends; empty: none (clients only). */
+  apiToken: string;
+  /** A YAML file of `name: token` lines; when set, every API request needs one of them (serve only). */
+  apiTokensFile: string;
 }
 
 /** Config keys that replace those of the file and the environment; `undefined` keeps the loaded value. */
@@ -167,3 +173,313 @@ export declare function setLogLevel(level: LogLevel): void;
 
 /** Resolves a configuration like a Worker does, without starting anything; throws ConfigError. */
 export declare function loadConfig(path?: string | null, options?: ConfigOptions | null): Config;
+
+// ---- The HTTP client (`Client`): start tasks from an application ---------
+//
+// Field names: the server's snake_case JSON fields are camelCase here
+// (`task_id` -> `taskId`); timestamps are `Date`s. A task's `context` and a
+// step's `output` are the application's and handlers' own JSON, unchanged.
+// Every result object also has the server's JSON, unchanged, as its
+// non-enumerable `raw`.
+
+/** Where a durable task is. */
+export type TaskStatus = "running" | "complete" | "failed" | "cancelled";
+
+/** Where a step of a durable task is. */
+export type StepState = "waiting" | "running" | "retry_wait" | "completed" | "failed" | "blocked" | "cancelled";
+
+/** How a step ended. */
+export type StepOutcome = "completed" | "failed" | "blocked" | "cancelled";
+
+/** A JSON object as the server sent it (snake_case keys). */
+export type RawJson = Readonly<Record<string, unknown>>;
+
+/** What went wrong with a step (its latest failed attempt). */
+export interface StepError {
+  /** The error's kind: the handler's exception class, or one of `errorTypes`. */
+  errorType: string;
+  /** Human-readable description. */
+  message: string;
+  /** Whether trying again may succeed. */
+  retryable: boolean;
+  /** Backtrace lines, innermost first, where the handler's language has them. */
+  backtrace: string[];
+  /** The server's JSON. */
+  readonly raw: RawJson;
+}
+
+/** One step of a task report. */
+export interface StepReport {
+  /** The step's id (the `stepId` its workers see). */
+  stepId: number;
+  /** Its name in the workflow. */
+  name: string;
+  /** Its handler. */
+  handler: string;
+  /** Where it is. */
+  state: StepState;
+  /** How it ended; null while it has not. */
+  outcome: StepOutcome | null;
+  /** Attempts dispatched. */
+  attempts: number;
+  /** From first dispatch to end, in ms (0 until both happened). */
+  durationMs: number;
+  /** The worker of the latest result; null before one. */
+  workerId: string | null;
+  /** The handler's output once completed (JSON, as returned); null before. */
+  output: unknown;
+  /** The latest failed attempt's error; null when none failed. */
+  error: StepError | null;
+  /** For a blocked step: the failed step upstream. */
+  blockedBy: string | null;
+  /** While waiting out a retry backoff: when the next attempt is due. */
+  nextRunAt: Date | null;
+  /** The server's JSON (`StepDetail`). */
+  readonly raw: RawJson;
+}
+
+/** A task and its steps (the server's `TaskDetail`); `C` is its context's type. */
+export interface Task<C = Record<string, unknown>> {
+  /** The task's id. */
+  taskId: number;
+  /** The workflow's name. */
+  workflow: string;
+  /** Where the task is; it has ended when this is not `running`. */
+  status: TaskStatus;
+  /** Whether a cancel was requested. */
+  cancelRequested: boolean;
+  /** The key it was created with; null without one. */
+  idempotencyKey: string | null;
+  /** The task's context, as submitted. */
+  context: C;
+  /** When it was created (and started). */
+  startedAt: Date;
+  /** When it ended; null while running. */
+  finishedAt: Date | null;
+  /** From creation to end (or to now), in ms. */
+  durationMs: number;
+  /** Each step, in workflow order. */
+  steps: StepReport[];
+  /** The server's JSON (`TaskDetail`). */
+  readonly raw: RawJson;
+}
+
+/** A task in a list (the server's `TaskSummary`). */
+export interface TaskSummary {
+  taskId: number;
+  workflow: string;
+  status: TaskStatus;
+  cancelRequested: boolean;
+  idempotencyKey: string | null;
+  startedAt: Date;
+  finishedAt: Date | null;
+  /** Steps in all. */
+  stepsTotal: number;
+  /** Steps completed. */
+  stepsCompleted: number;
+  /** The server's JSON (`TaskSummary`). */
+  readonly raw: RawJson;
+}
+
+/** One page of tasks, newest first. */
+export interface TaskPage {
+  tasks: TaskSummary[];
+  /** Pass as `cursor` for the next page; null on the last page. */
+  nextCursor: string | null;
+  /** The server's JSON (`TaskPage`). */
+  readonly raw: RawJson;
+}
+
+/** Filters of `list` (and `listAll`). */
+export interface ListFilters {
+  /** Only tasks in this state. */
+  status?: TaskStatus;
+  /** Only tasks of this workflow. */
+  workflow?: string;
+  /** Only tasks created at or after this time (a Date, or RFC 3339 text). */
+  createdSince?: Date | string;
+  /** Most tasks in the page, 1 to 1000 (default 50). */
+  limit?: number;
+  /** The `nextCursor` of the previous page. */
+  cursor?: string;
+}
+
+/** A step of a workflow. */
+export interface WorkflowStep {
+  name: string;
+  handler: string;
+  /** The steps it waits for. */
+  dependsOn: string[];
+  readonly raw: RawJson;
+}
+
+/** A workflow the server can run. */
+export interface Workflow {
+  /** Its name (what `submit` takes). */
+  name: string;
+  description: string | null;
+  /** Its steps, in workflow order. */
+  steps: WorkflowStep[];
+  readonly raw: RawJson;
+}
+
+/** Options of `submit`. */
+export interface SubmitOptions {
+  /**
+   * A key of the caller's choosing (1 to 255 characters): the same key with
+   * the same workflow and context returns the task it created (`created`
+   * false); with another, an `IdempotencyConflict`. With a key the submit
+   * is retried when the server cannot be reached; without, tried once.
+   */
+  idempotencyKey?: string | null;
+}
+
+/** Options of `wait`. */
+export interface WaitOptions {
+  /** Longest wait in ms, then a `WaitTimeout`; null or absent: until the task ends. */
+  timeoutMs?: number | null;
+  /** Aborts the wait; the Promise rejects with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+/** Options of a Client: any config key, plus the client's own options. */
+export interface ClientOptions extends ConfigOptions {
+  /** The API's base URL, `http://HOST:PORT[/prefix]`; wins over `apiUrl` and `apiListen`. */
+  url?: string | null;
+  /** The bearer token; wins over `apiToken`. */
+  token?: string | null;
+  /** Read timeout of each request but waits, in ms (default 30000). */
+  timeoutMs?: number;
+}
+
+/** A task started by `submit`, with operations bound to its id. */
+export declare class TaskHandle<C = Record<string, unknown>> {
+  /** The task's id. */
+  readonly id: number;
+  /** Whether this submit created the task (false: its idempotency key had). */
+  readonly created: boolean;
+  /** The task as the server answered the submit. */
+  readonly task: Task<C>;
+  /** The task now. */
+  get(): Promise<Task<C>>;
+  /** The task once it has ended (see `Client.wait`). */
+  wait(options?: WaitOptions): Promise<Task<C>>;
+  /** Requests its cancellation (see `Client.cancel`). */
+  cancel(): Promise<Task<C>>;
+}
+
+/**
+ * A client of `tasker serve`'s HTTP API (protocol/CLIENT.md). Configured
+ * from the defaults (or a file: `fromConfig`), then `TASKER_*` variables,
+ * then `options`; `url` and `token` win. Retries idempotent calls (all but
+ * a submit without an idempotency key) when there is no answer or a 5xx.
+ */
+export declare class Client {
+  /** Configured from a YAML file, then `TASKER_*` variables, then `options`. */
+  static fromConfig(path: string, options?: ClientOptions): Client;
+  /** Configured from the defaults, then `TASKER_*` variables, then `options`. */
+  constructor(options?: ClientOptions);
+  /** The API's base URL (no trailing slash). */
+  readonly url: string;
+  /** Starts a task of `workflow` with `context`. */
+  submit<C extends object = Record<string, unknown>>(workflow: string, context?: C, options?: SubmitOptions): Promise<TaskHandle<C>>;
+  /** The task `id` now; `TaskNotFound` when there is none. */
+  get<C = Record<string, unknown>>(id: number): Promise<Task<C>>;
+  /** The task `id` once it has ended; `WaitTimeout` after `timeoutMs`. */
+  wait<C = Record<string, unknown>>(id: number, options?: WaitOptions): Promise<Task<C>>;
+  /** Requests the cancellation of task `id`; `TaskEnded` when it has ended. */
+  cancel<C = Record<string, unknown>>(id: number): Promise<Task<C>>;
+  /** One page of tasks, newest first. */
+  list(filters?: ListFilters): Promise<TaskPage>;
+  /** Every task matching `filters`, page after page. */
+  listAll(filters?: ListFilters): AsyncGenerator<TaskSummary, void, undefined>;
+  /** The workflows the server loaded. */
+  workflows(): Promise<Workflow[]>;
+}
+
+/** Options of `ClientError` and its subclasses. */
+export interface ClientErrorOptions {
+  status?: number | null;
+  problemType?: string | null;
+  detail?: string | null;
+  problem?: Problem | null;
+  cause?: unknown;
+}
+
+/** An RFC 9457 problem document, as the server sent it (snake_case keys). */
+export interface Problem {
+  type: string;
+  title: string;
+  status: number;
+  detail: string;
+  field?: string | null;
+  task_id?: number | null;
+  task_status?: TaskStatus | null;
+  known_workflows?: string[] | null;
+  closest?: string | null;
+  [key: string]: unknown;
+}
+
+/** Base class of the errors a `Client` throws. */
+export declare class ClientError extends TaskerError {
+  constructor(message: string, options?: ClientErrorOptions);
+  /** The HTTP status; null when there was no answer. */
+  readonly status: number | null;
+  /** The problem's slug (`task-not-found`, ...); null without a problem document. */
+  readonly problemType: string | null;
+  /** The server's detail (also the message); null without a problem document. */
+  readonly detail: string | null;
+  /** The whole problem document; null without one. */
+  readonly problem: Problem | null;
+}
+
+/** A request refused as invalid; `field` names the field or parameter at fault. */
+export declare class ValidationError extends ClientError {
+  readonly field: string | null;
+}
+
+/** The workflow is not loaded: `field` is `workflow`. */
+export declare class UnknownWorkflow extends ValidationError {
+  /** The workflows loaded. */
+  readonly knownWorkflows: string[];
+  /** The loaded one closest to the name given; null when none is near. */
+  readonly closest: string | null;
+}
+
+/** No task has the id. */
+export declare class TaskNotFound extends ClientError {
+  readonly taskId: number | null;
+}
+
+/** The idempotency key was used with another workflow or context. */
+export declare class IdempotencyConflict extends ClientError {
+  /** The task the key belongs to. */
+  readonly taskId: number | null;
+}
+
+/** Cancelling a task that has ended. */
+export declare class TaskEnded extends ClientError {
+  readonly taskId: number | null;
+  /** How it ended. */
+  readonly taskStatus: TaskStatus | null;
+}
+
+/** No token, or a wrong one, for a server that wants one. */
+export declare class Unauthorized extends ClientError {}
+
+/** No answer, or a 5xx one, left after the retries. */
+export declare class ServerUnavailable extends ClientError {
+  constructor(message: string, options?: ClientErrorOptions & { url?: string | null });
+  /** The server's base URL. */
+  readonly url: string | null;
+}
+
+/** The wait's timeout passed before the task ended. */
+export declare class WaitTimeout extends ClientError {
+  constructor(message: string, options?: ClientErrorOptions & { task?: Task });
+  /** The task as last seen (still running). */
+  readonly task: Task;
+}
+
+/** Any other problem or status. */
+export declare class ApiError extends ClientError {}

@@ -1,12 +1,30 @@
 "use strict";
 
-// tasker-core for Node: serve workflow steps from JavaScript handlers. The
-// ZeroMQ loop runs in Rust (native.js, built by napi-rs); this layer makes
-// it idiomatic.
+// tasker-core for Node: serve workflow steps from JavaScript handlers (the
+// ZeroMQ loop runs in Rust, native.js, built by napi-rs; this layer makes
+// it idiomatic), and start tasks from an application through the HTTP API
+// of `tasker serve` (Client).
 
 const { resolveConfig } = require("./config.js");
-const { TaskerError, RetryableError, PermanentError, ConfigError, errorTypes } = require("./errors.js");
+const {
+  TaskerError,
+  RetryableError,
+  PermanentError,
+  ConfigError,
+  errorTypes,
+  ClientError,
+  ValidationError,
+  UnknownWorkflow,
+  TaskNotFound,
+  IdempotencyConflict,
+  TaskEnded,
+  Unauthorized,
+  ServerUnavailable,
+  WaitTimeout,
+  ApiError,
+} = require("./errors.js");
 const { Worker } = require("./worker.js");
+const { Client, TaskHandle } = require("./client.js");
 const { setLogger, setLogLevel } = require("./logging.js");
 
 /**
@@ -28,4 +46,16 @@ module.exports = {
   setLogger,
   setLogLevel,
   loadConfig,
+  Client,
+  TaskHandle,
+  ClientError,
+  ValidationError,
+  UnknownWorkflow,
+  TaskNotFound,
+  IdempotencyConflict,
+  TaskEnded,
+  Unauthorized,
+  ServerUnavailable,
+  WaitTimeout,
+  ApiError,
 };

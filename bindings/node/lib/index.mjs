@@ -12,5 +12,17 @@ export const {
   setLogger,
   setLogLevel,
   loadConfig,
+  Client,
+  TaskHandle,
+  ClientError,
+  ValidationError,
+  UnknownWorkflow,
+  TaskNotFound,
+  IdempotencyConflict,
+  TaskEnded,
+  Unauthorized,
+  ServerUnavailable,
+  WaitTimeout,
+  ApiError,
 } = cjs;
 export default cjs;

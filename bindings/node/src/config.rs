@@ -71,6 +71,16 @@ impl NativeConfig {
         }
         Ok(values)
     }
+
+    /// The API's base URL for a client (`Client`), without a trailing
+    /// slash: `apiUrl`, else `http://` + `apiListen` with an unspecified
+    /// address reached on loopback ([`TaskerConfig::api_base_url`]).
+    /// Throws an error (code `TaskerConfigError`) naming the key when
+    /// neither gives a usable URL (an `https://` URL, port 0, ...).
+    #[napi]
+    pub fn api_base_url(&self) -> Result<String> {
+        Ok(self.config.api_base_url().map_err(BindingError::from)?)
+    }
 }
 
 /// The own enumerable properties of `options` as JSON values (`undefined`

@@ -143,6 +143,60 @@ function tempDir() {
   return fs.mkdtempSync(path.join(os.tmpdir(), "tasker-node-test-"));
 }
 
+/**
+ * Starts `tasker serve` (SQLite in `dir`, a free API port, the workflows of
+ * `dir/workflows`) and resolves once it printed its address line:
+ * `{ child, url, endpoint }`. Its log goes to `child.stderrText`.
+ */
+async function startServe(dir, { env = {}, endpoint } = {}) {
+  endpoint = endpoint ?? (await freeEndpoint());
+  const child = track(
+    spawn(
+      TASKER,
+      [
+        "serve",
+        "--store",
+        `sqlite:${path.join(dir, "t.db")}`,
+        "--api-listen",
+        "127.0.0.1:0",
+        "--workflows-dir",
+        path.join(dir, "workflows"),
+        "--endpoint",
+        endpoint,
+      ],
+      { cwd: dir, env: { ...process.env, TASKER_ENV: "test", RUST_LOG: "info", ...env }, stdio: ["ignore", "pipe", "pipe"] },
+    ),
+  );
+  // Up to the space after the URL: the whole address, even before the line ends.
+  const line = await waitForLine(child, /^tasker serve: api http:\/\/\S+ /);
+  const url = line.split(/\s+/)[3];
+  if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(url)) throw new Error(`unexpected address line: ${line}`);
+  return { child, url, endpoint };
+}
+
+/** Starts a Rust worker (`tasker worker`) serving `handlers` on `endpoint`. */
+function startRustWorker(endpoint, handlers = "echo,sleep,fail_permanent") {
+  return track(
+    spawn(TASKER, ["worker", "--endpoint", endpoint, "--handlers", handlers], {
+      cwd: os.tmpdir(),
+      env: { ...process.env, RUST_LOG: "warn" },
+      stdio: ["ignore", "pipe", "pipe"],
+    }),
+  );
+}
+
+/** Stops `child`: SIGTERM, then SIGKILL after `graceMs`; resolves once it exited. */
+async function stopProcess(child, graceMs = 5_000) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), graceMs);
+  try {
+    await child.exited;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 module.exports = {
   PACKAGE_DIR,
   REPO,
@@ -156,4 +210,7 @@ module.exports = {
   nodeProcess,
   waitForLine,
   tempDir,
+  startServe,
+  startRustWorker,
+  stopProcess,
 };

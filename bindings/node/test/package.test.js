@@ -82,7 +82,7 @@ test("npm pack makes a tarball with the built addon, which installs and runs in 
   const { stdout } = await run("npm", ["pack", "--json", "--pack-destination", out], { ...npmOptions, cwd: PACKAGE_DIR });
   const [packed] = JSON.parse(stdout);
   const files = packed.files.map((f) => f.path);
-  for (const file of [ADDON, "native.js", "native.d.ts", "lib/index.js", "lib/index.mjs", "lib/index.d.ts", "lib/index.d.mts", "package.json"]) {
+  for (const file of [ADDON, "native.js", "native.d.ts", "lib/index.js", "lib/index.mjs", "lib/index.d.ts", "lib/index.d.mts", "lib/client.js", "lib/errors.js", "package.json"]) {
     assert.ok(files.includes(file), `${file} missing from the tarball: ${files.join(", ")}`);
   }
   assert.ok(!files.some((f) => f.startsWith("test/") || f.startsWith("src/")), "tests or Rust sources packed");

@@ -10,3 +10,19 @@ worker.handle("esm", async (step: Step): Promise<{ id: number }> => {
 // @ts-expect-error run() returns a Promise, not a number
 const n: number = worker.run();
 void n;
+
+// The client through the ES-module view.
+import { Client, TaskNotFound, ClientError } from "tasker-core";
+import type { Task } from "tasker-core";
+
+const client = new Client({ url: "http://127.0.0.1:8080" });
+async function esmClient(): Promise<string> {
+  const handle = await client.submit("esm", { n: 1 });
+  const task: Task<{ n: number }> = await handle.wait({ timeoutMs: 1000 });
+  const notFound = new TaskNotFound("no task has id 7");
+  const isClientError: boolean = notFound instanceof ClientError;
+  // @ts-expect-error the context keeps its type
+  const s: string = task.context.n;
+  return `${task.status} ${task.context.n} ${isClientError} ${s}`;
+}
+void esmClient;

@@ -66,3 +66,117 @@ async function main(): Promise<void> {
 }
 
 void [fromFile, wrongId, endpoint, capacity, state, id, loaded, retryable, r, p, main, marks, unknownHandler, configError];
+
+// ---- The HTTP client ----------------------------------------------------
+import {
+  Client,
+  TaskHandle,
+  ClientError,
+  ValidationError,
+  UnknownWorkflow,
+  TaskNotFound,
+  IdempotencyConflict,
+  TaskEnded,
+  Unauthorized,
+  ServerUnavailable,
+  WaitTimeout,
+  ApiError,
+} from "tasker-core";
+import type { Task, TaskSummary, TaskPage, StepReport, StepError, Workflow, ClientOptions, ListFilters, TaskStatus, Problem } from "tasker-core";
+
+const clientOptions: ClientOptions = { url: "http://127.0.0.1:8080", token: "secret", timeoutMs: 5000, apiListen: "0.0.0.0:8080" };
+const client: Client = new Client(clientOptions);
+const fromConfigClient: Client = Client.fromConfig("config/zeromq.yaml", { apiToken: "t" });
+const baseUrl: string = client.url;
+const apiKeys: Pick<Config, "apiUrl" | "apiToken" | "apiTokensFile"> = loadConfig();
+
+// @ts-expect-error there is no such client option
+new Client({ tokn: "x" });
+// @ts-expect-error url is a string
+new Client({ url: 8080 });
+
+async function useClient(): Promise<void> {
+  const handle: TaskHandle<Order> = await client.submit("checkout", { amount: 3 }, { idempotencyKey: "order-1" });
+  const created: boolean = handle.created;
+  const id: number = handle.id;
+  const amount: number = handle.task.context.amount;
+  // @ts-expect-error the context keeps its type
+  const missing: string = handle.task.context.currency;
+  // @ts-expect-error a context is an object
+  await client.submit("checkout", 42);
+  // @ts-expect-error idempotencyKey is a string
+  await client.submit("checkout", {}, { idempotencyKey: 7 });
+
+  const done: Task<Order> = await handle.wait({ timeoutMs: 30_000 });
+  const viaClient: Task = await client.wait(id, { timeoutMs: null, signal: AbortSignal.timeout(1000) });
+  // @ts-expect-error the wait's timeout is in ms, a number
+  await handle.wait({ timeoutMs: "30s" });
+  const status: TaskStatus = done.status;
+  const started: Date = done.startedAt;
+  const finished: Date | null = done.finishedAt;
+  const raw: Readonly<Record<string, unknown>> = done.raw;
+  for (const step of done.steps) {
+    const s: StepReport = step;
+    const output: unknown = s.output;
+    const error: StepError | null = s.error;
+    const kind: string | undefined = error?.errorType;
+    const outcome: "completed" | "failed" | "blocked" | "cancelled" | null = s.outcome;
+    void [output, kind, outcome, s.stepId + s.attempts + s.durationMs, s.nextRunAt?.getTime()];
+  }
+  // @ts-expect-error a task id is a number
+  const wrongTaskId: string = done.taskId;
+
+  const now: Task<Order> = await handle.get();
+  const cancelled: Task = await client.cancel(id);
+  const filters: ListFilters = { status: "failed", workflow: "checkout", createdSince: new Date(), limit: 10 };
+  // @ts-expect-error no such status
+  const badFilters: ListFilters = { status: "done" };
+  const page: TaskPage = await client.list(filters);
+  const next: string | null = page.nextCursor;
+  const summaries: TaskSummary[] = page.tasks;
+  for await (const summary of client.listAll({ workflow: "checkout" })) {
+    const total: number = summary.stepsTotal + summary.stepsCompleted;
+    void total;
+  }
+  const workflows: Workflow[] = await client.workflows();
+  const dependsOn: string[] = workflows[0].steps[0].dependsOn;
+
+  try {
+    await client.get(1);
+  } catch (e) {
+    if (e instanceof UnknownWorkflow) {
+      const closest: string | null = e.closest;
+      const known: string[] = e.knownWorkflows;
+      const field: string | null = e.field;
+      void [closest, known, field];
+    } else if (e instanceof ValidationError) {
+      const field: string | null = e.field;
+      void field;
+    } else if (e instanceof TaskNotFound || e instanceof IdempotencyConflict) {
+      const taskId: number | null = e.taskId;
+      void taskId;
+    } else if (e instanceof TaskEnded) {
+      const ended: TaskStatus | null = e.taskStatus;
+      void ended;
+    } else if (e instanceof WaitTimeout) {
+      const last: Task = e.task;
+      void last;
+    } else if (e instanceof ServerUnavailable) {
+      const serverUrl: string | null = e.url;
+      void serverUrl;
+    } else if (e instanceof Unauthorized || e instanceof ApiError) {
+      const httpStatus: number | null = e.status;
+      void httpStatus;
+    }
+    if (e instanceof ClientError) {
+      const base: TaskerError = e;
+      const slug: string | null = e.problemType;
+      const detail: string | null = e.detail;
+      const problem: Problem | null = e.problem;
+      void [base, slug, detail, problem?.type];
+    }
+  }
+  void [created, amount, missing, done, viaClient, started, finished, raw, wrongTaskId, now, cancelled, badFilters, next, summaries, dependsOn, status];
+}
+
+void [fromConfigClient, baseUrl, apiKeys, useClient];

@@ -1,0 +1,493 @@
+"use strict";
+
+// The HTTP client (`Client`) against a real `tasker serve` and real Rust
+// workers (`tasker worker`): the steps run in Rust, the client is Node.
+// One server for most tests; the ones that stop a server or need tokens
+// start their own.
+
+const { test, before, after } = require("node:test");
+const assert = require("node:assert/strict");
+const fs = require("node:fs");
+const path = require("node:path");
+
+const {
+  Client,
+  TaskHandle,
+  TaskerError,
+  ConfigError,
+  ClientError,
+  ValidationError,
+  UnknownWorkflow,
+  TaskNotFound,
+  IdempotencyConflict,
+  TaskEnded,
+  Unauthorized,
+  ServerUnavailable,
+  WaitTimeout,
+  ApiError,
+} = require("tasker-core");
+const { tempDir, startServe, startRustWorker, stopProcess, killAll, withTimeout, freeEndpoint } = require("./helpers.js");
+
+const WORKFLOWS = {
+  // Two echo steps in a row: the second sees the first's output.
+  echo_pair: `
+name: echo_pair
+description: two echo steps in a row
+steps:
+  - name: first
+    handler: echo
+    handler_config: { greeting: "grüß dich" }
+  - name: second
+    handler: echo
+    depends_on: [first]
+`,
+  // A permanent failure after an echo; the step after it is blocked.
+  mixed: `
+name: mixed
+steps:
+  - name: fetch
+    handler: echo
+  - name: charge
+    handler: fail_permanent
+    depends_on: [fetch]
+  - name: ship
+    handler: echo
+    depends_on: [charge]
+`,
+  // Sleeps task_context.sleep_ms, then echoes.
+  slow: `
+name: slow
+defaults:
+  timeout_ms: 120000
+steps:
+  - name: nap
+    handler: sleep
+  - name: after
+    handler: echo
+    depends_on: [nap]
+`,
+  // For the list tests: nothing else submits it.
+  listed: `
+name: listed
+steps:
+  - name: only
+    handler: echo
+`,
+};
+
+const processes = [];
+const dirs = [];
+let dir;
+let server; // { child, url, endpoint }
+let client;
+
+/** A folder with the test workflows in workflows/. */
+function serveDir() {
+  const folder = tempDir();
+  dirs.push(folder);
+  fs.mkdirSync(path.join(folder, "workflows"));
+  for (const [name, yaml] of Object.entries(WORKFLOWS)) {
+    fs.writeFileSync(path.join(folder, "workflows", `${name}.yaml`), yaml);
+  }
+  return folder;
+}
+
+/** Resolves once `url`'s server has a worker connected. */
+async function workersConnected(url, token) {
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const response = await fetch(`${url}/v1/workers`, { headers });
+    const { workers } = await response.json();
+    if (workers.length > 0) return;
+    if (Date.now() > deadline) throw new Error(`no worker connected to ${url}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** A serve with one Rust worker, stopped after the tests. */
+async function serveWithWorker(folder, env = {}, token) {
+  const started = await startServe(folder, { env });
+  processes.push(started.child);
+  const worker = startRustWorker(started.endpoint);
+  processes.push(worker);
+  await workersConnected(started.url, token);
+  return { ...started, worker };
+}
+
+before(async () => {
+  dir = serveDir();
+  server = await serveWithWorker(dir);
+  client = new Client({ url: server.url });
+});
+
+after(async () => {
+  await Promise.all(processes.map((child) => stopProcess(child)));
+  killAll();
+  for (const folder of dirs) fs.rmSync(folder, { recursive: true, force: true });
+});
+
+/** Resolves once task `id`'s step `name` is running, as `via` sees it. */
+async function stepRunning(via, id, name) {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const task = await via.get(id);
+    if (task.steps.find((s) => s.name === name).state === "running") return task;
+    if (Date.now() > deadline) throw new Error(`step ${name} of task ${id} never ran: ${JSON.stringify(task.raw)}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** How long `promise` takes to settle, in ms, and its error. */
+async function timed(promise) {
+  const start = performance.now();
+  let error;
+  try {
+    await promise;
+  } catch (e) {
+    error = e;
+  }
+  return { ms: performance.now() - start, error };
+}
+
+test("submit, then wait: the Rust worker's echo outputs come back, in camelCase, with Dates", async () => {
+  const context = { order: { id: "A-17", customer: "Zoë Ñuñez", items: [1, 2.5, null, true] }, note: "日本語 😀" };
+  const handle = await client.submit("echo_pair", context);
+  assert.ok(handle instanceof TaskHandle);
+  assert.equal(handle.created, true);
+  assert.equal(typeof handle.id, "number");
+  assert.equal(handle.task.taskId, handle.id);
+  assert.equal(handle.task.workflow, "echo_pair");
+  assert.deepEqual(handle.task.context, context);
+
+  const task = await handle.wait({ timeoutMs: 30_000 });
+  assert.equal(task.status, "complete");
+  assert.equal(task.taskId, handle.id);
+  assert.equal(task.cancelRequested, false);
+  assert.equal(task.idempotencyKey, null);
+  assert.ok(task.startedAt instanceof Date && !Number.isNaN(task.startedAt.getTime()));
+  assert.ok(task.finishedAt instanceof Date && task.finishedAt >= task.startedAt);
+  assert.equal(typeof task.durationMs, "number");
+  assert.deepEqual(
+    task.steps.map((s) => [s.name, s.handler, s.state, s.outcome, s.attempts, s.error]),
+    [
+      ["first", "echo", "completed", "completed", 1, null],
+      ["second", "echo", "completed", "completed", 1, null],
+    ],
+  );
+  const [first, second] = task.steps;
+  // The echo handler (Rust) returns what it got: context and config unchanged
+  // (snake_case keys are the handler's own output, not renamed).
+  assert.deepEqual(first.output.task_context, context);
+  assert.deepEqual(first.output.handler_config, { greeting: "grüß dich" });
+  assert.deepEqual(second.output.previous_results.first, first.output);
+  assert.match(first.workerId, /^rust-/);
+  // The server's JSON is kept, unchanged and out of the way.
+  assert.equal(task.raw.task_id, handle.id);
+  assert.equal(task.raw.started_at, task.startedAt.toISOString());
+  assert.ok(!Object.keys(task).includes("raw"));
+  assert.equal(first.raw.step_id, first.stepId);
+  // get and the handle's get agree once it has ended.
+  assert.deepEqual(await client.get(handle.id), task);
+  assert.deepEqual(await handle.get(), task);
+});
+
+test("a failed task reports its step's error (errorType, message) and the blocked step after it", async () => {
+  const handle = await client.submit("mixed", { amount: 3 });
+  const task = await client.wait(handle.id, { timeoutMs: 30_000 });
+  assert.equal(task.status, "failed");
+  const [fetched, charge, ship] = task.steps;
+  assert.equal(fetched.outcome, "completed");
+  assert.equal(charge.outcome, "failed");
+  assert.equal(charge.output, null);
+  assert.equal(charge.error.errorType, "PermanentError");
+  assert.equal(charge.error.retryable, false);
+  assert.match(charge.error.message, /charge failed/);
+  assert.ok(Array.isArray(charge.error.backtrace));
+  assert.equal(ship.outcome, "blocked");
+  assert.equal(ship.blockedBy, "charge");
+});
+
+test("an idempotent resubmit returns the same task; the key with another context is an IdempotencyConflict", async () => {
+  const key = `order-${process.pid}-${Date.now()}`;
+  const first = await client.submit("echo_pair", { n: 1 }, { idempotencyKey: key });
+  assert.equal(first.created, true);
+  assert.equal(first.task.idempotencyKey, key);
+  const again = await client.submit("echo_pair", { n: 1 }, { idempotencyKey: key });
+  assert.equal(again.created, false);
+  assert.equal(again.id, first.id);
+
+  const conflict = await client.submit("echo_pair", { n: 2 }, { idempotencyKey: key }).then(
+    () => assert.fail("a conflicting submit resolved"),
+    (e) => e,
+  );
+  assert.ok(conflict instanceof IdempotencyConflict, String(conflict));
+  assert.ok(conflict instanceof ClientError && conflict instanceof TaskerError);
+  assert.equal(conflict.name, "IdempotencyConflict");
+  assert.equal(conflict.status, 409);
+  assert.equal(conflict.problemType, "idempotency-conflict");
+  assert.equal(conflict.taskId, first.id);
+  assert.equal(conflict.message, conflict.detail);
+  assert.equal(conflict.message, conflict.problem.detail);
+  assert.match(conflict.message, new RegExp(`task ${first.id}`));
+  await first.wait({ timeoutMs: 30_000 });
+});
+
+test("cancelling a running task ends it cancelled; cancelling it again is TaskEnded", async () => {
+  const handle = await client.submit("slow", { sleep_ms: 1500 });
+  await stepRunning(client, handle.id, "nap");
+  const requested = await handle.cancel();
+  assert.equal(requested.cancelRequested, true);
+  assert.equal(requested.taskId, handle.id);
+  const task = await handle.wait({ timeoutMs: 30_000 });
+  assert.equal(task.status, "cancelled");
+  assert.equal(task.steps[1].outcome, "cancelled");
+
+  const ended = await client.cancel(handle.id).then(
+    () => assert.fail("cancelling an ended task resolved"),
+    (e) => e,
+  );
+  assert.ok(ended instanceof TaskEnded, String(ended));
+  assert.equal(ended.status, 409);
+  assert.equal(ended.taskId, handle.id);
+  assert.equal(ended.taskStatus, "cancelled");
+});
+
+test("get, wait and cancel of an unknown task are TaskNotFound with its id", async () => {
+  for (const call of [() => client.get(987654), () => client.wait(987654, { timeoutMs: 1000 }), () => client.cancel(987654)]) {
+    const { ms, error } = await timed(call());
+    assert.ok(error instanceof TaskNotFound, String(error));
+    assert.equal(error.status, 404);
+    assert.equal(error.problemType, "task-not-found");
+    assert.equal(error.taskId, 987654);
+    assert.match(error.message, /987654/);
+    assert.ok(ms < 1000, `a 404 is not retried (${ms} ms)`);
+  }
+});
+
+test("an unknown workflow is UnknownWorkflow naming the field, the loaded workflows and the closest", async () => {
+  const error = await client.submit("mixd", {}).then(
+    () => assert.fail("resolved"),
+    (e) => e,
+  );
+  assert.ok(error instanceof UnknownWorkflow, String(error));
+  assert.ok(error instanceof ValidationError);
+  assert.equal(error.status, 422);
+  assert.equal(error.field, "workflow");
+  assert.equal(error.closest, "mixed");
+  assert.deepEqual([...error.knownWorkflows].sort(), Object.keys(WORKFLOWS).sort());
+  assert.match(error.message, /did you mean `mixed`/);
+});
+
+test("validation errors carry the field at fault", async () => {
+  const limit = await client.list({ limit: 0 }).catch((e) => e);
+  assert.ok(limit instanceof ValidationError && !(limit instanceof UnknownWorkflow), String(limit));
+  assert.equal(limit.field, "limit");
+  assert.equal(limit.status, 400);
+  assert.equal(limit.problemType, "invalid-parameter");
+
+  const key = await client.submit("echo_pair", {}, { idempotencyKey: "k".repeat(300) }).catch((e) => e);
+  assert.ok(key instanceof ValidationError, String(key));
+  assert.equal(key.field, "idempotency_key");
+  assert.equal(key.status, 422);
+
+  const context = await client.submit("echo_pair", [1, 2]).catch((e) => e);
+  assert.ok(context instanceof ValidationError, String(context));
+  assert.equal(context.field, "context");
+
+  // Mistakes the SDK sees itself are TaskerErrors, before any request.
+  await assert.rejects(client.list({ limt: 3 }), (e) => e instanceof TaskerError && /unknown list filter `limt`/.test(e.message));
+  await assert.rejects(client.get("seven"), (e) => e instanceof ValidationError && e.field === "id");
+  await assert.rejects(client.get(1.5), (e) => e instanceof TaskerError && !(e instanceof ClientError));
+});
+
+test("wait with a short timeout is a WaitTimeout carrying the running task", async () => {
+  const handle = await client.submit("slow", { sleep_ms: 4_000 });
+  try {
+    const { ms, error } = await timed(handle.wait({ timeoutMs: 400 }));
+    assert.ok(error instanceof WaitTimeout, String(error));
+    assert.ok(error instanceof ClientError);
+    assert.equal(error.status, null);
+    assert.equal(error.task.taskId, handle.id);
+    assert.equal(error.task.status, "running");
+    assert.match(error.message, new RegExp(`task ${handle.id} has not ended within 0.4 s`));
+    assert.ok(ms >= 390 && ms < 5_000, `waited ${ms} ms`);
+    // timeoutMs 0: one look, no waiting.
+    const zero = await timed(client.wait(handle.id, { timeoutMs: 0 }));
+    assert.ok(zero.error instanceof WaitTimeout && zero.ms < 1_000, `${zero.error} after ${zero.ms} ms`);
+    // An aborted wait rejects with the signal's reason, at once.
+    const controller = new AbortController();
+    const waiting = timed(handle.wait({ signal: controller.signal }));
+    setTimeout(() => controller.abort(new Error("gave up")), 200);
+    const aborted = await waiting;
+    assert.equal(aborted.error?.message, "gave up");
+    assert.ok(aborted.ms < 2_000, `aborted after ${aborted.ms} ms`);
+  } finally {
+    await handle.cancel();
+  }
+});
+
+test("list filters by status and workflow and pages with the cursor; listAll walks every page", async () => {
+  const since = new Date(Date.now() - 1000);
+  const ids = [];
+  for (let i = 0; i < 5; i++) ids.push((await client.submit("listed", { i })).id);
+  for (const id of ids) await client.wait(id, { timeoutMs: 30_000 });
+  const failed = await client.submit("mixed", {});
+  await failed.wait({ timeoutMs: 30_000 });
+
+  const seen = [];
+  let cursor;
+  let pages = 0;
+  do {
+    const page = await client.list({ workflow: "listed", limit: 2, cursor });
+    assert.ok(page.tasks.length <= 2);
+    seen.push(...page.tasks);
+    cursor = page.nextCursor ?? undefined;
+    pages += 1;
+  } while (cursor !== undefined && pages < 10);
+  assert.equal(pages, 3);
+  // Newest first.
+  assert.deepEqual(
+    seen.map((t) => t.taskId),
+    [...ids].reverse(),
+  );
+  for (const summary of seen) {
+    assert.equal(summary.workflow, "listed");
+    assert.equal(summary.status, "complete");
+    assert.equal(summary.stepsTotal, 1);
+    assert.equal(summary.stepsCompleted, 1);
+    assert.ok(summary.startedAt instanceof Date);
+    assert.ok(summary.finishedAt instanceof Date);
+    assert.equal(summary.raw.task_id, summary.taskId);
+  }
+  const all = [];
+  for await (const summary of client.listAll({ workflow: "listed", limit: 2 })) all.push(summary.taskId);
+  assert.deepEqual(all, [...ids].reverse());
+
+  const failures = await client.list({ status: "failed" });
+  assert.ok(failures.tasks.some((t) => t.taskId === failed.id));
+  assert.ok(failures.tasks.every((t) => t.status === "failed"));
+  assert.deepEqual((await client.list({ status: "failed", workflow: "listed" })).tasks, []);
+  const recent = await client.list({ workflow: "listed", createdSince: since });
+  assert.equal(recent.tasks.length, 5);
+  assert.equal(recent.nextCursor, null);
+  const future = await client.list({ createdSince: new Date(Date.now() + 3_600_000).toISOString() });
+  assert.deepEqual(future.tasks, []);
+});
+
+test("workflows lists the loaded workflows with their steps", async () => {
+  const workflows = await client.workflows();
+  const byName = new Map(workflows.map((w) => [w.name, w]));
+  assert.deepEqual([...byName.keys()].sort(), Object.keys(WORKFLOWS).sort());
+  const pair = byName.get("echo_pair");
+  assert.equal(pair.description, "two echo steps in a row");
+  assert.deepEqual(
+    pair.steps.map((s) => [s.name, s.handler, s.dependsOn]),
+    [
+      ["first", "echo", []],
+      ["second", "echo", ["first"]],
+    ],
+  );
+});
+
+test("ServerUnavailable on a port nobody listens on: after the retries (about 3 s), at once for a submit without key", async () => {
+  const endpoint = await freeEndpoint(); // a free port: nobody listens
+  const nobody = new Client({ url: endpoint.replace("tcp://", "http://") });
+  const read = await timed(nobody.get(1));
+  assert.ok(read.error instanceof ServerUnavailable, String(read.error));
+  assert.equal(read.error.status, null);
+  assert.equal(read.error.url, nobody.url);
+  assert.match(read.error.message, new RegExp(`the tasker server at ${nobody.url} is not reachable \\(connection refused; 5 tries\\); is tasker serve running\\?`));
+  // Waits of 0.2, 0.4, 0.8 and 1.6 s, each ±20%: 2.4 to 3.6 s.
+  assert.ok(read.ms > 2_300 && read.ms < 6_000, `gave up after ${read.ms} ms`);
+
+  const submit = await timed(nobody.submit("echo_pair", {}));
+  assert.ok(submit.error instanceof ServerUnavailable, String(submit.error));
+  assert.match(submit.error.message, /without an idempotency key is tried once/);
+  assert.ok(submit.ms < 1_000, `a submit without key was retried (${submit.ms} ms)`);
+
+  const keyed = await timed(nobody.submit("echo_pair", {}, { idempotencyKey: "k" }));
+  assert.ok(keyed.error instanceof ServerUnavailable, String(keyed.error));
+  assert.ok(keyed.ms > 2_300, `a submit with a key is retried (${keyed.ms} ms)`);
+});
+
+test("a server stopped (SIGTERM) during a wait ends it with ServerUnavailable, not a hang", async () => {
+  const own = await serveWithWorker(serveDir());
+  const ownClient = new Client({ url: own.url });
+  const handle = await ownClient.submit("slow", { sleep_ms: 60_000 });
+  await stepRunning(ownClient, handle.id, "nap");
+  const waiting = timed(handle.wait());
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  own.child.kill("SIGTERM");
+  const { ms, error } = await withTimeout(waiting, 20_000, "the wait to end");
+  assert.ok(error instanceof ServerUnavailable, String(error));
+  // Answered 503 shutting-down while it drains, or refused once it has gone.
+  assert.ok(error.status === 503 || error.status === null, `status ${error.status}`);
+  if (error.status === 503) assert.equal(error.problemType, "shutting-down");
+  assert.ok(ms < 15_000, `took ${ms} ms`);
+  await stopProcess(own.child, 2_000);
+});
+
+test("with api tokens, no token and a wrong one are Unauthorized; the right one works, from TASKER_API_URL/TASKER_API_TOKEN too", async () => {
+  const folder = serveDir();
+  const tokens = path.join(folder, "tokens.yaml");
+  // The server takes tokens of 16 characters or more.
+  const secret = "secret-token-0123456789";
+  fs.writeFileSync(tokens, `ci: ${secret}\n`);
+  const guarded = await serveWithWorker(folder, { TASKER_API_TOKENS_FILE: tokens }, secret);
+
+  for (const token of [undefined, "wrong-token"]) {
+    const { ms, error } = await timed(new Client({ url: guarded.url, token }).workflows());
+    assert.ok(error instanceof Unauthorized, `${token}: ${error}`);
+    assert.equal(error.status, 401);
+    assert.equal(error.problemType, "unauthorized");
+    assert.ok(ms < 1_000, `a 401 is not retried (${ms} ms)`);
+  }
+  const authorized = new Client({ url: guarded.url, token: secret });
+  assert.ok((await authorized.workflows()).length > 0);
+
+  // The same from the environment, as a worker's config would be.
+  const saved = { url: process.env.TASKER_API_URL, token: process.env.TASKER_API_TOKEN };
+  process.env.TASKER_API_URL = guarded.url;
+  process.env.TASKER_API_TOKEN = secret;
+  try {
+    const fromEnv = new Client();
+    assert.equal(fromEnv.url, guarded.url);
+    const handle = await fromEnv.submit("echo_pair", { env: true });
+    const task = await handle.wait({ timeoutMs: 30_000 });
+    assert.equal(task.status, "complete");
+    assert.deepEqual(task.steps[0].output.task_context, { env: true });
+    // Explicit arguments win over the environment.
+    const { error } = await timed(new Client({ token: "wrong-token" }).get(handle.id));
+    assert.ok(error instanceof Unauthorized, String(error));
+    assert.equal(new Client({ url: "http://127.0.0.1:1234/" }).url, "http://127.0.0.1:1234");
+  } finally {
+    for (const [key, value] of [
+      ["TASKER_API_URL", saved.url],
+      ["TASKER_API_TOKEN", saved.token],
+    ]) {
+      if (value === undefined) delete process.env[key];
+      else process.env[key] = value;
+    }
+  }
+});
+
+test("the URL comes from apiUrl, else apiListen on loopback; https and malformed URLs are ConfigErrors", () => {
+  assert.equal(new Client().url, "http://127.0.0.1:8080");
+  assert.equal(new Client({ apiListen: "0.0.0.0:9000" }).url, "http://127.0.0.1:9000");
+  assert.equal(new Client({ apiListen: "[::]:9000" }).url, "http://[::1]:9000");
+  assert.equal(new Client({ apiUrl: "http://tasks.internal:80/tasker/" }).url, "http://tasks.internal:80/tasker");
+  assert.throws(() => new Client({ url: "https://tasks.example.com" }), (e) => e instanceof ConfigError && /plain HTTP/.test(e.message));
+  assert.throws(() => new Client({ url: "ftp://x:1" }), (e) => e instanceof ConfigError && /http:\/\/HOST:PORT/.test(e.message));
+  assert.throws(() => new Client({ apiListen: "127.0.0.1:0" }), (e) => e instanceof ConfigError && /api_url/.test(e.message));
+  assert.throws(() => new Client({ tokn: "x" }), (e) => e instanceof ConfigError && /unknown config key `tokn`/.test(e.message));
+  assert.throws(() => new Client({ timeoutMs: -1 }), (e) => e instanceof TaskerError);
+});
+
+test("the ES module entry exports the same Client and error classes", async () => {
+  const esm = await import("tasker-core");
+  assert.equal(esm.Client, Client);
+  assert.equal(esm.ServerUnavailable, ServerUnavailable);
+  assert.equal(esm.ApiError, ApiError);
+  assert.equal(esm.default.WaitTimeout, WaitTimeout);
+});
