@@ -9,7 +9,9 @@ Gem::Specification.new do |spec|
   spec.description = <<~TEXT
     Write tasker-core step handlers in Ruby. The ZeroMQ protocol (hello, credit,
     heartbeats, reconnects, drain) runs in the Rust worker runtime; this gem runs
-    your handlers on a pool of Ruby threads and reports their results.
+    your handlers on a pool of Ruby threads and reports their results. It also
+    has TaskerCore::Client, a client of tasker serve's HTTP API (Net::HTTP), to
+    start and follow tasks from an application.
   TEXT
   spec.authors = ["tasker-core developers"]
   spec.license = "MIT"

@@ -18,9 +18,12 @@ require_relative "tasker_core/config"
 require_relative "tasker_core/step"
 require_relative "tasker_core/logging"
 require_relative "tasker_core/worker"
+require_relative "tasker_core/client"
 
 # Ruby workers for tasker-core: handlers written in Ruby serve workflow steps
-# sent by the tasker orchestrator over ZeroMQ. See {TaskerCore::Worker}.
+# sent by the tasker orchestrator over ZeroMQ. See {TaskerCore::Worker}. And
+# a client of `tasker serve`'s HTTP API, to start and follow tasks from an
+# application: {TaskerCore::Client}.
 module TaskerCore
   @logger = Logger.new($stderr, level: Logger::INFO)
 

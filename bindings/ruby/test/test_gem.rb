@@ -3,10 +3,11 @@
 require_relative "test_helper"
 
 # `gem build` + `gem install` into an empty GEM_HOME, then a worker started
-# from the installed gem serves a step. The install compiles the vendored
-# crates with cargo; CARGO_TARGET_DIR (default: the repository's target
-# directory) and TASKER_GEM_PROFILE (default: dev) let it reuse the
-# artifacts of earlier builds, libzmq above all.
+# from the installed gem serves a step (and its TaskerCore::Client loads).
+# The install compiles the vendored crates with cargo; CARGO_TARGET_DIR
+# (default: the repository's target directory) and TASKER_GEM_PROFILE
+# (default: dev) let it reuse the artifacts of earlier builds, libzmq above
+# all.
 class TestGem < Minitest::Test
   def run_command(env, *command, timeout:)
     out_r, out_w = IO.pipe
@@ -38,6 +39,8 @@ class TestGem < Minitest::Test
       $stdout.sync = true
       require "tasker_core"
       puts $LOADED_FEATURES.grep(%r{tasker_core/tasker_core\\.so}).first
+      puts $LOADED_FEATURES.grep(%r{tasker_core/client/transport\\.rb}).first
+      puts TaskerCore::Client.new(url: "0.0.0.0:1/x/", token: "").url
       worker = TaskerCore::Worker.new(endpoint: #{endpoint.dump}, capacity: 1, logger: nil)
       worker.handle("hello") { |step| { "greeting" => "hello \#{step.task_context['name']}", "gem" => TaskerCore::VERSION } }
       worker.run
@@ -49,6 +52,9 @@ class TestGem < Minitest::Test
     @children << pid
     loaded = read_line(out_r)
     assert loaded&.start_with?(gem_home), "extension loaded from #{loaded.inspect}, not from #{gem_home}"
+    client_file = read_line(out_r)
+    assert client_file&.start_with?(gem_home), "the client loaded from #{client_file.inspect}, not from #{gem_home}"
+    assert_equal "http://0.0.0.0:1/x", read_line(out_r), "TaskerCore::Client works from the installed gem"
     result = dispatch([step(1, "hello", task_context: { "name" => "gem" })], endpoint: endpoint).results.fetch(1)
     assert_equal({ "greeting" => "hello gem", "gem" => TaskerCore::VERSION }, result["output"])
     Process.kill("TERM", pid)

@@ -59,14 +59,32 @@ module TaskerCore
       Config.new(@values.merge(options.transform_keys(&:to_s)))
     end
 
+    # Where a client reaches `tasker serve`'s API: `api_url`, else
+    # `http://` + `api_listen` with an unspecified address (`0.0.0.0`, `::`)
+    # reached on loopback; no trailing slash. Derived in Rust
+    # (`TaskerConfig::api_base_url`), as every SDK does.
+    #
+    # @example
+    #   TaskerCore::Config.new("api_listen" => "0.0.0.0:8080").api_base_url # => "http://127.0.0.1:8080"
+    # @return [String]
+    # @raise [ConfigError] when `api_url` is not `http://HOST:PORT[/prefix]`
+    #   or `api_listen` has no usable port
+    def api_base_url
+      Native.api_base_url(@values)
+    end
+
     # @return [Hash{String=>Object}] every key and value
     def to_h
       @values.dup
     end
 
+    # The token (`api_token`) is shown as `"[hidden]"` when set.
     # @return [String]
     def inspect
-      "#<TaskerCore::Config #{@values.map { |k, v| "#{k}=#{v.inspect}" }.join(' ')}>"
+      shown = @values.map do |k, v|
+        "#{k}=#{k == 'api_token' && !v.to_s.empty? ? '"[hidden]"' : v.inspect}"
+      end
+      "#<TaskerCore::Config #{shown.join(' ')}>"
     end
   end
 end

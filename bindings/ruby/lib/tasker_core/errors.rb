@@ -56,6 +56,139 @@ module TaskerCore
     end
   end
 
+  # Base of the errors {Client} raises (the contract's `ClientError`,
+  # protocol/CLIENT.md §4). When the server answered with a problem document
+  # (RFC 9457), the message is its `detail`, unchanged.
+  #
+  # @example
+  #   begin
+  #     client.submit("checkout", order_id: 7)
+  #   rescue TaskerCore::UnknownWorkflow => e
+  #     e.closest    # => "check_out"
+  #   rescue TaskerCore::ClientError => e
+  #     warn "#{e.class}: #{e.message} (#{e.status} #{e.problem_type})"
+  #   end
+  class ClientError < Error
+    # @return [Integer, nil] the HTTP status; nil when there was no answer
+    attr_reader :status
+
+    # @return [String, nil] the problem's type without
+    #   `https://tasker-core.dev/problems/` (e.g. `"task-not-found"`); nil
+    #   without a problem document
+    attr_reader :problem_type
+
+    # @return [String, nil] the problem's `detail`; nil without one
+    attr_reader :detail
+
+    # @return [Hash{String=>Object}] the whole problem document (String
+    #   keys; empty without one)
+    attr_reader :problem
+
+    # @param message [String]
+    # @param status [Integer, nil]
+    # @param problem_type [String, nil]
+    # @param detail [String, nil]
+    # @param problem [Hash, nil]
+    def initialize(message = nil, status: nil, problem_type: nil, detail: nil, problem: nil)
+      super(message || detail)
+      @status = status
+      @problem_type = problem_type
+      @detail = detail
+      @problem = (problem || {}).freeze
+    end
+  end
+
+  # The request was refused as invalid (problem types `malformed-json`,
+  # `invalid-body`, `invalid-parameter`, `unsupported-media-type`,
+  # `body-too-large`; 400, 413, 415, 422).
+  #
+  # @example
+  #   client.list(limit: 0)
+  #   # raises TaskerCore::ValidationError: limit: expected an integer from 1 to 1000, got `0`
+  #   #   (#field == "limit")
+  class ValidationError < ClientError
+    # @return [String, nil] the request field or query parameter at fault
+    def field
+      problem["field"]
+    end
+  end
+
+  # The workflow named is not one the server has loaded (`unknown-workflow`,
+  # 422); {#field} is `"workflow"`.
+  class UnknownWorkflow < ValidationError
+    # @return [Array<String>] the workflows the server has loaded
+    def known_workflows
+      problem["known_workflows"] || []
+    end
+
+    # @return [String, nil] the loaded workflow closest to the name given
+    def closest
+      problem["closest"]
+    end
+  end
+
+  # No task has this id (`task-not-found`, 404).
+  class TaskNotFound < ClientError
+    # @return [Integer, nil]
+    def task_id
+      problem["task_id"]
+    end
+  end
+
+  # The idempotency key belongs to a task of another workflow or context
+  # (`idempotency-conflict`, 409).
+  class IdempotencyConflict < ClientError
+    # @return [Integer, nil] the task the key belongs to
+    def task_id
+      problem["task_id"]
+    end
+  end
+
+  # Cancelling a task that has ended (`task-ended`, 409).
+  class TaskEnded < ClientError
+    # @return [Integer, nil]
+    def task_id
+      problem["task_id"]
+    end
+
+    # @return [String, nil] how it ended: `"complete"`, `"failed"` or
+    #   `"cancelled"`
+    def task_status
+      problem["task_status"]
+    end
+  end
+
+  # The server wants a bearer token and got none or a wrong one
+  # (`unauthorized`, 401). Set `api_token` (`TASKER_API_TOKEN`) or pass
+  # `token:` to {Client.new}.
+  class Unauthorized < ClientError; end
+
+  # No answer (connection refused or reset, a timeout), or a 5xx, left after
+  # the retries (protocol/CLIENT.md §5); `shutting-down` (503) is one. The
+  # message names the URL and the last cause; {#status} and
+  # {#problem_type} are those of the last answer, if there was one, and
+  # `cause` is the last exception (an {ApiError} for a 5xx).
+  class ServerUnavailable < ClientError; end
+
+  # {Client#wait}'s timeout passed before the task ended (raised by the
+  # client, not the server).
+  class WaitTimeout < ClientError
+    # @return [Client::Task] the task as last seen
+    attr_reader :task
+
+    # @param message [String]
+    # @param task [Client::Task]
+    def initialize(message = nil, task: nil)
+      super(message)
+      @task = task
+    end
+  end
+
+  # Any other answer that is not a success: a problem type this client does
+  # not know, or a body that is not a problem document (quoted in the
+  # message, at most 200 characters).
+  class ApiError < ClientError; end
+
   # The `error_type` values the system itself reports, as constants the
   # native extension exports from Rust (`tasker_protocol::error_types`):
   # `UNKNOWN_HANDLER` ("UnknownHandler"), `SERIALIZATION_ERROR`,

@@ -2,7 +2,9 @@
 //! tasker-core (`tasker_config::TaskerConfig::resolve`: file section, then
 //! `TASKER_*` variables, then keyword options) called from Ruby. Keyword
 //! options go over as JSON values; every error is a
-//! `TaskerCore::ConfigError` with the Rust message unchanged.
+//! `TaskerCore::ConfigError` with the Rust message unchanged. Also the API
+//! address a client derives from a configuration (`Native.api_base_url`,
+//! `Native.parse_api_url`), so that every SDK derives it alike.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -91,8 +93,27 @@ fn to_hash(ruby: &Ruby, config: &TaskerConfig) -> Result<RHash, Error> {
     Ok(hash)
 }
 
-/// Defines `Native.resolve_config` and `Native::CONFIG_KEYS` (every config
-/// key, in file order: `tasker_config::KEYS`).
+/// `Native.api_base_url(config)`: where a client reaches the API for the
+/// configuration a Hash of config keys describes
+/// (`TaskerConfig::api_base_url`: `api_url`, else `http://` + `api_listen`
+/// with an unspecified address reached on loopback), without a trailing
+/// slash. A `ConfigError` when neither gives a usable URL.
+fn api_base_url(hash: RHash) -> Result<String, Error> {
+    from_hash(hash)?.api_base_url().map_err(errors::config)
+}
+
+/// `Native.parse_api_url(url)`: `url` as an API base URL without a
+/// trailing slash (`tasker_config::parse_api_url`: `http://HOST:PORT` with
+/// an optional path prefix; `https://` refused). A `ConfigError` naming
+/// `url` otherwise.
+fn parse_api_url(url: String) -> Result<String, Error> {
+    tasker_config::parse_api_url(&url)
+        .map_err(|message| errors::invalid(format!("invalid value for url: {message}")))
+}
+
+/// Defines `Native.resolve_config`, `Native.api_base_url`,
+/// `Native.parse_api_url` and `Native::CONFIG_KEYS` (every config key, in
+/// file order: `tasker_config::KEYS`).
 pub fn define(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     let keys = ruby.ary_new_capa(tasker_config::KEYS.len());
     for key in tasker_config::KEYS {
@@ -101,5 +122,7 @@ pub fn define(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     keys.freeze();
     native.const_set("CONFIG_KEYS", keys)?;
     native.define_singleton_method("resolve_config", function!(resolve_config, 4))?;
+    native.define_singleton_method("api_base_url", function!(api_base_url, 1))?;
+    native.define_singleton_method("parse_api_url", function!(parse_api_url, 1))?;
     Ok(())
 }

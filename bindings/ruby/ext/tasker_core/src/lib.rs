@@ -9,7 +9,7 @@
 //!
 //! | module | Ruby side |
 //! |--------|-----------|
-//! | [`config`] | `Native.resolve_config`, `Native::CONFIG_KEYS` |
+//! | [`config`] | `Native.resolve_config`, `api_base_url`, `parse_api_url`, `Native::CONFIG_KEYS` |
 //! | [`policy`] | `Native.handler_threads`, `chunk_size`, `wait_seconds`, `Native::DEFAULT_MAX_THREADS`, `TaskerCore::ErrorTypes` |
 //! | [`runtime`] | `TaskerCore::Native::Runtime` (the worker runtime) |
 //! | [`step`] | `TaskerCore::Step` (one pulled step and its result) |

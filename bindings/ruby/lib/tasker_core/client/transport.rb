@@ -1,0 +1,274 @@
+# frozen_string_literal: true
+
+require "json"
+require "net/http"
+require "uri"
+
+module TaskerCore
+  class Client
+    # The HTTP side of {Client} (protocol/CLIENT.md §2, §4, §5): Net::HTTP
+    # connections kept alive in a pool (one request per connection at a
+    # time, so any number of threads can share a transport), the headers,
+    # the retries of idempotent calls, and problem documents turned into
+    # {ClientError}s. Internal; use {Client}.
+    class Transport
+      # Waits before the retries of an idempotent call, in seconds (each
+      # ±20% at random): at most 4 retries after the first try.
+      RETRY_DELAYS = [0.2, 0.4, 0.8, 1.6].freeze
+
+      # Where problem types live; the rest of `type` is the slug.
+      PROBLEM_BASE = "https://tasker-core.dev/problems/"
+
+      # Problem type => error class (CLIENT.md §4); any other is {ApiError}
+      # (a 5xx: {ServerUnavailable} once the retries are spent).
+      PROBLEM_CLASSES = {
+        "malformed-json" => ValidationError, "invalid-body" => ValidationError,
+        "invalid-parameter" => ValidationError, "unsupported-media-type" => ValidationError,
+        "body-too-large" => ValidationError, "unknown-workflow" => UnknownWorkflow,
+        "task-not-found" => TaskNotFound, "idempotency-conflict" => IdempotencyConflict,
+        "task-ended" => TaskEnded, "unauthorized" => Unauthorized
+      }.freeze
+
+      # Exceptions that mean there was no answer.
+      NO_ANSWER = [SystemCallError, IOError, SocketError, Timeout::Error, Net::HTTPBadResponse,
+                   Net::ProtocolError].freeze
+
+      # Failures to connect: the request was not sent.
+      NOT_SENT = [Errno::ECONNREFUSED, Net::OpenTimeout, SocketError].freeze
+
+      # Most characters of a body quoted in a message.
+      MAX_QUOTED = 200
+
+      # Most idle connections kept.
+      MAX_IDLE = 16
+
+      # @return [String] the base URL, no trailing slash
+      attr_reader :base_url
+
+      # @param base_url [String] `http://HOST:PORT[/prefix]`, checked
+      # @param token [String, nil]
+      # @param open_timeout [Numeric] seconds to connect
+      # @param read_timeout [Numeric] seconds to wait for an answer (waits
+      #   give their own)
+      # @param logger [Logger, nil] nil: {TaskerCore.logger} at the time of
+      #   each message
+      def initialize(base_url, token:, open_timeout:, read_timeout:, logger:)
+        @base_url = base_url
+        uri = URI.parse(base_url)
+        @host = uri.hostname
+        @port = uri.port
+        @prefix = uri.path.chomp("/")
+        @headers = { "Accept" => "application/json", "User-Agent" => USER_AGENT }
+        @headers["Authorization"] = "Bearer #{token}" if token
+        @headers.freeze
+        @open_timeout = open_timeout
+        @read_timeout = read_timeout
+        @logger = logger
+        @idle = []
+        @mutex = Mutex.new
+      end
+
+      # One call, retried as CLIENT.md §5 says when `idempotent` is true.
+      #
+      # @param method [Symbol] :get or :post
+      # @param path [String] under /v1, e.g. `"/v1/tasks"`
+      # @param query [Hash, nil] query parameters (nil values left out)
+      # @param body [Hash, nil] sent as JSON
+      # @param idempotent [Boolean] whether the call may be retried
+      # @param read_timeout [Numeric, nil] nil: the transport's
+      # @return [Array(Integer, Object)] the status and the parsed JSON body
+      # @raise [ClientError]
+      def call(method, path, query: nil, body: nil, idempotent: true, read_timeout: nil)
+        target = @prefix + path
+        query = query&.compact
+        target += "?#{URI.encode_www_form(query)}" if query && !query.empty?
+        payload = body && encode(body)
+        tries = 0
+        loop do
+          tries += 1
+          failure = attempt(method, target, payload, read_timeout || @read_timeout)
+          return failure unless failure.is_a?(Exception)
+
+          unless idempotent && tries <= RETRY_DELAYS.size
+            raise unavailable(failure, retried: idempotent, tries: tries), cause: failure
+          end
+
+          delay = RETRY_DELAYS[tries - 1] * rand(0.8..1.2)
+          log_retry(method, target, failure, tries, delay)
+          sleep(delay)
+        end
+      end
+
+      # Closes the idle connections.
+      # @return [void]
+      def close
+        connections = @mutex.synchronize { @idle.slice!(0..) }
+        connections.each { |http| finish(http) }
+      end
+
+      private
+
+      def encode(body)
+        # Depth is for the server to judge (its `max_json_depth`).
+        JSON.generate(body, max_nesting: false)
+      rescue JSON::GeneratorError => e
+        raise ArgumentError, "the request has no JSON form: #{e.message}"
+      end
+
+      # [status, json] on success; raises a {ClientError} for a 4xx (and
+      # other answers that end the call); returns the exception for no
+      # answer or a 5xx (the caller retries or raises ServerUnavailable).
+      def attempt(method, target, payload, read_timeout)
+        response = begin
+          exchange(method, target, payload, read_timeout)
+        rescue *NO_ANSWER => e
+          return e
+        end
+        status = response.code.to_i
+        text = (response.body || +"").dup.force_encoding(Encoding::UTF_8)
+        return [status, parse_success(status, text, method, target)] if (200..299).cover?(status)
+
+        error = error_for(status, text, method, target)
+        return error if status >= 500
+
+        raise error
+      end
+
+      def exchange(method, target, payload, read_timeout)
+        request = (method == :post ? Net::HTTP::Post : Net::HTTP::Get).new(target, @headers)
+        if method == :post
+          # Net::HTTP sends a body with every POST (empty for a cancel).
+          request["Content-Type"] = "application/json"
+          request.body = payload || ""
+        end
+        http = checkout
+        reusable = false
+        begin
+          http.read_timeout = read_timeout
+          response = http.request(request)
+          reusable = true
+          response
+        ensure
+          reusable ? checkin(http) : finish(http)
+        end
+      end
+
+      def checkout
+        http = @mutex.synchronize { @idle.pop }
+        return http if http
+
+        http = Net::HTTP.new(@host, @port)
+        http.open_timeout = @open_timeout
+        http.write_timeout = @read_timeout
+        # This class retries itself, by the contract's rules; Net::HTTP's own
+        # retry of idempotent requests would add tries (and a wait's read
+        # timeout) it does not count.
+        http.max_retries = 0
+        http.start
+      end
+
+      def checkin(http)
+        keep = @mutex.synchronize { @idle.size < MAX_IDLE && @idle.push(http) }
+        finish(http) unless keep
+      end
+
+      def finish(http)
+        http.finish if http.started?
+      rescue IOError, SystemCallError
+        nil
+      end
+
+      def parse_success(status, text, method, target)
+        JSON.parse(text, max_nesting: false, freeze: true)
+      rescue JSON::ParserError
+        raise ApiError.new("#{method.upcase} #{@base_url}#{target} answered #{status} without JSON: " \
+                           "#{Transport.quote(text)}", status: status)
+      end
+
+      def error_for(status, text, method, target)
+        problem = begin
+          JSON.parse(text, max_nesting: false)
+        rescue JSON::ParserError
+          nil
+        end
+        unless problem.is_a?(Hash) && problem["type"].is_a?(String) && problem["detail"].is_a?(String)
+          klass = status == 401 ? Unauthorized : ApiError
+          return klass.new("#{method.upcase} #{@base_url}#{target} answered #{status}: #{Transport.quote(text)}",
+                           status: status)
+        end
+        slug = problem["type"].delete_prefix(PROBLEM_BASE).split("/").last
+        PROBLEM_CLASSES.fetch(slug, ApiError).new(problem["detail"], status: status, problem_type: slug,
+                                                                     detail: problem["detail"], problem: problem)
+      end
+
+      def unavailable(failure, retried:, tries:)
+        answered = failure.is_a?(ClientError)
+        reason = Transport.describe(failure)
+        message = if answered
+                    +"the tasker server at #{@base_url} is unavailable (#{reason})"
+                  else
+                    +"the tasker server at #{@base_url} is not reachable (#{reason}); is tasker serve running?"
+                  end
+        message << if retried
+                     " (#{tries} tries)"
+                   elsif NOT_SENT.any? { |klass| failure.is_a?(klass) }
+                     " The task was not created (the request could not be sent; a submit without an " \
+                       "idempotency_key is tried once)."
+                   else
+                     " A submit without an idempotency_key is tried once (a second try could start the " \
+                       "task twice), so the task may or may not have been created; pass idempotency_key: " \
+                       "to make retries safe."
+                   end
+        if answered
+          ServerUnavailable.new(message, status: failure.status, problem_type: failure.problem_type,
+                                         detail: failure.detail, problem: failure.problem)
+        else
+          ServerUnavailable.new(message)
+        end
+      end
+
+      def log_retry(method, target, failure, tries, delay)
+        logger = @logger || TaskerCore.logger
+        return unless logger
+
+        logger.debug("tasker-client") do
+          reason = if failure.is_a?(ClientError)
+                     [failure.status, failure.problem_type].compact.join(" ")
+                   else
+                     Transport.describe(failure)
+                   end
+          format("%<m>s %<t>s failed (%<r>s); retry %<n>d of %<of>d in %<d>.2f s",
+                 m: method.upcase, t: target, r: reason, n: tries, of: RETRY_DELAYS.size, d: delay)
+        end
+      end
+
+      class << self
+        # A body (or anything) in a message: at most {MAX_QUOTED}
+        # characters, inspected so that control characters show.
+        # @param text [String]
+        # @return [String]
+        def quote(text)
+          text = text.to_s.scrub
+          text.length > MAX_QUOTED ? "#{text[0, MAX_QUOTED].inspect}..." : text.inspect
+        end
+
+        # Why a try failed, in a few words: why there was no answer, or the
+        # 5xx answered.
+        # @param error [Exception]
+        # @return [String]
+        def describe(error)
+          case error
+          when ClientError
+            error.problem_type ? "#{error.status} #{error.problem_type}: #{error.message}" : error.message
+          when Net::OpenTimeout then "connect timed out"
+          when Net::ReadTimeout then "no answer in time"
+          when Net::WriteTimeout then "sending timed out"
+          when EOFError then "connection closed without an answer"
+          when SystemCallError then SystemCallError.new(nil, error.errno).message
+          else "#{error.class}: #{quote(error.message)}"
+          end
+        end
+      end
+    end
+  end
+end

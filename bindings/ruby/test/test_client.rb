@@ -1,0 +1,595 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+require "fileutils"
+require "net/http"
+
+# TaskerCore::Client against a real `tasker serve` (SQLite store, free ports)
+# whose steps run on a real Rust worker (`tasker worker`): the client is Ruby,
+# the handlers are Rust. One server (and worker) is shared by the file's
+# tests; the tests that need a server of their own (bearer tokens, a server
+# stopped mid-wait) start one and stop it in teardown.
+class TestClient < Minitest::Test
+  WORKFLOWS = {
+    "pipeline" => <<~YAML,
+      name: pipeline
+      description: Two echo steps, the second after the first.
+      steps:
+        - name: fetch
+          handler: echo
+          handler_config: { source: "warehouse" }
+        - name: summarize
+          handler: echo
+          depends_on: [fetch]
+    YAML
+    "mixed" => <<~YAML,
+      name: mixed
+      steps:
+        - name: fetch
+          handler: echo
+        - name: charge
+          handler: fail_permanent
+          depends_on: [fetch]
+    YAML
+    "slow" => <<~YAML,
+      name: slow
+      steps:
+        - name: nap
+          handler: sleep
+          timeout_ms: 120000
+        - name: after
+          handler: echo
+          depends_on: [nap]
+    YAML
+    "listing" => <<~YAML
+      name: listing
+      steps:
+        - name: only
+          handler: echo
+    YAML
+  }.freeze
+
+  HANDLERS = "echo,sleep,fail_permanent"
+
+  # A `tasker serve` and its Rust workers, started for the tests.
+  class Server
+    attr_reader :url, :endpoint, :dir, :pid, :worker_pids
+
+    # Starts `tasker serve` in `dir` (workflows from WORKFLOWS), and
+    # `workers` Rust workers; returns once the workers are connected.
+    def self.start(dir, env: {}, workers: 1)
+      server = new(dir, env)
+      server.start_workers(workers)
+      server
+    rescue StandardError
+      server&.stop
+      raise
+    end
+
+    def initialize(dir, env)
+      @dir = dir
+      @env = TaskerTestHelpers::ORCHESTRATOR_ENV.merge("TASKER_ENV" => "test").merge(env)
+      @worker_pids = []
+      workflows = File.join(dir, "workflows")
+      FileUtils.mkdir_p(workflows)
+      WORKFLOWS.each { |name, yaml| File.write(File.join(workflows, "#{name}.yaml"), yaml) }
+      @endpoint = free_endpoint
+      out_r, out_w = IO.pipe
+      @pid = Process.spawn(@env, TASKER, "serve", "--store", "sqlite:#{File.join(dir, 't.db')}",
+                           "--api-listen", "127.0.0.1:0", "--workflows-dir", workflows, "--endpoint", @endpoint,
+                           out: out_w, err: File.join(dir, "serve.log"), chdir: dir)
+      out_w.close
+      line = Timeout.timeout(60, RuntimeError, "tasker serve printed nothing within 60s: #{log}") { out_r.gets }
+      @url = line && line[%r{\Atasker serve: api (http://\S+) }, 1] or
+        raise "tasker serve did not print its address (#{line.inspect}): #{log}"
+      # Drain the rest of its stdout so that it never blocks on a full pipe.
+      @stdout = Thread.new { out_r.read }
+    end
+
+    def start_workers(count)
+      count.times do |i|
+        @worker_pids << Process.spawn(@env, TASKER, "worker", "--endpoint", @endpoint, "--handlers", HANDLERS,
+                                      "--capacity", "16", "--worker-id", "rust-client-test-#{i}",
+                                      out: File::NULL, err: File.join(dir, "worker-#{i}.log"), chdir: dir)
+      end
+      return if count.zero?
+
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 30
+      until connected_workers >= count
+        raise "#{count} worker(s) not connected within 30s: #{log}" if
+          Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+        sleep 0.05
+      end
+    end
+
+    def connected_workers
+      response = Net::HTTP.get_response(URI("#{url}/v1/workers"))
+      response.is_a?(Net::HTTPOK) ? JSON.parse(response.body).fetch("workers").size : 0
+    rescue SystemCallError, IOError
+      0
+    end
+
+    def log
+      File.exist?(File.join(dir, "serve.log")) ? File.read(File.join(dir, "serve.log"))[-2000..] : ""
+    end
+
+    # SIGTERM to the server only.
+    def terminate
+      signal("TERM", @pid)
+    end
+
+    # TERM, then KILL whatever has not exited within `timeout`, for the
+    # server and its workers.
+    def stop(timeout: 10)
+      pids = [@pid, *@worker_pids].compact
+      pids.each { |pid| signal("TERM", pid) }
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+      pids.each do |pid|
+        loop do
+          break if Process.wait(pid, Process::WNOHANG)
+
+          if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+            signal("KILL", pid)
+            Process.wait(pid)
+            break
+          end
+          sleep 0.05
+        end
+      rescue Errno::ECHILD
+        nil
+      end
+      @stdout&.join(5)
+    end
+
+    private
+
+    def signal(name, pid)
+      Process.kill(name, pid)
+    rescue Errno::ESRCH
+      nil
+    end
+
+    def free_endpoint
+      server = TCPServer.new("127.0.0.1", 0)
+      port = server.addr[1]
+      server.close
+      "tcp://127.0.0.1:#{port}"
+    end
+  end
+
+  class << self
+    # The server shared by the file's tests, started on first use and
+    # stopped when the test run ends.
+    def shared_server
+      @shared_server ||= begin
+        dir = Dir.mktmpdir("tasker-ruby-client")
+        server = Server.start(dir, workers: 1)
+        Minitest.after_run do
+          server.stop
+          FileUtils.rm_rf(dir)
+        end
+        server
+      end
+    end
+  end
+
+  def setup
+    super
+    @servers = []
+  end
+
+  def teardown
+    @servers.each(&:stop)
+    super
+  end
+
+  def shared
+    self.class.shared_server
+  end
+
+  def client(**options)
+    TaskerCore::Client.new(url: shared.url, token: "", **options)
+  end
+
+  # A server of the test's own, stopped in teardown.
+  def own_server(env: {}, workers: 0)
+    dir = File.join(@tmp, "server-#{@servers.size}")
+    FileUtils.mkdir_p(dir)
+    Server.start(dir, env: env, workers: workers).tap { |s| @servers << s }
+  end
+
+  def with_env(vars)
+    saved = vars.keys.to_h { |k| [k, ENV.fetch(k, nil)] }
+    vars.each { |k, v| v.nil? ? ENV.delete(k) : ENV[k] = v }
+    yield
+  ensure
+    saved.each { |k, v| v.nil? ? ENV.delete(k) : ENV[k] = v }
+  end
+
+  def free_port
+    server = TCPServer.new("127.0.0.1", 0)
+    server.addr[1]
+  ensure
+    server&.close
+  end
+
+  # Polls until the task's `step` is running at a worker.
+  def wait_running(client, id, step, timeout: 15)
+    deadline = monotonic + timeout
+    loop do
+      task = client.get(id)
+      return task if task.step(step).state == "running"
+      raise "step #{step} of task #{id} not running within #{timeout}s: #{task.inspect}" if monotonic > deadline
+
+      sleep 0.05
+    end
+  end
+
+  def test_submit_then_wait_reports_the_rust_workers_outputs
+    c = client
+    handle = c.submit("pipeline", { "order_id" => 7, "items" => ["a", "ü"], note: "sym key" })
+    assert handle.created?
+    assert_kind_of Integer, handle.id
+    assert_equal handle.id, handle.task.task_id
+    assert_equal "pipeline", handle.task.workflow
+
+    task = handle.wait(timeout: 30)
+    assert_instance_of TaskerCore::Client::Task, task
+    assert task.complete?, task.inspect
+    assert task.ended?
+    refute task.failed?
+    refute task.cancel_requested?
+    assert_equal handle.id, task.id
+    assert_equal({ "order_id" => 7, "items" => ["a", "ü"], "note" => "sym key" }, task.context)
+    assert_nil task.idempotency_key
+    assert_kind_of Time, task.started_at
+    assert_kind_of Time, task.finished_at
+    assert_operator task.finished_at, :>=, task.started_at
+    assert_equal %w[fetch summarize], task.steps.map(&:name)
+
+    fetch = task.step(:fetch)
+    assert fetch.completed?
+    assert_equal "echo", fetch.handler
+    assert_equal 1, fetch.attempts
+    assert_match(/\Arust-client-test-/, fetch.worker_id, "a Rust worker ran it")
+    assert_equal task.context, fetch.output["task_context"]
+    assert_equal({ "source" => "warehouse" }, fetch.output["handler_config"])
+    assert_nil fetch.error
+    summarize = task.step("summarize")
+    assert_equal fetch.output, summarize.output.dig("previous_results", "fetch")
+    assert_equal %w[fetch summarize], task.outputs.keys
+    assert task.frozen? && task.steps.frozen? && task.context.frozen?, "reports are immutable"
+
+    again = c.get(handle.id)
+    assert_equal task, again
+    assert_equal task, handle.get
+    assert_equal task, c.wait(handle.id.to_s, timeout: 0), "an ended task is returned at once"
+  end
+
+  def test_a_failed_task_reports_the_step_error
+    task = client.submit("mixed", { "amount" => 5 }).wait(timeout: 30)
+    assert task.failed?, task.inspect
+    assert task.ended?
+    assert task.step("fetch").completed?
+    charge = task.step("charge")
+    assert charge.failed?
+    assert_equal "failed", charge.state
+    assert_instance_of TaskerCore::Client::StepError, charge.error
+    assert_equal "PermanentError", charge.error.error_type
+    assert_equal "charge failed (permanent)", charge.error.message
+    refute charge.error.retryable?
+    assert_equal "PermanentError: charge failed (permanent)", charge.error.to_s
+    assert_equal [charge], task.failed_steps
+    assert_equal({ "fetch" => task.step("fetch").output }, task.outputs)
+  end
+
+  def test_idempotent_resubmit_returns_the_same_task_and_a_conflict_for_another_context
+    c = client
+    key = "order-#{rand(1 << 40)}"
+    first = c.submit("pipeline", { "order_id" => 1 }, idempotency_key: key)
+    assert first.created?
+    again = c.submit("pipeline", { "order_id" => 1 }, idempotency_key: key)
+    refute again.created?
+    assert_equal first.id, again.id
+    assert_equal key, again.task.idempotency_key
+
+    error = assert_raises(TaskerCore::IdempotencyConflict) do
+      c.submit("pipeline", { "order_id" => 2 }, idempotency_key: key)
+    end
+    assert_equal first.id, error.task_id
+    assert_equal 409, error.status
+    assert_equal "idempotency-conflict", error.problem_type
+    assert_equal error.detail, error.message
+    assert_kind_of TaskerCore::ClientError, error
+    assert_kind_of TaskerCore::Error, error
+    assert first.wait(timeout: 30).complete?
+  end
+
+  def test_cancel_a_running_task_then_cancel_again_is_task_ended
+    c = client
+    handle = c.submit("slow", { "sleep_ms" => 1500 })
+    wait_running(c, handle.id, "nap")
+    cancelled = handle.cancel
+    assert cancelled.cancel_requested?
+    assert_equal handle.id, cancelled.task_id
+
+    task = handle.wait(timeout: 30)
+    assert task.cancelled?, task.inspect
+    assert task.ended?
+    refute task.complete?
+    assert task.step("nap").completed?, "the running step finished"
+    assert task.step("after").cancelled?, "the next one was not run"
+
+    error = assert_raises(TaskerCore::TaskEnded) { c.cancel(handle.id) }
+    assert_equal handle.id, error.task_id
+    assert_equal "cancelled", error.task_status
+    assert_equal 409, error.status
+    assert_match(/#{handle.id}/, error.message)
+  end
+
+  def test_get_wait_and_cancel_of_an_unknown_id_raise_task_not_found
+    c = client
+    error = assert_raises(TaskerCore::TaskNotFound) { c.get(987_654_321) }
+    assert_equal 987_654_321, error.task_id
+    assert_equal 404, error.status
+    assert_equal "task-not-found", error.problem_type
+    assert_equal "task-not-found", error.problem["type"].split("/").last
+    assert_raises(TaskerCore::TaskNotFound) { c.wait(987_654_321, timeout: 1) }
+    assert_raises(TaskerCore::TaskNotFound) { c.cancel(987_654_321) }
+    assert_raises(ArgumentError) { c.get("12; drop") }
+  end
+
+  def test_unknown_workflow_names_the_field_and_the_closest
+    error = assert_raises(TaskerCore::UnknownWorkflow) { client.submit("mixd", {}) }
+    assert_kind_of TaskerCore::ValidationError, error
+    assert_equal "workflow", error.field
+    assert_equal "mixed", error.closest
+    assert_equal WORKFLOWS.keys.sort, error.known_workflows.sort
+    assert_equal 422, error.status
+    assert_equal "unknown-workflow", error.problem_type
+    assert_match(/mixd/, error.message)
+  end
+
+  def test_validation_errors_carry_their_field
+    c = client
+    error = assert_raises(TaskerCore::ValidationError) { c.list(limit: 0) }
+    assert_equal "limit", error.field
+    assert_equal "invalid-parameter", error.problem_type
+    assert_equal 400, error.status
+    assert_match(/limit/, error.message)
+
+    error = assert_raises(TaskerCore::ValidationError) { c.submit("pipeline", {}, idempotency_key: "k" * 300) }
+    assert_equal "idempotency_key", error.field
+    refute_kind_of TaskerCore::UnknownWorkflow, error
+
+    error = assert_raises(TaskerCore::ValidationError) { c.submit("pipeline", [1, 2]) }
+    assert_equal "context", error.field
+
+    error = assert_raises(TaskerCore::ValidationError) { c.list(status: "done") }
+    assert_equal "status", error.field
+  end
+
+  def test_wait_timeout_carries_the_task_as_last_seen
+    c = client
+    handle = c.submit("slow", { "sleep_ms" => 4000 })
+    started = monotonic
+    error = assert_raises(TaskerCore::WaitTimeout) { handle.wait(timeout: 0.6) }
+    elapsed = monotonic - started
+    assert_operator elapsed, :>=, 0.55
+    assert_operator elapsed, :<, 3, "the wait ends at its timeout, not at the task's end"
+    assert_equal handle.id, error.task.task_id
+    assert error.task.running?
+    assert_nil error.status
+    assert_match(/#{handle.id}/, error.message)
+    assert_kind_of TaskerCore::ClientError, error
+
+    assert_raises(TaskerCore::WaitTimeout) { c.wait(handle.id, timeout: 0) }
+    assert_raises(ArgumentError) { c.wait(handle.id, timeout: -1) }
+    assert_raises(ArgumentError) { c.wait(handle.id, timeout: Float::NAN) }
+    assert c.wait(handle.id, timeout: 30).complete?
+  end
+
+  def test_list_filters_by_status_and_workflow_and_pages_with_the_cursor
+    c = client
+    before = Time.now - 5
+    ids = Array.new(5) { c.submit("listing", { "n" => rand(1000) }).id }
+    ids.each { |id| assert c.wait(id, timeout: 30).complete? }
+    failed = c.submit("mixed", {}).wait(timeout: 30)
+    assert failed.failed?
+
+    pages = []
+    cursor = nil
+    loop do
+      page = c.list(workflow: "listing", limit: 2, cursor: cursor)
+      assert_instance_of TaskerCore::Client::TaskPage, page
+      pages << page
+      break if page.last_page?
+
+      cursor = page.next_cursor
+      assert_kind_of String, cursor
+    end
+    assert_equal [2, 2, 1], pages.map(&:size)
+    listed = pages.flat_map(&:to_a)
+    assert_equal ids.reverse, listed.map(&:task_id), "newest first, each once"
+    summary = listed.first
+    assert_instance_of TaskerCore::Client::TaskSummary, summary
+    assert summary.complete? && summary.ended?
+    assert_equal "listing", summary.workflow
+    assert_equal [1, 1], [summary.steps_total, summary.steps_completed]
+    assert_kind_of Time, summary.started_at
+
+    assert_equal ids.reverse, c.each_task(workflow: "listing", page_size: 2).map(&:task_id)
+    assert_equal ids.sort, c.list(workflow: "listing", status: :complete).map(&:task_id).sort
+    assert c.list(workflow: "listing", status: "failed").empty?
+    failed_ones = c.list(status: "failed", limit: 1000).to_a
+    assert_includes failed_ones.map(&:task_id), failed.task_id
+    assert failed_ones.all?(&:failed?)
+    assert c.list(workflow: "listing", created_since: Time.now + 3600).empty?
+    assert_equal 5, c.list(workflow: "listing", created_since: before).size
+    assert_equal 5, c.list(workflow: "listing", created_since: before.utc.iso8601).size
+  end
+
+  def test_workflows_lists_the_loaded_ones
+    workflows = client.workflows.to_h { |w| [w.name, w] }
+    assert_equal WORKFLOWS.keys.sort, workflows.keys.sort
+    pipeline = workflows.fetch("pipeline")
+    assert_equal "Two echo steps, the second after the first.", pipeline.description
+    assert_equal %w[fetch summarize], pipeline.steps.map(&:name)
+    assert_equal ["fetch"], pipeline.steps.last.depends_on
+    assert_equal "echo", pipeline.steps.first.handler
+  end
+
+  def test_one_client_shared_by_threads
+    c = client
+    results = Array.new(8) do |i|
+      Thread.new { c.submit("pipeline", { "thread" => i }).wait(timeout: 60) }
+    end.map(&:value)
+    assert results.all?(&:complete?)
+    assert_equal 8, results.map(&:task_id).uniq.size
+    assert_equal (0...8).to_a, results.map { |t| t.step("fetch").output.dig("task_context", "thread") }
+    c.close
+    assert c.get(results.first.task_id).complete?, "usable after close"
+  end
+
+  def test_bearer_tokens
+    tokens = File.join(@tmp, "tokens.yaml")
+    # The server wants tokens of 16 characters or more.
+    File.write(tokens, "ci: secret-token-0123456789\n")
+    server = own_server(env: { "TASKER_API_TOKENS_FILE" => tokens })
+
+    error = assert_raises(TaskerCore::Unauthorized) { TaskerCore::Client.new(url: server.url, token: "").workflows }
+    assert_equal 401, error.status
+    assert_equal "unauthorized", error.problem_type
+    assert_kind_of TaskerCore::ClientError, error
+    wrong = TaskerCore::Client.new(url: server.url, token: "wrong-token")
+    assert_raises(TaskerCore::Unauthorized) { wrong.submit("pipeline", {}) }
+    assert_raises(TaskerCore::Unauthorized) { wrong.get(1) }
+
+    right = TaskerCore::Client.new(url: server.url, token: "secret-token-0123456789")
+    assert_equal WORKFLOWS.keys.sort, right.workflows.map(&:name).sort
+    handle = right.submit("pipeline", {})
+    assert handle.created?
+    assert_equal handle.id, right.list.first.task_id
+    refute_match(/secret-token/, right.inspect)
+
+    with_env("TASKER_API_URL" => server.url, "TASKER_API_TOKEN" => "secret-token-0123456789") do
+      from_env = TaskerCore::Client.new
+      assert_equal server.url, from_env.url
+      assert_equal handle.id, from_env.get(handle.id).task_id
+      assert_raises(TaskerCore::Unauthorized) { TaskerCore::Client.new(token: "").get(handle.id) }
+    end
+  end
+
+  def test_config_from_environment_file_and_arguments
+    url = shared.url
+    port = URI(url).port
+    with_env("TASKER_API_URL" => "#{url}/", "TASKER_API_TOKEN" => nil, "TASKER_API_LISTEN" => nil) do
+      c = TaskerCore::Client.new
+      assert_equal url, c.url
+      assert_equal WORKFLOWS.keys.sort, c.workflows.map(&:name).sort
+      assert_equal "http://127.0.0.1:1", TaskerCore::Client.new(url: "http://127.0.0.1:1").url, "arguments win"
+    end
+    with_env("TASKER_API_URL" => nil, "TASKER_API_LISTEN" => "0.0.0.0:#{port}") do
+      assert_equal "http://127.0.0.1:#{port}", TaskerCore::Client.new.url, "0.0.0.0 is reached on loopback"
+    end
+    path = File.join(@tmp, "zeromq.yaml")
+    File.write(path, "test:\n  api_url: #{url}\n  api_token: from-file\n")
+    c = TaskerCore::Client.from_config(path, env: "test")
+    assert_equal url, c.url
+    assert_match(/token=\[hidden\]/, c.inspect)
+    refute_match(/from-file/, c.inspect)
+    refute_match(/from-file/, TaskerCore::Config.load(path, env: "test").inspect)
+    assert_equal "http://127.0.0.1:9999/tasker", TaskerCore::Client.new(url: "127.0.0.1:9999/tasker/", token: "").url
+
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Client.new(url: "https://tasks.example.com") }
+    assert_match(/proxy/, error.message)
+    assert_raises(TaskerCore::ConfigError) { TaskerCore::Client.new(url: "ftp://127.0.0.1:21") }
+    assert_raises(TaskerCore::ConfigError) { TaskerCore::Client.new(url: "http://user@127.0.0.1:21") }
+    with_env("TASKER_API_URL" => "https://tasks.example.com") do
+      assert_raises(TaskerCore::ConfigError) { TaskerCore::Client.new }
+    end
+  end
+
+  def test_server_unavailable_after_the_retries_and_at_once_for_a_submit_without_key
+    url = "http://127.0.0.1:#{free_port}"
+    log = StringIO.new
+    c = TaskerCore::Client.new(url: url, token: "", logger: Logger.new(log, level: Logger::DEBUG))
+
+    started = monotonic
+    error = assert_raises(TaskerCore::ServerUnavailable) { c.get(1) }
+    elapsed = monotonic - started
+    assert_operator elapsed, :>=, 2.3, "4 retries wait 0.2+0.4+0.8+1.6 s (±20%)"
+    assert_operator elapsed, :<, 8
+    assert_includes error.message, url
+    assert_includes error.message, "Connection refused"
+    assert_nil error.status
+    assert_kind_of Errno::ECONNREFUSED, error.cause
+    assert_equal 4, log.string.scan(/retry \d of 4/).size, log.string
+
+    started = monotonic
+    error = assert_raises(TaskerCore::ServerUnavailable) { c.submit("pipeline", {}) }
+    assert_operator monotonic - started, :<, 0.5, "a submit without idempotency key is tried once"
+    assert_match(/not created/, error.message)
+
+    started = monotonic
+    assert_raises(TaskerCore::ServerUnavailable) { c.submit("pipeline", {}, idempotency_key: "k1") }
+    assert_operator monotonic - started, :>=, 2.3, "a submit with a key is retried"
+  end
+
+  def test_server_stopped_mid_wait_is_server_unavailable_not_a_hang
+    server = own_server(workers: 1)
+    c = TaskerCore::Client.new(url: server.url, token: "")
+    handle = c.submit("slow", { "sleep_ms" => 60_000 })
+    wait_running(c, handle.id, "nap")
+    waiter = Thread.new do
+      c.wait(handle.id, timeout: 120)
+    rescue TaskerCore::ClientError => e
+      e
+    end
+    sleep 0.5
+    assert waiter.alive?, "the wait is in progress"
+    stopped = monotonic
+    server.terminate
+    assert waiter.join(30), "the wait did not end within 30s of SIGTERM"
+    elapsed = monotonic - stopped
+    error = waiter.value
+    assert_instance_of TaskerCore::ServerUnavailable, error
+    assert_operator elapsed, :<, 15
+    assert_includes error.message, server.url
+  end
+
+  def test_answers_that_are_not_problem_documents_are_quoted_briefly
+    # Stands for a misconfigured reverse proxy in front of the server.
+    listener = TCPServer.new("127.0.0.1", 0)
+    status_line = "404 Not Found"
+    proxy = Thread.new do
+      loop do
+        socket = listener.accept
+        nil while (line = socket.gets) && line != "\r\n"
+        body = "<html>#{'x' * 1000}</html>"
+        socket.write("HTTP/1.1 #{status_line}\r\nContent-Type: text/html\r\nContent-Length: #{body.bytesize}\r\n" \
+                     "Connection: close\r\n\r\n#{body}")
+        socket.close
+      end
+    rescue IOError
+      nil
+    end
+    c = TaskerCore::Client.new(url: "http://127.0.0.1:#{listener.addr[1]}", token: "")
+    error = assert_raises(TaskerCore::ApiError) { c.get(1) }
+    assert_equal 404, error.status
+    assert_nil error.problem_type
+    assert_equal({}, error.problem)
+    assert_includes error.message, "<html>xxx"
+    assert_operator error.message.length, :<, 320, "at most 200 characters of the body"
+
+    status_line = "502 Bad Gateway"
+    error = assert_raises(TaskerCore::ServerUnavailable) { c.workflows }
+    assert_equal 502, error.status
+    assert_kind_of TaskerCore::ApiError, error.cause
+    assert_operator error.message.length, :<, 500
+  ensure
+    listener&.close
+    proxy&.kill&.join
+  end
+end
