@@ -296,18 +296,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ListQuery {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| {
-                Problem::new(
-                    ProblemKind::InvalidParameter,
-                    format!(
-                        "the query string does not parse: {}",
-                        sanitize_serde_message(&e.body_text())
-                    ),
-                )
-            })?;
-        let query = parse_list_query(&pairs)?;
+        let query = parse_list_query(&query_pairs(parts, state).await?)?;
         Ok(ListQuery(filter_of(&query)?))
     }
 }
@@ -323,19 +312,28 @@ impl<S: Send + Sync> FromRequestParts<S> for WaitQuery {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| {
-                Problem::new(
-                    ProblemKind::InvalidParameter,
-                    format!(
-                        "the query string does not parse: {}",
-                        sanitize_serde_message(&e.body_text())
-                    ),
-                )
-            })?;
-        parse_wait_query(&pairs).map(WaitQuery)
+        parse_wait_query(&query_pairs(parts, state).await?).map(WaitQuery)
     }
+}
+
+/// The query string's name/value pairs, in order, repeats kept (so a
+/// parameter given twice can be refused by name).
+async fn query_pairs<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+) -> Result<Vec<(String, String)>, Problem> {
+    let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+        .await
+        .map_err(|e| {
+            Problem::new(
+                ProblemKind::InvalidParameter,
+                format!(
+                    "the query string does not parse: {}",
+                    sanitize_serde_message(&e.body_text())
+                ),
+            )
+        })?;
+    Ok(pairs)
 }
 
 /// Reads `GET /v1/tasks/{id}`'s one parameter, `wait` (seconds, 0 to
