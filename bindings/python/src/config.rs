@@ -1,7 +1,9 @@
 //! Configuration: every path goes through `TaskerConfig::resolve`, the one
 //! resolution shared by all bindings (file section, then `TASKER_*`
 //! variables, then keyword options); its errors become `ConfigError` with
-//! the Rust message unchanged.
+//! the Rust message unchanged. Also the API address a client derives from
+//! a configuration (`api_base_url`, `parse_api_url`), so that every SDK
+//! derives it alike.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -84,9 +86,32 @@ pub fn from_dict(config: &Bound<'_, PyDict>) -> PyResult<TaskerConfig> {
     TaskerConfig::resolve(&sources).map_err(errors::config)
 }
 
-/// Adds `load_config` and `CONFIG_KEYS` (every key, in file order).
+/// Where a client reaches the API for the configuration `config` (a dict
+/// as `load_config` returns) describes, without a trailing slash:
+/// `api_url`, else `http://` + `api_listen` with an unspecified address
+/// reached on loopback (`TaskerConfig::api_base_url`). `ConfigError` when
+/// neither gives a usable URL (`https://`, port 0, ...).
+#[pyfunction]
+fn api_base_url(config: &Bound<'_, PyDict>) -> PyResult<String> {
+    from_dict(config)?.api_base_url().map_err(errors::config)
+}
+
+/// `url` as an API base URL without a trailing slash
+/// (`tasker_config::parse_api_url`: `http://HOST:PORT` with an optional
+/// path prefix; `https://` refused). `ConfigError` naming `url` otherwise.
+#[pyfunction]
+fn parse_api_url(url: &str) -> PyResult<String> {
+    tasker_config::parse_api_url(url).map_err(|message| {
+        errors::ConfigError::new_err(format!("invalid value for url: {message}"))
+    })
+}
+
+/// Adds `load_config`, `api_base_url`, `parse_api_url` and `CONFIG_KEYS`
+/// (every key, in file order).
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CONFIG_KEYS", PyTuple::new(m.py(), tasker_config::KEYS)?)?;
     m.add_function(wrap_pyfunction!(load_config, m)?)?;
+    m.add_function(wrap_pyfunction!(api_base_url, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_api_url, m)?)?;
     Ok(())
 }

@@ -10,7 +10,7 @@
 //!
 //! | module | what it exposes |
 //! |---|---|
-//! | [`config`] | `load_config` (file, `TASKER_*`, options, through `TaskerConfig::resolve`), `CONFIG_KEYS` |
+//! | [`config`] | `load_config` (file, `TASKER_*`, options, through `TaskerConfig::resolve`), `CONFIG_KEYS`; `api_base_url`, `parse_api_url` (the client's API address) |
 //! | [`runtime`] | `WorkerRuntime`: pull steps (GIL released), hand results back from any thread, stop, join |
 //! | [`step`] | `Step`: a request's fields as attributes, JSON built on first read |
 //! | [`policy`] | `handler_threads`, `chunk_size`, `DEFAULT_MAX_THREADS`, `MAX_JSON_DEPTH` |

@@ -18,22 +18,54 @@ The ZeroMQ protocol loop (hello, heartbeats, credit, reconnects, drain) runs
 in the native runtime, written in Rust; this package runs the handlers.
 :mod:`tasker_core.error_types` holds the ``error_type`` values the system
 itself reports (``SerializationError``, ``UnknownHandler``, ...).
+
+Application code starts tasks and follows them through ``tasker serve``'s
+HTTP API with :class:`Client` (or :class:`AsyncClient` under asyncio)::
+
+    from tasker_core import Client
+
+    handle = Client().submit("order_fulfillment", {"order_id": "A-1"}, idempotency_key="A-1")
+    report = handle.wait(timeout=120)
+
+See :mod:`tasker_core.client`; its errors are in :mod:`tasker_core.errors`.
 """
 
 from . import error_types
 from ._logging import enable_log_bridge, set_log_level
 from ._native import Step
+from ._version import __version__
+from .client import (
+    AsyncClient,
+    AsyncTaskHandle,
+    Client,
+    StepError,
+    Task,
+    TaskHandle,
+    TaskPage,
+    TaskStep,
+    TaskSummary,
+    Workflow,
+    WorkflowStep,
+)
 from .errors import (
+    ApiError,
+    ClientError,
     ConfigError,
     HandlerError,
+    IdempotencyConflict,
     PermanentError,
     RetryableError,
+    ServerUnavailable,
+    TaskEnded,
     TaskerError,
+    TaskNotFound,
+    Unauthorized,
+    UnknownWorkflow,
+    ValidationError,
+    WaitTimeout,
     WorkerError,
 )
 from .worker import Handler, Worker
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Worker",
@@ -45,6 +77,27 @@ __all__ = [
     "PermanentError",
     "ConfigError",
     "WorkerError",
+    "Client",
+    "AsyncClient",
+    "TaskHandle",
+    "AsyncTaskHandle",
+    "Task",
+    "TaskStep",
+    "StepError",
+    "TaskSummary",
+    "TaskPage",
+    "Workflow",
+    "WorkflowStep",
+    "ClientError",
+    "ValidationError",
+    "UnknownWorkflow",
+    "TaskNotFound",
+    "IdempotencyConflict",
+    "TaskEnded",
+    "Unauthorized",
+    "ServerUnavailable",
+    "WaitTimeout",
+    "ApiError",
     "error_types",
     "enable_log_bridge",
     "set_log_level",

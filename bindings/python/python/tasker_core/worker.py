@@ -79,7 +79,8 @@ class _AsyncRunner:
 
     def __init__(self, worker: "Worker") -> None:
         self._worker = worker
-        self._rt = worker._rt
+        assert worker._rt is not None, "the runtime starts before the event loop"
+        self._rt: _native.WorkerRuntime = worker._rt
         self.loop = asyncio.new_event_loop()
         self._tasks: "set[asyncio.Task[None]]" = set()
         self._done: List[Tuple[Step, Any, float]] = []
@@ -372,8 +373,8 @@ class Worker:
         """
         previous: Dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                previous[signum] = signal.signal(signum, self._on_signal)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self._on_signal)
         try:
             if self._rt is None:
                 self.start()
@@ -412,7 +413,9 @@ class Worker:
         return f"<Worker {self.worker_id or '(not started)'} {self.state} handlers={self.handlers}>"
 
     def _shutdown_bound(self) -> float:
-        return self.config["shutdown_timeout_ms"] / 1000.0 + self.config["linger_ms"] / 1000.0 + 2.0
+        return float(
+            self.config["shutdown_timeout_ms"] / 1000.0 + self.config["linger_ms"] / 1000.0 + 2.0
+        )
 
     # -- the threads ------------------------------------------------------
 
@@ -476,9 +479,8 @@ class Worker:
             error_type, retryable = exc.error_type, exc.retryable
         else:
             error_type = type(exc).__name__
-            retryable = getattr(exc, "retryable", None) if isinstance(exc, TaskerError) else None
-            if not isinstance(retryable, bool):
-                retryable = self._default_retryable
+            declared = getattr(exc, "retryable", None) if isinstance(exc, TaskerError) else None
+            retryable = declared if isinstance(declared, bool) else self._default_retryable
         message = str(exc) or error_type
         rt.fail(step, error_type, message, retryable, _backtrace(exc), elapsed)
 
