@@ -72,6 +72,7 @@ worker.run()
 struct Serve {
     url: String,
     endpoint: String,
+    service: std::sync::Arc<tasker_server::Service>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     run: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -99,7 +100,8 @@ impl Serve {
             .await
             .expect("serve starts");
         let url = format!("http://{}", server.local_addr());
-        let endpoint = server.service().endpoint().to_string();
+        let service = std::sync::Arc::clone(server.service());
+        let endpoint = service.endpoint().to_string();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let run = tokio::spawn(async move {
             server
@@ -112,6 +114,7 @@ impl Serve {
         Serve {
             url,
             endpoint,
+            service,
             stop: Some(stop),
             run,
             _dir: dir,
@@ -152,6 +155,24 @@ impl PythonWorker {
     }
 }
 
+impl PythonWorker {
+    /// Waits until `serve` has the worker registered; fails at once if the
+    /// process exits first (a broken build, say) rather than at a timeout.
+    async fn connected(&mut self, serve: &Serve) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while serve.service.workers().await.is_empty() {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                panic!("the Python worker exited before connecting: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Python worker never connected"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 impl Drop for PythonWorker {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -163,7 +184,8 @@ impl Drop for PythonWorker {
 async fn a_task_submitted_from_rust_runs_on_a_python_worker_and_its_report_comes_back() {
     let serve = Serve::start(|_, _| {}).await;
     let scratch = tempfile::tempdir().unwrap();
-    let _worker = PythonWorker::start(&serve.endpoint, scratch.path());
+    let mut worker = PythonWorker::start(&serve.endpoint, scratch.path());
+    worker.connected(&serve).await;
     let client = Client::new(&serve.url).unwrap();
 
     let handle = client
@@ -307,6 +329,21 @@ async fn each_refusal_is_its_own_error_with_the_servers_message() {
     assert!(started.elapsed() >= Duration::from_millis(500));
     assert!(started.elapsed() < Duration::from_secs(3));
 
+    // Cancelled while its step waits for a worker: the step is withdrawn,
+    // so the task ends now, not at the step's timeout.
+    let started = Instant::now();
+    assert!(handle.cancel().await.unwrap().cancel_requested);
+    let ended = handle.wait(Some(Duration::from_secs(5))).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(ended.status, TaskState::Cancelled);
+    let withdrawn = ended.steps[0].error.as_ref().expect("the step's reason");
+    assert_eq!(withdrawn.error_type, "Withdrawn");
+    assert!(ended
+        .steps
+        .iter()
+        .all(|s| s.outcome == Some(StepOutcome::Cancelled)));
+    let again = handle.cancel().await.unwrap_err();
+    assert!(matches!(again, Error::TaskEnded(_)), "{again:?}");
     serve.stop().await;
 }
 

@@ -720,6 +720,19 @@ impl TaskRun {
             self.cancelled = true;
             self.emit(TaskEvent::Cancelling);
         }
+        // Steps still queued in the executor (no worker has taken them)
+        // end now, as cancelled, rather than at their timeout; those at
+        // workers finish and are recorded.
+        let queued: Vec<StepRef> = self
+            .steps
+            .iter()
+            .filter(|s| s.state == State::Running)
+            .map(|s| StepRef {
+                step_id: s.step_id,
+                attempt: s.attempts,
+            })
+            .collect();
+        self.integration.withdraw(queued);
         let now = Instant::now();
         let wall = Utc::now();
         for i in 0..self.steps.len() {

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tasker_config::{SubmitPolicy, TaskerConfig};
-use tasker_protocol::{codec, StepBatchRequest, StepExecutionResult, StepId};
+use tasker_protocol::{codec, StepBatchRequest, StepExecutionResult, StepId, StepRef};
 use tasker_transport::Doorbell;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot, watch, Semaphore};
 use tracing::Instrument;
@@ -161,6 +161,16 @@ impl ZmqPubSubExecutor {
             .map_err(|_| ExecutorError::ShutDown)?;
         self.doorbell.ring();
         Ok(())
+    }
+
+    /// Ends these step attempts at once, `cancelled` with error type
+    /// `Withdrawn`, where they still wait in the orchestrator's queue (their
+    /// task was cancelled); those out at workers carry on to their result.
+    /// Each ended one gets its result on its batch handle as usual.
+    pub fn withdraw(&self, steps: Vec<StepRef>) {
+        if !steps.is_empty() {
+            let _ = self.send(Command::Withdraw { steps });
+        }
     }
 
     /// Submits a batch and returns a handle streaming each step's result.
@@ -336,6 +346,10 @@ impl FrameworkIntegration for ZmqPubSubExecutor {
         grace: Duration,
     ) -> BoxFuture<'_, Result<BatchHandle, ExecutorError>> {
         Box::pin(ZmqPubSubExecutor::resume(self, batch, grace))
+    }
+
+    fn withdraw(&self, steps: Vec<StepRef>) {
+        ZmqPubSubExecutor::withdraw(self, steps)
     }
 }
 

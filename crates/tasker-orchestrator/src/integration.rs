@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tasker_protocol::{
-    error_types, StepBatchRequest, StepExecutionError, StepExecutionResult, StepStatus,
+    error_types, StepBatchRequest, StepExecutionError, StepExecutionResult, StepRef, StepStatus,
 };
 
 use crate::{BatchHandle, ExecutorError};
@@ -57,6 +57,15 @@ pub trait FrameworkIntegration: Send + Sync {
             })
             .collect();
         Box::pin(async move { Ok(BatchHandle::ready(batch.batch_id, results)) })
+    }
+
+    /// Asks that these step attempts, submitted earlier, end now as
+    /// `cancelled` if no worker has taken them yet (their task was
+    /// cancelled). Best effort: a step already running carries on, and
+    /// either way each still gets exactly one result on its handle. This
+    /// default withdraws nothing.
+    fn withdraw(&self, steps: Vec<StepRef>) {
+        let _ = steps;
     }
 
     /// Submits a batch and waits for all its results, in the order of the

@@ -123,6 +123,69 @@ async fn g2_step_with_no_worker_for_its_handler_fails_at_its_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g2_a_withdrawn_step_still_queued_ends_cancelled_at_once_and_one_at_a_worker_runs_on() {
+    let executor = start(&config());
+    // One slot: step 1 goes to the worker, step 2 waits in the queue.
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let _worker = Worker::new(TaskerConfig {
+        worker_capacity: 1,
+        ..worker_config(&executor)
+    })
+    .handler("slow", move |step| {
+        let _ = started_tx.send(step.step_id);
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(json!({ "ran": step.step_id }))
+    })
+    .spawn()
+    .unwrap();
+    let mut handle = executor
+        .submit(StepBatchRequest::new(
+            "cancelled-task",
+            steps(1..3, "slow", 10_000),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(started_rx.recv_timeout(LONG).unwrap(), 1);
+    let withdrawn_at = Instant::now();
+    // Step 2 (queued) and step 1 (at the worker) are both asked for, and a
+    // step that is not in flight, and step 2 at an attempt it is not at.
+    executor.withdraw(vec![
+        StepRef {
+            step_id: 2,
+            attempt: 2,
+        },
+        StepRef {
+            step_id: 1,
+            attempt: 1,
+        },
+        StepRef {
+            step_id: 2,
+            attempt: 1,
+        },
+        StepRef {
+            step_id: 99,
+            attempt: 1,
+        },
+    ]);
+    let first = handle.next().await.unwrap();
+    assert_eq!(first.step_id, 2, "the queued step ends first: {first:?}");
+    assert!(withdrawn_at.elapsed() < Duration::from_millis(400));
+    assert_eq!(first.status, StepStatus::Cancelled);
+    let error = first.error.as_ref().unwrap();
+    assert_eq!(error.error_type, error_types::WITHDRAWN);
+    assert!(error.retryable);
+    let second = handle.next().await.unwrap();
+    assert_eq!(second.step_id, 1);
+    assert_eq!(second.status, StepStatus::Completed, "{second:?}");
+    assert_eq!(second.output, Some(json!({ "ran": 1 })));
+    assert!(handle.next().await.is_none(), "one result each");
+    // The worker never saw step 2.
+    assert!(started_rx.recv_timeout(Duration::from_millis(300)).is_err());
+    assert_eq!(executor.metrics().cancelled, 1);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g3_a_worker_never_holds_more_than_its_capacity() {
     let executor = start(&TaskerConfig {
         heartbeat_interval_ms: 1_000,

@@ -390,6 +390,10 @@ pub mod error_types {
     /// The executor stopped (its I/O thread failed) before the step
     /// finished; retryable.
     pub const EXECUTOR_STOPPED: &str = "ExecutorStopped";
+    /// The step's task was cancelled while the step waited in the
+    /// orchestrator's queue, so it was withdrawn before any worker took it;
+    /// reported with status `cancelled`. Retryable, since nothing ran.
+    pub const WITHDRAWN: &str = "Withdrawn";
 
     /// Every kind above, by its constant's name, so a binding can export
     /// them all to its host language without a list of its own.
@@ -407,6 +411,7 @@ pub mod error_types {
         ("INVALID_STEP", INVALID_STEP),
         ("INVALID_RESULT", INVALID_RESULT),
         ("EXECUTOR_STOPPED", EXECUTOR_STOPPED),
+        ("WITHDRAWN", WITHDRAWN),
     ];
 }
 

@@ -20,6 +20,7 @@ STEP_TOO_LARGE: str
 INVALID_STEP: str
 INVALID_RESULT: str
 EXECUTOR_STOPPED: str
+WITHDRAWN: str
 #: Every constant above, name to value (a read-only mapping).
 ERROR_TYPES: Mapping[str, str]
 
@@ -46,6 +47,16 @@ def load_config(
     TASKER_* variables, then options: config keys to plain values, None
     meaning not given) and returns every key. Raises ConfigError naming the
     bad key (and the closest valid one) or value."""
+
+def api_base_url(config: Mapping[str, Any]) -> str:
+    """Where a client reaches the API for `config` (a dict as load_config
+    returns), without a trailing slash: api_url, else http:// + api_listen
+    with an unspecified address reached on loopback. ConfigError when
+    neither gives a usable URL (https://, port 0, ...)."""
+
+def parse_api_url(url: str) -> str:
+    """`url` as an API base URL without a trailing slash (http://HOST:PORT,
+    an optional path prefix; https:// refused). ConfigError otherwise."""
 
 # -- policy: tasker_worker::policy
 

@@ -12,8 +12,9 @@ Reported by the worker: ``UNKNOWN_HANDLER`` (no handler of the step's name),
 ``max_message_bytes``), ``INVALID_STEP`` (a step the worker cannot decode).
 Reported by the orchestrator: ``TIMED_OUT``, ``WORKER_LOST``,
 ``NO_WORKER_FOR_HANDLER``, ``SCHEDULE_TIMEOUT``, ``ABANDONED``,
-``STEP_TOO_LARGE``, ``INVALID_RESULT``, ``EXECUTOR_STOPPED``; ``PANIC`` by
-Rust workers.
+``STEP_TOO_LARGE``, ``INVALID_RESULT``, ``EXECUTOR_STOPPED``, ``WITHDRAWN``
+(the task was cancelled before a worker took the step); ``PANIC`` by Rust
+workers.
 """
 
 from ._native import (
@@ -30,6 +31,7 @@ from ._native import (
     STEP_TOO_LARGE,
     TIMED_OUT,
     UNKNOWN_HANDLER,
+    WITHDRAWN,
     WORKER_LOST,
 )
 
@@ -48,4 +50,5 @@ __all__ = [
     "INVALID_STEP",
     "INVALID_RESULT",
     "EXECUTOR_STOPPED",
+    "WITHDRAWN",
 ]

@@ -194,7 +194,7 @@ module TaskerCore
   # `UNKNOWN_HANDLER` ("UnknownHandler"), `SERIALIZATION_ERROR`,
   # `OUTPUT_TOO_LARGE`, `INVALID_STEP`, `INVALID_RESULT`, `TIMED_OUT`,
   # `WORKER_LOST`, `NO_WORKER_FOR_HANDLER`, `SCHEDULE_TIMEOUT`, `ABANDONED`,
-  # `STEP_TOO_LARGE`, `EXECUTOR_STOPPED`, `PANIC`; and the gem's own
+  # `STEP_TOO_LARGE`, `EXECUTOR_STOPPED`, `WITHDRAWN`, `PANIC`; and the gem's own
   # `WORKER_INTERRUPTED` (the steps of a chunk whose handler thread was
   # interrupted before running them; retryable).
   module ErrorTypes; end

@@ -42,6 +42,28 @@ impl Dispatcher {
         self.finish(step_id, result, Ended::ByOrchestrator);
     }
 
+    /// Ends each of `steps` still waiting in a queue: its task was
+    /// cancelled, and without this it would wait for a worker until its
+    /// timeout (`NoWorkerForHandler`), holding the cancel up that long.
+    pub(super) fn withdraw(&mut self, steps: &[StepRef]) {
+        for step in steps {
+            let queued = self.steps.get(step.step_id).is_some_and(|entry| {
+                entry.state == StepState::Queued && entry.request.metadata.attempt == step.attempt
+            });
+            if queued {
+                self.fail(
+                    step.step_id,
+                    StepStatus::Cancelled,
+                    StepExecutionError::new(
+                        error_types::WITHDRAWN,
+                        "the task was cancelled before a worker took the step",
+                        true,
+                    ),
+                );
+            }
+        }
+    }
+
     pub(super) fn expire_steps(&mut self, now: Instant) {
         if self.steps.next_deadline().is_some_and(|at| at <= now) {
             // A result already queued beats the deadline it raced.

@@ -82,6 +82,9 @@ pub(crate) enum Command {
         deadline: Instant,
         reply: Option<oneshot::Sender<ShutdownReport>>,
     },
+    /// Ends these step attempts `cancelled` (`Withdrawn`) if they are still
+    /// queued; one out at a worker, or already ended, is left alone.
+    Withdraw { steps: Vec<StepRef> },
     /// Start reading the socket (see `input_held`).
     ReleaseInput,
     /// Makes the I/O loop fail as it does when polling its socket fails, so
@@ -289,6 +292,7 @@ impl Dispatcher {
                     let _ = reply.send(self.worker_infos());
                 }
                 Ok(Command::Shutdown { deadline, reply }) => self.begin_shutdown(deadline, reply),
+                Ok(Command::Withdraw { steps }) => self.withdraw(&steps),
                 Ok(Command::ReleaseInput) => {
                     self.input_held = false;
                     // Time spent held was ours, not the workers'.
