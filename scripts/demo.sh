@@ -47,8 +47,14 @@ shift
 work="$(mktemp -d)"
 pids=()
 stop_all() {
+  local status=$?
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "$status" -ne 0 ]; then
+    for log in "$work"/*.log; do
+      [ -s "$log" ] && { say "last lines of $(basename "$log"):"; tail -n 20 "$log" >&2; }
+    done
+  fi
   rm -rf "$work"
 }
 trap stop_all EXIT

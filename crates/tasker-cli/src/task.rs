@@ -11,15 +11,14 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Result};
 use chrono::{SecondsFormat, Utc};
 use clap::{Args, Subcommand};
-use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
+use tasker_client::{Client, ListTasks, TaskDetail};
 use tasker_engine::{StepState, TaskEvent, TaskState};
 use tasker_protocol::StepExecutionError;
-use tasker_server::api::types::Problem;
-use tasker_store::{TaskDetail, TaskPage};
 
 use crate::run::{truncate, Progress};
 use crate::ConfigArgs;
@@ -141,25 +140,20 @@ pub fn run(args: TaskArgs) -> Result<i32> {
         match args.command {
             TaskCommand::Submit(args) => submit(args).await,
             TaskCommand::Get(args) => {
-                let api = Api::new(&args.api)?;
-                let (_, body) = api.get(&format!("/v1/tasks/{}", args.id)).await?;
+                let task = client(&args.api)?.get(args.id).await?;
                 if args.json {
-                    print_json(&body);
+                    print_json(&task);
                 } else {
-                    print_task(&parse::<TaskDetail>(body)?);
+                    print_task(&task);
                 }
                 Ok(0)
             }
             TaskCommand::List(args) => list(args).await,
             TaskCommand::Cancel(args) => {
-                let api = Api::new(&args.api)?;
-                let (_, body) = api
-                    .post(&format!("/v1/tasks/{}/cancel", args.id), None)
-                    .await?;
+                let task = client(&args.api)?.cancel(args.id).await?;
                 if args.json {
-                    print_json(&body);
+                    print_json(&task);
                 } else {
-                    let task: TaskDetail = parse(body)?;
                     println!(
                         "cancel requested for task {} ({}): nothing more starts; running steps \
                          finish and are recorded",
@@ -176,18 +170,15 @@ pub fn run(args: TaskArgs) -> Result<i32> {
 async fn submit(args: SubmitArgs) -> Result<i32> {
     let context: Value = serde_json::from_str(&args.context)
         .map_err(|e| anyhow!("--context is not valid JSON: {e}"))?;
-    let api = Api::new(&args.api)?;
-    let mut request = serde_json::json!({ "workflow": args.workflow, "context": context });
-    if let Some(key) = &args.idempotency_key {
-        request["idempotency_key"] = Value::String(key.clone());
-    }
-    let (status, body) = api.post("/v1/tasks", Some(&request)).await?;
-    let created = status == reqwest::StatusCode::CREATED;
+    let client = client(&args.api)?;
+    let handle = client
+        .submit(&args.workflow, context, args.idempotency_key.as_deref())
+        .await?;
+    let (created, task) = (handle.created, handle.task);
     if !args.wait {
         if args.json {
-            print_json(&body);
+            print_json(&task);
         } else {
-            let task: TaskDetail = parse(body)?;
             if created {
                 println!(
                     "created task {} ({}): {}, {} step{}",
@@ -207,18 +198,17 @@ async fn submit(args: SubmitArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    let task: TaskDetail = parse(body.clone())?;
     if !created {
         eprintln!(
             "task {} was created before with this idempotency key; following it",
             task.task_id
         );
     }
-    let last = follow(&api, task, body, args.json).await?;
+    let last = follow(&client, task, args.json).await?;
     match last {
-        Followed::Ended(task, body) => {
+        Followed::Ended(task) => {
             if args.json {
-                print_json(&body);
+                print_json(&task);
             } else {
                 println!();
                 print_task(&task);
@@ -240,15 +230,14 @@ async fn submit(args: SubmitArgs) -> Result<i32> {
 }
 
 enum Followed {
-    /// The task as it ended, and the API's JSON of it.
-    Ended(TaskDetail, Value),
+    /// The task as it ended.
+    Ended(TaskDetail),
     Interrupted(i64),
 }
 
 /// Polls the task until it ends, printing progress as `tasker run` does.
-async fn follow(api: &Api, first: TaskDetail, first_body: Value, json: bool) -> Result<Followed> {
+async fn follow(client: &Client, first: TaskDetail, json: bool) -> Result<Followed> {
     let task_id = first.task_id;
-    let path = format!("/v1/tasks/{task_id}");
     let mut progress = Progress::new(first.steps.len(), std::io::stderr().is_terminal() && !json);
     eprintln!(
         "task {task_id} ({}): {} steps",
@@ -257,7 +246,6 @@ async fn follow(api: &Api, first: TaskDetail, first_body: Value, json: bool) -> 
     );
     let mut changes = Changes::default();
     let mut task = first;
-    let mut body = first_body;
     let mut lost_since: Option<Instant> = None;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -271,7 +259,7 @@ async fn follow(api: &Api, first: TaskDetail, first_body: Value, json: bool) -> 
         progress.redraw();
         if task.status != TaskState::Running {
             progress.finish();
-            return Ok(Followed::Ended(task, body));
+            return Ok(Followed::Ended(task));
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL_EVERY) => {}
@@ -280,36 +268,32 @@ async fn follow(api: &Api, first: TaskDetail, first_body: Value, json: bool) -> 
                 return Ok(Followed::Interrupted(task_id));
             }
         }
-        match api.get(&path).await {
-            Ok((_, answer)) => {
+        match client.get(task_id).await {
+            Ok(answer) => {
                 if lost_since.take().is_some() {
                     progress.line("the server answers again");
                 }
-                task = parse(answer.clone())?;
-                body = answer;
+                task = answer;
             }
-            Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
+            // The client has retried for a few seconds already; a server
+            // being restarted may need longer, and carries on with the task.
+            Err(e @ tasker_client::Error::ServerUnavailable { .. }) => {
                 let since = *lost_since.get_or_insert_with(|| {
                     progress.line(&format!(
-                        "lost the server at {} ({}); retrying for {} s (a restarted server \
-                         carries on with the task)",
-                        api.base,
-                        e.downcast_ref::<Unreachable>()
-                            .map(|u| u.cause.as_str())
-                            .unwrap_or("?"),
+                        "{e}; retrying for {} s (a restarted server carries on with the task)",
                         RECONNECT_FOR.as_secs()
                     ));
                     Instant::now()
                 });
                 if since.elapsed() > RECONNECT_FOR {
                     progress.finish();
-                    return Err(e);
+                    return Err(e.into());
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => {
                 progress.finish();
-                return Err(e);
+                return Err(e.into());
             }
         }
     }
@@ -414,29 +398,39 @@ fn unknown_error() -> StepExecutionError {
 }
 
 async fn list(args: ListArgs) -> Result<i32> {
-    let api = Api::new(&args.api)?;
-    let mut query: Vec<(&str, String)> = Vec::new();
-    if let Some(status) = &args.status {
-        query.push(("status", status.clone()));
-    }
-    if let Some(workflow) = &args.workflow {
-        query.push(("workflow", workflow.clone()));
-    }
-    if let Some(since) = &args.since {
-        query.push(("created_since", since.clone()));
-    }
-    if let Some(limit) = args.limit {
-        query.push(("limit", limit.to_string()));
-    }
-    if let Some(cursor) = &args.cursor {
-        query.push(("cursor", cursor.clone()));
-    }
-    let (_, body) = api.get_query("/v1/tasks", &query).await?;
+    let query = ListTasks {
+        status: args
+            .status
+            .as_deref()
+            .map(|s| {
+                s.parse::<TaskState>().map_err(|_| {
+                    let states: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+                    anyhow!("--status {s:?}: expected one of {}", states.join(", "))
+                })
+            })
+            .transpose()?,
+        workflow: args.workflow.clone(),
+        created_since: args
+            .since
+            .as_deref()
+            .map(|s| {
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| {
+                        anyhow!(
+                            "--since {s:?}: not an RFC 3339 time ({e}), e.g. 2026-05-01T00:00:00Z"
+                        )
+                    })
+            })
+            .transpose()?,
+        limit: args.limit,
+        cursor: args.cursor.clone(),
+    };
+    let page = client(&args.api)?.list(&query).await?;
     if args.json {
-        print_json(&body);
+        print_json(&page);
         return Ok(0);
     }
-    let page: TaskPage = parse(body)?;
     if page.tasks.is_empty() {
         println!("no tasks");
         return Ok(0);
@@ -585,130 +579,35 @@ pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn print_json(value: &Value) {
+/// Prints what the API answered, as JSON (the same types the server
+/// serialises, so the same JSON).
+fn print_json(value: &impl Serialize) {
     println!(
         "{}",
-        serde_json::to_string_pretty(value).expect("JSON values serialise")
+        serde_json::to_string_pretty(value).expect("API types serialise")
     );
 }
 
-fn parse<T: DeserializeOwned>(body: Value) -> Result<T> {
-    serde_json::from_value(body).context("the server's answer is not what this tasker expects")
-}
-
-/// The server could not be reached at all.
-#[derive(Debug, thiserror::Error)]
-#[error("the tasker server at {base} is not reachable ({cause}); start it with `tasker serve`, or point --api / TASKER_API_URL at a running one")]
-pub struct Unreachable {
-    base: String,
-    cause: String,
-}
-
-/// The server answered with a problem document; its `detail` is the
-/// message.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", .0.detail)]
-pub struct ProblemError(pub Problem);
-
-/// A client of one server's API.
-struct Api {
-    base: String,
-    token: Option<String>,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(args: &ApiArgs) -> Result<Api> {
-        let config = ConfigArgs {
-            config: args.config.clone(),
-            environment: args.environment.clone(),
-            endpoint: None,
-        }
-        .load()?;
-        let base = match &args.api {
-            Some(url) => tasker_config::parse_api_url(url).map_err(|e| anyhow!("--api {e}"))?,
-            None => config.api_base_url()?,
-        };
-        let token = Some(config.api_token).filter(|t| !t.is_empty());
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .user_agent(concat!("tasker-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("building the HTTP client")?;
-        Ok(Api { base, token, http })
+/// A client of the API `args` name: `--api`, else the config's `api_url`
+/// (or `api_listen`), with its `api_token`.
+fn client(args: &ApiArgs) -> Result<Client> {
+    let config = ConfigArgs {
+        config: args.config.clone(),
+        environment: args.environment.clone(),
+        endpoint: None,
     }
-
-    async fn get(&self, path: &str) -> Result<(reqwest::StatusCode, Value)> {
-        self.send(self.http.get(format!("{}{path}", self.base)))
-            .await
-    }
-
-    async fn get_query(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-    ) -> Result<(reqwest::StatusCode, Value)> {
-        self.send(self.http.get(format!("{}{path}", self.base)).query(query))
-            .await
-    }
-
-    async fn post(&self, path: &str, body: Option<&Value>) -> Result<(reqwest::StatusCode, Value)> {
-        let request = self.http.post(format!("{}{path}", self.base));
-        let request = match body {
-            Some(body) => request.json(body),
-            None => request,
-        };
-        self.send(request).await
-    }
-
-    /// Sends `request`; a 2xx answer's JSON, or an error: [`Unreachable`],
-    /// [`ProblemError`], or another.
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, Value)> {
-        let request = match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        };
-        let response = request.send().await.map_err(|e| {
-            if e.is_connect() {
-                anyhow!(Unreachable {
-                    base: self.base.clone(),
-                    cause: root_cause(&e),
-                })
-            } else if e.is_timeout() {
-                anyhow!("the tasker server at {} did not answer in time", self.base)
-            } else {
-                anyhow!("request to {} failed: {}", self.base, root_cause(&e))
+    .load()?;
+    let client = match &args.api {
+        Some(url) => {
+            let client = Client::new(url).map_err(|e| anyhow!("--api {e}"))?;
+            match config.api_token.as_str() {
+                "" => client,
+                token => client.with_token(token),
             }
-        })?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .with_context(|| format!("reading the answer of {}", self.base))?;
-        if status.is_success() {
-            let body = serde_json::from_slice(&bytes)
-                .with_context(|| format!("the answer of {} is not JSON", self.base))?;
-            return Ok((status, body));
         }
-        match serde_json::from_slice::<Problem>(&bytes) {
-            Ok(problem) => Err(ProblemError(problem).into()),
-            Err(_) => bail!(
-                "{} answered {status}: {}",
-                self.base,
-                truncate(String::from_utf8_lossy(&bytes).trim(), 200)
-            ),
-        }
-    }
-}
-
-/// The innermost cause of an error, e.g. "Connection refused (os error 111)".
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
+        None => Client::from_config(&config)?,
+    };
+    Ok(client)
 }
 
 #[cfg(test)]
