@@ -69,6 +69,7 @@ from typing import (
     AsyncIterator,
     Callable,
     Dict,
+    Generic,
     Iterator,
     List,
     Mapping,
@@ -918,15 +919,16 @@ class Client:
         return self._core.workflows()
 
 
-class TaskHandle:
-    """What :meth:`Client.submit` returns: the task's ``id``, whether this
-    call ``created`` it (False when its idempotency key returned an earlier
-    task), the ``task`` as the server answered, and :meth:`get`,
-    :meth:`wait` and :meth:`cancel` for that task."""
+_C = TypeVar("_C")
+
+
+class _Handle(Generic[_C]):
+    """What the two handles share: the task's id, whether the submit created
+    it, and the task as its answer showed it."""
 
     __slots__ = ("_client", "_task", "_created")
 
-    def __init__(self, client: Client, task: Task, created: bool) -> None:
+    def __init__(self, client: _C, task: Task, created: bool) -> None:
         self._client = client
         self._task = task
         self._created = created
@@ -944,6 +946,21 @@ class TaskHandle:
         """The task as the submit's answer showed it."""
         return self._task
 
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(id={self.id}, workflow={self._task.workflow!r},"
+            f" created={self._created})"
+        )
+
+
+class TaskHandle(_Handle["Client"]):
+    """What :meth:`Client.submit` returns: the task's ``id``, whether this
+    call ``created`` it (False when its idempotency key returned an earlier
+    task), the ``task`` as the server answered, and :meth:`get`,
+    :meth:`wait` and :meth:`cancel` for that task."""
+
+    __slots__ = ()
+
     def get(self) -> Task:
         return self._client.get(self.id)
 
@@ -952,9 +969,6 @@ class TaskHandle:
 
     def cancel(self) -> Task:
         return self._client.cancel(self.id)
-
-    def __repr__(self) -> str:
-        return f"TaskHandle(id={self.id}, workflow={self._task.workflow!r}, created={self._created})"
 
 
 # -- the asyncio client --------------------------------------------------------
@@ -1104,29 +1118,11 @@ class AsyncClient:
         return await self._run(self._core.workflows)
 
 
-class AsyncTaskHandle:
+class AsyncTaskHandle(_Handle["AsyncClient"]):
     """What :meth:`AsyncClient.submit` returns: as :class:`TaskHandle`, with
     coroutines."""
 
-    __slots__ = ("_client", "_task", "_created")
-
-    def __init__(self, client: AsyncClient, task: Task, created: bool) -> None:
-        self._client = client
-        self._task = task
-        self._created = created
-
-    @property
-    def id(self) -> int:
-        return self._task.task_id
-
-    @property
-    def created(self) -> bool:
-        return self._created
-
-    @property
-    def task(self) -> Task:
-        """The task as the submit's answer showed it."""
-        return self._task
+    __slots__ = ()
 
     async def get(self) -> Task:
         return await self._client.get(self.id)
@@ -1136,9 +1132,3 @@ class AsyncTaskHandle:
 
     async def cancel(self) -> Task:
         return await self._client.cancel(self.id)
-
-    def __repr__(self) -> str:
-        return (
-            f"AsyncTaskHandle(id={self.id}, workflow={self._task.workflow!r},"
-            f" created={self._created})"
-        )

@@ -23,6 +23,46 @@ module TaskerCore
       end
     end
 
+    # The status readers {Task} and {TaskSummary} share; `status` is one of
+    # `"running"`, `"complete"`, `"failed"`, `"cancelled"`.
+    module TaskStatus
+      # @return [Integer] {#task_id}
+      def id
+        task_id
+      end
+
+      # @return [Boolean] whether steps are running or will
+      def running?
+        status == "running"
+      end
+
+      # @return [Boolean] whether it has ended (complete, failed or cancelled)
+      def ended?
+        status != "running"
+      end
+
+      # @return [Boolean] whether every step completed
+      def complete?
+        status == "complete"
+      end
+
+      # @return [Boolean] whether a step failed for good
+      def failed?
+        status == "failed"
+      end
+
+      # @return [Boolean] whether it was cancelled before it finished
+      def cancelled?
+        status == "cancelled"
+      end
+
+      # @return [Boolean] whether a cancel was asked for (it may still be
+      #   winding down)
+      def cancel_requested?
+        cancel_requested
+      end
+    end
+
     # What went wrong with a step: the error of its latest failed attempt.
     #
     # @!attribute [r] error_type
@@ -175,40 +215,7 @@ module TaskerCore
         new(**values).freeze
       end
 
-      # @return [Integer] {#task_id}
-      def id
-        task_id
-      end
-
-      # @return [Boolean] whether steps are running or will
-      def running?
-        status == "running"
-      end
-
-      # @return [Boolean] whether it has ended (complete, failed or cancelled)
-      def ended?
-        status != "running"
-      end
-
-      # @return [Boolean] whether every step completed
-      def complete?
-        status == "complete"
-      end
-
-      # @return [Boolean] whether a step failed for good
-      def failed?
-        status == "failed"
-      end
-
-      # @return [Boolean] whether it was cancelled before it finished
-      def cancelled?
-        status == "cancelled"
-      end
-
-      # @return [Boolean]
-      def cancel_requested?
-        cancel_requested
-      end
+      include TaskStatus
 
       # @param name [String, Symbol] a step's name in the workflow
       # @return [Step, nil]
@@ -261,40 +268,7 @@ module TaskerCore
         new(**values).freeze
       end
 
-      # @return [Integer] {#task_id}
-      def id
-        task_id
-      end
-
-      # @return [Boolean]
-      def running?
-        status == "running"
-      end
-
-      # @return [Boolean] whether it has ended (complete, failed or cancelled)
-      def ended?
-        status != "running"
-      end
-
-      # @return [Boolean]
-      def complete?
-        status == "complete"
-      end
-
-      # @return [Boolean]
-      def failed?
-        status == "failed"
-      end
-
-      # @return [Boolean]
-      def cancelled?
-        status == "cancelled"
-      end
-
-      # @return [Boolean]
-      def cancel_requested?
-        cancel_requested
-      end
+      include TaskStatus
     end
 
     # One page of {Client#list}: tasks, newest first, and the cursor of the
