@@ -198,6 +198,33 @@ fn wait_all_ended(http: &reqwest::blocking::Client, serve: &Serve, timeout: Dura
     }
 }
 
+/// Waits until the connected workers hold at least `n` steps between them.
+fn wait_for_steps_at_workers(http: &reqwest::blocking::Client, serve: &Serve, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let workers: Value = http
+            .get(serve.url("/v1/workers"))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap();
+        let held: u64 = workers["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["in_flight"].as_u64().unwrap())
+            .sum();
+        if held >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workers never held {n} steps (they hold {held}); server log:\n{}",
+            tail(&serve.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `GET /v1/tasks/{id}`.
 fn get_task(http: &reqwest::blocking::Client, serve: &Serve, id: &str) -> Value {
     http.get(serve.url(&format!("/v1/tasks/{id}")))
@@ -226,8 +253,9 @@ fn a_killed_server_restarts_and_every_step_completes_exactly_once(store_url: &st
     let serve = Serve::start(dir.path(), store_url, &endpoint);
     let _workers = Workers::start(&endpoint, 2, 60);
     let tasks = submit(&http, &serve, 200);
-    // Let the first wave of slow steps get out to the workers.
-    std::thread::sleep(Duration::from_millis(400));
+    // Kill once the first wave of slow steps is out at the workers (a fixed
+    // sleep was too short on a loaded machine: nothing was out yet).
+    wait_for_steps_at_workers(&http, &serve, 20);
     let killed_at = chrono::Utc::now();
     serve.kill_9();
 
