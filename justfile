@@ -9,6 +9,11 @@ default:
 demo *ARGS:
     ./scripts/demo.sh {{ARGS}}
 
+# The demo as a service: tasker serve, the four workers, and the order
+# submitted through the Python SDK's Client.
+demo-serve *ARGS:
+    ./scripts/demo.sh --serve {{ARGS}}
+
 # Run the whole test suite, lints and all bindings included.
 test:
     ./scripts/test.sh
