@@ -61,6 +61,8 @@ export interface Config {
   apiToken: string;
   /** A YAML file of `name: token` lines; when set, every API request needs one of them (serve only). */
   apiTokensFile: string;
+  /** Answer without tokens on a non-loopback `apiListen` (serve only; a trusted network). */
+  apiTrustedNetwork: boolean;
 }
 
 /** Config keys that replace those of the file and the environment; `undefined` keeps the loaded value. */

@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// `task_retention_hours`).
     #[arg(long)]
     pub task_retention_hours: Option<u64>,
+    /// Answer without tokens on an address other machines can reach (only
+    /// on a network you trust; config key `api_trusted_network`).
+    #[arg(long)]
+    pub trusted_network: bool,
     #[command(flatten)]
     pub config: ConfigArgs,
 }
@@ -43,6 +47,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     if let Some(hours) = args.task_retention_hours {
         config.task_retention_hours = hours;
+    }
+    if args.trusted_network {
+        config.api_trusted_network = true;
     }
     config.validate()?;
     let runtime = tokio::runtime::Runtime::new()?;

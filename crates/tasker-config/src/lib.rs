@@ -199,6 +199,11 @@ pub struct TaskerConfig {
     /// (`ci: 8f1c...`); when set, every API request but `/healthz` must
     /// carry one of them. Empty: no tokens. `TASKER_API_TOKENS_FILE`.
     pub api_tokens_file: String,
+    /// `tasker serve`: answer requests without tokens on an address other
+    /// machines can reach (not loopback). Off by default, so a server is
+    /// never open to a network by accident; set it only behind a firewall
+    /// or on a network you trust. `TASKER_API_TRUSTED_NETWORK`.
+    pub api_trusted_network: bool,
 }
 
 /// Keys whose variable is taken as text as it is, never parsed as YAML.
@@ -238,6 +243,7 @@ pub const KEYS: &[&str] = &[
     "api_url",
     "api_token",
     "api_tokens_file",
+    "api_trusted_network",
 ];
 
 impl Default for TaskerConfig {
@@ -267,6 +273,7 @@ impl Default for TaskerConfig {
             api_url: String::new(),
             api_token: String::new(),
             api_tokens_file: String::new(),
+            api_trusted_network: false,
         }
     }
 }

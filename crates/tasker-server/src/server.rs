@@ -27,8 +27,17 @@ pub struct Server {
 
 impl Server {
     /// Starts the service ([`Service::start`]) and binds `api_listen`.
+    ///
+    /// An address other machines can reach (anything but loopback) needs
+    /// `api_tokens_file`, or `api_trusted_network` said out loud.
     pub async fn bind(config: &TaskerConfig) -> Result<Server, StartError> {
         let listen = config.api_listen.clone();
+        let loopback = listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|addr| addr.ip().is_loopback());
+        if !loopback && config.api_tokens_file.is_empty() && !config.api_trusted_network {
+            return Err(StartError::Unprotected { address: listen });
+        }
         // Bind first: a taken port should fail before tasks are resumed.
         let listener = tokio::net::TcpListener::bind(&listen)
             .await

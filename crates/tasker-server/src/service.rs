@@ -144,6 +144,17 @@ pub enum StartError {
     /// The orchestrator could not start.
     #[error(transparent)]
     Executor(#[from] ExecutorError),
+    /// The API would answer other machines, and no tokens guard it.
+    #[error(
+        "api_listen {address} can be reached from other machines and no api_tokens_file is set: \
+         anyone who reaches it could start and cancel tasks. Set api_tokens_file (a YAML file of \
+         `name: token` lines), listen on loopback (127.0.0.1) behind a proxy, or, on a network \
+         you trust, set api_trusted_network: true (--trusted-network)"
+    )]
+    Unprotected {
+        /// The address.
+        address: String,
+    },
     /// The API address could not be bound.
     #[error("binding the API address {address}: {source}")]
     Bind {

@@ -780,6 +780,48 @@ async fn with_tokens_every_route_but_healthz_needs_a_listed_bearer_token() {
 }
 
 #[tokio::test]
+async fn a_server_other_machines_can_reach_needs_tokens_or_a_trusted_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.yaml");
+    std::fs::write(&tokens, "ci: ci-token-0123456789abcdef\n").unwrap();
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir(&workflows).unwrap();
+    let config = |listen: &str| TaskerConfig {
+        endpoint: "tcp://127.0.0.1:0".into(),
+        store: format!("sqlite:{}", dir.path().join("tasker.db").display()),
+        workflows_dir: workflows.display().to_string(),
+        api_listen: listen.into(),
+        ..TaskerConfig::default()
+    };
+    let refused = tasker_server::Server::bind(&config("0.0.0.0:0"))
+        .await
+        .err()
+        .expect("an open server is refused")
+        .to_string();
+    assert!(
+        refused.contains("0.0.0.0:0") && refused.contains("api_tokens_file"),
+        "{refused}"
+    );
+    assert!(refused.contains("api_trusted_network"), "{refused}");
+    for config in [
+        TaskerConfig {
+            api_tokens_file: tokens.display().to_string(),
+            ..config("0.0.0.0:0")
+        },
+        TaskerConfig {
+            api_trusted_network: true,
+            ..config("0.0.0.0:0")
+        },
+        config("127.0.0.1:0"),
+    ] {
+        let server = tasker_server::Server::bind(&config)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", config.api_listen));
+        server.service().shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn a_bad_tokens_file_stops_the_start_naming_the_file_not_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.yaml");
