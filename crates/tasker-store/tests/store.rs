@@ -290,79 +290,54 @@ async fn a_stale_transition_conflicts_and_nothing_of_its_call_applies(db: TestDb
     let journal_before = store.journal_entries(task_id).await.unwrap();
 
     // Stale state: the step is running, not waiting.
-    let err = journal
-        .commit(vec![step(
-            task_id,
-            ids[0],
-            &waiting,
-            running(&waiting, "x"),
-        )])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, JournalError::Conflict { step_id } if step_id == ids[0]),
-        "{err}"
-    );
+    assert_conflict(
+        &*journal,
+        vec![step(task_id, ids[0], &waiting, running(&waiting, "x"))],
+        Some(ids[0]),
+    )
+    .await;
 
     // Stale attempt: the right state, an old attempt.
     let old_attempt = StepSnapshot {
         attempt: 0,
         ..first.clone()
     };
-    let err = journal
-        .commit(vec![step(
+    assert_conflict(
+        &*journal,
+        vec![step(
             task_id,
             ids[0],
             &old_attempt,
             completed(&first, "w", json!(1)),
-        )])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, JournalError::Conflict { step_id } if step_id == ids[0]),
-        "{err}"
-    );
+        )],
+        Some(ids[0]),
+    )
+    .await;
 
     // A valid transition in the same call as a stale one does not apply either.
-    let err = journal
-        .commit(vec![
+    assert_conflict(
+        &*journal,
+        vec![
             step(task_id, ids[1], &waiting, running(&waiting, "exec-1")),
             step(task_id, ids[0], &waiting, running(&waiting, "exec-1")),
-        ])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, JournalError::Conflict { step_id } if step_id == ids[0]),
-        "{err}"
-    );
+        ],
+        Some(ids[0]),
+    )
+    .await;
 
     // A step of another task, or no step at all.
-    let err = journal
-        .commit(vec![step(
-            task_id + 1,
-            ids[1],
-            &waiting,
-            running(&waiting, "e"),
-        )])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, JournalError::Conflict { step_id } if step_id == ids[1]),
-        "{err}"
-    );
-    let err = journal
-        .commit(vec![step(
-            task_id,
-            987_654,
-            &waiting,
-            running(&waiting, "e"),
-        )])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, JournalError::Conflict { step_id: 987_654 }),
-        "{err}"
-    );
+    assert_conflict(
+        &*journal,
+        vec![step(task_id + 1, ids[1], &waiting, running(&waiting, "e"))],
+        Some(ids[1]),
+    )
+    .await;
+    assert_conflict(
+        &*journal,
+        vec![step(task_id, 987_654, &waiting, running(&waiting, "e"))],
+        Some(987_654),
+    )
+    .await;
 
     let detail = store.get_task(task_id).await.unwrap().unwrap();
     assert_eq!(detail.steps[0].state, StepState::Running);
@@ -383,14 +358,7 @@ async fn a_stale_transition_conflicts_and_nothing_of_its_call_applies(db: TestDb
         .commit(vec![end(TaskState::Cancelled)])
         .await
         .unwrap();
-    let err = journal
-        .commit(vec![end(TaskState::Complete)])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, JournalError::Conflict { step_id: 0 }),
-        "{err}"
-    );
+    assert_conflict(&*journal, vec![end(TaskState::Complete)], Some(0)).await;
     let detail = store.get_task(task_id).await.unwrap().unwrap();
     assert_eq!(detail.status, TaskState::Cancelled);
     // A task never goes back to running.
@@ -406,28 +374,22 @@ async fn a_foreign_owner_is_fenced_off(db: TestDb) {
     let (task_id, ids) = create(&store, "orch-a", context(1)).await;
     let intruder = store.journal("orch-b");
     let waiting = StepSnapshot::waiting();
-    let err = intruder
-        .commit(vec![step(
-            task_id,
-            ids[0],
-            &waiting,
-            running(&waiting, "b"),
-        )])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, JournalError::Conflict { step_id } if step_id == ids[0]),
-        "{err}"
-    );
-    let err = intruder
-        .commit(vec![Transition::Task {
+    assert_conflict(
+        &*intruder,
+        vec![step(task_id, ids[0], &waiting, running(&waiting, "b"))],
+        Some(ids[0]),
+    )
+    .await;
+    assert_conflict(
+        &*intruder,
+        vec![Transition::Task {
             task_id,
             to: TaskState::Complete,
             at: now(),
-        }])
-        .await
-        .unwrap_err();
-    assert!(matches!(err, JournalError::Conflict { .. }), "{err}");
+        }],
+        None,
+    )
+    .await;
     let detail = store.get_task(task_id).await.unwrap().unwrap();
     assert_eq!(detail.status, TaskState::Running);
     assert_eq!(detail.steps[0].state, StepState::Waiting);
@@ -567,16 +529,17 @@ async fn claiming_returns_unfinished_tasks_with_their_steps_and_fences_the_old_o
     );
 
     // The old owner is fenced off; the new one carries on.
-    let err = old
-        .commit(vec![step(
+    assert_conflict(
+        &*old,
+        vec![step(
             task_id,
             ids[1],
             &transform_waiting,
             transform_again.clone(),
-        )])
-        .await
-        .unwrap_err();
-    assert!(matches!(err, JournalError::Conflict { .. }), "{err}");
+        )],
+        None,
+    )
+    .await;
     store
         .journal("orch-new")
         .commit(vec![step(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use tasker_engine::{StepSnapshot, StepState, TaskTemplate, Transition};
+use tasker_engine::{Journal, JournalError, StepSnapshot, StepState, TaskTemplate, Transition};
 use tasker_pgtest::PgServer;
 use tasker_protocol::StepExecutionError;
 use tasker_store::{Created, NewTask, Store};
@@ -129,6 +129,19 @@ pub async fn create(store: &Store, owner: &str, context: Value) -> (i64, Vec<i64
 /// Now, at the millisecond precision the store keeps.
 pub fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap()
+}
+
+/// Commits `transitions` through `journal`, which must refuse them all as
+/// a conflict: on step `on`, or on any step when `None`.
+pub async fn assert_conflict(journal: &dyn Journal, transitions: Vec<Transition>, on: Option<i64>) {
+    match journal.commit(transitions).await {
+        Err(JournalError::Conflict { step_id }) => {
+            if let Some(on) = on {
+                assert_eq!(step_id, on, "the conflict names the stale step");
+            }
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
 }
 
 pub fn step(task_id: i64, step_id: i64, from: &StepSnapshot, to: StepSnapshot) -> Transition {
