@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, OptionalExtension, ToSql, Transaction};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
@@ -25,6 +25,39 @@ use crate::rows::{
 };
 use crate::writer::{Expected, WriteError, WriteTx};
 use crate::StoreError;
+
+/// `UPDATE steps` of every persisted field (`?1` the step's id, `?2`–`?11`
+/// in the order of [`step_values`]), with more conditions appended to the
+/// `WHERE`.
+macro_rules! update_step_sql {
+    ($and:literal) => {
+        concat!(
+            "UPDATE steps SET \
+               state = ?2, attempt = ?3, next_run_at = ?4, dispatched_by = ?5, \
+               first_dispatched_at = ?6, ended_at = ?7, worker_id = ?8, output = ?9, \
+               error = ?10, blocked_by = ?11 \
+             WHERE id = ?1",
+            $and
+        )
+    };
+}
+
+/// A step row's values for [`update_step_sql`], `?1` to `?11`.
+fn step_values(row: &StepUpdate) -> [&dyn ToSql; 11] {
+    [
+        &row.id,
+        &row.state,
+        &row.attempt,
+        &row.next_run_at,
+        &row.dispatched_by,
+        &row.first_dispatched_at,
+        &row.ended_at,
+        &row.worker_id,
+        &row.output,
+        &row.error,
+        &row.blocked_by,
+    ]
+}
 
 /// Connections for readers (the writer has its own).
 const READERS: u32 = 4;
@@ -239,28 +272,10 @@ impl WriteTx for Transaction<'_> {
     }
 
     async fn update_steps(&mut self, rows: &[&StepUpdate]) -> Result<u64, WriteError> {
-        let mut update = self.prepare_cached(
-            "UPDATE steps SET \
-               state = ?2, attempt = ?3, next_run_at = ?4, dispatched_by = ?5, \
-               first_dispatched_at = ?6, ended_at = ?7, worker_id = ?8, output = ?9, \
-               error = ?10, blocked_by = ?11 \
-             WHERE id = ?1",
-        )?;
+        let mut update = self.prepare_cached(update_step_sql!(""))?;
         let mut updated = 0;
         for row in rows {
-            updated += update.execute(params![
-                row.id,
-                row.state,
-                row.attempt,
-                row.next_run_at,
-                row.dispatched_by,
-                row.first_dispatched_at,
-                row.ended_at,
-                row.worker_id,
-                row.output,
-                row.error,
-                row.blocked_by,
-            ])?;
+            updated += update.execute(&step_values(row)[..])?;
         }
         Ok(updated as u64)
     }
@@ -269,33 +284,20 @@ impl WriteTx for Transaction<'_> {
         &mut self,
         rows: &[(&StepUpdate, Expected<'_>)],
     ) -> Result<u64, WriteError> {
-        let mut update = self.prepare_cached(
-            "UPDATE steps SET \
-               state = ?2, attempt = ?3, next_run_at = ?4, dispatched_by = ?5, \
-               first_dispatched_at = ?6, ended_at = ?7, worker_id = ?8, output = ?9, \
-               error = ?10, blocked_by = ?11 \
-             WHERE id = ?1 AND state = ?12 AND attempt = ?13 AND task_id = ?14 \
-               AND EXISTS (SELECT 1 FROM tasks WHERE tasks.id = ?14 AND tasks.owner = ?15)",
-        )?;
+        let mut update = self.prepare_cached(update_step_sql!(
+            " AND state = ?12 AND attempt = ?13 AND task_id = ?14 \
+              AND EXISTS (SELECT 1 FROM tasks WHERE tasks.id = ?14 AND tasks.owner = ?15)"
+        ))?;
         let mut updated = 0;
         for (row, expected) in rows {
-            updated += update.execute(params![
-                row.id,
-                row.state,
-                row.attempt,
-                row.next_run_at,
-                row.dispatched_by,
-                row.first_dispatched_at,
-                row.ended_at,
-                row.worker_id,
-                row.output,
-                row.error,
-                row.blocked_by,
-                expected.state,
-                expected.attempt,
-                expected.task_id,
-                expected.owner,
-            ])?;
+            let mut values = step_values(row).to_vec();
+            values.extend([
+                &expected.state as &dyn ToSql,
+                &expected.attempt,
+                &expected.task_id,
+                &expected.owner,
+            ]);
+            updated += update.execute(&values[..])?;
         }
         Ok(updated as u64)
     }
