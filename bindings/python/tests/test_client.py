@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -256,6 +257,19 @@ def wait_for_step_state(client: Client, task_id: int, name: str, state: str) -> 
         time.sleep(0.02)
 
 
+def wait_until_a_worker_holds_a_step(client: Client) -> None:
+    """A `running` step may still be queued in the orchestrator (a cancel
+    would withdraw it); this waits until a worker has taken one."""
+    deadline = time.monotonic() + 15
+    while True:
+        with urllib.request.urlopen(f"{client.url}/v1/workers", timeout=5) as answer:
+            workers = json.load(answer)["workers"]
+        if any(w["in_flight"] > 0 for w in workers):
+            return
+        assert time.monotonic() < deadline, f"no worker took a step: {workers}"
+        time.sleep(0.02)
+
+
 # -- the blocking client -------------------------------------------------------
 
 
@@ -326,6 +340,7 @@ def test_idempotent_resubmit_returns_the_same_task(client: Client) -> None:
 def test_cancel_a_running_task(client: Client) -> None:
     handle = client.submit("slow", {"sleep_ms": 1500})
     wait_for_step_state(client, handle.id, "nap", "running")
+    wait_until_a_worker_holds_a_step(client)
     answer = handle.cancel()
     assert answer.task_id == handle.id and answer.cancel_requested
     task = handle.wait(timeout=30)

@@ -226,6 +226,19 @@ class TestClient < Minitest::Test
     end
   end
 
+  # A "running" step may still be queued in the orchestrator (a cancel
+  # would withdraw it); this waits until a worker has taken one.
+  def wait_until_a_worker_holds_a_step(client, timeout: 15)
+    deadline = monotonic + timeout
+    loop do
+      workers = JSON.parse(Net::HTTP.get(URI("#{client.url}/v1/workers")))["workers"]
+      return if workers.any? { |w| w["in_flight"].positive? }
+      raise "no worker took a step within #{timeout}s: #{workers.inspect}" if monotonic > deadline
+
+      sleep 0.02
+    end
+  end
+
   def test_submit_then_wait_reports_the_rust_workers_outputs
     c = client
     handle = c.submit("pipeline", { "order_id" => 7, "items" => ["a", "ü"], note: "sym key" })
@@ -310,6 +323,7 @@ class TestClient < Minitest::Test
     c = client
     handle = c.submit("slow", { "sleep_ms" => 1500 })
     wait_running(c, handle.id, "nap")
+    wait_until_a_worker_holds_a_step(c)
     cancelled = handle.cancel
     assert cancelled.cancel_requested?
     assert_equal handle.id, cancelled.task_id

@@ -354,13 +354,22 @@ async fn cancelling_stops_dispatch_and_lets_running_steps_finish() {
     );
     let mut task = rig.engine.start(t, json!({}));
     let mut events = task.events().unwrap();
-    // Cancel once the first step is on its way.
+    // Cancel once the first step runs at the worker: a step still queued
+    // in the executor would be withdrawn instead (the next test).
     loop {
         match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
             Ok(Some(TaskEvent::Dispatched { .. })) => break,
             Ok(Some(_)) => continue,
             other => panic!("no dispatch: {other:?}"),
         }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rig.attempts_of("a").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "step a never reached its handler"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     task.cancel();
     let report = task.wait().await;
@@ -372,6 +381,40 @@ async fn cancelling_stops_dispatch_and_lets_running_steps_finish() {
         assert_eq!(s.attempts, 0);
     }
     assert!(rig.attempts_of("b").is_empty());
+    rig.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_withdraws_a_step_no_worker_has_taken_at_once() {
+    let rig = rig().await;
+    // No worker serves `nobody`: its step waits in the executor's queue.
+    let t = template(
+        "name: stuck\nsteps:\n  - {name: a, handler: nobody, timeout_ms: 30000}\n  - {name: b, handler: echo, depends_on: [a]}\n",
+    );
+    let mut task = rig.engine.start(t, json!({}));
+    let mut events = task.events().unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Some(TaskEvent::Dispatched { .. })) => break,
+            Ok(Some(_)) => continue,
+            other => panic!("no dispatch: {other:?}"),
+        }
+    }
+    let cancelled_at = Instant::now();
+    task.cancel();
+    let report = task.wait().await;
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(2),
+        "ended at the cancel, not at the step's 30 s timeout"
+    );
+    assert_eq!(report.status, TaskStatus::Cancelled);
+    let a = report.step("a").unwrap();
+    assert_eq!(a.outcome, StepOutcome::Cancelled);
+    assert_eq!(
+        a.error.as_ref().map(|e| e.error_type.as_str()),
+        Some("Withdrawn")
+    );
+    assert_eq!(report.step("b").unwrap().outcome, StepOutcome::Cancelled);
     rig.close().await;
 }
 
