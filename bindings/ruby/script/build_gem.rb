@@ -8,8 +8,9 @@
 # workspace and depends on ../../crates by path. A gem cannot, so this
 # script stages a copy of the gem in pkg/stage where ext/tasker_core is a
 # workspace of its own: the binding crate, the tasker-core crates it needs
-# copied under vendor/, the workspace's shared package fields and dependency
-# versions, and the repository's Cargo.lock trimmed to those crates. Then it
+# copied under vendor/ (with the patched zmq-sys), the workspace's shared
+# package fields, dependency versions and patches, and the repository's
+# Cargo.lock trimmed to those crates. Then it
 # runs `gem build` there. Nothing outside pkg/ is written.
 
 require "fileutils"
@@ -48,6 +49,9 @@ workspace_deps = toml_section(root_toml, "workspace.dependencies").lines.reject 
   # Path dependencies on crates the gem does not carry.
   line =~ /path = "crates\/([^"]+)"/ && !VENDORED.include?(Regexp.last_match(1))
 end.join.gsub('path = "crates/', 'path = "vendor/')
+# The patched zmq-sys (libzmq with CURVE) travels with the gem, as in the
+# repository: vendor/zmq-sys, wired in by [patch.crates-io].
+patches = toml_section(root_toml, "patch.crates-io")
 profiles = root_toml.scan(/^\[profile\.[^\]]+\]\n(?:[^\[].*\n?)*/).join
 
 FileUtils.rm_rf(STAGE)
@@ -60,6 +64,7 @@ VENDORED.each do |name|
   # Their tests and benches need the whole repository; the gem needs none.
   %w[tests benches].each { |dir| FileUtils.rm_rf(File.join(EXT, "vendor", name, dir)) }
 end
+copy_tree(File.join(ROOT, "vendor", "zmq-sys"), File.join(EXT, "vendor", "zmq-sys"))
 
 binding_toml = File.read(File.join(EXT, "Cargo.toml"))
 # Another library name than the repository's build, so that both can share
@@ -78,6 +83,8 @@ File.write(File.join(EXT, "Cargo.toml"), <<~TOML)
   #{workspace_package.rstrip}
 
   #{workspace_deps.rstrip}
+
+  #{patches.rstrip}
   #{profiles}
 TOML
 

@@ -16,6 +16,7 @@ use tasker_protocol::{
     codec, OrchestratorMessage, StepBatchRequest, StepBatchResponse, StepExecutionRequest,
     StepExecutionResult, WorkerMessage,
 };
+use tasker_transport::curve::KeyPair;
 use tasker_worker::Worker;
 
 #[derive(Args, Debug)]
@@ -49,6 +50,9 @@ pub struct BenchArgs {
     /// server from Debian's postgresql package), or `off`.
     #[arg(long, default_value = "auto")]
     pub postgres: String,
+    /// Skip the CURVE measurement (plaintext beside CURVE, same run).
+    #[arg(long)]
+    pub no_curve: bool,
 }
 
 static NEXT_STEP: AtomicI64 = AtomicI64::new(1);
@@ -209,18 +213,51 @@ fn raw_latency(samples: usize) -> Result<Vec<Duration>> {
 struct System {
     executor: ZmqPubSubExecutor,
     worker: tasker_worker::RunningWorker,
+    /// The CURVE key files, when on.
+    _keys: Option<tempfile::TempDir>,
 }
 
-async fn system(batch: usize, window: usize) -> Result<System> {
+/// Key files for a CURVE run: the orchestrator's pair and one admitted
+/// worker's, as `tasker keygen` writes them.
+fn curve_keys() -> Result<(tempfile::TempDir, TaskerConfig, TaskerConfig)> {
+    let dir = tempfile::tempdir()?;
+    let authorized = dir.path().join("authorized");
+    std::fs::create_dir(&authorized)?;
+    KeyPair::generate()?.write(dir.path(), "orchestrator")?;
+    KeyPair::generate()?.write(&authorized, "worker")?;
+    let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let orchestrator = TaskerConfig {
+        curve_secret_key_file: file("orchestrator.key"),
+        curve_authorized_keys_dir: file("authorized"),
+        ..TaskerConfig::default()
+    };
+    let worker = TaskerConfig {
+        curve_secret_key_file: file("authorized/worker.key"),
+        curve_server_public_key_file: file("orchestrator.pub"),
+        ..TaskerConfig::default()
+    };
+    Ok((dir, orchestrator, worker))
+}
+
+async fn system(batch: usize, window: usize, curve: bool) -> Result<System> {
+    let (keys, orchestrator, worker) = if curve {
+        let (dir, orchestrator, worker) = curve_keys()?;
+        (Some(dir), orchestrator, worker)
+    } else {
+        (None, TaskerConfig::default(), TaskerConfig::default())
+    };
     let config = TaskerConfig {
         endpoint: "tcp://127.0.0.1:0".into(),
         batch_size: batch,
         queue_bound: 10_000_000,
-        ..TaskerConfig::default()
+        ..orchestrator
     };
     let executor = ZmqPubSubExecutor::start(&config)?;
     let worker_config = TaskerConfig {
         endpoint: executor.endpoint().to_string(),
+        curve_secret_key_file: worker.curve_secret_key_file,
+        curve_server_public_key_file: worker.curve_server_public_key_file,
+        curve_authorized_keys_dir: String::new(),
         ..config
     };
     let worker = Worker::new(worker_config)
@@ -231,11 +268,15 @@ async fn system(batch: usize, window: usize) -> Result<System> {
     if !executor.wait_for_workers(1, Duration::from_secs(10)).await {
         anyhow::bail!("bench worker did not connect");
     }
-    Ok(System { executor, worker })
+    Ok(System {
+        executor,
+        worker,
+        _keys: keys,
+    })
 }
 
-async fn system_throughput(batch: usize, steps: usize, window: usize) -> Result<f64> {
-    let sys = system(batch, window).await?;
+async fn system_throughput(batch: usize, steps: usize, window: usize, curve: bool) -> Result<f64> {
+    let sys = system(batch, window, curve).await?;
     // Warm up connections and allocators.
     sys.executor
         .execute_step_batch(StepBatchRequest::new("warm", noop_steps(batch * 4)))
@@ -261,8 +302,12 @@ async fn system_throughput(batch: usize, steps: usize, window: usize) -> Result<
     Ok(steps as f64 / elapsed.as_secs_f64())
 }
 
-async fn system_latency(samples: usize, idle_secs: f64) -> Result<(Vec<Duration>, f64)> {
-    let sys = system(1, 1).await?;
+async fn system_latency(
+    samples: usize,
+    idle_secs: f64,
+    curve: bool,
+) -> Result<(Vec<Duration>, f64)> {
+    let sys = system(1, 1, curve).await?;
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t = Instant::now();
@@ -318,7 +363,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         };
         let raw = raw_throughput(batch, steps, args.window, false)?;
         let json = raw_throughput(batch, steps, args.window, true)?;
-        let ours = runtime.block_on(system_throughput(batch, steps, args.window))?;
+        let ours = runtime.block_on(system_throughput(batch, steps, args.window, false))?;
         println!(
             "{:<12} {:>10.0} st/s {:>10.0} st/s {:>7.0}% {:>10.0} st/s {:>7.0}%",
             format!("batch {batch}"),
@@ -334,19 +379,56 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     let mut raw = raw_latency(args.latency_samples)?;
     let (mut ours, idle) =
-        runtime.block_on(system_latency(args.latency_samples, args.idle_secs))?;
+        runtime.block_on(system_latency(args.latency_samples, args.idle_secs, false))?;
+    let mut curve = if args.no_curve {
+        None
+    } else {
+        Some(
+            runtime
+                .block_on(system_latency(args.latency_samples, 0.0, true))?
+                .0,
+        )
+    };
     println!();
     println!(
-        "{:<28} {:>14} {:>14}",
-        "single-step round trip", "tasker", "raw echo"
+        "{:<28} {:>14} {:>14} {:>14}",
+        "single-step round trip", "tasker", "raw echo", "tasker+CURVE"
     );
     for (label, p) in [("p50", 0.50), ("p99", 0.99)] {
+        let with_curve = curve
+            .as_mut()
+            .map_or("-".to_string(), |c| format!("{:.1} us", percentile(c, p)));
         println!(
-            "{:<28} {:>11.1} us {:>11.1} us",
+            "{:<28} {:>11.1} us {:>11.1} us {:>14}",
             label,
             percentile(&mut ours, p),
-            percentile(&mut raw, p)
+            percentile(&mut raw, p),
+            with_curve
         );
+    }
+    if !args.no_curve {
+        println!();
+        println!(
+            "{:<12} {:>15} {:>15} {:>8}",
+            "CURVE", "plaintext", "CURVE", "ratio"
+        );
+        for &batch in &args.batch_sizes {
+            let steps = if batch == 1 {
+                args.steps.min(20_000)
+            } else {
+                args.steps
+            };
+            let plain = runtime.block_on(system_throughput(batch, steps, args.window, false))?;
+            let curve = runtime.block_on(system_throughput(batch, steps, args.window, true))?;
+            println!(
+                "{:<12} {:>10.0} st/s {:>10.0} st/s {:>7.0}%",
+                format!("batch {batch}"),
+                plain,
+                curve,
+                curve / plain * 100.0
+            );
+        }
+        println!("CURVE: every connection encrypted and its worker key checked (RFC 26, 27)");
     }
     println!();
     println!(

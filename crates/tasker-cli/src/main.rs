@@ -5,9 +5,11 @@ mod bench_store;
 mod bench_workers;
 mod children;
 mod dispatch;
+mod keygen;
 mod run;
 mod serve;
 mod soak;
+mod spawn_keys;
 mod task;
 mod worker;
 
@@ -70,6 +72,11 @@ enum Command {
     /// default, or PostgreSQL) survive a crash; an HTTP API starts, shows
     /// and cancels them. Stops cleanly on SIGTERM or Ctrl-C.
     Serve(serve::ServeArgs),
+    /// Write a CURVE key pair: NAME.key (secret, mode 0600) and NAME.pub
+    /// (public). The orchestrator admits a worker whose NAME.pub is in its
+    /// curve_authorized_keys_dir; a worker names the orchestrator's in
+    /// curve_server_public_key_file.
+    Keygen(keygen::KeygenArgs),
 }
 
 /// Options every networked command shares.
@@ -149,6 +156,10 @@ fn main() -> Result<()> {
             init_logging("info");
             serve::run(args)
         }
+        Command::Keygen(args) => keygen::run(args).map_err(|e| {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }),
         Command::Task(args) => {
             init_logging("warn");
             match task::run(args) {

@@ -31,6 +31,8 @@ pub struct RunArgs {
     pub context: String,
     /// Start a worker process, as NAME=COMMAND; repeat for more. It gets the
     /// orchestrator's endpoint in TASKER_ENDPOINT and SIGTERM at the end.
+    /// When the orchestrator requires CURVE, spawned workers get a key pair
+    /// made for this run (in TASKER_CURVE_*), admitted for this run only.
     #[arg(long = "spawn", value_parser = parse_named_command)]
     pub spawn: Vec<(String, String)>,
     /// Seconds to wait for workers serving every handler the workflow needs.
@@ -56,7 +58,16 @@ pub fn run(args: RunArgs) -> Result<TaskStatus> {
         .map_err(|e| StartError(anyhow::anyhow!("{}: {e}", args.workflow.display())))?;
     let context: Value = serde_json::from_str(&args.context)
         .map_err(|e| StartError(anyhow::anyhow!("--context is not valid JSON: {e}")))?;
-    let config = args.config.load().map_err(StartError)?;
+    let mut config = args.config.load().map_err(StartError)?;
+    let spawn_keys = if args.spawn.is_empty() {
+        None
+    } else {
+        crate::spawn_keys::prepare(&mut config).map_err(StartError)?
+    };
+    let child_env: Vec<(&str, String)> = spawn_keys
+        .as_ref()
+        .map(|keys| keys.env.clone())
+        .unwrap_or_default();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let executor =
@@ -74,7 +85,7 @@ pub fn run(args: RunArgs) -> Result<TaskStatus> {
         for (name, command) in &args.spawn {
             let log = logs.join(format!("{name}.log"));
             children.push(
-                WorkerProcess::spawn(name, command, executor.endpoint(), &[], Some(&log))
+                WorkerProcess::spawn(name, command, executor.endpoint(), &child_env, Some(&log))
                     .map_err(StartError)?,
             );
         }

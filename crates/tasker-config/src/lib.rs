@@ -204,6 +204,19 @@ pub struct TaskerConfig {
     /// never open to a network by accident; set it only behind a firewall
     /// or on a network you trust. `TASKER_API_TRUSTED_NETWORK`.
     pub api_trusted_network: bool,
+    /// This side's CURVE secret key file (`tasker keygen` writes one; its
+    /// public key follows from it). The orchestrator needs it with
+    /// `curve_authorized_keys_dir`; a worker with
+    /// `curve_server_public_key_file`. `TASKER_CURVE_SECRET_KEY_FILE`.
+    pub curve_secret_key_file: String,
+    /// Workers: the orchestrator's CURVE public key file; setting it makes
+    /// the worker connect with CURVE. `TASKER_CURVE_SERVER_PUBLIC_KEY_FILE`.
+    pub curve_server_public_key_file: String,
+    /// The orchestrator: a folder of `*.pub` files, one per admitted
+    /// worker; setting it turns CURVE on, and only workers whose public key
+    /// is there may connect. Read again when its contents change.
+    /// `TASKER_CURVE_AUTHORIZED_KEYS_DIR`.
+    pub curve_authorized_keys_dir: String,
 }
 
 /// Keys whose variable is taken as text as it is, never parsed as YAML.
@@ -215,6 +228,9 @@ const STRING_KEYS: &[&str] = &[
     "api_url",
     "api_token",
     "api_tokens_file",
+    "curve_secret_key_file",
+    "curve_server_public_key_file",
+    "curve_authorized_keys_dir",
 ];
 
 /// Every key, in file order; `TASKER_` + upper case is its variable.
@@ -244,6 +260,9 @@ pub const KEYS: &[&str] = &[
     "api_token",
     "api_tokens_file",
     "api_trusted_network",
+    "curve_secret_key_file",
+    "curve_server_public_key_file",
+    "curve_authorized_keys_dir",
 ];
 
 impl Default for TaskerConfig {
@@ -274,6 +293,9 @@ impl Default for TaskerConfig {
             api_token: String::new(),
             api_tokens_file: String::new(),
             api_trusted_network: false,
+            curve_secret_key_file: String::new(),
+            curve_server_public_key_file: String::new(),
+            curve_authorized_keys_dir: String::new(),
         }
     }
 }

@@ -14,6 +14,10 @@ pub enum ExecutorError {
         /// What ZeroMQ said.
         source: zmq::Error,
     },
+    /// CURVE is configured and cannot be set up (a key file is missing or
+    /// malformed, a key needed with another is not set).
+    #[error(transparent)]
+    Curve(#[from] tasker_transport::curve::CurveError),
     /// Some other I/O set-up failed.
     #[error("executor set-up failed: {0}")]
     Setup(String),

@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use tasker_config::{SubmitPolicy, TaskerConfig};
 use tasker_protocol::{codec, StepBatchRequest, StepExecutionResult, StepId, StepRef};
+use tasker_transport::curve::ServerCurve;
+use tasker_transport::monitor::HandshakeMonitor;
 use tasker_transport::Doorbell;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot, watch, Semaphore};
 use tracing::Instrument;
 
-use crate::dispatcher::{Channels, Command, Dispatcher};
+use crate::dispatcher::{Channels, Command, Dispatcher, Sockets, Zap};
 use crate::integration::BoxFuture;
 use crate::metrics::Metrics;
 use crate::{ExecutorError, FrameworkIntegration, MetricsSnapshot, ShutdownReport, WorkerInfo};
@@ -83,15 +85,24 @@ impl ZmqPubSubExecutor {
         config
             .validate()
             .map_err(|e| ExecutorError::Setup(e.to_string()))?;
+        let curve = ServerCurve::from_config(config)?;
         let context = zmq::Context::new();
-        let socket = context
-            .socket(zmq::ROUTER)
-            .map_err(|e| ExecutorError::Setup(e.to_string()))?;
+        let setup = |e: zmq::Error| ExecutorError::Setup(e.to_string());
+        let socket = context.socket(zmq::ROUTER).map_err(setup)?;
         let bind_error = |source| ExecutorError::Bind {
             endpoint: config.endpoint.clone(),
             source,
         };
         tasker_transport::configure_socket(&socket, config).map_err(bind_error)?;
+        // Both before the bind: no connection may get in unasked or unseen.
+        let zap = match &curve {
+            Some(curve) => {
+                curve.apply(&socket)?;
+                Some(Zap::bind(&context, curve.authorized_keys_dir.clone()).map_err(setup)?)
+            }
+            None => None,
+        };
+        let handshakes = HandshakeMonitor::attach(&context, &socket).map_err(setup)?;
         // Without it a ROUTER drops messages to vanished peers silently; with
         // it the send fails and we know the step never left.
         socket.set_router_mandatory(true).map_err(bind_error)?;
@@ -117,8 +128,12 @@ impl ZmqPubSubExecutor {
         let dispatcher = Dispatcher::new(
             config.clone(),
             orchestrator_id,
-            context,
-            socket,
+            Sockets {
+                socket,
+                handshakes,
+                zap,
+                context,
+            },
             channels,
             input_held,
         );
@@ -126,7 +141,15 @@ impl ZmqPubSubExecutor {
             .name("tasker-orchestrator-io".into())
             .spawn(move || dispatcher.run())
             .map_err(|e| ExecutorError::Setup(e.to_string()))?;
-        tracing::info!(%endpoint, "orchestrator listening");
+        match &curve {
+            Some(curve) => tracing::info!(
+                %endpoint,
+                public_key = %curve.keys.public(),
+                authorized_keys_dir = %curve.authorized_keys_dir.display(),
+                "orchestrator listening with CURVE"
+            ),
+            None => tracing::info!(%endpoint, "orchestrator listening"),
+        }
         Ok(Self {
             endpoint,
             config: config.clone(),

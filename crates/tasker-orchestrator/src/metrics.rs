@@ -21,6 +21,8 @@ pub(crate) struct Metrics {
     pub workers_connected: AtomicU64,
     pub workers_lost: AtomicU64,
     pub reclaimed: AtomicU64,
+    pub keys_refused: AtomicU64,
+    pub handshakes_failed: AtomicU64,
 }
 
 impl Metrics {
@@ -49,6 +51,8 @@ impl Metrics {
             workers_connected: get(&self.workers_connected),
             workers_lost: get(&self.workers_lost),
             reclaimed: get(&self.reclaimed),
+            keys_refused: get(&self.keys_refused),
+            handshakes_failed: get(&self.handshakes_failed),
         }
     }
 }
@@ -105,4 +109,10 @@ pub struct MetricsSnapshot {
     /// [`ZmqPubSubExecutor::resume`](crate::ZmqPubSubExecutor::resume))
     /// that a worker reclaimed.
     pub reclaimed: u64,
+    /// Connections refused because their CURVE public key is not in
+    /// `curve_authorized_keys_dir`.
+    pub keys_refused: u64,
+    /// Connections whose handshake failed: refused keys, plaintext against
+    /// CURVE or the reverse, a wrong server key.
+    pub handshakes_failed: u64,
 }

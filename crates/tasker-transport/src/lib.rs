@@ -4,6 +4,9 @@
 //! thread-safe) and sleeps in `zmq::poll`. Other threads talk to it through
 //! queues and wake it with a [`Doorbell`]; nothing ever busy-polls.
 
+pub mod curve;
+pub mod monitor;
+
 use std::io::{Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;

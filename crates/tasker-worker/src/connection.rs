@@ -22,6 +22,8 @@ use tasker_protocol::{
     ProtocolErrorCode, StepExecutionError, StepExecutionResult, StepRef, StepStatus, WorkerDrain,
     WorkerHello, WorkerMessage,
 };
+use tasker_transport::curve::ClientCurve;
+use tasker_transport::monitor::{Handshake, HandshakeMonitor};
 use tasker_transport::{earliest, poll_timeout, send_message};
 
 use crate::output::DEPTH_CAP;
@@ -31,6 +33,10 @@ use crate::WorkerError;
 /// Most results per outgoing message; messages are split further by size
 /// and by the orchestrator they answer (see `send_results`).
 const RESULTS_PER_MESSAGE: usize = 512;
+/// Handshakes in a row the orchestrator may close without a word before
+/// the worker gives up: one is a restart, five are a configuration that
+/// can never work (CURVE on one side only, a wrong server key).
+const HANDSHAKES_CLOSED_LIMIT: u32 = 5;
 
 /// A decoded message from the orchestrator: typed, or a batch whose steps
 /// are kept as JSON text.
@@ -61,7 +67,13 @@ pub(crate) struct Connection {
     shared: Arc<Shared>,
     // Field order matters: sockets close before the context.
     socket: Option<zmq::Socket>,
+    /// How the current socket's handshakes end.
+    handshakes: Option<HandshakeMonitor>,
     context: zmq::Context,
+    curve: Option<ClientCurve>,
+    /// Handshakes closed by the orchestrator since the last one that
+    /// succeeded.
+    handshakes_closed: u32,
     /// The current connection's hello was answered by a welcome (and not
     /// since refused or forgotten): results may go out.
     welcomed: bool,
@@ -118,9 +130,14 @@ impl Connection {
         let heartbeat_interval = config.heartbeat_interval();
         let expiry = config.peer_expiry();
         let backoff = Duration::from_millis(config.reconnect_initial_ms);
+        let curve = ClientCurve::from_config(config)
+            .map_err(|e| WorkerError::InvalidOptions(e.to_string()))?;
         let mut connection = Self {
             context: zmq::Context::new(),
             socket: None,
+            handshakes: None,
+            curve,
+            handshakes_closed: 0,
             welcomed: false,
             orchestrator_id: None,
             last_heard: Instant::now(),
@@ -154,8 +171,15 @@ impl Connection {
         let setup = |e: zmq::Error| WorkerError::Setup(format!("{}: {e}", config.endpoint));
         let socket = self.context.socket(zmq::DEALER).map_err(setup)?;
         tasker_transport::configure_socket(&socket, config).map_err(setup)?;
+        if let Some(curve) = &self.curve {
+            curve
+                .apply(&socket)
+                .map_err(|e| WorkerError::Setup(e.to_string()))?;
+        }
+        let handshakes = HandshakeMonitor::attach(&self.context, &socket).map_err(setup)?;
         socket.connect(&config.endpoint).map_err(setup)?;
         self.socket = Some(socket);
+        self.handshakes = Some(handshakes);
         self.sockets_opened += 1;
         tracing::debug!(worker_id = %self.shared.worker_id, endpoint = %config.endpoint, "connecting");
         self.forget_peer();
@@ -256,11 +280,14 @@ impl Connection {
             let wake_at = self.next_wake();
             self.planned_wake = wake_at;
             let bell_rang = {
-                let mut items = Vec::with_capacity(2);
+                let mut items = Vec::with_capacity(3);
                 items.push(zmq::PollItem::from_fd(
                     self.shared.doorbell.fd(),
                     zmq::POLLIN,
                 ));
+                if let Some(handshakes) = &self.handshakes {
+                    items.push(handshakes.poll_item());
+                }
                 if let Some(socket) = &self.socket {
                     let events = if self.send_blocked {
                         zmq::POLLIN | zmq::POLLOUT
@@ -298,6 +325,10 @@ impl Connection {
             .planned_wake
             .take()
             .is_some_and(|planned| Instant::now() > planned + self.heartbeat_interval);
+        if let Some(failure) = self.check_handshakes() {
+            self.fail(failure);
+            return true;
+        }
         self.receive_all();
         if late && self.socket.is_some() {
             // Held up ourselves: what the orchestrator sent meanwhile may
@@ -395,6 +426,64 @@ impl Connection {
         })
     }
 
+    /// Reads how the socket's handshakes ended: the failure to stop with,
+    /// when the orchestrator refuses this worker in a way no retry mends.
+    fn check_handshakes(&mut self) -> Option<WorkerError> {
+        let events = self.handshakes.as_ref()?.drain();
+        let endpoint = &self.shared.config.endpoint;
+        let server_key_file = &self.shared.config.curve_server_public_key_file;
+        for event in events {
+            let why = match event.outcome {
+                Handshake::Succeeded => {
+                    self.handshakes_closed = 0;
+                    continue;
+                }
+                Handshake::Refused { status } => {
+                    let key = self.curve.as_ref().map(|c| c.keys.public().to_string());
+                    format!(
+                        "the orchestrator at {endpoint} refused this worker's CURVE key {}                          (ZAP status {status}): add its public key file (NAME.pub) to the                          orchestrator's curve_authorized_keys_dir",
+                        key.unwrap_or_default()
+                    )
+                }
+                Handshake::MechanismMismatch if self.curve.is_some() => format!(
+                    "the orchestrator at {endpoint} does not use CURVE, but this worker has                      curve_server_public_key_file set: turn CURVE on at the orchestrator                      (curve_authorized_keys_dir) or off here"
+                ),
+                Handshake::MechanismMismatch => format!(
+                    "the orchestrator at {endpoint} requires CURVE: set                      curve_server_public_key_file (its public key) and curve_secret_key_file                      (this worker's secret key, from `tasker keygen NAME`)"
+                ),
+                Handshake::Cryptographic => format!(
+                    "the CURVE handshake with {endpoint} failed: {server_key_file}                      (curve_server_public_key_file) is not the orchestrator's public key"
+                ),
+                Handshake::Closed | Handshake::Protocol(_) => {
+                    self.handshakes_closed += 1;
+                    if self.handshakes_closed < HANDSHAKES_CLOSED_LIMIT {
+                        continue;
+                    }
+                    if self.curve.is_some() {
+                        format!(
+                            "the orchestrator at {endpoint} closed {HANDSHAKES_CLOSED_LIMIT}                              CURVE handshakes in a row: either it does not use CURVE, or                              {server_key_file} (curve_server_public_key_file) is not its                              public key"
+                        )
+                    } else {
+                        format!(
+                            "the orchestrator at {endpoint} closed {HANDSHAKES_CLOSED_LIMIT}                              handshakes in a row: it probably requires CURVE (set                              curve_server_public_key_file and curve_secret_key_file)"
+                        )
+                    }
+                }
+            };
+            return Some(WorkerError::Refused(why));
+        }
+        None
+    }
+
+    /// Stops for good: no retry can mend `failure`. Steps held go unanswered
+    /// (the orchestrator counts them lost and runs them again elsewhere).
+    fn fail(&mut self, failure: WorkerError) {
+        tracing::error!(worker_id = %self.shared.worker_id, error = %failure, "worker stops");
+        self.shared.inbox.lock().expect("inbox lock").failure = Some(failure);
+        self.disconnect(false);
+        self.close();
+    }
+
     fn close(&mut self) {
         self.shared.set_state(RuntimeState::Stopped);
         {
@@ -424,6 +513,7 @@ impl Connection {
     /// sent) may go out on the old connection for `linger_ms`, where it
     /// still holds those steps; otherwise (it said goodbye) it is dropped.
     fn disconnect(&mut self, flush: bool) {
+        self.handshakes = None;
         if let Some(socket) = self.socket.take() {
             let linger = if flush {
                 self.shared.config.linger_ms

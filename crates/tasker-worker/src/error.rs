@@ -9,6 +9,12 @@ pub enum WorkerError {
     /// The socket or I/O thread could not be set up.
     #[error("worker set-up failed: {0}")]
     Setup(String),
+    /// The orchestrator refused this worker's connection during the ZeroMQ
+    /// handshake (CURVE key not admitted, CURVE on one side only, wrong
+    /// server key); the message says which and what to change. The worker
+    /// has stopped.
+    #[error("{0}")]
+    Refused(String),
     /// The worker is stopping or stopped: no more steps will come.
     #[error("worker stopped")]
     Stopped,

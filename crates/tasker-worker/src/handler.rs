@@ -321,7 +321,9 @@ impl RunningWorker {
 
     /// Serves until SIGINT (Ctrl-C) or SIGTERM, then drains as
     /// [`join`](Self::join) does, within the config's
-    /// `shutdown_timeout_ms`; true if everything finished in time. For a
+    /// `shutdown_timeout_ms`; true if everything finished in time. Fails
+    /// with [`WorkerError::Refused`] as soon as the orchestrator refuses
+    /// the connection. For a
     /// worker that is its own program. Must not be called inside a tokio
     /// runtime.
     ///
@@ -340,15 +342,31 @@ impl RunningWorker {
             .enable_io()
             .build()
             .map_err(setup)?;
-        signals.block_on(async {
+        let runtime = Arc::clone(&self.runtime);
+        let signalled = signals.block_on(async {
             let mut term = signal(SignalKind::terminate()).map_err(setup)?;
+            // A runtime refused by the orchestrator stops by itself; without
+            // this, its program would wait for a signal that never comes.
+            let closed =
+                tokio::task::spawn_blocking(
+                    move || {
+                        while !runtime.join(Duration::from_secs(3_600)) {}
+                    },
+                );
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => Ok(true),
+                _ = term.recv() => Ok(true),
+                _ = closed => Ok::<_, WorkerError>(false),
             }
-            Ok::<_, WorkerError>(())
-        })?;
-        tracing::info!(worker_id = self.worker_id(), "signal received: draining");
+        });
+        // The blocking wait may still run; it ends when the runtime closes.
+        signals.shutdown_background();
+        if !signalled? {
+            if let Some(failure) = self.runtime.failure() {
+                return Err(failure);
+            }
+        }
+        tracing::info!(worker_id = self.worker_id(), "draining");
         let timeout = self.runtime.shutdown_timeout();
         Ok(self.join(timeout))
     }

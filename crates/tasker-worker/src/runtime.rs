@@ -224,6 +224,9 @@ impl WorkerRuntime {
                 }
                 return Ok(steps);
             }
+            if let Some(failure) = &inbox.failure {
+                return Err(failure.clone());
+            }
             if inbox.stopping || inbox.closed {
                 return Err(WorkerError::Stopped);
             }
@@ -335,6 +338,18 @@ impl WorkerRuntime {
         if !self.shared.driven {
             self.shared.doorbell.ring();
         }
+    }
+
+    /// Why the runtime stopped by itself, if it did: the orchestrator
+    /// refused the connection ([`WorkerError::Refused`]). Blocked and later
+    /// [`next_steps`](Self::next_steps) calls return the same error.
+    pub fn failure(&self) -> Option<WorkerError> {
+        self.shared
+            .inbox
+            .lock()
+            .expect("inbox lock")
+            .failure
+            .clone()
     }
 
     /// How long a stop waits for steps in hand (`shutdown_timeout_ms`).

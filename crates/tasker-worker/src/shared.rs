@@ -70,6 +70,9 @@ pub(crate) struct Inbox {
     pub in_hand: HashSet<StepRef>,
     pub stopping: bool,
     pub closed: bool,
+    /// Why the connection ended on its own, if it did (see
+    /// [`WorkerError::Refused`](crate::WorkerError::Refused)).
+    pub failure: Option<crate::WorkerError>,
     pub wakes: u64,
     /// Steps the host will never see, to give back in a drain message.
     pub returned: Vec<StepRef>,

@@ -27,6 +27,7 @@ mod results;
 mod schedule;
 mod steps;
 mod unclaimed;
+mod zap;
 
 use std::collections::HashSet;
 use std::sync::{mpsc, Arc};
@@ -41,6 +42,7 @@ use tasker_protocol::{
     StepExecutionResult, StepId, StepRef, StepStatus, Welcome, WorkerHello, WorkerMessage,
     MAX_JSON_DEPTH, PROTOCOL_VERSION,
 };
+use tasker_transport::monitor::HandshakeMonitor;
 use tasker_transport::{earliest, poll_timeout, send_message, Doorbell, SendError};
 use tokio::sync::{mpsc as tokio_mpsc, oneshot, watch, Semaphore};
 
@@ -51,6 +53,7 @@ use limiter::Limiter;
 use registry::{ConnId, Registry, RoutingId};
 use steps::{BatchSink, Ended, StepState, StepTable};
 use unclaimed::Unclaimed;
+pub(crate) use zap::Zap;
 
 /// Results produced by the orchestrator itself carry this worker id.
 const ORCHESTRATOR_ID: &str = "orchestrator";
@@ -92,6 +95,16 @@ pub(crate) enum Command {
     InjectFault,
 }
 
+/// The ZeroMQ sockets the I/O thread owns, with their context.
+pub(crate) struct Sockets {
+    pub socket: zmq::Socket,
+    /// How each connection's handshake ended.
+    pub handshakes: HandshakeMonitor,
+    /// Present when CURVE is on.
+    pub zap: Option<Zap>,
+    pub context: zmq::Context,
+}
+
 /// What the I/O thread shares with the executor handle.
 pub(crate) struct Channels {
     pub doorbell: Arc<Doorbell>,
@@ -124,8 +137,10 @@ pub(crate) struct Dispatcher {
     /// taken for a step of another orchestrator that reused its step id:
     /// new each start, unless a store keeps it (and never reuses step ids).
     orchestrator_id: String,
-    // Field order matters: the socket must close before the context.
+    // Field order matters: the sockets must close before the context.
     socket: zmq::Socket,
+    handshakes: HandshakeMonitor,
+    zap: Option<Zap>,
     _context: zmq::Context,
     channels: Channels,
 
@@ -148,8 +163,7 @@ impl Dispatcher {
     pub(crate) fn new(
         config: TaskerConfig,
         orchestrator_id: String,
-        context: zmq::Context,
-        socket: zmq::Socket,
+        sockets: Sockets,
         channels: Channels,
         input_held: bool,
     ) -> Self {
@@ -160,8 +174,10 @@ impl Dispatcher {
             next_heartbeat: now + config.heartbeat_interval(),
             registry: Registry::new(config.max_workers),
             config,
-            socket,
-            _context: context,
+            socket: sockets.socket,
+            handshakes: sockets.handshakes,
+            zap: sockets.zap,
+            _context: sockets.context,
             channels,
             steps: StepTable::default(),
             unclaimed: Unclaimed::default(),
@@ -177,7 +193,7 @@ impl Dispatcher {
         let stopped = loop {
             let wake_at = earliest(Some(self.next_heartbeat), self.steps.next_deadline());
             let wake_at = earliest(wake_at, self.shutdown.as_ref().map(|s| s.deadline));
-            let (socket_ready, bell_rang) = {
+            let (socket_ready, bell_rang, handshakes, zap_asks) = {
                 let events = if self.input_held {
                     zmq::PollEvents::empty()
                 } else {
@@ -186,15 +202,43 @@ impl Dispatcher {
                 let mut items = [
                     self.socket.as_poll_item(events),
                     zmq::PollItem::from_fd(self.channels.doorbell.fd(), zmq::POLLIN),
+                    self.handshakes.poll_item(),
+                    match &self.zap {
+                        Some(zap) => zap.poll_item(),
+                        None => zmq::PollItem::from_fd(-1, zmq::PollEvents::empty()),
+                    },
                 ];
-                match zmq::poll(&mut items, poll_timeout(wake_at)) {
-                    Ok(_) => (items[0].is_readable(), items[1].is_readable()),
-                    Err(zmq::Error::EINTR) => (false, false),
+                let polled = if self.zap.is_some() { 4 } else { 3 };
+                match zmq::poll(&mut items[..polled], poll_timeout(wake_at)) {
+                    Ok(_) => (
+                        items[0].is_readable(),
+                        items[1].is_readable(),
+                        items[2].is_readable(),
+                        items[3].is_readable(),
+                    ),
+                    Err(zmq::Error::EINTR) => (false, false, false, false),
                     Err(e) => break Some(format!("polling the socket failed: {e}")),
                 }
             };
             if bell_rang {
                 self.channels.doorbell.drain();
+            }
+            // Answered even while input is held: a worker waiting in its
+            // handshake would otherwise wait for nothing.
+            if zap_asks {
+                if let Some(zap) = &mut self.zap {
+                    zap.serve(&self.channels.metrics);
+                }
+            }
+            if handshakes {
+                for event in self.handshakes.drain() {
+                    zap::log_handshake(
+                        &event,
+                        self.zap.is_some(),
+                        &mut self.warnings,
+                        &self.channels.metrics,
+                    );
+                }
             }
             // Commands are cheap to check and the doorbell may have been
             // drained by an earlier pass, so look every time.

@@ -1,0 +1,122 @@
+//! How each connection's ZMTP handshake ended, from ZeroMQ's socket
+//! monitor: the only place a refused CURVE handshake shows at all. Without
+//! it, a worker whose key is not admitted (or that speaks plaintext to a
+//! CURVE orchestrator) would see nothing but silence, and wait forever.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const EVENT_HANDSHAKE_FAILED_NO_DETAIL: u16 = 0x0800;
+const EVENT_HANDSHAKE_SUCCEEDED: u16 = 0x1000;
+const EVENT_HANDSHAKE_FAILED_PROTOCOL: u16 = 0x2000;
+const EVENT_HANDSHAKE_FAILED_AUTH: u16 = 0x4000;
+const PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: u32 = 0x1100_0001;
+const PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: u32 = 0x1100_0002;
+
+/// How one connection's handshake ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handshake {
+    /// Both sides agreed; messages may flow.
+    Succeeded,
+    /// The server's ZAP handler refused the client (its CURVE key is not
+    /// admitted); `status` is the ZAP status code (400 for "not allowed").
+    Refused {
+        /// The ZAP status code.
+        status: u32,
+    },
+    /// One side speaks CURVE and the other plaintext.
+    MechanismMismatch,
+    /// A CURVE box did not open: the client holds a server key that is not
+    /// the server's, or the bytes were tampered with.
+    Cryptographic,
+    /// Another ZMTP protocol error (its `ZMQ_PROTOCOL_ERROR_*` code).
+    Protocol(u32),
+    /// The peer closed the connection during the handshake without saying
+    /// why: it refused our mechanism or our keys, or went away.
+    Closed,
+}
+
+impl Handshake {
+    /// Whether this is a failure.
+    pub fn failed(&self) -> bool {
+        *self != Handshake::Succeeded
+    }
+}
+
+/// A handshake outcome and the peer it was with, as ZeroMQ names it (the
+/// remote address on a bound socket, the endpoint on a connected one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeEvent {
+    /// How it ended.
+    pub outcome: Handshake,
+    /// The address.
+    pub peer: String,
+}
+
+/// Watches one socket's handshakes; read it with [`drain`](Self::drain)
+/// when its [`poll_item`](Self::poll_item) is readable (or on any turn).
+pub struct HandshakeMonitor {
+    socket: zmq::Socket,
+}
+
+impl HandshakeMonitor {
+    /// Starts monitoring `socket`, which must live in `context`. Call before
+    /// it binds or connects, so no handshake goes unseen.
+    pub fn attach(context: &zmq::Context, socket: &zmq::Socket) -> zmq::Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let address = format!(
+            "inproc://tasker-handshakes-{}",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let events = EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | EVENT_HANDSHAKE_SUCCEEDED
+            | EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | EVENT_HANDSHAKE_FAILED_AUTH;
+        socket.monitor(&address, i32::from(events))?;
+        let monitor = context.socket(zmq::PAIR)?;
+        monitor.set_linger(0)?;
+        // ZeroMQ drops events while nothing is connected: connect at once.
+        monitor.connect(&address)?;
+        Ok(Self { socket: monitor })
+    }
+
+    /// For `zmq::poll`: readable when events are waiting.
+    pub fn poll_item(&self) -> zmq::PollItem<'_> {
+        self.socket.as_poll_item(zmq::POLLIN)
+    }
+
+    /// Every event waiting now; never blocks.
+    pub fn drain(&self) -> Vec<HandshakeEvent> {
+        let mut events = Vec::new();
+        while let Ok(frames) = self.socket.recv_multipart(zmq::DONTWAIT) {
+            if let Some(event) = parse(&frames) {
+                events.push(event);
+            }
+        }
+        events
+    }
+}
+
+fn parse(frames: &[Vec<u8>]) -> Option<HandshakeEvent> {
+    let head = frames.first()?;
+    if head.len() < 6 {
+        return None;
+    }
+    let event = u16::from_ne_bytes([head[0], head[1]]);
+    let value = u32::from_ne_bytes([head[2], head[3], head[4], head[5]]);
+    let outcome = match event {
+        EVENT_HANDSHAKE_SUCCEEDED => Handshake::Succeeded,
+        EVENT_HANDSHAKE_FAILED_AUTH => Handshake::Refused { status: value },
+        EVENT_HANDSHAKE_FAILED_PROTOCOL => match value {
+            PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH => Handshake::MechanismMismatch,
+            PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC => Handshake::Cryptographic,
+            code => Handshake::Protocol(code),
+        },
+        EVENT_HANDSHAKE_FAILED_NO_DETAIL => Handshake::Closed,
+        _ => return None,
+    };
+    let peer = frames
+        .get(1)
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .unwrap_or_default();
+    Some(HandshakeEvent { outcome, peer })
+}
