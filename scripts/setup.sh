@@ -13,7 +13,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok instal
 want() { installed "$1" || need_apt+=("$1"); }
 # Tools count by command, libraries by package.
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)   # zmq-sys builds libzmq from C++ source
-command -v make >/dev/null 2>&1 || need_apt+=(make)
+command -v make >/dev/null 2>&1 || need_apt+=(make)   # and libsodium, for CURVE (vendor/zmq-sys)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # The Ruby binding: Ruby with headers, and libclang for rb-sys's bindgen.

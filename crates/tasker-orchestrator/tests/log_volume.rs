@@ -58,7 +58,7 @@ async fn logged_during<F: std::future::Future<Output = ()>>(f: F) -> (usize, usi
 // Both scenarios run in one test: the capture is process-wide, and tests
 // in one binary run in parallel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h8_h10_bad_input_is_quoted_briefly_and_floods_do_not_flood_the_log() {
+async fn h8_h10_h11_bad_input_is_quoted_briefly_and_floods_do_not_flood_the_log() {
     let executor = start(&TaskerConfig {
         max_message_bytes: 8 << 20,
         ..config()
@@ -114,6 +114,49 @@ async fn h8_h10_bad_input_is_quoted_briefly_and_floods_do_not_flood_the_log() {
             .take(5)
             .collect::<Vec<_>>()
             .join("\n")
+    );
+    executor.shutdown(LONG).await;
+
+    // h11: under CURVE, 300 connections each with a new unlisted key, and
+    // 300 plaintext ones: every one is refused, and the log says so in a
+    // bounded number of lines, not one per connection.
+    let keys = tempfile::tempdir().unwrap();
+    let server = tasker_transport::curve::KeyPair::generate().unwrap();
+    server.write(keys.path(), "orchestrator").unwrap();
+    std::fs::create_dir(keys.path().join("authorized")).unwrap();
+    let executor = start(&TaskerConfig {
+        curve_secret_key_file: keys.path().join("orchestrator.key").display().to_string(),
+        curve_authorized_keys_dir: keys.path().join("authorized").display().to_string(),
+        ..config()
+    });
+    let (_, lines) = logged_during(async {
+        let context = zmq::Context::new();
+        let mut sockets = Vec::new();
+        for i in 0..600 {
+            let socket = context.socket(zmq::DEALER).unwrap();
+            socket.set_linger(0).unwrap();
+            if i % 2 == 0 {
+                let me = tasker_transport::curve::KeyPair::generate().unwrap();
+                socket
+                    .set_curve_serverkey(server.public().as_bytes())
+                    .unwrap();
+                socket.set_curve_publickey(me.public().as_bytes()).unwrap();
+                socket.set_curve_secretkey(&me.secret_bytes()).unwrap();
+            }
+            socket.connect(executor.endpoint()).unwrap();
+            sockets.push(socket);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(sockets);
+    })
+    .await;
+    let metrics = executor.metrics();
+    assert!(metrics.keys_refused >= 300, "{metrics:?}");
+    assert!(metrics.handshakes_failed >= 300, "{metrics:?}");
+    assert!(executor.workers().await.is_empty());
+    assert!(
+        lines < 120,
+        "600 refused connections wrote {lines} log lines"
     );
     executor.shutdown(LONG).await;
 }

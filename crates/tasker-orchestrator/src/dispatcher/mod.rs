@@ -227,7 +227,7 @@ impl Dispatcher {
             // handshake would otherwise wait for nothing.
             if zap_asks {
                 if let Some(zap) = &mut self.zap {
-                    zap.serve(&self.channels.metrics);
+                    zap.serve(&self.channels.metrics, &mut self.warnings);
                 }
             }
             if handshakes {

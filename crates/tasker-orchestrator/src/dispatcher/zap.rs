@@ -47,9 +47,9 @@ impl Zap {
     }
 
     /// Answers every request waiting; never blocks.
-    pub fn serve(&mut self, metrics: &Metrics) {
+    pub fn serve(&mut self, metrics: &Metrics, limiter: &mut Limiter) {
         while let Ok(request) = self.socket.recv_multipart(zmq::DONTWAIT) {
-            let reply = self.decide(&request, metrics);
+            let reply = self.decide(&request, metrics, limiter);
             // A REP socket must answer before it can read the next request.
             if let Err(e) = self.socket.send_multipart(reply, 0) {
                 tracing::error!(error = %e, "cannot answer a ZAP request");
@@ -59,7 +59,12 @@ impl Zap {
 
     /// The reply to one request: `[version, request_id, status, text,
     /// user_id, metadata]`.
-    fn decide(&mut self, request: &[Vec<u8>], metrics: &Metrics) -> [Vec<u8>; 6] {
+    fn decide(
+        &mut self,
+        request: &[Vec<u8>],
+        metrics: &Metrics,
+        limiter: &mut Limiter,
+    ) -> [Vec<u8>; 6] {
         let request_id = request.get(1).cloned().unwrap_or_default();
         let reply = |status: &str, text: &str, user: &str| {
             [
@@ -88,8 +93,13 @@ impl Zap {
             return reply("200", "OK", &name);
         }
         Metrics::add(&metrics.keys_refused, 1);
-        if self.logged.len() < LOGGED_KEYS_CAP && self.logged.insert(key) {
-            let address = String::from_utf8_lossy(&request[3]);
+        // Once per key, and within the warning budget: a client minting a
+        // new key per connection must not write a line per connection.
+        let address = String::from_utf8_lossy(&request[3]);
+        if self.logged.len() < LOGGED_KEYS_CAP
+            && self.logged.insert(key)
+            && limiter.allow(address.as_bytes())
+        {
             tracing::warn!(
                 key = %key,
                 address = %tasker_protocol::codec::truncate(&address, 64),
