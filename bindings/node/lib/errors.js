@@ -51,6 +51,18 @@ class PermanentError extends TaskerError {
  */
 class ConfigError extends TaskerError {}
 
+/** The worker runtime could not start, or failed while running. */
+class WorkerError extends TaskerError {}
+
+/**
+ * The orchestrator refused this worker's connection in the handshake: its
+ * CURVE key is not in the orchestrator's `curve_authorized_keys_dir`, the
+ * orchestrator requires CURVE and the worker has none, or the other way
+ * round. The message says which and what to change; no retry would help,
+ * so the worker has stopped, and `Worker#run()` rejects with this.
+ */
+class WorkerRefused extends WorkerError {}
+
 // ---- Errors of the HTTP client (`Client`, lib/client.js) ----------------
 //
 // protocol/CLIENT.md §4: the last segment of a problem document's `type`
@@ -170,11 +182,18 @@ class ApiError extends ClientError {}
  */
 const errorTypes = Object.freeze({ ...native.errorTypes });
 
+/** The class of each `code` the native module gives its errors (src/errors.rs). */
+const NATIVE_CLASSES = new Map([
+  [native.CONFIG_ERROR_CODE, ConfigError],
+  [native.WORKER_ERROR_CODE, WorkerError],
+  [native.WORKER_REFUSED_CODE, WorkerRefused],
+]);
+
 /** The error of this package for an error thrown by the native module, keeping its message. */
 function fromNative(error) {
   if (error instanceof TaskerError) return error;
   const message = error && error.message ? error.message : String(error);
-  const Class = error && error.code === native.CONFIG_ERROR_CODE ? ConfigError : TaskerError;
+  const Class = (error && NATIVE_CLASSES.get(error.code)) || TaskerError;
   return new Class(message, { cause: error });
 }
 
@@ -183,6 +202,8 @@ module.exports = {
   RetryableError,
   PermanentError,
   ConfigError,
+  WorkerError,
+  WorkerRefused,
   errorTypes,
   fromNative,
   ClientError,

@@ -63,6 +63,12 @@ export interface Config {
   apiTokensFile: string;
   /** Answer without tokens on a non-loopback `apiListen` (serve only; a trusted network). */
   apiTrustedNetwork: boolean;
+  /** This side's CURVE secret key file (`NAME.key` from `tasker keygen NAME`); empty: none. */
+  curveSecretKeyFile: string;
+  /** Workers: the orchestrator's CURVE public key file (`NAME.pub`); setting it connects with CURVE. */
+  curveServerPublicKeyFile: string;
+  /** Orchestrator: a folder of admitted workers' `*.pub` files; setting it turns CURVE on (orchestrator only). */
+  curveAuthorizedKeysDir: string;
 }
 
 /** Config keys that replace those of the file and the environment; `undefined` keeps the loaded value. */
@@ -104,8 +110,23 @@ export declare class PermanentError extends TaskerError {
   retryable: false;
 }
 
-/** A configuration that does not resolve; the message names the key, variable, value or file. */
+/**
+ * A configuration that does not resolve, or options the runtime refuses (a
+ * missing or garbled CURVE key file); the message names the key, variable,
+ * value or file.
+ */
 export declare class ConfigError extends TaskerError {}
+
+/** The worker runtime could not start, or failed while running. */
+export declare class WorkerError extends TaskerError {}
+
+/**
+ * The orchestrator refused this worker's connection in the handshake (its
+ * CURVE key not admitted, CURVE on one side only, a wrong server key); the
+ * message says which and what to change. `Worker#run()` rejects with it and
+ * the worker has stopped.
+ */
+export declare class WorkerRefused extends WorkerError {}
 
 /** Receives the runtime's log records. */
 export type LogFunction = (entry: LogEntry) => void;
@@ -161,7 +182,10 @@ export declare class Worker {
   readonly capacity: number;
   /** Registers the handler of steps whose `handlerClass` is `name`. */
   handle<T>(name: string, fn: Handler<T>): this;
-  /** Serves steps; resolves after stop() (or SIGINT/SIGTERM) has drained. */
+  /**
+   * Serves steps; resolves after stop() (or SIGINT/SIGTERM) has drained.
+   * Rejects with WorkerRefused when the orchestrator refuses the connection.
+   */
   run(): Promise<void>;
   /** Drains gracefully; resolves when done (see README for calls inside handlers). */
   stop(): Promise<void>;

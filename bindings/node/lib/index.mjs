@@ -8,6 +8,8 @@ export const {
   RetryableError,
   PermanentError,
   ConfigError,
+  WorkerError,
+  WorkerRefused,
   errorTypes,
   setLogger,
   setLogLevel,

@@ -134,6 +134,8 @@ class Worker {
     this._flushEvery = 1;
     this._waiters = []; // stop() calls made inside handlers
     this._signalListener = null;
+    // What the worker stopped with by itself (a WorkerRefused), for run().
+    this._refusal = null;
     this._closedPromise = new Promise((resolve) => {
       this._resolveClosed = resolve;
     });
@@ -177,7 +179,9 @@ class Worker {
 
   /**
    * Connects and serves steps. Resolves once the worker has stopped
-   * (`stop()`, SIGINT or SIGTERM) and drained.
+   * (`stop()`, SIGINT or SIGTERM) and drained; rejects with WorkerRefused
+   * as soon as the orchestrator refuses the connection (a CURVE key it does
+   * not admit, CURVE on one side only), which no retry would mend.
    */
   async run() {
     if (this._state !== "idle") {
@@ -199,7 +203,9 @@ class Worker {
     this._flushEvery = this._native.flushEvery;
     this._state = "running";
     this._installSignals();
-    return this._closedPromise;
+    return this._closedPromise.then(() => {
+      if (this._refusal !== null) throw this._refusal;
+    });
   }
 
   /**
@@ -351,6 +357,12 @@ class Worker {
   }
 
   _closed() {
+    try {
+      // Throws when the runtime stopped by itself: the orchestrator refused it.
+      this._native.checkFailure();
+    } catch (error) {
+      this._refusal = fromNative(error);
+    }
     this._flush();
     this._state = "stopped";
     this._removeSignals();

@@ -2,9 +2,12 @@
 //!
 //! Every error leaves as a JavaScript `Error` whose message is the Rust
 //! error's, unchanged. Its `code` tells the package which class to throw:
-//! [`CONFIG_ERROR_CODE`] for a configuration that does not resolve
-//! (`ConfigError` in `lib/errors.js`), a Node-API status (`InvalidArg`) for
-//! everything else (`TaskerError`).
+//! [`CONFIG_ERROR_CODE`] for a configuration that does not resolve or
+//! options the runtime refuses (`ConfigError` in `lib/errors.js`),
+//! [`WORKER_REFUSED_CODE`] when the orchestrator refused the connection
+//! (`WorkerRefused`), [`WORKER_ERROR_CODE`] for any other failure of the
+//! runtime (`WorkerError`), a Node-API status (`InvalidArg`) for everything
+//! else (`TaskerError`).
 //!
 //! The `error_type` values are exported as the namespace `errorTypes`
 //! (`errorTypes.UNKNOWN_HANDLER`, ...): those of the protocol
@@ -23,11 +26,26 @@ use crate::uv;
 #[napi]
 pub const CONFIG_ERROR_CODE: &str = "TaskerConfigError";
 
+/// `code` of the error thrown when the worker runtime could not start or
+/// failed.
+#[napi]
+pub const WORKER_ERROR_CODE: &str = "TaskerWorkerError";
+
+/// `code` of the error the worker stops with when the orchestrator refused
+/// its connection in the handshake (CURVE key not admitted, CURVE on one
+/// side only, a wrong server key).
+#[napi]
+pub const WORKER_REFUSED_CODE: &str = "TaskerWorkerRefused";
+
 /// The `code` of a thrown error (see the module docs).
 #[derive(Debug, Clone, Copy)]
 pub enum ErrorCode {
     /// [`CONFIG_ERROR_CODE`].
     Config,
+    /// [`WORKER_ERROR_CODE`].
+    Worker,
+    /// [`WORKER_REFUSED_CODE`].
+    Refused,
     /// Any other failure, with the Node-API status it is thrown as.
     Status(Status),
 }
@@ -36,6 +54,8 @@ impl AsRef<str> for ErrorCode {
     fn as_ref(&self) -> &str {
         match self {
             Self::Config => CONFIG_ERROR_CODE,
+            Self::Worker => WORKER_ERROR_CODE,
+            Self::Refused => WORKER_REFUSED_CODE,
             Self::Status(status) => status.as_ref(),
         }
     }
@@ -65,7 +85,11 @@ pub enum BindingError {
 impl From<BindingError> for napi::Error<ErrorCode> {
     fn from(e: BindingError) -> Self {
         let code = match &e {
-            BindingError::Config(_) => ErrorCode::Config,
+            BindingError::Config(_) | BindingError::Worker(WorkerError::InvalidOptions(_)) => {
+                ErrorCode::Config
+            }
+            BindingError::Worker(WorkerError::Refused(_)) => ErrorCode::Refused,
+            BindingError::Worker(_) | BindingError::EventLoop(_) => ErrorCode::Worker,
             BindingError::Napi(e) => ErrorCode::Status(e.status),
             _ => ErrorCode::Status(Status::InvalidArg),
         };

@@ -14,9 +14,10 @@
 //! `max_json_depth`, no lone surrogate escape, which `JSON.stringify` writes
 //! for a string cut mid-character), and fails the step as
 //! `SerializationError` otherwise. When the runtime has drained and said
-//! goodbye, `null` is delivered, the thread-safe function released and the
-//! libuv handles closed, so nothing of the worker keeps the event loop
-//! alive.
+//! goodbye, or stopped by itself because the orchestrator refused the
+//! connection ([`NativeWorker::check_failure`] then throws why), `null` is
+//! delivered, the thread-safe function released and the libuv handles
+//! closed, so nothing of the worker keeps the event loop alive.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -160,6 +161,18 @@ impl NativeWorker {
         Ok(())
     }
 
+    /// Throws the error the worker stopped with by itself, if it did: the
+    /// orchestrator refused the connection (code `WORKER_REFUSED_CODE`).
+    /// `onSteps(null)` follows such a stop as any other; the JavaScript
+    /// layer calls this then.
+    #[napi]
+    pub fn check_failure(&self) -> Result<()> {
+        match self.runtime.failure() {
+            Some(failure) => Err(BindingError::from(failure).into()),
+            None => Ok(()),
+        }
+    }
+
     /// Begins a graceful stop and returns at once: unstarted steps go back to
     /// the orchestrator, steps in hand are awaited (up to
     /// `shutdownTimeoutMs`), then the worker says goodbye and `onSteps(null)`
@@ -201,7 +214,9 @@ impl Delivery {
                 Ok(steps) if steps.is_empty() => return,
                 Ok(steps) => hand_over(runtime, on_steps, steps),
                 Err(_) if runtime.state() == RuntimeState::Stopped => {
-                    // Drained and said goodbye: `null` means "fully stopped".
+                    // Drained and said goodbye, or refused by the
+                    // orchestrator (`check_failure` says): `null` means
+                    // "fully stopped".
                     on_steps.call(None, ThreadsafeFunctionCallMode::NonBlocking);
                     // Dropping the function releases it: once its queue is
                     // delivered it no longer holds the event loop.

@@ -1,5 +1,5 @@
 // The ES-module view of the declarations (the "import" condition).
-import { Worker, RetryableError } from "tasker-core";
+import { Worker, RetryableError, WorkerError, WorkerRefused } from "tasker-core";
 import type { Step } from "tasker-core";
 
 const worker = new Worker({ capacity: 2 });
@@ -10,6 +10,8 @@ worker.handle("esm", async (step: Step): Promise<{ id: number }> => {
 // @ts-expect-error run() returns a Promise, not a number
 const n: number = worker.run();
 void n;
+const refused: WorkerError = new WorkerRefused("the orchestrator at tcp://... requires CURVE");
+void refused;
 
 // The client through the ES-module view.
 import { Client, TaskNotFound, ClientError } from "tasker-core";

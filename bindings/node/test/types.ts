@@ -41,6 +41,16 @@ new Worker({ capcity: 3 });
 new Worker({ submitPolicy: "never" });
 
 const marks: ConfigOptions = { sendHwm: 1000, recvHwm: 1000, submitPolicy: "reject" };
+
+// CURVE: the keys are config keys (options, TASKER_CURVE_*), and a refusal is a WorkerError.
+import { WorkerError, WorkerRefused } from "tasker-core";
+const curve: WorkerOptions = { curveSecretKeyFile: "keys/worker.key", curveServerPublicKeyFile: "keys/orchestrator.pub" };
+const curveKeys: Pick<Config, "curveSecretKeyFile" | "curveServerPublicKeyFile" | "curveAuthorizedKeysDir"> = loadConfig();
+const refusal: WorkerError = new WorkerRefused("refused");
+const refusalBase: TaskerError = refusal;
+// @ts-expect-error key files are paths (strings)
+new Worker({ curveSecretKeyFile: 1 });
+void [curve, curveKeys, refusalBase];
 const unknownHandler: string = errorTypes.UNKNOWN_HANDLER;
 const configError: TaskerError = new ConfigError("bad key");
 

@@ -24,7 +24,15 @@ create_exception!(
     _native,
     WorkerError,
     TaskerError,
-    "The worker runtime could not start or was used wrongly."
+    "The worker runtime could not start, failed, or was used wrongly."
+);
+create_exception!(
+    _native,
+    WorkerRefused,
+    WorkerError,
+    "The orchestrator refused this worker's connection in the handshake (its CURVE key \
+     not admitted, CURVE on one side only, a wrong server key); the message says which \
+     and what to change. The worker has stopped."
 );
 
 /// A configuration error, with the Rust message unchanged.
@@ -32,10 +40,12 @@ pub fn config(e: tasker_config::ConfigError) -> PyErr {
     ConfigError::new_err(e.to_string())
 }
 
-/// A runtime error: bad options are a `ConfigError`, the rest `WorkerError`.
+/// A runtime error: bad options are a `ConfigError`, a refusal by the
+/// orchestrator `WorkerRefused`, the rest `WorkerError`.
 pub fn worker(e: tasker_worker::WorkerError) -> PyErr {
     match e {
         tasker_worker::WorkerError::InvalidOptions(_) => ConfigError::new_err(e.to_string()),
+        tasker_worker::WorkerError::Refused(_) => WorkerRefused::new_err(e.to_string()),
         _ => WorkerError::new_err(e.to_string()),
     }
 }
@@ -56,6 +66,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TaskerError", py.get_type::<TaskerError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("WorkerError", py.get_type::<WorkerError>())?;
+    m.add("WorkerRefused", py.get_type::<WorkerRefused>())?;
     let all = PyDict::new(py);
     // Every constant of `tasker_protocol::error_types`, by its Rust name:
     // the module attributes `UNKNOWN_HANDLER`, ... and the mapping.

@@ -35,7 +35,7 @@ pub struct PyWorkerRuntime {
 }
 
 impl PyWorkerRuntime {
-    fn failure(
+    fn failed_result(
         &self,
         step: &Step,
         error_type: String,
@@ -129,11 +129,22 @@ impl PyWorkerRuntime {
         self.inner.in_hand()
     }
 
+    /// Why the runtime stopped by itself, if it did: a `WorkerRefused`
+    /// (the orchestrator refused the connection in the handshake), which
+    /// `next_steps` raises too; `None` otherwise.
+    #[getter]
+    fn failure(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner
+            .failure()
+            .map(|e| errors::worker(e).into_value(py).into_any())
+    }
+
     /// Waits (GIL released) for up to `max` steps.
     ///
     /// Returns a list of `Step` as soon as one is there; an empty list when
     /// `timeout` seconds pass; `None` once the runtime is stopping and holds
-    /// no more undelivered steps. Python signals end the wait.
+    /// no more undelivered steps; raises `WorkerRefused` once the
+    /// orchestrator has refused the connection. Python signals end the wait.
     #[pyo3(signature = (max, timeout=None))]
     fn next_steps<'py>(
         &self,
@@ -187,7 +198,7 @@ impl PyWorkerRuntime {
                     self.inner.worker_id(),
                     elapsed_ms(elapsed),
                 ),
-                Err(e) => self.failure(
+                Err(e) => self.failed_result(
                     step,
                     error_types::SERIALIZATION_ERROR.into(),
                     format!("handler output is not JSON-serialisable: {e}"),
@@ -216,7 +227,7 @@ impl PyWorkerRuntime {
         backtrace: Vec<Bound<'_, PyString>>,
         elapsed: f64,
     ) {
-        let result = self.failure(
+        let result = self.failed_result(
             step.get(),
             well_formed(error_type),
             well_formed(message),

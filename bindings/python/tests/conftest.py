@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from tasker_core import Worker
+from tasker_core import Worker, WorkerRefused
 
 ROOT = Path(__file__).resolve().parents[3]
 # The orchestrator runs the config's `test` section (heartbeat 200 ms,
@@ -112,12 +112,19 @@ class WorkerProcess:
     """A Python worker process running `script` (tests/worker_script.py
     unless told otherwise)."""
 
-    def __init__(self, endpoint: str, *args: str, script: Path = WORKER_SCRIPT) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *args: str,
+        script: Path = WORKER_SCRIPT,
+        env: Optional[Dict[str, str]] = None,
+    ) -> None:
         env = dict(
             os.environ,
             TASKER_ENDPOINT=endpoint,
             TASKER_HEARTBEAT_INTERVAL_MS=str(HEARTBEAT_MS),
             PYTHONUNBUFFERED="1",
+            **(env or {}),
         )
         self.proc = subprocess.Popen(
             [sys.executable, str(script), *args],
@@ -204,17 +211,27 @@ def make_worker() -> Iterator[Any]:
     for worker in workers:
         worker.stop()
     for worker in workers:
-        assert worker.join(15), f"{worker!r} did not stop"
+        try:
+            stopped = worker.join(15)
+        except WorkerRefused:  # the refusal was the test's to check
+            stopped = True
+        assert stopped, f"{worker!r} did not stop"
 
 
 @pytest.fixture
 def worker_process() -> Iterator[Any]:
-    """Factory: worker_process(endpoint, *args, script=WORKER_SCRIPT) ->
-    WorkerProcess; killed at teardown."""
+    """Factory: worker_process(endpoint, *args, script=WORKER_SCRIPT,
+    env=None) -> WorkerProcess (`env`: more environment variables for the
+    worker); killed at teardown."""
     procs: List[WorkerProcess] = []
 
-    def start(endpoint: str, *args: str, script: Path = WORKER_SCRIPT) -> WorkerProcess:
-        proc = WorkerProcess(endpoint, *args, script=script)
+    def start(
+        endpoint: str,
+        *args: str,
+        script: Path = WORKER_SCRIPT,
+        env: Optional[Dict[str, str]] = None,
+    ) -> WorkerProcess:
+        proc = WorkerProcess(endpoint, *args, script=script, env=env)
         procs.append(proc)
         return proc
 

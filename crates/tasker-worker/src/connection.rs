@@ -441,18 +441,25 @@ impl Connection {
                 Handshake::Refused { status } => {
                     let key = self.curve.as_ref().map(|c| c.keys.public().to_string());
                     format!(
-                        "the orchestrator at {endpoint} refused this worker's CURVE key {}                          (ZAP status {status}): add its public key file (NAME.pub) to the                          orchestrator's curve_authorized_keys_dir",
+                        "the orchestrator at {endpoint} refused this worker's CURVE key {} \
+                         (ZAP status {status}): add its public key file (NAME.pub) to the \
+                         orchestrator's curve_authorized_keys_dir",
                         key.unwrap_or_default()
                     )
                 }
                 Handshake::MechanismMismatch if self.curve.is_some() => format!(
-                    "the orchestrator at {endpoint} does not use CURVE, but this worker has                      curve_server_public_key_file set: turn CURVE on at the orchestrator                      (curve_authorized_keys_dir) or off here"
+                    "the orchestrator at {endpoint} does not use CURVE, but this worker has \
+                     curve_server_public_key_file set: turn CURVE on at the orchestrator \
+                     (curve_authorized_keys_dir) or off here"
                 ),
                 Handshake::MechanismMismatch => format!(
-                    "the orchestrator at {endpoint} requires CURVE: set                      curve_server_public_key_file (its public key) and curve_secret_key_file                      (this worker's secret key, from `tasker keygen NAME`)"
+                    "the orchestrator at {endpoint} requires CURVE: set \
+                     curve_server_public_key_file (its public key) and curve_secret_key_file \
+                     (this worker's secret key, from `tasker keygen NAME`)"
                 ),
                 Handshake::Cryptographic => format!(
-                    "the CURVE handshake with {endpoint} failed: {server_key_file}                      (curve_server_public_key_file) is not the orchestrator's public key"
+                    "the CURVE handshake with {endpoint} failed: {server_key_file} \
+                     (curve_server_public_key_file) is not the orchestrator's public key"
                 ),
                 Handshake::Closed | Handshake::Protocol(_) => {
                     self.handshakes_closed += 1;
@@ -461,11 +468,16 @@ impl Connection {
                     }
                     if self.curve.is_some() {
                         format!(
-                            "the orchestrator at {endpoint} closed {HANDSHAKES_CLOSED_LIMIT}                              CURVE handshakes in a row: either it does not use CURVE, or                              {server_key_file} (curve_server_public_key_file) is not its                              public key"
+                            "the orchestrator at {endpoint} closed {HANDSHAKES_CLOSED_LIMIT} \
+                             CURVE handshakes in a row: either it does not use CURVE, or \
+                             {server_key_file} (curve_server_public_key_file) is not its \
+                             public key"
                         )
                     } else {
                         format!(
-                            "the orchestrator at {endpoint} closed {HANDSHAKES_CLOSED_LIMIT}                              handshakes in a row: it probably requires CURVE (set                              curve_server_public_key_file and curve_secret_key_file)"
+                            "the orchestrator at {endpoint} closed {HANDSHAKES_CLOSED_LIMIT} \
+                             handshakes in a row: it probably requires CURVE (set \
+                             curve_server_public_key_file and curve_secret_key_file)"
                         )
                     }
                 }

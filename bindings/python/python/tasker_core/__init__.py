@@ -64,6 +64,7 @@ from .errors import (
     ValidationError,
     WaitTimeout,
     WorkerError,
+    WorkerRefused,
 )
 from .worker import Handler, Worker
 
@@ -77,6 +78,7 @@ __all__ = [
     "PermanentError",
     "ConfigError",
     "WorkerError",
+    "WorkerRefused",
     "Client",
     "AsyncClient",
     "TaskHandle",

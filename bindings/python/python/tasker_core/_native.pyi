@@ -31,7 +31,13 @@ class ConfigError(TaskerError):
     """The configuration (file, environment variable or keyword) is invalid."""
 
 class WorkerError(TaskerError):
-    """The worker runtime could not start or was used wrongly."""
+    """The worker runtime could not start, failed, or was used wrongly."""
+
+class WorkerRefused(WorkerError):
+    """The orchestrator refused this worker's connection in the handshake
+    (its CURVE key not admitted, CURVE on one side only, a wrong server
+    key); the message says which and what to change. The worker has
+    stopped."""
 
 # -- config: TaskerConfig::resolve
 
@@ -130,9 +136,13 @@ class WorkerRuntime:
         """connecting, connected, draining or stopped."""
     @property
     def in_hand(self) -> int: ...
+    @property
+    def failure(self) -> Optional[WorkerError]:
+        """Why the runtime stopped by itself (a WorkerRefused), else None."""
     def next_steps(self, max: int, timeout: Optional[float] = None) -> Optional[List[Step]]:
         """Waits (GIL released) for up to `max` steps; [] on timeout; None
-        once stopping and empty. ValueError for a negative or NaN timeout."""
+        once stopping and empty; raises WorkerRefused once the orchestrator
+        refused the connection. ValueError for a negative or NaN timeout."""
     def complete_many(self, results: List[Tuple[Step, Any, float]]) -> None:
         """Hands back (step, output, elapsed_seconds) results; an output that
         is not JSON, holds a lone surrogate or nests deeper than the

@@ -7,7 +7,10 @@ derive from :class:`TaskerError`:
   succeed), :class:`PermanentError` as not retryable. Subclass them to report
   your own ``error_type`` (the subclass's name), or pass ``error_type=``.
 * :class:`ConfigError`: a bad configuration file, variable or keyword.
-* :class:`WorkerError`: the native runtime could not start or was misused.
+* :class:`WorkerError`: the native runtime could not start, failed or was
+  misused; :class:`WorkerRefused`, one of them, when the orchestrator refused
+  the connection in the handshake (CURVE: this worker's key not admitted,
+  CURVE on one side only, a wrong server key). ``run()`` raises it.
 * :class:`ClientError` and its subclasses: what a call of
   :class:`~tasker_core.Client` / :class:`~tasker_core.AsyncClient` to
   ``tasker serve``'s HTTP API ended with (``protocol/CLIENT.md`` §4).
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from ._native import ConfigError, TaskerError, WorkerError
+from ._native import ConfigError, TaskerError, WorkerError, WorkerRefused
 
 if TYPE_CHECKING:
     from .client import Task
@@ -30,6 +33,7 @@ __all__ = [
     "TaskerError",
     "ConfigError",
     "WorkerError",
+    "WorkerRefused",
     "HandlerError",
     "RetryableError",
     "PermanentError",

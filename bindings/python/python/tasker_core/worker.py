@@ -150,7 +150,10 @@ class Worker:
       (``heartbeat_interval_ms``, ``shutdown_timeout_ms``, ...) override the
       configuration (file section, then ``TASKER_<KEY>`` variables, then
       these keywords, last wins; ``None`` means not given). The resolution
-      is the one every SDK shares (``TaskerConfig::resolve`` in Rust);
+      is the one every SDK shares (``TaskerConfig::resolve`` in Rust).
+      ``curve_secret_key_file`` (this worker's ``NAME.key`` from ``tasker
+      keygen``) and ``curve_server_public_key_file`` (the orchestrator's
+      ``NAME.pub``) connect with CURVE;
     * ``capacity``: steps held at once (default: ``worker_capacity``);
     * ``threads``: threads running sync handlers, never more than
       ``capacity`` (see the module doc);
@@ -159,7 +162,9 @@ class Worker:
     * ``log_level``: most verbose runtime level forwarded to ``logging``
       (default: the ``tasker_core`` logger's effective level).
 
-    Raises :class:`ConfigError` when the configuration is invalid.
+    Raises :class:`ConfigError` when the configuration is invalid;
+    :meth:`run` raises :class:`~tasker_core.WorkerRefused` when the
+    orchestrator refuses the connection.
     """
 
     def __init__(
@@ -204,6 +209,7 @@ class Worker:
         self._signalled: Optional[int] = None
         self._stopping = False
         self._forced = False
+        self._failure: Optional[BaseException] = None
 
     @classmethod
     def from_config(
@@ -299,6 +305,14 @@ class Worker:
         """Steps pulled and not yet answered."""
         return self._rt.in_hand if self._rt is not None else 0
 
+    @property
+    def failure(self) -> Optional[BaseException]:
+        """Why the worker stopped by itself, once it has: the
+        :class:`~tasker_core.WorkerRefused` the orchestrator's refusal of
+        the connection raised (:meth:`run` and :meth:`join` raise it too);
+        ``None`` otherwise."""
+        return self._failure if self._done.is_set() else None
+
     # -- lifecycle --------------------------------------------------------
 
     def start(self) -> "Worker":
@@ -357,12 +371,19 @@ class Worker:
     def join(self, timeout: Optional[float] = None) -> bool:
         """Waits up to ``timeout`` seconds (None: no limit) for the worker to
         stop; True if it did. Must not be called from a handler (the handler
-        would wait for itself); :meth:`stop` may be."""
+        would wait for itself); :meth:`stop` may be.
+
+        Raises :class:`~tasker_core.WorkerRefused` when the worker stopped
+        because the orchestrator refused its connection (see
+        :attr:`failure`)."""
         if self._rt is None:
             return True
         if threading.current_thread() in self._pumps:
             raise _native.WorkerError("join() called from a handler would wait for itself")
-        return self._done.wait(timeout)
+        done = self._done.wait(timeout)
+        if done and self._failure is not None:
+            raise self._failure
+        return done
 
     def run(self) -> None:
         """Starts (if not yet) and serves until stopped.
@@ -370,6 +391,11 @@ class Worker:
         On the main thread, SIGINT (Ctrl-C) and SIGTERM begin a graceful
         stop; a second signal raises ``KeyboardInterrupt`` without waiting
         for the drain. Returns once the worker has stopped.
+
+        Raises :class:`~tasker_core.WorkerRefused` as soon as the
+        orchestrator refuses the connection (a CURVE key it does not admit,
+        CURVE on one side only, a wrong server key): the message says what
+        to change, and no retry would help.
         """
         previous: Dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
@@ -386,6 +412,8 @@ class Worker:
             # wakes up now and then to let it.
             while not self._done.wait(_SIGNAL_POLL):
                 pass
+            if self._failure is not None:
+                raise self._failure
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -407,7 +435,11 @@ class Worker:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
-        self.join(self._shutdown_bound())
+        if exc_info[0] is None:
+            self.join(self._shutdown_bound())
+        else:
+            # The block's exception goes on, not a refusal behind it.
+            self._done.wait(self._shutdown_bound())
 
     def __repr__(self) -> str:
         return f"<Worker {self.worker_id or '(not started)'} {self.state} handlers={self.handlers}>"
@@ -427,7 +459,15 @@ class Worker:
         perf = time.perf_counter
         flush_after = _FLUSH_AFTER
         while True:
-            steps = rt.next_steps(chunk)
+            try:
+                steps = rt.next_steps(chunk)
+            except TaskerError as exc:
+                # The orchestrator refused the connection (WorkerRefused):
+                # the runtime has stopped by itself; run() and join() raise it.
+                if self._failure is None:
+                    self._failure = exc
+                rt.stop()
+                return
             if steps is None:
                 return
             if runner is not None:
@@ -491,6 +531,8 @@ class Worker:
         # or shutdown_timeout_ms passed with a handler still running.
         while not rt.join(None):
             pass
+        if self._failure is None:
+            self._failure = rt.failure
         deadline = time.monotonic() + _THREAD_EXIT_GRACE
         for thread in self._pumps:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -502,7 +544,9 @@ class Worker:
             log.warning("worker %s stopped with handlers still running in %s", rt.worker_id, hung)
         if self._runner is not None:
             self._runner.stop(_THREAD_EXIT_GRACE)
-        if self._signalled is not None:
+        if self._failure is not None:
+            log.info("worker %s stopped: %s", rt.worker_id, type(self._failure).__name__)
+        elif self._signalled is not None:
             log.info("worker %s stopped (%s)", rt.worker_id, signal.Signals(self._signalled).name)
         else:
             log.info("worker %s stopped", rt.worker_id)

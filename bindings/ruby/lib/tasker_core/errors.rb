@@ -33,6 +33,20 @@ module TaskerCore
   # The worker runtime refused to start or failed (e.g. a bad endpoint).
   class WorkerError < Error; end
 
+  # The orchestrator refused this worker's connection in the handshake: its
+  # CURVE key is not in the orchestrator's `curve_authorized_keys_dir`, the
+  # orchestrator requires CURVE and the worker has none, or the other way
+  # round. The message says which and what to change; no retry would help,
+  # so the worker has stopped. {Worker#run} and {Worker#wait} raise it.
+  #
+  # @example
+  #   begin
+  #     worker.run
+  #   rescue TaskerCore::WorkerRefused => e
+  #     abort e.message # "the orchestrator at tcp://... refused this worker's CURVE key ..."
+  #   end
+  class WorkerRefused < WorkerError; end
+
   # Raised by a handler: the step failed and may succeed if tried again
   # (`retryable: true`). Subclass it to report your own `error_type`:
   #

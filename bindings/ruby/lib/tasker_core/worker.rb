@@ -179,8 +179,13 @@ module TaskerCore
     # (`Interrupt` / `SignalException`). An exception that ends the wait
     # early stops the worker without waiting for the drain.
     #
+    # When the orchestrator refuses the connection (a CURVE key it does not
+    # admit, CURVE on one side only), the worker stops at once and this
+    # raises {WorkerRefused}, whose message says what to change.
+    #
     # @param trap_signals [Boolean]
     # @return [self]
+    # @raise [WorkerRefused] when the orchestrator refused the connection
     # @raise [Exception] what killed a handler thread, if something did
     def run(trap_signals: true)
       start unless @native
@@ -217,6 +222,8 @@ module TaskerCore
     # @param timeout [Numeric, nil] seconds; nil waits without limit
     # @return [Boolean] true once stopped, false on timeout
     # @raise [ArgumentError] for a negative or NaN timeout
+    # @raise [WorkerRefused] when the worker stopped because the
+    #   orchestrator refused the connection
     # @raise [Exception] what killed a handler thread, if something did
     def wait(timeout = nil)
       raise Error, "worker not started" unless @native
@@ -277,9 +284,11 @@ module TaskerCore
     def watch
       native = @native
       nil until native.join(3600)
+      # Refused by the orchestrator: the runtime stopped by itself.
+      @fatal ||= native.failure
       reap_pool
       Logging.flush
-      @logger&.info("tasker_core") { "worker #{native.worker_id} stopped" }
+      @logger&.info("tasker_core") { "worker #{native.worker_id} stopped#{": #{@fatal.class}" if @fatal}" }
     ensure
       @done_mutex.synchronize do
         @stopped = true
@@ -315,6 +324,10 @@ module TaskerCore
           native.abandon(steps, "handler thread interrupted (#{$!&.class || 'killed'})") if steps
         end
       end
+    rescue WorkerRefused => e
+      # The orchestrator refused the connection: the runtime has stopped by
+      # itself (and logged why); #wait raises it.
+      @fatal ||= e
     rescue Exception => e # rubocop:disable Lint/RescueException
       # Not a handler's StandardError (those fail their step): e.g. `exit`
       # or NoMemoryError in a handler. Stop the worker and re-raise from #wait.

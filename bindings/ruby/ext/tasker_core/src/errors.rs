@@ -3,7 +3,7 @@
 //! `lib/tasker_core/errors.rb`.
 
 use magnus::value::Lazy;
-use magnus::{Error, ExceptionClass, Module, RModule, Ruby};
+use magnus::{Class, Error, Exception, ExceptionClass, Module, RModule, Ruby};
 use tasker_worker::WorkerError;
 
 fn core_class(ruby: &Ruby, name: &str) -> ExceptionClass {
@@ -17,6 +17,7 @@ fn core_class(ruby: &Ruby, name: &str) -> ExceptionClass {
 static ERROR: Lazy<ExceptionClass> = Lazy::new(|ruby| core_class(ruby, "Error"));
 static CONFIG_ERROR: Lazy<ExceptionClass> = Lazy::new(|ruby| core_class(ruby, "ConfigError"));
 static WORKER_ERROR: Lazy<ExceptionClass> = Lazy::new(|ruby| core_class(ruby, "WorkerError"));
+static WORKER_REFUSED: Lazy<ExceptionClass> = Lazy::new(|ruby| core_class(ruby, "WorkerRefused"));
 
 /// Defines `TaskerCore::Error` and its subclasses (idempotent).
 pub fn define(ruby: &Ruby, core: RModule) -> Result<(), Error> {
@@ -29,6 +30,8 @@ pub fn define(ruby: &Ruby, core: RModule) -> Result<(), Error> {
     ] {
         core.define_error(name, base)?;
     }
+    let worker_error: ExceptionClass = core.const_get("WorkerError")?;
+    core.define_error("WorkerRefused", worker_error)?;
     Ok(())
 }
 
@@ -58,11 +61,26 @@ pub fn argument(message: String) -> Error {
     Error::new(ruby().exception_arg_error(), message)
 }
 
-/// A `TaskerCore::WorkerError` (or `ConfigError` for invalid options).
-pub fn worker(e: WorkerError) -> Error {
+/// The class of a runtime error: `ConfigError` for invalid options,
+/// `WorkerRefused` when the orchestrator refused the connection,
+/// `WorkerError` otherwise.
+fn worker_class(e: &WorkerError) -> ExceptionClass {
     let class = match e {
         WorkerError::InvalidOptions(_) => &CONFIG_ERROR,
+        WorkerError::Refused(_) => &WORKER_REFUSED,
         _ => &WORKER_ERROR,
     };
-    Error::new(ruby().get_inner(class), e.to_string())
+    ruby().get_inner(class)
+}
+
+/// A `TaskerCore::WorkerError` (`ConfigError` for invalid options,
+/// `WorkerRefused` for a refusal by the orchestrator), to raise.
+pub fn worker(e: WorkerError) -> Error {
+    Error::new(worker_class(&e), e.to_string())
+}
+
+/// The exception [`worker`] raises, as an object (to return rather than
+/// raise).
+pub fn worker_exception(e: WorkerError) -> Result<Exception, Error> {
+    worker_class(&e).new_instance((e.to_string(),))
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use magnus::{function, method, Error, Module, Object, RArray, RHash, RModule, Ruby};
+use magnus::{function, method, Error, Exception, Module, Object, RArray, RHash, RModule, Ruby};
 use magnus::{TryConvert, Value};
 use tasker_protocol::StepExecutionRequest;
 use tasker_worker::{WorkerError, WorkerOptions, WorkerRuntime};
@@ -48,8 +48,10 @@ impl Runtime {
 
     /// Up to `max` steps: an Array of `TaskerCore::Step`; empty once
     /// `timeout` seconds (nil: no limit) pass without any; `nil` once the
-    /// runtime is stopping. Ruby interrupts (signals, `Thread#kill`,
-    /// `Thread#raise`) end the wait and run; it resumes if they return.
+    /// runtime is stopping. Raises `TaskerCore::WorkerRefused` once the
+    /// orchestrator has refused the connection. Ruby interrupts (signals,
+    /// `Thread#kill`, `Thread#raise`) end the wait and run; it resumes if
+    /// they return.
     fn next_steps(
         ruby: &Ruby,
         rb_self: &Self,
@@ -141,6 +143,16 @@ impl Runtime {
         self.worker_id.to_string()
     }
 
+    /// Why the runtime stopped by itself, if it did: a
+    /// `TaskerCore::WorkerRefused` (the orchestrator refused the
+    /// connection), not raised; nil otherwise.
+    fn failure(&self) -> Result<Option<Exception>, Error> {
+        self.inner
+            .failure()
+            .map(errors::worker_exception)
+            .transpose()
+    }
+
     fn state(&self) -> &'static str {
         self.inner.state().as_str()
     }
@@ -156,6 +168,7 @@ pub fn define(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     class.define_method("stop", method!(Runtime::stop, 0))?;
     class.define_method("join", method!(Runtime::join, 1))?;
     class.define_method("worker_id", method!(Runtime::worker_id, 0))?;
+    class.define_method("failure", method!(Runtime::failure, 0))?;
     class.define_method("state", method!(Runtime::state, 0))?;
     Ok(())
 }
