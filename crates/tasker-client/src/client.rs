@@ -74,9 +74,10 @@ impl TaskHandle {
 }
 
 impl Client {
-    /// A client of the API at `url` (`http://HOST:PORT`; `HOST:PORT` is
-    /// taken as `http://`). `https://` is refused: TLS belongs to a
-    /// reverse proxy, whose plain side the client uses.
+    /// A client of the API at `url`: `http://HOST:PORT` (`HOST:PORT` is
+    /// taken as `http://`), or `https://HOST[:PORT]` for a TLS-terminating
+    /// proxy in front of `tasker serve`. HTTPS trusts the system's CA
+    /// certificates; `SSL_CERT_FILE` names another bundle (a private CA).
     pub fn new(url: &str) -> Result<Client, Error> {
         let base = tasker_config::parse_api_url(url).map_err(Error::InvalidUrl)?;
         let http = reqwest::Client::builder()

@@ -421,7 +421,7 @@ async fn no_server_is_server_unavailable_after_the_retries_and_at_once_for_a_key
     assert!(started.elapsed() < Duration::from_millis(500));
 
     assert!(matches!(
-        Client::new("https://tasks.example.com"),
+        Client::new("ftp://tasks.example.com"),
         Err(Error::InvalidUrl(_))
     ));
 }
@@ -450,4 +450,92 @@ async fn a_server_stopping_during_a_wait_ends_it_with_server_unavailable_not_a_h
         "{error:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+/// A TLS-terminating proxy in front of `upstream` (`HOST:PORT`), as Caddy
+/// or nginx would be, with a self-signed certificate for `localhost`;
+/// returns its port and the certificate (PEM).
+async fn tls_proxy(upstream: String) -> (u16, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pem = cert.cert.pem();
+    let key =
+        tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der())
+            .unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (port, pem)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_tls_proxy_the_client_speaks_https_and_checks_the_certificate() {
+    let serve = Serve::start(|config, dir| {
+        let tokens = dir.join("tokens.yaml");
+        std::fs::write(&tokens, "app: https-only-token-0123456789\n").unwrap();
+        config.api_tokens_file = tokens.display().to_string();
+    })
+    .await;
+    let (port, pem) = tls_proxy(serve.url.trim_start_matches("http://").to_string()).await;
+    let url = format!("https://localhost:{port}");
+    let quick = RetryPolicy::none();
+
+    // A certificate nobody vouches for is refused, token or not.
+    let untrusted = Client::new(&url)
+        .unwrap()
+        .with_token("https-only-token-0123456789")
+        .with_retry(quick.clone());
+    let error = untrusted.workflows().await.unwrap_err();
+    assert!(
+        matches!(error, Error::ServerUnavailable { .. }),
+        "{error:?}"
+    );
+
+    // Trusted through SSL_CERT_FILE, as a private CA would be.
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), &pem).unwrap();
+    std::env::set_var("SSL_CERT_FILE", ca.path());
+    let client = Client::new(&url)
+        .unwrap()
+        .with_token("https-only-token-0123456789")
+        .with_retry(quick);
+    let names: Vec<String> = client
+        .workflows()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert!(names.contains(&"double".to_string()), "{names:?}");
+    let handle = client
+        .submit("double", json!({ "n": 2 }), None)
+        .await
+        .unwrap();
+    assert_eq!(client.get(handle.id).await.unwrap().task_id, handle.id);
+    assert_eq!(client.base_url(), url);
+    // Kept: other tests of this binary build clients that read it.
+    std::mem::forget(ca);
+    serve.stop().await;
 }

@@ -190,8 +190,9 @@ pub struct TaskerConfig {
     /// tasks forever. `TASKER_TASK_RETENTION_HOURS`.
     pub task_retention_hours: u64,
     /// Where clients (`tasker task`, the SDKs' `Client`) reach the API:
-    /// `http://HOST:PORT`. Empty: `http://` + `api_listen`, an unspecified
-    /// address reached on loopback. `TASKER_API_URL`.
+    /// `http://HOST:PORT`, or `https://HOST[:PORT]` for a TLS-terminating
+    /// proxy in front of it. Empty: `http://` + `api_listen`, an
+    /// unspecified address reached on loopback. `TASKER_API_URL`.
     pub api_url: String,
     /// The bearer token clients send; empty sends none. `TASKER_API_TOKEN`.
     pub api_token: String,
@@ -301,26 +302,30 @@ impl Default for TaskerConfig {
 }
 
 /// `url` as an API base URL without a trailing slash, or why it is not
-/// one. Clients speak plain HTTP: TLS belongs to a reverse proxy, whose
-/// plain side (or the server's own address) they use.
+/// one. `http://` reaches `tasker serve` itself; `https://` a
+/// TLS-terminating proxy in front of it (`serve` speaks no TLS). A URL
+/// without a scheme is `http://`.
 ///
 /// ```
 /// use tasker_config::parse_api_url;
 /// assert_eq!(parse_api_url("127.0.0.1:8080/").unwrap(), "http://127.0.0.1:8080");
-/// assert!(parse_api_url("https://tasks.example.com").is_err());
+/// assert_eq!(
+///     parse_api_url("https://tasks.example.com").unwrap(),
+///     "https://tasks.example.com"
+/// );
+/// assert!(parse_api_url("ftp://tasks.example.com").is_err());
 /// ```
 pub fn parse_api_url(url: &str) -> Result<String, String> {
     let url = url.trim().trim_end_matches('/');
-    if url.starts_with("https://") {
-        return Err(format!(
-            "{url}: clients speak plain HTTP; use the server's http:// address, or a \
-             TLS-terminating proxy's plain side"
-        ));
-    }
-    let rest = match url.strip_prefix("http://") {
-        Some(rest) => rest,
-        None if url.contains("://") => return Err(format!("{url}: expected http://HOST:PORT")),
-        None => url,
+    const EXPECTED: &str = "expected http://HOST:PORT, or https://HOST[:PORT] for a TLS proxy";
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        ("https", rest)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        ("http", rest)
+    } else if url.contains("://") {
+        return Err(format!("{url}: {EXPECTED}"));
+    } else {
+        ("http", url)
     };
     let authority = rest.split('/').next().unwrap_or("");
     let valid_authority = !authority.is_empty()
@@ -329,9 +334,9 @@ pub fn parse_api_url(url: &str) -> Result<String, String> {
             !host.is_empty() && port.parse::<u16>().is_ok()
         });
     if !valid_authority {
-        return Err(format!("{url}: expected http://HOST:PORT"));
+        return Err(format!("{url}: {EXPECTED}"));
     }
-    Ok(format!("http://{rest}"))
+    Ok(format!("{scheme}://{rest}"))
 }
 
 /// Where `tasker serve` keeps tasks unless `store` says otherwise.
@@ -829,12 +834,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(port_zero.contains("api_url"), "{port_zero}");
-        for bad in [
-            "https://tasks.example.com",
-            "ftp://x",
-            "http://:80",
-            "http://host:port",
-        ] {
+        assert_eq!(
+            with("https://tasks.example.com:8443/", "127.0.0.1:8080")
+                .api_base_url()
+                .unwrap(),
+            "https://tasks.example.com:8443"
+        );
+        for bad in ["https://", "ftp://x", "http://:80", "http://host:port"] {
             assert!(parse_api_url(bad).is_err(), "{bad}");
             assert!(with(bad, "127.0.0.1:8080").validate().is_err(), "{bad}");
         }
