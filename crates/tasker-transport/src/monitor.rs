@@ -84,6 +84,23 @@ impl HandshakeMonitor {
         self.socket.as_poll_item(zmq::POLLIN)
     }
 
+    /// Stops monitoring `socket`. Call it before `socket` closes (and
+    /// before this monitor is dropped): libzmq sends each event with a
+    /// blocking send, so a socket still monitored after its reader is gone
+    /// (a closed socket lingers to flush) would block its context's I/O
+    /// thread at its next handshake, for good, and with it every socket of
+    /// that context.
+    pub fn stop(&self, socket: &mut zmq::Socket) {
+        // SAFETY: `socket` is a live socket (the `zmq::Socket` owns it and
+        // is borrowed mutably here, so no other thread uses it); a null
+        // endpoint is libzmq's documented way to stop monitoring, and it
+        // only closes libzmq's own end of the monitor pipe.
+        let rc = unsafe { zmq_sys::zmq_socket_monitor(socket.as_mut_ptr(), std::ptr::null(), 0) };
+        if rc != 0 {
+            tracing::debug!("stopping a socket monitor failed");
+        }
+    }
+
     /// Every event waiting now; never blocks.
     pub fn drain(&self) -> Vec<HandshakeEvent> {
         let mut events = Vec::new();

@@ -124,6 +124,15 @@ pub(crate) struct Connection {
     sockets_opened: u64,
 }
 
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Before the fields go: see `HandshakeMonitor::stop`.
+        if let (Some(socket), Some(handshakes)) = (self.socket.as_mut(), self.handshakes.as_ref()) {
+            handshakes.stop(socket);
+        }
+    }
+}
+
 impl Connection {
     pub(crate) fn new(shared: Arc<Shared>) -> Result<Self, WorkerError> {
         let config = &shared.config;
@@ -525,8 +534,10 @@ impl Connection {
     /// sent) may go out on the old connection for `linger_ms`, where it
     /// still holds those steps; otherwise (it said goodbye) it is dropped.
     fn disconnect(&mut self, flush: bool) {
-        self.handshakes = None;
-        if let Some(socket) = self.socket.take() {
+        if let Some(mut socket) = self.socket.take() {
+            if let Some(handshakes) = self.handshakes.take() {
+                handshakes.stop(&mut socket);
+            }
             let linger = if flush {
                 self.shared.config.linger_ms
             } else {

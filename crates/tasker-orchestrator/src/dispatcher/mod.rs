@@ -159,6 +159,13 @@ pub(crate) struct Dispatcher {
     input_held: bool,
 }
 
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        // Before the fields go: see `HandshakeMonitor::stop`.
+        self.handshakes.stop(&mut self.socket);
+    }
+}
+
 impl Dispatcher {
     pub(crate) fn new(
         config: TaskerConfig,
