@@ -5,6 +5,12 @@
 // contract every tasker-core client follows) on Node's global fetch, with
 // no dependency. Every operation returns a Promise.
 //
+// An `https://` URL reaches `tasker serve` through a TLS-terminating proxy
+// (serve itself speaks plain HTTP). fetch verifies the proxy's certificate,
+// host name included, against Node's CA certificates plus those of
+// NODE_EXTRA_CA_CERTS (read when node starts: the way to add a private CA).
+// The client has no option to skip verification.
+//
 // Names: the SDK's own API is camelCase, so the server's snake_case fields
 // are too (`task_id` is `taskId`, `started_at` is `startedAt`, a Date).
 // What the application itself put in (a task's `context`) and what
@@ -181,6 +187,24 @@ function hasEnded(task) {
   return task.status !== "running";
 }
 
+/** OpenSSL's and Node's codes for a certificate that could not be verified. */
+const CERTIFICATE_CODES = new Set([
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "CERT_UNTRUSTED",
+  "CERT_REJECTED",
+  "CERT_HAS_EXPIRED",
+  "CERT_NOT_YET_VALID",
+  "CERT_SIGNATURE_FAILURE",
+  "CERT_REVOKED",
+  "INVALID_CA",
+  "HOSTNAME_MISMATCH",
+  "ERR_TLS_CERT_ALTNAME_INVALID",
+]);
+
 /** Why a fetch failed, in a few words: the code of its cause where there is one. */
 function describeFailure(error, timeoutMs) {
   if (error && error.name === "TimeoutError") return `no answer within ${timeoutMs / 1000} s`;
@@ -202,6 +226,12 @@ function describeFailure(error, timeoutMs) {
     case "ENETUNREACH":
       return "host unreachable";
     default:
+      if (CERTIFICATE_CODES.has(code)) {
+        return (
+          `the server's TLS certificate was not trusted (${code}: ${cause.message}); for a private CA, ` +
+          "name its certificate in NODE_EXTRA_CA_CERTS (read when node starts)"
+        );
+      }
       break;
   }
   const message = cause && cause.message ? cause.message : String(cause);
@@ -332,7 +362,7 @@ class Client {
     } catch (error) {
       throw fromNative(error);
     }
-    /** The API's base URL (`http://HOST:PORT`, no trailing slash). */
+    /** The API's base URL (`http://HOST:PORT`, or `https://HOST[:PORT]` for a TLS proxy; no trailing slash). */
     this.url = base;
     Object.defineProperty(this, "_token", { value: values.apiToken, enumerable: false });
     Object.defineProperty(this, "_timeoutMs", { value: timeoutMs ?? DEFAULT_TIMEOUT_MS, enumerable: false });

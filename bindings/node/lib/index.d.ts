@@ -55,7 +55,7 @@ export interface Config {
   workflowsDir: string;
   /** Hours `tasker serve` keeps ended tasks; 0 keeps them (serve only). */
   taskRetentionHours: number;
-  /** Where a `Client` reaches the API, `http://HOST:PORT`; empty: `http://` + `apiListen` (clients only). */
+  /** Where a `Client` reaches the API, `http://HOST:PORT` or `https://HOST[:PORT]` (a TLS proxy); empty: `http://` + `apiListen` (clients only). */
   apiUrl: string;
   /** The bearer token a `Client` sends; empty: none (clients only). */
   apiToken: string;
@@ -370,7 +370,7 @@ export interface WaitOptions {
 
 /** Options of a Client: any config key, plus the client's own options. */
 export interface ClientOptions extends ConfigOptions {
-  /** The API's base URL, `http://HOST:PORT[/prefix]`; wins over `apiUrl` and `apiListen`. */
+  /** The API's base URL, `http://HOST:PORT[/prefix]` or `https://HOST[:PORT][/prefix]` (a TLS proxy; its certificate is always verified); wins over `apiUrl` and `apiListen`. */
   url?: string | null;
   /** The bearer token; wins over `apiToken`. */
   token?: string | null;

@@ -76,7 +76,7 @@ impl NativeConfig {
     /// slash: `apiUrl`, else `http://` + `apiListen` with an unspecified
     /// address reached on loopback ([`TaskerConfig::api_base_url`]).
     /// Throws an error (code `TaskerConfigError`) naming the key when
-    /// neither gives a usable URL (an `https://` URL, port 0, ...).
+    /// neither gives a usable URL (an `ftp://` URL, port 0, ...).
     #[napi]
     pub fn api_base_url(&self) -> Result<String> {
         Ok(self.config.api_base_url().map_err(BindingError::from)?)

@@ -7,8 +7,12 @@
 
 const { test, before, after } = require("node:test");
 const assert = require("node:assert/strict");
+const { execFile } = require("node:child_process");
 const fs = require("node:fs");
+const net = require("node:net");
 const path = require("node:path");
+const tls = require("node:tls");
+const { promisify } = require("node:util");
 
 const {
   Client,
@@ -472,16 +476,121 @@ test("with api tokens, no token and a wrong one are Unauthorized; the right one 
   }
 });
 
-test("the URL comes from apiUrl, else apiListen on loopback; https and malformed URLs are ConfigErrors", () => {
+test("the URL comes from apiUrl, else apiListen on loopback; https is for a TLS proxy; other schemes and malformed URLs are ConfigErrors", () => {
   assert.equal(new Client().url, "http://127.0.0.1:8080");
   assert.equal(new Client({ apiListen: "0.0.0.0:9000" }).url, "http://127.0.0.1:9000");
   assert.equal(new Client({ apiListen: "[::]:9000" }).url, "http://[::1]:9000");
   assert.equal(new Client({ apiUrl: "http://tasks.internal:80/tasker/" }).url, "http://tasks.internal:80/tasker");
-  assert.throws(() => new Client({ url: "https://tasks.example.com" }), (e) => e instanceof ConfigError && /plain HTTP/.test(e.message));
-  assert.throws(() => new Client({ url: "ftp://x:1" }), (e) => e instanceof ConfigError && /http:\/\/HOST:PORT/.test(e.message));
+  assert.equal(new Client({ url: "https://tasks.example.com/" }).url, "https://tasks.example.com");
+  assert.equal(new Client({ apiUrl: "https://tasks.example.com:8443/tasker" }).url, "https://tasks.example.com:8443/tasker");
+  assert.throws(
+    () => new Client({ url: "ftp://x:1" }),
+    (e) => e instanceof ConfigError && /http:\/\/HOST:PORT, or https:\/\/HOST\[:PORT\] for a TLS proxy/.test(e.message),
+  );
   assert.throws(() => new Client({ apiListen: "127.0.0.1:0" }), (e) => e instanceof ConfigError && /api_url/.test(e.message));
   assert.throws(() => new Client({ tokn: "x" }), (e) => e instanceof ConfigError && /unknown config key `tokn`/.test(e.message));
   assert.throws(() => new Client({ timeoutMs: -1 }), (e) => e instanceof TaskerError);
+});
+
+// A self-signed certificate for localhost and 127.0.0.1, for the tests only
+// (valid 2000-2125; its key is public, here).
+const TLS_CERT = path.join(__dirname, "fixtures", "test-only-localhost-cert.pem");
+const TLS_KEY = path.join(__dirname, "fixtures", "test-only-localhost-key.pem");
+
+/**
+ * A TLS-terminating proxy on a loopback port in front of `upstream` (a
+ * plain `http://HOST:PORT`), as Caddy or nginx would be in front of
+ * `tasker serve`, with the test certificate. Resolves to `{ port,
+ * handshakes(), close() }`.
+ */
+async function tlsProxy(upstream) {
+  const { hostname, port } = new URL(upstream);
+  const sockets = new Set();
+  let handshakes = 0;
+  const proxy = tls.createServer({ cert: fs.readFileSync(TLS_CERT), key: fs.readFileSync(TLS_KEY) }, (secure) => {
+    handshakes += 1;
+    const plain = net.connect(Number(port), hostname);
+    sockets.add(secure).add(plain);
+    const end = () => {
+      secure.destroy();
+      plain.destroy();
+    };
+    for (const socket of [secure, plain]) socket.on("error", end).on("close", end);
+    secure.pipe(plain).pipe(secure);
+  });
+  proxy.on("tlsClientError", () => {}); // a client that refused the certificate
+  await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+  return {
+    port: proxy.address().port,
+    handshakes: () => handshakes,
+    close: () => {
+      for (const socket of sockets) socket.destroy();
+      return new Promise((resolve) => proxy.close(resolve));
+    },
+  };
+}
+
+test("behind a TLS proxy: https works once NODE_EXTRA_CA_CERTS trusts its certificate; an untrusted one is ServerUnavailable", async () => {
+  const folder = serveDir();
+  const tokens = path.join(folder, "tokens.yaml");
+  const secret = "https-only-token-0123456789";
+  fs.writeFileSync(tokens, `app: ${secret}\n`);
+  const guarded = await serveWithWorker(folder, { TASKER_API_TOKENS_FILE: tokens }, secret);
+  const proxy = await tlsProxy(guarded.url);
+  const url = `https://localhost:${proxy.port}`;
+  try {
+    // This process does not trust the test certificate (NODE_EXTRA_CA_CERTS
+    // is read only at start): a call fails like an unreachable server.
+    const untrusted = new Client({ url, token: secret });
+    assert.equal(untrusted.url, url);
+    const { ms, error } = await timed(untrusted.workflows());
+    assert.ok(error instanceof ServerUnavailable, String(error));
+    assert.ok(ms >= 2_000, `retried like no answer (${ms} ms)`);
+    assert.match(error.message, /certificate was not trusted/);
+    assert.match(error.message, /NODE_EXTRA_CA_CERTS/);
+    assert.match(error.message, /5 tries/);
+    assert.ok(error.message.includes(url), error.message);
+    assert.equal(proxy.handshakes(), 0);
+
+    // A node started with NODE_EXTRA_CA_CERTS naming it trusts it.
+    const script = `
+      const { Client, Unauthorized } = require(${JSON.stringify(path.join(__dirname, ".."))});
+      (async () => {
+        const client = new Client({ url: process.env.PROXY_URL, token: process.env.PROXY_TOKEN });
+        const workflows = (await client.workflows()).map((w) => w.name).sort();
+        const handle = await client.submit("echo_pair", { tls: true }, { idempotencyKey: "tls-1" });
+        const got = await client.get(handle.id);
+        const task = await handle.wait({ timeoutMs: 30_000 });
+        let anonymous = "no error";
+        try {
+          await new Client({ url: process.env.PROXY_URL, token: "" }).workflows();
+        } catch (error) {
+          anonymous = error instanceof Unauthorized ? "Unauthorized" : String(error);
+        }
+        console.log(JSON.stringify({
+          url: client.url, workflows, created: handle.created, same: got.taskId === handle.id,
+          status: task.status, context: task.steps[0].output.task_context, anonymous,
+        }));
+      })().catch((error) => { console.error(error); process.exit(1); });
+    `;
+    const { stdout } = await promisify(execFile)(process.execPath, ["-e", script], {
+      env: { ...process.env, NODE_EXTRA_CA_CERTS: TLS_CERT, PROXY_URL: url, PROXY_TOKEN: secret },
+      timeout: 60_000,
+    });
+    const result = JSON.parse(stdout);
+    assert.deepEqual(result, {
+      url,
+      workflows: Object.keys(WORKFLOWS).sort(),
+      created: true,
+      same: true,
+      status: "complete",
+      context: { tls: true },
+      anonymous: "Unauthorized",
+    });
+    assert.ok(proxy.handshakes() >= 1);
+  } finally {
+    await proxy.close();
+  }
 });
 
 test("the ES module entry exports the same Client and error classes", async () => {

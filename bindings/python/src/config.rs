@@ -90,15 +90,16 @@ pub fn from_dict(config: &Bound<'_, PyDict>) -> PyResult<TaskerConfig> {
 /// as `load_config` returns) describes, without a trailing slash:
 /// `api_url`, else `http://` + `api_listen` with an unspecified address
 /// reached on loopback (`TaskerConfig::api_base_url`). `ConfigError` when
-/// neither gives a usable URL (`https://`, port 0, ...).
+/// neither gives a usable URL (`ftp://`, port 0, ...).
 #[pyfunction]
 fn api_base_url(config: &Bound<'_, PyDict>) -> PyResult<String> {
     from_dict(config)?.api_base_url().map_err(errors::config)
 }
 
 /// `url` as an API base URL without a trailing slash
-/// (`tasker_config::parse_api_url`: `http://HOST:PORT` with an optional
-/// path prefix; `https://` refused). `ConfigError` naming `url` otherwise.
+/// (`tasker_config::parse_api_url`: `http://HOST:PORT`, or
+/// `https://HOST[:PORT]` for a TLS proxy, with an optional path prefix).
+/// `ConfigError` naming `url` otherwise.
 #[pyfunction]
 fn parse_api_url(url: &str) -> PyResult<String> {
     tasker_config::parse_api_url(url).map_err(|message| {

@@ -16,6 +16,7 @@ import pickle
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -98,6 +99,10 @@ steps:
     "listing_async": "name: listing_async\nsteps:\n  - name: only\n    handler: noop\n",
 }
 HANDLERS = "echo,sleep,fail_permanent,noop"
+# A self-signed certificate for localhost and 127.0.0.1, for the tests only
+# (valid 2000-2125; its key is public, here).
+TLS_CERT = Path(__file__).parent / "fixtures" / "test-only-localhost-cert.pem"
+TLS_KEY = Path(__file__).parent / "fixtures" / "test-only-localhost-key.pem"
 EXAMPLE = ROOT / "examples" / "python-client" / "submit_order.py"
 
 
@@ -245,6 +250,72 @@ def client(serve: Serve) -> Client:
 def closed_url() -> str:
     """A loopback port nobody listens on."""
     return f"http://127.0.0.1:{free_port()}"
+
+
+class TlsProxy:
+    """A TLS-terminating proxy on a loopback port, in front of `upstream`
+    (``HOST:PORT``, plain HTTP), with the test certificate: what Caddy or
+    nginx would be in front of `tasker serve`. One thread per connection;
+    `handshakes` counts the TLS handshakes that succeeded."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(TLS_CERT, TLS_KEY)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.handshakes = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    def _relay(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        try:
+            tls = self.context.wrap_socket(conn, server_side=True)
+        except OSError:  # ssl.SSLError included: the client refused the certificate
+            conn.close()
+            return
+        self.handshakes += 1
+        try:
+            plain = socket.create_connection(self.upstream, timeout=30)
+        except OSError:
+            tls.close()
+            return
+        # One thread reads and writes both sides (an SSL object must not be
+        # used by two threads at once); either side's end closes both.
+        try:
+            while True:
+                if tls.pending():
+                    ready = [tls]
+                else:
+                    ready, _, _ = select.select([tls, plain], [], [], 30)
+                if not ready:
+                    return
+                for source in ready:
+                    target = plain if source is tls else tls
+                    try:
+                        data = source.recv(65536)
+                    except ssl.SSLWantReadError:
+                        continue
+                    if not data:
+                        return
+                    target.sendall(data)
+        except OSError:
+            return
+        finally:
+            tls.close()
+            plain.close()
+
+    def close(self) -> None:
+        self.listener.close()
 
 
 def wait_for_step_state(client: Client, task_id: int, name: str, state: str) -> Task:
@@ -591,9 +662,14 @@ def test_configuration(serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert from_file.url == serve.url and "token=set" in repr(from_file)
     assert "from-file" not in repr(from_file)
 
-    with pytest.raises(ConfigError, match="plain HTTP"):
-        Client("https://tasks.example.com")
+    # https:// is for a TLS-terminating proxy; other schemes are refused.
+    assert Client("https://tasks.example.com/").url == "https://tasks.example.com"
+    assert Client("https://tasks.example.com:8443/tasker").url == "https://tasks.example.com:8443/tasker"
     monkeypatch.setenv("TASKER_API_URL", "https://tasks.example.com")
+    assert Client().url == "https://tasks.example.com"
+    with pytest.raises(ConfigError, match="https://HOST"):
+        Client("ftp://tasks.example.com")
+    monkeypatch.setenv("TASKER_API_URL", "ftp://tasks.example.com")
     with pytest.raises(ConfigError, match="api_url"):
         Client()
     monkeypatch.delenv("TASKER_API_URL")
@@ -602,6 +678,65 @@ def test_configuration(serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyP
             Client(bad)
     with pytest.raises(ValueError):
         Client(serve.url, timeout=0)
+
+
+def test_https_through_a_tls_proxy_checks_the_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tasker serve` behind a TLS-terminating proxy (protocol/CLIENT.md
+    §1): an https:// URL works once the proxy's certificate is trusted
+    (here through SSL_CERT_FILE, as a private CA would be), and a
+    certificate nobody vouches for fails the call like an unreachable
+    server, saying why."""
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("app: https-only-token-0123456789\n", encoding="utf-8")
+    server = Serve(tmp_path / "tls", TASKER_API_TOKENS_FILE=str(tokens))
+    proxy = TlsProxy(server.url.removeprefix("http://"))
+    url = f"https://localhost:{proxy.port}"
+    token = "https-only-token-0123456789"
+    try:
+        # Not trusted: the system's CA certificates do not vouch for it.
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        untrusted = Client(url, token=token)
+        started = time.monotonic()
+        with pytest.raises(ServerUnavailable) as refused:
+            untrusted.workflows()
+        assert 2.2 <= time.monotonic() - started <= 5.0  # after the retries
+        message = str(refused.value)
+        assert url in message and "5 tries" in message, message
+        assert "certificate was not trusted" in message and "SSL_CERT_FILE" in message, message
+        assert isinstance(refused.value.cause, ssl.SSLCertVerificationError)
+        # A submit without a key is tried once; the handshake failed, so
+        # nothing was sent.
+        with pytest.raises(ServerUnavailable) as once:
+            untrusted.submit("pipeline", {})
+        assert "no task was created" in str(once.value), str(once.value)
+        assert proxy.handshakes == 0
+
+        # Trusted through SSL_CERT_FILE (read when the client is made).
+        monkeypatch.setenv("SSL_CERT_FILE", str(TLS_CERT))
+        client = Client(url, token=token)
+        assert client.url == url
+        assert {w.name for w in client.workflows()} == set(WORKFLOWS)
+        handle = client.submit("pipeline", {"tls": True}, idempotency_key="tls-1")
+        assert handle.created
+        assert client.get(handle.id).task_id == handle.id
+        task = handle.wait(timeout=30)
+        assert task.status == "complete", task
+        assert task.step("fetch").output["task_context"] == {"tls": True}
+        with pytest.raises(Unauthorized):  # the proxy passes the token through
+            Client(url, token="").workflows()
+
+        async def run() -> None:
+            async with AsyncClient(url, token=token) as async_client:
+                assert (await async_client.get(handle.id)).status == "complete"
+
+        asyncio.run(run())
+        assert proxy.handshakes >= 5
+    finally:
+        proxy.close()
+        server.stop()
 
 
 def test_a_wrong_prefix_is_an_api_error(serve: Serve) -> None:

@@ -3,6 +3,7 @@
 require_relative "test_helper"
 require "fileutils"
 require "net/http"
+require "openssl"
 
 # TaskerCore::Client against a real `tasker serve` (SQLite store, free ports)
 # whose steps run on a real Rust worker (`tasker worker`): the client is Ruby,
@@ -86,13 +87,15 @@ class TestClient < Minitest::Test
       @stdout = Thread.new { out_r.read }
     end
 
-    def start_workers(count)
+    # `wait: false` for a server that wants a token (its /v1/workers too):
+    # a task waits until they connect.
+    def start_workers(count, wait: true)
       count.times do |i|
         @worker_pids << Process.spawn(@env, TASKER, "worker", "--endpoint", @endpoint, "--handlers", HANDLERS,
                                       "--capacity", "16", "--worker-id", "rust-client-test-#{i}",
                                       out: File::NULL, err: File.join(dir, "worker-#{i}.log"), chdir: dir)
       end
-      return if count.zero?
+      return if count.zero? || !wait
 
       deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 30
       until connected_workers >= count
@@ -155,6 +158,90 @@ class TestClient < Minitest::Test
       port = server.addr[1]
       server.close
       "tcp://127.0.0.1:#{port}"
+    end
+  end
+
+  # A TLS-terminating proxy on a loopback port in front of `upstream` (a
+  # URI, plain HTTP), as Caddy or nginx would be in front of `tasker serve`,
+  # with a self-signed certificate for localhost made here (`cert_pem`).
+  # One thread per connection; `handshakes` counts the TLS handshakes that
+  # succeeded.
+  class TlsProxy
+    attr_reader :port, :cert_pem, :handshakes
+
+    def initialize(upstream)
+      @upstream = upstream
+      key = OpenSSL::PKey::EC.generate("prime256v1")
+      cert = self_signed(key)
+      @cert_pem = cert.to_pem
+      context = OpenSSL::SSL::SSLContext.new
+      context.cert = cert
+      context.key = key
+      @tcp = TCPServer.new("127.0.0.1", 0)
+      @port = @tcp.addr[1]
+      @server = OpenSSL::SSL::SSLServer.new(@tcp, context)
+      @server.start_immediately = false # the handshake on the connection's thread
+      @handshakes = 0
+      @thread = Thread.new { accept_loop }
+      @thread.report_on_exception = false
+    end
+
+    def close
+      @tcp.close
+      @thread.join(5)
+    end
+
+    private
+
+    def self_signed(key)
+      cert = OpenSSL::X509::Certificate.new
+      cert.version = 2
+      cert.serial = OpenSSL::BN.rand(64)
+      cert.subject = cert.issuer = OpenSSL::X509::Name.parse("/O=tasker-core tests/CN=localhost")
+      cert.public_key = key
+      cert.not_before = Time.now - 3600
+      cert.not_after = Time.now + 3600
+      extensions = OpenSSL::X509::ExtensionFactory.new(cert, cert)
+      cert.add_extension(extensions.create_extension("basicConstraints", "CA:FALSE", true))
+      cert.add_extension(extensions.create_extension("keyUsage", "digitalSignature", true))
+      cert.add_extension(extensions.create_extension("extendedKeyUsage", "serverAuth"))
+      cert.add_extension(extensions.create_extension("subjectAltName", "DNS:localhost,IP:127.0.0.1"))
+      cert.add_extension(extensions.create_extension("subjectKeyIdentifier", "hash"))
+      cert.sign(key, OpenSSL::Digest.new("SHA256"))
+    end
+
+    def accept_loop
+      loop do
+        tls = @server.accept
+        Thread.new { relay(tls) }.report_on_exception = false
+      end
+    rescue IOError, SystemCallError, OpenSSL::SSL::SSLError
+      nil # closed
+    end
+
+    # One thread reads and writes both sides (an SSL object must not be
+    # used by two threads at once); either side's end closes both.
+    def relay(tls)
+      tls.accept
+      @handshakes += 1
+      plain = TCPSocket.new(@upstream.host, @upstream.port)
+      loop do
+        ready = tls.pending.positive? ? [tls] : IO.select([tls, plain], nil, nil, 30)&.first
+        return unless ready
+
+        ready.each do |from|
+          data = from.read_nonblock(65_536, exception: false)
+          next if data == :wait_readable || data == :wait_writable
+          return if data.nil?
+
+          (from.equal?(tls) ? plain : tls).write(data)
+        end
+      end
+    rescue IOError, SystemCallError, OpenSSL::SSL::SSLError
+      nil # the client refused the certificate, or a side closed
+    ensure
+      tls.close
+      plain&.close
     end
   end
 
@@ -516,13 +603,68 @@ class TestClient < Minitest::Test
     refute_match(/from-file/, TaskerCore::Config.load(path, env: "test").inspect)
     assert_equal "http://127.0.0.1:9999/tasker", TaskerCore::Client.new(url: "127.0.0.1:9999/tasker/", token: "").url
 
-    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Client.new(url: "https://tasks.example.com") }
-    assert_match(/proxy/, error.message)
-    assert_raises(TaskerCore::ConfigError) { TaskerCore::Client.new(url: "ftp://127.0.0.1:21") }
+    # https:// is for a TLS-terminating proxy; other schemes are refused.
+    assert_equal "https://tasks.example.com", TaskerCore::Client.new(url: "https://tasks.example.com/", token: "").url
+    assert_equal "https://tasks.example.com:8443/tasker",
+                 TaskerCore::Client.new(url: "https://tasks.example.com:8443/tasker", token: "").url
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Client.new(url: "ftp://127.0.0.1:21") }
+    assert_match(%r{https://HOST\[:PORT\] for a TLS proxy}, error.message)
     assert_raises(TaskerCore::ConfigError) { TaskerCore::Client.new(url: "http://user@127.0.0.1:21") }
     with_env("TASKER_API_URL" => "https://tasks.example.com") do
+      assert_equal "https://tasks.example.com", TaskerCore::Client.new(token: "").url
+    end
+    with_env("TASKER_API_URL" => "ftp://tasks.example.com") do
       assert_raises(TaskerCore::ConfigError) { TaskerCore::Client.new }
     end
+  end
+
+  # `tasker serve` behind a TLS-terminating proxy (protocol/CLIENT.md §1):
+  # an https:// URL works once the proxy's certificate is trusted (through
+  # SSL_CERT_FILE, as a private CA would be); a certificate nobody vouches
+  # for fails the call like an unreachable server, saying why.
+  def test_https_through_a_tls_proxy_checks_the_certificate
+    tokens = File.join(@tmp, "tokens.yaml")
+    File.write(tokens, "app: https-only-token-0123456789\n")
+    server = own_server(env: { "TASKER_API_TOKENS_FILE" => tokens })
+    server.start_workers(1, wait: false)
+    proxy = TlsProxy.new(URI(server.url))
+    url = "https://localhost:#{proxy.port}"
+    token = "https-only-token-0123456789"
+
+    with_env("SSL_CERT_FILE" => nil, "SSL_CERT_DIR" => nil) do
+      untrusted = TaskerCore::Client.new(url: url, token: token)
+      started = monotonic
+      error = assert_raises(TaskerCore::ServerUnavailable) { untrusted.workflows }
+      assert_operator monotonic - started, :>=, 2.3, "retried like no answer"
+      assert_includes error.message, url
+      assert_includes error.message, "certificate was not trusted"
+      assert_includes error.message, "SSL_CERT_FILE"
+      assert_includes error.message, "(5 tries)"
+      assert_kind_of OpenSSL::SSL::SSLError, error.cause.cause
+
+      error = assert_raises(TaskerCore::ServerUnavailable) { untrusted.submit("pipeline", {}) }
+      assert_match(/not created/, error.message) # the handshake failed: nothing was sent
+      assert_equal 0, proxy.handshakes
+    end
+
+    ca = File.join(@tmp, "proxy-ca.pem")
+    File.write(ca, proxy.cert_pem)
+    with_env("SSL_CERT_FILE" => ca) do
+      c = TaskerCore::Client.new(url: url, token: token)
+      assert_equal url, c.url
+      assert_equal WORKFLOWS.keys.sort, c.workflows.map(&:name).sort
+      handle = c.submit("pipeline", { "tls" => true }, idempotency_key: "tls-1")
+      assert handle.created?
+      assert_equal handle.id, c.get(handle.id).task_id
+      task = c.wait(handle.id, timeout: 30)
+      assert task.complete?, task.inspect
+      assert_equal({ "tls" => true }, task.step("fetch").output["task_context"])
+      assert_raises(TaskerCore::Unauthorized) { TaskerCore::Client.new(url: url, token: "").workflows }
+      c.close
+    end
+    assert_operator proxy.handshakes, :>=, 2
+  ensure
+    proxy&.close
   end
 
   def test_server_unavailable_after_the_retries_and_at_once_for_a_submit_without_key

@@ -318,21 +318,32 @@ impl Default for TaskerConfig {
 pub fn parse_api_url(url: &str) -> Result<String, String> {
     let url = url.trim().trim_end_matches('/');
     const EXPECTED: &str = "expected http://HOST:PORT, or https://HOST[:PORT] for a TLS proxy";
-    let (scheme, rest) = if let Some(rest) = url.strip_prefix("https://") {
-        ("https", rest)
-    } else if let Some(rest) = url.strip_prefix("http://") {
-        ("http", rest)
+    // Schemes are case-insensitive (RFC 3986 §3.1).
+    let lower = url.to_ascii_lowercase();
+    let (scheme, rest) = if lower.starts_with("https://") {
+        ("https", &url["https://".len()..])
+    } else if lower.starts_with("http://") {
+        ("http", &url["http://".len()..])
     } else if url.contains("://") {
         return Err(format!("{url}: {EXPECTED}"));
     } else {
         ("http", url)
     };
     let authority = rest.split('/').next().unwrap_or("");
-    let valid_authority = !authority.is_empty()
-        && !authority.contains(['@', '?', '#', ' '])
-        && authority.rsplit_once(':').map_or(true, |(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok()
-        });
+    let port_ok = |port: &str| port.parse::<u16>().is_ok();
+    // An IPv6 literal is bracketed and holds colons of its own.
+    let host_and_port_ok = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, "")) => !host.is_empty(),
+            Some((host, after)) => !host.is_empty() && after.strip_prefix(':').is_some_and(port_ok),
+            None => false,
+        },
+        None => authority
+            .rsplit_once(':')
+            .map_or(true, |(host, port)| !host.is_empty() && port_ok(port)),
+    };
+    let valid_authority =
+        !authority.is_empty() && !authority.contains(['@', '?', '#', ' ']) && host_and_port_ok;
     if !valid_authority {
         return Err(format!("{url}: {EXPECTED}"));
     }
@@ -840,7 +851,21 @@ mod tests {
                 .unwrap(),
             "https://tasks.example.com:8443"
         );
-        for bad in ["https://", "ftp://x", "http://:80", "http://host:port"] {
+        for (url, base) in [
+            ("HTTPS://tasks.example.com/", "https://tasks.example.com"),
+            ("https://[::1]", "https://[::1]"),
+            ("http://[::1]:8080/api", "http://[::1]:8080/api"),
+        ] {
+            assert_eq!(parse_api_url(url).unwrap(), base, "{url}");
+        }
+        for bad in [
+            "https://",
+            "http://[::1",
+            "http://[::1]:x",
+            "ftp://x",
+            "http://:80",
+            "http://host:port",
+        ] {
             assert!(parse_api_url(bad).is_err(), "{bad}");
             assert!(with(bad, "127.0.0.1:8080").validate().is_err(), "{bad}");
         }

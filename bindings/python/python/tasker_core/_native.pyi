@@ -58,11 +58,12 @@ def api_base_url(config: Mapping[str, Any]) -> str:
     """Where a client reaches the API for `config` (a dict as load_config
     returns), without a trailing slash: api_url, else http:// + api_listen
     with an unspecified address reached on loopback. ConfigError when
-    neither gives a usable URL (https://, port 0, ...)."""
+    neither gives a usable URL (ftp://, port 0, ...)."""
 
 def parse_api_url(url: str) -> str:
     """`url` as an API base URL without a trailing slash (http://HOST:PORT,
-    an optional path prefix; https:// refused). ConfigError otherwise."""
+    or https://HOST[:PORT] for a TLS proxy; an optional path prefix).
+    ConfigError otherwise (another scheme)."""
 
 # -- policy: tasker_worker::policy
 

@@ -18,8 +18,11 @@ tasker-core client (Rust, Python, Ruby, Node) follows:
   configuration's ``api_url`` and ``api_token`` (file section, then the
   ``TASKER_API_URL`` and ``TASKER_API_TOKEN`` variables, resolved by the one
   Rust call every SDK uses); an empty ``api_url`` means ``http://`` +
-  ``api_listen``, an unspecified address reached on loopback. Plain HTTP
-  only: an ``https://`` URL is refused (TLS belongs to a reverse proxy).
+  ``api_listen``, an unspecified address reached on loopback. An
+  ``https://`` URL reaches ``tasker serve`` through a TLS-terminating proxy
+  (``serve`` itself speaks plain HTTP): the proxy's certificate is always
+  verified against the system's CA certificates (``SSL_CERT_FILE`` names
+  another bundle, for a private CA); there is no way to skip verification.
 * Waiting (§3): ``GET /v1/tasks/{id}?wait=SECONDS`` repeated, each asking
   for at most 20 s (2 s in :class:`AsyncClient`), each read given that plus
   10 s, until the task has ended or the deadline has passed
@@ -35,7 +38,8 @@ tasker-core client (Rust, Python, Ruby, Node) follows:
   ``tasker_core.client`` logger.
 
 The transport is the standard library's ``urllib.request`` (no proxy from
-the environment, no redirects followed); :class:`AsyncClient` runs it on
+the environment, no redirects followed; HTTPS with
+:func:`ssl.create_default_context`); :class:`AsyncClient` runs it on
 threads of its own (see its doc). Results are frozen dataclasses;
 timestamps are aware :class:`~datetime.datetime` objects (UTC), and each
 result keeps the server's JSON in ``raw`` (``Task.to_dict()`` returns a copy,
@@ -57,6 +61,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import sys
 import time
 import urllib.error
@@ -517,6 +522,14 @@ class _ServerError(Exception):
 
 def _describe(error: BaseException, timeout: float) -> Tuple[str, bool]:
     """Why a try got no answer, and whether the request may have been sent."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        # The handshake failed: nothing was sent.
+        why = error.verify_message or error.reason or str(error)
+        return (
+            f"the server's TLS certificate was not trusted: {why}; for a private CA,"
+            " name its certificate in SSL_CERT_FILE",
+            False,
+        )
     if isinstance(error, ConnectionRefusedError):
         return (error.strerror or "connection refused", False)
     if isinstance(error, socket.gaierror):
@@ -576,7 +589,13 @@ class _Core:
         self.url = _native.parse_api_url(url) if url is not None else _native.api_base_url(config)
         self.token: str = token if token is not None else str(config["api_token"] or "")
         self.timeout = checked
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+        # HTTPS always verifies the certificate and the host name, against
+        # OpenSSL's default verify paths (which honour SSL_CERT_FILE).
+        self._opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}),
+            urllib.request.HTTPSHandler(context=ssl.create_default_context()),
+            _NoRedirect(),
+        )
 
     # One request, with the retries of CLIENT.md §5.
     def request(
@@ -773,7 +792,8 @@ class Client:
     ``Client(url=None, token=None, *, config_path=None, env=None,
     timeout=30.0)``:
 
-    * ``url``: the API's ``http://HOST:PORT`` (an optional path prefix
+    * ``url``: the API's ``http://HOST:PORT``, or ``https://HOST[:PORT]``
+      for a TLS-terminating proxy in front of it (an optional path prefix
       allowed); default: the configuration's ``api_url``, else ``http://`` +
       ``api_listen``. ``token``: the bearer token; default ``api_token``
       (``""`` sends none).
@@ -785,9 +805,12 @@ class Client:
       (which get their ``wait`` plus 10 s), in seconds.
 
     Raises :class:`~tasker_core.ConfigError` for a bad configuration or URL
-    (``https://`` is refused: point the client at the server's own address or
-    a TLS-terminating proxy's plain side). The client keeps no connection
-    open and may be shared between threads.
+    (a scheme other than ``http://`` or ``https://``). Over HTTPS the
+    proxy's certificate must be trusted (the system's CA certificates, or
+    the bundle ``SSL_CERT_FILE`` names); one that is not makes the call fail
+    like an unreachable server (:class:`~tasker_core.ServerUnavailable`,
+    after the retries). The client keeps no connection open and may be
+    shared between threads.
     """
 
     def __init__(

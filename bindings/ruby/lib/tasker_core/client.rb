@@ -69,8 +69,9 @@ module TaskerCore
     # @return [String] the API's base URL, e.g. `"http://127.0.0.1:8080"`
     attr_reader :url
 
-    # @param url [String, nil] the API's base URL, `http://HOST:PORT` (a path
-    #   prefix allowed); nil: the configuration's (`api_url`, else `http://`
+    # @param url [String, nil] the API's base URL, `http://HOST:PORT`, or
+    #   `https://HOST[:PORT]` for a TLS-terminating proxy in front of the
+    #   server (a path prefix allowed); nil: the configuration's (`api_url`, else `http://`
     #   + `api_listen` with `0.0.0.0`/`::` reached on loopback)
     # @param token [String, nil] the bearer token; nil: the configuration's
     #   `api_token` (empty: none)
@@ -82,9 +83,15 @@ module TaskerCore
     # @param open_timeout [Numeric] seconds to connect
     # @param read_timeout [Numeric] seconds to wait for an answer (a
     #   long-poll waits its own `wait` + 10)
-    # @raise [ConfigError] for an `https://` URL (use a TLS-terminating
-    #   proxy's plain side or the server's own address) or one that is not
-    #   `http://HOST:PORT[/prefix]`
+    # @raise [ConfigError] for a URL that is not `http://HOST:PORT[/prefix]`
+    #   or `https://HOST[:PORT][/prefix]` (another scheme, a bad port)
+    #
+    # Over HTTPS the proxy's certificate is always verified, host name
+    # included, against the system's CA certificates; for a private CA, set
+    # `SSL_CERT_FILE` to a bundle that holds it before making the client.
+    # There is no way to skip verification: a certificate that is not
+    # trusted fails a call like an unreachable server ({ServerUnavailable},
+    # after the retries).
     def initialize(url: nil, token: nil, config: nil, logger: nil,
                    open_timeout: DEFAULT_OPEN_TIMEOUT, read_timeout: DEFAULT_READ_TIMEOUT)
       config ||= Config.load if url.nil? || token.nil?

@@ -103,9 +103,9 @@ fn api_base_url(hash: RHash) -> Result<String, Error> {
 }
 
 /// `Native.parse_api_url(url)`: `url` as an API base URL without a
-/// trailing slash (`tasker_config::parse_api_url`: `http://HOST:PORT` with
-/// an optional path prefix; `https://` refused). A `ConfigError` naming
-/// `url` otherwise.
+/// trailing slash (`tasker_config::parse_api_url`: `http://HOST:PORT`, or
+/// `https://HOST[:PORT]` for a TLS proxy, with an optional path prefix). A
+/// `ConfigError` naming `url` otherwise.
 fn parse_api_url(url: String) -> Result<String, Error> {
     tasker_config::parse_api_url(&url)
         .map_err(|message| errors::invalid(format!("invalid value for url: {message}")))

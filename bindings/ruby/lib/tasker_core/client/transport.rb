@@ -2,6 +2,7 @@
 
 require "json"
 require "net/http"
+require "openssl"
 require "uri"
 
 module TaskerCore
@@ -10,8 +11,16 @@ module TaskerCore
     # connections kept alive in a pool (one request per connection at a
     # time, so any number of threads can share a transport), the headers,
     # the retries of idempotent calls, and problem documents turned into
-    # {ClientError}s. Internal; use {Client}.
+    # {ClientError}s. Over HTTPS (a TLS-terminating proxy in front of the
+    # server) the certificate and host name are always verified, against
+    # OpenSSL's default verify paths (the system's CA certificates, or the
+    # bundle `SSL_CERT_FILE` names), read when the transport is made.
+    # Internal; use {Client}.
     class Transport
+      # A TLS handshake that failed (most often: a certificate that is not
+      # trusted); nothing was sent. Its `cause` is the OpenSSL error.
+      class TlsFailure < StandardError; end
+
       # Waits before the retries of an idempotent call, in seconds (each
       # ±20% at random): at most 4 retries after the first try.
       RETRY_DELAYS = [0.2, 0.4, 0.8, 1.6].freeze
@@ -31,10 +40,10 @@ module TaskerCore
 
       # Exceptions that mean there was no answer.
       NO_ANSWER = [SystemCallError, IOError, SocketError, Timeout::Error, Net::HTTPBadResponse,
-                   Net::ProtocolError].freeze
+                   Net::ProtocolError, OpenSSL::SSL::SSLError, TlsFailure].freeze
 
       # Failures to connect: the request was not sent.
-      NOT_SENT = [Errno::ECONNREFUSED, Net::OpenTimeout, SocketError].freeze
+      NOT_SENT = [Errno::ECONNREFUSED, Net::OpenTimeout, SocketError, TlsFailure].freeze
 
       # Most characters of a body quoted in a message.
       MAX_QUOTED = 200
@@ -45,7 +54,8 @@ module TaskerCore
       # @return [String] the base URL, no trailing slash
       attr_reader :base_url
 
-      # @param base_url [String] `http://HOST:PORT[/prefix]`, checked
+      # @param base_url [String] `http://HOST:PORT[/prefix]` or
+      #   `https://HOST[:PORT][/prefix]`, checked
       # @param token [String, nil]
       # @param open_timeout [Numeric] seconds to connect
       # @param read_timeout [Numeric] seconds to wait for an answer (waits
@@ -57,6 +67,13 @@ module TaskerCore
         uri = URI.parse(base_url)
         @host = uri.hostname
         @port = uri.port
+        @tls = uri.scheme == "https"
+        if @tls
+          # Its own store, so that SSL_CERT_FILE is read now, not when
+          # openssl was loaded (OpenSSL::X509::DEFAULT_CERT_STORE).
+          @cert_store = OpenSSL::X509::Store.new
+          @cert_store.set_default_paths
+        end
         @prefix = uri.path.chomp("/")
         @headers = { "Accept" => "application/json", "User-Agent" => USER_AGENT }
         @headers["Authorization"] = "Bearer #{token}" if token
@@ -164,7 +181,18 @@ module TaskerCore
         # retry of idempotent requests would add tries (and a wait's read
         # timeout) it does not count.
         http.max_retries = 0
-        http.start
+        return http.start unless @tls
+
+        # Verification cannot be turned off: there is no option for it.
+        http.use_ssl = true
+        http.verify_mode = OpenSSL::SSL::VERIFY_PEER
+        http.verify_hostname = true
+        http.cert_store = @cert_store
+        begin
+          http.start
+        rescue OpenSSL::SSL::SSLError => e
+          raise TlsFailure, e.message
+        end
       end
 
       def checkin(http)
@@ -264,8 +292,21 @@ module TaskerCore
           when Net::ReadTimeout then "no answer in time"
           when Net::WriteTimeout then "sending timed out"
           when EOFError then "connection closed without an answer"
+          when TlsFailure then tls_failure(error.message)
           when SystemCallError then SystemCallError.new(nil, error.errno).message
           else "#{error.class}: #{quote(error.message)}"
+          end
+        end
+
+        private
+
+        def tls_failure(message)
+          if message.match?(/certificate verify failed|does not match the server certificate/)
+            why = message[/certificate verify failed.*|hostname .*/]
+            "the server's TLS certificate was not trusted (#{why}); for a private CA, " \
+              "name its certificate in SSL_CERT_FILE"
+          else
+            "TLS handshake failed: #{message}"
           end
         end
       end
