@@ -121,6 +121,17 @@ impl Serve {
         }
     }
 
+    /// A server whose API takes one bearer token, `token`.
+    async fn with_token(token: &str) -> Serve {
+        let line = format!("app: {token}\n");
+        Serve::start(move |config, dir| {
+            let path = dir.join("tokens.yaml");
+            std::fs::write(&path, line).unwrap();
+            config.api_tokens_file = path.display().to_string();
+        })
+        .await
+    }
+
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -349,12 +360,7 @@ async fn each_refusal_is_its_own_error_with_the_servers_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_tokens_refuses_a_client_without_the_right_one() {
-    let serve = Serve::start(|config, dir| {
-        let path = dir.join("tokens.yaml");
-        std::fs::write(&path, "ci: ci-token-0123456789abcdef\n").unwrap();
-        config.api_tokens_file = path.display().to_string();
-    })
-    .await;
+    let serve = Serve::with_token("ci-token-0123456789abcdef").await;
     for client in [
         Client::new(&serve.url).unwrap(),
         Client::new(&serve.url)
@@ -492,12 +498,7 @@ async fn tls_proxy(upstream: String) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_tls_proxy_the_client_speaks_https_and_checks_the_certificate() {
-    let serve = Serve::start(|config, dir| {
-        let tokens = dir.join("tokens.yaml");
-        std::fs::write(&tokens, "app: https-only-token-0123456789\n").unwrap();
-        config.api_tokens_file = tokens.display().to_string();
-    })
-    .await;
+    let serve = Serve::with_token("https-only-token-0123456789").await;
     let (port, pem) = tls_proxy(serve.url.trim_start_matches("http://").to_string()).await;
     let url = format!("https://localhost:{port}");
     let quick = RetryPolicy::none();
