@@ -378,13 +378,7 @@ async fn a_server_with_tokens_refuses_a_client_without_the_right_one() {
         ..TaskerConfig::default()
     };
     let client = Client::from_config(&config).unwrap();
-    let names: Vec<String> = client
-        .workflows()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|w| w.name)
-        .collect();
+    let names = workflow_names(&client).await;
     assert_eq!(names, ["double", "refuse", "slow"]);
     serve.stop().await;
 }
@@ -458,6 +452,17 @@ async fn a_server_stopping_during_a_wait_ends_it_with_server_unavailable_not_a_h
     assert!(started.elapsed() < Duration::from_secs(15));
 }
 
+/// The names of the workflows the server behind `client` offers.
+async fn workflow_names(client: &Client) -> Vec<String> {
+    client
+        .workflows()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect()
+}
+
 /// A TLS-terminating proxy in front of `upstream` (`HOST:PORT`), as Caddy
 /// or nginx would be, with a self-signed certificate for `localhost`;
 /// returns its port and the certificate (PEM).
@@ -522,13 +527,7 @@ async fn behind_a_tls_proxy_the_client_speaks_https_and_checks_the_certificate()
         .unwrap()
         .with_token("https-only-token-0123456789")
         .with_retry(quick);
-    let names: Vec<String> = client
-        .workflows()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|w| w.name)
-        .collect();
+    let names = workflow_names(&client).await;
     assert!(names.contains(&"double".to_string()), "{names:?}");
     let handle = client
         .submit("double", json!({ "n": 2 }), None)
