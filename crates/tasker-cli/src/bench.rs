@@ -53,6 +53,13 @@ pub struct BenchArgs {
     /// Skip the CURVE measurement (plaintext beside CURVE, same run).
     #[arg(long)]
     pub no_curve: bool,
+    /// Only tasker's own throughput runs, nothing beside them: a clean
+    /// target for `perf record`.
+    #[arg(long, hide = true)]
+    pub system_only: bool,
+    /// Only the single-step round trips, tasker beside raw.
+    #[arg(long, hide = true)]
+    pub latency_only: bool,
 }
 
 static NEXT_STEP: AtomicI64 = AtomicI64::new(1);
@@ -200,6 +207,10 @@ fn raw_latency(samples: usize) -> Result<Vec<Duration>> {
     let (request, response) = messages(1);
     let request = codec::encode(&request)?;
     let echo = RawEcho::start(response, false)?;
+    for _ in 0..samples.min(100) {
+        echo.send(&request)?;
+        echo.recv()?;
+    }
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t = Instant::now();
@@ -210,11 +221,39 @@ fn raw_latency(samples: usize) -> Result<Vec<Duration>> {
     Ok(out)
 }
 
+/// Where the bench's worker runs: on threads of this process, or as a
+/// `tasker worker` process of its own, as every deployment runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    InProcess,
+    Process,
+}
+
+enum BenchWorker {
+    InProcess(tasker_worker::RunningWorker),
+    Process(crate::children::WorkerProcess),
+}
+
 struct System {
     executor: ZmqPubSubExecutor,
-    worker: tasker_worker::RunningWorker,
+    worker: BenchWorker,
     /// The CURVE key files, when on.
     _keys: Option<tempfile::TempDir>,
+}
+
+impl System {
+    async fn stop(self) -> Result<()> {
+        self.executor.shutdown(Duration::from_secs(1)).await;
+        match self.worker {
+            BenchWorker::InProcess(worker) => {
+                worker.join(Duration::from_secs(5));
+            }
+            BenchWorker::Process(worker) => {
+                worker.stop(Duration::from_secs(10))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Key files for a CURVE run: the orchestrator's pair and one admitted
@@ -239,7 +278,7 @@ fn curve_keys() -> Result<(tempfile::TempDir, TaskerConfig, TaskerConfig)> {
     Ok((dir, orchestrator, worker))
 }
 
-async fn system(batch: usize, window: usize, curve: bool) -> Result<System> {
+async fn system(batch: usize, window: usize, curve: bool, placement: Placement) -> Result<System> {
     let (keys, orchestrator, worker) = if curve {
         let (dir, orchestrator, worker) = curve_keys()?;
         (Some(dir), orchestrator, worker)
@@ -253,18 +292,46 @@ async fn system(batch: usize, window: usize, curve: bool) -> Result<System> {
         ..orchestrator
     };
     let executor = ZmqPubSubExecutor::start(&config)?;
-    let worker_config = TaskerConfig {
-        endpoint: executor.endpoint().to_string(),
-        curve_secret_key_file: worker.curve_secret_key_file,
-        curve_server_public_key_file: worker.curve_server_public_key_file,
-        curve_authorized_keys_dir: String::new(),
-        ..config
+    let capacity = (batch * window) as u32;
+    let worker = match placement {
+        Placement::InProcess => {
+            let worker_config = TaskerConfig {
+                endpoint: executor.endpoint().to_string(),
+                curve_secret_key_file: worker.curve_secret_key_file,
+                curve_server_public_key_file: worker.curve_server_public_key_file,
+                curve_authorized_keys_dir: String::new(),
+                ..config
+            };
+            BenchWorker::InProcess(
+                Worker::new(worker_config)
+                    .capacity(capacity)
+                    .threads(1)
+                    .handler("noop", |_| Ok(Value::Null))
+                    .spawn()?,
+            )
+        }
+        Placement::Process => {
+            let exe = std::env::current_exe().context("finding the tasker binary")?;
+            let command = format!(
+                "'{}' worker --handlers noop --capacity {capacity} --threads 1",
+                exe.display()
+            );
+            let env = [
+                ("TASKER_CURVE_SECRET_KEY_FILE", worker.curve_secret_key_file),
+                (
+                    "TASKER_CURVE_SERVER_PUBLIC_KEY_FILE",
+                    worker.curve_server_public_key_file,
+                ),
+            ];
+            BenchWorker::Process(crate::children::WorkerProcess::spawn(
+                "bench",
+                &command,
+                executor.endpoint(),
+                &env,
+                None,
+            )?)
+        }
     };
-    let worker = Worker::new(worker_config)
-        .capacity((batch * window) as u32)
-        .threads(1)
-        .handler("noop", |_| Ok(Value::Null))
-        .spawn()?;
     if !executor.wait_for_workers(1, Duration::from_secs(10)).await {
         anyhow::bail!("bench worker did not connect");
     }
@@ -275,30 +342,64 @@ async fn system(batch: usize, window: usize, curve: bool) -> Result<System> {
     })
 }
 
-async fn system_throughput(batch: usize, steps: usize, window: usize, curve: bool) -> Result<f64> {
-    let sys = system(batch, window, curve).await?;
+/// Steps per submitted batch in a throughput run, and batches submitted
+/// ahead: a steady stream, as an engine with many tasks submits, which
+/// keeps the queue ahead of the worker's credit.
+const SUBMIT_CHUNK: usize = 1_000;
+const SUBMIT_AHEAD: usize = 4;
+
+/// Runs `steps` no-op steps through `executor` as a steady stream of
+/// batches, checking every result; how long it took.
+pub(crate) async fn drive(executor: &ZmqPubSubExecutor, steps: usize) -> Result<Duration> {
+    let started = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    let (mut submitted, mut done) = (0, 0);
+    while done < steps {
+        while submitted < steps && pending.len() < SUBMIT_AHEAD {
+            let n = SUBMIT_CHUNK.min(steps - submitted);
+            let chunk = StepBatchRequest::new(format!("bench-{submitted}"), noop_steps(n));
+            pending.push_back(executor.submit(chunk).await?);
+            submitted += n;
+        }
+        let handle = pending.pop_front().expect("submitted ahead");
+        let expected = handle.len();
+        let results = handle.collect().await;
+        anyhow::ensure!(results.len() == expected, "lost results");
+        if let Some(bad) = results
+            .iter()
+            .find(|r| r.status != tasker_protocol::StepStatus::Completed)
+        {
+            anyhow::bail!("a step failed: {bad:?}");
+        }
+        done += results.len();
+    }
+    Ok(started.elapsed())
+}
+
+async fn system_throughput(
+    batch: usize,
+    steps: usize,
+    window: usize,
+    curve: bool,
+    placement: Placement,
+) -> Result<f64> {
+    let sys = system(batch, window, curve, placement).await?;
     // Warm up connections and allocators.
     sys.executor
         .execute_step_batch(StepBatchRequest::new("warm", noop_steps(batch * 4)))
         .await?;
-    let started = Instant::now();
-    let results = sys
-        .executor
-        .execute_step_batch(StepBatchRequest::new("bench", noop_steps(steps)))
-        .await?;
-    let elapsed = started.elapsed();
-    anyhow::ensure!(results.len() == steps, "lost results");
-    anyhow::ensure!(
-        results
-            .iter()
-            .all(|r| r.status == tasker_protocol::StepStatus::Completed),
-        "some steps failed: {:?}",
-        results
-            .iter()
-            .find(|r| r.status != tasker_protocol::StepStatus::Completed)
-    );
-    sys.executor.shutdown(Duration::from_secs(1)).await;
-    sys.worker.join(Duration::from_secs(5));
+    let cpu_before = threads_cpu();
+    let elapsed = drive(&sys.executor, steps).await?;
+    if std::env::var_os("TASKER_BENCH_THREADS").is_some() {
+        // Where the CPU went, per thread of this process (libzmq's I/O
+        // threads count as `tasker`, as the main thread does).
+        for (name, cpu) in threads_cpu() {
+            let before = cpu_before.get(&name).copied().unwrap_or_default();
+            let us = cpu.saturating_sub(before).as_secs_f64() * 1e6 / steps as f64;
+            eprintln!("  {name:<24} {us:6.2} us/step");
+        }
+    }
+    sys.stop().await?;
     Ok(steps as f64 / elapsed.as_secs_f64())
 }
 
@@ -306,8 +407,15 @@ async fn system_latency(
     samples: usize,
     idle_secs: f64,
     curve: bool,
+    placement: Placement,
 ) -> Result<(Vec<Duration>, f64)> {
-    let sys = system(1, 1, curve).await?;
+    let sys = system(1, 1, curve, placement).await?;
+    // Warm up, as the raw echo does.
+    for _ in 0..samples.min(100) {
+        sys.executor
+            .execute_step_batch(StepBatchRequest::new("warm", noop_steps(1)))
+            .await?;
+    }
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t = Instant::now();
@@ -321,9 +429,27 @@ async fn system_latency(
     let wall = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(idle_secs)).await;
     let idle = (process_cpu()? - cpu_before) / wall.elapsed().as_secs_f64() * 100.0;
-    sys.executor.shutdown(Duration::from_secs(1)).await;
-    sys.worker.join(Duration::from_secs(5));
+    sys.stop().await?;
     Ok((out, idle))
+}
+
+/// CPU time of this process's threads, summed by thread name.
+fn threads_cpu() -> std::collections::BTreeMap<String, Duration> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let name = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if let Some(cpu) = crate::children::cpu_time_of(&format!("self/task/{tid}")) {
+            *out.entry(name).or_default() += cpu;
+        }
+    }
+    out
 }
 
 /// User + system CPU seconds of this process, from /proc.
@@ -338,6 +464,16 @@ fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples[i].as_secs_f64() * 1e6
 }
 
+/// Steps of a throughput run at this batch size: batch 1 moves a step per
+/// message, so fewer make as long a run.
+fn run_steps(args: &BenchArgs, batch: usize) -> usize {
+    if batch == 1 {
+        args.steps.min(20_000)
+    } else {
+        args.steps
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.durable_only {
         return crate::bench_store::run(args.durable_steps, &args.postgres);
@@ -346,66 +482,136 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    if args.system_only {
+        for &batch in &args.batch_sizes {
+            for placement in [Placement::InProcess, Placement::Process] {
+                let ours = runtime.block_on(system_throughput(
+                    batch,
+                    args.steps,
+                    args.window,
+                    false,
+                    placement,
+                ))?;
+                println!("batch {batch}, {placement:?}: {ours:.0} st/s");
+            }
+        }
+        return Ok(());
+    }
+    if args.latency_only {
+        let mut raw = raw_latency(args.latency_samples)?;
+        let (mut ours, _) = runtime.block_on(system_latency(
+            args.latency_samples,
+            0.0,
+            false,
+            Placement::InProcess,
+        ))?;
+        for p in [0.5, 0.99] {
+            println!(
+                "p{:.0}: tasker {:.1} us, raw {:.1} us",
+                p * 100.0,
+                percentile(&mut ours, p),
+                percentile(&mut raw, p)
+            );
+        }
+        return Ok(());
+    }
     println!(
         "tasker bench: {} steps per run, window {} batches, no-op handler, tcp loopback",
         args.steps, args.window
     );
+    println!(
+        "tasker: orchestrator and a Rust worker in this process; worker process: \
+         the same worker as `tasker worker`"
+    );
     println!();
     println!(
-        "{:<12} {:>15} {:>15} {:>8} {:>15} {:>8}",
-        "throughput", "tasker", "raw echo", "ratio", "echo+JSON", "ratio"
+        "{:<11} {:>14} {:>6} {:>15} {:>6} {:>15} {:>15}",
+        "throughput", "tasker", "ratio", "worker process", "ratio", "echo+JSON", "raw echo"
     );
     for &batch in &args.batch_sizes {
-        let steps = if batch == 1 {
-            args.steps.min(20_000)
-        } else {
-            args.steps
-        };
+        let steps = run_steps(&args, batch);
         let raw = raw_throughput(batch, steps, args.window, false)?;
         let json = raw_throughput(batch, steps, args.window, true)?;
-        let ours = runtime.block_on(system_throughput(batch, steps, args.window, false))?;
+        let ours = runtime.block_on(system_throughput(
+            batch,
+            steps,
+            args.window,
+            false,
+            Placement::InProcess,
+        ))?;
+        let process = runtime.block_on(system_throughput(
+            batch,
+            steps,
+            args.window,
+            false,
+            Placement::Process,
+        ))?;
         println!(
-            "{:<12} {:>10.0} st/s {:>10.0} st/s {:>7.0}% {:>10.0} st/s {:>7.0}%",
+            "{:<11} {:>9.0} st/s {:>5.0}% {:>10.0} st/s {:>5.0}% {:>10.0} st/s {:>10.0} st/s",
             format!("batch {batch}"),
             ours,
-            raw,
-            ours / raw * 100.0,
+            ours / json * 100.0,
+            process,
+            process / json * 100.0,
             json,
-            ours / json * 100.0
+            raw,
         );
     }
     println!(
-        "raw echo: the same bodies, unparsed; echo+JSON: both ends also decode and encode them"
+        "ratio: to echo+JSON, a ROUTER/DEALER echo whose ends decode and encode the same \
+         bodies; raw echo: the bodies unparsed"
     );
     let mut raw = raw_latency(args.latency_samples)?;
-    let (mut ours, idle) =
-        runtime.block_on(system_latency(args.latency_samples, args.idle_secs, false))?;
+    let (mut ours, idle) = runtime.block_on(system_latency(
+        args.latency_samples,
+        args.idle_secs,
+        false,
+        Placement::InProcess,
+    ))?;
+    let (mut process, _) = runtime.block_on(system_latency(
+        args.latency_samples,
+        0.0,
+        false,
+        Placement::Process,
+    ))?;
     let mut curve = if args.no_curve {
         None
     } else {
         Some(
             runtime
-                .block_on(system_latency(args.latency_samples, 0.0, true))?
+                .block_on(system_latency(
+                    args.latency_samples,
+                    0.0,
+                    true,
+                    Placement::InProcess,
+                ))?
                 .0,
         )
     };
     println!();
     println!(
-        "{:<28} {:>14} {:>14} {:>14}",
-        "single-step round trip", "tasker", "raw echo", "tasker+CURVE"
+        "{:<22} {:>17} {:>17} {:>11} {:>13}",
+        "single-step round trip", "tasker", "worker process", "raw echo", "tasker+CURVE"
     );
     for (label, p) in [("p50", 0.50), ("p99", 0.99)] {
+        let raw = percentile(&mut raw, p);
+        let ours = percentile(&mut ours, p);
+        let process = percentile(&mut process, p);
         let with_curve = curve
             .as_mut()
             .map_or("-".to_string(), |c| format!("{:.1} us", percentile(c, p)));
         println!(
-            "{:<28} {:>11.1} us {:>11.1} us {:>14}",
+            "{:<22} {:>8.1} us {:>4.2}x {:>8.1} us {:>4.2}x {:>8.1} us {:>13}",
             label,
-            percentile(&mut ours, p),
-            percentile(&mut raw, p),
+            ours,
+            ours / raw,
+            process,
+            process / raw,
+            raw,
             with_curve
         );
     }
+    println!("x: times the raw echo's round trip");
     if !args.no_curve {
         println!();
         println!(
@@ -413,13 +619,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "CURVE", "plaintext", "CURVE", "ratio"
         );
         for &batch in &args.batch_sizes {
-            let steps = if batch == 1 {
-                args.steps.min(20_000)
-            } else {
-                args.steps
-            };
-            let plain = runtime.block_on(system_throughput(batch, steps, args.window, false))?;
-            let curve = runtime.block_on(system_throughput(batch, steps, args.window, true))?;
+            let steps = run_steps(&args, batch);
+            let plain = runtime.block_on(system_throughput(
+                batch,
+                steps,
+                args.window,
+                false,
+                Placement::InProcess,
+            ))?;
+            let curve = runtime.block_on(system_throughput(
+                batch,
+                steps,
+                args.window,
+                true,
+                Placement::InProcess,
+            ))?;
             println!(
                 "{:<12} {:>10.0} st/s {:>10.0} st/s {:>7.0}%",
                 format!("batch {batch}"),

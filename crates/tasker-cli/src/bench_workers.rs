@@ -7,16 +7,16 @@
 //! machine hits all of them; the best round of each is reported, with its
 //! ratio to the first worker, and the median round beside it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use serde::Serialize;
 use tasker_config::TaskerConfig;
 use tasker_orchestrator::ZmqPubSubExecutor;
-use tasker_protocol::{StepBatchRequest, StepStatus};
+use tasker_protocol::StepBatchRequest;
 
-use crate::bench::noop_steps;
+use crate::bench::{drive, noop_steps};
 use crate::children::{parse_named_command, WorkerProcess};
 
 #[derive(Args, Debug)]
@@ -81,19 +81,13 @@ async fn measure(args: &BenchWorkersArgs, command: &str) -> Result<Run> {
         .execute_step_batch(StepBatchRequest::new("warm", noop_steps(warm)))
         .await?;
     let cpu_before = worker.cpu_time();
-    let started = Instant::now();
-    let results = executor
-        .execute_step_batch(StepBatchRequest::new("bench", noop_steps(args.steps)))
-        .await?;
-    let elapsed = started.elapsed();
+    let elapsed = drive(&executor, args.steps)
+        .await
+        .with_context(|| format!("{command:?}"))?;
     let cpu = match (cpu_before, worker.cpu_time()) {
         (Some(a), Some(b)) => Some((b.saturating_sub(a)) / args.steps as u32),
         _ => None,
     };
-    ensure!(results.len() == args.steps, "{command:?} lost results");
-    if let Some(bad) = results.iter().find(|r| r.status != StepStatus::Completed) {
-        bail!("{command:?} failed a step: {bad:?}");
-    }
     // How it exits does not matter here, only that it does.
     worker.stop(Duration::from_secs(10))?;
     executor.shutdown(Duration::from_secs(1)).await;

@@ -1,6 +1,8 @@
 //! The public handle of the executor; the work happens in [`crate::dispatcher`].
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
+
+use foldhash::{HashMapExt, HashSetExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -11,12 +13,13 @@ use tasker_protocol::{codec, StepBatchRequest, StepExecutionResult, StepId, Step
 use tasker_transport::curve::ServerCurve;
 use tasker_transport::monitor::HandshakeMonitor;
 use tasker_transport::Doorbell;
-use tokio::sync::{mpsc as tokio_mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tracing::Instrument;
 
-use crate::dispatcher::{Channels, Command, Dispatcher, Sockets, Zap};
+use crate::dispatcher::{Channels, Command, Dispatcher, NewStep, Sockets, Zap};
 use crate::integration::BoxFuture;
 use crate::metrics::Metrics;
+use crate::sink::ResultStream;
 use crate::{ExecutorError, FrameworkIntegration, MetricsSnapshot, ShutdownReport, WorkerInfo};
 
 /// The ZeroMQ step executor: binds a `ROUTER` socket, registers the workers
@@ -258,17 +261,32 @@ impl ZmqPubSubExecutor {
         permits.forget();
 
         let order: Vec<StepId> = batch.steps.iter().map(|s| s.step_id).collect();
-        let batch_id = batch.batch_id.clone();
-        let (results_tx, results_rx) = tokio_mpsc::unbounded_channel();
+        let batch_id = batch.batch_id;
+        // Encoded here, on the submitting thread, once for every delivery
+        // of the step: the I/O thread only joins the bytes.
+        let default_timeout = self.config.default_step_timeout_ms;
+        let steps: Vec<NewStep> = batch
+            .steps
+            .into_iter()
+            .map(|mut request| {
+                if request.metadata.timeout_ms == 0 {
+                    request.metadata.timeout_ms = default_timeout;
+                }
+                NewStep::new(request)
+            })
+            .collect();
+        let (results_tx, results_rx) = crate::sink::channel();
         let (reply_tx, reply_rx) = oneshot::channel();
         self.send(match resume {
             None => Command::Submit {
-                batch,
+                batch_id: batch_id.clone(),
+                steps,
                 results: results_tx,
                 reply: reply_tx,
             },
             Some(grace) => Command::Resume {
-                batch,
+                batch_id: batch_id.clone(),
+                steps,
                 grace,
                 results: results_tx,
                 reply: reply_tx,
@@ -279,6 +297,7 @@ impl ZmqPubSubExecutor {
             batch_id,
             order,
             results: results_rx,
+            arrived: VecDeque::new(),
             received: 0,
         })
     }
@@ -388,7 +407,7 @@ fn validate_batch(batch: &StepBatchRequest) -> Result<(), ExecutorError> {
     if batch.steps.is_empty() {
         return Err(invalid("the batch has no steps".into()));
     }
-    let mut seen = HashSet::with_capacity(batch.steps.len());
+    let mut seen = foldhash::HashSet::with_capacity(batch.steps.len());
     for step in &batch.steps {
         if !seen.insert(step.step_id) {
             return Err(invalid(format!("step id {} appears twice", step.step_id)));
@@ -429,7 +448,10 @@ fn validate_batch(batch: &StepBatchRequest) -> Result<(), ExecutorError> {
 pub struct BatchHandle {
     batch_id: String,
     order: Vec<StepId>,
-    results: tokio_mpsc::UnboundedReceiver<StepExecutionResult>,
+    /// Results arrive several at a time: those ended in one turn of the
+    /// I/O thread.
+    results: ResultStream,
+    arrived: VecDeque<StepExecutionResult>,
     received: usize,
 }
 
@@ -437,15 +459,11 @@ impl BatchHandle {
     /// A handle whose results are known already, for integrations that
     /// answer without a dispatcher (see [`FrameworkIntegration::resume`]).
     pub fn ready(batch_id: impl Into<String>, results: Vec<StepExecutionResult>) -> Self {
-        let (tx, rx) = tokio_mpsc::unbounded_channel();
-        let order = results.iter().map(|r| r.step_id).collect();
-        for result in results {
-            let _ = tx.send(result);
-        }
         Self {
             batch_id: batch_id.into(),
-            order,
-            results: rx,
+            order: results.iter().map(|r| r.step_id).collect(),
+            results: ResultStream::ready(results),
+            arrived: VecDeque::new(),
             received: 0,
         }
     }
@@ -475,15 +493,28 @@ impl BatchHandle {
         if self.received == self.order.len() {
             return None;
         }
-        let result = self.results.recv().await?;
+        if self.arrived.is_empty() {
+            self.arrived = self.results.take(1).await.into();
+        }
+        let result = self.arrived.pop_front()?;
         self.received += 1;
         Some(result)
     }
 
     /// Waits for every result and returns them in the batch's step order.
     pub async fn collect(mut self) -> Vec<StepExecutionResult> {
-        let mut by_id = std::collections::HashMap::with_capacity(self.order.len());
-        while let Some(result) = self.next().await {
+        let total = self.remaining();
+        let mut all: Vec<StepExecutionResult> = self.arrived.drain(..).collect();
+        while all.len() < total {
+            // Woken once they are all in, not as each turn ends a few.
+            let more = self.results.take(total - all.len()).await;
+            if more.is_empty() {
+                break;
+            }
+            all.extend(more);
+        }
+        let mut by_id = foldhash::HashMap::with_capacity(all.len());
+        for result in all {
             by_id.insert(result.step_id, result);
         }
         self.order

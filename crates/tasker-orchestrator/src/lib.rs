@@ -47,6 +47,7 @@ mod executor;
 mod integration;
 mod metrics;
 mod report;
+mod sink;
 
 pub use error::ExecutorError;
 pub use executor::{BatchHandle, ZmqPubSubExecutor};

@@ -522,6 +522,90 @@ impl CompletedEncoder {
     }
 }
 
+/// One step request encoded once, when it is submitted, as the JSON object
+/// it is on the wire: every delivery of it (the first, and any after a
+/// worker gives it back) copies these bytes into a `step_batch_request`
+/// ([`encode_steps`]) instead of serialising the step again, and the
+/// orchestrator's I/O thread keeps no value tree of it.
+///
+/// ```
+/// use tasker_protocol::{raw::EncodedStep, StepExecutionRequest};
+///
+/// let step = EncodedStep::new(&StepExecutionRequest::new(7, 1, "validate", "validate_order", 5_000));
+/// assert!(step.json().starts_with(r#"{"step_id":7,"task_id":1,"#));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedStep {
+    step: StepRef,
+    json: Box<str>,
+}
+
+impl EncodedStep {
+    /// Encodes a typed request.
+    pub fn new(request: &StepExecutionRequest) -> Self {
+        Self {
+            step: request.step_ref(),
+            // Strings, numbers and JSON values only: it always encodes.
+            json: serde_json::to_string(request)
+                .expect("a StepExecutionRequest always encodes")
+                .into_boxed_str(),
+        }
+    }
+
+    /// The step attempt this is.
+    pub fn step_ref(&self) -> StepRef {
+        self.step
+    }
+
+    /// The step's JSON object.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+}
+
+const REQUEST_START: &[u8] = br#"{"type":"step_batch_request","batch_id":"#;
+
+/// Size in bytes of a `step_batch_request` body for `batch_id` with no
+/// steps: the body with steps `s1..sn` is this plus their lengths plus
+/// `n - 1` separating commas.
+pub fn request_envelope_len(batch_id: &str) -> usize {
+    request_body(batch_id, std::iter::empty(), 0).len()
+}
+
+/// The frames of a `step_batch_request` carrying these encoded steps: the
+/// same bytes [`codec::encode`] writes for the typed message.
+pub fn encode_steps<'a>(
+    batch_id: &str,
+    steps: impl IntoIterator<Item = &'a EncodedStep> + Clone,
+) -> [Vec<u8>; 2] {
+    let payload: usize = steps.clone().into_iter().map(|s| s.json.len() + 1).sum();
+    [
+        PROTOCOL_HEADER.as_bytes().to_vec(),
+        request_body(batch_id, steps.into_iter().map(EncodedStep::json), payload),
+    ]
+}
+
+fn request_body<'a>(
+    batch_id: &str,
+    steps: impl Iterator<Item = &'a str>,
+    payload: usize,
+) -> Vec<u8> {
+    let mut body = Vec::with_capacity(REQUEST_START.len() + batch_id.len() + 48 + payload);
+    body.extend_from_slice(REQUEST_START);
+    serde_json::to_writer(&mut body, batch_id).expect("writing to a Vec cannot fail");
+    body.extend_from_slice(br#","protocol_version":""#);
+    body.extend_from_slice(PROTOCOL_VERSION.as_bytes());
+    body.extend_from_slice(br#"","steps":["#);
+    for (i, step) in steps.enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(step.as_bytes());
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
 const RESPONSE_START: &[u8] = br#"{"type":"step_batch_response","batch_id":"#;
 
 /// Size in bytes of a `step_batch_response` body for `batch_id` and

@@ -505,6 +505,21 @@ proptest! {
     }
 
     #[test]
+    fn encoded_steps_are_the_typed_encoding(
+        steps in prop::collection::vec(step_request(), 1..5),
+        batch_id in "\\PC{0,20}",
+    ) {
+        let encoded: Vec<raw::EncodedStep> = steps.iter().map(raw::EncodedStep::new).collect();
+        let typed = OrchestratorMessage::StepBatchRequest(StepBatchRequest::new(batch_id.clone(), steps));
+        let frames = raw::encode_steps(&batch_id, &encoded);
+        prop_assert_eq!(&frames, &codec::encode(&typed).unwrap());
+        let len: usize = raw::request_envelope_len(&batch_id)
+            + encoded.iter().map(|s| s.json().len()).sum::<usize>()
+            + encoded.len() - 1;
+        prop_assert_eq!(frames[1].len(), len);
+    }
+
+    #[test]
     fn spliced_output_is_the_typed_encoding(
         output in json_value(),
         step_id in any::<i64>(),

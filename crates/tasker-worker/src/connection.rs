@@ -11,7 +11,9 @@
 //! results message ZeroMQ refuses for now (high-water mark) is kept and
 //! sent when the socket takes it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! A Rust host for the runtime: register closures as handlers and run them
 //! on a thread pool (sync handlers) or a tokio runtime (async handlers).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
@@ -152,6 +152,10 @@ impl Worker {
         let mut names: Vec<String> = self.handlers.keys().cloned().collect();
         names.sort();
         self.options.handlers = names;
+        // Handler threads decode their own steps: the I/O thread, one per
+        // worker, only checks each batch, and the typed parse runs on as
+        // many threads as handlers do.
+        crate::event_loop::keep_raw_steps(&mut self.options);
         let needs_tokio = self
             .handlers
             .values()

@@ -2,7 +2,9 @@
 //! ([`crate::runtime`]) and the socket half ([`crate::connection`]) each
 //! use it, and neither uses the other's insides.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashSet;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 

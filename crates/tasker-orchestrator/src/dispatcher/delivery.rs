@@ -43,23 +43,29 @@ impl Dispatcher {
         }
     }
 
-    /// Takes a planned delivery's steps off their queues, round robin.
+    /// Takes a planned delivery's steps off their queues, round robin:
+    /// one step of each handler in turn while they last, so a delivery
+    /// that mixes handlers interleaves them.
     pub(super) fn pick(&mut self, delivery: &schedule::Delivery) -> Vec<StepRef> {
-        let mut left = delivery.per_handler.clone();
         let mut picked = Vec::with_capacity(delivery.len());
+        if let [handler] = &delivery.handlers[..] {
+            // The usual case: one handler, taken in one go.
+            self.steps
+                .pick(handler, delivery.per_handler[0], &mut picked);
+            return picked;
+        }
+        let mut left = delivery.per_handler.clone();
         loop {
             let mut progressed = false;
             for (i, handler) in delivery.handlers.iter().enumerate() {
                 if left[i] == 0 {
                     continue;
                 }
-                match self.steps.pick(handler) {
-                    Some(step) => {
-                        picked.push(step);
-                        left[i] -= 1;
-                        progressed = true;
-                    }
-                    None => left[i] = 0,
+                if self.steps.pick(handler, 1, &mut picked) == 1 {
+                    left[i] -= 1;
+                    progressed = true;
+                } else {
+                    left[i] = 0;
                 }
             }
             if !progressed {
@@ -80,56 +86,49 @@ impl Dispatcher {
             return false;
         };
         self.delivery_seq += 1;
-        let first = self
-            .steps
-            .get(picked[0].step_id)
-            .expect("picked steps are in flight");
-        let batch_id = format!("{}:{}", first.sink.batch_id, self.delivery_seq);
-        let encoded = {
-            let message = StepBatchRequestRef {
-                batch_id: &batch_id,
-                protocol_version: PROTOCOL_VERSION,
-                steps: picked
-                    .iter()
-                    .map(|s| {
-                        &self
-                            .steps
-                            .get(s.step_id)
-                            .expect("picked steps are in flight")
-                            .request
-                    })
-                    .collect(),
-            };
-            codec::encode(&message)
-        };
-        let sent = match encoded {
-            Ok([_, ref body]) if body.len() > self.config.max_message_bytes => {
-                let size = body.len();
-                if picked.len() > 1 {
-                    let second = picked.split_off(picked.len() / 2);
-                    if !self.deliver(conn, picked) {
-                        self.steps.unpick(&second);
-                        return false;
-                    }
-                    return self.deliver(conn, second);
+        let entries: Vec<&steps::StepEntry> = picked
+            .iter()
+            .map(|s| {
+                self.steps
+                    .get(s.step_id)
+                    .expect("picked steps are in flight")
+            })
+            .collect();
+        let batch_id = format!("{}:{}", entries[0].sink.batch_id, self.delivery_seq);
+        // Steps were encoded when submitted: the body is their bytes joined,
+        // and its size is known before it is built.
+        let size = raw::request_envelope_len(&batch_id)
+            + entries
+                .iter()
+                .map(|e| e.step.json().len() + 1)
+                .sum::<usize>()
+            - 1;
+        if size > self.config.max_message_bytes {
+            drop(entries);
+            if picked.len() > 1 {
+                let second = picked.split_off(picked.len() / 2);
+                if !self.deliver(conn, picked) {
+                    self.steps.unpick(&second);
+                    return false;
                 }
-                let step_id = picked[0].step_id;
-                tracing::warn!(step_id, size, "step too large to send; failing it");
-                let message = format!(
-                    "the step is {size} bytes of JSON; messages may hold at most {} (max_message_bytes)",
-                    self.config.max_message_bytes
-                );
-                // Not retryable: no attempt of it can get through.
-                let error = StepExecutionError::new(error_types::STEP_TOO_LARGE, message, false);
-                self.fail(step_id, StepStatus::Failed, error);
-                return true;
+                return self.deliver(conn, second);
             }
-            Ok([header, body]) => self
-                .socket
-                .send_multipart([routing_id, header, body], zmq::DONTWAIT)
-                .map_err(SendError::Zmq),
-            Err(e) => Err(SendError::Encode(e.to_string())),
-        };
+            let step_id = picked[0].step_id;
+            tracing::warn!(step_id, size, "step too large to send; failing it");
+            let message = format!(
+                "the step is {size} bytes of JSON; messages may hold at most {} (max_message_bytes)",
+                self.config.max_message_bytes
+            );
+            // Not retryable: no attempt of it can get through.
+            let error = StepExecutionError::new(error_types::STEP_TOO_LARGE, message, false);
+            self.fail(step_id, StepStatus::Failed, error);
+            return true;
+        }
+        let [header, body] = raw::encode_steps(&batch_id, entries.iter().map(|e| &e.step));
+        let sent = self
+            .socket
+            .send_multipart([routing_id, header, body], zmq::DONTWAIT)
+            .map_err(SendError::Zmq);
         match sent {
             Ok(()) => {
                 let n = picked.len() as u64;

@@ -17,9 +17,25 @@ impl Dispatcher {
             StepStatus::Cancelled => &metrics.cancelled,
         };
         Metrics::add(counter, 1);
-        self.channels.permits.add_permits(1);
-        // A dropped handle just means nobody is listening any more.
-        let _ = entry.sink.results.send(result);
+        self.permits_freed += 1;
+        match self.ended.last_mut() {
+            Some((sink, results)) if Arc::ptr_eq(sink, &entry.sink) => results.push(result),
+            _ => self.ended.push((entry.sink, vec![result])),
+        }
+    }
+
+    /// Gives the results ended since the last call to their batches, and
+    /// their queue permits back: at the end of every turn, and before the
+    /// loop reports a stop.
+    pub(super) fn hand_over_results(&mut self) {
+        if self.permits_freed > 0 {
+            self.channels.permits.add_permits(self.permits_freed);
+            self.permits_freed = 0;
+        }
+        for (sink, results) in self.ended.drain(..) {
+            // A dropped handle just means nobody is listening any more.
+            sink.results.send(results);
+        }
     }
 
     /// Ends a step with the orchestrator's own verdict: a timeout, a lost
@@ -30,15 +46,10 @@ impl Dispatcher {
         };
         let elapsed = match entry.state {
             StepState::Queued | StepState::Orphaned => 0,
-            StepState::Dispatched(_) => entry.request.metadata.timeout_ms,
+            StepState::Dispatched(_) => entry.timeout_ms,
         };
-        let result = StepExecutionResult::failed(
-            entry.request.step_ref(),
-            status,
-            error,
-            ORCHESTRATOR_ID,
-            elapsed,
-        );
+        let result =
+            StepExecutionResult::failed(entry.step_ref(), status, error, ORCHESTRATOR_ID, elapsed);
         self.finish(step_id, result, Ended::ByOrchestrator);
     }
 
@@ -47,9 +58,10 @@ impl Dispatcher {
     /// timeout (`NoWorkerForHandler`), holding the cancel up that long.
     pub(super) fn withdraw(&mut self, steps: &[StepRef]) {
         for step in steps {
-            let queued = self.steps.get(step.step_id).is_some_and(|entry| {
-                entry.state == StepState::Queued && entry.request.metadata.attempt == step.attempt
-            });
+            let queued = self
+                .steps
+                .get(step.step_id)
+                .is_some_and(|entry| entry.state == StepState::Queued && entry.step_ref() == *step);
             if queued {
                 self.fail(
                     step.step_id,
@@ -73,10 +85,10 @@ impl Dispatcher {
             let Some(entry) = self.steps.get(step_id) else {
                 continue;
             };
-            let timeout_ms = entry.request.metadata.timeout_ms;
+            let timeout_ms = entry.timeout_ms;
             match entry.state {
                 StepState::Queued => {
-                    let handler = entry.request.handler_class.clone();
+                    let handler = entry.handler.clone();
                     let served = self
                         .registry
                         .iter()
@@ -149,6 +161,7 @@ impl Dispatcher {
             error_types::ABANDONED,
             "orchestrator shut down before the step finished",
         );
+        self.hand_over_results();
         let goodbye = OrchestratorMessage::Goodbye(Goodbye::new("orchestrator shutting down"));
         let peers: Vec<RoutingId> = self
             .registry
@@ -205,6 +218,7 @@ impl Dispatcher {
             error_types::EXECUTOR_STOPPED,
             &format!("the executor stopped before the step finished: {fault}"),
         );
+        self.hand_over_results();
         self.channels.permits.close();
         if let Some(shutdown) = self.shutdown.take() {
             if let Some(reply) = shutdown.reply {

@@ -157,7 +157,7 @@ impl Dispatcher {
 
     /// A hello's `in_progress`, split into this orchestrator's steps and
     /// other orchestrators'.
-    pub(super) fn split_held(&self, held: Vec<HeldStep>) -> (HashSet<StepRef>, HashSet<HeldStep>) {
+    pub(super) fn split_held(&self, held: Vec<HeldStep>) -> (StepSet, HashSet<HeldStep>) {
         let (mine, foreign): (Vec<HeldStep>, Vec<HeldStep>) = held
             .into_iter()
             .partition(|h| h.orchestrator_id == self.orchestrator_id);
@@ -194,7 +194,7 @@ impl Dispatcher {
     /// come in on it or its liveness runs out. Results the worker sent on
     /// `old` just before it reconnected may still be queued behind this
     /// hello; this is what keeps them from being lost.
-    pub(super) fn take_over(&mut self, old: ConnId, new: ConnId, claimed: &HashSet<StepRef>) {
+    pub(super) fn take_over(&mut self, old: ConnId, new: ConnId, claimed: &StepSet) {
         let Some(c) = self.registry.get_mut(old) else {
             return;
         };

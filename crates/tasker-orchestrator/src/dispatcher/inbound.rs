@@ -66,7 +66,7 @@ impl Dispatcher {
                         let in_flight = self
                             .steps
                             .get(step.step_id)
-                            .is_some_and(|e| e.request.metadata.attempt == step.attempt);
+                            .is_some_and(|e| e.step_ref() == step);
                         let kept = in_flight && self.unclaimed.keep(&routing_id, result, now);
                         if !kept {
                             self.count_unwanted(None, step);

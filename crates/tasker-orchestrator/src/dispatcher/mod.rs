@@ -33,24 +33,23 @@ use std::collections::HashSet;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tasker_config::TaskerConfig;
 use tasker_protocol::codec::{self, FromWorker, RefusedResult, ResultBatch};
 use tasker_protocol::{
-    error_types, Goodbye, Heartbeat, HeldStep, OrchestratorMessage, ProtocolError,
-    ProtocolErrorCode, StepBatchRequest, StepExecutionError, StepExecutionRequest,
-    StepExecutionResult, StepId, StepRef, StepStatus, Welcome, WorkerHello, WorkerMessage,
-    MAX_JSON_DEPTH, PROTOCOL_VERSION,
+    error_types, raw, Goodbye, Heartbeat, HeldStep, OrchestratorMessage, ProtocolError,
+    ProtocolErrorCode, StepExecutionError, StepExecutionResult, StepId, StepRef, StepStatus,
+    Welcome, WorkerHello, WorkerMessage, MAX_JSON_DEPTH,
 };
 use tasker_transport::monitor::HandshakeMonitor;
 use tasker_transport::{earliest, poll_timeout, send_message, Doorbell, SendError};
-use tokio::sync::{mpsc as tokio_mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::metrics::Metrics;
 use crate::report::{ShutdownReport, WorkerInfo};
 use crate::ExecutorError;
 use limiter::Limiter;
-use registry::{ConnId, Registry, RoutingId};
+use registry::{ConnId, Registry, RoutingId, StepSet};
+pub(crate) use steps::NewStep;
 use steps::{BatchSink, Ended, StepState, StepTable};
 use unclaimed::Unclaimed;
 pub(crate) use zap::Zap;
@@ -64,18 +63,23 @@ const RECV_BURST: usize = 4_096;
 /// moment to move what the kernel buffered into the socket's queues.
 const CATCH_UP_QUIET: Duration = Duration::from_millis(20);
 
+/// Where a batch's results go: several at a time, as they end in one turn.
+pub(crate) type ResultsSender = crate::sink::ResultSink;
+
 pub(crate) enum Command {
     Submit {
-        batch: StepBatchRequest,
-        results: tokio_mpsc::UnboundedSender<StepExecutionResult>,
+        batch_id: String,
+        steps: Vec<NewStep>,
+        results: ResultsSender,
         reply: oneshot::Sender<Result<(), ExecutorError>>,
     },
     /// Steps an earlier run of this orchestrator dispatched, waiting for
     /// the workers that hold them (see `StepState::Orphaned`).
     Resume {
-        batch: StepBatchRequest,
+        batch_id: String,
+        steps: Vec<NewStep>,
         grace: Duration,
-        results: tokio_mpsc::UnboundedSender<StepExecutionResult>,
+        results: ResultsSender,
         reply: oneshot::Sender<Result<(), ExecutorError>>,
     },
     Workers {
@@ -120,17 +124,6 @@ struct Shutdown {
     finished_before: u64,
 }
 
-/// `StepBatchRequest` serialised from borrowed steps: the table keeps the
-/// owned requests for redelivery, and cloning them per delivery would cost
-/// more than the JSON itself. A test checks it matches the owned type.
-#[derive(Serialize)]
-#[serde(tag = "type", rename = "step_batch_request")]
-pub(crate) struct StepBatchRequestRef<'a> {
-    pub batch_id: &'a str,
-    pub protocol_version: &'a str,
-    pub steps: Vec<&'a StepExecutionRequest>,
-}
-
 pub(crate) struct Dispatcher {
     config: TaskerConfig,
     /// Sent in every welcome and echoed in results, so a result is never
@@ -145,6 +138,11 @@ pub(crate) struct Dispatcher {
     channels: Channels,
 
     steps: StepTable,
+    /// Results ended this turn, by sink, and the queue permits they free:
+    /// handed over once at the end of the turn, so a consumer is woken
+    /// once per turn rather than once per step.
+    ended: Vec<(Arc<BatchSink>, Vec<StepExecutionResult>)>,
+    permits_freed: usize,
     registry: Registry,
     unclaimed: Unclaimed,
     warnings: Limiter,
@@ -187,6 +185,8 @@ impl Dispatcher {
             _context: sockets.context,
             channels,
             steps: StepTable::default(),
+            ended: Vec::new(),
+            permits_freed: 0,
             unclaimed: Unclaimed::default(),
             warnings: Limiter::default(),
             last_turn: now,
@@ -267,6 +267,7 @@ impl Dispatcher {
             if self.dispatch_needed {
                 self.dispatch();
             }
+            self.hand_over_results();
             self.warnings.flush();
             self.last_turn = Instant::now();
             if self.shutdown_complete(self.last_turn) {
@@ -323,20 +324,22 @@ impl Dispatcher {
         loop {
             match self.channels.commands.try_recv() {
                 Ok(Command::Submit {
-                    batch,
+                    batch_id,
+                    steps,
                     results,
                     reply,
                 }) => {
-                    let outcome = self.accept_batch(batch, results);
+                    let outcome = self.accept_batch(batch_id, steps, results);
                     let _ = reply.send(outcome);
                 }
                 Ok(Command::Resume {
-                    batch,
+                    batch_id,
+                    steps,
                     grace,
                     results,
                     reply,
                 }) => {
-                    let outcome = self.accept_orphans(batch, grace, results);
+                    let outcome = self.accept_orphans(batch_id, steps, grace, results);
                     let _ = reply.send(outcome);
                 }
                 Ok(Command::Workers { reply }) => {
@@ -375,38 +378,40 @@ impl Dispatcher {
         }
     }
 
+    /// Refuses a batch whose steps are still in flight, or that came
+    /// after the shutdown began; gives its queue permits back when it does.
+    fn refuse_batch(&self, steps: &[NewStep]) -> Result<(), ExecutorError> {
+        let refusal = if self.shutdown.is_some() {
+            Some(ExecutorError::ShutDown)
+        } else {
+            steps
+                .iter()
+                .map(|s| s.step.step_ref().step_id)
+                .find(|id| self.steps.contains(*id))
+                .map(|step_id| ExecutorError::DuplicateStep { step_id })
+        };
+        match refusal {
+            Some(e) => {
+                self.channels.permits.add_permits(steps.len());
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
     fn accept_batch(
         &mut self,
-        batch: StepBatchRequest,
-        results: tokio_mpsc::UnboundedSender<StepExecutionResult>,
+        batch_id: String,
+        steps: Vec<NewStep>,
+        results: ResultsSender,
     ) -> Result<(), ExecutorError> {
-        let n = batch.steps.len();
-        let refuse = |this: &Self, e| {
-            this.channels.permits.add_permits(n);
-            Err(e)
-        };
-        if self.shutdown.is_some() {
-            return refuse(self, ExecutorError::ShutDown);
-        }
-        if let Some(step) = batch.steps.iter().find(|s| self.steps.contains(s.step_id)) {
-            return refuse(
-                self,
-                ExecutorError::DuplicateStep {
-                    step_id: step.step_id,
-                },
-            );
-        }
-        let sink = Arc::new(BatchSink {
-            batch_id: batch.batch_id,
-            results,
-        });
+        self.refuse_batch(&steps)?;
+        let n = steps.len();
+        let sink = Arc::new(BatchSink { batch_id, results });
         let now = Instant::now();
-        let default_timeout = self.config.default_step_timeout_ms;
-        for mut request in batch.steps {
-            if request.metadata.timeout_ms == 0 {
-                request.metadata.timeout_ms = default_timeout;
-            }
-            self.steps.insert(request, Arc::clone(&sink), now);
+        self.steps.reserve(n);
+        for step in steps {
+            self.steps.insert(step, Arc::clone(&sink), now);
         }
         Metrics::add(&self.channels.metrics.submitted, n as u64);
         tracing::debug!(batch_id = %sink.batch_id, steps = n, "batch accepted");
@@ -416,29 +421,19 @@ impl Dispatcher {
 
     fn accept_orphans(
         &mut self,
-        batch: StepBatchRequest,
+        batch_id: String,
+        steps: Vec<NewStep>,
         grace: Duration,
-        results: tokio_mpsc::UnboundedSender<StepExecutionResult>,
+        results: ResultsSender,
     ) -> Result<(), ExecutorError> {
-        let n = batch.steps.len();
-        if self.shutdown.is_some() {
-            self.channels.permits.add_permits(n);
-            return Err(ExecutorError::ShutDown);
-        }
-        if let Some(step) = batch.steps.iter().find(|s| self.steps.contains(s.step_id)) {
-            self.channels.permits.add_permits(n);
-            return Err(ExecutorError::DuplicateStep {
-                step_id: step.step_id,
-            });
-        }
-        let sink = Arc::new(BatchSink {
-            batch_id: batch.batch_id,
-            results,
-        });
+        self.refuse_batch(&steps)?;
+        let n = steps.len();
+        let sink = Arc::new(BatchSink { batch_id, results });
         let now = Instant::now();
-        for request in batch.steps {
+        self.steps.reserve(n);
+        for step in steps {
             self.steps
-                .insert_orphan(request, Arc::clone(&sink), grace, now);
+                .insert_orphan(step, Arc::clone(&sink), grace, now);
         }
         Metrics::add(&self.channels.metrics.submitted, n as u64);
         tracing::info!(
@@ -478,28 +473,4 @@ impl Dispatcher {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn borrowed_batch_serialises_like_the_owned_message() {
-        let steps = vec![
-            StepExecutionRequest::new(1, 7, "a", "echo", 100),
-            StepExecutionRequest::new(2, 7, "b", "echo", 100),
-        ];
-        let owned =
-            OrchestratorMessage::StepBatchRequest(StepBatchRequest::new("b:1", steps.clone()));
-        let borrowed = StepBatchRequestRef {
-            batch_id: "b:1",
-            protocol_version: PROTOCOL_VERSION,
-            steps: steps.iter().collect(),
-        };
-        assert_eq!(
-            serde_json::to_value(&owned).unwrap(),
-            serde_json::to_value(&borrowed).unwrap()
-        );
-    }
 }

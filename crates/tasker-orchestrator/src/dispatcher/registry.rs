@@ -18,6 +18,10 @@ use tasker_protocol::{HeldStep, StepRef};
 /// step it holds (a routing id is a heap buffer), and never reused.
 pub(crate) type ConnId = u64;
 
+/// Step attempts, hashed fast: looked up once per step sent or answered,
+/// with keys this orchestrator chose.
+pub(crate) type StepSet = foldhash::HashSet<StepRef>;
+
 /// A ZeroMQ routing id, as the `ROUTER` prefixes it.
 pub(crate) type RoutingId = Vec<u8>;
 
@@ -29,7 +33,7 @@ pub(crate) struct Conn {
     /// Step attempts of this orchestrator the worker holds unanswered on
     /// this connection, including ones already ended here (timed out):
     /// they still run there.
-    pub occupied: HashSet<StepRef>,
+    pub occupied: StepSet,
     /// Steps of other orchestrators the worker announced; they hold slots
     /// until their results come.
     pub foreign: HashSet<HeldStep>,
@@ -70,7 +74,7 @@ pub(crate) struct Hello {
     pub worker_id: String,
     pub handlers: Vec<String>,
     pub capacity: u32,
-    pub mine: HashSet<StepRef>,
+    pub mine: StepSet,
     pub foreign: HashSet<HeldStep>,
     pub language: Option<String>,
     pub pid: Option<u32>,

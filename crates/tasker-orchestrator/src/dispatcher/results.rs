@@ -59,7 +59,7 @@ impl Dispatcher {
         let in_flight = self
             .steps
             .get(step.step_id)
-            .is_some_and(|e| e.request.metadata.attempt == step.attempt);
+            .is_some_and(|e| e.step_ref() == step);
         if in_flight {
             // In flight, but not out at this connection under this
             // attempt: another connection holds it, or it waits in the

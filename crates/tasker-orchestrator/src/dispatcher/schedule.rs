@@ -4,8 +4,9 @@
 //! the rules of SPEC §6.2 are tested here without a socket; the dispatcher
 //! then takes the steps off the queues and sends them.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use super::registry::ConnId;
 

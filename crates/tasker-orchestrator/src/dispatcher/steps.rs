@@ -6,22 +6,41 @@
 //! place: [`StepTable::finish`] removes the step, and nothing else can.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tasker_protocol::{StepExecutionRequest, StepExecutionResult, StepId, StepRef};
-use tokio::sync::mpsc as tokio_mpsc;
-
 use super::registry::ConnId;
+use crate::sink::ResultSink;
+use foldhash::HashMap;
+use tasker_protocol::raw::EncodedStep;
+use tasker_protocol::{StepExecutionRequest, StepId, StepRef};
 
 /// How many ended steps are remembered to tell late results from duplicates.
 const FINISHED_MEMORY: usize = 100_000;
 
-/// Where a submitted batch's results go.
+/// Where a submitted batch's results go, several at a time.
 pub(crate) struct BatchSink {
     pub batch_id: String,
-    pub results: tokio_mpsc::UnboundedSender<StepExecutionResult>,
+    pub results: ResultSink,
+}
+
+/// A step as the executor handle passes it to the I/O thread: encoded on
+/// the submitting thread, once, with what scheduling needs beside it.
+pub(crate) struct NewStep {
+    pub step: EncodedStep,
+    pub handler: String,
+    pub timeout_ms: u64,
+}
+
+impl NewStep {
+    pub fn new(request: StepExecutionRequest) -> Self {
+        Self {
+            step: EncodedStep::new(&request),
+            timeout_ms: request.metadata.timeout_ms,
+            handler: request.handler_class,
+        }
+    }
 }
 
 /// Where a step is.
@@ -38,7 +57,9 @@ pub(crate) enum StepState {
 }
 
 pub(crate) struct StepEntry {
-    pub request: StepExecutionRequest,
+    pub step: EncodedStep,
+    pub handler: String,
+    pub timeout_ms: u64,
     pub sink: Arc<BatchSink>,
     pub state: StepState,
     /// Bumped on every new deadline; a deadline of an older epoch is stale.
@@ -46,8 +67,12 @@ pub(crate) struct StepEntry {
 }
 
 impl StepEntry {
+    pub fn step_ref(&self) -> StepRef {
+        self.step.step_ref()
+    }
+
     fn timeout(&self) -> Duration {
-        Duration::from_millis(self.request.metadata.timeout_ms)
+        Duration::from_millis(self.timeout_ms)
     }
 }
 
@@ -87,9 +112,32 @@ pub(crate) struct StepTable {
     /// Live queued steps per handler: what scheduling plans with.
     queued_by_handler: HashMap<String, usize>,
     queued: usize,
+    /// Every deadline armed, current or stale (see `StepEntry::epoch`);
+    /// compacted when stale ones dominate, so a long timeout cannot make
+    /// it grow with the steps that ended in its span.
     deadlines: BinaryHeap<Reverse<(Instant, StepId, u64)>>,
     next_epoch: u64,
     finished: Finished,
+}
+
+/// One more queued step of `handler`.
+fn count_queued(counts: &mut HashMap<String, usize>, handler: &str) {
+    match counts.get_mut(handler) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(handler.to_string(), 1);
+        }
+    }
+}
+
+/// One fewer queued step of `handler`.
+fn count_dequeued(counts: &mut HashMap<String, usize>, handler: &str) {
+    if let Some(n) = counts.get_mut(handler) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(handler);
+        }
+    }
 }
 
 impl StepTable {
@@ -99,6 +147,11 @@ impl StepTable {
 
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
+    }
+
+    /// Room for `n` more steps without growing the table step by step.
+    pub fn reserve(&mut self, n: usize) {
+        self.steps.reserve(n);
     }
 
     /// Steps waiting for a worker.
@@ -121,14 +174,14 @@ impl StepTable {
 
     /// Every step in flight, in no order.
     pub fn step_refs(&self) -> Vec<StepRef> {
-        self.steps.values().map(|e| e.request.step_ref()).collect()
+        self.steps.values().map(StepEntry::step_ref).collect()
     }
 
     /// Whether this attempt of the step is out at this connection.
     pub fn held_by(&self, step: StepRef, conn: ConnId) -> bool {
-        self.steps.get(&step.step_id).is_some_and(|e| {
-            e.request.metadata.attempt == step.attempt && e.state == StepState::Dispatched(conn)
-        })
+        self.steps
+            .get(&step.step_id)
+            .is_some_and(|e| e.step_ref() == step && e.state == StepState::Dispatched(conn))
     }
 
     /// How an attempt that is no longer in flight ended, if remembered.
@@ -138,12 +191,14 @@ impl StepTable {
 
     /// Accepts a submitted step: queued at the back, with a queue deadline
     /// `timeout_ms` from `now`.
-    pub fn insert(&mut self, request: StepExecutionRequest, sink: Arc<BatchSink>, now: Instant) {
-        let step = request.step_ref();
+    pub fn insert(&mut self, new: NewStep, sink: Arc<BatchSink>, now: Instant) {
+        let step = new.step.step_ref();
         self.steps.insert(
             step.step_id,
             StepEntry {
-                request,
+                step: new.step,
+                handler: new.handler,
+                timeout_ms: new.timeout_ms,
                 sink,
                 state: StepState::Queued,
                 epoch: 0,
@@ -158,45 +213,44 @@ impl StepTable {
     /// and if none does within `grace` it ends as lost.
     pub fn insert_orphan(
         &mut self,
-        request: StepExecutionRequest,
+        new: NewStep,
         sink: Arc<BatchSink>,
         grace: Duration,
         now: Instant,
     ) {
-        let step_id = request.step_id;
+        let step_id = new.step.step_ref().step_id;
+        self.next_epoch += 1;
+        let epoch = self.next_epoch;
         self.steps.insert(
             step_id,
             StepEntry {
-                request,
+                step: new.step,
+                handler: new.handler,
+                timeout_ms: new.timeout_ms,
                 sink,
                 state: StepState::Orphaned,
-                epoch: 0,
+                epoch,
             },
         );
-        self.next_epoch += 1;
-        let epoch = self.next_epoch;
-        if let Some(entry) = self.steps.get_mut(&step_id) {
-            entry.epoch = epoch;
-        }
-        self.deadlines.push(Reverse((now + grace, step_id, epoch)));
+        self.push_deadline(now + grace, step_id, epoch);
     }
 
     /// Whether this attempt of the step waits for its worker to come back.
     pub fn is_orphan(&self, step: StepRef) -> bool {
-        self.steps.get(&step.step_id).is_some_and(|e| {
-            e.request.metadata.attempt == step.attempt && e.state == StepState::Orphaned
-        })
+        self.steps
+            .get(&step.step_id)
+            .is_some_and(|e| e.step_ref() == step && e.state == StepState::Orphaned)
     }
 
     /// An orphaned step is held by `conn`: it is out there again, with a
     /// fresh execution deadline (its handler may have run for a while
     /// already; a late result is better than a second run).
     pub fn adopt(&mut self, step: StepRef, conn: ConnId, now: Instant) -> bool {
-        if !self.is_orphan(step) {
-            return false;
-        }
-        if let Some(entry) = self.steps.get_mut(&step.step_id) {
-            entry.state = StepState::Dispatched(conn);
+        match self.steps.get_mut(&step.step_id) {
+            Some(entry) if entry.step_ref() == step && entry.state == StepState::Orphaned => {
+                entry.state = StepState::Dispatched(conn);
+            }
+            _ => return false,
         }
         self.arm_deadline(step.step_id, now);
         true
@@ -226,10 +280,18 @@ impl StepTable {
     /// front, in their order, keeping their queue deadlines.
     pub fn unpick(&mut self, picked: &[StepRef]) {
         for step in picked.iter().rev() {
-            if let Some(queue) = self.steps.get(&step.step_id).and_then(|e| {
-                (e.state == StepState::Queued).then(|| e.request.handler_class.clone())
-            }) {
-                self.queues.entry(queue).or_default().push_front(*step);
+            let Some(entry) = self.steps.get(&step.step_id) else {
+                continue;
+            };
+            if entry.state != StepState::Queued {
+                continue;
+            }
+            match self.queues.get_mut(entry.handler.as_str()) {
+                Some(queue) => queue.push_front(*step),
+                None => {
+                    self.queues
+                        .insert(entry.handler.clone(), VecDeque::from([*step]));
+                }
             }
         }
     }
@@ -238,55 +300,45 @@ impl StepTable {
         let Some(entry) = self.steps.get(&step.step_id) else {
             return;
         };
-        let handler = &entry.request.handler_class;
+        let handler = entry.handler.as_str();
         let queue = match self.queues.get_mut(handler) {
             Some(queue) => queue,
-            None => self.queues.entry(handler.clone()).or_default(),
+            None => self.queues.entry(handler.to_string()).or_default(),
         };
         if front {
             queue.push_front(step);
         } else {
             queue.push_back(step);
         }
-        match self.queued_by_handler.get_mut(handler) {
-            Some(n) => *n += 1,
-            None => {
-                self.queued_by_handler.insert(handler.clone(), 1);
-            }
-        }
+        count_queued(&mut self.queued_by_handler, handler);
         self.queued += 1;
     }
 
-    /// One fewer queued step of this handler.
-    fn dequeued(&mut self, handler: &str) {
-        self.queued -= 1;
-        if let Some(n) = self.queued_by_handler.get_mut(handler) {
-            *n -= 1;
-            if *n == 0 {
-                self.queued_by_handler.remove(handler);
-            }
-        }
-    }
-
-    /// The next queued step of `handler`, taken off its queue (it stays
-    /// `Queued` until [`dispatched`](Self::dispatched) or
-    /// [`unpick`](Self::unpick)).
-    pub fn pick(&mut self, handler: &str) -> Option<StepRef> {
-        let queue = self.queues.get_mut(handler)?;
-        let mut got = None;
-        while let Some(step) = queue.pop_front() {
-            let live = self.steps.get(&step.step_id).is_some_and(|e| {
-                e.request.metadata.attempt == step.attempt && e.state == StepState::Queued
-            });
-            if live {
-                got = Some(step);
+    /// Up to `n` queued steps of `handler`, taken off its queue into
+    /// `picked` (they stay `Queued` until [`dispatched`](Self::dispatched)
+    /// or [`unpick`](Self::unpick)); how many were taken.
+    pub fn pick(&mut self, handler: &str, n: usize, picked: &mut Vec<StepRef>) -> usize {
+        let Some(queue) = self.queues.get_mut(handler) else {
+            return 0;
+        };
+        let mut taken = 0;
+        while taken < n {
+            let Some(step) = queue.pop_front() else {
                 break;
+            };
+            let live = self
+                .steps
+                .get(&step.step_id)
+                .is_some_and(|e| e.step_ref() == step && e.state == StepState::Queued);
+            if live {
+                picked.push(step);
+                taken += 1;
             }
         }
         if queue.is_empty() {
             self.queues.remove(handler);
         }
-        got
+        taken
     }
 
     /// Picked steps that went out to `conn`: each gets an execution
@@ -297,10 +349,15 @@ impl StepTable {
                 continue;
             };
             entry.state = StepState::Dispatched(conn);
-            let handler = entry.request.handler_class.clone();
-            self.dequeued(&handler);
-            self.arm_deadline(step.step_id, now);
+            count_dequeued(&mut self.queued_by_handler, &entry.handler);
+            self.queued -= 1;
+            self.next_epoch += 1;
+            entry.epoch = self.next_epoch;
+            let at = now + entry.timeout();
+            self.deadlines
+                .push(Reverse((at, step.step_id, self.next_epoch)));
         }
+        self.compact_deadlines();
     }
 
     /// A step of `from` listed by the same worker's hello on `to`.
@@ -319,9 +376,26 @@ impl StepTable {
         let epoch = self.next_epoch;
         if let Some(entry) = self.steps.get_mut(&step_id) {
             entry.epoch = epoch;
-            self.deadlines
-                .push(Reverse((from + entry.timeout(), step_id, epoch)));
+            let at = from + entry.timeout();
+            self.push_deadline(at, step_id, epoch);
         }
+    }
+
+    fn push_deadline(&mut self, at: Instant, step_id: StepId, epoch: u64) {
+        self.deadlines.push(Reverse((at, step_id, epoch)));
+        self.compact_deadlines();
+    }
+
+    /// Drops the stale deadlines once they outnumber the live ones twice:
+    /// linear, and rare enough to cost O(1) per deadline armed.
+    fn compact_deadlines(&mut self) {
+        if self.deadlines.len() <= 2 * self.steps.len() + 1024 {
+            return;
+        }
+        let steps = &self.steps;
+        self.deadlines.retain(|Reverse((_, step_id, epoch))| {
+            steps.get(step_id).is_some_and(|e| e.epoch == *epoch)
+        });
     }
 
     /// The earliest deadline that may still be live.
@@ -348,10 +422,10 @@ impl StepTable {
     pub fn finish(&mut self, step_id: StepId, how: Ended) -> Option<StepEntry> {
         let entry = self.steps.remove(&step_id)?;
         if entry.state == StepState::Queued {
-            let handler = entry.request.handler_class.clone();
-            self.dequeued(&handler);
+            count_dequeued(&mut self.queued_by_handler, &entry.handler);
+            self.queued -= 1;
         }
-        self.finished.record(entry.request.step_ref(), how);
+        self.finished.record(entry.step_ref(), how);
         Some(entry)
     }
 }
@@ -361,7 +435,7 @@ mod tests {
     use super::*;
 
     fn sink() -> Arc<BatchSink> {
-        let (results, _rx) = tokio_mpsc::unbounded_channel();
+        let (results, _rx) = crate::sink::channel();
         Arc::new(BatchSink {
             batch_id: "b".into(),
             results,
@@ -374,9 +448,15 @@ mod tests {
         let now = Instant::now();
         for (id, handler) in ids {
             let request = StepExecutionRequest::new(*id, 1, "s", *handler, 1_000);
-            table.insert(request, Arc::clone(&sink), now);
+            table.insert(NewStep::new(request), Arc::clone(&sink), now);
         }
         table
+    }
+
+    fn pick(table: &mut StepTable, handler: &str) -> Option<StepRef> {
+        let mut picked = Vec::new();
+        table.pick(handler, 1, &mut picked);
+        picked.pop()
     }
 
     fn step(id: i64) -> StepRef {
@@ -392,7 +472,7 @@ mod tests {
         assert_eq!(table.queued(), 3);
         assert_eq!(table.queued_by_handler()["a"], 2);
 
-        let picked = table.pick("a").unwrap();
+        let picked = pick(&mut table, "a").unwrap();
         assert_eq!(picked, step(1));
         // Picked but not yet sent: still counted as queued.
         assert_eq!(table.queued(), 3);
@@ -403,20 +483,24 @@ mod tests {
 
         table.requeue(step(1), Instant::now());
         assert_eq!(table.queued_by_handler()["a"], 2);
-        assert_eq!(table.pick("a"), Some(step(1)), "given back steps go first");
+        assert_eq!(
+            pick(&mut table, "a"),
+            Some(step(1)),
+            "given back steps go first"
+        );
 
         table.finish(3, Ended::ByWorker);
         assert!(!table.queued_by_handler().contains_key("b"));
-        assert_eq!(table.pick("b"), None, "an ended step is skipped");
+        assert_eq!(pick(&mut table, "b"), None, "an ended step is skipped");
         assert_eq!(table.ended(step(3)), Some(Ended::ByWorker));
     }
 
     #[test]
     fn a_failed_send_puts_steps_back_in_order() {
         let mut table = table_with(&[(1, "a"), (2, "a"), (3, "a")]);
-        let picked: Vec<_> = (0..2).filter_map(|_| table.pick("a")).collect();
+        let picked: Vec<_> = (0..2).filter_map(|_| pick(&mut table, "a")).collect();
         table.unpick(&picked);
-        let again: Vec<_> = (0..3).filter_map(|_| table.pick("a")).collect();
+        let again: Vec<_> = (0..3).filter_map(|_| pick(&mut table, "a")).collect();
         assert_eq!(again, vec![step(1), step(2), step(3)]);
     }
 
@@ -424,7 +508,7 @@ mod tests {
     fn only_the_current_deadline_of_a_step_expires_it() {
         let mut table = table_with(&[(1, "a")]);
         let t0 = Instant::now();
-        let picked = table.pick("a").unwrap();
+        let picked = pick(&mut table, "a").unwrap();
         // Dispatch later: the queue deadline becomes stale.
         table.dispatched(&[picked], 1, t0 + Duration::from_millis(500));
         assert_eq!(table.pop_expired(t0 + Duration::from_millis(1_200)), None);
