@@ -53,12 +53,12 @@ pub struct BenchArgs {
     /// Skip the CURVE measurement (plaintext beside CURVE, same run).
     #[arg(long)]
     pub no_curve: bool,
-    /// Only tasker's own throughput runs, nothing beside them: a clean
-    /// target for `perf record`.
-    #[arg(long, hide = true)]
+    /// Only tasker's own throughput runs (both placements), nothing
+    /// beside them: a clean target for `perf record`.
+    #[arg(long)]
     pub system_only: bool,
-    /// Only the single-step round trips, tasker beside raw.
-    #[arg(long, hide = true)]
+    /// Only the single-step round trips, tasker beside the raw echo.
+    #[arg(long)]
     pub latency_only: bool,
 }
 

@@ -1,0 +1,59 @@
+//! `tasker bench` as a user runs it: every figure it promises is printed,
+//! for the worker in this process and as a process of its own, and the run
+//! leaves no worker behind. The figures themselves are not judged (a debug
+//! build on a shared machine); `tasker bench` itself checks that every step
+//! of every run completed.
+
+use std::process::Command;
+
+#[test]
+fn bench_prints_throughput_and_latency_for_both_worker_placements() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args([
+            "bench",
+            "--steps",
+            "3000",
+            "--batch-sizes",
+            "1,10",
+            "--latency-samples",
+            "50",
+            "--idle-secs",
+            "0",
+            "--no-curve",
+        ])
+        .env_remove("TASKER_BENCH_THREADS")
+        .output()
+        .expect("tasker bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tasker bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("throughput"))
+        .unwrap_or_else(|| panic!("no throughput table:\n{stdout}"));
+    for column in ["tasker", "worker process", "echo+JSON", "raw echo"] {
+        assert!(header.contains(column), "no {column:?} column: {header}");
+    }
+    for batch in ["batch 1 ", "batch 10 "] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(batch))
+            .unwrap_or_else(|| panic!("no {batch:?} row:\n{stdout}"));
+        // tasker, worker process, echo+JSON, raw echo: four rates.
+        assert_eq!(row.matches(" st/s").count(), 4, "{row}");
+        assert_eq!(row.matches('%').count(), 2, "{row}");
+    }
+    for percentile in ["p50", "p99"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(percentile))
+            .unwrap_or_else(|| panic!("no {percentile} row:\n{stdout}"));
+        // tasker and worker process, each with its multiple of raw; raw.
+        assert_eq!(row.matches(" us").count(), 3, "{row}");
+        assert_eq!(row.matches('x').count(), 2, "{row}");
+    }
+    assert!(stdout.contains("idle CPU"), "{stdout}");
+}
