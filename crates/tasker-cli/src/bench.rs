@@ -482,16 +482,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    let throughput = |batch: usize, curve: bool, placement: Placement| {
+        let steps = if args.system_only {
+            args.steps
+        } else {
+            run_steps(&args, batch)
+        };
+        runtime.block_on(system_throughput(
+            batch,
+            steps,
+            args.window,
+            curve,
+            placement,
+        ))
+    };
     if args.system_only {
         for &batch in &args.batch_sizes {
             for placement in [Placement::InProcess, Placement::Process] {
-                let ours = runtime.block_on(system_throughput(
-                    batch,
-                    args.steps,
-                    args.window,
-                    false,
-                    placement,
-                ))?;
+                let ours = throughput(batch, false, placement)?;
                 println!("batch {batch}, {placement:?}: {ours:.0} st/s");
             }
         }
@@ -532,20 +540,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let steps = run_steps(&args, batch);
         let raw = raw_throughput(batch, steps, args.window, false)?;
         let json = raw_throughput(batch, steps, args.window, true)?;
-        let ours = runtime.block_on(system_throughput(
-            batch,
-            steps,
-            args.window,
-            false,
-            Placement::InProcess,
-        ))?;
-        let process = runtime.block_on(system_throughput(
-            batch,
-            steps,
-            args.window,
-            false,
-            Placement::Process,
-        ))?;
+        let ours = throughput(batch, false, Placement::InProcess)?;
+        let process = throughput(batch, false, Placement::Process)?;
         println!(
             "{:<11} {:>9.0} st/s {:>5.0}% {:>10.0} st/s {:>5.0}% {:>10.0} st/s {:>10.0} st/s",
             format!("batch {batch}"),
@@ -619,21 +615,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "CURVE", "plaintext", "CURVE", "ratio"
         );
         for &batch in &args.batch_sizes {
-            let steps = run_steps(&args, batch);
-            let plain = runtime.block_on(system_throughput(
-                batch,
-                steps,
-                args.window,
-                false,
-                Placement::InProcess,
-            ))?;
-            let curve = runtime.block_on(system_throughput(
-                batch,
-                steps,
-                args.window,
-                true,
-                Placement::InProcess,
-            ))?;
+            let plain = throughput(batch, false, Placement::InProcess)?;
+            let curve = throughput(batch, true, Placement::InProcess)?;
             println!(
                 "{:<12} {:>10.0} st/s {:>10.0} st/s {:>7.0}%",
                 format!("batch {batch}"),
