@@ -1,13 +1,12 @@
 //! The public handle of the executor; the work happens in [`crate::dispatcher`].
 
 use std::collections::VecDeque;
-
-use foldhash::{HashMapExt, HashSetExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use foldhash::{HashMapExt, HashSetExt};
 use tasker_config::{SubmitPolicy, TaskerConfig};
 use tasker_protocol::{codec, StepBatchRequest, StepExecutionResult, StepId, StepRef};
 use tasker_transport::curve::ServerCurve;
