@@ -120,6 +120,21 @@ pub(crate) struct StepTable {
     finished: Finished,
 }
 
+/// A new deadline for `entry`, `timeout_ms` from `from`; its earlier one
+/// goes stale. Takes the table's parts, so a caller holding the entry
+/// needs no second lookup.
+fn arm(
+    entry: &mut StepEntry,
+    next_epoch: &mut u64,
+    deadlines: &mut BinaryHeap<Reverse<(Instant, StepId, u64)>>,
+    from: Instant,
+) {
+    *next_epoch += 1;
+    entry.epoch = *next_epoch;
+    let at = from + entry.timeout();
+    deadlines.push(Reverse((at, entry.step_ref().step_id, entry.epoch)));
+}
+
 /// One more queued step of `handler`.
 fn count_queued(counts: &mut HashMap<String, usize>, handler: &str) {
     match counts.get_mut(handler) {
@@ -351,11 +366,7 @@ impl StepTable {
             entry.state = StepState::Dispatched(conn);
             count_dequeued(&mut self.queued_by_handler, &entry.handler);
             self.queued -= 1;
-            self.next_epoch += 1;
-            entry.epoch = self.next_epoch;
-            let at = now + entry.timeout();
-            self.deadlines
-                .push(Reverse((at, step.step_id, self.next_epoch)));
+            arm(entry, &mut self.next_epoch, &mut self.deadlines, now);
         }
         self.compact_deadlines();
     }
@@ -372,12 +383,9 @@ impl StepTable {
     }
 
     fn arm_deadline(&mut self, step_id: StepId, from: Instant) {
-        self.next_epoch += 1;
-        let epoch = self.next_epoch;
         if let Some(entry) = self.steps.get_mut(&step_id) {
-            entry.epoch = epoch;
-            let at = from + entry.timeout();
-            self.push_deadline(at, step_id, epoch);
+            arm(entry, &mut self.next_epoch, &mut self.deadlines, from);
+            self.compact_deadlines();
         }
     }
 
