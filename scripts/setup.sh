@@ -25,6 +25,11 @@ want ruby-ffi-rzmq
 # The store's tests start throwaway PostgreSQL servers (crates/tasker-pgtest)
 # from Debian's server binaries.
 want postgresql
+# Issue 17's tests: a real Prometheus scrapes `tasker serve`, and a real
+# headless Chromium drives the dashboard through ChromeDriver.
+want prometheus
+want chromium
+want chromium-driver
 # Debian's python3 needs python3-venv for the Python binding's virtualenv.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 

@@ -126,6 +126,7 @@ function toStepReport(raw) {
       error,
       blockedBy: orNull(raw.blocked_by),
       nextRunAt: toDate(raw.next_run_at),
+      dependsOn: Array.isArray(raw.depends_on) ? raw.depends_on : [],
     },
     raw,
   );

@@ -47,6 +47,8 @@ export interface Config {
   defaultRetryable: boolean;
   /** Most worker connections the orchestrator registers (orchestrator only). */
   maxWorkers: number;
+  /** Whether the orchestrator records per-handler Prometheus metrics (orchestrator only). */
+  metrics: boolean;
   /** Where `tasker serve` keeps tasks: `sqlite:PATH` or `postgres://...` (serve only). */
   store: string;
   /** The HTTP API address of `tasker serve`, `HOST:PORT` (serve only). */
@@ -260,6 +262,8 @@ export interface StepReport {
   blockedBy: string | null;
   /** While waiting out a retry backoff: when the next attempt is due. */
   nextRunAt: Date | null;
+  /** The steps it waits for, by name. */
+  dependsOn: string[];
   /** The server's JSON (`StepDetail`). */
   readonly raw: RawJson;
 }

@@ -210,6 +210,7 @@ test("a failed task reports its step's error (errorType, message) and the blocke
   assert.ok(Array.isArray(charge.error.backtrace));
   assert.equal(ship.outcome, "blocked");
   assert.equal(ship.blockedBy, "charge");
+  assert.deepEqual(task.steps.map((s) => s.dependsOn), [[], ["fetch"], ["charge"]]);
 });
 
 test("an idempotent resubmit returns the same task; the key with another context is an IdempotencyConflict", async () => {

@@ -354,6 +354,7 @@ def test_submit_wait_returns_the_rust_workers_outputs(client: Client) -> None:
     task = handle.wait(timeout=30)
     assert task.status == "complete" and task.ended
     assert [s.name for s in task.steps] == ["fetch", "pack"]
+    assert [s.depends_on for s in task.steps] == [[], ["fetch"]]
     fetch, pack = task.steps
     for step in task.steps:
         assert step.outcome == "completed" and step.state == "completed"

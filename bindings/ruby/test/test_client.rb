@@ -347,6 +347,7 @@ class TestClient < Minitest::Test
     assert_kind_of Time, task.finished_at
     assert_operator task.finished_at, :>=, task.started_at
     assert_equal %w[fetch summarize], task.steps.map(&:name)
+    assert_equal [[], ["fetch"]], task.steps.map(&:depends_on)
 
     fetch = task.step(:fetch)
     assert fetch.completed?

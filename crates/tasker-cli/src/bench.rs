@@ -60,7 +60,15 @@ pub struct BenchArgs {
     /// Only the single-step round trips, tasker beside the raw echo.
     #[arg(long)]
     pub latency_only: bool,
+    /// Only the metrics comparison: tasker's throughput with its
+    /// per-handler Prometheus metrics on and off, alternately.
+    #[arg(long)]
+    pub metrics_only: bool,
 }
+
+/// Runs of each side in the metrics comparison; the best of each counts,
+/// so one noisy run does not decide it.
+const METRICS_ROUNDS: usize = 3;
 
 static NEXT_STEP: AtomicI64 = AtomicI64::new(1);
 
@@ -278,7 +286,13 @@ fn curve_keys() -> Result<(tempfile::TempDir, TaskerConfig, TaskerConfig)> {
     Ok((dir, orchestrator, worker))
 }
 
-async fn system(batch: usize, window: usize, curve: bool, placement: Placement) -> Result<System> {
+async fn system(
+    batch: usize,
+    window: usize,
+    curve: bool,
+    metrics: bool,
+    placement: Placement,
+) -> Result<System> {
     let (keys, orchestrator, worker) = if curve {
         let (dir, orchestrator, worker) = curve_keys()?;
         (Some(dir), orchestrator, worker)
@@ -289,6 +303,7 @@ async fn system(batch: usize, window: usize, curve: bool, placement: Placement) 
         endpoint: "tcp://127.0.0.1:0".into(),
         batch_size: batch,
         queue_bound: 10_000_000,
+        metrics,
         ..orchestrator
     };
     let executor = ZmqPubSubExecutor::start(&config)?;
@@ -381,9 +396,10 @@ async fn system_throughput(
     steps: usize,
     window: usize,
     curve: bool,
+    metrics: bool,
     placement: Placement,
 ) -> Result<f64> {
-    let sys = system(batch, window, curve, placement).await?;
+    let sys = system(batch, window, curve, metrics, placement).await?;
     // Warm up connections and allocators.
     sys.executor
         .execute_step_batch(StepBatchRequest::new("warm", noop_steps(batch * 4)))
@@ -409,7 +425,7 @@ async fn system_latency(
     curve: bool,
     placement: Placement,
 ) -> Result<(Vec<Duration>, f64)> {
-    let sys = system(1, 1, curve, placement).await?;
+    let sys = system(1, 1, curve, true, placement).await?;
     // Warm up, as the raw echo does.
     for _ in 0..samples.min(100) {
         sys.executor
@@ -482,7 +498,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let throughput = |batch: usize, curve: bool, placement: Placement| {
+    let throughput_with = |batch: usize, curve: bool, metrics: bool, placement: Placement| {
         let steps = if args.system_only {
             args.steps
         } else {
@@ -493,9 +509,42 @@ pub fn run(args: BenchArgs) -> Result<()> {
             steps,
             args.window,
             curve,
+            metrics,
             placement,
         ))
     };
+    let throughput = |batch: usize, curve: bool, placement: Placement| {
+        throughput_with(batch, curve, true, placement)
+    };
+    let metrics_table = || -> Result<()> {
+        println!(
+            "{:<12} {:>15} {:>15} {:>8}",
+            "metrics", "on", "off", "on/off"
+        );
+        for &batch in &args.batch_sizes {
+            let (mut on, mut off) = (0f64, 0f64);
+            // Alternated, so drift in the machine's speed hits both sides.
+            for _ in 0..METRICS_ROUNDS {
+                on = on.max(throughput_with(batch, false, true, Placement::InProcess)?);
+                off = off.max(throughput_with(batch, false, false, Placement::InProcess)?);
+            }
+            println!(
+                "{:<12} {:>10.0} st/s {:>10.0} st/s {:>7.1}%",
+                format!("batch {batch}"),
+                on,
+                off,
+                on / off * 100.0
+            );
+        }
+        println!(
+            "metrics: the orchestrator's per-handler Prometheus counters and histograms \
+             (`metrics` setting); best of {METRICS_ROUNDS} alternated runs each"
+        );
+        Ok(())
+    };
+    if args.metrics_only {
+        return metrics_table();
+    }
     if args.system_only {
         for &batch in &args.batch_sizes {
             for placement in [Placement::InProcess, Placement::Process] {
@@ -627,6 +676,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         println!("CURVE: every connection encrypted and its worker key checked (RFC 26, 27)");
     }
+    println!();
+    metrics_table()?;
     println!();
     println!(
         "idle CPU, orchestrator + worker (one process, {:.0} s): {:.2}% of one core",

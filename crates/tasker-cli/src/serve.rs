@@ -26,6 +26,11 @@ pub struct ServeArgs {
     /// `task_retention_hours`).
     #[arg(long)]
     pub task_retention_hours: Option<u64>,
+    /// YAML file of `name: token` lines; every request but /healthz and
+    /// the dashboard's static files must then carry one as a bearer token
+    /// (config key `api_tokens_file`).
+    #[arg(long)]
+    pub api_tokens_file: Option<String>,
     /// Answer without tokens on an address other machines can reach (only
     /// on a network you trust; config key `api_trusted_network`).
     #[arg(long)]
@@ -47,6 +52,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     if let Some(hours) = args.task_retention_hours {
         config.task_retention_hours = hours;
+    }
+    if let Some(file) = args.api_tokens_file {
+        config.api_tokens_file = file;
     }
     if args.trusted_network {
         config.api_trusted_network = true;

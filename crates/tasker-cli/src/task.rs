@@ -620,6 +620,7 @@ mod tests {
             step_id: id,
             name: name.into(),
             handler: "h".into(),
+            depends_on: Vec::new(),
             state,
             outcome: state.outcome(),
             attempts,

@@ -7,7 +7,7 @@
 use std::process::Command;
 
 #[test]
-fn bench_prints_throughput_and_latency_for_both_worker_placements() {
+fn bench_prints_throughput_latency_and_metrics_overhead_for_both_worker_placements() {
     let output = Command::new(env!("CARGO_BIN_EXE_tasker"))
         .args([
             "bench",
@@ -56,4 +56,21 @@ fn bench_prints_throughput_and_latency_for_both_worker_placements() {
         assert_eq!(row.matches('x').count(), 2, "{row}");
     }
     assert!(stdout.contains("idle CPU"), "{stdout}");
+    // Metrics on and off, each batch size, with their ratio.
+    let metrics: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("metrics "))
+        .collect();
+    assert!(
+        metrics.first().is_some_and(|h| h.contains("on/off")),
+        "no metrics table:\n{stdout}"
+    );
+    for batch in ["batch 1 ", "batch 10 "] {
+        let row = metrics
+            .iter()
+            .find(|l| l.starts_with(batch))
+            .unwrap_or_else(|| panic!("no metrics {batch:?} row:\n{stdout}"));
+        assert_eq!(row.matches(" st/s").count(), 2, "{row}");
+        assert_eq!(row.matches('%').count(), 1, "{row}");
+    }
 }

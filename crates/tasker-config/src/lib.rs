@@ -177,6 +177,10 @@ pub struct TaskerConfig {
     /// beyond it is refused (`registry_full`), so a flood of hellos cannot
     /// grow memory without bound. `TASKER_MAX_WORKERS`.
     pub max_workers: usize,
+    /// Whether the orchestrator records its per-handler Prometheus metrics
+    /// (counters and histograms by handler, `tasker serve`'s `/metrics`).
+    /// The plain counters are kept either way. `TASKER_METRICS`.
+    pub metrics: bool,
     /// Where `tasker serve` keeps tasks: `sqlite:PATH` (created on first
     /// start) or `postgres://USER@HOST/DB`. `TASKER_STORE`.
     pub store: String,
@@ -253,6 +257,7 @@ pub const KEYS: &[&str] = &[
     "shutdown_timeout_ms",
     "default_retryable",
     "max_workers",
+    "metrics",
     "store",
     "api_listen",
     "workflows_dir",
@@ -286,6 +291,7 @@ impl Default for TaskerConfig {
             shutdown_timeout_ms: 10_000,
             default_retryable: false,
             max_workers: 10_000,
+            metrics: true,
             store: DEFAULT_STORE.into(),
             api_listen: "127.0.0.1:8080".into(),
             workflows_dir: String::new(),

@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tasker_orchestrator::FrameworkIntegration;
 use tasker_protocol::{
@@ -89,7 +92,11 @@ pub enum TaskEvent {
 #[derive(Clone)]
 pub struct WorkflowEngine {
     integration: Arc<dyn FrameworkIntegration>,
+    retried: Retried,
 }
+
+/// Retries scheduled, by handler (Prometheus `steps_retried`).
+type Retried = Family<Vec<(String, String)>, Counter>;
 
 /// Ids are unique per process, so tasks sharing an executor never collide.
 static NEXT_TASK_ID: AtomicI64 = AtomicI64::new(1);
@@ -98,7 +105,20 @@ static NEXT_STEP_ID: AtomicI64 = AtomicI64::new(1);
 impl WorkflowEngine {
     /// An engine dispatching through `integration`.
     pub fn new(integration: Arc<dyn FrameworkIntegration>) -> Self {
-        Self { integration }
+        Self {
+            integration,
+            retried: Retried::default(),
+        }
+    }
+
+    /// Adds the engine's metrics to `registry`: `steps_retried{handler}`,
+    /// the retries its tasks scheduled.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "steps_retried",
+            "Step attempts that failed and were scheduled to run again, by handler",
+            self.retried.clone(),
+        );
     }
 
     /// Runs one task to its end.
@@ -119,13 +139,7 @@ impl WorkflowEngine {
             .map(|_| NEXT_STEP_ID.fetch_add(1, Ordering::Relaxed))
             .collect();
         let run = TaskRun::new(
-            Arc::clone(&self.integration),
-            template,
-            context,
-            task_id,
-            step_ids,
-            events_tx,
-            cancel_rx,
+            self, template, context, task_id, step_ids, events_tx, cancel_rx,
         );
         RunningTask::spawn(run, events_rx, cancel_tx)
     }
@@ -157,7 +171,7 @@ impl WorkflowEngine {
         let (cancel_tx, cancel_rx) = watch::channel(control);
         let step_ids = stored.steps.iter().map(|s| s.step_id).collect();
         let mut run = TaskRun::new(
-            Arc::clone(&self.integration),
+            self,
             stored.template,
             stored.context,
             stored.task_id,
@@ -354,6 +368,7 @@ struct StepRun {
 
 struct TaskRun {
     integration: Arc<dyn FrameworkIntegration>,
+    retried: Retried,
     template: TaskTemplate,
     context: Value,
     task_id: i64,
@@ -380,7 +395,7 @@ struct TaskRun {
 
 impl TaskRun {
     fn new(
-        integration: Arc<dyn FrameworkIntegration>,
+        engine: &WorkflowEngine,
         template: TaskTemplate,
         context: Value,
         task_id: i64,
@@ -424,7 +439,8 @@ impl TaskRun {
             .map(|(i, s)| (s.step_id, i))
             .collect();
         Self {
-            integration,
+            integration: Arc::clone(&engine.integration),
+            retried: engine.retried.clone(),
             template,
             context,
             task_id,
@@ -934,6 +950,10 @@ impl TaskRun {
         if error.retryable && attempt < policy.max_attempts && !self.cancelled {
             let delay = policy.delay(attempt, self.random.next_f64());
             self.steps[i].state = State::RetryAt(now + delay);
+            let handler = &self.template.steps[i].handler;
+            self.retried
+                .get_or_create(&vec![("handler".to_string(), handler.clone())])
+                .inc();
             self.steps[i].retry_at = chrono::Duration::from_std(delay).ok().map(|d| wall + d);
             self.steps[i].error = Some(error.clone());
             self.emit(TaskEvent::Retrying {

@@ -18,8 +18,12 @@ use tracing::Instrument;
 use crate::dispatcher::{Channels, Command, Dispatcher, NewStep, Sockets, Zap};
 use crate::integration::BoxFuture;
 use crate::metrics::Metrics;
+use crate::metrics::Recorder;
 use crate::sink::ResultStream;
-use crate::{ExecutorError, FrameworkIntegration, MetricsSnapshot, ShutdownReport, WorkerInfo};
+use crate::{
+    ExecutorError, ExecutorMetrics, FrameworkIntegration, Load, MetricsSnapshot, ShutdownReport,
+    WorkerInfo,
+};
 
 /// The ZeroMQ step executor: binds a `ROUTER` socket, registers the workers
 /// that say hello, and hands them steps within their capacity.
@@ -33,6 +37,7 @@ pub struct ZmqPubSubExecutor {
     commands: mpsc::Sender<Command>,
     doorbell: Arc<Doorbell>,
     metrics: Arc<Metrics>,
+    prometheus: ExecutorMetrics,
     permits: Arc<Semaphore>,
     workers: watch::Receiver<usize>,
     closed: AtomicBool,
@@ -116,6 +121,7 @@ impl ZmqPubSubExecutor {
 
         let doorbell = Arc::new(Doorbell::new().map_err(|e| ExecutorError::Setup(e.to_string()))?);
         let metrics = Arc::new(Metrics::default());
+        let prometheus = ExecutorMetrics::new(Arc::clone(&metrics));
         let permits = Arc::new(Semaphore::new(config.queue_bound));
         let (commands_tx, commands_rx) = mpsc::channel();
         let (workers_tx, workers_rx) = watch::channel(0usize);
@@ -124,6 +130,7 @@ impl ZmqPubSubExecutor {
             doorbell: Arc::clone(&doorbell),
             commands: commands_rx,
             metrics: Arc::clone(&metrics),
+            recorder: config.metrics.then(|| Recorder::new(&prometheus)),
             permits: Arc::clone(&permits),
             workers_count: workers_tx,
         };
@@ -158,6 +165,7 @@ impl ZmqPubSubExecutor {
             commands: commands_tx,
             doorbell,
             metrics,
+            prometheus,
             permits,
             workers: workers_rx,
             closed: AtomicBool::new(false),
@@ -178,6 +186,13 @@ impl ZmqPubSubExecutor {
     /// The counters now.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.metrics.snapshot()
+    }
+
+    /// Its Prometheus metrics, to register in a registry an endpoint
+    /// serves. The per-handler ones stay empty when the `metrics` setting
+    /// is off.
+    pub fn prometheus(&self) -> &ExecutorMetrics {
+        &self.prometheus
     }
 
     fn send(&self, command: Command) -> Result<(), ExecutorError> {
@@ -314,6 +329,16 @@ impl ZmqPubSubExecutor {
         let (tx, rx) = oneshot::channel();
         if self.send(Command::Workers { reply: tx }).is_err() {
             return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Steps queued and out at workers, and the workers, now: what the
+    /// gauges of `/metrics` show.
+    pub async fn load(&self) -> Load {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Load { reply: tx }).is_err() {
+            return Load::default();
         }
         rx.await.unwrap_or_default()
     }

@@ -52,5 +52,5 @@ mod sink;
 pub use error::ExecutorError;
 pub use executor::{BatchHandle, ZmqPubSubExecutor};
 pub use integration::{BoxFuture, FrameworkIntegration};
-pub use metrics::MetricsSnapshot;
-pub use report::{ShutdownReport, WorkerInfo};
+pub use metrics::{ExecutorMetrics, MetricsSnapshot};
+pub use report::{Load, ShutdownReport, WorkerInfo};

@@ -1,4 +1,18 @@
+//! What the executor counts: plain counters for [`MetricsSnapshot`], and
+//! the Prometheus metrics ([`ExecutorMetrics`]) `tasker serve` exposes at
+//! `/metrics`.
+
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tasker_protocol::{error_types, ProtocolErrorCode};
 
 /// Counters the I/O thread updates and anyone can read.
 #[derive(Debug, Default)]
@@ -23,11 +37,21 @@ pub(crate) struct Metrics {
     pub reclaimed: AtomicU64,
     pub keys_refused: AtomicU64,
     pub handshakes_failed: AtomicU64,
+    /// Protocol errors answered, by [`ProtocolErrorCode::ALL`] index.
+    pub protocol_errors: [AtomicU64; ProtocolErrorCode::ALL.len()],
 }
 
 impl Metrics {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn protocol_error(&self, code: ProtocolErrorCode) {
+        let i = ProtocolErrorCode::ALL
+            .iter()
+            .position(|c| *c == code)
+            .expect("ALL lists every code");
+        Metrics::add(&self.protocol_errors[i], 1);
     }
 
     pub fn snapshot(&self) -> MetricsSnapshot {
@@ -115,4 +139,393 @@ pub struct MetricsSnapshot {
     /// Connections whose handshake failed: refused keys, plaintext against
     /// CURVE or the reverse, a wrong server key.
     pub handshakes_failed: u64,
+}
+
+/// Most distinct `handler` label values; later handlers count under
+/// [`OTHER`]. Handler names come from workflow files, so this is a guard,
+/// not a limit anyone should meet.
+const MAX_HANDLER_LABELS: usize = 1000;
+/// Most distinct `error_type` label values: workers choose them (a
+/// handler's exception class), so a buggy worker must not be able to grow
+/// the metrics without bound.
+const MAX_ERROR_TYPE_LABELS: usize = 64;
+/// Longest label value kept; longer ones are cut.
+const MAX_LABEL_CHARS: usize = 80;
+/// The label value that stands for every value past a limit.
+pub const OTHER: &str = "_other";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandlerLabel {
+    handler: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailedLabels {
+    handler: String,
+    error_type: String,
+}
+
+type Histograms = Family<HandlerLabel, Histogram, fn() -> Histogram>;
+
+/// Queue waits and handler runs: 100 µs to about 100 s.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 4.0, 11))
+}
+
+/// The executor's Prometheus metrics: per-handler counters and
+/// histograms, and the executor's plain counters. A cheap handle;
+/// [`register`](ExecutorMetrics::register) it in the registry an HTTP
+/// endpoint encodes.
+///
+/// ```
+/// # fn demo(executor: &tasker_orchestrator::ZmqPubSubExecutor) {
+/// let mut registry = prometheus_client::registry::Registry::with_prefix("tasker");
+/// executor.prometheus().register(&mut registry);
+/// let mut text = String::new();
+/// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ExecutorMetrics {
+    families: Families,
+    counters: Arc<Metrics>,
+}
+
+#[derive(Debug, Clone)]
+struct Families {
+    dispatched: Family<HandlerLabel, Counter>,
+    completed: Family<HandlerLabel, Counter>,
+    failed: Family<FailedLabels, Counter>,
+    timed_out: Family<HandlerLabel, Counter>,
+    worker_lost: Family<HandlerLabel, Counter>,
+    queue_seconds: Histograms,
+    run_seconds: Histograms,
+}
+
+impl ExecutorMetrics {
+    pub(crate) fn new(counters: Arc<Metrics>) -> Self {
+        Self {
+            families: Families {
+                dispatched: Family::default(),
+                completed: Family::default(),
+                failed: Family::default(),
+                timed_out: Family::default(),
+                worker_lost: Family::default(),
+                queue_seconds: Family::new_with_constructor(seconds_histogram),
+                run_seconds: Family::new_with_constructor(seconds_histogram),
+            },
+            counters,
+        }
+    }
+
+    /// Adds every metric to `registry` (names as in the README's Metrics
+    /// table, under the registry's prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        let f = &self.families;
+        registry.register(
+            "steps_dispatched",
+            "Step deliveries to workers, by handler (a redelivery counts again)",
+            f.dispatched.clone(),
+        );
+        registry.register(
+            "steps_completed",
+            "Steps that ended completed, by handler",
+            f.completed.clone(),
+        );
+        registry.register(
+            "steps_failed",
+            "Steps that ended failed, by handler and error type (worker-lost included)",
+            f.failed.clone(),
+        );
+        registry.register(
+            "steps_timed_out",
+            "Steps that ended timed out, by handler",
+            f.timed_out.clone(),
+        );
+        registry.register(
+            "steps_worker_lost",
+            "Steps failed because their worker died or left, by handler",
+            f.worker_lost.clone(),
+        );
+        registry.register(
+            "step_queue_seconds",
+            "From submit to the first delivery to a worker, by handler",
+            f.queue_seconds.clone(),
+        );
+        registry.register(
+            "step_run_seconds",
+            "Handler run time as the worker reports it, by handler",
+            f.run_seconds.clone(),
+        );
+        registry.register_collector(Box::new(PlainCounters(Arc::clone(&self.counters))));
+    }
+}
+
+/// What one handler's steps record, looked up once per handler.
+struct HandlerMetrics {
+    name: String,
+    label: String,
+    dispatched: Counter,
+    completed: Counter,
+    timed_out: Counter,
+    worker_lost: Counter,
+    queue_seconds: Histogram,
+    run_seconds: Histogram,
+}
+
+/// The I/O thread's side of [`ExecutorMetrics`]: each handler's metrics
+/// at hand without a family lookup (a lock and a label clone) per step.
+pub(crate) struct Recorder {
+    families: Families,
+    handlers: Vec<HandlerMetrics>,
+    by_name: foldhash::HashMap<String, usize>,
+    /// The handler used last: deliveries and result batches mostly hold
+    /// steps of one handler, so most steps need no hash lookup at all.
+    last: usize,
+    error_types: foldhash::HashSet<String>,
+}
+
+impl Recorder {
+    pub fn new(metrics: &ExecutorMetrics) -> Self {
+        Self {
+            families: metrics.families.clone(),
+            handlers: Vec::new(),
+            by_name: foldhash::HashMap::default(),
+            last: 0,
+            error_types: foldhash::HashSet::default(),
+        }
+    }
+
+    fn handler(&mut self, handler: &str) -> &HandlerMetrics {
+        let last = self.handlers.get(self.last);
+        if !last.is_some_and(|m| m.name == handler) {
+            self.last = match self.by_name.get(handler) {
+                Some(&i) => i,
+                // Past the limit, every new name shares the one `_other`
+                // entry and is not remembered.
+                None if self.by_name.len() >= MAX_HANDLER_LABELS => self.add(OTHER, false),
+                None => self.add(handler, true),
+            };
+        }
+        &self.handlers[self.last]
+    }
+
+    /// The index of `handler`'s metrics, created if new; `remember` maps
+    /// the name to it.
+    fn add(&mut self, handler: &str, remember: bool) -> usize {
+        if let Some(i) = self
+            .handlers
+            .iter()
+            .position(|m| m.name == handler && !remember)
+        {
+            return i;
+        }
+        let label = HandlerLabel {
+            handler: cut(handler),
+        };
+        let f = &self.families;
+        self.handlers.push(HandlerMetrics {
+            dispatched: f.dispatched.get_or_create_owned(&label),
+            completed: f.completed.get_or_create_owned(&label),
+            timed_out: f.timed_out.get_or_create_owned(&label),
+            worker_lost: f.worker_lost.get_or_create_owned(&label),
+            queue_seconds: f.queue_seconds.get_or_create_owned(&label),
+            run_seconds: f.run_seconds.get_or_create_owned(&label),
+            name: handler.to_string(),
+            label: label.handler,
+        });
+        let i = self.handlers.len() - 1;
+        if remember {
+            self.by_name.insert(handler.to_string(), i);
+        }
+        i
+    }
+
+    /// A step of `handler` was delivered for the first time after waiting
+    /// `queued` in the orchestrator (`None` for a redelivery).
+    pub fn dispatched(&mut self, handler: &str, queued: Option<Duration>) {
+        let m = self.handler(handler);
+        m.dispatched.inc();
+        if let Some(queued) = queued {
+            m.queue_seconds.observe(queued.as_secs_f64());
+        }
+    }
+
+    /// A step of `handler` completed; its handler ran `run_ms`.
+    pub fn completed(&mut self, handler: &str, run_ms: u64) {
+        let m = self.handler(handler);
+        m.completed.inc();
+        m.run_seconds.observe(run_ms as f64 / 1000.0);
+    }
+
+    /// A step of `handler` failed with `error_type`; a worker's failure
+    /// carries its handler's run time.
+    pub fn failed(&mut self, handler: &str, error_type: &str, run_ms: Option<u64>) {
+        let known = self.error_types.contains(error_type);
+        let error_type = if known || self.error_types.len() < MAX_ERROR_TYPE_LABELS {
+            if !known {
+                self.error_types.insert(error_type.to_string());
+            }
+            cut(error_type)
+        } else {
+            OTHER.to_string()
+        };
+        let m = self.handler(handler);
+        if error_type == error_types::WORKER_LOST {
+            m.worker_lost.inc();
+        }
+        if let Some(run_ms) = run_ms {
+            m.run_seconds.observe(run_ms as f64 / 1000.0);
+        }
+        let labels = FailedLabels {
+            handler: m.label.clone(),
+            error_type,
+        };
+        self.families.failed.get_or_create(&labels).inc();
+    }
+
+    /// A step of `handler` timed out.
+    pub fn timed_out(&mut self, handler: &str) {
+        self.handler(handler).timed_out.inc();
+    }
+}
+
+fn cut(value: &str) -> String {
+    match value.char_indices().nth(MAX_LABEL_CHARS) {
+        Some((end, _)) => value[..end].to_string(),
+        None => value.to_string(),
+    }
+}
+
+/// The plain counters, read at each scrape: they are kept anyway, so
+/// Prometheus costs the hot path nothing for them.
+#[derive(Debug)]
+struct PlainCounters(Arc<Metrics>);
+
+impl Collector for PlainCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = self.0.snapshot();
+        let counters: [(&str, &str, u64); 9] = [
+            ("steps_submitted", "Steps accepted by submit", m.submitted),
+            (
+                "steps_cancelled",
+                "Steps ended cancelled (withdrawn, or abandoned at shutdown)",
+                m.cancelled,
+            ),
+            (
+                "steps_redelivered",
+                "Steps delivered again after a worker gave them back unstarted or could not be reached",
+                m.redelivered,
+            ),
+            (
+                "workers_lost",
+                "Workers declared dead by heartbeat expiry",
+                m.workers_lost,
+            ),
+            ("hellos_refused", "Hellos refused", m.hellos_refused),
+            (
+                "steps_reclaimed",
+                "Steps of an earlier run that a worker reclaimed",
+                m.reclaimed,
+            ),
+            (
+                "malformed_messages",
+                "Messages the decoder refused",
+                m.malformed_messages,
+            ),
+            (
+                "curve_keys_refused",
+                "Connections refused for a CURVE key not authorized",
+                m.keys_refused,
+            ),
+            (
+                "handshakes_failed",
+                "Connections whose ZeroMQ handshake failed",
+                m.handshakes_failed,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+
+        let dropped = [
+            ("late", m.late_results_dropped),
+            ("duplicate", m.duplicate_results_dropped),
+            ("unheld", m.unheld_results_dropped),
+            ("foreign", m.foreign_results_dropped),
+            ("invalid", m.invalid_results),
+        ];
+        let mut family = encoder.encode_descriptor(
+            "results_dropped",
+            "Results discarded, by reason (late, duplicate, unheld, foreign, invalid)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (reason, value) in dropped {
+            let labels = [("reason", reason)];
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "protocol_errors",
+            "Protocol errors the orchestrator answered, by code",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (code, count) in ProtocolErrorCode::ALL.iter().zip(&self.0.protocol_errors) {
+            let labels = [("code", code.as_str())];
+            ConstCounter::new(count.load(Ordering::Relaxed))
+                .encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(metrics: &ExecutorMetrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn handler_labels_past_the_limit_share_one_value_and_are_not_remembered() {
+        let metrics = ExecutorMetrics::new(Arc::default());
+        let mut recorder = Recorder::new(&metrics);
+        for i in 0..MAX_HANDLER_LABELS + 50 {
+            recorder.dispatched(&format!("handler-{i}"), None);
+        }
+        recorder.dispatched("handler-0", None);
+        assert_eq!(recorder.by_name.len(), MAX_HANDLER_LABELS);
+        assert_eq!(recorder.handlers.len(), MAX_HANDLER_LABELS + 1);
+        let text = exposition(&metrics);
+        assert!(
+            text.contains("steps_dispatched_total{handler=\"_other\"} 50"),
+            "{text}"
+        );
+        assert!(text.contains("steps_dispatched_total{handler=\"handler-0\"} 2"));
+    }
+
+    #[test]
+    fn long_label_values_are_cut_on_a_character_boundary() {
+        let metrics = ExecutorMetrics::new(Arc::default());
+        let mut recorder = Recorder::new(&metrics);
+        let long = "é".repeat(200);
+        recorder.failed("h", &long, Some(1));
+        let text = exposition(&metrics);
+        let cut = "é".repeat(MAX_LABEL_CHARS);
+        assert!(text.contains(&format!("error_type=\"{cut}\"")), "{text}");
+        assert!(!text.contains(&"é".repeat(MAX_LABEL_CHARS + 1)));
+    }
 }

@@ -24,6 +24,29 @@ pub struct WorkerInfo {
     pub last_heard: std::time::Duration,
 }
 
+/// How loaded the executor is now: what its gauges show.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Load {
+    /// Steps submitted and not yet at a worker.
+    pub queued: u64,
+    /// Steps out at workers (their `in_flight` summed).
+    pub in_flight: u64,
+    /// The workers registered now.
+    pub workers: Vec<WorkerInfo>,
+}
+
+impl Load {
+    /// Steps the workers could take now: each one's free capacity, summed
+    /// over those not draining.
+    pub fn credit(&self) -> u64 {
+        self.workers
+            .iter()
+            .filter(|w| !w.draining)
+            .map(|w| u64::from(w.capacity).saturating_sub(w.in_flight as u64))
+            .sum()
+    }
+}
+
 /// What [`ZmqPubSubExecutor::shutdown`](crate::ZmqPubSubExecutor::shutdown) did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ShutdownReport {

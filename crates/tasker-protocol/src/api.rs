@@ -194,6 +194,9 @@ pub struct StepDetail {
     pub name: String,
     /// Its handler.
     pub handler: String,
+    /// The steps it waits for, by name (its edges in the task's DAG).
+    #[serde(default)]
+    pub depends_on: Vec<String>,
     /// Where it is.
     pub state: StepState,
     /// How it ended, once it has.

@@ -584,6 +584,36 @@ pub enum ProtocolErrorCode {
     RegistryFull,
 }
 
+impl ProtocolErrorCode {
+    /// Every code, in declaration order (metrics label them all).
+    pub const ALL: [ProtocolErrorCode; 9] = [
+        ProtocolErrorCode::MalformedFrames,
+        ProtocolErrorCode::UnsupportedVersion,
+        ProtocolErrorCode::MessageTooLarge,
+        ProtocolErrorCode::MalformedJson,
+        ProtocolErrorCode::UnknownMessageType,
+        ProtocolErrorCode::InvalidMessage,
+        ProtocolErrorCode::UnknownWorker,
+        ProtocolErrorCode::WorkerIdInUse,
+        ProtocolErrorCode::RegistryFull,
+    ];
+
+    /// The code as it is on the wire (`malformed_frames`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolErrorCode::MalformedFrames => "malformed_frames",
+            ProtocolErrorCode::UnsupportedVersion => "unsupported_version",
+            ProtocolErrorCode::MessageTooLarge => "message_too_large",
+            ProtocolErrorCode::MalformedJson => "malformed_json",
+            ProtocolErrorCode::UnknownMessageType => "unknown_message_type",
+            ProtocolErrorCode::InvalidMessage => "invalid_message",
+            ProtocolErrorCode::UnknownWorker => "unknown_worker",
+            ProtocolErrorCode::WorkerIdInUse => "worker_id_in_use",
+            ProtocolErrorCode::RegistryFull => "registry_full",
+        }
+    }
+}
+
 /// Sent in reply to a message that was refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ProtocolError {

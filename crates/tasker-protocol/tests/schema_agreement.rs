@@ -447,3 +447,14 @@ fn schemas_use_standard_keywords_only() {
         walk(file, "", &schema);
     }
 }
+
+/// Metrics label protocol errors by `as_str`: it must be the wire name.
+#[test]
+fn protocol_error_codes_print_as_they_are_on_the_wire() {
+    for code in tasker_protocol::ProtocolErrorCode::ALL {
+        assert_eq!(
+            serde_json::to_value(code).unwrap(),
+            serde_json::Value::String(code.as_str().to_string())
+        );
+    }
+}

@@ -8,12 +8,18 @@
 //!   OpenAPI document generated from the request and response types.
 //! * [`Server`]: the service with its listener bound, stopping cleanly on
 //!   a signal.
+//! * `/metrics` (Prometheus text format) and the dashboard at `/`, served
+//!   beside the API.
 
 pub mod api;
+mod dashboard;
+mod metrics;
 mod server;
 mod service;
+mod throughput;
 
 pub use server::Server;
+pub use throughput::{Throughput, ThroughputPoint};
 
 pub use service::{
     Readiness, Service, ServiceError, StartError, WorkerView, WorkflowInfo, WorkflowStepInfo,

@@ -18,8 +18,8 @@ use tasker_engine::{
 };
 use tasker_orchestrator::{ExecutorError, ZmqPubSubExecutor};
 use tasker_store::{
-    CancelOutcome, Created, NewTask, StepDetail, Store, StoreError, TaskDetail, TaskFilter,
-    TaskPage,
+    CancelOutcome, Created, JournalEntry, NewTask, StepDetail, Store, StoreError, TaskDetail,
+    TaskFilter, TaskPage,
 };
 
 pub use tasker_protocol::api::{WorkflowInfo, WorkflowStepInfo};
@@ -219,6 +219,8 @@ pub struct Service {
     /// instead of holding the API's graceful stop.
     stopping: tokio::sync::watch::Sender<bool>,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    metrics: crate::metrics::ServiceMetrics,
+    throughput: crate::throughput::Samples,
 }
 
 impl Service {
@@ -247,7 +249,10 @@ impl Service {
             // hello at once; twice that leaves room for a slow reconnect.
             resume_grace: config.peer_expiry() * 2 + Duration::from_secs(1),
         };
+        let metrics = crate::metrics::ServiceMetrics::new(&executor, &engine, &store);
         let service = Arc::new(Service {
+            metrics,
+            throughput: crate::throughput::Samples::default(),
             config: config.clone(),
             store,
             executor,
@@ -356,6 +361,19 @@ impl Service {
         let mut background = self.background.lock().expect("background lock");
         let weak = Arc::downgrade(self);
         background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::throughput::INTERVAL);
+            loop {
+                tick.tick().await;
+                let Some(service) = weak.upgrade() else {
+                    return;
+                };
+                service
+                    .throughput
+                    .sample(Utc::now(), &service.executor.metrics());
+            }
+        }));
+        let weak = Arc::downgrade(self);
+        background.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(LEASE / 3);
             tick.tick().await;
             loop {
@@ -449,6 +467,26 @@ impl Service {
             closest,
             known: self.workflows.keys().cloned().collect(),
         }
+    }
+
+    /// A task's journal: every transition of it and its steps, oldest
+    /// first.
+    pub async fn journal(&self, task_id: i64) -> Result<Vec<JournalEntry>, ServiceError> {
+        let entries = self.store.journal_entries(task_id).await?;
+        if entries.is_empty() && self.store.get_task(task_id).await?.is_none() {
+            return Err(ServiceError::TaskNotFound(task_id));
+        }
+        Ok(entries)
+    }
+
+    /// Steps ended per interval over the last ten minutes.
+    pub fn throughput(&self) -> crate::throughput::Throughput {
+        self.throughput.snapshot()
+    }
+
+    /// Every metric in the Prometheus text format, gauges read now.
+    pub async fn render_metrics(&self) -> Result<String, ServiceError> {
+        Ok(self.metrics.render(self).await?)
     }
 
     /// A task with its steps.
@@ -667,6 +705,7 @@ fn new_task_detail(task: &StoredTask, idempotency_key: Option<String>) -> TaskDe
                 step_id: step.step_id,
                 name: def.name.clone(),
                 handler: def.handler.clone(),
+                depends_on: def.depends_on.clone(),
                 state: step.snapshot.state,
                 outcome: None,
                 attempts: 0,

@@ -606,7 +606,12 @@ async fn serves_its_document_health_workflows_workers_and_every_documented_route
                 "post" => api.http.post(api.url(&path)).json(&json!({})),
                 other => panic!("undocumented method {other}"),
             };
-            let (_, body) = answer(request.send().await.unwrap()).await;
+            let response = request.send().await.unwrap();
+            if path == "/metrics" {
+                assert_eq!(response.status(), StatusCode::OK, "{path}");
+                continue;
+            }
+            let (_, body) = answer(response).await;
             let kind = body["type"].as_str().unwrap_or("");
             assert!(
                 !kind.ends_with("/not-found") && !kind.ends_with("/method-not-allowed"),
@@ -724,7 +729,15 @@ async fn with_tokens_every_route_but_healthz_needs_a_listed_bearer_token() {
     let (status, _) = answer(get(None, "/healthz").await.unwrap()).await;
     assert_eq!(status, StatusCode::OK, "/healthz is open to probes");
 
-    for path in ["/v1/tasks", "/v1/workflows", "/readyz", "/v1/no-such-route"] {
+    for path in [
+        "/v1/tasks",
+        "/v1/workflows",
+        "/readyz",
+        "/v1/no-such-route",
+        "/metrics",
+        "/v1/throughput",
+        "/v1/tasks/1/journal",
+    ] {
         let response = get(None, path).await.unwrap();
         assert_eq!(
             response.headers()["www-authenticate"],
@@ -764,6 +777,15 @@ async fn with_tokens_every_route_but_healthz_needs_a_listed_bearer_token() {
         let (status, body) = answer(get(Some(token), "/v1/workflows").await.unwrap()).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
+    // The dashboard's files hold no data: the page asks for a token.
+    for path in ["/", "/dashboard/app.js", "/dashboard/style.css"] {
+        let response = get(None, path).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    let response = get(Some("Bearer ops-token-0123456789abcdef"), "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
     // A POST without a token creates nothing.
     let (status, _) = api
         .post_json("/v1/tasks", &json!({ "workflow": "echo_twice" }))
@@ -843,4 +865,201 @@ async fn a_bad_tokens_file_stops_the_start_naming_the_file_not_the_token() {
         "{error}"
     );
     assert!(!error.contains("tooshort"), "{error}");
+}
+
+/// The value of the sample `name` (with its labels, as printed) in a
+/// Prometheus text exposition; panics if it is absent.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_steps_a_task_ran_by_handler_and_the_tasks_by_status() {
+    let api = Api::start().await;
+    let worker = api.worker().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (status, task) = api
+            .post_json(
+                "/v1/tasks",
+                &json!({ "workflow": "echo_twice", "context": { "n": n } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{task}");
+        ids.push(task["task_id"].as_i64().unwrap());
+    }
+    for id in &ids {
+        api.wait_for(*id, "completed", |t| t["status"] == "complete")
+            .await;
+    }
+
+    let response = api.http.get(api.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[CONTENT_TYPE],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    assert_eq!(
+        sample(&text, r#"tasker_steps_completed_total{handler="echo"}"#),
+        6.0
+    );
+    assert_eq!(
+        sample(&text, r#"tasker_steps_dispatched_total{handler="echo"}"#),
+        6.0
+    );
+    assert_eq!(
+        sample(&text, r#"tasker_step_run_seconds_count{handler="echo"}"#),
+        6.0
+    );
+    assert_eq!(
+        sample(&text, r#"tasker_step_queue_seconds_count{handler="echo"}"#),
+        6.0
+    );
+    assert_eq!(sample(&text, "tasker_steps_submitted_total"), 6.0);
+    assert_eq!(sample(&text, r#"tasker_tasks{status="complete"}"#), 3.0);
+    assert_eq!(sample(&text, r#"tasker_tasks{status="running"}"#), 0.0);
+    assert_eq!(
+        sample(&text, r#"tasker_workers_connected{language="rust"}"#),
+        1.0
+    );
+    assert_eq!(sample(&text, "tasker_steps_in_flight"), 0.0);
+    assert_eq!(sample(&text, "tasker_steps_queued"), 0.0);
+    assert!(sample(&text, "tasker_worker_credit") > 0.0);
+    // Each task: a create, then a commit per transition group.
+    assert!(sample(&text, "tasker_store_commit_seconds_count") >= 3.0);
+    assert!(sample(&text, "tasker_store_commit_operations_sum") >= 9.0);
+    assert_eq!(
+        sample(
+            &text,
+            r#"tasker_protocol_errors_total{code="malformed_json"}"#
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(&text, r#"tasker_results_dropped_total{reason="late"}"#),
+        0.0
+    );
+
+    worker.stop();
+    worker.join(Duration::from_secs(10));
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tasks_journal_lists_each_attempt_and_its_steps_carry_their_edges() {
+    let api = Api::start().await;
+    let (status, body) = api.get("/v1/tasks/424242/journal").await;
+    assert_problem(
+        &(status, body),
+        404,
+        "task-not-found",
+        "no task has id 424242",
+        None,
+    );
+
+    let worker = api.worker().await;
+    let (_, task) = api
+        .post_json("/v1/tasks", &json!({ "workflow": "echo_twice" }))
+        .await;
+    assert_eq!(task["steps"][1]["depends_on"], json!(["first"]), "{task}");
+    let id = task["task_id"].as_i64().unwrap();
+    let task = api
+        .wait_for(id, "completed", |t| t["status"] == "complete")
+        .await;
+    assert_eq!(task["steps"][0]["depends_on"], json!([]), "{task}");
+    assert_eq!(task["steps"][1]["depends_on"], json!(["first"]), "{task}");
+
+    let (status, journal) = api.get(&format!("/v1/tasks/{id}/journal")).await;
+    assert_eq!(status, StatusCode::OK, "{journal}");
+    let entries = journal["entries"].as_array().unwrap();
+    let seqs: Vec<i64> = entries.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {journal}"
+    );
+    let moves = |step: &Value| -> Vec<(String, String)> {
+        entries
+            .iter()
+            .filter(|e| e["step_id"] == *step)
+            .map(|e| {
+                (
+                    e["from_state"].as_str().unwrap().to_string(),
+                    e["to_state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    for step in task["steps"].as_array().unwrap() {
+        let want = [("waiting", "running"), ("running", "completed")]
+            .map(|(a, b)| (a.to_string(), b.to_string()));
+        assert_eq!(moves(&step["step_id"]), want, "{journal}");
+    }
+    let task_rows: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e.get("step_id").is_none())
+        .collect();
+    assert_eq!(
+        task_rows.first().unwrap()["to_state"],
+        "running",
+        "{journal}"
+    );
+    assert_eq!(
+        task_rows.last().unwrap()["to_state"],
+        "complete",
+        "{journal}"
+    );
+
+    worker.stop();
+    worker.join(Duration::from_secs(10));
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_is_served_from_the_binary_with_a_strict_content_policy() {
+    let api = Api::start().await;
+    for (path, media) in [
+        ("/", "text/html"),
+        ("/dashboard/app.js", "text/javascript"),
+        ("/dashboard/style.css", "text/css"),
+    ] {
+        let response = api.http.get(api.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers().clone();
+        assert!(
+            headers[CONTENT_TYPE].to_str().unwrap().starts_with(media),
+            "{path}: {headers:?}"
+        );
+        // Task contexts and outputs are untrusted: no inline script runs.
+        assert!(
+            headers["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("script-src 'self'"),
+            "{path}"
+        );
+        assert!(!response.text().await.unwrap().is_empty(), "{path}");
+    }
+    let index = api
+        .http
+        .get(api.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(index.contains("/dashboard/app.js"), "{index}");
+    let (status, _) = api.get("/dashboard/nothing.js").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, throughput) = api.get("/v1/throughput").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(throughput["interval_seconds"], 2, "{throughput}");
+    assert!(throughput["points"].is_array(), "{throughput}");
+    api.stop().await;
 }

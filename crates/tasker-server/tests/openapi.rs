@@ -247,6 +247,11 @@ fn the_document_is_well_formed_openapi_3_1() {
                         "#/components/schemas/Problem",
                         "{at}: an error is a problem document"
                     );
+                } else if path == "/metrics" {
+                    assert!(
+                        content["text/plain; version=0.0.4; charset=utf-8"]["schema"].is_object(),
+                        "{at}: the Prometheus text format"
+                    );
                 } else {
                     assert!(
                         content["application/json"]["schema"].is_object(),
@@ -266,6 +271,9 @@ fn the_document_is_well_formed_openapi_3_1() {
         "health",
         "ready",
         "getOpenApi",
+        "getTaskJournal",
+        "getThroughput",
+        "getMetrics",
     ] {
         assert!(operation_ids.contains(expected), "no operation {expected}");
     }

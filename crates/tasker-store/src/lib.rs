@@ -61,7 +61,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tasker_engine::{Journal, StoredTask};
+use tasker_engine::{Journal, StoredTask, TaskState};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db::Db;
@@ -206,6 +206,22 @@ impl Store {
             tasks_created: stats.tasks_created.load(Ordering::Relaxed),
             queued: (self.inner.queue.max_capacity() - self.inner.queue.capacity()) as u64,
         }
+    }
+
+    /// Adds the store's metrics to `registry`: `store_commit_seconds` and
+    /// `store_commit_operations`, a histogram each over the writer's group
+    /// commits.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "store_commit_seconds",
+            "How long each group commit of the store's writer took",
+            self.inner.stats.commit_seconds.clone(),
+        );
+        registry.register(
+            "store_commit_operations",
+            "Operations (task creations, journal commits, cancels, ...) per group commit",
+            self.inner.stats.commit_operations.clone(),
+        );
     }
 
     /// Queues a write and waits until it is committed (or failed).
@@ -364,6 +380,13 @@ impl Store {
     pub async fn journal_entries(&self, task_id: i64) -> Result<Vec<JournalEntry>, StoreError> {
         self.check_open()?;
         reads::journal_entries(&self.inner.db, task_id).await
+    }
+
+    /// How many tasks the store holds in each state; states with none are
+    /// left out.
+    pub async fn count_tasks_by_status(&self) -> Result<Vec<(TaskState, u64)>, StoreError> {
+        self.check_open()?;
+        reads::count_by_status(&self.inner.db).await
     }
 
     /// Whether the database answers.

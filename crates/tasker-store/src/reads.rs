@@ -1,6 +1,8 @@
 //! Reads, straight on the pool beside the writer: the same SQL on both
 //! dialects.
 
+use tasker_engine::TaskState;
+
 use crate::db::{with_pool, Db};
 use crate::model::{JournalEntry, TaskDetail, TaskFilter, TaskPage};
 use crate::rows::{to_ms, JournalRow, StepRow, SummaryRow, TaskRow, STEP_COLUMNS, TASK_COLUMNS};
@@ -128,6 +130,24 @@ pub(crate) async fn journal_entries(
         .map_err(read_error)?
     });
     rows.into_iter().map(JournalRow::into_entry).collect()
+}
+
+/// How many tasks are in each state (states with none are absent).
+pub(crate) async fn count_by_status(db: &Db) -> Result<Vec<(TaskState, u64)>, StoreError> {
+    let rows: Vec<(String, i64)> = with_pool!(db, pool => {
+        sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status")
+            .fetch_all(pool)
+            .await
+            .map_err(read_error)?
+    });
+    rows.into_iter()
+        .map(|(status, n)| {
+            let state = status
+                .parse::<TaskState>()
+                .map_err(|e| StoreError::Corrupt(format!("task status: {e}")))?;
+            Ok((state, n.max(0) as u64))
+        })
+        .collect()
 }
 
 pub(crate) async fn orchestrator_id(db: &Db) -> Result<String, StoreError> {

@@ -6,6 +6,8 @@
 //! each dialect whole batches of the row types at the end of this file;
 //! a JSON column (a step's output or error) is already a string then.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tasker_engine::{StepSnapshot, StepState, StoredStep, StoredTask, TaskState, TaskTemplate};
@@ -52,11 +54,13 @@ fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, Sto
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
-/// A task as the API shows it (no template).
+/// A task as the API shows it; its template only gives each step's
+/// `depends_on`.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct TaskRow {
     pub id: i64,
     pub workflow: String,
+    pub template: String,
     pub status: String,
     pub cancel_requested: bool,
     pub idempotency_key: Option<String>,
@@ -66,13 +70,19 @@ pub(crate) struct TaskRow {
 }
 
 /// The columns of [`TaskRow`], in its order.
-pub(crate) const TASK_COLUMNS: &str =
-    "id, workflow, status, cancel_requested, idempotency_key, context, created_at, finished_at";
+pub(crate) const TASK_COLUMNS: &str = "id, workflow, template, status, cancel_requested, \
+     idempotency_key, context, created_at, finished_at";
 
 impl TaskRow {
     pub(crate) fn into_detail(self, steps: Vec<StepRow>) -> Result<TaskDetail, StoreError> {
         let finished_at = opt_from_ms(self.finished_at)?;
         let end = self.finished_at.unwrap_or_else(now_ms);
+        let template: TaskTemplate = json(&self.template, "task template")?;
+        let mut depends_on: HashMap<String, Vec<String>> = template
+            .steps
+            .into_iter()
+            .map(|step| (step.name, step.depends_on))
+            .collect();
         Ok(TaskDetail {
             task_id: self.id,
             workflow: self.workflow,
@@ -85,7 +95,10 @@ impl TaskRow {
             duration_ms: end.saturating_sub(self.created_at).max(0) as u64,
             steps: steps
                 .into_iter()
-                .map(StepRow::into_detail)
+                .map(|row| {
+                    let deps = depends_on.remove(&row.name).unwrap_or_default();
+                    row.into_detail(deps)
+                })
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -211,7 +224,7 @@ impl StepRow {
         })
     }
 
-    fn into_detail(self) -> Result<StepDetail, StoreError> {
+    fn into_detail(self, depends_on: Vec<String>) -> Result<StepDetail, StoreError> {
         let snapshot = self.snapshot()?;
         let duration_ms = match (self.first_dispatched_at, self.ended_at) {
             (Some(start), Some(end)) => end.saturating_sub(start).max(0) as u64,
@@ -221,6 +234,7 @@ impl StepRow {
             step_id: self.id,
             name: self.name,
             handler: self.handler,
+            depends_on,
             state: snapshot.state,
             outcome: snapshot.state.outcome(),
             attempts: snapshot.attempt,

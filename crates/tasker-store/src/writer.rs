@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use rusqlite::TransactionBehavior;
 use sqlx::{Connection, PgConnection};
 use tasker_engine::{StepSnapshot, StepState, StoredStep, StoredTask};
@@ -354,12 +355,31 @@ pub(crate) enum Op {
 }
 
 /// Counters of the writer's work.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Stats {
     pub commits: AtomicU64,
     pub calls: AtomicU64,
     pub transitions: AtomicU64,
     pub tasks_created: AtomicU64,
+    /// How long each group's transaction took (Prometheus).
+    pub commit_seconds: Histogram,
+    /// Operations each group carried (Prometheus).
+    pub commit_operations: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            commits: AtomicU64::default(),
+            calls: AtomicU64::default(),
+            transitions: AtomicU64::default(),
+            tasks_created: AtomicU64::default(),
+            // 100 µs to about 6.5 s.
+            commit_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 9)),
+            // 1 to 4096 operations.
+            commit_operations: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+        }
+    }
 }
 
 /// What one group committed.
@@ -517,8 +537,13 @@ impl Writer {
 
     async fn write(&mut self, ops: Vec<(Request, Reply)>) {
         let (requests, replies): (Vec<Request>, Vec<Reply>) = ops.into_iter().unzip();
+        let started = std::time::Instant::now();
         match self.transact(&requests).await {
             Ok((outcomes, counts)) => {
+                self.stats
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.stats.commit_operations.observe(requests.len() as f64);
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .calls

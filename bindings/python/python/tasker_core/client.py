@@ -200,6 +200,8 @@ class TaskStep:
     blocked_by: Optional[str]
     #: While waiting out a retry backoff: when the next attempt is due.
     next_run_at: Optional[datetime]
+    #: The steps it waits for, by name.
+    depends_on: List[str] = field(default_factory=list)
     #: The step as the server sent it.
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -386,6 +388,7 @@ def _task_step(value: Any) -> TaskStep:
         error=_step_error(raw.get("error")),
         blocked_by=_opt_str(raw.get("blocked_by")),
         next_run_at=_opt_time(raw.get("next_run_at")),
+        depends_on=[_str(d) for d in raw.get("depends_on") or []],
         raw=raw,
     )
 

@@ -132,7 +132,12 @@ impl Dispatcher {
         match sent {
             Ok(()) => {
                 let n = picked.len() as u64;
-                self.steps.dispatched(&picked, conn, Instant::now());
+                self.steps.dispatched(
+                    &picked,
+                    conn,
+                    Instant::now(),
+                    self.channels.recorder.as_mut(),
+                );
                 if let Some(c) = self.registry.get_mut(conn) {
                     tracing::debug!(worker_id = %c.worker_id, %batch_id, steps = n, "delivered");
                     c.occupied.extend(picked);

@@ -17,6 +17,20 @@ impl Dispatcher {
             StepStatus::Cancelled => &metrics.cancelled,
         };
         Metrics::add(counter, 1);
+        if let Some(recorder) = &mut self.channels.recorder {
+            let run_ms = result.metadata.execution_time_ms;
+            match (result.status, &result.error) {
+                (StepStatus::Completed, _) => recorder.completed(&entry.handler, run_ms),
+                (StepStatus::Failed, error) => recorder.failed(
+                    &entry.handler,
+                    error.as_ref().map_or("", |e| e.error_type.as_str()),
+                    // The orchestrator's own verdicts ran no handler.
+                    (how == Ended::ByWorker).then_some(run_ms),
+                ),
+                (StepStatus::TimedOut, _) => recorder.timed_out(&entry.handler),
+                (StepStatus::Cancelled, _) => {}
+            }
+        }
         self.permits_freed += 1;
         match self.ended.last_mut() {
             Some((sink, results)) if Arc::ptr_eq(sink, &entry.sink) => results.push(result),

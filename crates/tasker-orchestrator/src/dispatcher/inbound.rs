@@ -130,6 +130,7 @@ impl Dispatcher {
         code: ProtocolErrorCode,
         message: String,
     ) {
+        self.channels.metrics.protocol_error(code);
         let reply = OrchestratorMessage::ProtocolError(ProtocolError { code, message });
         if let Err(e) = send_message(&self.socket, Some(routing_id), &reply) {
             tracing::debug!(peer = %hex(routing_id), error = %e, "protocol error reply not sent");

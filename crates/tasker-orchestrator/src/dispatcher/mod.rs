@@ -44,8 +44,8 @@ use tasker_transport::monitor::HandshakeMonitor;
 use tasker_transport::{earliest, poll_timeout, send_message, Doorbell, SendError};
 use tokio::sync::{oneshot, watch, Semaphore};
 
-use crate::metrics::Metrics;
-use crate::report::{ShutdownReport, WorkerInfo};
+use crate::metrics::{Metrics, Recorder};
+use crate::report::{Load, ShutdownReport, WorkerInfo};
 use crate::ExecutorError;
 use limiter::Limiter;
 use registry::{ConnId, Registry, RoutingId, StepSet};
@@ -85,13 +85,18 @@ pub(crate) enum Command {
     Workers {
         reply: oneshot::Sender<Vec<WorkerInfo>>,
     },
+    Load {
+        reply: oneshot::Sender<Load>,
+    },
     Shutdown {
         deadline: Instant,
         reply: Option<oneshot::Sender<ShutdownReport>>,
     },
     /// Ends these step attempts `cancelled` (`Withdrawn`) if they are still
     /// queued; one out at a worker, or already ended, is left alone.
-    Withdraw { steps: Vec<StepRef> },
+    Withdraw {
+        steps: Vec<StepRef>,
+    },
     /// Start reading the socket (see `input_held`).
     ReleaseInput,
     /// Makes the I/O loop fail as it does when polling its socket fails, so
@@ -114,6 +119,8 @@ pub(crate) struct Channels {
     pub doorbell: Arc<Doorbell>,
     pub commands: mpsc::Receiver<Command>,
     pub metrics: Arc<Metrics>,
+    /// Per-handler Prometheus metrics, when `metrics` is on.
+    pub recorder: Option<Recorder>,
     pub permits: Arc<Semaphore>,
     pub workers_count: watch::Sender<usize>,
 }
@@ -344,6 +351,14 @@ impl Dispatcher {
                 }
                 Ok(Command::Workers { reply }) => {
                     let _ = reply.send(self.worker_infos());
+                }
+                Ok(Command::Load { reply }) => {
+                    let workers = self.worker_infos();
+                    let _ = reply.send(Load {
+                        queued: self.steps.queued() as u64,
+                        in_flight: workers.iter().map(|w| w.in_flight as u64).sum(),
+                        workers,
+                    });
                 }
                 Ok(Command::Shutdown { deadline, reply }) => self.begin_shutdown(deadline, reply),
                 Ok(Command::Withdraw { steps }) => self.withdraw(&steps),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::registry::ConnId;
+use crate::metrics::Recorder;
 use crate::sink::ResultSink;
 use foldhash::HashMap;
 use tasker_protocol::raw::EncodedStep;
@@ -62,6 +63,9 @@ pub(crate) struct StepEntry {
     pub timeout_ms: u64,
     pub sink: Arc<BatchSink>,
     pub state: StepState,
+    /// When it was submitted, until its first delivery (the queue-wait
+    /// histogram); `None` after, and for steps of an earlier run.
+    queued_at: Option<Instant>,
     /// Bumped on every new deadline; a deadline of an older epoch is stale.
     epoch: u64,
 }
@@ -216,6 +220,7 @@ impl StepTable {
                 timeout_ms: new.timeout_ms,
                 sink,
                 state: StepState::Queued,
+                queued_at: Some(now),
                 epoch: 0,
             },
         );
@@ -244,6 +249,7 @@ impl StepTable {
                 timeout_ms: new.timeout_ms,
                 sink,
                 state: StepState::Orphaned,
+                queued_at: None,
                 epoch,
             },
         );
@@ -358,12 +364,25 @@ impl StepTable {
 
     /// Picked steps that went out to `conn`: each gets an execution
     /// deadline `timeout_ms` from `now`.
-    pub fn dispatched(&mut self, picked: &[StepRef], conn: ConnId, now: Instant) {
+    pub fn dispatched(
+        &mut self,
+        picked: &[StepRef],
+        conn: ConnId,
+        now: Instant,
+        mut recorder: Option<&mut Recorder>,
+    ) {
         for step in picked {
             let Some(entry) = self.steps.get_mut(&step.step_id) else {
                 continue;
             };
             entry.state = StepState::Dispatched(conn);
+            if let Some(recorder) = recorder.as_deref_mut() {
+                let queued = entry
+                    .queued_at
+                    .take()
+                    .map(|at| now.saturating_duration_since(at));
+                recorder.dispatched(&entry.handler, queued);
+            }
             count_dequeued(&mut self.queued_by_handler, &entry.handler);
             self.queued -= 1;
             arm(entry, &mut self.next_epoch, &mut self.deadlines, now);
@@ -484,7 +503,7 @@ mod tests {
         assert_eq!(picked, step(1));
         // Picked but not yet sent: still counted as queued.
         assert_eq!(table.queued(), 3);
-        table.dispatched(&[picked], 7, Instant::now());
+        table.dispatched(&[picked], 7, Instant::now(), None);
         assert_eq!(table.queued_by_handler()["a"], 1);
         assert!(table.held_by(step(1), 7));
         assert!(!table.held_by(step(1), 8));
@@ -518,7 +537,7 @@ mod tests {
         let t0 = Instant::now();
         let picked = pick(&mut table, "a").unwrap();
         // Dispatch later: the queue deadline becomes stale.
-        table.dispatched(&[picked], 1, t0 + Duration::from_millis(500));
+        table.dispatched(&[picked], 1, t0 + Duration::from_millis(500), None);
         assert_eq!(table.pop_expired(t0 + Duration::from_millis(1_200)), None);
         assert_eq!(
             table.pop_expired(t0 + Duration::from_millis(1_500)),

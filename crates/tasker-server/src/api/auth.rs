@@ -122,7 +122,8 @@ pub(crate) async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    if request.uri().path() == paths::HEALTHZ {
+    let path = request.uri().path();
+    if path == paths::HEALTHZ || crate::dashboard::is_public(path) {
         return next.run(request).await;
     }
     let presented = request

@@ -31,7 +31,7 @@ pub use problem::{ProblemKind, MAX_QUOTED_CHARS, PROBLEM_BASE, PROBLEM_CONTENT_T
 use crate::Service;
 use extract::{ApiJson, ListQuery, TaskIdPath, WaitQuery};
 use problem::quote;
-use types::{CreateTaskRequest, Health, HealthStatus, Problem, WorkerList, WorkflowList};
+use types::{CreateTaskRequest, Health, HealthStatus, Journal, Problem, WorkerList, WorkflowList};
 
 /// Largest request body accepted, in bytes (1 MiB); a larger one is a 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -41,6 +41,9 @@ pub(crate) mod paths {
     pub const TASKS: &str = "/v1/tasks";
     pub const TASK: &str = "/v1/tasks/{id}";
     pub const TASK_CANCEL: &str = "/v1/tasks/{id}/cancel";
+    pub const TASK_JOURNAL: &str = "/v1/tasks/{id}/journal";
+    pub const THROUGHPUT: &str = "/v1/throughput";
+    pub const METRICS: &str = "/metrics";
     pub const WORKFLOWS: &str = "/v1/workflows";
     pub const WORKERS: &str = "/v1/workers";
     pub const OPENAPI: &str = "/v1/openapi.json";
@@ -56,11 +59,15 @@ pub fn router(service: Arc<Service>) -> axum::Router {
         .route(paths::TASKS, post(create_task).get(list_tasks))
         .route(paths::TASK, get(get_task))
         .route(paths::TASK_CANCEL, post(cancel_task))
+        .route(paths::TASK_JOURNAL, get(task_journal))
+        .route(paths::THROUGHPUT, get(throughput))
+        .route(paths::METRICS, get(metrics))
         .route(paths::WORKFLOWS, get(workflows))
         .route(paths::WORKERS, get(workers))
         .route(paths::OPENAPI, get(openapi_document))
         .route(paths::HEALTHZ, get(healthz))
         .route(paths::READYZ, get(readyz))
+        .merge(crate::dashboard::routes())
         .layer(middleware::from_fn(problem_for_bare_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service);
@@ -119,6 +126,24 @@ async fn cancel_task(
     TaskIdPath(id): TaskIdPath,
 ) -> Result<(StatusCode, Json<TaskDetail>), Problem> {
     Ok((StatusCode::ACCEPTED, Json(service.cancel_task(id).await?)))
+}
+
+async fn task_journal(
+    State(service): Shared,
+    TaskIdPath(id): TaskIdPath,
+) -> Result<Json<Journal>, Problem> {
+    Ok(Json(Journal {
+        entries: service.journal(id).await?,
+    }))
+}
+
+async fn throughput(State(service): Shared) -> Json<crate::Throughput> {
+    Json(service.throughput())
+}
+
+async fn metrics(State(service): Shared) -> Result<Response, Problem> {
+    let text = service.render_metrics().await?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 async fn workflows(State(service): Shared) -> Json<WorkflowList> {

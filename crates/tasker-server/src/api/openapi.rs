@@ -13,7 +13,9 @@ use tasker_store::{TaskDetail, TaskPage};
 
 use super::extract::{LIST_PARAMETERS, MAX_WAIT_SECONDS};
 use super::paths;
-use super::types::{CreateTaskRequest, Health, ListTasksQuery, Problem, WorkerList, WorkflowList};
+use super::types::{
+    CreateTaskRequest, Health, Journal, ListTasksQuery, Problem, WorkerList, WorkflowList,
+};
 use super::{MAX_BODY_BYTES, PROBLEM_CONTENT_TYPE};
 use crate::Readiness;
 
@@ -46,6 +48,8 @@ enum Body {
     Json(SchemaFn),
     /// Any JSON (the OpenAPI document itself).
     AnyJson,
+    /// Text of this media type.
+    Text(&'static str),
     /// A [`Problem`] document.
     Problem,
 }
@@ -208,6 +212,60 @@ const OPERATIONS: &[Operation] = &[
                 "409",
                 "`task-ended`: the task had ended (`task_status` says how).",
             ),
+            DEFAULT_PROBLEM,
+        ],
+    },
+    Operation {
+        method: "get",
+        path: paths::TASK_JOURNAL,
+        operation_id: "getTaskJournal",
+        tag: "tasks",
+        summary: "A task's journal",
+        description: "Every state transition of the task and its steps, oldest first: \
+            what the dashboard's timeline draws. A step's attempt runs from its `running` \
+            entry to that step's next entry; `retry_wait` to `running` is a backoff.",
+        parameters: Parameters::TaskId,
+        request: None,
+        answers: &[
+            ok("200", "The journal.", schema::<Journal>),
+            problem("400", "`invalid-parameter`: the id is not a task id."),
+            problem("404", "`task-not-found`: no task has this id."),
+            DEFAULT_PROBLEM,
+        ],
+    },
+    Operation {
+        method: "get",
+        path: paths::THROUGHPUT,
+        operation_id: "getThroughput",
+        tag: "meta",
+        summary: "Steps ended per interval, last ten minutes",
+        description: "Steps that ended completed and failed in each interval \
+            (`interval_seconds`), oldest first: what the dashboard's chart draws.",
+        parameters: Parameters::None,
+        request: None,
+        answers: &[
+            ok("200", "The points.", schema::<crate::Throughput>),
+            DEFAULT_PROBLEM,
+        ],
+    },
+    Operation {
+        method: "get",
+        path: paths::METRICS,
+        operation_id: "getMetrics",
+        tag: "meta",
+        summary: "Prometheus metrics",
+        description: "Every metric in the Prometheus text format (0.0.4); the README's \
+            Metrics section lists them. Needs a token when the server has tokens \
+            (Prometheus: `authorization: { credentials_file: ... }`).",
+        parameters: Parameters::None,
+        request: None,
+        answers: &[
+            Answer {
+                status: "200",
+                description: "The metrics.",
+                body: Body::Text(crate::metrics::CONTENT_TYPE),
+                location: false,
+            },
             DEFAULT_PROBLEM,
         ],
     },
@@ -380,6 +438,7 @@ pub fn openapi() -> Value {
                     json!({ "application/json": { "schema": schema(&mut responses).to_value() } })
                 }
                 Body::AnyJson => json!({ "application/json": { "schema": { "type": "object" } } }),
+                Body::Text(media_type) => json!({ media_type: { "schema": { "type": "string" } } }),
                 Body::Problem => json!({ PROBLEM_CONTENT_TYPE: { "schema": problem_ref } }),
             };
             entry.insert("content".into(), content);

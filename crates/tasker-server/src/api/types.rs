@@ -27,6 +27,14 @@ pub struct WorkerList {
     pub workers: Vec<WorkerView>,
 }
 
+/// `GET /v1/tasks/{id}/journal`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Journal {
+    /// Every transition of the task and its steps, oldest first. A step's
+    /// attempt runs from its `running` entry to the step's next entry.
+    pub entries: Vec<tasker_store::JournalEntry>,
+}
+
 /// `GET /healthz`: the process serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Health {

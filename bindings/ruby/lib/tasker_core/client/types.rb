@@ -127,14 +127,17 @@ module TaskerCore
     # @!attribute [r] next_run_at
     #   @return [Time, nil] while waiting out a retry backoff, when the next
     #     attempt is due
+    # @!attribute [r] depends_on
+    #   @return [Array<String>] the steps it waits for, by name
     Step = Struct.new(:step_id, :name, :handler, :state, :outcome, :attempts, :duration_ms, :worker_id,
-                      :output, :error, :blocked_by, :next_run_at, keyword_init: true) do
+                      :output, :error, :blocked_by, :next_run_at, :depends_on, keyword_init: true) do
       # @param json [Hash]
       # @return [Step]
       def self.from_json(json)
         values = Parse.fields(json, members)
         values[:error] = StepError.from_json(values[:error])
         values[:next_run_at] = Parse.time(values[:next_run_at])
+        values[:depends_on] = (values[:depends_on] || []).freeze
         new(**values).freeze
       end
 

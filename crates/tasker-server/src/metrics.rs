@@ -1,0 +1,143 @@
+//! `GET /metrics`: the orchestrator's, the engine's and the store's
+//! Prometheus metrics, and gauges read at each scrape (tasks by status,
+//! queue depth, workers by language).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::Service;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LanguageLabel {
+    language: String,
+}
+
+/// The registry `/metrics` encodes, and the gauges set before each
+/// encoding.
+pub(crate) struct ServiceMetrics {
+    registry: Registry,
+    tasks: Family<StatusLabel, Gauge>,
+    workers: Family<LanguageLabel, Gauge>,
+    queued: Gauge,
+    in_flight: Gauge,
+    credit: Gauge,
+    store_queued: Gauge,
+    /// One scrape at a time: each sets the gauges, then encodes them.
+    scraping: tokio::sync::Mutex<()>,
+}
+
+/// Most distinct `language` label values; workers announce their own.
+const MAX_LANGUAGES: usize = 32;
+/// The label value for languages past [`MAX_LANGUAGES`].
+const OTHER: &str = "_other";
+
+impl ServiceMetrics {
+    pub fn new(
+        executor: &tasker_orchestrator::ZmqPubSubExecutor,
+        engine: &tasker_engine::WorkflowEngine,
+        store: &tasker_store::Store,
+    ) -> Self {
+        let mut registry = Registry::with_prefix("tasker");
+        executor.prometheus().register(&mut registry);
+        engine.register_metrics(&mut registry);
+        store.register_metrics(&mut registry);
+        let tasks = Family::<StatusLabel, Gauge>::default();
+        let workers = Family::<LanguageLabel, Gauge>::default();
+        let [queued, in_flight, credit, store_queued] = [(); 4].map(|_| Gauge::<i64>::default());
+        registry.register("tasks", "Tasks in the store, by status", tasks.clone());
+        registry.register(
+            "workers_connected",
+            "Workers registered now, by the language they announced",
+            workers.clone(),
+        );
+        registry.register(
+            "steps_queued",
+            "Steps submitted and not yet at a worker",
+            queued.clone(),
+        );
+        registry.register("steps_in_flight", "Steps out at workers", in_flight.clone());
+        registry.register(
+            "worker_credit",
+            "Steps the connected workers could take now (free capacity of those not draining)",
+            credit.clone(),
+        );
+        registry.register(
+            "store_queued_writes",
+            "Writes waiting for the store's writer",
+            store_queued.clone(),
+        );
+        ServiceMetrics {
+            registry,
+            tasks,
+            workers,
+            queued,
+            in_flight,
+            credit,
+            store_queued,
+            scraping: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reads the gauges, then encodes everything in the Prometheus text
+    /// format (0.0.4).
+    pub async fn render(&self, service: &Service) -> Result<String, tasker_store::StoreError> {
+        let _one_at_a_time = self.scraping.lock().await;
+        let counts = service.store().count_tasks_by_status().await?;
+        for state in tasker_engine::TaskState::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or(0, |(_, n)| *n);
+            self.tasks
+                .get_or_create(&StatusLabel {
+                    status: state.as_str(),
+                })
+                .set(n as i64);
+        }
+        let load = service.executor().load().await;
+        self.queued.set(load.queued as i64);
+        self.in_flight.set(load.in_flight as i64);
+        self.credit.set(load.credit() as i64);
+        self.store_queued
+            .set(service.store().commit_stats().queued as i64);
+        let mut by_language: std::collections::BTreeMap<String, i64> = Default::default();
+        for worker in &load.workers {
+            let language: String = worker
+                .language
+                .as_deref()
+                .unwrap_or("unknown")
+                .chars()
+                .take(40)
+                .collect();
+            let known = by_language.contains_key(&language);
+            let key = if known || by_language.len() < MAX_LANGUAGES {
+                language
+            } else {
+                OTHER.to_string()
+            };
+            *by_language.entry(key).or_default() += 1;
+        }
+        // Rebuilt each scrape, so a language whose last worker left drops
+        // out instead of staying at 0 forever.
+        self.workers.clear();
+        for (language, n) in by_language {
+            self.workers
+                .get_or_create(&LanguageLabel { language })
+                .set(n);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        Ok(text)
+    }
+}
+
+/// The Prometheus text format's media type.
+pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
