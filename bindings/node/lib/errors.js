@@ -5,42 +5,94 @@ const native = require("../native.js");
 /**
  * Base class of the errors of tasker-core: thrown by the SDK itself (bad
  * configuration, misuse), and the parent of the errors handlers throw to
- * choose whether a failed step may be retried.
+ * say how a step failed.
+ *
+ * A step failed with one of these reports `errorType` as its `error_type`:
+ * the `errorType` option when given, else the error's `name` (which is the
+ * class name, so `class CardDeclined extends PermanentError {}` reports
+ * `CardDeclined`).
  */
 class TaskerError extends Error {
+  #errorType;
+
   /**
    * @param {string} message
-   * @param {{ retryable?: boolean, cause?: unknown }} [options]
+   * @param {{ errorType?: string, retryable?: boolean, cause?: unknown }} [options]
    */
   constructor(message, options = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     // Subclasses report their own class name as the step's error_type.
     this.name = new.target.name;
+    if (options.errorType !== undefined) this.errorType = options.errorType;
     if (typeof options.retryable === "boolean") {
       this.retryable = options.retryable;
+    } else if (options.retryable !== undefined) {
+      throw new TypeError(`retryable must be true or false, not ${typeof options.retryable}`);
     }
   }
-}
 
-/** A handler failure that may succeed on a later attempt (retryable). */
-class RetryableError extends TaskerError {
-  /**
-   * @param {string} message
-   * @param {{ cause?: unknown }} [options]
-   */
-  constructor(message, options = {}) {
-    super(message, { ...options, retryable: true });
+  /** The `error_type` a step failed with this error reports: the `errorType` option, else `name`. */
+  get errorType() {
+    return this.#errorType ?? this.name;
+  }
+
+  set errorType(value) {
+    if (typeof value !== "string" || value === "") {
+      throw new TypeError(`errorType must be a non-empty string, not ${value === "" ? "an empty string" : typeof value}`);
+    }
+    this.#errorType = value;
   }
 }
 
-/** A handler failure that no retry can fix (not retryable). */
-class PermanentError extends TaskerError {
+/**
+ * A handler's deliberate failure: fails the step with `errorType` (default:
+ * the class name) and `retryable` (default: the worker's
+ * `defaultRetryable`). Throw a RetryableError or a PermanentError (or a
+ * subclass) when the kind of failure fixes the retryability, and
+ * `new HandlerError(message, { errorType, retryable })` to decide it at run
+ * time. (Python's `HandlerError`; any TaskerError takes the same options.)
+ */
+class HandlerError extends TaskerError {}
+
+/** The options of RetryableError and PermanentError, whose retryability is fixed. */
+function fixedRetryable(Class, options, retryable) {
+  if (options === null || typeof options !== "object") return { retryable };
+  if (options.retryable !== undefined && options.retryable !== retryable) {
+    throw new TypeError(
+      `a ${Class} is ${retryable ? "always" : "never"} retryable; to decide at run time, throw ` +
+        `new HandlerError(message, { errorType, retryable })`,
+    );
+  }
+  return { ...options, retryable };
+}
+
+/**
+ * A handler failure that may succeed on a later attempt (retryable).
+ * `new RetryableError("gateway busy", { errorType: "GatewayBusy" })`, or a
+ * subclass, reports its own `error_type`.
+ */
+class RetryableError extends HandlerError {
   /**
    * @param {string} message
-   * @param {{ cause?: unknown }} [options]
+   * @param {{ errorType?: string, cause?: unknown }} [options]
    */
   constructor(message, options = {}) {
-    super(message, { ...options, retryable: false });
+    super(message, fixedRetryable("RetryableError", options, true));
+  }
+}
+
+/**
+ * A handler failure that no retry can fix (not retryable).
+ * `new PermanentError("card declined", { errorType: "CardDeclined" })`, or a
+ * subclass, reports its own `error_type`.
+ */
+class PermanentError extends HandlerError {
+  /**
+   * @param {string} message
+   * @param {{ errorType?: string, cause?: unknown }} [options]
+   */
+  constructor(message, options = {}) {
+    super(message, fixedRetryable("PermanentError", options, false));
   }
 }
 
@@ -199,6 +251,7 @@ function fromNative(error) {
 
 module.exports = {
   TaskerError,
+  HandlerError,
   RetryableError,
   PermanentError,
   ConfigError,

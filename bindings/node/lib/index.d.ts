@@ -1,9 +1,37 @@
 // Declarations of the JavaScript layer. The native types (Step, LogEntry,
 // errorTypes) come from native.d.ts, which `napi build` generates from the
 // Rust types.
-import type { LogEntry, Step, errorTypes as nativeErrorTypes } from "../native";
+import type { LogEntry, Step as NativeStep, errorTypes as nativeErrorTypes } from "../native";
 
-export type { LogEntry, Step };
+export type { LogEntry };
+
+/** A JSON value: what a task's context, a handler's config and a step's output are made of. */
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+
+/** A JSON object. */
+export type JsonObject = { [key: string]: JsonValue };
+
+/**
+ * One step, as a handler sees it (the fields of the native `Step`, which
+ * `napi build` generates from the Rust type). `Context` is the type of the
+ * task's input (`taskContext`), `Config` of the handler's configuration in
+ * the workflow (`handlerConfig`) and `Previous` of the outputs of the steps
+ * it depends on (`previousResults`), by step name. They are the caller's
+ * word, not checked at run time; untyped they are `any`.
+ *
+ * ```ts
+ * worker.handle("charge", (step: Step<Order, { currency: string }>) => ...);
+ * ```
+ */
+export interface Step<Context = any, Config = any, Previous extends Record<string, any> = Record<string, any>>
+  extends Omit<NativeStep, "taskContext" | "handlerConfig" | "previousResults"> {
+  /** Handler-specific configuration from the workflow definition. */
+  handlerConfig: Config;
+  /** The task's input. */
+  taskContext: Context;
+  /** Outputs of the steps this one depends on, by step name. */
+  previousResults: Previous;
+}
 
 /**
  * A resolved configuration: every config key (`tasker_config::KEYS`), in
@@ -87,7 +115,9 @@ export declare const errorTypes: Readonly<typeof nativeErrorTypes>;
 
 /** Options of `TaskerError` and its subclasses. */
 export interface TaskerErrorOptions {
-  /** Whether a step failed with this error may be retried. */
+  /** The step's `error_type` (e.g. `"CardDeclined"`); default: the error's `name`, its class name. */
+  errorType?: string;
+  /** Whether a step failed with this error may be retried; default: the worker's `defaultRetryable`. */
   retryable?: boolean;
   /** The underlying error. */
   cause?: unknown;
@@ -96,19 +126,28 @@ export interface TaskerErrorOptions {
 /** Base class of tasker-core's errors (SDK errors and handler failures). */
 export declare class TaskerError extends Error {
   constructor(message: string, options?: TaskerErrorOptions);
+  /** The `error_type` a step failed with it reports: the `errorType` option, else `name`. */
+  errorType: string;
   /** Set when the error decides the step's retryability. */
   retryable?: boolean;
 }
 
+/**
+ * A handler's deliberate failure, its retryability chosen at run time:
+ * `new HandlerError(message, { errorType, retryable })` (`retryable`
+ * absent: the worker's `defaultRetryable`).
+ */
+export declare class HandlerError extends TaskerError {}
+
 /** A handler failure that may succeed on a later attempt. */
-export declare class RetryableError extends TaskerError {
-  constructor(message: string, options?: { cause?: unknown });
+export declare class RetryableError extends HandlerError {
+  constructor(message: string, options?: Omit<TaskerErrorOptions, "retryable"> & { retryable?: true });
   retryable: true;
 }
 
 /** A handler failure that no retry can fix. */
-export declare class PermanentError extends TaskerError {
-  constructor(message: string, options?: { cause?: unknown });
+export declare class PermanentError extends HandlerError {
+  constructor(message: string, options?: Omit<TaskerErrorOptions, "retryable"> & { retryable?: false });
   retryable: false;
 }
 
@@ -162,11 +201,22 @@ export interface WorkerOptions extends ConfigOptions {
   handleSignals?: boolean;
 }
 
-/** A step handler: returns the output (JSON-serialisable) or a Promise of it. */
-export type Handler<T = unknown> = (step: Step) => T | Promise<T>;
+/**
+ * A step handler: returns the output (JSON data) or a Promise of it. `T` is
+ * the output's type; `Context`, `Config` and `Previous` type the step's
+ * fields (see `Step`).
+ */
+export type Handler<T = unknown, Context = any, Config = any, Previous extends Record<string, any> = Record<string, any>> = (
+  step: Step<Context, Config, Previous>,
+) => T | Promise<T>;
 
-/** Lifecycle of a Worker. */
-export type WorkerState = "idle" | "running" | "stopping" | "stopped";
+/**
+ * Lifecycle of a Worker: `idle` before run(), `connecting` until registered
+ * with an orchestrator (and again while reconnecting), `connected`,
+ * `draining` after stop(), `stopped`. The Python and Ruby SDKs use the same
+ * names.
+ */
+export type WorkerState = "idle" | "connecting" | "connected" | "draining" | "stopped";
 
 /** A Node worker serving the steps of its registered handlers. */
 export declare class Worker {
@@ -182,8 +232,15 @@ export declare class Worker {
   readonly workerId: string | null;
   /** Most steps in flight at once. */
   readonly capacity: number;
-  /** Registers the handler of steps whose `handlerClass` is `name`. */
-  handle<T>(name: string, fn: Handler<T>): this;
+  /**
+   * Registers the handler of steps whose `handlerClass` is `name`. The step's
+   * types come from the handler's parameter (`(step: Step<Order>) => ...`) or
+   * the type arguments: `handle<Output, Context, Config, Previous>`.
+   */
+  handle<T = unknown, Context = any, Config = any, Previous extends Record<string, any> = Record<string, any>>(
+    name: string,
+    fn: Handler<T, Context, Config, Previous>,
+  ): this;
   /**
    * Serves steps; resolves after stop() (or SIGINT/SIGTERM) has drained.
    * Rejects with WorkerRefused when the orchestrator refuses the connection.

@@ -8,6 +8,7 @@
 const { resolveConfig } = require("./config.js");
 const {
   TaskerError,
+  HandlerError,
   RetryableError,
   PermanentError,
   ConfigError,
@@ -41,6 +42,7 @@ function loadConfig(path, options) {
 module.exports = {
   Worker,
   TaskerError,
+  HandlerError,
   RetryableError,
   PermanentError,
   ConfigError,

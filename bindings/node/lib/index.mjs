@@ -5,6 +5,7 @@ import cjs from "./index.js";
 export const {
   Worker,
   TaskerError,
+  HandlerError,
   RetryableError,
   PermanentError,
   ConfigError,

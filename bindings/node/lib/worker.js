@@ -7,6 +7,7 @@ const { inspect } = require("node:util");
 const native = require("../native.js");
 const { resolveConfig } = require("./config.js");
 const { TaskerError, errorTypes, fromNative } = require("./errors.js");
+const { jsonProblem } = require("./json.js");
 const logging = require("./logging.js");
 
 const CONFIG_PATH = Symbol("configPath");
@@ -143,9 +144,22 @@ class Worker {
     this._flush = this._flush.bind(this);
   }
 
-  /** `idle`, `running`, `stopping` or `stopped`. */
+  /**
+   * `idle` (before run()), `connecting` (not registered with an
+   * orchestrator yet, or reconnecting), `connected`, `draining` (after
+   * stop()) or `stopped`: the names the Python and Ruby SDKs use.
+   */
   get state() {
-    return this._state;
+    switch (this._state) {
+      case "running":
+        // The runtime's own: connecting or connected (draining or stopped
+        // when it stopped by itself, refused by the orchestrator).
+        return this._native.state;
+      case "stopping":
+        return "draining";
+      default:
+        return this._state;
+    }
   }
 
   /** The id announced to the orchestrator (known once running). */
@@ -160,8 +174,9 @@ class Worker {
 
   /**
    * Registers the handler of the steps whose `handlerClass` is `name`.
-   * `fn(step)` returns the step's output (any JSON-serialisable value) or a
-   * Promise of it; throwing (or rejecting) fails the step.
+   * `fn(step)` returns the step's output (JSON data: anything else fails
+   * the step as SerializationError, see lib/json.js) or a Promise of it;
+   * throwing (or rejecting) fails the step.
    */
   handle(name, fn) {
     if (typeof name !== "string" || name === "") {
@@ -202,6 +217,13 @@ class Worker {
     this._workerId = this._native.workerId;
     this._flushEvery = this._native.flushEvery;
     this._state = "running";
+    // The runtime logs "registered with orchestrator" once it is, and that
+    // it is waiting for one while it is not.
+    logging.log("info", `connecting to ${this.config.endpoint}`, {
+      worker_id: this._workerId,
+      handlers: options.handlers.join(","),
+      capacity: String(this._native.capacity),
+    });
     this._installSignals();
     return this._closedPromise.then(() => {
       if (this._refusal !== null) throw this._refusal;
@@ -365,6 +387,7 @@ class Worker {
     }
     this._flush();
     this._state = "stopped";
+    logging.log("info", this._refusal === null ? "stopped" : "stopped: refused by the orchestrator", { worker_id: this._workerId });
     this._removeSignals();
     this._native = null;
     const waiters = this._waiters;
@@ -377,6 +400,18 @@ class Worker {
   _success(step, started, output) {
     let json;
     try {
+      // What JSON.stringify would silently drop or change (a function, a
+      // Map, NaN, ...) fails the step, naming where it is.
+      const problem = jsonProblem(output);
+      if (problem !== null) {
+        return this._failure(
+          step,
+          started,
+          errorTypes.SERIALIZATION_ERROR,
+          `the output of handler ${JSON.stringify(step.handlerClass)} is not JSON data: ${problem}`,
+          false,
+        );
+      }
       json = JSON.stringify(output);
     } catch (error) {
       return this._failure(
@@ -387,7 +422,7 @@ class Worker {
         false,
       );
     }
-    // undefined, functions and symbols have no JSON form: the output is null.
+    // A handler that returns nothing (undefined) completes with null.
     if (json === undefined) json = "null";
     // A StepOutcome row: [stepId, attempt, elapsedMs, output].
     return `[${step.stepId},${step.attempt},${Math.round(performance.now() - started)},${json}]`;
@@ -395,8 +430,13 @@ class Worker {
 
   _errorOutcome(step, started, error) {
     if (error instanceof Error || (error !== null && typeof error === "object" && typeof error.message === "string")) {
+      // `errorType` (TaskerError's option or property, or any error's own),
+      // else the error's name: a subclass's name, `TypeError`, ...
       const name =
-        (typeof error.name === "string" && error.name) || (error.constructor && error.constructor.name) || "Error";
+        (typeof error.errorType === "string" && error.errorType) ||
+        (typeof error.name === "string" && error.name) ||
+        (error.constructor && error.constructor.name) ||
+        "Error";
       const retryable = typeof error.retryable === "boolean" ? error.retryable : this._defaultRetryable;
       return this._failure(step, started, name, String(error.message), retryable, stackLines(error));
     }

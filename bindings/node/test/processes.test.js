@@ -145,3 +145,35 @@ test("graceful stop() with steps in flight finishes them and the process then ex
     assert.equal(result.output.sleptMs, 400);
   }
 });
+
+/** Resolves once `child`'s stderr matches `pattern`; rejects after `ms`, or when it exits first. */
+async function waitForStderr(child, pattern, ms = 15_000) {
+  const deadline = Date.now() + ms;
+  while (!pattern.test(child.stderrText)) {
+    if (child.exitCode !== null || child.signalCode !== null || Date.now() > deadline) {
+      throw new Error(`no ${pattern} on stderr${child.exitCode !== null ? " before exiting" : ` within ${ms} ms`}:\n${child.stderrText}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+test("with the default logger a worker process says on stderr what it dials, its handlers, that it waits and that it registered", async () => {
+  const endpoint = await freeEndpoint();
+  const worker = nodeProcess("worker.js", {
+    endpoint,
+    env: { ...QUICK, LOG_LEVEL: "info", WORKER_ID: "loud", TASKER_WORKER_CAPACITY: "2" },
+  });
+  const escaped = endpoint.replace(/[.]/g, "\\.");
+  await waitForStderr(
+    worker,
+    new RegExp(`^\\[tasker\\] INFO  tasker_core::node: connecting to ${escaped} worker_id=loud handlers=shared,slow capacity=2$`, "m"),
+  );
+  await waitForStderr(worker, new RegExp(`^\\[tasker\\] \\w+ +tasker_worker::\\S+ waiting for an orchestrator at ${escaped}`, "m"));
+  const response = await dispatch(endpoint, { steps: steps("shared", 1, 1) }).result;
+  assert.equal(response.results[0].status, "completed");
+  await waitForStderr(worker, /^\[tasker\] INFO  tasker_worker::\S+ registered with orchestrator/m);
+  worker.kill("SIGTERM");
+  const { code } = await withTimeout(worker.exited, 15_000, "the worker to exit on SIGTERM");
+  assert.equal(code, 0, worker.stderrText);
+  assert.match(worker.stderrText, /^\[tasker\] INFO  tasker_core::node: stopped worker_id=loud$/m);
+});

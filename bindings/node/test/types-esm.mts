@@ -7,6 +7,10 @@ worker.handle("esm", async (step: Step): Promise<{ id: number }> => {
   if (step.attempt < 2) throw new RetryableError("first attempt fails");
   return { id: step.stepId };
 });
+// Typed steps through the ES-module view too.
+worker.handle("esm_typed", (step: Step<{ n: number }>): number => step.taskContext.n + 1);
+// @ts-expect-error the context's type is checked
+worker.handle("esm_wrong", (step: Step<{ n: number }>): string => step.taskContext.n);
 // @ts-expect-error run() returns a Promise, not a number
 const n: number = worker.run();
 void n;

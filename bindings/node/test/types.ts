@@ -1,8 +1,8 @@
 // Type-checked with `tsc --noEmit -p test/tsconfig.json` (see package.test.js)
 // against lib/index.d.ts and the native.d.ts that `napi build` generates.
 // The @ts-expect-error lines fail the check if the declarations get looser.
-import { Worker, RetryableError, PermanentError, TaskerError, ConfigError, errorTypes, setLogger, setLogLevel, loadConfig } from "tasker-core";
-import type { Step, Config, ConfigOptions, LogEntry, WorkerOptions, Handler } from "tasker-core";
+import { Worker, HandlerError, RetryableError, PermanentError, TaskerError, ConfigError, errorTypes, setLogger, setLogLevel, loadConfig } from "tasker-core";
+import type { Step, Config, ConfigOptions, LogEntry, WorkerOptions, Handler, JsonObject, JsonValue } from "tasker-core";
 
 interface Order {
   amount: number;
@@ -26,6 +26,45 @@ worker.handle("validate_order", async (step: Step) => {
 
 const sync: Handler<number> = (step) => step.stepId * 2;
 worker.handle("double", sync).handle("noop", () => null);
+
+// Typed steps: the context, config and previous results a handler expects.
+interface ChargeConfig {
+  currency: string;
+}
+interface Previous {
+  validate: { valid: boolean };
+}
+worker.handle("charge", (step: Step<Order, ChargeConfig, Previous>) => {
+  const amount: number = step.taskContext.amount;
+  const currency: string = step.handlerConfig.currency;
+  const valid: boolean = step.previousResults.validate.valid;
+  // @ts-expect-error the context's type is checked
+  const wrong: string = step.taskContext.amount;
+  // @ts-expect-error a misspelt config key is caught
+  const misspelt = step.handlerConfig.curency;
+  // @ts-expect-error previous results are typed too
+  step.previousResults.fetch;
+  void [wrong, misspelt];
+  return { charged: amount, currency, valid };
+});
+// By type arguments: handle<Output, Context, Config>.
+worker.handle<{ doubled: number }, Order>("double_amount", (step) => ({ doubled: step.taskContext.amount * 2 }));
+// @ts-expect-error the output must be the declared one
+worker.handle<{ doubled: number }, Order>("bad_output", (step) => ({ doubled: String(step.taskContext.amount) }));
+// @ts-expect-error the step's context is the declared one
+worker.handle<unknown, Order>("bad_context", (step) => step.taskContext.customer);
+const typed: Handler<{ ok: boolean }, Order, ChargeConfig> = async (step) => ({ ok: step.taskContext.amount > 0 && step.handlerConfig.currency !== "" });
+worker.handle("typed", typed);
+// @ts-expect-error a handler of another context does not fit
+const mismatched: Handler<unknown, { name: string }> = typed;
+// Untyped steps stay as loose as before: taskContext and handlerConfig are any.
+worker.handle("loose", (step) => step.taskContext.anything.goes + step.handlerConfig.too);
+const untyped: Step = {} as Step<Order>;
+// JSON helper types for contexts and outputs.
+const json: JsonObject = { a: [1, "two", null, { b: true }] };
+// @ts-expect-error a function is not JSON
+const notJson: JsonValue = () => 1;
+void [mismatched, untyped, json, notJson];
 
 // @ts-expect-error step ids are numbers
 const wrongId: string = ({} as Step).stepId;
@@ -57,7 +96,9 @@ const configError: TaskerError = new ConfigError("bad key");
 const config: Readonly<Config> = worker.config;
 const endpoint: string = config.endpoint;
 const capacity: number = worker.capacity;
-const state: "idle" | "running" | "stopping" | "stopped" = worker.state;
+const state: "idle" | "connecting" | "connected" | "draining" | "stopped" = worker.state;
+// @ts-expect-error the states are those of the Python and Ruby SDKs; there is no "running"
+const running: boolean = worker.state === "running";
 const id: string | null = worker.workerId;
 
 setLogger((entry: LogEntry) => console.log(entry.level, entry.target, entry.message, entry.fields, entry.line), "info");
@@ -69,13 +110,33 @@ const retryable: boolean | undefined = new TaskerError("x", { retryable: true })
 const r: true = new RetryableError("busy").retryable;
 const p: false = new PermanentError("bad").retryable;
 
+// error_type as an option, as Python's and Ruby's `error_type=` keyword.
+const declined = new PermanentError("card declined", { errorType: "CardDeclined", cause: new Error("402") });
+const declinedType: string = declined.errorType;
+const busy: RetryableError = new RetryableError("busy", { errorType: "GatewayBusy" });
+const chosen: HandlerError = new HandlerError("maybe", { errorType: "RateLimited", retryable: true });
+const base: TaskerError = chosen;
+const baseType: string = new TaskerError("x", { errorType: "Custom" }).errorType;
+const family: HandlerError = new PermanentError("x");
+class CardDeclined extends PermanentError {}
+const subclassType: string = new CardDeclined("no").errorType;
+// @ts-expect-error errorType is a string
+new PermanentError("x", { errorType: 402 });
+// @ts-expect-error a PermanentError is never retryable (use HandlerError with { retryable })
+new PermanentError("x", { retryable: true });
+// @ts-expect-error a RetryableError is always retryable
+new RetryableError("x", { retryable: false });
+// @ts-expect-error there is no such option (it is errorType)
+new PermanentError("x", { error_type: "CardDeclined" });
+void [declinedType, busy, chosen, base, baseType, family, subclassType];
+
 async function main(): Promise<void> {
   const running: Promise<void> = worker.run();
   await worker.stop();
   await running;
 }
 
-void [fromFile, wrongId, endpoint, capacity, state, id, loaded, retryable, r, p, main, marks, unknownHandler, configError];
+void [fromFile, wrongId, endpoint, capacity, state, running, id, loaded, retryable, r, p, main, marks, unknownHandler, configError];
 
 // ---- The HTTP client ----------------------------------------------------
 import {

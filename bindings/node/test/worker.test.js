@@ -6,7 +6,7 @@
 const { test, after } = require("node:test");
 const assert = require("node:assert/strict");
 
-const { Worker, RetryableError, PermanentError, TaskerError, setLogger } = require("tasker-core");
+const { Worker, HandlerError, RetryableError, PermanentError, TaskerError, setLogger } = require("tasker-core");
 const { freeEndpoint, dispatch, byStepId, withTimeout, killAll } = require("./helpers.js");
 
 after(killAll);
@@ -177,6 +177,136 @@ test("each kind of failure is reported with its type, message, stack and retryab
   assert.equal(results.get(10).output, "still serving");
 });
 
+test("an output that is not JSON data fails as SerializationError naming where the bad value is", async () => {
+  // JSON.stringify would complete these silently with another output: a
+  // function as null (or left out), a Map or a Set as {}, NaN as null, ...
+  const worker = new Worker({ ...QUICK, endpoint: await freeEndpoint(), capacity: 32, logger: null });
+  class Money {
+    constructor(cents) {
+      this.cents = cents;
+    }
+  }
+  class Amount {
+    constructor(text) {
+      this.text = text;
+    }
+    toJSON() {
+      return this.text;
+    }
+  }
+  class Bad {
+    toJSON() {
+      return { byId: new Map() };
+    }
+  }
+  const refused = {
+    function: [() => function callback() {}, "output is a function (callback)"],
+    nested_function: [() => ({ items: [1, 2, { callback() {} }] }), "output.items[2].callback is a function"],
+    odd_key: [() => ({ "order lines": [{ f: () => 1 }] }), 'output["order lines"][0].f is a function'],
+    map: [() => new Map([["a", 1]]), "output is a Map, which JSON has no form for: convert it, e.g. Object.fromEntries(map)"],
+    set: [() => ({ tags: new Set(["x"]) }), "output.tags is a Set, which JSON has no form for: convert it, e.g. [...set]"],
+    symbol: [() => ({ kind: Symbol("k") }), "output.kind is a symbol (Symbol(k))"],
+    nan: [() => ({ ratio: 0 / 0 }), "output.ratio is NaN, which JSON has no form for (JSON.stringify would write null)"],
+    infinity: [() => [Infinity], "output[0] is Infinity"],
+    bigint: [() => ({ total: 10n }), "output.total is a BigInt (10n), which JSON has no form for: convert it to a number or a string"],
+    undefined_item: [() => ({ list: [1, undefined] }), "output.list[1] is undefined (JSON.stringify would write null): use null"],
+    hole: [() => [1, , 3], "output[1] is undefined"], // eslint-disable-line no-sparse-arrays
+    instance: [() => ({ price: new Money(5) }), "output.price is an instance of Money, not a plain object or array"],
+    error_object: [() => ({ error: new Error("x") }), "output.error is an instance of Error"],
+    promise: [async () => ({ later: Promise.resolve(1) }), "output.later is a Promise: await it before returning"],
+    invalid_date: [() => ({ at: new Date("not a date") }), "output.at is an invalid Date"],
+    bytes: [() => new Uint8Array(2), "output is a Uint8Array"],
+    to_json_result: [() => ({ index: new Bad() }), "output.index.byId is a Map"],
+    cycle: [
+      () => {
+        const order = { id: 1, lines: [{ sku: "a" }] };
+        order.lines[0].order = order;
+        return order;
+      },
+      "output.lines[0].order refers back to output: a circular structure, which JSON has no form for",
+    ],
+  };
+  const shared = { x: 1 };
+  const accepted = {
+    absent_property: [() => ({ a: 1, b: undefined }), { a: 1 }],
+    nothing: [() => undefined, null],
+    date: [() => ({ at: new Date(0) }), { at: "1970-01-01T00:00:00.000Z" }],
+    to_json: [() => ({ amount: new Amount("12.50") }), { amount: "12.50" }],
+    shared_twice: [() => [shared, shared], [{ x: 1 }, { x: 1 }]],
+    null_prototype: [() => Object.assign(Object.create(null), { a: [true] }), { a: [true] }],
+    negative_zero: [() => -0, 0],
+  };
+  const names = [...Object.keys(refused), ...Object.keys(accepted)];
+  for (const [name, [fn]] of [...Object.entries(refused), ...Object.entries(accepted)]) worker.handle(name, fn);
+  const results = await serve(worker, { steps: names.map((name, i) => ({ step_id: i + 1, handler_class: name })) });
+  for (const [i, name] of names.entries()) {
+    const result = results.get(i + 1);
+    if (name in refused) {
+      assert.equal(result.status, "failed", `${name}: ${JSON.stringify(result)}`);
+      assert.equal(result.error.error_type, "SerializationError", name);
+      assert.equal(result.error.retryable, false, name);
+      const prefix = `the output of handler ${JSON.stringify(name)} is not JSON data: `;
+      assert.ok(result.error.message.startsWith(prefix + refused[name][1]), `${name}: ${result.error.message}`);
+    } else {
+      assert.equal(result.status, "completed", `${name}: ${JSON.stringify(result)}`);
+      assert.deepEqual(result.output, accepted[name][1], name);
+    }
+  }
+  assert.equal(
+    results.get(names.indexOf("nested_function") + 1).error.message,
+    'the output of handler "nested_function" is not JSON data: output.items[2].callback is a function',
+  );
+});
+
+test("errorType chooses a failure's error_type, as error_type= does in Python and Ruby; subclasses still name theirs", async () => {
+  const worker = new Worker({ ...QUICK, endpoint: await freeEndpoint(), capacity: 16, logger: null });
+  class CardExpired extends PermanentError {}
+  const handlers = {
+    permanent: [() => new PermanentError("card declined", { errorType: "CardDeclined" }), "CardDeclined", false],
+    retryable: [() => new RetryableError("gateway busy", { errorType: "GatewayBusy" }), "GatewayBusy", true],
+    decided: [() => new HandlerError("rate limited", { errorType: "RateLimited", retryable: true }), "RateLimited", true],
+    undecided: [() => new HandlerError("no say"), "HandlerError", false], // defaultRetryable
+    base: [() => new TaskerError("base", { errorType: "Base", retryable: false }), "Base", false],
+    subclass: [() => new CardExpired("expired"), "CardExpired", false],
+    subclass_option: [() => new CardExpired("stolen", { errorType: "CardStolen" }), "CardStolen", false],
+    assigned: [() => Object.assign(new PermanentError("assigned"), { errorType: "Assigned" }), "Assigned", false],
+    renamed: [() => Object.assign(new RetryableError("renamed"), { name: "Renamed" }), "Renamed", true],
+    plain_error: [() => Object.assign(new Error("upstream"), { errorType: "Upstream", retryable: true }), "Upstream", true],
+  };
+  for (const [name, [make]] of Object.entries(handlers)) {
+    worker.handle(name, async () => {
+      throw make();
+    });
+  }
+  const names = Object.keys(handlers);
+  const results = await serve(worker, { steps: names.map((name, i) => ({ step_id: i + 1, handler_class: name })) });
+  for (const [i, name] of names.entries()) {
+    const [, errorType, retryable] = handlers[name];
+    const result = results.get(i + 1);
+    assert.equal(result.status, "failed", name);
+    assert.equal(result.error.error_type, errorType, name);
+    assert.equal(result.error.retryable, retryable, name);
+    assert.equal(result.metadata.retryable, retryable, name);
+  }
+  assert.equal(results.get(1).error.message, "card declined");
+
+  // The errors themselves.
+  const declined = new PermanentError("card declined", { errorType: "CardDeclined" });
+  assert.equal(declined.errorType, "CardDeclined");
+  assert.equal(declined.name, "PermanentError");
+  assert.equal(declined.retryable, false);
+  assert.ok(declined instanceof HandlerError && declined instanceof TaskerError);
+  assert.equal(new PermanentError("x").errorType, "PermanentError");
+  assert.equal(new CardExpired("x").errorType, "CardExpired");
+  assert.equal(new RetryableError("x", { retryable: true }).retryable, true);
+  assert.equal(new HandlerError("x").retryable, undefined);
+  assert.throws(() => new PermanentError("x", { retryable: true }), /a PermanentError is never retryable.*new HandlerError\(message, \{ errorType, retryable \}\)/);
+  assert.throws(() => new RetryableError("x", { retryable: false }), /a RetryableError is always retryable/);
+  assert.throws(() => new PermanentError("x", { errorType: "" }), (e) => e instanceof TypeError && /errorType must be a non-empty string/.test(e.message));
+  assert.throws(() => new HandlerError("x", { errorType: 402 }), TypeError);
+  assert.throws(() => new HandlerError("x", { retryable: "yes" }), /retryable must be true or false/);
+});
+
 /** `depth` arrays deep around 7 (`7` is 0 deep, `[7]` 1). */
 function nested(depth) {
   let value = 7;
@@ -262,6 +392,77 @@ test("a step id beyond Number.MAX_SAFE_INTEGER is failed without reaching the ha
   assert.match(text, /"error_type": "UnsupportedStepId"/);
   assert.ok(!seen.includes(Number(huge)), "the handler saw the huge id");
   assert.ok(seen.includes(9007199254740991), "the largest safe id reached the handler");
+});
+
+/** Resolves once `check()` is true, polling; rejects after `ms` naming `what`. */
+async function until(check, ms, what) {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+test("a starting worker logs the endpoint it dials and its handlers, then that it waits for an orchestrator and when it registered", async () => {
+  const records = [];
+  const endpoint = await freeEndpoint();
+  const worker = new Worker({ ...QUICK, endpoint, capacity: 3, heartbeatIntervalMs: 100, logger: (entry) => records.push(entry) });
+  worker.handle("send_welcome", () => "sent").handle("create_account", () => "created");
+  const running = worker.run();
+  try {
+    // Logged by run() itself, before anything is connected.
+    const own = records.filter((r) => r.target === "tasker_core::node");
+    assert.deepEqual(own[0], {
+      level: "info",
+      target: "tasker_core::node",
+      message: `connecting to ${endpoint}`,
+      fields: { worker_id: worker.workerId, handlers: "send_welcome,create_account", capacity: "3" },
+      line: `connecting to ${endpoint} worker_id=${worker.workerId} handlers=send_welcome,create_account capacity=3`,
+    });
+    // No orchestrator yet: the runtime says so, naming where it waits, once
+    // (not a warning every few heartbeats while it waits).
+    const waiting = () => records.filter((r) => /^waiting for an orchestrator at /.test(r.message));
+    await until(() => waiting().length > 0, 15_000, `"waiting for an orchestrator" among ${JSON.stringify(records.map((r) => r.line))}`);
+    assert.ok(waiting()[0].line.includes(endpoint), waiting()[0].line);
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    assert.equal(waiting().length, 1, JSON.stringify(records.map((r) => r.line)));
+    const warnings = records.filter((r) => r.level === "warn" && !/^waiting for an orchestrator/.test(r.message));
+    assert.deepEqual(warnings.map((r) => r.line), []);
+
+    const env = { TASKER_HEARTBEAT_INTERVAL_MS: "100" };
+    const response = await dispatch(endpoint, { steps: [{ step_id: 1, handler_class: "send_welcome" }] }, { env }).result;
+    assert.equal(response.results[0].output, "sent");
+    const registered = records.find((r) => r.message.startsWith("registered with orchestrator"));
+    assert.ok(registered, JSON.stringify(records.map((r) => r.line)));
+    assert.equal(registered.target, "tasker_worker::connection");
+  } finally {
+    await withTimeout(worker.stop(), 15_000, "worker.stop()");
+    await withTimeout(running, 15_000, "worker.run()");
+    setLogger(null);
+  }
+  const own = records.filter((r) => r.target === "tasker_core::node").map((r) => r.message);
+  assert.deepEqual(own, [`connecting to ${endpoint}`, "stopped"]);
+});
+
+test("worker.state goes idle, connecting, connected, draining, stopped (the Python and Ruby names)", async () => {
+  const endpoint = await freeEndpoint();
+  const worker = new Worker({ ...QUICK, endpoint, logger: null });
+  const seen = [];
+  worker.handle("state", () => {
+    seen.push(worker.state);
+    return worker.state;
+  });
+  assert.equal(worker.state, "idle");
+  const running = worker.run();
+  assert.equal(worker.state, "connecting");
+  const response = await dispatch(endpoint, { steps: [{ step_id: 1, handler_class: "state" }] }).result;
+  assert.equal(response.results[0].output, "connected");
+  assert.deepEqual(seen, ["connected"]);
+  const stopping = worker.stop();
+  assert.equal(worker.state, "draining");
+  await withTimeout(stopping, 15_000, "worker.stop()");
+  await withTimeout(running, 15_000, "worker.run()");
+  assert.equal(worker.state, "stopped");
 });
 
 test("the logger hook receives the runtime's Rust tracing records", async () => {

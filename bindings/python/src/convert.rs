@@ -4,7 +4,8 @@
 use std::fmt;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 use pyo3::IntoPyObjectExt;
 use serde_json::{Map, Number, Value};
 
@@ -85,11 +86,13 @@ pub fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>>
 /// Accepted: `None`, `bool`, `int` (64-bit, signed or unsigned), finite
 /// `float`, `str`, `list` and `tuple`, `dict` with `str` keys (`int` and
 /// `bool` keys become strings, as `json.dumps` does), and subclasses of
-/// these. Anything else (sets, bytes, arbitrary objects, NaN and infinities,
-/// which JSON cannot express) is an error naming the place and the type,
-/// and so is nesting of lists, tuples and dicts deeper than `max_depth`
-/// (`7` is 0 deep, `[7]` 1, `{"a": [7]}` 2; a value that contains itself is
-/// always too deep).
+/// these; and, as strings (see [`encode_other`]), timezone-aware
+/// `datetime.datetime`, `datetime.date`, finite `decimal.Decimal` and
+/// `uuid.UUID`. Anything else (sets, bytes, arbitrary objects, NaN and
+/// infinities, which JSON cannot express, naive datetimes) is an error
+/// naming the place and the type, and so is nesting of lists, tuples and
+/// dicts deeper than `max_depth` (`7` is 0 deep, `[7]` 1, `{"a": [7]}` 2; a
+/// value that contains itself is always too deep).
 pub fn from_py(obj: &Bound<'_, PyAny>, max_depth: u32) -> Result<Value, ConvertError> {
     Converter { max_depth }.convert(obj, 0)
 }
@@ -164,13 +167,12 @@ impl Converter {
             }
             return self.sequence(tuple.iter(), depth);
         }
-        let type_name = obj
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "?".into());
+        if let Some(text) = encode_other(obj)? {
+            return Ok(Value::String(text));
+        }
         Err(ConvertError::new(format!(
-            "object of type {type_name} is not JSON-serialisable"
+            "object of type {} is not JSON-serialisable",
+            type_name(obj)
         )))
     }
 
@@ -205,12 +207,87 @@ fn dict_key(key: &Bound<'_, PyAny>) -> Result<String, ConvertError> {
             return Ok(i.to_string());
         }
     }
-    let type_name = key
-        .get_type()
+    Err(ConvertError::new(format!(
+        "dict key of type {} is not a string",
+        type_name(key)
+    )))
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
         .name()
         .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".into());
-    Err(ConvertError::new(format!(
-        "dict key of type {type_name} is not a string"
-    )))
+        .unwrap_or_else(|_| "?".into())
+}
+
+static DATETIME: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static DATE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static DECIMAL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static UUID: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// The JSON text of a value of a type JSON lacks but whose text form is
+/// standard, or `None` when `obj` is none of them (instances of subclasses
+/// included):
+///
+/// * `datetime.datetime` with a UTC offset: `isoformat()`, ISO 8601 with
+///   the offset kept (`2025-01-23T10:00:00.123000+01:00`); a naive one (no
+///   offset) is an error, since no reader could tell which time it means;
+/// * `datetime.date`: `isoformat()` (`2025-01-23`);
+/// * `decimal.Decimal`: `str()`, every digit kept (`"12.50"`, `"1E+3"`);
+///   NaN and infinities are errors, as for `float`;
+/// * `uuid.UUID`: `str()`, the canonical lower-case hyphenated form.
+///
+/// Only reached for values that are no JSON type, so plain outputs pay
+/// nothing for it.
+fn encode_other(obj: &Bound<'_, PyAny>) -> Result<Option<String>, ConvertError> {
+    let py = obj.py();
+    let failed =
+        |e: PyErr| ConvertError::new(format!("{} could not be encoded: {e}", type_name(obj)));
+    let is = |cell: &'static PyOnceLock<Py<PyType>>, module: &str, name: &str| {
+        cell.import(py, module, name)
+            .and_then(|ty| obj.is_instance(ty))
+            .map_err(failed)
+    };
+    let text = |method: &str| -> Result<String, ConvertError> {
+        let value = if method == "str" {
+            obj.str()
+        } else {
+            obj.call_method0(method)
+                .and_then(|v| v.cast_into::<PyString>().map_err(PyErr::from))
+        };
+        value
+            .and_then(|s| s.to_cow().map(|s| s.into_owned()))
+            .map_err(failed)
+    };
+    // datetime before date: a datetime is a date.
+    if is(&DATETIME, "datetime", "datetime")? {
+        let offset = obj.call_method0("utcoffset").map_err(failed)?;
+        if offset.is_none() {
+            return Err(ConvertError::new(
+                "naive datetime (no timezone), which no reader could place in time: give it \
+                 one (e.g. .replace(tzinfo=datetime.timezone.utc)) or return .isoformat()",
+            ));
+        }
+        return text("isoformat").map(Some);
+    }
+    if is(&DATE, "datetime", "date")? {
+        return text("isoformat").map(Some);
+    }
+    if is(&DECIMAL, "decimal", "Decimal")? {
+        let finite = obj
+            .call_method0("is_finite")
+            .and_then(|f| f.is_truthy())
+            .map_err(failed)?;
+        if !finite {
+            return Err(ConvertError::new(format!(
+                "Decimal {} is not valid JSON",
+                text("str")?
+            )));
+        }
+        return text("str").map(Some);
+    }
+    if is(&UUID, "uuid", "UUID")? {
+        return text("str").map(Some);
+    }
+    Ok(None)
 }

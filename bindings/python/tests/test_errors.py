@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
+from decimal import Decimal
+
 import pytest
 
 from conftest import run_batch, step
-from tasker_core import PermanentError, RetryableError, TaskerError
+from tasker_core import HandlerError, PermanentError, RetryableError, TaskerError
 
 
 class CardDeclined(PermanentError):
@@ -101,10 +104,23 @@ def test_unexpected_exception_uses_default_retryable(dispatch, make_worker, defa
         def explicit(step):
             raise PermanentError("never retry")
 
+        @worker.handler("handler_error")
+        def handler_error(step):
+            raise HandlerError("left to the default", error_type="Decided")
+
+        @worker.handler("handler_error_retryable")
+        def handler_error_retryable(step):
+            raise HandlerError("decided here", retryable=not default_retryable)
+
     results = run_batch(
         dispatch,
         make_worker,
-        [step(1, "boom"), step(2, "explicit")],
+        [
+            step(1, "boom"),
+            step(2, "explicit"),
+            step(3, "handler_error"),
+            step(4, "handler_error_retryable"),
+        ],
         register,
         default_retryable=default_retryable,
     )
@@ -113,6 +129,82 @@ def test_unexpected_exception_uses_default_retryable(dispatch, make_worker, defa
     assert results[1]["metadata"]["retryable"] is default_retryable
     # RetryableError/PermanentError are not affected by the default.
     assert results[2]["error"]["retryable"] is False
+    # A HandlerError without retryable= leaves it to the default, as Ruby's
+    # TaskerCore::Error and Node's TaskerError do (issue 18 #7).
+    assert results[3]["error"]["error_type"] == "Decided"
+    assert results[3]["error"]["retryable"] is default_retryable
+    assert results[4]["error"]["error_type"] == "HandlerError"
+    assert results[4]["error"]["retryable"] is (not default_retryable)
+
+
+class GatewayTimeout(Exception):
+    """A library's exception carrying its own error_type and retryable."""
+
+    error_type = "UpstreamTimeout"
+    retryable = True
+
+
+class NotReallyTyped(Exception):
+    error_type = 42  # not a str: ignored
+    retryable = "yes"  # not a bool: ignored
+
+
+class BrokenAttributes(Exception):
+    @property
+    def error_type(self):
+        raise RuntimeError("broken property")
+
+    def __str__(self):
+        raise RuntimeError("broken __str__")
+
+
+def test_any_exception_may_declare_error_type_and_retryable(dispatch, make_worker):
+    """Issue 18 #7: as in the Ruby and Node SDKs, any exception's str
+    `error_type` and bool `retryable` are reported, not only a
+    HandlerError's."""
+
+    def register(worker):
+        def raiser(exc):
+            def handler(step):
+                raise exc
+
+            return handler
+
+        worker.register("declared", raiser(GatewayTimeout("upstream took too long")))
+        worker.register("ignored", raiser(NotReallyTyped("odd attributes")))
+        worker.register("broken", raiser(BrokenAttributes()))
+        worker.register("fine", lambda step: "still serving")
+
+    steps = [step(1, "declared"), step(2, "ignored"), step(3, "broken"), step(4, "fine")]
+    results = run_batch(dispatch, make_worker, steps, register)
+    assert results[1]["error"]["error_type"] == "UpstreamTimeout"
+    assert results[1]["error"]["retryable"] is True
+    assert results[1]["error"]["message"] == "upstream took too long"
+    assert results[2]["error"]["error_type"] == "NotReallyTyped"
+    assert results[2]["error"]["retryable"] is False  # default_retryable
+    assert results[3]["error"]["error_type"] == "BrokenAttributes"
+    assert "str() of the exception failed" in results[3]["error"]["message"]
+    assert results[4]["output"] == "still serving"
+
+
+def test_handler_error_options_match_the_other_sdks():
+    """Issue 18 #7: error_type= on every handler error; retryable= decides
+    on HandlerError and may not contradict RetryableError/PermanentError."""
+    assert HandlerError("x").retryable is None  # the worker's default_retryable
+    assert HandlerError("x", retryable=True).retryable is True
+    assert HandlerError("x").error_type == "HandlerError"
+    assert RetryableError("x", error_type="GatewayBusy").error_type == "GatewayBusy"
+    assert PermanentError("x", retryable=False).retryable is False  # agrees: fine
+    assert RetryableError("x", retryable=True).retryable is True
+    with pytest.raises(TypeError, match="a PermanentError is never retryable"):
+        PermanentError("x", retryable=True)
+    with pytest.raises(TypeError, match=r"a RetryableError is always retryable \(GatewayBusy\)"):
+        GatewayBusy("x", retryable=False)
+    for bad in (3, ""):
+        with pytest.raises(TypeError, match="error_type must be a non-empty str"):
+            PermanentError("x", error_type=bad)
+    with pytest.raises(TypeError, match="retryable must be True, False or None"):
+        HandlerError("x", retryable="yes")
 
 
 def test_default_retryable_from_environment(dispatch, make_worker, monkeypatch):
@@ -145,6 +237,16 @@ BAD_OUTPUTS = {
     "huge_int": (2**70, "$: integer does not fit in 64 bits"),
     "tuple_key": ({(1, 2): "v"}, "dict key of type tuple"),
     "cycle": (self_containing(), "nested more than 100 levels deep"),
+    # Issue 18 #8: only aware datetimes, dates, finite Decimals and UUIDs
+    # have an encoding; the rest stays refused, with the place.
+    "naive_datetime": (
+        {"a": [datetime.datetime(2025, 1, 23, 10, 0)]},
+        '$["a"][0]: naive datetime (no timezone)',
+    ),
+    "decimal_nan": (Decimal("NaN"), "$: Decimal NaN is not valid JSON"),
+    "decimal_inf": ({"x": [Decimal("-Infinity")]}, '$["x"][0]: Decimal -Infinity is not valid JSON'),
+    "time": ({"t": datetime.time(10, 0)}, '$["t"]: object of type time'),
+    "timedelta": ([datetime.timedelta(seconds=1)], "$[0]: object of type timedelta"),
 }
 
 

@@ -119,7 +119,7 @@ def test_config_keys_are_tasker_config_keys():
 
 def test_unknown_keys_are_named_with_the_closest_one(monkeypatch):
     with pytest.raises(ConfigError) as info:
-        Worker(worker_capcity=3)
+        _native.load_config(options={"worker_capcity": 3})
     assert "`worker_capcity`" in str(info.value)
     assert "did you mean `worker_capacity`?" in str(info.value)
 

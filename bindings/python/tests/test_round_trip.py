@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import threading
+import uuid
+from decimal import Decimal
 
 from conftest import run_batch, step
 
@@ -55,6 +57,58 @@ def test_output_round_trip_nested_json_and_unicode(dispatch, make_worker):
     }
     assert result["metadata"]["retryable"] is False
     assert result["metadata"]["worker_id"].startswith("python-")
+
+
+class BusinessDay(datetime.date):
+    """A subclass: encoded as its base."""
+
+
+def test_dates_decimals_and_uuids_are_sent_as_strings(dispatch, make_worker):
+    """Issue 18 #8: aware datetimes keep their offset (ISO 8601), dates are
+    ISO 8601, Decimals keep every digit, UUIDs are canonical; inside dicts,
+    lists and tuples too."""
+    plus_two = datetime.timezone(datetime.timedelta(hours=2))
+    ident = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    output = {
+        "at": datetime.datetime(2025, 1, 23, 10, 0, 0, 123456, tzinfo=plus_two),
+        "utc": datetime.datetime(2025, 1, 23, 8, 0, tzinfo=datetime.timezone.utc),
+        "on": datetime.date(2025, 1, 23),
+        "business_day": BusinessDay(2025, 1, 24),
+        "amount": Decimal("12.50"),
+        "precise": Decimal("123456789012345678901234567890.123456789"),
+        "scientific": Decimal("1E+3"),
+        "negative": Decimal("-0.000001"),
+        "id": ident,
+        "nested": [{"when": datetime.date(2024, 2, 29), "ids": (ident, uuid.UUID(int=0))}],
+    }
+
+    def register(worker):
+        worker.register("typed", lambda step: output)
+
+    results = run_batch(dispatch, make_worker, [step(1, "typed")], register)
+    assert results[1]["status"] == "completed", results[1]
+    assert results[1]["output"] == {
+        "at": "2025-01-23T10:00:00.123456+02:00",
+        "utc": "2025-01-23T08:00:00+00:00",
+        "on": "2025-01-23",
+        "business_day": "2025-01-24",
+        "amount": "12.50",
+        "precise": "123456789012345678901234567890.123456789",
+        "scientific": "1E+3",
+        "negative": "-0.000001",
+        "id": "12345678-1234-5678-1234-567812345678",
+        "nested": [
+            {
+                "when": "2024-02-29",
+                "ids": ["12345678-1234-5678-1234-567812345678", "00000000-0000-0000-0000-000000000000"],
+            }
+        ],
+    }
+    # Read back with the standard library, the values are the same.
+    back = results[1]["output"]
+    assert datetime.datetime.fromisoformat(back["at"]) == output["at"]
+    assert Decimal(back["precise"]) == output["precise"]
+    assert uuid.UUID(back["id"]) == ident
 
 
 def test_step_exposes_request_fields(dispatch, make_worker):

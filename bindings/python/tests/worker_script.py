@@ -55,13 +55,13 @@ def work(step):
 
 
 class Ready(logging.Handler):
-    """Says `ready` when the worker logs that it serves (inside run(), after
-    its signal handlers are in place) and `draining` when the runtime logs
-    that it began the stop."""
+    """Says `ready` when the worker logs that it started connecting (inside
+    run(), after its signal handlers are in place) and `draining` when the
+    runtime logs that it began the stop."""
 
     def emit(self, record):
         message = record.getMessage()
-        if message.startswith("worker ") and " serving " in message:
+        if record.name == "tasker_core.worker" and " connecting to " in message:
             say(f"ready {worker.worker_id}")
         elif record.name == "tasker_core.tasker_worker.connection" and message.startswith(
             "draining"

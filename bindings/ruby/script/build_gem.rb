@@ -58,6 +58,7 @@ FileUtils.rm_rf(STAGE)
 FileUtils.mkdir_p(EXT)
 %w[tasker_core.gemspec README.md].each { |f| FileUtils.cp(File.join(RUBY_DIR, f), STAGE) }
 copy_tree(File.join(RUBY_DIR, "lib"), File.join(STAGE, "lib"))
+copy_tree(File.join(RUBY_DIR, "sig"), File.join(STAGE, "sig"))
 copy_tree(File.join(RUBY_DIR, "ext", "tasker_core"), EXT)
 VENDORED.each do |name|
   copy_tree(File.join(ROOT, "crates", name), File.join(EXT, "vendor", name))

@@ -465,10 +465,10 @@ class TestClient < Minitest::Test
     assert_equal "idempotency_key", error.field
     refute_kind_of TaskerCore::UnknownWorkflow, error
 
-    error = assert_raises(TaskerCore::ValidationError) { c.submit("pipeline", [1, 2]) }
+    error = assert_misuse(TaskerCore::ValidationError) { c.submit("pipeline", [1, 2]) }
     assert_equal "context", error.field
 
-    error = assert_raises(TaskerCore::ValidationError) { c.list(status: "done") }
+    error = assert_misuse(TaskerCore::ValidationError) { c.list(status: "done") }
     assert_equal "status", error.field
   end
 

@@ -34,7 +34,7 @@ class TestConfig < Minitest::Test
   end
 
   def test_bad_input_names_the_problem
-    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, worker_capacityy: 2) }
+    error = assert_misuse(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, worker_capacityy: 2) }
     assert_match(/worker_capacityy/, error.message)
     error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, worker_capacity: 0) }
     assert_match(/worker_capacity/, error.message)
@@ -57,11 +57,11 @@ class TestConfig < Minitest::Test
   end
 
   def test_unknown_keys_are_named_with_the_closest_valid_one_by_rust_in_every_source
-    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, worker_capcity: 2) }
+    error = assert_misuse(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, worker_capcity: 2) }
     assert_equal "unknown config key `worker_capcity` (option); did you mean `worker_capacity`?", error.message
-    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load.merge(heartbeat_interval: 5) }
+    error = assert_misuse(TaskerCore::ConfigError) { TaskerCore::Config.load.merge(heartbeat_interval: 5) }
     assert_match(/`heartbeat_interval` \(option\); did you mean `heartbeat_interval_ms`\?/, error.message)
-    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(batch_sise: 5, logger: nil) }
+    error = assert_misuse(TaskerCore::ConfigError) { TaskerCore::Worker.new(batch_sise: 5, logger: nil) }
     assert_match(/did you mean `batch_size`/, error.message)
     error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.new("liveness" => 2, "livenes" => 3) }
     assert_match(/`livenes`.*did you mean `liveness`/, error.message)
@@ -80,11 +80,11 @@ class TestConfig < Minitest::Test
   end
 
   def test_bad_option_values_name_the_option
-    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, liveness: "many") }
+    error = assert_misuse(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, liveness: "many") }
     assert_match(/option `liveness`/, error.message)
-    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, endpoint: Object.new) }
+    error = assert_misuse(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, endpoint: Object.new) }
     assert_match(/option `endpoint`: value: cannot serialise #<Object/, error.message)
-    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, submit_policy: "sometimes") }
+    error = assert_misuse(TaskerCore::ConfigError) { TaskerCore::Config.load(nil, submit_policy: "sometimes") }
     assert_match(/submit_policy/, error.message)
     assert_equal "reject", TaskerCore::Config.load(nil, submit_policy: :reject).submit_policy
   end
@@ -98,7 +98,7 @@ class TestConfig < Minitest::Test
     worker = TaskerCore::Worker.new(worker_capacity: 2, logger: nil)
     assert_equal 2, worker.capacity, "capacity defaults to worker_capacity"
     assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(capacity: 0) }
-    assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(threads: "many") }
+    assert_misuse(TaskerCore::ConfigError) { TaskerCore::Worker.new(threads: "many") }
     error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(threads: 0) }
     assert_match(/threads must be at least 1, got 0/, error.message)
     error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(threads: -2) }
@@ -137,8 +137,8 @@ class TestConfig < Minitest::Test
 
   def test_handlers_are_checked
     worker = TaskerCore::Worker.new(logger: nil)
-    assert_raises(ArgumentError) { worker.handle("x") }
-    assert_raises(ArgumentError) { worker.register("x", Object.new) }
+    assert_misuse(ArgumentError) { worker.handle("x") }
+    assert_misuse(ArgumentError) { worker.register("x", Object.new) }
     assert_raises(ArgumentError) { worker.register("", ->(_s) {}) }
     error = assert_raises(TaskerCore::Error) { worker.start }
     assert_match(/no handlers/, error.message)

@@ -3,7 +3,8 @@
 require_relative "test_helper"
 
 # `gem build` + `gem install` into an empty GEM_HOME, then a worker started
-# from the installed gem serves a step (and its TaskerCore::Client loads).
+# from the installed gem serves a step (and its TaskerCore::Client loads),
+# and rbs finds and validates the signatures the gem ships (sig/).
 # The install compiles the vendored crates with cargo; CARGO_TARGET_DIR
 # (default: the repository's target directory) and TASKER_GEM_PROFILE
 # (default: dev) let it reuse the artifacts of earlier builds, libzmq above
@@ -32,6 +33,18 @@ class TestGem < Minitest::Test
     out, status = run_command(env, "gem", "install", "--local", "--no-document", gem_file, timeout: 900)
     assert status.success?, "gem install failed:\n#{out}"
     assert_match(/Successfully installed tasker_core-/, out)
+
+    # The RBS signatures ship in the gem's sig/, where rbs (and steep's
+    # `library "tasker_core"`) look for them, and validate from there.
+    rbs_env = env.merge("GEM_PATH" => [gem_home, *Gem.path].uniq.join(File::PATH_SEPARATOR))
+    out, status = run_command(rbs_env, RbConfig.ruby, "-e", <<~RUBY, timeout: 120)
+      require "rbs"
+      require "rbs/cli"
+      puts RBS::EnvironmentLoader.gem_sig_path("tasker_core", nil)&.last
+      RBS::CLI.new(stdout: $stdout, stderr: $stderr).run(%w[-r logger -r monitor -r tasker_core validate --silent])
+    RUBY
+    assert status.success?, "rbs validate of the installed gem's signatures failed:\n#{out}"
+    assert out.start_with?(File.join(gem_home, "gems", "tasker_core-")), "signatures found at #{out.lines.first}"
 
     endpoint = free_endpoint
     script = File.join(@tmp, "installed_worker.rb")

@@ -153,6 +153,29 @@ module TaskerTestHelpers
   def monotonic
     Process.clock_gettime(Process::CLOCK_MONOTONIC)
   end
+
+  # Whether this process checks every call into the gem against sig/ (the
+  # suite's second run, under test/rbs_check.rb).
+  def rbs_checking?
+    defined?(TaskerRbsCheck) ? true : false
+  end
+
+  # A call a test makes against the signatures on purpose (an unknown config
+  # key, a value of the wrong type, a missing block), to see the gem's own
+  # error: it must raise `error`, which is returned. Under the runtime type
+  # check the signatures must refuse the call too: rbs raises its TypeError,
+  # whose cause (under the refusals of the calls it made, if any) is the
+  # gem's error.
+  def assert_misuse(error, &call)
+    raised = assert_raises(error, *(rbs_checking? ? [RBS::Test::Tester::TypeError] : []), &call)
+    return raised unless rbs_checking?
+
+    assert_kind_of RBS::Test::Tester::TypeError, raised, "sig/ accepted a call the gem refuses: #{raised.inspect}"
+    cause = raised.cause
+    cause = cause.cause while cause.is_a?(RBS::Test::Tester::TypeError)
+    assert_kind_of error, cause, "the gem's error under rbs's refusal (#{raised.message})"
+    cause
+  end
 end
 
 Minitest::Test.include(TaskerTestHelpers)

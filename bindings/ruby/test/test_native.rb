@@ -96,7 +96,7 @@ class TestNative < Minitest::Test
   def test_bad_arguments_raise
     native = runtime
     assert_raises(ArgumentError) { native.next_steps(1, -1) }
-    assert_raises(TypeError) { native.complete_many([Object.new]) }
+    assert_misuse(TypeError) { native.complete_many([Object.new]) }
     error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Native::Runtime.new({ "endpoint" => "x" }, ["a"], 1, nil) }
     assert_match(/endpoint/, error.message)
     assert_raises(TaskerCore::ConfigError) { TaskerCore::Native::Runtime.new(TaskerCore::Config.load.to_h, [], 1, nil) }

@@ -343,7 +343,7 @@ async fn system(
                 &command,
                 executor.endpoint(),
                 &env,
-                None,
+                crate::children::Output::Quiet,
             )?)
         }
     };

@@ -17,7 +17,7 @@ use tasker_orchestrator::ZmqPubSubExecutor;
 use tasker_protocol::StepBatchRequest;
 
 use crate::bench::{drive, noop_steps};
-use crate::children::{parse_named_command, WorkerProcess};
+use crate::children::{parse_named_command, Output, WorkerProcess};
 
 #[derive(Args, Debug)]
 pub struct BenchWorkersArgs {
@@ -70,7 +70,13 @@ async fn measure(args: &BenchWorkersArgs, command: &str) -> Result<Run> {
     };
     let executor = ZmqPubSubExecutor::start(&config)?;
     let capacity = [("TASKER_WORKER_CAPACITY", args.capacity.to_string())];
-    let worker = WorkerProcess::spawn("bench", command, executor.endpoint(), &capacity, None)?;
+    let worker = WorkerProcess::spawn(
+        "bench",
+        command,
+        executor.endpoint(),
+        &capacity,
+        Output::Quiet,
+    )?;
     let connect = Duration::from_secs_f64(args.connect_timeout);
     if !executor.wait_for_workers(1, connect).await {
         bail!("{command:?} did not connect within {connect:?}");

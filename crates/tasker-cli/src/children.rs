@@ -3,9 +3,11 @@
 //! orchestrator's endpoint in `TASKER_ENDPOINT`, stopped with SIGTERM (so it
 //! drains), and killed if it lingers or if the command leaves early.
 
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
@@ -30,22 +32,63 @@ pub fn cpu_time_of(pid: &str) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// The parent of process `pid`, from `/proc`.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised command name: the state, then the parent.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Which of `roots` process `pid` is, or descends from (a command may start
+/// its worker through a wrapper: `uv run`, `npx`, `bundle exec`).
+pub fn descends_from(pid: u32, roots: &[u32]) -> Option<u32> {
+    let mut pid = pid;
+    // Bounded: a pid reused while we walk could make a loop.
+    for _ in 0..64 {
+        if roots.contains(&pid) {
+            return Some(pid);
+        }
+        match parent_of(pid) {
+            Some(parent) if parent > 1 && parent != pid => pid = parent,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Where a worker process's output goes.
+pub enum Output<'a> {
+    /// Its stdout is discarded, its stderr is this process's.
+    Quiet,
+    /// Both to this file.
+    File(&'a Path),
+    /// Each line of both to this process's stderr, prefixed `[NAME] `.
+    Prefixed,
+}
+
 /// A running worker process; dropped, it is killed.
 pub struct WorkerProcess {
     child: std::process::Child,
     name: String,
     log: Option<PathBuf>,
+    /// The threads copying its output to stderr (`Output::Prefixed`).
+    copiers: Vec<JoinHandle<()>>,
 }
 
 impl WorkerProcess {
-    /// Starts `command` connected to `endpoint`, with `env` added. Its output
-    /// goes to `log` when given, else stdout is discarded and stderr shared.
+    /// Starts `command` connected to `endpoint`, with `env` added, its
+    /// output going where `output` says.
     pub fn spawn(
         name: &str,
         command: &str,
         endpoint: &str,
         env: &[(&str, String)],
-        log: Option<&Path>,
+        output: Output<'_>,
     ) -> Result<Self> {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
@@ -60,29 +103,74 @@ impl WorkerProcess {
         for (key, value) in env {
             cmd.env(key, value);
         }
-        match log {
-            Some(path) => {
+        let mut log = None;
+        match output {
+            Output::File(path) => {
                 let file = std::fs::File::create(path)
                     .with_context(|| format!("creating {}", path.display()))?;
                 cmd.stdout(file.try_clone()?).stderr(file);
+                log = Some(path.to_path_buf());
             }
-            None => {
+            Output::Quiet => {
                 cmd.stdout(Stdio::null());
             }
+            Output::Prefixed => {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+                // Python buffers a piped stdout until exit: its prints
+                // would arrive all at once, or never if it is killed.
+                if std::env::var_os("PYTHONUNBUFFERED").is_none() {
+                    cmd.env("PYTHONUNBUFFERED", "1");
+                }
+            }
         }
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("starting worker {name}: {command:?}"))?;
+        let mut copiers = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            copiers.push(copy_lines(name, stdout)?);
+        }
+        if let Some(stderr) = child.stderr.take() {
+            copiers.push(copy_lines(name, stderr)?);
+        }
         Ok(Self {
             child,
             name: name.to_string(),
-            log: log.map(Path::to_path_buf),
+            log,
+            copiers,
         })
     }
 
     /// The file its output goes to, if it was given one.
     pub fn log(&self) -> Option<&Path> {
         self.log.as_deref()
+    }
+
+    /// Where its output went, for a message about it: ` (log: FILE)`, or
+    /// nothing when it was copied to stderr (it is above) or discarded.
+    pub fn output_note(&self) -> String {
+        match &self.log {
+            Some(log) => format!(" (log: {})", log.display()),
+            None => String::new(),
+        }
+    }
+
+    /// Waits, up to `within`, until its output has all been copied to
+    /// stderr: the last lines of a worker that exited come before what this
+    /// process says about it. (A process it left behind may hold the pipe
+    /// open; then what is copied later comes later.)
+    pub fn flush_output(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.copiers.iter().any(|c| !c.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for copier in std::mem::take(&mut self.copiers) {
+            if copier.is_finished() {
+                let _ = copier.join();
+            } else {
+                self.copiers.push(copier);
+            }
+        }
     }
 
     /// The name it was given.
@@ -106,8 +194,9 @@ impl WorkerProcess {
         cpu_time_of(&self.pid().to_string())
     }
 
-    /// SIGTERM, then SIGKILL if it has not exited after `grace`. Fails if it
-    /// had to be killed; otherwise returns how it exited.
+    /// SIGTERM, then SIGKILL if it has not exited after `grace`; its last
+    /// output is copied before this returns. Fails if it had to be killed;
+    /// otherwise returns how it exited.
     pub fn stop(mut self, grace: Duration) -> Result<std::process::ExitStatus> {
         let pid = self.child.id().to_string();
         let signal = |name: &str| {
@@ -129,6 +218,7 @@ impl WorkerProcess {
             let _ = exited.send(());
             (killer.join().unwrap_or(true), status)
         });
+        self.flush_output(Duration::from_secs(1));
         ensure!(
             !killed,
             "worker {} (pid {pid}) ignored SIGTERM for {grace:?}",
@@ -136,6 +226,36 @@ impl WorkerProcess {
         );
         Ok(status?)
     }
+}
+
+/// Copies each line `from` gives to stderr as `[NAME] line`, on a thread
+/// of its own, until the pipe closes.
+fn copy_lines(name: &str, from: impl std::io::Read + Send + 'static) -> Result<JoinHandle<()>> {
+    let prefix = format!("[{name}] ");
+    // On a terminal a status line may stand where this line goes: clear it
+    // (it is redrawn on its next tick).
+    let clear = std::io::stderr().is_terminal();
+    std::thread::Builder::new()
+        .name(format!("output of {name}"))
+        .spawn(move || {
+            let mut from = std::io::BufReader::new(from);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match from.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                let mut err = std::io::stderr().lock();
+                if clear {
+                    let _ = write!(err, "\r\x1b[2K");
+                }
+                let _ = writeln!(err, "{prefix}{text}");
+            }
+        })
+        .context("starting a thread for a worker's output")
 }
 
 impl Drop for WorkerProcess {
@@ -149,7 +269,7 @@ impl Drop for WorkerProcess {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_named_command;
+    use super::{descends_from, parse_named_command};
 
     #[test]
     fn named_commands_need_a_name_and_a_command() {
@@ -160,5 +280,14 @@ mod tests {
         assert!(parse_named_command("=cmd").is_err());
         assert!(parse_named_command("name").is_err());
         assert!(parse_named_command("name=  ").is_err());
+    }
+
+    #[test]
+    fn a_process_descends_from_itself_and_its_ancestors() {
+        let me = std::process::id();
+        let parent = super::parent_of(me).unwrap();
+        assert_eq!(descends_from(me, &[me]), Some(me));
+        assert_eq!(descends_from(me, &[parent]), Some(parent));
+        assert_eq!(descends_from(parent, &[me]), None);
     }
 }

@@ -115,9 +115,56 @@ fn init_logging(default_level: &str) {
         .init();
 }
 
-fn main() -> Result<()> {
+fn main() {
     let cli = Cli::parse();
-    match cli.command {
+    if let Err(e) = run_command(cli.command) {
+        fail(&e, 1);
+    }
+}
+
+/// Prints `error` on stderr, as `error: ...`, and exits with `code`.
+fn fail(error: &anyhow::Error, code: i32) -> ! {
+    eprintln!("error: {}", error_text(error));
+    std::process::exit(code)
+}
+
+/// What to do when the orchestrator's endpoint is taken.
+const ENDPOINT_IN_USE: &str = "; another tasker (run, serve or dispatch) or another program is \
+    using it: stop it, or pass --endpoint tcp://127.0.0.1:0 for a free port";
+/// What to do when the API address is taken.
+const API_IN_USE: &str = "; another tasker serve or another program is using it: stop it, \
+    or pass --api-listen 127.0.0.1:0 for a free port";
+
+/// An error in one line: each cause once (most errors here quote their
+/// cause, which `{:#}` would print again after them), and what to do when
+/// an address is taken.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    let mut hint = "";
+    for cause in error.chain() {
+        if matches!(cause.downcast_ref(), Some(zmq::Error::EADDRINUSE)) {
+            hint = ENDPOINT_IN_USE;
+        }
+        if let Some(tasker_server::StartError::Bind { source, .. }) = cause.downcast_ref() {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                hint = API_IN_USE;
+            }
+        }
+        let said = cause.to_string();
+        if text.ends_with(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text.push_str(hint);
+    text
+}
+
+fn run_command(command: Command) -> Result<()> {
+    match command {
         Command::Schema {
             out,
             workflow_out,
@@ -134,9 +181,8 @@ fn main() -> Result<()> {
                 Ok(tasker_engine::TaskStatus::Complete) => Ok(()),
                 Ok(_) => std::process::exit(1),
                 Err(e) => {
-                    eprintln!("error: {e:#}");
                     let start_error = e.downcast_ref::<run::StartError>().is_some();
-                    std::process::exit(if start_error { 2 } else { 1 });
+                    fail(&e, if start_error { 2 } else { 1 });
                 }
             }
         }
@@ -156,19 +202,13 @@ fn main() -> Result<()> {
             init_logging("info");
             serve::run(args)
         }
-        Command::Keygen(args) => keygen::run(args).map_err(|e| {
-            eprintln!("error: {e:#}");
-            std::process::exit(2);
-        }),
+        Command::Keygen(args) => keygen::run(args).map_err(|e| fail(&e, 2)),
         Command::Task(args) => {
             init_logging("warn");
             match task::run(args) {
                 Ok(0) => Ok(()),
                 Ok(code) => std::process::exit(code),
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    std::process::exit(2);
-                }
+                Err(e) => fail(&e, 2),
             }
         }
         Command::Soak(args) => {
@@ -176,10 +216,7 @@ fn main() -> Result<()> {
             match soak::run(args) {
                 Ok(true) => Ok(()),
                 Ok(false) => std::process::exit(1),
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    std::process::exit(2);
-                }
+                Err(e) => fail(&e, 2),
             }
         }
     }

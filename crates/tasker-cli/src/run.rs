@@ -1,9 +1,10 @@
 //! `tasker run`: one task of a workflow, from the command line.
 //!
-//! Binds the orchestrator, optionally starts worker processes (`--spawn`),
-//! waits until every handler the workflow needs is served, runs the task
-//! with live progress on stderr, prints a summary (or `--json`), and stops
-//! the workers it started. Exit status: 0 when the task completed, 1 when it
+//! Binds the orchestrator, optionally starts worker processes (`--spawn`,
+//! their output shown on stderr with their names), waits until every
+//! handler the workflow needs is served, runs the task with live progress
+//! on stderr, prints a summary (or `--json`), and stops the workers it
+//! started. Exit status: 0 when the task completed, 1 when it
 //! failed or was cancelled (Ctrl-C cancels), 2 when it could not start.
 
 use std::collections::BTreeSet;
@@ -16,10 +17,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::Value;
 use tasker_engine::{StepOutcome, TaskEvent, TaskReport, TaskStatus, TaskTemplate, WorkflowEngine};
-use tasker_orchestrator::ZmqPubSubExecutor;
+use tasker_orchestrator::{WorkerInfo, ZmqPubSubExecutor};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::children::{parse_named_command, WorkerProcess};
+use crate::children::{parse_named_command, Output, WorkerProcess};
 use crate::ConfigArgs;
 
 #[derive(Args, Debug)]
@@ -41,8 +42,9 @@ pub struct RunArgs {
     /// Print the report as JSON on stdout (progress stays on stderr).
     #[arg(long)]
     pub json: bool,
-    /// Directory for spawned workers' output (default: a temporary one).
-    #[arg(long)]
+    /// Write each spawned worker's output to DIR/NAME.log instead of
+    /// showing it on stderr, each line prefixed `[NAME]`.
+    #[arg(long, value_name = "DIR")]
     pub logs: Option<PathBuf>,
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -50,7 +52,7 @@ pub struct RunArgs {
 
 /// Why `run` could not start the task: exit status 2, not 1.
 #[derive(Debug, thiserror::Error)]
-#[error("{0:#}")]
+#[error(transparent)]
 pub struct StartError(anyhow::Error);
 
 pub fn run(args: RunArgs) -> Result<TaskStatus> {
@@ -72,42 +74,43 @@ pub fn run(args: RunArgs) -> Result<TaskStatus> {
     runtime.block_on(async {
         let executor =
             Arc::new(ZmqPubSubExecutor::start(&config).map_err(|e| StartError(e.into()))?);
-        let logs = match &args.logs {
-            Some(dir) => dir.clone(),
-            None => std::env::temp_dir().join(format!("tasker-run-{}", std::process::id())),
-        };
-        let mut children = Vec::new();
-        if !args.spawn.is_empty() {
-            std::fs::create_dir_all(&logs)
-                .with_context(|| format!("creating {}", logs.display()))
+        if let Some(dir) = &args.logs {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating {}", dir.display()))
                 .map_err(StartError)?;
         }
+        let mut children = Vec::new();
         for (name, command) in &args.spawn {
-            let log = logs.join(format!("{name}.log"));
+            let log = args
+                .logs
+                .as_ref()
+                .map(|dir| dir.join(format!("{name}.log")));
+            let output = match &log {
+                Some(log) => Output::File(log),
+                None => Output::Prefixed,
+            };
             children.push(
-                WorkerProcess::spawn(name, command, executor.endpoint(), &child_env, Some(&log))
+                WorkerProcess::spawn(name, command, executor.endpoint(), &child_env, output)
                     .map_err(StartError)?,
             );
         }
+        let mut joined = Joined::new(&children);
         let outcome = async {
-            wait_for_handlers(&executor, &template, &mut children, args.wait).await?;
-            Ok::<_, anyhow::Error>(run_task(&executor, template, context, args.json).await)
+            wait_for_handlers(&executor, &template, &mut children, &mut joined, args.wait).await?;
+            Ok::<_, anyhow::Error>(
+                run_task(&executor, template, context, args.json, &mut joined).await,
+            )
         }
         .await;
         // Workers first, so they drain and say goodbye to a live orchestrator.
         let mut stop_errors = Vec::new();
         for child in children {
             let name = child.name().to_string();
-            let log = child
-                .log()
-                .map(|l| l.display().to_string())
-                .unwrap_or_default();
+            let note = child.output_note();
             match child.stop(Duration::from_secs(15)) {
                 Ok(status) if status.success() => {}
-                Ok(status) => {
-                    stop_errors.push(format!("worker {name} exited with {status} (log: {log})"))
-                }
-                Err(e) => stop_errors.push(format!("{e:#} (log: {log})")),
+                Ok(status) => stop_errors.push(format!("worker {name} exited with {status}{note}")),
+                Err(e) => stop_errors.push(format!("{e:#}{note}")),
             }
         }
         executor.shutdown(Duration::from_secs(2)).await;
@@ -124,31 +127,100 @@ pub fn run(args: RunArgs) -> Result<TaskStatus> {
     })
 }
 
+/// The workers that registered, told apart: those of the processes this
+/// run spawned (or of their children), and the others, which get a warning
+/// when the run spawned workers of its own: a worker left running on the
+/// same endpoint by an earlier run would take steps with its old code.
+struct Joined {
+    /// The spawned processes.
+    spawned: Vec<u32>,
+    /// The workers seen so far.
+    seen: BTreeSet<String>,
+}
+
+impl Joined {
+    fn new(children: &[WorkerProcess]) -> Self {
+        Self {
+            spawned: children.iter().map(WorkerProcess::pid).collect(),
+            seen: BTreeSet::new(),
+        }
+    }
+
+    /// The spawned process `worker` belongs to, if any.
+    fn spawned_by(&self, worker: &WorkerInfo) -> Option<u32> {
+        worker
+            .pid
+            .and_then(|pid| crate::children::descends_from(pid, &self.spawned))
+    }
+
+    /// Whether every spawned process has a registered worker.
+    fn all_spawned_registered(&self, workers: &[WorkerInfo]) -> bool {
+        let registered: BTreeSet<u32> = workers.iter().filter_map(|w| self.spawned_by(w)).collect();
+        self.spawned.iter().all(|pid| registered.contains(pid))
+    }
+
+    /// A warning for each worker registered now, not seen before, that no
+    /// spawned process started (none when the run spawned nothing: its
+    /// workers are all started elsewhere).
+    fn strangers(&mut self, workers: &[WorkerInfo]) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for worker in workers {
+            if !self.seen.insert(worker.worker_id.clone()) || self.spawned.is_empty() {
+                continue;
+            }
+            if self.spawned_by(worker).is_none() {
+                warnings.push(format!(
+                    "warning: worker {} ({}) joined, but this run did not start it; it may be \
+                     given steps (stop it if it was left running by an earlier run)",
+                    worker.worker_id,
+                    describe(worker)
+                ));
+            }
+        }
+        warnings
+    }
+}
+
+/// `LANGUAGE, pid PID`, with what the worker announced.
+fn describe(worker: &WorkerInfo) -> String {
+    let language = worker.language.as_deref().unwrap_or("?");
+    match worker.pid {
+        Some(pid) => format!("{language}, pid {pid}"),
+        None => format!("{language}, pid unknown"),
+    }
+}
+
 /// Waits until each handler of the template is served by a connected,
-/// non-draining worker; fails early when a spawned worker exits.
+/// non-draining worker. Fails early when a spawned worker exits, or when
+/// every spawned worker has registered and some handler is still missing.
 async fn wait_for_handlers(
     executor: &ZmqPubSubExecutor,
     template: &TaskTemplate,
     children: &mut [WorkerProcess],
+    joined: &mut Joined,
     wait_secs: f64,
 ) -> Result<()> {
     let needed: BTreeSet<&str> = template.steps.iter().map(|s| s.handler.as_str()).collect();
     let deadline = Instant::now() + Duration::from_secs_f64(wait_secs);
     loop {
         let workers = executor.workers().await;
+        for warning in joined.strangers(&workers) {
+            eprintln!("{warning}");
+        }
+        let served: BTreeSet<&str> = workers
+            .iter()
+            .filter(|w| !w.draining)
+            .flat_map(|w| w.handlers.iter().map(String::as_str))
+            .collect();
         let missing: Vec<&str> = needed
             .iter()
             .copied()
-            .filter(|h| {
-                !workers
-                    .iter()
-                    .any(|w| !w.draining && w.handlers.iter().any(|x| x == h))
-            })
+            .filter(|h| !served.contains(h))
             .collect();
         if missing.is_empty() {
             let mut langs: Vec<String> = workers
                 .iter()
-                .map(|w| format!("{} ({})", w.worker_id, w.language.as_deref().unwrap_or("?")))
+                .map(|w| format!("{} ({})", w.worker_id, describe(w)))
                 .collect();
             langs.sort();
             eprintln!("workers: {}", langs.join(", "));
@@ -156,23 +228,41 @@ async fn wait_for_handlers(
         }
         for child in children.iter_mut() {
             if let Some(status) = child.exited() {
-                let log = child.log().unwrap_or(std::path::Path::new("-"));
+                let how = format!(
+                    "worker {} exited with {status} before the task started",
+                    child.name()
+                );
+                let Some(log) = child.log() else {
+                    // Its last lines go out before this message.
+                    child.flush_output(Duration::from_secs(1));
+                    bail!(StartError(anyhow::anyhow!(
+                        "{how} (its output is above, each line prefixed [{}])",
+                        child.name()
+                    )));
+                };
                 let tail = std::fs::read_to_string(log).unwrap_or_default();
                 let tail: Vec<&str> = tail.lines().rev().take(15).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 bail!(StartError(anyhow::anyhow!(
-                    "worker {} exited with {status} before the task started; its log ({}):\n{}",
-                    child.name(),
+                    "{how}; its log ({}):\n{}",
                     log.display(),
                     tail.join("\n")
                 )));
             }
         }
+        if !children.is_empty() && joined.all_spawned_registered(&workers) {
+            bail!(StartError(anyhow::anyhow!(
+                "{}: every spawned worker has registered, and {}",
+                no_worker_serves(&missing, &served),
+                what_is_served(&served)
+            )));
+        }
         if Instant::now() >= deadline {
             bail!(StartError(anyhow::anyhow!(
-                "no worker serves {} after {wait_secs} s (connect one to {}, or use --spawn)",
-                missing.join(", "),
-                executor.endpoint()
+                "{} after {wait_secs} s (connect one to {}, or use --spawn); {}",
+                no_worker_serves(&missing, &served),
+                executor.endpoint(),
+                what_is_served(&served)
             )));
         }
         // Start-up only: workers announce themselves within milliseconds of
@@ -181,11 +271,43 @@ async fn wait_for_handlers(
     }
 }
 
+/// `no worker serves a, b (did you mean c?)`.
+fn no_worker_serves(missing: &[&str], served: &BTreeSet<&str>) -> String {
+    let named: Vec<String> = missing
+        .iter()
+        .map(|handler| match closest(handler, served) {
+            Some(near) => format!("{handler} (did you mean {near}?)"),
+            None => handler.to_string(),
+        })
+        .collect();
+    format!("no worker serves {}", named.join(", "))
+}
+
+/// The served handler nearest to `name`, if one is near enough to be a typo.
+fn closest<'a>(name: &str, served: &BTreeSet<&'a str>) -> Option<&'a str> {
+    served
+        .iter()
+        .map(|s| (strsim::levenshtein(name, s), *s))
+        .filter(|(d, s)| *d <= (s.len() / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, s)| s)
+}
+
+fn what_is_served(served: &BTreeSet<&str>) -> String {
+    if served.is_empty() {
+        "no worker has registered".into()
+    } else {
+        let list: Vec<&str> = served.iter().copied().collect();
+        format!("the registered workers serve {}", list.join(", "))
+    }
+}
+
 async fn run_task(
     executor: &Arc<ZmqPubSubExecutor>,
     template: TaskTemplate,
     context: Value,
     json: bool,
+    joined: &mut Joined,
 ) -> TaskReport {
     let engine = WorkflowEngine::new(executor.clone());
     let total = template.steps.len();
@@ -212,7 +334,14 @@ async fn run_task(
                 Some(event) => progress.event(&event),
                 None => break,
             },
-            _ = tick.tick() => progress.redraw(),
+            _ = tick.tick() => {
+                if !joined.spawned.is_empty() {
+                    for warning in joined.strangers(&executor.workers().await) {
+                        progress.line(&warning);
+                    }
+                }
+                progress.redraw();
+            }
             Some(()) = recv_signal(&mut sigint), if !interrupted => {
                 interrupted = true;
                 eprintln!("\ninterrupted: cancelling (running steps finish first)");

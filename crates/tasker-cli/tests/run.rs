@@ -311,3 +311,175 @@ steps:
     assert_eq!(step(&report, "second")["outcome"], "cancelled");
     assert_eq!(step(&report, "second")["attempts"], 0);
 }
+
+#[test]
+fn a_handler_no_worker_serves_fails_once_the_spawned_workers_registered_naming_the_nearest() {
+    let workflow = workflow_file(
+        r#"
+name: signup
+steps:
+  - {name: create_account, handler: echo}
+  - {name: send_welcome, handler: flakey, depends_on: [create_account]}
+"#,
+    );
+    let started = Instant::now();
+    let output = tasker_run()
+        .arg(workflow.path())
+        .args(["--endpoint", &free_endpoint()])
+        .args([
+            "--spawn",
+            &format!("rust={TASKER} worker --handlers echo,flaky,sleep"),
+        ])
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    // Not the whole --wait (60 s): the only spawned worker has registered.
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "took {elapsed:?}: {stderr}"
+    );
+    assert!(
+        stderr.contains("no worker serves flakey (did you mean flaky?)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the registered workers serve echo, flaky, sleep"),
+        "{stderr}"
+    );
+}
+
+/// `tasker run` with TMPDIR pointed at an empty folder of its own.
+fn tasker_run_in(tmp: &std::path::Path) -> Command {
+    let mut cmd = tasker_run();
+    cmd.env("TMPDIR", tmp);
+    cmd
+}
+
+fn files_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+#[test]
+fn spawned_workers_output_is_shown_with_their_name_and_nothing_is_left_in_tmp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let workflow = workflow_file("name: hi\nsteps:\n  - {name: a, handler: echo}\n");
+    let worker = format!(
+        "greeter=sh -c 'echo hello from the worker; echo a warning >&2; exec {TASKER} worker'"
+    );
+    let output = tasker_run_in(tmp.path())
+        .arg(workflow.path())
+        .args(["--endpoint", &free_endpoint(), "--spawn", &worker, "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(report(&output)["status"], "complete");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines.contains(&"[greeter] hello from the worker"),
+        "{stderr}"
+    );
+    assert!(lines.contains(&"[greeter] a warning"), "{stderr}");
+    assert_eq!(files_in(tmp.path()), Vec::<std::path::PathBuf>::new());
+
+    // A worker that dies before the task starts: its last words, then why
+    // the run stops; still nothing left behind.
+    let output = tasker_run_in(tmp.path())
+        .arg(workflow.path())
+        .args(["--endpoint", &free_endpoint()])
+        .args(["--spawn", "broken=sh -c 'echo no such module >&2; exit 3'"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let said = stderr.find("[broken] no such module");
+    let error = stderr.find("error: worker broken exited with exit status: 3");
+    assert!(
+        said.is_some() && error.is_some() && said < error,
+        "{stderr}"
+    );
+    assert_eq!(files_in(tmp.path()), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn a_taken_endpoint_is_named_once_with_what_to_do() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("tcp://{}", taken.local_addr().unwrap());
+    let store = tempfile::tempdir().unwrap();
+    let store = format!("sqlite:{}", store.path().join("t.db").display());
+    let batch = workflow_file(r#"{"steps":[{"step_id":1,"handler_class":"echo"}]}"#);
+    let batch = batch.path().to_str().unwrap();
+    let commands: [(&str, Vec<&str>); 3] = [
+        ("run", vec!["examples/workflows/permanent_failure.yaml"]),
+        ("dispatch", vec![batch]),
+        (
+            "serve",
+            vec!["--api-listen", "127.0.0.1:0", "--store", &store],
+        ),
+    ];
+    for (command, args) in commands {
+        let output = Command::new(TASKER)
+            .current_dir(repo_root())
+            .arg(command)
+            .args(args)
+            .args(["--endpoint", &endpoint])
+            .env_remove("TASKER_CONFIG")
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{command}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "error: cannot bind {endpoint}: Address already in use;"
+            )),
+            "{command}: {stderr}"
+        );
+        assert_eq!(stderr.matches("in use").count(), 1, "{command}: {stderr}");
+        assert!(
+            stderr.contains("pass --endpoint tcp://127.0.0.1:0 for a free port"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_worker_the_run_did_not_start_is_named_when_it_joins() {
+    let endpoint = free_endpoint();
+    let mut leftover = Command::new(TASKER)
+        .args(["worker", "--endpoint", &endpoint, "--worker-id", "leftover"])
+        .env("TASKER_RECONNECT_INITIAL_MS", "50")
+        .env_remove("TASKER_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // It connects within milliseconds of the run binding the endpoint; the
+    // task lasts two seconds, so it joins before the run ends, whether it
+    // registers before the spawned worker or during the task.
+    let workflow = workflow_file(
+        "name: hi\nsteps:\n  - {name: a, handler: sleep, handler_config: {ms: 2000}}\n",
+    );
+    let output = tasker_run()
+        .arg(workflow.path())
+        .args(["--endpoint", &endpoint])
+        .args(["--spawn", &format!("rust={TASKER} worker")])
+        .output()
+        .unwrap();
+    leftover.kill().unwrap();
+    leftover.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let warning = format!(
+        "warning: worker leftover (rust, pid {}) joined, but this run did not start it",
+        leftover.id()
+    );
+    assert!(stderr.contains(&warning), "{stderr}");
+    assert_eq!(stderr.matches("joined, but").count(), 1, "{stderr}");
+}

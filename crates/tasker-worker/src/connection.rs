@@ -124,6 +124,10 @@ pub(crate) struct Connection {
     /// Sockets opened so far, so a host watching `fd` can tell a new socket
     /// whose descriptor has an old number.
     sockets_opened: u64,
+    /// Whether the log has said, since the last welcome, that no
+    /// orchestrator answers: said once (at info, or as a warning when a
+    /// connection was lost), then only at debug level.
+    waiting_said: bool,
 }
 
 impl Drop for Connection {
@@ -171,6 +175,7 @@ impl Connection {
             sends_done: 0,
             peer_max_bytes: config.max_message_bytes,
             sockets_opened: 0,
+            waiting_said: false,
             shared,
         };
         connection.connect()?;
@@ -378,11 +383,7 @@ impl Connection {
                     self.send_hello();
                 }
             } else if now.duration_since(self.last_heard) > self.expiry {
-                tracing::warn!(
-                    worker_id = %self.shared.worker_id,
-                    "orchestrator silent for {:?}; reconnecting",
-                    self.expiry
-                );
+                self.log_silence();
                 self.disconnect(true);
                 self.schedule_reconnect();
             } else if now >= self.next_heartbeat {
@@ -395,6 +396,31 @@ impl Connection {
             return true;
         }
         false
+    }
+
+    /// Says that no orchestrator answered for `expiry`: once as a warning
+    /// when one was registered (the connection is lost), once at info when
+    /// none was yet (waiting for one), and at debug level after that, so a
+    /// worker left waiting does not fill its log.
+    fn log_silence(&mut self) {
+        let endpoint = &self.shared.config.endpoint;
+        let worker_id = &self.shared.worker_id;
+        if self.welcomed {
+            tracing::warn!(
+                %worker_id,
+                "lost the orchestrator at {endpoint}: silent for {:?}; reconnecting",
+                self.expiry
+            );
+        } else if !self.waiting_said {
+            tracing::info!(%worker_id, "waiting for an orchestrator at {endpoint}");
+        } else {
+            tracing::debug!(
+                %worker_id,
+                "still no orchestrator at {endpoint} after {:?}; reconnecting",
+                self.expiry
+            );
+        }
+        self.waiting_said = true;
     }
 
     /// Takes turns until the socket has nothing more to read (or, while a
@@ -620,8 +646,11 @@ impl Connection {
                 if !self.stopping() {
                     self.shared.set_state(RuntimeState::Connected);
                 }
+                self.waiting_said = false;
                 tracing::info!(
                     worker_id = %self.shared.worker_id,
+                    endpoint = %self.shared.config.endpoint,
+                    handlers = %self.shared.handlers.join(","),
                     orchestrator_id = %welcome.orchestrator_id,
                     "registered with orchestrator"
                 );

@@ -5,6 +5,9 @@
 //! on its own event loop. So the bridge only queues records; the host drains
 //! them on a thread of its own with [`LogBridge::next_records`] (a blocking
 //! wait that [`LogBridge::wake`] interrupts) and hands them to its logger.
+//! A wait that one host thread may interrupt while others also wait (Ruby's
+//! unblock function) uses [`LogBridge::next_records_or`] with its own
+//! [`Interrupt`].
 //!
 //! ```
 //! use std::time::Duration;
@@ -20,7 +23,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -138,8 +141,23 @@ pub struct LogBridge {
 #[derive(Default)]
 struct Queue {
     records: VecDeque<LogRecord>,
-    woken: bool,
+    /// Bumped by every [`LogBridge::wake`]: each waiter compares it with the
+    /// value it saw on entry, so one wake ends every wait under way.
+    wakes: u64,
+    waiters: usize,
+    /// A wake that found nobody waiting, kept for the next call.
+    wake_pending: bool,
 }
+
+/// The interrupt of one [`LogBridge::next_records_or`] call.
+///
+/// A single shared "woken" flag let one waiter take another's wake-up: with
+/// a host's log thread and a second thread both waiting, interrupting the
+/// second could end the first's wait instead, and the second never
+/// returned. Each call owning its flag makes the wake-up reach the thread it
+/// was meant for, even when it comes before that thread starts to wait.
+#[derive(Debug, Default)]
+pub struct Interrupt(AtomicBool);
 
 static BRIDGE: OnceLock<Result<&'static LogBridge, SubscriberAlreadySet>> = OnceLock::new();
 
@@ -151,12 +169,7 @@ static BRIDGE: OnceLock<Result<&'static LogBridge, SubscriberAlreadySet>> = Once
 pub fn install(level: LogLevel) -> Result<&'static LogBridge, SubscriberAlreadySet> {
     let bridge = BRIDGE
         .get_or_init(|| {
-            let bridge: &'static LogBridge = Box::leak(Box::new(LogBridge {
-                level: AtomicU8::new(level as u8),
-                dropped: AtomicU64::new(0),
-                state: Mutex::new(Queue::default()),
-                ready: Condvar::new(),
-            }));
+            let bridge: &'static LogBridge = Box::leak(Box::new(LogBridge::new(level)));
             let subscriber = tracing_subscriber::registry().with(BridgeLayer(bridge));
             tracing::subscriber::set_global_default(subscriber)
                 .map(|()| bridge)
@@ -173,6 +186,15 @@ pub fn installed() -> Option<&'static LogBridge> {
 }
 
 impl LogBridge {
+    fn new(level: LogLevel) -> Self {
+        LogBridge {
+            level: AtomicU8::new(level as u8),
+            dropped: AtomicU64::new(0),
+            state: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+        }
+    }
+
     /// Sets the most verbose level queued from now on.
     pub fn set_level(&self, level: LogLevel) {
         self.level.store(level as u8, Ordering::Relaxed);
@@ -200,23 +222,80 @@ impl LogBridge {
     /// is called first. This blocks: a host calls it without its interpreter
     /// lock, with `wake` as the interrupt.
     pub fn next_records(&self, max: usize, timeout: Option<Duration>) -> Vec<LogRecord> {
+        self.wait(max, timeout, None)
+    }
+
+    /// [`next_records`](Self::next_records) that also returns, empty, once
+    /// [`interrupt`](Self::interrupt) is called with `interrupt` (before or
+    /// during the wait). Other waiters are not disturbed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tasker_worker::log_bridge::{self, Interrupt, LogLevel};
+    ///
+    /// let bridge = log_bridge::install(LogLevel::Error).unwrap();
+    /// let interrupt = Interrupt::default();
+    /// bridge.interrupt(&interrupt);
+    /// assert!(bridge.next_records_or(16, None, &interrupt).is_empty());
+    /// ```
+    pub fn next_records_or(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+        interrupt: &Interrupt,
+    ) -> Vec<LogRecord> {
+        self.wait(max, timeout, Some(interrupt))
+    }
+
+    /// Ends the [`next_records_or`](Self::next_records_or) call holding
+    /// `interrupt`, or makes it return at once if it has not started waiting.
+    pub fn interrupt(&self, interrupt: &Interrupt) {
+        // Under the lock, so the flag cannot be set between the waiter's
+        // check and its sleep.
+        let _queue = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        interrupt.0.store(true, Ordering::Release);
+        self.ready.notify_all();
+    }
+
+    /// Makes every waiting [`next_records`](Self::next_records) (and
+    /// `next_records_or`) return at once, or the next call when none waits.
+    pub fn wake(&self) {
+        let mut queue = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        queue.wakes = queue.wakes.wrapping_add(1);
+        if queue.waiters == 0 {
+            queue.wake_pending = true;
+        }
+        self.ready.notify_all();
+    }
+
+    fn wait(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+        interrupt: Option<&Interrupt>,
+    ) -> Vec<LogRecord> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut queue = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if queue.woken {
-                queue.woken = false;
-                return Vec::new();
+        if std::mem::take(&mut queue.wake_pending) {
+            return Vec::new();
+        }
+        let seen = queue.wakes;
+        queue.waiters += 1;
+        let records = loop {
+            let interrupted = interrupt.is_some_and(|i| i.0.load(Ordering::Acquire));
+            if interrupted || queue.wakes != seen {
+                break Vec::new();
             }
             if !queue.records.is_empty() {
                 let n = max.max(1).min(queue.records.len());
-                return queue.records.drain(..n).collect();
+                break queue.records.drain(..n).collect();
             }
             queue = match deadline {
                 None => self.ready.wait(queue).unwrap_or_else(|e| e.into_inner()),
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return Vec::new();
+                        break Vec::new();
                     }
                     self.ready
                         .wait_timeout(queue, left)
@@ -224,15 +303,9 @@ impl LogBridge {
                         .0
                 }
             };
-        }
-    }
-
-    /// Makes a waiting (or the next) [`next_records`](Self::next_records)
-    /// return at once.
-    pub fn wake(&self) {
-        let mut queue = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        queue.woken = true;
-        self.ready.notify_all();
+        };
+        queue.waiters -= 1;
+        records
     }
 
     fn push(&self, record: LogRecord) {
@@ -323,5 +396,30 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         bridge.wake();
         assert!(waiter.join().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_interrupt_ends_only_its_own_wait_even_with_another_waiter() {
+        // Not the installed bridge: other tests' events would end the waits.
+        let bridge: &'static LogBridge = Box::leak(Box::new(LogBridge::new(LogLevel::Info)));
+        let logger = std::thread::spawn(move || bridge.next_records(10, None));
+        let interrupt = std::sync::Arc::new(Interrupt::default());
+        let mine = {
+            let interrupt = interrupt.clone();
+            std::thread::spawn(move || bridge.next_records_or(10, None, &interrupt))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        bridge.interrupt(&interrupt);
+        assert!(mine.join().unwrap().is_empty());
+        assert!(!logger.is_finished(), "the other waiter was woken too");
+
+        // An interrupt that comes before its wait starts is not lost.
+        let early = Interrupt::default();
+        bridge.interrupt(&early);
+        assert!(bridge.next_records_or(10, None, &early).is_empty());
+
+        // One wake ends every wait under way.
+        bridge.wake();
+        assert!(logger.join().unwrap().is_empty());
     }
 }

@@ -2,12 +2,12 @@
 
 ::
 
-    from tasker_core import Worker, RetryableError, PermanentError
+    from tasker_core import PermanentError, RetryableError, Step, StepOutput, Worker
 
     worker = Worker.from_config("config/zeromq.yaml")
 
     @worker.handler("validate_order")
-    def validate_order(step):
+    def validate_order(step: Step) -> StepOutput:
         if step.task_context["amount"] <= 0:
             raise PermanentError("amount must be positive")
         return {"valid": True}
@@ -66,12 +66,14 @@ from .errors import (
     WorkerError,
     WorkerRefused,
 )
-from .worker import Handler, Worker
+from .worker import Handler, HandlerObject, StepOutput, Worker
 
 __all__ = [
     "Worker",
     "Step",
+    "StepOutput",
     "Handler",
+    "HandlerObject",
     "TaskerError",
     "HandlerError",
     "RetryableError",

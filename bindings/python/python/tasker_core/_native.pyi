@@ -145,9 +145,12 @@ class WorkerRuntime:
         once stopping and empty; raises WorkerRefused once the orchestrator
         refused the connection. ValueError for a negative or NaN timeout."""
     def complete_many(self, results: List[Tuple[Step, Any, float]]) -> None:
-        """Hands back (step, output, elapsed_seconds) results; an output that
-        is not JSON, holds a lone surrogate or nests deeper than the
-        orchestrator's max_json_depth fails its step with SerializationError."""
+        """Hands back (step, output, elapsed_seconds) results. Aware
+        datetimes and dates become ISO 8601 strings, Decimals and UUIDs
+        their str(); an output that is not JSON otherwise (a naive datetime,
+        a set, NaN, ...), holds a lone surrogate or nests deeper than the
+        orchestrator's max_json_depth fails its step with SerializationError
+        naming the place of the bad value."""
     def fail(
         self,
         step: Step,

@@ -6,6 +6,8 @@ derive from :class:`TaskerError`:
 * :class:`RetryableError` fails the step as retryable (a later attempt may
   succeed), :class:`PermanentError` as not retryable. Subclass them to report
   your own ``error_type`` (the subclass's name), or pass ``error_type=``.
+  :class:`HandlerError`, their base, takes ``retryable=`` too (default: the
+  worker's ``default_retryable``).
 * :class:`ConfigError`: a bad configuration file, variable or keyword.
 * :class:`WorkerError`: the native runtime could not start, failed or was
   misused; :class:`WorkerRefused`, one of them, when the orchestrator refused
@@ -15,9 +17,11 @@ derive from :class:`TaskerError`:
   :class:`~tasker_core.Client` / :class:`~tasker_core.AsyncClient` to
   ``tasker serve``'s HTTP API ended with (``protocol/CLIENT.md`` §4).
 
-Any other exception raised by a handler fails its step too, with the
-exception's class name as ``error_type`` and the worker's
-``default_retryable`` setting deciding whether it may be retried.
+Any other exception raised by a handler fails its step too, with its
+``error_type`` attribute when it has a non-empty ``str`` one, else the
+exception's class name, as ``error_type``, and its ``retryable`` attribute
+when it is a ``bool``, else the worker's ``default_retryable`` setting,
+deciding whether it may be retried (the rules of the Ruby and Node SDKs).
 """
 
 from __future__ import annotations
@@ -51,14 +55,20 @@ __all__ = [
 
 
 class HandlerError(TaskerError):
-    """A handler's deliberate failure, with a fixed retryability.
+    """A handler's deliberate failure: fails the step with ``error_type``
+    (default: the class name, so ``class CardDeclined(PermanentError)``
+    reports ``CardDeclined``) and ``retryable``.
 
-    ``error_type`` defaults to the class name, so ``class CardDeclined(
-    PermanentError)`` reports ``CardDeclined``.
+    Raise :class:`RetryableError` or :class:`PermanentError` (or a subclass)
+    when the kind of failure fixes the retryability; raise
+    ``HandlerError(message, error_type=..., retryable=...)`` to decide it at
+    run time. Without ``retryable``, the worker's ``default_retryable``
+    decides, as for any other exception.
     """
 
-    #: Whether the orchestrator may retry the step.
-    retryable: bool = False
+    #: Whether the orchestrator may retry the step; ``None``: the worker's
+    #: ``default_retryable``.
+    retryable: Optional[bool] = None
 
     def __init__(
         self,
@@ -68,22 +78,54 @@ class HandlerError(TaskerError):
         retryable: Optional[bool] = None,
     ) -> None:
         super().__init__(message)
+        if error_type is not None and not (isinstance(error_type, str) and error_type):
+            raise TypeError(f"error_type must be a non-empty str, got {error_type!r}")
+        if retryable is not None and not isinstance(retryable, bool):
+            raise TypeError(f"retryable must be True, False or None, got {retryable!r}")
         self.message = message
-        self.error_type = error_type or type(self).__name__
+        self.error_type: str = error_type or type(self).__name__
         if retryable is not None:
             self.retryable = retryable
+
+
+def _fixed(cls: "type[HandlerError]", base: str, retryable: Optional[bool], fixed: bool) -> None:
+    if isinstance(retryable, bool) and retryable is not fixed:
+        raise TypeError(
+            f"a {base} is {'always' if fixed else 'never'} retryable ({cls.__name__}); "
+            "to decide at run time, raise HandlerError(message, error_type=..., retryable=...)"
+        )
 
 
 class RetryableError(HandlerError):
     """Fails the step; a later attempt may succeed (``retryable`` true)."""
 
-    retryable = True
+    retryable: Optional[bool] = True
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        error_type: Optional[str] = None,
+        retryable: Optional[bool] = None,
+    ) -> None:
+        _fixed(type(self), "RetryableError", retryable, True)
+        super().__init__(message, error_type=error_type, retryable=retryable)
 
 
 class PermanentError(HandlerError):
     """Fails the step; no retry can fix it (``retryable`` false)."""
 
-    retryable = False
+    retryable: Optional[bool] = False
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        error_type: Optional[str] = None,
+        retryable: Optional[bool] = None,
+    ) -> None:
+        _fixed(type(self), "PermanentError", retryable, False)
+        super().__init__(message, error_type=error_type, retryable=retryable)
 
 
 # -- the client's errors (protocol/CLIENT.md §4) ------------------------------

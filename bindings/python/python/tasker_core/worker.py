@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import datetime
+import difflib
 import inspect
 import logging
 import os
@@ -34,21 +36,75 @@ import signal
 import threading
 import time
 import traceback
+import uuid
 import weakref
+from decimal import Decimal
 from types import FrameType
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVar, Union
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+)
 
 from . import _logging, _native
 from ._native import Step
 from .error_types import UNKNOWN_HANDLER
-from .errors import HandlerError, TaskerError
+from .errors import TaskerError
 
-__all__ = ["Worker", "Handler"]
+__all__ = ["Worker", "Handler", "HandlerObject", "StepOutput"]
 
 log = logging.getLogger("tasker_core.worker")
 
-Handler = Callable[[Step], Any]
-F = TypeVar("F")
+#: What a handler may return: JSON data (``None``, ``bool``, ``int``,
+#: ``float``, ``str``, lists and tuples of it, dicts with ``str`` keys), and
+#: the values sent as ISO 8601 or canonical strings: an aware
+#: ``datetime.datetime``, a ``datetime.date``, a ``decimal.Decimal``, a
+#: ``uuid.UUID``. To a type checker, list items are checked but a dict's
+#: values are ``object`` (so a ``TypedDict`` is a valid output); the runtime
+#: checks everything and fails the step with ``SerializationError`` naming
+#: the place of a bad value.
+StepOutput = Union[
+    None,
+    bool,
+    int,
+    float,
+    str,
+    datetime.date,
+    Decimal,
+    uuid.UUID,
+    Sequence["StepOutput"],
+    Mapping[str, object],
+]
+
+
+class HandlerObject(Protocol):
+    """A handler object: its ``call(step)`` runs the step (``async def call``
+    runs on the worker's event loop)."""
+
+    def call(self, step: Step, /) -> Union[StepOutput, Awaitable[StepOutput]]: ...
+
+
+#: Everything :meth:`Worker.register` and :meth:`Worker.handler` take: a
+#: function (or any callable) taking the :class:`Step` and returning its
+#: output, an ``async def`` one, an object with a ``call(step)`` method, or a
+#: class of such objects (instantiated without arguments).
+Handler = Union[
+    Callable[[Step], StepOutput],
+    Callable[[Step], Awaitable[StepOutput]],
+    HandlerObject,
+    Type[HandlerObject],
+]
+HandlerT = TypeVar("HandlerT", bound=Handler)
 
 #: Longest a finished result waits for the rest of its chunk, in seconds.
 _FLUSH_AFTER = 0.002
@@ -72,6 +128,14 @@ def _backtrace(exc: BaseException) -> List[str]:
         if os.path.normcase(frame.f_code.co_filename) != _this_file
     ]
     return [f"{filename}:{lineno} in {name}" for filename, lineno, name in reversed(frames)]
+
+
+def _attribute(exc: BaseException, name: str) -> Any:
+    """``exc.name``, or None when it has none (or reading it fails)."""
+    try:
+        return getattr(exc, name, None)
+    except Exception:  # noqa: BLE001 - a broken property is no attribute
+        return None
 
 
 class _AsyncRunner:
@@ -135,26 +199,92 @@ class _AsyncRunner:
         self.thread.join(timeout)
 
 
+_PathArg = Union[str, "os.PathLike[str]"]
+_W = TypeVar("_W", bound="Worker")
+
+#: The keywords of :class:`Worker` that are config keys, each under its own
+#: name (``capacity`` is ``worker_capacity``).
+_CONFIG_KEYWORDS = (
+    "endpoint",
+    "default_retryable",
+    "heartbeat_interval_ms",
+    "liveness",
+    "shutdown_timeout_ms",
+    "linger_ms",
+    "reconnect_initial_ms",
+    "reconnect_max_ms",
+    "max_message_bytes",
+    "send_hwm",
+    "recv_hwm",
+    "curve_secret_key_file",
+    "curve_server_public_key_file",
+)
+
+
+_keyword_cache: "weakref.WeakKeyDictionary[type, Optional[frozenset[str]]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _keywords(cls: type) -> "Optional[frozenset[str]]":
+    """The keywords ``cls.__init__`` takes; None when it takes ``**kwargs``
+    (a subclass's own business)."""
+    if cls not in _keyword_cache:
+        params = inspect.signature(getattr(cls, "__init__")).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            _keyword_cache[cls] = None
+        else:
+            _keyword_cache[cls] = frozenset(p.name for p in params)
+    return _keyword_cache[cls]
+
+
+def _unexpected_keyword(cls: type, name: str) -> TypeError:
+    """The TypeError for a keyword ``cls()`` does not take, naming the
+    closest one (Python's own message may name none)."""
+    allowed = [
+        p.name
+        for p in inspect.signature(getattr(cls, "__init__")).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    message = f"{cls.__name__}() got an unexpected keyword argument {name!r}"
+    # The config key's name, and its near misses, lead to `capacity`.
+    candidates = {keyword: keyword for keyword in allowed}
+    if "capacity" in candidates:
+        candidates["worker_capacity"] = "capacity"
+    if name in _native.CONFIG_KEYS and name not in candidates:
+        return TypeError(
+            f"{message}: {name} is a config key, but not a worker's (the orchestrator "
+            f"or `tasker serve` reads it from the configuration file or TASKER_{name.upper()})"
+        )
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    if close:
+        return TypeError(f"{message}; did you mean {candidates[close[0]]!r}?")
+    return TypeError(f"{message}; the keywords are: {', '.join(allowed)}")
+
+
 class Worker:
     """A tasker worker serving steps with Python handlers.
 
     >>> worker = Worker(endpoint="tcp://127.0.0.1:5555", capacity=4)
     >>> @worker.handler("echo")
-    ... def echo(step):
-    ...     return step.task_context
+    ... def echo(step: Step) -> StepOutput:
+    ...     return {"echo": step.task_context}
     >>> worker.run()  # doctest: +SKIP
 
-    Keyword arguments:
+    Keyword arguments (all optional; ``None`` means not given):
 
-    * ``endpoint``, ``default_retryable`` and any other config key
-      (``heartbeat_interval_ms``, ``shutdown_timeout_ms``, ...) override the
-      configuration (file section, then ``TASKER_<KEY>`` variables, then
-      these keywords, last wins; ``None`` means not given). The resolution
-      is the one every SDK shares (``TaskerConfig::resolve`` in Rust).
+    * ``endpoint`` (``tcp://host:port`` or ``ipc://path``) and the other
+      config keys a worker uses — ``default_retryable``,
+      ``heartbeat_interval_ms``, ``liveness``, ``shutdown_timeout_ms``,
+      ``linger_ms``, ``reconnect_initial_ms``, ``reconnect_max_ms``,
+      ``max_message_bytes``, ``send_hwm``, ``recv_hwm``,
       ``curve_secret_key_file`` (this worker's ``NAME.key`` from ``tasker
       keygen``) and ``curve_server_public_key_file`` (the orchestrator's
-      ``NAME.pub``) connect with CURVE;
-    * ``capacity``: steps held at once (default: ``worker_capacity``);
+      ``NAME.pub``; setting it connects with CURVE) — override the
+      configuration (file section, then ``TASKER_<KEY>`` variables, then
+      these keywords, last wins). The resolution is the one every SDK
+      shares (``TaskerConfig::resolve`` in Rust), which checks the values;
+    * ``capacity``: steps held at once (config key ``worker_capacity``);
     * ``threads``: threads running sync handlers, never more than
       ``capacity`` (see the module doc);
     * ``worker_id``: the id announced (default: ``python-<pid>-<random>``);
@@ -162,10 +292,21 @@ class Worker:
     * ``log_level``: most verbose runtime level forwarded to ``logging``
       (default: the ``tasker_core`` logger's effective level).
 
-    Raises :class:`ConfigError` when the configuration is invalid;
-    :meth:`run` raises :class:`~tasker_core.WorkerRefused` when the
-    orchestrator refuses the connection.
+    Any other keyword is a ``TypeError`` naming the closest one. Raises
+    :class:`ConfigError` when the configuration is invalid; :meth:`run`
+    raises :class:`~tasker_core.WorkerRefused` when the orchestrator refuses
+    the connection.
     """
+
+    def __new__(cls: Type[_W], *args: Any, **kwargs: Any) -> _W:
+        # Only to name the closest keyword when one is misspelt: __init__
+        # takes exactly its keywords (a TypeError anyway, and to mypy).
+        allowed = _keywords(cls) if kwargs else None
+        if allowed is not None:
+            for name in kwargs:
+                if name not in allowed:
+                    raise _unexpected_keyword(cls, name)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -175,16 +316,27 @@ class Worker:
         threads: Optional[int] = None,
         worker_id: Optional[str] = None,
         default_retryable: Optional[bool] = None,
-        config_path: Union[str, "os.PathLike[str]", None] = None,
+        config_path: Optional[_PathArg] = None,
         env: Optional[str] = None,
         log_level: Union[int, str, None] = None,
-        **config: Any,
+        heartbeat_interval_ms: Optional[int] = None,
+        liveness: Optional[int] = None,
+        shutdown_timeout_ms: Optional[int] = None,
+        linger_ms: Optional[int] = None,
+        reconnect_initial_ms: Optional[int] = None,
+        reconnect_max_ms: Optional[int] = None,
+        max_message_bytes: Optional[int] = None,
+        send_hwm: Optional[int] = None,
+        recv_hwm: Optional[int] = None,
+        curve_secret_key_file: Optional[_PathArg] = None,
+        curve_server_public_key_file: Optional[_PathArg] = None,
     ) -> None:
-        options: Dict[str, Any] = dict(config)
-        if endpoint is not None:
-            options["endpoint"] = endpoint
-        if default_retryable is not None:
-            options["default_retryable"] = default_retryable
+        given = locals()
+        options: Dict[str, Any] = {}
+        for key in _CONFIG_KEYWORDS:
+            value = given[key]
+            if value is not None:
+                options[key] = os.fspath(value) if isinstance(value, os.PathLike) else value
         if capacity is not None:
             options["worker_capacity"] = capacity
         #: The effective configuration (every key), as a dict.
@@ -197,7 +349,7 @@ class Worker:
         self._threads_wanted = threads
         self._worker_id = worker_id
         self._log_level = log_level
-        self._sync: Dict[str, Handler] = {}
+        self._sync: Dict[str, Callable[[Step], Any]] = {}
         self._async: Dict[str, Callable[[Step], Awaitable[Any]]] = {}
         self._rt: Optional[_native.WorkerRuntime] = None
         self._runner: Optional[_AsyncRunner] = None
@@ -213,48 +365,92 @@ class Worker:
 
     @classmethod
     def from_config(
-        cls, path: Union[str, "os.PathLike[str]"], env: Optional[str] = None, **options: Any
-    ) -> "Worker":
+        cls: Type[_W],
+        path: _PathArg,
+        env: Optional[str] = None,
+        *,
+        endpoint: Optional[str] = None,
+        capacity: Optional[int] = None,
+        threads: Optional[int] = None,
+        worker_id: Optional[str] = None,
+        default_retryable: Optional[bool] = None,
+        log_level: Union[int, str, None] = None,
+        heartbeat_interval_ms: Optional[int] = None,
+        liveness: Optional[int] = None,
+        shutdown_timeout_ms: Optional[int] = None,
+        linger_ms: Optional[int] = None,
+        reconnect_initial_ms: Optional[int] = None,
+        reconnect_max_ms: Optional[int] = None,
+        max_message_bytes: Optional[int] = None,
+        send_hwm: Optional[int] = None,
+        recv_hwm: Optional[int] = None,
+        curve_secret_key_file: Optional[_PathArg] = None,
+        curve_server_public_key_file: Optional[_PathArg] = None,
+    ) -> _W:
         """A worker configured from a YAML file (section ``env``, default
         ``TASKER_ENV`` or ``development``), ``TASKER_<KEY>`` variables, then
-        ``options`` (config keys and the keywords of :class:`Worker`)."""
-        return cls(config_path=path, env=env, **options)
+        the keywords, which are those of :class:`Worker`."""
+        return cls(
+            config_path=path,
+            env=env,
+            endpoint=endpoint,
+            capacity=capacity,
+            threads=threads,
+            worker_id=worker_id,
+            default_retryable=default_retryable,
+            log_level=log_level,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            liveness=liveness,
+            shutdown_timeout_ms=shutdown_timeout_ms,
+            linger_ms=linger_ms,
+            reconnect_initial_ms=reconnect_initial_ms,
+            reconnect_max_ms=reconnect_max_ms,
+            max_message_bytes=max_message_bytes,
+            send_hwm=send_hwm,
+            recv_hwm=recv_hwm,
+            curve_secret_key_file=curve_secret_key_file,
+            curve_server_public_key_file=curve_server_public_key_file,
+        )
 
     # -- registration -----------------------------------------------------
 
-    def handler(self, name: str) -> Callable[[F], F]:
+    def handler(self, name: str) -> Callable[[HandlerT], HandlerT]:
         """Decorator registering a function, an ``async def`` function, or a
         class with a ``call(step)`` method (instantiated without arguments)
-        as the handler called ``name``; returns it unchanged."""
+        as the handler called ``name``; returns it unchanged.
 
-        def register(fn: F) -> F:
+        Typed: the decorated object must take a :class:`Step` and return a
+        :data:`StepOutput` (or an awaitable of one), so a type checker
+        refuses a handler with another signature."""
+
+        def register(fn: HandlerT) -> HandlerT:
             self.register(name, fn)
             return fn
 
         return register
 
-    def register(self, name: str, handler: Any) -> None:
+    def register(self, name: str, handler: Handler) -> None:
         """Registers ``handler`` under ``name``.
 
         ``handler`` is a callable taking the :class:`Step`, an object with a
         ``call(step)`` method, or a class of such objects (instantiated
         without arguments). ``async def`` callables run on the event loop.
-        Its return value is the step's output: anything JSON-serialisable.
+        Its return value is the step's output: JSON data (see
+        :data:`StepOutput`).
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"handler name must be a non-empty string, got {name!r}")
         if self._rt is not None:
             raise _native.WorkerError("register handlers before the worker starts")
-        if isinstance(handler, type):
-            handler = handler()
-        fn = getattr(handler, "call", None)
+        obj: Any = handler() if isinstance(handler, type) else handler
+        fn = getattr(obj, "call", None)
         if fn is None or not callable(fn):
-            if not callable(handler):
+            if not callable(obj):
                 raise TypeError(
                     f"handler {name!r} must be callable or have a call(step) method, "
-                    f"got {type(handler).__name__}"
+                    f"got {type(obj).__name__}"
                 )
-            fn = handler
+            fn = obj
         self._sync.pop(name, None)
         self._async.pop(name, None)
         if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
@@ -293,9 +489,11 @@ class Worker:
 
     @property
     def state(self) -> str:
-        """``new``, ``connecting``, ``connected``, ``draining`` or ``stopped``."""
+        """``idle`` (not started), ``connecting`` (started, not registered
+        with an orchestrator: at first, and again while reconnecting),
+        ``connected``, ``draining`` or ``stopped`` (the Ruby SDK's names)."""
         if self._rt is None:
-            return "new"
+            return "idle"
         if self._done.is_set():
             return "stopped"
         return "draining" if self._stopping else self._rt.state
@@ -346,9 +544,13 @@ class Worker:
             )
             self._supervisor.start()
             _live_workers.add(self)
+        # Not "serving": the runtime has only begun to connect. It logs
+        # "registered with orchestrator" itself once welcomed.
         log.info(
-            "worker %s serving %s (capacity %d, %d threads)",
+            "worker %s connecting to %s%s, handlers [%s] (capacity %d, threads %d)",
             rt.worker_id,
+            self.config["endpoint"],
+            " with CURVE" if self.config["curve_server_public_key_file"] else "",
             ", ".join(self.handlers),
             rt.capacity,
             threads,
@@ -515,13 +717,20 @@ class Worker:
     def _fail(self, step: Step, exc: BaseException, elapsed: float) -> None:
         rt = self._rt
         assert rt is not None
-        if isinstance(exc, HandlerError):
-            error_type, retryable = exc.error_type, exc.retryable
-        else:
-            error_type = type(exc).__name__
-            declared = getattr(exc, "retryable", None) if isinstance(exc, TaskerError) else None
-            retryable = declared if isinstance(declared, bool) else self._default_retryable
-        message = str(exc) or error_type
+        # Duck-typed, as in the Ruby and Node SDKs: a HandlerError's, or any
+        # exception's, str error_type and bool retryable attributes.
+        declared_type = _attribute(exc, "error_type")
+        error_type = (
+            declared_type
+            if isinstance(declared_type, str) and declared_type
+            else type(exc).__name__
+        )
+        declared = _attribute(exc, "retryable")
+        retryable = declared if isinstance(declared, bool) else self._default_retryable
+        try:
+            message = str(exc) or error_type
+        except Exception:  # noqa: BLE001 - a broken __str__ must not kill the thread
+            message = f"{error_type} (str() of the exception failed)"
         rt.fail(step, error_type, message, retryable, _backtrace(exc), elapsed)
 
     def _supervise(self) -> None:

@@ -3,7 +3,7 @@
 //! a `Logger` with [`next_log_records`].
 
 use magnus::{function, Error, Object, RArray, RModule, Ruby};
-use tasker_worker::log_bridge::{self, LogLevel};
+use tasker_worker::log_bridge::{self, Interrupt, LogLevel};
 
 use crate::errors;
 use crate::nogvl::without_gvl;
@@ -28,8 +28,14 @@ fn next_log_records(ruby: &Ruby, max: usize, timeout: Option<f64>) -> Result<RAr
     let Some(bridge) = log_bridge::installed() else {
         return Ok(ruby.ary_new());
     };
-    let records =
-        without_gvl(|| bridge.next_records(max, timeout), || bridge.wake()).unwrap_or_default();
+    // This call's own interrupt: the tasker-log thread may be waiting too,
+    // and must neither take this wake-up nor be ended by it.
+    let interrupt = Interrupt::default();
+    let records = without_gvl(
+        || bridge.next_records_or(max, timeout, &interrupt),
+        || bridge.interrupt(&interrupt),
+    )
+    .unwrap_or_default();
     if records.is_empty() {
         // The wait ends early only for an interrupt: run it.
         ruby.thread_check_ints()?;

@@ -1,0 +1,154 @@
+//! What a `tasker worker` logs about its connection, as a user watching it
+//! sees it: where it waits for an orchestrator (once, however long it
+//! waits), what it serves when it registers, and one warning when the
+//! orchestrator goes away. The SDKs' workers run the same runtime and
+//! forward these lines to their host's logger.
+
+use std::io::{BufRead, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+const TASKER: &str = env!("CARGO_BIN_EXE_tasker");
+
+fn free_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("tcp://{}", listener.local_addr().unwrap())
+}
+
+struct Reaper(Vec<Child>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Its stderr lines, without the terminal colours, as they come.
+fn lines_of(child: &mut Child) -> Receiver<String> {
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(strip_colours(&line)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn strip_colours(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The lines that arrive within `time`.
+fn lines_during(rx: &Receiver<String>, time: Duration) -> Vec<String> {
+    let deadline = Instant::now() + time;
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        lines.push(line);
+    }
+    lines
+}
+
+fn count(lines: &[String], text: &str) -> usize {
+    lines.iter().filter(|l| l.contains(text)).count()
+}
+
+#[test]
+fn a_worker_says_once_where_it_waits_what_it_serves_when_it_registers_and_warns_once_when_the_orchestrator_goes(
+) {
+    let endpoint = free_endpoint();
+    // The orchestrator counts as silent after 3 × 100 ms: a worker waiting
+    // two seconds goes through several rounds of reconnecting.
+    let mut worker = Command::new(TASKER)
+        .args([
+            "worker",
+            "--endpoint",
+            &endpoint,
+            "--handlers",
+            "echo,sleep",
+        ])
+        .env("TASKER_HEARTBEAT_INTERVAL_MS", "100")
+        .env("TASKER_RECONNECT_INITIAL_MS", "50")
+        .env("TASKER_RECONNECT_MAX_MS", "100")
+        .env_remove("TASKER_CONFIG")
+        .env_remove("TASKER_ENV")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut worker);
+    let mut reaper = Reaper(vec![worker]);
+
+    let waiting = lines_during(&lines, Duration::from_secs(2));
+    let said = format!("waiting for an orchestrator at {endpoint}");
+    assert_eq!(count(&waiting, &said), 1, "{waiting:#?}");
+    assert_eq!(count(&waiting, "WARN"), 0, "{waiting:#?}");
+
+    // An orchestrator comes, hands the worker a long step, and dies.
+    let mut dispatch = Command::new(TASKER)
+        .args(["dispatch", "-", "--endpoint", &endpoint])
+        .env("TASKER_HEARTBEAT_INTERVAL_MS", "100")
+        .env_remove("TASKER_CONFIG")
+        .env_remove("TASKER_ENV")
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    dispatch
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            br#"{"steps":[{"step_id":1,"handler_class":"sleep","handler_config":{"ms":20000},"metadata":{"timeout_ms":60000}}]}"#,
+        )
+        .unwrap();
+    reaper.0.push(dispatch);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let registered = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains("registered with orchestrator") => break line,
+            Ok(_) => continue,
+            Err(e) => panic!("the worker never registered: {e}"),
+        }
+    };
+    assert!(
+        registered.contains(&format!("endpoint={endpoint}")),
+        "{registered}"
+    );
+    assert!(registered.contains("handlers=echo,sleep"), "{registered}");
+    // Its step is out at the worker: the orchestrator dies without a word.
+    std::thread::sleep(Duration::from_millis(300));
+    reaper.0[1].kill().unwrap();
+    reaper.0[1].wait().unwrap();
+
+    let lost = lines_during(&lines, Duration::from_secs(2));
+    let warned = format!("lost the orchestrator at {endpoint}");
+    assert_eq!(count(&lost, &warned), 1, "{lost:#?}");
+    assert_eq!(count(&lost, "WARN"), 1, "{lost:#?}");
+    assert_eq!(count(&lost, "waiting for an orchestrator"), 0, "{lost:#?}");
+}
