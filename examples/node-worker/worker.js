@@ -43,6 +43,6 @@ worker.handle("quote_shipping", (step) => {
   return { parcels, price: Math.round((4.95 + 1.5 * parcels) * 100) / 100 };
 });
 
-console.error(`order worker serving ${worker.config.endpoint}`);
+console.error(`order worker started for ${worker.config.endpoint}`);
 await worker.run();
 console.error("order worker stopped");

@@ -91,5 +91,5 @@ if __name__ == "__main__":
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     worker.start()
-    log.info("order worker %s serving %s", worker.worker_id, ", ".join(worker.handlers))
+    log.info("order worker %s started, handlers: %s", worker.worker_id, ", ".join(worker.handlers))
     worker.run()

@@ -22,7 +22,9 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -377,6 +379,29 @@ def test_submit_wait_returns_the_rust_workers_outputs(client: Client) -> None:
     assert raw["task_id"] == task.task_id and raw["steps"][0]["output"] == fetch.output
     assert raw["started_at"].endswith("Z")
     assert handle.get() == task == client.get(handle.id)
+
+
+def test_a_context_with_dates_decimals_and_uuids_is_encoded_as_outputs_are(
+    client: Client,
+) -> None:
+    when = datetime(2025, 1, 23, 10, 0, tzinfo=timezone(timedelta(hours=2)))
+    order = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    context = {"at": when, "day": when.date(), "total": Decimal("12.50"), "id": order}
+    task = client.submit("pipeline", context).wait(timeout=30)
+    assert task.context == {
+        "at": "2025-01-23T10:00:00+02:00",
+        "day": "2025-01-23",
+        "total": "12.50",
+        "id": "12345678-1234-5678-1234-567812345678",
+    }
+    assert task.step("fetch").output["task_context"] == task.context
+    # What a handler may not return, a context may not hold either.
+    with pytest.raises(ValueError, match="naive datetime"):
+        client.submit("pipeline", {"at": datetime(2025, 1, 23)})
+    with pytest.raises(ValueError, match="NaN"):
+        client.submit("pipeline", {"total": Decimal("NaN")})
+    with pytest.raises(TypeError, match="set"):
+        client.submit("pipeline", {"tags": {"a"}})
 
 
 def test_a_failed_task_reports_the_step_error(client: Client) -> None:

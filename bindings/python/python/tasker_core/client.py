@@ -52,6 +52,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import copy
+import decimal
 import functools
 import http.client
 import json
@@ -67,8 +68,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import (
     Any,
     AsyncIterator,
@@ -153,6 +155,29 @@ _PROBLEM_CLASSES: Dict[str, Type[ClientError]] = {
     "task-ended": TaskEnded,
     "unauthorized": Unauthorized,
 }
+
+
+def _json_default(value: Any) -> Any:
+    """Encodes a task context's dates, decimals and UUIDs as a handler's
+    output is encoded (the README's Outputs table), so a value a handler may
+    return can also start a task."""
+    if isinstance(value, datetime):
+        if value.utcoffset() is None:
+            raise ValueError(
+                "a naive datetime (no timezone) is not accepted in a context: "
+                "give it a tzinfo, e.g. datetime.timezone.utc"
+            )
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise ValueError(f"Decimal {value} is not a JSON number")
+        return str(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
 
 # -- results -----------------------------------------------------------------
 
@@ -619,7 +644,9 @@ class _Core:
         data = None
         headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
         if body is not None:
-            data = json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
+            data = json.dumps(
+                body, ensure_ascii=False, allow_nan=False, default=_json_default
+            ).encode("utf-8")
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
