@@ -18,6 +18,14 @@ demo-serve *ARGS:
 test:
     ./scripts/test.sh
 
+# Packages that install without Rust, into dist/: wheel, gem, npm tarball, tasker binary.
+package *ARGS:
+    bash scripts/package.sh {{ARGS}}
+
+# Install each package into a clean environment (no cargo) and serve a step with it.
+test-packages *ARGS:
+    bash scripts/test-packages.sh {{ARGS}}
+
 # fmt and clippy only.
 lint:
     cargo fmt --all -- --check

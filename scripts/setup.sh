@@ -16,6 +16,7 @@ command -v g++ >/dev/null 2>&1 || need_apt+=(g++)   # zmq-sys builds libzmq from
 command -v make >/dev/null 2>&1 || need_apt+=(make)   # and libsodium, for CURVE (vendor/zmq-sys)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+command -v strip >/dev/null 2>&1 || need_apt+=(binutils)   # scripts/package.sh strips what it packs
 # The Ruby binding: Ruby with headers, and libclang for rb-sys's bindgen.
 command -v ruby >/dev/null 2>&1 || need_apt+=(ruby)
 want ruby-dev

@@ -2,7 +2,8 @@
 # The whole test suite: set-up, formatting, lints, every Rust test (unit,
 # property, and integration tests over real sockets and real worker
 # processes), each language binding's suite against its real built extension
-# and the real orchestrator, and the four-language demo checked end to end.
+# and the real orchestrator, the packages (scripts/package.sh) installed
+# without Rust, and the four-language demo checked end to end.
 # First run on a fresh machine: about 15 minutes (it builds libzmq and three
 # extensions); later runs reuse the shared target directory.
 set -euo pipefail
@@ -25,6 +26,9 @@ for lang in python ruby node; do
   step "bindings/$lang"
   bash "bindings/$lang/test.sh" || failed+=("bindings/$lang")
 done
+# From the debug builds the bindings' suites just made: no release build.
+step "packages: install each without cargo and serve a step (scripts/test-packages.sh --profile dev)"
+bash scripts/test-packages.sh --profile dev || failed+=("packages")
 step "demo (rust, python, ruby and node workers)"
 ./scripts/test-demo.sh || failed+=("demo")
 

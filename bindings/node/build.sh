@@ -3,7 +3,8 @@
 # (@napi-rs/cli, typescript, zeromq) into ./node_modules, and the addon in
 # the dev profile into the workspace's shared target directory, with its
 # loader (native.js) and generated declarations (native.d.ts). Idempotent and
-# quick when all is built.
+# quick when all is built. With --tools, only the npm dev dependencies (napi,
+# for scripts/package.sh): nothing is built.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
@@ -12,4 +13,5 @@ if [ ! -x node_modules/.bin/napi ] || [ ! -x node_modules/.bin/tsc ] || [ ! -d n
   || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
+[ "${1:-}" = "--tools" ] && exit 0
 npx napi build --platform --js native.js --dts native.d.ts >/dev/null

@@ -4,6 +4,8 @@
 # installed editable with its native module built by maturin in the dev
 # profile (into the workspace's shared target directory), and the `tasker`
 # CLI (the tests' orchestrator). Idempotent and quick when all is built.
+# With --tools, only the virtualenv and its tools (maturin, for
+# scripts/package.sh): nothing is built.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -24,6 +26,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$requirements" ]; then
     "$venv/bin/python" -m pip install --quiet $requirements
     echo "$requirements" > "$stamp"
 fi
+[ "${1:-}" = "--tools" ] && exit 0
 
 echo "== cargo build -p tasker-cli" >&2
 (cd "$root" && cargo build --quiet -p tasker-cli)
