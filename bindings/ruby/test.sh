@@ -3,8 +3,8 @@
 # target directory) and the `tasker` CLI, checks formatting and lints of the
 # crate, then runs the minitest suite against the real extension, the real
 # orchestrator and real worker processes (test_signatures.rb validates the
-# RBS signatures in sig/), then runs the worker, client, config, native and
-# conformance tests again under rbs's runtime type checker, so that every
+# RBS signatures in sig/), then runs the worker, middleware, client, config,
+# native and conformance tests again under rbs's runtime type checker, so that every
 # call they make into the gem is checked against sig/. Needs Debian's ruby,
 # ruby-dev and libclang-dev (minitest, json and rbs come with Ruby).
 # Idempotent.
@@ -44,5 +44,5 @@ checked() {
     ruby -w -Itest -e 'abort "rbs_check is not loaded" unless defined?(TaskerRbsCheck)
                        ARGV.each { |f| require File.expand_path(f) }' "$@"
 }
-checked test/test_worker.rb test/test_client.rb test/test_conformance.rb
+checked test/test_worker.rb test/test_middleware.rb test/test_concurrency.rb test/test_client.rb test/test_conformance.rb
 checked test/test_config.rb test/test_native.rb

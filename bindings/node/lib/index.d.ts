@@ -211,6 +211,35 @@ export type Handler<T = unknown, Context = any, Config = any, Previous extends R
 ) => T | Promise<T>;
 
 /**
+ * What a middleware calls to go on: runs the rest of the chain (the next
+ * middleware, at the end the handler) and resolves to its output, or
+ * rejects with what it threw.
+ */
+export type Next = () => Promise<unknown>;
+
+/**
+ * A middleware around every handler call (`worker.use`), Koa style:
+ * `async (step, next) => { ...; const output = await next(); ...; return output; }`.
+ * What it returns (or resolves to) is the step's output; `Context`,
+ * `Config` and `Previous` type the step's fields (see `Step`).
+ */
+export type Middleware<Context = any, Config = any, Previous extends Record<string, any> = Record<string, any>> = (
+  step: Step<Context, Config, Previous>,
+  next: Next,
+) => unknown;
+
+/** Options of one handler, given to `worker.handle(name, fn, options)`. */
+export interface HandlerOptions {
+  /**
+   * Most steps of this handler at once on this worker (an integer ≥ 1; a
+   * ConfigError otherwise), e.g. for a rate-limited API; the other handlers
+   * use the rest of the capacity. Enforced by the orchestrator. Absent:
+   * the capacity only.
+   */
+  concurrency?: number;
+}
+
+/**
  * Lifecycle of a Worker: `idle` before run(), `connecting` until registered
  * with an orchestrator (and again while reconnecting), `connected`,
  * `draining` after stop(), `stopped`. The Python and Ruby SDKs use the same
@@ -240,6 +269,16 @@ export declare class Worker {
   handle<T = unknown, Context = any, Config = any, Previous extends Record<string, any> = Record<string, any>>(
     name: string,
     fn: Handler<T, Context, Config, Previous>,
+    options?: HandlerOptions,
+  ): this;
+  /**
+   * Adds a middleware around every handler call; the first added is the
+   * outermost. Its return value is the step's output; not calling `next()`
+   * skips the handler; a throw fails the step as a handler's would. Throws
+   * TaskerError once the worker runs.
+   */
+  use<Context = any, Config = any, Previous extends Record<string, any> = Record<string, any>>(
+    middleware: Middleware<Context, Config, Previous>,
   ): this;
   /**
    * Serves steps; resolves after stop() (or SIGINT/SIGTERM) has drained.

@@ -6,7 +6,7 @@ const { inspect } = require("node:util");
 
 const native = require("../native.js");
 const { resolveConfig } = require("./config.js");
-const { TaskerError, errorTypes, fromNative } = require("./errors.js");
+const { ConfigError, TaskerError, errorTypes, fromNative } = require("./errors.js");
 const { jsonProblem } = require("./json.js");
 const logging = require("./logging.js");
 
@@ -83,6 +83,26 @@ class Step {
   }
 }
 
+/** A handler's `options.concurrency` (undefined when not given), checked. */
+function handlerConcurrency(name, options) {
+  if (options === undefined || options === null) return undefined;
+  if (typeof options !== "object") {
+    throw new ConfigError(`handler ${JSON.stringify(name)}: options must be an object like { concurrency: 2 }`);
+  }
+  const { concurrency, ...rest } = options;
+  const unknown = Object.keys(rest);
+  if (unknown.length > 0) {
+    throw new ConfigError(`handler ${JSON.stringify(name)}: unknown option ${unknown[0]}; the options are: concurrency`);
+  }
+  if (concurrency === undefined || concurrency === null) return undefined;
+  if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 0xffffffff) {
+    throw new ConfigError(
+      `handler ${JSON.stringify(name)}: concurrency must be an integer of at least 1, got ${inspect(concurrency)}`,
+    );
+  }
+  return concurrency;
+}
+
 /**
  * A Node worker: serves the steps of the handlers registered with
  * `handle()` until `stop()`.
@@ -126,6 +146,12 @@ class Worker {
     }
 
     this._handlers = new Map();
+    // Per-handler concurrency limits (handle()'s `concurrency`), by name.
+    this._limits = new Map();
+    // Middleware, in registration order (use()); `_run` calls a handler
+    // through them.
+    this._middleware = [];
+    this._run = this._callHandler.bind(this);
     this._state = "idle";
     this._native = null;
     this._pending = [];
@@ -177,18 +203,50 @@ class Worker {
    * `fn(step)` returns the step's output (JSON data: anything else fails
    * the step as SerializationError, see lib/json.js) or a Promise of it;
    * throwing (or rejecting) fails the step.
+   *
+   * `options.concurrency`: at most this many steps of this handler at once
+   * on this worker (e.g. a handler calling a rate-limited API); the other
+   * handlers use the rest of its capacity. Announced to the orchestrator,
+   * which sends no more of its steps while that many are out here. Absent:
+   * limited by the capacity only. Anything but an integer of at least 1 is
+   * a ConfigError.
    */
-  handle(name, fn) {
+  handle(name, fn, options = undefined) {
     if (typeof name !== "string" || name === "") {
       throw new TaskerError("handler name must be a non-empty string");
     }
     if (typeof fn !== "function") {
       throw new TaskerError(`handler ${JSON.stringify(name)} must be a function`);
     }
+    const concurrency = handlerConcurrency(name, options);
     if (this._state !== "idle") {
       throw new TaskerError(`cannot add handler ${JSON.stringify(name)}: the worker is already ${this._state}`);
     }
     this._handlers.set(name, fn);
+    if (concurrency === undefined) this._limits.delete(name);
+    else this._limits.set(name, concurrency);
+    return this;
+  }
+
+  /**
+   * Adds a middleware around every handler call, Koa style:
+   * `async (step, next) => { ...; const output = await next(); ...; return output; }`.
+   * `next()` runs the rest of the chain (the next middleware, at the end
+   * the handler) and returns a Promise of its output. Middleware run in
+   * the order they were added, the first outermost. What a middleware
+   * returns (or resolves to) is the step's output, checked as JSON like a
+   * handler's; one that never calls `next()` skips the handler. A throw or
+   * rejection from a middleware or the handler goes out through the
+   * middleware around it and fails the step as a handler's error does.
+   */
+  use(middleware) {
+    if (typeof middleware !== "function") {
+      throw new TaskerError("middleware must be a function (step, next) => output");
+    }
+    if (this._state !== "idle") {
+      throw new TaskerError(`cannot add middleware: the worker is already ${this._state}`);
+    }
+    this._middleware.push(middleware);
     return this;
   }
 
@@ -208,6 +266,7 @@ class Worker {
     logging.ensureForwarding();
     const options = { handlers: [...this._handlers.keys()] };
     if (this._workerId !== undefined) options.workerId = this._workerId;
+    if (this._limits.size > 0) options.handlerLimits = Object.fromEntries(this._limits);
     try {
       this._native = new native.NativeWorker(this._nativeConfig, options, this._onSteps);
     } catch (error) {
@@ -310,7 +369,7 @@ class Worker {
     const started = performance.now();
     let value;
     try {
-      value = handlerContext.run(context, fn, step);
+      value = this._middleware.length === 0 ? handlerContext.run(context, fn, step) : handlerContext.run(context, this._run, step, fn);
     } catch (error) {
       context.done = true;
       this._pending.push(this._errorOutcome(step, started, error));
@@ -325,6 +384,24 @@ class Worker {
     }
     context.done = true;
     this._pending.push(this._success(step, started, value));
+  }
+
+  /** `fn(step)` inside the middleware: the first one's value. */
+  _callHandler(step, fn) {
+    const middleware = this._middleware;
+    const call = (index) => {
+      if (index === middleware.length) return fn(step);
+      // next(): the rest of the chain, run now; its output (or throw) as a Promise.
+      const next = () => {
+        try {
+          return Promise.resolve(call(index + 1));
+        } catch (error) {
+          return Promise.reject(error);
+        }
+      };
+      return middleware[index](step, next);
+    };
+    return call(0);
   }
 
   _settle(context, outcome) {

@@ -19,6 +19,7 @@
 //! delivered, the thread-safe function released and the libuv handles
 //! closed, so nothing of the worker keeps the event loop alive.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +53,9 @@ pub struct NativeWorkerOptions {
     pub handlers: Vec<String>,
     /// Stable worker id; generated (`node-<pid>-<random>`) when absent.
     pub worker_id: Option<String>,
+    /// Per-handler concurrency limits: handler name → most of its steps
+    /// held at once (at least 1), enforced by the orchestrator.
+    pub handler_limits: Option<HashMap<String, u32>>,
 }
 
 /// Receives each chunk of steps (a JSON array of `Step` rows), then `null`
@@ -83,6 +87,11 @@ impl NativeWorker {
     ) -> Result<Self> {
         let mut worker_options = WorkerOptions::new(config.config.clone(), options.handlers);
         worker_options.worker_id = options.worker_id;
+        worker_options.handler_limits = options
+            .handler_limits
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         worker_options.language = "node".into();
         // V8 parses the steps: the runtime only checks them.
         event_loop::keep_raw_steps(&mut worker_options);

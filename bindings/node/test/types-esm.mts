@@ -1,6 +1,6 @@
 // The ES-module view of the declarations (the "import" condition).
 import { Worker, RetryableError, WorkerError, WorkerRefused } from "tasker-core";
-import type { Step } from "tasker-core";
+import type { Step, Middleware } from "tasker-core";
 
 const worker = new Worker({ capacity: 2 });
 worker.handle("esm", async (step: Step): Promise<{ id: number }> => {
@@ -11,6 +11,11 @@ worker.handle("esm", async (step: Step): Promise<{ id: number }> => {
 worker.handle("esm_typed", (step: Step<{ n: number }>): number => step.taskContext.n + 1);
 // @ts-expect-error the context's type is checked
 worker.handle("esm_wrong", (step: Step<{ n: number }>): string => step.taskContext.n);
+// Middleware through the ES-module view.
+const tag: Middleware<{ n: number }> = async (step, next) => ({ n: step.taskContext.n, output: await next() });
+worker.use(tag);
+// @ts-expect-error next() takes no step
+worker.use(async (step, next) => next(step));
 // @ts-expect-error run() returns a Promise, not a number
 const n: number = worker.run();
 void n;

@@ -2,7 +2,7 @@
 // against lib/index.d.ts and the native.d.ts that `napi build` generates.
 // The @ts-expect-error lines fail the check if the declarations get looser.
 import { Worker, HandlerError, RetryableError, PermanentError, TaskerError, ConfigError, errorTypes, setLogger, setLogLevel, loadConfig } from "tasker-core";
-import type { Step, Config, ConfigOptions, LogEntry, WorkerOptions, Handler, JsonObject, JsonValue } from "tasker-core";
+import type { Step, Config, ConfigOptions, LogEntry, WorkerOptions, Handler, HandlerOptions, JsonObject, JsonValue, Middleware, Next } from "tasker-core";
 
 interface Order {
   amount: number;
@@ -59,6 +59,13 @@ worker.handle("typed", typed);
 const mismatched: Handler<unknown, { name: string }> = typed;
 // Untyped steps stay as loose as before: taskContext and handlerConfig are any.
 worker.handle("loose", (step) => step.taskContext.anything.goes + step.handlerConfig.too);
+// Per-handler options: at most 2 of its steps at once.
+const limits: HandlerOptions = { concurrency: 2 };
+worker.handle("limited", () => null, limits).handle("limited_too", () => null, { concurrency: 1 });
+// @ts-expect-error concurrency is a number
+worker.handle("bad_limit", () => null, { concurrency: "2" });
+// @ts-expect-error a misspelt option is caught
+worker.handle("bad_option", () => null, { concurency: 2 });
 const untyped: Step = {} as Step<Order>;
 // JSON helper types for contexts and outputs.
 const json: JsonObject = { a: [1, "two", null, { b: true }] };
@@ -251,3 +258,21 @@ async function useClient(): Promise<void> {
 }
 
 void [fromConfigClient, baseUrl, apiKeys, useClient];
+
+// Middleware: (step, next) => output, next() a Promise of the rest's output.
+const timing: Middleware = async (step, next) => {
+  const started = performance.now();
+  try {
+    return await next();
+  } finally {
+    console.log(step.handlerClass, performance.now() - started);
+  }
+};
+worker.use(timing).use(async (step: Step<Order>, next: Next) => ({ amount: step.taskContext.amount, output: await next() }));
+worker.use((step) => step.stepId); // sync, never calling next(): short-circuit
+// @ts-expect-error next() takes no step
+worker.use(async (step, next) => next(step));
+// @ts-expect-error a middleware is a function
+worker.use({ call: () => null });
+// @ts-expect-error the step's context is typed
+worker.use(async (step: Step<Order>) => step.taskContext.missing);

@@ -3,6 +3,7 @@
 //! blocking call releases the GIL, and its waits are bounded by
 //! `tasker_worker::policy::wait_timeout`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use pyo3::exceptions::PyTypeError;
@@ -87,17 +88,20 @@ impl PyWorkerRuntime {
     ///
     /// `config` is a dict as returned by `load_config` (its
     /// `worker_capacity` is the capacity announced); `handlers` the names
-    /// announced.
+    /// announced; `handler_limits` the per-handler concurrency limits
+    /// (name → at least 1) announced with them.
     #[new]
-    #[pyo3(signature = (config, handlers, worker_id=None))]
+    #[pyo3(signature = (config, handlers, worker_id=None, handler_limits=None))]
     fn new(
         config: &Bound<'_, PyDict>,
         handlers: Vec<String>,
         worker_id: Option<String>,
+        handler_limits: Option<BTreeMap<String, u32>>,
     ) -> PyResult<Self> {
         let config = config::from_dict(config)?;
         let mut options = WorkerOptions::new(config, handlers);
         options.worker_id = worker_id;
+        options.handler_limits = handler_limits.unwrap_or_default();
         options.language = "python".into();
         let inner = tasker_worker::WorkerRuntime::start(options).map_err(errors::worker)?;
         Ok(Self {

@@ -35,10 +35,10 @@ def client
 end
 
 WRONG = {
-  # The gem accepts these (Integer("8"), "42", "42"); the signatures do not.
+  # The gem accepts these (Integer("8"), "42", a message "42"); the signatures do not.
   'Worker.new(capacity: "8")' => -> { TaskerCore::Worker.new(capacity: "8", logger: nil) },
   'register(42, handler)' => -> { worker.register(42, ->(step) { step.task_context }) },
-  'PermanentError.new(msg, error_type: 42)' => -> { TaskerCore::PermanentError.new("declined", error_type: 42) },
+  "PermanentError.new(42)" => -> { TaskerCore::PermanentError.new(42) },
   # Accepted until the first request.
   'Client.new(open_timeout: "5")' => lambda {
     TaskerCore::Client.new(url: "http://127.0.0.1:1", token: "", open_timeout: "5")
@@ -46,6 +46,7 @@ WRONG = {
   # A server answering a String id: the report would carry it.
   'Task.from_json("task_id" => "7")' => -> { TaskerCore::Client::Task.from_json(TASK_JSON.merge("task_id" => "7")) },
   # The gem refuses these too, at run time.
+  'PermanentError.new(msg, error_type: 42)' => -> { TaskerCore::PermanentError.new("declined", error_type: 42) },
   "Worker.new(endpont: ...)" => -> { TaskerCore::Worker.new(endpont: "tcp://127.0.0.1:5555", logger: nil) },
   'Config.load(worker_capacity: "4")' => -> { TaskerCore::Config.load(nil, worker_capacity: "4") },
   'merge(submit_policy: "sometimes")' => -> { TaskerCore::Config.new({}).merge(submit_policy: "sometimes") },

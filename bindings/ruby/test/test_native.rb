@@ -7,7 +7,7 @@ require_relative "test_helper"
 class TestNative < Minitest::Test
   def runtime(**overrides)
     config = TaskerCore::Config.load(nil, endpoint: free_endpoint, linger_ms: 100, **overrides)
-    TaskerCore::Native::Runtime.new(config.to_h, ["noop"], 2, nil)
+    TaskerCore::Native::Runtime.new(config.to_h, ["noop"], 2, nil, {})
   end
 
   def test_next_steps_times_out_empty_and_returns_nil_once_stopped
@@ -97,9 +97,13 @@ class TestNative < Minitest::Test
     native = runtime
     assert_raises(ArgumentError) { native.next_steps(1, -1) }
     assert_misuse(TypeError) { native.complete_many([Object.new]) }
-    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Native::Runtime.new({ "endpoint" => "x" }, ["a"], 1, nil) }
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Native::Runtime.new({ "endpoint" => "x" }, ["a"], 1, nil, {}) }
     assert_match(/endpoint/, error.message)
-    assert_raises(TaskerCore::ConfigError) { TaskerCore::Native::Runtime.new(TaskerCore::Config.load.to_h, [], 1, nil) }
+    assert_raises(TaskerCore::ConfigError) { TaskerCore::Native::Runtime.new(TaskerCore::Config.load.to_h, [], 1, nil, {}) }
+    error = assert_raises(TaskerCore::ConfigError) do
+      TaskerCore::Native::Runtime.new(TaskerCore::Config.load.to_h, ["a"], 1, nil, { "b" => 1 })
+    end
+    assert_match(/handler "b"/, error.message)
     native.stop
     assert native.join(5)
   end

@@ -45,6 +45,20 @@ class TestWorker < Minitest::Test
     end
   end
 
+  def test_handler_error_checks_its_options
+    assert_operator TaskerCore::RetryableError, :<, TaskerCore::HandlerError
+    assert_operator TaskerCore::PermanentError, :<, TaskerCore::HandlerError
+    assert_nil TaskerCore::HandlerError.new("x").retryable?
+    assert_equal [true, "Busy"], [TaskerCore::HandlerError.new("x", error_type: :Busy, retryable: true).retryable?,
+                                  TaskerCore::HandlerError.new("x", error_type: :Busy).error_type]
+    error = assert_raises(ArgumentError) { TaskerCore::RetryableError.new("x", retryable: false) }
+    assert_match(/always retryable.*HandlerError/, error.message)
+    error = assert_raises(ArgumentError) { TaskerCore::PermanentError.new("x", retryable: true) }
+    assert_match(/never retryable/, error.message)
+    assert_misuse(ArgumentError) { TaskerCore::HandlerError.new("x", retryable: "yes") }
+    assert_raises(ArgumentError) { TaskerCore::HandlerError.new("x", error_type: "") }
+  end
+
   def test_error_kinds
     endpoint = free_endpoint
     with_worker(endpoint: endpoint, capacity: 4) do |worker|
@@ -54,8 +68,13 @@ class TestWorker < Minitest::Test
       worker.handle("typed") { raise TaskerCore::RetryableError.new("slow down", error_type: "RateLimited") }
       worker.handle("other") { raise ArgumentError, "bad argument" }
       worker.handle("not_implemented") { raise NotImplementedError, "later" }
+      worker.handle("decided") do
+        raise TaskerCore::HandlerError.new("rate limited", error_type: "RateLimited", retryable: true)
+      end
+      worker.handle("undecided") { raise TaskerCore::HandlerError, "left to the worker" }
       worker.start
-      run = dispatch(%w[retryable permanent declined typed other not_implemented].each_with_index.map do |h, i|
+      run = dispatch(%w[retryable permanent declined typed other not_implemented decided
+                        undecided].each_with_index.map do |h, i|
         step(i + 1, h)
       end, endpoint: endpoint)
       results = run.results
@@ -65,7 +84,9 @@ class TestWorker < Minitest::Test
         3 => ["TestWorker::CardDeclined", "card declined", false],
         4 => ["RateLimited", "slow down", true],
         5 => ["ArgumentError", "bad argument", false],
-        6 => ["NotImplementedError", "later", false]
+        6 => ["NotImplementedError", "later", false],
+        7 => ["RateLimited", "rate limited", true],
+        8 => ["HandlerError", "left to the worker", false]
       }
       expect.each do |id, (type, message, retryable)|
         error = results.fetch(id).fetch("error")

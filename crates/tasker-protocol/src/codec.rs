@@ -336,6 +336,31 @@ impl WireMessage for WorkerMessage {
                     ));
                 }
                 check_held(t, "in_progress", &hello.in_progress)?;
+                let served: std::collections::HashSet<&str> = if hello.handler_limits.is_empty() {
+                    std::collections::HashSet::new()
+                } else {
+                    hello.handlers.iter().map(String::as_str).collect()
+                };
+                for (handler, limit) in &hello.handler_limits {
+                    if *limit == 0 {
+                        return Err(invalid(
+                            t,
+                            format!(
+                                "handler_limits[{:?}] must be at least 1",
+                                truncate(handler, 64)
+                            ),
+                        ));
+                    }
+                    if !served.contains(handler.as_str()) {
+                        return Err(invalid(
+                            t,
+                            format!(
+                                "handler_limits names {:?}, which is not one of handlers",
+                                truncate(handler, 64)
+                            ),
+                        ));
+                    }
+                }
             }
             WorkerMessage::Drain(drain) => check_held(t, "returned", &drain.returned)?,
             WorkerMessage::Goodbye(goodbye) => check_held(t, "unanswered", &goodbye.unanswered)?,

@@ -473,6 +473,15 @@ pub struct WorkerHello {
     /// (a rule JSON Schema cannot state).
     #[serde(default)]
     pub in_progress: Vec<HeldStep>,
+    /// Per-handler concurrency limits: handler name → most steps of that
+    /// handler the orchestrator has out at this connection at once (its
+    /// slots among `capacity`). Each name MUST be one of `handlers`, each
+    /// limit at least 1 (rules JSON Schema cannot state in full); a limit
+    /// at least `capacity` limits nothing. Handlers not named have no limit
+    /// but `capacity`. Empty (the default): no handler is limited.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::schema::handler_limits")]
+    pub handler_limits: BTreeMap<String, u32>,
     /// Implementation language, for observability (`rust`, `python`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
@@ -489,6 +498,7 @@ impl WorkerHello {
             handlers,
             capacity,
             in_progress: Vec::new(),
+            handler_limits: BTreeMap::new(),
             language: None,
             pid: None,
         }

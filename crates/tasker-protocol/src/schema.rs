@@ -64,6 +64,21 @@ pub(crate) fn worker_status(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// A hello's `handler_limits`: an object of handler names to limits of at
+/// least 1 (that its keys are among `handlers` JSON Schema cannot say).
+pub(crate) fn handler_limits(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "additionalProperties": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": u32::MAX
+        },
+        "propertyNames": { "minLength": 1 },
+        "default": {}
+    })
+}
+
 /// A worker's result carries `error` exactly when its status is `failed`.
 /// (`error: true` in `then` names the property beside `required`, as a
 /// strict validator such as ajv's `strictRequired` wants; `error: false`

@@ -324,6 +324,31 @@ fn a_hello_holding_more_than_its_capacity_is_invalid() {
     assert!(err.to_string().contains("capacity"), "{err}");
 }
 
+#[test]
+fn a_hello_limiting_a_handler_it_lacks_or_to_zero_is_invalid() {
+    let limited = |handler: &str, limit: u32| {
+        let mut hello = WorkerHello::new("w", vec!["a".into(), "b".into()], 4);
+        hello.handler_limits.insert(handler.into(), limit);
+        codec::encode(&WorkerMessage::Hello(hello)).unwrap()
+    };
+    let err = codec::decode_from_worker(&limited("c", 1), MAX).unwrap_err();
+    assert_eq!(err.code(), ProtocolErrorCode::InvalidMessage);
+    assert!(err.to_string().contains("not one of handlers"), "{err}");
+    let err = codec::decode_from_worker(&limited("a", 0), MAX).unwrap_err();
+    assert_eq!(err.code(), ProtocolErrorCode::InvalidMessage);
+    assert!(err.to_string().contains("at least 1"), "{err}");
+    // A limit above the capacity is valid (it limits nothing), and a hello
+    // without limits sends none.
+    assert!(codec::decode_from_worker(&limited("b", 9), MAX).is_ok());
+    let plain = codec::encode(&WorkerMessage::Hello(WorkerHello::new(
+        "w",
+        vec!["a".into()],
+        1,
+    )));
+    let body = String::from_utf8(plain.unwrap()[1].clone()).unwrap();
+    assert!(!body.contains("handler_limits"), "{body}");
+}
+
 // ---- decode_from_worker agrees with the strict decode ----
 
 /// A result as JSON, possibly broken in one of the ways a worker breaks

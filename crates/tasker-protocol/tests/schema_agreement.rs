@@ -63,6 +63,11 @@ fn hello() -> Value {
            "in_progress": [{"step_id": 1, "attempt": 1, "orchestrator_id": "o-1"}]})
 }
 
+fn limited_hello() -> Value {
+    json!({"type": "hello", "worker_id": "w-1", "handlers": ["echo"], "capacity": 2,
+           "handler_limits": {"echo": 1}})
+}
+
 fn drain() -> Value {
     json!({"type": "drain", "returned": [{"step_id": 1, "attempt": 1, "orchestrator_id": "o-1"}]})
 }
@@ -164,6 +169,15 @@ fn cases() -> Vec<Case> {
             "/worker_id",
             Some(json!("")),
             "/properties/worker_id/minLength",
+            json!(1),
+        ),
+        case(
+            "handler_limits >= 1",
+            hello_file,
+            limited_hello,
+            "/handler_limits/echo",
+            Some(json!(0)),
+            "/properties/handler_limits/additionalProperties/minimum",
             json!(1),
         ),
         case(

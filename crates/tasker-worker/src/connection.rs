@@ -268,6 +268,7 @@ impl Connection {
             handlers: self.shared.handlers.clone(),
             capacity: self.shared.capacity,
             in_progress: self.in_progress(),
+            handler_limits: self.shared.handler_limits.clone(),
             language: Some(self.shared.language.clone()),
             pid: Some(std::process::id()),
         };

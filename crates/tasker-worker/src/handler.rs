@@ -86,6 +86,42 @@ impl std::fmt::Display for HandlerError {
 
 impl std::error::Error for HandlerError {}
 
+/// Options of one handler, given at registration with
+/// [`Worker::handler_with`] or [`Worker::async_handler_with`].
+///
+/// ```
+/// use tasker_worker::HandlerOptions;
+///
+/// // At most 2 steps of this handler at once on this worker.
+/// let options = HandlerOptions::new().concurrency(2);
+/// assert_eq!(options.concurrency, Some(2));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HandlerOptions {
+    /// Most steps of this handler the worker runs at once; `None` (the
+    /// default): as many as its capacity allows. Announced in the hello
+    /// (`handler_limits`) and enforced by the orchestrator, which sends no
+    /// more of its steps while that many are out here; the rest of the
+    /// capacity serves the other handlers. At least 1 (0 fails
+    /// [`Worker::spawn`] with [`WorkerError::InvalidOptions`]); a limit at
+    /// least the capacity limits nothing.
+    pub concurrency: Option<u32>,
+}
+
+impl HandlerOptions {
+    /// No options: the handler is limited by the worker's capacity only.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`concurrency`](Self::concurrency).
+    pub fn concurrency(mut self, limit: u32) -> Self {
+        self.concurrency = Some(limit);
+        self
+    }
+}
+
 /// A Rust worker under construction: handlers and options.
 pub struct Worker {
     options: WorkerOptions,
@@ -124,17 +160,58 @@ impl Worker {
     }
 
     /// Registers a blocking handler, run on the worker's thread pool.
-    pub fn handler<F>(mut self, name: impl Into<String>, f: F) -> Self
+    pub fn handler<F>(self, name: impl Into<String>, f: F) -> Self
     where
         F: Fn(&StepExecutionRequest) -> HandlerResult + Send + Sync + 'static,
     {
-        self.handlers
-            .insert(name.into(), Handler::Sync(Arc::new(f)));
+        self.handler_with(name, HandlerOptions::default(), f)
+    }
+
+    /// Registers a blocking handler with options, such as how many of its
+    /// steps may run at once on this worker:
+    ///
+    /// ```no_run
+    /// use serde_json::json;
+    /// use tasker_worker::{HandlerOptions, Worker};
+    ///
+    /// let worker = Worker::new(tasker_config::TaskerConfig::default())
+    ///     .capacity(8)
+    ///     // A rate-limited API: at most 2 calls at once from this worker;
+    ///     // the other 6 slots serve `resize_image`.
+    ///     .handler_with("call_api", HandlerOptions::new().concurrency(2), |step| {
+    ///         Ok(json!({ "called": step.step_id }))
+    ///     })
+    ///     .handler("resize_image", |_| Ok(json!({ "resized": true })))
+    ///     .spawn()
+    ///     .unwrap();
+    /// ```
+    pub fn handler_with<F>(mut self, name: impl Into<String>, options: HandlerOptions, f: F) -> Self
+    where
+        F: Fn(&StepExecutionRequest) -> HandlerResult + Send + Sync + 'static,
+    {
+        let name = name.into();
+        self.set_options(&name, &options);
+        self.handlers.insert(name, Handler::Sync(Arc::new(f)));
         self
     }
 
     /// Registers an async handler, run on the worker's tokio runtime.
-    pub fn async_handler<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    pub fn async_handler<F, Fut>(self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(StepExecutionRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.async_handler_with(name, HandlerOptions::default(), f)
+    }
+
+    /// Registers an async handler with options (see
+    /// [`handler_with`](Self::handler_with)).
+    pub fn async_handler_with<F, Fut>(
+        mut self,
+        name: impl Into<String>,
+        options: HandlerOptions,
+        f: F,
+    ) -> Self
     where
         F: Fn(StepExecutionRequest) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
@@ -142,9 +219,22 @@ impl Worker {
         let boxed = move |step| -> Pin<Box<dyn Future<Output = HandlerResult> + Send>> {
             Box::pin(f(step))
         };
-        self.handlers
-            .insert(name.into(), Handler::Async(Arc::new(boxed)));
+        let name = name.into();
+        self.set_options(&name, &options);
+        self.handlers.insert(name, Handler::Async(Arc::new(boxed)));
         self
+    }
+
+    /// A handler registered (again) takes these options, and only these.
+    fn set_options(&mut self, name: &str, options: &HandlerOptions) {
+        match options.concurrency {
+            Some(limit) => {
+                self.options.handler_limits.insert(name.to_string(), limit);
+            }
+            None => {
+                self.options.handler_limits.remove(name);
+            }
+        }
     }
 
     /// Connects and starts serving; returns at once.

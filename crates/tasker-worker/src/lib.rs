@@ -61,7 +61,7 @@ mod runtime;
 mod shared;
 
 pub use error::WorkerError;
-pub use handler::{HandlerError, HandlerResult, RunningWorker, Worker};
+pub use handler::{HandlerError, HandlerOptions, HandlerResult, RunningWorker, Worker};
 pub use output::{check_output, check_output_json, serialization_failure};
 pub use runtime::{WorkerOptions, WorkerRuntime};
 pub use shared::RuntimeState;

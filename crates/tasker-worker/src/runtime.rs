@@ -1,6 +1,7 @@
 //! The host-facing half of the worker runtime: the step inbox, the result
 //! outbox and the lifecycle. The socket half lives in [`crate::connection`].
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -29,6 +30,9 @@ use crate::WorkerError;
 /// let mut options = WorkerOptions::new(Default::default(), vec!["echo".into()]);
 /// options.capacity = Some(4);
 /// options.language = "python".into();
+/// // At most 2 steps of `echo` at once on this worker (enforced by the
+/// // orchestrator, SPEC §6.2); the rest of the capacity serves the others.
+/// options.handler_limits.insert("echo".into(), 2);
 /// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -42,6 +46,12 @@ pub struct WorkerOptions {
     pub handlers: Vec<String>,
     /// Unfinished steps held at most; `config.worker_capacity` when `None`.
     pub capacity: Option<u32>,
+    /// Per-handler concurrency limits: handler name → most steps of that
+    /// handler held at once (sent as the hello's `handler_limits`; the
+    /// orchestrator never has more out here). Each name must be one of
+    /// `handlers`, each limit at least 1; a limit at least the capacity
+    /// limits nothing. Empty by default: no handler is limited.
+    pub handler_limits: BTreeMap<String, u32>,
     /// Language announced in the hello (`rust`, `python`, ...).
     pub language: String,
     /// See [`crate::event_loop::keep_raw_steps`].
@@ -56,6 +66,7 @@ impl WorkerOptions {
             worker_id: None,
             handlers,
             capacity: None,
+            handler_limits: BTreeMap::new(),
             language: "rust".into(),
             raw_steps: false,
         }
@@ -117,6 +128,18 @@ impl WorkerRuntime {
                 "capacity must be at least 1".into(),
             ));
         }
+        for (handler, limit) in &options.handler_limits {
+            if !options.handlers.contains(handler) {
+                return Err(WorkerError::InvalidOptions(format!(
+                    "handler {handler:?}: concurrency limit given for a handler not registered"
+                )));
+            }
+            if *limit == 0 {
+                return Err(WorkerError::InvalidOptions(format!(
+                    "handler {handler:?}: concurrency must be at least 1"
+                )));
+            }
+        }
         let worker_id = options.worker_id.unwrap_or_else(|| {
             let uuid = uuid::Uuid::new_v4().simple().to_string();
             format!("{}-{}-{}", options.language, std::process::id(), &uuid[..8])
@@ -125,6 +148,7 @@ impl WorkerRuntime {
             worker_id,
             handlers: options.handlers,
             capacity,
+            handler_limits: options.handler_limits,
             language: options.language,
             config: options.config,
             inbox: Mutex::new(Inbox::default()),
@@ -158,6 +182,11 @@ impl WorkerRuntime {
     /// The handlers announced.
     pub fn handlers(&self) -> &[String] {
         &self.shared.handlers
+    }
+
+    /// The per-handler concurrency limits announced.
+    pub fn handler_limits(&self) -> &BTreeMap<String, u32> {
+        &self.shared.handler_limits
     }
 
     /// Where the runtime is in its life.

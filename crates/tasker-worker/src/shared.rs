@@ -2,7 +2,7 @@
 //! ([`crate::runtime`]) and the socket half ([`crate::connection`]) each
 //! use it, and neither uses the other's insides.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use foldhash::HashSet;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     pub worker_id: String,
     pub handlers: Vec<String>,
     pub capacity: u32,
+    /// Per-handler concurrency limits announced in the hello.
+    pub handler_limits: BTreeMap<String, u32>,
     pub language: String,
     pub config: TaskerConfig,
     pub inbox: Mutex<Inbox>,

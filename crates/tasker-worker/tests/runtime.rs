@@ -251,6 +251,15 @@ fn bad_options_are_refused_with_the_reason() {
         .unwrap_err()
         .to_string()
         .contains("capacity"));
+    for (handler, limit, reason) in [("a", 0, "at least 1"), ("b", 2, "not registered")] {
+        let mut options = WorkerOptions::new(config.clone(), vec!["a".into()]);
+        options.handler_limits.insert(handler.into(), limit);
+        let err = WorkerRuntime::start(options).unwrap_err();
+        assert!(matches!(err, WorkerError::InvalidOptions(_)), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&format!("handler {handler:?}")), "{text}");
+        assert!(text.contains(reason), "{text}");
+    }
     let options = WorkerOptions::new(
         TaskerConfig {
             endpoint: "inproc://nope".into(),

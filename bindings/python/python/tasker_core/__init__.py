@@ -66,7 +66,17 @@ from .errors import (
     WorkerError,
     WorkerRefused,
 )
-from .worker import Handler, HandlerObject, StepOutput, Worker
+from .worker import (
+    AsyncCallNext,
+    AsyncMiddleware,
+    CallNext,
+    Handler,
+    HandlerObject,
+    Middleware,
+    StepOutput,
+    SyncMiddleware,
+    Worker,
+)
 
 __all__ = [
     "Worker",
@@ -74,6 +84,11 @@ __all__ = [
     "StepOutput",
     "Handler",
     "HandlerObject",
+    "Middleware",
+    "SyncMiddleware",
+    "AsyncMiddleware",
+    "CallNext",
+    "AsyncCallNext",
     "TaskerError",
     "HandlerError",
     "RetryableError",

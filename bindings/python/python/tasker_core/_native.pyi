@@ -123,11 +123,14 @@ class WorkerRuntime:
         config: Mapping[str, Any],
         handlers: Sequence[str],
         worker_id: Optional[str] = None,
+        handler_limits: Optional[Mapping[str, int]] = None,
     ) -> None:
         """Starts connecting in the background. `config` is a complete dict
         as load_config returns (resolved again as options over the built-in
         defaults: ConfigError names a bad key); `handlers` the names
-        announced."""
+        announced; `handler_limits` the most steps of each named handler
+        held at once (each a handler of `handlers`, at least 1: else
+        ConfigError), enforced by the orchestrator."""
     @property
     def worker_id(self) -> str: ...
     @property

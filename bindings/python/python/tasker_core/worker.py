@@ -21,6 +21,9 @@ credit, reconnects, drain and goodbye. This module only runs handlers:
 
 The numbers come from the native module (``tasker_worker::policy`` in Rust,
 shared with every SDK): ``handler_threads`` and ``chunk_size``.
+
+Middleware (:meth:`Worker.use`) wrap each handler call where the handler
+runs: sync ones on the pulling thread, ``async def`` ones on the event loop.
 """
 
 from __future__ import annotations
@@ -61,7 +64,17 @@ from ._native import Step
 from .error_types import UNKNOWN_HANDLER
 from .errors import TaskerError
 
-__all__ = ["Worker", "Handler", "HandlerObject", "StepOutput"]
+__all__ = [
+    "Worker",
+    "Handler",
+    "HandlerObject",
+    "StepOutput",
+    "Middleware",
+    "SyncMiddleware",
+    "AsyncMiddleware",
+    "CallNext",
+    "AsyncCallNext",
+]
 
 log = logging.getLogger("tasker_core.worker")
 
@@ -105,6 +118,54 @@ Handler = Union[
     Type[HandlerObject],
 ]
 HandlerT = TypeVar("HandlerT", bound=Handler)
+
+#: What a sync middleware calls to go on: the next middleware, or at the end
+#: the handler; returns the step's output.
+CallNext = Callable[[Step], StepOutput]
+#: What an ``async def`` middleware awaits to go on.
+AsyncCallNext = Callable[[Step], Awaitable[StepOutput]]
+#: A middleware around sync handlers, run on the handler's thread:
+#: ``def mw(step, call_next)`` returning the step's output (usually
+#: ``call_next(step)``'s).
+SyncMiddleware = Callable[[Step, CallNext], StepOutput]
+#: A middleware around ``async def`` handlers, run on the event loop:
+#: ``async def mw(step, call_next)`` returning ``await call_next(step)``'s
+#: value (or another output).
+AsyncMiddleware = Callable[[Step, AsyncCallNext], Awaitable[StepOutput]]
+#: What :meth:`Worker.use` takes.
+Middleware = Union[SyncMiddleware, AsyncMiddleware]
+MiddlewareT = TypeVar("MiddlewareT", bound=Middleware)
+
+
+def _is_async(fn: Any) -> bool:
+    """Whether calling ``fn`` gives a coroutine (an ``async def`` function or
+    an object whose ``__call__`` is one)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)
+    )
+
+
+def _link(
+    middleware: Callable[[Step, Any], Any], call_next: Callable[[Step], Any]
+) -> Callable[[Step], Any]:
+    # One closure per middleware and handler, made at start: a call goes
+    # through no list walk. Frames of this file are left out of backtraces.
+    def link(step: Step) -> Any:
+        return middleware(step, call_next)
+
+    return link
+
+
+def _chain(
+    handler: Callable[[Step], Any], middleware: Sequence[Callable[[Step, Any], Any]]
+) -> Callable[[Step], Any]:
+    """``handler`` inside ``middleware``, the first registered outermost;
+    the handler itself when there is none."""
+    fn = handler
+    for mw in reversed(middleware):
+        fn = _link(mw, fn)
+    return fn
+
 
 #: Longest a finished result waits for the rest of its chunk, in seconds.
 _FLUSH_AFTER = 0.002
@@ -262,6 +323,22 @@ def _unexpected_keyword(cls: type, name: str) -> TypeError:
     return TypeError(f"{message}; the keywords are: {', '.join(allowed)}")
 
 
+def _check_concurrency(name: str, concurrency: Any) -> None:
+    """A handler's ``concurrency`` option: ``None`` or an int from 1 to
+    2**32 - 1, else ``TypeError`` (not an int) or ``ConfigError``."""
+    if concurrency is None:
+        return
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+        raise TypeError(
+            f"handler {name!r}: concurrency must be an int, got {type(concurrency).__name__}"
+        )
+    if not 1 <= concurrency <= 0xFFFF_FFFF:
+        raise _native.ConfigError(
+            f"handler {name!r}: concurrency must be at least 1 (and at most 4294967295),"
+            f" got {concurrency}"
+        )
+
+
 class Worker:
     """A tasker worker serving steps with Python handlers.
 
@@ -351,6 +428,14 @@ class Worker:
         self._log_level = log_level
         self._sync: Dict[str, Callable[[Step], Any]] = {}
         self._async: Dict[str, Callable[[Step], Awaitable[Any]]] = {}
+        # Per-handler concurrency limits (see register()), by name.
+        self._limits: Dict[str, int] = {}
+        # Middleware, in registration order, by kind (see use()); the
+        # handlers wrapped in them, by name, are made at start().
+        self._sync_middleware: List[Callable[[Step, Any], Any]] = []
+        self._async_middleware: List[Callable[[Step, Any], Any]] = []
+        self._run_sync: Dict[str, Callable[[Step], Any]] = {}
+        self._run_async: Dict[str, Callable[[Step], Awaitable[Any]]] = {}
         self._rt: Optional[_native.WorkerRuntime] = None
         self._runner: Optional[_AsyncRunner] = None
         self._pumps: List[threading.Thread] = []
@@ -414,22 +499,26 @@ class Worker:
 
     # -- registration -----------------------------------------------------
 
-    def handler(self, name: str) -> Callable[[HandlerT], HandlerT]:
+    def handler(
+        self, name: str, *, concurrency: Optional[int] = None
+    ) -> Callable[[HandlerT], HandlerT]:
         """Decorator registering a function, an ``async def`` function, or a
         class with a ``call(step)`` method (instantiated without arguments)
         as the handler called ``name``; returns it unchanged.
+        ``concurrency`` is as in :meth:`register`.
 
         Typed: the decorated object must take a :class:`Step` and return a
         :data:`StepOutput` (or an awaitable of one), so a type checker
         refuses a handler with another signature."""
+        _check_concurrency(name, concurrency)
 
         def register(fn: HandlerT) -> HandlerT:
-            self.register(name, fn)
+            self.register(name, fn, concurrency=concurrency)
             return fn
 
         return register
 
-    def register(self, name: str, handler: Handler) -> None:
+    def register(self, name: str, handler: Handler, *, concurrency: Optional[int] = None) -> None:
         """Registers ``handler`` under ``name``.
 
         ``handler`` is a callable taking the :class:`Step`, an object with a
@@ -437,9 +526,18 @@ class Worker:
         without arguments). ``async def`` callables run on the event loop.
         Its return value is the step's output: JSON data (see
         :data:`StepOutput`).
+
+        ``concurrency``: at most this many steps of this handler at once on
+        this worker (e.g. a handler calling a rate-limited API); the other
+        handlers use the rest of its capacity. Announced to the
+        orchestrator, which sends no more of its steps while that many are
+        out here. ``None`` (default): limited by ``capacity`` only. A
+        non-integer is a ``TypeError``, a value below 1 a
+        :class:`ConfigError`.
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"handler name must be a non-empty string, got {name!r}")
+        _check_concurrency(name, concurrency)
         if self._rt is not None:
             raise _native.WorkerError("register handlers before the worker starts")
         obj: Any = handler() if isinstance(handler, type) else handler
@@ -459,11 +557,76 @@ class Worker:
             self._async[name] = fn
         else:
             self._sync[name] = fn
+        if concurrency is None:
+            self._limits.pop(name, None)
+        else:
+            self._limits[name] = concurrency
 
     @property
     def handlers(self) -> List[str]:
         """Names of the registered handlers, sorted."""
         return sorted([*self._sync, *self._async])
+
+    def use(self, middleware: MiddlewareT) -> MiddlewareT:
+        """Adds ``middleware`` around every handler call; returns it
+        unchanged (so ``@worker.use`` decorates a function).
+
+        A middleware is ``def mw(step, call_next)``: it runs around the
+        handler on the thread that runs the handler and returns the step's
+        output, usually ``call_next(step)``'s. ``async def mw(step,
+        call_next)`` is the same around ``async def`` handlers, on the event
+        loop: it returns ``await call_next(step)``'s value. A sync
+        middleware wraps the sync handlers only and an ``async def`` one the
+        async handlers only (a sync one cannot wait for an async handler
+        without blocking the loop, nor an async one run a sync handler
+        without blocking it). So once any middleware is added, every kind of
+        handler the worker has needs middleware of its kind: :meth:`start`
+        raises :class:`ConfigError` naming the handlers none wraps.
+
+        Middleware run in the order they were added, the first outermost.
+        What one returns is the step's output (checked as JSON, like a
+        handler's); one that does not call ``call_next`` skips the handler
+        and the rest of the chain. An exception from a middleware or the
+        handler goes out through the middleware around it (which may catch
+        it) and fails the step exactly as a handler's exception does
+        (``error_type`` and ``retryable`` as usual).
+
+        Raises :class:`WorkerError` once the worker has started and
+        ``TypeError`` when ``middleware`` is not callable.
+        """
+        if self._rt is not None:
+            raise _native.WorkerError("add middleware before the worker starts")
+        if not callable(middleware):
+            raise TypeError(
+                f"middleware must be callable as mw(step, call_next), got {type(middleware).__name__}"
+            )
+        if _is_async(middleware):
+            self._async_middleware.append(middleware)
+        else:
+            self._sync_middleware.append(middleware)
+        return middleware
+
+    def _wrap_handlers(self) -> None:
+        """The handlers inside their middleware (start()). With middleware,
+        every handler must have some of its kind: a tracing middleware
+        silently missing half the handlers is worse than an error."""
+        if self._sync_middleware or self._async_middleware:
+            for handlers, middleware, kind in (
+                (self._sync, self._sync_middleware, "sync (def)"),
+                (self._async, self._async_middleware, "async def"),
+            ):
+                if handlers and not middleware:
+                    raise _native.ConfigError(
+                        f"no {kind} middleware wraps handler(s) {', '.join(sorted(handlers))}: "
+                        f"the middleware added with use() are all of the other kind, which "
+                        f"cannot wrap them; add a {kind} middleware too"
+                    )
+        self._run_sync = {
+            name: _chain(fn, self._sync_middleware) for name, fn in self._sync.items()
+        }
+        self._run_async = {
+            name: _chain(fn, self._async_middleware) for name, fn in self._async.items()
+        }
 
     # -- state ------------------------------------------------------------
 
@@ -522,9 +685,13 @@ class Worker:
         with self._lock:
             if self._rt is not None:
                 raise _native.WorkerError("this worker was already started")
+            self._wrap_handlers()
             _logging.enable_log_bridge(self._log_level)
             rt = _native.WorkerRuntime(
-                self.config, self.handlers, worker_id=self._worker_id
+                self.config,
+                self.handlers,
+                worker_id=self._worker_id,
+                handler_limits=self._limits,
             )
             self._rt = rt
             if self._async:
@@ -656,7 +823,7 @@ class Worker:
     def _pump(self, chunk: int) -> None:
         rt = self._rt
         assert rt is not None
-        sync = self._sync
+        sync = self._run_sync  # the handlers inside their middleware
         runner = self._runner
         perf = time.perf_counter
         flush_after = _FLUSH_AFTER
@@ -701,7 +868,7 @@ class Worker:
                 rt.complete_many(done)
 
     def _hand_over_async(self, steps: List[Step], runner: _AsyncRunner) -> List[Step]:
-        asynchronous = self._async
+        asynchronous = self._run_async  # the handlers inside their middleware
         items = []
         rest = []
         for step in steps:

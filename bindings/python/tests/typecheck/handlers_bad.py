@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Dict, Set
 
-from tasker_core import PermanentError, RetryableError, Step, Worker
+from tasker_core import AsyncCallNext, CallNext, PermanentError, RetryableError, Step, Worker
 
 worker = Worker(endpont="tcp://127.0.0.1:5555")  # E: Unexpected keyword argument "endpont" for "Worker"; did you mean "endpoint"?
 Worker(worker_capacity=4)  # E: Unexpected keyword argument "worker_capacity" for "Worker"
@@ -67,3 +67,21 @@ worker.register("call_without_step", CallWithoutStep())  # E: Argument 2 to "reg
 worker.register("not_callable", 42)  # E: Argument 2 to "register" of "Worker" has incompatible type "int"
 PermanentError("bad", error_type=3)  # E: Argument "error_type" to "PermanentError" has incompatible type "int"; expected "str | None"
 RetryableError("bad", retryable="yes")  # E: Argument "retryable" to "RetryableError" has incompatible type "str"
+
+
+@worker.use  # E: Value of type variable "MiddlewareT" of "use" of "Worker" cannot be "Callable[[Step], int]"
+def middleware_without_next(step: Step) -> int:
+    return 1
+
+
+@worker.use  # E: Value of type variable "MiddlewareT" of "use" of "Worker" cannot be "Callable[[Step, Callable[[Step], StepOutput]], set[int]]"
+def middleware_returns_a_set(step: Step, call_next: CallNext) -> Set[int]:
+    return {step.step_id}
+
+
+@worker.use  # E: Value of type variable "MiddlewareT" of "use" of "Worker" cannot be "Callable[[Step, Callable[[Step], Awaitable[StepOutput]]], int]"
+def sync_middleware_with_async_next(step: Step, call_next: AsyncCallNext) -> int:
+    return 1
+
+
+worker.use(42)  # E: Value of type variable "MiddlewareT" of "use" of "Worker" cannot be "int"

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Optional, TypedDict
 
 from tasker_core import (
+    AsyncCallNext,
+    CallNext,
     HandlerError,
     HandlerObject,
     PermanentError,
@@ -114,6 +117,12 @@ class Mailer:
 
 
 worker.register("mail", Mailer("orders@example.invalid"))
+worker.register("mail_slowly", Mailer("orders@example.invalid"), concurrency=2)
+
+
+@worker.handler("rate_limited", concurrency=1)
+def rate_limited(step: Step) -> StepOutput:
+    return None
 worker.register("noop", lambda step: None)
 worker.register("decide", lambda step: HandlerError("x", error_type="Decided", retryable=True).message)
 
@@ -123,3 +132,35 @@ later: Callable[[Step], Awaitable[Dict[str, str]]] = charge_card
 handler_object: HandlerObject = Mailer("x")
 state: str = worker.state
 names: List[str] = worker.handlers
+
+
+# Middleware: sync ones around sync handlers, async def ones around async
+# handlers; use() returns the middleware unchanged, so it decorates too.
+@worker.use
+def timing(step: Step, call_next: CallNext) -> StepOutput:
+    started = time.perf_counter()
+    try:
+        return call_next(step)
+    finally:
+        print(step.handler_class, time.perf_counter() - started)
+
+
+@worker.use
+async def async_timing(step: Step, call_next: AsyncCallNext) -> StepOutput:
+    started = time.perf_counter()
+    output = await call_next(step)
+    print(step.handler_class, time.perf_counter() - started)
+    return output
+
+
+def wrap_output(step: Step, call_next: Callable[[Step], StepOutput]) -> Dict[str, object]:
+    return {"wrapped": call_next(step)}
+
+
+def short_circuit(step: Step, call_next: CallNext) -> List[int]:
+    return [step.step_id]
+
+
+worker.use(wrap_output)
+used: Callable[[Step, CallNext], List[int]] = worker.use(short_circuit)
+worker.use(lambda step, call_next: call_next(step))

@@ -47,12 +47,56 @@ module TaskerCore
   #   end
   class WorkerRefused < WorkerError; end
 
+  # Raised by a handler: the step failed, with {#error_type} (default: the
+  # class name) and a retryability decided when it is raised. Without
+  # `retryable:`, the worker's `default_retryable` decides, as for any other
+  # exception. {RetryableError} and {PermanentError} are its subclasses for
+  # failures whose kind fixes the retryability.
+  #
+  # @example Retryability decided at run time
+  #   raise TaskerCore::HandlerError.new("rate limited", error_type: "RateLimited",
+  #                                      retryable: step.attempt < 3)
+  class HandlerError < Error
+    # @param message [String]
+    # @param error_type [String, nil] reported instead of the class name
+    # @param retryable [Boolean, nil] nil: the worker's `default_retryable`
+    # @raise [ArgumentError] for an empty `error_type` or a `retryable:`
+    #   that is not true, false or nil
+    def initialize(message = nil, error_type: nil, retryable: nil)
+      unless error_type.nil? || ((error_type.is_a?(String) || error_type.is_a?(Symbol)) && !error_type.empty?)
+        raise ArgumentError, "error_type must be a non-empty String, got #{error_type.inspect[0, 80]}"
+      end
+      unless [true, false, nil].include?(retryable)
+        raise ArgumentError, "retryable must be true, false or nil, got #{retryable.inspect[0, 80]}"
+      end
+
+      super(message, error_type: error_type)
+      @retryable = retryable
+    end
+
+    # @return [Boolean, nil] the `retryable:` given; nil leaves it to the
+    #   worker's `default_retryable`
+    def retryable?
+      @retryable
+    end
+  end
+
   # Raised by a handler: the step failed and may succeed if tried again
   # (`retryable: true`). Subclass it to report your own `error_type`:
   #
   #   class GatewayBusy < TaskerCore::RetryableError; end
   #   raise GatewayBusy, "try later"          # error_type "GatewayBusy"
-  class RetryableError < Error
+  class RetryableError < HandlerError
+    # @raise [ArgumentError] for `retryable: false` (use {HandlerError})
+    def initialize(message = nil, error_type: nil, retryable: nil)
+      if retryable == false
+        raise ArgumentError, "a RetryableError is always retryable (#{self.class.name}); " \
+                             "to decide at run time, raise HandlerError.new(message, error_type: ..., retryable: ...)"
+      end
+
+      super
+    end
+
     # @return [true]
     def retryable?
       true
@@ -63,7 +107,17 @@ module TaskerCore
   # (`retryable: false`).
   #
   #   raise TaskerCore::PermanentError, "amount must be positive"
-  class PermanentError < Error
+  class PermanentError < HandlerError
+    # @raise [ArgumentError] for `retryable: true` (use {HandlerError})
+    def initialize(message = nil, error_type: nil, retryable: nil)
+      if retryable == true
+        raise ArgumentError, "a PermanentError is never retryable (#{self.class.name}); " \
+                             "to decide at run time, raise HandlerError.new(message, error_type: ..., retryable: ...)"
+      end
+
+      super
+    end
+
     # @return [false]
     def retryable?
       false

@@ -89,6 +89,8 @@ module TaskerCore
       @logger = logger || TaskerCore.logger
       @default_retryable = @config.default_retryable?
       @handlers = {}
+      @limits = {}
+      @middleware = []
       @mutex = Mutex.new
       @native = nil
       @pool = []
@@ -105,29 +107,94 @@ module TaskerCore
     # true, false, nil; symbols become strings).
     #
     # @param name [String, Symbol] the handler class steps name
+    # @param concurrency [Integer, nil] as in {#register}
     # @yieldparam step [Step]
     # @return [self]
-    def handle(name, &block)
+    def handle(name, concurrency: nil, &block)
       raise ArgumentError, "handle(#{name.inspect}) needs a block" unless block
 
-      register(name, block)
+      register(name, block, concurrency: concurrency)
     end
 
     # Registers any object responding to `#call(step)` as the handler of
     # `name`.
     #
+    # `concurrency`: at most this many steps of this handler at once on
+    # this worker (e.g. a handler calling a rate-limited API); the other
+    # handlers use the rest of its capacity. Announced to the orchestrator,
+    # which sends no more of its steps while that many are out here. `nil`
+    # (default): limited by the capacity only.
+    #
+    # @example
+    #   worker.register("charge_card", ChargeCard.new, concurrency: 2)
     # @param name [String, Symbol]
     # @param callable [#call]
+    # @param concurrency [Integer, nil] at least 1
     # @return [self]
-    def register(name, callable)
+    # @raise [ConfigError] when `concurrency` is not an Integer of at least 1
+    def register(name, callable, concurrency: nil)
       name = name.to_s
       raise ArgumentError, "handler name must not be empty" if name.empty?
       raise ArgumentError, "handler for #{name.inspect} does not respond to #call" unless callable.respond_to?(:call)
 
+      check_concurrency(name, concurrency)
       @mutex.synchronize do
         raise Error, "cannot add handlers to a started worker" if @native
 
         @handlers[name] = callable
+        if concurrency.nil?
+          @limits.delete(name)
+        else
+          @limits[name] = concurrency
+        end
+      end
+      self
+    end
+
+    # Adds a middleware around every handler call, Sidekiq style: an object
+    # whose `call(step)` yields to go on (to the next middleware, at the end
+    # the handler) and returns the step's output, usually what `yield`
+    # returned. A class is instantiated with the other arguments, as Rack's
+    # and Sidekiq's `use`/`add` do.
+    #
+    # Middleware run in the order they were added, the first outermost, on
+    # the handler's thread. What a middleware returns is the step's output
+    # (checked as JSON, like a handler's); one that does not yield skips the
+    # handler and the rest of the chain. An exception from a middleware or
+    # the handler goes out through the middleware around it and fails the
+    # step exactly as a handler's exception does.
+    #
+    # @example Timing every handler
+    #   class Timing
+    #     def call(step)
+    #       started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    #       yield
+    #     ensure
+    #       METRICS.observe(step.handler_class, Process.clock_gettime(Process::CLOCK_MONOTONIC) - started)
+    #     end
+    #   end
+    #   worker.use(Timing.new)  # or worker.use(Timing)
+    #
+    # @param middleware [#call, Class] a middleware, or its class
+    # @param args arguments of the class's `new`
+    # @return [self]
+    # @raise [ArgumentError] when it does not respond to #call, or arguments
+    #   come with an instance
+    # @raise [Error] once the worker has started
+    def use(middleware, *args, **kwargs)
+      if middleware.is_a?(Class)
+        middleware = middleware.new(*args, **kwargs)
+      elsif !args.empty? || !kwargs.empty?
+        raise ArgumentError, "use(middleware, ...) takes arguments only with a middleware class, for its new"
+      end
+      unless middleware.respond_to?(:call)
+        raise ArgumentError, "middleware #{middleware.inspect[0, 80]} does not respond to #call"
+      end
+
+      @mutex.synchronize do
+        raise Error, "cannot add middleware to a started worker" if @native
+
+        @middleware << middleware
       end
       self
     end
@@ -159,8 +226,9 @@ module TaskerCore
         raise Error, "no handlers registered: call #handle or #register first" if @handlers.empty?
 
         @handlers.freeze
+        @middleware.freeze
         Logging.start
-        @native = Native::Runtime.new(@config.to_h, @handlers.keys, @capacity, @worker_id)
+        @native = Native::Runtime.new(@config.to_h, @handlers.keys, @capacity, @worker_id, @limits)
         @pool = Array.new(@threads) { |i| spawn_thread("tasker-worker-#{i}") { pump } }
         @watcher = spawn_thread("tasker-watch") { watch }
       end
@@ -252,6 +320,14 @@ module TaskerCore
       Integer(value)
     rescue ArgumentError, TypeError
       raise ConfigError, "#{name} must be an Integer, got #{value.inspect}"
+    end
+
+    # A handler's `concurrency:`: nil, or an Integer from 1 to 2**32 - 1.
+    def check_concurrency(name, value)
+      return if value.nil?
+      return if value.is_a?(Integer) && value.between?(1, 0xFFFF_FFFF)
+
+      raise ConfigError, "handler #{name.inspect}: concurrency must be an Integer of at least 1, got #{value.inspect}"
     end
 
     def monotonic
@@ -358,13 +434,22 @@ module TaskerCore
         step._fail(ErrorTypes::UNKNOWN_HANDLER, "this worker has no handler #{step.handler_class.inspect}", false, nil)
         return
       end
-      problem = step._succeed(handler.call(step))
+      output = @middleware.empty? ? handler.call(step) : call_chain(0, step, handler)
+      problem = step._succeed(output)
       @logger&.warn("tasker_core") { "step #{step.step_id}: #{problem}" } if problem
     rescue StandardError, ScriptError => e
       # NotImplementedError is a ScriptError, not a StandardError: without
       # it here, a handler raising it would kill this thread and leave its
       # step unanswered instead of failing it.
       record_error(step, e)
+    end
+
+    # The middleware from `index` on, then the handler.
+    def call_chain(index, step, handler)
+      middleware = @middleware[index]
+      return handler.call(step) unless middleware
+
+      middleware.call(step) { call_chain(index + 1, step, handler) }
     end
 
     def record_error(step, error)

@@ -18,6 +18,10 @@ impl Dispatcher {
                 capacity: c.capacity,
                 in_flight: c.in_flight(),
                 handlers: Arc::clone(&c.handlers),
+                room: c
+                    .limits
+                    .as_deref()
+                    .map(|limits| c.handlers.iter().map(|h| limits.room(h)).collect()),
             })
             .collect();
         if candidates.is_empty() {
@@ -140,6 +144,13 @@ impl Dispatcher {
                 );
                 if let Some(c) = self.registry.get_mut(conn) {
                     tracing::debug!(worker_id = %c.worker_id, %batch_id, steps = n, "delivered");
+                    if let Some(limits) = c.limits.as_deref_mut() {
+                        for step in &picked {
+                            if let Some(entry) = self.steps.get(step.step_id) {
+                                limits.occupy(*step, &entry.handler);
+                            }
+                        }
+                    }
                     c.occupied.extend(picked);
                 }
                 Metrics::add(&self.channels.metrics.dispatched, n);

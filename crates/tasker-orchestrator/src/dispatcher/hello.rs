@@ -1,6 +1,8 @@
 //! Registration: a hello registers its connection, re-registers it, takes
 //! over a reconnecting worker's old connection, or is refused (§6.6).
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 impl Dispatcher {
@@ -16,7 +18,8 @@ impl Dispatcher {
             .copied()
             .filter(|step| self.steps.is_orphan(*step))
             .collect();
-        let registration = registry::Hello {
+        let announced = hello.handler_limits;
+        let mut registration = registry::Hello {
             worker_id: hello.worker_id,
             handlers: hello.handlers,
             capacity: hello.capacity,
@@ -24,6 +27,7 @@ impl Dispatcher {
             foreign,
             language: hello.language,
             pid: hello.pid,
+            limits: None,
         };
         let conn = match conn {
             Some(conn) => {
@@ -46,6 +50,16 @@ impl Dispatcher {
                         &routing_id,
                         ProtocolErrorCode::WorkerIdInUse,
                         message,
+                    );
+                }
+                if !announced.is_empty() {
+                    // What it holds already counts, and what it lists.
+                    let held = current.occupied.iter().chain(&registration.mine).copied();
+                    registration.limits = self.limits_for(
+                        &announced,
+                        registration.capacity,
+                        held,
+                        current.limits.as_deref(),
                     );
                 }
                 self.registry.reregister(conn, registration);
@@ -81,6 +95,19 @@ impl Dispatcher {
                         &routing_id,
                         ProtocolErrorCode::RegistryFull,
                         message,
+                    );
+                }
+                if !announced.is_empty() {
+                    // The steps it lists count, whichever connection
+                    // holds them now.
+                    let known = holder
+                        .and_then(|old| self.registry.get(old))
+                        .and_then(|c| c.limits.as_deref());
+                    registration.limits = self.limits_for(
+                        &announced,
+                        registration.capacity,
+                        registration.mine.iter().copied(),
+                        known,
                     );
                 }
                 let claimed = holder.map(|_| registration.mine.clone());
@@ -122,6 +149,33 @@ impl Dispatcher {
                 "worker reclaimed steps dispatched before the restart"
             );
         }
+    }
+
+    /// The per-handler limits a hello announced (`None` when none is
+    /// below its capacity), with the steps its connection will hold counted
+    /// against them: each under its handler, as the step table knows it or,
+    /// for a step already ended there (timed out, still running), as
+    /// `known` (the connection that held it) counted it.
+    fn limits_for(
+        &self,
+        announced: &BTreeMap<String, u32>,
+        capacity: u32,
+        held: impl Iterator<Item = StepRef>,
+        known: Option<&registry::Limits>,
+    ) -> Option<Box<registry::Limits>> {
+        let mut limits = registry::Limits::new(announced, capacity)?;
+        for step in held {
+            let handler = self
+                .steps
+                .get(step.step_id)
+                .filter(|e| e.step_ref() == step)
+                .map(|e| e.handler.as_str())
+                .or_else(|| known.and_then(|k| k.handler_of(&step)));
+            if let Some(handler) = handler {
+                limits.occupy(step, handler);
+            }
+        }
+        Some(limits)
     }
 
     pub(super) fn send_welcome(&mut self, conn: ConnId, routing_id: &[u8]) {
@@ -201,7 +255,7 @@ impl Dispatcher {
         let mut moved = 0;
         for step in claimed {
             // Claimed slots are the new connection's now, held or not.
-            c.occupied.remove(step);
+            c.release(step);
             if self.steps.move_to(*step, old, new) {
                 moved += 1;
             }
@@ -230,7 +284,7 @@ impl Dispatcher {
             if let Some(old) = old {
                 if self.steps.move_to(step, old, conn) {
                     if let Some(c) = self.registry.get_mut(old) {
-                        c.occupied.remove(&step);
+                        c.release(&step);
                     }
                     if let Some(c) = self.registry.get_mut(conn) {
                         c.occupied.insert(step);

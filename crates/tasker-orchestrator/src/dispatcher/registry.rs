@@ -8,7 +8,7 @@
 //! a worker) and keeps the steps the new hello did not claim until their
 //! results come in on it or its liveness runs out.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,86 @@ pub(crate) type StepSet = foldhash::HashSet<StepRef>;
 
 /// A ZeroMQ routing id, as the `ROUTER` prefixes it.
 pub(crate) type RoutingId = Vec<u8>;
+
+/// The per-handler limits of a connection whose hello set any (SPEC §6.2):
+/// how many steps each limited handler may have out there, and which held
+/// steps count against them. A connection without limits has none of this,
+/// so its steps cost nothing here.
+#[derive(Debug, Default)]
+pub(crate) struct Limits {
+    /// Limited handler → its limit and the steps of it held now.
+    handlers: foldhash::HashMap<Arc<str>, Slots>,
+    /// Held steps of limited handlers, with their handler.
+    held: foldhash::HashMap<StepRef, Arc<str>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slots {
+    limit: u32,
+    held: u32,
+}
+
+impl Limits {
+    /// The limits a hello announced; a limit at least `capacity` limits
+    /// nothing and is left out. `None` when no handler is limited.
+    pub fn new(announced: &BTreeMap<String, u32>, capacity: u32) -> Option<Box<Self>> {
+        let handlers: foldhash::HashMap<Arc<str>, Slots> = announced
+            .iter()
+            .filter(|(_, limit)| **limit < capacity)
+            .map(|(handler, limit)| {
+                let slots = Slots {
+                    limit: *limit,
+                    held: 0,
+                };
+                (Arc::from(handler.as_str()), slots)
+            })
+            .collect();
+        (!handlers.is_empty()).then(|| {
+            Box::new(Self {
+                handlers,
+                held: Default::default(),
+            })
+        })
+    }
+
+    /// How many more steps of `handler` may go out: `usize::MAX` for a
+    /// handler without a limit.
+    pub fn room(&self, handler: &str) -> usize {
+        self.handlers
+            .get(handler)
+            .map_or(usize::MAX, |s| s.limit.saturating_sub(s.held) as usize)
+    }
+
+    /// A step of `handler` is held now (counted once however often it is
+    /// said).
+    pub fn occupy(&mut self, step: StepRef, handler: &str) {
+        let Some((name, _)) = self.handlers.get_key_value(handler) else {
+            return;
+        };
+        if self.held.contains_key(&step) {
+            return;
+        }
+        let name = Arc::clone(name);
+        if let Some(slots) = self.handlers.get_mut(handler) {
+            slots.held += 1;
+        }
+        self.held.insert(step, name);
+    }
+
+    /// A held step is not any more.
+    pub fn release(&mut self, step: &StepRef) {
+        if let Some(handler) = self.held.remove(step) {
+            if let Some(slots) = self.handlers.get_mut(&handler) {
+                slots.held = slots.held.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The handler of a held step of a limited handler.
+    pub fn handler_of(&self, step: &StepRef) -> Option<&str> {
+        self.held.get(step).map(|h| &**h)
+    }
+}
 
 pub(crate) struct Conn {
     pub routing_id: RoutingId,
@@ -48,9 +128,23 @@ pub(crate) struct Conn {
     pub retired: bool,
     pub language: Option<String>,
     pub pid: Option<u32>,
+    /// Per-handler limits, when its hello set any below its capacity.
+    pub limits: Option<Box<Limits>>,
 }
 
 impl Conn {
+    /// A slot of this connection is free again: the step's result came, or
+    /// it was given back or moved. False if the connection did not hold it.
+    pub fn release(&mut self, step: &StepRef) -> bool {
+        if !self.occupied.remove(step) {
+            return false;
+        }
+        if let Some(limits) = self.limits.as_deref_mut() {
+            limits.release(step);
+        }
+        true
+    }
+
     pub fn in_flight(&self) -> usize {
         self.occupied.len() + self.foreign.len()
     }
@@ -78,6 +172,9 @@ pub(crate) struct Hello {
     pub foreign: HashSet<HeldStep>,
     pub language: Option<String>,
     pub pid: Option<u32>,
+    /// Its limits, with the held steps (of `mine`, and for a hello again
+    /// those held already) counted.
+    pub limits: Option<Box<Limits>>,
 }
 
 pub(crate) struct Registry {
@@ -153,6 +250,7 @@ impl Registry {
                 retired: false,
                 language: hello.language,
                 pid: hello.pid,
+                limits: hello.limits,
             },
         );
         id
@@ -169,6 +267,7 @@ impl Registry {
             c.draining = false;
             c.language = hello.language;
             c.pid = hello.pid;
+            c.limits = hello.limits;
         }
     }
 
@@ -249,6 +348,7 @@ mod tests {
             foreign: HashSet::new(),
             language: None,
             pid: None,
+            limits: None,
         }
     }
 

@@ -126,7 +126,7 @@ impl Dispatcher {
 
     pub(super) fn free_slot(&mut self, conn: ConnId, step: StepRef) {
         if let Some(c) = self.registry.get_mut(conn) {
-            if c.occupied.remove(&step) {
+            if c.release(&step) {
                 self.dispatch_needed = true;
             }
         }
@@ -149,7 +149,7 @@ impl Dispatcher {
                 continue;
             }
             let step = held.step_ref();
-            c.occupied.remove(&step);
+            c.release(&step);
             // Given back unstarted: safe to deliver elsewhere, with a fresh
             // schedule-to-start deadline.
             if self.steps.held_by(step, conn) {

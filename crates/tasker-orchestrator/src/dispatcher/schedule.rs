@@ -18,6 +18,10 @@ pub(crate) struct Candidate {
     /// Slots occupied now.
     pub in_flight: usize,
     pub handlers: Arc<[String]>,
+    /// For a worker with per-handler limits: how many more steps of
+    /// `handlers[i]` it may be sent (`usize::MAX` for one without a
+    /// limit). `None`, the usual case: no handler is limited.
+    pub room: Option<Vec<usize>>,
 }
 
 /// One `step_batch_request` to send: `per_handler[i]` steps of
@@ -43,7 +47,9 @@ impl Delivery {
 ///   once its free credit reaches max(1, min(`batch_size`, steps queued,
 ///   ⌈capacity / 2⌉)), so freed slots are filled in batches rather than
 ///   one step per message (Nagle for steps);
-/// * a worker's handlers are served round robin.
+/// * a worker's handlers are served round robin;
+/// * a handler with a limit on a worker gets at most its room there, and
+///   only what the worker may be sent counts as queued for its threshold.
 pub(crate) fn plan(
     candidates: &[Candidate],
     queued: &HashMap<String, usize>,
@@ -57,20 +63,37 @@ pub(crate) fn plan(
     let mut plan = Vec::new();
     for candidate in order {
         let mut in_flight = candidate.in_flight;
+        let mut room = candidate.room.clone();
         loop {
             if total == 0 {
                 return plan;
             }
             let free = (candidate.capacity as usize).saturating_sub(in_flight);
             let take = free.min(batch_size);
-            let threshold = batch_size
+            let mut threshold = batch_size
                 .min(total)
-                .min((candidate.capacity as usize).div_ceil(2))
-                .max(1);
+                .min((candidate.capacity as usize).div_ceil(2));
+            if let Some(room) = &room {
+                // Steps it may not be sent now do not make it wait for more
+                // credit: a limited handler's count only up to its room.
+                let sendable: usize = candidate
+                    .handlers
+                    .iter()
+                    .zip(room)
+                    .map(|(h, r)| remaining.get(h.as_str()).map_or(0, |n| (*n).min(*r)))
+                    .fold(0, usize::saturating_add);
+                threshold = threshold.min(sendable);
+            }
+            let threshold = threshold.max(1);
             if take == 0 || (free < threshold && in_flight > 0) {
                 break;
             }
-            let per_handler = round_robin(&candidate.handlers, &mut remaining, take);
+            let per_handler = round_robin(
+                &candidate.handlers,
+                &mut remaining,
+                take,
+                room.as_deref_mut(),
+            );
             let n: usize = per_handler.iter().sum();
             if n == 0 {
                 break;
@@ -94,6 +117,7 @@ fn round_robin(
     handlers: &[String],
     remaining: &mut HashMap<&str, usize>,
     take: usize,
+    mut room: Option<&mut [usize]>,
 ) -> Vec<usize> {
     let mut counts = vec![0; handlers.len()];
     let mut n = 0;
@@ -103,11 +127,17 @@ fn round_robin(
             if n == take {
                 break;
             }
+            if room.as_deref().is_some_and(|room| room[i] == 0) {
+                continue;
+            }
             if let Some(left) = remaining
                 .get_mut(handler.as_str())
                 .filter(|left| **left > 0)
             {
                 *left -= 1;
+                if let Some(room) = room.as_deref_mut() {
+                    room[i] -= 1;
+                }
                 counts[i] += 1;
                 n += 1;
                 progressed = true;
@@ -130,6 +160,7 @@ mod tests {
             capacity,
             in_flight,
             handlers: handlers.iter().map(|h| h.to_string()).collect(),
+            room: None,
         }
     }
 
@@ -190,5 +221,33 @@ mod tests {
         let workers = [worker(1, 5, 0, &["a"])];
         assert!(plan(&workers, &queued(&[("b", 3)]), 100).is_empty());
         assert!(plan(&workers, &queued(&[]), 100).is_empty());
+    }
+
+    #[test]
+    fn a_limited_handler_gets_its_room_and_the_others_the_rest() {
+        // Capacity 8, `slow` limited to 2 with 1 out: 1 more `slow`, and
+        // the rest of the credit to `fast`.
+        let mut limited = worker(1, 8, 1, &["slow", "fast"]);
+        limited.room = Some(vec![1, usize::MAX]);
+        let plan = plan(
+            &[limited.clone()],
+            &queued(&[("slow", 10), ("fast", 10)]),
+            100,
+        );
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[0].per_handler, vec![1, 6]);
+        // No room: nothing of `slow`, however much credit is free.
+        limited.room = Some(vec![0, usize::MAX]);
+        assert!(super::plan(&[limited.clone()], &queued(&[("slow", 10)]), 100).is_empty());
+    }
+
+    #[test]
+    fn a_limited_handlers_room_is_not_held_back_for_a_batch() {
+        // 2 of 8 free, 10 queued: a batch threshold of 4 would make it
+        // wait, but only 1 step of `slow` may go, and it goes at once.
+        let mut busy = worker(1, 8, 6, &["slow", "fast"]);
+        busy.room = Some(vec![1, usize::MAX]);
+        let plan = plan(&[busy], &queued(&[("slow", 10)]), 100);
+        assert_eq!(sizes(&plan), vec![(1, 1)]);
     }
 }

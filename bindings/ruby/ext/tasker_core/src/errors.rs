@@ -22,13 +22,14 @@ static WORKER_REFUSED: Lazy<ExceptionClass> = Lazy::new(|ruby| core_class(ruby, 
 /// Defines `TaskerCore::Error` and its subclasses (idempotent).
 pub fn define(ruby: &Ruby, core: RModule) -> Result<(), Error> {
     let base = core.define_error("Error", ruby.exception_standard_error())?;
-    for name in [
-        "ConfigError",
-        "WorkerError",
-        "RetryableError",
-        "PermanentError",
-    ] {
+    for name in ["ConfigError", "WorkerError", "HandlerError"] {
         core.define_error(name, base)?;
+    }
+    // The parents must match lib/tasker_core/errors.rb's, which reopens
+    // these classes: a different superclass there is a TypeError at load.
+    let handler_error: ExceptionClass = core.const_get("HandlerError")?;
+    for name in ["RetryableError", "PermanentError"] {
+        core.define_error(name, handler_error)?;
     }
     let worker_error: ExceptionClass = core.const_get("WorkerError")?;
     core.define_error("WorkerRefused", worker_error)?;

@@ -2,6 +2,7 @@
 //! object. Its waits run without the GVL and end on Ruby interrupts; the
 //! steps it hands out are [`Step`]s.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,19 +25,23 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// `Runtime.new(config_hash, handler_names, capacity_or_nil, worker_id_or_nil)`:
-    /// validates and starts connecting at once. The Hash is the whole
-    /// configuration (config keys; missing ones take the built-in defaults).
+    /// `Runtime.new(config_hash, handler_names, capacity_or_nil, worker_id_or_nil,
+    /// handler_limits)`: validates and starts connecting at once. The Hash
+    /// is the whole configuration (config keys; missing ones take the
+    /// built-in defaults); `handler_limits` maps handler names to their
+    /// concurrency limits (at least 1).
     fn new(
         config: RHash,
         handlers: Vec<String>,
         capacity: Option<u32>,
         worker_id: Option<String>,
+        handler_limits: HashMap<String, u32>,
     ) -> Result<Self, Error> {
         let config = config::from_hash(config)?;
         let mut options = WorkerOptions::new(config, handlers);
         options.worker_id = worker_id;
         options.capacity = capacity;
+        options.handler_limits = handler_limits.into_iter().collect();
         options.language = "ruby".into();
         let inner = WorkerRuntime::start(options).map_err(errors::worker)?;
         let worker_id = Arc::from(inner.worker_id());
@@ -161,7 +166,7 @@ impl Runtime {
 /// Defines `TaskerCore::Native::Runtime`.
 pub fn define(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     let class = native.define_class("Runtime", ruby.class_object())?;
-    class.define_singleton_method("new", function!(Runtime::new, 4))?;
+    class.define_singleton_method("new", function!(Runtime::new, 5))?;
     class.define_method("next_steps", method!(Runtime::next_steps, 2))?;
     class.define_method("complete_many", method!(Runtime::complete_many, 1))?;
     class.define_method("abandon", method!(Runtime::abandon, 2))?;
