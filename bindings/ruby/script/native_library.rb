@@ -13,14 +13,12 @@
 #   STRIP                      strip to run (default: strip on PATH)
 
 require "fileutils"
-require "json"
-require "open3"
+require_relative "../ext/tasker_core/build"
 
 module TaskerCoreNativeLibrary
   # Where the platform gem carries the extension; lib/tasker_core.rb loads it
   # with `require "tasker_core/tasker_core"`. Ignored by git (*.so).
   PATH = "lib/tasker_core/tasker_core.so"
-  PACKAGE = "tasker-core-ruby"
 
   # True while `gem build` runs (it loads the build command before the
   # gemspec); false when Bundler or anything else loads the gemspec.
@@ -39,32 +37,9 @@ module TaskerCoreNativeLibrary
   # ruby_dir.
   def self.build(ruby_dir)
     ruby_dir = File.expand_path(ruby_dir)
-    cargo = ENV.fetch("CARGO", "cargo")
     profile = ENV.fetch("TASKER_CORE_CARGO_PROFILE", "release")
     manifest = File.join(ruby_dir, "ext", "tasker_core", "Cargo.toml")
-    command = [cargo, "build", "--profile", profile, "--lib", "-p", PACKAGE, "--manifest-path", manifest,
-               "--message-format=json-render-diagnostics"]
-    warn "tasker_core.gemspec: #{command.join(' ')}"
-    library = nil
-    begin
-      Open3.popen2(*command) do |_stdin, stdout, wait|
-        stdout.each_line do |line|
-          message = begin
-            JSON.parse(line)
-          rescue JSON::ParserError
-            next
-          end
-          next unless message["reason"] == "compiler-artifact" && message.dig("target", "kind")&.include?("cdylib")
-
-          library = message["filenames"].find { |f| f.end_with?(".so", ".bundle", ".dylib", ".dll") }
-        end
-        abort "tasker_core.gemspec: cargo build failed (#{wait.value})" unless wait.value.success?
-      end
-    rescue Errno::ENOENT
-      abort "tasker_core.gemspec: #{cargo} not found. In the repository, `gem build` compiles the extension " \
-            "and needs Rust (cargo); or install a gem built by scripts/package.sh"
-    end
-    abort "tasker_core.gemspec: cargo built no cdylib for #{PACKAGE}" unless library
+    library = TaskerCoreCargo.build_library(manifest, profile: profile, who: "tasker_core.gemspec")
 
     target = File.join(ruby_dir, PATH)
     partial = "#{target}.partial"

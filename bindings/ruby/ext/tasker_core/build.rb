@@ -14,39 +14,58 @@ require "fileutils"
 require "json"
 require "open3"
 
+# The one place that runs cargo for the extension: this script (gem install
+# of the source gem) and script/native_library.rb (`gem build` in the
+# checkout) both call it.
+module TaskerCoreCargo
+  PACKAGE = "tasker-core-ruby"
+
+  # Builds the binding crate of `manifest` with cargo and returns the path of
+  # the library it wrote. `who` prefixes the messages; a failure aborts.
+  def self.build_library(manifest, profile:, who:, env: {})
+    cargo = ENV.fetch("CARGO", "cargo")
+    command = [cargo, "build", "--profile", profile, "--lib", "-p", PACKAGE, "--manifest-path", manifest,
+               "--message-format=json-render-diagnostics"]
+    warn "#{who}: #{command.join(' ')}"
+    library = nil
+    begin
+      Open3.popen2(env, *command) do |_stdin, stdout, wait|
+        stdout.each_line do |line|
+          message = begin
+            JSON.parse(line)
+          rescue JSON::ParserError
+            next
+          end
+          next unless message["reason"] == "compiler-artifact" && message.dig("target", "kind")&.include?("cdylib")
+
+          library = message["filenames"].find { |f| f.end_with?(".so", ".bundle", ".dylib", ".dll") }
+        end
+        abort "#{who}: cargo build failed (#{wait.value})" unless wait.value.success?
+      end
+    rescue Errno::ENOENT
+      abort "#{who}: #{cargo} not found: building the extension needs Rust (cargo); " \
+            "or install a platform gem built by scripts/package.sh"
+    end
+    abort "#{who}: cargo built no cdylib for #{PACKAGE}" unless library
+    library
+  end
+end
+
+return unless File.expand_path($PROGRAM_NAME) == File.expand_path(__FILE__)
+
 EXT_DIR = __dir__
 LIBRARY = "tasker_core.so"
-PACKAGE = "tasker-core-ruby"
 
 def vendored?
   File.directory?(File.join(EXT_DIR, "vendor"))
 end
 
 def build
-  cargo = ENV.fetch("CARGO", "cargo")
   profile = ENV.fetch("TASKER_CORE_CARGO_PROFILE", "release")
   own_target = vendored? && !ENV.key?("CARGO_TARGET_DIR")
   env = own_target ? { "CARGO_TARGET_DIR" => File.join(EXT_DIR, "target") } : {}
-  command = [cargo, "build", "--profile", profile, "--lib", "-p", PACKAGE,
-             "--manifest-path", File.join(EXT_DIR, "Cargo.toml"),
-             "--message-format=json-render-diagnostics"]
-  warn "tasker_core: #{command.join(' ')}"
-  library = nil
-  Open3.popen2(env, *command) do |_stdin, stdout, wait|
-    stdout.each_line do |line|
-      message = begin
-        JSON.parse(line)
-      rescue JSON::ParserError
-        next
-      end
-      next unless message["reason"] == "compiler-artifact" && message.dig("target", "kind")&.include?("cdylib")
-
-      library = message["filenames"].find { |f| f.end_with?(".so", ".bundle", ".dylib", ".dll") }
-    end
-    abort "tasker_core: cargo build failed (#{wait.value})" unless wait.value.success?
-  end
-  abort "tasker_core: cargo built no cdylib for #{PACKAGE}" unless library
-
+  library = TaskerCoreCargo.build_library(File.join(EXT_DIR, "Cargo.toml"),
+                                         profile: profile, who: "tasker_core", env: env)
   FileUtils.cp(library, LIBRARY)
   FileUtils.rm_rf(File.join(EXT_DIR, "target")) if own_target && !ENV["TASKER_CORE_KEEP_TARGET"]
 end
