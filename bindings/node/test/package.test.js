@@ -76,10 +76,31 @@ function freshProject() {
 
 const npmOptions = { timeout: 240_000, maxBuffer: 64 * 1024 * 1024 };
 
+test("npm pack refuses the suite's debug addon, naming the build to ship", async () => {
+  // The suite builds the debug addon (build.sh), as a developer's tree has
+  // after its tests: the file that once went out as a 46 MB package.
+  const size = fs.statSync(path.join(PACKAGE_DIR, ADDON)).size;
+  assert.ok(size > 20e6, `expected the suite's debug addon, got ${size} bytes`);
+  const out = tempDir();
+  projects.push(out);
+  const env = { ...process.env };
+  delete env.TASKER_PACK_DEBUG;
+  const error = await run("npm", ["pack", "--pack-destination", out], { ...npmOptions, cwd: PACKAGE_DIR, env }).then(
+    () => null,
+    (e) => e,
+  );
+  assert.ok(error, "npm pack packed a debug addon");
+  assert.match(error.stderr, /not a stripped release build \(it has \.debug_info/);
+  assert.match(error.stderr, /npm run build/);
+  assert.deepEqual(fs.readdirSync(out), []);
+});
+
 test("npm pack makes a tarball with the built addon, which installs and runs in a fresh project", async () => {
   const out = tempDir();
   projects.push(out);
-  const { stdout } = await run("npm", ["pack", "--json", "--pack-destination", out], { ...npmOptions, cwd: PACKAGE_DIR });
+  // The debug addon, on purpose (prepack refuses it otherwise, see above).
+  const env = { ...process.env, TASKER_PACK_DEBUG: "1" };
+  const { stdout } = await run("npm", ["pack", "--json", "--pack-destination", out], { ...npmOptions, cwd: PACKAGE_DIR, env });
   const [packed] = JSON.parse(stdout);
   const files = packed.files.map((f) => f.path);
   for (const file of [ADDON, "native.js", "native.d.ts", "lib/index.js", "lib/index.mjs", "lib/index.d.ts", "lib/index.d.mts", "lib/client.js", "lib/errors.js", "package.json"]) {
