@@ -10,11 +10,10 @@ const { test, after } = require("node:test");
 const assert = require("node:assert/strict");
 
 const { Worker, ConfigError } = require("tasker-core");
-const { freeEndpoint, dispatch, byStepId, withTimeout, killAll } = require("./helpers.js");
+const { QUICK, serveBatch: serve, freeEndpoint, killAll } = require("./helpers.js");
 
 after(killAll);
 
-const QUICK = { lingerMs: 100, reconnectInitialMs: 20 };
 
 /** How many run at once, and the most that ever did. */
 function gauge() {
@@ -28,15 +27,6 @@ function gauge() {
   return g;
 }
 
-async function serve(worker, batch) {
-  const running = worker.run();
-  try {
-    return byStepId(await dispatch(worker.config.endpoint, batch).result);
-  } finally {
-    await withTimeout(worker.stop(), 15_000, "worker.stop()");
-    await withTimeout(running, 15_000, "worker.run()");
-  }
-}
 
 test("a handler limited to 2 never runs more than 2 at once; the other handler gets the rest", async () => {
   const worker = new Worker({ ...QUICK, endpoint: await freeEndpoint(), capacity: 8, logger: null });

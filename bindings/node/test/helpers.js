@@ -197,7 +197,25 @@ async function stopProcess(child, graceMs = 5_000) {
   }
 }
 
+// Worker options for quick exits in tests: after `tasker dispatch` has gone,
+// a stopping worker's goodbye waits for a reconnection and the socket's
+// linger.
+const QUICK = { lingerMs: 100, reconnectInitialMs: 20 };
+
+/** Runs `worker` for `batch`; returns the results by step id, worker stopped. */
+async function serveBatch(worker, batch) {
+  const running = worker.run();
+  try {
+    return byStepId(await dispatch(worker.config.endpoint, batch).result);
+  } finally {
+    await withTimeout(worker.stop(), 15_000, "worker.stop()");
+    await withTimeout(running, 15_000, "worker.run()");
+  }
+}
+
 module.exports = {
+  QUICK,
+  serveBatch,
   PACKAGE_DIR,
   REPO,
   TASKER,

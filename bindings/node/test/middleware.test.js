@@ -7,21 +7,13 @@ const { test, after } = require("node:test");
 const assert = require("node:assert/strict");
 
 const { Worker, PermanentError, RetryableError, TaskerError } = require("tasker-core");
-const { freeEndpoint, dispatch, byStepId, withTimeout, killAll } = require("./helpers.js");
+const { QUICK, serveBatch, freeEndpoint, withTimeout, killAll } = require("./helpers.js");
 
 after(killAll);
 
-const QUICK = { lingerMs: 100, reconnectInitialMs: 20 };
-
 /** Runs `worker` for `steps`; returns the results by step id, worker stopped. */
-async function serve(worker, steps) {
-  const running = worker.run();
-  try {
-    return byStepId(await dispatch(worker.config.endpoint, { steps }).result);
-  } finally {
-    await withTimeout(worker.stop(), 15_000, "worker.stop()");
-    await withTimeout(running, 15_000, "worker.run()");
-  }
+function serve(worker, steps) {
+  return serveBatch(worker, { steps });
 }
 
 async function newWorker(capacity = 4) {

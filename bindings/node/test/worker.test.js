@@ -7,24 +7,9 @@ const { test, after } = require("node:test");
 const assert = require("node:assert/strict");
 
 const { Worker, HandlerError, RetryableError, PermanentError, TaskerError, setLogger } = require("tasker-core");
-const { freeEndpoint, dispatch, byStepId, withTimeout, killAll } = require("./helpers.js");
+const { QUICK, serveBatch: serve, freeEndpoint, dispatch, byStepId, withTimeout, killAll } = require("./helpers.js");
 
 after(killAll);
-
-// Quick exits: after `tasker dispatch` has gone, a stopping worker's goodbye
-// waits for a reconnection and the socket's linger.
-const QUICK = { lingerMs: 100, reconnectInitialMs: 20 };
-
-/** Runs `worker` for `batch`; returns the results by step id, worker stopped. */
-async function serve(worker, batch) {
-  const running = worker.run();
-  try {
-    return byStepId(await dispatch(worker.config.endpoint, batch).result);
-  } finally {
-    await withTimeout(worker.stop(), 15_000, "worker.stop()");
-    await withTimeout(running, 15_000, "worker.run()");
-  }
-}
 
 test("a step's fields reach the handler in camelCase and nested unicode output comes back intact", async () => {
   const worker = new Worker({ ...QUICK, endpoint: await freeEndpoint(), capacity: 4, logger: null });
