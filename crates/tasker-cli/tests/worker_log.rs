@@ -75,30 +75,38 @@ fn count(lines: &[String], text: &str) -> usize {
     lines.iter().filter(|l| l.contains(text)).count()
 }
 
+/// `tasker ARGS` with no config file or environment of the user's, and
+/// 100 ms heartbeats: silence counts after 300 ms.
+fn tasker(args: &[&str]) -> Command {
+    let mut command = Command::new(TASKER);
+    command
+        .args(args)
+        .env("TASKER_HEARTBEAT_INTERVAL_MS", "100")
+        .env_remove("TASKER_CONFIG")
+        .env_remove("TASKER_ENV");
+    command
+}
+
 #[test]
 fn a_worker_says_once_where_it_waits_what_it_serves_when_it_registers_and_warns_once_when_the_orchestrator_goes(
 ) {
     let endpoint = free_endpoint();
     // The orchestrator counts as silent after 3 × 100 ms: a worker waiting
     // two seconds goes through several rounds of reconnecting.
-    let mut worker = Command::new(TASKER)
-        .args([
-            "worker",
-            "--endpoint",
-            &endpoint,
-            "--handlers",
-            "echo,sleep",
-        ])
-        .env("TASKER_HEARTBEAT_INTERVAL_MS", "100")
-        .env("TASKER_RECONNECT_INITIAL_MS", "50")
-        .env("TASKER_RECONNECT_MAX_MS", "100")
-        .env_remove("TASKER_CONFIG")
-        .env_remove("TASKER_ENV")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut worker = tasker(&[
+        "worker",
+        "--endpoint",
+        &endpoint,
+        "--handlers",
+        "echo,sleep",
+    ])
+    .env("TASKER_RECONNECT_INITIAL_MS", "50")
+    .env("TASKER_RECONNECT_MAX_MS", "100")
+    .env("RUST_LOG", "info")
+    .stdin(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let lines = lines_of(&mut worker);
     let mut reaper = Reaper(vec![worker]);
 
@@ -108,11 +116,7 @@ fn a_worker_says_once_where_it_waits_what_it_serves_when_it_registers_and_warns_
     assert_eq!(count(&waiting, "WARN"), 0, "{waiting:#?}");
 
     // An orchestrator comes, hands the worker a long step, and dies.
-    let mut dispatch = Command::new(TASKER)
-        .args(["dispatch", "-", "--endpoint", &endpoint])
-        .env("TASKER_HEARTBEAT_INTERVAL_MS", "100")
-        .env_remove("TASKER_CONFIG")
-        .env_remove("TASKER_ENV")
+    let mut dispatch = tasker(&["dispatch", "-", "--endpoint", &endpoint])
         .env("RUST_LOG", "error")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
