@@ -2,7 +2,9 @@
 //! never has more of a limited handler's steps out at a connection than its
 //! limit, the worker's other handlers get the rest of its capacity, a bad
 //! limit is refused like any bad hello, and the steps a worker lists on
-//! reconnecting count against the limit. Real sockets, a real Rust worker.
+//! reconnecting count against the limit (another orchestrator's, whose
+//! handler is unknown, against every limit). Real sockets, a real Rust
+//! worker.
 
 mod common;
 
@@ -276,5 +278,78 @@ async fn held_steps_count_against_the_limit_after_a_reconnect_and_a_hello_again(
     assert!(results.iter().all(|r| r.status == StepStatus::Completed));
     assert_eq!(other.collect().await.len(), 10);
     assert_eq!(executor.metrics().worker_lost, 0);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_orchestrators_step_counts_against_every_limit_until_it_is_answered() {
+    // A worker that ran a `slow` step for the orchestrator before a restart
+    // lists it on connecting; the orchestrator cannot know its handler, so
+    // it must not send `slow` more work than the limit of 1 allows.
+    let executor = start(&config());
+    let peer = RawPeer::connect(executor.endpoint());
+    let earlier = HeldStep {
+        step_id: 7,
+        attempt: 1,
+        orchestrator_id: "the-orchestrator-before-the-restart".into(),
+    };
+    let mut hello = WorkerHello::new("survivor", vec!["slow".into(), "fast".into()], 4);
+    hello.handler_limits = limits(&[("slow", 1)]);
+    hello.in_progress = vec![earlier.clone()];
+    peer.send_hello(hello);
+
+    let slow = executor
+        .submit(StepBatchRequest::new("slow", steps(0..3, "slow", 20_000)))
+        .await
+        .unwrap();
+    let early = delivered_until_quiet(&peer, Duration::from_millis(500));
+    assert!(
+        early.is_empty(),
+        "{} steps of `slow` (limit 1) went out while a step of unknown handler was held",
+        early.len()
+    );
+    // The held step takes one slot of four; the unlimited handler gets
+    // the other three.
+    let fast = executor
+        .submit(StepBatchRequest::new(
+            "fast",
+            steps(100..103, "fast", 20_000),
+        ))
+        .await
+        .unwrap();
+    let fast_out = delivered_until_quiet(&peer, Duration::from_millis(300));
+    assert_eq!(fast_out.len(), 3);
+    assert!(fast_out.iter().all(|s| s.handler_class == "fast"));
+    peer.respond(fast_out.iter().map(|s| completed(s, "survivor")).collect());
+    assert_eq!(fast.collect().await.len(), 3);
+    let still = delivered_until_quiet(&peer, Duration::from_millis(300));
+    assert!(still.is_empty(), "free slots are not room for `slow`");
+
+    // The earlier orchestrator's step is answered: `slow` has its one
+    // slot, and never more than one step out.
+    peer.send(&WorkerMessage::StepBatchResponse(StepBatchResponse::new(
+        "late",
+        earlier.orchestrator_id.clone(),
+        vec![StepExecutionResult::completed(
+            earlier.step_ref(),
+            json!("done before the restart"),
+            "survivor",
+            1,
+        )],
+    )));
+    let mut done = 0;
+    while done < 3 {
+        let out = delivered_until_quiet(&peer, Duration::from_millis(300));
+        assert_eq!(
+            out.len(),
+            1,
+            "steps of `slow` out at once with a limit of 1"
+        );
+        peer.respond(vec![completed(&out[0], "survivor")]);
+        done += 1;
+    }
+    let results = slow.collect().await;
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|r| r.status == StepStatus::Completed));
     executor.shutdown(LONG).await;
 }

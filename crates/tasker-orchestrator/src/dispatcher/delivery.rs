@@ -18,10 +18,7 @@ impl Dispatcher {
                 capacity: c.capacity,
                 in_flight: c.in_flight(),
                 handlers: Arc::clone(&c.handlers),
-                room: c
-                    .limits
-                    .as_deref()
-                    .map(|limits| c.handlers.iter().map(|h| limits.room(h)).collect()),
+                room: c.room(),
             })
             .collect();
         if candidates.is_empty() {

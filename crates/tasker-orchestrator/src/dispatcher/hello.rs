@@ -155,7 +155,8 @@ impl Dispatcher {
     /// below its capacity), with the steps its connection will hold counted
     /// against them: each under its handler, as the step table knows it or,
     /// for a step already ended there (timed out, still running), as
-    /// `known` (the connection that held it) counted it.
+    /// `known` (the connection that held it) counted it; a step neither
+    /// knows counts against every limit.
     fn limits_for(
         &self,
         announced: &BTreeMap<String, u32>,
@@ -171,8 +172,9 @@ impl Dispatcher {
                 .filter(|e| e.step_ref() == step)
                 .map(|e| e.handler.as_str())
                 .or_else(|| known.and_then(|k| k.handler_of(&step)));
-            if let Some(handler) = handler {
-                limits.occupy(step, handler);
+            match handler {
+                Some(handler) => limits.occupy(step, handler),
+                None => limits.occupy_unplaced(step),
             }
         }
         Some(limits)

@@ -35,6 +35,11 @@ pub(crate) struct Limits {
     handlers: foldhash::HashMap<Arc<str>, Slots>,
     /// Held steps of limited handlers, with their handler.
     held: foldhash::HashMap<StepRef, Arc<str>>,
+    /// Held steps of this orchestrator whose handler it no longer knows
+    /// (listed in a hello after they ended here). Any of them may be a
+    /// limited handler's, so each counts against every limit: otherwise a
+    /// reconnect could let a handler limited to 2 run 3.
+    unplaced: StepSet,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -62,16 +67,18 @@ impl Limits {
             Box::new(Self {
                 handlers,
                 held: Default::default(),
+                unplaced: Default::default(),
             })
         })
     }
 
-    /// How many more steps of `handler` may go out: `usize::MAX` for a
-    /// handler without a limit.
-    pub fn room(&self, handler: &str) -> usize {
-        self.handlers
-            .get(handler)
-            .map_or(usize::MAX, |s| s.limit.saturating_sub(s.held) as usize)
+    /// How many more steps of `handler` may go out when `unplaced` more
+    /// held steps of unknown handlers count against every limit:
+    /// `usize::MAX` for a handler without a limit.
+    fn room(&self, handler: &str, unplaced: usize) -> usize {
+        self.handlers.get(handler).map_or(usize::MAX, |s| {
+            (s.limit.saturating_sub(s.held) as usize).saturating_sub(self.unplaced.len() + unplaced)
+        })
     }
 
     /// A step of `handler` is held now (counted once however often it is
@@ -90,8 +97,15 @@ impl Limits {
         self.held.insert(step, name);
     }
 
+    /// A held step whose handler is not known here counts against every
+    /// limit until it is released.
+    pub fn occupy_unplaced(&mut self, step: StepRef) {
+        self.unplaced.insert(step);
+    }
+
     /// A held step is not any more.
     pub fn release(&mut self, step: &StepRef) {
+        self.unplaced.remove(step);
         if let Some(handler) = self.held.remove(step) {
             if let Some(slots) = self.handlers.get_mut(&handler) {
                 slots.held = slots.held.saturating_sub(1);
@@ -151,6 +165,21 @@ impl Conn {
 
     pub fn free_slots(&self) -> usize {
         (self.capacity as usize).saturating_sub(self.in_flight())
+    }
+
+    /// How many more steps of each of its handlers may go out, in the
+    /// order of `handlers`; `None` when none is limited. Another
+    /// orchestrator's steps it holds count against every limit: their
+    /// handler is not known here (SPEC §6.2 rule 6).
+    pub fn room(&self) -> Option<Vec<usize>> {
+        let limits = self.limits.as_deref()?;
+        let foreign = self.foreign.len();
+        Some(
+            self.handlers
+                .iter()
+                .map(|h| limits.room(h, foreign))
+                .collect(),
+        )
     }
 
     /// Whether it may be sent work.
@@ -368,6 +397,24 @@ mod tests {
         registry.drop_if_spent(old);
         assert_eq!(registry.id_of(b"x"), None);
         assert_eq!(registry.holder("w"), Some(new));
+    }
+
+    #[test]
+    fn a_held_step_of_unknown_handler_takes_room_from_every_limit_until_released() {
+        let step = |step_id| StepRef {
+            step_id,
+            attempt: 1,
+        };
+        let announced = [("a".to_string(), 2), ("b".to_string(), 3)].into();
+        let mut limits = Limits::new(&announced, 10).expect("both below capacity");
+        limits.occupy(step(1), "a");
+        limits.occupy_unplaced(step(2));
+        assert_eq!(limits.room("a", 0), 0);
+        assert_eq!(limits.room("b", 0), 2);
+        assert_eq!(limits.room("b", 1), 1, "another orchestrator's step too");
+        assert_eq!(limits.room("unlimited", 5), usize::MAX);
+        limits.release(&step(2));
+        assert_eq!((limits.room("a", 0), limits.room("b", 0)), (1, 3));
     }
 
     #[test]
