@@ -39,9 +39,12 @@ impl Dispatcher {
     }
 
     /// Gives the results ended since the last call to their batches, and
-    /// their queue permits back: at the end of every turn, and before the
-    /// loop reports a stop.
+    /// their queue permits back, once the turn's metrics are flushed: at
+    /// the end of every turn, and before the loop reports a stop.
     pub(super) fn hand_over_results(&mut self) {
+        if let Some(recorder) = &mut self.channels.recorder {
+            recorder.flush();
+        }
         if self.permits_freed > 0 {
             self.channels.permits.add_permits(self.permits_freed);
             self.permits_freed = 0;
