@@ -71,6 +71,11 @@ fn bench_prints_throughput_latency_and_metrics_overhead_for_both_worker_placemen
             .find(|l| l.starts_with(batch))
             .unwrap_or_else(|| panic!("no metrics {batch:?} row:\n{stdout}"));
         assert_eq!(row.matches(" st/s").count(), 2, "{row}");
-        assert_eq!(row.matches('%').count(), 1, "{row}");
+        assert_eq!(row.matches(" us/step").count(), 2, "{row}");
+        assert!(
+            !row.contains("NaN"),
+            "the I/O thread's CPU was not found: {row}"
+        );
+        assert_eq!(row.matches('%').count(), 2, "{row}");
     }
 }
