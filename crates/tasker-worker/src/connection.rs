@@ -540,6 +540,7 @@ impl Connection {
             let mut inbox = self.shared.inbox.lock().expect("inbox lock");
             inbox.closed = true;
             self.shared.steps_ready.notify_all();
+            self.shared.closed.notify_all();
         }
         self.shared.wake_host();
         tracing::debug!(worker_id = %self.shared.worker_id, "worker connection closed");
@@ -775,7 +776,7 @@ impl Connection {
                 }
             }
             if delivered {
-                self.shared.steps_ready.notify_all();
+                self.shared.steps_ready.notify_one();
             }
             delivered
         };
@@ -811,7 +812,7 @@ impl Connection {
                     inbox.returned.push(step);
                 } else {
                     inbox.steps.push_back(next);
-                    self.shared.steps_ready.notify_all();
+                    self.shared.steps_ready.notify_one();
                     released = true;
                 }
             }

@@ -153,6 +153,7 @@ impl WorkerRuntime {
             config: options.config,
             inbox: Mutex::new(Inbox::default()),
             steps_ready: Condvar::new(),
+            closed: Condvar::new(),
             outbox: Mutex::new(Vec::new()),
             doorbell: Doorbell::new().map_err(|e| WorkerError::Setup(e.to_string()))?,
             state: AtomicU8::new(RuntimeState::Connecting as u8),
@@ -251,6 +252,10 @@ impl WorkerRuntime {
                 for step in &steps {
                     inbox.in_hand.insert(step.step_ref());
                 }
+                if !inbox.steps.is_empty() {
+                    // More than this puller takes: pass them on.
+                    self.shared.steps_ready.notify_one();
+                }
                 return Ok(steps);
             }
             if let Some(failure) = &inbox.failure {
@@ -300,6 +305,7 @@ impl WorkerRuntime {
         let mut inbox = self.shared.inbox.lock().expect("inbox lock");
         inbox.wakes += 1;
         self.shared.steps_ready.notify_all();
+        self.shared.closed.notify_all();
     }
 
     /// Hands back the result of a pulled step; any thread.
@@ -421,7 +427,7 @@ impl WorkerRuntime {
         // so a binding can check its signals.
         let (inbox, _) = self
             .shared
-            .steps_ready
+            .closed
             .wait_timeout_while(inbox, timeout, |i| !i.closed && i.wakes == wakes)
             .expect("inbox lock");
         let closed = inbox.closed;

@@ -89,7 +89,17 @@ pub(crate) struct Shared {
     pub language: String,
     pub config: TaskerConfig,
     pub inbox: Mutex<Inbox>,
+    /// Pullers wait here, and only pullers: a delivery wakes one, and a
+    /// puller that leaves steps behind wakes the next (with `notify_all`
+    /// every batch woke every idle handler thread, and most went back to
+    /// sleep with nothing). A waiter of any other kind could take that one
+    /// wake-up and leave the steps waiting.
     pub steps_ready: Condvar,
+    /// [`WorkerRuntime::join`](crate::WorkerRuntime::join) waits here, for
+    /// the close or a `wake`. It had shared `steps_ready`, and the thread
+    /// that waits for a worker's end (the CLI's, each SDK's main thread)
+    /// was woken by every batch of steps for nothing.
+    pub closed: Condvar,
     /// Results encoded by the threads that completed them; the I/O thread
     /// only frames them.
     pub outbox: Mutex<Vec<EncodedResult>>,

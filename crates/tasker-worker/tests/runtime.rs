@@ -240,6 +240,89 @@ fn stop_gives_back_unpulled_steps_waits_for_pulled_ones_then_says_goodbye() {
     assert_eq!(rt.state(), RuntimeState::Stopped);
 }
 
+/// Context switches this thread has made by blocking, from `/proc`.
+fn voluntary_switches_of_this_thread() -> u64 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The thread that waits for a worker's end (`tasker worker`'s, each SDK's
+/// `run`) sleeps while steps come and go. It used to wait on the pullers'
+/// condition variable and woke for every batch, only to sleep again.
+#[test]
+fn a_thread_waiting_in_join_sleeps_while_steps_come_and_go() {
+    const BATCHES: i64 = 200;
+    let (orchestrator, rt, id) = welcomed(false);
+    let rt = Arc::new(rt);
+    let joiner = {
+        let rt = Arc::clone(&rt);
+        std::thread::spawn(move || {
+            let before = voluntary_switches_of_this_thread();
+            let joined = rt.join(Duration::from_secs(60));
+            (joined, voluntary_switches_of_this_thread() - before)
+        })
+    };
+    for i in 0..BATCHES {
+        orchestrator.send(&id, &batch(i..i + 1));
+        let steps = rt.next_steps(1, Some(Duration::from_secs(5))).unwrap();
+        rt.complete_many(
+            steps
+                .iter()
+                .map(|s| StepExecutionResult::completed(s.step_ref(), json!(null), "w-test", 0))
+                .collect(),
+        );
+        match orchestrator.recv(Duration::from_secs(5)) {
+            Some((_, WorkerMessage::StepBatchResponse(r))) => assert_eq!(r.results.len(), 1),
+            other => panic!("expected a result, got {other:?}"),
+        }
+    }
+    rt.stop();
+    let (joined, switches) = joiner.join().unwrap();
+    assert!(joined, "the runtime stopped");
+    assert!(
+        switches < 20,
+        "the joining thread woke {switches} times for {BATCHES} batches"
+    );
+}
+
+/// Pullers blocked together share a batch: each is woken in turn until
+/// the batch is taken, though a delivery wakes only one of them.
+#[test]
+fn every_blocked_puller_gets_a_share_of_one_batch() {
+    const PULLERS: i64 = 4;
+    let (orchestrator, rt, id) = welcomed(false);
+    let rt = Arc::new(rt);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pullers: Vec<_> = (0..PULLERS)
+        .map(|_| {
+            let (rt, tx) = (Arc::clone(&rt), tx.clone());
+            std::thread::spawn(move || tx.send(rt.next_steps(1, None)).unwrap())
+        })
+        .collect();
+    // Let them all block before the batch comes.
+    std::thread::sleep(Duration::from_millis(200));
+    orchestrator.send(&id, &batch(0..PULLERS));
+    let mut ids = Vec::new();
+    for _ in 0..PULLERS {
+        let steps = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("every puller gets a step")
+            .unwrap();
+        ids.extend(steps.iter().map(|s| s.step_id));
+    }
+    ids.sort();
+    assert_eq!(ids, (0..PULLERS).collect::<Vec<_>>());
+    for p in pullers {
+        p.join().unwrap();
+    }
+}
+
 #[test]
 fn bad_options_are_refused_with_the_reason() {
     let config = TaskerConfig::default();
