@@ -75,23 +75,20 @@ impl Dispatcher {
             }
             return;
         }
-        match self.steps.ended(step) {
-            Some(Ended::ByOrchestrator) => {
-                Metrics::add(&metrics.late_results_dropped, 1);
-                tracing::info!(
-                    step_id = step.step_id,
-                    attempt = step.attempt,
-                    "late result dropped"
-                );
-            }
-            _ => {
-                Metrics::add(&metrics.duplicate_results_dropped, 1);
-                tracing::info!(
-                    step_id = step.step_id,
-                    attempt = step.attempt,
-                    "duplicate result dropped"
-                );
-            }
+        if self.steps.ended_by_orchestrator(step) {
+            Metrics::add(&metrics.late_results_dropped, 1);
+            tracing::info!(
+                step_id = step.step_id,
+                attempt = step.attempt,
+                "late result dropped"
+            );
+        } else {
+            Metrics::add(&metrics.duplicate_results_dropped, 1);
+            tracing::info!(
+                step_id = step.step_id,
+                attempt = step.attempt,
+                "duplicate result dropped"
+            );
         }
     }
 

@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 use super::registry::ConnId;
 use crate::metrics::Recorder;
 use crate::sink::ResultSink;
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use tasker_protocol::raw::EncodedStep;
 use tasker_protocol::{StepExecutionRequest, StepId, StepRef};
 
-/// How many ended steps are remembered to tell late results from duplicates.
-const FINISHED_MEMORY: usize = 100_000;
+/// How many attempts the orchestrator ended itself are remembered, to tell
+/// late results from duplicates.
+const ENDED_BY_ORCHESTRATOR_MEMORY: usize = 100_000;
 
 /// Where a submitted batch's results go, several at a time.
 pub(crate) struct BatchSink {
@@ -87,21 +88,25 @@ pub(crate) enum Ended {
     ByOrchestrator,
 }
 
-/// Recently ended step attempts, bounded.
+/// The attempts the orchestrator ended itself (timed out, worker lost,
+/// cancelled), the most recent ones: a result for one of them is late, and
+/// any other result for an attempt no longer in flight is a duplicate.
+/// Attempts workers ended are not kept: they are nearly every step, and a
+/// table of the last 100,000 of them cost a cache miss or two per result.
 #[derive(Default)]
-struct Finished {
-    ended: HashMap<StepRef, Ended>,
+struct EndedByOrchestrator {
+    steps: HashSet<StepRef>,
     order: VecDeque<StepRef>,
 }
 
-impl Finished {
-    fn record(&mut self, step: StepRef, how: Ended) {
-        if self.ended.insert(step, how).is_none() {
+impl EndedByOrchestrator {
+    fn record(&mut self, step: StepRef) {
+        if self.steps.insert(step) {
             self.order.push_back(step);
         }
-        while self.order.len() > FINISHED_MEMORY {
+        while self.order.len() > ENDED_BY_ORCHESTRATOR_MEMORY {
             if let Some(old) = self.order.pop_front() {
-                self.ended.remove(&old);
+                self.steps.remove(&old);
             }
         }
     }
@@ -121,7 +126,7 @@ pub(crate) struct StepTable {
     /// it grow with the steps that ended in its span.
     deadlines: BinaryHeap<Reverse<(Instant, StepId, u64)>>,
     next_epoch: u64,
-    finished: Finished,
+    ended_by_orchestrator: EndedByOrchestrator,
 }
 
 /// A new deadline for `entry`, `timeout_ms` from `from`; its earlier one
@@ -203,9 +208,10 @@ impl StepTable {
             .is_some_and(|e| e.step_ref() == step && e.state == StepState::Dispatched(conn))
     }
 
-    /// How an attempt that is no longer in flight ended, if remembered.
-    pub fn ended(&self, step: StepRef) -> Option<Ended> {
-        self.finished.ended.get(&step).copied()
+    /// Whether the orchestrator ended this attempt itself (as far as it
+    /// remembers): a result for it now is late rather than a duplicate.
+    pub fn ended_by_orchestrator(&self, step: StepRef) -> bool {
+        self.ended_by_orchestrator.steps.contains(&step)
     }
 
     /// Accepts a submitted step: queued at the back, with a queue deadline
@@ -452,7 +458,9 @@ impl StepTable {
             count_dequeued(&mut self.queued_by_handler, &entry.handler);
             self.queued -= 1;
         }
-        self.finished.record(entry.step_ref(), how);
+        if how == Ended::ByOrchestrator {
+            self.ended_by_orchestrator.record(entry.step_ref());
+        }
         Some(entry)
     }
 }
@@ -519,7 +527,9 @@ mod tests {
         table.finish(3, Ended::ByWorker);
         assert!(!table.queued_by_handler().contains_key("b"));
         assert_eq!(pick(&mut table, "b"), None, "an ended step is skipped");
-        assert_eq!(table.ended(step(3)), Some(Ended::ByWorker));
+        assert!(!table.ended_by_orchestrator(step(3)));
+        table.finish(2, Ended::ByOrchestrator);
+        assert!(table.ended_by_orchestrator(step(2)));
     }
 
     #[test]
