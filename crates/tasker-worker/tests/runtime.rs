@@ -271,12 +271,7 @@ fn a_thread_waiting_in_join_sleeps_while_steps_come_and_go() {
     for i in 0..BATCHES {
         orchestrator.send(&id, &batch(i..i + 1));
         let steps = rt.next_steps(1, Some(Duration::from_secs(5))).unwrap();
-        rt.complete_many(
-            steps
-                .iter()
-                .map(|s| StepExecutionResult::completed(s.step_ref(), json!(null), "w-test", 0))
-                .collect(),
-        );
+        rt.complete_many(steps.iter().map(done).collect());
         match orchestrator.recv(Duration::from_secs(5)) {
             Some((_, WorkerMessage::StepBatchResponse(r))) => assert_eq!(r.results.len(), 1),
             other => panic!("expected a result, got {other:?}"),
