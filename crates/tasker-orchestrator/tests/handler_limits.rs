@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
+use tasker_orchestrator::{BatchHandle, ZmqPubSubExecutor};
 use tasker_protocol::*;
 use tasker_worker::{HandlerOptions, Worker};
 
@@ -55,6 +56,19 @@ fn delivered_until_quiet(peer: &RawPeer, quiet: Duration) -> Vec<StepExecutionRe
         }
     }
     steps
+}
+
+/// Submits steps `ids` of `handler` as a batch named after it, with a
+/// timeout these tests never reach.
+async fn submit(
+    executor: &ZmqPubSubExecutor,
+    handler: &str,
+    ids: std::ops::Range<i64>,
+) -> BatchHandle {
+    executor
+        .submit(StepBatchRequest::new(handler, steps(ids, handler, 20_000)))
+        .await
+        .unwrap()
 }
 
 fn completed(step: &StepExecutionRequest, worker_id: &str) -> StepExecutionResult {
@@ -162,10 +176,7 @@ async fn held_steps_count_against_the_limit_after_a_reconnect_and_a_hello_again(
     };
     let old = RawPeer::connect(executor.endpoint());
     old.send_hello(hello(Vec::new()));
-    let handle = executor
-        .submit(StepBatchRequest::new("slow", steps(0..6, "slow", 20_000)))
-        .await
-        .unwrap();
+    let handle = submit(&executor, "slow", 0..6).await;
     let held = delivered_until_quiet(&old, Duration::from_millis(300));
     assert_eq!(held.len(), 2, "the limit holds on the first connection");
     let orchestrator_id = old.orchestrator_id.borrow().clone();
@@ -206,13 +217,7 @@ async fn held_steps_count_against_the_limit_after_a_reconnect_and_a_hello_again(
         extra.len()
     );
     // Its other handler still gets the rest of the capacity.
-    let other = executor
-        .submit(StepBatchRequest::new(
-            "fast",
-            steps(100..110, "fast", 20_000),
-        ))
-        .await
-        .unwrap();
+    let other = submit(&executor, "fast", 100..110).await;
     let fast = delivered_until_quiet(&new, Duration::from_millis(300));
     assert_eq!(
         fast.len(),
@@ -298,10 +303,7 @@ async fn an_earlier_orchestrators_step_counts_against_every_limit_until_it_is_an
     hello.in_progress = vec![earlier.clone()];
     peer.send_hello(hello);
 
-    let slow = executor
-        .submit(StepBatchRequest::new("slow", steps(0..3, "slow", 20_000)))
-        .await
-        .unwrap();
+    let slow = submit(&executor, "slow", 0..3).await;
     let early = delivered_until_quiet(&peer, Duration::from_millis(500));
     assert!(
         early.is_empty(),
@@ -310,13 +312,7 @@ async fn an_earlier_orchestrators_step_counts_against_every_limit_until_it_is_an
     );
     // The held step takes one slot of four; the unlimited handler gets
     // the other three.
-    let fast = executor
-        .submit(StepBatchRequest::new(
-            "fast",
-            steps(100..103, "fast", 20_000),
-        ))
-        .await
-        .unwrap();
+    let fast = submit(&executor, "fast", 100..103).await;
     let fast_out = delivered_until_quiet(&peer, Duration::from_millis(300));
     assert_eq!(fast_out.len(), 3);
     assert!(fast_out.iter().all(|s| s.handler_class == "fast"));
