@@ -4,7 +4,7 @@
 //! transport can beat). Figures, not pass/fail: the machine is noisy, the
 //! ratios within one run are what to read.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -17,7 +17,7 @@ use tasker_protocol::{
     StepExecutionResult, WorkerMessage,
 };
 use tasker_transport::curve::KeyPair;
-use tasker_worker::Worker;
+use tasker_worker::{HandlerOptions, Worker};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// per-handler Prometheus metrics on and off, alternately.
     #[arg(long)]
     pub metrics_only: bool,
+    /// Run the worker's no-op handler on a handler thread, as a handler
+    /// that blocks must run, rather than inline on its I/O thread.
+    #[arg(long)]
+    pub handler_threads: bool,
 }
 
 /// Runs of each side in the metrics comparison; the best of each counts,
@@ -71,6 +75,11 @@ pub struct BenchArgs {
 const METRICS_ROUNDS: usize = 3;
 
 static NEXT_STEP: AtomicI64 = AtomicI64::new(1);
+
+/// Whether the bench's worker runs its no-op handler inline on its I/O
+/// thread (the default) or on a handler thread (`--handler-threads`); set
+/// once, before the first run.
+static INLINE: AtomicBool = AtomicBool::new(true);
 
 /// `n` steps for the handler `noop`, with ids unique in this process.
 pub(crate) fn noop_steps(n: usize) -> Vec<StepExecutionRequest> {
@@ -286,6 +295,15 @@ fn curve_keys() -> Result<(tempfile::TempDir, TaskerConfig, TaskerConfig)> {
     Ok((dir, orchestrator, worker))
 }
 
+/// How the bench's worker registers its no-op handler (see [`INLINE`]).
+fn noop_options() -> HandlerOptions {
+    if INLINE.load(Ordering::Relaxed) {
+        HandlerOptions::new().inline()
+    } else {
+        HandlerOptions::new()
+    }
+}
+
 async fn system(
     batch: usize,
     window: usize,
@@ -321,14 +339,19 @@ async fn system(
                 Worker::new(worker_config)
                     .capacity(capacity)
                     .threads(1)
-                    .handler("noop", |_| Ok(Value::Null))
+                    .handler_with("noop", noop_options(), |_| Ok(Value::Null))
                     .spawn()?,
             )
         }
         Placement::Process => {
             let exe = std::env::current_exe().context("finding the tasker binary")?;
+            let no_inline = if INLINE.load(Ordering::Relaxed) {
+                ""
+            } else {
+                " --no-inline"
+            };
             let command = format!(
-                "'{}' worker --handlers noop --capacity {capacity} --threads 1",
+                "'{}' worker --handlers noop --capacity {capacity} --threads 1{no_inline}",
                 exe.display()
             );
             let env = [
@@ -512,6 +535,7 @@ fn run_steps(args: &BenchArgs, batch: usize) -> usize {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    INLINE.store(!args.handler_threads, Ordering::Relaxed);
     if args.durable_only {
         return crate::bench_store::run(args.durable_steps, &args.postgres);
     }
@@ -597,19 +621,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.latency_only {
         let mut raw = raw_latency(args.latency_samples)?;
-        let (mut ours, _) = runtime.block_on(system_latency(
-            args.latency_samples,
-            0.0,
-            false,
-            Placement::InProcess,
-        ))?;
+        let mut placements = Vec::new();
+        for placement in [Placement::InProcess, Placement::Process] {
+            let (samples, _) =
+                runtime.block_on(system_latency(args.latency_samples, 0.0, false, placement))?;
+            placements.push((placement, samples));
+        }
         for p in [0.5, 0.99] {
-            println!(
-                "p{:.0}: tasker {:.1} us, raw {:.1} us",
-                p * 100.0,
-                percentile(&mut ours, p),
-                percentile(&mut raw, p)
-            );
+            let raw = percentile(&mut raw, p);
+            for (placement, samples) in &mut placements {
+                let ours = percentile(samples, p);
+                println!(
+                    "p{:.0} {placement:?}: tasker {ours:.1} us, raw {raw:.1} us, {:.2}x",
+                    p * 100.0,
+                    ours / raw
+                );
+            }
         }
         return Ok(());
     }
@@ -619,7 +646,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     println!(
         "tasker: orchestrator and a Rust worker in this process; worker process: \
-         the same worker as `tasker worker`"
+         the same worker as `tasker worker`; the no-op handler runs {}",
+        if args.handler_threads {
+            "on a handler thread"
+        } else {
+            "inline on the worker's I/O thread (--handler-threads: on a handler thread)"
+        }
     );
     println!();
     println!(

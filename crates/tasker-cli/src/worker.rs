@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::{json, Value};
 use tasker_protocol::StepExecutionRequest;
-use tasker_worker::{HandlerError, HandlerResult, Worker};
+use tasker_worker::{HandlerError, HandlerOptions, HandlerResult, Worker};
 
 use crate::ConfigArgs;
 
@@ -43,6 +43,11 @@ pub struct WorkerArgs {
     /// Worker id (default: generated).
     #[arg(long)]
     pub worker_id: Option<String>,
+    /// Run every handler on the handler threads. By default the built-in
+    /// handlers that only compute (noop, echo, fail_retryable,
+    /// fail_permanent, flaky) run inline on the worker's I/O thread.
+    #[arg(long)]
+    pub no_inline: bool,
 }
 
 /// Milliseconds to sleep: `handler_config.ms`, else `task_context.sleep_ms`.
@@ -66,8 +71,18 @@ fn echo(step: &StepExecutionRequest) -> HandlerResult {
 }
 
 /// Adds the built-in handlers named in `names` to `worker`, which declares
-/// `capacity`.
-pub fn with_builtin(mut worker: Worker, names: &[String], capacity: u32) -> Result<Worker> {
+/// `capacity`; those that only compute run inline unless `no_inline`.
+pub fn with_builtin(
+    mut worker: Worker,
+    names: &[String],
+    capacity: u32,
+    no_inline: bool,
+) -> Result<Worker> {
+    let quick = if no_inline {
+        HandlerOptions::new()
+    } else {
+        HandlerOptions::new().inline()
+    };
     for name in names {
         worker = match name.as_str() {
             "soak" => {
@@ -75,27 +90,27 @@ pub fn with_builtin(mut worker: Worker, names: &[String], capacity: u32) -> Resu
                 crate::soak::exit_with_parent();
                 worker.handler("soak", move |step| soak.call(step))
             }
-            "noop" => worker.handler("noop", |_| Ok(Value::Null)),
-            "echo" => worker.handler("echo", echo),
+            "noop" => worker.handler_with("noop", quick.clone(), |_| Ok(Value::Null)),
+            "echo" => worker.handler_with("echo", quick.clone(), echo),
             "sleep" => worker.handler("sleep", |step| {
                 let ms = sleep_ms(step);
                 std::thread::sleep(Duration::from_millis(ms));
                 Ok(json!({ "slept_ms": ms }))
             }),
-            "fail_retryable" => worker.handler("fail_retryable", |step| {
+            "fail_retryable" => worker.handler_with("fail_retryable", quick.clone(), |step| {
                 Err(HandlerError::retryable(format!(
                     "{} failed (retryable)",
                     step.step_name
                 )))
             }),
-            "fail_permanent" => worker.handler("fail_permanent", |step| {
+            "fail_permanent" => worker.handler_with("fail_permanent", quick.clone(), |step| {
                 Err(HandlerError::permanent(format!(
                     "{} failed (permanent)",
                     step.step_name
                 )))
             }),
             // Fails retryably until attempt `handler_config.succeed_on` (default 2).
-            "flaky" => worker.handler("flaky", |step| {
+            "flaky" => worker.handler_with("flaky", quick.clone(), |step| {
                 let succeed_on = step
                     .handler_config
                     .get("succeed_on")
@@ -131,7 +146,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
         args.handlers.clone()
     };
     let capacity = args.capacity.unwrap_or(config.worker_capacity);
-    let mut worker = with_builtin(Worker::new(config), &names, capacity)?;
+    let mut worker = with_builtin(Worker::new(config), &names, capacity, args.no_inline)?;
     if let Some(capacity) = args.capacity {
         worker = worker.capacity(capacity);
     }

@@ -29,6 +29,7 @@ use tasker_transport::monitor::{Handshake, HandshakeMonitor};
 use tasker_transport::{earliest, poll_timeout, send_message};
 
 use crate::output::DEPTH_CAP;
+use crate::runtime::encode_checked;
 use crate::shared::{Received, RuntimeState, Shared, SocketFd};
 use crate::WorkerError;
 
@@ -39,6 +40,8 @@ const RESULTS_PER_MESSAGE: usize = 512;
 /// the worker gives up: one is a restart, five are a configuration that
 /// can never work (CURVE on one side only, a wrong server key).
 const HANDSHAKES_CLOSED_LIMIT: u32 = 5;
+/// Longest the results of inline handlers wait for their batch-mates.
+const INLINE_FLUSH: Duration = Duration::from_millis(2);
 
 /// A decoded message from the orchestrator: typed, or a batch whose steps
 /// are kept as JSON text.
@@ -102,6 +105,9 @@ pub(crate) struct Connection {
     deferred: VecDeque<(Received, Delivery)>,
     /// Steps to give back in the next drain (received while stopping).
     to_return: Vec<HeldStep>,
+    /// Held steps of inline handlers received this turn, to run on this
+    /// thread before the turn sends results (see [`crate::inline`]).
+    inline_steps: Vec<Received>,
     /// Results taken from the outbox and not sent yet, in order, with
     /// where each step came from (`unsent_from`, same indices).
     unsent: VecDeque<EncodedResult>,
@@ -167,6 +173,7 @@ impl Connection {
             held: HashMap::new(),
             deferred: VecDeque::new(),
             to_return: Vec::new(),
+            inline_steps: Vec::new(),
             unsent: VecDeque::new(),
             unsent_from: VecDeque::new(),
             send_blocked: false,
@@ -358,6 +365,7 @@ impl Connection {
         }
         self.send_blocked = false;
         self.retry_at = None;
+        self.run_inline();
         self.take_results();
         self.send_results();
         self.flush_drain();
@@ -762,8 +770,12 @@ impl Connection {
                     _ if inbox.stopping => self.to_return.push(from.held(key)),
                     None => {
                         self.held.insert(key, from.clone());
-                        inbox.steps.push_back(step);
-                        delivered = true;
+                        if self.shared.inline.as_ref().is_some_and(|i| i.takes(&step)) {
+                            self.inline_steps.push(step);
+                        } else {
+                            inbox.steps.push_back(step);
+                            delivered = true;
+                        }
                     }
                     Some(_) => {
                         tracing::info!(
@@ -784,6 +796,44 @@ impl Connection {
         if delivered {
             self.shared.wake_host();
         }
+    }
+
+    /// Runs the steps of inline handlers received this turn, here, and
+    /// queues their results to go out with the turn's others. A long run
+    /// sends what is done every [`INLINE_FLUSH`], as a handler thread
+    /// would.
+    fn run_inline(&mut self) {
+        if self.inline_steps.is_empty() {
+            return;
+        }
+        let Some(inline) = self.shared.inline.clone() else {
+            return;
+        };
+        let max_depth = self.shared.max_json_depth.load(Ordering::Acquire);
+        let mut done = Vec::with_capacity(self.inline_steps.len());
+        let mut flushed_at = Instant::now();
+        let mut started = flushed_at;
+        for step in std::mem::take(&mut self.inline_steps) {
+            let (result, ended) = inline.run(step, &self.shared.worker_id, started);
+            started = ended;
+            done.push(encode_checked(&result, max_depth));
+            if ended.duration_since(flushed_at) >= INLINE_FLUSH {
+                self.shared
+                    .outbox
+                    .lock()
+                    .expect("outbox lock")
+                    .append(&mut done);
+                self.take_results();
+                self.send_results();
+                flushed_at = Instant::now();
+                started = flushed_at;
+            }
+        }
+        self.shared
+            .outbox
+            .lock()
+            .expect("outbox lock")
+            .append(&mut done);
     }
 
     /// Moves the results completed by the host into `unsent`, each tagged

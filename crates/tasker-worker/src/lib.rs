@@ -54,6 +54,7 @@ mod connection;
 mod error;
 pub mod event_loop;
 mod handler;
+mod inline;
 pub mod log_bridge;
 mod output;
 pub mod policy;

@@ -16,6 +16,7 @@ use tasker_protocol::{
 use tasker_transport::Doorbell;
 
 use crate::connection::Connection;
+use crate::inline::InlineHandlers;
 use crate::output::{check_output, serialization_failure};
 use crate::shared::{Inbox, Received, RuntimeState, Shared};
 use crate::WorkerError;
@@ -56,6 +57,9 @@ pub struct WorkerOptions {
     pub language: String,
     /// See [`crate::event_loop::keep_raw_steps`].
     pub(crate) raw_steps: bool,
+    /// Handlers the I/O thread runs itself (see
+    /// [`HandlerOptions::inline`](crate::HandlerOptions::inline)).
+    pub(crate) inline: Option<Arc<InlineHandlers>>,
 }
 
 impl WorkerOptions {
@@ -69,6 +73,7 @@ impl WorkerOptions {
             handler_limits: BTreeMap::new(),
             language: "rust".into(),
             raw_steps: false,
+            inline: None,
         }
     }
 }
@@ -160,6 +165,7 @@ impl WorkerRuntime {
             max_json_depth: AtomicU32::new(MAX_JSON_DEPTH),
             waker: OnceLock::new(),
             raw_steps: options.raw_steps,
+            inline: options.inline,
             driven,
         });
         let connection = Connection::new(Arc::clone(&shared))?;
@@ -225,7 +231,7 @@ impl WorkerRuntime {
                     Received::Typed(step) => steps.push(step),
                     Received::Raw(raw) => match raw.decode() {
                         Ok(step) => steps.push(step),
-                        Err(e) => invalid.push(self.invalid_step(&raw, &e)),
+                        Err(e) => invalid.push(invalid_step(&raw, &e, self.worker_id())),
                     },
                 }
             }
@@ -284,21 +290,6 @@ impl WorkerRuntime {
         }
     }
 
-    fn invalid_step(&self, step: &RawStep, error: &serde_json::Error) -> StepExecutionResult {
-        tracing::error!(step_id = step.step_ref().step_id, %error, "cannot decode step");
-        StepExecutionResult::failed(
-            step.step_ref(),
-            StepStatus::Failed,
-            StepExecutionError::new(
-                error_types::INVALID_STEP,
-                format!("the worker cannot decode the step: {error}"),
-                false,
-            ),
-            self.worker_id(),
-            0,
-        )
-    }
-
     /// Makes every blocked [`next_steps`](Self::next_steps) return now
     /// (with no steps). Bindings call it from their interrupt handlers.
     pub fn wake(&self) {
@@ -323,24 +314,9 @@ impl WorkerRuntime {
         self.hand_over(
             results
                 .iter()
-                .map(|result| self.encode_checked(result, max_depth))
+                .map(|result| encode_checked(result, max_depth))
                 .collect(),
         );
-    }
-
-    fn encode_checked(&self, result: &StepExecutionResult, max_depth: u32) -> EncodedResult {
-        if let Some(output) = &result.output {
-            if let Err(problem) = check_output(output, max_depth) {
-                tracing::warn!(step_id = result.step_id, %problem, "output cannot be sent; reporting the step failed");
-                return EncodedResult::new(&serialization_failure(
-                    result.step_ref(),
-                    &problem,
-                    &result.metadata.worker_id,
-                    result.metadata.execution_time_ms,
-                ));
-            }
-        }
-        EncodedResult::new(result)
     }
 
     /// Deepest nesting of arrays and objects a step's output may have, as
@@ -446,4 +422,43 @@ impl Drop for WorkerRuntime {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The failure reported for a step whose message was valid but which this
+/// process cannot build (see [`WorkerRuntime::next_steps`]).
+pub(crate) fn invalid_step(
+    step: &RawStep,
+    error: &serde_json::Error,
+    worker_id: &str,
+) -> StepExecutionResult {
+    tracing::error!(step_id = step.step_ref().step_id, %error, "cannot decode step");
+    StepExecutionResult::failed(
+        step.step_ref(),
+        StepStatus::Failed,
+        StepExecutionError::new(
+            error_types::INVALID_STEP,
+            format!("the worker cannot decode the step: {error}"),
+            false,
+        ),
+        worker_id,
+        0,
+    )
+}
+
+/// A result encoded for the wire, or, when its output is nested deeper
+/// than `max_depth`, the failure reported in its place (see
+/// [`WorkerRuntime::complete_many`]).
+pub(crate) fn encode_checked(result: &StepExecutionResult, max_depth: u32) -> EncodedResult {
+    if let Some(output) = &result.output {
+        if let Err(problem) = check_output(output, max_depth) {
+            tracing::warn!(step_id = result.step_id, %problem, "output cannot be sent; reporting the step failed");
+            return EncodedResult::new(&serialization_failure(
+                result.step_ref(),
+                &problem,
+                &result.metadata.worker_id,
+                result.metadata.execution_time_ms,
+            ));
+        }
+    }
+    EncodedResult::new(result)
 }

@@ -6,12 +6,14 @@ use std::collections::{BTreeMap, VecDeque};
 
 use foldhash::HashSet;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use tasker_config::TaskerConfig;
 use tasker_protocol::raw::{EncodedResult, RawStep};
 use tasker_protocol::{StepExecutionRequest, StepRef};
 use tasker_transport::Doorbell;
+
+use crate::inline::InlineHandlers;
 
 /// Where a runtime is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +113,8 @@ pub(crate) struct Shared {
     pub waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// See [`crate::event_loop::keep_raw_steps`].
     pub raw_steps: bool,
+    /// Handlers whose steps the I/O thread runs itself, if any.
+    pub inline: Option<Arc<InlineHandlers>>,
     /// Run by the host's [`crate::event_loop::Driver`]: no I/O thread
     /// listens to the doorbell.
     pub driven: bool,

@@ -1250,3 +1250,145 @@ fn failed_for_good(result: &StepExecutionResult, step_id: i64, kind: &str) -> St
     assert!(!error.retryable);
     error
 }
+
+/// A Rust worker with two handlers for steps of [`handler_batch`]: `echo`
+/// inline, which runs `echo` and records the thread it ran on, and
+/// `sleep` on the handler threads; welcomed by a fake orchestrator.
+fn inline_worker(
+    echo: impl Fn(&StepExecutionRequest) -> tasker_worker::HandlerResult + Send + Sync + 'static,
+) -> (
+    FakeOrchestrator,
+    tasker_worker::RunningWorker,
+    Vec<u8>,
+    Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let orchestrator = FakeOrchestrator::bind();
+    let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&threads);
+    let config = options(&orchestrator.endpoint, 10).config;
+    let worker = tasker_worker::Worker::new(config)
+        .capacity(10)
+        .threads(1)
+        .handler_with(
+            "echo",
+            tasker_worker::HandlerOptions::new().inline(),
+            move |step| {
+                let name = std::thread::current().name().unwrap_or("").to_string();
+                seen.lock().unwrap().push(name);
+                echo(step)
+            },
+        )
+        .handler("sleep", |_| {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(json!("slept"))
+        })
+        .spawn()
+        .unwrap();
+    let (id, _) = orchestrator.recv(Duration::from_secs(5)).unwrap();
+    orchestrator.welcome(&id);
+    (orchestrator, worker, id, threads)
+}
+
+fn handler_batch(steps: &[(i64, &str)]) -> OrchestratorMessage {
+    OrchestratorMessage::StepBatchRequest(StepBatchRequest::new(
+        "b:1",
+        steps
+            .iter()
+            .map(|(id, handler)| StepExecutionRequest::new(*id, 1, "s", *handler, 5_000))
+            .collect(),
+    ))
+}
+
+/// The next `n` results the fake orchestrator receives, by step id (each
+/// message within 5 s).
+fn results_received(orchestrator: &FakeOrchestrator, n: usize) -> Vec<StepExecutionResult> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match orchestrator.recv(Duration::from_secs(5)) {
+            Some((_, WorkerMessage::StepBatchResponse(response))) => out.extend(response.results),
+            Some(_) => {}
+            None => panic!("{} of {n} results arrived", out.len()),
+        }
+    }
+    out.sort_by_key(|r| r.step_id);
+    out
+}
+
+#[test]
+fn an_inline_handler_runs_on_the_io_thread_beside_handlers_on_threads() {
+    let (orchestrator, worker, id, threads) = inline_worker(|step| Ok(json!(step.step_id)));
+    orchestrator.send(
+        &id,
+        &handler_batch(&[(1, "echo"), (2, "sleep"), (3, "echo"), (4, "echo")]),
+    );
+    // The inline steps did not wait for the slow one on the only handler
+    // thread: their results went out first, together.
+    let Some((_, WorkerMessage::StepBatchResponse(first))) =
+        orchestrator.recv(Duration::from_secs(5))
+    else {
+        panic!("no results")
+    };
+    let first: Vec<_> = first.results.iter().map(|r| r.step_id).collect();
+    assert_eq!(first, [1, 3, 4]);
+    let slow = results_received(&orchestrator, 1);
+    assert_eq!(slow[0].output, Some(json!("slept")));
+    assert_eq!(*threads.lock().unwrap(), ["tasker-worker-io"; 3]);
+    worker.stop();
+    assert!(worker.join(Duration::from_secs(5)));
+}
+
+#[test]
+fn an_inline_handler_that_runs_past_its_limit_moves_to_the_handler_threads() {
+    let (orchestrator, worker, id, threads) = inline_worker(|step| {
+        if step.step_id == 1 {
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        Ok(json!(step.step_id))
+    });
+    orchestrator.send(&id, &handler_batch(&[(1, "echo")]));
+    assert_eq!(results_received(&orchestrator, 1)[0].output, Some(json!(1)));
+    orchestrator.send(&id, &handler_batch(&[(2, "echo"), (3, "echo")]));
+    let later = results_received(&orchestrator, 2);
+    assert!(later.iter().all(|r| r.status == StepStatus::Completed));
+    assert_eq!(
+        *threads.lock().unwrap(),
+        ["tasker-worker-io", "tasker-worker-0", "tasker-worker-0"]
+    );
+    worker.stop();
+    assert!(worker.join(Duration::from_secs(5)));
+}
+
+#[test]
+fn an_inline_handler_that_panics_fails_its_step_and_the_worker_serves_on() {
+    let (orchestrator, worker, id, _) = inline_worker(|step| {
+        assert!(step.step_id != 1, "step 1 is refused");
+        Ok(json!(step.step_id))
+    });
+    orchestrator.send(&id, &handler_batch(&[(1, "echo"), (2, "echo")]));
+    let results = results_received(&orchestrator, 2);
+    let error = failed_for_good(&results[0], 1, error_types::PANIC);
+    assert!(error.message.contains("step 1 is refused"), "{error:?}");
+    assert_eq!(results[1].output, Some(json!(2)));
+    // The connection lives on: a later batch is answered too.
+    orchestrator.send(&id, &handler_batch(&[(3, "echo")]));
+    assert_eq!(results_received(&orchestrator, 1)[0].output, Some(json!(3)));
+    worker.stop();
+    assert!(worker.join(Duration::from_secs(5)));
+}
+
+#[test]
+fn an_async_handler_cannot_be_inline() {
+    let error = tasker_worker::Worker::new(TaskerConfig::default())
+        .async_handler_with(
+            "fetch",
+            tasker_worker::HandlerOptions::new().inline(),
+            |_| async { Ok(json!(null)) },
+        )
+        .spawn()
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&error, WorkerError::InvalidOptions(m) if m.contains("\"fetch\"") && m.contains("inline")),
+        "{error}"
+    );
+}
