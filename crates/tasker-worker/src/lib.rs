@@ -4,10 +4,12 @@
 //! ZeroMQ `DEALER` to the orchestrator, says hello with its handlers and
 //! capacity, exchanges heartbeats, reconnects with backoff when the
 //! orchestrator goes away, and on stop gives back unstarted steps, waits for
-//! the running ones and says goodbye. It never runs user code: a host (the
-//! Rust [`Worker`] below, or a Ruby, Python or Node binding) pulls steps with
-//! the blocking [`WorkerRuntime::next_steps`], runs them on its own threads,
-//! and hands results back with [`WorkerRuntime::complete`] from any thread.
+//! the running ones and says goodbye. A host (the Rust [`Worker`] below, or a
+//! Ruby, Python or Node binding) pulls steps with the blocking
+//! [`WorkerRuntime::next_steps`], runs them on its own threads, and hands
+//! results back with [`WorkerRuntime::complete`] from any thread. The only
+//! user code the runtime's I/O thread runs is a Rust [`Worker`]'s inline
+//! handlers ([`HandlerOptions::inline`]), which only compute.
 //!
 //! Every step is tagged with the orchestrator whose welcome it came under,
 //! and its result goes back to that orchestrator's id, on a welcomed
