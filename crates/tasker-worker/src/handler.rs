@@ -291,7 +291,8 @@ impl Worker {
         // Handler threads decode their own steps: the I/O thread, one per
         // worker, only checks each batch, and the typed parse runs on as
         // many threads as handlers do. With every handler inline the I/O
-        // thread decodes all of them anyway, faster in one typed pass.
+        // thread decodes every step itself: in one typed pass, not a check
+        // and then a parse.
         if self.inline.len() < self.handlers.len() {
             crate::event_loop::keep_raw_steps(&mut self.options);
         }
