@@ -28,6 +28,7 @@ use tasker_transport::curve::ClientCurve;
 use tasker_transport::monitor::{Handshake, HandshakeMonitor};
 use tasker_transport::{earliest, poll_timeout, send_message};
 
+use crate::inline::InlineHandler;
 use crate::output::DEPTH_CAP;
 use crate::runtime::encode_checked;
 use crate::shared::{Received, RuntimeState, Shared, SocketFd};
@@ -107,7 +108,7 @@ pub(crate) struct Connection {
     to_return: Vec<HeldStep>,
     /// Held steps of inline handlers received this turn, to run on this
     /// thread before the turn sends results (see [`crate::inline`]).
-    inline_steps: Vec<Received>,
+    inline_steps: Vec<(InlineHandler, Received)>,
     /// Results taken from the outbox and not sent yet, in order, with
     /// where each step came from (`unsent_from`, same indices).
     unsent: VecDeque<EncodedResult>,
@@ -770,11 +771,17 @@ impl Connection {
                     _ if inbox.stopping => self.to_return.push(from.held(key)),
                     None => {
                         self.held.insert(key, from.clone());
-                        if self.shared.inline.as_ref().is_some_and(|i| i.takes(&step)) {
-                            self.inline_steps.push(step);
-                        } else {
-                            inbox.steps.push_back(step);
-                            delivered = true;
+                        match self
+                            .shared
+                            .inline
+                            .as_ref()
+                            .and_then(|i| i.handler_of(&step))
+                        {
+                            Some(handler) => self.inline_steps.push((handler, step)),
+                            None => {
+                                inbox.steps.push_back(step);
+                                delivered = true;
+                            }
                         }
                     }
                     Some(_) => {
@@ -813,8 +820,8 @@ impl Connection {
         let mut done = Vec::with_capacity(self.inline_steps.len());
         let mut flushed_at = Instant::now();
         let mut started = flushed_at;
-        for step in std::mem::take(&mut self.inline_steps) {
-            let (result, ended) = inline.run(step, &self.shared.worker_id, started);
+        for (handler, step) in std::mem::take(&mut self.inline_steps) {
+            let (result, ended) = inline.run(handler, step, &self.shared.worker_id, started);
             started = ended;
             done.push(encode_checked(&result, max_depth));
             if ended.duration_since(flushed_at) >= INLINE_FLUSH {

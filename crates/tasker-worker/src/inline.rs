@@ -35,34 +35,46 @@ struct Entry {
     demoted: AtomicBool,
 }
 
-/// The inline handlers of one worker, by name.
+/// The inline handlers of one worker.
 pub(crate) struct InlineHandlers {
-    by_name: HashMap<String, Entry>,
+    entries: Vec<Entry>,
+    /// Index in `entries` by name.
+    by_name: HashMap<String, usize>,
 }
+
+/// Which inline handler takes a step: found once, when the step arrives.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InlineHandler(usize);
 
 impl std::fmt::Debug for InlineHandlers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.by_name.keys()).finish()
+        f.debug_set()
+            .entries(self.entries.iter().map(|e| &e.name))
+            .finish()
     }
 }
 
 impl InlineHandlers {
     pub(crate) fn new(handlers: impl IntoIterator<Item = (String, Arc<SyncHandler>)>) -> Self {
-        let by_name = handlers
+        let entries: Vec<Entry> = handlers
             .into_iter()
-            .map(|(name, handler)| {
-                let entry = Entry {
-                    name: name.clone(),
-                    handler,
-                    demoted: AtomicBool::new(false),
-                };
-                (name, entry)
+            .map(|(name, handler)| Entry {
+                name,
+                handler,
+                demoted: AtomicBool::new(false),
             })
             .collect();
-        Self { by_name }
+        let by_name = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
+        Self { entries, by_name }
     }
 
-    fn entry(&self, step: &Received) -> Option<&Entry> {
+    /// The inline handler that runs this step now, if any: none for the
+    /// handlers demoted to the handler threads.
+    pub(crate) fn handler_of(&self, step: &Received) -> Option<InlineHandler> {
         let name = match step {
             Received::Typed(step) => step.handler_class.as_str(),
             // The name's JSON text, quotes included. One written with
@@ -74,27 +86,24 @@ impl InlineHandlers {
                 .and_then(|t| t.strip_suffix('"'))
                 .filter(|t| !t.contains('\\'))?,
         };
-        self.by_name.get(name)
+        let i = *self.by_name.get(name)?;
+        (!self.entries[i].demoted.load(Ordering::Relaxed)).then_some(InlineHandler(i))
     }
 
-    /// Whether the I/O thread runs this step.
-    pub(crate) fn takes(&self, step: &Received) -> bool {
-        self.entry(step)
-            .is_some_and(|e| !e.demoted.load(Ordering::Relaxed))
-    }
-
-    /// Runs a step [`takes`](Self::takes) accepted (even if its handler was
-    /// demoted since), timed from `started`: its result, and when it ended,
-    /// which is the next step's start (clock reads cost a tenth of a quick
-    /// step on a VM). A handler that ran longer than [`INLINE_LIMIT`] is
-    /// demoted: its later steps run on the handler threads.
+    /// Runs a step with the handler [`handler_of`](Self::handler_of) found
+    /// (even if it was demoted since), timed from `started`: its result,
+    /// and when it ended, which is the next step's start (clock reads cost
+    /// a tenth of a quick step on a VM). A handler that ran longer than
+    /// [`INLINE_LIMIT`] is demoted: its later steps run on the handler
+    /// threads.
     pub(crate) fn run(
         &self,
+        handler: InlineHandler,
         step: Received,
         worker_id: &str,
         started: Instant,
     ) -> (StepExecutionResult, Instant) {
-        let entry = self.entry(&step).expect("a step the inline handlers take");
+        let entry = &self.entries[handler.0];
         let step = match step {
             Received::Typed(step) => step,
             Received::Raw(raw) => match raw.decode() {
