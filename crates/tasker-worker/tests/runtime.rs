@@ -542,8 +542,9 @@ fn a_step_too_deep_to_decode_fails_as_invalid_step_and_the_rest_are_served() {
     }
 }
 
-fn too_deep(raw_steps: bool) {
-    let (orchestrator, rt, id) = welcomed(raw_steps);
+/// Sends one batch of two `echo` steps: step 2 with a `task_context`
+/// nested deeper than serde_json builds values, then step 1, fine.
+fn send_too_deep_then_fine(orchestrator: &FakeOrchestrator, id: &[u8]) {
     let fine = serde_json::to_string(&StepExecutionRequest::new(1, 1, "s", "echo", 5_000)).unwrap();
     let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
     let too_deep = serde_json::to_string(&StepExecutionRequest::new(2, 1, "s", "echo", 5_000))
@@ -556,13 +557,18 @@ fn too_deep(raw_steps: bool) {
         .socket
         .send_multipart(
             [
-                id.clone(),
+                id.to_vec(),
                 PROTOCOL_HEADER.as_bytes().to_vec(),
                 body.into_bytes(),
             ],
             0,
         )
         .unwrap();
+}
+
+fn too_deep(raw_steps: bool) {
+    let (orchestrator, rt, id) = welcomed(raw_steps);
+    send_too_deep_then_fine(&orchestrator, &id);
     let steps = rt.next_steps(10, Some(Duration::from_secs(5))).unwrap();
     assert_eq!(steps.iter().map(|s| s.step_id).collect::<Vec<_>>(), vec![1]);
     let Some((_, WorkerMessage::StepBatchResponse(response))) =
@@ -1391,4 +1397,17 @@ fn an_async_handler_cannot_be_inline() {
         matches!(&error, WorkerError::InvalidOptions(m) if m.contains("\"fetch\"") && m.contains("inline")),
         "{error}"
     );
+}
+
+#[test]
+fn an_inline_step_too_deep_to_decode_fails_as_invalid_step_and_the_rest_are_served() {
+    let (orchestrator, worker, id, threads) = inline_worker(|step| Ok(json!(step.step_id)));
+    send_too_deep_then_fine(&orchestrator, &id);
+    let results = results_received(&orchestrator, 2);
+    assert_eq!(results[0].output, Some(json!(1)));
+    let error = failed_for_good(&results[1], 2, error_types::INVALID_STEP);
+    assert!(error.message.contains("recursion limit"), "{error:?}");
+    assert_eq!(*threads.lock().unwrap(), ["tasker-worker-io"]);
+    worker.stop();
+    assert!(worker.join(Duration::from_secs(5)));
 }
