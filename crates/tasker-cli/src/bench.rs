@@ -4,7 +4,7 @@
 //! transport can beat). Figures, not pass/fail: the machine is noisy, the
 //! ratios within one run are what to read.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -75,11 +75,6 @@ pub struct BenchArgs {
 const METRICS_ROUNDS: usize = 3;
 
 static NEXT_STEP: AtomicI64 = AtomicI64::new(1);
-
-/// Whether the bench's worker runs its no-op handler inline on its I/O
-/// thread (the default) or on a handler thread (`--handler-threads`); set
-/// once, before the first run.
-static INLINE: AtomicBool = AtomicBool::new(true);
 
 /// `n` steps for the handler `noop`, with ids unique in this process.
 pub(crate) fn noop_steps(n: usize) -> Vec<StepExecutionRequest> {
@@ -295,9 +290,10 @@ fn curve_keys() -> Result<(tempfile::TempDir, TaskerConfig, TaskerConfig)> {
     Ok((dir, orchestrator, worker))
 }
 
-/// How the bench's worker registers its no-op handler (see [`INLINE`]).
-fn noop_options() -> HandlerOptions {
-    if INLINE.load(Ordering::Relaxed) {
+/// How the bench's worker registers its no-op handler: inline on its I/O
+/// thread, or (`--handler-threads`) on a handler thread.
+fn noop_options(inline: bool) -> HandlerOptions {
+    if inline {
         HandlerOptions::new().inline()
     } else {
         HandlerOptions::new()
@@ -310,6 +306,7 @@ async fn system(
     curve: bool,
     metrics: bool,
     placement: Placement,
+    inline: bool,
 ) -> Result<System> {
     let (keys, orchestrator, worker) = if curve {
         let (dir, orchestrator, worker) = curve_keys()?;
@@ -339,17 +336,13 @@ async fn system(
                 Worker::new(worker_config)
                     .capacity(capacity)
                     .threads(1)
-                    .handler_with("noop", noop_options(), |_| Ok(Value::Null))
+                    .handler_with("noop", noop_options(inline), |_| Ok(Value::Null))
                     .spawn()?,
             )
         }
         Placement::Process => {
             let exe = std::env::current_exe().context("finding the tasker binary")?;
-            let no_inline = if INLINE.load(Ordering::Relaxed) {
-                ""
-            } else {
-                " --no-inline"
-            };
+            let no_inline = if inline { "" } else { " --no-inline" };
             let command = format!(
                 "'{}' worker --handlers noop --capacity {capacity} --threads 1{no_inline}",
                 exe.display()
@@ -433,8 +426,9 @@ async fn system_throughput(
     curve: bool,
     metrics: bool,
     placement: Placement,
+    inline: bool,
 ) -> Result<Run> {
-    let sys = system(batch, window, curve, metrics, placement).await?;
+    let sys = system(batch, window, curve, metrics, placement, inline).await?;
     // Warm up connections and allocators.
     sys.executor
         .execute_step_batch(StepBatchRequest::new("warm", noop_steps(batch * 4)))
@@ -468,8 +462,9 @@ async fn system_latency(
     idle_secs: f64,
     curve: bool,
     placement: Placement,
+    inline: bool,
 ) -> Result<(Vec<Duration>, f64)> {
-    let sys = system(1, 1, curve, true, placement).await?;
+    let sys = system(1, 1, curve, true, placement, inline).await?;
     // Warm up, as the raw echo does.
     for _ in 0..samples.min(100) {
         sys.executor
@@ -535,7 +530,7 @@ fn run_steps(args: &BenchArgs, batch: usize) -> usize {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    INLINE.store(!args.handler_threads, Ordering::Relaxed);
+    let inline = !args.handler_threads;
     if args.durable_only {
         return crate::bench_store::run(args.durable_steps, &args.postgres);
     }
@@ -556,6 +551,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             curve,
             metrics,
             placement,
+            inline,
         ))
     };
     let throughput = |batch: usize, curve: bool, placement: Placement| {
@@ -623,8 +619,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let mut raw = raw_latency(args.latency_samples)?;
         let mut placements = Vec::new();
         for placement in [Placement::InProcess, Placement::Process] {
-            let (samples, _) =
-                runtime.block_on(system_latency(args.latency_samples, 0.0, false, placement))?;
+            let (samples, _) = runtime.block_on(system_latency(
+                args.latency_samples,
+                0.0,
+                false,
+                placement,
+                inline,
+            ))?;
             placements.push((placement, samples));
         }
         for p in [0.5, 0.99] {
@@ -685,12 +686,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.idle_secs,
         false,
         Placement::InProcess,
+        inline,
     ))?;
     let (mut process, _) = runtime.block_on(system_latency(
         args.latency_samples,
         0.0,
         false,
         Placement::Process,
+        inline,
     ))?;
     let mut curve = if args.no_curve {
         None
@@ -702,6 +705,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     0.0,
                     true,
                     Placement::InProcess,
+                    inline,
                 ))?
                 .0,
         )

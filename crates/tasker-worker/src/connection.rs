@@ -836,6 +836,7 @@ impl Connection {
                 started = flushed_at;
             }
         }
+        // The turn takes and sends these next, with the handler threads'.
         self.shared
             .outbox
             .lock()
