@@ -28,7 +28,7 @@ use crate::{
 /// The ZeroMQ step executor: binds a `ROUTER` socket, registers the workers
 /// that say hello, and hands them steps within their capacity.
 ///
-/// All socket work happens on one I/O thread that sleeps in `zmq::poll`;
+/// All socket work happens on one I/O thread that sleeps in `poll(2)`;
 /// this handle only sends it commands, so it is cheap to share (`Arc`) and
 /// usable from any tokio task. See the crate docs for the guarantees.
 pub struct ZmqPubSubExecutor {

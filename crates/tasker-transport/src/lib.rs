@@ -1,11 +1,14 @@
 //! ZeroMQ plumbing shared by the orchestrator and the worker runtime.
 //!
 //! Both sides run one I/O thread that owns its socket (ZeroMQ sockets are not
-//! thread-safe) and sleeps in `zmq::poll`. Other threads talk to it through
+//! thread-safe) and sleeps in [`wait`]. Other threads talk to it through
 //! queues and wake it with a [`Doorbell`]; nothing ever busy-polls.
 
 pub mod curve;
 pub mod monitor;
+mod wait;
+
+pub use wait::{wait, Waitable, MAX_ITEMS};
 
 use std::io::{Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
@@ -17,7 +20,7 @@ use serde::Serialize;
 use tasker_config::TaskerConfig;
 use tasker_protocol::codec;
 
-/// Wakes an I/O thread blocked in `zmq::poll`, from any thread.
+/// Wakes an I/O thread blocked in [`wait`], from any thread.
 ///
 /// A Unix socket pair: `ring` writes a byte unless a ring is already pending,
 /// the I/O thread polls the read end's file descriptor and `drain`s it.
@@ -111,7 +114,7 @@ pub enum SendError {
     Zmq(zmq::Error),
 }
 
-/// Milliseconds until `deadline` for `zmq::poll`, or -1 for none.
+/// Milliseconds until `deadline` for [`wait`] (or `zmq::poll`), or -1 for none.
 pub fn poll_timeout(deadline: Option<Instant>) -> i64 {
     match deadline {
         None => -1,

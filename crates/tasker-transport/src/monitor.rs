@@ -3,6 +3,7 @@
 //! it, a worker whose key is not admitted (or that speaks plaintext to a
 //! CURVE orchestrator) would see nothing but silence, and wait forever.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const EVENT_HANDSHAKE_FAILED_NO_DETAIL: u16 = 0x0800;
@@ -53,9 +54,12 @@ pub struct HandshakeEvent {
 }
 
 /// Watches one socket's handshakes; read it with [`drain`](Self::drain)
-/// when its [`poll_item`](Self::poll_item) is readable (or on any turn).
+/// when its [`waitable`](Self::waitable) is ready (or on any turn).
 pub struct HandshakeMonitor {
     socket: zmq::Socket,
+    /// Read until empty at least once: from then on its descriptor alone
+    /// says when events arrive (see `waitable`).
+    drained: Cell<bool>,
 }
 
 impl HandshakeMonitor {
@@ -76,12 +80,25 @@ impl HandshakeMonitor {
         monitor.set_linger(0)?;
         // ZeroMQ drops events while nothing is connected: connect at once.
         monitor.connect(&address)?;
-        Ok(Self { socket: monitor })
+        Ok(Self {
+            socket: monitor,
+            drained: Cell::new(false),
+        })
     }
 
-    /// For `zmq::poll`: readable when events are waiting.
-    pub fn poll_item(&self) -> zmq::PollItem<'_> {
-        self.socket.as_poll_item(zmq::POLLIN)
+    /// For [`wait`](crate::wait): ready when events are waiting.
+    ///
+    /// Only [`drain`](Self::drain) reads this socket, always until it is
+    /// empty, and nothing writes to it; after such a read any new event
+    /// turns its descriptor readable, so the descriptor alone is waited on
+    /// and the wait saves asking the socket (a system call). Before the
+    /// first drain that does not hold: a fresh pipe does not signal its
+    /// reader until the reader has once found it empty.
+    pub fn waitable(&self) -> crate::Waitable<'_> {
+        match self.socket.get_fd() {
+            Ok(fd) if self.drained.get() => crate::Waitable::Fd(fd),
+            _ => crate::Waitable::Socket(&self.socket, zmq::POLLIN),
+        }
     }
 
     /// Stops monitoring `socket`. Call it before `socket` closes (and
@@ -104,11 +121,15 @@ impl HandshakeMonitor {
     /// Every event waiting now; never blocks.
     pub fn drain(&self) -> Vec<HandshakeEvent> {
         let mut events = Vec::new();
-        while let Ok(frames) = self.socket.recv_multipart(zmq::DONTWAIT) {
-            if let Some(event) = parse(&frames) {
-                events.push(event);
+        let ended = loop {
+            match self.socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(frames) => events.extend(parse(&frames)),
+                Err(e) => break e,
             }
-        }
+        };
+        // Stopped early (interrupted), the descriptor cannot be trusted
+        // until the next drain that empties the socket.
+        self.drained.set(ended == zmq::Error::EAGAIN);
         events
     }
 }

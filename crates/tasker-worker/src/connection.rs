@@ -26,7 +26,7 @@ use tasker_protocol::{
 };
 use tasker_transport::curve::ClientCurve;
 use tasker_transport::monitor::{Handshake, HandshakeMonitor};
-use tasker_transport::{earliest, poll_timeout, send_message};
+use tasker_transport::{earliest, poll_timeout, send_message, wait, Waitable};
 
 use crate::inline::InlineHandler;
 use crate::output::DEPTH_CAP;
@@ -304,14 +304,14 @@ impl Connection {
         loop {
             let wake_at = self.next_wake();
             self.planned_wake = wake_at;
-            let bell_rang = {
-                let mut items = Vec::with_capacity(3);
-                items.push(zmq::PollItem::from_fd(
-                    self.shared.doorbell.fd(),
-                    zmq::POLLIN,
-                ));
+            let (bell_rang, handshakes_due) = {
+                let mut items = [Waitable::Fd(self.shared.doorbell.fd()); 3];
+                let mut n = 1;
+                let mut monitor = None;
                 if let Some(handshakes) = &self.handshakes {
-                    items.push(handshakes.poll_item());
+                    items[n] = handshakes.waitable();
+                    monitor = Some(n);
+                    n += 1;
                 }
                 if let Some(socket) = &self.socket {
                     let events = if self.send_blocked {
@@ -319,11 +319,11 @@ impl Connection {
                     } else {
                         zmq::POLLIN
                     };
-                    items.push(socket.as_poll_item(events));
+                    items[n] = Waitable::Socket(socket, events);
+                    n += 1;
                 }
-                match zmq::poll(&mut items, poll_timeout(wake_at)) {
-                    Ok(_) => items[0].is_readable(),
-                    Err(zmq::Error::EINTR) => false,
+                match wait(&items[..n], poll_timeout(wake_at)) {
+                    Ok(ready) => (ready[0], monitor.is_some_and(|i| ready[i])),
                     Err(e) => {
                         tracing::error!(error = %e, "poll failed; worker I/O thread stops");
                         break;
@@ -333,7 +333,7 @@ impl Connection {
             if bell_rang {
                 self.shared.doorbell.drain();
             }
-            if self.turn() {
+            if self.turn(handshakes_due) {
                 return;
             }
         }
@@ -345,12 +345,16 @@ impl Connection {
     /// orchestrator's silence is judged only after reading, and not at all
     /// in a turn that came late. True once the connection is done and
     /// closed.
-    fn turn(&mut self) -> bool {
+    ///
+    /// `handshakes_due`: the handshake monitor may hold events (its
+    /// descriptor woke the wait); reading it costs a system call, so it is
+    /// read only then.
+    fn turn(&mut self, handshakes_due: bool) -> bool {
         let late = self
             .planned_wake
             .take()
             .is_some_and(|planned| Instant::now() > planned + self.heartbeat_interval);
-        if let Some(failure) = self.check_handshakes() {
+        if let Some(failure) = handshakes_due.then(|| self.check_handshakes()).flatten() {
             self.fail(failure);
             return true;
         }
@@ -442,7 +446,9 @@ impl Connection {
     pub(crate) fn drive(&mut self) -> Option<Option<Instant>> {
         loop {
             let sent_before = self.sends_done;
-            if self.turn() {
+            // The host watches the socket's descriptor only, not the
+            // monitor's: look at the handshakes every turn.
+            if self.turn(true) {
                 return None;
             }
             let events = self

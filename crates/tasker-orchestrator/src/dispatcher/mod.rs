@@ -41,7 +41,7 @@ use tasker_protocol::{
     Welcome, WorkerHello, WorkerMessage, MAX_JSON_DEPTH,
 };
 use tasker_transport::monitor::HandshakeMonitor;
-use tasker_transport::{earliest, poll_timeout, send_message, Doorbell, SendError};
+use tasker_transport::{earliest, poll_timeout, send_message, wait, Doorbell, SendError, Waitable};
 use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::metrics::{Metrics, Recorder};
@@ -213,24 +213,16 @@ impl Dispatcher {
                 } else {
                     zmq::POLLIN
                 };
-                let mut items = [
-                    self.socket.as_poll_item(events),
-                    zmq::PollItem::from_fd(self.channels.doorbell.fd(), zmq::POLLIN),
-                    self.handshakes.poll_item(),
-                    match &self.zap {
-                        Some(zap) => zap.poll_item(),
-                        None => zmq::PollItem::from_fd(-1, zmq::PollEvents::empty()),
-                    },
+                let zap = self.zap.as_ref().map(Zap::waitable);
+                let items = [
+                    Waitable::Socket(&self.socket, events),
+                    Waitable::Fd(self.channels.doorbell.fd()),
+                    self.handshakes.waitable(),
+                    zap.unwrap_or(Waitable::Fd(-1)),
                 ];
-                let polled = if self.zap.is_some() { 4 } else { 3 };
-                match zmq::poll(&mut items[..polled], poll_timeout(wake_at)) {
-                    Ok(_) => (
-                        items[0].is_readable(),
-                        items[1].is_readable(),
-                        items[2].is_readable(),
-                        items[3].is_readable(),
-                    ),
-                    Err(zmq::Error::EINTR) => (false, false, false, false),
+                let polled = if zap.is_some() { 4 } else { 3 };
+                match wait(&items[..polled], poll_timeout(wake_at)) {
+                    Ok(ready) => (ready[0], ready[1], ready[2], ready[3]),
                     Err(e) => break Some(format!("polling the socket failed: {e}")),
                 }
             };

@@ -42,8 +42,8 @@ impl Zap {
         })
     }
 
-    pub fn poll_item(&self) -> zmq::PollItem<'_> {
-        self.socket.as_poll_item(zmq::POLLIN)
+    pub fn waitable(&self) -> tasker_transport::Waitable<'_> {
+        tasker_transport::Waitable::Socket(&self.socket, zmq::POLLIN)
     }
 
     /// Answers every request waiting; never blocks.
