@@ -14,8 +14,16 @@ fn main() {
         .expect("libsodium-sys-stable did not report its library directory");
     // As a path dependency this crate's build output is shown on every
     // build; libzmq's own C++ warnings are not ours to fix.
-    let flags = env::var("CXXFLAGS").unwrap_or_default();
-    env::set_var("CXXFLAGS", format!("{flags} -w"));
+    let mut flags = env::var("CXXFLAGS").unwrap_or_default();
+    flags.push_str(" -w");
+    // libzmq's own CMake build signals between its threads through an
+    // eventfd on Linux; zeromq-src does not say it may, so libzmq falls
+    // back to a Unix socket pair, whose every signal allocates and queues
+    // a socket buffer. A signal goes with nearly every message sent.
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        flags.push_str(" -DZMQ_HAVE_EVENTFD=1 -DZMQ_HAVE_EVENTFD_CLOEXEC=1");
+    }
+    env::set_var("CXXFLAGS", flags);
     zeromq_src::Build::new()
         .with_libsodium(Some(zeromq_src::LibLocation::new(lib, include)))
         .build();
