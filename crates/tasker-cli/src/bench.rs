@@ -57,7 +57,8 @@ pub struct BenchArgs {
     /// beside them: a clean target for `perf record`.
     #[arg(long)]
     pub system_only: bool,
-    /// Only the single-step round trips, tasker beside the raw echo.
+    /// Only the single-step round trips: tasker beside the raw echo, and
+    /// the raw echo relayed through a thread as tasker's caller is.
     #[arg(long)]
     pub latency_only: bool,
     /// Only the metrics comparison: tasker's throughput with its
@@ -231,6 +232,73 @@ fn raw_latency(samples: usize) -> Result<Vec<Duration>> {
         out.push(t.elapsed());
     }
     Ok(out)
+}
+
+/// The raw echo's round trip with its socket on a thread of its own, as
+/// the orchestrator's is: the caller, a task, hands each request to that
+/// thread through a queue and a doorbell and is woken with the reply. Beside
+/// the raw echo it prices the two thread hand-overs tasker's design adds,
+/// with none of tasker's own work.
+fn relayed_latency(samples: usize, runtime: &tokio::runtime::Runtime) -> Result<Vec<Duration>> {
+    use std::sync::mpsc;
+    use tokio::sync::oneshot;
+    let (request, response) = messages(1);
+    let request = codec::encode(&request)?;
+    let echo = RawEcho::start(response, false)?;
+    let bell = std::sync::Arc::new(tasker_transport::Doorbell::new()?);
+    let (asks, asked) = mpsc::channel::<oneshot::Sender<()>>();
+    let relay_bell = std::sync::Arc::clone(&bell);
+    let relay = std::thread::spawn(move || -> Result<()> {
+        let mut waiting = std::collections::VecDeque::new();
+        loop {
+            let items = [
+                tasker_transport::Waitable::Socket(&echo.router, zmq::POLLIN),
+                tasker_transport::Waitable::Fd(relay_bell.fd()),
+            ];
+            let ready = tasker_transport::wait(&items, -1)?;
+            if ready[1] {
+                relay_bell.drain();
+            }
+            loop {
+                match asked.try_recv() {
+                    Ok(reply) => {
+                        echo.send(&request)?;
+                        waiting.push_back(reply);
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
+                }
+            }
+            if ready[0] {
+                while echo.router.recv_multipart(zmq::DONTWAIT).is_ok() {
+                    if let Some(reply) = waiting.pop_front() {
+                        let _ = reply.send(());
+                    }
+                }
+            }
+        }
+    });
+    let warm = samples.min(100);
+    let trips = runtime.block_on(async {
+        let mut out = Vec::with_capacity(samples);
+        for i in 0..warm + samples {
+            let t = Instant::now();
+            let (reply, replied) = oneshot::channel();
+            asks.send(reply)?;
+            bell.ring();
+            replied.await?;
+            if i >= warm {
+                out.push(t.elapsed());
+            }
+        }
+        anyhow::Ok(out)
+    });
+    drop(asks);
+    bell.ring();
+    relay
+        .join()
+        .map_err(|_| anyhow::anyhow!("relay thread panicked"))??;
+    trips
 }
 
 /// Where the bench's worker runs: on threads of this process, or as a
@@ -472,12 +540,20 @@ async fn system_latency(
             .await?;
     }
     let mut out = Vec::with_capacity(samples);
+    let cpu_before = threads_cpu();
     for _ in 0..samples {
         let t = Instant::now();
         sys.executor
             .execute_step_batch(StepBatchRequest::new("lat", noop_steps(1)))
             .await?;
         out.push(t.elapsed());
+    }
+    if std::env::var_os("TASKER_BENCH_THREADS").is_some() {
+        for (name, cpu) in threads_cpu() {
+            let before = cpu_before.get(&name).copied().unwrap_or_default();
+            let per_trip = cpu.saturating_sub(before).as_secs_f64() * 1e6 / samples as f64;
+            eprintln!("  {placement:?} {name:<24} {per_trip:6.1} us/round trip");
+        }
     }
     // Idle: orchestrator and worker connected, exchanging heartbeats only.
     let cpu_before = process_cpu()?;
@@ -617,6 +693,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.latency_only {
         let mut raw = raw_latency(args.latency_samples)?;
+        let mut relayed = relayed_latency(args.latency_samples, &runtime)?;
         let mut placements = Vec::new();
         for placement in [Placement::InProcess, Placement::Process] {
             let (samples, _) = runtime.block_on(system_latency(
@@ -630,6 +707,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         for p in [0.5, 0.99] {
             let raw = percentile(&mut raw, p);
+            let relayed = percentile(&mut relayed, p);
+            println!(
+                "p{:.0} relayed echo: {relayed:.1} us, raw {raw:.1} us, {:.2}x",
+                p * 100.0,
+                relayed / raw
+            );
             for (placement, samples) in &mut placements {
                 let ours = percentile(samples, p);
                 println!(
