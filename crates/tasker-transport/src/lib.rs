@@ -10,9 +10,9 @@ mod wait;
 
 pub use wait::{wait, Waitable, MAX_ITEMS};
 
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::io::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -22,21 +22,45 @@ use tasker_protocol::codec;
 
 /// Wakes an I/O thread blocked in [`wait`], from any thread.
 ///
-/// A Unix socket pair: `ring` writes a byte unless a ring is already pending,
-/// the I/O thread polls the read end's file descriptor and `drain`s it.
+/// `ring` writes to a descriptor unless a ring is already pending; the I/O
+/// thread polls it and `drain`s it. On Linux that is an eventfd, a counter
+/// the kernel keeps without a buffer; elsewhere a Unix socket pair, whose
+/// every ring allocates and queues a socket buffer.
 #[derive(Debug)]
 pub struct Doorbell {
-    tx: UnixStream,
-    rx: UnixStream,
+    tx: File,
+    rx: File,
     pending: AtomicBool,
+}
+
+/// The doorbell's two ends (one descriptor twice, for an eventfd).
+#[cfg(target_os = "linux")]
+fn bell_pair() -> std::io::Result<(File, File)> {
+    use std::os::unix::io::FromRawFd;
+    // SAFETY: `eventfd` takes no pointers; it returns a new descriptor, or
+    // -1 with errno set.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was created just above and nothing else owns it.
+    let rx = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok((rx.try_clone()?, rx))
+}
+
+/// The doorbell's two ends.
+#[cfg(not(target_os = "linux"))]
+fn bell_pair() -> std::io::Result<(File, File)> {
+    let (tx, rx) = std::os::unix::net::UnixStream::pair()?;
+    tx.set_nonblocking(true)?;
+    rx.set_nonblocking(true)?;
+    Ok((File::from(OwnedFd::from(tx)), File::from(OwnedFd::from(rx))))
 }
 
 impl Doorbell {
     /// A new doorbell.
     pub fn new() -> std::io::Result<Self> {
-        let (tx, rx) = UnixStream::pair()?;
-        tx.set_nonblocking(true)?;
-        rx.set_nonblocking(true)?;
+        let (tx, rx) = bell_pair()?;
         Ok(Self {
             tx,
             rx,
@@ -47,8 +71,9 @@ impl Doorbell {
     /// Wakes the I/O thread; cheap when it is already awake.
     pub fn ring(&self) {
         if !self.pending.swap(true, Ordering::AcqRel) {
-            // A full buffer means a wake-up is pending anyway.
-            let _ = (&self.tx).write(&[1]);
+            // An eventfd takes exactly eight bytes, a socket any; a full
+            // socket buffer means a wake-up is pending anyway.
+            let _ = (&self.tx).write(&1u64.to_ne_bytes());
         }
     }
 

@@ -242,6 +242,36 @@ mod tests {
     }
 
     #[test]
+    fn a_doorbell_rung_many_times_wakes_once_and_is_quiet_once_drained() {
+        let bell = Doorbell::new().unwrap();
+        for _ in 0..1_000 {
+            bell.ring();
+        }
+        assert!(wait(&[Waitable::Fd(bell.fd())], 1_000).unwrap()[0]);
+        bell.drain();
+        assert!(
+            !wait(&[Waitable::Fd(bell.fd())], 50).unwrap()[0],
+            "drained, it stays quiet"
+        );
+        // A ring after the drain must write again: a flag left set would
+        // silence the doorbell for good.
+        bell.ring();
+        assert!(wait(&[Waitable::Fd(bell.fd())], 1_000).unwrap()[0]);
+    }
+
+    #[test]
+    fn a_doorbell_rung_from_another_thread_ends_a_wait() {
+        let bell = std::sync::Arc::new(Doorbell::new().unwrap());
+        let ringer = std::sync::Arc::clone(&bell);
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            ringer.ring();
+        });
+        assert!(wait(&[Waitable::Fd(bell.fd())], 5_000).unwrap()[0]);
+        thread.join().unwrap();
+    }
+
+    #[test]
     fn a_busy_socket_does_not_hide_a_rung_doorbell() {
         let context = zmq::Context::new();
         let (pull, push) = pair(&context, "busy");
