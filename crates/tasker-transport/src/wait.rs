@@ -130,6 +130,16 @@ mod tests {
         (pull, push)
     }
 
+    /// Whether the socket, then the doorbell, may be ready.
+    fn socket_and_bell(socket: &zmq::Socket, bell: &Doorbell, timeout_ms: i64) -> [bool; 2] {
+        let items = [
+            Waitable::Socket(socket, zmq::POLLIN),
+            Waitable::Fd(bell.fd()),
+        ];
+        let ready = wait(&items, timeout_ms).unwrap();
+        [ready[0], ready[1]]
+    }
+
     #[test]
     fn a_message_sent_before_the_wait_is_seen_without_waiting() {
         let context = zmq::Context::new();
@@ -174,15 +184,7 @@ mod tests {
         let (pull, _push) = pair(&context, "idle");
         let bell = Doorbell::new().unwrap();
         let started = Instant::now();
-        let ready = wait(
-            &[
-                Waitable::Socket(&pull, zmq::POLLIN),
-                Waitable::Fd(bell.fd()),
-            ],
-            150,
-        )
-        .unwrap();
-        assert_eq!(&ready[..2], &[false, false]);
+        assert_eq!(socket_and_bell(&pull, &bell, 150), [false, false]);
         assert!(started.elapsed() >= Duration::from_millis(140));
     }
 
@@ -278,14 +280,6 @@ mod tests {
         push.send("w", 0).unwrap();
         let bell = Doorbell::new().unwrap();
         bell.ring();
-        let ready = wait(
-            &[
-                Waitable::Socket(&pull, zmq::POLLIN),
-                Waitable::Fd(bell.fd()),
-            ],
-            5_000,
-        )
-        .unwrap();
-        assert_eq!(&ready[..2], &[true, true]);
+        assert_eq!(socket_and_bell(&pull, &bell, 5_000), [true, true]);
     }
 }
