@@ -24,6 +24,26 @@ fn delivered(peer: &RawPeer) -> Vec<StepExecutionRequest> {
     }
 }
 
+/// Says `hello` on `peer` until it is welcomed, as a worker does: until
+/// ZeroMQ has seen the worker's old connection close, its id is in use.
+fn hello_until_welcomed(peer: &RawPeer, hello: &WorkerHello) {
+    for _ in 0..50 {
+        peer.send(&WorkerMessage::Hello(hello.clone()));
+        match peer.recv_skipping_heartbeats(Duration::from_secs(3)) {
+            Some(OrchestratorMessage::Welcome(w)) => {
+                *peer.orchestrator_id.borrow_mut() = w.orchestrator_id;
+                return;
+            }
+            Some(OrchestratorMessage::ProtocolError(e)) => {
+                assert_eq!(e.code, ProtocolErrorCode::WorkerIdInUse);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    panic!("hello never welcomed");
+}
+
 /// The next protocol error `peer` is sent, skipping heartbeats.
 fn protocol_error(peer: &RawPeer) -> ProtocolError {
     match peer.recv_skipping_heartbeats(Duration::from_secs(3)) {
@@ -346,22 +366,7 @@ async fn h6_a_worker_that_really_reconnected_takes_its_steps_and_its_old_results
             orchestrator_id: orchestrator_id.clone(),
         })
         .collect();
-    // As a worker does: until ZeroMQ has seen the old connection close, the
-    // id is in use; try again after a pause.
-    for _ in 0..50 {
-        new.send(&WorkerMessage::Hello(hello.clone()));
-        match new.recv_skipping_heartbeats(Duration::from_secs(3)) {
-            Some(OrchestratorMessage::Welcome(w)) => {
-                *new.orchestrator_id.borrow_mut() = w.orchestrator_id;
-                break;
-            }
-            Some(OrchestratorMessage::ProtocolError(e)) => {
-                assert_eq!(e.code, ProtocolErrorCode::WorkerIdInUse);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => panic!("{other:?}"),
-        }
-    }
+    hello_until_welcomed(&new, &hello);
     new.respond(
         held[2..]
             .iter()
@@ -376,6 +381,44 @@ async fn h6_a_worker_that_really_reconnected_takes_its_steps_and_its_old_results
     );
     assert_eq!(executor.metrics().worker_lost, 0);
     assert_eq!(executor.metrics().workers_connected, 1);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h6b_steps_still_on_their_way_to_a_worker_that_reconnected_go_out_again_same_attempt() {
+    // The worker's old connection closed with four steps on their way to
+    // it (an orchestrator stopped mid-send, in the soak): its hello on the
+    // new connection lists none of them, and none was answered. They are
+    // delivered again, same attempt, rather than lost.
+    let executor = start(&config());
+    let old = RawPeer::connect(executor.endpoint());
+    old.hello("wanderer", &["echo"], 4);
+    let handle = executor
+        .submit(StepBatchRequest::new("astray", steps(1..5, "echo", 10_000)))
+        .await
+        .unwrap();
+    let astray = delivered(&old);
+    assert_eq!(astray.len(), 4);
+    drop(old);
+    let new = RawPeer::connect(executor.endpoint());
+    hello_until_welcomed(&new, &WorkerHello::new("wanderer", vec!["echo".into()], 4));
+    let again = delivered(&new);
+    let ids = |steps: &[StepExecutionRequest]| steps.iter().map(|s| s.step_id).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&astray));
+    assert!(
+        again.iter().all(|s| s.metadata.attempt == 1),
+        "same attempt"
+    );
+    new.respond(
+        again
+            .iter()
+            .map(|s| completed(s, json!("arrived"), "wanderer"))
+            .collect(),
+    );
+    let results = handle.collect().await;
+    assert!(results.iter().all(|r| r.output == Some(json!("arrived"))));
+    let m = executor.metrics();
+    assert_eq!((m.worker_lost, m.redelivered), (0, 4));
     executor.shutdown(LONG).await;
 }
 
@@ -609,17 +652,7 @@ async fn results_sent_on_a_new_connection_before_its_hello_count_once_it_takes_o
         attempt: 1,
         orchestrator_id,
     }];
-    for _ in 0..50 {
-        new.send(&WorkerMessage::Hello(hello.clone()));
-        match new.recv_skipping_heartbeats(Duration::from_secs(3)) {
-            Some(OrchestratorMessage::Welcome(_)) => break,
-            Some(OrchestratorMessage::ProtocolError(e)) => {
-                assert_eq!(e.code, ProtocolErrorCode::WorkerIdInUse);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => panic!("{other:?}"),
-        }
-    }
+    hello_until_welcomed(&new, &hello);
     new.respond(vec![completed(&held[2], json!("late"), "renewed")]);
     let results = handle.collect().await;
     let outputs: Vec<_> = results.iter().map(|r| r.output.clone()).collect();

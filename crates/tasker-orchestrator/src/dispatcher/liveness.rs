@@ -19,6 +19,12 @@ impl Dispatcher {
             self.catch_up();
         }
         let now = Instant::now();
+        // Before silence is judged: a retired connection that is gone holds
+        // only steps its worker never received, and a stall of this process
+        // (two SIGSTOPs in a row, in the soak) can carry it past expiry
+        // before any tick found it settled; judged first, those steps
+        // would fail `WorkerLost` against a worker that lost nothing.
+        self.settle_retired(now);
         for conn in self.registry.silent(now, expiry) {
             Metrics::add(&self.channels.metrics.workers_lost, 1);
             if let Some(c) = self.registry.get(conn) {
@@ -35,7 +41,6 @@ impl Dispatcher {
             &self.channels.metrics.unheld_results_dropped,
             expired as u64,
         );
-        self.settle_retired(now);
         let heartbeat = OrchestratorMessage::Heartbeat(Heartbeat {});
         let peers: Vec<(ConnId, RoutingId)> = self
             .registry
