@@ -43,7 +43,7 @@ pub enum Waitable<'a> {
 /// "May": a socket is reported when its descriptor woke the wait, which can
 /// be for a command that brings no message; the caller reads with
 /// `DONTWAIT` and takes `EAGAIN` as nothing. An interrupted wait (`EINTR`)
-/// returns with nothing ready.
+/// returns only the sockets found ready before it.
 ///
 /// ```
 /// use tasker_transport::{wait, Doorbell, Waitable};
