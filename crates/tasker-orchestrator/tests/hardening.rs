@@ -423,6 +423,71 @@ async fn h6b_steps_still_on_their_way_to_a_worker_that_reconnected_go_out_again_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h6c_a_retired_connection_closed_just_before_its_expiry_gives_its_steps_back() {
+    // The old connection is past its expiry but still open when the
+    // worker's hello on a new one arrives, so it is taken over without a
+    // probe and retired, not known gone. It closes before the next tick,
+    // which judges it silent: its steps, never received by the worker,
+    // must go out again rather than fail `WorkerLost`. A longer interval
+    // than the other tests': the timing below keeps margins of a quarter
+    // and five eighths of it, on a loaded machine too.
+    let executor = start(&TaskerConfig {
+        heartbeat_interval_ms: 400,
+        ..config()
+    });
+    let interval = executor.config().heartbeat_interval();
+    let expiry = executor.config().peer_expiry();
+    let old = RawPeer::connect(executor.endpoint());
+    old.hello("sleeper", &["echo"], 4);
+    let handle = executor
+        .submit(StepBatchRequest::new("unread", steps(1..5, "echo", 10_000)))
+        .await
+        .unwrap();
+    let unread = delivered(&old);
+    assert_eq!(unread.len(), 4);
+    let heartbeat = || loop {
+        match old.recv(Duration::from_secs(3)) {
+            Some(OrchestratorMessage::Heartbeat(_)) => return,
+            Some(_) => continue,
+            None => panic!("no heartbeat on the old connection"),
+        }
+    };
+    // The old connection's last word comes a quarter interval after a
+    // tick, so the third tick from then finds it short of its expiry and
+    // the fourth judges it: the new hello goes in between.
+    heartbeat();
+    std::thread::sleep(interval / 4);
+    old.send(&WorkerMessage::Heartbeat(Heartbeat {}));
+    let last_word = Instant::now();
+    for _ in 0..3 {
+        heartbeat();
+    }
+    let past_expiry = last_word + expiry + interval / 8;
+    tokio::time::sleep_until(past_expiry.into()).await;
+    let new = RawPeer::connect(executor.endpoint());
+    new.hello("sleeper", &["echo"], 4);
+    drop(old);
+    let again = delivered(&new);
+    let ids = |steps: &[StepExecutionRequest]| steps.iter().map(|s| s.step_id).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&unread));
+    assert!(
+        again.iter().all(|s| s.metadata.attempt == 1),
+        "same attempt"
+    );
+    new.respond(
+        again
+            .iter()
+            .map(|s| completed(s, json!("woke"), "sleeper"))
+            .collect(),
+    );
+    let results = handle.collect().await;
+    assert!(results.iter().all(|r| r.output == Some(json!("woke"))));
+    let m = executor.metrics();
+    assert_eq!((m.worker_lost, m.redelivered), (0, 4));
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h7_the_registry_is_bounded_and_a_connection_keeps_its_worker_id() {
     let executor = start(&TaskerConfig {
         max_workers: 5,

@@ -19,6 +19,12 @@ impl Dispatcher {
             self.catch_up();
         }
         let now = Instant::now();
+        let heartbeat = OrchestratorMessage::Heartbeat(Heartbeat {});
+        // A retired connection gets its heartbeat first, before silence is
+        // judged: that send is how its end is noticed (EHOSTUNREACH), and
+        // one its worker closed since the last tick would otherwise be
+        // judged while still taken for open.
+        self.send_heartbeats(&heartbeat, |c| c.retired);
         // Before silence is judged: a retired connection that is gone holds
         // only steps its worker never received, and a stall of this process
         // (two SIGSTOPs in a row, in the soak) can carry it past expiry
@@ -41,17 +47,24 @@ impl Dispatcher {
             &self.channels.metrics.unheld_results_dropped,
             expired as u64,
         );
-        let heartbeat = OrchestratorMessage::Heartbeat(Heartbeat {});
+        self.send_heartbeats(&heartbeat, |c| !c.retired);
+    }
+
+    /// Sends `heartbeat` to every connection not known gone that `which`
+    /// picks.
+    fn send_heartbeats(
+        &mut self,
+        heartbeat: &OrchestratorMessage,
+        which: impl Fn(&registry::Conn) -> bool,
+    ) {
         let peers: Vec<(ConnId, RoutingId)> = self
             .registry
             .iter()
-            .filter(|(_, c)| !c.gone)
+            .filter(|(_, c)| !c.gone && which(c))
             .map(|(id, c)| (id, c.routing_id.clone()))
             .collect();
         for (conn, routing_id) in peers {
-            // A retired connection is sent one too: that is how its end
-            // is noticed (EHOSTUNREACH).
-            if let Err(e) = send_message(&self.socket, Some(&routing_id), &heartbeat) {
+            if let Err(e) = send_message(&self.socket, Some(&routing_id), heartbeat) {
                 // A vanished connection is left to the liveness rule: the
                 // worker may be reconnecting and its hello will claim its
                 // steps.
