@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 use tasker_config::TaskerConfig;
-use tasker_orchestrator::{ExecutorError, ZmqPubSubExecutor};
+use tasker_orchestrator::{BatchHandle, ExecutorError, ZmqPubSubExecutor};
 use tasker_protocol::*;
 
 const LONG: Duration = Duration::from_secs(10);
@@ -384,6 +384,35 @@ async fn h6_a_worker_that_really_reconnected_takes_its_steps_and_its_old_results
     executor.shutdown(LONG).await;
 }
 
+/// `new` is delivered exactly the steps `astray` held, under the same
+/// attempt; once it answers them the batch completes with its outputs and
+/// none of them counts as lost.
+async fn the_same_attempts_arrive_and_complete(
+    executor: &ZmqPubSubExecutor,
+    new: &RawPeer,
+    handle: BatchHandle,
+    astray: &[StepExecutionRequest],
+    worker_id: &str,
+) {
+    let again = delivered(new);
+    let ids = |steps: &[StepExecutionRequest]| steps.iter().map(|s| s.step_id).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(astray));
+    assert!(
+        again.iter().all(|s| s.metadata.attempt == 1),
+        "same attempt"
+    );
+    new.respond(
+        again
+            .iter()
+            .map(|s| completed(s, json!("arrived"), worker_id))
+            .collect(),
+    );
+    let results = handle.collect().await;
+    assert!(results.iter().all(|r| r.output == Some(json!("arrived"))));
+    let m = executor.metrics();
+    assert_eq!((m.worker_lost, m.redelivered), (0, astray.len() as u64));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h6b_steps_still_on_their_way_to_a_worker_that_reconnected_go_out_again_same_attempt() {
     // The worker's old connection closed with four steps on their way to
@@ -402,23 +431,7 @@ async fn h6b_steps_still_on_their_way_to_a_worker_that_reconnected_go_out_again_
     drop(old);
     let new = RawPeer::connect(executor.endpoint());
     hello_until_welcomed(&new, &WorkerHello::new("wanderer", vec!["echo".into()], 4));
-    let again = delivered(&new);
-    let ids = |steps: &[StepExecutionRequest]| steps.iter().map(|s| s.step_id).collect::<Vec<_>>();
-    assert_eq!(ids(&again), ids(&astray));
-    assert!(
-        again.iter().all(|s| s.metadata.attempt == 1),
-        "same attempt"
-    );
-    new.respond(
-        again
-            .iter()
-            .map(|s| completed(s, json!("arrived"), "wanderer"))
-            .collect(),
-    );
-    let results = handle.collect().await;
-    assert!(results.iter().all(|r| r.output == Some(json!("arrived"))));
-    let m = executor.metrics();
-    assert_eq!((m.worker_lost, m.redelivered), (0, 4));
+    the_same_attempts_arrive_and_complete(&executor, &new, handle, &astray, "wanderer").await;
     executor.shutdown(LONG).await;
 }
 
@@ -467,23 +480,7 @@ async fn h6c_a_retired_connection_closed_just_before_its_expiry_gives_its_steps_
     let new = RawPeer::connect(executor.endpoint());
     new.hello("sleeper", &["echo"], 4);
     drop(old);
-    let again = delivered(&new);
-    let ids = |steps: &[StepExecutionRequest]| steps.iter().map(|s| s.step_id).collect::<Vec<_>>();
-    assert_eq!(ids(&again), ids(&unread));
-    assert!(
-        again.iter().all(|s| s.metadata.attempt == 1),
-        "same attempt"
-    );
-    new.respond(
-        again
-            .iter()
-            .map(|s| completed(s, json!("woke"), "sleeper"))
-            .collect(),
-    );
-    let results = handle.collect().await;
-    assert!(results.iter().all(|r| r.output == Some(json!("woke"))));
-    let m = executor.metrics();
-    assert_eq!((m.worker_lost, m.redelivered), (0, 4));
+    the_same_attempts_arrive_and_complete(&executor, &new, handle, &unread, "sleeper").await;
     executor.shutdown(LONG).await;
 }
 
