@@ -162,6 +162,20 @@ pub fn decode<M: WireMessage>(
     }
 }
 
+/// The parse behind [`WireMessage::parse_direct`]: `body` as `T` when it
+/// starts with `start`. The body's UTF-8 is checked once, as a whole:
+/// parsed from bytes, serde_json checks every string again on its own,
+/// which cost a fifth of a 100-result response's parse. `None` when the
+/// body does not start so or is not UTF-8; the general path then reports
+/// the problem.
+fn parse_bulk<T: DeserializeOwned>(body: &[u8], start: &[u8]) -> Option<serde_json::Result<T>> {
+    if !body.starts_with(start) {
+        return None;
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    Some(serde_json::from_str(text))
+}
+
 /// The body of a two-frame message whose header and size are acceptable.
 pub(crate) fn checked_body(
     frames: &[impl AsRef<[u8]>],
@@ -305,8 +319,8 @@ impl WireMessage for WorkerMessage {
     ];
 
     fn parse_direct(body: &[u8]) -> Option<serde_json::Result<Self>> {
-        body.starts_with(br#"{"type":"step_batch_response","#)
-            .then(|| serde_json::from_slice(body).map(WorkerMessage::StepBatchResponse))
+        parse_bulk(body, br#"{"type":"step_batch_response","#)
+            .map(|parsed| parsed.map(WorkerMessage::StepBatchResponse))
     }
 
     fn validate(&self) -> Result<(), DecodeError> {
@@ -697,8 +711,8 @@ impl WireMessage for OrchestratorMessage {
     ];
 
     fn parse_direct(body: &[u8]) -> Option<serde_json::Result<Self>> {
-        body.starts_with(br#"{"type":"step_batch_request","#)
-            .then(|| serde_json::from_slice(body).map(OrchestratorMessage::StepBatchRequest))
+        parse_bulk(body, br#"{"type":"step_batch_request","#)
+            .map(|parsed| parsed.map(OrchestratorMessage::StepBatchRequest))
     }
 
     fn validate(&self) -> Result<(), DecodeError> {

@@ -374,6 +374,19 @@ fn bulk_messages_lead_with_their_type_tag() {
     assert!(body.starts_with(br#"{"type":"step_batch_response","#));
 }
 
+/// The fast parse of a bulk message checks its UTF-8 once for the whole
+/// body; bytes that are not UTF-8 anywhere in it still make it malformed.
+#[test]
+fn a_bulk_message_with_bytes_that_are_not_utf8_is_malformed_json() {
+    let step = StepExecutionRequest::new(1, 1, "s", "h", 1_000);
+    let request = OrchestratorMessage::StepBatchRequest(StepBatchRequest::new("b", vec![step]));
+    let [header, mut body] = codec::encode(&request).unwrap();
+    let at = body.windows(3).position(|w| w == b"\"h\"").unwrap() + 1;
+    body[at] = 0xff;
+    let err = codec::decode::<OrchestratorMessage>(&[header, body], 1 << 20).unwrap_err();
+    assert_eq!(err.code(), ProtocolErrorCode::MalformedJson, "{err}");
+}
+
 // ---- raw: steps and results kept as JSON text (tasker_protocol::raw) ----
 
 fn batch_body(steps: &[String]) -> String {

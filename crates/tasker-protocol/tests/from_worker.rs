@@ -646,3 +646,56 @@ fn a_refused_result_quoting_huge_input_is_named_briefly() {
     }
     assert!(batch.refusal().unwrap().message.len() < 512);
 }
+
+/// What decoding a 100-result response costs per result: the typed parse
+/// from bytes it used to be (serde_json checks every string's UTF-8 on its
+/// own), the parse of the text checked once as a whole that it is now, and
+/// `decode_from_worker` in all (that parse, then each result's checks).
+/// Least of five rounds, since the machine's speed moves between runs.
+/// `cargo test --release -p tasker-protocol --test from_worker decode_cost
+/// -- --ignored --nocapture`
+#[test]
+#[ignore = "a benchmark: prints figures"]
+fn decode_cost() {
+    let results: Vec<String> = (0..100)
+        .map(|i| {
+            format!(
+                r#"{{"step_id":{},"status":"completed","output":null,"metadata":{{"attempt":1,"execution_time_ms":0,"worker_id":"rust-4242-1a2b3c4d","retryable":false,"completed_at":"2026-12-03T10:00:00.004123456Z"}}}}"#,
+                1_000 + i
+            )
+        })
+        .collect();
+    let body = response(&results);
+    let message = frames(body.clone());
+    let least = |mut decode: Box<dyn FnMut() -> usize>| {
+        let rounds = 10_000u32;
+        (0..5)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                for _ in 0..rounds {
+                    assert_eq!(decode(), 100);
+                }
+                started.elapsed().as_nanos() as f64 / f64::from(rounds * 100)
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let from_bytes = least(Box::new(|| {
+        let parsed: StepBatchResponse = serde_json::from_slice(body.as_bytes()).unwrap();
+        parsed.results.len()
+    }));
+    let from_text = least(Box::new(|| {
+        let text = std::str::from_utf8(body.as_bytes()).unwrap();
+        let parsed: StepBatchResponse = serde_json::from_str(text).unwrap();
+        parsed.results.len()
+    }));
+    let decode = least(Box::new(|| {
+        match codec::decode_from_worker(&message, MAX) {
+            Ok(FromWorker::Results(batch)) => batch.results.len(),
+            other => panic!("not results: {other:?}"),
+        }
+    }));
+    eprintln!(
+        "ns per result: parse from bytes {from_bytes:.0}, from text checked once {from_text:.0} ({:.0}%), decode_from_worker {decode:.0}",
+        100.0 * from_text / from_bytes
+    );
+}
