@@ -667,7 +667,8 @@ fn decode_cost() {
         .collect();
     let body = response(&results);
     let message = frames(body.clone());
-    let least = |mut decode: Box<dyn FnMut() -> usize>| {
+    /// Nanoseconds per result, least of five rounds.
+    fn least(mut decode: impl FnMut() -> usize) -> f64 {
         let rounds = 10_000u32;
         (0..5)
             .map(|_| {
@@ -678,22 +679,20 @@ fn decode_cost() {
                 started.elapsed().as_nanos() as f64 / f64::from(rounds * 100)
             })
             .fold(f64::INFINITY, f64::min)
-    };
-    let from_bytes = least(Box::new(|| {
+    }
+    let from_bytes = least(|| {
         let parsed: StepBatchResponse = serde_json::from_slice(body.as_bytes()).unwrap();
         parsed.results.len()
-    }));
-    let from_text = least(Box::new(|| {
+    });
+    let from_text = least(|| {
         let text = std::str::from_utf8(body.as_bytes()).unwrap();
         let parsed: StepBatchResponse = serde_json::from_str(text).unwrap();
         parsed.results.len()
-    }));
-    let decode = least(Box::new(|| {
-        match codec::decode_from_worker(&message, MAX) {
-            Ok(FromWorker::Results(batch)) => batch.results.len(),
-            other => panic!("not results: {other:?}"),
-        }
-    }));
+    });
+    let decode = least(|| match codec::decode_from_worker(&message, MAX) {
+        Ok(FromWorker::Results(batch)) => batch.results.len(),
+        other => panic!("not results: {other:?}"),
+    });
     eprintln!(
         "ns per result: parse from bytes {from_bytes:.0}, from text checked once {from_text:.0} ({:.0}%), decode_from_worker {decode:.0}",
         100.0 * from_text / from_bytes
