@@ -310,23 +310,17 @@ async fn c6_keys_are_admitted_and_revoked_through_the_folder_without_a_restart()
     // old one. The steady worker is never touched.
     keys.admit("w1-new");
     old.join(LONG);
+    // Counting is not enough here: two workers can still be steady and the
+    // old w1 whose goodbye is not yet read. Wait for the old one to go, then
+    // for the new one by name.
+    wait_for_worker_ids(&executor, &["steady"]).await;
     let new = echo_worker(
         keys.worker_config(&executor, "w1-new", "orchestrator"),
         "w1",
         &runs,
     );
     keys.revoke("w1");
-    assert!(executor.wait_for_workers(2, LONG).await);
-    let ids: Vec<String> = executor
-        .workers()
-        .await
-        .into_iter()
-        .map(|w| w.worker_id)
-        .collect();
-    assert!(
-        ids.contains(&"steady".into()) && ids.contains(&"w1".into()),
-        "{ids:?}"
-    );
+    wait_for_worker_ids(&executor, &["steady", "w1"]).await;
 
     let stale = echo_worker(
         keys.worker_config(&executor, "w1", "orchestrator"),
@@ -501,4 +495,28 @@ fn pump(mut from: TcpStream, mut to: TcpStream, wire: &Arc<Mutex<Vec<u8>>>) {
         }
         let _ = to.shutdown(std::net::Shutdown::Both);
     });
+}
+
+/// Waits until the registered workers are exactly `ids` (in any order).
+async fn wait_for_worker_ids(executor: &ZmqPubSubExecutor, ids: &[&str]) {
+    let mut want: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    want.sort();
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let mut have: Vec<String> = executor
+            .workers()
+            .await
+            .into_iter()
+            .map(|w| w.worker_id)
+            .collect();
+        have.sort();
+        if have == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers {have:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
