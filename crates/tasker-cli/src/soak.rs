@@ -132,9 +132,19 @@ pub struct SoakArgs {
     pub verbose: bool,
     #[arg(long, value_enum, default_value_t = Role::Controller, hide = true)]
     pub role: Role,
+    /// (Orchestrator role.) Submit the last tenth of the steps only once
+    /// the controller writes `release` on standard input (or closes it).
+    #[arg(long, hide = true)]
+    pub hold_tail: bool,
 }
 
 impl SoakArgs {
+    /// The last step submitted before a held tail is released (see
+    /// `hold_tail`): chaos is planned before 88% of the run.
+    pub fn tail_starts_after(&self) -> u64 {
+        self.steps * 9 / 10
+    }
+
     /// Heartbeat interval × liveness.
     pub fn expiry_ms(&self) -> u64 {
         self.heartbeat_ms * u64::from(self.liveness)

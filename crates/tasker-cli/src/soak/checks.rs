@@ -744,8 +744,8 @@ pub fn report(inputs: Inputs<'_>) -> Result<bool> {
     let of = |kind| chaos.iter().filter(|e| e.kind == kind).count();
     if chaos.len() < planned_events {
         c.fail(format!(
-            "{} of {planned_events} planned chaos events happened (the run ended first: \
-             raise --steps)",
+            "{} of {planned_events} planned chaos events happened before the run ended \
+             (a worker event needs two workers running to pick its victim from)",
             chaos.len()
         ));
     }

@@ -2,10 +2,10 @@
 //! disturbs them on a seeded schedule, samples the orchestrator's RSS, stops
 //! everything, and hands the records to [`super::checks`].
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -322,6 +322,9 @@ struct Soak {
     spawned: [usize; 2],
     chaos_plan: Vec<(u64, ChaosKind)>,
     next_event: usize,
+    /// The orchestrator's standard input while it holds the last tenth of
+    /// the steps back, so the run cannot end before its chaos has happened.
+    tail_held: Option<ChildStdin>,
     events: Vec<ChaosEvent>,
     started: Option<Instant>,
     started_ms: u64,
@@ -400,7 +403,14 @@ impl Soak {
             ])
             .stdout(Stdio::piped())
             .stderr(log);
+        // Worker events need two workers running to pick a victim from;
+        // with fewer, holding the tail back would only wait for nothing.
+        let hold = !chaos_plan.is_empty() && a.rust_workers + a.python_workers >= 2;
+        if hold {
+            cmd.arg("--hold-tail").stdin(Stdio::piped());
+        }
         let mut orchestrator = cmd.spawn().context("starting the soak orchestrator")?;
+        let tail_held = orchestrator.stdin.take();
         let stdout = orchestrator.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::Builder::new()
@@ -431,6 +441,7 @@ impl Soak {
             spawned: [0, 0],
             chaos_plan,
             next_event: 0,
+            tail_held,
             events: Vec::new(),
             started: None,
             started_ms: epoch_ms(),
@@ -564,6 +575,15 @@ impl Soak {
             return None;
         }
         Some(eligible[self.rng.below(eligible.len())])
+    }
+
+    /// Lets the orchestrator submit the steps it held back.
+    fn release_tail(&mut self) {
+        if let Some(mut stdin) = self.tail_held.take() {
+            // Closing the pipe releases it too, should the write fail.
+            let _ = stdin.write_all(b"release\n");
+            self.say("every planned event happened; the last steps go out");
+        }
     }
 
     /// Fires the next planned event if it is due and possible; true if it
@@ -760,6 +780,9 @@ impl Soak {
             }
             self.tend_workers()?;
             while self.chaos()? {}
+            if self.next_event == self.chaos_plan.len() {
+                self.release_tail();
+            }
             self.sample_rss();
             if let Some(status) = self.orchestrator.try_wait()? {
                 self.orchestrator_exit = Some(status);

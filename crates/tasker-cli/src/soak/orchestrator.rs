@@ -10,7 +10,10 @@
 //!
 //! Its standard output is read by the controller, one line each:
 //! `endpoint E`, `started`, `progress FINAL COMPLETED IN_FLIGHT` and, at the
-//! end, `done {json}`.
+//! end, `done {json}`. With `--hold-tail` it submits the last tenth of the
+//! steps only after the controller writes `release` on its standard input:
+//! a run that goes faster than its chaos schedule waits for the schedule
+//! instead of ending before it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -61,6 +64,22 @@ fn step(args: &SoakArgs, id: StepId, attempt: u32) -> StepExecutionRequest {
     step
 }
 
+/// Receives once the controller writes `release` on standard input, or
+/// closes it (a controller that is gone holds nothing back).
+fn released() -> mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            match line {
+                Ok(line) if line.trim() != "release" => continue,
+                _ => break,
+            }
+        }
+        let _ = tx.send(());
+    });
+    rx
+}
+
 /// Forwards a batch's results to the main loop, then the attempts it never
 /// answered, if any.
 async fn forward(
@@ -106,6 +125,8 @@ struct Books<'a> {
     open: HashMap<StepId, u32>,
     retries: VecDeque<(StepId, u32)>,
     next_id: StepId,
+    /// The last fresh step that may be submitted now.
+    fresh_limit: u64,
     batches: u64,
     finals: u64,
     completed: u64,
@@ -116,7 +137,7 @@ struct Books<'a> {
 impl Books<'_> {
     /// Attempts not submitted yet: retries and fresh steps.
     fn waiting(&self) -> u64 {
-        self.retries.len() as u64 + (self.args.steps + 1).saturating_sub(self.next_id as u64)
+        self.retries.len() as u64 + (self.fresh_limit + 1).saturating_sub(self.next_id as u64)
     }
 
     /// The next batch to submit, if the window has room for a whole one
@@ -131,7 +152,7 @@ impl Books<'_> {
         while steps.len() < batch.min(room) {
             let (id, attempt) = match self.retries.pop_front() {
                 Some(retry) => retry,
-                None if self.next_id as u64 <= self.args.steps => {
+                None if self.next_id as u64 <= self.fresh_limit => {
                     self.next_id += 1;
                     (self.next_id - 1, 1)
                 }
@@ -264,6 +285,11 @@ async fn orchestrate(args: &SoakArgs, dir: &Path) -> Result<()> {
         open: HashMap::with_capacity(window),
         retries: VecDeque::new(),
         next_id: 1,
+        fresh_limit: if args.hold_tail {
+            args.tail_starts_after()
+        } else {
+            args.steps
+        },
         batches: 0,
         finals: 0,
         completed: 0,
@@ -271,6 +297,7 @@ async fn orchestrate(args: &SoakArgs, dir: &Path) -> Result<()> {
         refusals: 0,
     };
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut release = args.hold_tail.then(released);
     let progress_every = (args.steps / 200).max(1);
     let mut last_progress = 0u64;
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
@@ -319,6 +346,10 @@ async fn orchestrate(args: &SoakArgs, dir: &Path) -> Result<()> {
             _ = ticker.tick() => {
                 books.flush()?;
                 books.progress();
+            }
+            _ = async { release.as_mut().expect("guarded").recv().await }, if release.is_some() => {
+                release = None;
+                books.fresh_limit = args.steps;
             }
         }
     }
