@@ -140,9 +140,10 @@ pub struct SoakArgs {
 
 impl SoakArgs {
     /// The last step submitted before a held tail is released (see
-    /// `hold_tail`): chaos is planned before 88% of the run.
+    /// `hold_tail`). Chaos is planned before 88% of the run, at step 1 at
+    /// the earliest: the steps before the tail always reach every event.
     pub fn tail_starts_after(&self) -> u64 {
-        self.steps * 9 / 10
+        (self.steps * 9 / 10).max(1)
     }
 
     /// Heartbeat interval × liveness.
