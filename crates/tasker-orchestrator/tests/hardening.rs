@@ -384,6 +384,29 @@ async fn h6_a_worker_that_really_reconnected_takes_its_steps_and_its_old_results
     executor.shutdown(LONG).await;
 }
 
+/// `peer` is delivered exactly the steps `expected`, under the same
+/// attempt (1), and answers each with `output`.
+fn the_same_attempts_arrive(
+    peer: &RawPeer,
+    expected: &[StepExecutionRequest],
+    output: Value,
+    worker_id: &str,
+) {
+    let again = delivered(peer);
+    let ids = |steps: &[StepExecutionRequest]| steps.iter().map(|s| s.step_id).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(expected));
+    assert!(
+        again.iter().all(|s| s.metadata.attempt == 1),
+        "same attempt"
+    );
+    peer.respond(
+        again
+            .iter()
+            .map(|s| completed(s, output.clone(), worker_id))
+            .collect(),
+    );
+}
+
 /// `new` is delivered exactly the steps `astray` held, under the same
 /// attempt; once it answers them the batch completes with its outputs and
 /// none of them counts as lost.
@@ -394,19 +417,7 @@ async fn the_same_attempts_arrive_and_complete(
     astray: &[StepExecutionRequest],
     worker_id: &str,
 ) {
-    let again = delivered(new);
-    let ids = |steps: &[StepExecutionRequest]| steps.iter().map(|s| s.step_id).collect::<Vec<_>>();
-    assert_eq!(ids(&again), ids(astray));
-    assert!(
-        again.iter().all(|s| s.metadata.attempt == 1),
-        "same attempt"
-    );
-    new.respond(
-        again
-            .iter()
-            .map(|s| completed(s, json!("arrived"), worker_id))
-            .collect(),
-    );
+    the_same_attempts_arrive(new, astray, json!("arrived"), worker_id);
     let results = handle.collect().await;
     assert!(results.iter().all(|r| r.output == Some(json!("arrived"))));
     let m = executor.metrics();
@@ -651,19 +662,7 @@ async fn a_leaving_worker_loses_only_the_steps_it_received_the_rest_go_elsewhere
     }));
     let stayer = RawPeer::connect(executor.endpoint());
     stayer.hello("stayer", &["echo"], 4);
-    let again = delivered(&stayer);
-    let ids: Vec<i64> = again.iter().map(|s| s.step_id).collect();
-    assert_eq!(ids, vec![sent[2].step_id, sent[3].step_id]);
-    assert!(
-        again.iter().all(|s| s.metadata.attempt == 1),
-        "same attempt"
-    );
-    stayer.respond(
-        again
-            .iter()
-            .map(|s| completed(s, json!("again"), "stayer"))
-            .collect(),
-    );
+    the_same_attempts_arrive(&stayer, &sent[2..], json!("again"), "stayer");
     let results = handle.collect().await;
     for lost in &results[..2] {
         assert_eq!(
