@@ -129,23 +129,25 @@ impl RawEcho {
         dealer.send_multipart([b"hi".to_vec()], 0)?;
         let frames = router.recv_multipart(0)?;
         let peer = frames[0].clone();
-        let thread = std::thread::spawn(move || {
-            dealer.set_rcvtimeo(100).expect("rcvtimeo");
-            let encoded = codec::encode(&reply).expect("encodable");
-            while !stop_flag.load(Ordering::Relaxed) {
-                let Ok(frames) = dealer.recv_multipart(0) else {
-                    continue;
-                };
-                if typed {
-                    let parsed: OrchestratorMessage =
-                        codec::decode(&frames, usize::MAX).expect("valid request");
-                    std::hint::black_box(parsed);
-                    let _ = dealer.send_multipart(codec::encode(&reply).expect("encodable"), 0);
-                } else {
-                    let _ = dealer.send_multipart(encoded.iter(), 0);
+        let thread = std::thread::Builder::new()
+            .name("echo-dealer".into())
+            .spawn(move || {
+                dealer.set_rcvtimeo(100).expect("rcvtimeo");
+                let encoded = codec::encode(&reply).expect("encodable");
+                while !stop_flag.load(Ordering::Relaxed) {
+                    let Ok(frames) = dealer.recv_multipart(0) else {
+                        continue;
+                    };
+                    if typed {
+                        let parsed: OrchestratorMessage =
+                            codec::decode(&frames, usize::MAX).expect("valid request");
+                        std::hint::black_box(parsed);
+                        let _ = dealer.send_multipart(codec::encode(&reply).expect("encodable"), 0);
+                    } else {
+                        let _ = dealer.send_multipart(encoded.iter(), 0);
+                    }
                 }
-            }
-        });
+            })?;
         Ok(Self {
             router,
             peer,
@@ -198,6 +200,7 @@ fn raw_throughput(batch: usize, steps: usize, window: usize, typed: bool) -> Res
         Ok(())
     };
     let messages = steps.div_ceil(batch);
+    let cpu_before = threads_cpu();
     let started = Instant::now();
     let mut sent = 0;
     let mut received = 0;
@@ -213,7 +216,10 @@ fn raw_throughput(batch: usize, steps: usize, window: usize, typed: bool) -> Res
             sent += 1;
         }
     }
-    Ok((messages * batch) as f64 / started.elapsed().as_secs_f64())
+    let rate = (messages * batch) as f64 / started.elapsed().as_secs_f64();
+    let label = if typed { "echo+JSON" } else { "raw echo" };
+    print_threads_cpu(label, &cpu_before, messages * batch);
+    Ok(rate)
 }
 
 fn raw_latency(samples: usize) -> Result<Vec<Duration>> {
@@ -503,21 +509,11 @@ async fn system_throughput(
         .await?;
     let cpu_before = threads_cpu();
     let elapsed = drive(&sys.executor, steps).await?;
-    let per_step = |name: &str, cpu: Duration| {
-        let before = cpu_before.get(name).copied().unwrap_or_default();
+    let cpu_after = print_threads_cpu(&format!("tasker, {placement:?}"), &cpu_before, steps);
+    let io_us = cpu_after.get(IO_THREAD).map_or(f64::NAN, |cpu| {
+        let before = cpu_before.get(IO_THREAD).copied().unwrap_or_default();
         cpu.saturating_sub(before).as_secs_f64() * 1e6 / steps as f64
-    };
-    let cpu_after = threads_cpu();
-    if std::env::var_os("TASKER_BENCH_THREADS").is_some() {
-        // Where the CPU went, per thread of this process (libzmq's I/O
-        // threads count as `tasker`, as the main thread does).
-        for (name, cpu) in &cpu_after {
-            eprintln!("  {name:<24} {:6.2} us/step", per_step(name, *cpu));
-        }
-    }
-    let io_us = cpu_after
-        .get(IO_THREAD)
-        .map_or(f64::NAN, |cpu| per_step(IO_THREAD, *cpu));
+    });
     sys.stop().await?;
     Ok(Run {
         rate: steps as f64 / elapsed.as_secs_f64(),
@@ -564,6 +560,33 @@ async fn system_latency(
     Ok((out, idle))
 }
 
+/// With `TASKER_BENCH_THREADS` set, prints where a run's CPU went since
+/// `before`, per thread of this process and in all, per step; the CPU
+/// time of its threads now.
+///
+/// Comparing the sums says whether a gap to the echo is work or waiting:
+/// libzmq's I/O threads count as `tasker`, as the main thread does, and a
+/// worker in a process of its own is not counted.
+fn print_threads_cpu(
+    label: &str,
+    before: &std::collections::BTreeMap<String, Duration>,
+    steps: usize,
+) -> std::collections::BTreeMap<String, Duration> {
+    let after = threads_cpu();
+    if std::env::var_os("TASKER_BENCH_THREADS").is_some() {
+        let per_step = |cpu: Duration| cpu.as_secs_f64() * 1e6 / steps as f64;
+        let mut total = Duration::ZERO;
+        eprintln!("{label}: CPU per step by thread");
+        for (name, cpu) in &after {
+            let used = cpu.saturating_sub(before.get(name).copied().unwrap_or_default());
+            total += used;
+            eprintln!("  {name:<24} {:6.2} us/step", per_step(used));
+        }
+        eprintln!("  {:<24} {:6.2} us/step", "all", per_step(total));
+    }
+    after
+}
+
 /// CPU time of this process's threads, summed by thread name.
 fn threads_cpu() -> std::collections::BTreeMap<String, Duration> {
     let mut out = std::collections::BTreeMap::new();
@@ -576,11 +599,31 @@ fn threads_cpu() -> std::collections::BTreeMap<String, Duration> {
             .unwrap_or_default()
             .trim()
             .to_string();
-        if let Some(cpu) = crate::children::cpu_time_of(&format!("self/task/{tid}")) {
+        if let Some(cpu) = thread_cpu(&tid) {
             *out.entry(name).or_default() += cpu;
         }
     }
     out
+}
+
+/// CPU time of thread `tid` of this process, from its CPU clock: to the
+/// nanosecond, where /proc's 10 ms ticks read as nothing for a short run's
+/// quieter threads.
+fn thread_cpu(tid: &str) -> Option<Duration> {
+    let tid: libc::pid_t = tid.parse().ok()?;
+    // The clock id glibc's `pthread_getcpuclockid` makes for a thread:
+    // `CPUCLOCK_PERTHREAD_MASK | CPUCLOCK_SCHED` under the inverted id.
+    let clock: libc::clockid_t = (!tid << 3) | 6;
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `time` is a valid, writable timespec; a thread that has
+    // exited meanwhile makes the call fail (EINVAL), nothing worse.
+    if unsafe { libc::clock_gettime(clock, &mut time) } != 0 {
+        return None;
+    }
+    Some(Duration::new(time.tv_sec as u64, time.tv_nsec as u32))
 }
 
 /// User + system CPU seconds of this process, from /proc.

@@ -79,3 +79,53 @@ fn bench_prints_throughput_latency_and_metrics_overhead_for_both_worker_placemen
         assert_eq!(row.matches('%').count(), 2, "{row}");
     }
 }
+
+/// What the README's "Where the time goes" compares: the CPU per step of
+/// tasker's threads beside the echo's, summed, from one run.
+#[test]
+fn bench_threads_prints_cpu_per_step_by_thread_for_tasker_and_both_echoes() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args([
+            "bench",
+            "--steps",
+            "2000",
+            "--batch-sizes",
+            "10",
+            "--latency-samples",
+            "10",
+            "--idle-secs",
+            "0",
+            "--no-curve",
+        ])
+        .env("TASKER_BENCH_THREADS", "1")
+        .output()
+        .expect("tasker bench runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "tasker bench failed: {stderr}");
+    for run in [
+        "echo+JSON",
+        "raw echo",
+        "tasker, InProcess",
+        "tasker, Process",
+    ] {
+        let heading = format!("{run}: CPU per step by thread");
+        let section: Vec<&str> = stderr
+            .lines()
+            .skip_while(|l| *l != heading)
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .collect();
+        let all = section
+            .iter()
+            .find(|l| l.trim_start().starts_with("all "))
+            .unwrap_or_else(|| panic!("no {heading:?} section with a sum:\n{stderr}"));
+        let figure: f64 = all
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("no figure in {all:?}"));
+        assert!(figure > 0.0, "{run} used no CPU: {all}");
+    }
+    // The echo's own thread is told apart from the main thread's.
+    assert!(stderr.contains("echo-dealer"), "{stderr}");
+}
