@@ -33,6 +33,7 @@ pub mod messages;
 pub mod raw;
 pub mod schema;
 mod timestamp;
+mod write;
 
 pub use codec::DecodeError;
 pub use messages::*;

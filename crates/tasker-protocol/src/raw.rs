@@ -411,9 +411,9 @@ pub struct EncodedResult {
 /// `to_string`'s 128 bytes nearly every result grew once.
 fn encode_result(result: &StepExecutionResult) -> String {
     let mut json = Vec::with_capacity(256);
-    // Strings, numbers and JSON values only: it always encodes.
-    serde_json::to_writer(&mut json, result).expect("a StepExecutionResult always encodes");
-    String::from_utf8(json).expect("serde_json writes UTF-8")
+    crate::write::result(&mut json, result);
+    // Constant ASCII keys, and serde_json's encoding of everything else.
+    String::from_utf8(json).expect("JSON text is UTF-8")
 }
 
 impl EncodedResult {
@@ -530,6 +530,9 @@ impl CompletedEncoder {
     }
 }
 
+/// The most an [`EncodedStep::new`] keeps of its buffer between steps.
+const SCRATCH_KEPT: usize = 64 * 1024;
+
 /// One step request encoded once, when it is submitted, as the JSON object
 /// it is on the wire: every delivery of it (the first, and any after a
 /// worker gives it back) copies these bytes into a `step_batch_request`
@@ -551,12 +554,26 @@ pub struct EncodedStep {
 impl EncodedStep {
     /// Encodes a typed request.
     pub fn new(request: &StepExecutionRequest) -> Self {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        // Written into a buffer this thread keeps, then copied out at its
+        // size: one allocation per step, where growing and shrinking a
+        // fresh buffer took three.
+        let json = SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            crate::write::request(scratch, request);
+            let text = std::str::from_utf8(scratch).expect("JSON text is UTF-8");
+            let json = Box::<str>::from(text);
+            if scratch.capacity() > SCRATCH_KEPT {
+                // One large step does not pin its size for the thread's life.
+                *scratch = Vec::new();
+            }
+            json
+        });
         Self {
             step: request.step_ref(),
-            // Strings, numbers and JSON values only: it always encodes.
-            json: serde_json::to_string(request)
-                .expect("a StepExecutionRequest always encodes")
-                .into_boxed_str(),
+            json,
         }
     }
 

@@ -73,6 +73,52 @@ prop_compose! {
     }
 }
 
+/// Any instant chrono holds, years past 9999 and leap seconds included,
+/// which the fixed timestamp form cannot express.
+fn any_instant() -> impl Strategy<Value = chrono::DateTime<chrono::Utc>> {
+    let seconds = prop_oneof![
+        0i64..253_402_300_800,
+        -9_000_000_000_000i64..9_000_000_000_000
+    ];
+    (seconds, 0u32..2_000_000_000).prop_filter_map("an instant chrono holds", |(s, n)| {
+        // A nanosecond count past a second is a leap second, only at :59.
+        let s = if n >= 1_000_000_000 {
+            s - s.rem_euclid(60) + 59
+        } else {
+            s
+        };
+        chrono::DateTime::from_timestamp(s, n)
+    })
+}
+
+/// Every status but `completed`, and metadata with any values.
+fn result_metadata() -> impl Strategy<Value = (StepStatus, StepResultMetadata)> {
+    let status = prop_oneof![
+        Just(StepStatus::Failed),
+        Just(StepStatus::TimedOut),
+        Just(StepStatus::Cancelled),
+    ];
+    (
+        status,
+        any::<u64>(),
+        "\\PC{0,20}",
+        any::<bool>(),
+        any_instant(),
+    )
+        .prop_map(
+            |(status, execution_time_ms, worker_id, retryable, completed_at)| {
+                let metadata = StepResultMetadata {
+                    attempt: 1,
+                    execution_time_ms,
+                    worker_id,
+                    retryable,
+                    completed_at,
+                };
+                (status, metadata)
+            },
+        )
+}
+
 /// An orchestrator id: any non-empty text.
 fn orchestrator_id() -> impl Strategy<Value = String> {
     "\\PC{1,24}"
@@ -503,10 +549,20 @@ proptest! {
 
     #[test]
     fn encoded_results_are_the_typed_encoding(
-        results in prop::collection::vec(step_result(), 1..5),
+        results in prop::collection::vec((step_result(), result_metadata()), 1..5),
         batch_id in "\\PC{0,20}",
         orchestrator in orchestrator_id(),
     ) {
+        let results: Vec<StepExecutionResult> = results
+            .into_iter()
+            .map(|(mut result, (status, metadata))| {
+                if result.status != StepStatus::Completed {
+                    result.status = status;
+                }
+                result.metadata = StepResultMetadata { attempt: result.metadata.attempt, ..metadata };
+                result
+            })
+            .collect();
         let encoded: Vec<raw::EncodedResult> = results.iter().map(raw::EncodedResult::new).collect();
         let typed = WorkerMessage::StepBatchResponse(StepBatchResponse::new(batch_id.clone(), orchestrator.clone(), results));
         let frames = raw::encode_results(&batch_id, &orchestrator, &encoded);
@@ -519,9 +575,17 @@ proptest! {
 
     #[test]
     fn encoded_steps_are_the_typed_encoding(
-        steps in prop::collection::vec(step_request(), 1..5),
+        steps in prop::collection::vec((step_request(), any_instant(), any::<u32>()), 1..5),
         batch_id in "\\PC{0,20}",
     ) {
+        let steps: Vec<StepExecutionRequest> = steps
+            .into_iter()
+            .map(|(mut step, created_at, retry_limit)| {
+                step.metadata.created_at = created_at;
+                step.metadata.retry_limit = retry_limit;
+                step
+            })
+            .collect();
         let encoded: Vec<raw::EncodedStep> = steps.iter().map(raw::EncodedStep::new).collect();
         let typed = OrchestratorMessage::StepBatchRequest(StepBatchRequest::new(batch_id.clone(), steps));
         let frames = raw::encode_steps(&batch_id, &encoded);
