@@ -6,7 +6,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use foldhash::{HashMapExt, HashSetExt};
+use foldhash::HashSetExt;
 use tasker_config::{SubmitPolicy, TaskerConfig};
 use tasker_protocol::{codec, StepBatchRequest, StepExecutionResult, StepId, StepRef};
 use tasker_transport::curve::ServerCurve;
@@ -537,13 +537,26 @@ impl BatchHandle {
             }
             all.extend(more);
         }
-        let mut by_id = foldhash::HashMap::with_capacity(all.len());
-        for result in all {
-            by_id.insert(result.step_id, result);
+        // One worker answers in the order it was sent, so the results
+        // usually are in the batch's order already: then no result moves.
+        if all.len() == self.order.len()
+            && all.iter().zip(&self.order).all(|(r, id)| r.step_id == *id)
+        {
+            return all;
         }
-        self.order
+        let position: foldhash::HashMap<StepId, usize> = self
+            .order
             .iter()
-            .filter_map(|id| by_id.remove(id))
-            .collect()
+            .enumerate()
+            .map(|(i, id)| (*id, i))
+            .collect();
+        let mut slots: Vec<Option<StepExecutionResult>> = Vec::new();
+        slots.resize_with(self.order.len(), || None);
+        for result in all {
+            if let Some(&i) = position.get(&result.step_id) {
+                slots[i] = Some(result);
+            }
+        }
+        slots.into_iter().flatten().collect()
     }
 }

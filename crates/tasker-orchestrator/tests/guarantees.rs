@@ -496,6 +496,73 @@ async fn g6_a_duplicate_result_is_dropped_and_counted() {
     executor.shutdown(LONG).await;
 }
 
+/// `collect` hands a batch's results back in the batch's step order,
+/// whatever order and however many messages the worker answered in, and
+/// with none of them lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g6_collect_returns_results_in_the_batch_order_whatever_order_they_came_in() {
+    let executor = start(&config());
+    let peer = RawPeer::connect(executor.endpoint());
+    peer.hello("shuffler", &["echo"], 10);
+    let answer = |steps: &[StepExecutionRequest]| -> Vec<StepExecutionResult> {
+        steps
+            .iter()
+            .map(|s| StepExecutionResult::completed(s.step_ref(), json!(s.step_id), "shuffler", 1))
+            .collect()
+    };
+    let receive = || match peer.recv_skipping_heartbeats(Duration::from_secs(2)) {
+        Some(OrchestratorMessage::StepBatchRequest(b)) => b.steps,
+        other => panic!("expected steps, got {other:?}"),
+    };
+
+    // In order, in one message.
+    let handle = executor
+        .submit(StepBatchRequest::new(
+            "in-order",
+            steps(1..6, "echo", 10_000),
+        ))
+        .await
+        .unwrap();
+    peer.respond(answer(&receive()));
+    let ids: Vec<StepId> = handle.collect().await.iter().map(|r| r.step_id).collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+
+    // Backwards, over two messages.
+    let handle = executor
+        .submit(StepBatchRequest::new(
+            "shuffled",
+            steps(11..17, "echo", 10_000),
+        ))
+        .await
+        .unwrap();
+    let mut results = answer(&receive());
+    results.reverse();
+    let later = results.split_off(2);
+    peer.respond(results);
+    peer.respond(later);
+    let results = handle.collect().await;
+    let ids: Vec<StepId> = results.iter().map(|r| r.step_id).collect();
+    assert_eq!(ids, [11, 12, 13, 14, 15, 16]);
+    assert!(results.iter().all(|r| r.output == Some(json!(r.step_id))));
+
+    // Some taken one by one first: collect returns the rest, in order.
+    let mut handle = executor
+        .submit(StepBatchRequest::new(
+            "partly",
+            steps(21..25, "echo", 10_000),
+        ))
+        .await
+        .unwrap();
+    let mut results = answer(&receive());
+    results.swap(0, 3);
+    peer.respond(results);
+    let first = handle.next().await.unwrap().step_id;
+    let rest: Vec<StepId> = handle.collect().await.iter().map(|r| r.step_id).collect();
+    let expected: Vec<StepId> = (21..25).filter(|id| *id != first).collect();
+    assert_eq!(rest, expected);
+    executor.shutdown(LONG).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g7_garbage_gets_protocol_errors_and_never_disturbs_other_workers() {
     let executor = start(&TaskerConfig {
