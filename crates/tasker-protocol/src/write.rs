@@ -11,25 +11,46 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::messages::{StepExecutionError, StepExecutionRequest, StepExecutionResult, StepStatus};
+use crate::messages::{
+    StepExecutionError, StepExecutionRequest, StepExecutionResult, StepRequestMetadata,
+    StepResultMetadata, StepStatus,
+};
 
 /// Appends `request` as its JSON object.
 pub(crate) fn request(out: &mut Vec<u8>, request: &StepExecutionRequest) {
+    // Named in full, so a field added to the type stops the build here
+    // rather than going missing from the wire.
+    let StepExecutionRequest {
+        step_id,
+        task_id,
+        step_name,
+        handler_class,
+        handler_config,
+        task_context,
+        previous_results,
+        metadata,
+    } = request;
+    let StepRequestMetadata {
+        attempt,
+        retry_limit,
+        timeout_ms,
+        created_at,
+    } = metadata;
     let mut numbers = itoa::Buffer::new();
     out.extend_from_slice(br#"{"step_id":"#);
-    out.extend_from_slice(numbers.format(request.step_id).as_bytes());
+    out.extend_from_slice(numbers.format(*step_id).as_bytes());
     out.extend_from_slice(br#","task_id":"#);
-    out.extend_from_slice(numbers.format(request.task_id).as_bytes());
+    out.extend_from_slice(numbers.format(*task_id).as_bytes());
     out.extend_from_slice(br#","step_name":"#);
-    json(out, &request.step_name);
+    json(out, step_name);
     out.extend_from_slice(br#","handler_class":"#);
-    json(out, &request.handler_class);
+    json(out, handler_class);
     out.extend_from_slice(br#","handler_config":"#);
-    json(out, &request.handler_config);
+    json(out, handler_config);
     out.extend_from_slice(br#","task_context":"#);
-    json(out, &request.task_context);
+    json(out, task_context);
     out.extend_from_slice(br#","previous_results":{"#);
-    for (i, (name, output)) in request.previous_results.iter().enumerate() {
+    for (i, (name, output)) in previous_results.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -37,66 +58,84 @@ pub(crate) fn request(out: &mut Vec<u8>, request: &StepExecutionRequest) {
         out.push(b':');
         json(out, output);
     }
-    let metadata = &request.metadata;
     out.extend_from_slice(br#"},"metadata":{"attempt":"#);
-    out.extend_from_slice(numbers.format(metadata.attempt).as_bytes());
+    out.extend_from_slice(numbers.format(*attempt).as_bytes());
     out.extend_from_slice(br#","retry_limit":"#);
-    out.extend_from_slice(numbers.format(metadata.retry_limit).as_bytes());
+    out.extend_from_slice(numbers.format(*retry_limit).as_bytes());
     out.extend_from_slice(br#","timeout_ms":"#);
-    out.extend_from_slice(numbers.format(metadata.timeout_ms).as_bytes());
+    out.extend_from_slice(numbers.format(*timeout_ms).as_bytes());
     out.extend_from_slice(br#","created_at":"#);
-    timestamp(out, &metadata.created_at);
+    timestamp(out, created_at);
     out.extend_from_slice(b"}}");
 }
 
 /// Appends `result` as its JSON object.
 pub(crate) fn result(out: &mut Vec<u8>, result: &StepExecutionResult) {
+    let StepExecutionResult {
+        step_id,
+        status,
+        output,
+        error,
+        metadata,
+    } = result;
+    let StepResultMetadata {
+        attempt,
+        execution_time_ms,
+        worker_id,
+        retryable,
+        completed_at,
+    } = metadata;
     let mut numbers = itoa::Buffer::new();
     out.extend_from_slice(br#"{"step_id":"#);
-    out.extend_from_slice(numbers.format(result.step_id).as_bytes());
-    out.extend_from_slice(match result.status {
+    out.extend_from_slice(numbers.format(*step_id).as_bytes());
+    out.extend_from_slice(match status {
         StepStatus::Completed => br#","status":"completed""#.as_slice(),
         StepStatus::Failed => br#","status":"failed""#,
         StepStatus::TimedOut => br#","status":"timed_out""#,
         StepStatus::Cancelled => br#","status":"cancelled""#,
     });
-    if let Some(output) = &result.output {
+    if let Some(output) = output {
         out.extend_from_slice(br#","output":"#);
         json(out, output);
     }
-    if let Some(e) = &result.error {
+    if let Some(e) = error {
         out.extend_from_slice(br#","error":"#);
-        error(out, e);
+        write_error(out, e);
     }
-    let metadata = &result.metadata;
     out.extend_from_slice(br#","metadata":{"attempt":"#);
-    out.extend_from_slice(numbers.format(metadata.attempt).as_bytes());
+    out.extend_from_slice(numbers.format(*attempt).as_bytes());
     out.extend_from_slice(br#","execution_time_ms":"#);
-    out.extend_from_slice(numbers.format(metadata.execution_time_ms).as_bytes());
+    out.extend_from_slice(numbers.format(*execution_time_ms).as_bytes());
     out.extend_from_slice(br#","worker_id":"#);
-    json(out, &metadata.worker_id);
-    out.extend_from_slice(if metadata.retryable {
+    json(out, worker_id);
+    out.extend_from_slice(if *retryable {
         br#","retryable":true,"completed_at":"#.as_slice()
     } else {
         br#","retryable":false,"completed_at":"#
     });
-    timestamp(out, &metadata.completed_at);
+    timestamp(out, completed_at);
     out.extend_from_slice(b"}}");
 }
 
-fn error(out: &mut Vec<u8>, error: &StepExecutionError) {
+fn write_error(out: &mut Vec<u8>, error: &StepExecutionError) {
+    let StepExecutionError {
+        message,
+        error_type,
+        retryable,
+        backtrace,
+    } = error;
     out.extend_from_slice(br#"{"message":"#);
-    json(out, &error.message);
+    json(out, message);
     out.extend_from_slice(br#","error_type":"#);
-    json(out, &error.error_type);
-    out.extend_from_slice(if error.retryable {
+    json(out, error_type);
+    out.extend_from_slice(if *retryable {
         br#","retryable":true"#.as_slice()
     } else {
         br#","retryable":false"#
     });
-    if !error.backtrace.is_empty() {
+    if !backtrace.is_empty() {
         out.extend_from_slice(br#","backtrace":["#);
-        for (i, line) in error.backtrace.iter().enumerate() {
+        for (i, line) in backtrace.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
