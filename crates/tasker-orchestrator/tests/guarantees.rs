@@ -514,27 +514,18 @@ async fn g6_collect_returns_results_in_the_batch_order_whatever_order_they_came_
         Some(OrchestratorMessage::StepBatchRequest(b)) => b.steps,
         other => panic!("expected steps, got {other:?}"),
     };
+    let submit = |batch_id: &str, ids: std::ops::Range<StepId>| {
+        executor.submit(StepBatchRequest::new(batch_id, steps(ids, "echo", 10_000)))
+    };
 
     // In order, in one message.
-    let handle = executor
-        .submit(StepBatchRequest::new(
-            "in-order",
-            steps(1..6, "echo", 10_000),
-        ))
-        .await
-        .unwrap();
+    let handle = submit("in-order", 1..6).await.unwrap();
     peer.respond(answer(&receive()));
     let ids: Vec<StepId> = handle.collect().await.iter().map(|r| r.step_id).collect();
     assert_eq!(ids, [1, 2, 3, 4, 5]);
 
     // Backwards, over two messages.
-    let handle = executor
-        .submit(StepBatchRequest::new(
-            "shuffled",
-            steps(11..17, "echo", 10_000),
-        ))
-        .await
-        .unwrap();
+    let handle = submit("shuffled", 11..17).await.unwrap();
     let mut results = answer(&receive());
     results.reverse();
     let later = results.split_off(2);
@@ -546,13 +537,7 @@ async fn g6_collect_returns_results_in_the_batch_order_whatever_order_they_came_
     assert!(results.iter().all(|r| r.output == Some(json!(r.step_id))));
 
     // Some taken one by one first: collect returns the rest, in order.
-    let mut handle = executor
-        .submit(StepBatchRequest::new(
-            "partly",
-            steps(21..25, "echo", 10_000),
-        ))
-        .await
-        .unwrap();
+    let mut handle = submit("partly", 21..25).await.unwrap();
     let mut results = answer(&receive());
     results.swap(0, 3);
     peer.respond(results);

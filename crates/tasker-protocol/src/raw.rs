@@ -32,7 +32,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::codec::{self, checked_body, classify, invalid, DecodeError};
@@ -491,15 +491,11 @@ pub struct CompletedEncoder {
 impl CompletedEncoder {
     /// An encoder for results of `worker_id` completed at `completed_at`.
     pub fn new(worker_id: &str, completed_at: DateTime<Utc>) -> Self {
-        #[derive(Serialize)]
-        struct Timestamp(#[serde(with = "crate::timestamp")] DateTime<Utc>);
-        let mut tail = String::from(r#","worker_id":"#);
-        // Strings and timestamps always encode.
-        tail.push_str(&serde_json::to_string(worker_id).expect("a string encodes"));
-        tail.push_str(r#","retryable":false,"completed_at":"#);
-        tail.push_str(&serde_json::to_string(&Timestamp(completed_at)).expect("a time encodes"));
-        tail.push_str("}}");
-        Self { tail }
+        let mut tail = Vec::with_capacity(128);
+        crate::write::result_tail(&mut tail, worker_id, false, &completed_at);
+        Self {
+            tail: String::from_utf8(tail).expect("JSON text is UTF-8"),
+        }
     }
 
     /// The completed result of `step` with this output (JSON text, spliced

@@ -106,9 +106,21 @@ pub(crate) fn result(out: &mut Vec<u8>, result: &StepExecutionResult) {
     out.extend_from_slice(numbers.format(*attempt).as_bytes());
     out.extend_from_slice(br#","execution_time_ms":"#);
     out.extend_from_slice(numbers.format(*execution_time_ms).as_bytes());
+    result_tail(out, worker_id, *retryable, completed_at);
+}
+
+/// The end of a result, from `metadata.worker_id` to its closing braces:
+/// also what [`CompletedEncoder`](crate::raw::CompletedEncoder) writes once
+/// for all of a worker's results of one moment.
+pub(crate) fn result_tail(
+    out: &mut Vec<u8>,
+    worker_id: &str,
+    retryable: bool,
+    completed_at: &DateTime<Utc>,
+) {
     out.extend_from_slice(br#","worker_id":"#);
     json(out, worker_id);
-    out.extend_from_slice(if *retryable {
+    out.extend_from_slice(if retryable {
         br#","retryable":true,"completed_at":"#.as_slice()
     } else {
         br#","retryable":false,"completed_at":"#
