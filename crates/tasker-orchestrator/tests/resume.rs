@@ -160,3 +160,36 @@ async fn r4_a_result_tagged_with_another_orchestrator_is_not_the_same_dispatch()
     assert_eq!(executor.metrics().reclaimed, 0);
     executor.shutdown(LONG).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r5_a_result_for_a_step_the_hello_did_not_name_is_its_one_result() {
+    let executor = restarted();
+    let handle = executor
+        .resume(
+            StepBatchRequest::new("resumed", vec![dispatched_before(45)]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    // A worker whose hello lists nothing it holds (an SDK that keeps no
+    // list) answers the step afterwards: the ids say it is the same
+    // dispatch, so its result ends the step, once.
+    let peer = RawPeer::connect(executor.endpoint());
+    let welcome = peer.hello("survivor", &["echo"], 4);
+    assert_eq!(welcome.orchestrator_id, KEPT_ID);
+    peer.respond(vec![result(45)]);
+    peer.respond(vec![result(45)]);
+    let results = handle.collect().await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].output, Some(json!({ "answered": 45 })));
+    let metrics = executor.metrics();
+    assert_eq!(metrics.reclaimed, 1);
+    assert_eq!(metrics.dispatched, 0, "nothing was sent again");
+    // The second answer changed nothing; counted once it has been read.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while executor.metrics().duplicate_results_dropped == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(executor.metrics().duplicate_results_dropped, 1);
+    executor.shutdown(LONG).await;
+}

@@ -31,6 +31,7 @@ pub mod api;
 pub mod codec;
 pub mod messages;
 pub mod raw;
+mod read;
 pub mod schema;
 mod timestamp;
 mod write;

@@ -67,7 +67,7 @@ pub(crate) fn format(at: &DateTime<Utc>) -> Option<[u8; 30]> {
     Some(buf)
 }
 
-fn parse(s: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse(s: &str) -> Option<DateTime<Utc>> {
     parse_utc_fast(s.as_bytes()).or_else(|| {
         DateTime::parse_from_rfc3339(s)
             .ok()

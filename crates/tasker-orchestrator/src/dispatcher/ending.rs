@@ -6,9 +6,14 @@ use super::*;
 
 impl Dispatcher {
     pub(super) fn finish(&mut self, step_id: StepId, result: StepExecutionResult, how: Ended) {
-        let Some(entry) = self.steps.finish(step_id, how) else {
-            return;
-        };
+        if let Some(entry) = self.steps.finish(step_id, how) {
+            self.ended(entry, result, how);
+        }
+    }
+
+    /// A step just taken out of the table ends with `result`: counted, and
+    /// queued for its batch's handle.
+    pub(super) fn ended(&mut self, entry: StepEntry, result: StepExecutionResult, how: Ended) {
         let metrics = &self.channels.metrics;
         let counter = match result.status {
             StepStatus::Completed => &metrics.completed,

@@ -50,7 +50,7 @@ use crate::ExecutorError;
 use limiter::Limiter;
 use registry::{ConnId, Registry, RoutingId, StepSet};
 pub(crate) use steps::NewStep;
-use steps::{BatchSink, Ended, StepState, StepTable};
+use steps::{BatchSink, Ended, StepEntry, StepState, StepTable};
 use unclaimed::Unclaimed;
 pub(crate) use zap::Zap;
 

@@ -34,17 +34,17 @@ impl Dispatcher {
         let refusal = batch.refusal();
         for result in batch.results {
             let step = result.step_ref();
-            if self.steps.adopt(step, conn, Instant::now()) {
-                // Dispatched before a restart, answered now: the ids say
-                // it is the same dispatch.
-                Metrics::add(&metrics.reclaimed, 1);
-            }
             self.free_slot(conn, step);
-            if self.steps.held_by(step, conn) {
-                tracing::debug!(step_id = step.step_id, status = ?result.status, "step result");
-                self.finish(step.step_id, result, Ended::ByWorker);
-            } else {
-                self.count_unwanted(Some(conn), step);
+            match self.steps.take_answered(step, conn) {
+                Some(answered) => {
+                    if answered.adopted {
+                        // Dispatched before a restart, answered now.
+                        Metrics::add(&metrics.reclaimed, 1);
+                    }
+                    tracing::debug!(step_id = step.step_id, status = ?result.status, "step result");
+                    self.ended(answered.entry, result, Ended::ByWorker);
+                }
+                None => self.count_unwanted(Some(conn), step),
             }
         }
         if let Some(refusal) = refusal {

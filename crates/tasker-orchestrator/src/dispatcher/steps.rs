@@ -3,9 +3,11 @@
 //!
 //! No I/O happens here; the dispatcher decides what to send and calls these
 //! transitions, so "one final result per step attempt" is kept in one
-//! place: [`StepTable::finish`] removes the step, and nothing else can.
+//! place: a step leaves the table only through `StepTable::retire`, which
+//! [`StepTable::finish`] and [`StepTable::take_answered`] call.
 
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,6 +83,13 @@ impl StepEntry {
     }
 }
 
+/// A step a worker's result took out of the table.
+pub(crate) struct Answered {
+    pub entry: StepEntry,
+    /// It was dispatched before a restart and waited for its worker.
+    pub adopted: bool,
+}
+
 /// Who ended a step attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ended {
@@ -154,6 +163,26 @@ fn count_queued(counts: &mut HashMap<String, usize>, handler: &str) {
     }
 }
 
+/// `step` into `handler`'s queue, at the front or the back, and counted.
+fn queue_up(
+    queues: &mut HashMap<String, VecDeque<StepRef>>,
+    counts: &mut HashMap<String, usize>,
+    handler: &str,
+    step: StepRef,
+    front: bool,
+) {
+    let queue = match queues.get_mut(handler) {
+        Some(queue) => queue,
+        None => queues.entry(handler.to_string()).or_default(),
+    };
+    if front {
+        queue.push_front(step);
+    } else {
+        queue.push_back(step);
+    }
+    count_queued(counts, handler);
+}
+
 /// One fewer queued step of `handler`.
 fn count_dequeued(counts: &mut HashMap<String, usize>, handler: &str) {
     if let Some(n) = counts.get_mut(handler) {
@@ -218,20 +247,28 @@ impl StepTable {
     /// `timeout_ms` from `now`.
     pub fn insert(&mut self, new: NewStep, sink: Arc<BatchSink>, now: Instant) {
         let step = new.step.step_ref();
-        self.steps.insert(
-            step.step_id,
-            StepEntry {
-                step: new.step,
-                handler: new.handler,
-                timeout_ms: new.timeout_ms,
-                sink,
-                state: StepState::Queued,
-                queued_at: Some(now),
-                epoch: 0,
-            },
+        let mut entry = StepEntry {
+            step: new.step,
+            handler: new.handler,
+            timeout_ms: new.timeout_ms,
+            sink,
+            state: StepState::Queued,
+            queued_at: Some(now),
+            epoch: 0,
+        };
+        // Queued and armed before it goes in: one lookup in the table per
+        // step accepted, where finding it again for each cost two more.
+        arm(&mut entry, &mut self.next_epoch, &mut self.deadlines, now);
+        queue_up(
+            &mut self.queues,
+            &mut self.queued_by_handler,
+            &entry.handler,
+            step,
+            false,
         );
-        self.enqueue(step, false);
-        self.arm_deadline(step.step_id, now);
+        self.queued += 1;
+        self.steps.insert(step.step_id, entry);
+        self.compact_deadlines();
     }
 
     /// Accepts a step an earlier run of this orchestrator dispatched: no
@@ -327,17 +364,13 @@ impl StepTable {
         let Some(entry) = self.steps.get(&step.step_id) else {
             return;
         };
-        let handler = entry.handler.as_str();
-        let queue = match self.queues.get_mut(handler) {
-            Some(queue) => queue,
-            None => self.queues.entry(handler.to_string()).or_default(),
-        };
-        if front {
-            queue.push_front(step);
-        } else {
-            queue.push_back(step);
-        }
-        count_queued(&mut self.queued_by_handler, handler);
+        queue_up(
+            &mut self.queues,
+            &mut self.queued_by_handler,
+            &entry.handler,
+            step,
+            front,
+        );
         self.queued += 1;
     }
 
@@ -454,6 +487,34 @@ impl StepTable {
     /// Returns the entry so the caller can send the result to its sink.
     pub fn finish(&mut self, step_id: StepId, how: Ended) -> Option<StepEntry> {
         let entry = self.steps.remove(&step_id)?;
+        Some(self.retire(entry, how))
+    }
+
+    /// Takes out a step a worker answered on `conn`: when this attempt of
+    /// it is out at `conn`, or waits for its worker to come back (then the
+    /// answer adopts it: the ids say it is the same dispatch). `None`, and
+    /// nothing changes, for any other result. One lookup per result, where
+    /// adopting, checking the holder and finishing each looked it up.
+    pub fn take_answered(&mut self, step: StepRef, conn: ConnId) -> Option<Answered> {
+        let Entry::Occupied(slot) = self.steps.entry(step.step_id) else {
+            return None;
+        };
+        let entry = slot.get();
+        if entry.step_ref() != step {
+            return None;
+        }
+        let adopted = match entry.state {
+            StepState::Dispatched(holder) if holder == conn => false,
+            StepState::Orphaned => true,
+            StepState::Dispatched(_) | StepState::Queued => return None,
+        };
+        let entry = slot.remove();
+        let entry = self.retire(entry, Ended::ByWorker);
+        Some(Answered { entry, adopted })
+    }
+
+    /// The bookkeeping of a step that has just left `steps`.
+    fn retire(&mut self, entry: StepEntry, how: Ended) -> StepEntry {
         if entry.state == StepState::Queued {
             count_dequeued(&mut self.queued_by_handler, &entry.handler);
             self.queued -= 1;
@@ -461,7 +522,7 @@ impl StepTable {
         if how == Ended::ByOrchestrator {
             self.ended_by_orchestrator.record(entry.step_ref());
         }
-        Some(entry)
+        entry
     }
 }
 

@@ -1,0 +1,403 @@
+//! A `step_batch_response` read by hand when it is in the form every
+//! encoder here writes (`write::result`, `raw::CompletedEncoder`, the
+//! SDKs through them): keys in that order, no whitespace, strings without
+//! escapes, no `error`. Anything else, down to one unexpected byte, makes
+//! [`response`] give up (`None`) and the caller parses the whole message
+//! with serde, which has the last word on what is accepted and why not.
+//!
+//! The orchestrator's I/O thread decodes every result it is sent; serde's
+//! derived code took about 280 ns a result (`decode_cost` in
+//! `tests/from_worker.rs`), most of it matching keys it has to expect in
+//! any order. Here the keys are compared as the bytes they must be.
+//!
+//! What this reader accepts, serde accepts too and reads the same (the
+//! tests below hold the two together, on well-formed and on mangled
+//! bodies). The one place where reading a part alone could differ from
+//! reading the whole is nesting depth: serde refuses a message nested
+//! past its recursion limit, and an `output` parsed on its own starts
+//! three levels higher up. An output nested deeper than
+//! [`MAX_JSON_DEPTH`] (far under that limit) therefore sends the message
+//! to serde as well.
+
+use serde_json::Value;
+
+use crate::codec::json_depth;
+use crate::messages::{StepBatchResponse, StepExecutionResult, StepResultMetadata, StepStatus};
+use crate::MAX_JSON_DEPTH;
+
+/// `text` as a response, when it is in the canonical form; `None` for
+/// anything else, whether valid or not.
+pub(crate) fn response(text: &str) -> Option<StepBatchResponse> {
+    let mut r = Reader { text, at: 0 };
+    r.expect(br#"{"type":"step_batch_response","batch_id":"#)?;
+    let batch_id = r.string()?.to_owned();
+    r.expect(br#","orchestrator_id":"#)?;
+    let orchestrator_id = r.string()?.to_owned();
+    r.expect(br#","protocol_version":"#)?;
+    let protocol_version = r.string()?.to_owned();
+    r.expect(br#","results":["#)?;
+    let mut results = Vec::with_capacity(r.results_hint());
+    if !r.eat(b']') {
+        loop {
+            results.push(r.result()?);
+            if r.eat(b']') {
+                break;
+            }
+            r.expect(b",")?;
+        }
+    }
+    r.expect(b"}")?;
+    (r.at == text.len()).then_some(StepBatchResponse {
+        batch_id,
+        orchestrator_id,
+        protocol_version,
+        results,
+    })
+}
+
+struct Reader<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn rest(&self) -> &'a [u8] {
+        &self.text.as_bytes()[self.at..]
+    }
+
+    fn expect(&mut self, bytes: &[u8]) -> Option<()> {
+        self.rest()
+            .starts_with(bytes)
+            .then(|| self.at += bytes.len())
+    }
+
+    fn eat(&mut self, byte: u8) -> bool {
+        self.expect(&[byte]).is_some()
+    }
+
+    /// Results are some 200 bytes each: room for the usual count, so the
+    /// vector does not grow (and move every result) four or five times.
+    fn results_hint(&self) -> usize {
+        (self.rest().len() / 160).min(1024)
+    }
+
+    fn result(&mut self) -> Option<StepExecutionResult> {
+        self.expect(br#"{"step_id":"#)?;
+        let step_id = i64::try_from(self.unsigned()?).ok()?;
+        let status = if self.expect(br#","status":"completed""#).is_some() {
+            StepStatus::Completed
+        } else {
+            self.expect(br#","status":"failed""#)?;
+            StepStatus::Failed
+        };
+        let output = if self.expect(br#","output":"#).is_some() {
+            Some(self.value()?)
+        } else {
+            None
+        };
+        self.expect(br#","metadata":{"attempt":"#)?;
+        let attempt = u32::try_from(self.unsigned()?).ok()?;
+        self.expect(br#","execution_time_ms":"#)?;
+        let execution_time_ms = self.unsigned()?;
+        self.expect(br#","worker_id":"#)?;
+        let worker_id = self.string()?.to_owned();
+        let retryable = if self.expect(br#","retryable":true"#).is_some() {
+            true
+        } else {
+            self.expect(br#","retryable":false"#)?;
+            false
+        };
+        self.expect(br#","completed_at":"#)?;
+        let completed_at = crate::timestamp::parse(self.string()?)?;
+        self.expect(b"}}")?;
+        Some(StepExecutionResult {
+            step_id,
+            status,
+            output,
+            error: None,
+            metadata: StepResultMetadata {
+                attempt,
+                execution_time_ms,
+                worker_id,
+                retryable,
+                completed_at,
+            },
+        })
+    }
+
+    /// A string without escapes or control characters, as its text (the
+    /// body is UTF-8 already, and `"` never sits inside a character).
+    fn string(&mut self) -> Option<&'a str> {
+        self.expect(b"\"")?;
+        let start = self.at;
+        let len = self
+            .rest()
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if self.rest()[len] != b'"' {
+            return None;
+        }
+        self.at += len + 1;
+        Some(&self.text[start..start + len])
+    }
+
+    /// Digits without a sign, a leading zero, a fraction or an exponent,
+    /// that fit in a `u64`. What follows is checked by the caller's next
+    /// `expect`, so `1.5` or `1e3` stops there.
+    fn unsigned(&mut self) -> Option<u64> {
+        let digits = self
+            .rest()
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let text = &self.rest()[..digits];
+        if digits == 0 || (digits > 1 && text[0] == b'0') {
+            return None;
+        }
+        let n = text.iter().try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })?;
+        self.at += digits;
+        Some(n)
+    }
+
+    /// One JSON value: the literals here, anything else by serde_json,
+    /// which reads one value and says where it ended.
+    fn value(&mut self) -> Option<Value> {
+        for (literal, value) in [
+            (&b"null"[..], Value::Null),
+            (b"true", Value::Bool(true)),
+            (b"false", Value::Bool(false)),
+        ] {
+            if self.expect(literal).is_some() {
+                return Some(value);
+            }
+        }
+        // Whitespace is the serde path's (and a value never starts with it
+        // in the canonical form).
+        if self.rest().first().map_or(true, u8::is_ascii_whitespace) {
+            return None;
+        }
+        let mut values =
+            serde_json::Deserializer::from_str(&self.text[self.at..]).into_iter::<Value>();
+        let value = values.next()?.ok()?;
+        if json_depth(&value) > MAX_JSON_DEPTH {
+            return None;
+        }
+        self.at += values.byte_offset();
+        Some(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::StepExecutionError;
+    use chrono::{TimeZone, Utc};
+    use proptest::prelude::*;
+
+    fn canonical(results: &[StepExecutionResult]) -> String {
+        let message = StepBatchResponse::new("b-1", "orch-1", results.to_vec());
+        let message = crate::messages::WorkerMessage::StepBatchResponse(message);
+        serde_json::to_string(&message).unwrap()
+    }
+
+    fn serde(text: &str) -> Option<StepBatchResponse> {
+        serde_json::from_str(text).ok()
+    }
+
+    fn completed(step_id: i64, output: Value) -> StepExecutionResult {
+        let step = crate::StepRef {
+            step_id,
+            attempt: 1,
+        };
+        let mut result = StepExecutionResult::completed(step, output, "w-1", 3);
+        result.metadata.completed_at = Utc.timestamp_opt(1_780_000_000, 4_123_456).unwrap();
+        result
+    }
+
+    #[test]
+    fn the_canonical_form_reads_as_serde_reads_it() {
+        let results = vec![
+            completed(1, Value::Null),
+            completed(2, serde_json::json!({"a": [1, 2.5, "x"], "b": {"c": null}})),
+            completed(3, serde_json::json!("text")),
+            completed(i64::MAX, serde_json::json!(-7)),
+        ];
+        let text = canonical(&results);
+        assert_eq!(response(&text), serde(&text));
+        assert_eq!(response(&text).unwrap().results, results);
+    }
+
+    #[test]
+    fn anything_else_goes_to_serde() {
+        let plain = canonical(&[completed(1, Value::Null)]);
+        let failed = {
+            let step = crate::StepRef {
+                step_id: 1,
+                attempt: 1,
+            };
+            let error = StepExecutionError::new("E", "m", true);
+            canonical(&[StepExecutionResult::failed(
+                step,
+                StepStatus::Failed,
+                error,
+                "w",
+                1,
+            )])
+        };
+        let deep = {
+            let mut output = Value::Null;
+            for _ in 0..=MAX_JSON_DEPTH {
+                output = Value::Array(vec![output]);
+            }
+            canonical(&[completed(1, output)])
+        };
+        for (why, text) in [
+            ("an escape in a string", plain.replace("w-1", r"w\u002d1")),
+            (
+                "whitespace",
+                plain.replace(r#""step_id":1"#, r#""step_id": 1"#),
+            ),
+            (
+                "a leading zero",
+                plain.replace(r#""step_id":1"#, r#""step_id":01"#),
+            ),
+            (
+                "a negative id",
+                plain.replace(r#""step_id":1"#, r#""step_id":-1"#),
+            ),
+            ("an error", failed),
+            ("a deep output", deep),
+            ("trailing whitespace", format!("{plain} ")),
+            (
+                "keys in another order",
+                plain.replace(
+                    r#""type":"step_batch_response","batch_id":"b-1""#,
+                    r#""batch_id":"b-1","type":"step_batch_response""#,
+                ),
+            ),
+        ] {
+            assert_eq!(response(&text), None, "{why}");
+        }
+    }
+
+    /// Bytes that change what JSON means, put and taken anywhere.
+    const EDITS: &[u8] = b"0123456789-+.eE\"\\{}[],: \tnulltruefalsex\x01\x7f";
+
+    /// Every body one byte away from `text`: each byte of [`EDITS`] put in
+    /// place of each byte and before it, and each byte taken out.
+    fn one_byte_edits(text: &str) -> impl Iterator<Item = String> + '_ {
+        let bytes = text.as_bytes();
+        (0..=bytes.len()).flat_map(move |i| {
+            let removed = (i < bytes.len()).then(|| [&bytes[..i], &bytes[i + 1..]].concat());
+            let edits = EDITS.iter().flat_map(move |&b| {
+                let inserted = [&bytes[..i], &[b], &bytes[i..]].concat();
+                let replaced =
+                    (i < bytes.len()).then(|| [&bytes[..i], &[b], &bytes[i + 1..]].concat());
+                std::iter::once(inserted).chain(replaced)
+            });
+            removed
+                .into_iter()
+                .chain(edits)
+                .filter_map(|b| String::from_utf8(b).ok())
+        })
+    }
+
+    #[test]
+    fn every_one_byte_edit_is_refused_or_read_as_serde_reads_it() {
+        let text = canonical(&[
+            completed(10, Value::Null),
+            completed(20, serde_json::json!({"k": [1, "v"]})),
+        ]);
+        let mut read = 0;
+        for edited in one_byte_edits(&text) {
+            if let Some(response) = response(&edited) {
+                assert_eq!(Some(response), serde(&edited), "{edited}");
+                read += 1;
+            }
+        }
+        // Digits changed in numbers, strings and timestamps still read.
+        assert!(read > 100, "only {read} edits read by hand");
+    }
+
+    fn any_output() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[ -~\\\\\"\u{7f}-\u{3ff}]{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z\"\\\\]{0,3}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn any_result() -> impl Strategy<Value = StepExecutionResult> {
+        (
+            0..i64::MAX,
+            prop::option::of(any_output()),
+            1..u32::MAX,
+            any::<u64>(),
+            "[ -~\u{80}-\u{3ff}]{0,12}",
+            any::<bool>(),
+            0..4_000_000_000i64,
+            0..1_000_000_000u32,
+        )
+            .prop_map(
+                |(step_id, output, attempt, ms, worker, retryable, secs, nanos)| {
+                    let mut result = completed(step_id, Value::Null);
+                    result.output = output;
+                    result.metadata.attempt = attempt;
+                    result.metadata.execution_time_ms = ms;
+                    result.metadata.worker_id = worker;
+                    result.metadata.retryable = retryable;
+                    result.metadata.completed_at = Utc.timestamp_opt(secs, nanos).unwrap();
+                    result
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn what_it_reads_serde_reads_the_same(results in prop::collection::vec(any_result(), 0..6)) {
+            let text = canonical(&results);
+            let read = response(&text);
+            if read.is_some() {
+                prop_assert_eq!(&read, &serde(&text));
+            }
+            // Escapes (in strings here and in the outputs' strings, which
+            // serde reads) are the only reason to give up on these.
+            if !results.iter().any(|r| r.metadata.worker_id.contains(['"', '\\'])) {
+                prop_assert!(read.is_some());
+            }
+        }
+
+        /// One byte changed, added or taken out anywhere: this reader
+        /// either gives up or reads what serde reads.
+        #[test]
+        fn a_mangled_body_is_refused_or_read_as_serde_reads_it(
+            results in prop::collection::vec(any_result(), 1..4),
+            at in any::<prop::sample::Index>(),
+            byte in prop::sample::select(b"0123456789-+.eE\"\\{}[],: \tnulltruefalse x\x01".to_vec()),
+            how in 0..3u8,
+        ) {
+            let mut bytes = canonical(&results).into_bytes();
+            let i = at.index(bytes.len());
+            match how {
+                0 => bytes[i] = byte,
+                1 => bytes.insert(i, byte),
+                _ => { bytes.remove(i); }
+            }
+            let Ok(text) = String::from_utf8(bytes) else { return Ok(()) };
+            if let Some(read) = response(&text) {
+                prop_assert_eq!(Some(read), serde(&text));
+            }
+        }
+    }
+}
