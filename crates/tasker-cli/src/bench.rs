@@ -135,7 +135,9 @@ impl RawEcho {
                 dealer.set_rcvtimeo(100).expect("rcvtimeo");
                 let encoded = codec::encode(&reply).expect("encodable");
                 while !stop_flag.load(Ordering::Relaxed) {
-                    let Ok(frames) = dealer.recv_multipart(0) else {
+                    // Frames left in libzmq's buffers, as tasker's own ends
+                    // read them.
+                    let Ok(frames) = tasker_transport::recv_frames(&dealer, 0) else {
                         continue;
                     };
                     if typed {
@@ -164,8 +166,8 @@ impl RawEcho {
     }
 
     /// The next reply's frames, without the routing id.
-    fn recv(&self) -> Result<Vec<Vec<u8>>> {
-        let mut frames = self.router.recv_multipart(0)?;
+    fn recv(&self) -> Result<Vec<tasker_transport::Frame>> {
+        let mut frames = tasker_transport::recv_frames(&self.router, 0)?;
         frames.remove(0);
         Ok(frames)
     }

@@ -726,8 +726,12 @@ impl WireMessage for OrchestratorMessage {
     ];
 
     fn parse_direct(body: &[u8]) -> Option<serde_json::Result<Self>> {
-        parse_bulk(body, br#"{"type":"step_batch_request","#, |_| None)
-            .map(|parsed| parsed.map(OrchestratorMessage::StepBatchRequest))
+        parse_bulk(
+            body,
+            br#"{"type":"step_batch_request","#,
+            crate::read::request,
+        )
+        .map(|parsed| parsed.map(OrchestratorMessage::StepBatchRequest))
     }
 
     fn validate(&self) -> Result<(), DecodeError> {

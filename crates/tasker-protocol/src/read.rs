@@ -1,28 +1,38 @@
-//! A `step_batch_response` read by hand when it is in the form every
-//! encoder here writes (`write::result`, `raw::CompletedEncoder`, the
-//! SDKs through them): keys in that order, no whitespace, strings without
-//! escapes, no `error`. Anything else, down to one unexpected byte, makes
-//! [`response`] give up (`None`) and the caller parses the whole message
-//! with serde, which has the last word on what is accepted and why not.
+//! The two bulk messages read by hand when they are in the form every
+//! encoder here writes: a `step_batch_response` as `write::result`,
+//! `raw::CompletedEncoder` and the SDKs through them write it, a
+//! `step_batch_request` as `write::request` and `raw::encode_steps` do.
+//! Keys in that order, no whitespace, strings without escapes, no
+//! `error`. Anything else, down to one unexpected byte, makes [`response`]
+//! and [`request`] give up (`None`) and the caller parses the whole
+//! message with serde, which has the last word on what is accepted and
+//! why not.
 //!
-//! The orchestrator's I/O thread decodes every result it is sent; serde's
-//! derived code took about 280 ns a result (`decode_cost` in
-//! `tests/from_worker.rs`), most of it matching keys it has to expect in
-//! any order. Here the keys are compared as the bytes they must be.
+//! Every result is decoded on the orchestrator's I/O thread, every step on
+//! the worker's: serde's derived code took about 280 ns a result
+//! (`decode_cost` in `tests/from_worker.rs`), most of it matching keys it
+//! has to expect in any order. Here the keys are compared as the bytes
+//! they must be. JSON values (outputs, configs, contexts) are still
+//! serde_json's to read.
 //!
 //! What this reader accepts, serde accepts too and reads the same (the
 //! tests below hold the two together, on well-formed and on mangled
 //! bodies). The one place where reading a part alone could differ from
 //! reading the whole is nesting depth: serde refuses a message nested
-//! past its recursion limit, and an `output` parsed on its own starts
-//! three levels higher up. An output nested deeper than
-//! [`MAX_JSON_DEPTH`] (far under that limit) therefore sends the message
-//! to serde as well.
+//! past its recursion limit, and a value parsed on its own starts three or
+//! four levels higher up. A value nested deeper than [`MAX_JSON_DEPTH`]
+//! (far under that limit) therefore sends the message to serde as well.
 
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::codec::json_depth;
-use crate::messages::{StepBatchResponse, StepExecutionResult, StepResultMetadata, StepStatus};
+use crate::messages::{
+    StepBatchRequest, StepBatchResponse, StepExecutionRequest, StepExecutionResult,
+    StepRequestMetadata, StepResultMetadata, StepStatus,
+};
 use crate::MAX_JSON_DEPTH;
 
 /// `text` as a response, when it is in the canonical form; `None` for
@@ -36,7 +46,7 @@ pub(crate) fn response(text: &str) -> Option<StepBatchResponse> {
     r.expect(br#","protocol_version":"#)?;
     let protocol_version = r.string()?.to_owned();
     r.expect(br#","results":["#)?;
-    let mut results = Vec::with_capacity(r.results_hint());
+    let mut results = Vec::with_capacity(r.items_hint(160));
     if !r.eat(b']') {
         loop {
             results.push(r.result()?);
@@ -52,6 +62,33 @@ pub(crate) fn response(text: &str) -> Option<StepBatchResponse> {
         orchestrator_id,
         protocol_version,
         results,
+    })
+}
+
+/// `text` as a request, when it is in the canonical form; `None` for
+/// anything else, whether valid or not.
+pub(crate) fn request(text: &str) -> Option<StepBatchRequest> {
+    let mut r = Reader { text, at: 0 };
+    r.expect(br#"{"type":"step_batch_request","batch_id":"#)?;
+    let batch_id = r.string()?.to_owned();
+    r.expect(br#","protocol_version":"#)?;
+    let protocol_version = r.string()?.to_owned();
+    r.expect(br#","steps":["#)?;
+    let mut steps = Vec::with_capacity(r.items_hint(240));
+    if !r.eat(b']') {
+        loop {
+            steps.push(r.step()?);
+            if r.eat(b']') {
+                break;
+            }
+            r.expect(b",")?;
+        }
+    }
+    r.expect(b"}")?;
+    (r.at == text.len()).then_some(StepBatchRequest {
+        batch_id,
+        protocol_version,
+        steps,
     })
 }
 
@@ -75,10 +112,60 @@ impl<'a> Reader<'a> {
         self.expect(&[byte]).is_some()
     }
 
-    /// Results are some 200 bytes each: room for the usual count, so the
-    /// vector does not grow (and move every result) four or five times.
-    fn results_hint(&self) -> usize {
-        (self.rest().len() / 160).min(1024)
+    /// Room for the items left if each takes at least `min_len` bytes (a
+    /// result some 200, a step some 300), so the vector does not grow (and
+    /// move every item) four or five times.
+    fn items_hint(&self, min_len: usize) -> usize {
+        (self.rest().len() / min_len).min(1024)
+    }
+
+    fn step(&mut self) -> Option<StepExecutionRequest> {
+        self.expect(br#"{"step_id":"#)?;
+        let step_id = i64::try_from(self.unsigned()?).ok()?;
+        self.expect(br#","task_id":"#)?;
+        let task_id = i64::try_from(self.unsigned()?).ok()?;
+        self.expect(br#","step_name":"#)?;
+        let step_name = self.string()?.to_owned();
+        self.expect(br#","handler_class":"#)?;
+        let handler_class = self.string()?.to_owned();
+        self.expect(br#","handler_config":"#)?;
+        let handler_config = self.value()?;
+        self.expect(br#","task_context":"#)?;
+        let task_context = self.value()?;
+        self.expect(br#","previous_results":"#)?;
+        let previous_results = if self.expect(b"{}").is_some() {
+            BTreeMap::new()
+        } else {
+            let map: BTreeMap<String, Value> = self.serde()?;
+            if map.values().any(|v| json_depth(v) > MAX_JSON_DEPTH) {
+                return None;
+            }
+            map
+        };
+        self.expect(br#","metadata":{"attempt":"#)?;
+        let attempt = u32::try_from(self.unsigned()?).ok()?;
+        self.expect(br#","retry_limit":"#)?;
+        let retry_limit = u32::try_from(self.unsigned()?).ok()?;
+        self.expect(br#","timeout_ms":"#)?;
+        let timeout_ms = self.unsigned()?;
+        self.expect(br#","created_at":"#)?;
+        let created_at = crate::timestamp::parse(self.string()?)?;
+        self.expect(b"}}")?;
+        Some(StepExecutionRequest {
+            step_id,
+            task_id,
+            step_name,
+            handler_class,
+            handler_config,
+            task_context,
+            previous_results,
+            metadata: StepRequestMetadata {
+                attempt,
+                retry_limit,
+                timeout_ms,
+                created_at,
+            },
+        })
     }
 
     fn result(&mut self) -> Option<StepExecutionResult> {
@@ -161,11 +248,12 @@ impl<'a> Reader<'a> {
         Some(n)
     }
 
-    /// One JSON value: the literals here, anything else by serde_json,
-    /// which reads one value and says where it ended.
+    /// One JSON value: the usual small ones here, anything else by
+    /// serde_json.
     fn value(&mut self) -> Option<Value> {
         for (literal, value) in [
             (&b"null"[..], Value::Null),
+            (b"{}", Value::Object(Default::default())),
             (b"true", Value::Bool(true)),
             (b"false", Value::Bool(false)),
         ] {
@@ -173,17 +261,20 @@ impl<'a> Reader<'a> {
                 return Some(value);
             }
         }
+        let value: Value = self.serde()?;
+        (json_depth(&value) <= MAX_JSON_DEPTH).then_some(value)
+    }
+
+    /// One value of type `T` by serde_json, which reads one and says where
+    /// it ended.
+    fn serde<T: DeserializeOwned>(&mut self) -> Option<T> {
         // Whitespace is the serde path's (and a value never starts with it
         // in the canonical form).
         if self.rest().first().map_or(true, u8::is_ascii_whitespace) {
             return None;
         }
-        let mut values =
-            serde_json::Deserializer::from_str(&self.text[self.at..]).into_iter::<Value>();
+        let mut values = serde_json::Deserializer::from_str(&self.text[self.at..]).into_iter::<T>();
         let value = values.next()?.ok()?;
-        if json_depth(&value) > MAX_JSON_DEPTH {
-            return None;
-        }
         self.at += values.byte_offset();
         Some(value)
     }
@@ -304,6 +395,87 @@ mod tests {
         })
     }
 
+    fn canonical_request(steps: &[StepExecutionRequest]) -> String {
+        let message = StepBatchRequest::new("b-1:7", steps.to_vec());
+        let message = crate::messages::OrchestratorMessage::StepBatchRequest(message);
+        serde_json::to_string(&message).unwrap()
+    }
+
+    fn serde_request(text: &str) -> Option<StepBatchRequest> {
+        serde_json::from_str(text).ok()
+    }
+
+    fn step(step_id: i64) -> StepExecutionRequest {
+        let mut step = StepExecutionRequest::new(step_id, 3, "charge", "payments.Charge", 30_000);
+        step.metadata.created_at = Utc.timestamp_opt(1_780_000_000, 5).unwrap();
+        step
+    }
+
+    #[test]
+    fn a_canonical_request_reads_as_serde_reads_it() {
+        let mut full = step(2);
+        full.handler_config = serde_json::json!({"retries": [1, 2], "url": "https://x/\\ é"});
+        full.task_context = serde_json::json!(null);
+        full.previous_results
+            .insert("validate".into(), serde_json::json!({"ok": true}));
+        full.previous_results.insert("é \"q\"".into(), Value::Null);
+        full.metadata.retry_limit = 3;
+        let steps = vec![step(1), full];
+        let text = canonical_request(&steps);
+        assert_eq!(request(&text).unwrap().steps, steps);
+    }
+
+    #[test]
+    fn numbers_out_of_their_range_go_to_serde() {
+        let text = canonical_request(&[step(1)]);
+        for (field, from, to) in [
+            (
+                "step_id",
+                r#""step_id":1"#,
+                r#""step_id":9223372036854775808"#,
+            ),
+            (
+                "task_id",
+                r#""task_id":3"#,
+                r#""task_id":9223372036854775808"#,
+            ),
+            ("attempt", r#""attempt":1"#, r#""attempt":4294967296"#),
+            (
+                "retry_limit",
+                r#""retry_limit":0"#,
+                r#""retry_limit":4294967296"#,
+            ),
+            (
+                "timeout_ms",
+                r#""timeout_ms":30000"#,
+                r#""timeout_ms":18446744073709551616"#,
+            ),
+        ] {
+            let edited = text.replacen(from, to, 1);
+            assert_ne!(edited, text, "{field}");
+            assert_eq!(request(&edited), None, "{field}");
+            assert_eq!(serde_request(&edited), None, "{field}");
+        }
+    }
+
+    #[test]
+    fn every_one_byte_edit_of_a_request_is_refused_or_read_as_serde_reads_it() {
+        let mut second = step(20);
+        second.handler_config = serde_json::json!({"k": [1, "v"]});
+        second
+            .previous_results
+            .insert("a".into(), serde_json::json!(7));
+        let text = canonical_request(&[step(10), second]);
+        let mut read = 0;
+        for edited in one_byte_edits(&text) {
+            if let Some(request) = request(&edited) {
+                assert_eq!(Some(request), serde_request(&edited), "{edited}");
+                read += 1;
+            }
+        }
+        assert!(read > 100, "only {read} edits read by hand");
+    }
+
     #[test]
     fn every_one_byte_edit_is_refused_or_read_as_serde_reads_it() {
         let text = canonical(&[
@@ -363,7 +535,53 @@ mod tests {
             )
     }
 
+    fn any_step() -> impl Strategy<Value = StepExecutionRequest> {
+        (
+            (
+                0..i64::MAX,
+                0..i64::MAX,
+                "[ -~\u{80}-\u{3ff}]{0,12}",
+                "[ -~]{0,12}",
+            ),
+            (any_output(), any_output()),
+            prop::collection::btree_map("[ -~]{0,6}", any_output(), 0..3),
+            (1..u32::MAX, any::<u32>(), 1..u64::MAX),
+            (0..4_000_000_000i64, 0..1_000_000_000u32),
+        )
+            .prop_map(
+                |(
+                    (id, task, name, handler),
+                    (config, context),
+                    previous,
+                    (attempt, retry_limit, timeout),
+                    (secs, nanos),
+                )| {
+                    let mut step = StepExecutionRequest::new(id, task, name, handler, timeout);
+                    step.handler_config = config;
+                    step.task_context = context;
+                    step.previous_results = previous;
+                    step.metadata.attempt = attempt;
+                    step.metadata.retry_limit = retry_limit;
+                    step.metadata.created_at = Utc.timestamp_opt(secs, nanos).unwrap();
+                    step
+                },
+            )
+    }
+
     proptest! {
+        #[test]
+        fn a_request_it_reads_serde_reads_the_same(steps in prop::collection::vec(any_step(), 0..5)) {
+            let text = canonical_request(&steps);
+            let read = request(&text);
+            if read.is_some() {
+                prop_assert_eq!(&read, &serde_request(&text));
+            }
+            let escaped = |s: &str| s.contains(['"', '\\']);
+            if !steps.iter().any(|s| escaped(&s.step_name) || escaped(&s.handler_class)) {
+                prop_assert!(read.is_some());
+            }
+        }
+
         #[test]
         fn what_it_reads_serde_reads_the_same(results in prop::collection::vec(any_result(), 0..6)) {
             let text = canonical(&results);

@@ -723,3 +723,46 @@ fn steps_nested_beyond_the_value_parser_are_refused_only_when_decoded() {
         .to_string()
         .contains("recursion limit"));
 }
+
+/// What decoding a step costs the worker, read by hand (the canonical form,
+/// as `raw::encode_steps` writes it) and by serde's derived code:
+/// `cargo test --release -p tasker-protocol --test codec request_decode_cost
+/// -- --ignored --nocapture`
+#[test]
+#[ignore = "a benchmark: prints figures"]
+fn request_decode_cost() {
+    let steps: Vec<_> = (0..100)
+        .map(|i| StepExecutionRequest::new(1_000 + i, 7, "validate", "orders.Validate", 30_000))
+        .collect();
+    let message = OrchestratorMessage::StepBatchRequest(StepBatchRequest::new("b:1", steps));
+    let [header, body] = codec::encode(&message).unwrap();
+    let framed = [header, body.clone()];
+    /// Nanoseconds per step, least of five rounds.
+    fn least(mut decode: impl FnMut() -> usize) -> f64 {
+        let rounds = 5_000u32;
+        (0..5)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                for _ in 0..rounds {
+                    assert_eq!(decode(), 100);
+                }
+                started.elapsed().as_nanos() as f64 / f64::from(rounds * 100)
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+    let by_serde = least(|| {
+        let text = std::str::from_utf8(&body).unwrap();
+        let parsed: StepBatchRequest = serde_json::from_str(text).unwrap();
+        parsed.steps.len()
+    });
+    let decoded = least(
+        || match codec::decode::<OrchestratorMessage>(&framed, MAX) {
+            Ok(OrchestratorMessage::StepBatchRequest(batch)) => batch.steps.len(),
+            other => panic!("not a batch: {other:?}"),
+        },
+    );
+    eprintln!(
+        "ns per step: serde's derived code {by_serde:.0}, codec::decode {decoded:.0} ({:.0}%)",
+        100.0 * decoded / by_serde
+    );
+}

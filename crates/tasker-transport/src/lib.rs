@@ -5,9 +5,11 @@
 //! queues and wake it with a [`Doorbell`]; nothing ever busy-polls.
 
 pub mod curve;
+mod frames;
 pub mod monitor;
 mod wait;
 
+pub use frames::{recv_frames, Frame};
 pub use wait::{wait, Waitable, MAX_ITEMS};
 
 use std::fs::File;

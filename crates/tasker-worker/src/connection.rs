@@ -608,7 +608,7 @@ impl Connection {
             let Some(socket) = &self.socket else {
                 return;
             };
-            let frames = match socket.recv_multipart(zmq::DONTWAIT) {
+            let frames = match tasker_transport::recv_frames(socket, zmq::DONTWAIT) {
                 Ok(frames) => frames,
                 Err(zmq::Error::EAGAIN) => return,
                 Err(zmq::Error::EINTR) => continue,
@@ -723,7 +723,7 @@ impl Connection {
     /// as JSON text or the typed decode cannot build a step of an otherwise
     /// valid batch (then that step fails alone, as `InvalidStep`, when
     /// pulled).
-    fn decode(&self, frames: &[Vec<u8>]) -> Result<Inbound, DecodeError> {
+    fn decode(&self, frames: &[tasker_transport::Frame]) -> Result<Inbound, DecodeError> {
         let max = self.shared.config.max_message_bytes;
         if !self.shared.raw_steps {
             let error = match codec::decode::<OrchestratorMessage>(frames, max) {

@@ -11,13 +11,12 @@ impl Dispatcher {
             return false;
         }
         for _ in 0..RECV_BURST {
-            match self.socket.recv_multipart(zmq::DONTWAIT) {
-                Ok(mut frames) => {
-                    if frames.is_empty() {
+            match recv_frames(&self.socket, zmq::DONTWAIT) {
+                Ok(frames) => {
+                    let Some((routing_id, frames)) = frames.split_first() else {
                         continue;
-                    }
-                    let routing_id = frames.remove(0);
-                    self.handle_frames(routing_id, frames);
+                    };
+                    self.handle_frames(routing_id.as_ref().to_vec(), frames);
                 }
                 Err(zmq::Error::EAGAIN) => return false,
                 Err(zmq::Error::EINTR) => continue,
@@ -30,13 +29,13 @@ impl Dispatcher {
         true
     }
 
-    pub(super) fn handle_frames(&mut self, routing_id: RoutingId, frames: Vec<Vec<u8>>) {
+    pub(super) fn handle_frames(&mut self, routing_id: RoutingId, frames: &[Frame]) {
         let conn = self.registry.id_of(&routing_id);
         // Any message is a sign of life, a malformed one included.
         if let Some(c) = conn.and_then(|id| self.registry.get_mut(id)) {
             c.last_seen = Instant::now();
         }
-        let message = match codec::decode_from_worker(&frames, self.config.max_message_bytes) {
+        let message = match codec::decode_from_worker(frames, self.config.max_message_bytes) {
             Ok(message) => message,
             Err(error) => {
                 Metrics::add(&self.channels.metrics.malformed_messages, 1);

@@ -41,7 +41,9 @@ use tasker_protocol::{
     Welcome, WorkerHello, WorkerMessage, MAX_JSON_DEPTH,
 };
 use tasker_transport::monitor::HandshakeMonitor;
-use tasker_transport::{earliest, poll_timeout, send_message, wait, Doorbell, SendError, Waitable};
+use tasker_transport::{
+    earliest, poll_timeout, recv_frames, send_message, wait, Doorbell, Frame, SendError, Waitable,
+};
 use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::metrics::{Metrics, Recorder};
