@@ -22,6 +22,9 @@
 //! past its recursion limit, and a value parsed on its own starts three or
 //! four levels higher up. A value nested deeper than [`MAX_JSON_DEPTH`]
 //! (far under that limit) therefore sends the message to serde as well.
+//!
+//! Every message and item is built with all its fields named, so a field
+//! added to one stops the build here, as it does in `write`.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

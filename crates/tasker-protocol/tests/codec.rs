@@ -1,6 +1,8 @@
 //! Decoding: round trips of every message, and a typed error for each kind
 //! of bad input.
 
+mod common;
+
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use tasker_protocol::codec::{self, DecodeError};
@@ -737,18 +739,8 @@ fn request_decode_cost() {
     let message = OrchestratorMessage::StepBatchRequest(StepBatchRequest::new("b:1", steps));
     let [header, body] = codec::encode(&message).unwrap();
     let framed = [header, body.clone()];
-    /// Nanoseconds per step, least of five rounds.
-    fn least(mut decode: impl FnMut() -> usize) -> f64 {
-        let rounds = 5_000u32;
-        (0..5)
-            .map(|_| {
-                let started = std::time::Instant::now();
-                for _ in 0..rounds {
-                    assert_eq!(decode(), 100);
-                }
-                started.elapsed().as_nanos() as f64 / f64::from(rounds * 100)
-            })
-            .fold(f64::INFINITY, f64::min)
+    fn least(decode: impl FnMut() -> usize) -> f64 {
+        common::least_ns_per_item(5_000, 100, decode)
     }
     let by_serde = least(|| {
         let text = std::str::from_utf8(&body).unwrap();

@@ -3,6 +3,8 @@
 //! message is refused whole only when its envelope is wrong. Also: every
 //! `DecodeError` stays short whatever the input.
 
+mod common;
+
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use tasker_protocol::codec::{self, DecodeError, FromWorker, ResultBatch};
@@ -647,13 +649,12 @@ fn a_refused_result_quoting_huge_input_is_named_briefly() {
     assert!(batch.refusal().unwrap().message.len() < 512);
 }
 
-/// What decoding a 100-result response costs per result: the typed parse
-/// from bytes it used to be (serde_json checks every string's UTF-8 on its
-/// own), the parse of the text checked once as a whole that it is now, and
-/// `decode_from_worker` in all (that parse, then each result's checks).
-/// Least of five rounds, since the machine's speed moves between runs.
-/// `cargo test --release -p tasker-protocol --test from_worker decode_cost
-/// -- --ignored --nocapture`
+/// What decoding a 100-result response costs per result: serde's derived
+/// code parsing from bytes (serde_json checks every string's UTF-8 on its
+/// own) and from the text checked once as a whole, and
+/// `decode_from_worker` in all (the text checked once, read by hand, then
+/// each result's checks). `cargo test --release -p tasker-protocol --test
+/// from_worker decode_cost -- --ignored --nocapture`
 #[test]
 #[ignore = "a benchmark: prints figures"]
 fn decode_cost() {
@@ -667,18 +668,8 @@ fn decode_cost() {
         .collect();
     let body = response(&results);
     let message = frames(body.clone());
-    /// Nanoseconds per result, least of five rounds.
-    fn least(mut decode: impl FnMut() -> usize) -> f64 {
-        let rounds = 10_000u32;
-        (0..5)
-            .map(|_| {
-                let started = std::time::Instant::now();
-                for _ in 0..rounds {
-                    assert_eq!(decode(), 100);
-                }
-                started.elapsed().as_nanos() as f64 / f64::from(rounds * 100)
-            })
-            .fold(f64::INFINITY, f64::min)
+    fn least(decode: impl FnMut() -> usize) -> f64 {
+        common::least_ns_per_item(10_000, 100, decode)
     }
     let from_bytes = least(|| {
         let parsed: StepBatchResponse = serde_json::from_slice(body.as_bytes()).unwrap();
@@ -694,7 +685,7 @@ fn decode_cost() {
         other => panic!("not results: {other:?}"),
     });
     eprintln!(
-        "ns per result: parse from bytes {from_bytes:.0}, from text checked once {from_text:.0} ({:.0}%), decode_from_worker {decode:.0}",
-        100.0 * from_text / from_bytes
+        "ns per result: serde from bytes {from_bytes:.0}, serde from text checked once {from_text:.0}, decode_from_worker {decode:.0} ({:.0}% of serde from bytes)",
+        100.0 * decode / from_bytes
     );
 }
