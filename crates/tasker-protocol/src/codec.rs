@@ -292,16 +292,23 @@ pub fn truncate(text: &str, max_bytes: usize) -> String {
 /// assert_eq!(json_depth(&json!({"a": [7], "b": 1})), 2);
 /// ```
 pub fn json_depth(value: &Value) -> u32 {
+    // Measured twice per output on the orchestrator's I/O thread (by the
+    // reader of the canonical form, then by `check_result`): only
+    // containers go on the stack, and nothing is allocated per node.
+    let nests = |v: &&Value| matches!(v, Value::Array(_) | Value::Object(_));
+    if !nests(&value) {
+        return 0;
+    }
     let mut deepest = 0;
-    let mut stack = vec![(value, 0u32)];
+    let mut stack = vec![(value, 1u32)];
     while let Some((value, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match value {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
-        };
-        deepest = deepest.max(depth + 1);
-        stack.extend(children.map(|child| (child, depth + 1)));
+        deepest = deepest.max(depth);
+        let below = |child| (child, depth + 1);
+        match value {
+            Value::Array(items) => stack.extend(items.iter().filter(nests).map(below)),
+            Value::Object(map) => stack.extend(map.values().filter(nests).map(below)),
+            _ => {}
+        }
     }
     deepest
 }

@@ -758,3 +758,19 @@ fn request_decode_cost() {
         100.0 * decoded / by_serde
     );
 }
+
+/// The depth by its definition, recursively (fine for test values).
+fn depth_by_definition(value: &Value) -> u32 {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth_by_definition).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth_by_definition).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+proptest! {
+    #[test]
+    fn json_depth_is_the_nesting_of_arrays_and_objects(value in json_value()) {
+        prop_assert_eq!(codec::json_depth(&value), depth_by_definition(&value));
+    }
+}
