@@ -278,17 +278,7 @@ impl ZmqPubSubExecutor {
         let batch_id = batch.batch_id;
         // Encoded here, on the submitting thread, once for every delivery
         // of the step: the I/O thread only joins the bytes.
-        let default_timeout = self.config.default_step_timeout_ms;
-        let steps: Vec<NewStep> = batch
-            .steps
-            .into_iter()
-            .map(|mut request| {
-                if request.metadata.timeout_ms == 0 {
-                    request.metadata.timeout_ms = default_timeout;
-                }
-                NewStep::new(request)
-            })
-            .collect();
+        let steps = NewStep::batch(batch.steps, self.config.default_step_timeout_ms);
         let (results_tx, results_rx) = crate::sink::channel();
         let (reply_tx, reply_rx) = oneshot::channel();
         self.send(match resume {

@@ -227,12 +227,33 @@ pub struct StepExecutionResult {
 }
 
 impl StepExecutionResult {
-    /// A completed result.
+    /// A completed result, completed now.
     pub fn completed(
         step: StepRef,
         output: Value,
         worker_id: &str,
         execution_time_ms: u64,
+    ) -> Self {
+        Self::completed_at(step, output, worker_id, execution_time_ms, Utc::now())
+    }
+
+    /// A completed result that completed at `completed_at`: for a caller
+    /// that knows the time without reading the clock again.
+    ///
+    /// ```
+    /// use tasker_protocol::{StepExecutionResult, StepRef};
+    ///
+    /// let at = chrono::Utc::now();
+    /// let step = StepRef { step_id: 7, attempt: 1 };
+    /// let result = StepExecutionResult::completed_at(step, serde_json::json!(1), "w-1", 3, at);
+    /// assert_eq!(result.metadata.completed_at, at);
+    /// ```
+    pub fn completed_at(
+        step: StepRef,
+        output: Value,
+        worker_id: &str,
+        execution_time_ms: u64,
+        completed_at: DateTime<Utc>,
     ) -> Self {
         Self {
             step_id: step.step_id,
@@ -244,7 +265,7 @@ impl StepExecutionResult {
                 execution_time_ms,
                 worker_id: worker_id.to_string(),
                 retryable: false,
-                completed_at: Utc::now(),
+                completed_at,
             },
         }
     }

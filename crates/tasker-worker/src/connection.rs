@@ -28,6 +28,7 @@ use tasker_transport::curve::ClientCurve;
 use tasker_transport::monitor::{Handshake, HandshakeMonitor};
 use tasker_transport::{earliest, poll_timeout, send_message, wait, Waitable};
 
+use crate::handler::WallClock;
 use crate::inline::InlineHandler;
 use crate::output::DEPTH_CAP;
 use crate::runtime::encode_checked;
@@ -826,8 +827,10 @@ impl Connection {
         let mut done = Vec::with_capacity(self.inline_steps.len());
         let mut flushed_at = Instant::now();
         let mut started = flushed_at;
+        let mut clock = WallClock::at(flushed_at);
         for (handler, step) in std::mem::take(&mut self.inline_steps) {
-            let (result, ended) = inline.run(handler, step, &self.shared.worker_id, started);
+            let (result, ended) =
+                inline.run(handler, step, &self.shared.worker_id, started, &clock);
             started = ended;
             done.push(encode_checked(&result, max_depth));
             if ended.duration_since(flushed_at) >= INLINE_FLUSH {
@@ -840,6 +843,7 @@ impl Connection {
                 self.send_results();
                 flushed_at = Instant::now();
                 started = flushed_at;
+                clock = WallClock::at(flushed_at);
             }
         }
         // The turn takes and sends these next, with the handler threads'.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 use tasker_config::TaskerConfig;
 use tasker_protocol::{
@@ -363,6 +364,7 @@ fn pump(
         // Results of quick handlers go back together, so one message answers
         // many steps; a slow handler flushes what is done before it.
         let mut flushed_at = Instant::now();
+        let mut clock = WallClock::at(flushed_at);
         for step in steps {
             // One clock read serves the flush check and the handler's run
             // time: reads cost tens of nanoseconds on VMs, a step's tenth.
@@ -370,11 +372,20 @@ fn pump(
             if !done.is_empty() && started.duration_since(flushed_at) >= FLUSH_AFTER {
                 runtime.complete_many(std::mem::take(&mut done));
                 flushed_at = started;
+                clock = WallClock::at(started);
             }
             match handlers.get(&step.handler_class) {
                 Some(Handler::Sync(f)) => {
                     let outcome = catch_unwind(AssertUnwindSafe(|| f(&step)));
-                    done.push(to_result(&step, outcome, &worker_id, started.elapsed()));
+                    let ended = Instant::now();
+                    let took = ended.duration_since(started);
+                    done.push(to_result(
+                        &step,
+                        outcome,
+                        &worker_id,
+                        took,
+                        clock.wall(ended),
+                    ));
                 }
                 Some(Handler::Async(f)) => {
                     let spawner = spawner.expect("async handlers have a runtime");
@@ -390,7 +401,8 @@ fn pump(
                                 Box::new("cancelled") as Box<dyn std::any::Any + Send>
                             }
                         });
-                        runtime.complete(to_result(&step, outcome, &worker_id, started.elapsed()));
+                        let took = started.elapsed();
+                        runtime.complete(to_result(&step, outcome, &worker_id, took, Utc::now()));
                     });
                 }
                 None => {
@@ -416,17 +428,50 @@ fn pump(
 /// Longest a finished result waits for its chunk-mates.
 const FLUSH_AFTER: Duration = Duration::from_millis(2);
 
+/// Wall-clock times for a run of steps, read from the monotonic clock
+/// that times them anyway: one `Utc::now` per run, where each result read
+/// its own (a clock read costs a tenth of a quick step on a VM). A run is
+/// short (it is anchored again at every flush), so a wall-clock
+/// adjustment during it shows at the next one.
+pub(crate) struct WallClock {
+    wall: DateTime<Utc>,
+    at: Instant,
+}
+
+impl WallClock {
+    /// Anchored at `at`, which is now or a moment ago.
+    pub(crate) fn at(at: Instant) -> Self {
+        Self {
+            wall: Utc::now() - TimeDelta::from_std(at.elapsed()).unwrap_or_default(),
+            at,
+        }
+    }
+
+    /// The wall-clock time of `instant`, no earlier than the anchor.
+    pub(crate) fn wall(&self, instant: Instant) -> DateTime<Utc> {
+        TimeDelta::from_std(instant.saturating_duration_since(self.at))
+            .ok()
+            .and_then(|since| self.wall.checked_add_signed(since))
+            .unwrap_or(self.wall)
+    }
+}
+
 pub(crate) fn to_result(
     step: &StepExecutionRequest,
     outcome: Result<HandlerResult, Box<dyn std::any::Any + Send>>,
     worker_id: &str,
     took: Duration,
+    completed_at: DateTime<Utc>,
 ) -> StepExecutionResult {
     let elapsed = took.as_millis() as u64;
     match outcome {
-        Ok(Ok(output)) => {
-            StepExecutionResult::completed(step.step_ref(), output, worker_id, elapsed)
-        }
+        Ok(Ok(output)) => StepExecutionResult::completed_at(
+            step.step_ref(),
+            output,
+            worker_id,
+            elapsed,
+            completed_at,
+        ),
         Ok(Err(e)) => StepExecutionResult::failed(
             step.step_ref(),
             StepStatus::Failed,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use foldhash::HashMap;
 use tasker_protocol::StepExecutionResult;
 
-use crate::handler::{to_result, SyncHandler};
+use crate::handler::{to_result, SyncHandler, WallClock};
 use crate::runtime::invalid_step;
 use crate::shared::Received;
 
@@ -91,9 +91,10 @@ impl InlineHandlers {
     }
 
     /// Runs a step with the handler [`handler_of`](Self::handler_of) found
-    /// (even if it was demoted since), timed from `started`: its result,
-    /// and when it ended, which is the next step's start (clock reads cost
-    /// a tenth of a quick step on a VM). A handler that ran longer than
+    /// (even if it was demoted since), timed from `started`: its result
+    /// (its wall-clock end from `clock`), and when it ended, which is the
+    /// next step's start (clock reads cost a tenth of a quick step on a
+    /// VM). A handler that ran longer than
     /// [`INLINE_LIMIT`] is demoted: its later steps run on the handler
     /// threads.
     pub(crate) fn run(
@@ -102,6 +103,7 @@ impl InlineHandlers {
         step: Received,
         worker_id: &str,
         started: Instant,
+        clock: &WallClock,
     ) -> (StepExecutionResult, Instant) {
         let entry = &self.entries[handler.0];
         let step = match step {
@@ -121,6 +123,9 @@ impl InlineHandlers {
                  sends no heartbeat meanwhile; its steps run on the handler threads from now on"
             );
         }
-        (to_result(&step, outcome, worker_id, took), ended)
+        (
+            to_result(&step, outcome, worker_id, took, clock.wall(ended)),
+            ended,
+        )
     }
 }

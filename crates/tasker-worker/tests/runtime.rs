@@ -1343,6 +1343,31 @@ fn an_inline_handler_runs_on_the_io_thread_beside_handlers_on_threads() {
     assert!(worker.join(Duration::from_secs(5)));
 }
 
+/// Results carry the wall-clock time they completed at, on the I/O thread
+/// (inline) and on the handler threads alike, though neither reads the
+/// wall clock for each step.
+#[test]
+fn each_result_says_when_it_completed_by_the_wall_clock() {
+    let (orchestrator, worker, id, _) = inline_worker(|step| Ok(json!(step.step_id)));
+    let before = chrono::Utc::now();
+    orchestrator.send(
+        &id,
+        &handler_batch(&[(1, "echo"), (2, "sleep"), (3, "echo")]),
+    );
+    let results = results_received(&orchestrator, 3);
+    let after = chrono::Utc::now();
+    for result in &results {
+        let at = result.metadata.completed_at;
+        assert!(
+            before <= at && at <= after,
+            "{at} not within {before}..{after}"
+        );
+    }
+    // The sleeping step ran 20 ms on a handler thread before it completed.
+    assert!(results[1].metadata.completed_at >= before + chrono::TimeDelta::milliseconds(19));
+    worker.join(Duration::from_secs(5));
+}
+
 #[test]
 fn an_inline_handler_that_runs_past_its_limit_moves_to_the_handler_threads() {
     let (orchestrator, worker, id, threads) = inline_worker(|step| {

@@ -114,7 +114,7 @@ impl Dispatcher {
                     let served = self
                         .registry
                         .iter()
-                        .any(|(_, c)| c.takes_work() && c.handlers.contains(&handler));
+                        .any(|(_, c)| c.takes_work() && c.handlers.iter().any(|h| **h == *handler));
                     let (status, error) = if served {
                         (
                             StepStatus::TimedOut,

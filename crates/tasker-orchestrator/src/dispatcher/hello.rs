@@ -170,7 +170,7 @@ impl Dispatcher {
                 .steps
                 .get(step.step_id)
                 .filter(|e| e.step_ref() == step)
-                .map(|e| e.handler.as_str())
+                .map(|e| &*e.handler)
                 .or_else(|| known.and_then(|k| k.handler_of(&step)));
             match handler {
                 Some(handler) => limits.occupy(step, handler),
