@@ -75,6 +75,11 @@ pub struct BenchArgs {
 /// so one noisy run does not decide it.
 const METRICS_ROUNDS: usize = 3;
 
+/// Runs of each column of the throughput table (tasker in both
+/// placements, both echoes); the best of each counts, as in the metrics
+/// comparison.
+const THROUGHPUT_ROUNDS: usize = 3;
+
 static NEXT_STEP: AtomicI64 = AtomicI64::new(1);
 
 /// `n` steps for the handler `noop`, with ids unique in this process.
@@ -789,10 +794,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     for &batch in &args.batch_sizes {
         let steps = run_steps(&args, batch);
-        let raw = raw_throughput(batch, steps, args.window, false)?;
-        let json = raw_throughput(batch, steps, args.window, true)?;
-        let ours = throughput(batch, false, Placement::InProcess)?;
-        let process = throughput(batch, false, Placement::Process)?;
+        // Best of THROUGHPUT_ROUNDS each, alternated and each going first
+        // in turn: one run of each, one after the other, put the ratio
+        // anywhere between 46% and 86% in runs of one binary.
+        let mut best = [0f64; 4];
+        for round in 0..THROUGHPUT_ROUNDS {
+            for k in 0..best.len() {
+                let which = (round + k) % best.len();
+                let rate = match which {
+                    0 => raw_throughput(batch, steps, args.window, false)?,
+                    1 => raw_throughput(batch, steps, args.window, true)?,
+                    2 => throughput(batch, false, Placement::InProcess)?,
+                    _ => throughput(batch, false, Placement::Process)?,
+                };
+                best[which] = best[which].max(rate);
+            }
+        }
+        let [raw, json, ours, process] = best;
         println!(
             "{:<11} {:>9.0} st/s {:>5.0}% {:>10.0} st/s {:>5.0}% {:>10.0} st/s {:>10.0} st/s",
             format!("batch {batch}"),
@@ -806,7 +824,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     println!(
         "ratio: to echo+JSON, a ROUTER/DEALER echo whose ends decode and encode the same \
-         bodies; raw echo: the bodies unparsed"
+         bodies; raw echo: the bodies unparsed; best of {THROUGHPUT_ROUNDS} alternated runs each"
     );
     let mut raw = raw_latency(args.latency_samples)?;
     let (mut ours, idle) = runtime.block_on(system_latency(
