@@ -33,7 +33,8 @@ fn not_a_count(value: &Bound<'_, PyAny>) -> PyErr {
 }
 
 /// Most steps one handler thread pulls at a time, so that `threads` threads
-/// together hold exactly `capacity`: ceil(capacity / threads).
+/// together hold exactly `capacity`: ceil(capacity / threads); a single
+/// thread pulls half of it at a time.
 #[pyfunction]
 fn chunk_size(capacity: u32, threads: usize) -> usize {
     policy::chunk_size(capacity, threads)

@@ -168,6 +168,7 @@ def test_thread_policy_comes_from_rust():
             _native.handler_threads(4, bad)
     assert _native.chunk_size(10, 4) == 3
     assert _native.chunk_size(8, 8) == 1
+    assert _native.chunk_size(200, 1) == 100, "a lone thread pulls half"
     assert _native.MAX_JSON_DEPTH == 100
 
 

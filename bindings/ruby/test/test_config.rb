@@ -114,12 +114,15 @@ class TestConfig < Minitest::Test
     assert_equal 4, TaskerCore::Native.handler_threads(4, 10)
     assert_equal 3, TaskerCore::Native.chunk_size(10, 4)
     assert_equal 1, TaskerCore::Native.chunk_size(4, 4)
+    assert_equal 100, TaskerCore::Native.chunk_size(200, 1), 'a lone thread pulls half'
     (1..20).each do |capacity|
       [nil, 1, 3, 64].each do |requested|
         threads = TaskerCore::Native.handler_threads(capacity, requested)
         chunk = TaskerCore::Native.chunk_size(capacity, threads)
-        assert_operator threads * chunk, :>=, capacity
-        assert_operator (chunk - 1) * threads, :<, capacity
+        # A lone thread pulls half the capacity at a time.
+        pulls = [threads, 2].max
+        assert_operator pulls * chunk, :>=, capacity
+        assert_operator (chunk - 1) * pulls, :<, capacity
       end
     end
     worker = TaskerCore::Worker.new(capacity: 10, threads: 4, logger: nil)

@@ -10,6 +10,7 @@
 //! assert_eq!(policy::handler_threads(100, None).unwrap(), policy::DEFAULT_MAX_THREADS);
 //! assert_eq!(policy::handler_threads(4, Some(10)).unwrap(), 4, "never more than capacity");
 //! assert_eq!(policy::chunk_size(10, 4), 3);
+//! assert_eq!(policy::chunk_size(200, 1), 100, "a lone thread pulls half");
 //! assert!(policy::wait_timeout(Some(-1.0)).is_err());
 //! ```
 
@@ -60,9 +61,16 @@ pub fn handler_threads(capacity: u32, requested: Option<usize>) -> Result<usize,
 }
 
 /// Most steps one handler thread pulls at a time, so that the threads
-/// together hold exactly `capacity`: ⌈capacity / threads⌉.
+/// together hold exactly `capacity`: ⌈capacity / threads⌉; a single
+/// thread pulls half of it at a time.
+///
+/// The half is what keeps the orchestrator's window open: a lone thread
+/// that pulled the whole capacity would answer two batches together, and
+/// the orchestrator would get no credit back until both had run. With
+/// halves, the first half's results go back (and free credit for the next
+/// delivery) while the second half runs.
 pub fn chunk_size(capacity: u32, threads: usize) -> usize {
-    (capacity as usize).max(1).div_ceil(threads.max(1))
+    (capacity as usize).max(1).div_ceil(threads.max(2))
 }
 
 #[cfg(test)]
@@ -89,8 +97,11 @@ mod tests {
                 let threads = handler_threads(capacity, requested).unwrap();
                 assert!(threads >= 1 && threads <= capacity as usize);
                 let chunk = chunk_size(capacity, threads);
-                assert!(chunk * threads >= capacity as usize);
-                assert!((chunk - 1) * threads < capacity as usize);
+                // Each thread holding a chunk holds the capacity; a lone
+                // thread takes two chunks to.
+                let pulls = threads.max(2);
+                assert!(chunk * pulls >= capacity as usize);
+                assert!((chunk - 1) * pulls < capacity as usize);
             }
         }
         assert!(handler_threads(4, Some(0)).is_err());

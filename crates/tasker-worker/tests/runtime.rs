@@ -1368,6 +1368,64 @@ fn each_result_says_when_it_completed_by_the_wall_clock() {
     worker.join(Duration::from_secs(5));
 }
 
+/// The orchestrator keeps two batches in flight per worker so that one
+/// crosses the wire while the other runs. Two batches read in one turn
+/// must still go back one by one: answered together, the orchestrator
+/// gets no credit back until both have run, and its window collapses into
+/// stop-and-wait.
+#[test]
+fn two_batches_read_in_one_turn_are_answered_one_by_one() {
+    let orchestrator = FakeOrchestrator::bind();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let worker = tasker_worker::Worker::new(options(&orchestrator.endpoint, 64).config)
+        .capacity(64)
+        .threads(1)
+        .handler_with(
+            "block",
+            tasker_worker::HandlerOptions::new().inline(),
+            move |_| {
+                started_tx.lock().unwrap().send(()).unwrap();
+                // Holds the I/O thread while both batches arrive.
+                std::thread::sleep(Duration::from_millis(100));
+                Ok(json!("unblocked"))
+            },
+        )
+        .handler_with(
+            "echo",
+            tasker_worker::HandlerOptions::new().inline(),
+            |step| Ok(json!(step.step_id)),
+        )
+        .spawn()
+        .unwrap();
+    let (id, _) = orchestrator.recv(Duration::from_secs(5)).unwrap();
+    orchestrator.welcome(&id);
+    orchestrator.send(&id, &handler_batch(&[(1, "block")]));
+    started.recv_timeout(Duration::from_secs(5)).unwrap();
+    let a: Vec<(i64, &str)> = (100..120).map(|i| (i, "echo")).collect();
+    let b: Vec<(i64, &str)> = (200..220).map(|i| (i, "echo")).collect();
+    orchestrator.send(&id, &handler_batch(&a));
+    orchestrator.send(&id, &handler_batch(&b));
+    let mut messages = Vec::new();
+    while messages.iter().map(Vec::len).sum::<usize>() < 41 {
+        match orchestrator.recv(Duration::from_secs(5)) {
+            Some((_, WorkerMessage::StepBatchResponse(response))) => messages.push(
+                response
+                    .results
+                    .iter()
+                    .map(|r| r.step_id)
+                    .collect::<Vec<_>>(),
+            ),
+            Some(_) => {}
+            None => panic!("results missing; got {messages:?}"),
+        }
+    }
+    let expected: Vec<Vec<i64>> = vec![vec![1], (100..120).collect(), (200..220).collect()];
+    assert_eq!(messages, expected);
+    worker.stop();
+    assert!(worker.join(Duration::from_secs(5)));
+}
+
 #[test]
 fn an_inline_handler_that_runs_past_its_limit_moves_to_the_handler_threads() {
     let (orchestrator, worker, id, threads) = inline_worker(|step| {

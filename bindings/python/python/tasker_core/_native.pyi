@@ -78,7 +78,8 @@ def handler_threads(capacity: int, requested: Optional[int] = None) -> int:
     request is not a positive integer."""
 
 def chunk_size(capacity: int, threads: int) -> int:
-    """Steps one thread pulls at a time: ceil(capacity / threads)."""
+    """Steps one thread pulls at a time: ceil(capacity / threads); half the
+    capacity when there is one thread."""
 
 # -- step, runtime
 

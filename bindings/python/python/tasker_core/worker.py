@@ -6,7 +6,8 @@ The native runtime (Rust) owns the ZeroMQ connection: hello, heartbeats,
 credit, reconnects, drain and goodbye. This module only runs handlers:
 
 * ``threads`` Python threads each pull a chunk of up to
-  ``ceil(capacity / threads)`` steps (waiting with the GIL released), run the
+  ``ceil(capacity / threads)`` steps (half the capacity when there is one
+  thread), waiting with the GIL released, run the
   sync handlers one after another and hand the results back in one call.
   Results of quick handlers go back together; a slow handler first flushes
   what is already done.
