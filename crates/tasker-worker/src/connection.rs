@@ -44,17 +44,18 @@ const RESULTS_PER_MESSAGE: usize = 512;
 const HANDSHAKES_CLOSED_LIMIT: u32 = 5;
 /// Longest the results of inline handlers wait for their batch-mates.
 const INLINE_FLUSH: Duration = Duration::from_millis(2);
-/// Inline steps read from one or more messages that are run and answered
-/// before the next message is read, rather than with the whole turn's.
+/// Inline steps read (from one message or several) that are run and
+/// answered at once, before the next message is read, rather than at the
+/// end of the turn.
 ///
 /// The failure this prevents: two batches read in one turn went back as
 /// one message, and the orchestrator's window of two batches collapsed into
 /// stop-and-wait. It got no credit back until the worker had run both, so
 /// it sent the next two together, and the worker sat idle while they
 /// crossed the wire (in `tasker bench` at batch 100 it cost up to a third
-/// of the throughput). Below this
-/// many steps an answer of their own costs more (a message, a wake-up of
-/// the orchestrator) than the credit it returns early is worth.
+/// of the throughput). Fewer steps wait for the turn's end: an answer of
+/// their own would cost more (a message, a wake-up of the orchestrator)
+/// than the credit it returns early is worth.
 const ANSWER_APART: usize = 16;
 
 /// A decoded message from the orchestrator: typed, or a batch whose steps
