@@ -384,9 +384,7 @@ impl Connection {
         }
         self.send_blocked = false;
         self.retry_at = None;
-        self.run_inline();
-        self.take_results();
-        self.send_results();
+        self.answer();
         self.flush_drain();
         let now = Instant::now();
         if let Some(at) = self.reconnect_at {
@@ -649,9 +647,7 @@ impl Connection {
             }
             // See `ANSWER_APART`.
             if self.inline_steps.len() >= ANSWER_APART {
-                self.run_inline();
-                self.take_results();
-                self.send_results();
+                self.answer();
             }
         }
     }
@@ -829,6 +825,14 @@ impl Connection {
         if delivered {
             self.shared.wake_host();
         }
+    }
+
+    /// Runs the inline steps read so far and sends what results are done,
+    /// the handler threads' included.
+    fn answer(&mut self) {
+        self.run_inline();
+        self.take_results();
+        self.send_results();
     }
 
     /// Runs the steps of inline handlers received this turn, here, and

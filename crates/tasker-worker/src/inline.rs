@@ -94,9 +94,8 @@ impl InlineHandlers {
     /// (even if it was demoted since), timed from `started`: its result
     /// (its wall-clock end from `clock`), and when it ended, which is the
     /// next step's start (clock reads cost a tenth of a quick step on a
-    /// VM). A handler that ran longer than
-    /// [`INLINE_LIMIT`] is demoted: its later steps run on the handler
-    /// threads.
+    /// VM). A handler that ran longer than [`INLINE_LIMIT`] is demoted: its
+    /// later steps run on the handler threads.
     pub(crate) fn run(
         &self,
         handler: InlineHandler,
