@@ -57,8 +57,9 @@ pub struct BenchArgs {
     /// beside them: a clean target for `perf record`.
     #[arg(long)]
     pub system_only: bool,
-    /// Only the single-step round trips: tasker beside the raw echo, and
-    /// the raw echo relayed through a thread as tasker's caller is.
+    /// Only the single-step round trips: tasker beside the raw echo, the
+    /// raw echo relayed through a thread as tasker's caller is, and the
+    /// raw echo with an I/O thread at each end, as two processes have.
     #[arg(long)]
     pub latency_only: bool,
     /// Only the metrics comparison: tasker's throughput with its
@@ -123,11 +124,25 @@ impl RawEcho {
     /// `reply`: pre-encoded, or, when `typed`, after decoding the request
     /// and encoding the reply as any JSON worker must.
     fn start(reply: WorkerMessage, typed: bool) -> Result<Self> {
+        Self::start_in(reply, typed, false)
+    }
+
+    /// With `apart`, the echoing DEALER has a ZeroMQ context of its own,
+    /// and so its own libzmq I/O thread, as a peer in another process
+    /// has: the TCP bytes then cross between two I/O threads, as they do
+    /// between an orchestrator and a worker process, instead of one I/O
+    /// thread passing them to itself.
+    fn start_in(reply: WorkerMessage, typed: bool, apart: bool) -> Result<Self> {
         let context = zmq::Context::new();
         let router = context.socket(zmq::ROUTER)?;
         router.bind("tcp://127.0.0.1:0")?;
         let endpoint = router.get_last_endpoint()?.expect("utf-8 endpoint");
-        let dealer = context.socket(zmq::DEALER)?;
+        let dealer_context = if apart {
+            zmq::Context::new()
+        } else {
+            context.clone()
+        };
+        let dealer = dealer_context.socket(zmq::DEALER)?;
         dealer.connect(&endpoint)?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop_flag = std::sync::Arc::clone(&stop);
@@ -154,6 +169,9 @@ impl RawEcho {
                         let _ = dealer.send_multipart(encoded.iter(), 0);
                     }
                 }
+                // The socket closes before its context terminates.
+                drop(dealer);
+                drop(dealer_context);
             })?;
         Ok(Self {
             router,
@@ -229,10 +247,11 @@ fn raw_throughput(batch: usize, steps: usize, window: usize, typed: bool) -> Res
     Ok(rate)
 }
 
-fn raw_latency(samples: usize) -> Result<Vec<Duration>> {
+/// The raw echo's round trips; `apart`: see [`RawEcho::start_in`].
+fn raw_latency(samples: usize, apart: bool) -> Result<Vec<Duration>> {
     let (request, response) = messages(1);
     let request = codec::encode(&request)?;
-    let echo = RawEcho::start(response, false)?;
+    let echo = RawEcho::start_in(response, false, apart)?;
     for _ in 0..samples.min(100) {
         echo.send(&request)?;
         echo.recv()?;
@@ -742,8 +761,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     if args.latency_only {
-        let mut raw = raw_latency(args.latency_samples)?;
+        let mut raw = raw_latency(args.latency_samples, false)?;
         let mut relayed = relayed_latency(args.latency_samples, &runtime)?;
+        let mut apart = raw_latency(args.latency_samples, true)?;
         let mut placements = Vec::new();
         for placement in [Placement::InProcess, Placement::Process] {
             let (samples, _) = runtime.block_on(system_latency(
@@ -758,10 +778,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         for p in [0.5, 0.99] {
             let raw = percentile(&mut raw, p);
             let relayed = percentile(&mut relayed, p);
+            let apart = percentile(&mut apart, p);
             println!(
                 "p{:.0} relayed echo: {relayed:.1} us, raw {raw:.1} us, {:.2}x",
                 p * 100.0,
                 relayed / raw
+            );
+            println!(
+                "p{:.0} echo, two I/O threads: {apart:.1} us, raw {raw:.1} us, {:.2}x",
+                p * 100.0,
+                apart / raw
             );
             for (placement, samples) in &mut placements {
                 let ours = percentile(samples, p);
@@ -826,7 +852,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "ratio: to echo+JSON, a ROUTER/DEALER echo whose ends decode and encode the same \
          bodies; raw echo: the bodies unparsed; best of {THROUGHPUT_ROUNDS} alternated runs each"
     );
-    let mut raw = raw_latency(args.latency_samples)?;
+    let mut raw = raw_latency(args.latency_samples, false)?;
     let (mut ours, idle) = runtime.block_on(system_latency(
         args.latency_samples,
         args.idle_secs,

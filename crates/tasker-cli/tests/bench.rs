@@ -129,3 +129,43 @@ fn bench_threads_prints_cpu_per_step_by_thread_for_tasker_and_both_echoes() {
     // The echo's own thread is told apart from the main thread's.
     assert!(stderr.contains("echo-dealer"), "{stderr}");
 }
+
+/// What `--latency-only` promises: tasker's round trip in both placements
+/// and the two echoes that price its extra hand-overs, each beside the raw
+/// echo, at p50 and p99, every figure a number.
+#[test]
+fn latency_only_prints_tasker_and_each_echo_beside_the_raw_echo() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args(["bench", "--latency-only", "--latency-samples", "30"])
+        .env_remove("TASKER_BENCH_THREADS")
+        .output()
+        .expect("tasker bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tasker bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for percentile in ["p50", "p99"] {
+        for subject in [
+            "relayed echo:",
+            "echo, two I/O threads:",
+            "InProcess: tasker",
+            "Process: tasker",
+        ] {
+            let prefix = format!("{percentile} {subject}");
+            let row = stdout
+                .lines()
+                .find(|l| l.starts_with(&prefix))
+                .unwrap_or_else(|| panic!("no {prefix:?} row:\n{stdout}"));
+            let ratio: f64 = row
+                .rsplit(' ')
+                .next()
+                .and_then(|r| r.strip_suffix('x'))
+                .and_then(|r| r.parse().ok())
+                .unwrap_or_else(|| panic!("no ratio to the raw echo in {row:?}"));
+            assert!(ratio.is_finite() && ratio > 0.0, "{row}");
+            assert_eq!(row.matches(" us").count(), 2, "{row}");
+        }
+    }
+}
