@@ -589,9 +589,13 @@ proptest! {
             })
             .collect();
         let encoded: Vec<raw::EncodedStep> = steps.iter().map(raw::EncodedStep::new).collect();
+        // Encoded together, into one shared buffer, each step is the same.
+        let together = raw::EncodedStep::batch(&steps);
+        prop_assert_eq!(&together, &encoded);
         let typed = OrchestratorMessage::StepBatchRequest(StepBatchRequest::new(batch_id.clone(), steps));
         let frames = raw::encode_steps(&batch_id, &encoded);
         prop_assert_eq!(&frames, &codec::encode(&typed).unwrap());
+        prop_assert_eq!(&raw::encode_steps(&batch_id, &together), &frames);
         let len: usize = raw::request_envelope_len(&batch_id)
             + encoded.iter().map(|s| s.json().len()).sum::<usize>()
             + encoded.len() - 1;

@@ -49,20 +49,23 @@ impl NewStep {
     /// metrics) on another core than the one that wrote it: one string per
     /// step cost a cache miss at each of those reads, and a free from the
     /// wrong thread when the step ended.
-    pub fn batch(requests: Vec<StepExecutionRequest>, default_timeout_ms: u64) -> Vec<Self> {
+    pub fn batch(mut requests: Vec<StepExecutionRequest>, default_timeout_ms: u64) -> Vec<Self> {
+        for request in &mut requests {
+            if request.metadata.timeout_ms == 0 {
+                request.metadata.timeout_ms = default_timeout_ms;
+            }
+        }
         let mut handler: Option<Arc<str>> = None;
-        requests
+        EncodedStep::batch(&requests)
             .into_iter()
-            .map(|mut request| {
-                if request.metadata.timeout_ms == 0 {
-                    request.metadata.timeout_ms = default_timeout_ms;
-                }
+            .zip(&requests)
+            .map(|(step, request)| {
                 let name = match &handler {
                     Some(name) if **name == *request.handler_class => Arc::clone(name),
                     _ => Arc::clone(handler.insert(request.handler_class.as_str().into())),
                 };
                 Self {
-                    step: EncodedStep::new(&request),
+                    step,
                     timeout_ms: request.metadata.timeout_ms,
                     handler: name,
                 }
