@@ -6,30 +6,36 @@
 
 use std::process::Command;
 
-#[test]
-fn bench_prints_throughput_latency_and_metrics_overhead_for_both_worker_placements() {
+/// What `tasker bench` with these arguments prints, once it has succeeded.
+fn bench_stdout(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_tasker"))
-        .args([
-            "bench",
-            "--steps",
-            "3000",
-            "--batch-sizes",
-            "1,10",
-            "--latency-samples",
-            "50",
-            "--idle-secs",
-            "0",
-            "--no-curve",
-        ])
+        .arg("bench")
+        .args(args)
         .env_remove("TASKER_BENCH_THREADS")
         .output()
         .expect("tasker bench runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "tasker bench failed: {}\n{stdout}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+#[test]
+fn bench_prints_throughput_latency_and_metrics_overhead_for_both_worker_placements() {
+    let stdout = bench_stdout(&[
+        "--steps",
+        "3000",
+        "--batch-sizes",
+        "1,10",
+        "--latency-samples",
+        "50",
+        "--idle-secs",
+        "0",
+        "--no-curve",
+    ]);
     let header = stdout
         .lines()
         .find(|l| l.starts_with("throughput"))
@@ -135,17 +141,7 @@ fn bench_threads_prints_cpu_per_step_by_thread_for_tasker_and_both_echoes() {
 /// echo, at p50 and p99, every figure a number.
 #[test]
 fn latency_only_prints_tasker_and_each_echo_beside_the_raw_echo() {
-    let output = Command::new(env!("CARGO_BIN_EXE_tasker"))
-        .args(["bench", "--latency-only", "--latency-samples", "30"])
-        .env_remove("TASKER_BENCH_THREADS")
-        .output()
-        .expect("tasker bench runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "tasker bench failed: {}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = bench_stdout(&["--latency-only", "--latency-samples", "30"]);
     for percentile in ["p50", "p99"] {
         for subject in [
             "relayed echo:",

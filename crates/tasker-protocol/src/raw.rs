@@ -548,7 +548,7 @@ const SCRATCH_KEPT: usize = 64 * 1024;
 /// let step = EncodedStep::new(&StepExecutionRequest::new(7, 1, "validate", "validate_order", 5_000));
 /// assert!(step.json().starts_with(r#"{"step_id":7,"task_id":1,"#));
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EncodedStep {
     step: StepRef,
     /// The batch's text, this step's object in `range`.
@@ -583,7 +583,8 @@ impl EncodedStep {
         // size, once for the whole batch.
         SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
-            let mut spans = Vec::new();
+            let requests = requests.into_iter();
+            let mut spans = Vec::with_capacity(requests.size_hint().0);
             for request in requests {
                 let start = scratch.len();
                 crate::write::request(scratch, request);
@@ -614,6 +615,16 @@ impl EncodedStep {
     /// The step's JSON object.
     pub fn json(&self) -> &str {
         &self.text[self.range.clone()]
+    }
+}
+
+/// The step and its own object, not the whole batch's text.
+impl std::fmt::Debug for EncodedStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedStep")
+            .field("step", &self.step)
+            .field("json", &self.json())
+            .finish()
     }
 }
 
