@@ -257,12 +257,19 @@ fn raw_latency(samples: usize, apart: bool) -> Result<Vec<Duration>> {
         echo.recv()?;
     }
     let mut out = Vec::with_capacity(samples);
+    let before = threads_use();
     for _ in 0..samples {
         let t = Instant::now();
         echo.send(&request)?;
         echo.recv()?;
         out.push(t.elapsed());
     }
+    let label = if apart {
+        "echo, two I/O threads"
+    } else {
+        "raw echo"
+    };
+    print_round_trips(label, &before, samples);
     Ok(out)
 }
 
@@ -562,7 +569,7 @@ async fn system_latency(
             .await?;
     }
     let mut out = Vec::with_capacity(samples);
-    let cpu_before = threads_cpu();
+    let before = threads_use();
     for _ in 0..samples {
         let t = Instant::now();
         sys.executor
@@ -570,13 +577,7 @@ async fn system_latency(
             .await?;
         out.push(t.elapsed());
     }
-    if std::env::var_os("TASKER_BENCH_THREADS").is_some() {
-        for (name, cpu) in threads_cpu() {
-            let before = cpu_before.get(&name).copied().unwrap_or_default();
-            let per_trip = cpu.saturating_sub(before).as_secs_f64() * 1e6 / samples as f64;
-            eprintln!("  {placement:?} {name:<24} {per_trip:6.1} us/round trip");
-        }
-    }
+    print_round_trips(&format!("tasker, {placement:?}"), &before, samples);
     // Idle: orchestrator and worker connected, exchanging heartbeats only.
     let cpu_before = process_cpu()?;
     let wall = Instant::now();
@@ -611,6 +612,68 @@ fn print_threads_cpu(
         eprintln!("  {:<24} {:6.2} us/step", "all", per_step(total));
     }
     after
+}
+
+/// What a thread of this process has used: CPU time, how often it went
+/// to sleep (voluntary context switches) and how often the scheduler took
+/// its CPU from it (involuntary ones, mostly a thread it just woke).
+#[derive(Default, Clone, Copy)]
+struct ThreadUse {
+    cpu: Duration,
+    sleeps: u64,
+    preempted: u64,
+}
+
+/// [`ThreadUse`] of this process's threads, summed by thread name.
+fn threads_use() -> std::collections::BTreeMap<String, ThreadUse> {
+    let mut out = std::collections::BTreeMap::<String, ThreadUse>::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let read = |file: &str| std::fs::read_to_string(format!("/proc/self/task/{tid}/{file}"));
+        let name = read("comm").unwrap_or_default().trim().to_string();
+        let status = read("status").unwrap_or_default();
+        let count = |key: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let entry = out.entry(name).or_default();
+        entry.cpu += thread_cpu(&tid).unwrap_or_default();
+        entry.sleeps += count("voluntary_ctxt_switches:");
+        entry.preempted += count("nonvoluntary_ctxt_switches:");
+    }
+    out
+}
+
+/// With `TASKER_BENCH_THREADS` set, prints per round trip, for each thread
+/// of this process since `before`: its CPU time, how often it slept and
+/// how often it was preempted. Beside the raw echo's, the counts say how
+/// many hand-overs a design's round trip costs, where the machine's noise
+/// makes the times hard to compare.
+fn print_round_trips(
+    label: &str,
+    before: &std::collections::BTreeMap<String, ThreadUse>,
+    trips: usize,
+) {
+    if std::env::var_os("TASKER_BENCH_THREADS").is_none() {
+        return;
+    }
+    let trips = trips.max(1) as f64;
+    eprintln!("{label}: per round trip by thread");
+    for (name, now) in threads_use() {
+        let was = before.get(&name).copied().unwrap_or_default();
+        eprintln!(
+            "  {name:<24} {:6.1} us  {:5.2} sleeps  {:5.2} preempted",
+            now.cpu.saturating_sub(was.cpu).as_secs_f64() * 1e6 / trips,
+            now.sleeps.saturating_sub(was.sleeps) as f64 / trips,
+            now.preempted.saturating_sub(was.preempted) as f64 / trips,
+        );
+    }
 }
 
 /// CPU time of this process's threads, summed by thread name.

@@ -8,19 +8,27 @@ use std::process::Command;
 
 /// What `tasker bench` with these arguments prints, once it has succeeded.
 fn bench_stdout(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_tasker"))
-        .arg("bench")
-        .args(args)
-        .env_remove("TASKER_BENCH_THREADS")
-        .output()
-        .expect("tasker bench runs");
+    bench_output(args, false).0
+}
+
+/// `tasker bench`'s stdout and stderr, once it has succeeded; `threads`:
+/// with `TASKER_BENCH_THREADS` set.
+fn bench_output(args: &[&str], threads: bool) -> (String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tasker"));
+    command.arg("bench").args(args);
+    if threads {
+        command.env("TASKER_BENCH_THREADS", "1");
+    } else {
+        command.env_remove("TASKER_BENCH_THREADS");
+    }
+    let output = command.output().expect("tasker bench runs");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         output.status.success(),
-        "tasker bench failed: {}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
+        "tasker bench failed: {stderr}\n{stdout}"
     );
-    stdout
+    (stdout, stderr)
 }
 
 #[test]
@@ -90,9 +98,8 @@ fn bench_prints_throughput_latency_and_metrics_overhead_for_both_worker_placemen
 /// tasker's threads beside the echo's, summed, from one run.
 #[test]
 fn bench_threads_prints_cpu_per_step_by_thread_for_tasker_and_both_echoes() {
-    let output = Command::new(env!("CARGO_BIN_EXE_tasker"))
-        .args([
-            "bench",
+    let (_, stderr) = bench_output(
+        &[
             "--steps",
             "2000",
             "--batch-sizes",
@@ -102,12 +109,9 @@ fn bench_threads_prints_cpu_per_step_by_thread_for_tasker_and_both_echoes() {
             "--idle-secs",
             "0",
             "--no-curve",
-        ])
-        .env("TASKER_BENCH_THREADS", "1")
-        .output()
-        .expect("tasker bench runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "tasker bench failed: {stderr}");
+        ],
+        true,
+    );
     for run in [
         "echo+JSON",
         "raw echo",
@@ -163,5 +167,32 @@ fn latency_only_prints_tasker_and_each_echo_beside_the_raw_echo() {
             assert!(ratio.is_finite() && ratio > 0.0, "{row}");
             assert_eq!(row.matches(" us").count(), 2, "{row}");
         }
+    }
+}
+
+#[test]
+fn thread_figures_count_each_threads_sleeps_per_round_trip() {
+    let (_, stderr) = bench_output(&["--latency-only", "--latency-samples", "30"], true);
+    // The sleeps per round trip of the thread named `thread` in the block
+    // headed `label`.
+    let sleeps = |label: &str, thread: &str| -> f64 {
+        let row = stderr
+            .lines()
+            .skip_while(|l| *l != format!("{label}: per round trip by thread"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .find(|l| l.split_whitespace().next() == Some(thread))
+            .unwrap_or_else(|| panic!("no {thread:?} under {label:?}:\n{stderr}"));
+        let words: Vec<&str> = row.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "sleeps").expect("sleeps");
+        words[at - 1].parse().expect("a number of sleeps")
+    };
+    // The echoing thread waits for each request once.
+    let dealer = sleeps("raw echo", "echo-dealer");
+    assert!((0.5..=2.0).contains(&dealer), "echo-dealer: {dealer}");
+    // The orchestrator's I/O thread waits for each step's result.
+    for label in ["tasker, InProcess", "tasker, Process"] {
+        let io = sleeps(label, "tasker-orchestr");
+        assert!((0.5..=4.0).contains(&io), "{label}: {io}");
     }
 }

@@ -219,8 +219,7 @@ impl ZmqPubSubExecutor {
     /// [`ExecutorError::QueueFull`], per `submit_policy`). Steps whose
     /// `timeout_ms` is 0 get `default_step_timeout_ms`.
     pub async fn submit(&self, batch: StepBatchRequest) -> Result<BatchHandle, ExecutorError> {
-        let span =
-            tracing::debug_span!("submit", batch_id = %batch.batch_id, steps = batch.steps.len());
+        let span = submit_span(&batch);
         self.submit_inner(batch, None).instrument(span).await
     }
 
@@ -246,6 +245,19 @@ impl ZmqPubSubExecutor {
         batch: StepBatchRequest,
         resume: Option<Duration>,
     ) -> Result<BatchHandle, ExecutorError> {
+        let (handle, accepted) = self.send_batch(batch, resume).await?;
+        accepted.await.map_err(|_| ExecutorError::ShutDown)??;
+        Ok(handle)
+    }
+
+    /// Hands a batch to the I/O thread: its handle, and the I/O thread's
+    /// answer, whether it took the batch. A refused batch's handle ends
+    /// with no results.
+    async fn send_batch(
+        &self,
+        batch: StepBatchRequest,
+        resume: Option<Duration>,
+    ) -> Result<(BatchHandle, oneshot::Receiver<Result<(), ExecutorError>>), ExecutorError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(ExecutorError::ShutDown);
         }
@@ -296,22 +308,38 @@ impl ZmqPubSubExecutor {
                 reply: reply_tx,
             },
         })?;
-        reply_rx.await.map_err(|_| ExecutorError::ShutDown)??;
-        Ok(BatchHandle {
+        let handle = BatchHandle {
             batch_id,
             order,
             results: results_rx,
             arrived: VecDeque::new(),
             received: 0,
-        })
+        };
+        Ok((handle, reply_rx))
     }
 
     /// Submits a batch and waits for every result, in batch order.
+    ///
+    /// Fails as [`submit`](Self::submit) does when the batch is refused.
     pub async fn execute_step_batch(
         &self,
         batch: StepBatchRequest,
     ) -> Result<Vec<StepExecutionResult>, ExecutorError> {
-        Ok(self.submit(batch).await?.collect().await)
+        // The I/O thread's answer is read only if results are missing: a
+        // refused batch's results end empty, and the refusal is the
+        // answer. Waiting for it first, as `submit` must, woke this task
+        // once more per batch, and on a small machine the woken caller
+        // took the I/O thread's CPU before that thread had sent the step
+        // (`tasker bench --latency-only`: the I/O thread was preempted
+        // about twice per round trip, not once).
+        let span = submit_span(&batch);
+        let (handle, accepted) = self.send_batch(batch, None).instrument(span).await?;
+        let expected = handle.len();
+        let results = handle.collect().await;
+        if results.len() < expected {
+            accepted.await.map_err(|_| ExecutorError::ShutDown)??;
+        }
+        Ok(results)
     }
 
     /// The workers registered now.
@@ -407,6 +435,17 @@ impl FrameworkIntegration for ZmqPubSubExecutor {
     fn withdraw(&self, steps: Vec<StepRef>) {
         ZmqPubSubExecutor::withdraw(self, steps)
     }
+
+    fn execute_step_batch(
+        &self,
+        batch: StepBatchRequest,
+    ) -> BoxFuture<'_, Result<Vec<StepExecutionResult>, ExecutorError>> {
+        Box::pin(ZmqPubSubExecutor::execute_step_batch(self, batch))
+    }
+}
+
+fn submit_span(batch: &StepBatchRequest) -> tracing::Span {
+    tracing::debug_span!("submit", batch_id = %batch.batch_id, steps = batch.steps.len())
 }
 
 /// Longest step timeout accepted: 30 days.

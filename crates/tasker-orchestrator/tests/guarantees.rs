@@ -824,7 +824,23 @@ async fn invalid_batches_are_refused_with_the_reason() {
         matches!(err, ExecutorError::DuplicateStep { step_id: 5 }),
         "{err}"
     );
+    // `execute_step_batch` does not wait for the I/O thread's answer
+    // before the results: a refusal must still come back as the error,
+    // not as an empty list of results.
+    let err = executor
+        .execute_step_batch(StepBatchRequest::new("z", steps(5..6, "echo", 5_000)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ExecutorError::DuplicateStep { step_id: 5 }),
+        "{err}"
+    );
     executor.shutdown(Duration::ZERO).await;
+    let err = executor
+        .execute_step_batch(StepBatchRequest::new("late", steps(7..8, "echo", 100)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ExecutorError::ShutDown), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
