@@ -564,7 +564,15 @@ impl BatchHandle {
             if more.is_empty() {
                 break;
             }
-            all.extend(more);
+            // Usually the batch's results come in one take: kept as they
+            // came, not copied once more into an empty vector (a thousand
+            // results are some 200 KB; the copy was 4% of a submitting
+            // thread's time in `tasker bench`).
+            if all.is_empty() {
+                all = more;
+            } else {
+                all.extend(more);
+            }
         }
         // One worker answers in the order it was sent, so the results
         // usually are in the batch's order already: then no result moves.
