@@ -633,8 +633,10 @@ fn threads_use() -> std::collections::BTreeMap<String, ThreadUse> {
     for task in tasks.flatten() {
         let tid = task.file_name().to_string_lossy().into_owned();
         let read = |file: &str| std::fs::read_to_string(format!("/proc/self/task/{tid}/{file}"));
-        let name = read("comm").unwrap_or_default().trim().to_string();
-        let status = read("status").unwrap_or_default();
+        // A thread that has exited meanwhile is left out.
+        let (Ok(name), Ok(status)) = (read("comm"), read("status")) else {
+            continue;
+        };
         let count = |key: &str| -> u64 {
             status
                 .lines()
@@ -642,7 +644,7 @@ fn threads_use() -> std::collections::BTreeMap<String, ThreadUse> {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0)
         };
-        let entry = out.entry(name).or_default();
+        let entry = out.entry(name.trim().to_string()).or_default();
         entry.cpu += thread_cpu(&tid).unwrap_or_default();
         entry.sleeps += count("voluntary_ctxt_switches:");
         entry.preempted += count("nonvoluntary_ctxt_switches:");
@@ -678,21 +680,10 @@ fn print_round_trips(
 
 /// CPU time of this process's threads, summed by thread name.
 fn threads_cpu() -> std::collections::BTreeMap<String, Duration> {
-    let mut out = std::collections::BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        let tid = task.file_name().to_string_lossy().into_owned();
-        let name = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        if let Some(cpu) = thread_cpu(&tid) {
-            *out.entry(name).or_default() += cpu;
-        }
-    }
-    out
+    threads_use()
+        .into_iter()
+        .map(|(name, used)| (name, used.cpu))
+        .collect()
 }
 
 /// CPU time of thread `tid` of this process, from its CPU clock: to the
