@@ -344,7 +344,15 @@ fn relayed_latency(samples: usize, runtime: &tokio::runtime::Runtime) -> Result<
 /// `tasker worker` process of its own, as every deployment runs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Placement {
+    /// Sharing the executor's ZeroMQ context, as a program embedding both
+    /// should.
     InProcess,
+    /// On threads of this process with a ZeroMQ context of its own: for
+    /// the metrics comparison, whose figure is the CPU per step of the
+    /// orchestrator's I/O thread. With one libzmq thread for both ends,
+    /// the cost of waking it lands on whichever thread wakes it, and moved
+    /// that figure threefold between runs.
+    InProcessApart,
     Process,
 }
 
@@ -431,7 +439,7 @@ async fn system(
     let executor = ZmqPubSubExecutor::start(&config)?;
     let capacity = (batch * window) as u32;
     let worker = match placement {
-        Placement::InProcess => {
+        Placement::InProcess | Placement::InProcessApart => {
             let worker_config = TaskerConfig {
                 endpoint: executor.endpoint().to_string(),
                 curve_secret_key_file: worker.curve_secret_key_file,
@@ -439,13 +447,19 @@ async fn system(
                 curve_authorized_keys_dir: String::new(),
                 ..config
             };
-            BenchWorker::InProcess(
-                Worker::new(worker_config)
-                    .capacity(capacity)
-                    .threads(1)
-                    .handler_with("noop", noop_options(inline), |_| Ok(Value::Null))
-                    .spawn()?,
-            )
+            let mut worker = Worker::new(worker_config)
+                .capacity(capacity)
+                .threads(1)
+                .handler_with("noop", noop_options(inline), |_| Ok(Value::Null));
+            if placement == Placement::InProcess {
+                // One ZeroMQ context for both ends, as a program embedding
+                // both should have (see `ZmqPubSubExecutor::zmq_context`).
+                let context = executor
+                    .zmq_context()
+                    .context("the executor stopped before its worker started")?;
+                worker = worker.zmq_context(context);
+            }
+            BenchWorker::InProcess(worker.spawn()?)
         }
         Placement::Process => {
             let exe = std::env::current_exe().context("finding the tasker binary")?;
@@ -774,7 +788,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     [false, true]
                 };
                 for metrics in sides {
-                    let run = throughput_with(batch, false, metrics, Placement::InProcess)?;
+                    let run = throughput_with(batch, false, metrics, Placement::InProcessApart)?;
                     let (best, best_io) = if metrics {
                         (&mut on, &mut on_io)
                     } else {
@@ -798,7 +812,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!(
             "metrics: the orchestrator's per-handler Prometheus counters and histograms \
              (`metrics` setting); best of {METRICS_ROUNDS} alternated runs each; I/O thread: \
-             the CPU time per step of the orchestrator's I/O thread, where the recording happens"
+             the CPU time per step of the orchestrator's I/O thread, where the recording happens \
+             (the worker in this process with a ZeroMQ context of its own)"
         );
         Ok(())
     };
@@ -859,7 +874,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.steps, args.window
     );
     println!(
-        "tasker: orchestrator and a Rust worker in this process; worker process: \
+        "tasker: orchestrator and a Rust worker in this process, one ZeroMQ context; worker process: \
          the same worker as `tasker worker`; the no-op handler runs {}",
         if args.handler_threads {
             "on a handler thread"

@@ -721,6 +721,100 @@ async fn ipc_transport_carries_a_batch() {
     executor.shutdown(LONG).await;
 }
 
+/// A worker in the orchestrator's process may open its socket in the
+/// executor's ZeroMQ context; the context must keep serving whichever side
+/// is left when the other stops, and end with the last one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_in_the_executors_zmq_context_runs_steps_and_may_stop_first() {
+    let executor = start(&config());
+    let shared = Worker::new(worker_config(&executor))
+        .zmq_context(executor.zmq_context().expect("running"))
+        .handler("double", |step| {
+            Ok(json!(step.task_context["n"].as_i64().unwrap() * 2))
+        })
+        .spawn()
+        .unwrap();
+    let batch = |range: std::ops::Range<i64>| {
+        let steps = steps(range, "double", 5_000)
+            .into_iter()
+            .map(|s| {
+                let n = s.step_id;
+                with_context(s, json!({ "n": n }))
+            })
+            .collect();
+        StepBatchRequest::new("shared", steps)
+    };
+    let results = executor.execute_step_batch(batch(0..20)).await.unwrap();
+    let doubled: Vec<_> = results.iter().map(|r| r.output.clone()).collect();
+    let expected: Vec<_> = (0..20).map(|n| Some(json!(n * 2))).collect();
+    assert_eq!(doubled, expected);
+    assert!(shared.join(LONG), "the sharing worker stops in time");
+
+    // The worker's socket is gone from the context; the executor's still
+    // serves a worker of its own context.
+    let other = Worker::new(worker_config(&executor))
+        .handler("double", |step| {
+            Ok(json!(step.task_context["n"].as_i64().unwrap() * 2))
+        })
+        .spawn()
+        .unwrap();
+    let results = executor.execute_step_batch(batch(20..25)).await.unwrap();
+    assert!(results.iter().all(|r| r.status == StepStatus::Completed));
+    assert!(other.join(LONG));
+    let started = Instant::now();
+    executor.shutdown(LONG).await;
+    assert!(
+        started.elapsed() < LONG,
+        "the shutdown did not wait on the context"
+    );
+    assert!(
+        executor.zmq_context().is_none(),
+        "no context after the shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_in_the_executors_zmq_context_outlives_it_and_serves_the_next() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = TaskerConfig {
+        endpoint: format!("tcp://127.0.0.1:{port}"),
+        ..config()
+    };
+    let first = start(&cfg);
+    let worker = Worker::new(cfg.clone())
+        .zmq_context(first.zmq_context().expect("running"))
+        .handler("echo", |_| Ok(json!("hi")))
+        .spawn()
+        .unwrap();
+    let r = first
+        .execute_step_batch(StepBatchRequest::new("one", steps(0..3, "echo", 5_000)))
+        .await
+        .unwrap();
+    assert!(r.iter().all(|r| r.status == StepStatus::Completed));
+    let started = Instant::now();
+    first.shutdown(LONG).await;
+    assert!(
+        started.elapsed() < LONG,
+        "the shutdown did not wait on the worker"
+    );
+    drop(first);
+    // The first executor's context lives on in the worker's socket, which
+    // reconnects through it to the next orchestrator on the same port.
+    let second = start(&cfg);
+    assert!(second.wait_for_workers(1, LONG).await, "worker came back");
+    let r = second
+        .execute_step_batch(StepBatchRequest::new("two", steps(3..6, "echo", 5_000)))
+        .await
+        .unwrap();
+    assert!(r.iter().all(|r| r.status == StepStatus::Completed));
+    assert!(worker.join(LONG), "the worker stops in time");
+    second.shutdown(LONG).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_errors_keep_their_kind_and_retryability() {
     let executor = start(&config());

@@ -161,7 +161,7 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(shared: Arc<Shared>) -> Result<Self, WorkerError> {
+    pub(crate) fn new(shared: Arc<Shared>, context: zmq::Context) -> Result<Self, WorkerError> {
         let config = &shared.config;
         let heartbeat_interval = config.heartbeat_interval();
         let expiry = config.peer_expiry();
@@ -169,7 +169,7 @@ impl Connection {
         let curve = ClientCurve::from_config(config)
             .map_err(|e| WorkerError::InvalidOptions(e.to_string()))?;
         let mut connection = Self {
-            context: zmq::Context::new(),
+            context,
             socket: None,
             handshakes: None,
             curve,

@@ -201,6 +201,33 @@ impl Worker {
         self
     }
 
+    /// Opens the worker's socket in this ZeroMQ context instead of one of
+    /// its own: for a worker in the same process as its orchestrator, pass
+    /// `ZmqPubSubExecutor::zmq_context()`, and one ZeroMQ I/O thread
+    /// carries both ends of the connection (the ZeroMQ guide's one context
+    /// per process) rather than each end's own thread handing every
+    /// message to the other's. Nothing else changes: the worker still
+    /// connects to `endpoint`, and the context ends with the last socket
+    /// in it, whichever side closes last.
+    ///
+    /// ```no_run
+    /// use tasker_config::TaskerConfig;
+    /// use tasker_worker::Worker;
+    ///
+    /// // In a program that embeds the orchestrator:
+    /// // let context = executor.zmq_context().expect("running");
+    /// let context = zmq::Context::new();
+    /// let worker = Worker::new(TaskerConfig::default())
+    ///     .zmq_context(context)
+    ///     .handler("noop", |_| Ok(serde_json::Value::Null))
+    ///     .spawn()?;
+    /// # Ok::<(), tasker_worker::WorkerError>(())
+    /// ```
+    pub fn zmq_context(mut self, context: zmq::Context) -> Self {
+        self.options.context = Some(crate::runtime::SharedContext(context));
+        self
+    }
+
     /// Registers a blocking handler, run on the worker's thread pool.
     pub fn handler<F>(self, name: impl Into<String>, f: F) -> Self
     where

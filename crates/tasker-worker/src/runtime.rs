@@ -60,6 +60,18 @@ pub struct WorkerOptions {
     /// Handlers the I/O thread runs itself (see
     /// [`HandlerOptions::inline`](crate::HandlerOptions::inline)).
     pub(crate) inline: Option<Arc<InlineHandlers>>,
+    /// See [`Worker::zmq_context`](crate::Worker::zmq_context).
+    pub(crate) context: Option<SharedContext>,
+}
+
+/// A ZeroMQ context given to the worker (it has no `Debug` of its own).
+#[derive(Clone)]
+pub(crate) struct SharedContext(pub zmq::Context);
+
+impl std::fmt::Debug for SharedContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedContext")
+    }
 }
 
 impl WorkerOptions {
@@ -74,6 +86,7 @@ impl WorkerOptions {
             language: "rust".into(),
             raw_steps: false,
             inline: None,
+            context: None,
         }
     }
 }
@@ -168,7 +181,10 @@ impl WorkerRuntime {
             inline: options.inline,
             driven,
         });
-        let connection = Connection::new(Arc::clone(&shared))?;
+        let context = options
+            .context
+            .map_or_else(zmq::Context::new, |shared| shared.0);
+        let connection = Connection::new(Arc::clone(&shared), context)?;
         let runtime = Self {
             shared,
             thread: Mutex::new(None),

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context as _, Result};
 use serde_json::json;
 use tasker_config::TaskerConfig;
 use tasker_orchestrator::ZmqPubSubExecutor;
@@ -35,10 +35,14 @@ async fn main() -> Result<()> {
     let executor = ZmqPubSubExecutor::start(&config)?;
     println!("orchestrator bound to {}", executor.endpoint());
 
+    // One ZeroMQ context for both ends: one libzmq I/O thread carries the
+    // connection instead of two handing every message to each other.
+    let context = executor.zmq_context().context("the executor stopped")?;
     let worker = Worker::new(TaskerConfig {
         endpoint: executor.endpoint().to_string(),
         ..config
     })
+    .zmq_context(context)
     .worker_id("rust-example")
     .capacity(4)
     .handler("validate_order", |step| {

@@ -113,7 +113,10 @@ pub(crate) struct Sockets {
     pub handshakes: HandshakeMonitor,
     /// Present when CURVE is on.
     pub zap: Option<Zap>,
-    pub context: zmq::Context,
+    /// Shared with a worker in this process if it asks
+    /// (`ZmqPubSubExecutor::zmq_context`); the handle keeps only a weak
+    /// reference, so the context ends with the last socket, as before.
+    pub context: Arc<zmq::Context>,
 }
 
 /// What the I/O thread shares with the executor handle.
@@ -143,7 +146,7 @@ pub(crate) struct Dispatcher {
     socket: zmq::Socket,
     handshakes: HandshakeMonitor,
     zap: Option<Zap>,
-    _context: zmq::Context,
+    _context: Arc<zmq::Context>,
     channels: Channels,
 
     steps: StepTable,
