@@ -775,15 +775,7 @@ async fn a_worker_in_the_executors_zmq_context_runs_steps_and_may_stop_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_in_the_executors_zmq_context_outlives_it_and_serves_the_next() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = TaskerConfig {
-        endpoint: format!("tcp://127.0.0.1:{port}"),
-        ..config()
-    };
+    let cfg = config_on_a_fixed_port();
     let first = start(&cfg);
     let worker = Worker::new(cfg.clone())
         .zmq_context(first.zmq_context().expect("running"))
@@ -858,15 +850,7 @@ async fn handler_errors_keep_their_kind_and_retryability() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_reconnects_when_the_orchestrator_comes_back() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = TaskerConfig {
-        endpoint: format!("tcp://127.0.0.1:{port}"),
-        ..config()
-    };
+    let cfg = config_on_a_fixed_port();
     let first = start(&cfg);
     let worker = Worker::new(cfg.clone())
         .handler("echo", |_| Ok(json!("hi")))

@@ -28,6 +28,20 @@ pub fn config() -> TaskerConfig {
     }
 }
 
+/// [`config`] on a loopback port free now, for an orchestrator started
+/// again where the first one was (a worker reconnects to the same endpoint).
+pub fn config_on_a_fixed_port() -> TaskerConfig {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("its address")
+        .port();
+    TaskerConfig {
+        endpoint: format!("tcp://127.0.0.1:{port}"),
+        ..config()
+    }
+}
+
 pub fn start(config: &TaskerConfig) -> ZmqPubSubExecutor {
     ZmqPubSubExecutor::start(config).expect("orchestrator starts")
 }
