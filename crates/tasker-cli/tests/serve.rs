@@ -526,3 +526,64 @@ fn s4_sigterm_drains_the_steps_out_and_the_next_start_finishes_the_tasks() {
         }
     }
 }
+
+const LONG_WORKFLOW: &str = r#"
+name: long
+description: one step that outlasts the server's downtime
+defaults:
+  timeout_ms: 30000
+  retry: { max_attempts: 5, initial_ms: 100, max_ms: 500 }
+steps:
+  - name: only
+    handler: sleep
+    handler_config: { ms: 1200 }
+"#;
+
+/// A server killed and started again only after the workers judged it
+/// dead (expiry 600 ms here): the steps out at the kill finish while it is
+/// down, before the workers notice, and their results must still reach it.
+/// None may run twice.
+#[test]
+fn s5_results_finished_while_the_server_is_down_past_expiry_reach_it_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    workflows_dir(dir.path());
+    std::fs::write(dir.path().join("workflows/long.yaml"), LONG_WORKFLOW).unwrap();
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let store = format!("sqlite:{}", dir.path().join("t.db").display());
+    let http = client();
+    let serve = Serve::start(dir.path(), &store, &endpoint);
+    let _workers = Workers::start(&endpoint, 2, 40);
+    let tasks: Vec<i64> = (0..20)
+        .map(|i| {
+            let response = http
+                .post(serve.url("/v1/tasks"))
+                .json(&json!({ "workflow": "long", "context": { "n": i } }))
+                .send()
+                .unwrap();
+            assert_eq!(response.status(), 201, "{:?}", response.text());
+            response.json::<Value>().unwrap()["task_id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    wait_for_steps_at_workers(&http, &serve, 20);
+    // Killed shortly before the steps end (1.2 s after dispatch): their
+    // results come before the workers give the server up (0.6 s after its
+    // last word), on the connection they hold.
+    std::thread::sleep(Duration::from_millis(900));
+    serve.kill_9();
+    // Down for longer than expiry and the workers' linger (1 s) together.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let serve = Serve::start(dir.path(), &store, &endpoint);
+    wait_all_ended(&http, &serve, Duration::from_secs(60));
+    for id in &tasks {
+        let task: Value = get_task(&http, &serve, &id.to_string());
+        assert_eq!(task["status"], "complete", "task {id}: {task:#}");
+        assert_eq!(
+            task["steps"][0]["attempts"],
+            1,
+            "a step that finished while the server was down ran again: {task:#}\n{}",
+            tail(&serve.log(), 30)
+        );
+    }
+}

@@ -108,6 +108,9 @@ pub(crate) struct Connection {
     /// When to say hello again on this socket, after the orchestrator
     /// refused the last one (`worker_id_in_use`, `registry_full`).
     hello_at: Option<Instant>,
+    /// The last hello found no connection to go out on (the socket is
+    /// `ZMQ_IMMEDIATE`): it goes as soon as one is up.
+    hello_unsent: bool,
     drain_sent: bool,
     drain_deadline: Option<Instant>,
     /// Every step received and neither answered nor returned, except those
@@ -183,6 +186,7 @@ impl Connection {
             backoff,
             reconnect_at: None,
             hello_at: None,
+            hello_unsent: false,
             drain_sent: false,
             drain_deadline: None,
             held: HashMap::new(),
@@ -214,6 +218,15 @@ impl Connection {
                 .apply(&socket)
                 .map_err(|e| WorkerError::Setup(e.to_string()))?;
         }
+        // Messages go only onto a connection that is up, never into a queue
+        // waiting for one. The failure this prevents: an orchestrator
+        // killed and started again after this worker gave it up. Results
+        // sent meanwhile sat in the old socket's queue, died with it, and
+        // were counted as answered, so the next hello did not list their
+        // steps and the restarted orchestrator ran them again. Refused
+        // here instead (`EAGAIN`), they stay in `unsent`, the hello lists
+        // them, and they go out after the welcome.
+        socket.set_immediate(true).map_err(setup)?;
         let handshakes = HandshakeMonitor::attach(&self.context, &socket).map_err(setup)?;
         socket.connect(&config.endpoint).map_err(setup)?;
         self.socket = Some(socket);
@@ -231,6 +244,7 @@ impl Connection {
         self.welcomed = false;
         self.orchestrator_id = None;
         self.hello_at = None;
+        self.hello_unsent = false;
         self.send_blocked = false;
         self.retry_at = None;
         self.set_unregistered_state();
@@ -252,6 +266,15 @@ impl Connection {
         };
         match send_message(socket, None, message) {
             Ok(()) => true,
+            // No connection up (the socket is `ZMQ_IMMEDIATE`), or the
+            // high-water mark: the caller keeps what matters.
+            Err(tasker_transport::SendError::Zmq(zmq::Error::EAGAIN)) => {
+                tracing::debug!(
+                    message = message.type_name(),
+                    "not sent: no room or no connection"
+                );
+                false
+            }
             Err(e) => {
                 tracing::warn!(error = %e, message = message.type_name(), "send failed");
                 false
@@ -295,9 +318,12 @@ impl Connection {
             pid: Some(std::process::id()),
         };
         let now = Instant::now();
-        if !self.send(&WorkerMessage::Hello(hello)) {
-            // Not on its way: try again a little later, on this socket.
-            self.hello_at = Some(now + self.heartbeat_interval);
+        self.hello_unsent = !self.send(&WorkerMessage::Hello(hello));
+        if self.hello_unsent {
+            // Again when the socket can take it (a connection came up),
+            // on this socket, with what is held then.
+            self.wait_for_room();
+            return;
         }
         if self.drain_sent {
             // A hello registers a worker as taking work: say again that we
@@ -384,6 +410,9 @@ impl Connection {
         }
         self.send_blocked = false;
         self.retry_at = None;
+        if self.hello_unsent && self.socket.is_some() {
+            self.send_hello();
+        }
         self.answer();
         self.flush_drain();
         let now = Instant::now();
@@ -1028,6 +1057,11 @@ impl Connection {
         let drain = WorkerMessage::Drain(WorkerDrain {
             returned: given_back,
         });
+        // The stop's clock starts at the first try: with no connection up
+        // (no orchestrator to tell) the stop still ends by the deadline.
+        if self.drain_deadline.is_none() {
+            self.drain_deadline = Some(Instant::now() + self.shared.config.shutdown_timeout());
+        }
         if !self.send(&drain) {
             // Kept for the next try (still ours: a hello meanwhile lists
             // them).
@@ -1040,7 +1074,6 @@ impl Connection {
         self.sends_done += 1;
         if !self.drain_sent {
             self.drain_sent = true;
-            self.drain_deadline = Some(Instant::now() + self.shared.config.shutdown_timeout());
             self.shared.set_state(RuntimeState::Draining);
             tracing::info!(worker_id = %self.shared.worker_id, "draining");
         }
@@ -1049,7 +1082,8 @@ impl Connection {
     /// True once stopping and every step in hand is answered and its result
     /// sent (or the drain deadline passed); says goodbye on the way out.
     fn drained(&mut self, now: Instant) -> bool {
-        if !self.drain_sent {
+        if !self.drain_sent && self.drain_deadline.is_none() {
+            // Not stopping.
             return false;
         }
         let in_hand = self.shared.inbox.lock().expect("inbox lock").in_hand.len();
