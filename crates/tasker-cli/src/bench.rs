@@ -58,10 +58,15 @@ pub struct BenchArgs {
     #[arg(long)]
     pub system_only: bool,
     /// Only the single-step round trips: tasker beside the raw echo, the
-    /// raw echo relayed through a thread as tasker's caller is, and the
-    /// raw echo with an I/O thread at each end, as two processes have.
+    /// raw echo relayed through a thread as tasker's caller is, the raw
+    /// echo with an I/O thread at each end, and the raw echo with its
+    /// echoing end in a process of its own, as the worker process is.
     #[arg(long)]
     pub latency_only: bool,
+    /// Internal: be the echoing end of the two-process echo, connected to
+    /// `TASKER_ENDPOINT`, until stopped.
+    #[arg(long, hide = true)]
+    pub echo_peer: bool,
     /// Only the metrics comparison: tasker's throughput with its
     /// per-handler Prometheus metrics on and off, alternately.
     #[arg(long)]
@@ -116,68 +121,135 @@ struct RawEcho {
     peer: Vec<u8>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The echoing end, when it is a process of its own.
+    process: Option<crate::children::WorkerProcess>,
     _context: zmq::Context,
 }
 
+/// Where the echoing DEALER of a [`RawEcho`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EchoPeer {
+    /// A thread of this process, in the ROUTER's ZeroMQ context: one libzmq
+    /// I/O thread passes the TCP bytes to itself.
+    Shared,
+    /// A thread of this process with a ZeroMQ context of its own, and so
+    /// its own libzmq I/O thread: the TCP bytes cross between two I/O
+    /// threads, as they do between an orchestrator and a worker process.
+    Apart,
+    /// A process of its own (`tasker bench --echo-peer`), as the worker
+    /// process is: two I/O threads, and each hand-over between the ends
+    /// also a switch between address spaces.
+    Process,
+}
+
+impl EchoPeer {
+    fn label(self) -> &'static str {
+        match self {
+            EchoPeer::Shared => "raw echo",
+            EchoPeer::Apart => "echo, two I/O threads",
+            EchoPeer::Process => "echo, two processes",
+        }
+    }
+}
+
+/// Answers every message on `dealer` with `reply` (pre-encoded, or when
+/// `typed`, after decoding the request and encoding the reply as any JSON
+/// worker must) until `stop` says so; `stop` is asked at least every
+/// 100 ms.
+fn echo_loop(dealer: &zmq::Socket, reply: &WorkerMessage, typed: bool, stop: impl Fn() -> bool) {
+    dealer.set_rcvtimeo(100).expect("rcvtimeo");
+    let encoded = codec::encode(reply).expect("encodable");
+    while !stop() {
+        // Frames left in libzmq's buffers, as tasker's own ends read them.
+        let Ok(frames) = tasker_transport::recv_frames(dealer, 0) else {
+            continue;
+        };
+        if typed {
+            let parsed: OrchestratorMessage =
+                codec::decode(&frames, usize::MAX).expect("valid request");
+            std::hint::black_box(parsed);
+            let _ = dealer.send_multipart(codec::encode(reply).expect("encodable"), 0);
+        } else {
+            let _ = dealer.send_multipart(encoded.iter(), 0);
+        }
+    }
+}
+
+/// `tasker bench --echo-peer`: the echoing end of the two-process echo,
+/// connected to `TASKER_ENDPOINT`; runs until it is signalled to stop.
+fn echo_peer() -> Result<()> {
+    let endpoint = std::env::var("TASKER_ENDPOINT").context("TASKER_ENDPOINT is not set")?;
+    let context = zmq::Context::new();
+    let dealer = context.socket(zmq::DEALER)?;
+    dealer.connect(&endpoint)?;
+    dealer.send_multipart([b"hi".to_vec()], 0)?;
+    let (_, reply) = messages(1);
+    // The bench stops it with SIGTERM; its parent gone, it stops too.
+    let parent = std::os::unix::process::parent_id();
+    echo_loop(&dealer, &reply, false, || {
+        std::os::unix::process::parent_id() != parent
+    });
+    Ok(())
+}
+
 impl RawEcho {
-    /// A ROUTER and an echoing DEALER thread that answers every message with
-    /// `reply`: pre-encoded, or, when `typed`, after decoding the request
-    /// and encoding the reply as any JSON worker must.
+    /// A ROUTER and an echoing DEALER thread in its context that answers
+    /// every message with `reply` (see [`echo_loop`]).
     fn start(reply: WorkerMessage, typed: bool) -> Result<Self> {
-        Self::start_in(reply, typed, false)
+        Self::start_in(reply, typed, EchoPeer::Shared)
     }
 
-    /// With `apart`, the echoing DEALER has a ZeroMQ context of its own,
-    /// and so its own libzmq I/O thread, as a peer in another process
-    /// has: the TCP bytes then cross between two I/O threads, as they do
-    /// between an orchestrator and a worker process, instead of one I/O
-    /// thread passing them to itself.
-    fn start_in(reply: WorkerMessage, typed: bool, apart: bool) -> Result<Self> {
+    /// The echo with its DEALER where `peer` says.
+    fn start_in(reply: WorkerMessage, typed: bool, peer: EchoPeer) -> Result<Self> {
         let context = zmq::Context::new();
         let router = context.socket(zmq::ROUTER)?;
         router.bind("tcp://127.0.0.1:0")?;
         let endpoint = router.get_last_endpoint()?.expect("utf-8 endpoint");
-        let dealer_context = if apart {
-            zmq::Context::new()
-        } else {
-            context.clone()
-        };
-        let dealer = dealer_context.socket(zmq::DEALER)?;
-        dealer.connect(&endpoint)?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop_flag = std::sync::Arc::clone(&stop);
-        dealer.send_multipart([b"hi".to_vec()], 0)?;
-        let frames = router.recv_multipart(0)?;
+        let (thread, process) = if peer == EchoPeer::Process {
+            anyhow::ensure!(!typed, "the two-process echo echoes raw bodies only");
+            let exe = std::env::current_exe().context("finding the tasker binary")?;
+            let command = format!("'{}' bench --echo-peer", exe.display());
+            let process = crate::children::WorkerProcess::spawn(
+                "echo",
+                &command,
+                &endpoint,
+                &[],
+                crate::children::Output::Quiet,
+            )?;
+            router.set_rcvtimeo(10_000)?;
+            (None, Some(process))
+        } else {
+            let dealer_context = if peer == EchoPeer::Apart {
+                zmq::Context::new()
+            } else {
+                context.clone()
+            };
+            let dealer = dealer_context.socket(zmq::DEALER)?;
+            dealer.connect(&endpoint)?;
+            dealer.send_multipart([b"hi".to_vec()], 0)?;
+            let stop_flag = std::sync::Arc::clone(&stop);
+            let thread = std::thread::Builder::new()
+                .name("echo-dealer".into())
+                .spawn(move || {
+                    echo_loop(&dealer, &reply, typed, || stop_flag.load(Ordering::Relaxed));
+                    // The socket closes before its context terminates.
+                    drop(dealer);
+                    drop(dealer_context);
+                })?;
+            (Some(thread), None)
+        };
+        let frames = router
+            .recv_multipart(0)
+            .context("the echo's peer did not say hello")?;
+        router.set_rcvtimeo(-1)?;
         let peer = frames[0].clone();
-        let thread = std::thread::Builder::new()
-            .name("echo-dealer".into())
-            .spawn(move || {
-                dealer.set_rcvtimeo(100).expect("rcvtimeo");
-                let encoded = codec::encode(&reply).expect("encodable");
-                while !stop_flag.load(Ordering::Relaxed) {
-                    // Frames left in libzmq's buffers, as tasker's own ends
-                    // read them.
-                    let Ok(frames) = tasker_transport::recv_frames(&dealer, 0) else {
-                        continue;
-                    };
-                    if typed {
-                        let parsed: OrchestratorMessage =
-                            codec::decode(&frames, usize::MAX).expect("valid request");
-                        std::hint::black_box(parsed);
-                        let _ = dealer.send_multipart(codec::encode(&reply).expect("encodable"), 0);
-                    } else {
-                        let _ = dealer.send_multipart(encoded.iter(), 0);
-                    }
-                }
-                // The socket closes before its context terminates.
-                drop(dealer);
-                drop(dealer_context);
-            })?;
         Ok(Self {
             router,
             peer,
             stop,
-            thread: Some(thread),
+            thread,
+            process,
             _context: context,
         })
     }
@@ -201,6 +273,9 @@ impl Drop for RawEcho {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if let Some(process) = self.process.take() {
+            let _ = process.stop(Duration::from_secs(5));
         }
     }
 }
@@ -247,11 +322,11 @@ fn raw_throughput(batch: usize, steps: usize, window: usize, typed: bool) -> Res
     Ok(rate)
 }
 
-/// The raw echo's round trips; `apart`: see [`RawEcho::start_in`].
-fn raw_latency(samples: usize, apart: bool) -> Result<Vec<Duration>> {
+/// The raw echo's round trips, its DEALER where `peer` says.
+fn raw_latency(samples: usize, peer: EchoPeer) -> Result<Vec<Duration>> {
     let (request, response) = messages(1);
     let request = codec::encode(&request)?;
-    let echo = RawEcho::start_in(response, false, apart)?;
+    let echo = RawEcho::start_in(response, false, peer)?;
     for _ in 0..samples.min(100) {
         echo.send(&request)?;
         echo.recv()?;
@@ -264,12 +339,7 @@ fn raw_latency(samples: usize, apart: bool) -> Result<Vec<Duration>> {
         echo.recv()?;
         out.push(t.elapsed());
     }
-    let label = if apart {
-        "echo, two I/O threads"
-    } else {
-        "raw echo"
-    };
-    print_round_trips(label, &before, samples);
+    print_round_trips(peer.label(), &before, samples);
     Ok(out)
 }
 
@@ -743,6 +813,9 @@ fn run_steps(args: &BenchArgs, batch: usize) -> usize {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.echo_peer {
+        return echo_peer();
+    }
     let inline = !args.handler_threads;
     if args.durable_only {
         return crate::bench_store::run(args.durable_steps, &args.postgres);
@@ -830,9 +903,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     if args.latency_only {
-        let mut raw = raw_latency(args.latency_samples, false)?;
+        let mut raw = raw_latency(args.latency_samples, EchoPeer::Shared)?;
         let mut relayed = relayed_latency(args.latency_samples, &runtime)?;
-        let mut apart = raw_latency(args.latency_samples, true)?;
+        let mut apart = raw_latency(args.latency_samples, EchoPeer::Apart)?;
+        let mut processes = raw_latency(args.latency_samples, EchoPeer::Process)?;
         let mut placements = Vec::new();
         for placement in [Placement::InProcess, Placement::Process] {
             let (samples, _) = runtime.block_on(system_latency(
@@ -848,6 +922,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let raw = percentile(&mut raw, p);
             let relayed = percentile(&mut relayed, p);
             let apart = percentile(&mut apart, p);
+            let processes = percentile(&mut processes, p);
             println!(
                 "p{:.0} relayed echo: {relayed:.1} us, raw {raw:.1} us, {:.2}x",
                 p * 100.0,
@@ -857,6 +932,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "p{:.0} echo, two I/O threads: {apart:.1} us, raw {raw:.1} us, {:.2}x",
                 p * 100.0,
                 apart / raw
+            );
+            println!(
+                "p{:.0} echo, two processes: {processes:.1} us, raw {raw:.1} us, {:.2}x",
+                p * 100.0,
+                processes / raw
             );
             for (placement, samples) in &mut placements {
                 let ours = percentile(samples, p);
@@ -921,7 +1001,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "ratio: to echo+JSON, a ROUTER/DEALER echo whose ends decode and encode the same \
          bodies; raw echo: the bodies unparsed; best of {THROUGHPUT_ROUNDS} alternated runs each"
     );
-    let mut raw = raw_latency(args.latency_samples, false)?;
+    let mut raw = raw_latency(args.latency_samples, EchoPeer::Shared)?;
+    let mut processes = raw_latency(args.latency_samples, EchoPeer::Process)?;
     let (mut ours, idle) = runtime.block_on(system_latency(
         args.latency_samples,
         args.idle_secs,
@@ -953,28 +1034,40 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     println!();
     println!(
-        "{:<22} {:>17} {:>17} {:>11} {:>13}",
-        "single-step round trip", "tasker", "worker process", "raw echo", "tasker+CURVE"
+        "{:<22} {:>17} {:>17} {:>11} {:>21} {:>13}",
+        "single-step round trip",
+        "tasker",
+        "worker process",
+        "raw echo",
+        "echo, two processes",
+        "tasker+CURVE"
     );
     for (label, p) in [("p50", 0.50), ("p99", 0.99)] {
         let raw = percentile(&mut raw, p);
+        let processes = percentile(&mut processes, p);
         let ours = percentile(&mut ours, p);
         let process = percentile(&mut process, p);
         let with_curve = curve
             .as_mut()
             .map_or("-".to_string(), |c| format!("{:.1} us", percentile(c, p)));
         println!(
-            "{:<22} {:>8.1} us {:>4.2}x {:>8.1} us {:>4.2}x {:>8.1} us {:>13}",
+            "{:<22} {:>8.1} us {:>4.2}x {:>8.1} us {:>4.2}x {:>8.1} us {:>8.1} us ({:>4.2}x) {:>13}",
             label,
             ours,
             ours / raw,
             process,
             process / raw,
             raw,
+            processes,
+            process / processes,
             with_curve
         );
     }
-    println!("x: times the raw echo's round trip");
+    println!(
+        "x: times the raw echo's round trip; echo, two processes: the raw echo with its \
+         echoing end in a process of its own, as the worker process is ((x): the worker \
+         process's round trip, times this echo's)"
+    );
     if !args.no_curve {
         println!();
         println!(

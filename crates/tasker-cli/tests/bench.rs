@@ -65,9 +65,12 @@ fn bench_prints_throughput_latency_and_metrics_overhead_for_both_worker_placemen
             .lines()
             .find(|l| l.starts_with(percentile))
             .unwrap_or_else(|| panic!("no {percentile} row:\n{stdout}"));
-        // tasker and worker process, each with its multiple of raw; raw.
-        assert_eq!(row.matches(" us").count(), 3, "{row}");
-        assert_eq!(row.matches('x').count(), 2, "{row}");
+        // tasker and worker process, each with its multiple of raw; raw;
+        // the echo between two processes, with the worker process's
+        // multiple of it.
+        assert_eq!(row.matches(" us").count(), 4, "{row}");
+        assert_eq!(row.matches('x').count(), 3, "{row}");
+        assert!(!row.contains("NaN") && !row.contains("inf"), "{row}");
     }
     assert!(stdout.contains("idle CPU"), "{stdout}");
     // Metrics on and off, each batch size, with their ratio.
@@ -141,15 +144,62 @@ fn bench_threads_prints_cpu_per_step_by_thread_for_tasker_and_both_echoes() {
 }
 
 /// What `--latency-only` promises: tasker's round trip in both placements
-/// and the two echoes that price its extra hand-overs, each beside the raw
-/// echo, at p50 and p99, every figure a number.
+/// and the three echoes that price its extra hand-overs, each beside the raw
+/// echo, at p50 and p99, every figure a number; and the echo's process of
+/// its own is gone when the bench is.
 #[test]
 fn latency_only_prints_tasker_and_each_echo_beside_the_raw_echo() {
-    let stdout = bench_stdout(&["--latency-only", "--latency-samples", "30"]);
+    // Every process this run starts inherits the mark.
+    let mark = format!(
+        "TASKER_BENCH_TEST_RUN={}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
+    let (name, value) = mark.split_once('=').expect("name=value");
+    // Its stderr, which its children share, goes to a file: a child left
+    // running would hold a pipe open and hang the test instead of failing it.
+    let mut stderr = tempfile::tempfile().expect("a temporary file");
+    let output = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args(["bench", "--latency-only", "--latency-samples", "30"])
+        .env(name, value)
+        .stderr(stderr.try_clone().expect("a second handle"))
+        .output()
+        .expect("tasker bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        use std::io::{Read, Seek};
+        let mut said = String::new();
+        let _ = stderr
+            .rewind()
+            .and_then(|_| stderr.read_to_string(&mut said));
+        panic!("tasker bench failed: {said}\n{stdout}");
+    }
+    let marked = || -> Vec<String> {
+        let mut left = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            if environ.split(|b| *b == 0).any(|v| v == mark.as_bytes()) {
+                let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                left.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+            }
+        }
+        left
+    };
+    // A child may still be exiting as the bench returns.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !marked().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        marked(),
+        Vec::<String>::new(),
+        "left running after the bench"
+    );
     for percentile in ["p50", "p99"] {
         for subject in [
             "relayed echo:",
             "echo, two I/O threads:",
+            "echo, two processes:",
             "InProcess: tasker",
             "Process: tasker",
         ] {
