@@ -587,3 +587,64 @@ fn s5_results_finished_while_the_server_is_down_past_expiry_reach_it_after_the_r
         );
     }
 }
+
+const SHORT_WORKFLOW: &str = r#"
+name: short
+steps:
+  - name: only
+    handler: sleep
+    handler_config: { ms: 400 }
+"#;
+
+/// SIGTERM while each task's one step is out at a worker: the drain
+/// records the results, and a task whose every step has ended is over in
+/// the store, not left for the next start to finish.
+#[test]
+fn s6_a_task_whose_last_step_ends_during_the_drain_is_complete_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    workflows_dir(dir.path());
+    std::fs::write(dir.path().join("workflows/short.yaml"), SHORT_WORKFLOW).unwrap();
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let store = format!("sqlite:{}", dir.path().join("t.db").display());
+    let http = client();
+    let mut serve = Serve::start(dir.path(), &store, &endpoint);
+    let _workers = Workers::start(&endpoint, 1, 20);
+    let tasks: Vec<i64> = (0..5)
+        .map(|i| {
+            let response = http
+                .post(serve.url("/v1/tasks"))
+                .json(&json!({ "workflow": "short", "context": { "n": i } }))
+                .send()
+                .unwrap();
+            assert_eq!(response.status(), 201, "{:?}", response.text());
+            response.json::<Value>().unwrap()["task_id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    wait_for_steps_at_workers(&http, &serve, 5);
+    let pid = serve.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = serve.child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", serve.log());
+    let log = serve.log();
+    drop(serve);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = Store::open(&store).await.unwrap();
+        for id in &tasks {
+            let task = store.get_task(*id).await.unwrap().unwrap();
+            assert_eq!(
+                task.status.to_string(),
+                "complete",
+                "task {id}: {task:#?}\n{}",
+                tail(&log, 20)
+            );
+        }
+        store.close().await;
+    });
+}

@@ -660,7 +660,10 @@ impl TaskRun {
                 }
             }
         }
-        if self.suspended {
+        // A task whose last steps ended while it was suspended is over: it
+        // ends now, rather than waiting for the next start to notice.
+        let over = self.steps.iter().all(|s| matches!(s.state, State::Done(_)));
+        if self.suspended && !over {
             self.save(None).await?;
             tracing::info!(task_id = self.task_id, "task suspended");
             return Err(TaskStopped::Suspended);
