@@ -205,6 +205,14 @@ pub(crate) fn checked_body(
 /// inside a field can fail it. An error when the body is not JSON text
 /// (including: not UTF-8) or not an object.
 fn top_level(body: &[u8]) -> Result<BTreeMap<Cow<'_, str>, &RawValue>, DecodeError> {
+    // Said first: skipping a value does not look inside its strings, and
+    // the parse's own error for a bad byte reads like an escape problem.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(DecodeError::MalformedJson(format!(
+            "body is not UTF-8 (the bytes at offset {} are not)",
+            e.valid_up_to()
+        )));
+    }
     serde_json::from_slice(body).map_err(|e| {
         if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
             DecodeError::MalformedJson("body is not a JSON object".into())

@@ -433,6 +433,12 @@ fn a_bulk_message_with_bytes_that_are_not_utf8_is_malformed_json() {
     body[at] = 0xff;
     let err = codec::decode::<OrchestratorMessage>(&[header, body], 1 << 20).unwrap_err();
     assert_eq!(err.code(), ProtocolErrorCode::MalformedJson, "{err}");
+    // The reason names the problem, and where.
+    assert!(
+        err.to_string()
+            .contains(&format!("body is not UTF-8 (the bytes at offset {at}")),
+        "{err}"
+    );
 }
 
 // ---- raw: steps and results kept as JSON text (tasker_protocol::raw) ----
