@@ -33,6 +33,7 @@ const {
   WaitTimeout,
   ApiError,
 } = require("./errors.js");
+const { jsonProblem } = require("./json.js");
 const logging = require("./logging.js");
 const { version } = require("../package.json");
 
@@ -275,11 +276,31 @@ function requestSignal(ms, outer) {
   return { signal: controller.signal, dispose };
 }
 
+/** A task id: a positive integer, or a string of its digits (as a URL or a form has it). */
 function checkTaskId(id) {
-  if (typeof id === "number" ? !Number.isSafeInteger(id) : typeof id !== "string" || id === "") {
-    throw new TaskerError(`a task id is an integer, got ${typeof id === "string" ? JSON.stringify(id) : String(id)}`);
+  const value = typeof id === "string" && /^[0-9]+$/.test(id) ? Number(id) : id;
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 1) {
+    const shown = typeof id === "string" ? JSON.stringify(id) : typeof id === "bigint" ? `${id}n` : String(id);
+    throw new TaskerError(`a task id is a positive integer (or a string of its digits), got ${shown}`);
   }
-  return encodeURIComponent(String(id));
+  return String(value);
+}
+
+/**
+ * A task's context: a JSON object (what the server takes), checked as a
+ * handler's output is, so that nothing is sent that JSON.stringify would
+ * change (a Map becoming {}) or throw on (a BigInt). `undefined` and `null`
+ * are `{}`.
+ */
+function checkContext(context) {
+  if (context === undefined || context === null) return {};
+  if (typeof context !== "object" || Array.isArray(context)) {
+    const kind = Array.isArray(context) ? "an array" : `a ${typeof context}`;
+    throw new TaskerError(`context must be an object (a JSON object), got ${kind}`);
+  }
+  const problem = jsonProblem(context, "context");
+  if (problem !== null) throw new TaskerError(problem);
+  return context;
 }
 
 function checkTimeout(name, value, { nullable }) {
@@ -373,12 +394,14 @@ class Client {
    * Starts a task of `workflow` with `context` (a JSON object). With an
    * `idempotencyKey`, repeating the call returns the task the key created
    * (`created` false) and the call is retried when the server cannot be
-   * reached; without one it is tried once.
+   * reached; without one it is tried once. A context that is not a JSON
+   * object, or holds what is not JSON data, is a `TaskerError` before any
+   * request.
    */
   async submit(workflow, context = {}, options = {}) {
     const { idempotencyKey, ...unknown } = options ?? {};
     rejectUnknown("submit", unknown, ["idempotencyKey"]);
-    const body = { workflow, context: context ?? {} };
+    const body = { workflow, context: checkContext(context) };
     if (idempotencyKey !== undefined && idempotencyKey !== null) body.idempotency_key = idempotencyKey;
     const idempotent = body.idempotency_key !== undefined;
     const { status, json } = await this._request("POST", "/v1/tasks", { body, idempotent });

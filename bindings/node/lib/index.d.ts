@@ -507,9 +507,17 @@ export declare class Client {
   constructor(options?: ClientOptions);
   /** The API's base URL (no trailing slash). */
   readonly url: string;
-  /** Starts a task of `workflow` with `context`. */
+  /**
+   * Starts a task of `workflow` with `context`, a JSON object (default `{}`).
+   * One that is not (an array), or holds what JSON has no form for (a Map,
+   * a BigInt, NaN...), is a `TaskerError` naming it, before any request.
+   */
   submit<C extends object = Record<string, unknown>>(workflow: string, context?: C, options?: SubmitOptions): Promise<TaskHandle<C>>;
-  /** The task `id` now; `TaskNotFound` when there is none. */
+  /**
+   * The task `id` now; `TaskNotFound` when there is none. An id that is not
+   * a positive integer is a `TaskerError`, before any request (as for
+   * `wait` and `cancel`).
+   */
   get<C = Record<string, unknown>>(id: number): Promise<Task<C>>;
   /** The task `id` once it has ended; `WaitTimeout` after `timeoutMs`. */
   wait<C = Record<string, unknown>>(id: number, options?: WaitOptions): Promise<Task<C>>;

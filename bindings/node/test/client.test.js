@@ -9,6 +9,7 @@ const { test, before, after } = require("node:test");
 const assert = require("node:assert/strict");
 const { execFile } = require("node:child_process");
 const fs = require("node:fs");
+const http = require("node:http");
 const net = require("node:net");
 const path = require("node:path");
 const tls = require("node:tls");
@@ -298,14 +299,75 @@ test("validation errors carry the field at fault", async () => {
   assert.equal(key.field, "idempotency_key");
   assert.equal(key.status, 422);
 
-  const context = await client.submit("echo_pair", [1, 2]).catch((e) => e);
-  assert.ok(context instanceof ValidationError, String(context));
-  assert.equal(context.field, "context");
-
   // Mistakes the SDK sees itself are TaskerErrors, before any request.
   await assert.rejects(client.list({ limt: 3 }), (e) => e instanceof TaskerError && /unknown list filter `limt`/.test(e.message));
-  await assert.rejects(client.get("seven"), (e) => e instanceof ValidationError && e.field === "id");
+  await assert.rejects(client.get("seven"), (e) => e instanceof TaskerError && !(e instanceof ClientError));
   await assert.rejects(client.get(1.5), (e) => e instanceof TaskerError && !(e instanceof ClientError));
+});
+
+/** A server that counts the requests it gets and answers each task-not-found. */
+async function countingServer() {
+  const seen = [];
+  const counting = http.createServer((request, response) => {
+    seen.push(`${request.method} ${request.url}`);
+    response.writeHead(404, { "Content-Type": "application/problem+json" });
+    response.end(JSON.stringify({ type: "https://tasker-core.dev/problems/task-not-found", title: "Not Found", status: 404, detail: "no task", task_id: 7 }));
+  });
+  await new Promise((resolve) => counting.listen(0, "127.0.0.1", resolve));
+  return { url: `http://127.0.0.1:${counting.address().port}`, seen, close: () => new Promise((resolve) => counting.close(resolve)) };
+}
+
+test("a task id that is not a positive integer (or a string of its digits) is a TaskerError, before any request", async () => {
+  const counting = await countingServer();
+  try {
+    const local = new Client({ url: counting.url });
+    const misuse = (e) => e instanceof TaskerError && !(e instanceof ClientError) && /^a task id is a positive integer/.test(e.message);
+    for (const id of ["abc", -1, 0, "0", "-1", "1.5", "1e3", " 7", "", 1.5, NaN, 2 ** 60, 7n, null, undefined]) {
+      await assert.rejects(local.get(id), misuse, `get(${typeof id === "bigint" ? `${id}n` : JSON.stringify(id)})`);
+      await assert.rejects(local.wait(id, { timeoutMs: 0 }), misuse);
+      await assert.rejects(local.cancel(id), misuse);
+    }
+    const error = await local.get("abc").catch((e) => e);
+    assert.equal(error.message, 'a task id is a positive integer (or a string of its digits), got "abc"');
+    assert.deepEqual(counting.seen, [], "no request was sent");
+
+    // Digits, as a URL or a form has them, are the id.
+    await assert.rejects(local.get("7"), TaskNotFound);
+    await assert.rejects(local.cancel("007"), TaskNotFound);
+    assert.deepEqual(counting.seen, ["GET /v1/tasks/7", "POST /v1/tasks/7/cancel"]);
+  } finally {
+    await counting.close();
+  }
+  const handle = await client.submit("echo_pair", { n: 1 });
+  assert.equal((await client.get(String(handle.id))).taskId, handle.id);
+});
+
+test("a context that is not a JSON object, or holds what JSON has no form for, is a TaskerError naming it, before any request", async () => {
+  const counting = await countingServer();
+  try {
+    const local = new Client({ url: counting.url });
+    const refused = async (context, message) => {
+      const error = await local.submit("echo_pair", context).catch((e) => e);
+      assert.ok(error instanceof TaskerError && !(error instanceof ClientError), String(error));
+      assert.equal(error.message, message);
+    };
+    await refused([1, 2], "context must be an object (a JSON object), got an array");
+    await refused("order 7", "context must be an object (a JSON object), got a string");
+    await refused(new Map([["a", 1]]), "context is a Map, which JSON has no form for: convert it, e.g. Object.fromEntries(map)");
+    await refused({ n: 5n }, "context.n is a BigInt (5n), which JSON has no form for: convert it to a number or a string");
+    await refused({ items: [1, new Set([2])] }, "context.items[1] is a Set, which JSON has no form for: convert it, e.g. [...set]");
+    await refused({ total: NaN }, "context.total is NaN, which JSON has no form for (JSON.stringify would write null)");
+    const loop = { a: {} };
+    loop.a.back = loop;
+    await refused(loop, "context.a.back refers back to context: a circular structure, which JSON has no form for");
+    assert.deepEqual(counting.seen, [], "no request was sent");
+  } finally {
+    await counting.close();
+  }
+  // Dates (toJSON) and undefined properties are JSON data, as in outputs; null is {}.
+  const task = await (await client.submit("echo_pair", { at: new Date(0), gone: undefined, n: [1, "ü"] })).wait({ timeoutMs: 30_000 });
+  assert.deepEqual(task.context, { at: "1970-01-01T00:00:00.000Z", n: [1, "ü"] });
+  assert.deepEqual((await client.submit("echo_pair", null)).task.context, {});
 });
 
 test("wait with a short timeout is a WaitTimeout carrying the running task", async () => {

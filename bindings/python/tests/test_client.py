@@ -404,6 +404,29 @@ def test_a_context_with_dates_decimals_and_uuids_is_encoded_as_outputs_are(
         client.submit("pipeline", {"tags": {"a"}})
 
 
+def test_a_context_that_is_not_a_json_object_is_refused_before_any_request(
+    closed_url: str,
+) -> None:
+    # Nobody listens at closed_url: a request would end in ServerUnavailable
+    # after a try; the TypeError comes first, and at once.
+    client = Client(closed_url)
+    started = time.monotonic()
+    for context in ([1, 2], [("a", 1)], "abc", 7):
+        with pytest.raises(TypeError) as refused:
+            client.submit("audit", context)  # type: ignore[arg-type]
+        assert str(refused.value) == (
+            f"context must be a mapping (a JSON object) or None, got {type(context).__name__}"
+        )
+
+    async def run() -> None:
+        async with AsyncClient(closed_url) as aclient:
+            with pytest.raises(TypeError, match=r"context must be a mapping \(a JSON object\)"):
+                await aclient.submit("audit", [1, 2])  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    assert time.monotonic() - started < 1.0
+
+
 def test_a_failed_task_reports_the_step_error(client: Client) -> None:
     task = client.submit("mixed", {"n": 1}).wait(timeout=30)
     assert task.status == "failed"

@@ -465,9 +465,6 @@ class TestClient < Minitest::Test
     assert_equal "idempotency_key", error.field
     refute_kind_of TaskerCore::UnknownWorkflow, error
 
-    error = assert_misuse(TaskerCore::ValidationError) { c.submit("pipeline", [1, 2]) }
-    assert_equal "context", error.field
-
     error = assert_misuse(TaskerCore::ValidationError) { c.list(status: "done") }
     assert_equal "status", error.field
   end
@@ -666,6 +663,36 @@ class TestClient < Minitest::Test
     assert_operator proxy.handshakes, :>=, 2
   ensure
     proxy&.close
+  end
+
+  # A context is a JSON object: anything else is refused before any request
+  # (nobody listens at the URL, so a request would be a ServerUnavailable),
+  # naming where, rather than sent as its #to_s.
+  def test_a_context_that_is_not_json_data_is_an_argument_error_before_any_request
+    c = TaskerCore::Client.new(url: "http://127.0.0.1:#{free_port}", token: "")
+    error = assert_misuse(ArgumentError) { c.submit("audit", [1, 2]) }
+    assert_equal "context: expected a Hash (a JSON object) or nil, got [1, 2] (Array)", error.message
+    assert_misuse(ArgumentError) { c.submit("audit", "order 7") }
+
+    error = assert_raises(ArgumentError) { c.submit("audit", { "n" => Object.new }) }
+    assert_match(/\Acontext\["n"\]: #<Object:0x\h+> \(Object\) is not JSON data; use a Hash/, error.message)
+    # (A context whose keys are all Symbols would look like keywords to rbs's check.)
+    error = assert_raises(ArgumentError) { c.submit("audit", { "items" => [1, { at: Time.at(0) }] }) }
+    assert_match(/\Acontext\["items"\]\[1\]\[:at\]: .* \(Time\) is not JSON data/, error.message)
+    error = assert_raises(ArgumentError) { c.submit("audit", { "x" => Float::NAN }, idempotency_key: "k") }
+    assert_equal 'context["x"]: NaN has no JSON form (JSON numbers are finite)', error.message
+    error = assert_raises(ArgumentError) { c.submit("audit", { "m" => { 1 => "one" } }) }
+    assert_equal 'context["m"]: key 1 (Integer) is not a String or Symbol (JSON keys are strings)', error.message
+    cyclic = { "items" => [] }
+    cyclic["items"] << cyclic
+    error = assert_raises(ArgumentError) { c.submit("audit", cyclic) }
+    assert_match(/\Acontext\["items"\]\[0\]: contains itself/, error.message)
+
+    # JSON data gets as far as the request: a submit without key is tried once.
+    shared_twice = [1, 2]
+    json = { "a" => [1, -2.5, nil, true, false, "s", :sym], b: { "c" => shared_twice, "d" => shared_twice } }
+    assert_raises(TaskerCore::ServerUnavailable) { c.submit("audit", json) }
+    assert_raises(TaskerCore::ServerUnavailable) { c.submit("audit", nil) }
   end
 
   def test_server_unavailable_after_the_retries_and_at_once_for_a_submit_without_key

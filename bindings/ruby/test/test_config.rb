@@ -105,6 +105,25 @@ class TestConfig < Minitest::Test
     assert_match(/threads must be at least 1, got -2/, error.message)
   end
 
+  # `capacity:` is `worker_capacity` under the worker's name: given both,
+  # neither silently wins.
+  def test_capacity_and_worker_capacity_together_are_a_config_error
+    error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(capacity: 5, worker_capacity: 3) }
+    assert_equal "capacity: 5 and worker_capacity: 3 are the same setting (the steps the worker holds at once): " \
+                 "give only one", error.message
+    path = write_config("test:\n  worker_capacity: 2\n")
+    error = assert_raises(TaskerCore::ConfigError) do
+      TaskerCore::Worker.from_config(path, env: "test", capacity: 5, worker_capacity: 3, logger: nil)
+    end
+    assert_match(/capacity: 5 and worker_capacity: 3/, error.message)
+    # Either alone is fine; `capacity:` wins over a config's worker_capacity.
+    assert_equal 3, TaskerCore::Worker.new(worker_capacity: 3, logger: nil).capacity
+    assert_equal 5, TaskerCore::Worker.new(capacity: 5, logger: nil).capacity
+    assert_equal 5, TaskerCore::Worker.from_config(path, env: "test", capacity: 5, logger: nil).capacity
+    assert_equal 5, TaskerCore::Worker.new(capacity: 5, config: TaskerCore::Config.load(path, env: "test"),
+                                           logger: nil).capacity
+  end
+
   # The rules are tasker_worker::policy's, through the native module.
   def test_threads_and_chunks_come_from_the_rust_policy
     assert_equal 8, TaskerCore::Native::DEFAULT_MAX_THREADS

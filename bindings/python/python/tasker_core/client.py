@@ -750,6 +750,13 @@ class _Core:
     def submit(
         self, workflow: str, context: Optional[Mapping[str, Any]], idempotency_key: Optional[str]
     ) -> Tuple[Task, bool]:
+        if context is not None and not isinstance(context, Mapping):
+            # The server takes a JSON object only; `dict()` would turn a list
+            # of pairs into one, and fail on anything else with a message
+            # about "dictionary update sequence elements".
+            raise TypeError(
+                f"context must be a mapping (a JSON object) or None, got {type(context).__name__}"
+            )
         body: Dict[str, Any] = {
             "workflow": workflow,
             "context": dict(context) if context is not None else {},
@@ -897,7 +904,9 @@ class Client:
         call is tried once. Raises
         :class:`~tasker_core.errors.UnknownWorkflow`,
         :class:`~tasker_core.errors.ValidationError` (``field`` names what),
-        and a ``TypeError``/``ValueError`` for a context that is not JSON.
+        and, before any request, a ``TypeError`` for a context that is not a
+        mapping (the server takes a JSON object only) and a
+        ``TypeError``/``ValueError`` for one holding values that are not JSON.
         """
         task, created = self._core.submit(workflow, context, idempotency_key)
         return TaskHandle(self, task, created)

@@ -114,17 +114,27 @@ module TaskerCore
     #   handle.id        # => 42
     #   handle.created?  # => true
     # @param workflow [String, Symbol] a workflow the server has loaded
-    # @param context [Hash] the task's context (handlers see it as
-    #   `task_context`); Symbol keys become Strings
+    # @param context [Hash, nil] the task's context (handlers see it as
+    #   `task_context`), a JSON object: a Hash with String or Symbol keys
+    #   whose values are Hashes (the same keys), Arrays, Strings, Symbols,
+    #   Integers, finite Floats, true, false or nil; Symbols become Strings;
+    #   nil is `{}`
     # @param idempotency_key [String, nil] 1 to 255 characters of your choosing
     # @return [TaskHandle]
+    # @raise [ArgumentError] before any request, for a context that is not
+    #   a Hash or holds anything else, naming where (`context["n"]: ...`)
     # @raise [UnknownWorkflow] with {UnknownWorkflow#closest}
-    # @raise [ValidationError] e.g. a context that is not a Hash, a key too long
+    # @raise [ValidationError] e.g. a key too long
     # @raise [IdempotencyConflict] the key belongs to a task of another
     #   workflow or context
     # @raise [ServerUnavailable]
     def submit(workflow, context = {}, idempotency_key: nil)
-      body = { "workflow" => workflow.to_s, "context" => context.nil? ? {} : context }
+      context = {} if context.nil?
+      raise ArgumentError, "context: expected a Hash (a JSON object) or nil, got #{brief(context)}" unless
+        context.is_a?(Hash)
+
+      check_json(context, "context", {}.compare_by_identity)
+      body = { "workflow" => workflow.to_s, "context" => context }
       body["idempotency_key"] = idempotency_key.to_s unless idempotency_key.nil?
       status, json = @transport.call(:post, "/v1/tasks", body: body, idempotent: !idempotency_key.nil?)
       TaskHandle.new(self, Task.from_json(json), created: status == 201)
@@ -255,6 +265,43 @@ module TaskerCore
       raise ArgumentError, "task id: expected an Integer, got #{id.inspect}" unless id.is_a?(Integer)
 
       "/v1/tasks/#{id}"
+    end
+
+    # Raises ArgumentError unless `value` is JSON data, naming its place
+    # (`context["items"][2]`): what JSON.generate would otherwise write as
+    # the value's #to_s. `open` holds the Hashes and Arrays around it.
+    def check_json(value, path, open)
+      case value
+      when nil, true, false, String, Symbol, Integer then nil
+      when Float
+        raise ArgumentError, "#{path}: #{value} has no JSON form (JSON numbers are finite)" unless value.finite?
+      when Hash, Array
+        raise ArgumentError, "#{path}: contains itself (a cyclic structure has no JSON form)" if open.key?(value)
+
+        open[value] = true
+        if value.is_a?(Array)
+          value.each_with_index { |item, i| check_json(item, "#{path}[#{i}]", open) }
+        else
+          value.each do |key, item|
+            unless key.is_a?(String) || key.is_a?(Symbol)
+              raise ArgumentError, "#{path}: key #{brief(key)} is not a String or Symbol (JSON keys are strings)"
+            end
+
+            check_json(item, "#{path}[#{key.inspect}]", open)
+          end
+        end
+        open.delete(value)
+      else
+        raise ArgumentError, "#{path}: #{brief(value)} is not JSON data; use a Hash (String or Symbol keys), " \
+                             "Array, String, Symbol, Integer, Float, true, false or nil"
+      end
+    end
+
+    # `value`'s #inspect and class, the inspect cut at 80 characters.
+    def brief(value)
+      text = value.inspect
+      text = "#{text[0, 77]}..." if text.length > 80
+      "#{text} (#{value.class})"
     end
 
     def seconds(timeout)

@@ -35,6 +35,12 @@ module TaskerCore
     # chunk-mates before they are sent.
     FLUSH_AFTER = 0.002
 
+    # `capacity:` is the config key `worker_capacity` under the worker's
+    # name for it: given both, neither silently wins.
+    CAPACITY_TWICE = "capacity: %p and worker_capacity: %p are the same setting (the steps the worker " \
+                     "holds at once): give only one"
+    private_constant :CAPACITY_TWICE
+
     # @return [Config] the configuration in use
     attr_reader :config
     # @return [Integer] the capacity declared to the orchestrator
@@ -54,8 +60,12 @@ module TaskerCore
     # @param logger [Logger, nil] for the worker's own messages
     # @param overrides [Hash{Symbol=>Object}] config keys, e.g. `endpoint:`
     # @return [Worker]
-    # @raise [ConfigError]
+    # @raise [ConfigError] also when both `capacity:` and `worker_capacity:`
+    #   are given
     def self.from_config(path = nil, env: nil, capacity: nil, threads: nil, worker_id: nil, logger: nil, **overrides)
+      raise ConfigError, format(CAPACITY_TWICE, capacity, overrides[:worker_capacity]) if
+        !capacity.nil? && overrides.key?(:worker_capacity)
+
       new(config: Config.load(path, env: env, **overrides),
           capacity: capacity, threads: threads, worker_id: worker_id, logger: logger)
     end
@@ -71,9 +81,13 @@ module TaskerCore
     # @param config [Config, nil] base configuration (default: built-in
     #   defaults plus `TASKER_*` variables)
     # @param settings [Hash{Symbol=>Object}] other config keys
-    # @raise [ConfigError] for a bad key or value
+    # @raise [ConfigError] for a bad key or value, and when both `capacity:`
+    #   and `worker_capacity:` are given (the same setting twice)
     def initialize(endpoint: nil, capacity: nil, threads: nil, worker_id: nil,
                    default_retryable: nil, logger: nil, config: nil, **settings)
+      raise ConfigError, format(CAPACITY_TWICE, capacity, settings[:worker_capacity]) if
+        !capacity.nil? && settings.key?(:worker_capacity)
+
       overrides = settings.dup
       overrides[:endpoint] = endpoint if endpoint
       overrides[:default_retryable] = default_retryable unless default_retryable.nil?
