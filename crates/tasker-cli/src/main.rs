@@ -112,7 +112,7 @@ fn init_logging(default_level: &str) {
     // Colour only for a person at a terminal: a log file or a pipe gets
     // plain text (and NO_COLOR is honoured).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        && std::env::var_os("NO_COLOR").map_or(true, |v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
