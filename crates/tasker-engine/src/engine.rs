@@ -623,6 +623,17 @@ impl TaskRun {
         }
         self.save(None).await?;
         loop {
+            if !self.cancelled && !self.suspended {
+                // A cancel or suspend asked while results kept the select
+                // below busy (it picks among ready branches at random) is
+                // honoured before anything more is dispatched.
+                let control = *self.cancel.borrow_and_update();
+                match control {
+                    Control::Cancel => self.start_cancelling(),
+                    Control::Suspend => self.suspended = true,
+                    Control::Run => {}
+                }
+            }
             let retry_at = if self.cancelled || self.suspended {
                 None
             } else {
