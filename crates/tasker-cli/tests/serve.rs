@@ -162,11 +162,21 @@ fn client() -> reqwest::blocking::Client {
 }
 
 fn submit(http: &reqwest::blocking::Client, serve: &Serve, n: usize) -> Vec<i64> {
+    submit_of(http, serve, "slow", n)
+}
+
+/// `n` tasks of `workflow`, context `{"n": i}`; their ids.
+fn submit_of(
+    http: &reqwest::blocking::Client,
+    serve: &Serve,
+    workflow: &str,
+    n: usize,
+) -> Vec<i64> {
     (0..n)
         .map(|i| {
             let response = http
                 .post(serve.url("/v1/tasks"))
-                .json(&json!({ "workflow": "slow", "context": { "n": i } }))
+                .json(&json!({ "workflow": workflow, "context": { "n": i } }))
                 .send()
                 .unwrap();
             assert_eq!(response.status(), 201, "{:?}", response.text());
@@ -527,6 +537,17 @@ fn s4_sigterm_drains_the_steps_out_and_the_next_start_finishes_the_tasks() {
     }
 }
 
+/// A directory with the usual workflows and `name` (`yaml`), a free
+/// endpoint, and a SQLite store URL in that directory.
+fn sqlite_setup_with(name: &str, yaml: &str) -> (tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    workflows_dir(dir.path());
+    std::fs::write(dir.path().join(format!("workflows/{name}.yaml")), yaml).unwrap();
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let store = format!("sqlite:{}", dir.path().join("t.db").display());
+    (dir, endpoint, store)
+}
+
 const LONG_WORKFLOW: &str = r#"
 name: long
 description: one step that outlasts the server's downtime
@@ -545,27 +566,11 @@ steps:
 /// None may run twice.
 #[test]
 fn s5_results_finished_while_the_server_is_down_past_expiry_reach_it_after_the_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    workflows_dir(dir.path());
-    std::fs::write(dir.path().join("workflows/long.yaml"), LONG_WORKFLOW).unwrap();
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
-    let store = format!("sqlite:{}", dir.path().join("t.db").display());
+    let (dir, endpoint, store) = sqlite_setup_with("long", LONG_WORKFLOW);
     let http = client();
     let serve = Serve::start(dir.path(), &store, &endpoint);
     let _workers = Workers::start(&endpoint, 2, 40);
-    let tasks: Vec<i64> = (0..20)
-        .map(|i| {
-            let response = http
-                .post(serve.url("/v1/tasks"))
-                .json(&json!({ "workflow": "long", "context": { "n": i } }))
-                .send()
-                .unwrap();
-            assert_eq!(response.status(), 201, "{:?}", response.text());
-            response.json::<Value>().unwrap()["task_id"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
+    let tasks = submit_of(&http, &serve, "long", 20);
     wait_for_steps_at_workers(&http, &serve, 20);
     // Killed shortly before the steps end (1.2 s after dispatch): their
     // results come before the workers give the server up (0.6 s after its
@@ -601,27 +606,11 @@ steps:
 /// the store, not left for the next start to finish.
 #[test]
 fn s6_a_task_whose_last_step_ends_during_the_drain_is_complete_in_the_store() {
-    let dir = tempfile::tempdir().unwrap();
-    workflows_dir(dir.path());
-    std::fs::write(dir.path().join("workflows/short.yaml"), SHORT_WORKFLOW).unwrap();
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
-    let store = format!("sqlite:{}", dir.path().join("t.db").display());
+    let (dir, endpoint, store) = sqlite_setup_with("short", SHORT_WORKFLOW);
     let http = client();
     let mut serve = Serve::start(dir.path(), &store, &endpoint);
     let _workers = Workers::start(&endpoint, 1, 20);
-    let tasks: Vec<i64> = (0..5)
-        .map(|i| {
-            let response = http
-                .post(serve.url("/v1/tasks"))
-                .json(&json!({ "workflow": "short", "context": { "n": i } }))
-                .send()
-                .unwrap();
-            assert_eq!(response.status(), 201, "{:?}", response.text());
-            response.json::<Value>().unwrap()["task_id"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
+    let tasks = submit_of(&http, &serve, "short", 5);
     wait_for_steps_at_workers(&http, &serve, 5);
     let pid = serve.child.id().to_string();
     assert!(Command::new("kill")
