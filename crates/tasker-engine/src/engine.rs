@@ -615,12 +615,8 @@ impl TaskRun {
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(());
         }
-        let control = *self.cancel.borrow();
-        match control {
-            Control::Cancel => self.start_cancelling(),
-            Control::Suspend => self.suspended = true,
-            Control::Run => {}
-        }
+        let control = *self.cancel.borrow_and_update();
+        self.obey(control);
         self.save(None).await?;
         loop {
             if !self.cancelled && !self.suspended {
@@ -628,11 +624,7 @@ impl TaskRun {
                 // below busy (it picks among ready branches at random) is
                 // honoured before anything more is dispatched.
                 let control = *self.cancel.borrow_and_update();
-                match control {
-                    Control::Cancel => self.start_cancelling(),
-                    Control::Suspend => self.suspended = true,
-                    Control::Run => {}
-                }
+                self.obey(control);
             }
             let retry_at = if self.cancelled || self.suspended {
                 None
@@ -663,11 +655,7 @@ impl TaskRun {
                     } else {
                         *self.cancel.borrow()
                     };
-                    match control {
-                        Control::Cancel => self.start_cancelling(),
-                        Control::Suspend => self.suspended = true,
-                        Control::Run => {}
-                    }
+                    self.obey(control);
                 }
             }
         }
@@ -743,6 +731,15 @@ impl TaskRun {
             &batch,
             results,
         );
+    }
+
+    /// Acts on what the task's handle asked: cancel, suspend, or nothing.
+    fn obey(&mut self, control: Control) {
+        match control {
+            Control::Cancel => self.start_cancelling(),
+            Control::Suspend => self.suspended = true,
+            Control::Run => {}
+        }
     }
 
     fn start_cancelling(&mut self) {
