@@ -407,7 +407,9 @@ impl ZmqPubSubExecutor {
 
     /// Stops accepting batches, waits up to `timeout` for the steps in
     /// flight, cancels what is left (each such step ends `cancelled`), says
-    /// goodbye to the workers and closes the socket.
+    /// goodbye to the workers and closes the socket. When it returns, the
+    /// endpoint is free to bind again, even while a worker given
+    /// [`zmq_context`](Self::zmq_context) keeps that context alive.
     ///
     /// Calling it again returns an empty report.
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {

@@ -795,7 +795,10 @@ async fn a_worker_in_the_executors_zmq_context_outlives_it_and_serves_the_next()
     );
     drop(first);
     // The first executor's context lives on in the worker's socket, which
-    // reconnects through it to the next orchestrator on the same port.
+    // reconnects through it to the next orchestrator on the same port:
+    // free when the shutdown returns, though no context ended.
+    let port = cfg.endpoint.trim_start_matches("tcp://");
+    drop(std::net::TcpListener::bind(port).expect("the port is free after the shutdown"));
     let second = start(&cfg);
     assert!(second.wait_for_workers(1, LONG).await, "worker came back");
     let r = second

@@ -2,10 +2,15 @@
 //! monitor: the only place a refused CURVE handshake shows at all. Without
 //! it, a worker whose key is not admitted (or that speaks plaintext to a
 //! CURVE orchestrator) would see nothing but silence, and wait forever.
+//!
+//! The same monitor tells when a listener is closed: [`release_endpoint`]
+//! frees a bound port before the socket's context ends.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+const EVENT_CLOSED: u16 = 0x0080;
 const EVENT_HANDSHAKE_FAILED_NO_DETAIL: u16 = 0x0800;
 const EVENT_HANDSHAKE_SUCCEEDED: u16 = 0x1000;
 const EVENT_HANDSHAKE_FAILED_PROTOCOL: u16 = 0x2000;
@@ -66,20 +71,11 @@ impl HandshakeMonitor {
     /// Starts monitoring `socket`, which must live in `context`. Call before
     /// it binds or connects, so no handshake goes unseen.
     pub fn attach(context: &zmq::Context, socket: &zmq::Socket) -> zmq::Result<Self> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let address = format!(
-            "inproc://tasker-handshakes-{}",
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
         let events = EVENT_HANDSHAKE_FAILED_NO_DETAIL
             | EVENT_HANDSHAKE_SUCCEEDED
             | EVENT_HANDSHAKE_FAILED_PROTOCOL
             | EVENT_HANDSHAKE_FAILED_AUTH;
-        socket.monitor(&address, i32::from(events))?;
-        let monitor = context.socket(zmq::PAIR)?;
-        monitor.set_linger(0)?;
-        // ZeroMQ drops events while nothing is connected: connect at once.
-        monitor.connect(&address)?;
+        let monitor = monitor_reader(context, socket, events)?;
         Ok(Self {
             socket: monitor,
             drained: Cell::new(false),
@@ -108,14 +104,7 @@ impl HandshakeMonitor {
     /// thread at its next handshake, for good, and with it every socket of
     /// that context.
     pub fn stop(&self, socket: &mut zmq::Socket) {
-        // SAFETY: `socket` is a live socket (the `zmq::Socket` owns it and
-        // is borrowed mutably here, so no other thread uses it); a null
-        // endpoint is libzmq's documented way to stop monitoring, and it
-        // only closes libzmq's own end of the monitor pipe.
-        let rc = unsafe { zmq_sys::zmq_socket_monitor(socket.as_mut_ptr(), std::ptr::null(), 0) };
-        if rc != 0 {
-            tracing::debug!("stopping a socket monitor failed");
-        }
+        stop_monitoring(socket);
     }
 
     /// Every event waiting now; never blocks.
@@ -132,6 +121,95 @@ impl HandshakeMonitor {
         self.drained.set(ended == zmq::Error::EAGAIN);
         events
     }
+}
+
+/// Has `socket` report `events` (a `ZMQ_EVENT_*` mask) to a new PAIR
+/// socket, returned, in `context`; any monitor it had before is stopped.
+fn monitor_reader(
+    context: &zmq::Context,
+    socket: &zmq::Socket,
+    events: u16,
+) -> zmq::Result<zmq::Socket> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let address = format!(
+        "inproc://tasker-monitor-{}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    socket.monitor(&address, i32::from(events))?;
+    let reader = context.socket(zmq::PAIR)?;
+    reader.set_linger(0)?;
+    // ZeroMQ drops events while nothing is connected: connect at once.
+    reader.connect(&address)?;
+    Ok(reader)
+}
+
+/// See [`HandshakeMonitor::stop`].
+fn stop_monitoring(socket: &mut zmq::Socket) {
+    // SAFETY: `socket` is a live socket (the `zmq::Socket` owns it and
+    // is borrowed mutably here, so no other thread uses it); a null
+    // endpoint is libzmq's documented way to stop monitoring, and it
+    // only closes libzmq's own end of the monitor pipe.
+    let rc = unsafe { zmq_sys::zmq_socket_monitor(socket.as_mut_ptr(), std::ptr::null(), 0) };
+    if rc != 0 {
+        tracing::debug!("stopping a socket monitor failed");
+    }
+}
+
+/// Unbinds `socket` from `endpoint` (as `get_last_endpoint` names it) and
+/// waits, at most `timeout`, until ZeroMQ has closed the listening
+/// descriptor: true once it has. Replaces the socket's monitor, if any.
+///
+/// Closing a socket does not free its port: its context's I/O thread
+/// closes the listener later, and only terminating the context waits for
+/// that. A context that outlives the socket (shared with a worker in the
+/// same process) leaves the port taken after the socket is gone, and an
+/// orchestrator started again on it at once fails with "Address already in
+/// use".
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let context = zmq::Context::new();
+/// let mut router = context.socket(zmq::ROUTER).unwrap();
+/// router.bind("tcp://127.0.0.1:0").unwrap();
+/// let endpoint = router.get_last_endpoint().unwrap().unwrap();
+/// let released = tasker_transport::monitor::release_endpoint(
+///     &context, &mut router, &endpoint, Duration::from_secs(1));
+/// assert!(released);
+/// // The context lives on, and the port is free already.
+/// std::net::TcpListener::bind(endpoint.trim_start_matches("tcp://")).unwrap();
+/// ```
+pub fn release_endpoint(
+    context: &zmq::Context,
+    socket: &mut zmq::Socket,
+    endpoint: &str,
+    timeout: Duration,
+) -> bool {
+    let reader = match monitor_reader(context, socket, EVENT_CLOSED) {
+        Ok(reader) => reader,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot watch the endpoint's release");
+            let _ = socket.unbind(endpoint);
+            return false;
+        }
+    };
+    let released = socket.unbind(endpoint).is_ok() && {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Rounded up: a wait of 0 ms would spin through the last one.
+            let wait_ms = left.as_micros().div_ceil(1000) as i64;
+            // The only event asked for is the listener's close.
+            match reader.poll(zmq::POLLIN, wait_ms) {
+                Ok(n) if n > 0 => break reader.recv_multipart(zmq::DONTWAIT).is_ok(),
+                Ok(_) if !left.is_zero() => continue,
+                _ => break false,
+            }
+        }
+    };
+    // Before `reader` goes: see `HandshakeMonitor::stop`.
+    stop_monitoring(socket);
+    released
 }
 
 fn parse(frames: &[Vec<u8>]) -> Option<HandshakeEvent> {

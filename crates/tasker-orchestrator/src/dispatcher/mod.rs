@@ -40,7 +40,7 @@ use tasker_protocol::{
     ProtocolErrorCode, StepExecutionError, StepExecutionResult, StepId, StepRef, StepStatus,
     Welcome, WorkerHello, WorkerMessage, MAX_JSON_DEPTH,
 };
-use tasker_transport::monitor::HandshakeMonitor;
+use tasker_transport::monitor::{release_endpoint, HandshakeMonitor};
 use tasker_transport::{
     earliest, poll_timeout, recv_frames, send_message, wait, Doorbell, Frame, SendError, Waitable,
 };
@@ -64,6 +64,9 @@ const RECV_BURST: usize = 4_096;
 /// judging anyone: ZeroMQ's own I/O thread was stopped too and needs a
 /// moment to move what the kernel buffered into the socket's queues.
 const CATCH_UP_QUIET: Duration = Duration::from_millis(20);
+/// How long closing waits for ZeroMQ to close the listener: it takes
+/// microseconds unless the context's I/O thread is stuck.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// Where a batch's results go: several at a time, as they end in one turn.
 pub(crate) type ResultsSender = crate::sink::ResultSink;
@@ -173,6 +176,14 @@ impl Drop for Dispatcher {
     fn drop(&mut self) {
         // Before the fields go: see `HandshakeMonitor::stop`.
         self.handshakes.stop(&mut self.socket);
+        // A context shared with a worker outlives the socket, and with it
+        // the listener: the port would still be taken when `shutdown`
+        // returns, and the next start on it would fail.
+        if let Ok(Ok(endpoint)) = self.socket.get_last_endpoint() {
+            if !release_endpoint(&self._context, &mut self.socket, &endpoint, RELEASE_WAIT) {
+                tracing::debug!(%endpoint, "the endpoint was not seen released");
+            }
+        }
     }
 }
 
