@@ -515,14 +515,14 @@ export declare class Client {
   submit<C extends object = Record<string, unknown>>(workflow: string, context?: C, options?: SubmitOptions): Promise<TaskHandle<C>>;
   /**
    * The task `id` now; `TaskNotFound` when there is none. An id that is not
-   * a positive integer is a `TaskerError`, before any request (as for
-   * `wait` and `cancel`).
+   * a positive integer, or a string of its digits (`"42"` from a URL), is a
+   * `TaskerError`, before any request (as for `wait` and `cancel`).
    */
-  get<C = Record<string, unknown>>(id: number): Promise<Task<C>>;
+  get<C = Record<string, unknown>>(id: number | string): Promise<Task<C>>;
   /** The task `id` once it has ended; `WaitTimeout` after `timeoutMs`. */
-  wait<C = Record<string, unknown>>(id: number, options?: WaitOptions): Promise<Task<C>>;
+  wait<C = Record<string, unknown>>(id: number | string, options?: WaitOptions): Promise<Task<C>>;
   /** Requests the cancellation of task `id`; `TaskEnded` when it has ended. */
-  cancel<C = Record<string, unknown>>(id: number): Promise<Task<C>>;
+  cancel<C = Record<string, unknown>>(id: number | string): Promise<Task<C>>;
   /** One page of tasks, newest first. */
   list(filters?: ListFilters): Promise<TaskPage>;
   /** Every task matching `filters`, page after page. */

@@ -206,6 +206,10 @@ async function useClient(): Promise<void> {
 
   const now: Task<Order> = await handle.get();
   const cancelled: Task = await client.cancel(id);
+  // A task id from a URL, as its digits.
+  const fromUrl: Task = await client.get("42");
+  // @ts-expect-error a task id is a number or a string of its digits
+  await client.wait({ id: 42 });
   const filters: ListFilters = { status: "failed", workflow: "checkout", createdSince: new Date(), limit: 10 };
   // @ts-expect-error no such status
   const badFilters: ListFilters = { status: "done" };
@@ -254,7 +258,7 @@ async function useClient(): Promise<void> {
       void [base, slug, detail, problem?.type];
     }
   }
-  void [created, amount, missing, done, viaClient, started, finished, raw, wrongTaskId, now, cancelled, badFilters, next, summaries, dependsOn, status];
+  void [created, amount, missing, done, viaClient, started, finished, raw, wrongTaskId, now, cancelled, fromUrl, badFilters, next, summaries, dependsOn, status];
 }
 
 void [fromConfigClient, baseUrl, apiKeys, useClient];

@@ -60,7 +60,8 @@ pub struct BenchArgs {
     /// Only the single-step round trips: tasker beside the raw echo, the
     /// raw echo relayed through a thread as tasker's caller is, the raw
     /// echo with an I/O thread at each end, and the raw echo with its
-    /// echoing end in a process of its own, as the worker process is.
+    /// echoing end in a process of its own, as the worker process is,
+    /// also relayed.
     #[arg(long)]
     pub latency_only: bool,
     /// Internal: be the echoing end of the two-process echo, connected to
@@ -347,13 +348,18 @@ fn raw_latency(samples: usize, peer: EchoPeer) -> Result<Vec<Duration>> {
 /// the orchestrator's is: the caller, a task, hands each request to that
 /// thread through a queue and a doorbell and is woken with the reply. Beside
 /// the raw echo it prices the two thread hand-overs tasker's design adds,
-/// with none of tasker's own work.
-fn relayed_latency(samples: usize, runtime: &tokio::runtime::Runtime) -> Result<Vec<Duration>> {
+/// with none of tasker's own work. With `peer` a process of its own, the
+/// same beside the worker process.
+fn relayed_latency(
+    samples: usize,
+    runtime: &tokio::runtime::Runtime,
+    peer: EchoPeer,
+) -> Result<Vec<Duration>> {
     use std::sync::mpsc;
     use tokio::sync::oneshot;
     let (request, response) = messages(1);
     let request = codec::encode(&request)?;
-    let echo = RawEcho::start(response, false)?;
+    let echo = RawEcho::start_in(response, false, peer)?;
     let bell = std::sync::Arc::new(tasker_transport::Doorbell::new()?);
     let (asks, asked) = mpsc::channel::<oneshot::Sender<()>>();
     let relay_bell = std::sync::Arc::clone(&bell);
@@ -904,9 +910,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.latency_only {
         let mut raw = raw_latency(args.latency_samples, EchoPeer::Shared)?;
-        let mut relayed = relayed_latency(args.latency_samples, &runtime)?;
+        let mut relayed = relayed_latency(args.latency_samples, &runtime, EchoPeer::Shared)?;
         let mut apart = raw_latency(args.latency_samples, EchoPeer::Apart)?;
         let mut processes = raw_latency(args.latency_samples, EchoPeer::Process)?;
+        let mut relayed_processes =
+            relayed_latency(args.latency_samples, &runtime, EchoPeer::Process)?;
         let mut placements = Vec::new();
         for placement in [Placement::InProcess, Placement::Process] {
             let (samples, _) = runtime.block_on(system_latency(
@@ -937,6 +945,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "p{:.0} echo, two processes: {processes:.1} us, raw {raw:.1} us, {:.2}x",
                 p * 100.0,
                 processes / raw
+            );
+            let relayed_processes = percentile(&mut relayed_processes, p);
+            println!(
+                "p{:.0} relayed echo, two processes: {relayed_processes:.1} us, raw {raw:.1} us, {:.2}x",
+                p * 100.0,
+                relayed_processes / raw
             );
             for (placement, samples) in &mut placements {
                 let ours = percentile(samples, p);

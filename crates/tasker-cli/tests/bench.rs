@@ -144,7 +144,7 @@ fn bench_threads_prints_cpu_per_step_by_thread_for_tasker_and_both_echoes() {
 }
 
 /// What `--latency-only` promises: tasker's round trip in both placements
-/// and the three echoes that price its extra hand-overs, each beside the raw
+/// and the four echoes that price its extra hand-overs, each beside the raw
 /// echo, at p50 and p99, every figure a number; and the echo's process of
 /// its own is gone when the bench is.
 #[test]
@@ -200,6 +200,7 @@ fn latency_only_prints_tasker_and_each_echo_beside_the_raw_echo() {
             "relayed echo:",
             "echo, two I/O threads:",
             "echo, two processes:",
+            "relayed echo, two processes:",
             "InProcess: tasker",
             "Process: tasker",
         ] {
