@@ -15,27 +15,21 @@ fn bind(context: &zmq::Context, endpoint: &str) -> (zmq::Socket, String) {
     (socket, endpoint)
 }
 
+fn release(context: &zmq::Context, socket: &mut zmq::Socket, endpoint: &str) -> bool {
+    release_endpoint(context, socket, endpoint, Duration::from_secs(5))
+}
+
 #[test]
 fn a_released_tcp_port_is_free_at_once_while_its_context_lives_on() {
     let context = zmq::Context::new();
     for _ in 0..50 {
         let (mut socket, endpoint) = bind(&context, "tcp://127.0.0.1:0");
-        assert!(release_endpoint(
-            &context,
-            &mut socket,
-            &endpoint,
-            Duration::from_secs(5)
-        ));
+        assert!(release(&context, &mut socket, &endpoint));
         drop(socket);
         // Another ZeroMQ socket of the same context, as a restarted
         // orchestrator sharing it would bind, and a plain listener.
         let (mut again, _) = bind(&context, &endpoint);
-        assert!(release_endpoint(
-            &context,
-            &mut again,
-            &endpoint,
-            Duration::from_secs(5)
-        ));
+        assert!(release(&context, &mut again, &endpoint));
         std::net::TcpListener::bind(endpoint.trim_start_matches("tcp://"))
             .expect("the port is free once released");
     }
@@ -49,12 +43,7 @@ fn a_released_ipc_endpoint_refuses_connections_before_the_call_returns() {
     for _ in 0..20 {
         let (mut socket, bound) = bind(&context, &format!("ipc://{}", path.display()));
         std::os::unix::net::UnixStream::connect(&path).expect("bound: it listens");
-        assert!(release_endpoint(
-            &context,
-            &mut socket,
-            &bound,
-            Duration::from_secs(5)
-        ));
+        assert!(release(&context, &mut socket, &bound));
         // libzmq 4.3 leaves the file; the next bind replaces it.
         let refused = std::os::unix::net::UnixStream::connect(&path).unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
@@ -66,11 +55,6 @@ fn releasing_an_endpoint_never_bound_returns_false_without_waiting() {
     let context = zmq::Context::new();
     let (mut socket, _) = bind(&context, "tcp://127.0.0.1:0");
     let started = std::time::Instant::now();
-    assert!(!release_endpoint(
-        &context,
-        &mut socket,
-        "tcp://127.0.0.1:1",
-        Duration::from_secs(5)
-    ));
+    assert!(!release(&context, &mut socket, "tcp://127.0.0.1:1"));
     assert!(started.elapsed() < Duration::from_secs(1));
 }
