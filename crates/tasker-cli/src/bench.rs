@@ -263,7 +263,7 @@ impl RawEcho {
 
     /// The next reply's frames, without the routing id.
     fn recv(&self) -> Result<Vec<tasker_transport::Frame>> {
-        let mut frames = tasker_transport::recv_frames(&self.router, 0)?;
+        let mut frames = tasker_transport::recv_frames(&self.router, 0)?.into_vec();
         frames.remove(0);
         Ok(frames)
     }

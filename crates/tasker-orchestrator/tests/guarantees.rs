@@ -575,6 +575,11 @@ async fn g7_garbage_gets_protocol_errors_and_never_disturbs_other_workers() {
             vec![header.clone(), b"{}".to_vec(), b"{}".to_vec()],
             ProtocolErrorCode::MalformedFrames,
         ),
+        // Counted, not held: see `tasker_transport::MAX_FRAMES_KEPT`.
+        (
+            vec![Vec::new(); 100_000],
+            ProtocolErrorCode::MalformedFrames,
+        ),
         (
             vec![b"MDPW01".to_vec(), b"{}".to_vec()],
             ProtocolErrorCode::UnsupportedVersion,
@@ -611,17 +616,33 @@ async fn g7_garbage_gets_protocol_errors_and_never_disturbs_other_workers() {
         peer.send_raw(frames.clone());
         match peer.recv(Duration::from_secs(2)) {
             Some(OrchestratorMessage::ProtocolError(e)) => {
-                assert_eq!(e.code, *expected, "reply to {frames:?}: {}", e.message);
+                assert_eq!(
+                    e.code,
+                    *expected,
+                    "reply to {:?}: {}",
+                    &frames[..frames.len().min(2)],
+                    e.message
+                );
+                if *expected == ProtocolErrorCode::MalformedFrames {
+                    assert!(
+                        e.message.ends_with(&format!("got {}", frames.len())),
+                        "{}",
+                        e.message
+                    );
+                }
                 assert!(!e.message.is_empty());
             }
-            other => panic!("expected a protocol error for {frames:?}, got {other:?}"),
+            other => panic!(
+                "expected a protocol error for {:?}, got {other:?}",
+                &frames[..frames.len().min(2)]
+            ),
         }
     }
     let results = handle.collect().await;
     assert_eq!(results.len(), 50);
     assert!(results.iter().all(|r| r.status == StepStatus::Completed));
     let m = executor.metrics();
-    assert_eq!(m.malformed_messages, 8);
+    assert_eq!(m.malformed_messages, 9);
     assert_eq!(m.workers_connected, 1);
     worker.join(LONG);
     executor.shutdown(LONG).await;

@@ -9,7 +9,7 @@ mod frames;
 pub mod monitor;
 mod wait;
 
-pub use frames::{recv_frames, Frame};
+pub use frames::{recv_frames, Frame, Frames, MAX_FRAMES_KEPT};
 pub use wait::{wait, Waitable, MAX_ITEMS};
 
 use std::fs::File;

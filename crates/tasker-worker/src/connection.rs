@@ -768,7 +768,10 @@ impl Connection {
     /// as JSON text or the typed decode cannot build a step of an otherwise
     /// valid batch (then that step fails alone, as `InvalidStep`, when
     /// pulled).
-    fn decode(&self, frames: &[tasker_transport::Frame]) -> Result<Inbound, DecodeError> {
+    fn decode(&self, frames: &tasker_transport::Frames) -> Result<Inbound, DecodeError> {
+        if !frames.is_whole() {
+            return Err(DecodeError::FrameCount(frames.count()));
+        }
         let max = self.shared.config.max_message_bytes;
         if !self.shared.raw_steps {
             let error = match codec::decode::<OrchestratorMessage>(frames, max) {

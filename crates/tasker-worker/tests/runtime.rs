@@ -585,6 +585,34 @@ fn too_deep(raw_steps: bool) {
     assert_eq!(rt.in_hand(), 1);
 }
 
+/// libzmq bounds a frame's size, not how many frames a message has: a
+/// message of very many is refused with its count, its frames not held,
+/// and the next batch is served.
+#[test]
+fn a_message_of_many_frames_is_refused_with_its_count_and_the_next_batch_is_served() {
+    let (orchestrator, rt, id) = welcomed(false);
+    const FRAMES: usize = 100_000;
+    orchestrator.socket.send(&id[..], zmq::SNDMORE).unwrap();
+    for i in 0..FRAMES {
+        let flags = if i + 1 < FRAMES { zmq::SNDMORE } else { 0 };
+        orchestrator.socket.send(&b""[..], flags).unwrap();
+    }
+    let Some((_, WorkerMessage::ProtocolError(refusal))) =
+        orchestrator.recv(Duration::from_secs(5))
+    else {
+        panic!("no refusal")
+    };
+    assert_eq!(refusal.code, ProtocolErrorCode::MalformedFrames);
+    assert!(
+        refusal.message.ends_with(&format!("got {FRAMES}")),
+        "{}",
+        refusal.message
+    );
+    orchestrator.send(&id, &batch(0..2));
+    let steps = rt.next_steps(10, Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(steps.len(), 2);
+}
+
 /// A host event loop in miniature: wait for the driver's descriptor or its
 /// deadline, then drive.
 fn drive_for(driver: &mut event_loop::Driver, time: Duration) -> event_loop::Drive {

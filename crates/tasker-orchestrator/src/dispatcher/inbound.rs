@@ -2,6 +2,7 @@
 //! the part that deals with it; malformed ones get their reply here.
 
 use super::*;
+use tasker_protocol::DecodeError;
 
 impl Dispatcher {
     /// Handles up to [`RECV_BURST`] messages; true if it stopped at the
@@ -13,10 +14,12 @@ impl Dispatcher {
         for _ in 0..RECV_BURST {
             match recv_frames(&self.socket, zmq::DONTWAIT) {
                 Ok(frames) => {
-                    let Some((routing_id, frames)) = frames.split_first() else {
+                    let Some((routing_id, body)) = frames.split_first() else {
                         continue;
                     };
-                    self.handle_frames(routing_id.as_ref().to_vec(), frames);
+                    // The frames after the routing id, those not kept too.
+                    let count = frames.count() - 1;
+                    self.handle_frames(routing_id.as_ref().to_vec(), body, count);
                 }
                 Err(zmq::Error::EAGAIN) => return false,
                 Err(zmq::Error::EINTR) => continue,
@@ -29,13 +32,20 @@ impl Dispatcher {
         true
     }
 
-    pub(super) fn handle_frames(&mut self, routing_id: RoutingId, frames: &[Frame]) {
+    /// Handles one message: `frames` after the routing id, of `count` in
+    /// all (more when some were not kept).
+    pub(super) fn handle_frames(&mut self, routing_id: RoutingId, frames: &[Frame], count: usize) {
         let conn = self.registry.id_of(&routing_id);
         // Any message is a sign of life, a malformed one included.
         if let Some(c) = conn.and_then(|id| self.registry.get_mut(id)) {
             c.last_seen = Instant::now();
         }
-        let message = match codec::decode_from_worker(frames, self.config.max_message_bytes) {
+        let decoded = if count == frames.len() {
+            codec::decode_from_worker(frames, self.config.max_message_bytes)
+        } else {
+            Err(DecodeError::FrameCount(count))
+        };
+        let message = match decoded {
             Ok(message) => message,
             Err(error) => {
                 Metrics::add(&self.channels.metrics.malformed_messages, 1);
