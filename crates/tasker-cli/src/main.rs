@@ -6,6 +6,7 @@ mod bench_workers;
 mod children;
 mod dispatch;
 mod keygen;
+mod open_files;
 mod run;
 mod serve;
 mod soak;
@@ -122,6 +123,7 @@ fn init_logging(default_level: &str) {
 
 fn main() {
     let cli = Cli::parse();
+    open_files::raise_to_hard_limit();
     if let Err(e) = run_command(cli.command) {
         fail(&e, 1);
     }
