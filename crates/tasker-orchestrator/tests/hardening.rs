@@ -733,3 +733,79 @@ async fn results_sent_on_a_new_connection_before_its_hello_count_once_it_takes_o
     );
     executor.shutdown(LONG).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_before_a_hello_are_kept_once_per_attempt_and_within_four_messages_of_bytes() {
+    // A peer that knows steps in flight could otherwise park thousands of
+    // results of the largest size for the hello it never sends.
+    let executor = start(&TaskerConfig {
+        max_message_bytes: 16 * 1024,
+        ..config()
+    });
+    let old = RawPeer::connect(executor.endpoint());
+    old.hello("renewed", &["echo"], 10);
+    let handle = executor
+        .submit(StepBatchRequest::new("big", steps(1..11, "echo", 10_000)))
+        .await
+        .unwrap();
+    let held = delivered(&old);
+    assert_eq!(held.len(), 10);
+    let orchestrator_id = old.orchestrator_id.borrow().clone();
+    drop(old);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let new = RawPeer::connect(executor.endpoint());
+    *new.orchestrator_id.borrow_mut() = orchestrator_id.clone();
+    // About 15 KB each: four fit in four times 16 KiB, the other six not.
+    let big = |i: usize| json!(format!("{i}").repeat(15_000));
+    for (i, step) in held.iter().enumerate() {
+        new.respond(vec![completed(step, big(i), "renewed")]);
+    }
+    // A second answer to a kept attempt, small enough to fit.
+    new.respond(vec![completed(&held[0], json!("again"), "renewed")]);
+    for _ in 0..11 {
+        assert_eq!(protocol_error(&new).code, ProtocolErrorCode::UnknownWorker);
+    }
+    wait_until("six refused for bytes and one as a second answer", || {
+        executor.metrics().unheld_results_dropped == 7
+    })
+    .await;
+
+    let mut hello = WorkerHello::new("renewed", vec!["echo".into()], 10);
+    hello.in_progress = held[4..]
+        .iter()
+        .map(|s| HeldStep {
+            step_id: s.step_id,
+            attempt: 1,
+            orchestrator_id: orchestrator_id.clone(),
+        })
+        .collect();
+    hello_until_welcomed(&new, &hello);
+    new.respond(
+        held[4..]
+            .iter()
+            .map(|s| completed(s, json!("resent"), "renewed"))
+            .collect(),
+    );
+    let results = handle.collect().await;
+    let outputs: Vec<_> = results.iter().map(|r| r.output.clone().unwrap()).collect();
+    let expected: Vec<_> = (0..10)
+        .map(|i| if i < 4 { big(i) } else { json!("resent") })
+        .collect();
+    assert_eq!(
+        outputs, expected,
+        "the first answer of each kept attempt counts"
+    );
+    let m = executor.metrics();
+    assert_eq!(
+        (
+            m.worker_lost,
+            m.redelivered,
+            m.dispatched,
+            m.unheld_results_dropped
+        ),
+        (0, 0, 10, 7),
+        "none ran twice"
+    );
+    executor.shutdown(LONG).await;
+}

@@ -70,16 +70,17 @@ impl Dispatcher {
                         self.reply_unknown(&routing_id);
                         return;
                     }
-                    for result in batch.results {
-                        let step = result.step_ref();
-                        let in_flight = self
-                            .steps
-                            .get(step.step_id)
-                            .is_some_and(|e| e.step_ref() == step);
-                        let kept = in_flight && self.unclaimed.keep(&routing_id, result, now);
-                        if !kept {
-                            self.count_unwanted(None, step);
-                        }
+                    let (in_flight, mut unwanted): (Vec<_>, Vec<_>) =
+                        batch.results.into_iter().partition(|result| {
+                            let step = result.step_ref();
+                            self.steps
+                                .get(step.step_id)
+                                .is_some_and(|e| e.step_ref() == step)
+                        });
+                    let bytes = frames.iter().map(|f| f.len()).sum();
+                    unwanted.extend(self.unclaimed.keep(&routing_id, in_flight, bytes, now));
+                    for result in unwanted {
+                        self.count_unwanted(None, result.step_ref());
                     }
                     self.reply_unknown(&routing_id);
                 }

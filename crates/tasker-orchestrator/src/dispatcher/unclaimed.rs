@@ -3,59 +3,111 @@
 //! routing id) does not know it must say hello again until it is told, and
 //! results it sent meanwhile would be lost: while its old connection still
 //! holds those steps, they would end `WorkerLost`, or, once that connection
-//! is settled, run a second time. They wait here, bounded in number and
-//! time, for that connection's hello: if it takes over the worker's old
+//! is settled, run a second time. They wait here, bounded in number, bytes
+//! and time, for that connection's hello: if it takes over the worker's old
 //! connection, they count as answers from it (§6.6).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use tasker_protocol::StepExecutionResult;
+use tasker_protocol::{StepExecutionResult, StepRef};
 
 use super::registry::RoutingId;
 
 /// Most results waiting, all connections together.
 const MOST: usize = 4_096;
+/// Most message bytes waiting, all connections together, in messages of
+/// the largest size accepted: a count alone let a peer that knows a step in
+/// flight park 4,096 results of `max_message_bytes` each (64 GiB at the
+/// default) by sending the same one again and again.
+const MOST_MESSAGES: usize = 4;
 
-#[derive(Default)]
+/// One connection's results, with the attempts they answer: a second
+/// answer to an attempt is not kept.
+struct Waiting {
+    since: Instant,
+    results: Vec<StepExecutionResult>,
+    attempts: HashSet<StepRef>,
+    bytes: usize,
+}
+
 pub(crate) struct Unclaimed {
-    by_peer: HashMap<RoutingId, (Instant, Vec<StepExecutionResult>)>,
+    by_peer: HashMap<RoutingId, Waiting>,
     total: usize,
+    bytes: usize,
+    most_bytes: usize,
 }
 
 impl Unclaimed {
-    /// Keeps `result` for `peer`'s hello; false (and dropped) when full.
-    pub fn keep(&mut self, peer: &[u8], result: StepExecutionResult, now: Instant) -> bool {
-        if self.total >= MOST {
-            return false;
+    /// Holds at most [`MOST`] results and [`MOST_MESSAGES`] messages of
+    /// `max_message_bytes`.
+    pub fn new(max_message_bytes: usize) -> Self {
+        Self {
+            by_peer: HashMap::new(),
+            total: 0,
+            bytes: 0,
+            most_bytes: max_message_bytes.saturating_mul(MOST_MESSAGES),
         }
-        self.total += 1;
-        self.by_peer
+    }
+
+    /// Keeps for `peer`'s hello the `results` of one message of `bytes`,
+    /// all of them or, when that would pass a bound, none; a result
+    /// answering an attempt `peer` already has one waiting for is not kept.
+    /// Returns the results not kept.
+    pub fn keep(
+        &mut self,
+        peer: &[u8],
+        results: Vec<StepExecutionResult>,
+        bytes: usize,
+        now: Instant,
+    ) -> Vec<StepExecutionResult> {
+        if results.is_empty() {
+            return results;
+        }
+        if self.total + results.len() > MOST || self.bytes + bytes > self.most_bytes {
+            return results;
+        }
+        let waiting = self
+            .by_peer
             .entry(peer.to_vec())
-            .or_insert_with(|| (now, Vec::new()))
-            .1
-            .push(result);
-        true
+            .or_insert_with(|| Waiting {
+                since: now,
+                results: Vec::new(),
+                attempts: HashSet::new(),
+                bytes: 0,
+            });
+        let mut refused = Vec::new();
+        for result in results {
+            if waiting.attempts.insert(result.step_ref()) {
+                waiting.results.push(result);
+                self.total += 1;
+            } else {
+                refused.push(result);
+            }
+        }
+        waiting.bytes += bytes;
+        self.bytes += bytes;
+        refused
     }
 
     /// What `peer` sent before its hello.
     pub fn take(&mut self, peer: &[u8]) -> Vec<StepExecutionResult> {
-        let results = self
-            .by_peer
-            .remove(peer)
-            .map(|(_, r)| r)
-            .unwrap_or_default();
-        self.total -= results.len();
-        results
+        let Some(waiting) = self.by_peer.remove(peer) else {
+            return Vec::new();
+        };
+        self.total -= waiting.results.len();
+        self.bytes -= waiting.bytes;
+        waiting.results
     }
 
     /// Drops what waited longer than `patience`; returns how many.
     pub fn expire(&mut self, now: Instant, patience: Duration) -> usize {
         let before = self.total;
-        self.by_peer.retain(|_, (since, results)| {
-            let keep = now.saturating_duration_since(*since) <= patience;
+        self.by_peer.retain(|_, waiting| {
+            let keep = now.saturating_duration_since(waiting.since) <= patience;
             if !keep {
-                self.total -= results.len();
+                self.total -= waiting.results.len();
+                self.bytes -= waiting.bytes;
             }
             keep
         });
@@ -66,7 +118,6 @@ impl Unclaimed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tasker_protocol::StepRef;
 
     fn result(id: i64) -> StepExecutionResult {
         let step = StepRef {
@@ -76,18 +127,66 @@ mod tests {
         StepExecutionResult::completed(step, serde_json::json!(null), "w", 0)
     }
 
+    fn results(ids: std::ops::Range<i64>) -> Vec<StepExecutionResult> {
+        ids.map(result).collect()
+    }
+
     #[test]
     fn results_wait_for_their_peer_bounded_in_number_and_time() {
-        let mut unclaimed = Unclaimed::default();
+        let mut unclaimed = Unclaimed::new(1 << 20);
         let t0 = Instant::now();
-        for id in 0..MOST as i64 {
-            assert!(unclaimed.keep(b"a", result(id), t0));
-        }
-        assert!(!unclaimed.keep(b"b", result(0), t0), "full");
+        assert!(unclaimed
+            .keep(b"a", results(0..MOST as i64), 10, t0)
+            .is_empty());
+        assert_eq!(unclaimed.keep(b"b", results(0..1), 10, t0).len(), 1, "full");
         assert_eq!(unclaimed.take(b"a").len(), MOST);
-        assert!(unclaimed.keep(b"b", result(1), t0));
+        assert!(unclaimed.keep(b"b", results(1..2), 10, t0).is_empty());
         let later = t0 + Duration::from_secs(2);
         assert_eq!(unclaimed.expire(later, Duration::from_secs(1)), 1);
         assert!(unclaimed.take(b"b").is_empty());
+    }
+
+    #[test]
+    fn results_waiting_are_bounded_in_bytes_and_freed_with_them() {
+        let mut unclaimed = Unclaimed::new(1_000);
+        let t0 = Instant::now();
+        for id in 0..4 {
+            assert!(unclaimed
+                .keep(b"a", results(id..id + 1), 1_000, t0)
+                .is_empty());
+        }
+        let refused = unclaimed.keep(b"b", results(10..12), 1, t0);
+        assert_eq!(
+            refused.len(),
+            2,
+            "a message past the bytes bound is not kept"
+        );
+        assert_eq!(unclaimed.take(b"a").len(), 4);
+        assert!(unclaimed.keep(b"b", results(10..12), 4_000, t0).is_empty());
+        assert_eq!(
+            unclaimed.expire(t0 + Duration::from_secs(2), Duration::ZERO),
+            2
+        );
+        assert!(unclaimed.keep(b"c", results(20..21), 4_000, t0).is_empty());
+    }
+
+    #[test]
+    fn an_attempt_is_kept_once_per_peer() {
+        let mut unclaimed = Unclaimed::new(1 << 20);
+        let t0 = Instant::now();
+        assert!(unclaimed.keep(b"a", results(0..2), 10, t0).is_empty());
+        let again = unclaimed.keep(b"a", results(1..3), 10, t0);
+        assert_eq!(
+            again
+                .iter()
+                .map(|r| r.step_ref().step_id)
+                .collect::<Vec<_>>(),
+            [1]
+        );
+        assert!(
+            unclaimed.keep(b"b", results(1..2), 10, t0).is_empty(),
+            "another peer's own"
+        );
+        assert_eq!(unclaimed.take(b"a").len(), 3);
     }
 }
