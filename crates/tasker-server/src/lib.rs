@@ -13,6 +13,7 @@
 
 pub mod api;
 mod dashboard;
+mod http;
 mod metrics;
 mod server;
 mod service;

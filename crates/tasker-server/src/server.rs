@@ -1,7 +1,7 @@
 //! The process around the service: the HTTP listener, and a clean stop on
 //! a signal.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -69,24 +69,26 @@ impl Server {
 
     /// Serves the API until `stop` completes, then stops the service
     /// ([`Service::shutdown`]: drain, then close the store) while the API
-    /// still answers reads, and only then closes the listener.
+    /// still answers reads, and only then closes the listener. Requests
+    /// still in progress then have five seconds before their connections
+    /// are dropped, and a client that sends half a request, or leaves a
+    /// connection idle, is cut off after 30 seconds: neither can keep the
+    /// server from stopping.
     pub async fn run(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
         let app = crate::api::router(Arc::clone(&self.service));
-        let http = tokio::spawn(
-            axum::serve(self.listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = closed_rx.await;
-                })
-                .into_future(),
-        );
+        let http = tokio::spawn(crate::http::serve(
+            self.listener,
+            app,
+            crate::http::Limits::SERVE,
+            async move {
+                let _ = closed_rx.await;
+            },
+        ));
         stop.await;
         tracing::info!("stop requested");
         self.service.shutdown().await;
         let _ = closed_tx.send(());
-        match http.await {
-            Ok(result) => result,
-            Err(e) => Err(std::io::Error::other(e)),
-        }
+        http.await.map_err(std::io::Error::other)
     }
 }

@@ -1063,3 +1063,54 @@ async fn the_dashboard_is_served_from_the_binary_with_a_strict_content_policy() 
     assert!(throughput["points"].is_array(), "{throughput}");
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_request_does_not_keep_the_server_from_stopping() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let config = TaskerConfig {
+        endpoint: "tcp://127.0.0.1:0".into(),
+        store: format!("sqlite:{}", dir.path().join("tasker.db").display()),
+        workflows_dir: dir.path().display().to_string(),
+        api_listen: "127.0.0.1:0".into(),
+        ..TaskerConfig::default()
+    };
+    let server = tasker_server::Server::bind(&config).await.unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let (status, _) = answer(
+        reqwest::get(format!("http://{addr}/v1/tasks"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // A client that sends half a request and waits: it used to hold the
+    // server's stop for good.
+    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET /v1/tasks HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("the server stops within its grace period")
+        .unwrap()
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(1), half.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "the half-sent request's connection is closed: {read:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+}

@@ -1,0 +1,269 @@
+//! The API's HTTP/1.1 listener: each connection served by hyper with the
+//! limits `axum::serve` leaves off, and all of them closed within a bound
+//! when the server stops.
+//!
+//! `axum::serve` gives hyper no timer, so hyper's own 30-second limit on
+//! reading a request's head never ran: one client that sent half a request
+//! held its connection for good, and `with_graceful_shutdown` waited for
+//! it, so `tasker serve` never exited after SIGTERM.
+
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How long clients get: see [`Limits::SERVE`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Longest a client may take to send a request's head, counted from
+    /// when the connection is ready for it: so it is also how long an idle
+    /// keep-alive connection stays open.
+    pub head: Duration,
+    /// After the server is closed, how long requests still in progress have
+    /// to finish before their connections are dropped.
+    pub close_grace: Duration,
+}
+
+impl Limits {
+    /// `tasker serve`'s: hyper's own default for the head; five seconds of
+    /// grace, as long-polls end when the service stops.
+    pub const SERVE: Limits = Limits {
+        head: Duration::from_secs(30),
+        close_grace: Duration::from_secs(5),
+    };
+}
+
+/// Pause after an accept fails for want of resources (descriptors, memory),
+/// rather than retrying at once, which would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves `app` on `listener` until `closed` completes; then stops
+/// accepting, lets requests in progress finish for up to
+/// `limits.close_grace` and drops what is left.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    closed: impl std::future::Future<Output = ()>,
+) {
+    let (closing, _) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            () = &mut closed => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(connection(stream, app.clone(), limits.head, closing.subscribe()));
+                }
+                Err(e) if is_per_connection(&e) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting an API connection failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            // Reaps ended connections, so the set holds only open ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    closing.send_replace(true);
+    let grace = tokio::time::sleep(limits.close_grace);
+    tokio::pin!(grace);
+    while !connections.is_empty() {
+        tokio::select! {
+            _ = connections.join_next() => {}
+            () = &mut grace => {
+                tracing::info!(
+                    connections = connections.len(),
+                    "API connections still open after the grace period are dropped"
+                );
+                connections.shutdown().await;
+            }
+        }
+    }
+}
+
+/// Errors of one connection that went away before it was accepted: the
+/// listener itself is fine.
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    )
+}
+
+async fn connection(
+    stream: TcpStream,
+    app: Router,
+    head_timeout: Duration,
+    mut closing: watch::Receiver<bool>,
+) {
+    // Responses are whole JSON bodies: waiting to fill a segment only
+    // delays them.
+    let _ = stream.set_nodelay(true);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    let mut asked_to_close = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "API connection ended with an error");
+                }
+                return;
+            }
+            _ = closing.wait_for(|closing| *closing), if !asked_to_close => {
+                // Ends the connection after the request in progress, or at
+                // once if it is between requests.
+                conn.as_mut().graceful_shutdown();
+                asked_to_close = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const QUICK: Limits = Limits {
+        head: Duration::from_millis(300),
+        close_grace: Duration::from_millis(300),
+    };
+
+    fn app() -> Router {
+        Router::new()
+            .route("/", axum::routing::get(|| async { "hello" }))
+            .route(
+                "/slow/{ms}",
+                axum::routing::get(
+                    |axum::extract::Path(ms): axum::extract::Path<u64>| async move {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        "slow"
+                    },
+                ),
+            )
+    }
+
+    /// A server on a loopback port with `limits`, and the sender that
+    /// closes it.
+    async fn start(
+        limits: Limits,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app(), limits, async move {
+            let _ = closed.await;
+        }));
+        (addr, close, server)
+    }
+
+    /// Everything the server sends until it closes the connection, or
+    /// `None` if it is still open after `within`.
+    async fn read_to_close(stream: &mut TcpStream, within: Duration) -> Option<String> {
+        let mut got = Vec::new();
+        tokio::time::timeout(within, stream.read_to_end(&mut got))
+            .await
+            .ok()?
+            .ok()?;
+        Some(String::from_utf8_lossy(&got).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_request_is_cut_off_after_the_head_timeout() {
+        let (addr, _close, _server) = start(QUICK).await;
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let got = read_to_close(&mut half, Duration::from_secs(5)).await;
+        assert!(got.is_some(), "still open 5 s after a 300 ms head timeout");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_after_the_head_timeout() {
+        let (addr, _close, _server) = start(QUICK).await;
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_to_close(&mut idle, Duration::from_secs(5))
+            .await
+            .expect("closed after the first response");
+        assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+        assert!(got.ends_with("hello"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn closing_lets_a_request_in_progress_finish_within_the_grace() {
+        let limits = Limits {
+            close_grace: Duration::from_secs(5),
+            ..QUICK
+        };
+        let (addr, close, server) = start(limits).await;
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        close.send(()).unwrap();
+        let got = read_to_close(&mut slow, Duration::from_secs(5))
+            .await
+            .expect("closed once answered");
+        assert!(got.ends_with("slow"), "answered before closing: {got}");
+        tokio::time::timeout(Duration::from_secs(1), server)
+            .await
+            .expect("serve returns once its last request is answered")
+            .unwrap();
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the listener is closed"
+        );
+    }
+
+    #[tokio::test]
+    async fn closing_drops_what_outlasts_the_grace_and_a_half_sent_request() {
+        let limits = Limits {
+            head: Duration::from_secs(60),
+            ..QUICK
+        };
+        let (addr, close, server) = start(limits).await;
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /slow/60000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        close.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(3), server)
+            .await
+            .expect("serve returns after its 300 ms grace")
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        for stream in [&mut half, &mut slow] {
+            let got = read_to_close(stream, Duration::from_secs(1)).await;
+            assert_eq!(got.as_deref(), Some(""), "dropped without an answer");
+        }
+    }
+}
