@@ -69,7 +69,8 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         check_json_content_type(req.headers().get(header::CONTENT_TYPE))?;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        let read = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state)).await;
+        let bytes = read.map_err(|_| body_too_slow())?.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 body_too_large()
             } else {
@@ -85,6 +86,22 @@ where
         let value = parse_body(&bytes)?;
         Ok(ApiJson(value))
     }
+}
+
+/// Longest a request body may take to arrive: the head's limit (see
+/// `http::Limits`) does not cover it, and a client trickling a body would
+/// otherwise hold its connection for as long as it likes.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The problem for a body that did not arrive within [`BODY_TIMEOUT`].
+fn body_too_slow() -> Problem {
+    Problem::new(
+        ProblemKind::Other(axum::http::StatusCode::REQUEST_TIMEOUT),
+        format!(
+            "the body did not arrive within {} s",
+            BODY_TIMEOUT.as_secs()
+        ),
+    )
 }
 
 /// The problem for a body over [`MAX_BODY_BYTES`].
@@ -500,6 +517,24 @@ pub fn filter_of(query: &ListTasksQuery) -> Result<TaskFilter, Problem> {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_does_not_arrive_in_time_is_a_408_problem() {
+        let never = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+        let request = Request::builder()
+            .method("POST")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from_stream(never))
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let problem = ApiJson::<CreateTaskRequest>::from_request(request, &())
+            .await
+            .expect_err("no body came");
+        assert_eq!(started.elapsed(), BODY_TIMEOUT);
+        assert_eq!(problem.status, 408);
+        assert!(problem.problem_type.ends_with("/http-error"), "{problem:?}");
+        assert_eq!(problem.detail, "the body did not arrive within 30 s");
+    }
 
     fn body_problem(text: &str) -> Problem {
         parse_body::<CreateTaskRequest>(text.as_bytes()).expect_err(text)

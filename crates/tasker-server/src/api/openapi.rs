@@ -130,6 +130,10 @@ const OPERATIONS: &[Operation] = &[
                 "`idempotency-conflict`: the key was used with another workflow or context \
                  (`task_id` names its task).",
             ),
+            problem(
+                "408",
+                "`http-error`: the body did not arrive within 30 s of the request's head.",
+            ),
             problem("413", "`body-too-large`: the body is over 1 MiB."),
             problem(
                 "415",
