@@ -637,3 +637,59 @@ fn s6_a_task_whose_last_step_ends_during_the_drain_is_complete_in_the_store() {
         store.close().await;
     });
 }
+
+const LONG_THEN_ECHO_WORKFLOW: &str = r#"
+name: long_then_echo
+steps:
+  - name: long
+    handler: sleep
+    handler_config: { ms: 1200 }
+  - name: after
+    handler: echo
+    depends_on: [long]
+"#;
+
+/// PostgreSQL stops (as for a restart or a failover) while steps are out,
+/// and their results arrive while it is down: each task waits, trying its
+/// commit again, and goes on once the database is back, without a restart
+/// of the server. Nothing runs twice.
+#[test]
+fn s7_postgres_down_while_steps_end_the_tasks_wait_for_it_and_go_on_when_it_is_back() {
+    let mut pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
+    let dir = tempfile::tempdir().unwrap();
+    workflows_dir(dir.path());
+    std::fs::write(
+        dir.path().join("workflows/long_then_echo.yaml"),
+        LONG_THEN_ECHO_WORKFLOW,
+    )
+    .unwrap();
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let http = client();
+    let serve = Serve::start(dir.path(), &pg.url(), &endpoint);
+    let _workers = Workers::start(&endpoint, 1, 10);
+    let tasks = submit_of(&http, &serve, "long_then_echo", 5);
+    wait_for_steps_at_workers(&http, &serve, 5);
+    pg.stop_for_now().expect("PostgreSQL stops");
+    // The steps end 1.2 s after dispatch, with the database down.
+    std::thread::sleep(Duration::from_millis(2_500));
+    pg.start_again().expect("PostgreSQL starts again");
+    wait_all_ended(&http, &serve, Duration::from_secs(60));
+    let log = serve.log();
+    for id in &tasks {
+        let task: Value = get_task(&http, &serve, &id.to_string());
+        assert_eq!(
+            task["status"],
+            "complete",
+            "task {id}: {task:#}\n{}",
+            tail(&log, 30)
+        );
+        for step in task["steps"].as_array().unwrap() {
+            assert_eq!(step["attempts"], 1, "task {id} ran a step twice: {task:#}");
+        }
+    }
+    assert!(
+        log.contains("trying again until the store takes it"),
+        "the commits never failed, so this tested nothing:\n{}",
+        tail(&log, 30)
+    );
+}

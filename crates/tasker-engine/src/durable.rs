@@ -118,9 +118,20 @@ pub enum JournalError {
         /// The step.
         step_id: StepId,
     },
-    /// The store failed (I/O, connection, closed).
+    /// The store failed (I/O, a lost connection, a full disk) and, as far
+    /// as it can tell, nothing of the commit applied: the same changes may
+    /// be committed again, and the engine does so until they go in. Where it
+    /// cannot tell (a connection lost during `COMMIT`), a commit that did
+    /// apply is then refused as [`JournalError::Conflict`].
     #[error("the store failed: {0}")]
     Store(String),
+    /// The store is closed: nothing more will commit.
+    #[error("the store is closed")]
+    Closed,
+    /// These transitions can never commit (a task moving back to running,
+    /// a value that does not serialise).
+    #[error("the transitions cannot be committed: {0}")]
+    Invalid(String),
 }
 
 /// Commits transitions durably.

@@ -312,6 +312,12 @@ impl Canceller {
     }
 }
 
+/// The first pause before a failed journal commit is tried again; it
+/// doubles up to [`JOURNAL_RETRY_MAX`].
+const JOURNAL_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest pause between tries of a failed journal commit.
+const JOURNAL_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// What a task's driver is told to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Control {
@@ -567,6 +573,14 @@ impl TaskRun {
 
     /// Commits every change since the last commit (and the task's end, if
     /// given); returns once the journal has them.
+    ///
+    /// A store that fails in a way that may pass (a full disk, a database
+    /// restarting) is tried again, backing off up to [`JOURNAL_RETRY_MAX`],
+    /// until the commit goes in or the task is suspended: nothing is
+    /// dispatched or acted on meanwhile, and results that arrive wait.
+    /// Stopping the task at the first failure left it `running` in the
+    /// store with nothing driving it until the next start, though the store
+    /// was back a moment later.
     async fn save(&mut self, end: Option<TaskState>) -> Result<(), JournalError> {
         let Some(durable) = &self.durable else {
             self.unsaved.clear();
@@ -575,6 +589,50 @@ impl TaskRun {
         if self.unsaved.is_empty() && end.is_none() {
             return Ok(());
         }
+        let journal = Arc::clone(&durable.journal);
+        let mut pause = JOURNAL_RETRY_FIRST;
+        let mut failures = 0u32;
+        loop {
+            match journal.commit(self.transitions(end)).await {
+                Ok(()) => break,
+                Err(JournalError::Store(error)) if *self.cancel.borrow() != Control::Suspend => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(
+                            task_id = self.task_id,
+                            %error,
+                            "the task's journal failed; trying again until the store takes it"
+                        );
+                    }
+                    // A clone, so that a suspend seen here is still news to
+                    // the drive loop; a closed channel leaves only the sleep.
+                    let mut control = self.cancel.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        Ok(()) = control.changed() => {}
+                    }
+                    pause = (pause * 2).min(JOURNAL_RETRY_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if failures > 0 {
+            tracing::info!(
+                task_id = self.task_id,
+                failures,
+                "the task's journal took the commit"
+            );
+        }
+        for &(i, _, _) in &self.unsaved {
+            self.steps[i].unsaved = false;
+        }
+        self.unsaved.clear();
+        Ok(())
+    }
+
+    /// The transitions of every change since the last commit, and the
+    /// task's `end`, as of now.
+    fn transitions(&self, end: Option<TaskState>) -> Vec<Transition> {
         let at = Utc::now();
         let mut transitions: Vec<Transition> = self
             .unsaved
@@ -595,12 +653,7 @@ impl TaskRun {
                 at,
             });
         }
-        let journal = Arc::clone(&durable.journal);
-        for &(i, _, _) in &self.unsaved {
-            self.steps[i].unsaved = false;
-        }
-        self.unsaved.clear();
-        journal.commit(transitions).await
+        transitions
     }
 
     fn emit(&self, event: TaskEvent) {

@@ -87,6 +87,8 @@ pub struct PgServer {
     as_postgres_user: bool,
     watchdog: Option<(Child, ChildStdin)>,
     databases: AtomicU32,
+    /// The `-c` settings it was started with, to start it again alike.
+    settings: Vec<(String, String)>,
 }
 
 impl PgServer {
@@ -117,10 +119,14 @@ impl PgServer {
             as_postgres_user,
             watchdog: None,
             databases: AtomicU32::new(0),
+            settings: settings
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
         };
         server.watchdog = Some(server.spawn_watchdog()?);
         server.initdb()?;
-        server.start_postgres(settings)?;
+        server.start_postgres()?;
         server.create_database(DEFAULT_DATABASE)?;
         Ok(server)
     }
@@ -234,51 +240,77 @@ impl PgServer {
         Ok(())
     }
 
-    fn start_postgres(&mut self, settings: &[(&str, &str)]) -> Result<(), PgTestError> {
-        let log = self.folder().join("postgres.log");
+    fn start_postgres(&mut self) -> Result<(), PgTestError> {
         let mut last_error = None;
         // Another process may take the free port between our probe and the
         // server's bind: try a few.
         for _ in 0..5 {
             let port = free_port()?;
-            let mut options = format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1",
-                self.folder().display()
-            );
-            for (name, value) in settings {
-                options.push_str(&format!(" -c {name}={value}"));
-            }
-            let mut command = self.server_command("pg_ctl");
-            command
-                .args(["start", "-w", "-t", "60", "-D"])
-                .arg(self.data_dir())
-                .arg("-l")
-                .arg(&log)
-                .arg("-o")
-                .arg(options);
-            match run(&mut command, "starting postgres") {
-                Ok(_) => {
+            match self.pg_ctl_start(port) {
+                Ok(()) => {
                     self.port = port;
                     return Ok(());
                 }
-                Err(PgTestError::Command {
-                    what,
-                    status,
-                    output,
-                }) => {
-                    let log_tail = fs::read_to_string(&log)
-                        .map(|text| tail(&text))
-                        .unwrap_or_default();
-                    last_error = Some(PgTestError::Command {
-                        what,
-                        status,
-                        output: format!("{output}\nserver log:\n{log_tail}"),
-                    });
-                }
+                Err(e @ PgTestError::Command { .. }) => last_error = Some(e),
                 Err(e) => return Err(e),
             }
         }
         Err(last_error.unwrap_or(PgTestError::NotInstalled))
+    }
+
+    fn pg_ctl_start(&self, port: u16) -> Result<(), PgTestError> {
+        let log = self.folder().join("postgres.log");
+        let mut options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1",
+            self.folder().display()
+        );
+        for (name, value) in &self.settings {
+            options.push_str(&format!(" -c {name}={value}"));
+        }
+        let mut command = self.server_command("pg_ctl");
+        command
+            .args(["start", "-w", "-t", "60", "-D"])
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(&log)
+            .arg("-o")
+            .arg(options);
+        match run(&mut command, "starting postgres") {
+            Ok(_) => Ok(()),
+            Err(PgTestError::Command {
+                what,
+                status,
+                output,
+            }) => {
+                let log_tail = fs::read_to_string(&log)
+                    .map(|text| tail(&text))
+                    .unwrap_or_default();
+                Err(PgTestError::Command {
+                    what,
+                    status,
+                    output: format!("{output}\nserver log:\n{log_tail}"),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stops the server as an administrator would (fast shutdown: open
+    /// connections are cut) and keeps its data, for tests of a database
+    /// that goes away under its clients. [`start_again`](Self::start_again)
+    /// brings it back.
+    pub fn stop_for_now(&mut self) -> Result<(), PgTestError> {
+        let mut command = self.server_command("pg_ctl");
+        command
+            .args(["stop", "-m", "fast", "-w", "-t", "60", "-D"])
+            .arg(self.data_dir());
+        run(&mut command, "stopping postgres").map(drop)
+    }
+
+    /// Starts a server stopped by [`stop_for_now`](Self::stop_for_now)
+    /// again, on the same port and with the same settings.
+    pub fn start_again(&mut self) -> Result<(), PgTestError> {
+        self.pg_ctl_start(self.port)
     }
 
     fn stop(&mut self) {

@@ -33,10 +33,10 @@ impl Journal for StoreJournal {
             match self.store.submit(Request::Commit(commit)).await {
                 Ok(Outcome::Committed) => Ok(()),
                 Ok(Outcome::Conflict { step_id }) => Err(JournalError::Conflict { step_id }),
-                Ok(_) => Err(JournalError::Store(
+                Ok(_) => Err(JournalError::Invalid(
                     "the store's writer answered a commit with something else".into(),
                 )),
-                Err(WriteError::Closed) => Err(JournalError::Store("the store is closed".into())),
+                Err(WriteError::Closed) => Err(JournalError::Closed),
                 Err(e @ (WriteError::Failed(_) | WriteError::Guessed)) => {
                     Err(JournalError::Store(e.to_string()))
                 }
@@ -46,7 +46,7 @@ impl Journal for StoreJournal {
 }
 
 fn serialise_error(e: serde_json::Error) -> JournalError {
-    JournalError::Store(format!("serialising a transition: {e}"))
+    JournalError::Invalid(format!("serialising a transition: {e}"))
 }
 
 /// Turns transitions into the checks and rows the writer needs.
@@ -100,7 +100,7 @@ pub(crate) fn prepare(
             }
             Transition::Task { task_id, to, at } => {
                 if to == TaskState::Running {
-                    return Err(JournalError::Store(format!(
+                    return Err(JournalError::Invalid(format!(
                         "task {task_id} cannot move back to running"
                     )));
                 }

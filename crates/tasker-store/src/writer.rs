@@ -427,6 +427,9 @@ pub(crate) struct Writer {
     conn: Option<WriteConn>,
     /// SQLite: answers callers once their group is on disk.
     syncer: Option<WalSyncer>,
+    /// Groups failed in a row: while the database is down, callers try
+    /// again and again, and only the first failure is worth a warning.
+    failing: u64,
 }
 
 impl Writer {
@@ -475,6 +478,7 @@ impl Writer {
                         stats,
                         conn: Some(conn),
                         syncer,
+                        failing: 0,
                     };
                     if ready.send(Ok(())).is_ok() {
                         writer.run().await;
@@ -540,6 +544,13 @@ impl Writer {
         let started = std::time::Instant::now();
         match self.transact(&requests).await {
             Ok((outcomes, counts)) => {
+                if self.failing > 0 {
+                    tracing::info!(
+                        failed_before = self.failing,
+                        "store writes go through again"
+                    );
+                    self.failing = 0;
+                }
                 self.stats
                     .commit_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -580,7 +591,12 @@ impl Writer {
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, operations = replies.len(), "store write failed; nothing of it was committed");
+                self.failing += 1;
+                if self.failing == 1 {
+                    tracing::warn!(%error, operations = replies.len(), "store write failed; nothing of it was committed");
+                } else {
+                    tracing::debug!(%error, operations = replies.len(), failed_in_a_row = self.failing, "store write failed; nothing of it was committed");
+                }
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
                 }
