@@ -158,9 +158,12 @@ impl WorkflowEngine {
     /// resume at their recorded time; a task whose cancel was requested
     /// dispatches nothing more.
     ///
-    /// If the journal fails the task stops where it is (nothing more is
-    /// dispatched or recorded) and [`RunningTask::outcome`] says why; the
-    /// store still holds a state to resume from.
+    /// A commit the store fails ([`JournalError::Store`]: a full disk, a
+    /// database restarting) is tried again until it goes in; meanwhile
+    /// nothing is dispatched or recorded. If the journal fails for good
+    /// (any other [`JournalError`]), or the task is suspended while it
+    /// waits, the task stops where it is and [`RunningTask::outcome`] says
+    /// why; the store still holds a state to resume from.
     pub fn start_durable(&self, stored: StoredTask, durable: Durable) -> RunningTask {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let control = if stored.cancel_requested {
@@ -592,6 +595,11 @@ impl TaskRun {
         let journal = Arc::clone(&durable.journal);
         let mut pause = JOURNAL_RETRY_FIRST;
         let mut failures = 0u32;
+        // A clone, so that a change seen while waiting here is still news
+        // to the drive loop; marked seen at once, or a cancel not yet read
+        // there would end every pause at once and the retries would spin.
+        let mut control = self.cancel.clone();
+        control.borrow_and_update();
         loop {
             match journal.commit(self.transitions(end)).await {
                 Ok(()) => break,
@@ -604,9 +612,7 @@ impl TaskRun {
                             "the task's journal failed; trying again until the store takes it"
                         );
                     }
-                    // A clone, so that a suspend seen here is still news to
-                    // the drive loop; a closed channel leaves only the sleep.
-                    let mut control = self.cancel.clone();
+                    // A closed channel leaves only the sleep.
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
                         Ok(()) = control.changed() => {}
