@@ -82,6 +82,9 @@ impl Client {
         let base = tasker_config::parse_api_url(url).map_err(Error::InvalidUrl)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            // Under the 30 s after which `tasker serve` closes an idle
+            // connection: reusing one it is closing could lose a submit.
+            .pool_idle_timeout(Duration::from_secs(20))
             .user_agent(concat!("tasker-client-rust/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::InvalidUrl(format!("building the HTTP client: {e}")))?;
