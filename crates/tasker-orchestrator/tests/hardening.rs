@@ -44,6 +44,34 @@ fn hello_until_welcomed(peer: &RawPeer, hello: &WorkerHello) {
     panic!("hello never welcomed");
 }
 
+/// A worker's new connection `peer` says hello as `worker_id`, listing the
+/// attempts it still holds (`held`, first attempts of `orchestrator_id`),
+/// until it is welcomed; then answers them with `output`.
+fn take_over(
+    peer: &RawPeer,
+    worker_id: &str,
+    capacity: u32,
+    held: &[StepExecutionRequest],
+    orchestrator_id: &str,
+    output: Value,
+) {
+    let mut hello = WorkerHello::new(worker_id, vec!["echo".into()], capacity);
+    hello.in_progress = held
+        .iter()
+        .map(|s| HeldStep {
+            step_id: s.step_id,
+            attempt: 1,
+            orchestrator_id: orchestrator_id.to_string(),
+        })
+        .collect();
+    hello_until_welcomed(peer, &hello);
+    peer.respond(
+        held.iter()
+            .map(|s| completed(s, output.clone(), worker_id))
+            .collect(),
+    );
+}
+
 /// The next protocol error `peer` is sent, skipping heartbeats.
 fn protocol_error(peer: &RawPeer) -> ProtocolError {
     match peer.recv_skipping_heartbeats(Duration::from_secs(3)) {
@@ -357,21 +385,13 @@ async fn h6_a_worker_that_really_reconnected_takes_its_steps_and_its_old_results
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(old);
     let new = RawPeer::connect(executor.endpoint());
-    let mut hello = WorkerHello::new("phoenix", vec!["echo".into()], 4);
-    hello.in_progress = held[2..]
-        .iter()
-        .map(|s| HeldStep {
-            step_id: s.step_id,
-            attempt: 1,
-            orchestrator_id: orchestrator_id.clone(),
-        })
-        .collect();
-    hello_until_welcomed(&new, &hello);
-    new.respond(
-        held[2..]
-            .iter()
-            .map(|s| completed(s, json!("new"), "phoenix"))
-            .collect(),
+    take_over(
+        &new,
+        "phoenix",
+        4,
+        &held[2..],
+        &orchestrator_id,
+        json!("new"),
     );
     let results = handle.collect().await;
     let outputs: Vec<_> = results.iter().map(|r| r.output.clone().unwrap()).collect();
@@ -771,21 +791,13 @@ async fn results_before_a_hello_are_kept_once_per_attempt_and_within_four_messag
     })
     .await;
 
-    let mut hello = WorkerHello::new("renewed", vec!["echo".into()], 10);
-    hello.in_progress = held[4..]
-        .iter()
-        .map(|s| HeldStep {
-            step_id: s.step_id,
-            attempt: 1,
-            orchestrator_id: orchestrator_id.clone(),
-        })
-        .collect();
-    hello_until_welcomed(&new, &hello);
-    new.respond(
-        held[4..]
-            .iter()
-            .map(|s| completed(s, json!("resent"), "renewed"))
-            .collect(),
+    take_over(
+        &new,
+        "renewed",
+        10,
+        &held[4..],
+        &orchestrator_id,
+        json!("resent"),
     );
     let results = handle.collect().await;
     let outputs: Vec<_> = results.iter().map(|r| r.output.clone().unwrap()).collect();
