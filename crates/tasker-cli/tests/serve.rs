@@ -693,3 +693,56 @@ fn s7_postgres_down_while_steps_end_the_tasks_wait_for_it_and_go_on_when_it_is_b
         tail(&log, 30)
     );
 }
+
+/// A second `tasker serve` started on the same store by mistake would run
+/// under the same orchestrator id and drive the first one's tasks too: it
+/// is refused at once, naming who holds the store, and the first goes on.
+#[test]
+fn s8_a_second_server_on_the_same_store_is_refused_and_the_first_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    workflows_dir(dir.path());
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let store = format!("sqlite:{}", dir.path().join("t.db").display());
+    let http = client();
+    let first = Serve::start(dir.path(), &store, &endpoint);
+    let mut second = Command::new(TASKER)
+        .arg("serve")
+        .args(["--store", &store])
+        .args(["--api-listen", "127.0.0.1:0"])
+        .args([
+            "--workflows-dir",
+            dir.path().join("workflows").to_str().unwrap(),
+        ])
+        .args(["--endpoint", &format!("tcp://127.0.0.1:{}", free_port())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second server on the same store kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another tasker serve is using this store")
+            && stderr.contains(&format!("pid {}", first.child.id())),
+        "says why and who: {stderr}"
+    );
+
+    let _workers = Workers::start(&endpoint, 1, 4);
+    let tasks = submit(&http, &first, 2);
+    wait_all_ended(&http, &first, Duration::from_secs(30));
+    for id in &tasks {
+        let task = get_task(&http, &first, &id.to_string());
+        assert_eq!(task["status"], "complete", "{task:#}");
+    }
+}

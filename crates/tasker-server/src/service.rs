@@ -219,6 +219,8 @@ pub struct Service {
     /// instead of holding the API's graceful stop.
     stopping: tokio::sync::watch::Sender<bool>,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// This server's hold on its store, until `shutdown` ends.
+    node: tokio::sync::Mutex<Option<tasker_store::NodeLock>>,
     metrics: crate::metrics::ServiceMetrics,
     throughput: crate::throughput::Samples,
 }
@@ -233,6 +235,8 @@ impl Service {
             path => Some(crate::api::Tokens::load(std::path::Path::new(path))?),
         };
         let workflows = load_workflows(config)?;
+        // First: a second server on this store would drive its tasks too.
+        let node = tasker_store::NodeLock::acquire(&config.store).await?;
         let store = Store::open(&config.store).await?;
         let orchestrator_id = store.orchestrator_id().await?;
         // Held: a worker answering a step of the earlier run must find it
@@ -264,6 +268,7 @@ impl Service {
             tokens,
             stopping: tokio::sync::watch::Sender::new(false),
             background: Mutex::default(),
+            node: tokio::sync::Mutex::new(Some(node)),
         });
         let unfinished = service
             .store
@@ -387,6 +392,14 @@ impl Service {
                     .await
                 {
                     tracing::warn!(error = %e, "renewing task leases failed");
+                }
+                // PostgreSQL drops the lock with its connection, when the
+                // server restarts.
+                let mut node = service.node.lock().await;
+                if let Some(node) = node.as_mut() {
+                    if let Err(e) = node.ensure().await {
+                        tracing::error!(error = %e, "this server does not hold its store's node lock");
+                    }
                 }
             }
         }));
@@ -680,6 +693,7 @@ impl Service {
             let _ = join.await;
         }
         self.store.close().await;
+        self.node.lock().await.take();
         tracing::info!(abandoned = report.abandoned.len(), "service stopped");
     }
 }

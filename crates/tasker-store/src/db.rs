@@ -29,12 +29,12 @@ pub(crate) use with_pool;
 
 /// What a store URL names.
 #[derive(Debug, PartialEq, Eq)]
-enum Target {
+pub(crate) enum Target {
     SqliteFile(PathBuf),
     Postgres,
 }
 
-fn parse(url: &str) -> Result<Target, StoreError> {
+pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(Target::Postgres);
     }

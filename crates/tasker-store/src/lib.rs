@@ -44,6 +44,7 @@
 mod db;
 mod journal;
 mod model;
+mod node;
 mod postgres;
 mod reads;
 mod rows;
@@ -55,6 +56,7 @@ pub use model::{
     CancelOutcome, Created, JournalEntry, NewTask, StepDetail, TaskDetail, TaskFilter, TaskPage,
     TaskSummary,
 };
+pub use node::NodeLock;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -108,6 +110,9 @@ pub enum StoreError {
     /// nothing of it was stored.
     #[error("writing to the store failed: {0}")]
     Write(String),
+    /// Another `tasker serve` holds the store's [`NodeLock`].
+    #[error("another tasker serve is using this store: {0}; stop it first, or give this one another store")]
+    InUse(String),
 }
 
 impl From<WriteError> for StoreError {

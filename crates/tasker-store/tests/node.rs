@@ -1,0 +1,62 @@
+//! One `tasker serve` per store: the node lock, on a SQLite file and on a
+//! real PostgreSQL server.
+
+use tasker_store::{NodeLock, StoreError};
+
+fn in_use(result: Result<NodeLock, StoreError>) -> String {
+    match result {
+        Err(e @ StoreError::InUse(_)) => e.to_string(),
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a second lock was given"),
+    }
+}
+
+#[tokio::test]
+async fn a_sqlite_store_is_locked_once_and_free_again_when_the_holder_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    // The folder does not exist yet, as on a first start.
+    let url = format!("sqlite:{}", dir.path().join("data/tasks.db").display());
+    let first = NodeLock::acquire(&url).await.unwrap();
+    let refused = in_use(NodeLock::acquire(&url).await);
+    assert!(
+        refused.contains("tasks.db-serve.lock")
+            && refused.contains(&format!("pid {}", std::process::id())),
+        "names the lock file and its holder: {refused}"
+    );
+    assert!(refused.contains("another tasker serve"), "{refused}");
+    drop(first);
+    let _again = NodeLock::acquire(&url).await.expect("free once dropped");
+}
+
+#[tokio::test]
+async fn a_postgres_store_is_locked_once_and_taken_again_after_the_server_restarts() {
+    let mut pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
+    let url = pg.url();
+    let mut first = NodeLock::acquire(&url).await.unwrap();
+    let refused = in_use(NodeLock::acquire(&url).await);
+    assert!(refused.contains("advisory lock"), "{refused}");
+    assert!(
+        refused.contains("backend pid"),
+        "names the holder: {refused}"
+    );
+
+    // A restart drops every connection, the lock's with them.
+    pg.stop_for_now().unwrap();
+    pg.start_again().unwrap();
+    first.ensure().await.expect("taken again");
+    in_use(NodeLock::acquire(&url).await);
+    first.ensure().await.expect("still held");
+
+    drop(first);
+    // The server frees a session lock once it sees the connection close.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match NodeLock::acquire(&url).await {
+            Ok(_) => break,
+            Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("never free again: {e}"),
+        }
+    }
+}
