@@ -226,8 +226,12 @@ pub struct Service {
 }
 
 impl Service {
-    /// Loads the workflows, opens the store, binds the orchestrator under
-    /// the store's orchestrator id, and resumes every unfinished task.
+    /// Loads the workflows, takes the store's [`NodeLock`] (another server
+    /// on the store is [`StoreError::InUse`]), opens the store, binds the
+    /// orchestrator under the store's orchestrator id, and resumes every
+    /// unfinished task.
+    ///
+    /// [`NodeLock`]: tasker_store::NodeLock
     pub async fn start(config: &TaskerConfig) -> Result<Arc<Service>, StartError> {
         config.validate()?;
         let tokens = match config.api_tokens_file.as_str() {
