@@ -110,6 +110,16 @@ impl Rig {
         )
     }
 
+    /// Waits for the first commit, the first step's dispatch (a new task
+    /// has nothing to commit before it).
+    async fn first_try(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.attempts() == 0 {
+            assert!(std::time::Instant::now() < deadline, "nothing committed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn attempts(&self) -> usize {
         self.journal.attempts.load(Ordering::SeqCst)
     }
@@ -125,8 +135,9 @@ impl Rig {
 async fn a_commit_the_store_fails_is_tried_again_and_the_task_goes_on_once_it_is_taken() {
     let rig = rig().await;
     let task = rig.start();
+    rig.first_try().await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    // Tried at 0, 100, 300 and 700 ms: backing off, not spinning.
+    // Tried again after 100, 300 and 700 ms: backing off, not spinning.
     let tried = rig.attempts();
     assert!((3..=6).contains(&tried), "{tried} tries in 800 ms");
     assert_eq!(
@@ -154,11 +165,16 @@ async fn a_commit_the_store_fails_is_tried_again_and_the_task_goes_on_once_it_is
 async fn a_cancel_while_the_store_is_down_does_not_hurry_the_retries_and_is_obeyed_after() {
     let rig = rig().await;
     let task = rig.start();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Cancelled once the first step's dispatch is being committed.
+    rig.first_try().await;
     task.cancel();
+    let before = rig.attempts();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let tried = rig.attempts();
-    assert!((3..=8).contains(&tried), "{tried} tries in a second");
+    let tried = rig.attempts() - before;
+    assert!(
+        (2..=8).contains(&tried),
+        "{tried} tries in the second after"
+    );
 
     rig.journal.down.store(false, Ordering::SeqCst);
     let report = tokio::time::timeout(Duration::from_secs(10), task.outcome())
@@ -167,8 +183,12 @@ async fn a_cancel_while_the_store_is_down_does_not_hurry_the_retries_and_is_obey
         .expect("cancelled, not stopped");
     assert_eq!(report.status, TaskStatus::Cancelled);
     // The first step's dispatch was the commit being tried: once the store
-    // has it, it goes out, as the store says. Nothing after it does.
-    assert_eq!(rig.ran.load(Ordering::SeqCst), 1, "only the first step ran");
+    // has it, it goes to the orchestrator, which the cancel then asks to
+    // withdraw it (it runs if a worker got it first). Nothing after it goes.
+    assert!(
+        rig.ran.load(Ordering::SeqCst) <= 1,
+        "only the first step may run"
+    );
     assert_eq!(
         report.steps[1].outcome,
         tasker_engine::StepOutcome::Cancelled
@@ -180,7 +200,7 @@ async fn a_cancel_while_the_store_is_down_does_not_hurry_the_retries_and_is_obey
 async fn a_task_suspended_while_the_store_is_down_stops_with_the_stores_error() {
     let rig = rig().await;
     let task = rig.start();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    rig.first_try().await;
     task.canceller().suspend();
     let stopped = tokio::time::timeout(Duration::from_secs(5), task.outcome())
         .await
