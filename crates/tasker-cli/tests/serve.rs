@@ -746,3 +746,97 @@ fn s8_a_second_server_on_the_same_store_is_refused_and_the_first_goes_on() {
         assert_eq!(task["status"], "complete", "{task:#}");
     }
 }
+
+/// While PostgreSQL is down, the API answers at once, or within the store's
+/// 10 s read wait, with 503 `store-unavailable` and `Retry-After`, not 500
+/// and not a request held for 30 s; nothing of a refused create is kept,
+/// and the same create goes in once the database is back.
+#[test]
+fn s9_with_postgres_down_requests_are_answered_503_store_unavailable_and_a_create_goes_in_after() {
+    let mut pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
+    let dir = tempfile::tempdir().unwrap();
+    workflows_dir(dir.path());
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let serve = Serve::start(dir.path(), &pg.url(), &endpoint);
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let create = json!({ "workflow": "slow", "context": {}, "idempotency_key": "order-9" });
+    pg.stop_for_now().expect("PostgreSQL stops");
+
+    let assert_unavailable = |response: reqwest::blocking::Response| {
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = response.json().unwrap();
+        assert_eq!(
+            problem["type"], "https://tasker-core.dev/problems/store-unavailable",
+            "{problem:#}"
+        );
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(!detail.contains("postgres"), "no store details: {detail}");
+    };
+    let response = http
+        .post(serve.url("/v1/tasks"))
+        .json(&create)
+        .send()
+        .unwrap();
+    assert_unavailable(response);
+    let asked = Instant::now();
+    let response = http.get(serve.url("/v1/tasks")).send().unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "a read waited {:?} for the store",
+        asked.elapsed()
+    );
+    assert_unavailable(response);
+    let asked = Instant::now();
+    let ready = http.get(serve.url("/readyz")).send().unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().unwrap();
+    assert_eq!(
+        ready["type"], "https://tasker-core.dev/problems/not-ready",
+        "{ready:#}"
+    );
+    assert_eq!(ready["readiness"]["store"], false, "{ready:#}");
+    let log = serve.log();
+    assert!(
+        log.contains("the task store is unavailable to an API request")
+            && !log
+                .lines()
+                .any(|line| line.contains("ERROR") && line.contains("API request")),
+        "warned, not an error per request:\n{}",
+        tail(&log, 20)
+    );
+
+    pg.start_again().expect("PostgreSQL starts again");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let created = loop {
+        let response = http
+            .post(serve.url("/v1/tasks"))
+            .json(&create)
+            .send()
+            .unwrap();
+        if response.status() != 503 {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "the store never came back");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(created.status(), 201, "{:?}", created.text());
+    let page: Value = http
+        .get(serve.url("/v1/tasks"))
+        .send()
+        .and_then(|r| r.json())
+        .unwrap();
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 1, "{page:#}");
+}

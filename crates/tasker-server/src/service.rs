@@ -165,6 +165,9 @@ pub enum StartError {
     },
 }
 
+/// Longest `/readyz` waits for the store before it calls it down.
+const READY_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a service holds its tasks without renewing; another service
 /// sharing the store may take them over after that.
 const LEASE: Duration = Duration::from_secs(60);
@@ -641,7 +644,12 @@ impl Service {
     /// Whether the service takes tasks.
     pub async fn readiness(&self) -> Readiness {
         let shutting_down = self.shutting_down.load(Ordering::Acquire);
-        let store = self.store.ping().await.is_ok();
+        // A probe gives up long before a read would (10 s on PostgreSQL):
+        // an answer that comes late is no answer to it.
+        let store = matches!(
+            tokio::time::timeout(READY_WAIT, self.store.ping()).await,
+            Ok(Ok(()))
+        );
         Readiness {
             ready: store && !shutting_down,
             store,

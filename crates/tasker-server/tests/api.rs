@@ -706,6 +706,28 @@ async fn a_long_poll_is_answered_503_at_once_when_the_service_starts_to_stop() {
     api.server.abort();
 }
 
+/// A server that is not ready answers a problem document like any error,
+/// which still says which part is not ready (the error-to-problem layer
+/// once replaced that with "GET /readyz failed").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_503_not_ready_with_its_readiness_once_the_service_stops() {
+    let api = Api::start().await;
+    api.service.shutdown().await;
+    let (status, problem) = api.get("/readyz").await;
+    assert_problem(
+        &(status, problem.clone()),
+        503,
+        "not-ready",
+        "shutting down",
+        None,
+    );
+    let ready = &problem["readiness"];
+    assert_eq!(ready["ready"], false, "{problem}");
+    assert_eq!(ready["shutting_down"], true, "{problem}");
+    assert_eq!(ready["store"], false, "{problem}");
+    api.server.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tokens_every_route_but_healthz_needs_a_listed_bearer_token() {
     let api = Api::start_with(|config, dir| {

@@ -241,7 +241,7 @@ fn the_document_is_well_formed_openapi_3_1() {
                     let code: u16 = status.parse().unwrap_or_else(|_| panic!("{at}"));
                     assert!((100..600).contains(&code), "{at}");
                 }
-                if is_error && !(path == "/readyz" && status == "503") {
+                if is_error {
                     assert_eq!(
                         content["application/problem+json"]["schema"]["$ref"],
                         "#/components/schemas/Problem",

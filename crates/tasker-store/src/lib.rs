@@ -115,6 +115,67 @@ pub enum StoreError {
     InUse(String),
 }
 
+impl StoreError {
+    /// Whether the database could not take the call for now (unreachable,
+    /// restarting, out of disk or connections, locked), as opposed to a
+    /// call or a stored row that is wrong. The same call may succeed once
+    /// the database is back: an API answers such a failure 503 rather than
+    /// 500.
+    ///
+    /// ```
+    /// use tasker_store::StoreError;
+    ///
+    /// assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_unavailable());
+    /// assert!(!StoreError::Corrupt("row 3: bad JSON".into()).is_unavailable());
+    /// ```
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            // A grouped write failed: the writer's own connection was lost
+            // or the database refused the commit (a full disk, a lock held
+            // past the busy timeout). Calls that are wrong fail before the
+            // group, with errors of their own.
+            StoreError::Write(_) | StoreError::Closed => true,
+            StoreError::Database(e) => sqlx_unavailable(e),
+            StoreError::BadUrl(_)
+            | StoreError::IdempotencyConflict { .. }
+            | StoreError::Migrate(_)
+            | StoreError::Corrupt(_)
+            | StoreError::InUse(_) => false,
+        }
+    }
+}
+
+/// [`StoreError::is_unavailable`] for a database driver's error.
+fn sqlx_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                // SQLSTATE classes: 08 connection, 53 insufficient
+                // resources (disk full, too many connections), 57P operator
+                // intervention (shutdown, starting up), 58 system (I/O);
+                // and the two a retry resolves by itself.
+                let code = pg.code();
+                ["08", "53", "57P", "58", "40001", "40P01"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+            } else {
+                // SQLite's extended codes keep the primary code in their low
+                // byte: BUSY 5, LOCKED 6, NOMEM 7, READONLY 8, IOERR 10,
+                // FULL 13, CANTOPEN 14.
+                db.code()
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .is_some_and(|code| matches!(code & 0xff, 5..=8 | 10 | 13 | 14))
+            }
+        }
+        _ => false,
+    }
+}
+
 impl From<WriteError> for StoreError {
     fn from(e: WriteError) -> Self {
         match &e {

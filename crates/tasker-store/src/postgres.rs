@@ -11,6 +11,7 @@
 //! `json_to_recordset`).
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -25,6 +26,12 @@ use crate::StoreError;
 /// Connections for readers (the writer has its own).
 const READERS: u32 = 8;
 
+/// Longest a read waits for a connection. sqlx's default, 30 s, kept an
+/// API request waiting that long while PostgreSQL was down (sqlx retries a
+/// refused connection until then); 10 s covers a database restart's usual
+/// gap and then answers, as 503 `store-unavailable`.
+const READ_WAIT: Duration = Duration::from_secs(10);
+
 /// One column of a batch of rows, bound as an array for `unnest`.
 fn column<'r, R, T>(rows: &'r [R], field: impl Fn(&'r R) -> T) -> Vec<T> {
     rows.iter().map(field).collect()
@@ -35,6 +42,7 @@ pub(crate) async fn connect(url: &str) -> Result<(PgPool, PgConnectOptions), Sto
     let options = PgConnectOptions::from_str(url)?;
     let pool = PgPoolOptions::new()
         .max_connections(READERS)
+        .acquire_timeout(READ_WAIT)
         .connect_with(options.clone())
         .await?;
     tracing::info!(

@@ -171,12 +171,19 @@ async fn healthz() -> Json<Health> {
 
 async fn readyz(State(service): Shared) -> Response {
     let readiness = service.readiness().await;
-    let status = if readiness.ready {
-        StatusCode::OK
+    if readiness.ready {
+        return Json(readiness).into_response();
+    }
+    // An error like any other, with the readiness inside: a probe reads
+    // the status, a person the detail.
+    let detail = if readiness.shutting_down {
+        "the service is shutting down"
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        "the task store does not answer"
     };
-    (status, Json(readiness)).into_response()
+    let mut problem = Problem::new(ProblemKind::NotReady, detail);
+    problem.readiness = Some(readiness);
+    problem.into_response()
 }
 
 /// Turns an error answered without a problem document (axum's unknown

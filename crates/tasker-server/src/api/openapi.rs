@@ -84,7 +84,8 @@ const fn problem(status: &'static str, description: &'static str) -> Answer {
 /// list (404 of an unknown route, 405, 500).
 const DEFAULT_PROBLEM: Answer = problem(
     "default",
-    "Any other error, as a problem document (e.g. `not-found`, `method-not-allowed`, `internal`).",
+    "Any other error, as a problem document (e.g. `not-found`, `method-not-allowed`, `internal`, \
+     or 503 `store-unavailable` with `Retry-After` when the task store cannot be reached).",
 );
 
 struct Operation {
@@ -144,7 +145,12 @@ const OPERATIONS: &[Operation] = &[
                 "`invalid-body` (a field is missing, unknown or of the wrong type; `field` \
                  names it) or `unknown-workflow` (with `known_workflows` and `closest`).",
             ),
-            problem("503", "`shutting-down`: the service takes no new tasks."),
+            problem(
+                "503",
+                "`shutting-down` (the service takes no new tasks) or `store-unavailable` (the \
+                 task store cannot take it now; retry after `Retry-After` seconds with the \
+                 same `idempotency_key`).",
+            ),
             DEFAULT_PROBLEM,
         ],
     },
@@ -188,7 +194,9 @@ const OPERATIONS: &[Operation] = &[
             problem("404", "`task-not-found`: no task has this id."),
             problem(
                 "503",
-                "`shutting-down`: the server began to stop during the wait.",
+                "`shutting-down` (the server began to stop during the wait) or \
+                 `store-unavailable` (the task store cannot be read now; retry after \
+                 `Retry-After` seconds).",
             ),
             DEFAULT_PROBLEM,
         ],
@@ -341,13 +349,18 @@ const OPERATIONS: &[Operation] = &[
         operation_id: "ready",
         tag: "health",
         summary: "Readiness",
-        description: "200 when the service takes tasks (store reachable, not shutting \
-            down), 503 otherwise; the body says which part is not ready.",
+        description: "200 when the service takes tasks (the store answers within 2 s, \
+            not shutting down), 503 `not-ready` otherwise, whose `readiness` says which \
+            part is not ready.",
         parameters: Parameters::None,
         request: None,
         answers: &[
             ok("200", "Ready.", schema::<Readiness>),
-            ok("503", "Not ready.", schema::<Readiness>),
+            problem(
+                "503",
+                "`not-ready`: the store does not answer within 2 s, or the service is \
+                 shutting down; `readiness` says which.",
+            ),
             DEFAULT_PROBLEM,
         ],
     },

@@ -20,6 +20,11 @@ pub const PROBLEM_BASE: &str = "https://tasker-core.dev/problems/";
 /// log line made of it) should not grow with it.
 pub const MAX_QUOTED_CHARS: usize = 64;
 
+/// The `Retry-After` of a `store-unavailable` answer, in seconds: a
+/// restarting database or a freed disk is usually back within that, and
+/// clients retrying sooner only add load while it is not.
+pub const STORE_RETRY_AFTER_SECS: u32 = 1;
+
 /// The kinds of problem, each with its type URI, title and status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProblemKind {
@@ -44,6 +49,11 @@ pub enum ProblemKind {
     TaskEnded,
     /// The service is stopping.
     ShuttingDown,
+    /// `GET /readyz`: the service does not take tasks now.
+    NotReady,
+    /// The task store cannot take the request for now (unreachable,
+    /// restarting, full): the same request may succeed in a moment.
+    StoreUnavailable,
     /// No valid bearer token.
     Unauthorized,
     /// No route for the path.
@@ -70,6 +80,8 @@ impl ProblemKind {
             ProblemKind::IdempotencyConflict => "idempotency-conflict",
             ProblemKind::TaskEnded => "task-ended",
             ProblemKind::ShuttingDown => "shutting-down",
+            ProblemKind::NotReady => "not-ready",
+            ProblemKind::StoreUnavailable => "store-unavailable",
             ProblemKind::Unauthorized => "unauthorized",
             ProblemKind::NotFound => "not-found",
             ProblemKind::MethodNotAllowed => "method-not-allowed",
@@ -89,7 +101,9 @@ impl ProblemKind {
             ProblemKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProblemKind::TaskNotFound | ProblemKind::NotFound => StatusCode::NOT_FOUND,
             ProblemKind::IdempotencyConflict | ProblemKind::TaskEnded => StatusCode::CONFLICT,
-            ProblemKind::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ProblemKind::ShuttingDown | ProblemKind::NotReady | ProblemKind::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProblemKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ProblemKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProblemKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,6 +124,8 @@ impl ProblemKind {
             ProblemKind::IdempotencyConflict => "Idempotency key reused",
             ProblemKind::TaskEnded => "Task has ended",
             ProblemKind::ShuttingDown => "Service shutting down",
+            ProblemKind::NotReady => "Not ready",
+            ProblemKind::StoreUnavailable => "Task store unavailable",
             ProblemKind::Unauthorized => "Unauthorized",
             ProblemKind::NotFound => "Not found",
             ProblemKind::MethodNotAllowed => "Method not allowed",
@@ -119,7 +135,7 @@ impl ProblemKind {
     }
 
     /// Every kind a handler answers with (not [`ProblemKind::Other`]).
-    pub const ALL: [ProblemKind; 14] = [
+    pub const ALL: [ProblemKind; 16] = [
         ProblemKind::MalformedJson,
         ProblemKind::InvalidBody,
         ProblemKind::InvalidParameter,
@@ -130,6 +146,8 @@ impl ProblemKind {
         ProblemKind::IdempotencyConflict,
         ProblemKind::TaskEnded,
         ProblemKind::ShuttingDown,
+        ProblemKind::NotReady,
+        ProblemKind::StoreUnavailable,
         ProblemKind::Unauthorized,
         ProblemKind::NotFound,
         ProblemKind::MethodNotAllowed,
@@ -163,6 +181,7 @@ impl Problem {
             task_status: None,
             known_workflows: None,
             closest: None,
+            readiness: None,
         }
     }
 
@@ -181,8 +200,11 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status_code();
+        let retry = self
+            .problem_type
+            .ends_with(ProblemKind::StoreUnavailable.slug());
         let body = serde_json::to_vec(&self).expect("a problem is always serialisable");
-        (
+        let mut response = (
             status,
             [(
                 header::CONTENT_TYPE,
@@ -190,7 +212,14 @@ impl IntoResponse for Problem {
             )],
             body,
         )
-            .into_response()
+            .into_response();
+        if retry {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(STORE_RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 
@@ -250,9 +279,20 @@ impl From<ServiceError> for Problem {
                 ProblemKind::ShuttingDown,
                 "the service is shutting down and takes no new work; retry against a running one",
             ),
+            // The store's message can carry SQL, paths or connection
+            // details: it goes to the log, the client gets a summary.
+            ServiceError::Store(error) if error.is_unavailable() => {
+                tracing::warn!(%error, "the task store is unavailable to an API request");
+                Problem::new(
+                    ProblemKind::StoreUnavailable,
+                    format!(
+                        "the task store cannot take requests now (unreachable, restarting or \
+                         full); retry in {STORE_RETRY_AFTER_SECS} s (a create with its \
+                         idempotency_key, so that it cannot start twice)"
+                    ),
+                )
+            }
             ServiceError::Store(error) => {
-                // The store's message can carry SQL, paths or connection
-                // details: it goes to the log, the client gets a summary.
                 tracing::error!(%error, "store operation failed during an API request");
                 Problem::new(
                     ProblemKind::Internal,
@@ -433,6 +473,16 @@ mod tests {
     }
 
     #[test]
+    fn a_store_that_is_unavailable_is_answered_503_with_retry_after() {
+        let error = ServiceError::Store(tasker_store::StoreError::Closed);
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let shutting_down = ServiceError::ShuttingDown.into_response();
+        assert!(shutting_down.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
     fn service_errors_map_to_their_statuses() {
         let cases: Vec<(ServiceError, u16, &str)> = vec![
             (ServiceError::TaskNotFound(7), 404, "task-not-found"),
@@ -453,6 +503,13 @@ mod tests {
                 "task-ended",
             ),
             (ServiceError::ShuttingDown, 503, "shutting-down"),
+            (
+                ServiceError::Store(tasker_store::StoreError::Write(
+                    "database or disk is full at /secret/path.db".into(),
+                )),
+                503,
+                "store-unavailable",
+            ),
             (
                 ServiceError::Store(tasker_store::StoreError::Corrupt(
                     "row 12 of /secret/path.db: bad json".into(),

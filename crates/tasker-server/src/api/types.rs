@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tasker_engine::TaskState;
 
-use crate::{WorkerView, WorkflowInfo};
+use crate::{Readiness, WorkerView, WorkflowInfo};
 
 pub use tasker_protocol::api::{
     CreateTaskRequest, ListTasksQuery, DEFAULT_LIST_LIMIT, MAX_IDEMPOTENCY_KEY_CHARS,
@@ -79,4 +79,7 @@ pub struct Problem {
     /// For an unknown workflow: the loaded one closest to the name given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closest: Option<String>,
+    /// For `not-ready` (`GET /readyz`): which part is not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Readiness>,
 }
