@@ -1136,3 +1136,35 @@ async fn a_half_sent_request_does_not_keep_the_server_from_stopping() {
         asked.elapsed()
     );
 }
+
+/// A body whose HTTP framing is broken is the client's HTTP at fault, not
+/// its JSON: 400 `http-error` in hyper's words, not `malformed-json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_with_broken_chunked_framing_is_a_400_http_error_naming_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Api::start().await;
+    let mut stream = tokio::net::TcpStream::connect(api.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nFFFFFFFFFFFFFFFFFF\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        body["type"], "https://tasker-core.dev/problems/http-error",
+        "{body}"
+    );
+    assert!(body["detail"].as_str().unwrap().contains("chunk"), "{body}");
+    api.stop().await;
+}

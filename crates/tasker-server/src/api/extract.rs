@@ -69,16 +69,25 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         check_json_content_type(req.headers().get(header::CONTENT_TYPE))?;
+        // Refused before any of it is read: a client that declares 100 GB
+        // and sends nothing would otherwise hold the request until the
+        // body timeout, and one that sent `Expect: 100-continue` learns
+        // before it uploads.
+        if declared_length(req.headers()).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(body_too_large());
+        }
         let read = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state)).await;
         let bytes = read.map_err(|_| body_too_slow())?.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 body_too_large()
             } else {
+                // The HTTP framing is broken (a bad chunk, a connection
+                // cut short): not a JSON problem.
                 Problem::new(
-                    ProblemKind::MalformedJson,
+                    ProblemKind::Other(axum::http::StatusCode::BAD_REQUEST),
                     format!(
                         "the body could not be read: {}",
-                        quote(&rejection.body_text())
+                        quote(&innermost(&rejection))
                     ),
                 )
             }
@@ -102,6 +111,27 @@ fn body_too_slow() -> Problem {
             BODY_TIMEOUT.as_secs()
         ),
     )
+}
+
+/// The `Content-Length` the client declared, if it is a number.
+fn declared_length(headers: &header::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The message of the error at the end of `error`'s chain of causes:
+/// hyper's own words ("invalid chunk size line") rather than axum's
+/// wrapping of them.
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }
 
 /// The problem for a body over [`MAX_BODY_BYTES`].
@@ -534,6 +564,27 @@ mod tests {
         assert_eq!(problem.status, 408);
         assert!(problem.problem_type.ends_with("/http-error"), "{problem:?}");
         assert_eq!(problem.detail, "the body did not arrive within 30 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_declared_over_the_limit_is_refused_before_it_is_read() {
+        let never = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+        let request = Request::builder()
+            .method("POST")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, "99999999999")
+            .body(axum::body::Body::from_stream(never))
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let problem = ApiJson::<CreateTaskRequest>::from_request(request, &())
+            .await
+            .expect_err("too large");
+        assert_eq!(
+            started.elapsed(),
+            std::time::Duration::ZERO,
+            "answered at once"
+        );
+        assert_eq!(problem.status, 413, "{problem:?}");
     }
 
     fn body_problem(text: &str) -> Problem {
