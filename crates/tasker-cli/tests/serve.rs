@@ -840,3 +840,54 @@ fn s9_with_postgres_down_requests_are_answered_503_store_unavailable_and_a_creat
         .unwrap();
     assert_eq!(page["tasks"].as_array().unwrap().len(), 1, "{page:#}");
 }
+
+const ONE_TRY_WORKFLOW: &str = r#"
+name: one_try
+description: one step that may run once
+defaults:
+  retry: { max_attempts: 1 }
+steps:
+  - name: only
+    handler: echo
+"#;
+
+/// A stop while a step waits in the orchestrator's queue for a worker (none
+/// is connected) takes it back: the stop does not wait out the drain
+/// deadline for it, and after the restart it runs as its first attempt.
+/// It used to hold the stop for the whole shutdown timeout and come back as
+/// lost, so a step allowed one attempt failed without having run.
+#[test]
+fn s10_a_step_no_worker_has_taken_is_taken_back_at_the_stop_and_runs_once_after_it() {
+    let (dir, endpoint, store) = sqlite_setup_with("one_try", ONE_TRY_WORKFLOW);
+    let http = client();
+    let mut serve = Serve::start(dir.path(), &store, &endpoint);
+    let task = submit_of(&http, &serve, "one_try", 1)[0];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_task(&http, &serve, &task.to_string())["steps"][0]["state"] != "running" {
+        assert!(Instant::now() < deadline, "the step was never dispatched");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopping = Instant::now();
+    let pid = serve.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = serve.child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", serve.log());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "the stop waited {:?} for a step no worker had\n{}",
+        stopping.elapsed(),
+        tail(&serve.log(), 20)
+    );
+    drop(serve);
+
+    let serve = Serve::start(dir.path(), &store, &endpoint);
+    let _workers = Workers::start(&endpoint, 1, 4);
+    wait_all_ended(&http, &serve, Duration::from_secs(30));
+    let task = get_task(&http, &serve, &task.to_string());
+    assert_eq!(task["status"], "complete", "{task:#}");
+    assert_eq!(task["steps"][0]["attempts"], 1, "{task:#}");
+}

@@ -796,9 +796,36 @@ impl TaskRun {
     fn obey(&mut self, control: Control) {
         match control {
             Control::Cancel => self.start_cancelling(),
-            Control::Suspend => self.suspended = true,
+            Control::Suspend => self.start_suspending(),
             Control::Run => {}
         }
+    }
+
+    /// Dispatches nothing more, and takes back the steps still queued in
+    /// the executor: no worker has them, so they wait in the store to be
+    /// sent afresh at the next start. Left queued, they held the stop
+    /// until the executor's drain deadline and came back after the restart
+    /// as lost, each costing an attempt (a step allowed one then failed
+    /// without having run).
+    fn start_suspending(&mut self) {
+        if self.suspended {
+            return;
+        }
+        self.suspended = true;
+        let queued = self.running_steps();
+        self.integration.withdraw(queued);
+    }
+
+    /// The attempts out now, queued in the executor or at workers.
+    fn running_steps(&self) -> Vec<StepRef> {
+        self.steps
+            .iter()
+            .filter(|s| s.state == State::Running)
+            .map(|s| StepRef {
+                step_id: s.step_id,
+                attempt: s.attempts,
+            })
+            .collect()
     }
 
     fn start_cancelling(&mut self) {
@@ -809,15 +836,7 @@ impl TaskRun {
         // Steps still queued in the executor (no worker has taken them)
         // end now, as cancelled, rather than at their timeout; those at
         // workers finish and are recorded.
-        let queued: Vec<StepRef> = self
-            .steps
-            .iter()
-            .filter(|s| s.state == State::Running)
-            .map(|s| StepRef {
-                step_id: s.step_id,
-                attempt: s.attempts,
-            })
-            .collect();
+        let queued = self.running_steps();
         self.integration.withdraw(queued);
         let now = Instant::now();
         let wall = Utc::now();
@@ -979,6 +998,22 @@ impl TaskRun {
             return;
         }
         self.running -= 1;
+        if self.suspended && !self.cancelled && withdrawn(&result) {
+            // Taken back for the suspend before any worker had it: as if
+            // never dispatched, so this attempt is not counted and the next
+            // start sends it again under the same number (no worker can
+            // hold it).
+            self.touch(i);
+            let s = &mut self.steps[i];
+            s.state = State::Waiting;
+            s.attempts -= 1;
+            s.dispatched_by = None;
+            if s.attempts == 0 {
+                s.first_dispatch = None;
+                s.first_dispatch_at = None;
+            }
+            return;
+        }
         if self.durable.is_some() && executor_stopped(&result) {
             // Not the step's outcome: the store keeps it running, and the
             // next start reclaims it or runs it again.
@@ -1121,6 +1156,15 @@ impl TaskRun {
 
 /// A result that only says the executor stopped (shut down, failed, or
 /// refused the batch for it).
+/// Whether the executor took the step back before any worker had it
+/// ([`FrameworkIntegration::withdraw`]).
+fn withdrawn(result: &StepExecutionResult) -> bool {
+    result
+        .error
+        .as_ref()
+        .is_some_and(|e| e.error_type == error_types::WITHDRAWN)
+}
+
 fn executor_stopped(result: &StepExecutionResult) -> bool {
     result.error.as_ref().is_some_and(|e| {
         e.error_type == error_types::ABANDONED || e.error_type == error_types::EXECUTOR_STOPPED
