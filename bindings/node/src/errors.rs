@@ -142,7 +142,7 @@ pub mod error_types {
     /// The executor stopped before the step finished; retryable.
     #[napi]
     pub const EXECUTOR_STOPPED: &str = protocol::EXECUTOR_STOPPED;
-    /// The task was cancelled before a worker took the step; status cancelled.
+    /// The task was cancelled or stopped before a worker took the step; status cancelled.
     #[napi]
     pub const WITHDRAWN: &str = protocol::WITHDRAWN;
     /// Node only: a handler threw a value that is not an `Error`

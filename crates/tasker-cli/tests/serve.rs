@@ -87,6 +87,23 @@ impl Serve {
         format!("{}{path}", self.api)
     }
 
+    /// SIGTERM, as a service manager stops it; waits for the exit, which
+    /// must be clean (0).
+    fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "a clean stop exits 0: {status:?}\n{}",
+            tail(&self.log(), 20)
+        );
+    }
+
     fn kill_9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -482,18 +499,7 @@ fn s4_sigterm_drains_the_steps_out_and_the_next_start_finishes_the_tasks() {
     let tasks = submit(&http, &serve, 20);
     std::thread::sleep(Duration::from_millis(150));
     let stopping = Instant::now();
-    let pid = serve.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = serve.child.wait().unwrap();
-    assert!(
-        status.success(),
-        "a clean stop exits 0: {status:?}\n{}",
-        serve.log()
-    );
+    serve.stop();
     assert!(
         stopping.elapsed() < Duration::from_secs(8),
         "drained within the shutdown timeout"
@@ -612,14 +618,7 @@ fn s6_a_task_whose_last_step_ends_during_the_drain_is_complete_in_the_store() {
     let _workers = Workers::start(&endpoint, 1, 20);
     let tasks = submit_of(&http, &serve, "short", 5);
     wait_for_steps_at_workers(&http, &serve, 5);
-    let pid = serve.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = serve.child.wait().unwrap();
-    assert!(status.success(), "{status:?}\n{}", serve.log());
+    serve.stop();
     let log = serve.log();
     drop(serve);
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -868,14 +867,7 @@ fn s10_a_step_no_worker_has_taken_is_taken_back_at_the_stop_and_runs_once_after_
         std::thread::sleep(Duration::from_millis(20));
     }
     let stopping = Instant::now();
-    let pid = serve.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = serve.child.wait().unwrap();
-    assert!(status.success(), "{status:?}\n{}", serve.log());
+    serve.stop();
     assert!(
         stopping.elapsed() < Duration::from_secs(3),
         "the stop waited {:?} for a step no worker had\n{}",

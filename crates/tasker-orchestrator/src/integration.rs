@@ -60,8 +60,8 @@ pub trait FrameworkIntegration: Send + Sync {
     }
 
     /// Asks that these step attempts, submitted earlier, end now as
-    /// `cancelled` if no worker has taken them yet (their task was
-    /// cancelled). Best effort: a step already running carries on, and
+    /// `cancelled` (`Withdrawn`) if no worker has taken them yet (their
+    /// task was cancelled or suspended). Best effort: a step already running carries on, and
     /// either way each still gets exactly one result on its handle. This
     /// default withdraws nothing.
     fn withdraw(&self, steps: Vec<StepRef>) {

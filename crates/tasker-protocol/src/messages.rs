@@ -411,9 +411,10 @@ pub mod error_types {
     /// The executor stopped (its I/O thread failed) before the step
     /// finished; retryable.
     pub const EXECUTOR_STOPPED: &str = "ExecutorStopped";
-    /// The step's task was cancelled while the step waited in the
-    /// orchestrator's queue, so it was withdrawn before any worker took it;
-    /// reported with status `cancelled`. Retryable, since nothing ran.
+    /// The step's task was cancelled, or suspended for a stop, while the
+    /// step waited in the orchestrator's queue, so it was withdrawn before
+    /// any worker took it; reported with status `cancelled`. Retryable,
+    /// since nothing ran.
     pub const WITHDRAWN: &str = "Withdrawn";
 
     /// Every kind above, by its constant's name, so a binding can export

@@ -23,9 +23,12 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
             // The files change only with the binary; a short cache keeps an
             // upgrade visible on the next load.
             (header::CACHE_CONTROL, "max-age=60"),
+            // frame-ancestors: the page has cancel buttons, and another
+            // site must not frame it to have them clicked unseen.
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'",
+                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; \
+                 frame-ancestors 'none'",
             ),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],

@@ -1056,14 +1056,11 @@ async fn the_dashboard_is_served_from_the_binary_with_a_strict_content_policy() 
             headers[CONTENT_TYPE].to_str().unwrap().starts_with(media),
             "{path}: {headers:?}"
         );
-        // Task contexts and outputs are untrusted: no inline script runs.
-        assert!(
-            headers["content-security-policy"]
-                .to_str()
-                .unwrap()
-                .contains("script-src 'self'"),
-            "{path}"
-        );
+        // Task contexts and outputs are untrusted: no inline script runs;
+        // and no other site frames the page's buttons.
+        let policy = headers["content-security-policy"].to_str().unwrap();
+        assert!(policy.contains("script-src 'self'"), "{path}");
+        assert!(policy.contains("frame-ancestors 'none'"), "{path}");
         assert!(!response.text().await.unwrap().is_empty(), "{path}");
     }
     let index = api

@@ -13,7 +13,7 @@ Reported by the worker: ``UNKNOWN_HANDLER`` (no handler of the step's name),
 Reported by the orchestrator: ``TIMED_OUT``, ``WORKER_LOST``,
 ``NO_WORKER_FOR_HANDLER``, ``SCHEDULE_TIMEOUT``, ``ABANDONED``,
 ``STEP_TOO_LARGE``, ``INVALID_RESULT``, ``EXECUTOR_STOPPED``, ``WITHDRAWN``
-(the task was cancelled before a worker took the step); ``PANIC`` by Rust
+(the task was cancelled or stopped before a worker took the step); ``PANIC`` by Rust
 workers.
 """
 

@@ -90,7 +90,7 @@ impl Dispatcher {
                     StepStatus::Cancelled,
                     StepExecutionError::new(
                         error_types::WITHDRAWN,
-                        "the task was cancelled before a worker took the step",
+                        "the task was cancelled or stopped before a worker took the step",
                         true,
                     ),
                 );

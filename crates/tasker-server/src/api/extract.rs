@@ -548,19 +548,30 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    #[tokio::test(start_paused = true)]
-    async fn a_body_that_does_not_arrive_in_time_is_a_408_problem() {
+    /// A JSON POST whose body never arrives, and how long (on the paused
+    /// clock) reading it took to fail.
+    async fn read_a_body_that_never_comes(
+        content_length: Option<&str>,
+    ) -> (Problem, std::time::Duration) {
         let never = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method("POST")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(axum::body::Body::from_stream(never))
-            .unwrap();
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(length) = content_length {
+            request = request.header(header::CONTENT_LENGTH, length);
+        }
+        let request = request.body(axum::body::Body::from_stream(never)).unwrap();
         let started = tokio::time::Instant::now();
         let problem = ApiJson::<CreateTaskRequest>::from_request(request, &())
             .await
             .expect_err("no body came");
-        assert_eq!(started.elapsed(), BODY_TIMEOUT);
+        (problem, started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_does_not_arrive_in_time_is_a_408_problem() {
+        let (problem, waited) = read_a_body_that_never_comes(None).await;
+        assert_eq!(waited, BODY_TIMEOUT);
         assert_eq!(problem.status, 408);
         assert!(problem.problem_type.ends_with("/http-error"), "{problem:?}");
         assert_eq!(problem.detail, "the body did not arrive within 30 s");
@@ -568,22 +579,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_body_declared_over_the_limit_is_refused_before_it_is_read() {
-        let never = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
-        let request = Request::builder()
-            .method("POST")
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::CONTENT_LENGTH, "99999999999")
-            .body(axum::body::Body::from_stream(never))
-            .unwrap();
-        let started = tokio::time::Instant::now();
-        let problem = ApiJson::<CreateTaskRequest>::from_request(request, &())
-            .await
-            .expect_err("too large");
-        assert_eq!(
-            started.elapsed(),
-            std::time::Duration::ZERO,
-            "answered at once"
-        );
+        let (problem, waited) = read_a_body_that_never_comes(Some("99999999999")).await;
+        assert_eq!(waited, std::time::Duration::ZERO, "answered at once");
         assert_eq!(problem.status, 413, "{problem:?}");
     }
 
