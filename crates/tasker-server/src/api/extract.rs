@@ -182,9 +182,18 @@ pub fn parse_body<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, Pro
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         // serde_json's syntax errors say where (line, column), never what.
+        let message = e.to_string();
+        // Its words for a lone surrogate ("unexpected end of hex escape")
+        // send people looking for a typo; the usual cause is a string cut
+        // in the middle of a character by the sender.
+        let hint = if message.contains("hex escape") && bytes.windows(3).any(is_surrogate_escape) {
+            "; a \\uD800-\\uDFFF escape must be one half of a surrogate pair"
+        } else {
+            ""
+        };
         Problem::new(
             ProblemKind::MalformedJson,
-            format!("the body is not valid JSON: {e}"),
+            format!("the body is not valid JSON: {message}{hint}"),
         )
     })?;
     if !value.is_object() {
@@ -197,6 +206,14 @@ pub fn parse_body<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, Pro
         .map_err(|e| data_problem(&value, e.path(), &e.inner().to_string()))?;
     parsed.validate()?;
     Ok(parsed)
+}
+
+/// Whether `bytes` start `\uD` followed by 8 to F: a UTF-16 surrogate.
+fn is_surrogate_escape(bytes: &[u8]) -> bool {
+    matches!(
+        bytes,
+        [b'u', b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F']
+    )
 }
 
 /// A problem for JSON that does not deserialise: `message` is serde's, at
@@ -586,6 +603,25 @@ mod tests {
 
     fn body_problem(text: &str) -> Problem {
         parse_body::<CreateTaskRequest>(text.as_bytes()).expect_err(text)
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_named_as_such() {
+        for body in [
+            r#"{"workflow":"w","context":{"s":"\ud800"}}"#,
+            r#"{"workflow":"w","context":{"s":"\uDBFFx"}}"#,
+        ] {
+            let problem = body_problem(body);
+            assert_eq!(problem.status, 400, "{problem:?}");
+            assert!(
+                problem
+                    .detail
+                    .contains("must be one half of a surrogate pair"),
+                "{problem:?}"
+            );
+        }
+        let other = body_problem(r#"{"workflow":"w","context":{"s":"\uZZZZ"}}"#);
+        assert!(!other.detail.contains("surrogate"), "{other:?}");
     }
 
     #[test]
