@@ -350,8 +350,8 @@ const OPERATIONS: &[Operation] = &[
         tag: "health",
         summary: "Readiness",
         description: "200 when the service takes tasks (the store answers within 2 s, \
-            not shutting down), 503 `not-ready` otherwise, whose `readiness` says which \
-            part is not ready.",
+            not shutting down), 503 `not-ready` otherwise: a problem document that also \
+            carries the readiness members, saying which part is not ready.",
         parameters: Parameters::None,
         request: None,
         answers: &[
@@ -359,7 +359,8 @@ const OPERATIONS: &[Operation] = &[
             problem(
                 "503",
                 "`not-ready`: the store does not answer within 2 s, or the service is \
-                 shutting down; `readiness` says which.",
+                 shutting down; `ready`, `store`, `workers` and `shutting_down` say which, \
+                 as in the 200's body.",
             ),
             DEFAULT_PROBLEM,
         ],

@@ -79,7 +79,9 @@ pub struct Problem {
     /// For an unknown workflow: the loaded one closest to the name given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closest: Option<String>,
-    /// For `not-ready` (`GET /readyz`): which part is not ready.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// For `not-ready` (`GET /readyz`): which part is not ready, as
+    /// members beside the others (`ready`, `store`, `workers`,
+    /// `shutting_down`), so the body reads as a 200's does.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     pub readiness: Option<Readiness>,
 }
