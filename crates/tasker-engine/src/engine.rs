@@ -1154,8 +1154,6 @@ impl TaskRun {
     }
 }
 
-/// A result that only says the executor stopped (shut down, failed, or
-/// refused the batch for it).
 /// Whether the executor took the step back before any worker had it
 /// ([`FrameworkIntegration::withdraw`]).
 fn withdrawn(result: &StepExecutionResult) -> bool {
@@ -1165,6 +1163,8 @@ fn withdrawn(result: &StepExecutionResult) -> bool {
         .is_some_and(|e| e.error_type == error_types::WITHDRAWN)
 }
 
+/// A result that only says the executor stopped (shut down, failed, or
+/// refused the batch for it).
 fn executor_stopped(result: &StepExecutionResult) -> bool {
     result.error.as_ref().is_some_and(|e| {
         e.error_type == error_types::ABANDONED || e.error_type == error_types::EXECUTOR_STOPPED

@@ -174,7 +174,7 @@ async fn readyz(State(service): Shared) -> Response {
     if readiness.ready {
         return Json(readiness).into_response();
     }
-    // An error like any other, with the readiness inside: a probe reads
+    // An error like any other, with the readiness members beside its own: a probe reads
     // the status, a person the detail.
     let detail = if readiness.shutting_down {
         "the service is shutting down"
