@@ -44,6 +44,29 @@ fn hello_until_welcomed(peer: &RawPeer, hello: &WorkerHello) {
     panic!("hello never welcomed");
 }
 
+/// A worker `worker_id` that serves `echo` and holds every step of a new
+/// batch of `n`: its connection, the steps, the orchestrator's id (which
+/// a later connection of the worker names in its hello) and the batch.
+async fn holding(
+    executor: &ZmqPubSubExecutor,
+    worker_id: &str,
+    n: i64,
+) -> (RawPeer, Vec<StepExecutionRequest>, String, BatchHandle) {
+    let peer = RawPeer::connect(executor.endpoint());
+    peer.hello(worker_id, &["echo"], n as u32);
+    let handle = executor
+        .submit(StepBatchRequest::new(
+            worker_id,
+            steps(1..n + 1, "echo", 10_000),
+        ))
+        .await
+        .unwrap();
+    let held = delivered(&peer);
+    assert_eq!(held.len(), n as usize);
+    let orchestrator_id = peer.orchestrator_id.borrow().clone();
+    (peer, held, orchestrator_id, handle)
+}
+
 /// A worker's new connection `peer` says hello as `worker_id`, listing the
 /// attempts it still holds (`held`, first attempts of `orchestrator_id`),
 /// until it is welcomed; then answers them with `output`.
@@ -364,15 +387,7 @@ async fn h6_a_hello_reusing_a_live_workers_id_is_refused_and_the_worker_keeps_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h6_a_worker_that_really_reconnected_takes_its_steps_and_its_old_results_still_count() {
     let executor = start(&config());
-    let old = RawPeer::connect(executor.endpoint());
-    old.hello("phoenix", &["echo"], 4);
-    let handle = executor
-        .submit(StepBatchRequest::new("moving", steps(1..5, "echo", 10_000)))
-        .await
-        .unwrap();
-    let held = delivered(&old);
-    assert_eq!(held.len(), 4);
-    let orchestrator_id = old.orchestrator_id.borrow().clone();
+    let (old, held, orchestrator_id, handle) = holding(&executor, "phoenix", 4).await;
     // Two results were sent on the old connection, which then closed; the
     // new connection's hello lists the other two.
     old.respond(
@@ -451,14 +466,7 @@ async fn h6b_steps_still_on_their_way_to_a_worker_that_reconnected_go_out_again_
     // new connection lists none of them, and none was answered. They are
     // delivered again, same attempt, rather than lost.
     let executor = start(&config());
-    let old = RawPeer::connect(executor.endpoint());
-    old.hello("wanderer", &["echo"], 4);
-    let handle = executor
-        .submit(StepBatchRequest::new("astray", steps(1..5, "echo", 10_000)))
-        .await
-        .unwrap();
-    let astray = delivered(&old);
-    assert_eq!(astray.len(), 4);
+    let (old, astray, _, handle) = holding(&executor, "wanderer", 4).await;
     drop(old);
     let new = RawPeer::connect(executor.endpoint());
     hello_until_welcomed(&new, &WorkerHello::new("wanderer", vec!["echo".into()], 4));
@@ -481,14 +489,7 @@ async fn h6c_a_retired_connection_closed_just_before_its_expiry_gives_its_steps_
     });
     let interval = executor.config().heartbeat_interval();
     let expiry = executor.config().peer_expiry();
-    let old = RawPeer::connect(executor.endpoint());
-    old.hello("sleeper", &["echo"], 4);
-    let handle = executor
-        .submit(StepBatchRequest::new("unread", steps(1..5, "echo", 10_000)))
-        .await
-        .unwrap();
-    let unread = delivered(&old);
-    assert_eq!(unread.len(), 4);
+    let (old, unread, _, handle) = holding(&executor, "sleeper", 4).await;
     let heartbeat = || loop {
         match old.recv(Duration::from_secs(3)) {
             Some(OrchestratorMessage::Heartbeat(_)) => return,
@@ -703,18 +704,7 @@ async fn results_sent_on_a_new_connection_before_its_hello_count_once_it_takes_o
     // routing id): the worker sends results before it learns it must say
     // hello again.
     let executor = start(&config());
-    let old = RawPeer::connect(executor.endpoint());
-    old.hello("renewed", &["echo"], 4);
-    let handle = executor
-        .submit(StepBatchRequest::new(
-            "renewed",
-            steps(1..4, "echo", 10_000),
-        ))
-        .await
-        .unwrap();
-    let held = delivered(&old);
-    assert_eq!(held.len(), 3);
-    let orchestrator_id = old.orchestrator_id.borrow().clone();
+    let (old, held, orchestrator_id, handle) = holding(&executor, "renewed", 3).await;
     drop(old);
     tokio::time::sleep(Duration::from_millis(50)).await;
 
@@ -727,14 +717,14 @@ async fn results_sent_on_a_new_connection_before_its_hello_count_once_it_takes_o
             .collect(),
     );
     assert_eq!(protocol_error(&new).code, ProtocolErrorCode::UnknownWorker);
-    let mut hello = WorkerHello::new("renewed", vec!["echo".into()], 4);
-    hello.in_progress = vec![HeldStep {
-        step_id: held[2].step_id,
-        attempt: 1,
-        orchestrator_id,
-    }];
-    hello_until_welcomed(&new, &hello);
-    new.respond(vec![completed(&held[2], json!("late"), "renewed")]);
+    take_over(
+        &new,
+        "renewed",
+        3,
+        &held[2..],
+        &orchestrator_id,
+        json!("late"),
+    );
     let results = handle.collect().await;
     let outputs: Vec<_> = results.iter().map(|r| r.output.clone()).collect();
     assert_eq!(
@@ -762,15 +752,7 @@ async fn results_before_a_hello_are_kept_once_per_attempt_and_within_four_messag
         max_message_bytes: 16 * 1024,
         ..config()
     });
-    let old = RawPeer::connect(executor.endpoint());
-    old.hello("renewed", &["echo"], 10);
-    let handle = executor
-        .submit(StepBatchRequest::new("big", steps(1..11, "echo", 10_000)))
-        .await
-        .unwrap();
-    let held = delivered(&old);
-    assert_eq!(held.len(), 10);
-    let orchestrator_id = old.orchestrator_id.borrow().clone();
+    let (old, held, orchestrator_id, handle) = holding(&executor, "renewed", 10).await;
     drop(old);
     tokio::time::sleep(Duration::from_millis(50)).await;
 
