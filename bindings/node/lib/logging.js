@@ -36,7 +36,10 @@ function deliver(entry) {
     return;
   }
   // A console-like object (console, pino, winston...): logger.info(line, fields).
-  const method = logger[entry.level] ?? (entry.level === "trace" ? logger.debug : undefined) ?? logger.log;
+  // Node's console.trace prints a stack trace of this bridge with every
+  // record, so a console takes trace records at debug.
+  const name = entry.level === "trace" && logger instanceof console.Console ? "debug" : entry.level;
+  const method = logger[name] ?? (name === "trace" ? logger.debug : undefined) ?? logger.log;
   if (typeof method === "function") {
     method.call(logger, `${entry.target}: ${entry.line}`, entry.fields);
   }

@@ -2,8 +2,9 @@
 //! every binding makes. The options of a `Worker` (any config key, in
 //! camelCase) become [`Sources::options`] as JSON values; the file section,
 //! the `TASKER_*` variables, unknown keys and bad values are all Rust's to
-//! judge, and its error is thrown unchanged (code
-//! [`CONFIG_ERROR_CODE`](crate::errors::CONFIG_ERROR_CODE)).
+//! judge, and its error is thrown (code
+//! [`CONFIG_ERROR_CODE`](crate::errors::CONFIG_ERROR_CODE)) naming an
+//! option as the caller wrote it.
 //!
 //! The one thing done here is idiom: JavaScript spells a key
 //! `heartbeatIntervalMs` where the config says `heartbeat_interval_ms`, and
@@ -47,11 +48,14 @@ impl NativeConfig {
     ) -> Result<Self> {
         let mut sources = Sources::new();
         sources.path = path.map(PathBuf::from);
+        let mut given_as = BTreeMap::new();
         if let Some(options) = options {
-            sources.options =
+            (sources.options, given_as) =
                 config_options(read_options(&options)?).map_err(BindingError::from)?;
         }
-        let config = TaskerConfig::resolve(&sources).map_err(BindingError::from)?;
+        let config = TaskerConfig::resolve(&sources)
+            .map_err(|e| in_callers_words(e, &given_as))
+            .map_err(BindingError::from)?;
         Ok(Self { config })
     }
 
@@ -91,7 +95,7 @@ fn read_options(options: &Object) -> Result<Map<String, Value>> {
         let value: Option<Value> = options
             .get(&name)
             .map_err(|e| ConfigError::Option {
-                key: snake_case(&name),
+                key: name.clone(),
                 message: e.reason.clone(),
             })
             .map_err(BindingError::from)?;
@@ -104,10 +108,11 @@ fn read_options(options: &Object) -> Result<Map<String, Value>> {
 
 /// Options of a JavaScript caller as `Sources::options`: keys to snake_case,
 /// integral numbers as integers (a JavaScript number above 2^32 arrives as
-/// a float, which no integer key would take).
+/// a float, which no integer key would take); and each key's name as the
+/// caller wrote it, for [`in_callers_words`].
 fn config_options(
     options: Map<String, Value>,
-) -> std::result::Result<BTreeMap<String, Value>, ConfigError> {
+) -> std::result::Result<(BTreeMap<String, Value>, BTreeMap<String, String>), ConfigError> {
     let mut converted = BTreeMap::new();
     let mut given_as: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in options {
@@ -115,12 +120,41 @@ fn config_options(
         if let Some(first) = given_as.insert(key.clone(), name.clone()) {
             return Err(ConfigError::Option {
                 message: format!("given twice, as `{first}` and as `{name}`"),
-                key,
+                key: name,
             });
         }
         converted.insert(key, from_js_number(value));
     }
-    Ok(converted)
+    Ok((converted, given_as))
+}
+
+/// An error about an option named as the caller wrote it, with a
+/// suggestion in camelCase: `workerCapcity` came back as `worker_capcity`
+/// with `worker_capacity` suggested, names a Node caller never wrote and
+/// that would not have worked as they were. Errors about the file or a
+/// `TASKER_*` variable keep the file's snake_case.
+fn in_callers_words(e: ConfigError, given_as: &BTreeMap<String, String>) -> ConfigError {
+    let as_given = |key: &str| given_as.get(key).cloned();
+    match e {
+        ConfigError::UnknownKey {
+            origin,
+            key,
+            suggestion,
+        } if origin == "option" => ConfigError::UnknownKey {
+            origin,
+            key: as_given(&key).unwrap_or(key),
+            suggestion: suggestion.map(|s| camel_case(&s)),
+        },
+        ConfigError::Option { key, message } => ConfigError::Option {
+            key: as_given(&key).unwrap_or(key),
+            message,
+        },
+        ConfigError::Invalid { key, message } => match as_given(key) {
+            Some(name) => ConfigError::Option { key: name, message },
+            None => ConfigError::Invalid { key, message },
+        },
+        other => other,
+    }
 }
 
 /// `heartbeatIntervalMs` → `heartbeat_interval_ms`; a snake_case key is
@@ -213,8 +247,9 @@ mod tests {
             panic!("options are an object")
         };
         let mut sources = Sources::with_vars(Vec::new());
-        sources.options = config_options(options).map_err(|e| e.to_string())?;
-        TaskerConfig::resolve(&sources).map_err(|e| e.to_string())
+        let given_as;
+        (sources.options, given_as) = config_options(options).map_err(|e| e.to_string())?;
+        TaskerConfig::resolve(&sources).map_err(|e| in_callers_words(e, &given_as).to_string())
     }
 
     #[test]
@@ -229,16 +264,24 @@ mod tests {
     }
 
     #[test]
-    fn rust_names_a_bad_option_and_the_key_it_resembles() {
+    fn a_bad_option_is_named_as_written_and_the_key_it_resembles_in_camel_case() {
         let error = resolve(json!({ "workerCapcity": 3 })).unwrap_err();
+        assert_eq!(
+            error,
+            "unknown config key `workerCapcity` (option); did you mean `workerCapacity`?"
+        );
+        let error = resolve(json!({ "heartbeatIntervalMS": 5 })).unwrap_err();
+        assert!(error.contains("`heartbeatIntervalMS`"), "{error}");
+        let error = resolve(json!({ "batchSize": 2.5 })).unwrap_err();
         assert!(
-            error.contains("worker_capcity") && error.contains("did you mean `worker_capacity`"),
+            error.starts_with("invalid value for option `batchSize`"),
             "{error}"
         );
-        let error = resolve(json!({ "batchSize": 2.5 })).unwrap_err();
-        assert!(error.contains("batch_size"), "{error}");
         let error = resolve(json!({ "batchSize": 2, "batch_size": 3 })).unwrap_err();
         assert!(error.contains("given twice"), "{error}");
+        // Checked once every source is in (validate): still the option's name.
+        let error = resolve(json!({ "heartbeatIntervalMs": 0 })).unwrap_err();
+        assert!(error.contains("`heartbeatIntervalMs`"), "{error}");
     }
 
     #[test]

@@ -41,20 +41,24 @@ test("every config key is an option, the socket high-water marks included", () =
   assert.equal(loadConfig(null, { shutdownTimeoutMs: 5e9 }).shutdownTimeoutMs, 5e9);
 });
 
-test("a misspelt option is a ConfigError naming it and the key it resembles, in Rust's words", () => {
+test("a misspelt option is a ConfigError naming it as written and the key it resembles in camelCase", () => {
   assert.throws(
     () => new Worker({ workerCapcity: 3 }),
     (e) =>
       e instanceof ConfigError &&
       e instanceof TaskerError &&
-      e.message === "unknown config key `worker_capcity` (option); did you mean `worker_capacity`?",
+      e.message === "unknown config key `workerCapcity` (option); did you mean `workerCapacity`?",
   );
-  assert.throws(() => loadConfig(null, { heartbeatIntervalMS: 5 }), (e) => e instanceof ConfigError && /heartbeat_interval_m_s/.test(e.message));
+  assert.throws(
+    () => loadConfig(null, { heartbeatIntervalMS: 5 }),
+    (e) => e instanceof ConfigError && /`heartbeatIntervalMS`.*did you mean `heartbeatIntervalMs`/.test(e.message),
+  );
 });
 
 test("a bad value, file or TASKER_* variable is a ConfigError naming it", () => {
-  assert.throws(() => new Worker({ batchSize: "ten" }), (e) => e instanceof ConfigError && /batch_size/.test(e.message));
-  assert.throws(() => new Worker({ capacity: 2.5 }), (e) => e instanceof ConfigError && /worker_capacity/.test(e.message));
+  assert.throws(() => new Worker({ batchSize: "ten" }), (e) => e instanceof ConfigError && /option `batchSize`/.test(e.message));
+  assert.throws(() => new Worker({ capacity: 2.5 }), (e) => e instanceof ConfigError && /option `workerCapacity`/.test(e.message));
+  assert.throws(() => new Worker({ heartbeatIntervalMs: 0 }), (e) => e instanceof ConfigError && /option `heartbeatIntervalMs`: must be at least 1/.test(e.message));
   assert.throws(() => new Worker({ endpoint: () => "tcp://x" }), (e) => e instanceof ConfigError && /endpoint/.test(e.message));
   assert.throws(() => Worker.fromConfig("/nonexistent/zeromq.yaml"), (e) => e instanceof ConfigError && /nonexistent/.test(e.message));
   withEnv({ TASKER_WORKER_CAPCITY: "4" }, () => {

@@ -464,6 +464,26 @@ test("the logger hook receives the runtime's Rust tracing records", async () => 
   assert.match(registered.line, /^registered with orchestrator worker_id=/);
 });
 
+test("a console logger takes trace records at debug, without console.trace's stack trace", () => {
+  const { log } = require("../lib/logging.js");
+  const { Writable } = require("node:stream");
+  let written = "";
+  const stream = new Writable({
+    write(chunk, _encoding, done) {
+      written += chunk;
+      done();
+    },
+  });
+  setLogger(new console.Console({ stdout: stream, stderr: stream }), "trace");
+  try {
+    log("trace", "a trace record");
+    log("info", "an info record");
+  } finally {
+    setLogger(null, "info");
+  }
+  assert.equal(written, "tasker_core::node: a trace record {}\ntasker_core::node: an info record {}\n");
+});
+
 test("an idle worker keeps its registration on heartbeats from the event loop, without busy polling", async () => {
   // The runtime runs on this thread's event loop: its heartbeats come from a
   // libuv timer. At a 100 ms interval (liveness 3) the orchestrator drops a
@@ -582,7 +602,7 @@ test("stop() awaited inside a handler resolves without deadlock once the other s
 test("bad options and misuse throw TaskerError naming the problem", async () => {
   assert.throws(() => new Worker({ endpoint: "inproc://x" }), (e) => e instanceof TaskerError && /endpoint/.test(e.message));
   assert.throws(() => new Worker({ capcity: 3 }), (e) => e instanceof TaskerError && /capcity/.test(e.message));
-  assert.throws(() => new Worker({ capacity: 0 }), (e) => e instanceof TaskerError && /capacity/.test(e.message));
+  assert.throws(() => new Worker({ capacity: 0 }), (e) => e instanceof TaskerError && /workerCapacity/.test(e.message));
   assert.throws(() => Worker.fromConfig("/nonexistent/zeromq.yaml"), (e) => e instanceof TaskerError && /nonexistent/.test(e.message));
   const worker = new Worker({ endpoint: await freeEndpoint() });
   assert.throws(() => worker.handle("", () => null), TaskerError);

@@ -9,25 +9,25 @@ use pyo3::types::PyDict;
 use tasker_worker::policy::{error_types, PolicyError};
 
 create_exception!(
-    _native,
+    tasker_core,
     TaskerError,
     PyException,
     "Base class of every error raised by tasker_core."
 );
 create_exception!(
-    _native,
+    tasker_core,
     ConfigError,
     TaskerError,
     "The configuration (file, environment variable or keyword) is invalid."
 );
 create_exception!(
-    _native,
+    tasker_core,
     WorkerError,
     TaskerError,
     "The worker runtime could not start, failed, or was used wrongly."
 );
 create_exception!(
-    _native,
+    tasker_core,
     WorkerRefused,
     WorkerError,
     "The orchestrator refused this worker's connection in the handshake (its CURVE key \

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ast
 import inspect
+import pickle
 import re
+import traceback
 from pathlib import Path
 from typing import Dict, List, Set
 
@@ -132,6 +134,20 @@ def test_unknown_keys_are_named_with_the_closest_one(monkeypatch):
         Worker()
     assert "TASKER_HEARTBEAT_INTERVL_MS" in str(info.value)
     assert "did you mean `heartbeat_interval_ms`?" in str(info.value)
+
+
+def test_native_errors_are_named_where_users_import_them():
+    # A traceback prints the class by its module; `_native.ConfigError` sent
+    # readers looking for a module they cannot import, and pickle (which
+    # multiprocessing uses to return errors) could not find the class.
+    with pytest.raises(ConfigError) as info:
+        _native.load_config(options={"worker_capcity": 3})
+    line = traceback.format_exception_only(type(info.value), info.value)[-1]
+    assert line.startswith("tasker_core.ConfigError: "), line
+    for cls in (tasker_core.TaskerError, ConfigError, tasker_core.WorkerError, tasker_core.WorkerRefused):
+        assert (cls.__module__, getattr(tasker_core, cls.__name__)) == ("tasker_core", cls)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (type(again), str(again)) == (ConfigError, str(info.value))
 
 
 def test_options_are_plain_values_checked_by_key():

@@ -64,15 +64,16 @@ pub enum ConfigError {
     },
     /// A key that is not a config key, in a file section, a `TASKER_*`
     /// variable that is a near miss of one, or a host's keyword option.
-    #[error("unknown config key `{key}` ({origin}){}", suggestion.map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
+    #[error("unknown config key `{key}` ({origin}){}", suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
     UnknownKey {
         /// Where it was found (`environment variable TASKER_X`, `option`,
         /// `config/zeromq.yaml, environment test`).
         origin: String,
         /// The key as given.
         key: String,
-        /// The closest valid key, when one is close.
-        suggestion: Option<&'static str>,
+        /// The closest valid key, when one is close (spelt as the host
+        /// language spells keys, where a binding renames them).
+        suggestion: Option<String>,
     },
     /// A keyword option's value is not one the key takes.
     #[error("invalid value for option `{key}`: {message}")]
@@ -513,7 +514,7 @@ impl TaskerConfig {
                 return Err(ConfigError::UnknownKey {
                     origin: "option".into(),
                     key: key.clone(),
-                    suggestion: closest_key(key),
+                    suggestion: closest_key(key).map(String::from),
                 });
             }
             let option_error = |message: String| ConfigError::Option {
@@ -641,7 +642,7 @@ impl TaskerConfig {
                     return Err(ConfigError::UnknownKey {
                         origin: format!("environment variable {var}"),
                         key,
-                        suggestion: Some(suggestion),
+                        suggestion: Some(suggestion.into()),
                     });
                 }
                 continue;
