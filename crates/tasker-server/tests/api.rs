@@ -380,6 +380,47 @@ async fn bad_requests_are_problems_that_name_the_field_and_store_nothing() {
         None,
     );
 
+    // A route without parameters names one given rather than ignoring it: an
+    // idempotency key in the query would otherwise protect nothing.
+    assert_problem(
+        &api.post_json(
+            "/v1/tasks?idempotency_key=A-1",
+            &json!({ "workflow": "echo_twice" }),
+        )
+        .await,
+        400,
+        "invalid-parameter",
+        "unknown query parameter `idempotency_key`: POST /v1/tasks takes none",
+        Some("idempotency_key"),
+    );
+    for path in [
+        "/v1/tasks/987654/journal?limit=10",
+        "/v1/throughput?limit=10",
+        "/v1/workflows?limit=10",
+        "/v1/workers?limit=10",
+    ] {
+        let route = path.split('?').next().unwrap();
+        assert_problem(
+            &api.get(path).await,
+            400,
+            "invalid-parameter",
+            &format!("unknown query parameter `limit`: GET {route} takes none"),
+            Some("limit"),
+        );
+    }
+    assert_problem(
+        &api.post("/v1/tasks/987654/cancel?force=true").await,
+        400,
+        "invalid-parameter",
+        "unknown query parameter `force`",
+        Some("force"),
+    );
+    // The operators' routes leave parameters to the tools that add them.
+    for path in ["/healthz?probe=1", "/metrics?x=1", "/v1/openapi.json?v=2"] {
+        let response = api.http.get(api.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+
     // A name of a megabyte is not echoed back whole.
     let long = "w".repeat(500_000);
     let (_, body) = api

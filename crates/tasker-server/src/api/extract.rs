@@ -380,6 +380,33 @@ impl<S: Send + Sync> FromRequestParts<S> for WaitQuery {
     }
 }
 
+/// The query of a `/v1` route that takes no parameters: any parameter is a
+/// 400 naming it. Ignored, `POST /v1/tasks?idempotency_key=A-1` would make
+/// a task on every retry while its sender believed the key kept it to one,
+/// and `GET /v1/tasks/1/journal?limit=10` would answer as if limited.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match query_pairs(parts, state).await?.first() {
+            None => Ok(NoQuery),
+            Some((name, _)) => Err(Problem::new(
+                ProblemKind::InvalidParameter,
+                format!(
+                    "unknown query parameter `{}`: {} {} takes none",
+                    quote(name),
+                    parts.method,
+                    quote(parts.uri.path())
+                ),
+            )
+            .with_field(quote(name))),
+        }
+    }
+}
+
 /// The query string's name/value pairs, in order, repeats kept (so a
 /// parameter given twice can be refused by name).
 async fn query_pairs<S: Send + Sync>(

@@ -29,7 +29,7 @@ pub use openapi::{openapi, render_openapi, OPENAPI_PATH};
 pub use problem::{ProblemKind, MAX_QUOTED_CHARS, PROBLEM_BASE, PROBLEM_CONTENT_TYPE};
 
 use crate::Service;
-use extract::{ApiJson, ListQuery, TaskIdPath, WaitQuery};
+use extract::{ApiJson, ListQuery, NoQuery, TaskIdPath, WaitQuery};
 use problem::quote;
 use types::{CreateTaskRequest, Health, HealthStatus, Journal, Problem, WorkerList, WorkflowList};
 
@@ -81,6 +81,7 @@ type Shared = State<Arc<Service>>;
 
 async fn create_task(
     State(service): Shared,
+    NoQuery: NoQuery,
     ApiJson(request): ApiJson<CreateTaskRequest>,
 ) -> Result<Response, Problem> {
     let (task, new) = service
@@ -124,6 +125,7 @@ async fn list_tasks(
 async fn cancel_task(
     State(service): Shared,
     TaskIdPath(id): TaskIdPath,
+    NoQuery: NoQuery,
 ) -> Result<(StatusCode, Json<TaskDetail>), Problem> {
     Ok((StatusCode::ACCEPTED, Json(service.cancel_task(id).await?)))
 }
@@ -131,13 +133,14 @@ async fn cancel_task(
 async fn task_journal(
     State(service): Shared,
     TaskIdPath(id): TaskIdPath,
+    NoQuery: NoQuery,
 ) -> Result<Json<Journal>, Problem> {
     Ok(Json(Journal {
         entries: service.journal(id).await?,
     }))
 }
 
-async fn throughput(State(service): Shared) -> Json<crate::Throughput> {
+async fn throughput(State(service): Shared, NoQuery: NoQuery) -> Json<crate::Throughput> {
     Json(service.throughput())
 }
 
@@ -146,13 +149,13 @@ async fn metrics(State(service): Shared) -> Result<Response, Problem> {
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
-async fn workflows(State(service): Shared) -> Json<WorkflowList> {
+async fn workflows(State(service): Shared, NoQuery: NoQuery) -> Json<WorkflowList> {
     Json(WorkflowList {
         workflows: service.workflows(),
     })
 }
 
-async fn workers(State(service): Shared) -> Json<WorkerList> {
+async fn workers(State(service): Shared, NoQuery: NoQuery) -> Json<WorkerList> {
     Json(WorkerList {
         workers: service.workers().await,
     })

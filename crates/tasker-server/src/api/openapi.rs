@@ -100,6 +100,13 @@ struct Operation {
     answers: &'static [Answer],
 }
 
+/// The 400 of a `/v1` route that takes no query parameters.
+const NO_QUERY: Answer = problem(
+    "400",
+    "`invalid-parameter`: a query parameter was given; this route takes none (`field` \
+     names it).",
+);
+
 /// The operations, in document order.
 const OPERATIONS: &[Operation] = &[
     Operation {
@@ -125,7 +132,11 @@ const OPERATIONS: &[Operation] = &[
                 "The task this idempotency key created before.",
                 schema::<TaskDetail>,
             ),
-            problem("400", "`malformed-json`: the body is not JSON."),
+            problem(
+                "400",
+                "`malformed-json` (the body is not JSON) or `invalid-parameter` (a query \
+                 parameter: this route takes none; `field` names it).",
+            ),
             problem(
                 "409",
                 "`idempotency-conflict`: the key was used with another workflow or context \
@@ -218,7 +229,11 @@ const OPERATIONS: &[Operation] = &[
                 "Cancel requested; the task as it is now (`cancel_requested` is true).",
                 schema::<TaskDetail>,
             ),
-            problem("400", "`invalid-parameter`: the id is not a task id."),
+            problem(
+                "400",
+                "`invalid-parameter`: the id is not a task id, or a query parameter was \
+                 given (this route takes none; `field` names it).",
+            ),
             problem("404", "`task-not-found`: no task has this id."),
             problem(
                 "409",
@@ -240,7 +255,11 @@ const OPERATIONS: &[Operation] = &[
         request: None,
         answers: &[
             ok("200", "The journal.", schema::<Journal>),
-            problem("400", "`invalid-parameter`: the id is not a task id."),
+            problem(
+                "400",
+                "`invalid-parameter`: the id is not a task id, or a query parameter was \
+                 given (this route takes none; `field` names it).",
+            ),
             problem("404", "`task-not-found`: no task has this id."),
             DEFAULT_PROBLEM,
         ],
@@ -257,6 +276,7 @@ const OPERATIONS: &[Operation] = &[
         request: None,
         answers: &[
             ok("200", "The points.", schema::<crate::Throughput>),
+            NO_QUERY,
             DEFAULT_PROBLEM,
         ],
     },
@@ -292,6 +312,7 @@ const OPERATIONS: &[Operation] = &[
         request: None,
         answers: &[
             ok("200", "The workflows, by name.", schema::<WorkflowList>),
+            NO_QUERY,
             DEFAULT_PROBLEM,
         ],
     },
@@ -307,6 +328,7 @@ const OPERATIONS: &[Operation] = &[
         request: None,
         answers: &[
             ok("200", "The workers.", schema::<WorkerList>),
+            NO_QUERY,
             DEFAULT_PROBLEM,
         ],
     },
