@@ -506,6 +506,13 @@ fn s4_sigterm_drains_the_steps_out_and_the_next_start_finishes_the_tasks() {
     );
     let log = serve.log();
     assert!(log.contains("service stopped"), "{}", tail(&log, 20));
+    // An operator can tell a store made afresh (a misspelt path) from one
+    // opened again.
+    assert!(
+        log.contains("created a new, empty SQLite store"),
+        "{}",
+        tail(&log, 40)
+    );
     drop(serve);
     // The drain finished the steps that were out, and dispatched nothing
     // more: the tasks wait in the store, none marked failed.
@@ -530,6 +537,12 @@ fn s4_sigterm_drains_the_steps_out_and_the_next_start_finishes_the_tasks() {
 
     // Nothing was abandoned as a failure: the next start finishes each task.
     let serve = Serve::start(dir.path(), &store, &endpoint);
+    let log = serve.log();
+    assert!(
+        log.contains("opened the SQLite store") && !log.contains("created a new"),
+        "{}",
+        tail(&log, 40)
+    );
     wait_all_ended(&http, &serve, Duration::from_secs(60));
     for id in tasks {
         let task: Value = get_task(&http, &serve, &id.to_string());

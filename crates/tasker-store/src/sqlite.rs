@@ -71,7 +71,12 @@ const CACHE_KIB: i64 = 16_000;
 /// Opens (creating it and its folder) the database file at `path`: the
 /// pool readers use.
 pub(crate) async fn connect(path: &Path) -> Result<SqlitePool, StoreError> {
+    let new = !path.exists();
+    let mut new_folder = None;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            new_folder = Some(parent.display().to_string());
+        }
         std::fs::create_dir_all(parent).map_err(|e| {
             StoreError::Database(sqlx::Error::Configuration(
                 format!("creating {}: {e}", parent.display()).into(),
@@ -91,7 +96,17 @@ pub(crate) async fn connect(path: &Path) -> Result<SqlitePool, StoreError> {
         .max_connections(READERS)
         .connect_with(options)
         .await?;
-    tracing::info!(path = %path.display(), "opened the SQLite store");
+    // A misspelt path makes a new, empty store rather than an error (the
+    // default's folder must be made on a first start): say which it was.
+    match (new, new_folder) {
+        (false, _) => tracing::info!(path = %path.display(), "opened the SQLite store"),
+        (true, None) => tracing::info!(path = %path.display(), "created a new, empty SQLite store"),
+        (true, Some(folder)) => tracing::info!(
+            path = %path.display(),
+            %folder,
+            "created a new, empty SQLite store and its folder"
+        ),
+    }
     Ok(pool)
 }
 
