@@ -79,7 +79,9 @@ pub struct StepTemplate {
     /// Unique within the template; the key of this step's output in its
     /// dependents' `previous_results`.
     pub name: String,
-    /// The handler that runs it (`handler_class` on the wire).
+    /// The handler that runs it (`handler_class` on the wire); at most 255
+    /// characters, as a worker's handler names are.
+    #[schemars(length(min = 1, max = 255))]
     pub handler: String,
     /// Steps that must complete before this one starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -283,6 +285,15 @@ impl TaskTemplate {
             }
             if step.handler.trim().is_empty() {
                 return Err(bad(Some(name), "handler", "must not be empty"));
+            }
+            if step.handler.chars().count() > tasker_protocol::MAX_NAME_CHARS {
+                // No worker could announce it (SPEC §4.2): its steps would
+                // only ever wait for one.
+                return Err(bad(
+                    Some(name),
+                    "handler",
+                    "must be at most 255 characters, as a worker's handler names are",
+                ));
             }
             if step.timeout_ms == 0 {
                 return Err(bad(Some(name), "timeout_ms", "must be positive"));

@@ -130,6 +130,15 @@ fn bad_values_are_rejected_with_step_and_field() {
         assert_eq!(e.field.as_deref(), Some(field), "{step}: {e}");
     }
 
+    // No worker can announce a longer handler name (SPEC §4.2).
+    let e = reject(&format!(
+        "name: t\nsteps:\n  - {{name: a, handler: {}}}\n",
+        "h".repeat(256)
+    ));
+    assert_eq!(e.kind, TemplateErrorKind::BadValue, "{e}");
+    assert_eq!(e.field.as_deref(), Some("handler"), "{e}");
+    assert!(e.to_string().contains("at most 255 characters"), "{e}");
+
     let e = reject("name: t\nsteps:\n  - {name: a, handler: h, timeout_ms: soon}\n");
     assert_eq!(e.kind, TemplateErrorKind::BadValue);
     assert_eq!(e.step.as_deref(), Some("a"));

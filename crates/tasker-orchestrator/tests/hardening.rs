@@ -572,6 +572,106 @@ async fn h7_the_registry_is_bounded_and_a_connection_keeps_its_worker_id() {
     executor.shutdown(LONG).await;
 }
 
+/// What a hello again lists replaces what the connection held of other
+/// orchestrators, and adds of this one's only the steps it adopts: a peer
+/// repeating hellos of new steps grew one entry by a hundred thousand steps
+/// a hello (three million after 30, 160 MB), far past its capacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h7b_a_hello_again_lists_what_the_worker_holds_and_never_adds_past_its_capacity() {
+    let executor = start(&config());
+    let peer = RawPeer::connect(executor.endpoint());
+    let ours = peer.hello("repeater", &["echo"], 100).orchestrator_id;
+    let held = |round: i64, orchestrator_id: &str| -> Vec<HeldStep> {
+        (round * 50..round * 50 + 50)
+            .map(|step_id| HeldStep {
+                step_id: 1_000_000 + step_id,
+                attempt: 1,
+                orchestrator_id: orchestrator_id.into(),
+            })
+            .collect()
+    };
+    for round in 0..20 {
+        // Another orchestrator's steps, and steps this one never sent.
+        let mut hello = WorkerHello::new("repeater", vec!["echo".into()], 100);
+        hello.in_progress = held(round, "another-orchestrator");
+        hello.in_progress.extend(held(round, &ours));
+        peer.send_hello(hello);
+    }
+    let workers = executor.workers().await;
+    assert_eq!(workers.len(), 1);
+    assert_eq!(
+        workers[0].in_flight, 50,
+        "the last hello's 50 steps of another orchestrator, none invented"
+    );
+    // It takes work in the room its last hello left it.
+    let handle = executor
+        .submit(StepBatchRequest::new("b", steps(1..3, "echo", 10_000)))
+        .await
+        .unwrap();
+    let sent = delivered(&peer);
+    assert_eq!(sent.len(), 2);
+    peer.respond(
+        sent.iter()
+            .map(|s| completed(s, json!(1), "repeater"))
+            .collect(),
+    );
+    assert!(handle
+        .collect()
+        .await
+        .iter()
+        .all(|r| r.output == Some(json!(1))));
+    executor.shutdown(LONG).await;
+}
+
+/// The hellos of all registered connections hold at most 16 ×
+/// `max_message_bytes` (1 MiB here): bounded by `max_workers` alone, a
+/// hello of short names costs several times its size (one of 16 MB took
+/// 120 MB) and ten thousand of them could be held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h7c_the_registry_holds_a_bounded_number_of_bytes_of_hellos() {
+    let executor = start(&TaskerConfig {
+        max_message_bytes: 64 * 1024,
+        ..config()
+    });
+    let big = |i: usize| {
+        // 1,024 names of 40 characters: 45 KB on the wire.
+        let handlers = (0..tasker_protocol::MAX_HANDLERS)
+            .map(|h| format!("{h:040}"))
+            .collect();
+        WorkerMessage::Hello(WorkerHello::new(format!("big-{i}"), handlers, 1))
+    };
+    let peers: Vec<RawPeer> = (0..30)
+        .map(|_| RawPeer::connect(executor.endpoint()))
+        .collect();
+    let (mut welcomed, mut refused) = (0, 0);
+    for (i, peer) in peers.iter().enumerate() {
+        peer.send(&big(i));
+        match peer.recv_skipping_heartbeats(Duration::from_secs(5)) {
+            Some(OrchestratorMessage::Welcome(_)) => welcomed += 1,
+            Some(OrchestratorMessage::ProtocolError(e)) => {
+                assert_eq!(e.code, ProtocolErrorCode::RegistryFull, "{}", e.message);
+                assert!(e.message.contains("1 MiB"), "{}", e.message);
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!((5..=12).contains(&welcomed), "{welcomed} welcomed");
+    assert_eq!(welcomed + refused, 30);
+    // The bytes go with the connections: once the big ones have gone
+    // silent, a big hello fits again.
+    drop(peers);
+    let expiry = executor.config().peer_expiry();
+    tokio::time::sleep(expiry + executor.config().heartbeat_interval() * 2).await;
+    let late = RawPeer::connect(executor.endpoint());
+    late.send(&big(99));
+    assert!(matches!(
+        late.recv_skipping_heartbeats(Duration::from_secs(5)),
+        Some(OrchestratorMessage::Welcome(_))
+    ));
+    executor.shutdown(LONG).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h9_attempt_zero_is_an_invalid_message_not_a_duplicate() {
     let executor = start(&config());

@@ -57,6 +57,16 @@ pub const PROTOCOL_HEADER: &str = "tasker/1.0";
 /// and reports `SerializationError` instead of sending a deeper one.
 pub const MAX_JSON_DEPTH: u32 = 100;
 
+/// Most handler names a `hello` may announce. The orchestrator keeps every
+/// name of every registered worker and scans a worker's names each time it
+/// plans a delivery to it: without a bound, one 16 MiB hello of short names
+/// cost it 120 MB and made each plan walk two million of them.
+pub const MAX_HANDLERS: usize = 1024;
+
+/// Longest `worker_id`, handler name or `language` in a `hello`, in
+/// characters (as JSON Schema's `maxLength` counts them).
+pub const MAX_NAME_CHARS: usize = 255;
+
 /// Prefix of [`PROTOCOL_HEADER`], used to tell a foreign peer from an
 /// incompatible version of our own.
 pub const PROTOCOL_HEADER_PREFIX: &str = "tasker/";

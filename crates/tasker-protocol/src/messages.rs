@@ -479,11 +479,13 @@ impl HeldStep {
 /// First message of a worker on every (re)connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WorkerHello {
-    /// Stable id of the worker process, kept across reconnections.
-    #[schemars(length(min = 1))]
+    /// Stable id of the worker process, kept across reconnections; 1 to 255
+    /// characters (`MAX_NAME_CHARS`).
+    #[schemars(length(min = 1, max = 255))]
     pub worker_id: String,
-    /// Handler names the worker serves; never empty, no name empty.
-    #[schemars(length(min = 1), inner(length(min = 1)))]
+    /// Handler names the worker serves: 1 to 1024 names (`MAX_HANDLERS`),
+    /// each 1 to 255 characters (`MAX_NAME_CHARS`).
+    #[schemars(length(min = 1, max = 1024), inner(length(min = 1, max = 255)))]
     pub handlers: Vec<String>,
     /// Most steps the worker will hold unfinished at once; at least 1.
     #[schemars(range(min = 1))]
@@ -504,8 +506,10 @@ pub struct WorkerHello {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "crate::schema::handler_limits")]
     pub handler_limits: BTreeMap<String, u32>,
-    /// Implementation language, for observability (`rust`, `python`, ...).
+    /// Implementation language, for observability (`rust`, `python`, ...);
+    /// at most 255 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
     pub language: Option<String>,
     /// Operating-system process id, for observability.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -172,6 +172,45 @@ fn cases() -> Vec<Case> {
             json!(1),
         ),
         case(
+            "at most 1024 handlers",
+            hello_file,
+            hello,
+            "/handlers",
+            Some(json!((0..1025)
+                .map(|i| format!("h{i}"))
+                .collect::<Vec<_>>())),
+            "/properties/handlers/maxItems",
+            json!(1024),
+        ),
+        case(
+            "handler names at most 255 characters",
+            hello_file,
+            hello,
+            "/handlers/0",
+            // Counted in characters, as maxLength counts: 256 of two bytes each.
+            Some(json!("é".repeat(256))),
+            "/properties/handlers/items/maxLength",
+            json!(255),
+        ),
+        case(
+            "worker_id at most 255 characters",
+            hello_file,
+            hello,
+            "/worker_id",
+            Some(json!("w".repeat(256))),
+            "/properties/worker_id/maxLength",
+            json!(255),
+        ),
+        case(
+            "language at most 255 characters",
+            hello_file,
+            hello,
+            "/language",
+            Some(json!("l".repeat(256))),
+            "/properties/language/maxLength",
+            json!(255),
+        ),
+        case(
             "handler_limits >= 1",
             hello_file,
             limited_hello,

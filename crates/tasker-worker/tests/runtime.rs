@@ -329,6 +329,32 @@ fn bad_options_are_refused_with_the_reason() {
         .unwrap_err()
         .to_string()
         .contains("capacity"));
+    // What the orchestrator would refuse in the hello (SPEC §4.2) is refused
+    // before connecting, by name.
+    let many: Vec<String> = (0..=tasker_protocol::MAX_HANDLERS)
+        .map(|i| format!("h{i}"))
+        .collect();
+    let err = WorkerRuntime::start(WorkerOptions::new(config.clone(), many)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("1025 handlers registered; a worker serves at most 1024"),
+        "{err}"
+    );
+    let long = "é".repeat(256);
+    let err = WorkerRuntime::start(WorkerOptions::new(config.clone(), vec![long])).unwrap_err();
+    assert!(
+        err.to_string().contains("longer than 255 characters"),
+        "{err}"
+    );
+    for (id, reason) in [
+        ("w".repeat(256), "longer than 255"),
+        (String::new(), "empty"),
+    ] {
+        let mut options = WorkerOptions::new(config.clone(), vec!["a".into()]);
+        options.worker_id = Some(id);
+        let err = WorkerRuntime::start(options).unwrap_err();
+        assert!(err.to_string().contains(reason), "{err}");
+    }
     for (handler, limit, reason) in [("a", 0, "at least 1"), ("b", 2, "not registered")] {
         let mut options = WorkerOptions::new(config.clone(), vec!["a".into()]);
         options.handler_limits.insert(handler.into(), limit);

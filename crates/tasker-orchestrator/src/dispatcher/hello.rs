@@ -31,6 +31,18 @@ impl Dispatcher {
         };
         let conn = match conn {
             Some(conn) => {
+                // Steps of this orchestrator it holds on this connection
+                // are counted here already, and it was sent no others: of
+                // the rest only those it adopts now are its to hold (a
+                // peer repeating hellos of invented steps took slots and
+                // memory without bound).
+                registration.mine.retain(|step| self.steps.is_orphan(*step));
+                if !self
+                    .registry
+                    .has_room_for(registration.weight(), Some(conn))
+                {
+                    return self.refuse_for_hello_bytes(&routing_id);
+                }
                 let current = self.registry.get(conn).expect("id from the registry");
                 if *current.worker_id != *registration.worker_id {
                     let message = format!(
@@ -97,6 +109,9 @@ impl Dispatcher {
                         message,
                     );
                 }
+                if !self.registry.has_room_for(registration.weight(), None) {
+                    return self.refuse_for_hello_bytes(&routing_id);
+                }
                 if !announced.is_empty() {
                     // The steps it lists count, whichever connection
                     // holds them now.
@@ -131,6 +146,21 @@ impl Dispatcher {
             "worker registered"
         );
         self.send_welcome(conn, &routing_id);
+    }
+
+    /// Refuses a hello the registry has no bytes left for: the hellos
+    /// registered hold `HELLO_BYTES_PER_MESSAGE` × `max_message_bytes`.
+    fn refuse_for_hello_bytes(&mut self, routing_id: &[u8]) {
+        let message = format!(
+            "the orchestrator's registered hellos hold their most ({} MiB of names and held \
+             steps, for {} workers); try again later",
+            self.config
+                .max_message_bytes
+                .saturating_mul(registry::HELLO_BYTES_PER_MESSAGE)
+                >> 20,
+            self.registry.workers()
+        );
+        self.refuse_hello(routing_id, ProtocolErrorCode::RegistryFull, message);
     }
 
     /// Steps an earlier run of this orchestrator dispatched, named by a

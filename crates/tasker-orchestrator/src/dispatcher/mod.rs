@@ -200,7 +200,12 @@ impl Dispatcher {
             input_held,
             orchestrator_id,
             next_heartbeat: now + config.heartbeat_interval(),
-            registry: Registry::new(config.max_workers),
+            registry: Registry::new(
+                config.max_workers,
+                config
+                    .max_message_bytes
+                    .saturating_mul(registry::HELLO_BYTES_PER_MESSAGE),
+            ),
             unclaimed: Unclaimed::new(config.max_message_bytes),
             config,
             socket: sockets.socket,

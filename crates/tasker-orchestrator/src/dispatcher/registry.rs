@@ -144,6 +144,8 @@ pub(crate) struct Conn {
     pub pid: Option<u32>,
     /// Per-handler limits, when its hello set any below its capacity.
     pub limits: Option<Box<Limits>>,
+    /// What its hello holds here, as [`Hello::weight`] estimated it.
+    weight: usize,
 }
 
 impl Conn {
@@ -192,6 +194,22 @@ impl Conn {
     }
 }
 
+/// The registry's hellos hold at most this many times `max_message_bytes`
+/// together (256 MiB by default): bounded by `max_workers` alone, hellos
+/// of 16 MiB could have held 160 GB.
+pub(crate) const HELLO_BYTES_PER_MESSAGE: usize = 16;
+
+/// The estimated bytes of one more hello that ask the registry for room:
+/// the entry itself and its maps' slots.
+const ENTRY_BYTES: usize = 512;
+/// Per name (handler, language): a `String`, its allocation's header.
+const NAME_BYTES: usize = 48;
+/// Per held step of this orchestrator: a `StepRef` in a `StepSet`.
+const HELD_BYTES: usize = 32;
+/// Per held step of another orchestrator: a `HeldStep` in a `HashSet`, and
+/// its id's allocation header.
+const FOREIGN_BYTES: usize = 96;
+
 /// What a hello needs from the registry.
 pub(crate) struct Hello {
     pub worker_id: String,
@@ -206,6 +224,27 @@ pub(crate) struct Hello {
     pub limits: Option<Box<Limits>>,
 }
 
+impl Hello {
+    /// About how many bytes this hello will hold in the registry: its
+    /// names and held steps with the allocations around them. A hello of
+    /// short names costs several times its size on the wire (two million
+    /// one-character handlers, 16 MB sent, took 120 MB).
+    pub fn weight(&self) -> usize {
+        let names: usize = self
+            .handlers
+            .iter()
+            .chain(&self.language)
+            .map(|name| name.len() + NAME_BYTES)
+            .sum();
+        let foreign: usize = self
+            .foreign
+            .iter()
+            .map(|held| held.orchestrator_id.len() + FOREIGN_BYTES)
+            .sum();
+        ENTRY_BYTES + self.worker_id.len() + names + self.mine.len() * HELD_BYTES + foreign
+    }
+}
+
 pub(crate) struct Registry {
     conns: HashMap<ConnId, Conn>,
     by_routing: HashMap<RoutingId, ConnId>,
@@ -213,17 +252,39 @@ pub(crate) struct Registry {
     by_worker: HashMap<Arc<str>, ConnId>,
     next_id: ConnId,
     max: usize,
+    /// The sum of the entries' weights, and its bound.
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl Registry {
-    pub fn new(max: usize) -> Self {
+    /// A registry of at most `max` connections whose hellos hold at most
+    /// `max_bytes` together ([`Hello::weight`]).
+    pub fn new(max: usize, max_bytes: usize) -> Self {
         Self {
             conns: HashMap::new(),
             by_routing: HashMap::new(),
             by_worker: HashMap::new(),
             next_id: 1,
             max,
+            bytes: 0,
+            max_bytes,
         }
+    }
+
+    /// Whether a hello of `weight` fits, in place of `replacing`'s when it
+    /// re-registers that connection.
+    pub fn has_room_for(&self, weight: usize, replacing: Option<ConnId>) -> bool {
+        let freed = replacing
+            .and_then(|conn| self.conns.get(&conn))
+            .map_or(0, |c| c.weight);
+        self.bytes - freed + weight <= self.max_bytes
+    }
+
+    /// The bytes the registered hellos hold, as estimated.
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Registered workers (live connections).
@@ -261,6 +322,8 @@ impl Registry {
     pub fn register(&mut self, routing_id: RoutingId, hello: Hello, now: Instant) -> ConnId {
         let id = self.next_id;
         self.next_id += 1;
+        let weight = hello.weight();
+        self.bytes += weight;
         let worker_id: Arc<str> = hello.worker_id.into();
         self.by_routing.insert(routing_id.clone(), id);
         self.by_worker.insert(Arc::clone(&worker_id), id);
@@ -280,19 +343,28 @@ impl Registry {
                 language: hello.language,
                 pid: hello.pid,
                 limits: hello.limits,
+                weight,
             },
         );
         id
     }
 
     /// A hello again on a registered connection (same worker id): new
-    /// handlers and capacity, taking work again; what it holds stays.
+    /// handlers and capacity, taking work again. Its steps of this
+    /// orchestrator are added to what the connection holds (the caller
+    /// passes only those it adopted: the rest it holds already, or never
+    /// sent); another orchestrator's steps are the hello's list alone,
+    /// since a worker lists all it holds. Adding those too let a peer grow
+    /// one entry without bound by repeating hellos of new steps.
     pub fn reregister(&mut self, conn: ConnId, hello: Hello) {
+        let weight = hello.weight();
         if let Some(c) = self.conns.get_mut(&conn) {
+            self.bytes = self.bytes - c.weight + weight;
+            c.weight = weight;
             c.handlers = hello.handlers.into();
             c.capacity = hello.capacity;
             c.occupied.extend(hello.mine);
-            c.foreign.extend(hello.foreign);
+            c.foreign = hello.foreign;
             c.draining = false;
             c.language = hello.language;
             c.pid = hello.pid;
@@ -321,6 +393,7 @@ impl Registry {
     /// steps it held.
     pub fn remove(&mut self, conn: ConnId) -> Option<Conn> {
         let c = self.conns.remove(&conn)?;
+        self.bytes -= c.weight;
         self.by_routing.remove(&c.routing_id);
         if self.by_worker.get(&c.worker_id) == Some(&conn) {
             self.by_worker.remove(&c.worker_id);
@@ -383,7 +456,7 @@ mod tests {
 
     #[test]
     fn a_retired_connection_is_no_longer_the_workers_but_keeps_its_steps() {
-        let mut registry = Registry::new(10);
+        let mut registry = Registry::new(10, usize::MAX);
         let now = Instant::now();
         let old = registry.register(b"x".to_vec(), hello("w", &[1]), now);
         assert!(registry.retire(old), "it still holds step 1");
@@ -419,7 +492,7 @@ mod tests {
 
     #[test]
     fn an_idle_connection_retires_by_going_away() {
-        let mut registry = Registry::new(10);
+        let mut registry = Registry::new(10, usize::MAX);
         let old = registry.register(b"x".to_vec(), hello("w", &[]), Instant::now());
         assert!(!registry.retire(old));
         assert!(registry.get(old).is_none());
@@ -427,7 +500,7 @@ mod tests {
 
     #[test]
     fn the_registry_is_full_at_its_bound_counting_retired_entries() {
-        let mut registry = Registry::new(2);
+        let mut registry = Registry::new(2, usize::MAX);
         let now = Instant::now();
         let a = registry.register(b"a".to_vec(), hello("a", &[1]), now);
         registry.retire(a);
@@ -438,8 +511,42 @@ mod tests {
     }
 
     #[test]
+    fn the_hellos_bytes_are_bounded_and_a_hello_again_replaces_its_own() {
+        let foreign = |n: i64| -> HashSet<HeldStep> {
+            (0..n)
+                .map(|step_id| HeldStep {
+                    step_id,
+                    attempt: 1,
+                    orchestrator_id: "another".into(),
+                })
+                .collect()
+        };
+        let with_foreign = |id: &str, n| Hello {
+            foreign: foreign(n),
+            ..hello(id, &[])
+        };
+        let one = with_foreign("a", 100).weight();
+        assert!(one > 100 * FOREIGN_BYTES, "{one}");
+        let mut registry = Registry::new(10, 2 * one);
+        let now = Instant::now();
+        let a = registry.register(b"a".to_vec(), with_foreign("a", 100), now);
+        assert!(registry.has_room_for(one, None));
+        registry.register(b"b".to_vec(), with_foreign("b", 100), now);
+        assert!(!registry.has_room_for(hello("c", &[]).weight(), None));
+        // The same hello again on a registered connection takes no more.
+        assert!(registry.has_room_for(one, Some(a)));
+        for _ in 0..5 {
+            registry.reregister(a, with_foreign("a", 100));
+        }
+        assert_eq!(registry.get(a).unwrap().foreign.len(), 100);
+        assert_eq!(registry.bytes(), 2 * one);
+        registry.remove(a);
+        assert_eq!(registry.bytes(), one);
+    }
+
+    #[test]
     fn a_stall_of_the_orchestrator_is_not_silence_of_its_workers() {
-        let mut registry = Registry::new(2);
+        let mut registry = Registry::new(2, usize::MAX);
         let t0 = Instant::now();
         registry.register(b"a".to_vec(), hello("a", &[]), t0);
         let expiry = Duration::from_millis(600);
