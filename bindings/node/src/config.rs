@@ -106,13 +106,14 @@ fn read_options(options: &Object) -> Result<Map<String, Value>> {
     Ok(values)
 }
 
+/// Options by config key, and each key's name as the caller wrote it.
+type Converted = (BTreeMap<String, Value>, BTreeMap<String, String>);
+
 /// Options of a JavaScript caller as `Sources::options`: keys to snake_case,
 /// integral numbers as integers (a JavaScript number above 2^32 arrives as
 /// a float, which no integer key would take); and each key's name as the
 /// caller wrote it, for [`in_callers_words`].
-fn config_options(
-    options: Map<String, Value>,
-) -> std::result::Result<(BTreeMap<String, Value>, BTreeMap<String, String>), ConfigError> {
+fn config_options(options: Map<String, Value>) -> std::result::Result<Converted, ConfigError> {
     let mut converted = BTreeMap::new();
     let mut given_as: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in options {
