@@ -350,6 +350,27 @@ async fn h5_forged_results_with_a_victims_worker_id_do_not_free_its_slots() {
     executor.shutdown(LONG).await;
 }
 
+/// A result is credited to the worker its connection registered as: the
+/// holder naming another (live) worker in its metadata had the API show
+/// that worker as the one that ran the step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h5b_a_result_is_credited_to_the_worker_that_holds_it_whatever_its_metadata_says() {
+    let executor = start(&config());
+    let bystander = RawPeer::connect(executor.endpoint());
+    bystander.hello("legit", &["other"], 1);
+    let (spoofer, held, _, handle) = holding(&executor, "spoofer", 2).await;
+    spoofer.respond(
+        held.iter()
+            .map(|s| completed(s, json!("done"), "legit"))
+            .collect(),
+    );
+    for result in handle.collect().await {
+        assert_eq!(result.output, Some(json!("done")));
+        assert_eq!(result.metadata.worker_id, "spoofer");
+    }
+    executor.shutdown(LONG).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h6_a_hello_reusing_a_live_workers_id_is_refused_and_the_worker_keeps_its_steps() {
     let executor = start(&config());

@@ -45,6 +45,19 @@ fn captured() -> &'static Capture {
     })
 }
 
+/// Waits until the capture, from byte `start` on, holds `what`.
+async fn wait_until_logged(start: usize, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = String::from_utf8_lossy(&captured().0.lock().unwrap()[start..]).contains(what);
+        if found {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never logged: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Bytes and lines logged while `f` ran.
 async fn logged_during<F: std::future::Future<Output = ()>>(f: F) -> (usize, usize) {
     let capture = captured();
@@ -114,6 +127,68 @@ async fn h8_h10_h11_bad_input_is_quoted_briefly_and_floods_do_not_flood_the_log(
             .take(5)
             .collect::<Vec<_>>()
             .join("\n")
+    );
+
+    // h12: what a peer names itself or says cannot forge a log line: a
+    // newline and a timestamp in a worker_id, a goodbye's reason or a
+    // protocol error's message, or a terminal's escape codes.
+    let forged = "\n2026-01-01T00:00:00.000000Z ERROR forged: FORGED \u{1b}[31mred";
+    let from = captured().0.lock().unwrap().len();
+    let liar = RawPeer::connect(executor.endpoint());
+    liar.hello(&format!("liar{forged}"), &["echo"], 1);
+    liar.send(&WorkerMessage::ProtocolError(ProtocolError {
+        code: ProtocolErrorCode::InvalidMessage,
+        message: format!("bad{forged}"),
+    }));
+    liar.send(&WorkerMessage::Goodbye(Goodbye::new(format!(
+        "bye{forged}"
+    ))));
+    wait_until_logged(from, "worker said goodbye").await;
+    let text = String::from_utf8_lossy(&captured().0.lock().unwrap()[from..]).to_string();
+    assert_eq!(text.matches("FORGED").count(), 3, "{text}");
+    for line in text.lines() {
+        assert!(
+            !line.starts_with("2026-01-01T00:00:00"),
+            "a forged line: {text}"
+        );
+        assert!(
+            !line.contains("\u{1b}[31mred"),
+            "an escape code went through: {text}"
+        );
+    }
+
+    // h13: a registered peer resending 20,000 results nobody wants writes a
+    // few lines, not one each.
+    let (_, lines) = logged_during(async {
+        let resender = RawPeer::connect(executor.endpoint());
+        resender.hello("resender", &["echo"], 1);
+        for chunk in 0..40 {
+            resender.respond(
+                (0..500)
+                    .map(|i| {
+                        let step = StepRef {
+                            step_id: 1_000_000 + chunk * 500 + i,
+                            attempt: 1,
+                        };
+                        StepExecutionResult::completed(step, serde_json::json!(1), "resender", 1)
+                    })
+                    .collect(),
+            );
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while executor.metrics().duplicate_results_dropped < 20_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                executor.metrics()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        lines < 50,
+        "20,000 unwanted results wrote {lines} log lines"
     );
     executor.shutdown(LONG).await;
 

@@ -193,3 +193,52 @@ async fn r5_a_result_for_a_step_the_hello_did_not_name_is_its_one_result() {
     assert_eq!(executor.metrics().duplicate_results_dropped, 1);
     executor.shutdown(LONG).await;
 }
+
+/// Only a worker serving a step's handler can claim it after the restart,
+/// as only one could have been sent it: a stranger serving another handler,
+/// which knew the orchestrator id (any welcome says it) and the step id,
+/// took the step with a forged result, by hello, before the hello or after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r6_a_step_is_reclaimed_only_by_a_worker_serving_its_handler() {
+    let executor = restarted();
+    let handle = executor
+        .resume(
+            StepBatchRequest::new(
+                "resumed",
+                vec![dispatched_before(46), dispatched_before(47)],
+            ),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let forged = |id| {
+        let mut result = result(id);
+        result.output = Some(json!("FORGED"));
+        result
+    };
+    // Before its hello: kept for the hello, then judged by what it serves.
+    let stranger = RawPeer::connect(executor.endpoint());
+    *stranger.orchestrator_id.borrow_mut() = KEPT_ID.into();
+    stranger.respond(vec![forged(46)]);
+    expect_unknown_worker(&stranger);
+    let mut hello = WorkerHello::new("stranger", vec!["nothing_here".into()], 4);
+    hello.in_progress = vec![held(47, KEPT_ID)];
+    stranger.send_hello(hello);
+    stranger.respond(vec![forged(46), forged(47)]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while executor.metrics().unheld_results_dropped < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(executor.metrics().reclaimed, 0, "{:?}", executor.metrics());
+    // The worker that held them comes back and answers.
+    let peer = RawPeer::connect(executor.endpoint());
+    peer.hello("survivor", &["echo"], 4);
+    peer.respond(vec![result(46), result(47)]);
+    let results = handle.collect().await;
+    assert_eq!(results.len(), 2);
+    for r in results {
+        assert_eq!(r.output, Some(json!({ "answered": r.step_id })));
+        assert_eq!(r.metadata.worker_id, "survivor");
+    }
+    executor.shutdown(LONG).await;
+}

@@ -124,9 +124,12 @@ pub fn check_header(header: &[u8]) -> Result<(), DecodeError> {
 
 /// Checks a `MAJOR.MINOR` version string against ours.
 pub fn check_version(version: &str) -> Result<(), DecodeError> {
+    // Digits only: `u32::from_str` also takes a leading `+`, which a
+    // worker reading the SPEC's "unsigned decimal number" refuses.
     let major = version
         .split('.')
         .next()
+        .filter(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|m| m.parse::<u32>().ok());
     match major {
         Some(PROTOCOL_MAJOR) => Ok(()),
@@ -264,26 +267,35 @@ pub(crate) fn classify<M: WireMessage>(body: &[u8], typed_error: serde_json::Err
 }
 
 /// At most `max_bytes` bytes of `text` (so at most that many characters),
-/// cut at a character boundary and marked `…` when cut: untrusted input is
-/// never quoted whole in a log line or a reply.
+/// cut at a character boundary and marked `…` when cut, with control
+/// characters escaped (`\n`, `\u{1b}`): untrusted input is never quoted
+/// whole in a log line or a reply, and cannot forge a log line of its own
+/// (a `worker_id` holding a newline and a timestamp did) or colour a
+/// terminal.
 ///
 /// ```
 /// use tasker_protocol::codec::truncate;
 /// assert_eq!(truncate("abcdef", 3), "abc…");
 /// assert_eq!(truncate("ééé", 3), "é…");
 /// assert_eq!(truncate("abc", 3), "abc");
+/// assert_eq!(truncate("a\nERROR forged\u{1b}[31m", 64), "a\\nERROR forged\\u{1b}[31m");
 /// ```
 pub fn truncate(text: &str, max_bytes: usize) -> String {
-    if text.len() <= max_bytes {
-        return text.to_string();
-    }
-    let mut end = max_bytes;
+    let mut end = max_bytes.min(text.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     let mut cut = String::with_capacity(end + '…'.len_utf8());
-    cut.push_str(&text[..end]);
-    cut.push('…');
+    for c in text[..end].chars() {
+        if c.is_control() {
+            cut.extend(c.escape_default());
+        } else {
+            cut.push(c);
+        }
+    }
+    if end < text.len() {
+        cut.push('…');
+    }
     cut
 }
 
@@ -590,10 +602,16 @@ impl ResultBatch {
         if self.refused.len() > 16 {
             indices.push(format!("… ({} in all)", self.refused.len()));
         }
+        // "The others" only where there were others.
+        let others = if self.results.is_empty() {
+            ""
+        } else {
+            " (the others were taken)"
+        };
         Some(ProtocolError {
             code: ProtocolErrorCode::InvalidMessage,
             message: format!(
-                "step_batch_response: results [{}] refused (the others were taken); results[{}]: {}",
+                "step_batch_response: results [{}] refused{others}; results[{}]: {}",
                 indices.join(", "),
                 first.index,
                 truncate(&first.reason, 200)

@@ -321,6 +321,23 @@ fn foreign_header_and_wrong_major_are_named() {
         );
         assert!(ok.is_ok(), "{header}: {ok:?}");
     }
+    // MAJOR is digits only (SPEC 3.2.2): Rust's number parser alone took a
+    // sign, which a worker built from the SPEC refuses.
+    for header in ["tasker/+1.0", "tasker/ 1.0", "tasker/.1", "tasker/"] {
+        let err = codec::decode::<WorkerMessage>(
+            &[
+                header.as_bytes().to_vec(),
+                br#"{"type":"heartbeat"}"#.to_vec(),
+            ],
+            MAX,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.code(),
+            ProtocolErrorCode::UnsupportedVersion,
+            "{header}"
+        );
+    }
 }
 
 #[test]

@@ -16,7 +16,7 @@ impl Dispatcher {
         let reclaimed: Vec<StepRef> = mine
             .iter()
             .copied()
-            .filter(|step| self.steps.is_orphan(*step))
+            .filter(|step| self.steps.is_orphan_for(*step, &hello.handlers))
             .collect();
         let announced = hello.handler_limits;
         let mut registration = registry::Hello {
@@ -36,7 +36,9 @@ impl Dispatcher {
                 // the rest only those it adopts now are its to hold (a
                 // peer repeating hellos of invented steps took slots and
                 // memory without bound).
-                registration.mine.retain(|step| self.steps.is_orphan(*step));
+                registration
+                    .mine
+                    .retain(|step| self.steps.is_orphan_for(*step, &registration.handlers));
                 if !self
                     .registry
                     .has_room_for(registration.weight(), Some(conn))
@@ -140,6 +142,8 @@ impl Dispatcher {
         let c = self.registry.get(conn).expect("just registered");
         tracing::info!(
             worker_id = %codec::truncate(&c.worker_id, 64),
+            // The routing id the refusals and drops of this peer name.
+            peer = %hex(&routing_id),
             handlers = c.handlers.len(),
             capacity = c.capacity,
             language = c.language.as_deref().map(|l| codec::truncate(l, 32)).unwrap_or_default(),
@@ -167,10 +171,13 @@ impl Dispatcher {
     /// worker as held: they are this connection's now (its hello put them
     /// among its occupied slots already).
     pub(super) fn adopt_all(&mut self, conn: ConnId, steps: &[StepRef]) {
+        let Some(handlers) = self.registry.get(conn).map(|c| Arc::clone(&c.handlers)) else {
+            return;
+        };
         let now = Instant::now();
         let adopted = steps
             .iter()
-            .filter(|step| self.steps.adopt(**step, conn, now))
+            .filter(|step| self.steps.adopt(**step, conn, &handlers, now))
             .count();
         if adopted > 0 {
             Metrics::add(&self.channels.metrics.reclaimed, adopted as u64);
@@ -305,9 +312,13 @@ impl Dispatcher {
     /// worker's old connection's steps count as answers from it now; the
     /// rest take no effect.
     pub(super) fn claim_unclaimed(&mut self, routing_id: &[u8], conn: ConnId, old: Option<ConnId>) {
+        let handlers = self
+            .registry
+            .get(conn)
+            .map_or_else(|| Arc::from(Vec::new()), |c| Arc::clone(&c.handlers));
         for result in self.unclaimed.take(routing_id) {
             let step = result.step_ref();
-            if self.steps.adopt(step, conn, Instant::now()) {
+            if self.steps.adopt(step, conn, &handlers, Instant::now()) {
                 Metrics::add(&self.channels.metrics.reclaimed, 1);
                 if let Some(c) = self.registry.get_mut(conn) {
                     c.occupied.insert(step);

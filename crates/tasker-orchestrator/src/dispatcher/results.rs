@@ -32,11 +32,23 @@ impl Dispatcher {
             return;
         }
         let refusal = batch.refusal();
-        for result in batch.results {
+        // A result is credited to the worker its connection registered as,
+        // whatever its metadata says: a holder naming another live worker
+        // there had the API credit that one with its step.
+        let (holder, handlers) = match self.registry.get(conn) {
+            Some(c) => (Some(Arc::clone(&c.worker_id)), Arc::clone(&c.handlers)),
+            None => (None, Arc::from(Vec::new())),
+        };
+        for mut result in batch.results {
             let step = result.step_ref();
             self.free_slot(conn, step);
-            match self.steps.take_answered(step, conn) {
+            match self.steps.take_answered(step, conn, &handlers) {
                 Some(answered) => {
+                    if let Some(holder) = holder.as_deref() {
+                        if result.metadata.worker_id != holder {
+                            result.metadata.worker_id = holder.to_string();
+                        }
+                    }
                     if answered.adopted {
                         // Dispatched before a restart, answered now.
                         Metrics::add(&metrics.reclaimed, 1);
@@ -53,42 +65,43 @@ impl Dispatcher {
         self.registry.drop_if_spent(conn);
     }
 
-    /// A result that took no effect: say why in the counters.
+    /// A result that took no effect: say why in the counters, and in the
+    /// log within the peers' rate limit (a peer resending 20,000 results
+    /// wrote 20,000 lines), naming the worker that sent it.
     pub(super) fn count_unwanted(&mut self, conn: Option<ConnId>, step: StepRef) {
         let metrics = &self.channels.metrics;
         let in_flight = self
             .steps
             .get(step.step_id)
             .is_some_and(|e| e.step_ref() == step);
-        if in_flight {
-            // In flight, but not out at this connection under this
-            // attempt: another connection holds it, or it waits in the
-            // queue, or this connection never said hello. Not this
-            // connection's to answer.
-            Metrics::add(&metrics.unheld_results_dropped, 1);
-            if self.warnings.allow_conn(conn.unwrap_or(0)) {
-                tracing::warn!(
-                    step_id = step.step_id,
-                    attempt = step.attempt,
-                    "result for a step this connection does not hold dropped"
-                );
-            }
+        // In flight, but not out at this connection under this attempt:
+        // another connection holds it, or it waits in the queue, or this
+        // connection never said hello. Not this connection's to answer.
+        let (counter, why) = if in_flight {
+            (
+                &metrics.unheld_results_dropped,
+                "result for a step this connection does not hold dropped",
+            )
+        } else if self.steps.ended_by_orchestrator(step) {
+            (&metrics.late_results_dropped, "late result dropped")
+        } else {
+            (
+                &metrics.duplicate_results_dropped,
+                "duplicate result dropped",
+            )
+        };
+        Metrics::add(counter, 1);
+        if !self.warnings.allow_conn(conn.unwrap_or(0)) {
             return;
         }
-        if self.steps.ended_by_orchestrator(step) {
-            Metrics::add(&metrics.late_results_dropped, 1);
-            tracing::info!(
-                step_id = step.step_id,
-                attempt = step.attempt,
-                "late result dropped"
-            );
+        let worker_id = conn
+            .and_then(|conn| self.registry.get(conn))
+            .map(|c| codec::truncate(&c.worker_id, 64))
+            .unwrap_or_default();
+        if in_flight {
+            tracing::warn!(step_id = step.step_id, attempt = step.attempt, %worker_id, "{why}");
         } else {
-            Metrics::add(&metrics.duplicate_results_dropped, 1);
-            tracing::info!(
-                step_id = step.step_id,
-                attempt = step.attempt,
-                "duplicate result dropped"
-            );
+            tracing::info!(step_id = step.step_id, attempt = step.attempt, %worker_id, "{why}");
         }
     }
 

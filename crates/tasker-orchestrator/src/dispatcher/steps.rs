@@ -326,22 +326,35 @@ impl StepTable {
         self.push_deadline(now + grace, step_id, epoch);
     }
 
-    /// Whether this attempt of the step waits for its worker to come back.
-    pub fn is_orphan(&self, step: StepRef) -> bool {
-        self.steps
-            .get(&step.step_id)
-            .is_some_and(|e| e.step_ref() == step && e.state == StepState::Orphaned)
+    /// Whether this attempt of the step waits for its worker to come back,
+    /// and a worker serving `handlers` may claim it: only one that serves
+    /// its handler could have been sent it (guarantee 1). A stranger that
+    /// knew the orchestrator id and the step id took a step of any handler
+    /// after a crash.
+    pub fn is_orphan_for(&self, step: StepRef, handlers: &[String]) -> bool {
+        self.steps.get(&step.step_id).is_some_and(|e| {
+            e.step_ref() == step
+                && e.state == StepState::Orphaned
+                && handlers.iter().any(|h| **h == *e.handler)
+        })
     }
 
-    /// An orphaned step is held by `conn`: it is out there again, with a
-    /// fresh execution deadline (its handler may have run for a while
-    /// already; a late result is better than a second run).
-    pub fn adopt(&mut self, step: StepRef, conn: ConnId, now: Instant) -> bool {
-        match self.steps.get_mut(&step.step_id) {
-            Some(entry) if entry.step_ref() == step && entry.state == StepState::Orphaned => {
-                entry.state = StepState::Dispatched(conn);
-            }
-            _ => return false,
+    /// An orphaned step is held by `conn`, which serves `handlers`: it is
+    /// out there again, with a fresh execution deadline (its handler may
+    /// have run for a while already; a late result is better than a second
+    /// run). False, and nothing changes, unless [`is_orphan_for`](Self::is_orphan_for).
+    pub fn adopt(
+        &mut self,
+        step: StepRef,
+        conn: ConnId,
+        handlers: &[String],
+        now: Instant,
+    ) -> bool {
+        if !self.is_orphan_for(step, handlers) {
+            return false;
+        }
+        if let Some(entry) = self.steps.get_mut(&step.step_id) {
+            entry.state = StepState::Dispatched(conn);
         }
         self.arm_deadline(step.step_id, now);
         true
@@ -520,11 +533,17 @@ impl StepTable {
     }
 
     /// Takes out a step a worker answered on `conn`: when this attempt of
-    /// it is out at `conn`, or waits for its worker to come back (then the
-    /// answer adopts it: the ids say it is the same dispatch). `None`, and
+    /// it is out at `conn`, or waits for its worker to come back and `conn`
+    /// serves its handler (then the answer adopts it: the ids say it is the
+    /// same dispatch). `None`, and
     /// nothing changes, for any other result. One lookup per result, where
     /// adopting, checking the holder and finishing each looked it up.
-    pub fn take_answered(&mut self, step: StepRef, conn: ConnId) -> Option<Answered> {
+    pub fn take_answered(
+        &mut self,
+        step: StepRef,
+        conn: ConnId,
+        handlers: &[String],
+    ) -> Option<Answered> {
         let Entry::Occupied(slot) = self.steps.entry(step.step_id) else {
             return None;
         };
@@ -534,7 +553,8 @@ impl StepTable {
         }
         let adopted = match entry.state {
             StepState::Dispatched(holder) if holder == conn => false,
-            StepState::Orphaned => true,
+            StepState::Orphaned if handlers.iter().any(|h| **h == *entry.handler) => true,
+            StepState::Orphaned => return None,
             StepState::Dispatched(_) | StepState::Queued => return None,
         };
         let entry = slot.remove();
