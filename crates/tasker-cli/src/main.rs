@@ -212,6 +212,7 @@ fn run_command(command: Command) -> Result<()> {
         Command::Keygen(args) => keygen::run(args).map_err(|e| fail(&e, 2)),
         Command::Task(args) => {
             init_logging("warn");
+            die_quietly_on_a_closed_pipe();
             match task::run(args) {
                 Ok(0) => Ok(()),
                 Ok(code) => std::process::exit(code),
@@ -226,6 +227,20 @@ fn run_command(command: Command) -> Result<()> {
                 Err(e) => fail(&e, 2),
             }
         }
+    }
+}
+
+/// `tasker task list | head` panicked ("failed printing to stdout") once
+/// `head` had read enough: Rust ignores SIGPIPE, so `println!` meets
+/// EPIPE. The `task` commands print to a terminal or a pipe and hold
+/// nothing a sudden end would lose, so they end as a shell tool does;
+/// their HTTP connections are sockets, which report EPIPE without the
+/// signal (MSG_NOSIGNAL).
+fn die_quietly_on_a_closed_pipe() {
+    // SAFETY: sets a signal disposition before any thread of ours writes to
+    // a pipe; SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

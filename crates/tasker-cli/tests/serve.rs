@@ -447,6 +447,24 @@ fn s3_the_task_command_submits_waits_shows_lists_and_cancels_with_exit_statuses(
     let tasks = listed["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0]["workflow"], "mixed");
+    // Piped into a reader that has gone (`tasker task list | head`), it ends
+    // as a shell tool does, by SIGPIPE, without a panic's backtrace.
+    let mut piped = Command::new(TASKER)
+        .args(["task", "list", "--api", &serve.api])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take());
+    let ended = piped.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&ended.status),
+        Some(libc::SIGPIPE),
+        "{:?} {stderr}",
+        ended.status
+    );
 
     // Cancel a running task: its running step finishes, the rest never run.
     let started = task_cli(&serve.api, &["submit", "slow", "--json"]);
