@@ -203,6 +203,33 @@ pub(crate) fn checked_body(
     Ok(body)
 }
 
+/// serde_json's words for `error` in parsing `text`, at most a few hundred
+/// bytes, with a hint where they mislead: a lone surrogate escape reads
+/// "unexpected end of hex escape", which sends people looking for a typo,
+/// where the usual cause is a string cut in the middle of a character by
+/// its sender (Python's `json.dumps`, JavaScript's `JSON.stringify`).
+///
+/// ```
+/// use tasker_protocol::codec::json_error_reason;
+/// let text = br#"{"s":"\ud800"}"#;
+/// let error = serde_json::from_slice::<serde_json::Value>(text).unwrap_err();
+/// assert!(json_error_reason(&error, text).ends_with("one half of a surrogate pair"));
+/// ```
+pub fn json_error_reason(error: &serde_json::Error, text: &[u8]) -> String {
+    let message = truncate(&error.to_string(), 200);
+    let surrogate = |w: &[u8]| {
+        matches!(
+            w,
+            [b'\\', b'u', b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F']
+        )
+    };
+    if message.contains("hex escape") && text.windows(4).any(surrogate) {
+        format!("{message}; a \\uD800-\\uDFFF escape must be one half of a surrogate pair")
+    } else {
+        message
+    }
+}
+
 /// The top-level fields of a body, each left as its JSON text: read
 /// without building values, so neither nesting depth nor string escapes
 /// inside a field can fail it. An error when the body is not JSON text
@@ -220,7 +247,7 @@ fn top_level(body: &[u8]) -> Result<BTreeMap<Cow<'_, str>, &RawValue>, DecodeErr
         if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
             DecodeError::MalformedJson("body is not a JSON object".into())
         } else {
-            DecodeError::MalformedJson(truncate(&e.to_string(), 200))
+            DecodeError::MalformedJson(json_error_reason(&e, body))
         }
     })
 }
@@ -262,7 +289,7 @@ pub(crate) fn classify<M: WireMessage>(body: &[u8], typed_error: serde_json::Err
     }
     DecodeError::Invalid {
         message_type: t,
-        reason: truncate(&typed_error.to_string(), 200),
+        reason: json_error_reason(&typed_error, body),
     }
 }
 
@@ -768,9 +795,10 @@ fn lenient_results(
                         step_id: i.step_id,
                         attempt: i.metadata.attempt,
                     });
+                let why = json_error_reason(&error, raw.get().as_bytes());
                 let reason = match step {
-                    Some(s) => format!("step {}: {}", s.step_id, truncate(&error.to_string(), 200)),
-                    None => truncate(&error.to_string(), 200),
+                    Some(s) => format!("step {}: {why}", s.step_id),
+                    None => why,
                 };
                 refused.push(RefusedResult {
                     index,

@@ -182,18 +182,12 @@ pub fn parse_body<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, Pro
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         // serde_json's syntax errors say where (line, column), never what.
-        let message = e.to_string();
-        // Its words for a lone surrogate ("unexpected end of hex escape")
-        // send people looking for a typo; the usual cause is a string cut
-        // in the middle of a character by the sender.
-        let hint = if message.contains("hex escape") && bytes.windows(3).any(is_surrogate_escape) {
-            "; a \\uD800-\\uDFFF escape must be one half of a surrogate pair"
-        } else {
-            ""
-        };
         Problem::new(
             ProblemKind::MalformedJson,
-            format!("the body is not valid JSON: {message}{hint}"),
+            format!(
+                "the body is not valid JSON: {}",
+                tasker_protocol::codec::json_error_reason(&e, bytes)
+            ),
         )
     })?;
     if !value.is_object() {
@@ -206,14 +200,6 @@ pub fn parse_body<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, Pro
         .map_err(|e| data_problem(&value, e.path(), &e.inner().to_string()))?;
     parsed.validate()?;
     Ok(parsed)
-}
-
-/// Whether `bytes` start `\uD` followed by 8 to F: a UTF-16 surrogate.
-fn is_surrogate_escape(bytes: &[u8]) -> bool {
-    matches!(
-        bytes,
-        [b'u', b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F']
-    )
 }
 
 /// A problem for JSON that does not deserialise: `message` is serde's, at
