@@ -96,8 +96,12 @@ async fn r2_a_result_sent_before_the_hello_is_taken_once_the_hello_comes() {
         .unwrap();
     let peer = RawPeer::connect(executor.endpoint());
     *peer.orchestrator_id.borrow_mut() = KEPT_ID.into();
-    // A worker whose socket reconnected underneath it sends what it had.
-    peer.respond(vec![result(42)]);
+    // A worker whose socket reconnected underneath it sends what it had;
+    // the result is credited to the worker_id its hello registers, whatever
+    // the result names.
+    let mut sent = result(42);
+    sent.metadata.worker_id = "someone-else".into();
+    peer.respond(vec![sent]);
     expect_unknown_worker(&peer);
     peer.hello("survivor", &["echo"], 4);
     let results = handle.collect().await;

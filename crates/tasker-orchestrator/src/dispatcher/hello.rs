@@ -39,12 +39,6 @@ impl Dispatcher {
                 registration
                     .mine
                     .retain(|step| self.steps.is_orphan_for(*step, &registration.handlers));
-                if !self
-                    .registry
-                    .has_room_for(registration.weight(), Some(conn))
-                {
-                    return self.refuse_for_hello_bytes(&routing_id);
-                }
                 let current = self.registry.get(conn).expect("id from the registry");
                 if *current.worker_id != *registration.worker_id {
                     let message = format!(
@@ -65,6 +59,12 @@ impl Dispatcher {
                         ProtocolErrorCode::WorkerIdInUse,
                         message,
                     );
+                }
+                if !self
+                    .registry
+                    .has_room_for(registration.weight(), Some(conn))
+                {
+                    return self.refuse_for_hello_bytes(&routing_id);
                 }
                 if !announced.is_empty() {
                     // What it holds already counts, and what it lists.
@@ -336,6 +336,13 @@ impl Dispatcher {
             }
             if self.steps.held_by(step, conn) {
                 self.free_slot(conn, step);
+                let mut result = result;
+                if let Some(c) = self.registry.get(conn) {
+                    // Credited to the worker the connection registered as.
+                    if result.metadata.worker_id != *c.worker_id {
+                        result.metadata.worker_id = c.worker_id.to_string();
+                    }
+                }
                 self.finish(step.step_id, result, Ended::ByWorker);
             } else {
                 self.count_unwanted(Some(conn), step);
