@@ -644,6 +644,35 @@ async fn h7b_a_hello_again_lists_what_the_worker_holds_and_never_adds_past_its_c
     executor.shutdown(LONG).await;
 }
 
+/// A hello listing a step another live worker holds is welcomed, and the
+/// step is not counted against it: counted, it took one of its slots for
+/// good, since no result of that step comes on its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h7d_a_step_another_worker_holds_takes_no_slot_of_a_worker_that_lists_it() {
+    let executor = start(&config());
+    let (holder, held, ours, first) = holding(&executor, "holder", 1).await;
+    let claimer = RawPeer::connect(executor.endpoint());
+    let mut hello = WorkerHello::new("claimer", vec!["echo".into()], 1);
+    hello.in_progress = vec![HeldStep {
+        step_id: held[0].step_id,
+        attempt: 1,
+        orchestrator_id: ours,
+    }];
+    claimer.send_hello(hello);
+    // Its one slot is free: the next step goes to it.
+    let second = executor
+        .submit(StepBatchRequest::new("next", steps(10..11, "echo", 10_000)))
+        .await
+        .unwrap();
+    let sent = delivered(&claimer);
+    assert_eq!(sent[0].step_id, 10);
+    claimer.respond(vec![completed(&sent[0], json!("claimer"), "claimer")]);
+    holder.respond(vec![completed(&held[0], json!("holder"), "holder")]);
+    assert_eq!(second.collect().await[0].output, Some(json!("claimer")));
+    assert_eq!(first.collect().await[0].output, Some(json!("holder")));
+    executor.shutdown(LONG).await;
+}
+
 /// The hellos of all registered connections hold at most 16 ×
 /// `max_message_bytes` (1 MiB here): bounded by `max_workers` alone, a
 /// hello of short names costs several times its size (one of 16 MB took

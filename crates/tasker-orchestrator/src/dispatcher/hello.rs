@@ -114,6 +114,14 @@ impl Dispatcher {
                 if !self.registry.has_room_for(registration.weight(), None) {
                     return self.refuse_for_hello_bytes(&routing_id);
                 }
+                // A step out at another worker's connection is not this
+                // worker's, whatever its hello says: counted, it took one
+                // of its slots for good (no result of it comes here).
+                registration.mine.retain(|step| {
+                    self.steps
+                        .holder_of(*step)
+                        .map_or(true, |at| Some(at) == holder)
+                });
                 if !announced.is_empty() {
                     // The steps it lists count, whichever connection
                     // holds them now.

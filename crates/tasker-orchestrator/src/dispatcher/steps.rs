@@ -257,6 +257,17 @@ impl StepTable {
         self.steps.values().map(StepEntry::step_ref).collect()
     }
 
+    /// The connection this attempt of the step is out at, if any.
+    pub fn holder_of(&self, step: StepRef) -> Option<ConnId> {
+        match self.steps.get(&step.step_id) {
+            Some(e) if e.step_ref() == step => match e.state {
+                StepState::Dispatched(conn) => Some(conn),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Whether this attempt of the step is out at this connection.
     pub fn held_by(&self, step: StepRef, conn: ConnId) -> bool {
         self.steps
