@@ -293,12 +293,13 @@ pub(crate) fn classify<M: WireMessage>(body: &[u8], typed_error: serde_json::Err
     }
 }
 
-/// At most `max_bytes` bytes of `text` (so at most that many characters),
+/// `text` in at most `max_bytes` bytes (so at most that many characters),
 /// cut at a character boundary and marked `…` when cut, with control
 /// characters escaped (`\n`, `\u{1b}`): untrusted input is never quoted
 /// whole in a log line or a reply, and cannot forge a log line of its own
 /// (a `worker_id` holding a newline and a timestamp did) or colour a
-/// terminal.
+/// terminal. Escapes count against `max_bytes`, so text of control
+/// characters is not quoted six times longer.
 ///
 /// ```
 /// use tasker_protocol::codec::truncate;
@@ -306,22 +307,23 @@ pub(crate) fn classify<M: WireMessage>(body: &[u8], typed_error: serde_json::Err
 /// assert_eq!(truncate("ééé", 3), "é…");
 /// assert_eq!(truncate("abc", 3), "abc");
 /// assert_eq!(truncate("a\nERROR forged\u{1b}[31m", 64), "a\\nERROR forged\\u{1b}[31m");
+/// assert_eq!(truncate(&"\u{1}".repeat(100), 12), "\\u{1}\\u{1}…");
 /// ```
 pub fn truncate(text: &str, max_bytes: usize) -> String {
-    let mut end = max_bytes.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut cut = String::with_capacity(end + '…'.len_utf8());
-    for c in text[..end].chars() {
+    let mut cut = String::with_capacity(text.len().min(max_bytes) + '…'.len_utf8());
+    let mut escaped = String::new();
+    for c in text.chars() {
+        escaped.clear();
         if c.is_control() {
-            cut.extend(c.escape_default());
+            escaped.extend(c.escape_default());
         } else {
-            cut.push(c);
+            escaped.push(c);
         }
-    }
-    if end < text.len() {
-        cut.push('…');
+        if cut.len() + escaped.len() > max_bytes {
+            cut.push('…');
+            break;
+        }
+        cut.push_str(&escaped);
     }
     cut
 }
