@@ -400,48 +400,15 @@ impl WireMessage for WorkerMessage {
                 if hello.handlers.is_empty() {
                     return Err(invalid(t, "handlers is empty"));
                 }
-                if hello.handlers.len() > crate::MAX_HANDLERS {
-                    return Err(invalid(
-                        t,
-                        format!(
-                            "handlers lists {} names, more than {}",
-                            hello.handlers.len(),
-                            crate::MAX_HANDLERS
-                        ),
-                    ));
-                }
                 if hello.handlers.iter().any(String::is_empty) {
                     return Err(invalid(t, "a handler name is empty"));
                 }
-                let too_long = |name: &str| name.chars().count() > crate::MAX_NAME_CHARS;
-                if too_long(&hello.worker_id) {
-                    return Err(invalid(
-                        t,
-                        format!(
-                            "worker_id is longer than {} characters",
-                            crate::MAX_NAME_CHARS
-                        ),
-                    ));
-                }
-                if let Some(name) = hello.handlers.iter().find(|h| too_long(h)) {
-                    return Err(invalid(
-                        t,
-                        format!(
-                            "handler name {:?} is longer than {} characters",
-                            truncate(name, 32),
-                            crate::MAX_NAME_CHARS
-                        ),
-                    ));
-                }
-                if hello.language.as_deref().is_some_and(too_long) {
-                    return Err(invalid(
-                        t,
-                        format!(
-                            "language is longer than {} characters",
-                            crate::MAX_NAME_CHARS
-                        ),
-                    ));
-                }
+                crate::check_hello_names(
+                    &hello.worker_id,
+                    &hello.handlers,
+                    hello.language.as_deref(),
+                )
+                .map_err(|reason| invalid(t, reason))?;
                 if hello.capacity == 0 {
                     return Err(invalid(t, "capacity must be at least 1"));
                 }

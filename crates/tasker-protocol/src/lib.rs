@@ -67,6 +67,48 @@ pub const MAX_HANDLERS: usize = 1024;
 /// characters (as JSON Schema's `maxLength` counts them).
 pub const MAX_NAME_CHARS: usize = 255;
 
+/// Why a hello's names break [`MAX_HANDLERS`] or [`MAX_NAME_CHARS`], if
+/// they do: the orchestrator refuses such a hello, and a worker refuses to
+/// start with them rather than be refused on every connection.
+///
+/// ```
+/// use tasker_protocol::check_hello_names;
+/// assert!(check_hello_names("w-1", &["echo".to_string()], Some("rust")).is_ok());
+/// let long = "h".repeat(256);
+/// assert!(check_hello_names("w-1", &[long], None).unwrap_err().contains("longer than 255"));
+/// ```
+pub fn check_hello_names(
+    worker_id: &str,
+    handlers: &[String],
+    language: Option<&str>,
+) -> Result<(), String> {
+    if handlers.len() > MAX_HANDLERS {
+        return Err(format!(
+            "{} handlers registered; a worker serves at most {MAX_HANDLERS}",
+            handlers.len()
+        ));
+    }
+    let too_long = |name: &str| name.chars().count() > MAX_NAME_CHARS;
+    if too_long(worker_id) {
+        return Err(format!(
+            "worker_id {:?} is longer than {MAX_NAME_CHARS} characters",
+            codec::truncate(worker_id, 32)
+        ));
+    }
+    if let Some(name) = handlers.iter().find(|h| too_long(h)) {
+        return Err(format!(
+            "handler name {:?} is longer than {MAX_NAME_CHARS} characters",
+            codec::truncate(name, 32)
+        ));
+    }
+    if language.is_some_and(too_long) {
+        return Err(format!(
+            "language is longer than {MAX_NAME_CHARS} characters"
+        ));
+    }
+    Ok(())
+}
+
 /// Prefix of [`PROTOCOL_HEADER`], used to tell a foreign peer from an
 /// incompatible version of our own.
 pub const PROTOCOL_HEADER_PREFIX: &str = "tasker/";

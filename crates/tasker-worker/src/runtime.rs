@@ -142,28 +142,12 @@ impl WorkerRuntime {
         }
         // The orchestrator refuses a hello past these (SPEC §4.2): say so
         // here, before a worker connects only to be refused again and again.
-        if options.handlers.len() > tasker_protocol::MAX_HANDLERS {
-            return Err(WorkerError::InvalidOptions(format!(
-                "{} handlers registered; a worker serves at most {}",
-                options.handlers.len(),
-                tasker_protocol::MAX_HANDLERS
-            )));
-        }
-        let too_long = |name: &str| name.chars().count() > tasker_protocol::MAX_NAME_CHARS;
-        if let Some(h) = options.handlers.iter().find(|h| too_long(h)) {
-            return Err(WorkerError::InvalidOptions(format!(
-                "handler name {:?} is longer than {} characters",
-                tasker_protocol::codec::truncate(h, 32),
-                tasker_protocol::MAX_NAME_CHARS
-            )));
-        }
-        if let Some(id) = options.worker_id.as_deref().filter(|id| too_long(id)) {
-            return Err(WorkerError::InvalidOptions(format!(
-                "worker_id {:?} is longer than {} characters",
-                tasker_protocol::codec::truncate(id, 32),
-                tasker_protocol::MAX_NAME_CHARS
-            )));
-        }
+        tasker_protocol::check_hello_names(
+            options.worker_id.as_deref().unwrap_or_default(),
+            &options.handlers,
+            Some(options.language.as_str()),
+        )
+        .map_err(WorkerError::InvalidOptions)?;
         if options.worker_id.as_deref() == Some("") {
             return Err(WorkerError::InvalidOptions("worker_id is empty".into()));
         }

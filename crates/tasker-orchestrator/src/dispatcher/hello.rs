@@ -160,16 +160,12 @@ impl Dispatcher {
         self.send_welcome(conn, &routing_id);
     }
 
-    /// Refuses a hello the registry has no bytes left for: the hellos
-    /// registered hold `HELLO_BYTES_PER_MESSAGE` × `max_message_bytes`.
+    /// Refuses a hello the registry has no bytes left for.
     fn refuse_for_hello_bytes(&mut self, routing_id: &[u8]) {
         let message = format!(
             "the orchestrator's registered hellos hold their most ({} MiB of names and held \
              steps, for {} workers); try again later",
-            self.config
-                .max_message_bytes
-                .saturating_mul(registry::HELLO_BYTES_PER_MESSAGE)
-                >> 20,
+            self.registry.max_bytes() >> 20,
             self.registry.workers()
         );
         self.refuse_hello(routing_id, ProtocolErrorCode::RegistryFull, message);
@@ -346,10 +342,7 @@ impl Dispatcher {
                 self.free_slot(conn, step);
                 let mut result = result;
                 if let Some(c) = self.registry.get(conn) {
-                    // Credited to the worker the connection registered as.
-                    if result.metadata.worker_id != *c.worker_id {
-                        result.metadata.worker_id = c.worker_id.to_string();
-                    }
+                    super::results::credit(&mut result, &c.worker_id);
                 }
                 self.finish(step.step_id, result, Ended::ByWorker);
             } else {

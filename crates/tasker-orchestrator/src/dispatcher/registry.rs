@@ -281,6 +281,11 @@ impl Registry {
         self.bytes - freed + weight <= self.max_bytes
     }
 
+    /// The most bytes the registered hellos may hold together.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// The bytes the registered hellos hold, as estimated.
     #[cfg(test)]
     pub fn bytes(&self) -> usize {

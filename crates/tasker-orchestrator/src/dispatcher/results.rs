@@ -32,9 +32,6 @@ impl Dispatcher {
             return;
         }
         let refusal = batch.refusal();
-        // A result is credited to the worker its connection registered as,
-        // whatever its metadata says: a holder naming another live worker
-        // there had the API credit that one with its step.
         let (holder, handlers) = match self.registry.get(conn) {
             Some(c) => (Some(Arc::clone(&c.worker_id)), Arc::clone(&c.handlers)),
             None => (None, Arc::from(Vec::new())),
@@ -45,9 +42,7 @@ impl Dispatcher {
             match self.steps.take_answered(step, conn, &handlers) {
                 Some(answered) => {
                     if let Some(holder) = holder.as_deref() {
-                        if result.metadata.worker_id != holder {
-                            result.metadata.worker_id = holder.to_string();
-                        }
+                        credit(&mut result, holder);
                     }
                     if answered.adopted {
                         // Dispatched before a restart, answered now.
@@ -198,5 +193,14 @@ impl Dispatcher {
         self.steps.requeue_all(never_received, Instant::now());
         Metrics::add(&self.channels.metrics.redelivered, redelivered);
         self.remove_worker(conn, "worker left");
+    }
+}
+
+/// Credits `result` to `worker_id`, the worker its connection registered
+/// as, whatever its metadata says: a holder naming another live worker
+/// there had the API credit that one with its step.
+pub(super) fn credit(result: &mut StepExecutionResult, worker_id: &str) {
+    if result.metadata.worker_id != worker_id {
+        result.metadata.worker_id = worker_id.to_string();
     }
 }
