@@ -69,6 +69,16 @@ function log(recordLevel, message, fields = {}) {
   onRecords([{ level: recordLevel, target: "tasker_core::node", message, fields, line: message + pairs }]);
 }
 
+/**
+ * Hands the runtime's waiting records to the logger now. `run()` calls it
+ * before it says "stopped", and the process before it exits: the native
+ * side only rings when records wait, and a ring still queued when the event
+ * loop ends is never answered.
+ */
+function flush() {
+  if (forwarding) onRecords(native.takeLogs(true));
+}
+
 /** Starts forwarding (once); later calls only update the level. */
 function ensureForwarding() {
   if (forwarding) {
@@ -76,12 +86,14 @@ function ensureForwarding() {
     return;
   }
   forwarding = true;
-  const installed = native.forwardLogs(level, onRecords);
+  const installed = native.forwardLogs(level, () => onRecords(native.takeLogs(false)));
   if (!installed) {
     process.stderr.write(
       "[tasker] another tracing subscriber owns this process; runtime logs are not forwarded\n",
     );
+    return;
   }
+  process.on("exit", flush);
 }
 
 /**
@@ -108,4 +120,4 @@ function setLogLevel(newLevel) {
   if (forwarding) native.setLogLevel(level);
 }
 
-module.exports = { setLogger, setLogLevel, ensureForwarding, consoleLogger, log, LEVELS };
+module.exports = { setLogger, setLogLevel, ensureForwarding, flush, consoleLogger, log, LEVELS };

@@ -464,6 +464,7 @@ class Worker {
     }
     this._flush();
     this._state = "stopped";
+    logging.flush();
     logging.log("info", this._refusal === null ? "stopped" : "stopped: refused by the orchestrator", { worker_id: this._workerId });
     this._removeSignals();
     this._native = null;

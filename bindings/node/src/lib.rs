@@ -8,7 +8,7 @@
 //! | [`config`] | configuration, resolved by `TaskerConfig::resolve` only; camelCase keys | `NativeConfig`, `configKeys()` |
 //! | [`worker`] | the runtime on Node's event loop, chunked hand-over of steps, results back | `NativeWorker` |
 //! | [`step_rows`] | the positional rows steps and outcomes cross as, their order written once | `Step`, `stepFields()`, `outcomeFields()` |
-//! | [`logging`] | runtime `tracing` events to a JavaScript logger | `forwardLogs()`, `setLogLevel()`, `LogEntry` |
+//! | [`logging`] | runtime `tracing` events to a JavaScript logger | `forwardLogs()`, `takeLogs()`, `setLogLevel()`, `LogEntry` |
 //! | [`errors`] | what the module throws (`code` picks the JavaScript class); the `error_type` values | `CONFIG_ERROR_CODE`, `errorTypes` |
 //! | `uv` | libuv watchers of the worker socket and its deadlines | — |
 //!

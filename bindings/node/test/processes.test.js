@@ -177,3 +177,26 @@ test("with the default logger a worker process says on stderr what it dials, its
   assert.equal(code, 0, worker.stderrText);
   assert.match(worker.stderrText, /^\[tasker\] INFO  tasker_core::node: stopped worker_id=loud$/m);
 });
+
+test("a worker process's last runtime records reach its logger before it says stopped and exits", async () => {
+  // The runtime's closing record ("worker connection closed") was handed
+  // over in a call the event loop could end before running: two runs in
+  // three lost it. Three processes at once, each must have it.
+  const workers = await Promise.all(
+    ["last-1", "last-2", "last-3"].map(async (id) => {
+      const worker = nodeProcess("worker.js", { endpoint: await freeEndpoint(), env: { ...QUICK, LOG_LEVEL: "debug", WORKER_ID: id } });
+      await waitForStderr(worker, /waiting for an orchestrator at /);
+      return worker;
+    }),
+  );
+  for (const worker of workers) worker.kill("SIGTERM");
+  for (const worker of workers) {
+    const { code } = await withTimeout(worker.exited, 15_000, "the worker to exit on SIGTERM");
+    assert.equal(code, 0, worker.stderrText);
+    const last = worker.stderrText
+      .split("\n")
+      .filter((line) => /^\[tasker\] \w+ +tasker_(worker::connection: worker connection closed|core::node: stopped)/.test(line))
+      .map((line) => line.replace(/^\[tasker\] \w+ +[\w:]+: /, "").split(" worker_id=")[0]);
+    assert.deepEqual(last, ["worker connection closed", "stopped"], worker.stderrText.slice(-2000));
+  }
+});

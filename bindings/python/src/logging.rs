@@ -1,5 +1,6 @@
 //! The log bridge: the runtime's `tracing` events queued in Rust and
-//! drained by a Python thread (`tasker_core._logging`) into `logging`. The
+//! drained by a Python thread (`tasker_core._logging`) into `logging`, and
+//! at the end of a run and at exit by whichever thread flushes. The
 //! runtime's I/O thread never calls into Python.
 
 use pyo3::exceptions::PyValueError;
@@ -22,7 +23,7 @@ fn bridge() -> PyResult<&'static LogBridge> {
 }
 
 /// Routes the runtime's `tracing` events into a queue drained by
-/// `next_log_records`, keeping those at `level` (`error`, `warn`, `info`,
+/// `take_log_records`, keeping those at `level` (`error`, `warn`, `info`,
 /// `debug`, `trace`) or more severe. False if another `tracing` subscriber
 /// owns this process (then no records come).
 #[pyfunction]
@@ -48,20 +49,26 @@ fn python_level(level: LogLevel) -> u8 {
     }
 }
 
-/// Waits (GIL released) for log records and returns up to `max` of them as
-/// `(levelno, target, text, fields)` tuples: a `logging` level number, the
-/// Rust module path, the message followed by `key=value` pairs, and the
-/// fields as a dict. Empty on timeout or `wake_logs()`.
+/// Waits (GIL released) until log records are queued, taking none: True
+/// when some are, False on timeout or `wake_logs()`. The records are then
+/// taken with `take_log_records` under the Python side's lock, so a flush
+/// never passes records that another thread holds but has not logged yet.
 #[pyfunction]
-#[pyo3(signature = (max=256, timeout=None))]
-fn next_log_records<'py>(
-    py: Python<'py>,
-    max: usize,
-    timeout: Option<f64>,
-) -> PyResult<Bound<'py, PyList>> {
+#[pyo3(signature = (timeout=None))]
+fn wait_for_log_records(py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
     let bridge = bridge()?;
     let timeout = policy::wait_timeout(timeout).map_err(errors::policy_value)?;
-    let records = py.detach(|| bridge.next_records(max, timeout));
+    Ok(py.detach(|| bridge.wait_for_records(timeout)))
+}
+
+/// Takes up to `max` queued log records without waiting, as `(levelno,
+/// target, text, fields)` tuples: a `logging` level number, the Rust module
+/// path, the message followed by `key=value` pairs, and the fields as a
+/// dict. Empty when none are queued.
+#[pyfunction]
+#[pyo3(signature = (max=256))]
+fn take_log_records<'py>(py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyList>> {
+    let records = bridge()?.take_records(max);
     let items = records
         .into_iter()
         .map(|record| {
@@ -76,7 +83,7 @@ fn next_log_records<'py>(
     PyList::new(py, items)
 }
 
-/// Makes a waiting (or the next) `next_log_records` return at once.
+/// Makes a waiting (or the next) `wait_for_log_records` return at once.
 #[pyfunction]
 fn wake_logs() -> PyResult<()> {
     bridge()?.wake();
@@ -87,7 +94,8 @@ fn wake_logs() -> PyResult<()> {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(install_log_bridge, m)?)?;
     m.add_function(wrap_pyfunction!(set_log_level, m)?)?;
-    m.add_function(wrap_pyfunction!(next_log_records, m)?)?;
+    m.add_function(wrap_pyfunction!(wait_for_log_records, m)?)?;
+    m.add_function(wrap_pyfunction!(take_log_records, m)?)?;
     m.add_function(wrap_pyfunction!(wake_logs, m)?)?;
     Ok(())
 }

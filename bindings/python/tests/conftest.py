@@ -156,6 +156,13 @@ class WorkerProcess:
                     raise AssertionError(f"worker exited before {prefix!r}; stderr:\n{err}")
                 self._buffer += chunk
 
+    def remaining_lines(self) -> List[str]:
+        """The stdout lines `expect_line` has not read, up to the end (call
+        it once the process exited)."""
+        assert self.proc.stdout is not None
+        rest, self._buffer = self._buffer + self.proc.stdout.read(), b""
+        return rest.decode().splitlines()
+
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 

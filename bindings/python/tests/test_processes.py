@@ -91,6 +91,23 @@ def test_idle_worker_stops_on_sigint_and_sigterm(dispatch, worker_process):
         assert took < 5
 
 
+def test_the_runtimes_last_records_are_logged_before_the_worker_says_it_stopped(
+    dispatch, worker_process
+):
+    # The log thread handed them over whenever it got to them: behind a
+    # slow logging handler, "stopped" came before "worker connection closed".
+    run = dispatch([step(1, "work")], workers=4)
+    procs = [worker_process(run.endpoint, "--capacity", "1", "--closing") for _ in range(3)]
+    for proc in procs:
+        proc.expect_line("ready")
+    for proc in procs:
+        proc.signal(signal.SIGTERM)
+    for proc in procs:
+        assert proc.wait(timeout=10) == 0, proc.stderr()
+        lines = [line for line in proc.remaining_lines() if line in ("closed", "stopped", "exited run")]
+        assert lines == ["closed", "stopped", "exited run"], proc.stderr()
+
+
 def test_second_ctrl_c_does_not_wait_for_a_hung_handler(dispatch, worker_process):
     run = dispatch([step(1, "work", metadata={"timeout_ms": 20000})])
     proc = worker_process(run.endpoint, "--capacity", "1", "--block", "--announce")

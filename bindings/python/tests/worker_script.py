@@ -4,7 +4,9 @@ Prints `ready <worker_id>` once started and, with --announce, `started
 <step_id>` when a step begins (stdout is a pipe the test reads). With
 --record FILE, appends `<step_id> <attempt> <pid>` to FILE after each
 execution (O_APPEND: one atomic write per line). --sleep S sleeps S seconds
-per step; --block never returns (a hung handler, for the kill test).
+per step; --block never returns (a hung handler, for the kill test). With
+--closing, prints `closed` and `stopped` as the runtime and the worker log
+them (debug level), and takes 0.3 s to log `draining`.
 """
 
 import argparse
@@ -23,6 +25,7 @@ parser.add_argument("--record")
 parser.add_argument("--sleep", type=float, default=0.0)
 parser.add_argument("--block", action="store_true")
 parser.add_argument("--announce", action="store_true")
+parser.add_argument("--closing", action="store_true")
 args = parser.parse_args()
 
 out_lock = threading.Lock()
@@ -67,10 +70,18 @@ class Ready(logging.Handler):
             "draining"
         ):
             say("draining")
+            if args.closing:
+                # A slow handler: the runtime's next records wait behind it.
+                time.sleep(0.3)
+        elif args.closing and record.name == "tasker_core.tasker_worker.connection":
+            if message.startswith("worker connection closed"):
+                say("closed")
+        elif args.closing and record.name == "tasker_core.worker" and " stopped" in message:
+            say("stopped")
 
 
 ready_logger = logging.getLogger("tasker_core")
-ready_logger.setLevel(logging.INFO)
+ready_logger.setLevel(logging.DEBUG if args.closing else logging.INFO)
 ready_logger.addHandler(Ready())
 worker.run()
 say("exited run")

@@ -103,4 +103,40 @@ class TestProcesses < Minitest::Test
     assert wait_exit(pid, timeout: 10).success?
     assert_equal "ok", run.results.fetch(1)["output"]
   end
+
+  def test_the_runtimes_last_records_are_logged_before_the_worker_says_it_stopped
+    endpoint = free_endpoint
+    # Behind a slow logger the "tasker-log" thread held the runtime's records
+    # while the worker flushed the rest and said it stopped: they came after
+    # "stopped", or never, when the process ended first.
+    pid, out = spawn_worker(<<~RUBY, endpoint: endpoint)
+      class SlowLogger < Logger
+        def add(severity, message = nil, progname = nil, &block)
+          sleep 0.3 if message.to_s.start_with?("draining")
+          super
+        end
+      end
+      TaskerCore.logger = SlowLogger.new($stdout, level: Logger::DEBUG)
+      worker = TaskerCore::Worker.new(endpoint: ENDPOINT, capacity: 1)
+      worker.handle("noop") { nil }
+      worker.run
+      puts "exited run"
+    RUBY
+    # Waiting for a second worker keeps the orchestrator up meanwhile.
+    dispatch([step(1, "noop")], endpoint: endpoint, workers: 2)
+    lines = []
+    lines << read_line(out) until lines.last&.include?("registered with orchestrator")
+    Process.kill("TERM", pid)
+    assert wait_exit(pid, timeout: 10).success?
+    lines.concat(out.read.lines.map(&:chomp))
+    closing = lines.filter_map do |line|
+      case line
+      when /tasker_worker::connection: draining/ then "draining"
+      when /tasker_worker::connection: worker connection closed/ then "closed"
+      when /tasker_core: worker \S+ stopped/ then "stopped"
+      when "exited run" then line
+      end
+    end
+    assert_equal ["draining", "closed", "stopped", "exited run"], closing, lines.last(30).join("\n")
+  end
 end

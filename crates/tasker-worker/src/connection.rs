@@ -270,13 +270,13 @@ impl Connection {
             // high-water mark: the caller keeps what matters.
             Err(tasker_transport::SendError::Zmq(zmq::Error::EAGAIN)) => {
                 tracing::debug!(
-                    message = message.type_name(),
+                    kind = message.type_name(),
                     "not sent: no room or no connection"
                 );
                 false
             }
             Err(e) => {
-                tracing::warn!(error = %e, message = message.type_name(), "send failed");
+                tracing::warn!(error = %e, kind = message.type_name(), "send failed");
                 false
             }
         }
@@ -744,7 +744,7 @@ impl Connection {
                     tracing::warn!(
                         worker_id = %self.shared.worker_id,
                         code = ?error.code,
-                        message = %codec::truncate(&error.message, 200),
+                        reason = %codec::truncate(&error.message, 200),
                         "orchestrator refused the hello; saying hello again in {:?}",
                         self.backoff
                     );
@@ -756,7 +756,7 @@ impl Connection {
                 _ => {
                     tracing::warn!(
                         code = ?error.code,
-                        message = %codec::truncate(&error.message, 200),
+                        reason = %codec::truncate(&error.message, 200),
                         "orchestrator refused a message"
                     );
                 }

@@ -222,7 +222,7 @@ impl LogBridge {
     /// is called first. This blocks: a host calls it without its interpreter
     /// lock, with `wake` as the interrupt.
     pub fn next_records(&self, max: usize, timeout: Option<Duration>) -> Vec<LogRecord> {
-        self.wait(max, timeout, None)
+        self.wait_and_take(max, timeout, None)
     }
 
     /// [`next_records`](Self::next_records) that also returns, empty, once
@@ -244,7 +244,7 @@ impl LogBridge {
         timeout: Option<Duration>,
         interrupt: &Interrupt,
     ) -> Vec<LogRecord> {
-        self.wait(max, timeout, Some(interrupt))
+        self.wait_and_take(max, timeout, Some(interrupt))
     }
 
     /// Ends the [`next_records_or`](Self::next_records_or) call holding
@@ -268,34 +268,70 @@ impl LogBridge {
         self.ready.notify_all();
     }
 
-    fn wait(
+    /// Waits until records are queued, taking none: true when some are,
+    /// false on timeout or [`wake`](Self::wake). For a host that takes them
+    /// later with [`take_records`](Self::take_records) under a lock of its
+    /// own, so that no record is ever only in a thread's hands.
+    pub fn wait_for_records(&self, timeout: Option<Duration>) -> bool {
+        self.wait(timeout, None, |_| ()).is_some()
+    }
+
+    /// [`wait_for_records`](Self::wait_for_records) that also returns false
+    /// once [`interrupt`](Self::interrupt) is called with `interrupt`.
+    pub fn wait_for_records_or(&self, timeout: Option<Duration>, interrupt: &Interrupt) -> bool {
+        self.wait(timeout, Some(interrupt), |_| ()).is_some()
+    }
+
+    /// Takes up to `max` queued records without waiting; empty when none are
+    /// queued. Leaves pending wake-ups to the waiters they were meant for.
+    pub fn take_records(&self, max: usize) -> Vec<LogRecord> {
+        let mut queue = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let n = max.min(queue.records.len());
+        queue.records.drain(..n).collect()
+    }
+
+    fn wait_and_take(
         &self,
         max: usize,
         timeout: Option<Duration>,
         interrupt: Option<&Interrupt>,
     ) -> Vec<LogRecord> {
+        self.wait(timeout, interrupt, |records| {
+            let n = max.max(1).min(records.len());
+            records.drain(..n).collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Waits until records are queued and calls `take` on them under the
+    /// lock; `None` on timeout, a wake or the interrupt.
+    fn wait<R>(
+        &self,
+        timeout: Option<Duration>,
+        interrupt: Option<&Interrupt>,
+        take: impl FnOnce(&mut VecDeque<LogRecord>) -> R,
+    ) -> Option<R> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut queue = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if std::mem::take(&mut queue.wake_pending) {
-            return Vec::new();
+            return None;
         }
         let seen = queue.wakes;
         queue.waiters += 1;
-        let records = loop {
+        let taken = loop {
             let interrupted = interrupt.is_some_and(|i| i.0.load(Ordering::Acquire));
             if interrupted || queue.wakes != seen {
-                break Vec::new();
+                break None;
             }
             if !queue.records.is_empty() {
-                let n = max.max(1).min(queue.records.len());
-                break queue.records.drain(..n).collect();
+                break Some(take(&mut queue.records));
             }
             queue = match deadline {
                 None => self.ready.wait(queue).unwrap_or_else(|e| e.into_inner()),
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        break Vec::new();
+                        break None;
                     }
                     self.ready
                         .wait_timeout(queue, left)
@@ -305,7 +341,7 @@ impl LogBridge {
             };
         };
         queue.waiters -= 1;
-        records
+        taken
     }
 
     fn push(&self, record: LogRecord) {
@@ -421,5 +457,33 @@ mod tests {
         // One wake ends every wait under way.
         bridge.wake();
         assert!(logger.join().unwrap().is_empty());
+    }
+
+    #[test]
+    fn waiting_for_records_takes_none_and_taking_leaves_wakes_alone() {
+        let bridge: &'static LogBridge = Box::leak(Box::new(LogBridge::new(LogLevel::Info)));
+        assert!(bridge.take_records(10).is_empty());
+        assert!(!bridge.wait_for_records(Some(Duration::from_millis(10))));
+        for message in ["one", "two", "three"] {
+            bridge.push(LogRecord {
+                level: LogLevel::Info,
+                target: "t".into(),
+                message: message.into(),
+                fields: Vec::new(),
+            });
+        }
+        assert!(bridge.wait_for_records(None));
+        assert!(bridge.wait_for_records(None), "the first wait took records");
+        let taken: Vec<_> = bridge
+            .take_records(2)
+            .into_iter()
+            .map(|r| r.message)
+            .collect();
+        assert_eq!(taken, ["one", "two"]);
+
+        // A wake kept for the next waiter survives a take in between.
+        bridge.wake();
+        assert_eq!(bridge.take_records(10).len(), 1);
+        assert!(!bridge.wait_for_records(None));
     }
 }

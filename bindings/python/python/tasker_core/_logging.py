@@ -12,16 +12,20 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from . import _native
 
-__all__ = ["enable_log_bridge", "set_log_level", "LOGGER_NAME"]
+__all__ = ["enable_log_bridge", "set_log_level", "flush", "LOGGER_NAME"]
 
 #: Root of the loggers that receive the runtime's records.
 LOGGER_NAME = "tasker_core"
 
 _lock = threading.Lock()
+# Held while records are taken and logged, so records reach the loggers in
+# the order they were queued whichever thread logs them; re-entrant for a
+# logging handler that flushes.
+_emit_lock = threading.RLock()
 _thread: Optional[threading.Thread] = None
 _stopping = False
 _loggers: Dict[str, logging.Logger] = {}
@@ -82,14 +86,36 @@ def _logger(target: str) -> logging.Logger:
     return logger
 
 
+def _emit(records: List[Tuple[int, str, str, Dict[str, str]]]) -> None:
+    for levelno, target, text, fields in records:
+        logger = _logger(target)
+        if logger.isEnabledFor(levelno):
+            logger.log(levelno, "%s", text, extra={"rust_target": target, "tasker_fields": fields})
+
+
 def _pump() -> None:
     while not _stopping:
-        for levelno, target, text, fields in _native.next_log_records(256, None):
-            logger = _logger(target)
-            if logger.isEnabledFor(levelno):
-                logger.log(
-                    levelno, "%s", text, extra={"rust_target": target, "tasker_fields": fields}
-                )
+        if _native.wait_for_log_records(None):
+            with _emit_lock:
+                _emit(_native.take_log_records(256))
+
+
+def flush() -> None:
+    """Hands every record the runtime has queued to ``logging`` now, on the
+    calling thread, after any the log thread is handing over.
+
+    The worker calls it before it says it stopped, and the interpreter at
+    exit: the log thread is a daemon, and records still queued when the
+    interpreter ends were lost ("goodbye", "worker connection closed").
+    """
+    if _thread is None:
+        return
+    with _emit_lock:
+        while True:
+            records = _native.take_log_records(1024)
+            if not records:
+                return
+            _emit(records)
 
 
 @atexit.register
@@ -102,3 +128,4 @@ def _shutdown() -> None:
     if thread is not None:
         _native.wake_logs()
         thread.join(timeout=2.0)
+        flush()

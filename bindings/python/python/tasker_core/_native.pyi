@@ -173,13 +173,14 @@ class WorkerRuntime:
 # -- logging
 
 def install_log_bridge(level: str) -> bool:
-    """Routes the runtime's tracing events to next_log_records; False if
+    """Routes the runtime's tracing events to take_log_records; False if
     another tracing subscriber owns the process."""
 
 def set_log_level(level: str) -> None: ...
-def next_log_records(
-    max: int = 256, timeout: Optional[float] = None
-) -> List[Tuple[int, str, str, Dict[str, str]]]:
-    """Waits (GIL released) for (levelno, target, text, fields) records."""
+def wait_for_log_records(timeout: Optional[float] = None) -> bool:
+    """Waits (GIL released) until records are queued, taking none."""
+
+def take_log_records(max: int = 256) -> List[Tuple[int, str, str, Dict[str, str]]]:
+    """Takes queued (levelno, target, text, fields) records without waiting."""
 
 def wake_logs() -> None: ...

@@ -921,6 +921,7 @@ class Worker:
             log.warning("worker %s stopped with handlers still running in %s", rt.worker_id, hung)
         if self._runner is not None:
             self._runner.stop(_THREAD_EXIT_GRACE)
+        _logging.flush()
         if self._failure is not None:
             log.info("worker %s stopped: %s", rt.worker_id, type(self._failure).__name__)
         elif self._signalled is not None:

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "monitor"
+
 module TaskerCore
   # Carries the Rust runtime's `tracing` records to {TaskerCore.logger}.
   #
@@ -14,6 +16,9 @@ module TaskerCore
     }.freeze
 
     @mutex = Mutex.new
+    # Held while records are taken and logged; a Monitor, so a logger that
+    # flushes does not deadlock.
+    @emit = Monitor.new
     @thread = nil
 
     class << self
@@ -42,6 +47,10 @@ module TaskerCore
             t.name = "tasker-log"
             t.report_on_exception = false
           end
+          unless @flush_at_exit
+            at_exit { flush }
+            @flush_at_exit = true
+          end
         end
       end
 
@@ -51,21 +60,30 @@ module TaskerCore
         @mutex.synchronize { Native.log_install(level_for(TaskerCore.logger)) if @thread }
       end
 
-      # Hands every queued record to the logger now, on the calling thread.
+      # Hands every queued record to the logger now, on the calling thread,
+      # after any the "tasker-log" thread is handing over (so records keep
+      # their order). A worker calls it before it says it stopped, and the
+      # process at exit, where the "tasker-log" thread is killed.
       # @return [void]
       def flush
-        loop do
-          records = Native.next_log_records(1024, 0)
-          break if records.empty?
+        @emit.synchronize do
+          loop do
+            records = Native.take_log_records(1024)
+            break if records.empty?
 
-          emit(records)
+            emit(records)
+          end
         end
       end
 
       private
 
       def forward
-        loop { emit(Native.next_log_records(256, nil)) }
+        loop do
+          next unless Native.wait_for_log_records(nil)
+
+          @emit.synchronize { emit(Native.take_log_records(256)) }
+        end
       end
 
       def emit(records)

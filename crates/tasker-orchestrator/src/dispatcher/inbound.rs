@@ -113,7 +113,7 @@ impl Dispatcher {
                     tracing::warn!(
                         peer = %hex(&routing_id),
                         code = ?error.code,
-                        message = %codec::truncate(&error.message, 200),
+                        reason = %codec::truncate(&error.message, 200),
                         "worker refused a message"
                     );
                 }

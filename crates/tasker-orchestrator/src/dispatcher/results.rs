@@ -124,7 +124,7 @@ impl Dispatcher {
             }
         }
         if self.warnings.allow(routing_id) {
-            tracing::warn!(peer = %hex(routing_id), message = %refusal.message, "results refused");
+            tracing::warn!(peer = %hex(routing_id), reason = %refusal.message, "results refused");
         }
         self.reply_error(routing_id, refusal.code, refusal.message);
     }

@@ -1,9 +1,9 @@
 //! `TaskerCore::Native` log functions: the runtime's `tracing` events are
 //! queued by `tasker_worker::log_bridge`, and a Ruby thread drains them into
-//! a `Logger` with [`next_log_records`].
+//! a `Logger` with [`wait_for_log_records`] and [`take_log_records`].
 
 use magnus::{function, Error, Object, RArray, RModule, Ruby};
-use tasker_worker::log_bridge::{self, Interrupt, LogLevel};
+use tasker_worker::log_bridge::{self, Interrupt, LogLevel, LogRecord};
 
 use crate::errors;
 use crate::nogvl::without_gvl;
@@ -40,6 +40,41 @@ fn next_log_records(ruby: &Ruby, max: usize, timeout: Option<f64>) -> Result<RAr
         // The wait ends early only for an interrupt: run it.
         ruby.thread_check_ints()?;
     }
+    to_array(ruby, records)
+}
+
+/// Waits up to `timeout` seconds (nil: no limit) until records are queued,
+/// taking none: true when some are, false on timeout (and at once when the
+/// bridge is not installed). Ruby interrupts end the wait and run. The
+/// records are then taken with [`take_log_records`] under the Ruby side's
+/// lock, so a flush never passes records another thread holds unlogged.
+fn wait_for_log_records(ruby: &Ruby, timeout: Option<f64>) -> Result<bool, Error> {
+    let timeout = wait_timeout(timeout)?;
+    let Some(bridge) = log_bridge::installed() else {
+        return Ok(false);
+    };
+    let interrupt = Interrupt::default();
+    let queued = without_gvl(
+        || bridge.wait_for_records_or(timeout, &interrupt),
+        || bridge.interrupt(&interrupt),
+    )
+    .unwrap_or(false);
+    if !queued {
+        ruby.thread_check_ints()?;
+    }
+    Ok(queued)
+}
+
+/// Takes up to `max` queued records without waiting, as
+/// [`next_log_records`] returns them; empty when none are queued.
+fn take_log_records(ruby: &Ruby, max: usize) -> Result<RArray, Error> {
+    let records = log_bridge::installed()
+        .map(|bridge| bridge.take_records(max))
+        .unwrap_or_default();
+    to_array(ruby, records)
+}
+
+fn to_array(ruby: &Ruby, records: Vec<LogRecord>) -> Result<RArray, Error> {
     let out = ruby.ary_new_capa(records.len());
     for record in records {
         let line = record.to_string();
@@ -68,6 +103,8 @@ fn emit(level: String, message: String) -> Result<(), Error> {
 pub fn define(native: RModule) -> Result<(), Error> {
     native.define_singleton_method("log_install", function!(install, 1))?;
     native.define_singleton_method("next_log_records", function!(next_log_records, 2))?;
+    native.define_singleton_method("wait_for_log_records", function!(wait_for_log_records, 1))?;
+    native.define_singleton_method("take_log_records", function!(take_log_records, 1))?;
     native.define_singleton_method("log_emit", function!(emit, 2))?;
     Ok(())
 }
