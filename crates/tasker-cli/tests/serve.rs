@@ -49,6 +49,12 @@ struct Serve {
 
 impl Serve {
     fn start(dir: &Path, store: &str, endpoint: &str) -> Serve {
+        Serve::try_start(dir, store, endpoint)
+            .unwrap_or_else(|log| panic!("no address line; log:\n{log}"))
+    }
+
+    /// The server, or its log when it exited before printing its address.
+    fn try_start(dir: &Path, store: &str, endpoint: &str) -> Result<Serve, String> {
         let log = dir.join(format!("serve-{}.log", Instant::now().elapsed().as_nanos()));
         let log = unique(log);
         let mut child = Command::new(TASKER)
@@ -69,18 +75,15 @@ impl Serve {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let api = line
-            .split_whitespace()
-            .skip_while(|w| *w != "api")
-            .nth(1)
-            .unwrap_or_else(|| {
-                panic!(
-                    "no address line ({line:?}); log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .to_string();
-        Serve { child, api, log }
+        let Some(api) = line.split_whitespace().skip_while(|w| *w != "api").nth(1) else {
+            let _ = child.wait();
+            return Err(std::fs::read_to_string(&log).unwrap_or_default());
+        };
+        Ok(Serve {
+            api: api.to_string(),
+            child,
+            log,
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -775,6 +778,81 @@ fn s8_a_second_server_on_the_same_store_is_refused_and_the_first_goes_on() {
         let task = get_task(&http, &first, &id.to_string());
         assert_eq!(task["status"], "complete", "{task:#}");
     }
+}
+
+/// A PostgreSQL restart drops the first server's node lock with its
+/// connection, and a second server started before the first takes it again
+/// gets the store: it takes the store over. The first then stops by itself,
+/// saying why, with nothing more of it committed (it once stayed up, its
+/// commits refused, and its task stopped until a restart), and the second
+/// finishes the task.
+#[test]
+fn s11_a_server_whose_store_another_took_over_after_a_postgres_restart_stops_and_the_other_finishes(
+) {
+    let mut pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
+    let dir = tempfile::tempdir().unwrap();
+    workflows_dir(dir.path());
+    std::fs::write(
+        dir.path().join("workflows/long_then_echo.yaml"),
+        LONG_THEN_ECHO_WORKFLOW,
+    )
+    .unwrap();
+    let http = client();
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let mut first = Serve::start(dir.path(), &pg.url(), &endpoint);
+    let _workers = Workers::start(&endpoint, 1, 4);
+    let task = submit_of(&http, &first, "long_then_echo", 1)[0];
+    wait_for_steps_at_workers(&http, &first, 1);
+
+    // The first server takes its lock again within seconds of the restart:
+    // the second must start before that, which it may not every time.
+    let second_endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let mut tries = Vec::new();
+    let second = loop {
+        pg.stop_for_now().expect("PostgreSQL stops");
+        pg.start_again().expect("PostgreSQL starts again");
+        match Serve::try_start(dir.path(), &pg.url(), &second_endpoint) {
+            Ok(second) => break second,
+            Err(log) if tries.len() < 4 => tries.push(log),
+            Err(log) => panic!("the first server took its lock back every time: {log}"),
+        }
+    };
+    for refused in &tries {
+        assert!(
+            refused.contains("another tasker serve is using this store"),
+            "{refused}"
+        );
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = first.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first server is still up after its store was taken over:\n{}",
+            tail(&first.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = first.log();
+    assert!(!status.success(), "{}", tail(&log, 30));
+    assert!(
+        log.contains("another tasker serve took this store over"),
+        "says why:\n{}",
+        tail(&log, 30)
+    );
+
+    let _second_workers = Workers::start(&second_endpoint, 1, 4);
+    wait_all_ended(&http, &second, Duration::from_secs(60));
+    let detail = get_task(&http, &second, &task.to_string());
+    assert_eq!(
+        detail["status"],
+        "complete",
+        "{detail:#}\n{}",
+        tail(&second.log(), 30)
+    );
 }
 
 /// While PostgreSQL is down, the API answers at once, or within the store's

@@ -74,6 +74,9 @@ impl Server {
     /// are dropped, and a client that sends half a request, or leaves a
     /// connection idle, is cut off after 30 seconds: neither can keep the
     /// server from stopping.
+    ///
+    /// It also stops, and returns an error saying so, once another server
+    /// took its store over ([`Service::taken_over`]).
     pub async fn run(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
         let app = crate::api::router(Arc::clone(&self.service));
@@ -85,10 +88,21 @@ impl Server {
                 let _ = closed_rx.await;
             },
         ));
-        stop.await;
-        tracing::info!("stop requested");
+        let lost = tokio::select! {
+            _ = stop => {
+                tracing::info!("stop requested");
+                None
+            }
+            why = self.service.taken_over() => Some(why),
+        };
         self.service.shutdown().await;
         let _ = closed_tx.send(());
-        http.await.map_err(std::io::Error::other)
+        http.await.map_err(std::io::Error::other)?;
+        match lost {
+            None => Ok(()),
+            Some(why) => Err(std::io::Error::other(format!(
+                "stopped: another tasker serve took this store over ({why})"
+            ))),
+        }
     }
 }

@@ -173,6 +173,10 @@ const READY_WAIT: Duration = Duration::from_secs(2);
 const LEASE: Duration = Duration::from_secs(60);
 /// How often the service purges ended tasks past their retention.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
+/// How often the service checks it still holds its store's node lock: a
+/// PostgreSQL restart drops it, and until it is taken again a second server
+/// could start on the store and take it over.
+const NODE_CHECK: Duration = Duration::from_secs(2);
 
 /// The tasks this service drives now.
 #[derive(Default)]
@@ -224,6 +228,9 @@ pub struct Service {
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// This server's hold on its store, until `shutdown` ends.
     node: tokio::sync::Mutex<Option<tasker_store::NodeLock>>,
+    /// Set, with why, once another server took the store over from this
+    /// one: see [`Service::taken_over`].
+    lost: tokio::sync::watch::Sender<Option<String>>,
     metrics: crate::metrics::ServiceMetrics,
     throughput: crate::throughput::Samples,
 }
@@ -245,6 +252,9 @@ impl Service {
         // First: a second server on this store would drive its tasks too.
         let node = tasker_store::NodeLock::acquire(&config.store).await?;
         let store = Store::open(&config.store).await?;
+        // Before anything is read: a server that lost the node lock (a
+        // PostgreSQL restart) and still runs commits nothing from now on.
+        store.take_over().await?;
         let orchestrator_id = store.orchestrator_id().await?;
         // Held: a worker answering a step of the earlier run must find it
         // handed back first (see the resume below).
@@ -276,6 +286,7 @@ impl Service {
             stopping: tokio::sync::watch::Sender::new(false),
             background: Mutex::default(),
             node: tokio::sync::Mutex::new(Some(node)),
+            lost: tokio::sync::watch::Sender::new(None),
         });
         let unfinished = service
             .store
@@ -400,14 +411,46 @@ impl Service {
                 {
                     tracing::warn!(error = %e, "renewing task leases failed");
                 }
+            }
+        }));
+        let weak = Arc::downgrade(self);
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(NODE_CHECK);
+            tick.tick().await;
+            // Said once per outage, not every check.
+            let mut without = false;
+            loop {
+                tick.tick().await;
+                let Some(service) = weak.upgrade() else {
+                    return;
+                };
                 // PostgreSQL drops the lock with its connection, when the
                 // server restarts.
                 let mut node = service.node.lock().await;
-                if let Some(node) = node.as_mut() {
-                    if let Err(e) = node.ensure().await {
-                        tracing::error!(error = %e, "this server does not hold its store's node lock");
+                let Some(lock) = node.as_mut() else {
+                    return;
+                };
+                match lock.ensure().await {
+                    Ok(()) => without = false,
+                    // Another server started meanwhile and took the store
+                    // over (its first write says so too).
+                    Err(e @ tasker_store::StoreError::InUse(_)) => {
+                        service.lose_store(e.to_string());
+                        return;
                     }
+                    Err(e) if !std::mem::replace(&mut without, true) => {
+                        tracing::warn!(error = %e, "this server does not hold its store's node lock now; taking it again");
+                    }
+                    Err(_) => {}
                 }
+            }
+        }));
+        let weak = Arc::downgrade(self);
+        let store = self.store.clone();
+        background.push(tokio::spawn(async move {
+            let why = store.fenced().await;
+            if let Some(service) = weak.upgrade() {
+                service.lose_store(why);
             }
         }));
         if self.config.task_retention_hours > 0 {
@@ -655,6 +698,28 @@ impl Service {
             store,
             workers: self.executor.workers().await.len() as u64,
             shutting_down,
+        }
+    }
+
+    /// Resolves, with why, once another `tasker serve` took this one's
+    /// store over (after a PostgreSQL restart dropped this one's node lock):
+    /// nothing this service writes commits any more, and it should stop.
+    /// [`Server::run`](crate::Server::run) stops by itself then.
+    pub async fn taken_over(&self) -> String {
+        let mut lost = self.lost.subscribe();
+        // No error: the service holds the sender.
+        let why = lost
+            .wait_for(Option::is_some)
+            .await
+            .map(|why| why.clone().unwrap_or_default())
+            .unwrap_or_default();
+        why
+    }
+
+    fn lose_store(&self, why: String) {
+        if self.lost.borrow().is_none() {
+            tracing::error!(reason = %why, "another tasker serve took this store over; stopping");
+            self.lost.send_replace(Some(why));
         }
     }
 

@@ -36,7 +36,8 @@ impl Journal for StoreJournal {
                 Ok(_) => Err(JournalError::Invalid(
                     "the store's writer answered a commit with something else".into(),
                 )),
-                Err(WriteError::Closed) => Err(JournalError::Closed),
+                // Fenced: for this server the store is closed for good.
+                Err(WriteError::Closed | WriteError::Fenced(_)) => Err(JournalError::Closed),
                 Err(e @ (WriteError::Failed(_) | WriteError::Guessed)) => {
                     Err(JournalError::Store(e.to_string()))
                 }

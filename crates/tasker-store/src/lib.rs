@@ -69,7 +69,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::db::Db;
 use crate::journal::StoreJournal;
 use crate::rows::{now_ms, to_ms};
-use crate::writer::{Op, Outcome, PreparedCreate, Request, Stats, WriteError, Writer};
+use crate::writer::{Fence, Op, Outcome, PreparedCreate, Request, Stats, WriteError, Writer};
 
 /// Which database a [`Store`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +113,10 @@ pub enum StoreError {
     /// Another `tasker serve` holds the store's [`NodeLock`].
     #[error("another tasker serve is using this store: {0}; stop it first, or give this one another store")]
     InUse(String),
+    /// Another `tasker serve` took the store over from this one (see
+    /// [`Store::take_over`]): nothing this one writes commits any more.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 impl StoreError {
@@ -135,6 +139,8 @@ impl StoreError {
             // past the busy timeout). Calls that are wrong fail before the
             // group, with errors of their own.
             StoreError::Write(_) | StoreError::Closed => true,
+            // This server is going away; the one that took over may answer.
+            StoreError::Fenced(_) => true,
             StoreError::Database(e) => sqlx_unavailable(e),
             StoreError::BadUrl(_)
             | StoreError::IdempotencyConflict { .. }
@@ -182,6 +188,7 @@ impl From<WriteError> for StoreError {
             WriteError::Closed => StoreError::Closed,
             WriteError::Failed(message) => StoreError::Write(message.clone()),
             WriteError::Guessed => StoreError::Write(e.to_string()),
+            WriteError::Fenced(message) => StoreError::Fenced(message.clone()),
         }
     }
 }
@@ -214,6 +221,7 @@ struct Inner {
     /// Whether the writer still runs; held while closing.
     writer_running: tokio::sync::Mutex<bool>,
     stats: Arc<Stats>,
+    fence: Arc<Fence>,
 }
 
 /// Writes waiting for the writer, at most; callers wait beyond that.
@@ -242,7 +250,10 @@ impl Store {
         let (db, connector) = Db::open(url).await?;
         let (queue, receiver) = mpsc::channel(QUEUE_DEPTH);
         let stats = Arc::new(Stats::default());
-        if let Err(e) = Writer::start(connector, receiver, Arc::clone(&stats)).await {
+        let fence = Arc::new(Fence::new(None));
+        if let Err(e) =
+            Writer::start(connector, receiver, Arc::clone(&stats), Arc::clone(&fence)).await
+        {
             db.close().await;
             return Err(e);
         }
@@ -253,8 +264,49 @@ impl Store {
                 closed: AtomicBool::new(false),
                 writer_running: tokio::sync::Mutex::new(true),
                 stats,
+                fence,
             }),
         })
+    }
+
+    /// Makes this handle's writes the only ones that count on the store:
+    /// raises the store's epoch, and from then on every write checks it
+    /// first. A handle that took the store over before fails every later
+    /// write with [`StoreError::Fenced`], and its [`fenced`](Self::fenced)
+    /// resolves; a write of it under way is committed before the raise.
+    ///
+    /// The [`NodeLock`] keeps a second server off the store; but a
+    /// PostgreSQL restart drops it with its connection, and a server that
+    /// starts before the first takes it again gets it. The epoch makes that
+    /// a hand-over instead of two servers writing the same tasks.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tasker_store::StoreError> {
+    /// let first = tasker_store::Store::open("postgres://localhost/tasker").await?;
+    /// first.take_over().await?;
+    /// let second = tasker_store::Store::open("postgres://localhost/tasker").await?;
+    /// second.take_over().await?;
+    /// let why = first.fenced().await; // and `first` commits nothing more
+    /// # Ok(()) }
+    /// ```
+    pub async fn take_over(&self) -> Result<i64, StoreError> {
+        match self.submit(Request::TakeOver).await? {
+            Outcome::Count(epoch) => Ok(epoch as i64),
+            _ => Err(unexpected("something else than an epoch")),
+        }
+    }
+
+    /// Resolves once another handle [took the store over](Self::take_over)
+    /// from this one, with why; never while this one's writes count.
+    pub async fn fenced(&self) -> String {
+        let mut fence = self.inner.fence.subscribe();
+        // No error: this handle holds the sender.
+        let why = fence
+            .wait_for(Option::is_some)
+            .await
+            .map(|why| why.clone().unwrap_or_default())
+            .unwrap_or_default();
+        why
     }
 
     /// The database in use.

@@ -53,6 +53,10 @@ pub(crate) async fn connect(url: &str) -> Result<(PgPool, PgConnectOptions), Sto
     Ok((pool, options))
 }
 
+/// The advisory lock key that orders epoch raises after the groups under
+/// way ("tasker" and 2; the node lock is 1).
+const EPOCH_LOCK_KEY: i64 = 0x7461_736b_6572_0002;
+
 impl WriteTx for Transaction<'_, Postgres> {
     // Locking a row writes it (and logs the write): checking in the UPDATE
     // saves a statement and a write per step.
@@ -350,6 +354,38 @@ impl WriteTx for Transaction<'_, Postgres> {
         .execute(&mut **self)
         .await?
         .rows_affected())
+    }
+
+    async fn take_over(&mut self) -> Result<i64, WriteError> {
+        // Exclusive: waits for every group holding the shared lock (below)
+        // to end, so none commits after this raise on the old epoch.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(EPOCH_LOCK_KEY)
+            .execute(&mut **self)
+            .await?;
+        let epoch: String = sqlx::query_scalar(
+            "INSERT INTO meta (key, value) VALUES ($1, '1') \
+             ON CONFLICT (key) DO UPDATE SET value = (meta.value::bigint + 1)::text \
+             RETURNING value",
+        )
+        .bind(crate::reads::NODE_EPOCH_KEY)
+        .fetch_one(&mut **self)
+        .await?;
+        crate::writer::parse_epoch(&epoch)
+    }
+
+    async fn epoch(&mut self) -> Result<i64, WriteError> {
+        // Taken before the read, and the read is a statement of its own: its
+        // snapshot then sees every raise committed before the lock.
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(EPOCH_LOCK_KEY)
+            .execute(&mut **self)
+            .await?;
+        let epoch: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+            .bind(crate::reads::NODE_EPOCH_KEY)
+            .fetch_optional(&mut **self)
+            .await?;
+        epoch.as_deref().map_or(Ok(0), crate::writer::parse_epoch)
     }
 
     async fn purge(&mut self, cutoff: i64, limit: i64) -> Result<u64, WriteError> {

@@ -13,6 +13,9 @@ const MAX_PAGE: u32 = 1000;
 
 /// The `meta` key of this store's orchestrator id.
 const ORCHESTRATOR_ID_KEY: &str = "orchestrator_id";
+/// The `meta` key of the epoch a server raises when it takes the store
+/// over (see `Store::take_over`).
+pub(crate) const NODE_EPOCH_KEY: &str = "node_epoch";
 
 /// A read failed: a closed pool is a closed store.
 pub(crate) fn read_error(e: sqlx::Error) -> StoreError {

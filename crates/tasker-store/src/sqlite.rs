@@ -413,6 +413,27 @@ impl WriteTx for Transaction<'_> {
         Ok(renewed as u64)
     }
 
+    async fn take_over(&mut self) -> Result<i64, WriteError> {
+        // The writer's transaction holds the database's write lock: no
+        // other writer's group is under way.
+        let epoch: String = self
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, '1') \
+                 ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) \
+                 RETURNING value",
+            )?
+            .query_row(params![crate::reads::NODE_EPOCH_KEY], |row| row.get(0))?;
+        crate::writer::parse_epoch(&epoch)
+    }
+
+    async fn epoch(&mut self) -> Result<i64, WriteError> {
+        let epoch: Option<String> = self
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row(params![crate::reads::NODE_EPOCH_KEY], |row| row.get(0))
+            .optional()?;
+        epoch.as_deref().map_or(Ok(0), crate::writer::parse_epoch)
+    }
+
     async fn purge(&mut self, cutoff: i64, limit: i64) -> Result<u64, WriteError> {
         let ids = self
             .prepare_cached(

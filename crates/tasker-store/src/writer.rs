@@ -152,6 +152,16 @@ pub(crate) trait WriteTx {
     /// Deletes up to `limit` tasks that ended before `cutoff`, with their
     /// steps and journal.
     fn purge(&mut self, cutoff: i64, limit: i64) -> impl Future<Output = Result<u64, WriteError>>;
+
+    /// Raises the store's epoch and returns it: from its commit on, every
+    /// group of a writer that took over before this one fails its
+    /// [`epoch`](Self::epoch) check. A group under way when it is called is
+    /// either committed before the raise or checked after it.
+    fn take_over(&mut self) -> impl Future<Output = Result<i64, WriteError>>;
+
+    /// The store's epoch, read so that no [`take_over`](Self::take_over)
+    /// commits between the read and this transaction's commit (0 before any).
+    fn epoch(&mut self) -> impl Future<Output = Result<i64, WriteError>>;
 }
 
 /// A task to create, serialised by the caller.
@@ -254,6 +264,9 @@ pub(crate) enum Request {
         cutoff: i64,
         limit: i64,
     },
+    /// Makes this writer's the store's writes that count: see
+    /// [`WriteTx::take_over`].
+    TakeOver,
 }
 
 impl Request {
@@ -310,6 +323,9 @@ pub(crate) enum WriteError {
     /// Inside the writer only: an optimistic group found a step or task
     /// not as expected; it is rolled back and applied again carefully.
     Guessed,
+    /// Another server took the store over: nothing of this writer's commits
+    /// any more.
+    Fenced(String),
 }
 
 impl From<sqlx::Error> for WriteError {
@@ -333,8 +349,16 @@ impl std::fmt::Display for WriteError {
             WriteError::Closed => f.write_str("the store is closed"),
             WriteError::Failed(message) => f.write_str(message),
             WriteError::Guessed => f.write_str("an optimistic group guessed wrong"),
+            WriteError::Fenced(message) => f.write_str(message),
         }
     }
+}
+
+/// The store's node epoch, as `meta` keeps it (text).
+pub(crate) fn parse_epoch(value: &str) -> Result<i64, WriteError> {
+    value
+        .parse()
+        .map_err(|_| inconsistent(format!("the store's node epoch {value:?} is not a number")))
 }
 
 /// A group found the database in a state it cannot be in.
@@ -430,7 +454,15 @@ pub(crate) struct Writer {
     /// Groups failed in a row: while the database is down, callers try
     /// again and again, and only the first failure is worth a warning.
     failing: u64,
+    /// The store's epoch when this writer took it over; every group checks
+    /// it first. `None`: this writer never took over, and checks nothing.
+    epoch: Option<i64>,
+    /// Told, once, that another server took the store over.
+    fence: Arc<Fence>,
 }
+
+/// Whether another server took the store over from this one, and why.
+pub(crate) type Fence = tokio::sync::watch::Sender<Option<String>>;
 
 impl Writer {
     /// Starts the writer's thread, fed by `queue`, once its connection is
@@ -439,6 +471,7 @@ impl Writer {
         connector: Connector,
         queue: mpsc::Receiver<Op>,
         stats: Arc<Stats>,
+        fence: Arc<Fence>,
     ) -> Result<(), crate::StoreError> {
         let (ready, started) = oneshot::channel();
         std::thread::Builder::new()
@@ -479,6 +512,8 @@ impl Writer {
                         conn: Some(conn),
                         syncer,
                         failing: 0,
+                        epoch: None,
+                        fence,
                     };
                     if ready.send(Ok(())).is_ok() {
                         writer.run().await;
@@ -544,6 +579,11 @@ impl Writer {
         let started = std::time::Instant::now();
         match self.transact(&requests).await {
             Ok((outcomes, counts)) => {
+                for (request, outcome) in requests.iter().zip(&outcomes) {
+                    if let (Request::TakeOver, Outcome::Count(epoch)) = (request, outcome) {
+                        self.epoch = Some(*epoch as i64);
+                    }
+                }
                 if self.failing > 0 {
                     tracing::info!(
                         failed_before = self.failing,
@@ -591,6 +631,12 @@ impl Writer {
                 }
             }
             Err(error) => {
+                if let WriteError::Fenced(why) = &error {
+                    if self.fence.borrow().is_none() {
+                        tracing::error!(%error, "another server took this store over: nothing of this one commits any more");
+                        self.fence.send_replace(Some(why.clone()));
+                    }
+                }
                 self.failing += 1;
                 if self.failing == 1 {
                     tracing::warn!(%error, operations = replies.len(), "store write failed; nothing of it was committed");
@@ -618,13 +664,13 @@ impl Writer {
                 // IMMEDIATE takes the write lock first: a deferred transaction
                 // that reads, then writes, could fail instead of waiting.
                 let mut tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let result = apply(&mut tx, requests, Mode::Careful).await?;
+                let result = apply(&mut tx, requests, Mode::Careful, self.epoch).await?;
                 tx.commit()?;
                 result
             }
             WriteConn::Postgres(c) => {
                 let mut tx = c.begin().await?;
-                match apply(&mut tx, requests, Mode::Optimistic).await {
+                match apply(&mut tx, requests, Mode::Optimistic, self.epoch).await {
                     Ok(result) => {
                         tx.commit().await?;
                         result
@@ -632,7 +678,7 @@ impl Writer {
                     Err(WriteError::Guessed) => {
                         tx.rollback().await?;
                         let mut tx = c.begin().await?;
-                        let result = apply(&mut tx, requests, Mode::Careful).await?;
+                        let result = apply(&mut tx, requests, Mode::Careful, self.epoch).await?;
                         tx.commit().await?;
                         result
                     }
@@ -660,7 +706,16 @@ async fn apply<T: WriteTx>(
     tx: &mut T,
     requests: &[Request],
     mode: Mode,
+    epoch: Option<i64>,
 ) -> Result<(Vec<Outcome>, GroupCounts), WriteError> {
+    if let Some(mine) = epoch {
+        let now = tx.epoch().await?;
+        if now != mine {
+            return Err(WriteError::Fenced(format!(
+                "another tasker serve took this store over (the store's epoch is {now}, this server's {mine}); this one writes nothing more"
+            )));
+        }
+    }
     let mut outcomes = Vec::with_capacity(requests.len());
     let mut counts = GroupCounts::default();
     let mut start = 0;
@@ -699,6 +754,7 @@ async fn apply_single<T: WriteTx>(tx: &mut T, request: &Request) -> Result<Outco
             Outcome::Count(tx.renew(owner, *lease_until).await?)
         }
         Request::Purge { cutoff, limit } => Outcome::Count(tx.purge(*cutoff, *limit).await?),
+        Request::TakeOver => Outcome::Count(tx.take_over().await? as u64),
         Request::Create(_) | Request::Commit(_) | Request::Cancel { .. } => {
             return Err(inconsistent(
                 "a grouped request reached the single-request path",

@@ -67,3 +67,64 @@ async fn a_postgres_store_is_locked_once_and_taken_again_after_the_server_restar
     drop(first);
     acquire_once_free(&url).await;
 }
+
+/// Two handles on one store, the second taking it over from the first:
+/// the first's writes are refused from then on and it is told why, the
+/// second's go through.
+async fn taking_over_fences_the_first_writer(url: &str) {
+    use std::time::Duration;
+    use tasker_store::Store;
+    let lease = Duration::from_secs(60);
+    let first = Store::open(url).await.unwrap();
+    let epoch = first.take_over().await.unwrap();
+    first
+        .renew_leases("node", lease)
+        .await
+        .expect("the first writes");
+
+    let second = Store::open(url).await.unwrap();
+    assert!(second.take_over().await.unwrap() > epoch);
+    let refused = first.renew_leases("node", lease).await.unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Fenced(_))
+            && refused.to_string().contains("took this store over"),
+        "{refused}"
+    );
+    let why = tokio::time::timeout(Duration::from_secs(5), first.fenced())
+        .await
+        .expect("the first is told");
+    assert!(why.contains("epoch"), "{why}");
+    // For good: it does not take the store back by writing again.
+    assert!(matches!(
+        first.renew_leases("node", lease).await,
+        Err(StoreError::Fenced(_))
+    ));
+    second
+        .renew_leases("node", lease)
+        .await
+        .expect("the second writes");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), second.fenced())
+            .await
+            .is_err(),
+        "the second is not fenced"
+    );
+    first.close().await;
+    second.close().await;
+}
+
+#[tokio::test]
+async fn a_sqlite_store_taken_over_by_another_server_refuses_the_first_ones_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    taking_over_fences_the_first_writer(&format!(
+        "sqlite:{}",
+        dir.path().join("tasks.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn a_postgres_store_taken_over_by_another_server_refuses_the_first_ones_writes() {
+    let pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
+    taking_over_fences_the_first_writer(&pg.url()).await;
+}
