@@ -191,7 +191,7 @@ test("a refused worker process: run() rejects, and nothing keeps the process ali
   const { code } = await withTimeout(child.exited, REFUSAL_WITHIN_MS + 5000, "the refused worker to exit");
   assert.equal(code, 1, child.stderrText);
   // A plaintext peer mostly sees the mismatch only as handshakes closed in
-  // silence ("closed 5 handshakes in a row: it probably requires CURVE").
+  // silence ("closed 5 handshakes in a row: either it requires CURVE ...").
   assert.match(child.stderrText, /run failed: WorkerRefused: the orchestrator at \S+ .*requires CURVE/);
   assert.doesNotMatch(child.stdoutText, /started|run resolved/);
 });

@@ -275,22 +275,14 @@ async fn wait_for_handlers(
 fn no_worker_serves(missing: &[&str], served: &BTreeSet<&str>) -> String {
     let named: Vec<String> = missing
         .iter()
-        .map(|handler| match closest(handler, served) {
-            Some(near) => format!("{handler} (did you mean {near}?)"),
-            None => handler.to_string(),
-        })
+        .map(
+            |handler| match tasker_config::closest(served.iter().copied(), handler) {
+                Some(near) => format!("{handler} (did you mean {near}?)"),
+                None => handler.to_string(),
+            },
+        )
         .collect();
     format!("no worker serves {}", named.join(", "))
-}
-
-/// The served handler nearest to `name`, if one is near enough to be a typo.
-fn closest<'a>(name: &str, served: &BTreeSet<&'a str>) -> Option<&'a str> {
-    served
-        .iter()
-        .map(|s| (strsim::levenshtein(name, s), *s))
-        .filter(|(d, s)| *d <= (s.len() / 3).max(2))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, s)| s)
 }
 
 fn what_is_served(served: &BTreeSet<&str>) -> String {

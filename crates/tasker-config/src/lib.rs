@@ -374,6 +374,23 @@ pub fn closest_key(key: &str) -> Option<&'static str> {
         .map(|(_, k)| k)
 }
 
+/// The name among `names` closest to `name`, when it is close enough to be
+/// a typo of it: for "did you mean" hints on handler and workflow names.
+///
+/// ```
+/// let served = ["rb_prepare", "rb_ship"];
+/// assert_eq!(tasker_config::closest(served, "rb_prepar"), Some("rb_prepare"));
+/// assert_eq!(tasker_config::closest(served, "charge_card"), None);
+/// ```
+pub fn closest<'a>(names: impl IntoIterator<Item = &'a str>, name: &str) -> Option<&'a str> {
+    names
+        .into_iter()
+        .map(|n| (strsim::levenshtein(name, n), n))
+        .filter(|(distance, n)| *distance <= (n.len() / 3).max(2))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, n)| n)
+}
+
 /// Where one configuration comes from. Later sources win: the file's
 /// section (the built-in defaults without a file), then the `TASKER_*`
 /// variables, then `options` (a host's keyword arguments).

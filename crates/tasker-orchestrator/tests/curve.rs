@@ -240,6 +240,34 @@ async fn c3_a_worker_holding_a_wrong_server_key_is_refused_and_gets_no_step() {
     executor.shutdown(LONG).await;
 }
 
+#[test]
+fn c4_a_worker_dialling_a_port_that_is_not_an_orchestrator_is_told_so_not_only_about_curve() {
+    // What an HTTP server (tasker serve's API port) does with a ZeroMQ
+    // greeting: answers 400 and closes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("tcp://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let _ = std::io::Write::write_all(&mut stream, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    let runs = Arc::new(AtomicUsize::new(0));
+    let config = TaskerConfig {
+        endpoint: endpoint.clone(),
+        reconnect_initial_ms: 20,
+        reconnect_max_ms: 50,
+        ..TaskerConfig::default()
+    };
+    let worker = echo_worker(config, "lost", &runs);
+    let message = refusal(&worker);
+    assert!(message.contains(&endpoint), "{message}");
+    assert!(
+        message.contains("not a tasker orchestrator") && message.contains("requires CURVE"),
+        "{message}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c4_a_plaintext_worker_is_refused_by_a_curve_orchestrator_and_told_curve_is_required() {
     let keys = Keys::new();

@@ -119,6 +119,28 @@ async fn g2_step_with_no_worker_for_its_handler_fails_at_its_timeout() {
     assert_eq!(error.error_type, error_types::NO_WORKER_FOR_HANDLER);
     assert!(error.retryable);
     assert!(error.message.contains("nobody_serves_this"));
+    assert!(!error.message.contains("did you mean"), "{}", error.message);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g2_a_handler_no_worker_serves_is_named_with_the_served_one_it_is_a_typo_of() {
+    let executor = start(&config());
+    let _worker = Worker::new(worker_config(&executor))
+        .handler("rb_prepare", |_| Ok(json!(null)))
+        .spawn()
+        .unwrap();
+    let results = executor
+        .execute_step_batch(StepBatchRequest::new("typo", steps(0..1, "rb_prepar", 300)))
+        .await
+        .unwrap();
+    let error = results[0].error.as_ref().unwrap();
+    assert_eq!(error.error_type, error_types::NO_WORKER_FOR_HANDLER);
+    assert!(
+        error.message.ends_with("; did you mean \"rb_prepare\"?"),
+        "{}",
+        error.message
+    );
     executor.shutdown(LONG).await;
 }
 

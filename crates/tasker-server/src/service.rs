@@ -518,13 +518,8 @@ impl Service {
     }
 
     fn unknown_workflow(&self, name: &str) -> ServiceError {
-        let closest = self
-            .workflows
-            .keys()
-            .map(|k| (strsim::levenshtein(name, k), k))
-            .filter(|(d, k)| *d <= (k.len() / 3).max(2))
-            .min_by_key(|(d, _)| *d)
-            .map(|(_, k)| k.clone());
+        let closest = tasker_config::closest(self.workflows.keys().map(String::as_str), name)
+            .map(String::from);
         ServiceError::UnknownWorkflow {
             name: name.to_string(),
             closest,

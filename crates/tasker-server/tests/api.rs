@@ -811,7 +811,7 @@ async fn with_tokens_every_route_but_healthz_needs_a_listed_bearer_token() {
             &answer(response).await,
             401,
             "unauthorized",
-            "requires a bearer token",
+            "requires a bearer token: send `Authorization: Bearer TOKEN` (tasker's clients and CLI send their `api_token` setting, `TASKER_API_TOKEN`)",
             None,
         );
     }
@@ -824,7 +824,19 @@ async fn with_tokens_every_route_but_healthz_needs_a_listed_bearer_token() {
         .await,
         401,
         "unauthorized",
-        "not one this server accepts",
+        "not one this server accepts (a client's `api_token`, `TASKER_API_TOKEN`",
+        None,
+    );
+    assert_problem(
+        &answer(
+            get(Some("Bearer Bearer ci-token-0123456789abcdef"), "/v1/tasks")
+                .await
+                .unwrap(),
+        )
+        .await,
+        401,
+        "unauthorized",
+        "it begins with `Bearer ` again",
         None,
     );
     assert_problem(

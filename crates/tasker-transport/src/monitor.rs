@@ -48,14 +48,16 @@ impl Handshake {
     }
 }
 
-/// A handshake outcome and the peer it was with, as ZeroMQ names it (the
-/// remote address on a bound socket, the endpoint on a connected one).
+/// A handshake outcome and the endpoint it happened on, as ZeroMQ's
+/// monitor names it: the socket's own endpoint on a bound socket (the
+/// monitor's events carry no remote address there), the endpoint dialled on
+/// a connected one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandshakeEvent {
     /// How it ended.
     pub outcome: Handshake,
-    /// The address.
-    pub peer: String,
+    /// The endpoint.
+    pub endpoint: String,
 }
 
 /// Watches one socket's handshakes; read it with [`drain`](Self::drain)
@@ -230,9 +232,9 @@ fn parse(frames: &[Vec<u8>]) -> Option<HandshakeEvent> {
         EVENT_HANDSHAKE_FAILED_NO_DETAIL => Handshake::Closed,
         _ => return None,
     };
-    let peer = frames
+    let endpoint = frames
         .get(1)
         .map(|f| String::from_utf8_lossy(f).into_owned())
         .unwrap_or_default();
-    Some(HandshakeEvent { outcome, peer })
+    Some(HandshakeEvent { outcome, endpoint })
 }

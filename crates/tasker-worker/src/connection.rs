@@ -568,10 +568,14 @@ impl Connection {
                              public key"
                         )
                     } else {
+                        // A CURVE orchestrator and an HTTP server (the
+                        // API port beside the ZeroMQ one) look alike here.
                         format!(
                             "the orchestrator at {endpoint} closed {HANDSHAKES_CLOSED_LIMIT} \
-                             handshakes in a row: it probably requires CURVE (set \
-                             curve_server_public_key_file and curve_secret_key_file)"
+                             handshakes in a row: either it requires CURVE (set \
+                             curve_server_public_key_file and curve_secret_key_file), or what \
+                             listens there is not a tasker orchestrator (`tasker serve` prints \
+                             its ZeroMQ endpoint as `zeromq tcp://...`, beside its HTTP `api`)"
                         )
                     }
                 }

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Served handler names a "did you mean" hint compares at most.
+const NEAR_NAMES_LOOKED_AT: usize = 4096;
+
 impl Dispatcher {
     pub(super) fn finish(&mut self, step_id: StepId, result: StepExecutionResult, how: Ended) {
         if let Some(entry) = self.steps.finish(step_id, how) {
@@ -127,11 +130,23 @@ impl Dispatcher {
                             ),
                         )
                     } else {
+                        // A typo in a workflow or a worker's list shows here
+                        // first: name what is served that comes close (from a
+                        // bounded number of names: this runs on the I/O thread).
+                        let near = tasker_config::closest(
+                            self.registry
+                                .iter()
+                                .flat_map(|(_, c)| c.handlers.iter().map(|h| &**h))
+                                .take(NEAR_NAMES_LOOKED_AT),
+                            &handler,
+                        )
+                        .map(|near| format!("; did you mean {near:?}?"))
+                        .unwrap_or_default();
                         (
                             StepStatus::Failed,
                             StepExecutionError::new(
                                 error_types::NO_WORKER_FOR_HANDLER,
-                                format!("no connected worker serves handler {handler:?} (waited {timeout_ms} ms)"),
+                                format!("no connected worker serves handler {handler:?} (waited {timeout_ms} ms){near}"),
                                 true,
                             ),
                         )

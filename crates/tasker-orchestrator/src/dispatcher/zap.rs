@@ -139,15 +139,12 @@ pub(crate) fn log_handshake(
         Handshake::Protocol(_) => "a client broke the handshake protocol",
         Handshake::Refused { .. } | Handshake::Closed | Handshake::Succeeded => return,
     };
-    // The address without its port: one host reconnecting from new ports
-    // is one peer to the limiter.
-    let host = event
-        .peer
-        .rsplit_once(':')
-        .map_or(event.peer.as_str(), |(host, _)| host);
-    if limiter.allow(host.as_bytes()) {
+    // The monitor names the orchestrator's own endpoint, not the peer's
+    // address (a refused key's address comes from ZAP, above): the limit is
+    // per endpoint.
+    if limiter.allow(event.endpoint.as_bytes()) {
         tracing::warn!(
-            peer = %tasker_protocol::codec::truncate(&event.peer, 64),
+            endpoint = %tasker_protocol::codec::truncate(&event.endpoint, 64),
             outcome = ?event.outcome,
             "refused a connection: {why}"
         );

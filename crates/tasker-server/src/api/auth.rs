@@ -130,8 +130,13 @@ pub(crate) async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
+    // Each refusal says where a tasker client's token comes from: the
+    // person reading it set up a client, not an HTTP header.
     let detail = match presented {
-        None => "this server requires a bearer token: send `Authorization: Bearer TOKEN`",
+        None => {
+            "this server requires a bearer token: send `Authorization: Bearer TOKEN` \
+                 (tasker's clients and CLI send their `api_token` setting, `TASKER_API_TOKEN`)"
+        }
         Some(value) => match value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
@@ -142,7 +147,18 @@ pub(crate) async fn require_token(
                     tracing::trace!(token = name, "authorized");
                     return next.run(request).await;
                 }
-                None => "the bearer token is not one this server accepts",
+                None if token
+                    .trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("bearer ") =>
+                {
+                    "the bearer token is not one this server accepts: it begins with `Bearer ` \
+                     again; set `api_token` to the token alone"
+                }
+                None => {
+                    "the bearer token is not one this server accepts (a client's `api_token`, \
+                     `TASKER_API_TOKEN`, must be one of the server's `api_tokens_file`)"
+                }
             },
         },
     };

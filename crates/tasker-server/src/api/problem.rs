@@ -287,8 +287,8 @@ impl From<ServiceError> for Problem {
                     ProblemKind::StoreUnavailable,
                     format!(
                         "the task store cannot take requests now (unreachable, restarting or \
-                         full); retry in {STORE_RETRY_AFTER_SECS} s (a create with its \
-                         idempotency_key, so that it cannot start twice)"
+                         full); retry in {STORE_RETRY_AFTER_SECS} s (reads and cancels as they \
+                         are, a create only with an idempotency_key, so that it cannot start twice)"
                     ),
                 )
             }
