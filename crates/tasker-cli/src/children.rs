@@ -4,6 +4,7 @@
 //! drains), and killed if it lingers or if the command leaves early.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
@@ -61,6 +62,26 @@ pub fn descends_from(pid: u32, roots: &[u32]) -> Option<u32> {
     None
 }
 
+/// The shell line that runs `command` in the shell's place, so that the
+/// signals this process sends reach the worker itself. `exec` takes no
+/// leading `NAME=value` assignments (`exec: SLEEP=2: not found`): a command
+/// that starts with them is run through `env`, which takes them and execs
+/// the rest.
+fn exec_line(command: &str) -> String {
+    let first = command.split_whitespace().next().unwrap_or_default();
+    let assignment = first.split_once('=').is_some_and(|(name, _)| {
+        name.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    });
+    if assignment {
+        format!("exec env {command}")
+    } else {
+        format!("exec {command}")
+    }
+}
+
 /// Where a worker process's output goes.
 pub enum Output<'a> {
     /// Its stdout is discarded, its stderr is this process's.
@@ -91,8 +112,14 @@ impl WorkerProcess {
         output: Output<'_>,
     ) -> Result<Self> {
         let mut cmd = Command::new("sh");
+        // A group of its own: a Ctrl-C at the terminal reaches this process
+        // only, which stops the worker with SIGTERM once its steps are done.
+        // In the terminal's group the worker got the SIGINT too, began to
+        // drain by itself, and took the SIGTERM as a second signal (Python
+        // printed a KeyboardInterrupt, Node died of it).
+        cmd.process_group(0);
         cmd.arg("-c")
-            .arg(format!("exec {command}"))
+            .arg(exec_line(command))
             .env("TASKER_ENDPOINT", endpoint)
             // Lifecycle logs of every worker would bury the command's output.
             .env(
@@ -280,6 +307,32 @@ mod tests {
         assert!(parse_named_command("=cmd").is_err());
         assert!(parse_named_command("name").is_err());
         assert!(parse_named_command("name=  ").is_err());
+    }
+
+    #[test]
+    fn a_command_may_start_with_variable_assignments_as_in_a_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        for command in [
+            "GREETING=hi A_1=x printenv GREETING",
+            "printenv TASKER_ENDPOINT",
+        ] {
+            let mut child = super::WorkerProcess::spawn(
+                "w",
+                command,
+                "tcp://127.0.0.1:9",
+                &[],
+                super::Output::File(&log),
+            )
+            .unwrap();
+            let status = child.child.wait().unwrap();
+            let out = std::fs::read_to_string(&log).unwrap();
+            assert!(status.success(), "{command}: {status} {out}");
+            assert!(
+                out == "hi\n" || out == "tcp://127.0.0.1:9\n",
+                "{command}: {out}"
+            );
+        }
     }
 
     #[test]

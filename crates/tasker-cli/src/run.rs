@@ -72,6 +72,7 @@ pub fn run(args: RunArgs) -> Result<TaskStatus> {
         .unwrap_or_default();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        let mut signals = StopSignals::listen();
         let executor =
             Arc::new(ZmqPubSubExecutor::start(&config).map_err(|e| StartError(e.into()))?);
         if let Some(dir) = &args.logs {
@@ -96,9 +97,12 @@ pub fn run(args: RunArgs) -> Result<TaskStatus> {
         }
         let mut joined = Joined::new(&children);
         let outcome = async {
-            wait_for_handlers(&executor, &template, &mut children, &mut joined, args.wait).await?;
+            tokio::select! {
+                waited = wait_for_handlers(&executor, &template, &mut children, &mut joined, args.wait) => waited?,
+                why = signals.recv() => anyhow::bail!("{why} while waiting for workers; no task was started"),
+            }
             Ok::<_, anyhow::Error>(
-                run_task(&executor, template, context, args.json, &mut joined).await,
+                run_task(&executor, template, context, args.json, &mut joined, &mut signals).await,
             )
         }
         .await;
@@ -300,6 +304,7 @@ async fn run_task(
     context: Value,
     json: bool,
     joined: &mut Joined,
+    signals: &mut StopSignals,
 ) -> TaskReport {
     let engine = WorkflowEngine::new(executor.clone());
     let total = template.steps.len();
@@ -310,15 +315,6 @@ async fn run_task(
     let mut progress = Progress::new(total, std::io::stderr().is_terminal() && !json);
     eprintln!("task {} ({name}): {total} steps", task.task_id());
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    // One stream for the whole run: a fresh `ctrl_c()` future per loop turn
-    // would miss a signal that lands while an event is being printed.
-    let mut sigint = match signal(SignalKind::interrupt()) {
-        Ok(stream) => Some(stream),
-        Err(e) => {
-            eprintln!("warning: Ctrl-C will not cancel the task: {e}");
-            None
-        }
-    };
     let mut interrupted = false;
     loop {
         tokio::select! {
@@ -334,15 +330,55 @@ async fn run_task(
                 }
                 progress.redraw();
             }
-            Some(()) = recv_signal(&mut sigint), if !interrupted => {
+            why = signals.recv(), if !interrupted => {
                 interrupted = true;
-                eprintln!("\ninterrupted: cancelling (running steps finish first)");
+                eprintln!("\n{why}: cancelling (running steps finish first)");
                 canceller.cancel();
             }
         }
     }
     progress.finish();
     task.wait().await
+}
+
+/// The signals that stop a run, listened to from before the workers are
+/// spawned until the end: the workers are in process groups of their own,
+/// so a Ctrl-C, a closed terminal (SIGHUP) or a service manager (SIGTERM)
+/// reaches only this process, which must stop them rather than die and
+/// leave them running. One stream each for the whole run: a fresh
+/// `ctrl_c()` future per loop turn would miss a signal that lands while an
+/// event is being printed.
+struct StopSignals {
+    interrupt: Option<Signal>,
+    terminate: Option<Signal>,
+    hangup: Option<Signal>,
+}
+
+impl StopSignals {
+    fn listen() -> Self {
+        let stream = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                eprintln!("warning: {name} will not stop the run: {e}");
+                None
+            }
+        };
+        StopSignals {
+            interrupt: stream(SignalKind::interrupt(), "Ctrl-C"),
+            terminate: stream(SignalKind::terminate(), "SIGTERM"),
+            hangup: stream(SignalKind::hangup(), "SIGHUP"),
+        }
+    }
+
+    /// The next stop signal, named for a message (`interrupted` for Ctrl-C).
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            Some(()) = recv_signal(&mut self.interrupt) => "interrupted",
+            Some(()) = recv_signal(&mut self.terminate) => "SIGTERM",
+            Some(()) = recv_signal(&mut self.hangup) => "SIGHUP",
+            else => std::future::pending().await,
+        }
+    }
 }
 
 async fn recv_signal(stream: &mut Option<Signal>) -> Option<()> {

@@ -255,8 +255,11 @@ steps:
     assert_eq!(step(&report, "join")["worker_id"], "survivor");
 }
 
-#[test]
-fn ctrl_c_cancels_the_task_after_running_steps_finish() {
+/// Runs a two-step task with a spawned worker, sends `signal` once the
+/// first step has started (to the whole process group with `group`, as a
+/// terminal's Ctrl-C does), and returns the run's output and stderr.
+fn signalled_run(signal: &str, group: bool) -> (Output, String) {
+    use std::os::unix::process::CommandExt;
     let workflow = workflow_file(
         r#"
 name: long
@@ -267,11 +270,13 @@ steps:
     );
     let mut run = tasker_run_with_worker(workflow.path())
         .arg("--json")
+        // A group of its own, led by the run: a terminal's foreground job.
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Progress lines arrive on stderr; interrupt once `first` has started.
+    // Progress lines arrive on stderr; signal once `first` has started.
     let stderr = run.stderr.take().unwrap();
     let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
@@ -296,20 +301,85 @@ steps:
             Err(e) => panic!("`first` never started: {e}"),
         }
     }
+    let target = if group {
+        // What a terminal's Ctrl-C reaches: the foreground group. The
+        // spawned worker must not be in it.
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", run.id())).unwrap();
+        let mut pids = children.split_whitespace().peekable();
+        assert!(pids.peek().is_some(), "the run spawned no worker");
+        for pid in pids {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            // After the command's closing parenthesis: state, ppid, pgrp.
+            let pgrp = stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .nth(2)
+                .unwrap();
+            assert_ne!(
+                pgrp,
+                run.id().to_string(),
+                "worker {pid} is in the run's process group"
+            );
+        }
+        format!("-{}", run.id())
+    } else {
+        run.id().to_string()
+    };
     let status = Command::new("kill")
-        .args(["-INT", &run.id().to_string()])
+        .args([signal, "--", &target])
         .status()
         .unwrap();
     assert!(status.success());
     let output = run.wait_with_output().unwrap();
-    let stderr = reader.join().unwrap();
+    (output, reader.join().unwrap())
+}
+
+fn assert_cancelled_after_the_running_step(output: &Output, stderr: &str) {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cancelling"), "{stderr}");
-    let report = report(&output);
+    let report = report(output);
     assert_eq!(report["status"], "cancelled");
     assert_eq!(step(&report, "first")["outcome"], "completed");
     assert_eq!(step(&report, "second")["outcome"], "cancelled");
     assert_eq!(step(&report, "second")["attempts"], 0);
+}
+
+#[test]
+fn ctrl_c_cancels_the_task_after_running_steps_finish() {
+    let (output, stderr) = signalled_run("-INT", false);
+    assert_cancelled_after_the_running_step(&output, &stderr);
+}
+
+#[test]
+fn a_terminal_ctrl_c_reaches_the_run_only_and_its_spawned_worker_is_stopped_once_cleanly() {
+    // The worker was in the terminal's group: it got the SIGINT too, began
+    // to drain by itself, and the run's SIGTERM was its second signal.
+    let (output, stderr) = signalled_run("-INT", true);
+    assert_cancelled_after_the_running_step(&output, &stderr);
+    assert!(!stderr.contains("warning: worker"), "{stderr}");
+}
+
+#[test]
+fn sigterm_and_sighup_cancel_the_run_and_stop_its_spawned_worker() {
+    for signal in ["-TERM", "-HUP"] {
+        let (output, stderr) = signalled_run(signal, false);
+        assert_cancelled_after_the_running_step(&output, &stderr);
+        // The worker ran `first`; its id carries its pid: it is gone.
+        let report = report(&output);
+        let worker = step(&report, "first")["worker_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let pid = worker.split('-').nth(1).unwrap();
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {worker} outlived the run ({signal})"
+        );
+        assert!(!stderr.contains("warning: worker"), "{stderr}");
+    }
 }
 
 #[test]
