@@ -104,6 +104,9 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts `command` connected to `endpoint`, with `env` added, its
     /// output going where `output` says.
+    ///
+    /// It stays in this process's group: a Ctrl-C at the terminal ends it
+    /// with this process, which need not handle signals (the benchmarks).
     pub fn spawn(
         name: &str,
         command: &str,
@@ -111,13 +114,37 @@ impl WorkerProcess {
         env: &[(&str, String)],
         output: Output<'_>,
     ) -> Result<Self> {
+        Self::start(name, command, endpoint, env, output, false)
+    }
+
+    /// [`spawn`](Self::spawn) into a process group of its own: a Ctrl-C at
+    /// the terminal reaches this process only, which must stop the worker
+    /// itself (with [`stop`](Self::stop)) on every signal that ends it. In
+    /// the terminal's group a worker of `tasker run` got the SIGINT too,
+    /// began to drain by itself, and took the run's SIGTERM as a second
+    /// signal (Python printed a KeyboardInterrupt, Node died of it).
+    pub fn spawn_own_group(
+        name: &str,
+        command: &str,
+        endpoint: &str,
+        env: &[(&str, String)],
+        output: Output<'_>,
+    ) -> Result<Self> {
+        Self::start(name, command, endpoint, env, output, true)
+    }
+
+    fn start(
+        name: &str,
+        command: &str,
+        endpoint: &str,
+        env: &[(&str, String)],
+        output: Output<'_>,
+        own_group: bool,
+    ) -> Result<Self> {
         let mut cmd = Command::new("sh");
-        // A group of its own: a Ctrl-C at the terminal reaches this process
-        // only, which stops the worker with SIGTERM once its steps are done.
-        // In the terminal's group the worker got the SIGINT too, began to
-        // drain by itself, and took the SIGTERM as a second signal (Python
-        // printed a KeyboardInterrupt, Node died of it).
-        cmd.process_group(0);
+        if own_group {
+            cmd.process_group(0);
+        }
         cmd.arg("-c")
             .arg(exec_line(command))
             .env("TASKER_ENDPOINT", endpoint)

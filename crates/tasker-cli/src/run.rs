@@ -91,7 +91,13 @@ pub fn run(args: RunArgs) -> Result<TaskStatus> {
                 None => Output::Prefixed,
             };
             children.push(
-                WorkerProcess::spawn(name, command, executor.endpoint(), &child_env, output)
+                WorkerProcess::spawn_own_group(
+                    name,
+                    command,
+                    executor.endpoint(),
+                    &child_env,
+                    output,
+                )
                     .map_err(StartError)?,
             );
         }
