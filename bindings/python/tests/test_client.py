@@ -599,6 +599,29 @@ def test_workflows_lists_the_loaded_templates(client: Client) -> None:
     ]
 
 
+def test_a_url_naming_a_zeromq_endpoint_fails_at_once_saying_so() -> None:
+    # What a user gets who copies the orchestrator's endpoint for the API's:
+    # a ZeroMQ socket greets and then waits, and each try waited out its read
+    # timeout (2.5 minutes for a get).
+    zmq = pytest.importorskip("zmq")
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    try:
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        client = Client(f"http://127.0.0.1:{port}", timeout=30)
+        for call in (lambda: client.get(1), lambda: client.submit("pipeline", {})):
+            started = time.monotonic()
+            with pytest.raises(ServerUnavailable) as unavailable:
+                call()
+            assert time.monotonic() - started < 5
+            message = str(unavailable.value)
+            assert "ZeroMQ endpoint" in message and "tries" not in message, message
+        assert "no task was created" in message, message
+    finally:
+        router.close(linger=0)
+        context.term()
+
+
 def test_server_unavailable_after_the_retries(closed_url: str, caplog: Any) -> None:
     client = Client(closed_url)
     caplog.set_level(logging.DEBUG, logger="tasker_core.client")

@@ -523,13 +523,46 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 class _NoAnswer(Exception):
     """A try that got no answer: ``cause`` is why; ``sent`` is False when the
-    request certainly never reached the server (connection refused)."""
+    request certainly never reached the server (connection refused);
+    ``final`` when trying again cannot help."""
 
-    def __init__(self, cause: BaseException, text: str, sent: bool) -> None:
+    def __init__(self, cause: BaseException, text: str, sent: bool, final: bool = False) -> None:
         super().__init__(text)
         self.cause = cause
         self.text = text
         self.sent = sent
+        self.final = final
+
+
+class _NotHttp(http.client.HTTPException):
+    """The server answered in ZeroMQ's protocol: the URL names an
+    orchestrator's ZeroMQ endpoint, not its HTTP API."""
+
+
+class _HttpConnection(http.client.HTTPConnection):
+    """Tells a ZeroMQ endpoint from an HTTP server at the first byte.
+
+    A ZeroMQ socket greets first, ten bytes starting with 0xFF and no line
+    end, then waits: ``http.client`` waited for a status line until the read
+    timeout, five times over (2.5 minutes for a call). An HTTP answer never
+    starts with 0xFF; looking costs nothing, since the answer is waited for
+    anyway.
+    """
+
+    def getresponse(self) -> http.client.HTTPResponse:
+        if self.sock is not None:
+            if self.sock.recv(1, socket.MSG_PEEK) == b"\xff":
+                raise _NotHttp(
+                    "it answered in ZeroMQ's protocol, not HTTP: that is an orchestrator's"
+                    " ZeroMQ endpoint; the API is the `api http://...` address tasker serve"
+                    " prints"
+                )
+        return super().getresponse()
+
+
+class _HttpHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_HttpConnection, req)
 
 
 class _ServerError(Exception):
@@ -621,6 +654,7 @@ class _Core:
         # OpenSSL's default verify paths (which honour SSL_CERT_FILE).
         self._opener = urllib.request.build_opener(
             urllib.request.ProxyHandler({}),
+            _HttpHandler(),
             urllib.request.HTTPSHandler(context=ssl.create_default_context()),
             _NoRedirect(),
         )
@@ -657,7 +691,8 @@ class _Core:
             try:
                 status, answer = self._try(method, url, data, headers, read_timeout)
             except (_NoAnswer, _ServerError) as failure:
-                if not idempotent or tries > len(RETRY_DELAYS):
+                final = isinstance(failure, _NoAnswer) and failure.final
+                if not idempotent or tries > len(RETRY_DELAYS) or final:
                     self._unavailable(failure, tries, idempotent)
                 delay = RETRY_DELAYS[tries - 1] * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
                 log.debug(
@@ -693,6 +728,8 @@ class _Core:
             except urllib.error.HTTPError as answer:
                 with answer:
                     status, body = answer.code, answer.read()
+        except _NotHttp as error:
+            raise _NoAnswer(error, str(error), False, final=True) from None
         except (OSError, http.client.HTTPException) as error:
             cause: BaseException = error
             if isinstance(error, urllib.error.URLError) and isinstance(error.reason, BaseException):
@@ -723,8 +760,10 @@ class _Core:
         else:
             message = f"the tasker server at {self.url} is unavailable ({failure.text}"
         message += f"; {tries} tries)" if tries > 1 else ")"
+        final = isinstance(failure, _NoAnswer) and failure.final
         if idempotent:
-            message += "; is tasker serve running?"
+            if not final:
+                message += "; is tasker serve running?"
         elif isinstance(failure, _NoAnswer) and not failure.sent:
             message += (
                 "; no task was created. A submit without idempotency_key is tried only once:"
