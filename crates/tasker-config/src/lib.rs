@@ -357,6 +357,34 @@ pub fn parse_api_url(url: &str) -> Result<String, String> {
     Ok(format!("{scheme}://{rest}"))
 }
 
+/// Checks the `HOST:PORT` of a `tcp://` endpoint: a host (a name, an
+/// address, `[v6]`, or `*` to bind every interface) and a port of 0 to
+/// 65535 or `*` (a free one). ZeroMQ would take `:99999` and then never
+/// connect, without a word.
+fn check_tcp_address(address: &str) -> Result<(), String> {
+    // ZeroMQ's `SOURCE;DESTINATION` form: the destination is the endpoint.
+    let address = address.rsplit(';').next().unwrap_or(address);
+    let (host, port) = match address.strip_prefix('[') {
+        Some(v6) => match v6.split_once("]:") {
+            Some((host, port)) => (host, port),
+            None => return Err("an IPv6 address must be [ADDRESS]:PORT".into()),
+        },
+        None => address
+            .rsplit_once(':')
+            .ok_or("must be tcp://HOST:PORT (the port is missing)")?,
+    };
+    if host.is_empty() {
+        return Err("must be tcp://HOST:PORT (the host is missing)".into());
+    }
+    if port != "*" && port.parse::<u16>().is_err() {
+        return Err(format!(
+            "the port {:?} is not a number from 0 to 65535 (or *)",
+            port.chars().take(16).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
 /// Where `tasker serve` keeps tasks unless `store` says otherwise.
 pub const DEFAULT_STORE: &str = "sqlite:tasker-data/tasker.db";
 
@@ -504,6 +532,11 @@ impl TaskerConfig {
                 )?
             }
             None => {
+                // No file has the sections, but a misspelt TASKER_ENV
+                // (`prodution`) is still a mistake to name, not to ignore.
+                if !ENVIRONMENTS.contains(&environment.as_str()) {
+                    return Err(ConfigError::UnknownEnvironment(environment));
+                }
                 let mut config = Self::default();
                 config.apply_overrides(vars.iter().cloned())?;
                 config
@@ -710,6 +743,14 @@ impl TaskerConfig {
             .any(|s| self.endpoint.starts_with(s) && self.endpoint.len() > s.len());
         if !scheme_ok {
             return invalid("endpoint", "must be tcp://HOST:PORT or ipc://PATH");
+        }
+        if let Some(address) = self.endpoint.strip_prefix("tcp://") {
+            if let Err(why) = check_tcp_address(address) {
+                return Err(ConfigError::Invalid {
+                    key: "endpoint",
+                    message: format!("{}: {why}", self.endpoint),
+                });
+            }
         }
         if self.heartbeat_interval_ms == 0 {
             return invalid("heartbeat_interval_ms", "must be at least 1");
@@ -966,6 +1007,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("staging"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_environment_is_rejected_without_a_file_too() {
+        let sources = Sources::with_vars(vars(&[("TASKER_ENV", "prodution")]));
+        let err = TaskerConfig::resolve(&sources).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::UnknownEnvironment(ref e) if e == "prodution"),
+            "{err}"
+        );
+        let sources = Sources::with_vars(vars(&[("TASKER_ENV", "production")]));
+        assert!(TaskerConfig::resolve(&sources).is_ok());
+    }
+
+    #[test]
+    fn a_tcp_endpoint_needs_a_host_and_a_port_zeromq_can_use() {
+        let check = |endpoint: &str| {
+            TaskerConfig {
+                endpoint: endpoint.into(),
+                ..TaskerConfig::default()
+            }
+            .validate()
+            .map_err(|e| e.to_string())
+        };
+        for good in [
+            "tcp://127.0.0.1:5555",
+            "tcp://localhost:0",
+            "tcp://*:5555",
+            "tcp://127.0.0.1:*",
+            "tcp://[::1]:5555",
+            "tcp://10.0.0.1;192.168.1.1:5555",
+            "ipc:///tmp/tasker.sock",
+        ] {
+            assert!(check(good).is_ok(), "{good}: {:?}", check(good));
+        }
+        for (bad, why) in [
+            ("tcp://127.0.0.1:99999", "is not a number from 0 to 65535"),
+            ("tcp://127.0.0.1:http", "is not a number"),
+            ("tcp://127.0.0.1", "the port is missing"),
+            ("tcp://:5555", "the host is missing"),
+            ("tcp://[::1]5555", "[ADDRESS]:PORT"),
+        ] {
+            let err = check(bad).unwrap_err();
+            assert!(err.contains(bad) && err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]
