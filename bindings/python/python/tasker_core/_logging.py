@@ -22,10 +22,10 @@ __all__ = ["enable_log_bridge", "set_log_level", "flush", "LOGGER_NAME"]
 LOGGER_NAME = "tasker_core"
 
 _lock = threading.Lock()
-# Held while records are taken and logged, so records reach the loggers in
-# the order they were queued whichever thread logs them; re-entrant for a
-# logging handler that flushes.
-_emit_lock = threading.RLock()
+#: Held while records are taken and logged, so records reach the loggers in
+#: the order they were queued whichever thread logs them; re-entrant for a
+#: logging handler that flushes. Holding it keeps the runtime's records back.
+emit_lock = threading.RLock()
 _thread: Optional[threading.Thread] = None
 _stopping = False
 _loggers: Dict[str, logging.Logger] = {}
@@ -96,7 +96,7 @@ def _emit(records: List[Tuple[int, str, str, Dict[str, str]]]) -> None:
 def _pump() -> None:
     while not _stopping:
         if _native.wait_for_log_records(None):
-            with _emit_lock:
+            with emit_lock:
                 _emit(_native.take_log_records(256))
 
 
@@ -110,7 +110,7 @@ def flush() -> None:
     """
     if _thread is None:
         return
-    with _emit_lock:
+    with emit_lock:
         while True:
             records = _native.take_log_records(1024)
             if not records:

@@ -688,16 +688,31 @@ class Worker:
                 raise _native.WorkerError("this worker was already started")
             self._wrap_handlers()
             _logging.enable_log_bridge(self._log_level)
-            rt = _native.WorkerRuntime(
-                self.config,
-                self.handlers,
-                worker_id=self._worker_id,
-                handler_limits=self._limits,
-            )
-            self._rt = rt
+            threads = self.threads
+            # The runtime connects as soon as it exists, and its records
+            # ("registered with orchestrator") could reach the loggers
+            # before this one: they wait for it behind the log lock.
+            with _logging.emit_lock:
+                rt = _native.WorkerRuntime(
+                    self.config,
+                    self.handlers,
+                    worker_id=self._worker_id,
+                    handler_limits=self._limits,
+                )
+                self._rt = rt
+                # Not "serving": the runtime has only begun to connect. It
+                # logs "registered with orchestrator" itself once welcomed.
+                log.info(
+                    "worker %s connecting to %s%s, handlers [%s] (capacity %d, threads %d)",
+                    rt.worker_id,
+                    self.config["endpoint"],
+                    " with CURVE" if self.config["curve_server_public_key_file"] else "",
+                    ", ".join(self.handlers),
+                    rt.capacity,
+                    threads,
+                )
             if self._async:
                 self._runner = _AsyncRunner(self)
-            threads = self.threads
             chunk = _native.chunk_size(rt.capacity, threads)
             self._pumps = [
                 threading.Thread(
@@ -712,17 +727,6 @@ class Worker:
             )
             self._supervisor.start()
             _live_workers.add(self)
-        # Not "serving": the runtime has only begun to connect. It logs
-        # "registered with orchestrator" itself once welcomed.
-        log.info(
-            "worker %s connecting to %s%s, handlers [%s] (capacity %d, threads %d)",
-            rt.worker_id,
-            self.config["endpoint"],
-            " with CURVE" if self.config["curve_server_public_key_file"] else "",
-            ", ".join(self.handlers),
-            rt.capacity,
-            threads,
-        )
         return self
 
     def stop(self) -> None:
