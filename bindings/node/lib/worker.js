@@ -222,6 +222,11 @@ class Worker {
     if (this._state !== "idle") {
       throw new TaskerError(`cannot add handler ${JSON.stringify(name)}: the worker is already ${this._state}`);
     }
+    if (this._handlers.has(name)) {
+      // Allowed (it replaces the first, limit and all), but a copied
+      // handler whose name was not changed hides another: say so.
+      logging.log("warn", `handler ${JSON.stringify(name)} registered again: this one replaces the first`);
+    }
     this._handlers.set(name, fn);
     if (concurrency === undefined) this._limits.delete(name);
     else this._limits.set(name, concurrency);

@@ -610,6 +610,22 @@ test("bad options and misuse throw TaskerError naming the problem", async () => 
   await assert.rejects(worker.run(), (e) => e instanceof TaskerError && /no handlers/.test(e.message));
 });
 
+test("registering a handler name again replaces the first, with a warning", async () => {
+  const records = [];
+  const worker = new Worker({ ...QUICK, endpoint: await freeEndpoint(), logger: (entry) => records.push(entry) });
+  try {
+    worker.handle("charge", () => "first").handle("refund", () => null);
+    assert.deepEqual(records.filter((r) => r.level === "warn"), []);
+    worker.handle("charge", () => "second");
+    const warnings = records.filter((r) => r.level === "warn").map((r) => r.message);
+    assert.deepEqual(warnings, ['handler "charge" registered again: this one replaces the first']);
+    const results = await serve(worker, { steps: [{ step_id: 1, handler_class: "charge" }] });
+    assert.equal(results.get(1).output, "second");
+  } finally {
+    setLogger(null);
+  }
+});
+
 test("Worker.fromConfig reads the project's config file, its environment section and overrides", () => {
   const path = require("node:path");
   const file = path.join(require("./helpers.js").REPO, "config", "zeromq.yaml");

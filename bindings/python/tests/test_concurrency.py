@@ -3,6 +3,7 @@ announced to the real orchestrator, which never has more of that handler's
 steps out at the worker, while the other handlers use the rest of its
 capacity; bad values are refused at registration."""
 
+import logging
 import threading
 import time
 
@@ -53,7 +54,9 @@ def test_a_limited_handler_never_runs_above_its_limit(dispatch, make_worker):
     assert 5 <= free.most <= 6, f"the unlimited handler ran at most {free.most} at once"
 
 
-def test_register_takes_the_limit_too_and_registering_again_replaces_it(dispatch, make_worker):
+def test_register_takes_the_limit_too_and_registering_again_replaces_it(
+    dispatch, make_worker, caplog
+):
     again, single = Gauge(), Gauge()
 
     def register(worker):
@@ -67,6 +70,8 @@ def test_register_takes_the_limit_too_and_registering_again_replaces_it(dispatch
     assert all(r["status"] == "completed" for r in results.values()), results
     assert single.most == 1
     assert again.most >= 2, "the first registration's limit outlived it"
+    replaced = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert replaced == ["handler 'again' registered again: this one replaces the first"], replaced
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,8 @@ class TestConcurrency < Minitest::Test
     endpoint = free_endpoint
     again = Gauge.new
     single = Gauge.new
-    with_worker(endpoint: endpoint, capacity: 4, threads: 4) do |worker|
+    log = StringIO.new
+    with_worker(endpoint: endpoint, capacity: 4, threads: 4, logger: Logger.new(log)) do |worker|
       worker.register("again", ->(_step) { "x" }, concurrency: 1)
       # Registered again without the option: no limit any more.
       worker.handle("again") { |_step| again.run(0.2) }
@@ -63,6 +64,8 @@ class TestConcurrency < Minitest::Test
     end
     assert_equal 1, single.most
     assert_operator again.most, :>=, 2, "the first registration's limit outlived it"
+    assert_equal ['handler "again" registered again: this one replaces the first'],
+                 log.string.lines.grep(/WARN/).map { |l| l.split(": ", 2).last.chomp }
   end
 
   def test_a_bad_concurrency_is_refused_naming_the_handler

@@ -296,6 +296,14 @@ impl Worker {
 
     /// A handler registered (again) takes these options, and only these.
     fn set_options(&mut self, name: &str, options: &HandlerOptions) {
+        if self.handlers.contains_key(name) {
+            // Allowed (it replaces the first, options and all), but a copied
+            // handler whose name was not changed hides another: say so.
+            tracing::warn!(
+                handler = name,
+                "handler registered again: this one replaces the first"
+            );
+        }
         match options.concurrency {
             Some(limit) => {
                 self.options.handler_limits.insert(name.to_string(), limit);

@@ -550,6 +550,11 @@ class Worker:
                     f"got {type(obj).__name__}"
                 )
             fn = obj
+        if name in self._sync or name in self._async:
+            # Allowed (a registration replaces the one before, limit and
+            # all), but a copy-pasted handler whose name was not changed
+            # hides another: say so.
+            log.warning("handler %r registered again: this one replaces the first", name)
         self._sync.pop(name, None)
         self._async.pop(name, None)
         if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(

@@ -155,6 +155,11 @@ module TaskerCore
       @mutex.synchronize do
         raise Error, "cannot add handlers to a started worker" if @native
 
+        if @handlers.key?(name)
+          # Allowed (it replaces the first, limit and all), but a copied
+          # handler whose name was not changed hides another: say so.
+          @logger&.warn("tasker_core") { "handler #{name.inspect} registered again: this one replaces the first" }
+        end
         @handlers[name] = callable
         if concurrency.nil?
           @limits.delete(name)
