@@ -237,7 +237,10 @@ def test_middleware_misuse_is_refused(dispatch, make_worker):
         return 2
 
     worker.register("lonely", lonely)
-    with pytest.raises(ConfigError, match="no async def middleware wraps handler.s. lonely"):
+    with pytest.raises(
+        ConfigError,
+        match="no async def middleware wraps handler.s. lonely.*add an async def middleware",
+    ):
         worker.start()
     assert worker.state == "idle"
 

@@ -618,14 +618,14 @@ class Worker:
         silently missing half the handlers is worse than an error."""
         if self._sync_middleware or self._async_middleware:
             for handlers, middleware, kind in (
-                (self._sync, self._sync_middleware, "sync (def)"),
-                (self._async, self._async_middleware, "async def"),
+                (self._sync, self._sync_middleware, "a sync (def)"),
+                (self._async, self._async_middleware, "an async def"),
             ):
                 if handlers and not middleware:
                     raise _native.ConfigError(
-                        f"no {kind} middleware wraps handler(s) {', '.join(sorted(handlers))}: "
-                        f"the middleware added with use() are all of the other kind, which "
-                        f"cannot wrap them; add a {kind} middleware too"
+                        f"no {kind.split(' ', 1)[1]} middleware wraps handler(s) "
+                        f"{', '.join(sorted(handlers))}: the middleware added with use() are "
+                        f"all of the other kind, which cannot wrap them; add {kind} middleware too"
                     )
         self._run_sync = {
             name: _chain(fn, self._sync_middleware) for name, fn in self._sync.items()
