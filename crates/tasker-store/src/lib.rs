@@ -113,6 +113,15 @@ pub enum StoreError {
     /// Another `tasker serve` holds the store's [`NodeLock`].
     #[error("another tasker serve is using this store: {0}; stop it first, or give this one another store")]
     InUse(String),
+    /// The PostgreSQL server could not be reached or refused the login.
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Connect {
+        /// `HOST:PORT/DATABASE` (or the socket), without credentials.
+        target: String,
+        /// What the driver said.
+        #[source]
+        source: sqlx::Error,
+    },
     /// Another `tasker serve` took the store over from this one (see
     /// [`Store::take_over`]): nothing this one writes commits any more.
     #[error("{0}")]
@@ -141,7 +150,7 @@ impl StoreError {
             StoreError::Write(_) | StoreError::Closed => true,
             // This server is going away; the one that took over may answer.
             StoreError::Fenced(_) => true,
-            StoreError::Database(e) => sqlx_unavailable(e),
+            StoreError::Database(e) | StoreError::Connect { source: e, .. } => sqlx_unavailable(e),
             StoreError::BadUrl(_)
             | StoreError::IdempotencyConflict { .. }
             | StoreError::Migrate(_)

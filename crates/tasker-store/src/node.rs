@@ -137,7 +137,9 @@ fn lock_file(db: &Path) -> Result<std::fs::File, StoreError> {
 }
 
 async fn pg_lock(options: &PgConnectOptions) -> Result<PgConnection, StoreError> {
-    let mut conn = PgConnection::connect_with(options).await?;
+    let mut conn = PgConnection::connect_with(options)
+        .await
+        .map_err(|e| crate::postgres::connect_error(options, e))?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(PG_LOCK_KEY)
         .fetch_one(&mut conn)

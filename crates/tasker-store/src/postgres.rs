@@ -37,6 +37,19 @@ fn column<'r, R, T>(rows: &'r [R], field: impl Fn(&'r R) -> T) -> Vec<T> {
     rows.iter().map(field).collect()
 }
 
+/// A failed connection, naming where it went (the driver's message says
+/// only "Connection refused").
+pub(crate) fn connect_error(options: &PgConnectOptions, source: sqlx::Error) -> StoreError {
+    let target = match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    StoreError::Connect {
+        target: format!("{target}/{}", options.get_database().unwrap_or_default()),
+        source,
+    }
+}
+
 /// Connects to the server `url` names: the pool readers use.
 pub(crate) async fn connect(url: &str) -> Result<(PgPool, PgConnectOptions), StoreError> {
     let options = PgConnectOptions::from_str(url)?;
@@ -44,7 +57,8 @@ pub(crate) async fn connect(url: &str) -> Result<(PgPool, PgConnectOptions), Sto
         .max_connections(READERS)
         .acquire_timeout(READ_WAIT)
         .connect_with(options.clone())
-        .await?;
+        .await
+        .map_err(|e| connect_error(&options, e))?;
     tracing::info!(
         host = options.get_host(),
         database = options.get_database().unwrap_or_default(),

@@ -128,3 +128,27 @@ async fn a_postgres_store_taken_over_by_another_server_refuses_the_first_ones_wr
     let pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
     taking_over_fences_the_first_writer(&pg.url()).await;
 }
+
+#[tokio::test]
+async fn a_postgres_server_that_cannot_be_reached_is_named_with_its_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://app:s3cret@127.0.0.1:{port}/tasker");
+    for error in [
+        NodeLock::acquire(&url).await.err().unwrap(),
+        tasker_store::Store::open(&url).await.err().unwrap(),
+    ] {
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!(
+                "cannot connect to PostgreSQL at 127.0.0.1:{port}/tasker"
+            )),
+            "{message}"
+        );
+        assert!(!message.contains("s3cret"), "{message}");
+        assert!(error.is_unavailable(), "{message}");
+    }
+}
