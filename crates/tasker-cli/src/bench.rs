@@ -217,6 +217,7 @@ impl RawEcho {
                 &endpoint,
                 &[],
                 crate::children::Output::Quiet,
+                crate::children::Group::Shared,
             )?;
             router.set_rcvtimeo(10_000)?;
             (None, Some(process))
@@ -557,6 +558,7 @@ async fn system(
                 executor.endpoint(),
                 &env,
                 crate::children::Output::Quiet,
+                crate::children::Group::Shared,
             )?)
         }
     };

@@ -17,7 +17,7 @@ use tasker_orchestrator::ZmqPubSubExecutor;
 use tasker_protocol::StepBatchRequest;
 
 use crate::bench::{drive, noop_steps};
-use crate::children::{parse_named_command, Output, WorkerProcess};
+use crate::children::{parse_named_command, Group, Output, WorkerProcess};
 
 #[derive(Args, Debug)]
 pub struct BenchWorkersArgs {
@@ -76,6 +76,7 @@ async fn measure(args: &BenchWorkersArgs, command: &str) -> Result<Run> {
         executor.endpoint(),
         &capacity,
         Output::Quiet,
+        Group::Shared,
     )?;
     let connect = Duration::from_secs_f64(args.connect_timeout);
     if !executor.wait_for_workers(1, connect).await {

@@ -82,6 +82,21 @@ fn exec_line(command: &str) -> String {
     }
 }
 
+/// The process group a worker process runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// This process's: a Ctrl-C at the terminal ends it with this process,
+    /// which need not handle signals (the benchmarks).
+    Shared,
+    /// One of its own: a Ctrl-C at the terminal reaches this process only,
+    /// which must stop the worker itself ([`WorkerProcess::stop`]) on every
+    /// signal that ends it. In the terminal's group a worker of `tasker
+    /// run` got the SIGINT too, began to drain by itself, and took the
+    /// run's SIGTERM as a second signal (Python printed a
+    /// KeyboardInterrupt, Node died of it).
+    Own,
+}
+
 /// Where a worker process's output goes.
 pub enum Output<'a> {
     /// Its stdout is discarded, its stderr is this process's.
@@ -103,46 +118,17 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     /// Starts `command` connected to `endpoint`, with `env` added, its
-    /// output going where `output` says.
-    ///
-    /// It stays in this process's group: a Ctrl-C at the terminal ends it
-    /// with this process, which need not handle signals (the benchmarks).
+    /// output going where `output` says, in the process group `group` says.
     pub fn spawn(
         name: &str,
         command: &str,
         endpoint: &str,
         env: &[(&str, String)],
         output: Output<'_>,
-    ) -> Result<Self> {
-        Self::start(name, command, endpoint, env, output, false)
-    }
-
-    /// [`spawn`](Self::spawn) into a process group of its own: a Ctrl-C at
-    /// the terminal reaches this process only, which must stop the worker
-    /// itself (with [`stop`](Self::stop)) on every signal that ends it. In
-    /// the terminal's group a worker of `tasker run` got the SIGINT too,
-    /// began to drain by itself, and took the run's SIGTERM as a second
-    /// signal (Python printed a KeyboardInterrupt, Node died of it).
-    pub fn spawn_own_group(
-        name: &str,
-        command: &str,
-        endpoint: &str,
-        env: &[(&str, String)],
-        output: Output<'_>,
-    ) -> Result<Self> {
-        Self::start(name, command, endpoint, env, output, true)
-    }
-
-    fn start(
-        name: &str,
-        command: &str,
-        endpoint: &str,
-        env: &[(&str, String)],
-        output: Output<'_>,
-        own_group: bool,
+        group: Group,
     ) -> Result<Self> {
         let mut cmd = Command::new("sh");
-        if own_group {
+        if group == Group::Own {
             cmd.process_group(0);
         }
         cmd.arg("-c")
@@ -350,6 +336,7 @@ mod tests {
                 "tcp://127.0.0.1:9",
                 &[],
                 super::Output::File(&log),
+                super::Group::Shared,
             )
             .unwrap();
             let status = child.child.wait().unwrap();

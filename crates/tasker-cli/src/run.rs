@@ -20,7 +20,7 @@ use tasker_engine::{StepOutcome, TaskEvent, TaskReport, TaskStatus, TaskTemplate
 use tasker_orchestrator::{WorkerInfo, ZmqPubSubExecutor};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::children::{parse_named_command, Output, WorkerProcess};
+use crate::children::{parse_named_command, Group, Output, WorkerProcess};
 use crate::ConfigArgs;
 
 #[derive(Args, Debug)]
@@ -91,12 +91,13 @@ pub fn run(args: RunArgs) -> Result<TaskStatus> {
                 None => Output::Prefixed,
             };
             children.push(
-                WorkerProcess::spawn_own_group(
+                WorkerProcess::spawn(
                     name,
                     command,
                     executor.endpoint(),
                     &child_env,
                     output,
+                    Group::Own,
                 )
                     .map_err(StartError)?,
             );

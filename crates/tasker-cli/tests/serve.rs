@@ -682,13 +682,10 @@ steps:
     depends_on: [long]
 "#;
 
-/// PostgreSQL stops (as for a restart or a failover) while steps are out,
-/// and their results arrive while it is down: each task waits, trying its
-/// commit again, and goes on once the database is back, without a restart
-/// of the server. Nothing runs twice.
-#[test]
-fn s7_postgres_down_while_steps_end_the_tasks_wait_for_it_and_go_on_when_it_is_back() {
-    let mut pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
+/// A throwaway PostgreSQL, and a folder whose `workflows/` holds the
+/// workflows of [`workflows_dir`] and `long_then_echo`.
+fn postgres_with_long_then_echo() -> (tasker_pgtest::PgServer, tempfile::TempDir) {
+    let pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
     let dir = tempfile::tempdir().unwrap();
     workflows_dir(dir.path());
     std::fs::write(
@@ -696,6 +693,16 @@ fn s7_postgres_down_while_steps_end_the_tasks_wait_for_it_and_go_on_when_it_is_b
         LONG_THEN_ECHO_WORKFLOW,
     )
     .unwrap();
+    (pg, dir)
+}
+
+/// PostgreSQL stops (as for a restart or a failover) while steps are out,
+/// and their results arrive while it is down: each task waits, trying its
+/// commit again, and goes on once the database is back, without a restart
+/// of the server. Nothing runs twice.
+#[test]
+fn s7_postgres_down_while_steps_end_the_tasks_wait_for_it_and_go_on_when_it_is_back() {
+    let (mut pg, dir) = postgres_with_long_then_echo();
     let endpoint = format!("tcp://127.0.0.1:{}", free_port());
     let http = client();
     let serve = Serve::start(dir.path(), &pg.url(), &endpoint);
@@ -789,14 +796,7 @@ fn s8_a_second_server_on_the_same_store_is_refused_and_the_first_goes_on() {
 #[test]
 fn s11_a_server_whose_store_another_took_over_after_a_postgres_restart_stops_and_the_other_finishes(
 ) {
-    let mut pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
-    let dir = tempfile::tempdir().unwrap();
-    workflows_dir(dir.path());
-    std::fs::write(
-        dir.path().join("workflows/long_then_echo.yaml"),
-        LONG_THEN_ECHO_WORKFLOW,
-    )
-    .unwrap();
+    let (mut pg, dir) = postgres_with_long_then_echo();
     let http = client();
     let endpoint = format!("tcp://127.0.0.1:{}", free_port());
     let mut first = Serve::start(dir.path(), &pg.url(), &endpoint);
