@@ -339,15 +339,18 @@ impl Changes {
                 // never showed as `retry_wait`.
                 let missed_retry = was_attempts > 0 && was != StepState::RetryWait;
                 if missed_retry || step.attempts > was_attempts + 1 {
-                    if let Some(error) = &step.error {
-                        out.push(Change::Line(format!(
-                            "retried   {} after attempt {}: {}: {}",
-                            step.name,
-                            step.attempts - 1,
-                            error.error_type,
-                            error.message
-                        )));
-                    }
+                    // A step that completed since has no error left to
+                    // show, but its retry still happened.
+                    let why = step
+                        .error
+                        .as_ref()
+                        .map(|e| format!(": {}: {}", e.error_type, e.message))
+                        .unwrap_or_default();
+                    out.push(Change::Line(format!(
+                        "retried   {} after attempt {}{why}",
+                        step.name,
+                        step.attempts - 1,
+                    )));
                 }
                 dispatched.push((step.name.clone(), step.attempts));
             }
@@ -723,6 +726,24 @@ mod tests {
                 "cancelling".to_string(),
                 r#"dispatched [("a", 2)]"#.into(),
                 "failed a 2".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_retry_of_a_step_that_completed_between_polls_is_reported_without_an_error() {
+        let mut changes = Changes::default();
+        changes.between(&task(vec![step(1, "a", StepState::Waiting, 0)], false));
+        // Attempt 1 failed, attempt 2 ran and completed: a completed step
+        // keeps no error.
+        let mut done = step(1, "a", StepState::Completed, 2);
+        done.error = None;
+        assert_eq!(
+            describe(changes.between(&task(vec![done], false))),
+            vec![
+                "retried   a after attempt 1".to_string(),
+                r#"dispatched [("a", 2)]"#.into(),
+                "completed a 2".into()
             ]
         );
     }
