@@ -93,7 +93,10 @@ impl Server {
                 tracing::info!("stop requested");
                 None
             }
-            why = self.service.taken_over() => Some(why),
+            why = self.service.taken_over() => {
+                tracing::error!(reason = %why, "another tasker serve took this store over; stopping");
+                Some(why)
+            }
         };
         self.service.shutdown().await;
         let _ = closed_tx.send(());

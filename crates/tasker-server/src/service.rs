@@ -228,9 +228,6 @@ pub struct Service {
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// This server's hold on its store, until `shutdown` ends.
     node: tokio::sync::Mutex<Option<tasker_store::NodeLock>>,
-    /// Set, with why, once another server took the store over from this
-    /// one: see [`Service::taken_over`].
-    lost: tokio::sync::watch::Sender<Option<String>>,
     metrics: crate::metrics::ServiceMetrics,
     throughput: crate::throughput::Samples,
 }
@@ -286,7 +283,6 @@ impl Service {
             stopping: tokio::sync::watch::Sender::new(false),
             background: Mutex::default(),
             node: tokio::sync::Mutex::new(Some(node)),
-            lost: tokio::sync::watch::Sender::new(None),
         });
         let unfinished = service
             .store
@@ -432,25 +428,20 @@ impl Service {
                 };
                 match lock.ensure().await {
                     Ok(()) => without = false,
-                    // Another server started meanwhile and took the store
-                    // over (its first write says so too).
-                    Err(e @ tasker_store::StoreError::InUse(_)) => {
-                        service.lose_store(e.to_string());
-                        return;
+                    // Another server started meanwhile: it takes the store
+                    // over as it starts, and a write tells the store (and
+                    // `taken_over`) once it has.
+                    Err(tasker_store::StoreError::InUse(_)) => {
+                        let _ = service
+                            .store
+                            .renew_leases(&service.durable.orchestrator_id, LEASE)
+                            .await;
                     }
                     Err(e) if !std::mem::replace(&mut without, true) => {
                         tracing::warn!(error = %e, "this server does not hold its store's node lock now; taking it again");
                     }
                     Err(_) => {}
                 }
-            }
-        }));
-        let weak = Arc::downgrade(self);
-        let store = self.store.clone();
-        background.push(tokio::spawn(async move {
-            let why = store.fenced().await;
-            if let Some(service) = weak.upgrade() {
-                service.lose_store(why);
             }
         }));
         if self.config.task_retention_hours > 0 {
@@ -701,21 +692,7 @@ impl Service {
     /// nothing this service writes commits any more, and it should stop.
     /// [`Server::run`](crate::Server::run) stops by itself then.
     pub async fn taken_over(&self) -> String {
-        let mut lost = self.lost.subscribe();
-        // No error: the service holds the sender.
-        let why = lost
-            .wait_for(Option::is_some)
-            .await
-            .map(|why| why.clone().unwrap_or_default())
-            .unwrap_or_default();
-        why
-    }
-
-    fn lose_store(&self, why: String) {
-        if self.lost.borrow().is_none() {
-            tracing::error!(reason = %why, "another tasker serve took this store over; stopping");
-            self.lost.send_replace(Some(why));
-        }
+        self.store.fenced().await
     }
 
     /// Tasks being driven now.

@@ -411,6 +411,8 @@ impl Default for Stats {
 struct GroupCounts {
     transitions: u64,
     tasks_created: u64,
+    /// The epoch a [`Request::TakeOver`] in the group raised the store to.
+    epoch: Option<i64>,
 }
 
 enum WriteConn {
@@ -579,10 +581,8 @@ impl Writer {
         let started = std::time::Instant::now();
         match self.transact(&requests).await {
             Ok((outcomes, counts)) => {
-                for (request, outcome) in requests.iter().zip(&outcomes) {
-                    if let (Request::TakeOver, Outcome::Count(epoch)) = (request, outcome) {
-                        self.epoch = Some(*epoch as i64);
-                    }
+                if counts.epoch.is_some() {
+                    self.epoch = counts.epoch;
                 }
                 if self.failing > 0 {
                     tracing::info!(
@@ -728,7 +728,11 @@ async fn apply<T: WriteTx>(
             outcomes.extend(apply_grouped(tx, &requests[start..end], &mut counts, mode).await?);
             start = end;
         } else {
-            outcomes.push(apply_single(tx, &requests[start]).await?);
+            let outcome = apply_single(tx, &requests[start]).await?;
+            if let (Request::TakeOver, Outcome::Count(epoch)) = (&requests[start], &outcome) {
+                counts.epoch = Some(*epoch as i64);
+            }
+            outcomes.push(outcome);
             start += 1;
         }
     }
