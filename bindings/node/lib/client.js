@@ -240,6 +240,24 @@ function describeFailure(error, timeoutMs) {
   return code ? `${code}: ${message}` : message;
 }
 
+/**
+ * Why an answer was not HTTP at all, or null. A ZeroMQ socket greets first,
+ * ten bytes starting with 0xFF, and then waits; undici hands the bytes it
+ * could not parse as text, 0xFF as U+FFFD. Trying again cannot help, and a
+ * peer that is no HTTP server acted on nothing it was sent.
+ */
+function notHttp(error) {
+  const cause = error && error.cause;
+  if (!cause || cause.code !== "HPE_INVALID_CONSTANT") return null;
+  if (typeof cause.data === "string" && cause.data.startsWith("\uFFFD")) {
+    return (
+      "it answered in ZeroMQ's protocol, not HTTP: that is an orchestrator's ZeroMQ endpoint; " +
+      "the API is the `api http://...` address tasker serve prints"
+    );
+  }
+  return "what answered there does not speak HTTP";
+}
+
 /** The problem document of an error answer, or null when the body is none. */
 function parseProblem(text, contentType) {
   if (!/json/i.test(contentType ?? "")) return null;
@@ -537,6 +555,14 @@ class Client {
             `fetch refuses to connect to ${this.url}: its port is one the fetch standard blocks; serve the API on another port`,
             { cause: error },
           );
+        }
+        const notHttpReason = notHttp(error);
+        if (notHttpReason) {
+          const created = method === "POST" && body && body.workflow !== undefined ? "; no task was created" : "";
+          throw new ServerUnavailable(`the tasker server at ${this.url} is not reachable (${notHttpReason})${created}`, {
+            cause: error,
+            url: this.url,
+          });
         }
         last = { cause: describeFailure(requestAbort.reason ?? error, timeoutMs), error };
         continue;

@@ -480,6 +480,21 @@ test("ServerUnavailable on a port nobody listens on: after the retries (about 3 
   assert.ok(keyed.ms > 2_300, `a submit with a key is retried (${keyed.ms} ms)`);
 });
 
+test("a URL naming a ZeroMQ endpoint fails at once, saying so", async () => {
+  // What a user gets who copies the orchestrator's endpoint for the API's:
+  // it was retried five times with the HTTP parser's HPE_INVALID_CONSTANT.
+  const zmq = new Client({ url: server.endpoint.replace("tcp://", "http://") });
+  for (const call of [() => zmq.get(1), () => zmq.submit("echo_pair", {}, { idempotencyKey: "z" })]) {
+    const { ms, error } = await timed(call());
+    assert.ok(error instanceof ServerUnavailable, String(error));
+    assert.match(error.message, /ZeroMQ endpoint/);
+    assert.doesNotMatch(error.message, /tries/);
+    assert.ok(ms < 1_000, `took ${ms} ms`);
+  }
+  const { error } = await timed(zmq.submit("echo_pair", {}));
+  assert.match(error.message, /no task was created/);
+});
+
 test("a server stopped (SIGTERM) during a wait ends it with ServerUnavailable, not a hang", async () => {
   const own = await serveWithWorker(serveDir());
   const ownClient = new Client({ url: own.url });

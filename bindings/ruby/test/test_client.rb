@@ -721,6 +721,24 @@ class TestClient < Minitest::Test
     assert_operator monotonic - started, :>=, 2.3, "a submit with a key is retried"
   end
 
+  def test_a_url_naming_a_zeromq_endpoint_fails_at_once_saying_so
+    # What a user gets who copies the orchestrator's endpoint for the API's:
+    # a ZeroMQ socket greets and then waits, and each try waited out its read
+    # timeout (2.5 minutes for a get).
+    url = shared.endpoint.sub("tcp://", "http://")
+    c = TaskerCore::Client.new(url: url, token: "", read_timeout: 30)
+    [-> { c.get(1) }, -> { c.submit("pipeline", {}) }, -> { c.submit("pipeline", {}, idempotency_key: "z") }]
+      .each do |call|
+        started = monotonic
+        error = assert_raises(TaskerCore::ServerUnavailable, &call)
+        assert_operator monotonic - started, :<, 5
+        assert_includes error.message, "ZeroMQ endpoint"
+        refute_includes error.message, "tries"
+      end
+    error = assert_raises(TaskerCore::ServerUnavailable) { c.submit("pipeline", {}) }
+    assert_includes error.message, "no task was created"
+  end
+
   def test_server_stopped_mid_wait_is_server_unavailable_not_a_hang
     server = own_server(workers: 1)
     c = TaskerCore::Client.new(url: server.url, token: "")

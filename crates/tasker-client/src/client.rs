@@ -301,6 +301,9 @@ impl Client {
                 Ok(answer) if answer.status.is_success() => return Ok(answer),
                 Ok(answer) if answer.status.is_server_error() => Failure::ServerError(answer),
                 Ok(answer) => return Err(self.refusal(&answer)),
+                Err(e) if !e.is_connect() && !e.is_timeout() && greets_in_zeromq(&url).await => {
+                    return Err(self.not_http(call.idempotent));
+                }
                 Err(e) => Failure::NoAnswer(e),
             };
             let delay = if call.idempotent {
@@ -328,6 +331,24 @@ impl Client {
         match serde_json::from_slice::<ProblemDetails>(&answer.body) {
             Ok(problem) => Error::from_problem(problem),
             Err(_) => Error::unexpected(&self.base, answer.status.as_u16(), &answer.body),
+        }
+    }
+
+    /// The error for a URL that names an orchestrator's ZeroMQ endpoint:
+    /// trying again cannot help, and the peer acted on nothing it was sent.
+    fn not_http(&self, idempotent: bool) -> Error {
+        let mut message = format!(
+            "the tasker server at {} is not reachable (it answered in ZeroMQ's protocol, not \
+             HTTP: that is an orchestrator's ZeroMQ endpoint; the API is the `api http://...` \
+             address tasker serve prints)",
+            self.base
+        );
+        if !idempotent {
+            message.push_str("; no task was created");
+        }
+        Error::ServerUnavailable {
+            message,
+            status: None,
         }
     }
 
@@ -401,6 +422,33 @@ async fn send(request: reqwest::RequestBuilder) -> Result<Answer, reqwest::Error
     let status = response.status();
     let body = response.bytes().await?.to_vec();
     Ok(Answer { status, body })
+}
+
+/// Whether what listens at `url` greets in ZeroMQ's protocol: ten bytes
+/// starting with 0xFF, sent on connect before anything is asked. Asked only
+/// after a try connected and got no HTTP answer, where the HTTP client's
+/// own error says only that the answer was malformed ("received unexpected
+/// message from connection") and each retry would say it again. An HTTP
+/// server sends nothing first, so the look ends at its short wait.
+async fn greets_in_zeromq(url: &str) -> bool {
+    const LOOK: Duration = Duration::from_millis(500);
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return false;
+    };
+    if url.scheme() != "http" {
+        // Over TLS such a peer fails the handshake instead.
+        return false;
+    }
+    let look = async {
+        let stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
+        let mut first = [0u8; 1];
+        stream.peek(&mut first).await?;
+        Ok::<_, std::io::Error>(first[0] == 0xFF)
+    };
+    matches!(tokio::time::timeout(LOOK, look).await, Ok(Ok(true)))
 }
 
 /// The innermost cause, e.g. "Connection refused (os error 111)".

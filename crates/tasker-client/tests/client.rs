@@ -427,6 +427,42 @@ async fn no_server_is_server_unavailable_after_the_retries_and_at_once_for_a_key
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_naming_a_zeromq_endpoint_fails_at_once_saying_so() {
+    // What a user gets who copies the orchestrator's endpoint for the API's:
+    // each try failed with "received unexpected message from connection",
+    // five times over.
+    let serve = Serve::start(|_, _| {}).await;
+    let client = Client::new(&serve.endpoint.replace("tcp://", "http://")).unwrap();
+    for keyed in [None, Some("z")] {
+        let started = Instant::now();
+        let error = match keyed {
+            None => client.get(1).await.unwrap_err(),
+            Some(key) => client
+                .submit("double", json!({}), Some(key))
+                .await
+                .unwrap_err(),
+        };
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(error, Error::ServerUnavailable { .. }),
+            "{error:?}"
+        );
+        let text = error.to_string();
+        assert!(
+            text.contains("ZeroMQ endpoint") && !text.contains("tried"),
+            "{text}"
+        );
+    }
+    let error = client.submit("double", json!({}), None).await.unwrap_err();
+    assert!(error.to_string().contains("no task was created"), "{error}");
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_stopping_during_a_wait_ends_it_with_server_unavailable_not_a_hang() {
     let serve = Serve::start(|_, _| {}).await;
     let client = Client::new(&serve.url).unwrap();

@@ -21,6 +21,52 @@ module TaskerCore
       # trusted); nothing was sent. Its `cause` is the OpenSSL error.
       class TlsFailure < StandardError; end
 
+      # The server answered in ZeroMQ's protocol: the URL names an
+      # orchestrator's ZeroMQ endpoint, not its HTTP API. Trying again cannot
+      # help. The request may have been read (a ZeroMQ peer takes any bytes as
+      # a greeting), but nothing acted on it.
+      class NotHttp < StandardError; end
+
+      # Looks at the first byte of a connection's first answer. A ZeroMQ
+      # socket greets first, ten bytes starting with 0xFF and no line end,
+      # then waits: Net::HTTP waited for a status line until the read
+      # timeout, five times over (2.5 minutes for a call). No HTTP answer
+      # starts with 0xFF, and the answer is waited for anyway.
+      module FirstByteCheck
+        # Net::HTTP reads the status line through this.
+        def readuntil(...)
+          unless @first_byte_checked
+            @first_byte_checked = true
+            check_first_byte
+          end
+          super
+        end
+
+        private
+
+        def check_first_byte
+          socket = io
+          # Under TLS the handshake has already failed on such a peer.
+          return unless socket.is_a?(BasicSocket)
+          raise Net::ReadTimeout, socket unless socket.wait_readable(read_timeout)
+          return unless socket.recv_nonblock(1, Socket::MSG_PEEK, exception: false) == "\xFF".b
+
+          raise NotHttp, "it answered in ZeroMQ's protocol, not HTTP: that is an orchestrator's ZeroMQ " \
+                         "endpoint; the API is the `api http://...` address tasker serve prints"
+        end
+      end
+
+      # Net::HTTP whose connections check the first byte ({FirstByteCheck}).
+      class Connection < Net::HTTP
+        private
+
+        # Net::HTTP's hook, called once the connection (and TLS) is up.
+        def on_connect
+          @socket.extend(FirstByteCheck)
+        end
+      end
+      private_constant :FirstByteCheck, :Connection
+
       # Waits before the retries of an idempotent call, in seconds (each
       # ±20% at random): at most 4 retries after the first try.
       RETRY_DELAYS = [0.2, 0.4, 0.8, 1.6].freeze
@@ -106,7 +152,7 @@ module TaskerCore
           failure = attempt(method, target, payload, read_timeout || @read_timeout)
           return failure unless failure.is_a?(Exception)
 
-          unless idempotent && tries <= RETRY_DELAYS.size
+          unless idempotent && tries <= RETRY_DELAYS.size && !failure.is_a?(NotHttp)
             raise unavailable(failure, retried: idempotent, tries: tries), cause: failure
           end
 
@@ -138,7 +184,7 @@ module TaskerCore
       def attempt(method, target, payload, read_timeout)
         response = begin
           exchange(method, target, payload, read_timeout)
-        rescue *NO_ANSWER => e
+        rescue NotHttp, *NO_ANSWER => e
           return e
         end
         status = response.code.to_i
@@ -174,7 +220,7 @@ module TaskerCore
         http = @mutex.synchronize { @idle.pop }
         return http if http
 
-        http = Net::HTTP.new(@host, @port)
+        http = Connection.new(@host, @port)
         http.open_timeout = @open_timeout
         http.write_timeout = @read_timeout
         # This class retries itself, by the contract's rules; Net::HTTP's own
@@ -232,6 +278,11 @@ module TaskerCore
       def unavailable(failure, retried:, tries:)
         answered = failure.is_a?(ClientError)
         reason = Transport.describe(failure)
+        if failure.is_a?(NotHttp)
+          # One try, and nothing acted on it.
+          return ServerUnavailable.new("the tasker server at #{@base_url} is not reachable (#{reason})" \
+                                       "#{'; no task was created' unless retried}")
+        end
         message = if answered
                     +"the tasker server at #{@base_url} is unavailable (#{reason})"
                   else
@@ -293,6 +344,7 @@ module TaskerCore
           when Net::WriteTimeout then "sending timed out"
           when EOFError then "connection closed without an answer"
           when TlsFailure then tls_failure(error.message)
+          when NotHttp then error.message
           when SystemCallError then SystemCallError.new(nil, error.errno).message
           else "#{error.class}: #{quote(error.message)}"
           end
