@@ -205,7 +205,10 @@ impl PyWorkerRuntime {
                 Err(e) => self.failed_result(
                     step,
                     error_types::SERIALIZATION_ERROR.into(),
-                    format!("handler output is not JSON-serialisable: {e}"),
+                    format!(
+                        "the output of handler {:?} is not JSON-serialisable: {e}",
+                        step.handler_class.bind(results.py()).to_cow()?
+                    ),
                     false,
                     Vec::new(),
                     elapsed,

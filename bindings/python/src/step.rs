@@ -22,7 +22,7 @@ pub struct Step {
     pub(crate) step_ref: StepRef,
     task_id: i64,
     step_name: String,
-    handler_class: Py<PyString>,
+    pub(crate) handler_class: Py<PyString>,
     retry_limit: u32,
     timeout_ms: u64,
     created_at: chrono::DateTime<chrono::Utc>,

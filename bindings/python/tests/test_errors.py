@@ -265,7 +265,7 @@ def test_non_serialisable_output_fails_that_step_only(dispatch, make_worker):
         assert r["status"] == "failed", (name, r)
         assert r["error"]["error_type"] == "SerializationError"
         assert r["error"]["retryable"] is False
-        assert "not JSON-serialisable" in r["error"]["message"]
+        assert f'the output of handler "{name}" is not JSON-serialisable' in r["error"]["message"]
         assert BAD_OUTPUTS[name][1] in r["error"]["message"], (name, r["error"]["message"])
     assert results[100]["output"] == {"still": "serving"}
 

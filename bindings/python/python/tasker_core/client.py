@@ -77,11 +77,13 @@ from typing import (
     Callable,
     Dict,
     Generic,
+    Iterable,
     Iterator,
     List,
     Mapping,
     NoReturn,
     Optional,
+    Set,
     Tuple,
     Type,
     TypeVar,
@@ -177,6 +179,31 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _place_of_failure(value: Any, path: str, open_: Set[int]) -> str:
+    """The place of the first value in ``value`` that :func:`json.dumps`
+    does not encode (``context['tags'][2]``), or ``path`` itself when no
+    part of it is to blame. Looked for only after an encoding failed: json's
+    own message names the type but not the place, which in a large context is
+    what a user needs."""
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in open_:
+            return path
+        open_.add(id(value))
+        if isinstance(value, dict):
+            items: Iterable[Tuple[str, Any]] = (
+                (f"{path}[{key!r}]" if path else str(key), item) for key, item in value.items()
+            )
+        else:
+            items = ((f"{path}[{i}]", item) for i, item in enumerate(value))
+        for place, item in items:
+            try:
+                json.dumps(item, allow_nan=False, default=_json_default)
+            except (TypeError, ValueError):
+                return _place_of_failure(item, place, open_)
+        open_.discard(id(value))
+    return path
 
 
 # -- results -----------------------------------------------------------------
@@ -678,9 +705,12 @@ class _Core:
         data = None
         headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
         if body is not None:
-            data = json.dumps(
-                body, ensure_ascii=False, allow_nan=False, default=_json_default
-            ).encode("utf-8")
+            try:
+                text = json.dumps(body, ensure_ascii=False, allow_nan=False, default=_json_default)
+            except (TypeError, ValueError) as error:
+                kind = TypeError if isinstance(error, TypeError) else ValueError
+                raise kind(f"{_place_of_failure(body, '', set())}: {error}") from None
+            data = text.encode("utf-8")
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
