@@ -981,7 +981,9 @@ impl TaskRun {
             })
             .collect::<BTreeMap<_, _>>();
         request.metadata.attempt = run.attempts + 1;
-        request.metadata.retry_limit = def.retry.max_attempts;
+        // Retries after the first attempt (SPEC §4.2); max_attempts counts
+        // the first too.
+        request.metadata.retry_limit = def.retry.max_attempts.saturating_sub(1);
         request
     }
 

@@ -74,7 +74,10 @@ fn worker(endpoint: &str, calls: &Calls) -> RunningWorker {
                     step.metadata.attempt
                 )))
             } else {
-                Ok(json!({ "attempt": step.metadata.attempt }))
+                Ok(json!({
+                    "attempt": step.metadata.attempt,
+                    "retry_limit": step.metadata.retry_limit,
+                }))
             }
         })
         .handler("slow", move |step| {
@@ -233,6 +236,9 @@ async fn retryable_failures_back_off_within_bounds_then_succeed() {
     assert_eq!(report.status, TaskStatus::Complete);
     assert_eq!(flaky.attempts, 3);
     assert_eq!(flaky.output.as_ref().unwrap()["attempt"], 3);
+    // The wire's retry_limit counts retries after the first attempt (SPEC
+    // §4.2): max_attempts 3 is 2 (it was sent as 3).
+    assert_eq!(flaky.output.as_ref().unwrap()["retry_limit"], 2);
 
     let mut delays = Vec::new();
     while let Ok(e) = events.try_recv() {
