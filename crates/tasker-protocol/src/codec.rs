@@ -204,7 +204,7 @@ pub(crate) fn checked_body(
 }
 
 /// serde_json's words for `error` in parsing `text`, at most a few hundred
-/// bytes, with a hint where they mislead: a lone surrogate escape reads
+/// bytes, replaced where they mislead: a lone surrogate escape reads
 /// "unexpected end of hex escape", which sends people looking for a typo,
 /// where the usual cause is a string cut in the middle of a character by
 /// its sender (Python's `json.dumps`, JavaScript's `JSON.stringify`).
@@ -213,7 +213,9 @@ pub(crate) fn checked_body(
 /// use tasker_protocol::codec::json_error_reason;
 /// let text = br#"{"s":"\ud800"}"#;
 /// let error = serde_json::from_slice::<serde_json::Value>(text).unwrap_err();
-/// assert!(json_error_reason(&error, text).ends_with("one half of a surrogate pair"));
+/// let reason = json_error_reason(&error, text);
+/// assert!(reason.starts_with("lone surrogate escape"), "{reason}");
+/// assert!(!reason.contains("end of hex escape"), "{reason}");
 /// ```
 pub fn json_error_reason(error: &serde_json::Error, text: &[u8]) -> String {
     let message = truncate(&error.to_string(), 200);
@@ -224,7 +226,12 @@ pub fn json_error_reason(error: &serde_json::Error, text: &[u8]) -> String {
         )
     };
     if message.contains("hex escape") && text.windows(4).any(surrogate) {
-        format!("{message}; a \\uD800-\\uDFFF escape must be one half of a surrogate pair")
+        // serde_json's own words ("unexpected end of hex escape at line 1
+        // column 9") are left out: the escape is whole, only its other half
+        // is missing, and the position is within whatever fragment was
+        // parsed, often one field rather than the body.
+        "lone surrogate escape: a \\uD800-\\uDFFF escape must be one half of a surrogate pair"
+            .to_string()
     } else {
         message
     }
