@@ -16,6 +16,16 @@
 require "fileutils"
 require "open3"
 
+# It takes no arguments: one it does not know is a mistake, not a build.
+unless ARGV.empty?
+  usage = "usage: ruby bindings/ruby/script/build_gem.rb (builds pkg/tasker_core-VERSION.gem; takes no arguments)"
+  if ARGV == ["--help"] || ARGV == ["-h"]
+    puts usage
+    exit 0
+  end
+  abort "build_gem: unknown argument #{ARGV.first.inspect}\n#{usage}"
+end
+
 RUBY_DIR = File.expand_path("..", __dir__)
 ROOT = File.expand_path("../..", RUBY_DIR)
 STAGE = File.join(RUBY_DIR, "pkg", "stage")

@@ -782,6 +782,11 @@ impl TaskerConfig {
         if self.max_workers == 0 {
             return invalid("max_workers", "must be at least 1");
         }
+        if self.store.trim() != self.store {
+            // A copy-paste slip, not a name: `sqlite:tasks.db ` made a file
+            // called "tasks.db " that the next start, typed right, missed.
+            return invalid("store", "starts or ends with whitespace; remove it");
+        }
         if !(self.store.starts_with("sqlite:")
             || self.store.starts_with("postgres://")
             || self.store.starts_with("postgresql://"))
@@ -933,6 +938,22 @@ mod tests {
         ] {
             assert!(parse_api_url(bad).is_err(), "{bad}");
             assert!(with(bad, "127.0.0.1:8080").validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_store_with_whitespace_around_it_is_refused_before_any_file_is_made() {
+        for store in [
+            "sqlite:tasks.db ",
+            " sqlite:tasks.db",
+            "postgres://db/tasks\n",
+        ] {
+            let config = TaskerConfig {
+                store: store.into(),
+                ..TaskerConfig::default()
+            };
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("store") && err.contains("whitespace"), "{err}");
         }
     }
 
