@@ -104,9 +104,12 @@ class Step:
     def previous_results(self) -> Dict[str, Any]:
         """Outputs of the steps this one depends on, by step name."""
     @property
-    def attempt(self) -> int: ...
+    def attempt(self) -> int:
+        """1 for the first attempt, incremented by each retry."""
     @property
-    def retry_limit(self) -> int: ...
+    def retry_limit(self) -> int:
+        """Retries the workflow allows after the first attempt (its
+        ``max_attempts`` - 1): the last attempt has ``attempt > retry_limit``."""
     @property
     def timeout_ms(self) -> int: ...
     @property

@@ -21,7 +21,8 @@ module TaskerCore
   # @!method attempt
   #   @return [Integer] 1 for the first attempt, incremented by each retry
   # @!method retry_limit
-  #   @return [Integer] retries the workflow allows
+  #   @return [Integer] retries the workflow allows after the first attempt
+  #     (its max_attempts - 1): the last attempt has attempt > retry_limit
   # @!method timeout_ms
   #   @return [Integer] the step's timeout in milliseconds, counted by the
   #     orchestrator from delivery
