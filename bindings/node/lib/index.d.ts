@@ -348,7 +348,7 @@ export interface StepReport {
   attempts: number;
   /** From first dispatch to end, in ms (0 until both happened). */
   durationMs: number;
-  /** The worker of the latest result; null before one. */
+  /** For a running step, the worker it is out at now (null while it waits for one); for any other, the worker of its latest result. */
   workerId: string | null;
   /** The handler's output once completed (JSON, as returned); null before. */
   output: unknown;

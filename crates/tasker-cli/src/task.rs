@@ -539,7 +539,13 @@ fn print_task(task: &TaskDetail) {
                 state,
                 s.attempts.to_string(),
                 format!("{} ms", s.duration_ms),
-                s.worker_id.clone().unwrap_or_else(|| "-".into()),
+                match (&s.worker_id, s.state) {
+                    (Some(worker), _) => worker.clone(),
+                    // Queued in the server: no worker serving its handler
+                    // has taken it yet.
+                    (None, StepState::Running) => "(none yet)".into(),
+                    (None, _) => "-".into(),
+                },
                 truncate(&detail, 60),
             ]
         })

@@ -976,6 +976,14 @@ fn s10_a_step_no_worker_has_taken_is_taken_back_at_the_stop_and_runs_once_after_
         assert!(Instant::now() < deadline, "the step was never dispatched");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Shown as waiting for a worker, not as out at one.
+    let shown = task_cli(&serve.api, &["get", &task.to_string()]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("running") && l.contains("(none yet)")),
+        "{text}"
+    );
     let stopping = Instant::now();
     serve.stop();
     assert!(

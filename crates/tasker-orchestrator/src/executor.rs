@@ -378,6 +378,19 @@ impl ZmqPubSubExecutor {
         rx.await.unwrap_or_default()
     }
 
+    /// The `worker_id` of the worker each of `steps` is out at now, in the
+    /// same order: `None` for an attempt waiting in the queue for a worker,
+    /// waiting to be reclaimed after a restart, or not in flight here. What
+    /// `tasker serve` shows for a running step.
+    pub async fn holders(&self, steps: Vec<StepRef>) -> Vec<Option<String>> {
+        let n = steps.len();
+        let (tx, rx) = oneshot::channel();
+        if steps.is_empty() || self.send(Command::Holders { steps, reply: tx }).is_err() {
+            return vec![None; n];
+        }
+        rx.await.unwrap_or_else(|_| vec![None; n])
+    }
+
     /// Steps queued and out at workers, and the workers, now: what the
     /// gauges of `/metrics` show.
     pub async fn load(&self) -> Load {

@@ -206,7 +206,8 @@ pub struct StepDetail {
     pub attempts: u32,
     /// From first dispatch to end, in ms (0 until both happened).
     pub duration_ms: u64,
-    /// The worker of the latest result.
+    /// For a running step, the worker it is out at now (absent while it
+    /// waits for one); for any other, the worker of its latest result.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<String>,
     /// The output, once completed.

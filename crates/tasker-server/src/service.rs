@@ -17,6 +17,8 @@ use tasker_engine::{
     Canceller, Durable, StoredTask, TaskState, TaskStopped, TaskTemplate, WorkflowEngine,
 };
 use tasker_orchestrator::{ExecutorError, ZmqPubSubExecutor};
+use tasker_protocol::api::StepState;
+use tasker_protocol::StepRef;
 use tasker_store::{
     CancelOutcome, Created, JournalEntry, NewTask, StepDetail, Store, StoreError, TaskDetail,
     TaskFilter, TaskPage,
@@ -538,12 +540,34 @@ impl Service {
         Ok(self.metrics.render(self).await?)
     }
 
-    /// A task with its steps.
+    /// A task with its steps. A running step's `worker_id` is the worker
+    /// it is out at now, from the executor (none while it waits for one);
+    /// the store knows only the worker of each step's latest result.
     pub async fn get_task(&self, task_id: i64) -> Result<TaskDetail, ServiceError> {
-        self.store
+        let mut task = self
+            .store
             .get_task(task_id)
             .await?
-            .ok_or(ServiceError::TaskNotFound(task_id))
+            .ok_or(ServiceError::TaskNotFound(task_id))?;
+        let running: Vec<&mut StepDetail> = task
+            .steps
+            .iter_mut()
+            .filter(|step| step.state == StepState::Running)
+            .collect();
+        if !running.is_empty() {
+            let refs = running
+                .iter()
+                .map(|step| StepRef {
+                    step_id: step.step_id,
+                    attempt: step.attempts,
+                })
+                .collect();
+            let holders = self.executor.holders(refs).await;
+            for (step, holder) in running.into_iter().zip(holders) {
+                step.worker_id = holder;
+            }
+        }
+        Ok(task)
     }
 
     /// A task once it has ended, or as it is after `wait`, whichever comes

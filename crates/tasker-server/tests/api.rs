@@ -561,6 +561,43 @@ async fn cancel_lets_the_running_step_finish_and_an_ended_task_cannot_be_cancell
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_step_names_the_worker_it_is_out_at_and_none_while_it_waits_for_one() {
+    // An operator asking "who runs this step?" was shown the worker of an
+    // earlier result, or nothing, for a step out at a worker and for one
+    // that no worker had taken alike.
+    let api = Api::start().await;
+    let (status, task) = api
+        .post_json("/v1/tasks", &json!({ "workflow": "slow_then_echo" }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    let id = task["task_id"].as_i64().unwrap();
+    let queued = api
+        .wait_for(id, "queued its slow step", |t| {
+            t["steps"][0]["state"] == "running"
+        })
+        .await;
+    assert!(queued["steps"][0].get("worker_id").is_none(), "{queued}");
+
+    let worker = api.worker().await;
+    let name = worker.worker_id().to_string();
+    let held = api
+        .wait_for(id, "sent its slow step to the worker", |t| {
+            t["steps"][0].get("worker_id").is_some()
+        })
+        .await;
+    assert_eq!(held["steps"][0]["state"], "running", "{held}");
+    assert_eq!(held["steps"][0]["worker_id"], name.as_str(), "{held}");
+
+    let ended = api
+        .wait_for(id, "ended", |t| t["status"] != "running")
+        .await;
+    assert_eq!(ended["steps"][0]["worker_id"], name.as_str(), "{ended}");
+    worker.stop();
+    worker.join(Duration::from_secs(10));
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_page_with_the_cursor() {
     let api = Api::start().await;
     let mut ids = Vec::new();

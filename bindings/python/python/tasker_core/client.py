@@ -242,7 +242,8 @@ class TaskStep:
     attempts: int
     #: From first dispatch to end, in ms (0 until both happened).
     duration_ms: int
-    #: The worker of the latest result.
+    #: For a running step, the worker it is out at now (None while it waits
+    #: for one); for any other, the worker of its latest result.
     worker_id: Optional[str]
     #: The output (plain JSON data), once completed.
     output: Any

@@ -93,6 +93,11 @@ pub(crate) enum Command {
     Load {
         reply: oneshot::Sender<Load>,
     },
+    /// The worker each step attempt is out at (see `ZmqPubSubExecutor::holders`).
+    Holders {
+        steps: Vec<StepRef>,
+        reply: oneshot::Sender<Vec<Option<String>>>,
+    },
     Shutdown {
         deadline: Instant,
         reply: Option<oneshot::Sender<ShutdownReport>>,
@@ -372,6 +377,16 @@ impl Dispatcher {
                         in_flight: workers.iter().map(|w| w.in_flight as u64).sum(),
                         workers,
                     });
+                }
+                Ok(Command::Holders { steps, reply }) => {
+                    let holders = steps
+                        .into_iter()
+                        .map(|step| {
+                            let conn = self.steps.holder_of(step)?;
+                            Some(self.registry.get(conn)?.worker_id.to_string())
+                        })
+                        .collect();
+                    let _ = reply.send(holders);
                 }
                 Ok(Command::Shutdown { deadline, reply }) => self.begin_shutdown(deadline, reply),
                 Ok(Command::Withdraw { steps }) => self.withdraw(&steps),

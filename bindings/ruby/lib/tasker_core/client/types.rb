@@ -116,7 +116,9 @@ module TaskerCore
     # @!attribute [r] duration_ms
     #   @return [Integer] from first dispatch to end (0 until both happened)
     # @!attribute [r] worker_id
-    #   @return [String, nil] the worker of the latest result
+    #   @return [String, nil] for a running step, the worker it is out at now
+    #     (nil while it waits for one); for any other, the worker of its
+    #     latest result
     # @!attribute [r] output
     #   @return [Object, nil] the handler's output (parsed JSON, String keys),
     #     once completed
