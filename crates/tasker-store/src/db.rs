@@ -1,6 +1,6 @@
 //! Which database a store runs on: parsing its URL, connecting, migrating.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgPool, SqlitePool};
@@ -50,6 +50,57 @@ pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
     Ok(Target::SqliteFile(PathBuf::from(path)))
 }
 
+/// The file a `sqlite:` path names, its links followed, so that every
+/// name of one database takes one node lock and one WAL: a second `serve`
+/// given a symbolic link to a store in use got past the lock (taken by
+/// the path as written), took the store over, and then failed syncing a
+/// WAL that SQLite keeps beside the link's target. A database with more
+/// than one hard link is refused: SQLite keeps its WAL beside the name it
+/// was opened by, so two names of one file give two WALs, and each
+/// server's writes are lost to the other.
+pub(crate) fn sqlite_file(path: &Path) -> Result<PathBuf, StoreError> {
+    let io = |what: &str, e: std::io::Error| {
+        StoreError::Database(sqlx::Error::Configuration(
+            format!("{what} {}: {e}", path.display()).into(),
+        ))
+    };
+    match std::fs::canonicalize(path) {
+        Ok(real) => {
+            use std::os::unix::fs::MetadataExt;
+            let links = std::fs::metadata(&real)
+                .map_err(|e| io("reading", e))?
+                .nlink();
+            if links > 1 {
+                return Err(StoreError::Database(sqlx::Error::Configuration(
+                    format!(
+                        "the SQLite store {} has {links} hard links: SQLite keeps its WAL beside \
+                         the name it is opened by, so two names of one database give two WALs and \
+                         lose writes; remove the other links (a symbolic link is fine)",
+                        real.display()
+                    )
+                    .into(),
+                )));
+            }
+            Ok(real)
+        }
+        // Not made yet: its folder's links followed, when there is one.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                return Ok(path.to_path_buf());
+            };
+            match std::fs::canonicalize(if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            }) {
+                Ok(folder) => Ok(folder.join(name)),
+                Err(_) => Ok(path.to_path_buf()),
+            }
+        }
+        Err(e) => Err(io("resolving", e)),
+    }
+}
+
 /// How the writer opens its own connection.
 #[derive(Clone, Debug)]
 pub(crate) enum Connector {
@@ -65,6 +116,7 @@ impl Db {
     pub(crate) async fn open(url: &str) -> Result<(Db, Connector), StoreError> {
         let opened = match parse(url)? {
             Target::SqliteFile(path) => {
+                let path = sqlite_file(&path)?;
                 let pool = sqlite::connect(&path).await?;
                 (Db::Sqlite(pool), Connector::Sqlite(path))
             }

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use crate::db::{parse, Target};
+use crate::db::{parse, sqlite_file, Target};
 use crate::StoreError;
 
 /// The advisory lock key of a tasker store on PostgreSQL ("tasker" and 1).
@@ -49,7 +49,7 @@ impl NodeLock {
     /// [`StoreError::InUse`] naming who holds it.
     pub async fn acquire(url: &str) -> Result<NodeLock, StoreError> {
         let held = match parse(url)? {
-            Target::SqliteFile(path) => Held::File(lock_file(&path)?),
+            Target::SqliteFile(path) => Held::File(lock_file(&sqlite_file(&path)?)?),
             Target::Postgres => {
                 let options = PgConnectOptions::from_str(url)?
                     .application_name("tasker serve (node lock)")

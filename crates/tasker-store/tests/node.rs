@@ -28,6 +28,40 @@ async fn a_sqlite_store_is_locked_once_and_free_again_when_the_holder_goes() {
     acquire_once_free(&url).await;
 }
 
+#[tokio::test]
+async fn a_sqlite_store_named_through_a_link_takes_the_same_lock_and_a_hard_link_is_refused() {
+    // A second serve given a symbolic link got past the lock (taken by the
+    // path as written), took the store over and failed; a hard link gave
+    // two servers one database with two WALs.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tasks.db");
+    let url = format!("sqlite:{}", db.display());
+    let store = tasker_store::Store::open(&url).await.unwrap();
+    let first = NodeLock::acquire(&url).await.unwrap();
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink(&db, &link).unwrap();
+    let via_link = format!("sqlite:{}", link.display());
+    let refused = in_use(NodeLock::acquire(&via_link).await);
+    assert!(refused.contains("tasks.db-serve.lock"), "{refused}");
+    drop(first);
+    // Through the link, the store opens and writes as itself.
+    let lock = acquire_once_free(&via_link).await;
+    drop(lock);
+    store.close().await;
+    let again = tasker_store::Store::open(&via_link).await.unwrap();
+    again.close().await;
+
+    let hard = dir.path().join("hard.db");
+    std::fs::hard_link(&db, &hard).unwrap();
+    for url in [url, format!("sqlite:{}", hard.display())] {
+        let error = match NodeLock::acquire(&url).await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a store with two hard links was locked: {url}"),
+        };
+        assert!(error.contains("2 hard links"), "{error}");
+    }
+}
+
 /// The lock, once the holder dropped it: a flock goes with the last copy
 /// of its descriptor (a process another test thread is starting holds one
 /// until its exec), PostgreSQL frees a session lock once it sees the
