@@ -27,4 +27,8 @@ fn main() {
     zeromq_src::Build::new()
         .with_libsodium(Some(zeromq_src::LibLocation::new(lib, include)))
         .build();
+    // Read by tasker-transport's build script (as DEP_ZMQ_CURVE): a build
+    // that took zmq-sys from crates.io instead of this patch fails there,
+    // naming the patch, rather than in the middle of compiling it.
+    println!("cargo:curve=1");
 }
