@@ -237,6 +237,23 @@ async fn bad_requests_are_problems_that_name_the_field_and_store_nothing() {
         json!(["echo_twice", "slow_then_echo"])
     );
 
+    // A compressed body was read as JSON text and refused as malformed.
+    let gzipped = api
+        .http
+        .post(api.url("/v1/tasks"))
+        .header(CONTENT_TYPE, "application/json")
+        .header("content-encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        &answer(gzipped).await,
+        415,
+        "unsupported-media-type",
+        "Content-Encoding: the body must be sent uncompressed, got gzip",
+        Some("Content-Encoding"),
+    );
     assert_problem(
         &send_raw(&api, JSON, r#"{"workflow": "echo_twice", "context": {"#).await,
         400,
@@ -881,6 +898,28 @@ async fn with_tokens_every_route_but_healthz_needs_a_listed_bearer_token() {
         401,
         "unauthorized",
         "Bearer TOKEN",
+        None,
+    );
+    // Two headers, a good one first: refused, not read as the first.
+    let mut headers = reqwest::header::HeaderMap::new();
+    for value in [
+        "Bearer ci-token-0123456789abcdef",
+        "Bearer wrong-token-0123456789",
+    ] {
+        headers.append("authorization", value.parse().unwrap());
+    }
+    let twice = api
+        .http
+        .get(api.url("/v1/workflows"))
+        .headers(headers)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        &answer(twice).await,
+        401,
+        "unauthorized",
+        "send one Authorization header, not several",
         None,
     );
     for token in [

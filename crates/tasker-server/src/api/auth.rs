@@ -62,8 +62,16 @@ impl Tokens {
         };
         let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
         // serde_norway's messages quote the text they choke on: a token.
-        let entries: BTreeMap<String, String> = serde_norway::from_str(&text)
+        let Entries(pairs) = serde_norway::from_str(&text)
             .map_err(|_| error("expected a YAML mapping of token names to tokens".into()))?;
+        let mut entries = BTreeMap::new();
+        for (name, token) in pairs {
+            // A map would keep the last silently, and the first entry's
+            // holder would get 401s with no word why.
+            if entries.insert(name.clone(), token).is_some() {
+                return Err(error(format!("token name `{name}` is listed twice")));
+            }
+        }
         Tokens::from_entries(entries).map_err(error)
     }
 
@@ -115,6 +123,33 @@ impl Tokens {
     }
 }
 
+/// A tokens file's entries in the order written, names repeated as they
+/// are.
+struct Entries(Vec<(String, String)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping of token names to tokens")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(pair) = map.next_entry()? {
+                    pairs.push(pair);
+                }
+                Ok(Entries(pairs))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
 /// Lets a request through only with a valid bearer token (`/healthz`
 /// always).
 pub(crate) async fn require_token(
@@ -126,10 +161,15 @@ pub(crate) async fn require_token(
     if path == paths::HEALTHZ || crate::dashboard::is_public(path) {
         return next.run(request).await;
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or(""));
+    let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
+    let presented = values.next().map(|v| v.to_str().unwrap_or(""));
+    // Two headers may be two credentials; which one a proxy or this server
+    // reads is not for the client to guess.
+    let presented = if values.next().is_some() {
+        Some("")
+    } else {
+        presented
+    };
     // Each refusal says where a tasker client's token comes from: the
     // person reading it set up a client, not an HTTP header.
     let detail = match presented {
@@ -141,6 +181,15 @@ pub(crate) async fn require_token(
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
         {
+            None if request
+                .headers()
+                .get_all(header::AUTHORIZATION)
+                .iter()
+                .count()
+                > 1 =>
+            {
+                "send one Authorization header, not several"
+            }
             None => "the Authorization header must be `Bearer TOKEN`",
             Some(token) => match tokens.name_of(token.trim()) {
                 Some(name) => {
@@ -218,5 +267,21 @@ mod tests {
         let error = Tokens::load(&path).unwrap_err().to_string();
         assert!(!error.contains("secret-token"), "{error}");
         assert!(error.contains("mapping"), "{error}");
+    }
+
+    #[test]
+    fn a_name_listed_twice_is_refused_naming_it_without_the_tokens() {
+        // The second entry silently replaced the first, whose holder then
+        // got 401s.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.yaml");
+        std::fs::write(
+            &path,
+            "ci: first-token-0123456789\nops: other-token-0123456789\nci: second-token-0123456789\n",
+        )
+        .unwrap();
+        let error = Tokens::load(&path).unwrap_err().to_string();
+        assert!(error.contains("`ci`") && error.contains("twice"), "{error}");
+        assert!(!error.contains("token-0123456789"), "{error}");
     }
 }

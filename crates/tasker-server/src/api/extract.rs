@@ -69,6 +69,7 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         check_json_content_type(req.headers().get(header::CONTENT_TYPE))?;
+        check_no_content_encoding(req.headers().get(header::CONTENT_ENCODING))?;
         // Refused before any of it is read: a client that declares 100 GB
         // and sends nothing would otherwise hold the request until the
         // body timeout, and one that sent `Expect: 100-continue` learns
@@ -140,6 +141,27 @@ pub fn body_too_large() -> Problem {
         ProblemKind::BodyTooLarge,
         format!("the body is larger than the limit of {MAX_BODY_BYTES} bytes (1 MiB)"),
     )
+}
+
+/// Refuses a body sent compressed (or in any coding but `identity`): it
+/// was read as JSON text and refused as malformed, which sent people
+/// looking at their JSON.
+fn check_no_content_encoding(value: Option<&header::HeaderValue>) -> Result<(), Problem> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or("a non-ASCII value").trim();
+    if text.eq_ignore_ascii_case("identity") {
+        return Ok(());
+    }
+    Err(Problem::new(
+        ProblemKind::UnsupportedMediaType,
+        format!(
+            "Content-Encoding: the body must be sent uncompressed, got {}",
+            super::problem::quote(text)
+        ),
+    )
+    .with_field("Content-Encoding"))
 }
 
 /// Accepts `application/json` and any `application/*+json`, with
