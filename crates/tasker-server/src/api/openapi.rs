@@ -219,8 +219,10 @@ const OPERATIONS: &[Operation] = &[
         tag: "tasks",
         summary: "Cancel a task",
         description: "Nothing more of the task is dispatched; steps running at workers \
-            finish and their results are recorded, then the task ends `cancelled`. \
-            Cancelling a task again while it winds down is accepted again.",
+            finish and their results are recorded, then the task ends `cancelled`, or \
+            `complete` (`failed`) when every step it still had was out at workers and \
+            they all completed (one failed for good). Cancelling a task again while it \
+            winds down is accepted again.",
         parameters: Parameters::TaskId,
         request: None,
         answers: &[
