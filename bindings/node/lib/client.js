@@ -207,6 +207,38 @@ const CERTIFICATE_CODES = new Set([
   "ERR_TLS_CERT_ALTNAME_INVALID",
 ]);
 
+/**
+ * Most bytes of an answer read: a task with every step's output is far
+ * smaller. A server that streams without end (hostile, or not tasker) would
+ * otherwise take the process's memory.
+ */
+const MAX_ANSWER_BYTES = 256 * 1024 * 1024;
+
+/** The body of `response` as text, read up to MAX_ANSWER_BYTES; past that an ApiError. */
+async function readAnswer(response, method, target) {
+  const tooLarge = () =>
+    new ApiError(
+      `${method} ${target} answered with more than ${MAX_ANSWER_BYTES >> 20} MiB, more than any answer of the API; stopped reading`,
+      { status: response.status },
+    );
+  if (Number(response.headers.get("content-length")) > MAX_ANSWER_BYTES) {
+    await response.body?.cancel();
+    throw tooLarge();
+  }
+  if (!response.body) return "";
+  const chunks = [];
+  let total = 0;
+  for await (const chunk of response.body) {
+    total += chunk.byteLength;
+    if (total > MAX_ANSWER_BYTES) {
+      await response.body.cancel().catch(() => {});
+      throw tooLarge();
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString("utf8");
+}
+
 /** Why a fetch failed, in a few words: the code of its cause where there is one. */
 function describeFailure(error, timeoutMs) {
   if (error && error.name === "TimeoutError") return `no answer within ${timeoutMs / 1000} s`;
@@ -546,9 +578,10 @@ class Client {
       let text;
       try {
         response = await fetch(target, { method, headers, body: payload, signal: requestAbort, redirect: "manual" });
-        text = await response.text();
+        text = await readAnswer(response, method, target);
       } catch (error) {
         if (signal && signal.aborted) throw signal.reason;
+        if (error instanceof ApiError) throw error; // an answer past MAX_ANSWER_BYTES
         if (error && error.cause && error.cause.message === "bad port") {
           // The fetch standard's blocked ports (6000, 6665-6669, ...): no try can pass.
           throw new TaskerError(

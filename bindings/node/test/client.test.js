@@ -495,6 +495,36 @@ test("a URL naming a ZeroMQ endpoint fails at once, saying so", async () => {
   assert.match(error.message, /no task was created/);
 });
 
+test("an answer without end is refused at its limit, not read into memory", async () => {
+  // A server that streamed 2 GB took a client's memory with it.
+  const http = require("node:http");
+  let streamed = 0;
+  const endless = http.createServer((req, res) => {
+    res.writeHead(200, { "Content-Type": "application/json" });
+    const chunk = Buffer.alloc(1 << 20, 0x37);
+    const more = () => {
+      while (streamed < 1 << 30) {
+        streamed += chunk.length;
+        if (!res.write(chunk)) return res.once("drain", more);
+      }
+      res.end();
+    };
+    res.on("close", () => (streamed = Math.min(streamed, 1 << 30)));
+    more();
+  });
+  await new Promise((resolve) => endless.listen(0, "127.0.0.1", resolve));
+  try {
+    const odd = new Client({ url: `http://127.0.0.1:${endless.address().port}` });
+    const { error } = await timed(odd.get(1));
+    assert.ok(error instanceof ApiError, String(error));
+    assert.match(error.message, /more than 256 MiB/);
+    assert.ok(streamed < 300 * (1 << 20), `${streamed} bytes streamed`);
+  } finally {
+    endless.closeAllConnections();
+    await new Promise((resolve) => endless.close(resolve));
+  }
+});
+
 test("a server stopped (SIGTERM) during a wait ends it with ServerUnavailable, not a hang", async () => {
   const own = await serveWithWorker(serveDir());
   const ownClient = new Client({ url: own.url });

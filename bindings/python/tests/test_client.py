@@ -869,6 +869,45 @@ def test_answers_that_are_not_problem_documents() -> None:
         server.server_close()
 
 
+class _EndlessHandler(http.server.BaseHTTPRequestHandler):
+    """Streams a chunked 200 without end, until the client hangs up."""
+
+    protocol_version = "HTTP/1.1"
+    streamed = 0
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = b"100000\r\n" + b"7" * (1 << 20) + b"\r\n"
+        try:
+            while type(self).streamed < 1 << 30:
+                self.wfile.write(chunk)
+                type(self).streamed += 1 << 20
+        except OSError:
+            pass
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_an_answer_without_end_is_refused_at_its_limit_not_read_into_memory() -> None:
+    # A server that streamed 2 GB took the client to 5.7 GB of memory.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EndlessHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = Client(f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(ApiError) as endless:
+            client.get(1)
+        assert "more than 256 MiB" in str(endless.value), str(endless.value)
+        assert _EndlessHandler.streamed < 300 << 20
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_the_example_script(serve: Serve, closed_url: str, tmp_path: Path) -> None:
     def run(*args: str) -> "subprocess.CompletedProcess[str]":
         return subprocess.run(

@@ -721,6 +721,33 @@ class TestClient < Minitest::Test
     assert_operator monotonic - started, :>=, 2.3, "a submit with a key is retried"
   end
 
+  def test_an_answer_without_end_is_refused_at_its_limit_not_read_into_memory
+    # A server that streamed 2 GB took a client's memory with it.
+    server = TCPServer.new("127.0.0.1", 0)
+    streamed = 0
+    thread = Thread.new do
+      socket = server.accept
+      socket.readpartial(4096)
+      socket.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+      chunk = "100000\r\n#{'7' * (1 << 20)}\r\n"
+      while streamed < (1 << 30)
+        socket.write(chunk)
+        streamed += 1 << 20
+      end
+    rescue IOError, SystemCallError
+      nil
+    ensure
+      socket&.close
+    end
+    c = TaskerCore::Client.new(url: "http://127.0.0.1:#{server.addr[1]}", token: "")
+    error = assert_raises(TaskerCore::ApiError) { c.get(1) }
+    assert_includes error.message, "more than 256 MiB"
+    thread.join(10)
+    assert_operator streamed, :<, 300 << 20
+  ensure
+    server&.close
+  end
+
   def test_a_url_naming_a_zeromq_endpoint_fails_at_once_saying_so
     # What a user gets who copies the orchestrator's endpoint for the API's:
     # a ZeroMQ socket greets and then waits, and each try waited out its read

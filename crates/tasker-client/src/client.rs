@@ -86,6 +86,9 @@ impl Client {
             // connection: reusing one it is closing could lose a submit.
             .pool_idle_timeout(Duration::from_secs(20))
             .user_agent(concat!("tasker-client-rust/", env!("CARGO_PKG_VERSION")))
+            // The API never redirects; a redirect is someone else's answer,
+            // as it is to the other languages' clients.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::InvalidUrl(format!("building the HTTP client: {e}")))?;
         Ok(Client {
@@ -298,6 +301,15 @@ impl Client {
                 request = request.json(body);
             }
             let failure = match send(request).await {
+                Ok(answer) if answer.too_large => {
+                    return Err(Error::UnexpectedAnswer(format!(
+                        "{} answered {} with more than {} MiB, more than any answer of the API; \
+                         stopped reading",
+                        self.base,
+                        answer.status.as_u16(),
+                        MAX_ANSWER_BYTES >> 20
+                    )));
+                }
                 Ok(answer) if answer.status.is_success() => return Ok(answer),
                 Ok(answer) if answer.status.is_server_error() => Failure::ServerError(answer),
                 Ok(answer) => return Err(self.refusal(&answer)),
@@ -383,10 +395,17 @@ struct Call {
     timeout: Duration,
 }
 
+/// Most bytes of an answer read: a task with every step's output is far
+/// smaller. A server that streams without end (hostile, or not tasker)
+/// would otherwise take the caller's memory.
+const MAX_ANSWER_BYTES: usize = 256 << 20;
+
 /// An answer, read whole.
 struct Answer {
     status: StatusCode,
     body: Vec<u8>,
+    /// Longer than [`MAX_ANSWER_BYTES`]: `body` is left empty.
+    too_large: bool,
 }
 
 enum Failure {
@@ -418,10 +437,31 @@ impl Failure {
 }
 
 async fn send(request: reqwest::RequestBuilder) -> Result<Answer, reqwest::Error> {
-    let response = request.send().await?;
+    let mut response = request.send().await?;
     let status = response.status();
-    let body = response.bytes().await?.to_vec();
-    Ok(Answer { status, body })
+    let too_large = Answer {
+        status,
+        body: Vec::new(),
+        too_large: true,
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Ok(too_large);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Ok(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Answer {
+        status,
+        body,
+        too_large: false,
+    })
 }
 
 /// Whether what listens at `url` greets in ZeroMQ's protocol: ten bytes

@@ -463,6 +463,47 @@ async fn a_url_naming_a_zeromq_endpoint_fails_at_once_saying_so() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_without_end_is_refused_at_its_limit_not_read_into_memory() {
+    // A server that streamed 2 GB took the CLI to 4 GB of memory.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let mut streamed = 0usize;
+        for declared in [false, true] {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            if declared {
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                            Content-Length: 1000000000000\r\n\r\n";
+                let _ = socket.write_all(head.as_bytes()).await;
+                continue;
+            }
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                        Transfer-Encoding: chunked\r\n\r\n";
+            socket.write_all(head.as_bytes()).await.unwrap();
+            let chunk = format!("100000\r\n{}\r\n", "7".repeat(1 << 20));
+            while socket.write_all(chunk.as_bytes()).await.is_ok() {
+                streamed += 1 << 20;
+                assert!(streamed < 1 << 30, "the client read a GiB");
+            }
+        }
+        streamed
+    });
+    let client = Client::new(&format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .with_retry(RetryPolicy::none());
+    for _ in 0..2 {
+        let error = client.get(1).await.unwrap_err();
+        assert!(matches!(error, Error::UnexpectedAnswer(_)), "{error:?}");
+        assert!(error.to_string().contains("more than 256 MiB"), "{error}");
+    }
+    let streamed = server.await.unwrap();
+    assert!(streamed < 300 << 20, "{streamed} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_stopping_during_a_wait_ends_it_with_server_unavailable_not_a_hang() {
     let serve = Serve::start(|_, _| {}).await;
     let client = Client::new(&serve.url).unwrap();

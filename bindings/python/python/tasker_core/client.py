@@ -562,6 +562,31 @@ class _NoAnswer(Exception):
         self.final = final
 
 
+#: Most bytes of an answer read: a task with every step's output is far
+#: smaller. A server that streams without end (hostile, or not tasker)
+#: would otherwise take the caller's memory.
+MAX_ANSWER_BYTES = 256 << 20
+
+
+def _read_answer(response: Any, method: str, url: str) -> bytes:
+    """The body of ``response``, read a MiB at a time up to
+    :data:`MAX_ANSWER_BYTES`; past that an :class:`ApiError`."""
+    pieces: List[bytes] = []
+    total = 0
+    while True:
+        piece = response.read(1 << 20)
+        if not piece:
+            return b"".join(pieces)
+        total += len(piece)
+        if total > MAX_ANSWER_BYTES:
+            raise ApiError(
+                f"{method} {url} answered with more than {MAX_ANSWER_BYTES >> 20} MiB, more than"
+                " any answer of the API; stopped reading",
+                status=int(getattr(response, "status", 0) or getattr(response, "code", 0)),
+            )
+        pieces.append(piece)
+
+
 class _NotHttp(http.client.HTTPException):
     """The server answered in ZeroMQ's protocol: the URL names an
     orchestrator's ZeroMQ endpoint, not its HTTP API."""
@@ -755,10 +780,10 @@ class _Core:
         try:
             try:
                 with self._opener.open(request, timeout=timeout) as response:
-                    return int(response.status), response.read()
+                    return int(response.status), _read_answer(response, method, url)
             except urllib.error.HTTPError as answer:
                 with answer:
-                    status, body = answer.code, answer.read()
+                    status, body = answer.code, _read_answer(answer, method, url)
         except _NotHttp as error:
             raise _NoAnswer(error, str(error), False, final=True) from None
         except (OSError, http.client.HTTPException) as error:

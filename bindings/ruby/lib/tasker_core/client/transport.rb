@@ -97,6 +97,11 @@ module TaskerCore
       # Most idle connections kept.
       MAX_IDLE = 16
 
+      # Most bytes of an answer read: a task with every step's output is far
+      # smaller. A server that streams without end (hostile, or not tasker)
+      # would otherwise take the process's memory.
+      MAX_ANSWER_BYTES = 256 << 20
+
       # @return [String] the base URL, no trailing slash
       attr_reader :base_url
 
@@ -182,13 +187,18 @@ module TaskerCore
       # other answers that end the call); returns the exception for no
       # answer or a 5xx (the caller retries or raises ServerUnavailable).
       def attempt(method, target, payload, read_timeout)
-        response = begin
+        response, text = begin
           exchange(method, target, payload, read_timeout)
         rescue NotHttp, *NO_ANSWER => e
           return e
         end
         status = response.code.to_i
-        text = (response.body || +"").dup.force_encoding(Encoding::UTF_8)
+        if text.nil?
+          raise ApiError.new("#{method.upcase} #{@base_url}#{target} answered with more than " \
+                             "#{MAX_ANSWER_BYTES >> 20} MiB, more than any answer of the API; stopped reading",
+                             status: status)
+        end
+        text.force_encoding(Encoding::UTF_8)
         return [status, parse_success(status, text, method, target)] if (200..299).cover?(status)
 
         error = error_for(status, text, method, target)
@@ -208,9 +218,16 @@ module TaskerCore
         reusable = false
         begin
           http.read_timeout = read_timeout
-          response = http.request(request)
+          text = +""
+          response = http.request(request) do |answer|
+            answer.read_body do |chunk|
+              text << chunk
+              # Stop reading: the connection is not reused.
+              return [answer, nil] if text.bytesize > MAX_ANSWER_BYTES
+            end
+          end
           reusable = true
-          response
+          [response, text]
         ensure
           reusable ? checkin(http) : finish(http)
         end
