@@ -25,6 +25,9 @@ mod client;
 mod error;
 mod retry;
 
+/// The `chrono` crate, whose `DateTime<Utc>` [`ListTasks::created_since`]
+/// and the tasks' timestamps are.
+pub use chrono;
 pub use client::{Client, ListTasks, TaskHandle};
 pub use error::{Error, ProblemDetails};
 pub use retry::RetryPolicy;

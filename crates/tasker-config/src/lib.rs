@@ -354,6 +354,17 @@ pub fn parse_api_url(url: &str) -> Result<String, String> {
     if !valid_authority {
         return Err(format!("{url}: {EXPECTED}"));
     }
+    // Every call's path starts with /v1: a base ending in it made every
+    // call a 404 for /v1/v1/....
+    if rest[authority.len()..]
+        .to_ascii_lowercase()
+        .ends_with("/v1")
+    {
+        return Err(format!(
+            "{url}: leave out the /v1, the client adds it to each call (give the server's \
+             address, http://HOST:PORT, with any prefix a proxy puts before /v1)"
+        ));
+    }
     Ok(format!("{scheme}://{rest}"))
 }
 
@@ -929,6 +940,9 @@ mod tests {
             assert_eq!(parse_api_url(url).unwrap(), base, "{url}");
         }
         for bad in [
+            "http://127.0.0.1:8080/v1",
+            "http://127.0.0.1:8080/v1/",
+            "https://tasks.example.com/api/V1",
             "https://",
             "http://[::1",
             "http://[::1]:x",

@@ -6,8 +6,9 @@ use thiserror::Error;
 /// [`StepExecutionResult`](tasker_protocol::StepExecutionResult)s.
 #[derive(Debug, Error)]
 pub enum ExecutorError {
-    /// The socket could not be created or bound.
-    #[error("cannot bind {endpoint}: {source}")]
+    /// The socket could not be created or bound. An endpoint another
+    /// process listens on is `EADDRINUSE`, for `ipc://` too.
+    #[error("cannot bind {endpoint}: {source}{}", bind_hint(.endpoint, .source))]
     Bind {
         /// The endpoint.
         endpoint: String,
@@ -18,6 +19,9 @@ pub enum ExecutorError {
     /// malformed, a key needed with another is not set).
     #[error(transparent)]
     Curve(#[from] tasker_transport::curve::CurveError),
+    /// The configuration is not valid (`TaskerConfig::validate`).
+    #[error(transparent)]
+    Config(#[from] tasker_config::ConfigError),
     /// Some other I/O set-up failed.
     #[error("executor set-up failed: {0}")]
     Setup(String),
@@ -57,4 +61,17 @@ pub enum ExecutorError {
     /// The executor is shutting down or stopped.
     #[error("executor is shut down")]
     ShutDown,
+}
+
+/// What ZeroMQ's word for a failed bind leaves unsaid.
+fn bind_hint(endpoint: &str, error: &zmq::Error) -> &'static str {
+    match error {
+        // libzmq reads a host that is not an address as a network
+        // interface's name, and finds none called `localhost`.
+        zmq::Error::ENODEV if endpoint.starts_with("tcp://") => {
+            " (an orchestrator binds to an IP address, `*` or a network interface's name, \
+             not a host name: use 127.0.0.1 for localhost, 0.0.0.0 or `*` for every interface)"
+        }
+        _ => "",
+    }
 }

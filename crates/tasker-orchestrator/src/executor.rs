@@ -92,9 +92,7 @@ impl ZmqPubSubExecutor {
         orchestrator_id: String,
         input_held: bool,
     ) -> Result<Self, ExecutorError> {
-        config
-            .validate()
-            .map_err(|e| ExecutorError::Setup(e.to_string()))?;
+        config.validate()?;
         let curve = ServerCurve::from_config(config)?;
         let context = Arc::new(zmq::Context::new());
         let setup = |e: zmq::Error| ExecutorError::Setup(e.to_string());
@@ -116,6 +114,9 @@ impl ZmqPubSubExecutor {
         // Without it a ROUTER drops messages to vanished peers silently; with
         // it the send fails and we know the step never left.
         socket.set_router_mandatory(true).map_err(bind_error)?;
+        if ipc_in_use(&config.endpoint) {
+            return Err(bind_error(zmq::Error::EADDRINUSE));
+        }
         socket.bind(&config.endpoint).map_err(bind_error)?;
         let endpoint = socket
             .get_last_endpoint()
@@ -483,6 +484,20 @@ impl FrameworkIntegration for ZmqPubSubExecutor {
         batch: StepBatchRequest,
     ) -> BoxFuture<'_, Result<Vec<StepExecutionResult>, ExecutorError>> {
         Box::pin(ZmqPubSubExecutor::execute_step_batch(self, batch))
+    }
+}
+
+/// Whether an `ipc://` endpoint's socket file has a listener. libzmq
+/// unlinks the file and binds anew, so a second executor on one path took
+/// every new connection from the first without a word; a file nobody
+/// listens on (left by a process that died) is free to take.
+fn ipc_in_use(endpoint: &str) -> bool {
+    match endpoint.strip_prefix("ipc://") {
+        // `@name` is Linux's abstract namespace: a bind there fails by itself.
+        Some(path) if !path.starts_with('@') && path != "*" => {
+            std::os::unix::net::UnixStream::connect(path).is_ok()
+        }
+        _ => false,
     }
 }
 

@@ -54,3 +54,6 @@ pub use executor::{BatchHandle, ZmqPubSubExecutor};
 pub use integration::{BoxFuture, FrameworkIntegration};
 pub use metrics::{ExecutorMetrics, MetricsSnapshot};
 pub use report::{Load, ShutdownReport, WorkerInfo};
+/// The `zmq` crate, whose types this API shows: [`ExecutorError::Bind`]'s
+/// source, [`ZmqPubSubExecutor::zmq_context`].
+pub use zmq;

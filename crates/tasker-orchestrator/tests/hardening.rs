@@ -953,3 +953,45 @@ async fn results_before_a_hello_are_kept_once_per_attempt_and_within_four_messag
     );
     executor.shutdown(LONG).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h14_an_endpoint_in_use_or_unbindable_is_refused_saying_why() {
+    // A second executor on one ipc:// path started without a word and took
+    // every new connection from the first (libzmq unlinks and binds anew).
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("ipc://{}", dir.path().join("tasker.sock").display());
+    let config = TaskerConfig {
+        endpoint: endpoint.clone(),
+        ..TaskerConfig::default()
+    };
+    let first = ZmqPubSubExecutor::start(&config).unwrap();
+    match ZmqPubSubExecutor::start(&config) {
+        Err(ExecutorError::Bind { source, .. }) => assert_eq!(source, zmq::Error::EADDRINUSE),
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a second executor bound {endpoint}"),
+    }
+    first.shutdown(Duration::from_secs(1)).await;
+    // The file a stopped executor leaves is free to take.
+    let again = ZmqPubSubExecutor::start(&config).expect("the path is free again");
+    again.shutdown(Duration::from_secs(1)).await;
+
+    // libzmq read `localhost` as a network interface and said only "No such device".
+    let named = TaskerConfig {
+        endpoint: "tcp://localhost:0".into(),
+        ..TaskerConfig::default()
+    };
+    let error = ZmqPubSubExecutor::start(&named).err().expect("refused");
+    let text = error.to_string();
+    assert!(
+        text.contains("not a host name") && text.contains("127.0.0.1"),
+        "{text}"
+    );
+
+    // An invalid configuration is a ConfigError, not a string.
+    let invalid = TaskerConfig {
+        heartbeat_interval_ms: 0,
+        ..TaskerConfig::default()
+    };
+    let error = ZmqPubSubExecutor::start(&invalid).err().expect("refused");
+    assert!(matches!(error, ExecutorError::Config(_)), "{error:?}");
+}

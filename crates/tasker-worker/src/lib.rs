@@ -68,3 +68,5 @@ pub use handler::{HandlerError, HandlerOptions, HandlerResult, RunningWorker, Wo
 pub use output::{check_output, check_output_json, serialization_failure};
 pub use runtime::{WorkerOptions, WorkerRuntime};
 pub use shared::RuntimeState;
+/// The `zmq` crate, whose context [`Worker::zmq_context`] takes.
+pub use zmq;
