@@ -409,7 +409,9 @@ pub mod error_types {
     /// and ended the step with this instead; permanent.
     pub const INVALID_RESULT: &str = "InvalidResult";
     /// The executor stopped (its I/O thread failed) before the step
-    /// finished; retryable.
+    /// finished; retryable. The workflow engine reports it too, not
+    /// retryable, for an attempt an executor already shut down refused
+    /// (the retry of an `Abandoned` step, for one): that attempt never ran.
     pub const EXECUTOR_STOPPED: &str = "ExecutorStopped";
     /// The step's task was cancelled, or suspended for a stop, while the
     /// step waited in the orchestrator's queue, so it was withdrawn before
