@@ -40,6 +40,21 @@ pub enum ExecutorError {
         /// The step.
         step_id: i64,
     },
+    /// This executor ended this attempt of the step itself (timed out,
+    /// worker lost, no worker in time, withdrawn): its handler may still run
+    /// at a worker, whose late result would answer the resubmission. A
+    /// retry is a new attempt.
+    #[error(
+        "step {step_id} attempt {attempt} has already ended here (its handler may still be \
+         running at a worker): resubmit it as attempt {}",
+        .attempt + 1
+    )]
+    AttemptEnded {
+        /// The step.
+        step_id: i64,
+        /// The attempt resubmitted.
+        attempt: u32,
+    },
     /// The queue is full and the submit policy is `reject`.
     #[error("queue full: {queued} of {bound} steps waiting, batch of {requested} refused")]
     QueueFull {

@@ -959,6 +959,38 @@ async fn invalid_batches_are_refused_with_the_reason() {
         matches!(err, ExecutorError::DuplicateStep { step_id: 5 }),
         "{err}"
     );
+    // An attempt this executor ended may still run at a worker: sent again
+    // as the same attempt, that run's late result answered it (or not, by
+    // a race). A retry is a new attempt.
+    let ended = executor
+        .execute_step_batch(StepBatchRequest::new("t", steps(8..9, "echo", 100)))
+        .await
+        .unwrap();
+    assert_eq!(ended[0].status, StepStatus::Failed, "{ended:?}"); // NoWorkerForHandler
+    let err = executor
+        .submit(StepBatchRequest::new("t2", steps(8..9, "echo", 100)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ExecutorError::AttemptEnded {
+                step_id: 8,
+                attempt: 1
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("resubmit it as attempt 2"),
+        "{err}"
+    );
+    let mut retry = steps(8..9, "echo", 100);
+    retry[0].metadata.attempt = 2;
+    assert!(executor
+        .submit(StepBatchRequest::new("t3", retry))
+        .await
+        .is_ok());
     executor.shutdown(Duration::ZERO).await;
     let err = executor
         .execute_step_batch(StepBatchRequest::new("late", steps(7..8, "echo", 100)))

@@ -427,11 +427,21 @@ impl Dispatcher {
         let refusal = if self.shutdown.is_some() {
             Some(ExecutorError::ShutDown)
         } else {
-            steps
-                .iter()
-                .map(|s| s.step.step_ref().step_id)
-                .find(|id| self.steps.contains(*id))
-                .map(|step_id| ExecutorError::DuplicateStep { step_id })
+            steps.iter().find_map(|s| {
+                let step = s.step.step_ref();
+                if self.steps.contains(step.step_id) {
+                    Some(ExecutorError::DuplicateStep {
+                        step_id: step.step_id,
+                    })
+                } else if self.steps.ended_by_orchestrator(step) {
+                    Some(ExecutorError::AttemptEnded {
+                        step_id: step.step_id,
+                        attempt: step.attempt,
+                    })
+                } else {
+                    None
+                }
+            })
         };
         match refusal {
             Some(e) => {
