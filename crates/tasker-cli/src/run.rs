@@ -573,8 +573,21 @@ fn print_summary(report: &TaskReport) {
 }
 
 pub(crate) fn truncate(text: &str, max: usize) -> String {
+    // A worker's output or error message is shown on one line, and its
+    // control characters (a newline, a terminal's escape sequences) as
+    // escapes: they are not ours to send to the terminal.
+    let text: String = text
+        .chars()
+        .flat_map(|c| {
+            let escaped = c.is_control().then(|| c.escape_default());
+            escaped
+                .into_iter()
+                .flatten()
+                .chain((!c.is_control()).then_some(c))
+        })
+        .collect();
     if text.chars().count() <= max {
-        return text.to_string();
+        return text;
     }
     let cut: String = text.chars().take(max - 1).collect();
     format!("{cut}…")

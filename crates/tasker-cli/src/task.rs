@@ -643,6 +643,13 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_workers_text_is_shown_on_one_line_with_its_control_characters_escaped() {
+        let shown = truncate("a\u{1b}[2Jb\nc", 60);
+        assert_eq!(shown, "a\\u{1b}[2Jb\\nc");
+        assert_eq!(truncate("abcdef", 4), "abc…");
+    }
+
     fn task(steps: Vec<StepDetail>, cancel_requested: bool) -> TaskDetail {
         TaskDetail {
             task_id: 1,

@@ -1001,3 +1001,33 @@ fn s10_a_step_no_worker_has_taken_is_taken_back_at_the_stop_and_runs_once_after_
     assert_eq!(task["status"], "complete", "{task:#}");
     assert_eq!(task["steps"][0]["attempts"], 1, "{task:#}");
 }
+
+#[test]
+fn s12_a_servers_words_reach_the_terminal_with_their_control_characters_escaped() {
+    // A hostile server's problem detail printed raw drove the terminal
+    // (colours, a cleared screen, a forged prompt).
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4096];
+        let _ = socket.read(&mut request);
+        let body = r#"{"type":"https://tasker-core.dev/problems/task-not-found","title":"x","status":404,"detail":"no task \u001b[2J\u001b[31mpwned\u0007"}"#;
+        let answer = format!(
+            "HTTP/1.1 404 Not Found\r\nContent-Type: application/problem+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(answer.as_bytes()).unwrap();
+    });
+    let out = task_cli(&api, &["get", "1"]);
+    server.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("no task"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\u{7}'),
+        "{stderr:?}"
+    );
+    assert!(stderr.contains("\\u{1b}[31mpwned"), "{stderr}");
+}
