@@ -55,6 +55,20 @@ pub struct ApiArgs {
     /// Environment section (default: TASKER_ENV or development).
     #[arg(long = "env")]
     pub environment: Option<String>,
+    /// Seconds to wait for each answer before trying again (5 tries for
+    /// all but a submit without key; default 30).
+    #[arg(long, value_parser = seconds)]
+    pub timeout: Option<Duration>,
+}
+
+/// A positive number of seconds.
+fn seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "expected seconds, more than 0 (e.g. 5 or 0.5), got {text:?}"
+        )),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -616,7 +630,10 @@ fn client(args: &ApiArgs) -> Result<Client> {
         }
         None => Client::from_config(&config)?,
     };
-    Ok(client)
+    Ok(match args.timeout {
+        Some(timeout) => client.with_timeout(timeout),
+        None => client,
+    })
 }
 
 #[cfg(test)]

@@ -1031,3 +1031,37 @@ fn s12_a_servers_words_reach_the_terminal_with_their_control_characters_escaped(
     );
     assert!(stderr.contains("\\u{1b}[31mpwned"), "{stderr}");
 }
+
+#[test]
+fn s13_task_timeout_bounds_each_try_against_a_server_that_never_answers() {
+    // A server that takes connections and never answers held `task get`
+    // for 5 × 30 s.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = std::sync::Arc::clone(&done);
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((socket, _)) => open.push(socket),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        open.len()
+    });
+    let started = Instant::now();
+    let out = task_cli(&api, &["get", "1", "--timeout", "0.3"]);
+    let took = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("did not answer in time"), "{stderr}");
+    // Five tries of 0.3 s and the waits between them (0.2 + 0.4 + 0.8 + 1.6 s, ±20%).
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(held.join().unwrap(), 5, "each try connected");
+    let bad = task_cli(&api, &["get", "1", "--timeout", "0"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("more than 0"));
+}

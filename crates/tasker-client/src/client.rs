@@ -19,7 +19,7 @@ pub use tasker_protocol::api::ListTasksQuery as ListTasks;
 const WAIT_CHUNK: Duration = Duration::from_secs(20);
 /// Read timeout beyond a long-poll's own wait.
 const WAIT_SLACK: Duration = Duration::from_secs(10);
-/// Read timeout of every other call.
+/// Read timeout of every other call, unless [`Client::with_timeout`] says.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A client of one `tasker serve`. Cheap to clone; safe to share between
@@ -40,6 +40,7 @@ pub struct Client {
     base: String,
     token: Option<String>,
     retry: RetryPolicy,
+    timeout: Duration,
     http: reqwest::Client,
 }
 
@@ -95,6 +96,7 @@ impl Client {
             base,
             token: None,
             retry: RetryPolicy::default(),
+            timeout: CALL_TIMEOUT,
             http,
         })
     }
@@ -115,6 +117,15 @@ impl Client {
     /// Sends `token` as `Authorization: Bearer` with every request.
     pub fn with_token(mut self, token: impl Into<String>) -> Client {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Waits at most `timeout` for each try's answer (30 s by default); a
+    /// long-poll waits its own wait and 10 s more. With the default
+    /// retries, a server that takes connections and never answers costs
+    /// five of these (CLIENT.md §5).
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
         self
     }
 
@@ -150,7 +161,7 @@ impl Client {
                 query: Vec::new(),
                 body: Some(body),
                 idempotent: idempotency_key.is_some(),
-                timeout: CALL_TIMEOUT,
+                timeout: self.timeout,
             })
             .await?;
         let created = answer.status == StatusCode::CREATED;
@@ -165,7 +176,7 @@ impl Client {
 
     /// The task `task_id` as it is now.
     pub async fn get(&self, task_id: i64) -> Result<TaskDetail, Error> {
-        self.read(format!("/v1/tasks/{task_id}"), Vec::new(), CALL_TIMEOUT)
+        self.read(format!("/v1/tasks/{task_id}"), Vec::new(), self.timeout)
             .await
     }
 
@@ -210,7 +221,7 @@ impl Client {
                 query: Vec::new(),
                 body: None,
                 idempotent: true,
-                timeout: CALL_TIMEOUT,
+                timeout: self.timeout,
             })
             .await?;
         self.decode(&answer)
@@ -235,7 +246,7 @@ impl Client {
         if let Some(cursor) = &query.cursor {
             pairs.push(("cursor", cursor.clone()));
         }
-        self.read("/v1/tasks".into(), pairs, CALL_TIMEOUT).await
+        self.read("/v1/tasks".into(), pairs, self.timeout).await
     }
 
     /// The workflows the server has loaded.
@@ -245,7 +256,7 @@ impl Client {
             workflows: Vec<WorkflowInfo>,
         }
         let list: List = self
-            .read("/v1/workflows".into(), Vec::new(), CALL_TIMEOUT)
+            .read("/v1/workflows".into(), Vec::new(), self.timeout)
             .await?;
         Ok(list.workflows)
     }
