@@ -8,6 +8,7 @@ stopped mid-wait, wait timeouts, listing and paging, and the configuration
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import json
 import logging
@@ -845,12 +846,22 @@ class _OddHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_answers_that_are_not_problem_documents() -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OddHandler)
+@contextlib.contextmanager
+def _serving(handler: "type[http.server.BaseHTTPRequestHandler]") -> Iterator[str]:
+    """An HTTP server answering with ``handler`` on a free port, its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        client = Client(f"http://127.0.0.1:{server.server_address[1]}")
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_answers_that_are_not_problem_documents() -> None:
+    with _serving(_OddHandler) as url:
+        client = Client(url)
         with pytest.raises(ServerUnavailable) as bad_gateway:
             client.get(1)
         assert _OddHandler.hits.count("/v1/tasks/1") == 5  # the first try and 4 retries
@@ -864,9 +875,6 @@ def test_answers_that_are_not_problem_documents() -> None:
         for error in (bad_gateway.value, teapot.value, not_json.value):
             assert "<html><body>xxx" in str(error)
             assert len(str(error)) < 200 + 150, str(error)  # quoted, not the whole body
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 class _EndlessHandler(http.server.BaseHTTPRequestHandler):
@@ -894,18 +902,11 @@ class _EndlessHandler(http.server.BaseHTTPRequestHandler):
 
 def test_an_answer_without_end_is_refused_at_its_limit_not_read_into_memory() -> None:
     # A server that streamed 2 GB took the client to 5.7 GB of memory.
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EndlessHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        client = Client(f"http://127.0.0.1:{server.server_address[1]}")
+    with _serving(_EndlessHandler) as url:
         with pytest.raises(ApiError) as endless:
-            client.get(1)
+            Client(url).get(1)
         assert "more than 256 MiB" in str(endless.value), str(endless.value)
         assert _EndlessHandler.streamed < 300 << 20
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_the_example_script(serve: Serve, closed_url: str, tmp_path: Path) -> None:
