@@ -131,23 +131,8 @@ fn main() {
 
 /// Prints `error` on stderr, as `error: ...`, and exits with `code`.
 fn fail(error: &anyhow::Error, code: i32) -> ! {
-    eprintln!("error: {}", printable(&error_text(error)));
+    eprintln!("error: {}", run::printable(&error_text(error), true));
     std::process::exit(code)
-}
-
-/// `text` with its control characters but line ends escaped (`\u{1b}`):
-/// an error can quote a server's answer, and a hostile server's escape
-/// sequences would otherwise drive the terminal.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() && c != '\n' {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 /// What to do when the orchestrator's endpoint is taken.

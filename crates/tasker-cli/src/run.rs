@@ -572,20 +572,25 @@ fn print_summary(report: &TaskReport) {
     );
 }
 
+/// `text` with its control characters escaped (`\u{1b}`), line ends too
+/// unless `keep_lines`: a worker's output, or a server's words quoted in an
+/// error, may hold a terminal's escape sequences, which are not ours to
+/// send to the terminal.
+pub(crate) fn printable(text: &str, keep_lines: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && !(keep_lines && c == '\n') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub(crate) fn truncate(text: &str, max: usize) -> String {
-    // A worker's output or error message is shown on one line, and its
-    // control characters (a newline, a terminal's escape sequences) as
-    // escapes: they are not ours to send to the terminal.
-    let text: String = text
-        .chars()
-        .flat_map(|c| {
-            let escaped = c.is_control().then(|| c.escape_default());
-            escaped
-                .into_iter()
-                .flatten()
-                .chain((!c.is_control()).then_some(c))
-        })
-        .collect();
+    // A worker's output or error message is shown on one line.
+    let text = printable(text, false);
     if text.chars().count() <= max {
         return text;
     }
