@@ -1065,3 +1065,87 @@ fn s13_task_timeout_bounds_each_try_against_a_server_that_never_answers() {
     let bad = task_cli(&api, &["get", "1", "--timeout", "0"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("more than 0"));
 }
+
+const SLOW_ONE_TRY_WORKFLOW: &str = r#"
+name: slow_one_try
+description: one slow step that may run once
+defaults:
+  timeout_ms: 30000
+  retry: { max_attempts: 1 }
+steps:
+  - name: only
+    handler: sleep
+    handler_config: { ms: 1000 }
+"#;
+
+/// A backlog waits in the store, not in the orchestrator's queue: a
+/// `kill -9` then costs an attempt only of the steps at the workers (which
+/// they reclaim) and of the few queued to follow them, at most as many as
+/// the workers hold. Every step was queued, so a crash failed nearly all
+/// of these one-attempt tasks `WorkerLost` without their step having run.
+#[test]
+fn s14_a_killed_server_costs_no_attempt_of_the_backlog_waiting_in_its_store() {
+    let (dir, endpoint, store) = sqlite_setup_with("slow_one_try", SLOW_ONE_TRY_WORKFLOW);
+    let http = client();
+    let serve = Serve::start(dir.path(), &store, &endpoint);
+    let capacity = 2;
+    let _workers = Workers::start(&endpoint, 1, capacity);
+    // Until a worker serves the handler a few steps queue for one anyway
+    // (`Admission`), so a start with no worker shows nothing held back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http
+        .get(serve.url("/v1/workers"))
+        .send()
+        .and_then(|r| r.json::<Value>())
+        .unwrap()["workers"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the worker never said hello");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tasks = submit_of(&http, &serve, "slow_one_try", 16);
+    wait_for_steps_at_workers(&http, &serve, u64::from(capacity));
+    let last = get_task(&http, &serve, &tasks[15].to_string());
+    assert_eq!(
+        (&last["steps"][0]["state"], &last["steps"][0]["attempts"]),
+        (&json!("waiting"), &json!(0)),
+        "the backlog is not dispatched: {last:#}"
+    );
+    let metrics = http
+        .get(serve.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let waiting = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tasker_tasks_waiting_for_room "))
+        .unwrap_or_else(|| panic!("no gauge of tasks waiting:\n{metrics}"));
+    assert_eq!(
+        waiting,
+        (16 - 2 * capacity).to_string(),
+        "all but twice the worker's capacity wait"
+    );
+    serve.kill_9();
+
+    let serve = Serve::start(dir.path(), &store, &endpoint);
+    wait_all_ended(&http, &serve, Duration::from_secs(90));
+    let mut lost = 0;
+    for id in &tasks {
+        let task = get_task(&http, &serve, &id.to_string());
+        let step = &task["steps"][0];
+        assert_eq!(step["attempts"], 1, "one attempt each: {task:#}");
+        if task["status"] != "complete" {
+            assert_eq!(step["error"]["error_type"], "WorkerLost", "{task:#}");
+            lost += 1;
+        }
+    }
+    assert!(
+        lost <= capacity,
+        "{lost} of 16 one-attempt tasks lost their attempt to the crash; at most \
+         the {capacity} queued to follow the steps at the worker may\n{}",
+        tail(&serve.log(), 30)
+    );
+}

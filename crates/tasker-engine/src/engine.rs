@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
-use tasker_orchestrator::FrameworkIntegration;
+use tasker_orchestrator::{Admitting, FrameworkIntegration, Permit};
 use tasker_protocol::{
     error_types, StepBatchRequest, StepExecutionError, StepExecutionRequest, StepExecutionResult,
     StepRef, StepStatus,
@@ -373,6 +373,9 @@ struct StepRun {
     depends_on: Vec<usize>,
     /// Dependencies not completed yet.
     unmet: usize,
+    /// Room in the executor's queue (durable tasks): taken before the
+    /// dispatch is committed, given back with the attempt's result.
+    permit: Option<Permit>,
 }
 
 struct TaskRun {
@@ -400,6 +403,9 @@ struct TaskRun {
     orphans: Vec<usize>,
     /// Told once the orphans are handed back.
     ready: Option<tokio::sync::oneshot::Sender<()>>,
+    /// A ready step held back for room in the executor's queue, and its
+    /// place in line (see [`TaskRun::hold_back`]).
+    admitting: Option<(usize, Admitting)>,
 }
 
 impl TaskRun {
@@ -435,6 +441,7 @@ impl TaskRun {
                 dependents: Vec::new(),
                 depends_on: s.depends_on.iter().map(|d| index[d.as_str()]).collect(),
                 unmet: s.depends_on.len(),
+                permit: None,
             })
             .collect();
         for (i, s) in template.steps.iter().enumerate() {
@@ -468,6 +475,7 @@ impl TaskRun {
             unsaved: Vec::new(),
             orphans: Vec::new(),
             ready: None,
+            admitting: None,
         }
     }
 
@@ -690,7 +698,7 @@ impl TaskRun {
             } else {
                 self.dispatch_ready(&results_tx).await?
             };
-            if self.running == 0 && retry_at.is_none() {
+            if self.running == 0 && retry_at.is_none() && self.admitting.is_none() {
                 // The last results go into the same commit as the end.
                 break;
             }
@@ -707,6 +715,11 @@ impl TaskRun {
                     }
                 }
                 _ = sleep_until(retry_at) => {}
+                permit = admitted(&mut self.admitting), if self.admitting.is_some() => {
+                    if let Some((i, _)) = self.admitting.take() {
+                        self.steps[i].permit = Some(permit);
+                    }
+                }
                 changed = self.cancel.changed(), if !self.cancelled && !self.suspended => {
                     let control = if changed.is_err() {
                         // Every handle is gone: nobody can wait for it.
@@ -812,6 +825,12 @@ impl TaskRun {
             return;
         }
         self.suspended = true;
+        self.admitting = None;
+        for s in &mut self.steps {
+            if s.state != State::Running {
+                s.permit = None;
+            }
+        }
         let queued = self.running_steps();
         self.integration.withdraw(queued);
     }
@@ -838,12 +857,14 @@ impl TaskRun {
         // workers finish and are recorded.
         let queued = self.running_steps();
         self.integration.withdraw(queued);
+        self.admitting = None;
         let now = Instant::now();
         let wall = Utc::now();
         for i in 0..self.steps.len() {
             if matches!(self.steps[i].state, State::Waiting | State::RetryAt(_)) {
                 self.touch(i);
                 let s = &mut self.steps[i];
+                s.permit = None;
                 s.state = State::Done(StepOutcome::Cancelled);
                 s.ended = Some(now);
                 s.ended_at = Some(wall);
@@ -869,6 +890,9 @@ impl TaskRun {
                 State::RetryAt(at) => next_retry = Some(next_retry.map_or(at, |n| n.min(at))),
                 _ => {}
             }
+        }
+        if self.durable.is_some() {
+            self.hold_back(&mut ready);
         }
         if ready.is_empty() {
             return Ok(next_retry);
@@ -903,6 +927,36 @@ impl TaskRun {
         let outcome = self.integration.submit(batch).await;
         self.forward_refs(outcome, refs, results);
         Ok(next_retry)
+    }
+
+    /// Keeps in `ready` only the steps with room in the executor's queue
+    /// (a permit), so a backlog waits here, uncommitted, rather than as
+    /// dispatches a crash would cost an attempt each (see
+    /// [`Admission`](tasker_orchestrator::Admission)). The first step
+    /// held back takes a place in line, unless the task has one already.
+    fn hold_back(&mut self, ready: &mut Vec<usize>) {
+        let Some(admission) = self.integration.admission().cloned() else {
+            return;
+        };
+        let mut first_held = None;
+        ready.retain(|&i| {
+            if self.steps[i].permit.is_some() {
+                return true;
+            }
+            match admission.try_admit(&self.template.steps[i].handler) {
+                Some(permit) => {
+                    self.steps[i].permit = Some(permit);
+                    true
+                }
+                None => {
+                    first_held.get_or_insert(i);
+                    false
+                }
+            }
+        });
+        if let (None, Some(i)) = (&self.admitting, first_held) {
+            self.admitting = Some((i, admission.admit(&self.template.steps[i].handler)));
+        }
     }
 
     fn forward(
@@ -1000,6 +1054,7 @@ impl TaskRun {
             return;
         }
         self.running -= 1;
+        self.steps[i].permit = None;
         if self.suspended && !self.cancelled && withdrawn(&result) {
             // Taken back for the suspend before any worker had it: as if
             // never dispatched, so this attempt is not counted and the next
@@ -1171,6 +1226,14 @@ fn executor_stopped(result: &StepExecutionResult) -> bool {
     result.error.as_ref().is_some_and(|e| {
         e.error_type == error_types::ABANDONED || e.error_type == error_types::EXECUTOR_STOPPED
     })
+}
+
+/// The permit a task waits for, once its turn comes.
+async fn admitted(admitting: &mut Option<(usize, Admitting)>) -> Permit {
+    match admitting {
+        Some((_, line)) => line.await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -15,6 +15,7 @@ use tasker_transport::Doorbell;
 use tokio::sync::{oneshot, watch, Semaphore};
 use tracing::Instrument;
 
+use crate::admission::Admission;
 use crate::dispatcher::{Channels, Command, Dispatcher, NewStep, Sockets, Zap};
 use crate::integration::BoxFuture;
 use crate::metrics::Metrics;
@@ -43,6 +44,7 @@ pub struct ZmqPubSubExecutor {
     prometheus: ExecutorMetrics,
     permits: Arc<Semaphore>,
     workers: watch::Receiver<usize>,
+    admission: Admission,
     closed: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -129,6 +131,7 @@ impl ZmqPubSubExecutor {
         let permits = Arc::new(Semaphore::new(config.queue_bound));
         let (commands_tx, commands_rx) = mpsc::channel();
         let (workers_tx, workers_rx) = watch::channel(0usize);
+        let admission = Admission::default();
 
         let channels = Channels {
             doorbell: Arc::clone(&doorbell),
@@ -137,6 +140,7 @@ impl ZmqPubSubExecutor {
             recorder: config.metrics.then(|| Recorder::new(&prometheus)),
             permits: Arc::clone(&permits),
             workers_count: workers_tx,
+            admission: admission.clone(),
         };
         let weak_context = Arc::downgrade(&context);
         let dispatcher = Dispatcher::new(
@@ -174,6 +178,7 @@ impl ZmqPubSubExecutor {
             prometheus,
             permits,
             workers: workers_rx,
+            admission,
             closed: AtomicBool::new(false),
             thread: Mutex::new(Some(thread)),
         })
@@ -204,6 +209,14 @@ impl ZmqPubSubExecutor {
     /// ```
     pub fn zmq_context(&self) -> Option<zmq::Context> {
         self.context.upgrade().map(|context| (*context).clone())
+    }
+
+    /// The line for this executor's queue, per handler: a caller that
+    /// commits each dispatch to a store takes a [`Permit`](crate::Permit)
+    /// per step first, so that its backlog waits in the store rather than
+    /// here (see [`Admission`]).
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     /// The configuration in force.
@@ -477,6 +490,10 @@ impl FrameworkIntegration for ZmqPubSubExecutor {
 
     fn withdraw(&self, steps: Vec<StepRef>) {
         ZmqPubSubExecutor::withdraw(self, steps)
+    }
+
+    fn admission(&self) -> Option<&Admission> {
+        Some(&self.admission)
     }
 
     fn execute_step_batch(

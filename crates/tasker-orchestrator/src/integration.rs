@@ -7,7 +7,7 @@ use tasker_protocol::{
     error_types, StepBatchRequest, StepExecutionError, StepExecutionResult, StepRef, StepStatus,
 };
 
-use crate::{BatchHandle, ExecutorError};
+use crate::{Admission, BatchHandle, ExecutorError};
 
 /// A boxed future, so that the trait stays usable as `dyn FrameworkIntegration`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -66,6 +66,13 @@ pub trait FrameworkIntegration: Send + Sync {
     /// default withdraws nothing.
     fn withdraw(&self, steps: Vec<StepRef>) {
         let _ = steps;
+    }
+
+    /// The line a caller that commits its dispatches to a store joins
+    /// before each, so that its backlog waits there (see [`Admission`]).
+    /// This default has none: nothing is held back.
+    fn admission(&self) -> Option<&Admission> {
+        None
     }
 
     /// Submits a batch and waits for all its results, in the order of the

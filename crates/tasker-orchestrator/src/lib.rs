@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod dispatcher;
 mod error;
 mod executor;
@@ -49,6 +50,7 @@ mod metrics;
 mod report;
 mod sink;
 
+pub use admission::{Admission, Admitting, Permit};
 pub use error::ExecutorError;
 pub use executor::{BatchHandle, ZmqPubSubExecutor};
 pub use integration::{BoxFuture, FrameworkIntegration};

@@ -29,6 +29,7 @@ pub(crate) struct ServiceMetrics {
     in_flight: Gauge,
     credit: Gauge,
     store_queued: Gauge,
+    held_back: Gauge,
     /// One scrape at a time: each sets the gauges, then encodes them.
     scraping: tokio::sync::Mutex<()>,
 }
@@ -50,7 +51,8 @@ impl ServiceMetrics {
         store.register_metrics(&mut registry);
         let tasks = Family::<StatusLabel, Gauge>::default();
         let workers = Family::<LanguageLabel, Gauge>::default();
-        let [queued, in_flight, credit, store_queued] = [(); 4].map(|_| Gauge::<i64>::default());
+        let [queued, in_flight, credit, store_queued, held_back] =
+            [(); 5].map(|_| Gauge::<i64>::default());
         registry.register("tasks", "Tasks in the store, by status", tasks.clone());
         registry.register(
             "workers_connected",
@@ -63,6 +65,11 @@ impl ServiceMetrics {
             queued.clone(),
         );
         registry.register("steps_in_flight", "Steps out at workers", in_flight.clone());
+        registry.register(
+            "tasks_waiting_for_room",
+            "Tasks whose next ready step waits in the store until its handler's workers have room",
+            held_back.clone(),
+        );
         registry.register(
             "worker_credit",
             "Steps the connected workers could take now (free capacity of those not draining)",
@@ -81,6 +88,7 @@ impl ServiceMetrics {
             in_flight,
             credit,
             store_queued,
+            held_back,
             scraping: tokio::sync::Mutex::new(()),
         }
     }
@@ -105,6 +113,8 @@ impl ServiceMetrics {
         self.queued.set(load.queued as i64);
         self.in_flight.set(load.in_flight as i64);
         self.credit.set(load.credit() as i64);
+        let (_, waiting) = service.executor().admission().counts();
+        self.held_back.set(waiting as i64);
         self.store_queued
             .set(service.store().commit_stats().queued as i64);
         let mut by_language: std::collections::BTreeMap<String, i64> = Default::default();

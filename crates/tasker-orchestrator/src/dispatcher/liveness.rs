@@ -178,5 +178,26 @@ impl Dispatcher {
             .workers_connected
             .store(n as u64, std::sync::atomic::Ordering::Relaxed);
         self.channels.workers_count.send_replace(n);
+        self.capacity_changed = true;
+    }
+
+    /// Tells the admission what each handler's workers hold now, at most
+    /// once per [`CAPACITY_EVERY`]: recounting walks every handler of
+    /// every connection, and a flood of hellos must not make each one pay
+    /// for all the others.
+    pub(super) fn publish_capacity(&mut self, now: Instant) {
+        if self.capacity_changed && now >= self.capacity_published + CAPACITY_EVERY {
+            self.capacity_changed = false;
+            self.capacity_published = now;
+            self.channels
+                .admission
+                .set_capacity(self.registry.capacity_by_handler());
+        }
+    }
+
+    /// When the next [`publish_capacity`](Self::publish_capacity) is due, if one is.
+    pub(super) fn capacity_due(&self) -> Option<Instant> {
+        self.capacity_changed
+            .then_some(self.capacity_published + CAPACITY_EVERY)
     }
 }

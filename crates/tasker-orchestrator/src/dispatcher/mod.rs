@@ -46,6 +46,7 @@ use tasker_transport::{
 };
 use tokio::sync::{oneshot, watch, Semaphore};
 
+use crate::admission::Admission;
 use crate::metrics::{Metrics, Recorder};
 use crate::report::{Load, ShutdownReport, WorkerInfo};
 use crate::ExecutorError;
@@ -67,6 +68,8 @@ const CATCH_UP_QUIET: Duration = Duration::from_millis(20);
 /// How long closing waits for ZeroMQ to close the listener: it takes
 /// microseconds unless the context's I/O thread is stuck.
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
+/// Least time between two counts of what each handler's workers hold.
+const CAPACITY_EVERY: Duration = Duration::from_millis(50);
 
 /// Where a batch's results go: several at a time, as they end in one turn.
 pub(crate) type ResultsSender = crate::sink::ResultSink;
@@ -136,6 +139,7 @@ pub(crate) struct Channels {
     pub recorder: Option<Recorder>,
     pub permits: Arc<Semaphore>,
     pub workers_count: watch::Sender<usize>,
+    pub admission: Admission,
 }
 
 struct Shutdown {
@@ -170,6 +174,10 @@ pub(crate) struct Dispatcher {
     last_turn: Instant,
     delivery_seq: u64,
     dispatch_needed: bool,
+    /// Workers came, went or started draining since the admission was
+    /// last told what they hold.
+    capacity_changed: bool,
+    capacity_published: Instant,
     shutdown: Option<Shutdown>,
     /// Nothing is read from the socket yet: a restarted orchestrator first
     /// learns which steps its earlier run left out, or a worker's answer
@@ -225,6 +233,9 @@ impl Dispatcher {
             last_turn: now,
             delivery_seq: 0,
             dispatch_needed: false,
+            capacity_changed: false,
+            // The first workers are counted at once.
+            capacity_published: now.checked_sub(CAPACITY_EVERY).unwrap_or(now),
             shutdown: None,
         }
     }
@@ -233,6 +244,7 @@ impl Dispatcher {
         let stopped = loop {
             let wake_at = earliest(Some(self.next_heartbeat), self.steps.next_deadline());
             let wake_at = earliest(wake_at, self.shutdown.as_ref().map(|s| s.deadline));
+            let wake_at = earliest(wake_at, self.capacity_due());
             let (socket_ready, bell_rang, handshakes, zap_asks) = {
                 let events = if self.input_held {
                     zmq::PollEvents::empty()
@@ -292,6 +304,7 @@ impl Dispatcher {
             if self.dispatch_needed {
                 self.dispatch();
             }
+            self.publish_capacity(now);
             self.hand_over_results();
             self.warnings.flush();
             self.last_turn = Instant::now();
