@@ -6,11 +6,16 @@
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_ZMQ_CURVE");
-    if std::env::var_os("DEP_ZMQ_CURVE").is_none() {
+    println!("cargo:rerun-if-env-changed=DEP_ZMQ_ROUTER_ASSIGNS_IDS");
+    if std::env::var_os("DEP_ZMQ_CURVE").is_none()
+        || std::env::var_os("DEP_ZMQ_ROUTER_ASSIGNS_IDS").is_none()
+    {
         panic!(
-            "tasker-core needs its own zmq-sys (libzmq built with CURVE), not the one on \
-             crates.io. Add to your Cargo.toml:\n\n[patch.crates-io]\nzmq-sys = {{ path = \
-             \"PATH/TO/tasker-core/vendor/zmq-sys\" }}\n\n(README.md, \"Using it from Rust\")"
+            "tasker-core needs its own zmq-sys and zeromq-src (libzmq built with CURVE, whose \
+             ROUTER names its connections itself), not the ones on crates.io. Add to your \
+             Cargo.toml:\n\n[patch.crates-io]\nzmq-sys = {{ path = \
+             \"PATH/TO/tasker-core/vendor/zmq-sys\" }}\nzeromq-src = {{ path = \
+             \"PATH/TO/tasker-core/vendor/zeromq-src\" }}\n\n(README.md, \"Using it from Rust\")"
         );
     }
 }

@@ -31,4 +31,9 @@ fn main() {
     // that took zmq-sys from crates.io instead of this patch fails there,
     // naming the patch, rather than in the middle of compiling it.
     println!("cargo:curve=1");
+    // Fails to compile against crates.io's zeromq-src: its libzmq lets a
+    // peer choose the routing id that aborts the orchestrator.
+    if zeromq_src::ADD_TASKER_CORE_VENDOR_ZEROMQ_SRC_TO_PATCH_CRATES_IO {
+        println!("cargo:router_assigns_ids=1");
+    }
 }
