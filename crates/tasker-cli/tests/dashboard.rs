@@ -349,6 +349,27 @@ impl Browser {
         }
     }
 
+    /// Answers the page's `confirm` dialog (OK when `accept`); its text.
+    fn answer_dialog(&self, accept: bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answered = self.runtime.block_on(async {
+                let text = self.client().get_alert_text().await?;
+                if accept {
+                    self.client().accept_alert().await?;
+                } else {
+                    self.client().dismiss_alert().await?;
+                }
+                Ok::<_, fantoccini::error::CmdError>(text)
+            });
+            match answered {
+                Ok(text) => return text,
+                Err(e) if Instant::now() > deadline => panic!("no dialog: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     /// Types `text` into the input `css` selects.
     fn type_into(&self, css: &str, text: &str) {
         self.runtime
@@ -470,12 +491,19 @@ fn the_dashboard_shows_a_task_to_the_end_and_cancels_a_running_one() {
     let driver = ChromeDriver::start(&dir.path().join("chromedriver.log"));
     let browser = Browser::open(&driver, &dir.path().join("profile"));
 
-    // A context the page must show as text, never run as markup.
+    // A context the page must show as text, never run as markup; with a
+    // right-to-left override, which must not turn the page's own words
+    // around, and a line far wider than the page.
     let quick = start_task(
         &serve,
         None,
         "quick",
-        json!({ "order": 7, "note": "<img src=x onerror=\"window.injected=1\">" }),
+        json!({
+            "order": 7,
+            "note": "<img src=x onerror=\"window.injected=1\">",
+            "spoof": "\u{202e}evil",
+            "long": "y".repeat(20_000),
+        }),
     );
 
     // The quick task's page: every step completed, the task complete, and
@@ -535,6 +563,22 @@ fn the_dashboard_shows_a_task_to_the_end_and_cancels_a_running_one() {
         true,
         "markup in the context ran"
     );
+    let hostile = browser.eval(
+        r#"const pre = [...document.querySelectorAll('pre')].find((p) => p.textContent.includes('yyyyyyyy'));
+           const card = pre.closest('.card');
+           return {
+             raw: document.body.textContent.includes('\u202e'),
+             escaped: pre.textContent.includes('\\u202eevil'),
+             fits: pre.getBoundingClientRect().width <= card.getBoundingClientRect().width,
+             scrolls: pre.scrollWidth > pre.clientWidth,
+           };"#,
+        Value::Null,
+    );
+    assert_eq!(
+        hostile,
+        json!({ "raw": false, "escaped": true, "fits": true, "scrolls": true }),
+        "the override is shown escaped, and the long line scrolls inside its card"
+    );
     browser.screenshot("task-complete");
 
     // The list: both tasks, the slow one running; the throughput chart.
@@ -571,7 +615,14 @@ fn the_dashboard_shows_a_task_to_the_end_and_cancels_a_running_one() {
             .then_some(())
     });
     assert_eq!(task_status(&browser).as_deref(), Some("running"));
+    // The button asks first; saying no leaves the task alone.
     browser.click("[data-testid=\"cancel-button\"]");
+    let asked = browser.answer_dialog(false);
+    assert!(asked.contains(&format!("Cancel task #{slow}?")), "{asked}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get_task(&serve, slow)["cancel_requested"], false);
+    browser.click("[data-testid=\"cancel-button\"]");
+    browser.answer_dialog(true);
     browser.wait_for("the task cancelled", Duration::from_secs(30), |b| {
         (task_status(b).as_deref() == Some("cancelled")).then_some(())
     });

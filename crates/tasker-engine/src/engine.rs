@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
-use tasker_orchestrator::{Admitting, FrameworkIntegration, Permit};
+use tasker_orchestrator::{Admitting, FrameworkIntegration, HandlerLabels, Permit};
 use tasker_protocol::{
     error_types, StepBatchRequest, StepExecutionError, StepExecutionRequest, StepExecutionResult,
     StepRef, StepStatus,
@@ -95,8 +95,22 @@ pub struct WorkflowEngine {
     retried: Retried,
 }
 
-/// Retries scheduled, by handler (Prometheus `steps_retried`).
-type Retried = Family<Vec<(String, String)>, Counter>;
+/// Retries scheduled, by handler (Prometheus `steps_retried`), with the
+/// executor's bounds on handler values.
+#[derive(Clone, Default)]
+struct Retried {
+    family: Family<Vec<(String, String)>, Counter>,
+    labels: Arc<HandlerLabels>,
+}
+
+impl Retried {
+    fn inc(&self, handler: &str, error_type: &str) {
+        let handler = self.labels.label(handler, error_type);
+        self.family
+            .get_or_create(&vec![("handler".to_string(), handler)])
+            .inc();
+    }
+}
 
 /// Ids are unique per process, so tasks sharing an executor never collide.
 static NEXT_TASK_ID: AtomicI64 = AtomicI64::new(1);
@@ -117,7 +131,7 @@ impl WorkflowEngine {
         registry.register(
             "steps_retried",
             "Step attempts that failed and were scheduled to run again, by handler",
-            self.retried.clone(),
+            self.retried.family.clone(),
         );
     }
 
@@ -1112,10 +1126,8 @@ impl TaskRun {
         if error.retryable && attempt < policy.max_attempts && !self.cancelled {
             let delay = policy.delay(attempt, self.random.next_f64());
             self.steps[i].state = State::RetryAt(now + delay);
-            let handler = &self.template.steps[i].handler;
             self.retried
-                .get_or_create(&vec![("handler".to_string(), handler.clone())])
-                .inc();
+                .inc(&self.template.steps[i].handler, &error.error_type);
             self.steps[i].retry_at = chrono::Duration::from_std(delay).ok().map(|d| wall + d);
             self.steps[i].error = Some(error.clone());
             self.emit(TaskEvent::Retrying {
@@ -1258,5 +1270,39 @@ impl Random {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(retried: &Retried) -> String {
+        let mut registry = Registry::default();
+        registry.register("steps_retried", "", retried.family.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn retries_keep_the_executors_bounds_on_handler_values() {
+        let retried = Retried::default();
+        for i in 0..tasker_orchestrator::MAX_HANDLER_LABELS + 100 {
+            retried.inc(&format!("h{i}"), "TimedOut");
+            retried.inc(&format!("typo{i}"), error_types::NO_WORKER_FOR_HANDLER);
+        }
+        let text = exposition(&retried);
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("steps_retried"))
+            .count();
+        assert_eq!(
+            series,
+            tasker_orchestrator::MAX_HANDLER_LABELS + 2,
+            "{text}"
+        );
+        assert!(text.contains("steps_retried_total{handler=\"_other\"} 100"));
+        assert!(text.contains("steps_retried_total{handler=\"_unserved\"} 1100"));
     }
 }

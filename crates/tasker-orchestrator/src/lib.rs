@@ -54,7 +54,9 @@ pub use admission::{Admission, Admitting, Permit};
 pub use error::ExecutorError;
 pub use executor::{BatchHandle, ZmqPubSubExecutor};
 pub use integration::{BoxFuture, FrameworkIntegration};
-pub use metrics::{ExecutorMetrics, MetricsSnapshot};
+pub use metrics::{
+    ExecutorMetrics, HandlerLabels, MetricsSnapshot, MAX_HANDLER_LABELS, OTHER, UNSERVED,
+};
 pub use report::{Load, ShutdownReport, WorkerInfo};
 /// The `zmq` crate, whose types this API shows: [`ExecutorError::Bind`]'s
 /// source, [`ZmqPubSubExecutor::zmq_context`].

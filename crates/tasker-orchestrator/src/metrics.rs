@@ -146,8 +146,9 @@ pub struct MetricsSnapshot {
 
 /// Most distinct `handler` label values; later handlers count under
 /// [`OTHER`]. Handler names come from workflow files, so this is a guard,
-/// not a limit anyone should meet.
-const MAX_HANDLER_LABELS: usize = 1000;
+/// not a limit anyone should meet. The workflow engine's
+/// `steps_retried` keeps the same bound.
+pub const MAX_HANDLER_LABELS: usize = 1000;
 /// Most distinct `error_type` label values: workers choose them (a
 /// handler's exception class), so a buggy worker must not be able to grow
 /// the metrics without bound.
@@ -156,6 +157,12 @@ const MAX_ERROR_TYPE_LABELS: usize = 64;
 const MAX_LABEL_CHARS: usize = 80;
 /// The label value that stands for every value past a limit.
 pub const OTHER: &str = "_other";
+/// The `handler` label value of a step that ended `NoWorkerForHandler`
+/// whose handler has no value of its own yet: a name no worker has served
+/// takes none of the [`MAX_HANDLER_LABELS`]. A workflow naming a thousand
+/// unserved handlers (or a typo in every deploy) used them all up, and
+/// the handlers that ran were counted under [`OTHER`] from then on.
+pub const UNSERVED: &str = "_unserved";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandlerLabel {
@@ -414,7 +421,11 @@ impl Recorder {
     /// `handler`'s metrics, listed for the next flush.
     fn touch(&mut self, handler: &str) -> &mut HandlerMetrics {
         self.handler(handler);
-        let i = self.last;
+        self.touch_index(self.last)
+    }
+
+    fn touch_index(&mut self, i: usize) -> &mut HandlerMetrics {
+        self.last = i;
         let m = &mut self.handlers[i];
         if !m.touched {
             m.touched = true;
@@ -493,6 +504,8 @@ impl Recorder {
     /// A step of `handler` failed with `error_type`; a worker's failure
     /// carries its handler's run time.
     pub fn failed(&mut self, handler: &str, error_type: &str, run_ms: Option<u64>) {
+        let unserved =
+            error_type == error_types::NO_WORKER_FOR_HANDLER && !self.by_name.contains_key(handler);
         let known = self.error_types.contains(error_type);
         let error_type = if known || self.error_types.len() < MAX_ERROR_TYPE_LABELS {
             if !known {
@@ -502,7 +515,12 @@ impl Recorder {
         } else {
             OTHER.to_string()
         };
-        let m = self.touch(handler);
+        let m = if unserved {
+            let i = self.add(UNSERVED, false);
+            self.touch_index(i)
+        } else {
+            self.touch(handler)
+        };
         if error_type == error_types::WORKER_LOST {
             m.worker_lost.inc();
         }
@@ -519,6 +537,39 @@ impl Recorder {
     /// A step of `handler` timed out.
     pub fn timed_out(&mut self, handler: &str) {
         self.handler(handler).timed_out.inc();
+    }
+}
+
+/// Chooses `handler` label values for metrics kept outside the executor
+/// (the workflow engine's `steps_retried`) by the executor's rules: at
+/// most [`MAX_HANDLER_LABELS`] names, later ones under [`OTHER`], a
+/// handler no worker served under [`UNSERVED`], each cut to 80 characters;
+/// so that the families can be joined by handler.
+///
+/// ```
+/// let labels = tasker_orchestrator::HandlerLabels::default();
+/// assert_eq!(labels.label("resize", "TimedOut"), "resize");
+/// assert_eq!(labels.label("typo", "NoWorkerForHandler"), "_unserved");
+/// ```
+#[derive(Debug, Default)]
+pub struct HandlerLabels {
+    names: Mutex<std::collections::HashSet<String>>,
+}
+
+impl HandlerLabels {
+    /// The label value for a step of `handler` that ended with `error_type`.
+    pub fn label(&self, handler: &str, error_type: &str) -> String {
+        let mut names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+        if names.contains(handler) {
+            cut(handler)
+        } else if error_type == error_types::NO_WORKER_FOR_HANDLER {
+            UNSERVED.to_string()
+        } else if names.len() < MAX_HANDLER_LABELS {
+            names.insert(handler.to_string());
+            cut(handler)
+        } else {
+            OTHER.to_string()
+        }
     }
 }
 
@@ -541,7 +592,7 @@ impl Collector for PlainCounters {
             ("steps_submitted", "Steps accepted by submit", m.submitted),
             (
                 "steps_cancelled",
-                "Steps ended cancelled (withdrawn, or abandoned at shutdown)",
+                "Step attempts the orchestrator ended cancelled (withdrawn from its queue, or abandoned at shutdown)",
                 m.cancelled,
             ),
             (
@@ -648,6 +699,32 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("steps_dispatched_total{handler=\"handler-0\"} 2"));
+    }
+
+    #[test]
+    fn handlers_no_worker_served_share_one_value_and_leave_the_others_theirs() {
+        let metrics = ExecutorMetrics::new(Arc::default());
+        let mut recorder = Recorder::new(&metrics);
+        recorder.dispatched("served", None);
+        for i in 0..MAX_HANDLER_LABELS + 100 {
+            let handler = format!("typo-{i}");
+            recorder.failed(&handler, error_types::NO_WORKER_FOR_HANDLER, None);
+        }
+        // Served once, then its workers left: it keeps its own value.
+        recorder.failed("served", error_types::NO_WORKER_FOR_HANDLER, None);
+        recorder.dispatched("later", None);
+        recorder.flush();
+        let text = exposition(&metrics);
+        assert!(
+            text.contains(
+                "steps_failed_total{handler=\"_unserved\",error_type=\"NoWorkerForHandler\"} 1100"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "steps_failed_total{handler=\"served\",error_type=\"NoWorkerForHandler\"} 1"
+        ));
+        assert!(text.contains("steps_dispatched_total{handler=\"later\"} 1"));
     }
 
     #[test]

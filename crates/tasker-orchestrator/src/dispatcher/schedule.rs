@@ -48,8 +48,9 @@ impl Delivery {
 ///   ⌈capacity / 2⌉)), so freed slots are filled in batches rather than
 ///   one step per message (Nagle for steps);
 /// * a worker's handlers are served round robin;
-/// * a handler with a limit on a worker gets at most its room there, and
-///   only what the worker may be sent counts as queued for its threshold.
+/// * a handler with a limit on a worker gets at most its room there;
+/// * only what the worker may be sent (its handlers' steps, a limited
+///   handler's up to its room) counts as queued for its threshold.
 pub(crate) fn plan(
     candidates: &[Candidate],
     queued: &HashMap<String, usize>,
@@ -70,23 +71,32 @@ pub(crate) fn plan(
             }
             let free = (candidate.capacity as usize).saturating_sub(in_flight);
             let take = free.min(batch_size);
-            let mut threshold = batch_size
+            if take == 0 {
+                break;
+            }
+            let threshold = batch_size
                 .min(total)
-                .min((candidate.capacity as usize).div_ceil(2));
-            if let Some(room) = &room {
-                // Steps it may not be sent now do not make it wait for more
-                // credit: a limited handler's count only up to its room.
+                .min((candidate.capacity as usize).div_ceil(2))
+                .max(1);
+            if free < threshold && in_flight > 0 {
+                // Only steps it may be sent make it wait for more credit:
+                // steps of handlers it does not serve, or over a limited
+                // handler's room, kept a busy worker's free slots empty
+                // for as long as they waited (a step nobody serves waits
+                // its whole timeout). Counted only here, when the cheap
+                // bound above would hold it back.
                 let sendable: usize = candidate
                     .handlers
                     .iter()
-                    .zip(room)
-                    .map(|(h, r)| remaining.get(h.as_str()).map_or(0, |n| (*n).min(*r)))
+                    .enumerate()
+                    .map(|(i, h)| {
+                        let queued = remaining.get(h.as_str()).copied().unwrap_or(0);
+                        room.as_ref().map_or(queued, |room| queued.min(room[i]))
+                    })
                     .fold(0, usize::saturating_add);
-                threshold = threshold.min(sendable);
-            }
-            let threshold = threshold.max(1);
-            if take == 0 || (free < threshold && in_flight > 0) {
-                break;
+                if free < threshold.min(sendable).max(1) {
+                    break;
+                }
             }
             let per_handler = round_robin(
                 &candidate.handlers,
@@ -239,6 +249,15 @@ mod tests {
         // No room: nothing of `slow`, however much credit is free.
         limited.room = Some(vec![0, usize::MAX]);
         assert!(super::plan(&[limited.clone()], &queued(&[("slow", 10)]), 100).is_empty());
+    }
+
+    #[test]
+    fn steps_of_handlers_it_does_not_serve_do_not_hold_a_busy_workers_slots() {
+        // 1 of 4 free, 9 queued but 1 of them its own: the batch
+        // threshold (⌈4/2⌉ = 2) counts what it may be sent, so it goes.
+        let busy = [worker(1, 4, 3, &["a"])];
+        let plan = plan(&busy, &queued(&[("a", 1), ("nobody", 8)]), 100);
+        assert_eq!(sizes(&plan), vec![(1, 1)]);
     }
 
     #[test]

@@ -23,23 +23,33 @@
     return build(document.createElementNS(SVG_NS, tag), attrs, children);
   }
 
+  // Bidirectional controls: a right-to-left override in a worker id or an
+  // output reversed the page's own words beside it ("pid 80541" read
+  // "dip", "live" read "evil"). Every string is shown with them escaped.
+  const BIDI = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+  function visible(value) {
+    return String(value).replace(BIDI, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0'));
+  }
+
   function build(node, attrs, children) {
     for (const [key, value] of Object.entries(attrs || {})) {
       if (value === null || value === undefined || value === false) continue;
-      if (key === 'text') node.textContent = String(value);
+      if (key === 'text') node.textContent = visible(value);
       else if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
-      else node.setAttribute(key, value === true ? '' : String(value));
+      else node.setAttribute(key, value === true ? '' : visible(value));
     }
     for (const child of children.flat()) {
       if (child === null || child === undefined || child === false) continue;
       // Strings become text nodes: never parsed as markup.
-      node.append(child instanceof Node ? child : String(child));
+      node.append(child instanceof Node ? child : visible(child));
     }
     return node;
   }
 
   function replace(node, ...children) {
-    node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+    const kept = children.flat().filter((c) => c !== null && c !== undefined && c !== false);
+    node.replaceChildren(...kept.map((c) => (c instanceof Node ? c : visible(c))));
   }
 
   const $ = (id) => document.getElementById(id);
@@ -142,13 +152,13 @@
   function setLive(ok, text) {
     const live = $('live');
     live.className = 'live ' + (ok ? 'ok' : 'error');
-    live.textContent = text;
+    live.textContent = visible(text);
   }
 
   function notice(message) {
     const box = $('notice');
     box.hidden = !message;
-    box.textContent = message || '';
+    box.textContent = visible(message || '');
   }
 
   // Handles a failed request of a page. A 401 swaps the page for the token
@@ -382,7 +392,8 @@
   function statTiles(throughput, workers) {
     const points = throughput.points || [];
     const sum = (key) => points.reduce((n, p) => n + (p[key] || 0), 0);
-    // The server keeps up to the last 10 minutes of intervals.
+    // The server keeps up to the last 10 minutes of intervals, from its
+    // start: a restart begins again at zero.
     const span = ' (last 10 min)';
     const inFlight = workers.reduce((n, w) => n + (w.in_flight || 0), 0);
     const capacity = workers.reduce((n, w) => n + (w.capacity || 0), 0);
@@ -390,7 +401,9 @@
       h('div', { class: 'label', text: label }), h('div', { class: 'value', text: value }));
     return [
       tile('Steps completed' + span, sum('completed'), 'good'),
-      tile('Steps failed' + span, sum('failed'), sum('failed') ? 'bad' : ''),
+      // Attempts, not steps: a retried attempt that failed counts, though
+      // its step may complete on the next one.
+      tile('Attempts failed' + span, sum('failed'), sum('failed') ? 'bad' : ''),
       tile('Workers', workers.length),
       tile('In flight / capacity', inFlight + ' / ' + capacity),
     ];
@@ -539,6 +552,8 @@
       // A refused cancel's detail stays up across repaints until the next click.
       let cancelError = '';
       const cancel = async (button) => {
+        // One click cancelled a task, however much it had done.
+        if (!window.confirm('Cancel task #' + id + '? Steps at workers finish; the rest do not run.')) return;
         button.disabled = true;
         cancelError = '';
         try {
