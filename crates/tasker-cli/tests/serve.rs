@@ -438,6 +438,16 @@ fn s3_the_task_command_submits_waits_shows_lists_and_cancels_with_exit_statuses(
         report["steps"][3]["outcome"], "completed",
         "the other branch went on"
     );
+    // The server's log says which attempt failed, and why.
+    let log = serve.log();
+    assert!(
+        log.lines().any(|l| l.contains("step attempt failed")
+            && l.contains("step=charge")
+            && l.contains("attempt=1")
+            && l.contains("retrying=false")),
+        "{}",
+        tail(&log, 20)
+    );
 
     // Get and list.
     let got = task_cli(&serve.api, &["get", &id.to_string(), "--json"]);

@@ -50,7 +50,8 @@ pub struct StepSnapshot {
     pub worker_id: Option<String>,
     /// The output, once completed.
     pub output: Option<Value>,
-    /// The latest failed attempt's error.
+    /// The latest attempt's error while the step is failing (retrying or
+    /// failed); cleared when an attempt completes.
     pub error: Option<StepExecutionError>,
     /// For a blocked step: the failed step upstream.
     pub blocked_by: Option<String>,

@@ -1123,7 +1123,20 @@ impl TaskRun {
             )
         });
         let policy = &self.template.steps[i].retry;
-        if error.retryable && attempt < policy.max_attempts && !self.cancelled {
+        let retrying = error.retryable && attempt < policy.max_attempts && !self.cancelled;
+        // The one place an attempt's failure is told whole: the journal
+        // keeps only the state, and the step's error the latest one.
+        let cut = tasker_protocol::codec::truncate;
+        tracing::info!(
+            task_id = self.task_id,
+            step = %cut(&name, 80),
+            attempt,
+            error_type = %cut(&error.error_type, 80),
+            error = %cut(&error.message, 200),
+            retrying,
+            "step attempt failed"
+        );
+        if retrying {
             let delay = policy.delay(attempt, self.random.next_f64());
             self.steps[i].state = State::RetryAt(now + delay);
             self.retried

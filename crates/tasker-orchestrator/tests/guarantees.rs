@@ -660,11 +660,26 @@ async fn g7_garbage_gets_protocol_errors_and_never_disturbs_other_workers() {
             ),
         }
     }
+    // A malformed protocol error is counted, never answered: the next
+    // reply is the heartbeat's.
+    for body in [
+        &br#"{"type":"protocol_error","code":"lol","message":"x"}"#[..],
+        br#"{"type":"protocol_error"}"#,
+    ] {
+        peer.send_raw(vec![header.clone(), body.to_vec()]);
+    }
+    peer.send_raw(vec![header.clone(), br#"{"type":"heartbeat"}"#.to_vec()]);
+    match peer.recv(Duration::from_secs(2)) {
+        Some(OrchestratorMessage::ProtocolError(e)) => {
+            assert_eq!(e.code, ProtocolErrorCode::UnknownWorker, "{}", e.message)
+        }
+        other => panic!("expected the heartbeat's reply, got {other:?}"),
+    }
     let results = handle.collect().await;
     assert_eq!(results.len(), 50);
     assert!(results.iter().all(|r| r.status == StepStatus::Completed));
     let m = executor.metrics();
-    assert_eq!(m.malformed_messages, 9);
+    assert_eq!(m.malformed_messages, 11);
     assert_eq!(m.workers_connected, 1);
     worker.join(LONG);
     executor.shutdown(LONG).await;

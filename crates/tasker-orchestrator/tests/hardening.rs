@@ -995,3 +995,48 @@ async fn h14_an_endpoint_in_use_or_unbindable_is_refused_saying_why() {
     let error = ZmqPubSubExecutor::start(&invalid).err().expect("refused");
     assert!(matches!(error, ExecutorError::Config(_)), "{error:?}");
 }
+
+/// A peer that floods malformed messages is not read for a while (its
+/// messages dropped unparsed): parsing them used the one I/O thread whole,
+/// heartbeats stopped and the workers, judged silent, kept reconnecting.
+/// Other peers are read as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h15_a_peer_flooding_malformed_messages_is_dropped_unread_and_the_others_are_served() {
+    let executor = start(&config());
+    let flood = RawPeer::connect(executor.endpoint());
+    let header = PROTOCOL_HEADER.as_bytes().to_vec();
+    let deep = format!(
+        r#"{{"type":"heartbeat","x":{}{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    for _ in 0..400 {
+        flood.send_raw(vec![header.clone(), deep.clone().into_bytes()]);
+    }
+    // Answered until quarantined, then nothing.
+    let mut answered = 0;
+    while flood.recv(Duration::from_millis(500)).is_some() {
+        answered += 1;
+    }
+    assert!(
+        (1..400).contains(&answered),
+        "{answered} of 400 malformed messages answered"
+    );
+    flood.send_raw(vec![header.clone(), br#"{"type":"heartbeat"}"#.to_vec()]);
+    assert_eq!(
+        flood.recv(Duration::from_millis(500)),
+        None,
+        "the flooding peer is not read"
+    );
+    let other = RawPeer::connect(executor.endpoint());
+    other.send_raw(vec![header.clone(), br#"{"type":"heartbeat"}"#.to_vec()]);
+    match other.recv(LONG) {
+        Some(OrchestratorMessage::ProtocolError(e)) => {
+            assert_eq!(e.code, ProtocolErrorCode::UnknownWorker)
+        }
+        reply => panic!("another peer is read as before: {reply:?}"),
+    }
+    let worker = RawPeer::connect(executor.endpoint());
+    worker.hello("calm", &["echo"], 1);
+    executor.shutdown(LONG).await;
+}

@@ -213,7 +213,8 @@ pub struct StepDetail {
     /// The output, once completed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
-    /// The latest failed attempt's error.
+    /// The latest attempt's error while the step is failing (retrying or
+    /// failed); cleared when an attempt completes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<StepExecutionError>,
     /// For a blocked step, the failed step upstream.

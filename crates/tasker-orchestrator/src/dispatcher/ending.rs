@@ -164,7 +164,7 @@ impl Dispatcher {
                         StepStatus::Failed,
                         StepExecutionError::new(
                             error_types::WORKER_LOST,
-                            "the orchestrator restarted while the step was out, and no worker reclaimed it in time",
+                            "the orchestrator restarted while the step was dispatched (queued in it, or out at a worker), and no worker reclaimed it in time",
                             true,
                         ),
                     );

@@ -35,10 +35,16 @@ impl Dispatcher {
     /// Handles one message: `frames` after the routing id, of `count` in
     /// all (more when some were not kept).
     pub(super) fn handle_frames(&mut self, routing_id: RoutingId, frames: &[Frame], count: usize) {
+        let now = Instant::now();
+        if self.quarantine.holds(&routing_id, now) {
+            // Not even a sign of life: a worker flooding garbage is not
+            // kept alive by it.
+            return;
+        }
         let conn = self.registry.id_of(&routing_id);
         // Any message is a sign of life, a malformed one included.
         if let Some(c) = conn.and_then(|id| self.registry.get_mut(id)) {
-            c.last_seen = Instant::now();
+            c.last_seen = now;
         }
         let decoded = if count == frames.len() {
             codec::decode_from_worker(frames, self.config.max_message_bytes)
@@ -49,10 +55,25 @@ impl Dispatcher {
             Ok(message) => message,
             Err(error) => {
                 Metrics::add(&self.channels.metrics.malformed_messages, 1);
+                if self.quarantine.strike(&routing_id, now) {
+                    tracing::warn!(
+                        peer = %hex(&routing_id),
+                        quarantine_s = quarantine::QUARANTINE.as_secs(),
+                        "a peer sends malformed messages too fast: what it sends is dropped unread for a while"
+                    );
+                }
                 if self.warnings.allow(&routing_id) {
                     tracing::warn!(peer = %hex(&routing_id), %error, "malformed message refused");
                 }
-                self.reply_error(&routing_id, error.code(), error.to_string());
+                // An error is never answered, however malformed (SPEC §5
+                // rule 13), or two peers could trade them without end.
+                let an_error = matches!(
+                    &error,
+                    DecodeError::Invalid { message_type, .. } if message_type == "protocol_error"
+                );
+                if !an_error {
+                    self.reply_error(&routing_id, error.code(), error.to_string());
+                }
                 return;
             }
         };

@@ -11,6 +11,7 @@ impl Dispatcher {
         }
         // Retries deliveries refused earlier by a full pipe.
         self.dispatch_needed = true;
+        self.quarantine.expire(now);
         let expiry = self.config.peer_expiry();
         if !self.registry.silent(now, expiry).is_empty() {
             // Judge only after reading what is already queued: a stall of

@@ -22,6 +22,7 @@ mod hello;
 mod inbound;
 mod limiter;
 mod liveness;
+mod quarantine;
 mod registry;
 mod results;
 mod schedule;
@@ -51,6 +52,7 @@ use crate::metrics::{Metrics, Recorder};
 use crate::report::{Load, ShutdownReport, WorkerInfo};
 use crate::ExecutorError;
 use limiter::Limiter;
+use quarantine::Quarantine;
 use registry::{ConnId, Registry, RoutingId, StepSet};
 pub(crate) use steps::NewStep;
 use steps::{BatchSink, Ended, StepEntry, StepState, StepTable};
@@ -170,6 +172,7 @@ pub(crate) struct Dispatcher {
     registry: Registry,
     unclaimed: Unclaimed,
     warnings: Limiter,
+    quarantine: Quarantine,
     next_heartbeat: Instant,
     last_turn: Instant,
     delivery_seq: u64,
@@ -230,6 +233,7 @@ impl Dispatcher {
             ended: Vec::new(),
             permits_freed: 0,
             warnings: Limiter::default(),
+            quarantine: Quarantine::default(),
             last_turn: now,
             delivery_seq: 0,
             dispatch_needed: false,

@@ -141,12 +141,18 @@ impl Dispatcher {
         let Some(c) = self.registry.get_mut(conn) else {
             return;
         };
+        // Said once per connection: a peer repeating drains wrote a line
+        // per message (5,000 in 1.5 s).
+        if !c.draining {
+            tracing::info!(
+                worker_id = %codec::truncate(&c.worker_id, 64),
+                returned = returned.len(),
+                "worker draining"
+            );
+        } else {
+            tracing::debug!(returned = returned.len(), "drain repeated");
+        }
         c.draining = true;
-        tracing::info!(
-            worker_id = %codec::truncate(&c.worker_id, 64),
-            returned = returned.len(),
-            "worker draining"
-        );
         let mut given_back = Vec::new();
         for held in returned {
             if held.orchestrator_id != self.orchestrator_id {
