@@ -50,7 +50,7 @@ impl Quarantine {
     pub fn strike(&mut self, peer: &[u8], now: Instant) -> bool {
         if self
             .window_start
-            .is_none_or(|start| now.duration_since(start) >= WINDOW)
+            .map_or(true, |start| now.duration_since(start) >= WINDOW)
         {
             self.window_start = Some(now);
             self.strikes.clear();
