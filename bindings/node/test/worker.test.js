@@ -641,3 +641,28 @@ test("Worker.fromConfig reads the project's config file, its environment section
     else process.env.TASKER_ENV = previous;
   }
 });
+
+test("a handler that holds the JavaScript thread past the heartbeat expiry loses the worker its steps, and the worker warns why", async () => {
+  const records = [];
+  const endpoint = await freeEndpoint();
+  const worker = new Worker({ ...QUICK, endpoint, heartbeatIntervalMs: 100, logger: (entry) => records.push(entry) });
+  worker.handle("crunch", () => {
+    const until = Date.now() + 1500;
+    while (Date.now() < until) {
+      // CPU-bound on the event loop: no heartbeat can go out meanwhile.
+    }
+    return "done";
+  });
+  const running = worker.run();
+  try {
+    const env = { TASKER_HEARTBEAT_INTERVAL_MS: "100", TASKER_LIVENESS: "3" };
+    const response = await dispatch(endpoint, { steps: [{ step_id: 1, handler_class: "crunch" }] }, { env }).result;
+    assert.equal(response.results[0].error.error_type, "WorkerLost", JSON.stringify(response.results[0]));
+    const warned = () => records.filter((r) => r.level === "warn" && /could not beat for longer than the heartbeat expiry/.test(r.message));
+    await until(() => warned().length > 0, 5_000, `the warning among ${JSON.stringify(records.map((r) => r.line))}`);
+  } finally {
+    await withTimeout(worker.stop(), 15_000, "worker.stop()");
+    await withTimeout(running, 15_000, "worker.run()");
+    setLogger(null);
+  }
+});

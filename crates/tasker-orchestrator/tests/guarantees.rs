@@ -144,6 +144,38 @@ async fn g2_a_handler_no_worker_serves_is_named_with_the_served_one_it_is_a_typo
     executor.shutdown(LONG).await;
 }
 
+/// The name that failed was suggested as its own correction when its only
+/// workers were draining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g2_a_handler_served_only_by_draining_workers_is_said_to_be() {
+    let executor = start(&config());
+    let peer = RawPeer::connect(executor.endpoint());
+    peer.hello("leaving", &["rb_prepare"], 2);
+    peer.send(&WorkerMessage::Drain(WorkerDrain::default()));
+    let deadline = Instant::now() + LONG;
+    while !executor.workers().await.iter().all(|w| w.draining) {
+        assert!(Instant::now() < deadline, "the drain was never seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let results = executor
+        .execute_step_batch(StepBatchRequest::new(
+            "late",
+            steps(0..1, "rb_prepare", 300),
+        ))
+        .await
+        .unwrap();
+    let error = results[0].error.as_ref().unwrap();
+    assert_eq!(error.error_type, error_types::NO_WORKER_FOR_HANDLER);
+    assert!(
+        error
+            .message
+            .ends_with("; the workers serving it are draining or gone"),
+        "{}",
+        error.message
+    );
+    executor.shutdown(LONG).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g2_a_withdrawn_step_still_queued_ends_cancelled_at_once_and_one_at_a_worker_runs_on() {
     let executor = start(&config());

@@ -390,10 +390,25 @@ impl Connection {
     /// descriptor woke the wait); reading it costs a system call, so it is
     /// read only then.
     fn turn(&mut self, handshakes_due: bool) -> bool {
-        let late = self
+        let lateness = self
             .planned_wake
             .take()
-            .is_some_and(|planned| Instant::now() > planned + self.heartbeat_interval);
+            .map(|planned| Instant::now().saturating_duration_since(planned))
+            .unwrap_or_default();
+        let late = lateness > self.heartbeat_interval;
+        if lateness > self.expiry && self.socket.is_some() {
+            // Said as a warning: the orchestrator heard nothing meanwhile
+            // and has likely declared this worker dead, failing every step
+            // it held. On Node the cause is a handler that kept the
+            // JavaScript thread busy (the chaos test's 20 s CPU loop lost
+            // an unrelated step and logged nothing).
+            tracing::warn!(
+                worker_id = %self.shared.worker_id,
+                late_ms = lateness.as_millis() as u64,
+                expiry_ms = self.expiry.as_millis() as u64,
+                "this worker could not beat for longer than the heartbeat expiry (its thread was busy or the process stopped); the orchestrator has likely declared it dead and ended the steps it held"
+            );
+        }
         if let Some(failure) = handshakes_due.then(|| self.check_handshakes()).flatten() {
             self.fail(failure);
             return true;

@@ -133,15 +133,24 @@ impl Dispatcher {
                         // A typo in a workflow or a worker's list shows here
                         // first: name what is served that comes close (from a
                         // bounded number of names: this runs on the I/O thread).
-                        let near = tasker_config::closest(
-                            self.registry
-                                .iter()
-                                .flat_map(|(_, c)| c.handlers.iter().map(|h| &**h))
-                                .take(NEAR_NAMES_LOOKED_AT),
-                            &handler,
-                        )
-                        .map(|near| format!("; did you mean {near:?}?"))
-                        .unwrap_or_default();
+                        // Served only by connections taking no work: say
+                        // so, rather than suggest the very name that failed.
+                        let idle = self.registry.iter().any(|(_, c)| {
+                            !c.takes_work() && c.handlers.iter().any(|h| **h == *handler)
+                        });
+                        let near = if idle {
+                            "; the workers serving it are draining or gone".to_string()
+                        } else {
+                            tasker_config::closest(
+                                self.registry
+                                    .iter()
+                                    .flat_map(|(_, c)| c.handlers.iter().map(|h| &**h))
+                                    .take(NEAR_NAMES_LOOKED_AT),
+                                &handler,
+                            )
+                            .map(|near| format!("; did you mean {near:?}?"))
+                            .unwrap_or_default()
+                        };
                         (
                             StepStatus::Failed,
                             StepExecutionError::new(
