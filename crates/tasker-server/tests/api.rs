@@ -869,13 +869,16 @@ async fn with_tokens_every_route_but_healthz_needs_a_listed_bearer_token() {
             None,
         );
     }
+    let wrong = get(Some("Bearer ci-token-0123456789abcdeX"), "/v1/tasks")
+        .await
+        .unwrap();
+    assert_eq!(
+        wrong.headers()["www-authenticate"],
+        "Bearer realm=\"tasker\", error=\"invalid_token\"",
+        "RFC 6750: a refused token says so"
+    );
     assert_problem(
-        &answer(
-            get(Some("Bearer ci-token-0123456789abcdeX"), "/v1/tasks")
-                .await
-                .unwrap(),
-        )
-        .await,
+        &answer(wrong).await,
         401,
         "unauthorized",
         "not one this server accepts (a client's `api_token`, `TASKER_API_TOKEN`",
@@ -893,8 +896,13 @@ async fn with_tokens_every_route_but_healthz_needs_a_listed_bearer_token() {
         "it begins with `Bearer ` again",
         None,
     );
+    let basic = get(Some("Basic Y2k6Y2k="), "/v1/tasks").await.unwrap();
+    assert_eq!(
+        basic.headers()["www-authenticate"],
+        "Bearer realm=\"tasker\", error=\"invalid_request\""
+    );
     assert_problem(
-        &answer(get(Some("Basic Y2k6Y2k="), "/v1/tasks").await.unwrap()).await,
+        &answer(basic).await,
         401,
         "unauthorized",
         "Bearer TOKEN",

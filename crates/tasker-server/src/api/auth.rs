@@ -168,17 +168,29 @@ pub(crate) async fn require_token(
     let several = values.next().is_some();
     // Each refusal says where a tasker client's token comes from: the
     // person reading it set up a client, not an HTTP header.
-    let detail = match presented {
-        _ if several => "send one Authorization header, not several",
-        None => {
+    // The challenge's `error` (RFC 6750 §3.1) tells a client whether its
+    // token was refused or its request was malformed; none when no token
+    // came.
+    const INVALID_REQUEST: &str = "Bearer realm=\"tasker\", error=\"invalid_request\"";
+    const INVALID_TOKEN: &str = "Bearer realm=\"tasker\", error=\"invalid_token\"";
+    let (detail, challenge) = match presented {
+        _ if several => (
+            "send one Authorization header, not several",
+            INVALID_REQUEST,
+        ),
+        None => (
             "this server requires a bearer token: send `Authorization: Bearer TOKEN` \
-                 (tasker's clients and CLI send their `api_token` setting, `TASKER_API_TOKEN`)"
-        }
+                 (tasker's clients and CLI send their `api_token` setting, `TASKER_API_TOKEN`)",
+            "Bearer realm=\"tasker\"",
+        ),
         Some(value) => match value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
         {
-            None => "the Authorization header must be `Bearer TOKEN`",
+            None => (
+                "the Authorization header must be `Bearer TOKEN`",
+                INVALID_REQUEST,
+            ),
             Some(token) => match tokens.name_of(token.trim()) {
                 Some(name) => {
                     tracing::trace!(token = name, "authorized");
@@ -189,13 +201,17 @@ pub(crate) async fn require_token(
                     .to_ascii_lowercase()
                     .starts_with("bearer ") =>
                 {
-                    "the bearer token is not one this server accepts: it begins with `Bearer ` \
-                     again; set `api_token` to the token alone"
+                    (
+                        "the bearer token is not one this server accepts: it begins with \
+                         `Bearer ` again; set `api_token` to the token alone",
+                        INVALID_TOKEN,
+                    )
                 }
-                None => {
+                None => (
                     "the bearer token is not one this server accepts (a client's `api_token`, \
-                     `TASKER_API_TOKEN`, must be one of the server's `api_tokens_file`)"
-                }
+                     `TASKER_API_TOKEN`, must be one of the server's `api_tokens_file`)",
+                    INVALID_TOKEN,
+                ),
             },
         },
     };
@@ -203,7 +219,7 @@ pub(crate) async fn require_token(
     let mut response = Problem::new(ProblemKind::Unauthorized, detail).into_response();
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"tasker\""),
+        HeaderValue::from_static(challenge),
     );
     response
 }
