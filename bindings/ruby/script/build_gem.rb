@@ -59,8 +59,9 @@ workspace_deps = toml_section(root_toml, "workspace.dependencies").lines.reject 
   # Path dependencies on crates the gem does not carry.
   line =~ /path = "crates\/([^"]+)"/ && !VENDORED.include?(Regexp.last_match(1))
 end.join.gsub('path = "crates/', 'path = "vendor/')
-# The patched zmq-sys (libzmq with CURVE) travels with the gem, as in the
-# repository: vendor/zmq-sys, wired in by [patch.crates-io].
+# The patched zmq-sys (libzmq with CURVE) and zeromq-src (its ROUTER names
+# connections itself) travel with the gem, as in the repository: under
+# vendor/, wired in by [patch.crates-io].
 patches = toml_section(root_toml, "patch.crates-io")
 profiles = root_toml.scan(/^\[profile\.[^\]]+\]\n(?:[^\[].*\n?)*/).join
 
@@ -75,7 +76,10 @@ VENDORED.each do |name|
   # Their tests and benches need the whole repository; the gem needs none.
   %w[tests benches].each { |dir| FileUtils.rm_rf(File.join(EXT, "vendor", name, dir)) }
 end
-copy_tree(File.join(ROOT, "vendor", "zmq-sys"), File.join(EXT, "vendor", "zmq-sys"))
+# Every crate [patch.crates-io] names travels too (zmq-sys, zeromq-src).
+patches.scan(/path = "vendor\/([^"]+)"/).flatten.each do |name|
+  copy_tree(File.join(ROOT, "vendor", name), File.join(EXT, "vendor", name))
+end
 
 binding_toml = File.read(File.join(EXT, "Cargo.toml"))
 # Another library name than the repository's build, so that both can share
