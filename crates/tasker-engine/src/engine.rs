@@ -691,7 +691,10 @@ impl TaskRun {
 
     async fn drive(mut self) -> Result<TaskReport, TaskStopped> {
         let (results_tx, mut results_rx) = mpsc::unbounded_channel::<StepExecutionResult>();
-        tracing::info!(task_id = self.task_id, workflow = %self.template.name, "task started");
+        // Escaped: a workflow's name may hold control characters (a BEL
+        // reached the server's log from one).
+        let workflow = tasker_protocol::codec::truncate(&self.template.name, 120);
+        tracing::info!(task_id = self.task_id, %workflow, "task started");
         self.resume_orphans(&results_tx).await;
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(());
