@@ -76,10 +76,16 @@ VENDORED.each do |name|
   # Their tests and benches need the whole repository; the gem needs none.
   %w[tests benches].each { |dir| FileUtils.rm_rf(File.join(EXT, "vendor", name, dir)) }
 end
-# Every crate [patch.crates-io] names travels too (zmq-sys, zeromq-src).
+# Every crate [patch.crates-io] names travels too (zmq-sys, zeromq-src),
+# under vendor/patched/: cargo names a path crate's artifacts by its path
+# from the workspace root, and zeromq-src compiles its own directory into
+# itself, so at the repository's vendor/zeromq-src a gem built in the
+# shared target directory left the repository's builds compiling libzmq
+# from the gem's (deleted) copy.
 patches.scan(/path = "vendor\/([^"]+)"/).flatten.each do |name|
-  copy_tree(File.join(ROOT, "vendor", name), File.join(EXT, "vendor", name))
+  copy_tree(File.join(ROOT, "vendor", name), File.join(EXT, "vendor", "patched", name))
 end
+patches = patches.gsub('path = "vendor/', 'path = "vendor/patched/')
 
 binding_toml = File.read(File.join(EXT, "Cargo.toml"))
 # Another library name than the repository's build, so that both can share

@@ -19,6 +19,7 @@ impl Dispatcher {
                 in_flight: c.in_flight(),
                 handlers: Arc::clone(&c.handlers),
                 room: c.room(),
+                first: c.next_handler,
             })
             .collect();
         if candidates.is_empty() {
@@ -38,7 +39,11 @@ impl Dispatcher {
             if picked.is_empty() {
                 continue;
             }
-            if !self.deliver(delivery.conn, picked) {
+            if self.deliver(delivery.conn, picked) {
+                if let Some(c) = self.registry.get_mut(delivery.conn) {
+                    c.next_handler = delivery.next_first;
+                }
+            } else {
                 refused.insert(delivery.conn);
             }
         }

@@ -149,6 +149,8 @@ pub(crate) struct Conn {
     pub pid: Option<u32>,
     /// Per-handler limits, when its hello set any below its capacity.
     pub limits: Option<Box<Limits>>,
+    /// Where its next delivery's round robin over `handlers` starts.
+    pub next_handler: usize,
     /// What its hello holds here, as [`Hello::weight`] estimated it.
     weight: usize,
 }
@@ -376,6 +378,7 @@ impl Registry {
                 language: hello.language,
                 pid: hello.pid,
                 limits: hello.limits,
+                next_handler: 0,
                 weight,
             },
         );

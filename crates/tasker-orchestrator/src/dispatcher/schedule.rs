@@ -22,6 +22,9 @@ pub(crate) struct Candidate {
     /// `handlers[i]` it may be sent (`usize::MAX` for one without a
     /// limit). `None`, the usual case: no handler is limited.
     pub room: Option<Vec<usize>>,
+    /// The handler its round robin starts at: the one after the last
+    /// that got a step.
+    pub first: usize,
 }
 
 /// One `step_batch_request` to send: `per_handler[i]` steps of
@@ -31,6 +34,8 @@ pub(crate) struct Delivery {
     pub conn: ConnId,
     pub handlers: Arc<[String]>,
     pub per_handler: Vec<usize>,
+    /// Where the worker's next round robin starts.
+    pub next_first: usize,
 }
 
 impl Delivery {
@@ -65,6 +70,7 @@ pub(crate) fn plan(
     for candidate in order {
         let mut in_flight = candidate.in_flight;
         let mut room = candidate.room.clone();
+        let mut first = candidate.first;
         loop {
             if total == 0 {
                 return plan;
@@ -98,12 +104,14 @@ pub(crate) fn plan(
                     break;
                 }
             }
-            let per_handler = round_robin(
+            let (per_handler, next_first) = round_robin(
                 &candidate.handlers,
                 &mut remaining,
                 take,
                 room.as_deref_mut(),
+                first,
             );
+            first = next_first;
             let n: usize = per_handler.iter().sum();
             if n == 0 {
                 break;
@@ -112,6 +120,7 @@ pub(crate) fn plan(
                 conn: candidate.conn,
                 handlers: Arc::clone(&candidate.handlers),
                 per_handler,
+                next_first,
             });
             in_flight += n;
             total -= n;
@@ -123,17 +132,26 @@ pub(crate) fn plan(
     plan
 }
 
+/// `take` steps over `handlers`, one of each in turn, from `first`; the
+/// counts, and the handler the next turn starts at. Starting at the first
+/// handler every time, a busy worker refilled a step or two at a time ran
+/// only its first handlers' steps while they lasted, and the last ones
+/// none.
 fn round_robin(
     handlers: &[String],
     remaining: &mut HashMap<&str, usize>,
     take: usize,
     mut room: Option<&mut [usize]>,
-) -> Vec<usize> {
-    let mut counts = vec![0; handlers.len()];
+    first: usize,
+) -> (Vec<usize>, usize) {
+    let len = handlers.len();
+    let mut counts = vec![0; len];
     let mut n = 0;
+    let mut next_first = first % len.max(1);
     while n < take {
         let mut progressed = false;
-        for (i, handler) in handlers.iter().enumerate() {
+        for i in (0..len).map(|k| (first + k) % len) {
+            let handler = &handlers[i];
             if n == take {
                 break;
             }
@@ -151,13 +169,14 @@ fn round_robin(
                 counts[i] += 1;
                 n += 1;
                 progressed = true;
+                next_first = (i + 1) % len;
             }
         }
         if !progressed {
             break;
         }
     }
-    counts
+    (counts, next_first)
 }
 
 #[cfg(test)]
@@ -171,6 +190,7 @@ mod tests {
             in_flight,
             handlers: handlers.iter().map(|h| h.to_string()).collect(),
             room: None,
+            first: 0,
         }
     }
 
@@ -224,6 +244,20 @@ mod tests {
         let plan = plan(&workers, &queued(&[("a", 10), ("b", 1), ("c", 9)]), 100);
         assert_eq!(plan.len(), 1);
         assert_eq!(plan[0].per_handler, vec![4, 1]);
+    }
+
+    #[test]
+    fn a_worker_refilled_a_step_at_a_time_takes_its_handlers_in_turn() {
+        let mut busy = worker(1, 2, 1, &["a", "b", "c"]);
+        let queued = queued(&[("a", 10), ("b", 10), ("c", 10)]);
+        let mut taken = Vec::new();
+        for _ in 0..6 {
+            let plan = plan(&[busy.clone()], &queued, 100);
+            let i = plan[0].per_handler.iter().position(|n| *n == 1).unwrap();
+            taken.push(busy.handlers[i].clone());
+            busy.first = plan[0].next_first;
+        }
+        assert_eq!(taken, ["a", "b", "c", "a", "b", "c"]);
     }
 
     #[test]
