@@ -1,20 +1,29 @@
-//! How many steps of each handler a durable caller lets into the executor
-//! at once.
+//! How many steps a durable caller lets into the executor at once.
 //!
 //! A store commits a step's dispatch before the step enters the
 //! executor's queue, so after a crash it cannot tell a step no worker saw
 //! from one a worker held and lost: both cost an attempt, and a step
 //! allowed one failed `WorkerLost` without having run. With every step of
-//! a backlog queued here, a `kill -9` cost all of them that. A caller that
-//! takes a [`Permit`] per step before committing its dispatch keeps the
-//! backlog in its store instead; only about as many steps of a handler as
-//! its workers can hold, twice over (one set running, one waiting to
-//! follow at once), are queued here.
+//! a backlog queued here, a `kill -9` cost all of them that, and a burst
+//! waited in the queue until steps timed out (`ScheduleTimeout`) without
+//! having run. A caller that takes a [`Permit`] per step before committing
+//! its dispatch keeps the backlog in its store instead.
 //!
-//! The I/O thread tells the admission what each handler's workers can hold
+//! Room is counted per connection: each connection taking work admits up
+//! to twice its capacity (one set running, one waiting to follow at once),
+//! and a handler's limit on it twice that limit; a step is admitted on the
+//! least loaded connection serving its handler. Counting per handler let a
+//! worker serving five handlers admit five times its room. Slots still
+//! held by steps that already timed out there do not count as room. A
+//! handler no connected worker serves admits [`ADMITTED_WITHOUT_WORKERS`]
+//! steps, which wait for a worker or end `NoWorkerForHandler` as queued
+//! steps do. Waiters are let in first come first served, whatever their
+//! handler.
+//!
+//! The I/O thread tells the admission what each connection can hold
 //! whenever workers come and go; permits come back as results do.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -23,11 +32,23 @@ use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 
 /// Steps of a handler admitted while no connected worker serves it: they
-/// wait here for the first worker, or end `NoWorkerForHandler` at their
+/// wait for the first worker, or end `NoWorkerForHandler` at their
 /// timeout as any queued step does, while the rest wait in the store.
 pub const ADMITTED_WITHOUT_WORKERS: u64 = 8;
 
-/// The line for the executor's queue, one per handler; see the module doc.
+/// What one connection taking work can hold, as the I/O thread sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnRoom {
+    pub id: u64,
+    /// Its capacity, less the slots held by steps that timed out there
+    /// and still run.
+    pub capacity: u64,
+    pub handlers: Arc<[String]>,
+    /// Its per-handler limits below its capacity.
+    pub limits: Vec<(String, u64)>,
+}
+
+/// The line for the executor's queue; see the module doc.
 ///
 /// ```
 /// # async fn demo() {
@@ -52,66 +73,194 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// Steps each handler's connected workers can hold together.
-    capacity: HashMap<Arc<str>, u64>,
+    rooms: HashMap<u64, Room>,
+    /// Handler → the connections serving it.
+    serving: HashMap<Arc<str>, Vec<u64>>,
     /// Handlers with steps admitted or waiting; removed when neither.
     lines: HashMap<Arc<str>, Line>,
+    /// Handlers whose line has someone waiting.
+    waiting: HashSet<Arc<str>>,
+    next_seq: u64,
 }
+
+#[derive(Debug)]
+struct Room {
+    capacity: u64,
+    admitted: u64,
+    /// Limited handler → (limit, admitted).
+    limits: HashMap<String, (u64, u64)>,
+}
+
+impl Room {
+    fn has_room(&self, handler: &str) -> bool {
+        self.admitted < self.capacity.saturating_mul(2)
+            && self.limits.get(handler).map_or(true, |(limit, admitted)| {
+                *admitted < limit.saturating_mul(2)
+            })
+    }
+
+    fn take(&mut self, handler: &str) {
+        self.admitted += 1;
+        if let Some((_, admitted)) = self.limits.get_mut(handler) {
+            *admitted += 1;
+        }
+    }
+
+    fn give_back(&mut self, handler: &str) {
+        self.admitted = self.admitted.saturating_sub(1);
+        if let Some((_, admitted)) = self.limits.get_mut(handler) {
+            *admitted = admitted.saturating_sub(1);
+        }
+    }
+
+    /// Share of its room in use, for picking the least loaded.
+    fn load(&self) -> u128 {
+        u128::from(self.admitted) * 1_000_000 / u128::from(self.capacity.max(1))
+    }
+}
+
+/// Where a step was admitted: on a connection, or under the allowance of
+/// a handler no worker serves.
+type Seat = Option<u64>;
 
 #[derive(Default)]
 struct Line {
     admitted: u64,
-    /// Each is told `()` when admitted (counted in `admitted` by then).
-    waiting: VecDeque<oneshot::Sender<()>>,
+    /// Admitted while no worker served the handler.
+    unserved: u64,
+    /// Each is sent its seat when admitted (counted by then).
+    waiting: VecDeque<(u64, oneshot::Sender<Seat>)>,
 }
 
 impl Line {
-    fn has_room(&self, capacity: u64) -> bool {
-        let allowance = if capacity == 0 {
-            ADMITTED_WITHOUT_WORKERS
-        } else {
-            capacity.saturating_mul(2)
-        };
-        self.admitted < allowance
-    }
-
-    /// Lets in whoever waits while there is room, first come first.
-    fn admit_waiting(&mut self, capacity: u64) {
-        while self.has_room(capacity) {
-            let Some(waiter) = self.waiting.pop_front() else {
-                return;
-            };
-            // A waiter that gave up is passed over.
-            if waiter.send(()).is_ok() {
-                self.admitted += 1;
-            }
-        }
-    }
-
     fn is_unused(&self) -> bool {
         self.admitted == 0 && self.waiting.is_empty()
     }
 }
 
+impl State {
+    /// The handler's name, shared with an existing key when there is one,
+    /// so a line costs no copy of it.
+    fn key(&self, handler: &str) -> Arc<str> {
+        self.lines
+            .get_key_value(handler)
+            .map(|(k, _)| k)
+            .or_else(|| self.serving.get_key_value(handler).map(|(k, _)| k))
+            .map_or_else(|| Arc::from(handler), Arc::clone)
+    }
+
+    /// A seat for a step of `handler` if there is room.
+    fn seat(&mut self, handler: &str) -> Option<Seat> {
+        let served = self.serving.get(handler).filter(|ids| !ids.is_empty());
+        self.lines.get(handler)?;
+        match served {
+            Some(ids) => {
+                let id = ids
+                    .iter()
+                    .filter_map(|id| self.rooms.get(id).map(|room| (*id, room)))
+                    .filter(|(_, room)| room.has_room(handler))
+                    .min_by_key(|(id, room)| (room.load(), *id))
+                    .map(|(id, _)| id)?;
+                self.rooms.get_mut(&id)?.take(handler);
+                self.lines.get_mut(handler)?.admitted += 1;
+                Some(Some(id))
+            }
+            None => {
+                let line = self.lines.get_mut(handler)?;
+                if line.unserved >= ADMITTED_WITHOUT_WORKERS {
+                    return None;
+                }
+                line.unserved += 1;
+                line.admitted += 1;
+                Some(None)
+            }
+        }
+    }
+
+    fn unseat(&mut self, handler: &str, seat: Seat) {
+        match seat {
+            Some(id) => {
+                if let Some(room) = self.rooms.get_mut(&id) {
+                    room.give_back(handler);
+                }
+            }
+            None => {
+                if let Some(line) = self.lines.get_mut(handler) {
+                    line.unserved = line.unserved.saturating_sub(1);
+                }
+            }
+        }
+        if let Some(line) = self.lines.get_mut(handler) {
+            line.admitted = line.admitted.saturating_sub(1);
+        }
+    }
+
+    /// Lets in whoever waits while there is room, longest waiting first
+    /// whatever the handler.
+    fn admit_waiting(&mut self) {
+        loop {
+            let mut heads: Vec<(u64, Arc<str>)> = self
+                .waiting
+                .iter()
+                .filter_map(|h| {
+                    let seq = self.lines.get(h)?.waiting.front()?.0;
+                    Some((seq, Arc::clone(h)))
+                })
+                .collect();
+            heads.sort_unstable();
+            let mut progressed = false;
+            for (_, handler) in heads {
+                let Some(seat) = self.seat(&handler) else {
+                    continue;
+                };
+                let line = self.lines.get_mut(&handler).expect("a line waits");
+                let (_, waiter) = line.waiting.pop_front().expect("a head waits");
+                if line.waiting.is_empty() {
+                    self.waiting.remove(&handler);
+                }
+                // A waiter that gave up is passed over.
+                if waiter.send(seat).is_err() {
+                    self.unseat(&handler, seat);
+                }
+                progressed = true;
+                break;
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn drop_if_unused(&mut self, handler: &str) {
+        if self.lines.get(handler).is_some_and(Line::is_unused) {
+            self.lines.remove(handler);
+        }
+    }
+}
+
 impl Admission {
-    /// A permit for a step of `handler` if one is free and nobody waits
-    /// for one.
+    /// A permit for a step of `handler` if there is room and nobody waits
+    /// for one of its handler.
     pub fn try_admit(&self, handler: &str) -> Option<Permit> {
         let mut state = self.shared.state.lock().expect("admission lock");
-        let capacity = state.capacity.get(handler).copied().unwrap_or(0);
         let name = state.key(handler);
         let line = state.lines.entry(Arc::clone(&name)).or_default();
-        if !line.waiting.is_empty() || !line.has_room(capacity) {
-            if line.is_unused() {
-                state.lines.remove(handler);
+        let seat = if line.waiting.is_empty() {
+            state.seat(handler)
+        } else {
+            None
+        };
+        match seat {
+            Some(seat) => Some(Permit {
+                shared: Arc::clone(&self.shared),
+                handler: name,
+                seat,
+            }),
+            None => {
+                state.drop_if_unused(handler);
+                None
             }
-            return None;
         }
-        line.admitted += 1;
-        Some(Permit {
-            shared: Arc::clone(&self.shared),
-            handler: name,
-        })
     }
 
     /// Waits in line for a permit for a step of `handler`. The place in
@@ -120,11 +269,17 @@ impl Admission {
     pub fn admit(&self, handler: &str) -> Admitting {
         let (tx, rx) = oneshot::channel();
         let mut state = self.shared.state.lock().expect("admission lock");
-        let capacity = state.capacity.get(handler).copied().unwrap_or(0);
         let name = state.key(handler);
-        let line = state.lines.entry(Arc::clone(&name)).or_default();
-        line.waiting.push_back(tx);
-        line.admit_waiting(capacity);
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state
+            .lines
+            .entry(Arc::clone(&name))
+            .or_default()
+            .waiting
+            .push_back((seq, tx));
+        state.waiting.insert(Arc::clone(&name));
+        state.admit_waiting();
         Admitting {
             shared: Arc::clone(&self.shared),
             handler: name,
@@ -133,62 +288,83 @@ impl Admission {
         }
     }
 
-    /// What each handler's connected workers can hold now; a handler not
-    /// named has none. Lets in whoever the new figures make room for.
-    pub(crate) fn set_capacity(&self, capacity: HashMap<Arc<str>, u64>) {
+    /// What each connection taking work can hold now. Lets in whoever the
+    /// new figures make room for.
+    pub(crate) fn set_rooms(&self, rooms: Vec<ConnRoom>) {
         let mut state = self.shared.state.lock().expect("admission lock");
-        state.capacity = capacity;
-        let State { capacity, lines } = &mut *state;
-        for (handler, line) in lines.iter_mut() {
-            line.admit_waiting(capacity.get(handler).copied().unwrap_or(0));
+        let mut old = std::mem::take(&mut state.rooms);
+        let mut serving: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
+        for conn in rooms {
+            let kept = old.remove(&conn.id);
+            let mut limits: HashMap<String, (u64, u64)> = conn
+                .limits
+                .into_iter()
+                .map(|(h, limit)| (h, (limit, 0)))
+                .collect();
+            if let Some(kept) = &kept {
+                for (h, (_, admitted)) in &kept.limits {
+                    if let Some(entry) = limits.get_mut(h) {
+                        entry.1 = *admitted;
+                    }
+                }
+            }
+            for handler in conn.handlers.iter() {
+                match serving.get_mut(handler.as_str()) {
+                    Some(ids) => ids.push(conn.id),
+                    None => {
+                        let key = state.key(handler);
+                        serving.insert(key, vec![conn.id]);
+                    }
+                }
+            }
+            state.rooms.insert(
+                conn.id,
+                Room {
+                    capacity: conn.capacity,
+                    admitted: kept.map_or(0, |k| k.admitted),
+                    limits,
+                },
+            );
         }
+        state.serving = serving;
+        state.admit_waiting();
     }
 
-    /// Steps admitted now, and steps waiting, over all handlers.
+    /// Steps admitted now, and tasks waiting in line (those still
+    /// waiting: one that gave up, cancelled, is not counted).
     pub fn counts(&self) -> (u64, u64) {
         let state = self.shared.state.lock().expect("admission lock");
         state.lines.values().fold((0, 0), |(a, w), line| {
-            (a + line.admitted, w + line.waiting.len() as u64)
+            let waiting = line
+                .waiting
+                .iter()
+                .filter(|(_, tx)| !tx.is_closed())
+                .count();
+            (a + line.admitted, w + waiting as u64)
         })
     }
 }
 
-impl State {
-    /// The handler's name, shared with the capacity table's key when there
-    /// is one, so a line costs no copy of it.
-    fn key(&self, handler: &str) -> Arc<str> {
-        self.lines
-            .get_key_value(handler)
-            .map(|(k, _)| k)
-            .or_else(|| self.capacity.get_key_value(handler).map(|(k, _)| k))
-            .map_or_else(|| Arc::from(handler), Arc::clone)
-    }
-}
-
 impl Shared {
-    fn release(&self, handler: &str) {
+    fn release(&self, handler: &str, seat: Seat) {
         let mut state = self.state.lock().expect("admission lock");
-        let capacity = state.capacity.get(handler).copied().unwrap_or(0);
-        if let Some(line) = state.lines.get_mut(handler) {
-            line.admitted = line.admitted.saturating_sub(1);
-            line.admit_waiting(capacity);
-            if line.is_unused() {
-                state.lines.remove(handler);
-            }
-        }
+        state.unseat(handler, seat);
+        state.admit_waiting();
+        state.drop_if_unused(handler);
     }
 }
 
-/// Room for one step of a handler in the executor's queue; dropping it
-/// (when the step's result comes) makes room for the next.
+/// Room for one step in the executor's queue; dropping it (when the
+/// step's result comes) makes room for the next.
 pub struct Permit {
     shared: Arc<Shared>,
     handler: Arc<str>,
+    seat: Seat,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.shared.release(&self.handler);
+        self.shared.release(&self.handler, self.seat);
     }
 }
 
@@ -196,6 +372,7 @@ impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permit")
             .field("handler", &self.handler)
+            .field("connection", &self.seat)
             .finish()
     }
 }
@@ -204,7 +381,7 @@ impl std::fmt::Debug for Permit {
 pub struct Admitting {
     shared: Arc<Shared>,
     handler: Arc<str>,
-    granted: oneshot::Receiver<()>,
+    granted: oneshot::Receiver<Seat>,
     done: bool,
 }
 
@@ -213,15 +390,16 @@ impl Future for Admitting {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Permit> {
         match Pin::new(&mut self.granted).poll(cx) {
-            Poll::Ready(Ok(())) => {
+            Poll::Ready(Ok(seat)) => {
                 self.done = true;
                 Poll::Ready(Permit {
                     shared: Arc::clone(&self.shared),
                     handler: Arc::clone(&self.handler),
+                    seat,
                 })
             }
-            // The sender lives in the line until it is granted or the
-            // admission itself is gone; nothing else drops it.
+            // The sender lives in the line until it is granted, and the
+            // line as long as the admission, which this holds.
             Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
         }
     }
@@ -231,8 +409,10 @@ impl Drop for Admitting {
     fn drop(&mut self) {
         // Granted but never taken: without this the room it was counted
         // for would be held by nobody for good, and the line would stop.
-        if !self.done && self.granted.try_recv().is_ok() {
-            self.shared.release(&self.handler);
+        if !self.done {
+            if let Ok(seat) = self.granted.try_recv() {
+                self.shared.release(&self.handler, seat);
+            }
         }
     }
 }
@@ -242,8 +422,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn capacity(handler: &str, n: u64) -> HashMap<Arc<str>, u64> {
-        HashMap::from([(Arc::from(handler), n)])
+    fn conn(id: u64, capacity: u64, handlers: &[&str]) -> ConnRoom {
+        ConnRoom {
+            id,
+            capacity,
+            handlers: handlers.iter().map(|h| h.to_string()).collect(),
+            limits: Vec::new(),
+        }
     }
 
     #[test]
@@ -260,29 +445,57 @@ mod tests {
     }
 
     #[test]
-    fn room_is_twice_what_the_workers_hold() {
+    fn a_connection_admits_twice_its_capacity_over_all_its_handlers() {
         let admission = Admission::default();
-        admission.set_capacity(capacity("h", 3));
-        let permits: Vec<_> = (0..6).map(|_| admission.try_admit("h").unwrap()).collect();
-        assert!(admission.try_admit("h").is_none());
-        assert_eq!(permits.len(), 6);
+        admission.set_rooms(vec![conn(1, 2, &["a", "b", "c", "d", "e"])]);
+        let permits: Vec<_> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .cycle()
+            .take(10)
+            .filter_map(|h| admission.try_admit(h))
+            .collect();
+        assert_eq!(permits.len(), 4, "room for 4 steps in all, not 4 a handler");
+    }
+
+    #[test]
+    fn a_handlers_limit_on_a_connection_bounds_its_share() {
+        let admission = Admission::default();
+        let mut limited = conn(1, 8, &["slow", "fast"]);
+        limited.limits = vec![("slow".into(), 1)];
+        admission.set_rooms(vec![limited]);
+        let slow: Vec<_> = (0..5).filter_map(|_| admission.try_admit("slow")).collect();
+        assert_eq!(slow.len(), 2);
+        let fast: Vec<_> = (0..20)
+            .filter_map(|_| admission.try_admit("fast"))
+            .collect();
+        assert_eq!(fast.len(), 14);
+    }
+
+    #[test]
+    fn steps_go_to_the_least_loaded_connection_serving_them() {
+        let admission = Admission::default();
+        admission.set_rooms(vec![conn(1, 1, &["h"]), conn(2, 3, &["h"])]);
+        let permits: Vec<_> = (0..10).filter_map(|_| admission.try_admit("h")).collect();
+        assert_eq!(permits.len(), 8);
+        let on = |id| permits.iter().filter(|p| p.seat == Some(id)).count();
+        assert_eq!((on(1), on(2)), (2, 6));
     }
 
     #[tokio::test]
-    async fn waiters_are_let_in_first_come_first_as_results_free_room() {
+    async fn waiters_are_let_in_first_come_first_whatever_their_handler() {
         let admission = Admission::default();
-        admission.set_capacity(capacity("h", 1));
-        let first = admission.try_admit("h").unwrap();
-        let _second = admission.try_admit("h").unwrap();
-        let mut a = Box::pin(admission.admit("h"));
-        let mut b = Box::pin(admission.admit("h"));
-        // Someone waits: a newcomer does not jump the line.
-        assert!(admission.try_admit("h").is_none());
+        admission.set_rooms(vec![conn(1, 1, &["a", "b"])]);
+        let first = admission.try_admit("a").unwrap();
+        let _second = admission.try_admit("a").unwrap();
+        let mut b = Box::pin(admission.admit("b"));
+        let mut a = Box::pin(admission.admit("a"));
+        // Someone of `a` waits: a newcomer of `a` does not jump the line.
+        assert!(admission.try_admit("a").is_none());
         let quick = Duration::from_millis(20);
-        assert!(tokio::time::timeout(quick, &mut a).await.is_err());
-        drop(first);
-        let _a = tokio::time::timeout(quick, &mut a).await.expect("a first");
         assert!(tokio::time::timeout(quick, &mut b).await.is_err());
+        drop(first);
+        let _b = tokio::time::timeout(quick, &mut b).await.expect("b first");
+        assert!(tokio::time::timeout(quick, &mut a).await.is_err());
         assert_eq!(admission.counts(), (2, 1));
     }
 
@@ -293,8 +506,8 @@ mod tests {
             .map(|_| admission.try_admit("h").unwrap())
             .collect();
         let waiters: Vec<_> = (0..12).map(|_| admission.admit("h")).collect();
-        admission.set_capacity(capacity("h", 8));
-        // Room for 16: the 8 held and 8 of the 12 waiting.
+        admission.set_rooms(vec![conn(7, 4, &["h"])]);
+        // Room for 8 on the worker: 8 of the 12 waiting.
         assert_eq!(admission.counts(), (16, 4));
         drop(waiters);
         drop(held);
@@ -306,21 +519,40 @@ mod tests {
     }
 
     #[test]
-    fn a_waiter_that_gives_up_is_passed_over() {
+    fn a_waiter_that_gives_up_is_passed_over_and_not_counted() {
         let admission = Admission::default();
-        admission.set_capacity(capacity("h", 1));
+        admission.set_rooms(vec![conn(1, 1, &["h"])]);
         let a = admission.try_admit("h").unwrap();
         let _b = admission.try_admit("h").unwrap();
         let gave_up = admission.admit("h");
         let mut stays = admission.admit("h");
         drop(gave_up);
+        assert_eq!(
+            admission.counts(),
+            (2, 1),
+            "a cancelled waiter is not counted"
+        );
         drop(a);
-        let waker = futures_waker();
+        let waker = noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(matches!(Pin::new(&mut stays).poll(&mut cx), Poll::Ready(_)));
     }
 
-    fn futures_waker() -> std::task::Waker {
+    #[test]
+    fn a_connection_gone_takes_its_room_with_it() {
+        let admission = Admission::default();
+        admission.set_rooms(vec![conn(1, 1, &["h"])]);
+        let permits: Vec<_> = (0..2).map(|_| admission.try_admit("h").unwrap()).collect();
+        admission.set_rooms(vec![conn(2, 1, &["h"])]);
+        // The new connection's room is whole; the old permits give back
+        // nothing to it.
+        let more: Vec<_> = (0..3).filter_map(|_| admission.try_admit("h")).collect();
+        assert_eq!(more.len(), 2);
+        drop(permits);
+        assert!(admission.try_admit("h").is_none());
+    }
+
+    fn noop_waker() -> std::task::Waker {
         struct Noop;
         impl std::task::Wake for Noop {
             fn wake(self: Arc<Self>) {}

@@ -180,6 +180,8 @@ impl Dispatcher {
                 }
                 StepState::Dispatched(_) => {
                     tracing::info!(step_id, timeout_ms, "step timed out");
+                    // Its slot is no room now (see `publish_capacity`).
+                    self.capacity_changed = true;
                     // The slot stays occupied: the handler is still running.
                     self.fail(
                         step_id,

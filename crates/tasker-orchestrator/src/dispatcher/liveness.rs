@@ -12,6 +12,11 @@ impl Dispatcher {
         // Retries deliveries refused earlier by a full pipe.
         self.dispatch_needed = true;
         self.quarantine.expire(now);
+        // Slots of timed-out steps free up when their late results come:
+        // counted again at each tick while any are held.
+        if self.stale_slots > 0 {
+            self.capacity_changed = true;
+        }
         let expiry = self.config.peer_expiry();
         if !self.registry.silent(now, expiry).is_empty() {
             // Judge only after reading what is already queued: a stall of
@@ -182,18 +187,49 @@ impl Dispatcher {
         self.capacity_changed = true;
     }
 
-    /// Tells the admission what each handler's workers hold now, at most
-    /// once per [`CAPACITY_EVERY`]: recounting walks every handler of
-    /// every connection, and a flood of hellos must not make each one pay
-    /// for all the others.
+    /// Tells the admission what each connection taking work can hold
+    /// now, at most once per [`CAPACITY_EVERY`]: the admission indexes
+    /// every handler of every connection, and a flood of hellos must not
+    /// make each one pay for all the others.
     pub(super) fn publish_capacity(&mut self, now: Instant) {
-        if self.capacity_changed && now >= self.capacity_published + CAPACITY_EVERY {
-            self.capacity_changed = false;
-            self.capacity_published = now;
-            self.channels
-                .admission
-                .set_capacity(self.registry.capacity_by_handler());
+        if !(self.capacity_changed && now >= self.capacity_published + CAPACITY_EVERY) {
+            return;
         }
+        self.capacity_changed = false;
+        self.capacity_published = now;
+        let mut stale_total = 0;
+        let rooms = self
+            .registry
+            .iter()
+            .filter(|(_, c)| c.takes_work())
+            .map(|(conn, c)| {
+                // A slot still held by a step that timed out there is no
+                // room: counted as room, it let steps queue behind a hung
+                // handler until they timed out without running.
+                let stale = c
+                    .occupied
+                    .iter()
+                    .filter(|step| !self.steps.held_by(**step, conn))
+                    .count();
+                stale_total += stale;
+                ConnRoom {
+                    id: conn,
+                    capacity: u64::from(c.capacity).saturating_sub(stale as u64),
+                    handlers: Arc::clone(&c.handlers),
+                    limits: c
+                        .limits
+                        .as_deref()
+                        .map(|l| {
+                            l.limited()
+                                .map(|(h, n)| (h.to_string(), u64::from(n)))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        self.stale_slots = stale_total;
+        self.channels.admission.set_rooms(rooms);
     }
 
     /// When the next [`publish_capacity`](Self::publish_capacity) is due, if one is.

@@ -47,7 +47,7 @@ use tasker_transport::{
 };
 use tokio::sync::{oneshot, watch, Semaphore};
 
-use crate::admission::Admission;
+use crate::admission::{Admission, ConnRoom};
 use crate::metrics::{Metrics, Recorder};
 use crate::report::{Load, ShutdownReport, WorkerInfo};
 use crate::ExecutorError;
@@ -181,6 +181,8 @@ pub(crate) struct Dispatcher {
     /// last told what they hold.
     capacity_changed: bool,
     capacity_published: Instant,
+    /// Slots held by steps that timed out where they run, at the last count.
+    stale_slots: usize,
     shutdown: Option<Shutdown>,
     /// Nothing is read from the socket yet: a restarted orchestrator first
     /// learns which steps its earlier run left out, or a worker's answer
@@ -240,6 +242,7 @@ impl Dispatcher {
             capacity_changed: false,
             // The first workers are counted at once.
             capacity_published: now.checked_sub(CAPACITY_EVERY).unwrap_or(now),
+            stale_slots: 0,
             shutdown: None,
         }
     }

@@ -118,9 +118,9 @@ impl Limits {
         self.held.get(step).map(|h| &**h)
     }
 
-    /// The limit of `handler`, if it has one.
-    fn limit_of(&self, handler: &str) -> Option<u32> {
-        self.handlers.get(handler).map(|s| s.limit)
+    /// Each limited handler with its limit.
+    pub fn limited(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.handlers.iter().map(|(h, s)| (&**h, s.limit))
     }
 }
 
@@ -318,29 +318,6 @@ impl Registry {
 
     pub fn get_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
         self.conns.get_mut(&conn)
-    }
-
-    /// How many steps of each handler the connections taking work can
-    /// hold together (a handler's limit, where a hello set one, bounds a
-    /// connection's share).
-    pub fn capacity_by_handler(&self) -> HashMap<Arc<str>, u64> {
-        let mut capacity: HashMap<Arc<str>, u64> = HashMap::new();
-        for (_, c) in self.iter().filter(|(_, c)| c.takes_work()) {
-            for handler in c.handlers.iter() {
-                let share = c
-                    .limits
-                    .as_deref()
-                    .and_then(|l| l.limit_of(handler))
-                    .map_or(c.capacity, |limit| limit.min(c.capacity));
-                match capacity.get_mut(handler.as_str()) {
-                    Some(n) => *n += u64::from(share),
-                    None => {
-                        capacity.insert(Arc::from(handler.as_str()), u64::from(share));
-                    }
-                }
-            }
-        }
-        capacity
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (ConnId, &Conn)> {
