@@ -1040,3 +1040,46 @@ async fn h15_a_peer_flooding_malformed_messages_is_dropped_unread_and_the_others
     worker.hello("calm", &["echo"], 1);
     executor.shutdown(LONG).await;
 }
+
+/// Waits until the admission has room for exactly `n` steps of `slow`
+/// (the I/O thread tells it within a heartbeat or so).
+async fn room_for(admission: &tasker_orchestrator::Admission, n: usize) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let permits: Vec<_> = (0..4).filter_map(|_| admission.try_admit("slow")).collect();
+        if permits.len() == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "room for {} steps, not {n}",
+            permits.len()
+        );
+        drop(permits);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A slot held by a step that timed out where it still runs is no room for
+/// a durable caller's admission: counted as room, steps queued behind a
+/// hung handler until they too timed out without having run. Its late
+/// result frees the slot, and the room comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h16_a_slot_held_by_a_timed_out_step_is_no_room_until_its_result_comes() {
+    let executor = start(&config());
+    let admission = executor.admission().clone();
+    let peer = RawPeer::connect(executor.endpoint());
+    peer.hello("hung", &["slow"], 1);
+    room_for(&admission, 2).await;
+    let handle = executor
+        .submit(StepBatchRequest::new("hangs", steps(1..2, "slow", 200)))
+        .await
+        .unwrap();
+    let held = delivered(&peer);
+    let results = handle.collect().await;
+    assert_eq!(results[0].status, StepStatus::TimedOut);
+    room_for(&admission, 0).await;
+    peer.respond(vec![completed(&held[0], json!("late"), "hung")]);
+    room_for(&admission, 2).await;
+    executor.shutdown(LONG).await;
+}
