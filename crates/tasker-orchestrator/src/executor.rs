@@ -104,6 +104,14 @@ impl ZmqPubSubExecutor {
             source,
         };
         tasker_transport::configure_socket(&socket, config).map_err(bind_error)?;
+        // Per connection. A worker reading its messages never has more
+        // than its deliveries (bounded by its credit) and a few beats
+        // waiting; one that never reads had every reply to it kept, up to
+        // `send_hwm` (100,000 by default: about 30 MB a connection, and
+        // 100 such connections held 3 GB).
+        socket
+            .set_sndhwm(config.send_hwm.min(ROUTER_SEND_HWM))
+            .map_err(bind_error)?;
         // Both before the bind: no connection may get in unasked or unseen.
         let zap = match &curve {
             Some(curve) => {
@@ -521,6 +529,10 @@ fn ipc_in_use(endpoint: &str) -> bool {
 fn submit_span(batch: &StepBatchRequest) -> tracing::Span {
     tracing::debug_span!("submit", batch_id = %batch.batch_id, steps = batch.steps.len())
 }
+
+/// Most messages waiting to go out to one connection of the orchestrator's
+/// ROUTER (see `start`).
+const ROUTER_SEND_HWM: i32 = 4_096;
 
 /// Longest step timeout accepted: 30 days.
 const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;

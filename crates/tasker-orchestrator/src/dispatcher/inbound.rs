@@ -55,7 +55,7 @@ impl Dispatcher {
             Ok(message) => message,
             Err(error) => {
                 Metrics::add(&self.channels.metrics.malformed_messages, 1);
-                if self.quarantine.strike(&routing_id, now) {
+                if self.quarantine.strike(&routing_id, now) && self.warnings.allow(&routing_id) {
                     tracing::warn!(
                         peer = %hex(&routing_id),
                         quarantine_s = quarantine::QUARANTINE.as_secs(),
