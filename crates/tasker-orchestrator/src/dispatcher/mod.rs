@@ -183,6 +183,8 @@ pub(crate) struct Dispatcher {
     capacity_published: Instant,
     /// Slots held by steps that timed out where they run, at the last count.
     stale_slots: usize,
+    /// Least time between two counts (see `publish_capacity`).
+    capacity_every: Duration,
     shutdown: Option<Shutdown>,
     /// Nothing is read from the socket yet: a restarted orchestrator first
     /// learns which steps its earlier run left out, or a worker's answer
@@ -243,6 +245,7 @@ impl Dispatcher {
             // The first workers are counted at once.
             capacity_published: now.checked_sub(CAPACITY_EVERY).unwrap_or(now),
             stale_slots: 0,
+            capacity_every: CAPACITY_EVERY,
             shutdown: None,
         }
     }
