@@ -151,6 +151,8 @@ pub(crate) struct Conn {
     pub limits: Option<Box<Limits>>,
     /// Where its next delivery's round robin over `handlers` starts.
     pub next_handler: usize,
+    /// Its drain was logged (once per connection).
+    pub drain_logged: bool,
     /// What its hello holds here, as [`Hello::weight`] estimated it.
     weight: usize,
 }
@@ -356,6 +358,7 @@ impl Registry {
                 pid: hello.pid,
                 limits: hello.limits,
                 next_handler: 0,
+                drain_logged: false,
                 weight,
             },
         );

@@ -141,9 +141,10 @@ impl Dispatcher {
         let Some(c) = self.registry.get_mut(conn) else {
             return;
         };
-        // Said once per connection: a peer repeating drains wrote a line
-        // per message (5,000 in 1.5 s).
-        if !c.draining {
+        // Said once per connection: a peer repeating drains (or cycling
+        // drain and hello) wrote a line per message (5,000 in 1.5 s).
+        if !c.drain_logged {
+            c.drain_logged = true;
             tracing::info!(
                 worker_id = %codec::truncate(&c.worker_id, 64),
                 returned = returned.len(),
