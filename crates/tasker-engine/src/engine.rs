@@ -1143,7 +1143,9 @@ impl TaskRun {
         tracing::info!(
             task_id = self.task_id,
             step = %cut(&name, 80),
+            step_id = self.steps[i].step_id,
             attempt,
+            worker_id = %cut(self.steps[i].worker_id.as_deref().unwrap_or(""), 64),
             error_type = %cut(&error.error_type, 80),
             error = %cut(&error.message, 200),
             retrying,
