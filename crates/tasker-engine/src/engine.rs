@@ -852,14 +852,20 @@ impl TaskRun {
             return;
         }
         self.suspended = true;
+        self.leave_the_line();
+        let queued = self.running_steps();
+        self.integration.withdraw(queued);
+    }
+
+    /// Nothing more will be dispatched: the task's place in line, and the
+    /// room its steps not yet dispatched were given, go to other tasks.
+    fn leave_the_line(&mut self) {
         self.admitting = None;
         for s in &mut self.steps {
             if s.state != State::Running {
                 s.permit = None;
             }
         }
-        let queued = self.running_steps();
-        self.integration.withdraw(queued);
     }
 
     /// The attempts out now, queued in the executor or at workers.
@@ -884,14 +890,13 @@ impl TaskRun {
         // workers finish and are recorded.
         let queued = self.running_steps();
         self.integration.withdraw(queued);
-        self.admitting = None;
+        self.leave_the_line();
         let now = Instant::now();
         let wall = Utc::now();
         for i in 0..self.steps.len() {
             if matches!(self.steps[i].state, State::Waiting | State::RetryAt(_)) {
                 self.touch(i);
                 let s = &mut self.steps[i];
-                s.permit = None;
                 s.state = State::Done(StepOutcome::Cancelled);
                 s.ended = Some(now);
                 s.ended_at = Some(wall);

@@ -114,10 +114,18 @@ impl Dispatcher {
             match entry.state {
                 StepState::Queued => {
                     let handler = entry.handler.clone();
-                    let served = self
-                        .registry
-                        .iter()
-                        .any(|(_, c)| c.takes_work() && c.handlers.iter().any(|h| **h == *handler));
+                    // Whether a connection taking work serves it, and
+                    // whether one taking none (draining, gone) does.
+                    let (mut served, mut idle) = (false, false);
+                    for (_, c) in self.registry.iter() {
+                        if c.handlers.iter().any(|h| **h == *handler) {
+                            if c.takes_work() {
+                                served = true;
+                            } else {
+                                idle = true;
+                            }
+                        }
+                    }
                     let (status, error) = if served {
                         (
                             StepStatus::TimedOut,
@@ -130,14 +138,12 @@ impl Dispatcher {
                             ),
                         )
                     } else {
-                        // A typo in a workflow or a worker's list shows here
-                        // first: name what is served that comes close (from a
-                        // bounded number of names: this runs on the I/O thread).
                         // Served only by connections taking no work: say
                         // so, rather than suggest the very name that failed.
-                        let idle = self.registry.iter().any(|(_, c)| {
-                            !c.takes_work() && c.handlers.iter().any(|h| **h == *handler)
-                        });
+                        // Otherwise a typo in a workflow or a worker's list
+                        // shows here first: name what is served that comes
+                        // close (from a bounded number of names: this runs
+                        // on the I/O thread).
                         let near = if idle {
                             "; the workers serving it are draining or gone".to_string()
                         } else {
