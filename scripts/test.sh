@@ -22,6 +22,8 @@ step "cargo test"
 cargo test --no-fail-fast
 
 failed=()
+step "protocol/SPEC.md §11: its minimal pyzmq worker against the orchestrator"
+bash protocol/test.sh || failed+=("protocol")
 for lang in python ruby node; do
   step "bindings/$lang"
   bash "bindings/$lang/test.sh" || failed+=("bindings/$lang")
