@@ -546,6 +546,19 @@ fn the_dashboard_shows_a_task_to_the_end_and_cancels_a_running_one() {
         };
         assert_eq!(outcomes, expected, "the attempt bars of {name}: {bars:?}");
     }
+    // The step shows its latest error only (none: it completed); the
+    // failed attempt's bar says why it failed, from the journal.
+    let failed = bars
+        .iter()
+        .find(|bar| bar["step"] == "price" && bar["attempt"] == "1")
+        .unwrap();
+    assert!(
+        failed["text"]
+            .as_str()
+            .unwrap()
+            .contains("(RetryableError: attempt 1 of price fails on purpose)"),
+        "{failed}"
+    );
     assert_eq!(browser.testids("timeline").len(), 1);
     assert_eq!(
         browser.testids("backoff").len(),

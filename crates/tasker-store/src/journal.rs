@@ -5,13 +5,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use tasker_engine::{Journal, JournalError, StepState, TaskState, Transition};
+use tasker_protocol::StepExecutionError;
 
 use crate::rows::{to_ms, JournalLine, StepUpdate, TaskEnd};
 use crate::writer::{
     Change, Check, Outcome, PreparedCommit, PreparedTransition, Request, WriteError,
 };
-use crate::Store;
+use crate::{Store, StoreError};
 
 /// Commits transitions of the tasks `owner` holds.
 pub(crate) struct StoreJournal {
@@ -46,6 +48,39 @@ impl Journal for StoreJournal {
     }
 }
 
+/// Characters of a failed attempt's message the journal keeps: the step
+/// keeps its latest error whole, and a handler's message may be as large
+/// as a result (a journal line is written for every failed attempt).
+const MESSAGE_CHARS: usize = 1_000;
+
+/// A journal line's `detail`: who an attempt was dispatched by, or why it
+/// failed.
+#[derive(Serialize, Deserialize, Default)]
+struct Detail {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dispatched_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<StepExecutionError>,
+}
+
+/// The error a journal line's `detail` records, if it ended an attempt
+/// failing.
+pub(crate) fn failed_attempt(detail: &str) -> Result<Option<StepExecutionError>, StoreError> {
+    serde_json::from_str::<Detail>(detail)
+        .map(|d| d.error)
+        .map_err(|e| StoreError::Corrupt(format!("a journal line's detail: {e}")))
+}
+
+/// What the journal keeps of an attempt's error: the kind and
+/// retryability, the message cut, no backtrace.
+fn journal_error(error: &StepExecutionError) -> StepExecutionError {
+    let message = match error.message.char_indices().nth(MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}…", &error.message[..cut]),
+        None => error.message.clone(),
+    };
+    StepExecutionError::new(error.error_type.clone(), message, error.retryable)
+}
+
 fn serialise_error(e: serde_json::Error) -> JournalError {
     JournalError::Invalid(format!("serialising a transition: {e}"))
 }
@@ -69,12 +104,24 @@ pub(crate) fn prepare(
                 // A result names its worker; a dispatch names its executor.
                 let result_of_attempt =
                     from_state == StepState::Running && to.state != StepState::Running;
-                let detail = match (&to.dispatched_by, to.state) {
-                    (Some(by), StepState::Running) => {
-                        Some(serde_json::json!({ "dispatched_by": by }).to_string())
+                let detail = match (&to.dispatched_by, &to.error, to.state) {
+                    (Some(by), _, StepState::Running) => Some(Detail {
+                        dispatched_by: Some(by.clone()),
+                        ..Detail::default()
+                    }),
+                    (_, Some(error), StepState::RetryWait | StepState::Failed)
+                        if result_of_attempt =>
+                    {
+                        Some(Detail {
+                            error: Some(journal_error(error)),
+                            ..Detail::default()
+                        })
                     }
                     _ => None,
-                };
+                }
+                .map(|d| serde_json::to_string(&d))
+                .transpose()
+                .map_err(serialise_error)?;
                 let journal = JournalLine {
                     task_id,
                     step_id: Some(step_id),
@@ -130,4 +177,34 @@ pub(crate) fn prepare(
         owner: Arc::clone(owner),
         transitions: prepared,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_attempts_line_keeps_its_kind_and_a_cut_message() {
+        let mut error =
+            StepExecutionError::new("Gateway::Busy", "é".repeat(MESSAGE_CHARS + 5), true);
+        error.backtrace = vec!["app.rb:3".into()];
+        let detail = serde_json::to_string(&Detail {
+            error: Some(journal_error(&error)),
+            ..Detail::default()
+        })
+        .unwrap();
+        let kept = failed_attempt(&detail).unwrap().unwrap();
+        assert_eq!(
+            (kept.error_type.as_str(), kept.retryable),
+            ("Gateway::Busy", true)
+        );
+        assert_eq!(kept.message, format!("{}…", "é".repeat(MESSAGE_CHARS)));
+        assert!(kept.backtrace.is_empty(), "the step keeps the backtrace");
+        // A dispatch's line names its executor and no error.
+        assert_eq!(
+            failed_attempt(r#"{"dispatched_by":"orch-1"}"#).unwrap(),
+            None
+        );
+        assert!(matches!(failed_attempt("{"), Err(StoreError::Corrupt(_))));
+    }
 }

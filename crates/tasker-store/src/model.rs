@@ -97,6 +97,11 @@ pub struct JournalEntry {
     /// The worker whose result caused it, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<String>,
+    /// Why the attempt failed, on the entry that ended it failing
+    /// (`running` → `retry_wait` or `failed`): the step itself keeps only
+    /// its latest attempt's error. The message is cut to 1,000 characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<tasker_protocol::StepExecutionError>,
     /// When it happened.
     pub at: DateTime<Utc>,
 }

@@ -124,7 +124,7 @@ pub(crate) async fn journal_entries(
 ) -> Result<Vec<JournalEntry>, StoreError> {
     let rows: Vec<JournalRow> = with_pool!(db, pool => {
         sqlx::query_as(
-            "SELECT seq, task_id, step_id, from_state, to_state, attempt, worker_id, at \
+            "SELECT seq, task_id, step_id, from_state, to_state, attempt, worker_id, at, detail \
              FROM transitions WHERE task_id = $1 ORDER BY seq",
         )
         .bind(task_id)

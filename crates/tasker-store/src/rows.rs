@@ -259,6 +259,7 @@ pub(crate) struct JournalRow {
     pub attempt: i64,
     pub worker_id: Option<String>,
     pub at: i64,
+    pub detail: Option<String>,
 }
 
 impl JournalRow {
@@ -271,6 +272,10 @@ impl JournalRow {
             to_state: self.to_state,
             attempt: count(self.attempt, "attempt")?,
             worker_id: self.worker_id,
+            error: match self.detail.as_deref() {
+                Some(detail) => crate::journal::failed_attempt(detail)?,
+                None => None,
+            },
             at: from_ms(self.at)?,
         })
     }

@@ -10,6 +10,7 @@ use chrono::Utc;
 use common::*;
 use serde_json::json;
 use tasker_engine::{JournalError, StepOutcome, StepSnapshot, StepState, TaskState, Transition};
+use tasker_protocol::StepExecutionError;
 use tasker_store::{CancelOutcome, Created, StoreError, TaskFilter};
 
 /// A journal entry as the test compares it: step, from, to, attempt, worker.
@@ -275,6 +276,26 @@ async fn committed_transitions_show_in_the_task_and_its_journal(db: TestDb) {
     );
     assert!(entries.windows(2).all(|w| w[0].seq < w[1].seq));
     assert!(entries.iter().all(|e| e.task_id == task_id));
+    // The attempt that failed says why on its own line; the step keeps
+    // only its latest error, so this is where earlier ones are read.
+    let errors: Vec<(&str, Option<&StepExecutionError>)> = entries
+        .iter()
+        .map(|e| (e.to_state.as_str(), e.error.as_ref()))
+        .collect();
+    let failed_attempt = transform_waiting.error.as_ref();
+    assert_eq!(
+        errors,
+        [
+            ("running", None),
+            ("running", None),
+            ("completed", None),
+            ("running", None),
+            ("retry_wait", failed_attempt),
+            ("failed", None),
+            ("blocked", None),
+            ("failed", None),
+        ]
+    );
 }
 
 async fn a_stale_transition_conflicts_and_nothing_of_its_call_applies(db: TestDb) {

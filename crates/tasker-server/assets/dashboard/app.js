@@ -815,7 +815,10 @@
           // The worker is named on the row that ended the attempt (a dispatch
           // row may not know it yet).
           const worker = (next && next.worker_id) || row.worker_id;
-          attempts.push({ start, end: next ? Date.parse(next.at) : open, outcome, attempt: row.attempt, worker });
+          // The step shows only its latest error; an earlier attempt's is on
+          // the row that ended it.
+          const error = next && next.error;
+          attempts.push({ start, end: next ? Date.parse(next.at) : open, outcome, attempt: row.attempt, worker, error });
         } else if (row.to_state === 'retry_wait') {
           backoffs.push({ start, end: next ? Date.parse(next.at) : open });
         }
@@ -871,7 +874,10 @@
           svg.append(s('rect', {
             class: 'bar-' + cls, 'data-testid': 'attempt-bar', 'data-step': step.name, 'data-attempt': a.attempt, 'data-outcome': a.outcome,
             x: x(a.start), y: mid, width: Math.max(3, x(a.end) - x(a.start)), height: this.barH, rx: 3,
-          }, s('title', { text: `${step.name} attempt ${a.attempt}: ${duration(a.end - a.start)}, ${what}` + (a.worker ? ' on ' + a.worker : '') })));
+          }, s('title', {
+            text: `${step.name} attempt ${a.attempt}: ${duration(a.end - a.start)}, ${what}` + (a.worker ? ' on ' + a.worker : '')
+              + (a.error ? ` (${a.error.error_type}: ${clip(a.error.message, 300)})` : ''),
+          })));
         }
         if (!lane.attempts.length) {
           svg.append(s('text', { class: 'idle', x: this.labelW + 4, y: top + this.laneH / 2 + 4, text: step.state === 'waiting' ? 'not started' : 'never ran (' + step.state.replace('_', ' ') + ')' }));
