@@ -196,6 +196,31 @@ async fn h8_h10_h11_bad_input_is_quoted_briefly_and_floods_do_not_flood_the_log(
         lines < 50,
         "20,000 unwanted results wrote {lines} log lines"
     );
+
+    // A result on a connection without a hello (its worker declared dead,
+    // say) is logged with the worker the result names, not an empty one.
+    let from = captured().0.lock().unwrap().len();
+    let known = RawPeer::connect(executor.endpoint());
+    known.hello("known", &["echo"], 1);
+    let ghost = RawPeer::connect(executor.endpoint());
+    *ghost.orchestrator_id.borrow_mut() = known.orchestrator_id.borrow().clone();
+    let step = StepRef {
+        step_id: 9_999_999,
+        attempt: 1,
+    };
+    ghost.respond(vec![StepExecutionResult::completed(
+        step,
+        serde_json::json!(1),
+        "ghost-7",
+        1,
+    )]);
+    wait_until_logged(from, "duplicate result dropped").await;
+    let text = String::from_utf8_lossy(&captured().0.lock().unwrap()[from..]).to_string();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("duplicate result dropped") && l.contains("ghost-7")),
+        "{text}"
+    );
     executor.shutdown(LONG).await;
 
     // h11: under CURVE, 300 connections each with a new unlisted key, and

@@ -346,7 +346,7 @@ impl Dispatcher {
                 }
                 self.finish(step.step_id, result, Ended::ByWorker);
             } else {
-                self.count_unwanted(Some(conn), step);
+                self.count_unwanted(Some(conn), &result);
             }
         }
         if let Some(old) = old {

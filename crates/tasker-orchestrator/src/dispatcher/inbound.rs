@@ -101,7 +101,7 @@ impl Dispatcher {
                     let bytes = frames.iter().map(|f| f.len()).sum();
                     unwanted.extend(self.unclaimed.keep(&routing_id, in_flight, bytes, now));
                     for result in unwanted {
-                        self.count_unwanted(None, result.step_ref());
+                        self.count_unwanted(None, &result);
                     }
                     self.reply_unknown(&routing_id);
                 }

@@ -51,7 +51,7 @@ impl Dispatcher {
                     tracing::debug!(step_id = step.step_id, status = ?result.status, "step result");
                     self.ended(answered.entry, result, Ended::ByWorker);
                 }
-                None => self.count_unwanted(Some(conn), step),
+                None => self.count_unwanted(Some(conn), &result),
             }
         }
         if let Some(refusal) = refusal {
@@ -62,8 +62,11 @@ impl Dispatcher {
 
     /// A result that took no effect: say why in the counters, and in the
     /// log within the peers' rate limit (a peer resending 20,000 results
-    /// wrote 20,000 lines), naming the worker that sent it.
-    pub(super) fn count_unwanted(&mut self, conn: Option<ConnId>, step: StepRef) {
+    /// wrote 20,000 lines), naming the worker that sent it: the one
+    /// registered on `conn`, else (no hello there, e.g. a worker declared
+    /// dead) the one the result itself names.
+    pub(super) fn count_unwanted(&mut self, conn: Option<ConnId>, result: &StepExecutionResult) {
+        let step = result.step_ref();
         let metrics = &self.channels.metrics;
         let in_flight = self
             .steps
@@ -89,10 +92,10 @@ impl Dispatcher {
         if !self.warnings.allow_conn(conn.unwrap_or(0)) {
             return;
         }
-        let worker_id = conn
-            .and_then(|conn| self.registry.get(conn))
-            .map(|c| codec::truncate(&c.worker_id, 64))
-            .unwrap_or_default();
+        let worker_id = match conn.and_then(|conn| self.registry.get(conn)) {
+            Some(c) => codec::truncate(&c.worker_id, 64),
+            None => codec::truncate(&result.metadata.worker_id, 64),
+        };
         if in_flight {
             tracing::warn!(step_id = step.step_id, attempt = step.attempt, %worker_id, "{why}");
         } else {
