@@ -118,6 +118,12 @@ fn init_logging(default_level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
+        // A log line that cannot be written is lost, not reported: the
+        // report goes through `eprintln!`, which panics when stderr fails
+        // too, so a full disk under a log file panicked whichever thread
+        // logged, the store's writer among them, and the server never
+        // wrote again after space came back.
+        .log_internal_errors(false)
         .init();
 }
 

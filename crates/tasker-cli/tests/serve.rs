@@ -55,9 +55,21 @@ impl Serve {
 
     /// The server, or its log when it exited before printing its address.
     fn try_start(dir: &Path, store: &str, endpoint: &str) -> Result<Serve, String> {
+        Serve::try_start_with(dir, store, endpoint, |_| {})
+    }
+
+    /// [`Serve::try_start`], its command adjusted by `adjust` first.
+    fn try_start_with(
+        dir: &Path,
+        store: &str,
+        endpoint: &str,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<Serve, String> {
         let log = dir.join(format!("serve-{}.log", Instant::now().elapsed().as_nanos()));
         let log = unique(log);
-        let mut child = Command::new(TASKER)
+        let mut command = Command::new(TASKER);
+        adjust(&mut command);
+        let mut child = command
             .arg("serve")
             .args(["--store", store])
             .args(["--api-listen", "127.0.0.1:0"])
@@ -938,6 +950,13 @@ fn s9_with_postgres_down_requests_are_answered_503_store_unavailable_and_a_creat
     );
 
     pg.start_again().expect("PostgreSQL starts again");
+    // Ready again before anything else writes: its own probe finds the
+    // writes going through (the create above failed, so it must ask).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(serve.url("/readyz")).send().unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "never ready again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     let created = loop {
         let response = http
@@ -1173,4 +1192,88 @@ fn s14_a_killed_server_costs_no_attempt_of_the_backlog_waiting_in_its_store() {
          the {capacity} queued to follow the steps at the worker may\n{}",
         tail(&serve.log(), 30)
     );
+}
+
+/// Sets (or, with `None`, lifts) the largest file process `pid` may write:
+/// past it a write fails `EFBIG`, as a write to a full disk fails `ENOSPC`.
+fn limit_file_size(pid: u32, bytes: Option<u64>) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: `limit` is a valid rlimit for the call's duration, and a
+    // null old-limit pointer asks for nothing back.
+    let done = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(done, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// A full disk fails the store's writes while its reads still answer, and
+/// `/readyz` said ready then: a load balancer kept sending tasks to a
+/// server that could not record them. A file size limit stands in for the
+/// full disk.
+#[test]
+fn s15_a_store_that_takes_no_writes_makes_the_server_not_ready_until_writes_go_through() {
+    use std::os::unix::process::CommandExt;
+    let (dir, endpoint, store) = sqlite_setup_with("one_try", ONE_TRY_WORKFLOW);
+    let serve = Serve::try_start_with(dir.path(), &store, &endpoint, |command| {
+        // SAFETY: only an async-signal-safe call between fork and exec.
+        // Ignored, a write past the limit fails instead of killing the
+        // process, as on a full disk (the disposition survives exec).
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    })
+    .unwrap_or_else(|log| panic!("no address line; log:\n{log}"));
+    let http = client();
+    let ready = || {
+        let response = http.get(serve.url("/readyz")).send().unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().unwrap(),
+        )
+    };
+    let create = json!({ "workflow": "one_try", "context": {} });
+    assert_eq!(ready().0, 200, "{:?}", ready().1);
+
+    limit_file_size(serve.child.id(), Some(1));
+    let refused = http
+        .post(serve.url("/v1/tasks"))
+        .json(&create)
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 503, "{:?}", refused.text());
+    let (status, body) = ready();
+    assert_eq!(status, 503, "{body:#}");
+    assert_eq!(
+        (body["ready"].clone(), body["store"].clone()),
+        (json!(false), json!(false)),
+        "{body:#}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not take writes"),
+        "{body:#}"
+    );
+
+    limit_file_size(serve.child.id(), None);
+    let (status, body) = ready();
+    assert_eq!(status, 200, "ready once a write goes through: {body:#}");
+    let created = http
+        .post(serve.url("/v1/tasks"))
+        .json(&create)
+        .send()
+        .unwrap();
+    assert_eq!(created.status(), 201, "{:?}", created.text());
 }

@@ -54,7 +54,8 @@ pub struct WorkerView {
 pub struct Readiness {
     /// Whether the service takes tasks now.
     pub ready: bool,
-    /// Whether the store answers.
+    /// Whether the store answers reads and takes writes (a full disk
+    /// fails writes while reads still answer).
     pub store: bool,
     /// Workers connected.
     pub workers: u64,
@@ -702,6 +703,9 @@ impl Service {
         let store = matches!(
             tokio::time::timeout(READY_WAIT, self.store.ping()).await,
             Ok(Ok(()))
+        ) && matches!(
+            tokio::time::timeout(READY_WAIT, self.store.writable()).await,
+            Ok(true)
         );
         Readiness {
             ready: store && !shutting_down,

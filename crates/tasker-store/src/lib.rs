@@ -522,6 +522,20 @@ impl Store {
         reads::ping(&self.inner.db).await
     }
 
+    /// Whether writes go through: true unless the writer's last group
+    /// failed (a full disk, a database gone), in which case one small row
+    /// is written to find out whether they go through again. Reads may
+    /// still answer when writes do not, so a readiness check asks both.
+    pub async fn writable(&self) -> bool {
+        if !self.inner.stats.failing.load(Ordering::Relaxed) {
+            return true;
+        }
+        matches!(
+            self.submit(Request::Probe { now: now_ms() }).await,
+            Ok(Outcome::Count(_))
+        )
+    }
+
     /// Commits what is queued, then closes the connections. Later calls
     /// fail with [`StoreError::Closed`].
     pub async fn close(&self) {

@@ -388,6 +388,18 @@ impl WriteTx for Transaction<'_, Postgres> {
         crate::writer::parse_epoch(&epoch)
     }
 
+    async fn probe(&mut self, now: i64) -> Result<(), WriteError> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(crate::reads::WRITE_PROBE_KEY)
+        .bind(now.to_string())
+        .execute(&mut **self)
+        .await?;
+        Ok(())
+    }
+
     async fn epoch(&mut self) -> Result<i64, WriteError> {
         // Taken before the read, and the read is a statement of its own: its
         // snapshot then sees every raise committed before the lock.

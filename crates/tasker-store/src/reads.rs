@@ -16,6 +16,8 @@ const ORCHESTRATOR_ID_KEY: &str = "orchestrator_id";
 /// The `meta` key of the epoch a server raises when it takes the store
 /// over (see `Store::take_over`).
 pub(crate) const NODE_EPOCH_KEY: &str = "node_epoch";
+/// `meta` key of [`Store::writable`](crate::Store::writable)'s probe.
+pub(crate) const WRITE_PROBE_KEY: &str = "write_probe";
 
 /// A read failed: a closed pool is a closed store.
 pub(crate) fn read_error(e: sqlx::Error) -> StoreError {

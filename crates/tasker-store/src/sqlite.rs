@@ -426,6 +426,15 @@ impl WriteTx for Transaction<'_> {
         crate::writer::parse_epoch(&epoch)
     }
 
+    async fn probe(&mut self, now: i64) -> Result<(), WriteError> {
+        self.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )?
+        .execute(params![crate::reads::WRITE_PROBE_KEY, now.to_string()])?;
+        Ok(())
+    }
+
     async fn epoch(&mut self) -> Result<i64, WriteError> {
         let epoch: Option<String> = self
             .prepare_cached("SELECT value FROM meta WHERE key = ?1")?

@@ -162,6 +162,10 @@ pub(crate) trait WriteTx {
     /// The store's epoch, read so that no [`take_over`](Self::take_over)
     /// commits between the read and this transaction's commit (0 before any).
     fn epoch(&mut self) -> impl Future<Output = Result<i64, WriteError>>;
+
+    /// Records `now` in the `meta` table: a write that changes a page, so
+    /// it fails where any other would (a full disk), and is harmless.
+    fn probe(&mut self, now: i64) -> impl Future<Output = Result<(), WriteError>>;
 }
 
 /// A task to create, serialised by the caller.
@@ -267,6 +271,11 @@ pub(crate) enum Request {
     /// Makes this writer's the store's writes that count: see
     /// [`WriteTx::take_over`].
     TakeOver,
+    /// Writes one small row, to learn whether writes go through again
+    /// after they failed (a full disk): see [`WriteTx::probe`].
+    Probe {
+        now: i64,
+    },
 }
 
 impl Request {
@@ -383,6 +392,9 @@ pub(crate) enum Op {
 pub(crate) struct Stats {
     pub commits: AtomicU64,
     pub calls: AtomicU64,
+    /// Whether the last group failed: nothing is written until one goes
+    /// through again (`/readyz` asks).
+    pub failing: std::sync::atomic::AtomicBool,
     pub transitions: AtomicU64,
     pub tasks_created: AtomicU64,
     /// How long each group's transaction took (Prometheus).
@@ -396,6 +408,7 @@ impl Default for Stats {
         Self {
             commits: AtomicU64::default(),
             calls: AtomicU64::default(),
+            failing: Default::default(),
             transitions: AtomicU64::default(),
             tasks_created: AtomicU64::default(),
             // 100 µs to about 6.5 s.
@@ -590,6 +603,7 @@ impl Writer {
                         "store writes go through again"
                     );
                     self.failing = 0;
+                    self.stats.failing.store(false, Ordering::Relaxed);
                 }
                 self.stats
                     .commit_seconds
@@ -638,6 +652,7 @@ impl Writer {
                     }
                 }
                 self.failing += 1;
+                self.stats.failing.store(true, Ordering::Relaxed);
                 if self.failing == 1 {
                     tracing::warn!(%error, operations = replies.len(), "store write failed; nothing of it was committed");
                 } else {
@@ -759,6 +774,10 @@ async fn apply_single<T: WriteTx>(tx: &mut T, request: &Request) -> Result<Outco
         }
         Request::Purge { cutoff, limit } => Outcome::Count(tx.purge(*cutoff, *limit).await?),
         Request::TakeOver => Outcome::Count(tx.take_over().await? as u64),
+        Request::Probe { now } => {
+            tx.probe(*now).await?;
+            Outcome::Count(1)
+        }
         Request::Create(_) | Request::Commit(_) | Request::Cancel { .. } => {
             return Err(inconsistent(
                 "a grouped request reached the single-request path",

@@ -182,7 +182,7 @@ async fn readyz(State(service): Shared) -> Response {
     let detail = if readiness.shutting_down {
         "the service is shutting down"
     } else {
-        "the task store does not answer"
+        "the task store does not answer, or does not take writes (a full disk?)"
     };
     let mut problem = Problem::new(ProblemKind::NotReady, detail);
     problem.readiness = Some(readiness);
