@@ -240,6 +240,16 @@ fn wait_all_ended(http: &reqwest::blocking::Client, serve: &Serve, timeout: Dura
     }
 }
 
+/// How many workers are connected.
+fn get_workers(http: &reqwest::blocking::Client, serve: &Serve) -> usize {
+    let workers: Value = http
+        .get(serve.url("/v1/workers"))
+        .send()
+        .and_then(|r| r.json())
+        .unwrap();
+    workers["workers"].as_array().unwrap().len()
+}
+
 /// Waits until the connected workers hold at least `n` steps between them.
 fn wait_for_steps_at_workers(http: &reqwest::blocking::Client, serve: &Serve, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1276,4 +1286,60 @@ fn s15_a_store_that_takes_no_writes_makes_the_server_not_ready_until_writes_go_t
         .send()
         .unwrap();
     assert_eq!(created.status(), 201, "{:?}", created.text());
+}
+
+const TYPO_WORKFLOW: &str = r#"
+name: typo
+description: a step whose handler name is one letter off what the worker serves
+defaults:
+  timeout_ms: 60000
+steps:
+  - name: only
+    handler: ecko
+"#;
+
+/// A handler name nobody serves, with workers connected, is said at once
+/// with the served name it comes close to: it used to show only when its
+/// steps ended `NoWorkerForHandler`, a timeout (and every retry) later.
+#[test]
+fn s16_a_handler_no_connected_worker_serves_is_warned_about_at_once_with_a_near_name() {
+    let (dir, endpoint, store) = sqlite_setup_with("typo", TYPO_WORKFLOW);
+    let serve = Serve::start(dir.path(), &store, &endpoint);
+    let _workers = Workers::start(&endpoint, 1, 2);
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get_workers(&http, &serve) == 0 {
+        assert!(Instant::now() < deadline, "the worker never registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    submit_of(&http, &serve, "typo", 3);
+    let warned = loop {
+        let log = serve.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("no connected worker serves handler"))
+        {
+            break line.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no warning:\n{}",
+            tail(&log, 20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        warned.contains(r#"handler "ecko""#) && warned.contains(r#"did you mean "echo"?"#),
+        "{warned}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        serve
+            .log()
+            .matches("no connected worker serves handler")
+            .count(),
+        1,
+        "once for three tasks"
+    );
 }

@@ -28,6 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -35,6 +36,14 @@ use tokio::sync::oneshot;
 /// wait for the first worker, or end `NoWorkerForHandler` at their
 /// timeout as any queued step does, while the rest wait in the store.
 pub const ADMITTED_WITHOUT_WORKERS: u64 = 8;
+
+/// How often a handler no connected worker serves is warned about.
+const UNSERVED_WARNING_EVERY: Duration = Duration::from_secs(60);
+/// Handlers remembered as warned about, at most (a workflow may name
+/// thousands nobody serves).
+const WARNED_HANDLERS: usize = 1_024;
+/// Served handler names a "did you mean" hint compares at most.
+const NEAR_NAMES_LOOKED_AT: usize = 4_096;
 
 /// What one connection taking work can hold, as the I/O thread sees it.
 #[derive(Debug, Clone)]
@@ -81,6 +90,8 @@ struct State {
     /// Handlers whose line has someone waiting.
     waiting: HashSet<Arc<str>>,
     next_seq: u64,
+    /// Handlers nobody serves, and when each was last warned about.
+    warned: HashMap<Arc<str>, Instant>,
 }
 
 #[derive(Debug)]
@@ -172,9 +183,48 @@ impl State {
                 }
                 line.unserved += 1;
                 line.admitted += 1;
+                self.warn_unserved(handler);
                 Some(None)
             }
         }
+    }
+
+    /// Says, once a minute per handler, that workers are connected but none
+    /// serves `handler`: a typo in a workflow or in a worker's handler list
+    /// otherwise showed only when its steps ended `NoWorkerForHandler`, a
+    /// timeout later (30 s and three attempts for a new user). Nothing
+    /// while no worker is connected at all: a server starting, its workers
+    /// not back yet.
+    fn warn_unserved(&mut self, handler: &str) {
+        if self.rooms.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let recent = |at: &Instant| now.duration_since(*at) < UNSERVED_WARNING_EVERY;
+        if self.warned.get(handler).is_some_and(recent) {
+            return;
+        }
+        if self.warned.len() >= WARNED_HANDLERS {
+            self.warned.retain(|_, at| recent(at));
+            if self.warned.len() >= WARNED_HANDLERS {
+                return;
+            }
+        }
+        self.warned.insert(self.key(handler), now);
+        let near = tasker_config::closest(
+            self.serving
+                .iter()
+                .filter(|(_, ids)| !ids.is_empty())
+                .map(|(name, _)| &**name)
+                .take(NEAR_NAMES_LOOKED_AT),
+            handler,
+        )
+        .map(|near| format!("; did you mean {near:?}?"))
+        .unwrap_or_default();
+        tracing::warn!(
+            "no connected worker serves handler \"{}\": its steps wait for one and end NoWorkerForHandler at their timeout{near}",
+            tasker_protocol::codec::truncate(handler, 200)
+        );
     }
 
     fn unseat(&mut self, handler: &str, seat: Seat) {
