@@ -177,30 +177,32 @@ fn echo_loop(dealer: &zmq::Socket, reply: &WorkerMessage, typed: bool, stop: imp
 }
 
 /// `tasker bench --echo-peer`: the echoing end of the two-process echo,
-/// connected to `TASKER_ENDPOINT`; runs until it is signalled to stop.
+/// connected to `TASKER_ENDPOINT`; runs until it is signalled to stop. Its
+/// replies answer batches of `TASKER_ECHO_BATCH` steps (default 1), decoded
+/// and encoded when `TASKER_ECHO_TYPED` is `1`.
 fn echo_peer() -> Result<()> {
     let endpoint = std::env::var("TASKER_ENDPOINT").context("TASKER_ENDPOINT is not set")?;
+    let batch = std::env::var("TASKER_ECHO_BATCH")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let typed = std::env::var("TASKER_ECHO_TYPED").is_ok_and(|v| v == "1");
     let context = zmq::Context::new();
     let dealer = context.socket(zmq::DEALER)?;
     dealer.connect(&endpoint)?;
     dealer.send_multipart([b"hi".to_vec()], 0)?;
-    let (_, reply) = messages(1);
+    let (_, reply) = messages(batch);
     // The bench stops it with SIGTERM; its parent gone, it stops too.
     let parent = std::os::unix::process::parent_id();
-    echo_loop(&dealer, &reply, false, || {
+    echo_loop(&dealer, &reply, typed, || {
         std::os::unix::process::parent_id() != parent
     });
     Ok(())
 }
 
 impl RawEcho {
-    /// A ROUTER and an echoing DEALER thread in its context that answers
+    /// A ROUTER and an echoing DEALER, where `peer` says, that answers
     /// every message with `reply` (see [`echo_loop`]).
-    fn start(reply: WorkerMessage, typed: bool) -> Result<Self> {
-        Self::start_in(reply, typed, EchoPeer::Shared)
-    }
-
-    /// The echo with its DEALER where `peer` says.
     fn start_in(reply: WorkerMessage, typed: bool, peer: EchoPeer) -> Result<Self> {
         let context = zmq::Context::new();
         let router = context.socket(zmq::ROUTER)?;
@@ -208,14 +210,24 @@ impl RawEcho {
         let endpoint = router.get_last_endpoint()?.expect("utf-8 endpoint");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (thread, process) = if peer == EchoPeer::Process {
-            anyhow::ensure!(!typed, "the two-process echo echoes raw bodies only");
             let exe = std::env::current_exe().context("finding the tasker binary")?;
             let command = format!("'{}' bench --echo-peer", exe.display());
+            let batch = match &reply {
+                WorkerMessage::StepBatchResponse(response) => response.results.len(),
+                _ => 1,
+            };
+            let env = [
+                ("TASKER_ECHO_BATCH", batch.to_string()),
+                (
+                    "TASKER_ECHO_TYPED",
+                    if typed { "1" } else { "0" }.to_string(),
+                ),
+            ];
             let process = crate::children::WorkerProcess::spawn(
                 "echo",
                 &command,
                 &endpoint,
-                &[],
+                &env,
                 crate::children::Output::Quiet,
                 crate::children::Group::Shared,
             )?;
@@ -282,10 +294,18 @@ impl Drop for RawEcho {
     }
 }
 
-fn raw_throughput(batch: usize, steps: usize, window: usize, typed: bool) -> Result<f64> {
+/// Steps/s through a ROUTER/DEALER echo of `batch`-step bodies, the
+/// DEALER where `peer` says; `typed`: both ends decode and encode them.
+fn raw_throughput(
+    batch: usize,
+    steps: usize,
+    window: usize,
+    typed: bool,
+    peer: EchoPeer,
+) -> Result<f64> {
     let (request, response) = messages(batch);
     let encoded = codec::encode(&request)?;
-    let echo = RawEcho::start(response, typed)?;
+    let echo = RawEcho::start_in(response, typed, peer)?;
     let send = |echo: &RawEcho| -> Result<()> {
         if typed {
             echo.send(&codec::encode(&request)?)
@@ -319,7 +339,11 @@ fn raw_throughput(batch: usize, steps: usize, window: usize, typed: bool) -> Res
         }
     }
     let rate = (messages * batch) as f64 / started.elapsed().as_secs_f64();
-    let label = if typed { "echo+JSON" } else { "raw echo" };
+    let label = match (typed, peer) {
+        (true, EchoPeer::Process) => "echo+JSON, two processes",
+        (true, _) => "echo+JSON",
+        (false, _) => "raw echo",
+    };
     print_threads_cpu(label, &cpu_before, messages * batch);
     Ok(rate)
 }
@@ -980,42 +1004,55 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     println!();
     println!(
-        "{:<11} {:>14} {:>6} {:>15} {:>6} {:>15} {:>15}",
-        "throughput", "tasker", "ratio", "worker process", "ratio", "echo+JSON", "raw echo"
+        "{:<11} {:>14} {:>6} {:>15} {:>6} {:>6} {:>15} {:>15} {:>15}",
+        "throughput",
+        "tasker",
+        "ratio",
+        "worker process",
+        "ratio",
+        "(2p)",
+        "echo+JSON",
+        "echo+JSON, 2p",
+        "raw echo"
     );
     for &batch in &args.batch_sizes {
         let steps = run_steps(&args, batch);
         // Best of THROUGHPUT_ROUNDS each, alternated and each going first
         // in turn: one run of each, one after the other, put the ratio
         // anywhere between 46% and 86% in runs of one binary.
-        let mut best = [0f64; 4];
+        let mut best = [0f64; 5];
         for round in 0..THROUGHPUT_ROUNDS {
             for k in 0..best.len() {
                 let which = (round + k) % best.len();
                 let rate = match which {
-                    0 => raw_throughput(batch, steps, args.window, false)?,
-                    1 => raw_throughput(batch, steps, args.window, true)?,
-                    2 => throughput(batch, false, Placement::InProcess)?,
+                    0 => raw_throughput(batch, steps, args.window, false, EchoPeer::Shared)?,
+                    1 => raw_throughput(batch, steps, args.window, true, EchoPeer::Shared)?,
+                    2 => raw_throughput(batch, steps, args.window, true, EchoPeer::Process)?,
+                    3 => throughput(batch, false, Placement::InProcess)?,
                     _ => throughput(batch, false, Placement::Process)?,
                 };
                 best[which] = best[which].max(rate);
             }
         }
-        let [raw, json, ours, process] = best;
+        let [raw, json, json_apart, ours, process] = best;
         println!(
-            "{:<11} {:>9.0} st/s {:>5.0}% {:>10.0} st/s {:>5.0}% {:>10.0} st/s {:>10.0} st/s",
+            "{:<11} {:>9.0} st/s {:>5.0}% {:>10.0} st/s {:>5.0}% {:>5.0}% {:>10.0} st/s {:>10.0} st/s {:>10.0} st/s",
             format!("batch {batch}"),
             ours,
             ours / json * 100.0,
             process,
             process / json * 100.0,
+            process / json_apart * 100.0,
             json,
+            json_apart,
             raw,
         );
     }
     println!(
         "ratio: to echo+JSON, a ROUTER/DEALER echo whose ends decode and encode the same \
-         bodies; raw echo: the bodies unparsed; best of {THROUGHPUT_ROUNDS} alternated runs each"
+         bodies; (2p): the worker process's, to echo+JSON with its echoing end in a process \
+         of its own (echo+JSON, 2p), as the worker process is; raw echo: the bodies \
+         unparsed; best of {THROUGHPUT_ROUNDS} alternated runs each"
     );
     let mut raw = raw_latency(args.latency_samples, EchoPeer::Shared)?;
     let mut processes = raw_latency(args.latency_samples, EchoPeer::Process)?;
