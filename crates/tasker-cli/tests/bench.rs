@@ -48,7 +48,13 @@ fn bench_prints_throughput_latency_and_metrics_overhead_for_both_worker_placemen
         .lines()
         .find(|l| l.starts_with("throughput"))
         .unwrap_or_else(|| panic!("no throughput table:\n{stdout}"));
-    for column in ["tasker", "worker process", "echo+JSON", "raw echo"] {
+    for column in [
+        "tasker",
+        "worker process",
+        "echo+JSON",
+        "echo+JSON, 2p",
+        "raw echo",
+    ] {
         assert!(header.contains(column), "no {column:?} column: {header}");
     }
     for batch in ["batch 1 ", "batch 10 "] {
@@ -56,9 +62,12 @@ fn bench_prints_throughput_latency_and_metrics_overhead_for_both_worker_placemen
             .lines()
             .find(|l| l.starts_with(batch))
             .unwrap_or_else(|| panic!("no {batch:?} row:\n{stdout}"));
-        // tasker, worker process, echo+JSON, raw echo: four rates.
-        assert_eq!(row.matches(" st/s").count(), 4, "{row}");
-        assert_eq!(row.matches('%').count(), 2, "{row}");
+        // tasker, worker process, echo+JSON in one process and in two,
+        // raw echo: five rates; tasker's ratio, the worker process's to
+        // each echo+JSON: three.
+        assert_eq!(row.matches(" st/s").count(), 5, "{row}");
+        assert_eq!(row.matches('%').count(), 3, "{row}");
+        assert!(!row.contains("NaN") && !row.contains("inf"), "{row}");
     }
     for percentile in ["p50", "p99"] {
         let row = stdout
@@ -117,6 +126,7 @@ fn bench_threads_prints_cpu_per_step_by_thread_for_tasker_and_both_echoes() {
     );
     for run in [
         "echo+JSON",
+        "echo+JSON, two processes",
         "raw echo",
         "tasker, InProcess",
         "tasker, Process",
