@@ -551,6 +551,35 @@ class TestClient < Minitest::Test
     assert c.get(results.first.task_id).complete?, "usable after close"
   end
 
+  # A client used before a fork (Puma's cluster mode, Unicorn, Resque) is
+  # used by both processes after it: each must read its own answers. They
+  # shared its idle connection, and a get returned another task.
+  def test_a_client_used_before_a_fork_gives_each_process_its_own_answers
+    c = client
+    ids = Array.new(2) { |i| c.submit("pipeline", { "n" => i }).task_id }
+    c.get(ids[0]) # leaves a connection idle in the client
+    reader, writer = IO.pipe
+    child = fork do
+      reader.close
+      writer.write(mismatches(c, ids[1]).to_s)
+      writer.close
+      exit!(0)
+    end
+    writer.close
+    parent_mismatches = mismatches(c, ids[0])
+    child_mismatches = reader.read.to_i
+    Process.wait(child)
+    assert_equal [0, 0], [parent_mismatches, child_mismatches], "answers crossed between the processes"
+  end
+
+  def mismatches(client, id)
+    40.times.count do
+      client.get(id).task_id != id
+    rescue StandardError, JSON::ParserError
+      true
+    end
+  end
+
   def test_bearer_tokens
     tokens = File.join(@tmp, "tokens.yaml")
     # The server wants tokens of 16 characters or more.

@@ -150,6 +150,23 @@ impl<'de> serde::Deserialize<'de> for Entries {
     }
 }
 
+/// On a server without tokens, says once that a request carried one: its
+/// client expects the API to be closed to others, and it is open. (An
+/// operator who left `api_tokens_file` out by mistake heard nothing, and
+/// every client's token was accepted unread.)
+pub(crate) async fn note_unchecked_token(request: Request, next: Next) -> Response {
+    static NOTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if request.headers().contains_key(header::AUTHORIZATION)
+        && !NOTED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::warn!(
+            "a request carried an Authorization header, but this server has no api_tokens_file: \
+             it accepts every request without a token (set api_tokens_file to require one)"
+        );
+    }
+    next.run(request).await
+}
+
 /// Lets a request through only with a valid bearer token (`/healthz`
 /// always).
 pub(crate) async fn require_token(

@@ -134,6 +134,7 @@ module TaskerCore
         @logger = logger
         @idle = []
         @mutex = Mutex.new
+        @pid = Process.pid
       end
 
       # One call, retried as CLIENT.md §5 says when `idempotent` is true.
@@ -170,7 +171,10 @@ module TaskerCore
       # Closes the idle connections.
       # @return [void]
       def close
-        connections = @mutex.synchronize { @idle.slice!(0..) }
+        connections = @mutex.synchronize do
+          forget_inherited_connections
+          @idle.slice!(0..)
+        end
         connections.each { |http| finish(http) }
       end
 
@@ -234,7 +238,10 @@ module TaskerCore
       end
 
       def checkout
-        http = @mutex.synchronize { @idle.pop }
+        http = @mutex.synchronize do
+          forget_inherited_connections
+          @idle.pop
+        end
         return http if http
 
         http = Connection.new(@host, @port)
@@ -256,6 +263,18 @@ module TaskerCore
         rescue OpenSSL::SSL::SSLError => e
           raise TlsFailure, e.message
         end
+      end
+
+      # After a fork the child holds its parent's idle connections, the same
+      # sockets: both processes wrote on one and read each other's answers
+      # (a get returned another task). The child drops them unused, without
+      # a close (of TLS, a close would end the parent's session too), and
+      # opens its own. Called with the mutex held.
+      def forget_inherited_connections
+        return if @pid == Process.pid
+
+        @pid = Process.pid
+        @idle = []
       end
 
       def checkin(http)
