@@ -1343,3 +1343,30 @@ fn s16_a_handler_no_connected_worker_serves_is_warned_about_at_once_with_a_near_
         "once for three tasks"
     );
 }
+
+/// A server without `api_tokens_file` accepts every request; a client that
+/// sends a token expects the API closed to others, so the server says, once,
+/// that it is not.
+#[test]
+fn s17_a_server_without_tokens_says_once_that_it_did_not_check_a_token_it_was_sent() {
+    let (dir, endpoint, store) = sqlite_setup_with("one_try", ONE_TRY_WORKFLOW);
+    let serve = Serve::start(dir.path(), &store, &endpoint);
+    let http = client();
+    let warning = "has no api_tokens_file";
+    let answered = http.get(serve.url("/v1/workflows")).send().unwrap();
+    assert_eq!(answered.status(), 200);
+    for _ in 0..3 {
+        let answered = http
+            .get(serve.url("/v1/workflows"))
+            .bearer_auth("0123456789abcdef0123")
+            .send()
+            .unwrap();
+        assert_eq!(answered.status(), 200, "accepted, as every request is");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !serve.log().contains(warning) {
+        assert!(Instant::now() < deadline, "no warning:\n{}", serve.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(serve.log().matches(warning).count(), 1, "{}", serve.log());
+}
