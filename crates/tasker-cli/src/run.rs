@@ -60,6 +60,15 @@ pub fn run(args: RunArgs) -> Result<TaskStatus> {
         .map_err(|e| StartError(anyhow::anyhow!("{}: {e}", args.workflow.display())))?;
     let context: Value = serde_json::from_str(&args.context)
         .map_err(|e| StartError(anyhow::anyhow!("--context is not valid JSON: {e}")))?;
+    // As `serve` refuses it (a 422): every handler reads named fields of
+    // its task's context, and `[1]` reached them as a handler's failure.
+    if !context.is_object() {
+        return Err(StartError(anyhow::anyhow!(
+            "--context must be a JSON object (`{{\"order_id\": 7}}`), not {}",
+            json_kind(&context)
+        ))
+        .into());
+    }
     let mut config = args.config.load().map_err(StartError)?;
     let spawn_keys = if args.spawn.is_empty() {
         None
@@ -596,4 +605,16 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
     }
     let cut: String = text.chars().take(max - 1).collect();
     format!("{cut}…")
+}
+
+/// What kind of JSON value `value` is, with its article.
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }

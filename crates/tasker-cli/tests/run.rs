@@ -167,6 +167,21 @@ fn an_invalid_workflow_exits_2_naming_step_and_field() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--context is not valid JSON"));
+
+    // JSON, but not an object: refused as `serve` refuses it, before any
+    // handler sees it.
+    let output = tasker_run()
+        .arg("examples/workflows/permanent_failure.yaml")
+        .args(["--context", "[1]"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("--context must be a JSON object (`{\"order_id\": 7}`), not an array"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
