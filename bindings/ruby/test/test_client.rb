@@ -712,6 +712,11 @@ class TestClient < Minitest::Test
     assert_equal 'context["x"]: NaN has no JSON form (JSON numbers are finite)', error.message
     error = assert_raises(ArgumentError) { c.submit("audit", { "m" => { 1 => "one" } }) }
     assert_equal 'context["m"]: key 1 (Integer) is not a String or Symbol (JSON keys are strings)', error.message
+    error = assert_raises(ArgumentError) { c.submit("audit", { "s" => [(+"ok \xff").force_encoding("UTF-8")] }) }
+    assert_equal 'context["s"][0]: string "ok \xFF" (UTF-8) is not valid UTF-8 text (JSON strings are Unicode)',
+                 error.message
+    error = assert_raises(ArgumentError) { c.submit("audit", { "\xfe".b => 1 }) }
+    assert_match(/\Acontext: key: string "\\xFE" \(ASCII-8BIT\) is not valid UTF-8 text/, error.message)
     cyclic = { "items" => [] }
     cyclic["items"] << cyclic
     error = assert_raises(ArgumentError) { c.submit("audit", cyclic) }
@@ -719,7 +724,8 @@ class TestClient < Minitest::Test
 
     # JSON data gets as far as the request: a submit without key is tried once.
     shared_twice = [1, 2]
-    json = { "a" => [1, -2.5, nil, true, false, "s", :sym], b: { "c" => shared_twice, "d" => shared_twice } }
+    json = { "a" => [1, -2.5, nil, true, false, "s", :sym, "ascii".b, "caf\xE9".dup.force_encoding("ISO-8859-1")],
+             b: { "c" => shared_twice, "d" => shared_twice } }
     assert_raises(TaskerCore::ServerUnavailable) { c.submit("audit", json) }
     assert_raises(TaskerCore::ServerUnavailable) { c.submit("audit", nil) }
   end

@@ -272,7 +272,8 @@ module TaskerCore
     # the value's #to_s. `open` holds the Hashes and Arrays around it.
     def check_json(value, path, open)
       case value
-      when nil, true, false, String, Symbol, Integer then nil
+      when nil, true, false, Symbol, Integer then nil
+      when String then check_text(value, path)
       when Float
         raise ArgumentError, "#{path}: #{value} has no JSON form (JSON numbers are finite)" unless value.finite?
       when Hash, Array
@@ -287,6 +288,8 @@ module TaskerCore
               raise ArgumentError, "#{path}: key #{brief(key)} is not a String or Symbol (JSON keys are strings)"
             end
 
+            check_text(key, "#{path}: key") if key.is_a?(String)
+
             check_json(item, "#{path}[#{key.inspect}]", open)
           end
         end
@@ -295,6 +298,25 @@ module TaskerCore
         raise ArgumentError, "#{path}: #{brief(value)} is not JSON data; use a Hash (String or Symbol keys), " \
                              "Array, String, Symbol, Integer, Float, true, false or nil"
       end
+    end
+
+    # Raises ArgumentError unless `text` can be JSON text (Unicode): JSON's
+    # generator refused it anyway, but named neither the place nor the
+    # string ("partial character in source, but hit end").
+    def check_text(text, path)
+      unicode = if text.encoding == Encoding::BINARY
+                  text.ascii_only?
+                else
+                  text.valid_encoding? &&
+                    (text.encoding == Encoding::UTF_8 || text.encode(Encoding::UTF_8).valid_encoding?)
+                end
+      return if unicode
+
+      shown = text.inspect
+      shown = "#{shown[0, 77]}..." if shown.length > 80
+      raise ArgumentError, "#{path}: string #{shown} (#{text.encoding}) is not valid UTF-8 text (JSON strings are Unicode)"
+    rescue EncodingError
+      raise ArgumentError, "#{path}: string (#{text.encoding}) cannot be converted to UTF-8 (JSON strings are Unicode)"
     end
 
     # `value`'s #inspect and class, the inspect cut at 80 characters.
