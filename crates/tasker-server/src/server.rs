@@ -75,8 +75,9 @@ impl Server {
     /// connection idle, is cut off after 30 seconds: neither can keep the
     /// server from stopping.
     ///
-    /// It also stops, and returns an error saying so, once another server
-    /// took its store over ([`Service::taken_over`]).
+    /// It also stops, and returns an error saying so, once it can write
+    /// its store no more: another server took it over, or its writer
+    /// failed ([`Service::taken_over`]).
     pub async fn run(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
         let app = crate::api::router(Arc::clone(&self.service));
@@ -94,7 +95,7 @@ impl Server {
                 None
             }
             why = self.service.taken_over() => {
-                tracing::error!(reason = %why, "another tasker serve took this store over; stopping");
+                tracing::error!(reason = %why, "this server can write its store no more; stopping");
                 Some(why)
             }
         };
@@ -104,7 +105,7 @@ impl Server {
         match lost {
             None => Ok(()),
             Some(why) => Err(std::io::Error::other(format!(
-                "stopped: another tasker serve took this store over ({why})"
+                "stopped: this server can write its store no more: {why}"
             ))),
         }
     }

@@ -716,8 +716,9 @@ impl Service {
     }
 
     /// Resolves, with why, once another `tasker serve` took this one's
-    /// store over (after a PostgreSQL restart dropped this one's node lock):
-    /// nothing this service writes commits any more, and it should stop.
+    /// store over (after a PostgreSQL restart dropped this one's node lock)
+    /// or the store's writer failed: nothing this service writes commits
+    /// any more, and it should stop.
     /// [`Server::run`](crate::Server::run) stops by itself then.
     pub async fn taken_over(&self) -> String {
         self.store.fenced().await

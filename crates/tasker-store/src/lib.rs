@@ -306,7 +306,8 @@ impl Store {
     }
 
     /// Resolves once another handle [took the store over](Self::take_over)
-    /// from this one, with why; never while this one's writes count.
+    /// from this one, or this one's writer failed for good (it panicked),
+    /// with why; never while this one's writes count.
     pub async fn fenced(&self) -> String {
         let mut fence = self.inner.fence.subscribe();
         // No error: this handle holds the sender.

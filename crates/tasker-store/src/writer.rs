@@ -479,6 +479,23 @@ pub(crate) struct Writer {
 /// Whether another server took the store over from this one, and why.
 pub(crate) type Fence = tokio::sync::watch::Sender<Option<String>>;
 
+/// Closes the fence if the writer's thread unwinds: with the writer gone
+/// nothing is written again, and a server that stayed up answered every
+/// write with an error until someone restarted it; fenced, it stops, and
+/// its supervisor starts it again.
+struct FenceOnPanic(Arc<Fence>);
+
+impl Drop for FenceOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.send_replace(Some(
+                "the store's writer failed (a panic, logged above); nothing more can be written"
+                    .into(),
+            ));
+        }
+    }
+}
+
 impl Writer {
     /// Starts the writer's thread, fed by `queue`, once its connection is
     /// open.
@@ -528,8 +545,9 @@ impl Writer {
                         syncer,
                         failing: 0,
                         epoch: None,
-                        fence,
+                        fence: Arc::clone(&fence),
                     };
+                    let _stopped = FenceOnPanic(fence);
                     if ready.send(Ok(())).is_ok() {
                         writer.run().await;
                     }
@@ -1340,4 +1358,30 @@ async fn commit_optimistically<'r, T: WriteTx>(
         }
     }
     Ok(journal)
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::*;
+
+    #[test]
+    fn a_writer_thread_that_panics_fences_the_store_and_one_that_ends_does_not() {
+        let fence = Arc::new(Fence::new(None));
+        let guarded = Arc::clone(&fence);
+        let ended = std::thread::spawn(move || {
+            let _stopped = FenceOnPanic(guarded);
+        });
+        ended.join().unwrap();
+        assert_eq!(*fence.borrow(), None, "a clean end is not a failure");
+        let guarded = Arc::clone(&fence);
+        let failed = std::thread::spawn(move || {
+            let _stopped = FenceOnPanic(guarded);
+            panic!("a bug in a write");
+        });
+        assert!(failed.join().is_err());
+        assert!(fence
+            .borrow()
+            .as_deref()
+            .is_some_and(|why| why.contains("the store's writer failed")));
+    }
 }
