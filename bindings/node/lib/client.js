@@ -348,15 +348,24 @@ function checkContext(context) {
     const kind = Array.isArray(context) ? "an array" : `a ${typeof context}`;
     throw new TaskerError(`context must be an object (a JSON object), got ${kind}`);
   }
-  const problem = jsonProblem(context, "context");
+  // Text too: a lone surrogate reached the server, which named the body
+  // malformed JSON rather than the place.
+  const problem = jsonProblem(context, "context", { text: true });
   if (problem !== null) throw new TaskerError(problem);
   return context;
 }
 
+/**
+ * A timeout in ms. A wait's (`nullable`) may be 0 (ask once) or null or
+ * Infinity (no deadline); a client's read timeout must be positive: with 0
+ * every call failed as "is tasker serve running?".
+ */
 function checkTimeout(name, value, { nullable }) {
-  if (value === undefined || (nullable && value === null)) return;
-  if (typeof value !== "number" || !(value >= 0) || value === Infinity) {
-    throw new TaskerError(`${name} must be a number of ms, 0 or more${nullable ? ", or null" : ""}; got ${String(value)}`);
+  if (value === undefined || (nullable && (value === null || value === Infinity))) return;
+  const least = nullable ? 0 : Number.MIN_VALUE;
+  if (typeof value !== "number" || !(value >= least) || value === Infinity) {
+    const range = nullable ? "0 or more, or null (or Infinity) for no deadline" : "more than 0";
+    throw new TaskerError(`${name} must be a number of ms, ${range}; got ${String(value)}`);
   }
 }
 
@@ -475,7 +484,7 @@ class Client {
     rejectUnknown("wait", unknown, ["timeoutMs", "signal"]);
     checkTimeout("timeoutMs", timeoutMs, { nullable: true });
     const path = `/v1/tasks/${checkTaskId(id)}`;
-    const deadline = timeoutMs === null ? null : performance.now() + timeoutMs;
+    const deadline = timeoutMs === null || timeoutMs === Infinity ? null : performance.now() + timeoutMs;
     for (;;) {
       const left = deadline === null ? WAIT_CHUNK_MS : Math.max(0, deadline - performance.now());
       const waitMs = Math.min(WAIT_CHUNK_MS, Math.round(left));
@@ -676,6 +685,10 @@ function listQuery(filters) {
       );
     }
     if (value === undefined || value === null) continue;
+    if (value instanceof Date && Number.isNaN(value.getTime())) {
+      // toISOString() would throw a bare RangeError.
+      throw new TaskerError(`${name} is an invalid Date`);
+    }
     query[param] = value instanceof Date ? value.toISOString() : value;
   }
   return query;

@@ -462,7 +462,7 @@ export interface SubmitOptions {
 
 /** Options of `wait`. */
 export interface WaitOptions {
-  /** Longest wait in ms, then a `WaitTimeout`; null or absent: until the task ends. */
+  /** Longest wait in ms, then a `WaitTimeout`; null, `Infinity` or absent: until the task ends. */
   timeoutMs?: number | null;
   /** Aborts the wait; the Promise rejects with the signal's reason. */
   signal?: AbortSignal;
@@ -474,9 +474,16 @@ export interface ClientOptions extends ConfigOptions {
   url?: string | null;
   /** The bearer token; wins over `apiToken`. */
   token?: string | null;
-  /** Read timeout of each request but waits, in ms (default 30000). */
+  /** Read timeout of each request but waits, in ms, more than 0 (default 30000). */
   timeoutMs?: number;
 }
+
+/**
+ * A task's context as `submit` takes it: a JSON object. Arrays, Maps and
+ * Sets are objects to TypeScript but not to JSON (the client refuses them
+ * at run time), so they do not type-check either; `null` means `{}`.
+ */
+export type ContextOf<C> = C extends readonly unknown[] | ReadonlyMap<unknown, unknown> | ReadonlySet<unknown> ? never : C;
 
 /** A task started by `submit`, with operations bound to its id. */
 export declare class TaskHandle<C = Record<string, unknown>> {
@@ -512,7 +519,7 @@ export declare class Client {
    * One that is not (an array), or holds what JSON has no form for (a Map,
    * a BigInt, NaN...), is a `TaskerError` naming it, before any request.
    */
-  submit<C extends object = Record<string, unknown>>(workflow: string, context?: C, options?: SubmitOptions): Promise<TaskHandle<C>>;
+  submit<C extends object = Record<string, unknown>>(workflow: string, context?: ContextOf<C> | null, options?: SubmitOptions): Promise<TaskHandle<C>>;
   /**
    * The task `id` now; `TaskNotFound` when there is none. An id that is not
    * a positive integer, or a string of its digits (`"42"` from a URL), is a

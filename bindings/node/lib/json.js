@@ -26,6 +26,9 @@ const MAX_WALK_DEPTH = 1000;
 
 const IDENTIFIER = /^[A-Za-z_$][\w$]*$/;
 
+/** Said of a string that is not Unicode text (`"🎉".slice(0, 1)`). */
+const LONE_SURROGATE = "is a string with a lone UTF-16 surrogate (half of a character, e.g. \"🎉\".slice(0, 1)), which is not Unicode text";
+
 /** `.key`, or `["some key"]` when the key is not an identifier: a path's segment. */
 function member(key) {
   return IDENTIFIER.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`;
@@ -56,9 +59,9 @@ function notPlain(value) {
  * is all JSON data. Getters and toJSON() methods are called, as
  * `JSON.stringify` calls them; what they throw propagates.
  */
-function jsonProblem(value, root = "output") {
+function jsonProblem(value, root = "output", { text = false } = {}) {
   if (value === undefined) return null; // the whole output: null
-  const found = check(value, "", [], true);
+  const found = check(value, "", [], true, text);
   if (found === null) return null;
   // Segments were added while unwinding, innermost first.
   const segments = found.segments.reverse();
@@ -82,9 +85,10 @@ function problem(what, cycleAt) {
  * `JSON.stringify`). Paths are only built for a problem, so a valid output
  * costs a walk and no strings.
  */
-function check(value, key, stack, toJson) {
+function check(value, key, stack, toJson, text) {
   switch (typeof value) {
     case "string":
+      return text && !value.isWellFormed() ? problem(LONE_SURROGATE) : null;
     case "boolean":
       return null;
     case "number":
@@ -107,7 +111,7 @@ function check(value, key, stack, toJson) {
     }
     const replaced = value.toJSON(key);
     // undefined from toJSON() is the method's own choice ("leave me out").
-    return replaced === undefined ? null : check(replaced, key, stack, false);
+    return replaced === undefined ? null : check(replaced, key, stack, false, text);
   }
   const at = stack.indexOf(value);
   if (at >= 0) return problem(null, at);
@@ -118,7 +122,7 @@ function check(value, key, stack, toJson) {
     for (let i = 0; i < value.length; i++) {
       const item = value[i];
       // A hole, or undefined: JSON.stringify would write null in its place.
-      found = item === undefined ? problem("is undefined (JSON.stringify would write null): use null") : check(item, String(i), stack, true);
+      found = item === undefined ? problem("is undefined (JSON.stringify would write null): use null") : check(item, String(i), stack, true, text);
       if (found !== null) {
         found.segments.push(`[${i}]`);
         break;
@@ -131,7 +135,11 @@ function check(value, key, stack, toJson) {
       const name = keys[i];
       const item = value[name];
       if (item === undefined) continue; // left out, as JSON.stringify does
-      found = check(item, name, stack, true);
+      if (text && !name.isWellFormed()) {
+        found = problem(`has a key ${JSON.stringify(name)} with a lone UTF-16 surrogate, which is not Unicode text`);
+        break;
+      }
+      found = check(item, name, stack, true, text);
       if (found !== null) {
         found.segments.push(member(name));
         break;

@@ -23,7 +23,9 @@ const PENDING_BOUND: usize = 10_000;
 /// A Rust `tracing` event of the runtime, for a JavaScript logger.
 #[napi(object)]
 pub struct LogEntry {
-    /// `error`, `warn`, `info`, `debug` or `trace`.
+    /// `error`, `warn`, `info`, `debug` or `trace`: declared as that union,
+    /// so `console[entry.level]` type-checks (the README's own example).
+    #[napi(ts_type = "\"error\" | \"warn\" | \"info\" | \"debug\" | \"trace\"")]
     pub level: String,
     /// The Rust module that logged it, e.g. `tasker_worker::connection`.
     pub target: String,

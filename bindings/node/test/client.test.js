@@ -360,6 +360,14 @@ test("a context that is not a JSON object, or holds what JSON has no form for, i
     const loop = { a: {} };
     loop.a.back = loop;
     await refused(loop, "context.a.back refers back to context: a circular structure, which JSON has no form for");
+    // Half a character is not text: the server called the body malformed JSON.
+    await refused(
+      { s: ["ok", "🎉".slice(0, 1)] },
+      'context.s[1] is a string with a lone UTF-16 surrogate (half of a character, e.g. "🎉".slice(0, 1)), which is not Unicode text',
+    );
+    await refused({ ["\ud83c"]: 1 }, 'context has a key "\\ud83c" with a lone UTF-16 surrogate, which is not Unicode text');
+    // An invalid Date filter and a zero read timeout are misuses too.
+    await assert.rejects(local.list({ createdSince: new Date("x") }), (e) => e instanceof TaskerError && e.message === "createdSince is an invalid Date");
     assert.deepEqual(counting.seen, [], "no request was sent");
   } finally {
     await counting.close();
@@ -368,6 +376,11 @@ test("a context that is not a JSON object, or holds what JSON has no form for, i
   const task = await (await client.submit("echo_pair", { at: new Date(0), gone: undefined, n: [1, "ü"] })).wait({ timeoutMs: 30_000 });
   assert.deepEqual(task.context, { at: "1970-01-01T00:00:00.000Z", n: [1, "ü"] });
   assert.deepEqual((await client.submit("echo_pair", null)).task.context, {});
+});
+
+test("wait takes Infinity, as null, for no deadline", async () => {
+  const handle = await client.submit("echo_pair", { n: 2 });
+  assert.equal((await client.wait(handle.id, { timeoutMs: Infinity })).status, "complete");
 });
 
 test("wait with a short timeout is a WaitTimeout carrying the running task", async () => {
@@ -600,6 +613,8 @@ test("the URL comes from apiUrl, else apiListen on loopback; https is for a TLS 
   assert.throws(() => new Client({ apiListen: "127.0.0.1:0" }), (e) => e instanceof ConfigError && /api_url/.test(e.message));
   assert.throws(() => new Client({ tokn: "x" }), (e) => e instanceof ConfigError && /unknown config key `tokn`/.test(e.message));
   assert.throws(() => new Client({ timeoutMs: -1 }), (e) => e instanceof TaskerError);
+  // 0 made every call fail as "is tasker serve running?".
+  assert.throws(() => new Client({ timeoutMs: 0 }), (e) => e instanceof TaskerError && /timeoutMs must be a number of ms, more than 0; got 0/.test(e.message));
 });
 
 // A self-signed certificate for localhost and 127.0.0.1, for the tests only

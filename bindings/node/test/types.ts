@@ -110,6 +110,8 @@ const id: string | null = worker.workerId;
 
 setLogger((entry: LogEntry) => console.log(entry.level, entry.target, entry.message, entry.fields, entry.line), "info");
 setLogger(console);
+// The README's example: the level indexes the console.
+setLogger((entry) => console[entry.level === "trace" ? "debug" : entry.level](entry.message, entry.fields), "trace");
 setLogger(null);
 const loaded: Config = loadConfig(null, { endpoint: "tcp://127.0.0.1:5555" });
 
@@ -182,6 +184,13 @@ async function useClient(): Promise<void> {
   const missing: string = handle.task.context.currency;
   // @ts-expect-error a context is an object
   await client.submit("checkout", 42);
+  // @ts-expect-error an array is not a JSON object
+  await client.submit("checkout", [1, 2]);
+  // @ts-expect-error nor is a Map
+  await client.submit("checkout", new Map([["a", 1]]));
+  // null is {}, as the README says.
+  await client.submit("checkout", null);
+  await client.wait(id, { timeoutMs: Infinity });
   // @ts-expect-error idempotencyKey is a string
   await client.submit("checkout", {}, { idempotencyKey: 7 });
 
