@@ -410,6 +410,16 @@ def test_a_context_with_dates_decimals_and_uuids_is_encoded_as_outputs_are(
     loop["self"] = [loop]
     with pytest.raises(ValueError, match=r"^context\['self'\]\[0\]\['self'\]: Circular reference"):
         client.submit("pipeline", loop)
+    # Half a character passes json.dumps and failed at the UTF-8 encoding
+    # with no place named.
+    with pytest.raises(
+        ValueError,
+        match=r"^context\['s'\]\[1\]: a string with a lone surrogate \('\\udce9'\), which is not Unicode text",
+    ):
+        client.submit("pipeline", {"s": ["ok", "\udce9"]})
+    # A key json.dumps would turn into another ("1", "null").
+    with pytest.raises(TypeError, match=r"^context\['m'\]: key 1 \(int\) is not a str"):
+        client.submit("pipeline", {"m": {1: "one"}})
 
 
 def test_a_context_that_is_not_a_json_object_is_refused_before_any_request(

@@ -198,12 +198,42 @@ def _place_of_failure(value: Any, path: str, open_: Set[int]) -> str:
         else:
             items = ((f"{path}[{i}]", item) for i, item in enumerate(value))
         for place, item in items:
-            try:
-                json.dumps(item, allow_nan=False, default=_json_default)
-            except (TypeError, ValueError):
+            if not _encodes(item):
                 return _place_of_failure(item, place, open_)
         open_.discard(id(value))
     return path
+
+
+def _encodes(value: Any) -> bool:
+    """Whether ``value`` encodes as a request body does: JSON, then UTF-8
+    (a lone surrogate passes :func:`json.dumps` and fails there)."""
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False, default=_json_default).encode("utf-8")
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _check_keys(value: Any, path: str, open_: Set[int]) -> None:
+    """Raises TypeError at the first mapping key in ``value`` that is not a
+    ``str``: :func:`json.dumps` writes ``1`` as ``"1"`` and ``None`` as
+    ``"null"``, so the handler would read another key than was given."""
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in open_:
+            return
+        open_.add(id(value))
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise TypeError(
+                        f"{path}: key {key!r} ({type(key).__name__}) is not a str "
+                        "(JSON object keys are strings)"
+                    )
+                _check_keys(item, f"{path}[{key!r}]", open_)
+        else:
+            for i, item in enumerate(value):
+                _check_keys(item, f"{path}[{i}]", open_)
+        open_.discard(id(value))
 
 
 # -- results -----------------------------------------------------------------
@@ -733,10 +763,16 @@ class _Core:
         if body is not None:
             try:
                 text = json.dumps(body, ensure_ascii=False, allow_nan=False, default=_json_default)
+                data = text.encode("utf-8")
             except (TypeError, ValueError) as error:
                 kind = TypeError if isinstance(error, TypeError) else ValueError
+                if isinstance(error, UnicodeEncodeError):
+                    # Its own message counts characters of the whole body.
+                    bad = error.object[error.start : error.end]
+                    error = ValueError(
+                        f"a string with a lone surrogate ({bad!r}), which is not Unicode text"
+                    )
                 raise kind(f"{_place_of_failure(body, '', set())}: {error}") from None
-            data = text.encode("utf-8")
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -856,6 +892,7 @@ class _Core:
             "workflow": workflow,
             "context": dict(context) if context is not None else {},
         }
+        _check_keys(body["context"], "context", set())
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
         status, task = self.request(
