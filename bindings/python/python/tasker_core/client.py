@@ -80,6 +80,7 @@ from typing import (
     Iterable,
     Iterator,
     List,
+    Literal,
     Mapping,
     NoReturn,
     Optional,
@@ -105,7 +106,11 @@ from .errors import (
     WaitTimeout,
 )
 
+#: A task's status, as the API names it.
+TaskStatus = Literal["running", "complete", "failed", "cancelled"]
+
 __all__ = [
+    "TaskStatus",
     "Client",
     "AsyncClient",
     "TaskHandle",
@@ -925,7 +930,7 @@ class _Core:
 
     def list(
         self,
-        status: Optional[str],
+        status: Optional[TaskStatus],
         workflow: Optional[str],
         created_since: Union[datetime, str, None],
         limit: Optional[int],
@@ -1078,7 +1083,7 @@ class Client:
 
     def list(
         self,
-        status: Optional[str] = None,
+        status: Optional[TaskStatus] = None,
         workflow: Optional[str] = None,
         created_since: Union[datetime, str, None] = None,
         limit: Optional[int] = None,
@@ -1093,7 +1098,7 @@ class Client:
 
     def iter_tasks(
         self,
-        status: Optional[str] = None,
+        status: Optional[TaskStatus] = None,
         workflow: Optional[str] = None,
         created_since: Union[datetime, str, None] = None,
         page_size: Optional[int] = None,
@@ -1280,7 +1285,7 @@ class AsyncClient:
 
     async def list(
         self,
-        status: Optional[str] = None,
+        status: Optional[TaskStatus] = None,
         workflow: Optional[str] = None,
         created_since: Union[datetime, str, None] = None,
         limit: Optional[int] = None,
@@ -1291,7 +1296,7 @@ class AsyncClient:
 
     async def iter_tasks(
         self,
-        status: Optional[str] = None,
+        status: Optional[TaskStatus] = None,
         workflow: Optional[str] = None,
         created_since: Union[datetime, str, None] = None,
         page_size: Optional[int] = None,

@@ -26,7 +26,7 @@ deciding whether it may be retried (the rules of the Ruby and Node SDKs).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Literal, Optional
 
 from ._native import ConfigError, TaskerError, WorkerError, WorkerRefused
 
@@ -106,7 +106,7 @@ class RetryableError(HandlerError):
         message: str = "",
         *,
         error_type: Optional[str] = None,
-        retryable: Optional[bool] = None,
+        retryable: Optional[Literal[True]] = None,
     ) -> None:
         _fixed(type(self), "RetryableError", retryable, True)
         super().__init__(message, error_type=error_type, retryable=retryable)
@@ -122,7 +122,7 @@ class PermanentError(HandlerError):
         message: str = "",
         *,
         error_type: Optional[str] = None,
-        retryable: Optional[bool] = None,
+        retryable: Optional[Literal[False]] = None,
     ) -> None:
         _fixed(type(self), "PermanentError", retryable, False)
         super().__init__(message, error_type=error_type, retryable=retryable)

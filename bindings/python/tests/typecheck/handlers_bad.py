@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Dict, Set
 
-from tasker_core import AsyncCallNext, CallNext, PermanentError, RetryableError, Step, Worker
+from tasker_core import AsyncCallNext, CallNext, Client, PermanentError, RetryableError, Step, Worker
 
 worker = Worker(endpont="tcp://127.0.0.1:5555")  # E: Unexpected keyword argument "endpont" for "Worker"; did you mean "endpoint"?
 Worker(worker_capacity=4)  # E: Unexpected keyword argument "worker_capacity" for "Worker"
@@ -66,7 +66,10 @@ class CallWithoutStep:
 worker.register("call_without_step", CallWithoutStep())  # E: Argument 2 to "register" of "Worker" has incompatible type "CallWithoutStep"
 worker.register("not_callable", 42)  # E: Argument 2 to "register" of "Worker" has incompatible type "int"
 PermanentError("bad", error_type=3)  # E: Argument "error_type" to "PermanentError" has incompatible type "int"; expected "str | None"
-RetryableError("bad", retryable="yes")  # E: Argument "retryable" to "RetryableError" has incompatible type "str"
+RetryableError("bad", retryable="yes")  # E: Argument "retryable" to "RetryableError" has incompatible type "Literal['yes']"
+RetryableError("bad", retryable=False)  # E: Argument "retryable" to "RetryableError" has incompatible type "Literal[False]"
+PermanentError("bad", retryable=True)  # E: Argument "retryable" to "PermanentError" has incompatible type "Literal[True]"
+Client("http://127.0.0.1:1").list(status="weird")  # E: Argument "status" to "list" of "Client" has incompatible type "Literal['weird']"
 
 
 @worker.use  # E: Value of type variable "MiddlewareT" of "use" of "Worker" cannot be "Callable[[Step], int]"
