@@ -3,6 +3,8 @@ bridge, and configuration."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import inspect
 import logging
 import re
@@ -84,6 +86,37 @@ def test_hung_handler_does_not_block_stop_forever(dispatch, make_worker):
         assert worker.state == "stopped"
     finally:
         release.set()
+
+
+def test_an_async_handler_past_the_drain_deadline_is_cancelled_and_unwinds_before_join_returns(
+    dispatch, make_worker, caplog
+):
+    entered = threading.Event()
+    unwound = []
+    run = dispatch([step(1, "hang_async", metadata={"timeout_ms": 500})])
+    worker = make_worker(endpoint=run.endpoint, capacity=1, shutdown_timeout_ms=300)
+
+    @worker.handler("hang_async")
+    async def hang_async(step):
+        entered.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            unwound.append(step.step_id)
+        return "too late"
+
+    worker.start()
+    results = run.results()
+    assert entered.is_set() and results[1]["error"]["error_type"] == "TimedOut"
+    with caplog.at_level(logging.DEBUG):
+        worker.stop()
+        assert worker.join(15)
+        # Its finally ran before the worker said it had stopped, not at
+        # interpreter exit; and asyncio had nothing to complain about.
+        assert unwound == [1]
+        gc.collect()
+    assert not [r for r in caplog.records if "destroyed but it is pending" in r.getMessage()]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_runtime_log_events_reach_python_logging(dispatch, make_worker):

@@ -211,6 +211,7 @@ class _AsyncRunner:
         self._tasks: "set[asyncio.Task[None]]" = set()
         self._done: List[Tuple[Step, Any, float]] = []
         self._flush_scheduled = False
+        self._stopping = False
         self.thread = threading.Thread(target=self._run, name="tasker-core-asyncio", daemon=True)
         self.thread.start()
 
@@ -219,9 +220,31 @@ class _AsyncRunner:
         try:
             self.loop.run_forever()
         finally:
-            for task in list(self._tasks):
-                task.cancel()
+            self._stopping = True
+            self._cancel_abandoned()
             self.loop.close()
+
+    def _cancel_abandoned(self) -> None:
+        """Cancels the handlers still running past the drain deadline (their
+        steps were given up) and lets them unwind, their ``finally`` blocks
+        run, before :meth:`Worker.run` returns. Cancelled and never awaited,
+        each was logged by asyncio as an ERROR ("Task was destroyed but it is
+        pending!") and its ``finally`` ran at interpreter exit."""
+        pending = list(self._tasks)
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, stubborn = self.loop.run_until_complete(
+            asyncio.wait(pending, timeout=_THREAD_EXIT_GRACE / 2)
+        )
+        if stubborn:
+            log.warning(
+                "%d async handler(s) ignored their cancellation at the stop; left unfinished",
+                len(stubborn),
+            )
+            # Said once above, not again per task when it is collected.
+            self.loop.set_exception_handler(lambda _loop, _context: None)
 
     def submit(self, items: List[Tuple[Callable[[Step], Awaitable[Any]], Step]]) -> None:
         """Starts the handlers on the loop; any thread."""
@@ -238,6 +261,8 @@ class _AsyncRunner:
         try:
             output = await fn(step)
         except BaseException as exc:  # noqa: BLE001 - every failure is reported
+            if self._stopping and isinstance(exc, asyncio.CancelledError):
+                return  # given up at the drain deadline: nobody takes a result now
             self._worker._fail(step, exc, time.perf_counter() - started)
             return
         self._done.append((step, output, time.perf_counter() - started))
