@@ -232,10 +232,17 @@ pub fn json_error_reason(error: &serde_json::Error, text: &[u8]) -> String {
         // parsed, often one field rather than the body.
         "lone surrogate escape: a \\uD800-\\uDFFF escape must be one half of a surrogate pair"
             .to_string()
+    } else if message.starts_with("recursion limit exceeded") {
+        // The text may be valid JSON; it is deeper than anyone here reads.
+        format!("nested more than {JSON_PARSE_DEPTH} levels deep, more than is read ({message})")
     } else {
         message
     }
 }
+
+/// How deep serde_json parses arrays and objects before it gives up
+/// ("recursion limit exceeded").
+const JSON_PARSE_DEPTH: usize = 128;
 
 /// The top-level fields of a body, each left as its JSON text: read
 /// without building values, so neither nesting depth nor string escapes

@@ -204,13 +204,14 @@ pub fn parse_body<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, Pro
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         // serde_json's syntax errors say where (line, column), never what.
-        Problem::new(
-            ProblemKind::MalformedJson,
-            format!(
-                "the body is not valid JSON: {}",
-                tasker_protocol::codec::json_error_reason(&e, bytes)
-            ),
-        )
+        let reason = tasker_protocol::codec::json_error_reason(&e, bytes);
+        // Too deep may still be valid JSON: not called malformed then.
+        let detail = if reason.starts_with("nested more than") {
+            format!("the body is {reason}")
+        } else {
+            format!("the body is not valid JSON: {reason}")
+        };
+        Problem::new(ProblemKind::MalformedJson, detail)
     })?;
     if !value.is_object() {
         return Err(Problem::new(
@@ -685,6 +686,21 @@ mod tests {
         let p = body_problem("");
         assert_eq!(p.status, 400);
         assert_eq!(p.detail, "the body is empty; expected a JSON object");
+        // Valid JSON, but deeper than the parser reads: said so, not
+        // called malformed.
+        let deep = format!(
+            r#"{{"workflow":"etl","context":{{"d":{}{}}}}}"#,
+            "[".repeat(150),
+            "]".repeat(150)
+        );
+        let p = body_problem(&deep);
+        assert_eq!(p.status, 400);
+        assert!(
+            p.detail
+                .starts_with("the body is nested more than 128 levels deep, more than is read"),
+            "{}",
+            p.detail
+        );
     }
 
     #[test]
