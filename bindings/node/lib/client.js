@@ -436,7 +436,17 @@ class Client {
       configOptions.apiToken = token;
     }
     checkTimeout("timeoutMs", timeoutMs, { nullable: false });
-    const { resolved, values } = resolveConfig(path, configOptions);
+    let resolved, values;
+    try {
+      ({ resolved, values } = resolveConfig(path, configOptions));
+    } catch (error) {
+      // The url and token given here are the options `apiUrl` and
+      // `apiToken` underneath: name them as the caller wrote them.
+      if (url !== undefined && url !== null && typeof error?.message === "string") {
+        error.message = error.message.replace("option `apiUrl`", "option `url`");
+      }
+      throw error;
+    }
     let base;
     try {
       base = resolved.apiBaseUrl();

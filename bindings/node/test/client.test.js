@@ -608,7 +608,11 @@ test("the URL comes from apiUrl, else apiListen on loopback; https is for a TLS 
   assert.equal(new Client({ apiUrl: "https://tasks.example.com:8443/tasker" }).url, "https://tasks.example.com:8443/tasker");
   assert.throws(
     () => new Client({ url: "ftp://x:1" }),
-    (e) => e instanceof ConfigError && /http:\/\/HOST:PORT, or https:\/\/HOST\[:PORT\] for a TLS proxy/.test(e.message),
+    (e) =>
+      e instanceof ConfigError &&
+      /http:\/\/HOST:PORT, or https:\/\/HOST\[:PORT\] for a TLS proxy/.test(e.message) &&
+      // Named as the caller wrote it, not as the config key underneath.
+      e.message.startsWith("invalid value for option `url`"),
   );
   assert.throws(() => new Client({ apiListen: "127.0.0.1:0" }), (e) => e instanceof ConfigError && /api_url/.test(e.message));
   assert.throws(() => new Client({ tokn: "x" }), (e) => e instanceof ConfigError && /unknown config key `tokn`/.test(e.message));
