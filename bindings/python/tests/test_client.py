@@ -766,8 +766,9 @@ def test_configuration(serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyP
     for bad in ("ftp://host:21", "http://host:port", "http://"):
         with pytest.raises(ConfigError):
             Client(bad)
-    with pytest.raises(ValueError):
-        Client(serve.url, timeout=0)
+    for bad_timeout in (0, -1):
+        with pytest.raises(ValueError, match="^timeout must be a positive number of seconds"):
+            Client(serve.url, timeout=bad_timeout)
 
 
 def test_https_through_a_tls_proxy_checks_the_certificate(

@@ -729,6 +729,9 @@ class _Core:
         env: Optional[str],
         timeout: float,
     ) -> None:
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout < 0:
+            # Said as 0 is: "non-negative" (the wait's rule) would invite 0.
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         checked = _check_timeout(timeout, "timeout")
         if checked is None or checked == 0 or math.isinf(checked):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
