@@ -5,7 +5,7 @@
 #   tasker_core-VERSION-cp39-abi3-manylinux_*_x86_64.whl  Python ≥ 3.9 (abi3), built by maturin
 #   tasker_core-VERSION-x86_64-linux.gem                  Ruby platform gem: `gem build tasker_core.gemspec`
 #   tasker-core-VERSION.tgz                               npm package with the addon
-#   tasker-VERSION-x86_64-linux.tar.gz                    the `tasker` binary, with README.md
+#   tasker-VERSION-x86_64-linux.tar.gz                    the `tasker` binary, with README.md and what it links to
 #
 # Every native library and binary in them is stripped.
 #
@@ -71,6 +71,16 @@ if wants cli; then
   strip "$stage/$name/tasker"
   for doc in README.md LICENSE LICENSE.md LICENSE.txt; do
     if [ -f "$doc" ]; then cp "$doc" "$stage/$name/"; fi
+  done
+  # What the README links to and a user of the binary alone needs: the
+  # protocol (to write a worker), the example workflows (`serve`'s default
+  # workflows_dir, so `./tasker serve` in this folder has them), the SDKs'
+  # READMEs, the config. Without them every such link was broken.
+  for doc in protocol/SPEC.md protocol/CLIENT.md protocol/openapi.json protocol/schema \
+    examples/workflows examples/python-client config/zeromq.yaml docs/dashboard.png \
+    bindings/python/README.md bindings/node/README.md bindings/ruby/README.md; do
+    mkdir -p "$stage/$name/$(dirname "$doc")"
+    cp -R "$doc" "$stage/$name/$doc"
   done
   rm -f "$out"/tasker-*-"$platform".tar.gz
   tar -C "$stage" -czf "$out/$name.tar.gz" "$name"

@@ -121,6 +121,11 @@ binaries=("$tmp"/cli/tasker-*/tasker)
 tasker="${binaries[0]}"
 stripped "$tasker"
 clean "$tasker" --version >&2 || fail "the archived tasker does not run"
+# Every relative link of the README it carries leads to a file it carries.
+readme="$(dirname "$tasker")/README.md"
+while read -r link; do
+  [ -e "$(dirname "$tasker")/$link" ] || fail "the archive's README links to $link, which it does not hold"
+done < <(grep -o '](\([^)#h][^)]*\))' "$readme" | sed 's/](\(.*\))/\1/; s/#.*//' | sort -u)
 
 # One step, served by whichever SDK's worker is spawned.
 cat >"$tmp/greet.yaml" <<'YAML'
