@@ -1370,3 +1370,57 @@ fn s17_a_server_without_tokens_says_once_that_it_did_not_check_a_token_it_was_se
     }
     assert_eq!(serve.log().matches(warning).count(), 1, "{}", serve.log());
 }
+
+const PAUSE_WORKFLOW: &str = r#"
+name: pause
+description: one short step that may run once, with a short timeout
+defaults:
+  timeout_ms: 2500
+  retry: { max_attempts: 1 }
+steps:
+  - name: only
+    handler: sleep
+    handler_config: { ms: 600 }
+"#;
+
+/// A server paused longer than a step's `timeout_ms` (SIGSTOP: a VM
+/// frozen, a container paused) with a step queued for a busy worker: the
+/// step could not be sent while the server was stopped, so the pause does
+/// not count against it. It failed `ScheduleTimeout` ("no worker serving
+/// it had room") on the resume, without having run.
+#[test]
+fn s18_a_server_paused_past_a_steps_timeout_does_not_fail_the_steps_it_had_queued() {
+    let (dir, endpoint, store) = sqlite_setup_with("pause", PAUSE_WORKFLOW);
+    let serve = Serve::start(dir.path(), &store, &endpoint);
+    let _workers = Workers::start(&endpoint, 1, 1);
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get_workers(&http, &serve) == 0 {
+        assert!(Instant::now() < deadline, "the worker never registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ids = submit_of(&http, &serve, "pause", 3);
+    // One running at the worker, one queued behind it in the server.
+    wait_for_steps_at_workers(&http, &serve, 1);
+    let pid = serve.child.id().to_string();
+    let signal = |which: &str| {
+        assert!(Command::new("kill")
+            .args([which, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_secs(4));
+    signal("-CONT");
+    wait_all_ended(&http, &serve, Duration::from_secs(60));
+    for id in ids {
+        let task = get_task(&http, &serve, &id.to_string());
+        assert_eq!(
+            task["status"],
+            "complete",
+            "{task:#}\n{}",
+            tail(&serve.log(), 30)
+        );
+    }
+}

@@ -342,6 +342,7 @@ impl Dispatcher {
             "orchestrator was not running; reading queued input before judging workers"
         );
         self.registry.forgive(late);
+        self.steps.forgive(late);
         true
     }
 

@@ -517,6 +517,29 @@ impl StepTable {
         });
     }
 
+    /// The orchestrator itself was not running for `stall`: a queued step
+    /// could not be sent meanwhile, nor a reclaimed one claimed, so their
+    /// deadlines move back by the stall. (A pause of `serve` longer than
+    /// `timeout_ms` failed every queued step `ScheduleTimeout`, "no worker
+    /// had room", with idle workers connected.) Steps out at workers keep
+    /// theirs: their handlers ran all along. Stale deadlines are dropped on
+    /// the way.
+    pub fn forgive(&mut self, stall: Duration) {
+        let steps = &self.steps;
+        self.deadlines = std::mem::take(&mut self.deadlines)
+            .into_iter()
+            .filter_map(|Reverse((at, step_id, epoch))| {
+                let entry = steps.get(&step_id).filter(|e| e.epoch == epoch)?;
+                let waiting = matches!(entry.state, StepState::Queued | StepState::Orphaned);
+                Some(Reverse((
+                    if waiting { at + stall } else { at },
+                    step_id,
+                    epoch,
+                )))
+            })
+            .collect();
+    }
+
     /// The earliest deadline that may still be live.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.peek().map(|Reverse((at, _, _))| *at)
@@ -610,6 +633,27 @@ mod tests {
             table.insert(step, Arc::clone(&sink), now);
         }
         table
+    }
+
+    #[test]
+    fn a_stall_moves_back_the_deadlines_of_queued_steps_only() {
+        // Steps 1 and 2 queued at t0 with 1 s to be sent; 2 goes out.
+        let mut table = table_with(&[(1, "a"), (2, "a")]);
+        let t0 = Instant::now();
+        let mut picked = Vec::new();
+        table.pick("a", 1, &mut picked);
+        let out = picked[0];
+        table.dispatched(&picked, 7, t0, None);
+        table.forgive(Duration::from_secs(5));
+        let later = t0 + Duration::from_secs(2);
+        // The one out at a worker is late (its handler ran all along); the
+        // one still queued is not: nothing could send it meanwhile.
+        assert_eq!(table.pop_expired(later), Some(out.step_id));
+        assert_eq!(table.pop_expired(later), None);
+        assert_eq!(
+            table.pop_expired(t0 + Duration::from_secs(7)),
+            Some(3 - out.step_id)
+        );
     }
 
     #[test]
