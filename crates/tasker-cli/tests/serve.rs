@@ -1424,3 +1424,78 @@ fn s18_a_server_paused_past_a_steps_timeout_does_not_fail_the_steps_it_had_queue
         );
     }
 }
+
+/// SIGTERM while PostgreSQL is down, with results of one-attempt steps
+/// already handed over by their workers: the stop waits (up to
+/// `shutdown_timeout_ms`) for the database, as a running server does, and
+/// records them once it is back. They were dropped at the stop, and each
+/// step, run once and completed, failed `WorkerLost` at the next start
+/// (the chaos helper: 12 of 12). When the database stays down past the
+/// deadline, the stop says what it could not record and exits 1.
+#[test]
+fn s19_a_stop_while_postgres_is_down_waits_for_it_and_records_the_results_workers_sent() {
+    let mut pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
+    let dir = tempfile::tempdir().unwrap();
+    workflows_dir(dir.path());
+    std::fs::write(dir.path().join("workflows/pause.yaml"), PAUSE_WORKFLOW).unwrap();
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let http = client();
+    let with_deadline = |command: &mut Command| {
+        command.env("TASKER_SHUTDOWN_TIMEOUT_MS", "6000");
+    };
+    let sigterm = |serve: &Serve| {
+        assert!(Command::new("kill")
+            .args(["-TERM", &serve.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    let serve = Serve::try_start_with(dir.path(), &pg.url(), &endpoint, with_deadline).unwrap();
+    let workers = Workers::start(&endpoint, 1, 4);
+    let first = submit_of(&http, &serve, "pause", 4);
+    wait_for_steps_at_workers(&http, &serve, 4);
+    pg.stop_for_now().expect("PostgreSQL stops");
+    // The steps end 0.6 s after dispatch: their results reach the server
+    // with the database down.
+    std::thread::sleep(Duration::from_millis(1_500));
+    sigterm(&serve);
+    std::thread::sleep(Duration::from_millis(1_500));
+    pg.start_again().expect("PostgreSQL starts again");
+    let mut serve = serve;
+    let status = serve.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "the stop recorded everything once the database was back: {status:?}\n{}",
+        tail(&serve.log(), 30)
+    );
+
+    // The same, the database down past the stop's deadline.
+    let serve = Serve::try_start_with(dir.path(), &pg.url(), &endpoint, with_deadline).unwrap();
+    for id in &first {
+        let task = get_task(&http, &serve, &id.to_string());
+        assert_eq!(task["status"], "complete", "task {id}: {task:#}");
+    }
+    let second = submit_of(&http, &serve, "pause", 2);
+    wait_for_steps_at_workers(&http, &serve, 2);
+    pg.stop_for_now().expect("PostgreSQL stops");
+    std::thread::sleep(Duration::from_millis(1_500));
+    sigterm(&serve);
+    let mut serve = serve;
+    let status = serve.child.wait().unwrap();
+    let log = serve.log();
+    assert_eq!(status.code(), Some(1), "{}", tail(&log, 30));
+    assert!(
+        log.contains("the store did not take what 2 task(s) last held"),
+        "{}",
+        tail(&log, 30)
+    );
+    drop(workers);
+    pg.start_again().expect("PostgreSQL starts again");
+    let serve = Serve::try_start_with(dir.path(), &pg.url(), &endpoint, with_deadline).unwrap();
+    // Their steps count as lost, as the stop said: one attempt each.
+    wait_all_ended(&http, &serve, Duration::from_secs(60));
+    for id in &second {
+        let task = get_task(&http, &serve, &id.to_string());
+        assert_eq!(task["status"], "failed", "task {id}: {task:#}");
+    }
+}

@@ -320,10 +320,28 @@ impl Canceller {
     /// that only say the executor stopped (`Abandoned`, `ExecutorStopped`)
     /// are not recorded: those steps are reclaimed or run again after the
     /// restart.
+    ///
+    /// A journal that fails meanwhile (the store down) is still tried
+    /// again, so results that came are recorded if the store comes back,
+    /// until [`abandon`](Self::abandon).
     pub fn suspend(&self) {
         self.0.send_if_modified(|c| {
-            let changed = *c != Control::Suspend;
-            *c = Control::Suspend;
+            let changed = !matches!(*c, Control::Suspend | Control::Abandon);
+            if changed {
+                *c = Control::Suspend;
+            }
+            changed
+        });
+    }
+
+    /// A suspension that waits no longer: a journal commit the store keeps
+    /// failing is given up (the task stops with
+    /// [`TaskStopped::Journal`]), and the results it held are not
+    /// recorded. For a stop's deadline.
+    pub fn abandon(&self) {
+        self.0.send_if_modified(|c| {
+            let changed = *c != Control::Abandon;
+            *c = Control::Abandon;
             changed
         });
     }
@@ -341,6 +359,8 @@ enum Control {
     Run,
     Cancel,
     Suspend,
+    /// Suspend, and give up a failing journal commit.
+    Abandon,
 }
 
 /// Why a task stopped without ending.
@@ -601,7 +621,7 @@ impl TaskRun {
     ///
     /// A store that fails in a way that may pass (a full disk, a database
     /// restarting) is tried again, backing off up to [`JOURNAL_RETRY_MAX`],
-    /// until the commit goes in or the task is suspended: nothing is
+    /// until the commit goes in or the task is abandoned: nothing is
     /// dispatched or acted on meanwhile, and results that arrive wait.
     /// Stopping the task at the first failure left it `running` in the
     /// store with nothing driving it until the next start, though the store
@@ -625,7 +645,9 @@ impl TaskRun {
         loop {
             match journal.commit(self.transitions(end)).await {
                 Ok(()) => break,
-                Err(JournalError::Store(error)) if *self.cancel.borrow() != Control::Suspend => {
+                // Under a suspension too: a stop with the store down
+                // dropped the results workers had already handed over.
+                Err(JournalError::Store(error)) if *self.cancel.borrow() != Control::Abandon => {
                     failures += 1;
                     if failures == 1 {
                         tracing::warn!(
@@ -836,7 +858,7 @@ impl TaskRun {
     fn obey(&mut self, control: Control) {
         match control {
             Control::Cancel => self.start_cancelling(),
-            Control::Suspend => self.start_suspending(),
+            Control::Suspend | Control::Abandon => self.start_suspending(),
             Control::Run => {}
         }
     }

@@ -196,15 +196,48 @@ async fn a_cancel_while_the_store_is_down_does_not_hurry_the_retries_and_is_obey
     rig.close().await;
 }
 
+/// A stop suspends its tasks with the store down: what they hold (results
+/// workers handed over) is still committed if the store comes back before
+/// the stop's deadline. Giving up at the suspend dropped it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_suspended_while_the_store_is_down_stops_with_the_stores_error() {
+async fn a_task_suspended_while_the_store_is_down_keeps_trying_and_stops_once_it_is_back() {
     let rig = rig().await;
     let task = rig.start();
     rig.first_try().await;
     task.canceller().suspend();
+    let before = rig.attempts();
+    let outcome = tokio::spawn(task.outcome());
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(!outcome.is_finished(), "still trying its commit");
+    assert!(rig.attempts() > before, "tried again while suspended");
+    rig.journal.down.store(false, Ordering::SeqCst);
+    let stopped = tokio::time::timeout(Duration::from_secs(10), outcome)
+        .await
+        .expect("stops once the store took the commit")
+        .unwrap();
+    assert!(
+        matches!(stopped, Err(TaskStopped::Suspended)),
+        "{stopped:?}"
+    );
+    assert!(
+        !rig.journal.committed.lock().unwrap().is_empty(),
+        "the commit went in"
+    );
+    rig.close().await;
+}
+
+/// At the stop's deadline the suspension is abandoned: a commit the store
+/// still refuses is given up at once, with the store's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_task_stops_at_once_with_the_stores_error() {
+    let rig = rig().await;
+    let task = rig.start();
+    rig.first_try().await;
+    task.canceller().suspend();
+    task.canceller().abandon();
     let stopped = tokio::time::timeout(Duration::from_secs(5), task.outcome())
         .await
-        .expect("a suspend ends the waiting at once");
+        .expect("an abandon ends the waiting at once");
     assert!(
         matches!(stopped, Err(TaskStopped::Journal(JournalError::Store(_)))),
         "{stopped:?}"

@@ -77,7 +77,9 @@ impl Server {
     ///
     /// It also stops, and returns an error saying so, once it can write
     /// its store no more: another server took it over, or its writer
-    /// failed ([`Service::taken_over`]).
+    /// failed ([`Service::taken_over`]). A stop whose store stayed down
+    /// past the deadline, so that results workers had sent went unrecorded
+    /// ([`Service::unrecorded`]), is an error too.
     pub async fn run(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
         let app = crate::api::router(Arc::clone(&self.service));
@@ -102,11 +104,19 @@ impl Server {
         self.service.shutdown().await;
         let _ = closed_tx.send(());
         http.await.map_err(std::io::Error::other)?;
+        let unrecorded = self.service.unrecorded();
         match lost {
-            None => Ok(()),
             Some(why) => Err(std::io::Error::other(format!(
                 "stopped: this server can write its store no more: {why}"
             ))),
+            // Said as a failure: a supervisor, and whoever reads why steps
+            // ran again, should know.
+            None if unrecorded > 0 => Err(std::io::Error::other(format!(
+                "stopped, but the store did not take what {unrecorded} task(s) last held \
+                 (results workers had sent) before shutdown_timeout_ms passed; those steps \
+                 count as lost at the next start"
+            ))),
+            None => Ok(()),
         }
     }
 }

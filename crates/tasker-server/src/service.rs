@@ -187,6 +187,9 @@ struct Drivers {
     tasks: HashMap<i64, Driven>,
     /// Drivers that have not returned yet, for shutdown to wait on.
     joins: Vec<tokio::task::JoinHandle<()>>,
+    /// Tasks that stopped because their journal failed for good: what they
+    /// last held (results included) was not recorded.
+    unrecorded: usize,
 }
 
 /// How often a long-poll looks at a running task no driver here holds.
@@ -363,6 +366,7 @@ impl Service {
                 Err(TaskStopped::Suspended) => {}
                 Err(TaskStopped::Journal(e)) => {
                     tracing::error!(task_id, error = %e, "task stopped: its journal failed; it resumes at the next start");
+                    drivers_for_task.lock().expect("drivers lock").unrecorded += 1;
                 }
             }
             drivers_for_task
@@ -764,6 +768,13 @@ impl Service {
             }
         }
         left.extend(joins);
+        if !left.is_empty() {
+            // The deadline passed. Tasks still trying their journal (the
+            // store down) give up now: what they hold goes unrecorded.
+            for driven in self.drivers.lock().expect("drivers lock").tasks.values() {
+                driven.canceller.abandon();
+            }
+        }
         // Steps still out are abandoned; their tasks do not record that and
         // stop, so the next start reclaims or reruns them.
         let report = self.executor.shutdown(Duration::ZERO).await;
@@ -773,6 +784,15 @@ impl Service {
         self.store.close().await;
         self.node.lock().await.take();
         tracing::info!(abandoned = report.abandoned.len(), "service stopped");
+    }
+
+    /// How many tasks stopped with their journal failing for good (the
+    /// store down until the stop's deadline): the results they held,
+    /// handed over by workers, were not recorded, and those steps count as
+    /// lost at the next start. [`Server::run`](crate::Server::run) makes a
+    /// stop with any an error.
+    pub fn unrecorded(&self) -> usize {
+        self.drivers.lock().expect("drivers lock").unrecorded
     }
 }
 
