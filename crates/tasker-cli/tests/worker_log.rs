@@ -141,3 +141,27 @@ fn a_worker_says_once_where_it_waits_what_it_serves_when_it_registers_and_warns_
     assert_eq!(count(&lost, "WARN"), 1, "{lost:#?}");
     assert_eq!(count(&lost, "waiting for an orchestrator"), 0, "{lost:#?}");
 }
+
+/// A worker waiting out a reconnect backoff longer than the heartbeat
+/// expiry, with no orchestrator up, is not late: it warned once a round
+/// that it "could not beat ... its thread was busy or the process stopped"
+/// (the chaos helper: `late_ms=5001`, the backoff, with serve stopped),
+/// sending an operator after a CPU problem that did not exist.
+#[test]
+fn a_worker_waiting_out_a_long_reconnect_backoff_does_not_say_it_could_not_beat() {
+    let endpoint = free_endpoint();
+    let mut worker = tasker(&["worker", "--endpoint", &endpoint, "--handlers", "echo"])
+        .env("TASKER_RECONNECT_INITIAL_MS", "400")
+        .env("TASKER_RECONNECT_MAX_MS", "800")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut worker);
+    let _reaper = Reaper(vec![worker]);
+    // Expiry 300 ms; backoffs of 400 and 800 ms: several rounds.
+    let waited = lines_during(&lines, Duration::from_secs(4));
+    assert_eq!(count(&waited, "could not beat"), 0, "{waited:#?}");
+    assert_eq!(count(&waited, "WARN"), 0, "{waited:#?}");
+}

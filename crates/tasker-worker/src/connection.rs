@@ -343,7 +343,7 @@ impl Connection {
     pub(crate) fn run(mut self) {
         loop {
             let wake_at = self.next_wake();
-            self.planned_wake = wake_at;
+            self.planned_wake = planned(wake_at);
             let (bell_rang, handshakes_due) = {
                 let mut items = [Waitable::Fd(self.shared.doorbell.fd()); 3];
                 let mut n = 1;
@@ -518,7 +518,7 @@ impl Connection {
                     && self.sends_done > sent_before);
             if !more {
                 let wake_at = self.next_wake();
-                self.planned_wake = wake_at;
+                self.planned_wake = planned(wake_at);
                 return Some(wake_at);
             }
         }
@@ -1131,4 +1131,13 @@ impl Connection {
         self.send(&WorkerMessage::Goodbye(goodbye));
         true
     }
+}
+
+/// When the coming turn is due: `wake_at`, or now when that has passed. A
+/// deadline already behind us (a heartbeat due while the hello waited for a
+/// connection that never came up) is not lateness: measured from it, a
+/// worker waiting out its reconnect backoff warned that it "could not beat"
+/// for 5 s, as if its thread had been busy.
+fn planned(wake_at: Option<Instant>) -> Option<Instant> {
+    wake_at.map(|at| at.max(Instant::now()))
 }
