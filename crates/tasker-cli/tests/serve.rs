@@ -102,15 +102,19 @@ impl Serve {
         format!("{}{path}", self.api)
     }
 
-    /// SIGTERM, as a service manager stops it; waits for the exit, which
-    /// must be clean (0).
-    fn stop(&mut self) {
-        let pid = self.child.id().to_string();
+    /// Sends it `signal` (`-TERM`, `-STOP`, ...).
+    fn signal(&self, signal: &str) {
         assert!(Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .unwrap()
             .success());
+    }
+
+    /// SIGTERM, as a service manager stops it; waits for the exit, which
+    /// must be clean (0).
+    fn stop(&mut self) {
+        self.signal("-TERM");
         let status = self.child.wait().unwrap();
         assert!(
             status.success(),
@@ -237,6 +241,15 @@ fn wait_all_ended(http: &reqwest::blocking::Client, serve: &Serve, timeout: Dura
             tail(&serve.log(), 40)
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until a worker has registered.
+fn wait_for_a_worker(http: &reqwest::blocking::Client, serve: &Serve) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get_workers(http, serve) == 0 {
+        assert!(Instant::now() < deadline, "no worker registered");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -1307,11 +1320,7 @@ fn s16_a_handler_no_connected_worker_serves_is_warned_about_at_once_with_a_near_
     let serve = Serve::start(dir.path(), &store, &endpoint);
     let _workers = Workers::start(&endpoint, 1, 2);
     let http = client();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while get_workers(&http, &serve) == 0 {
-        assert!(Instant::now() < deadline, "the worker never registered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_a_worker(&http, &serve);
     let started = Instant::now();
     submit_of(&http, &serve, "typo", 3);
     let warned = loop {
@@ -1394,25 +1403,13 @@ fn s18_a_server_paused_past_a_steps_timeout_does_not_fail_the_steps_it_had_queue
     let serve = Serve::start(dir.path(), &store, &endpoint);
     let _workers = Workers::start(&endpoint, 1, 1);
     let http = client();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while get_workers(&http, &serve) == 0 {
-        assert!(Instant::now() < deadline, "the worker never registered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_a_worker(&http, &serve);
     let ids = submit_of(&http, &serve, "pause", 3);
     // One running at the worker, one queued behind it in the server.
     wait_for_steps_at_workers(&http, &serve, 1);
-    let pid = serve.child.id().to_string();
-    let signal = |which: &str| {
-        assert!(Command::new("kill")
-            .args([which, &pid])
-            .status()
-            .unwrap()
-            .success())
-    };
-    signal("-STOP");
+    serve.signal("-STOP");
     std::thread::sleep(Duration::from_secs(4));
-    signal("-CONT");
+    serve.signal("-CONT");
     wait_all_ended(&http, &serve, Duration::from_secs(60));
     for id in ids {
         let task = get_task(&http, &serve, &id.to_string());
@@ -1443,13 +1440,6 @@ fn s19_a_stop_while_postgres_is_down_waits_for_it_and_records_the_results_worker
     let with_deadline = |command: &mut Command| {
         command.env("TASKER_SHUTDOWN_TIMEOUT_MS", "6000");
     };
-    let sigterm = |serve: &Serve| {
-        assert!(Command::new("kill")
-            .args(["-TERM", &serve.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
-    };
     let serve = Serve::try_start_with(dir.path(), &pg.url(), &endpoint, with_deadline).unwrap();
     let workers = Workers::start(&endpoint, 1, 4);
     let first = submit_of(&http, &serve, "pause", 4);
@@ -1458,7 +1448,7 @@ fn s19_a_stop_while_postgres_is_down_waits_for_it_and_records_the_results_worker
     // The steps end 0.6 s after dispatch: their results reach the server
     // with the database down.
     std::thread::sleep(Duration::from_millis(1_500));
-    sigterm(&serve);
+    serve.signal("-TERM");
     std::thread::sleep(Duration::from_millis(1_500));
     pg.start_again().expect("PostgreSQL starts again");
     let mut serve = serve;
@@ -1479,7 +1469,7 @@ fn s19_a_stop_while_postgres_is_down_waits_for_it_and_records_the_results_worker
     wait_for_steps_at_workers(&http, &serve, 2);
     pg.stop_for_now().expect("PostgreSQL stops");
     std::thread::sleep(Duration::from_millis(1_500));
-    sigterm(&serve);
+    serve.signal("-TERM");
     let mut serve = serve;
     let status = serve.child.wait().unwrap();
     let log = serve.log();
