@@ -352,6 +352,8 @@ impl Canceller {
 const JOURNAL_RETRY_FIRST: Duration = Duration::from_millis(100);
 /// The longest pause between tries of a failed journal commit.
 const JOURNAL_RETRY_MAX: Duration = Duration::from_secs(5);
+/// The longest pause between tries while the task is suspended for a stop.
+const JOURNAL_RETRY_STOPPING_MAX: Duration = Duration::from_millis(500);
 
 /// What a task's driver is told to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -661,7 +663,14 @@ impl TaskRun {
                         _ = tokio::time::sleep(pause) => {}
                         Ok(()) = control.changed() => {}
                     }
-                    pause = (pause * 2).min(JOURNAL_RETRY_MAX);
+                    // A stop waits for the store only until its deadline:
+                    // tried often then, so a store back in time is used.
+                    let most = if *self.cancel.borrow() == Control::Suspend {
+                        JOURNAL_RETRY_STOPPING_MAX
+                    } else {
+                        JOURNAL_RETRY_MAX
+                    };
+                    pause = (pause * 2).min(most);
                 }
                 Err(e) => return Err(e),
             }
