@@ -42,8 +42,9 @@ const UNSERVED_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// Handlers remembered as warned about, at most (a workflow may name
 /// thousands nobody serves).
 const WARNED_HANDLERS: usize = 1_024;
-/// Served handler names a "did you mean" hint compares at most.
-const NEAR_NAMES_LOOKED_AT: usize = 4_096;
+/// Served handler names a "did you mean" hint compares at most (on the
+/// I/O thread too, for a step that ends `NoWorkerForHandler`).
+pub(crate) const NEAR_NAMES_LOOKED_AT: usize = 4_096;
 
 /// What one connection taking work can hold, as the I/O thread sees it.
 #[derive(Debug, Clone)]

@@ -4,8 +4,7 @@
 
 use super::*;
 
-/// Served handler names a "did you mean" hint compares at most.
-const NEAR_NAMES_LOOKED_AT: usize = 4096;
+use crate::admission::NEAR_NAMES_LOOKED_AT;
 
 impl Dispatcher {
     pub(super) fn finish(&mut self, step_id: StepId, result: StepExecutionResult, how: Ended) {
