@@ -584,10 +584,12 @@ class Client {
     for (let attempt = 0; attempt < tries; attempt++) {
       if (attempt > 0) {
         const delay = Math.round(RETRY_DELAYS_MS[attempt - 1] * (0.8 + Math.random() * 0.4));
-        logging.log("debug", `retrying ${method} ${path} in ${delay} ms`, {
-          attempt: attempt + 1,
-          cause: last.cause,
-        });
+        logging.log(
+          "debug",
+          `retrying ${method} ${path} in ${delay} ms`,
+          { attempt: attempt + 1, cause: last.cause },
+          "tasker_core::client",
+        );
         await sleep(delay, undefined, signal ? { signal } : undefined).catch(() => {
           throw signal.reason;
         });

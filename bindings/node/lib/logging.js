@@ -61,12 +61,13 @@ function onRecords(entries) {
 
 /**
  * Logs a record of the JavaScript layer itself through the same logger,
- * filtered by the same level.
+ * filtered by the same level: the worker's under `tasker_core::node`, the
+ * client's under `tasker_core::client`, so either can be told apart.
  */
-function log(recordLevel, message, fields = {}) {
+function log(recordLevel, message, fields = {}, target = "tasker_core::node") {
   if (LEVELS.indexOf(recordLevel) > LEVELS.indexOf(level)) return;
   const pairs = Object.entries(fields).map(([k, v]) => ` ${k}=${v}`).join("");
-  onRecords([{ level: recordLevel, target: "tasker_core::node", message, fields, line: message + pairs }]);
+  onRecords([{ level: recordLevel, target, message, fields, line: message + pairs }]);
 }
 
 /**

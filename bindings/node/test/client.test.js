@@ -30,6 +30,7 @@ const {
   ServerUnavailable,
   WaitTimeout,
   ApiError,
+  setLogger,
 } = require("tasker-core");
 const { tempDir, startServe, startRustWorker, stopProcess, killAll, withTimeout, freeEndpoint } = require("./helpers.js");
 
@@ -475,7 +476,13 @@ test("workflows lists the loaded workflows with their steps", async () => {
 test("ServerUnavailable on a port nobody listens on: after the retries (about 3 s), at once for a submit without key", async () => {
   const endpoint = await freeEndpoint(); // a free port: nobody listens
   const nobody = new Client({ url: endpoint.replace("tcp://", "http://") });
-  const read = await timed(nobody.get(1));
+  const records = [];
+  setLogger((entry) => records.push(entry), "debug");
+  const read = await timed(nobody.get(1)).finally(() => setLogger(undefined));
+  // Each retry is logged under the client's own target, not the worker's.
+  const retries = records.filter((r) => r.message.startsWith("retrying GET"));
+  assert.equal(retries.length, 4, JSON.stringify(records));
+  assert.ok(retries.every((r) => r.target === "tasker_core::client" && r.level === "debug"), JSON.stringify(retries));
   assert.ok(read.error instanceof ServerUnavailable, String(read.error));
   assert.equal(read.error.status, null);
   assert.equal(read.error.url, nobody.url);
