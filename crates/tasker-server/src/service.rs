@@ -187,8 +187,8 @@ struct Drivers {
     tasks: HashMap<i64, Driven>,
     /// Drivers that have not returned yet, for shutdown to wait on.
     joins: Vec<tokio::task::JoinHandle<()>>,
-    /// Tasks that stopped because their journal failed for good: what they
-    /// last held (results included) was not recorded.
+    /// Tasks a stop abandoned with their journal failing (the store down):
+    /// what they last held (results included) was not recorded.
     unrecorded: usize,
 }
 
@@ -366,7 +366,12 @@ impl Service {
                 Err(TaskStopped::Suspended) => {}
                 Err(TaskStopped::Journal(e)) => {
                     tracing::error!(task_id, error = %e, "task stopped: its journal failed; it resumes at the next start");
-                    drivers_for_task.lock().expect("drivers lock").unrecorded += 1;
+                    // A store error ends a task only when a stop abandons
+                    // it (it is tried again otherwise); a conflict or a
+                    // fence is another story, told elsewhere.
+                    if matches!(e, tasker_engine::JournalError::Store(_)) {
+                        drivers_for_task.lock().expect("drivers lock").unrecorded += 1;
+                    }
                 }
             }
             drivers_for_task
