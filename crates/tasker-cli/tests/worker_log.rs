@@ -70,26 +70,26 @@ fn tasker(args: &[&str]) -> Command {
     command
 }
 
+/// A `tasker worker` of `handlers` at `endpoint`, logging at info to a
+/// pipe, its reconnect backoff from `backoff_ms.0` to `backoff_ms.1`.
+fn worker(endpoint: &str, handlers: &str, backoff_ms: (u64, u64)) -> Child {
+    tasker(&["worker", "--endpoint", endpoint, "--handlers", handlers])
+        .env("TASKER_RECONNECT_INITIAL_MS", backoff_ms.0.to_string())
+        .env("TASKER_RECONNECT_MAX_MS", backoff_ms.1.to_string())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn a_worker_says_once_where_it_waits_what_it_serves_when_it_registers_and_warns_once_when_the_orchestrator_goes(
 ) {
     let endpoint = free_endpoint();
     // The orchestrator counts as silent after 3 × 100 ms: a worker waiting
     // two seconds goes through several rounds of reconnecting.
-    let mut worker = tasker(&[
-        "worker",
-        "--endpoint",
-        &endpoint,
-        "--handlers",
-        "echo,sleep",
-    ])
-    .env("TASKER_RECONNECT_INITIAL_MS", "50")
-    .env("TASKER_RECONNECT_MAX_MS", "100")
-    .env("RUST_LOG", "info")
-    .stdin(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut worker = worker(&endpoint, "echo,sleep", (50, 100));
     let lines = lines_of(&mut worker);
     let mut reaper = Reaper(vec![worker]);
 
@@ -150,14 +150,7 @@ fn a_worker_says_once_where_it_waits_what_it_serves_when_it_registers_and_warns_
 #[test]
 fn a_worker_waiting_out_a_long_reconnect_backoff_does_not_say_it_could_not_beat() {
     let endpoint = free_endpoint();
-    let mut worker = tasker(&["worker", "--endpoint", &endpoint, "--handlers", "echo"])
-        .env("TASKER_RECONNECT_INITIAL_MS", "400")
-        .env("TASKER_RECONNECT_MAX_MS", "800")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut worker = worker(&endpoint, "echo", (400, 800));
     let lines = lines_of(&mut worker);
     let _reaper = Reaper(vec![worker]);
     // Expiry 300 ms; backoffs of 400 and 800 ms: several rounds.
