@@ -692,11 +692,18 @@ def _describe(error: BaseException, timeout: float) -> Tuple[str, bool]:
     return (str(error) or type(error).__name__, True)
 
 
-def _check_timeout(value: Optional[float], what: str) -> Optional[float]:
+def _check_timeout(
+    value: Optional[float], what: str, positive: bool = False
+) -> Optional[float]:
+    """``value`` as seconds: 0 or more (a wait's: 0 asks once, inf never
+    gives up), or with ``positive`` more than 0 and finite (a read timeout:
+    0 failed every call as "is tasker serve running?")."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a number of seconds or None, got {type(value).__name__}")
+    if positive and not (0 < value < math.inf):
+        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
     if math.isnan(value) or value < 0:
         raise ValueError(f"{what} must be a non-negative number of seconds, got {value!r}")
     return float(value)
@@ -729,12 +736,9 @@ class _Core:
         env: Optional[str],
         timeout: float,
     ) -> None:
-        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout < 0:
-            # Said as 0 is: "non-negative" (the wait's rule) would invite 0.
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        checked = _check_timeout(timeout, "timeout")
-        if checked is None or checked == 0 or math.isinf(checked):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        checked = _check_timeout(timeout, "timeout", positive=True)
+        if checked is None:
+            raise ValueError("timeout must be a positive number of seconds, got None")
         config = _native.load_config(
             os.fspath(config_path) if config_path is not None else None, env, None
         )

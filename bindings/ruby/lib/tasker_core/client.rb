@@ -312,18 +312,21 @@ module TaskerCore
                 end
       return if unicode
 
-      shown = text.inspect
-      shown = "#{shown[0, 77]}..." if shown.length > 80
-      raise ArgumentError, "#{path}: string #{shown} (#{text.encoding}) is not valid UTF-8 text (JSON strings are Unicode)"
+      raise ArgumentError, "#{path}: string #{cut_inspect(text)} (#{text.encoding}) is not valid UTF-8 text " \
+                           "(JSON strings are Unicode)"
     rescue EncodingError
       raise ArgumentError, "#{path}: string (#{text.encoding}) cannot be converted to UTF-8 (JSON strings are Unicode)"
     end
 
     # `value`'s #inspect and class, the inspect cut at 80 characters.
     def brief(value)
+      "#{cut_inspect(value)} (#{value.class})"
+    end
+
+    # `value`'s #inspect, cut at 80 characters.
+    def cut_inspect(value)
       text = value.inspect
-      text = "#{text[0, 77]}..." if text.length > 80
-      "#{text} (#{value.class})"
+      text.length > 80 ? "#{text[0, 77]}..." : text
     end
 
     def seconds(timeout)
