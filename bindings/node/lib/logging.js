@@ -8,10 +8,13 @@ const { TaskerError } = require("./errors.js");
 
 const LEVELS = ["error", "warn", "info", "debug", "trace"];
 
-/** Writes one line per record to stderr, like the Rust CLI does. */
+/**
+ * Writes one line per record to stderr, like the Rust CLI does: a UTC time
+ * first, so a worker's lines can be set beside the orchestrator's.
+ */
 function consoleLogger(entry) {
   const level = entry.level.toUpperCase().padEnd(5);
-  process.stderr.write(`[tasker] ${level} ${entry.target}: ${entry.line}\n`);
+  process.stderr.write(`${new Date().toISOString()} [tasker] ${level} ${entry.target}: ${entry.line}\n`);
 }
 
 let current = consoleLogger;

@@ -166,16 +166,16 @@ test("with the default logger a worker process says on stderr what it dials, its
   const escaped = endpoint.replace(/[.]/g, "\\.");
   await waitForStderr(
     worker,
-    new RegExp(`^\\[tasker\\] INFO  tasker_core::node: connecting to ${escaped} worker_id=loud handlers=shared,slow capacity=2$`, "m"),
+    new RegExp(`^\\S+ \\[tasker\\] INFO  tasker_core::node: connecting to ${escaped} worker_id=loud handlers=shared,slow capacity=2$`, "m"),
   );
-  await waitForStderr(worker, new RegExp(`^\\[tasker\\] \\w+ +tasker_worker::\\S+ waiting for an orchestrator at ${escaped}`, "m"));
+  await waitForStderr(worker, new RegExp(`^\\S+ \\[tasker\\] \\w+ +tasker_worker::\\S+ waiting for an orchestrator at ${escaped}`, "m"));
   const response = await dispatch(endpoint, { steps: steps("shared", 1, 1) }).result;
   assert.equal(response.results[0].status, "completed");
-  await waitForStderr(worker, /^\[tasker\] INFO  tasker_worker::\S+ registered with orchestrator/m);
+  await waitForStderr(worker, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[tasker\] INFO  tasker_worker::\S+ registered with orchestrator/m);
   worker.kill("SIGTERM");
   const { code } = await withTimeout(worker.exited, 15_000, "the worker to exit on SIGTERM");
   assert.equal(code, 0, worker.stderrText);
-  assert.match(worker.stderrText, /^\[tasker\] INFO  tasker_core::node: stopped worker_id=loud$/m);
+  assert.match(worker.stderrText, /^\S+ \[tasker\] INFO  tasker_core::node: stopped worker_id=loud$/m);
 });
 
 test("a worker process's last runtime records reach its logger before it says stopped and exits", async () => {
@@ -195,8 +195,8 @@ test("a worker process's last runtime records reach its logger before it says st
     assert.equal(code, 0, worker.stderrText);
     const last = worker.stderrText
       .split("\n")
-      .filter((line) => /^\[tasker\] \w+ +tasker_(worker::connection: worker connection closed|core::node: stopped)/.test(line))
-      .map((line) => line.replace(/^\[tasker\] \w+ +[\w:]+: /, "").split(" worker_id=")[0]);
+      .filter((line) => /^\S+ \[tasker\] \w+ +tasker_(worker::connection: worker connection closed|core::node: stopped)/.test(line))
+      .map((line) => line.replace(/^\S+ \[tasker\] \w+ +[\w:]+: /, "").split(" worker_id=")[0]);
     assert.deepEqual(last, ["worker connection closed", "stopped"], worker.stderrText.slice(-2000));
   }
 });
