@@ -78,7 +78,7 @@ fn take_over(
     orchestrator_id: &str,
     output: Value,
 ) {
-    let mut hello = WorkerHello::new(worker_id, vec!["echo".into()], capacity);
+    let mut hello = hello_of(worker_id, vec!["echo".into()], capacity);
     hello.in_progress = held
         .iter()
         .map(|s| HeldStep {
@@ -490,9 +490,48 @@ async fn h6b_steps_still_on_their_way_to_a_worker_that_reconnected_go_out_again_
     let (old, astray, _, handle) = holding(&executor, "wanderer", 4).await;
     drop(old);
     let new = RawPeer::connect(executor.endpoint());
-    hello_until_welcomed(&new, &WorkerHello::new("wanderer", vec!["echo".into()], 4));
+    hello_until_welcomed(&new, &hello_of("wanderer", vec!["echo".into()], 4));
     the_same_attempts_arrive_and_complete(&executor, &new, handle, &astray, "wanderer").await;
     executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h6d_a_worker_process_restarted_under_its_id_within_expiry_loses_its_steps_not_reruns_them()
+{
+    // A worker killed mid-step and started again at once under the same
+    // `worker_id` (a supervisor, a container restart) says hello within
+    // the dead process's expiry, listing nothing: it never received those
+    // steps, but its predecessor did and may have run them. Taken for a
+    // reconnection, they went out again as the same attempt and ran twice
+    // (22 of 22 in a chaos run). Another `incarnation`, or none at all,
+    // says it is another process: they end `WorkerLost`, retryable, and
+    // the new process gets no step of the old one's attempt.
+    for (worker_id, incarnation) in [("restarted", Some("second-run")), ("anonymous", None)] {
+        let executor = start(&config());
+        let (old, started, _, handle) = holding(&executor, worker_id, 3).await;
+        drop(old);
+        let new = RawPeer::connect(executor.endpoint());
+        let mut hello = WorkerHello::new(worker_id, vec!["echo".into()], 3);
+        hello.incarnation = incarnation.map(String::from);
+        hello_until_welcomed(&new, &hello);
+        let results = handle.collect().await;
+        assert_eq!(results.len(), started.len());
+        for result in &results {
+            assert_eq!(result.status, StepStatus::Failed, "{result:?}");
+            let error = result.error.as_ref().unwrap();
+            assert_eq!(error.error_type, "WorkerLost", "{error:?}");
+            assert!(error.retryable);
+            assert!(error.message.contains("replaced"), "{}", error.message);
+        }
+        assert!(
+            new.recv_skipping_heartbeats(Duration::from_millis(300))
+                .is_none(),
+            "the new process was sent a step of the old one's attempt"
+        );
+        let m = executor.metrics();
+        assert_eq!((m.worker_lost, m.redelivered), (3, 0), "{worker_id}");
+        executor.shutdown(LONG).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -423,6 +423,20 @@ impl WireMessage for WorkerMessage {
                     hello.language.as_deref(),
                 )
                 .map_err(|reason| invalid(t, reason))?;
+                if let Some(incarnation) = &hello.incarnation {
+                    if incarnation.is_empty() {
+                        return Err(invalid(t, "incarnation is empty"));
+                    }
+                    if incarnation.chars().count() > crate::MAX_INCARNATION_CHARS {
+                        return Err(invalid(
+                            t,
+                            format!(
+                                "incarnation is longer than {} characters",
+                                crate::MAX_INCARNATION_CHARS
+                            ),
+                        ));
+                    }
+                }
                 if hello.capacity == 0 {
                     return Err(invalid(t, "capacity must be at least 1"));
                 }

@@ -67,6 +67,9 @@ pub const MAX_HANDLERS: usize = 1024;
 /// characters (as JSON Schema's `maxLength` counts them).
 pub const MAX_NAME_CHARS: usize = 255;
 
+/// Longest `incarnation` in a `hello`, in characters.
+pub const MAX_INCARNATION_CHARS: usize = 64;
+
 /// Why a hello's names break [`MAX_HANDLERS`] or [`MAX_NAME_CHARS`], if
 /// they do: the orchestrator refuses such a hello, and a worker refuses to
 /// start with them rather than be refused on every connection.

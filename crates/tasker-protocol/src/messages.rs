@@ -516,6 +516,17 @@ pub struct WorkerHello {
     /// Operating-system process id, for observability.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// A random id the worker draws once when it starts (1 to 64
+    /// characters, [`MAX_INCARNATION_CHARS`](crate::MAX_INCARNATION_CHARS))
+    /// and repeats in every hello of its life. It tells a worker that
+    /// reconnected, which lists every step it received, from a new process
+    /// under the same `worker_id`, which cannot: the steps the old process
+    /// held may have started, so they end `WorkerLost` instead of being
+    /// delivered again as the same attempt. Without it a reconnection
+    /// counts as a new process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub incarnation: Option<String>,
 }
 
 impl WorkerHello {
@@ -529,6 +540,7 @@ impl WorkerHello {
             handler_limits: BTreeMap::new(),
             language: None,
             pid: None,
+            incarnation: None,
         }
     }
 }

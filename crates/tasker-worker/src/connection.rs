@@ -316,6 +316,7 @@ impl Connection {
             handler_limits: self.shared.handler_limits.clone(),
             language: Some(self.shared.language.clone()),
             pid: Some(std::process::id()),
+            incarnation: Some(self.shared.incarnation.clone()),
         };
         let now = Instant::now();
         self.hello_unsent = !self.send(&WorkerMessage::Hello(hello));

@@ -175,6 +175,7 @@ impl WorkerRuntime {
         });
         let shared = Arc::new(Shared {
             worker_id,
+            incarnation: uuid::Uuid::new_v4().simple().to_string(),
             handlers: options.handlers,
             capacity,
             handler_limits: options.handler_limits,

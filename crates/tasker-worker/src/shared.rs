@@ -84,6 +84,10 @@ pub(crate) struct Inbox {
 
 pub(crate) struct Shared {
     pub worker_id: String,
+    /// This run's `incarnation` (SPEC §6.6): drawn when the runtime is
+    /// made, the same in each of its hellos, so the orchestrator can tell
+    /// its reconnections from a new process under the same `worker_id`.
+    pub incarnation: String,
     pub handlers: Vec<String>,
     pub capacity: u32,
     /// Per-handler concurrency limits announced in the hello.

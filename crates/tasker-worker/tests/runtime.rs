@@ -134,6 +134,24 @@ fn hello_announces_handlers_capacity_and_language() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(rt.state(), RuntimeState::Connected);
+    // Each run of a worker draws its own incarnation: the orchestrator
+    // tells a process started again under the same id by it (SPEC §6.3).
+    let incarnation = hello.incarnation.expect("an incarnation");
+    assert!((1..=64).contains(&incarnation.len()), "{incarnation:?}");
+    let again = runtime(&orchestrator.endpoint, 7);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let second = loop {
+        assert!(Instant::now() < deadline, "no hello from the second run");
+        if let Some((from, WorkerMessage::Hello(hello))) = orchestrator.recv(Duration::from_secs(1))
+        {
+            assert_ne!(from, id);
+            break hello;
+        }
+    };
+    assert_eq!(second.worker_id, "w-test");
+    assert_ne!(second.incarnation, Some(incarnation));
+    again.stop();
+    rt.stop();
 }
 
 #[test]
@@ -812,7 +830,10 @@ fn reconnected_holding_steps_of_a() -> (
 ) {
     let orchestrator = FakeOrchestrator::bind();
     let rt = WorkerRuntime::start(patient(&orchestrator.endpoint, 10)).unwrap();
-    let (id, _) = orchestrator.recv(Duration::from_secs(5)).expect("hello");
+    let (id, first) = orchestrator.recv(Duration::from_secs(5)).expect("hello");
+    let WorkerMessage::Hello(first) = first else {
+        panic!("expected a hello, got {first:?}")
+    };
     orchestrator.send(&id, &patient_welcome("orch-A"));
     orchestrator.send(&id, &batch(0..4));
     let pulled = pull(&rt, 2);
@@ -835,6 +856,11 @@ fn reconnected_holding_steps_of_a() -> (
         panic!("expected a hello, got {message:?}")
     };
     assert_ne!(new_id, id, "a new connection");
+    assert!(first.incarnation.is_some());
+    assert_eq!(
+        hello.incarnation, first.incarnation,
+        "a reconnection is the same run"
+    );
     (orchestrator, rt, pulled, new_id, hello)
 }
 

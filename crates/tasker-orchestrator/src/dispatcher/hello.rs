@@ -27,6 +27,7 @@ impl Dispatcher {
             foreign,
             language: hello.language,
             pid: hello.pid,
+            incarnation: hello.incarnation,
             limits: None,
         };
         let conn = match conn {
@@ -292,9 +293,11 @@ impl Dispatcher {
     /// `old` just before it reconnected may still be queued behind this
     /// hello; this is what keeps them from being lost.
     pub(super) fn take_over(&mut self, old: ConnId, new: ConnId, claimed: &StepSet) {
+        let incarnation = self.registry.get(new).and_then(|c| c.incarnation.clone());
         let Some(c) = self.registry.get_mut(old) else {
             return;
         };
+        c.replaced = incarnation.is_none() || c.incarnation != incarnation;
         let mut moved = 0;
         for step in claimed {
             // Claimed slots are the new connection's now, held or not.
@@ -303,12 +306,21 @@ impl Dispatcher {
                 moved += 1;
             }
         }
-        tracing::info!(
-            worker_id = %codec::truncate(&c.worker_id, 64),
-            moved,
-            left = c.occupied.len(),
-            "worker reconnected; its old connection is retired"
-        );
+        if c.replaced {
+            tracing::info!(
+                worker_id = %codec::truncate(&c.worker_id, 64),
+                moved,
+                left = c.occupied.len(),
+                "worker restarted; its old connection is retired, and the steps it left there end WorkerLost once it is gone"
+            );
+        } else {
+            tracing::info!(
+                worker_id = %codec::truncate(&c.worker_id, 64),
+                moved,
+                left = c.occupied.len(),
+                "worker reconnected; its old connection is retired"
+            );
+        }
         self.registry.retire(old);
     }
 

@@ -86,7 +86,10 @@ impl Dispatcher {
     /// sent on the old connection have come in. Those steps are delivered
     /// again, same attempt, instead of failing `WorkerLost` at expiry. (A
     /// delivery still inside this process when it was stopped goes out on
-    /// a connection the worker has already closed.)
+    /// a connection the worker has already closed.) Not so when the hello
+    /// came from another run of the worker (`replaced`): a process killed
+    /// and started again under its `worker_id` within expiry lists nothing,
+    /// and its steps, started by the dead one, ran twice as one attempt.
     pub(super) fn settle_retired(&mut self, now: Instant) {
         let interval = self.config.heartbeat_interval();
         let settled: Vec<ConnId> = self
@@ -98,6 +101,10 @@ impl Dispatcher {
             .map(|(id, _)| id)
             .collect();
         for conn in settled {
+            if self.registry.get(conn).is_some_and(|c| c.replaced) {
+                self.remove_worker(conn, "its process was replaced");
+                continue;
+            }
             let Some(c) = self.registry.remove(conn) else {
                 continue;
             };

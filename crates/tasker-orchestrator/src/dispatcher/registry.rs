@@ -147,6 +147,14 @@ pub(crate) struct Conn {
     pub retired: bool,
     pub language: Option<String>,
     pub pid: Option<u32>,
+    /// The worker run that said hello (`incarnation`), if it said.
+    pub incarnation: Option<String>,
+    /// Retired for a hello of another run of its worker (another
+    /// `incarnation`, or none to compare): a process that restarted under
+    /// the same `worker_id` lists none of the steps it received before,
+    /// so what is left here may have started and is never delivered
+    /// again (SPEC §6.3).
+    pub replaced: bool,
     /// Per-handler limits, when its hello set any below its capacity.
     pub limits: Option<Box<Limits>>,
     /// Where its next delivery's round robin over `handlers` starts.
@@ -228,6 +236,7 @@ pub(crate) struct Hello {
     pub foreign: HashSet<HeldStep>,
     pub language: Option<String>,
     pub pid: Option<u32>,
+    pub incarnation: Option<String>,
     /// Its limits, with the held steps (of `mine`, and for a hello again
     /// those held already) counted.
     pub limits: Option<Box<Limits>>,
@@ -243,6 +252,7 @@ impl Hello {
             .handlers
             .iter()
             .chain(&self.language)
+            .chain(&self.incarnation)
             .map(|name| name.len() + NAME_BYTES)
             .sum();
         let foreign: usize = self
@@ -356,6 +366,8 @@ impl Registry {
                 retired: false,
                 language: hello.language,
                 pid: hello.pid,
+                incarnation: hello.incarnation,
+                replaced: false,
                 limits: hello.limits,
                 next_handler: 0,
                 drain_logged: false,
@@ -466,6 +478,7 @@ mod tests {
             foreign: HashSet::new(),
             language: None,
             pid: None,
+            incarnation: None,
             limits: None,
         }
     }

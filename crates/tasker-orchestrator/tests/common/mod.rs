@@ -67,6 +67,16 @@ pub fn with_context(mut step: StepExecutionRequest, context: Value) -> StepExecu
     step
 }
 
+/// A hello of worker `id` in the one run of it a test has: each of its
+/// connections carries the same `incarnation`, as a worker that
+/// reconnects does (it is compared only between hellos of one
+/// `worker_id`).
+pub fn hello_of(id: &str, handlers: Vec<String>, capacity: u32) -> WorkerHello {
+    let mut hello = WorkerHello::new(id, handlers, capacity);
+    hello.incarnation = Some("the-one-run".into());
+    hello
+}
+
 /// A peer driven by hand over a real DEALER socket, to do what a
 /// well-behaved worker never would.
 pub struct RawPeer {
@@ -99,12 +109,11 @@ impl RawPeer {
     }
 
     pub fn hello(&self, id: &str, handlers: &[&str], capacity: u32) -> Welcome {
-        let hello = WorkerHello::new(
+        self.send_hello(hello_of(
             id,
             handlers.iter().map(|h| h.to_string()).collect(),
             capacity,
-        );
-        self.send_hello(hello)
+        ))
     }
 
     /// Sends `hello` and expects a welcome.
