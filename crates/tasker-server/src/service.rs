@@ -269,9 +269,7 @@ impl Service {
         let durable = Durable {
             journal: store.journal(&orchestrator_id),
             orchestrator_id,
-            // A worker notices the restart within one peer expiry and says
-            // hello at once; twice that leaves room for a slow reconnect.
-            resume_grace: config.peer_expiry() * 2 + Duration::from_secs(1),
+            resume_grace: resume_grace(config),
         };
         let metrics = crate::metrics::ServiceMetrics::new(&executor, &engine, &store);
         let service = Arc::new(Service {
@@ -802,6 +800,20 @@ impl Service {
 }
 
 /// A task just created, as `GET /v1/tasks/{id}` shows it then.
+/// How long a restarted `serve` waits for workers to claim the steps its
+/// store shows out at them (SPEC §6.7). A worker notices the restart
+/// within one peer expiry and says hello at once, so twice that leaves
+/// room for a slow one; but one that was waiting out its reconnect backoff
+/// when the server came back says it only after up to `reconnect_max_ms`
+/// (and a connection attempt): with short heartbeats the grace once ended
+/// 0.18 s before live workers came back, and their finished steps ran
+/// again.
+fn resume_grace(config: &TaskerConfig) -> Duration {
+    let expiry = config.peer_expiry();
+    let backoff = Duration::from_millis(config.reconnect_max_ms) + expiry;
+    (expiry * 2).max(backoff) + Duration::from_secs(1)
+}
+
 fn new_task_detail(task: &StoredTask, idempotency_key: Option<String>) -> TaskDetail {
     TaskDetail {
         task_id: task.task_id,
@@ -933,5 +945,24 @@ mod tests {
         assert_ne!(request_hash("w", &a), request_hash("v", &a));
         let c = serde_json::json!({ "a": 1, "b": { "x": [2, 1], "y": null } });
         assert_ne!(request_hash("w", &a), request_hash("w", &c));
+    }
+
+    #[test]
+    fn the_resume_grace_outlasts_a_workers_longest_reconnect_backoff() {
+        let config = |heartbeat_interval_ms, reconnect_max_ms| TaskerConfig {
+            heartbeat_interval_ms,
+            reconnect_max_ms,
+            ..TaskerConfig::default()
+        };
+        // Defaults: 1 s × 3, backoff up to 5 s.
+        assert_eq!(resume_grace(&config(1_000, 5_000)), Duration::from_secs(9));
+        // The `test` section's 200 ms heartbeats: 2.2 s was shorter than
+        // one backoff.
+        assert_eq!(
+            resume_grace(&config(200, 5_000)),
+            Duration::from_millis(6_600)
+        );
+        // Long heartbeats: twice the expiry rules.
+        assert_eq!(resume_grace(&config(5_000, 5_000)), Duration::from_secs(31));
     }
 }
