@@ -535,6 +535,65 @@ async fn h6d_a_worker_process_restarted_under_its_id_within_expiry_loses_its_ste
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h6e_a_step_given_back_over_and_over_still_ends_within_bounds() {
+    // A peer takes the step, returns it in a drain, says hello again and
+    // takes it again: each return gave it a fresh deadline, and a 2 s step
+    // lived as long as the peer went on. After eight returns it ends.
+    let executor = start(&config());
+    let peer = RawPeer::connect(executor.endpoint());
+    peer.hello("boomerang", &["echo"], 1);
+    let handle = executor
+        .submit(StepBatchRequest::new("b", steps(1..2, "echo", 60_000)))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let orchestrator_id = peer.orchestrator_id.borrow().clone();
+    let mut returns = 0;
+    loop {
+        let step = match peer.recv_skipping_heartbeats(Duration::from_secs(1)) {
+            Some(OrchestratorMessage::StepBatchRequest(batch)) => batch.steps[0].step_id,
+            Some(OrchestratorMessage::Welcome(_)) => continue,
+            None => break,
+            other => panic!("{other:?}"),
+        };
+        peer.send(&WorkerMessage::Drain(WorkerDrain {
+            returned: vec![HeldStep {
+                step_id: step,
+                attempt: 1,
+                orchestrator_id: orchestrator_id.clone(),
+            }],
+        }));
+        returns += 1;
+        assert!(returns <= 20, "given back without end");
+        peer.send(&WorkerMessage::Hello(hello_of(
+            "boomerang",
+            vec!["echo".into()],
+            1,
+        )));
+    }
+    let results = handle.collect().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        returns, 9,
+        "delivered once and again after each of 8 returns"
+    );
+    assert_eq!(results[0].status, StepStatus::TimedOut);
+    let error = results[0].error.as_ref().unwrap();
+    assert_eq!(error.error_type, "ScheduleTimeout");
+    assert!(
+        error.message.contains("given back undone"),
+        "{}",
+        error.message
+    );
+    assert_eq!(executor.metrics().redelivered, 8);
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h6c_a_retired_connection_closed_just_before_its_expiry_gives_its_steps_back() {
     // The old connection is past its expiry but still open when the
     // worker's hello on a new one arrives, so it is taken over without a
@@ -1067,6 +1126,12 @@ async fn h15_a_peer_flooding_malformed_messages_is_dropped_unread_and_the_others
         None,
         "the flooding peer is not read"
     );
+    // Each of its messages is counted, those dropped unread too.
+    let deadline = Instant::now() + LONG;
+    while executor.metrics().malformed_messages < 401 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(executor.metrics().malformed_messages, 401);
     let other = RawPeer::connect(executor.endpoint());
     other.send_raw(vec![header.clone(), br#"{"type":"heartbeat"}"#.to_vec()]);
     match other.recv(LONG) {

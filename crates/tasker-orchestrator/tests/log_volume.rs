@@ -135,6 +135,37 @@ async fn h8_h10_h11_bad_input_is_quoted_briefly_and_floods_do_not_flood_the_log(
             .join("\n")
     );
 
+    // h10b: peers that connect, say hello and go, one after another: each
+    // wrote "registered", "connection closed" and "declared dead" (3,000
+    // peers wrote 7,896 lines in 10 s). Such lines are held to a hundred a
+    // second, all peers together, and a line says how many were not.
+    let started = std::time::Instant::now();
+    let (_, lines) = logged_during(async {
+        for i in 0..1_000 {
+            let peer = RawPeer::connect(executor.endpoint());
+            peer.send(&WorkerMessage::Hello(WorkerHello::new(
+                format!("churn-{i}"),
+                vec!["echo".into()],
+                1,
+            )));
+            let _ = peer.recv(Duration::from_secs(1));
+        }
+        tokio::time::sleep(executor.config().peer_expiry() * 2).await;
+    })
+    .await;
+    let seconds = started.elapsed().as_secs() + 1;
+    assert!(
+        lines as u64 <= 101 * seconds,
+        "1000 short-lived workers wrote {lines} log lines in {seconds} s"
+    );
+    wait_until_logged(
+        0,
+        "more lines about connections coming and going were held back",
+    )
+    .await;
+    // The next lines about connections come in a window of their own.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
     // h12: what a peer names itself or says cannot forge a log line: a
     // newline and a timestamp in a worker_id, a goodbye's reason or a
     // protocol error's message, or a terminal's escape codes.

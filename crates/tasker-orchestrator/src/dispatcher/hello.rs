@@ -148,16 +148,18 @@ impl Dispatcher {
                 conn
             }
         };
-        let c = self.registry.get(conn).expect("just registered");
-        tracing::info!(
-            worker_id = %codec::truncate(&c.worker_id, 64),
-            // The routing id the refusals and drops of this peer name.
-            peer = %hex(&routing_id),
-            handlers = c.handlers.len(),
-            capacity = c.capacity,
-            language = c.language.as_deref().map(|l| codec::truncate(l, 32)).unwrap_or_default(),
-            "worker registered"
-        );
+        if self.comings_and_goings.allow_conn(conn) {
+            let c = self.registry.get(conn).expect("just registered");
+            tracing::info!(
+                worker_id = %codec::truncate(&c.worker_id, 64),
+                // The routing id the refusals and drops of this peer name.
+                peer = %hex(&routing_id),
+                handlers = c.handlers.len(),
+                capacity = c.capacity,
+                language = c.language.as_deref().map(|l| codec::truncate(l, 32)).unwrap_or_default(),
+                "worker registered"
+            );
+        }
         self.send_welcome(conn, &routing_id);
     }
 
@@ -306,19 +308,17 @@ impl Dispatcher {
                 moved += 1;
             }
         }
-        if c.replaced {
-            tracing::info!(
-                worker_id = %codec::truncate(&c.worker_id, 64),
-                moved,
-                left = c.occupied.len(),
+        if self.comings_and_goings.allow_conn(old) {
+            let what = if c.replaced {
                 "worker restarted; its old connection is retired, and the steps it left there end WorkerLost once it is gone"
-            );
-        } else {
+            } else {
+                "worker reconnected; its old connection is retired"
+            };
             tracing::info!(
                 worker_id = %codec::truncate(&c.worker_id, 64),
                 moved,
                 left = c.occupied.len(),
-                "worker reconnected; its old connection is retired"
+                "{what}"
             );
         }
         self.registry.retire(old);

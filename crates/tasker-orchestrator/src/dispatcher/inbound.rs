@@ -38,7 +38,9 @@ impl Dispatcher {
         let now = Instant::now();
         if self.quarantine.holds(&routing_id, now) {
             // Not even a sign of life: a worker flooding garbage is not
-            // kept alive by it.
+            // kept alive by it. Counted, unread, among the malformed (the
+            // count stopped at the 200 that quarantined it).
+            Metrics::add(&self.channels.metrics.malformed_messages, 1);
             return;
         }
         let conn = self.registry.id_of(&routing_id);
@@ -55,7 +57,11 @@ impl Dispatcher {
             Ok(message) => message,
             Err(error) => {
                 Metrics::add(&self.channels.metrics.malformed_messages, 1);
-                if self.quarantine.strike(&routing_id, now) && self.warnings.allow(&routing_id) {
+                // Said whatever the peer's warnings used up: its refusals
+                // before the quarantine take them all, and the one line
+                // that says why it is not heard from was held back. Once
+                // per quarantine, so at most one line per 200 messages.
+                if self.quarantine.strike(&routing_id, now) {
                     tracing::warn!(
                         peer = %hex(&routing_id),
                         quarantine_s = quarantine::QUARANTINE.as_secs(),
@@ -121,11 +127,13 @@ impl Dispatcher {
             }
             FromWorker::Message(WorkerMessage::Goodbye(goodbye)) => {
                 if let Some(conn) = conn {
-                    tracing::info!(
-                        peer = %hex(&routing_id),
-                        reason = %codec::truncate(&goodbye.reason, 200),
-                        "worker said goodbye"
-                    );
+                    if self.comings_and_goings.allow_conn(conn) {
+                        tracing::info!(
+                            peer = %hex(&routing_id),
+                            reason = %codec::truncate(&goodbye.reason, 200),
+                            "worker said goodbye"
+                        );
+                    }
                     self.on_goodbye(conn, goodbye.unanswered);
                 }
             }

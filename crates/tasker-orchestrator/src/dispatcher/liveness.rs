@@ -40,11 +40,13 @@ impl Dispatcher {
         for conn in self.registry.silent(now, expiry) {
             Metrics::add(&self.channels.metrics.workers_lost, 1);
             if let Some(c) = self.registry.get(conn) {
-                tracing::warn!(
-                    worker_id = %codec::truncate(&c.worker_id, 64),
-                    retired = c.retired,
-                    "worker silent for {expiry:?}: declared dead"
-                );
+                if self.comings_and_goings.allow_conn(conn) {
+                    tracing::warn!(
+                        worker_id = %codec::truncate(&c.worker_id, 64),
+                        retired = c.retired,
+                        "worker silent for {expiry:?}: declared dead"
+                    );
+                }
             }
             self.remove_worker(conn, "no heartbeat");
         }
@@ -114,10 +116,8 @@ impl Dispatcher {
                 .copied()
                 .filter(|step| self.steps.held_by(*step, conn))
                 .collect();
-            let redelivered = never_received.len() as u64;
-            self.steps.requeue_all(never_received, now);
+            let redelivered = self.deliver_again(never_received);
             if redelivered > 0 {
-                Metrics::add(&self.channels.metrics.redelivered, redelivered);
                 tracing::info!(
                     worker_id = %codec::truncate(&c.worker_id, 64),
                     redelivered,
@@ -141,10 +141,12 @@ impl Dispatcher {
             SendError::Zmq(zmq::Error::EHOSTUNREACH) => {
                 if !c.gone {
                     c.gone = true;
-                    tracing::info!(
-                        worker_id = %codec::truncate(&c.worker_id, 64),
-                        "worker connection closed; it gets no more work"
-                    );
+                    if self.comings_and_goings.allow_conn(conn) {
+                        tracing::info!(
+                            worker_id = %codec::truncate(&c.worker_id, 64),
+                            "worker connection closed; it gets no more work"
+                        );
+                    }
                     self.dispatch_needed = true;
                 }
             }

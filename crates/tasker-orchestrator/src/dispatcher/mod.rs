@@ -172,6 +172,9 @@ pub(crate) struct Dispatcher {
     registry: Registry,
     unclaimed: Unclaimed,
     warnings: Limiter,
+    /// For the lines that say a worker registered, reconnected, drained,
+    /// left or was declared dead.
+    comings_and_goings: Limiter,
     quarantine: Quarantine,
     next_heartbeat: Instant,
     last_turn: Instant,
@@ -236,7 +239,8 @@ impl Dispatcher {
             steps: StepTable::default(),
             ended: Vec::new(),
             permits_freed: 0,
-            warnings: Limiter::default(),
+            warnings: Limiter::warnings(),
+            comings_and_goings: Limiter::comings_and_goings(),
             quarantine: Quarantine::default(),
             last_turn: now,
             delivery_seq: 0,
@@ -317,6 +321,7 @@ impl Dispatcher {
             self.publish_capacity(now);
             self.hand_over_results();
             self.warnings.flush();
+            self.comings_and_goings.flush();
             self.last_turn = Instant::now();
             if self.shutdown_complete(self.last_turn) {
                 break None;

@@ -144,18 +144,6 @@ impl Dispatcher {
         let Some(c) = self.registry.get_mut(conn) else {
             return;
         };
-        // Said once per connection: a peer repeating drains (or cycling
-        // drain and hello) wrote a line per message (5,000 in 1.5 s).
-        if !c.drain_logged {
-            c.drain_logged = true;
-            tracing::info!(
-                worker_id = %codec::truncate(&c.worker_id, 64),
-                returned = returned.len(),
-                "worker draining"
-            );
-        } else {
-            tracing::debug!(returned = returned.len(), "drain repeated");
-        }
         c.draining = true;
         let mut given_back = Vec::new();
         for held in returned {
@@ -171,8 +159,20 @@ impl Dispatcher {
                 given_back.push(step);
             }
         }
-        Metrics::add(&self.channels.metrics.redelivered, given_back.len() as u64);
-        self.steps.requeue_all(given_back, Instant::now());
+        // Said once per connection: a peer repeating drains (or cycling
+        // drain and hello) wrote a line per message (5,000 in 1.5 s). The
+        // count is of the steps it held: a drain may list any.
+        if !c.drain_logged && self.comings_and_goings.allow_conn(conn) {
+            c.drain_logged = true;
+            tracing::info!(
+                worker_id = %codec::truncate(&c.worker_id, 64),
+                returned = given_back.len(),
+                "worker draining"
+            );
+        } else {
+            tracing::debug!(returned = given_back.len(), "drain repeated");
+        }
+        self.deliver_again(given_back);
         self.registry.drop_if_spent(conn);
         self.publish_worker_count();
         self.dispatch_needed = true;
@@ -199,10 +199,34 @@ impl Dispatcher {
                 !resend
             });
         }
-        let redelivered = never_received.len() as u64;
-        self.steps.requeue_all(never_received, Instant::now());
-        Metrics::add(&self.channels.metrics.redelivered, redelivered);
+        self.deliver_again(never_received);
         self.remove_worker(conn, "worker left");
+    }
+
+    /// Steps that provably never reached a handler go back to the front of
+    /// their queues, same attempt (SPEC §6.3.1); one given back
+    /// [`MOST_RETURNS`](super::steps::MOST_RETURNS) times already ends
+    /// `ScheduleTimeout` instead. Returns how many were queued again.
+    pub(super) fn deliver_again(&mut self, steps: Vec<StepRef>) -> u64 {
+        let given_back = steps.len();
+        let too_often = self.steps.requeue_all(steps, Instant::now());
+        let redelivered = (given_back - too_often.len()) as u64;
+        Metrics::add(&self.channels.metrics.redelivered, redelivered);
+        for step in too_often {
+            self.fail(
+                step.step_id,
+                StepStatus::TimedOut,
+                StepExecutionError::new(
+                    error_types::SCHEDULE_TIMEOUT,
+                    format!(
+                        "given back undone by workers {} times; not delivered again",
+                        super::steps::MOST_RETURNS
+                    ),
+                    true,
+                ),
+            );
+        }
+        redelivered
     }
 }
 

@@ -27,6 +27,14 @@ const ENDED_BY_ORCHESTRATOR_MEMORY: usize = 100_000;
 /// each): a small table is not compacted every few steps.
 const DEADLINES_SLACK: usize = 16_384;
 
+/// Most times one attempt of a step is given back undone (a drain, a
+/// goodbye, a connection retired before it arrived) and queued again with
+/// a fresh deadline. Without a bound a peer that took steps, handed them
+/// back in a drain and said hello again kept a 2 s step alive for as long
+/// as it went on (238 returns in 12 s); a fleet restarting one worker at a
+/// time returns a step a few times at most.
+pub(crate) const MOST_RETURNS: u32 = 8;
+
 /// Where a submitted batch's results go, several at a time.
 pub(crate) struct BatchSink {
     pub batch_id: String,
@@ -98,6 +106,8 @@ pub(crate) struct StepEntry {
     queued_at: Option<Instant>,
     /// Bumped on every new deadline; a deadline of an older epoch is stale.
     epoch: u64,
+    /// Times this attempt was given back undone and queued again.
+    returns: u32,
 }
 
 impl StepEntry {
@@ -293,6 +303,7 @@ impl StepTable {
             state: StepState::Queued,
             queued_at: Some(now),
             epoch: 0,
+            returns: 0,
         };
         // Queued and armed before it goes in: one lookup in the table per
         // step accepted, where finding it again for each cost two more.
@@ -332,6 +343,7 @@ impl StepTable {
                 state: StepState::Orphaned,
                 queued_at: None,
                 epoch,
+                returns: 0,
             },
         );
         self.push_deadline(now + grace, step_id, epoch);
@@ -373,22 +385,36 @@ impl StepTable {
 
     /// A step given back unstarted by its connection: queued at the front
     /// with a fresh schedule-to-start deadline.
-    pub fn requeue(&mut self, step: StepRef, now: Instant) {
-        if let Some(entry) = self.steps.get_mut(&step.step_id) {
-            entry.state = StepState::Queued;
-            self.enqueue(step, true);
-            self.arm_deadline(step.step_id, now);
+    /// Queues a step given back undone again, with a fresh deadline;
+    /// false, leaving it as it is, once it was given back
+    /// [`MOST_RETURNS`] times.
+    fn requeue(&mut self, step: StepRef, now: Instant) -> bool {
+        let Some(entry) = self.steps.get_mut(&step.step_id) else {
+            return true;
+        };
+        if entry.returns >= MOST_RETURNS {
+            return false;
         }
+        entry.returns += 1;
+        entry.state = StepState::Queued;
+        self.enqueue(step, true);
+        self.arm_deadline(step.step_id, now);
+        true
     }
 
     /// Several steps given back at once (a drain, a goodbye, a retired
     /// connection): queued at the front in step id order, which is the
-    /// order they were submitted in by every caller here.
-    pub fn requeue_all(&mut self, mut steps: Vec<StepRef>, now: Instant) {
+    /// order they were submitted in by every caller here. Returns those
+    /// given back too often to be queued again (the caller ends them).
+    pub fn requeue_all(&mut self, mut steps: Vec<StepRef>, now: Instant) -> Vec<StepRef> {
         steps.sort_unstable();
+        let mut too_often = Vec::new();
         for step in steps.into_iter().rev() {
-            self.requeue(step, now);
+            if !self.requeue(step, now) {
+                too_often.push(step);
+            }
         }
+        too_often
     }
 
     /// Steps picked for a delivery that could not be sent: back to the

@@ -51,9 +51,17 @@ impl Unclaimed {
     }
 
     /// Keeps for `peer`'s hello the `results` of one message of `bytes`,
-    /// all of them or, when that would pass a bound, none; a result
-    /// answering an attempt `peer` already has one waiting for is not kept.
-    /// Returns the results not kept.
+    /// all of them or none; a result answering an attempt `peer` already
+    /// has one waiting for is not kept. Returns the results not kept,
+    /// other peers' pushed out included.
+    ///
+    /// The room is shared, not first come first served: when the message
+    /// would pass a bound, the peers holding more than `peer` then would
+    /// (in the bound passed) lose what they hold, largest first, and only
+    /// when none does is this message refused. First come first served
+    /// let a peer that never says hello fill the room with large forged
+    /// answers to a step in flight, and the real worker's small result,
+    /// sent as its connection was re-established, was lost.
     pub fn keep(
         &mut self,
         peer: &[u8],
@@ -64,8 +72,35 @@ impl Unclaimed {
         if results.is_empty() {
             return results;
         }
-        if self.total + results.len() > MOST || self.bytes + bytes > self.most_bytes {
-            return results;
+        let (held, held_bytes) = self
+            .by_peer
+            .get(peer)
+            .map_or((0, 0), |w| (w.results.len(), w.bytes));
+        let (would_hold, would_hold_bytes) = (held + results.len(), held_bytes + bytes);
+        let mut pushed_out = Vec::new();
+        loop {
+            let over_count = self.total + results.len() > MOST;
+            let over_bytes = self.bytes + bytes > self.most_bytes;
+            if !over_count && !over_bytes {
+                break;
+            }
+            let size = |w: &Waiting| if over_bytes { w.bytes } else { w.results.len() };
+            let mine = if over_bytes {
+                would_hold_bytes
+            } else {
+                would_hold
+            };
+            let largest = self
+                .by_peer
+                .iter()
+                .filter(|(other, w)| other.as_slice() != peer && size(w) > mine)
+                .max_by_key(|(_, w)| size(w))
+                .map(|(other, _)| other.clone());
+            let Some(largest) = largest else {
+                pushed_out.extend(results);
+                return pushed_out;
+            };
+            pushed_out.extend(self.take(&largest));
         }
         let waiting = self
             .by_peer
@@ -87,7 +122,8 @@ impl Unclaimed {
         }
         waiting.bytes += bytes;
         self.bytes += bytes;
-        refused
+        pushed_out.extend(refused);
+        pushed_out
     }
 
     /// What `peer` sent before its hello.
@@ -135,14 +171,22 @@ mod tests {
     fn results_wait_for_their_peer_bounded_in_number_and_time() {
         let mut unclaimed = Unclaimed::new(1 << 20);
         let t0 = Instant::now();
-        assert!(unclaimed
-            .keep(b"a", results(0..MOST as i64), 10, t0)
-            .is_empty());
-        assert_eq!(unclaimed.keep(b"b", results(0..1), 10, t0).len(), 1, "full");
-        assert_eq!(unclaimed.take(b"a").len(), MOST);
+        let most = MOST as i64;
+        assert!(unclaimed.keep(b"a", results(0..most), 10, t0).is_empty());
+        assert_eq!(
+            unclaimed.keep(b"a", results(most..most + 1), 10, t0).len(),
+            1,
+            "full"
+        );
+        assert_eq!(
+            unclaimed.keep(b"b", results(0..1), 10, t0).len(),
+            MOST,
+            "the peer holding more gives way"
+        );
+        assert!(unclaimed.take(b"a").is_empty());
         assert!(unclaimed.keep(b"b", results(1..2), 10, t0).is_empty());
         let later = t0 + Duration::from_secs(2);
-        assert_eq!(unclaimed.expire(later, Duration::from_secs(1)), 1);
+        assert_eq!(unclaimed.expire(later, Duration::from_secs(1)), 2);
         assert!(unclaimed.take(b"b").is_empty());
     }
 
@@ -155,19 +199,59 @@ mod tests {
                 .keep(b"a", results(id..id + 1), 1_000, t0)
                 .is_empty());
         }
-        let refused = unclaimed.keep(b"b", results(10..12), 1, t0);
         assert_eq!(
-            refused.len(),
-            2,
+            unclaimed.keep(b"a", results(10..11), 1_000, t0).len(),
+            1,
             "a message past the bytes bound is not kept"
         );
-        assert_eq!(unclaimed.take(b"a").len(), 4);
+        assert_eq!(
+            unclaimed.keep(b"b", results(10..12), 1, t0).len(),
+            4,
+            "the peer holding more bytes gives way"
+        );
+        assert!(unclaimed.take(b"a").is_empty());
+        assert_eq!(unclaimed.take(b"b").len(), 2);
         assert!(unclaimed.keep(b"b", results(10..12), 4_000, t0).is_empty());
         assert_eq!(
             unclaimed.expire(t0 + Duration::from_secs(2), Duration::ZERO),
             2
         );
         assert!(unclaimed.keep(b"c", results(20..21), 4_000, t0).is_empty());
+    }
+
+    #[test]
+    fn a_peer_holding_more_gives_way_to_a_small_result() {
+        // Peers that never say hello fill the room with large forged
+        // answers; the worker whose connection was re-established sends
+        // one small result, which must be kept for its hello.
+        let mut unclaimed = Unclaimed::new(1_000);
+        let t0 = Instant::now();
+        for (peer, id) in [(b"x", 0), (b"y", 1), (b"z", 2)] {
+            assert!(unclaimed
+                .keep(peer, results(id..id + 1), 1_000, t0)
+                .is_empty());
+        }
+        assert!(unclaimed.keep(b"z", results(3..4), 1_000, t0).is_empty());
+        let pushed_out = unclaimed.keep(b"worker", results(9..10), 100, t0);
+        assert_eq!(
+            pushed_out
+                .iter()
+                .map(|r| r.step_ref().step_id)
+                .collect::<Vec<_>>(),
+            [2, 3],
+            "the largest holder's results went"
+        );
+        assert_eq!(unclaimed.take(b"worker").len(), 1);
+        // A peer holding no more than the newcomer would is not pushed out:
+        // the newcomer is refused.
+        let mut unclaimed = Unclaimed::new(1_000);
+        for (peer, id) in [(b"a", 0), (b"b", 1), (b"c", 2), (b"d", 3)] {
+            assert!(unclaimed
+                .keep(peer, results(id..id + 1), 1_000, t0)
+                .is_empty());
+        }
+        assert_eq!(unclaimed.keep(b"e", results(4..5), 1_000, t0).len(), 1);
+        assert_eq!(unclaimed.take(b"a").len(), 1);
     }
 
     #[test]
