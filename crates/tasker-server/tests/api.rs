@@ -507,6 +507,52 @@ async fn an_idempotent_resubmit_returns_the_same_task_and_another_body_conflicts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_come_back_as_they_were_sent_to_the_last_digit() {
+    // Without correctly rounded parsing about one double in ten with 16 or
+    // 17 significant digits came back one unit in the last place off (an
+    // epoch time with a fraction, 2^70), in the context and in outputs.
+    let api = Api::start().await;
+    let _worker = api.worker().await;
+    let numbers = [
+        "922.6231292488831",
+        "1700000000.1786277",
+        "1.1805916207174113e+21",
+        "-1.5432835417340557e+88",
+        "0.1",
+    ];
+    let body = format!(
+        r#"{{"workflow":"echo_twice","context":{{"n":[{}]}}}}"#,
+        numbers.join(",")
+    );
+    let response = api
+        .http
+        .post(api.url("/v1/tasks"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: Value = response.json().await.unwrap();
+    let id = created["task_id"].as_i64().unwrap();
+    api.wait_for(id, "complete", |task| task["status"] == "complete")
+        .await;
+    let text = api
+        .http
+        .get(api.url(&format!("/v1/tasks/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let printed = format!("[{}]", numbers.join(","));
+    // The context, and each echoing step's output.
+    assert_eq!(text.matches(&printed).count(), 3, "{printed} in {text}");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_lets_the_running_step_finish_and_an_ended_task_cannot_be_cancelled() {
     let api = Api::start().await;
     let worker = api.worker().await;
