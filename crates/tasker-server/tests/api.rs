@@ -954,6 +954,25 @@ async fn with_tokens_every_route_but_healthz_needs_a_listed_bearer_token() {
         "Bearer TOKEN",
         None,
     );
+    // A header of bytes no token has (a token of accented letters, sent as
+    // UTF-8) is named for what it is, not "must be `Bearer TOKEN`".
+    let accented = api
+        .http
+        .get(api.url("/v1/tasks"))
+        .header(
+            "authorization",
+            reqwest::header::HeaderValue::from_bytes("Bearer éééééééééééééééé".as_bytes()).unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        &answer(accented).await,
+        401,
+        "unauthorized",
+        "characters other than printable ASCII",
+        None,
+    );
     // Two headers, a good one first: refused, not read as the first.
     let mut headers = reqwest::header::HeaderMap::new();
     for value in [
@@ -1051,26 +1070,32 @@ async fn a_server_other_machines_can_reach_needs_tokens_or_a_trusted_network() {
 
 #[tokio::test]
 async fn a_bad_tokens_file_stops_the_start_naming_the_file_not_the_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tokens.yaml");
-    std::fs::write(&path, "ci: tooshort\n").unwrap();
-    let config = TaskerConfig {
-        endpoint: "tcp://127.0.0.1:0".into(),
-        store: format!("sqlite:{}", dir.path().join("tasker.db").display()),
-        workflows_dir: dir.path().display().to_string(),
-        api_tokens_file: path.display().to_string(),
-        ..TaskerConfig::default()
-    };
-    let error = Service::start(&config)
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(
-        error.contains("tokens.yaml") && error.contains("`ci`"),
-        "{error}"
-    );
-    assert!(!error.contains("tooshort"), "{error}");
+    // Too short; and of characters no HTTP header carries as text, which
+    // started the server with a token that could never be presented.
+    for token in ["tooshort", "éééééééééééééééééé"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.yaml");
+        std::fs::write(&path, format!("ci: \"{token}\"\n")).unwrap();
+        let config = TaskerConfig {
+            endpoint: "tcp://127.0.0.1:0".into(),
+            store: format!("sqlite:{}", dir.path().join("tasker.db").display()),
+            workflows_dir: dir.path().display().to_string(),
+            api_tokens_file: path.display().to_string(),
+            ..TaskerConfig::default()
+        };
+        let error = Service::start(&config)
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            error.contains("tokens.yaml")
+                && error.contains("`ci`")
+                && error.contains("printable ASCII"),
+            "{error}"
+        );
+        assert!(!error.contains(token), "{error}");
+    }
 }
 
 /// The value of the sample `name` (with its labels, as printed) in a

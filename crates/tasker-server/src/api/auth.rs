@@ -82,10 +82,13 @@ impl Tokens {
         }
         let mut by_digest = Vec::with_capacity(entries.len());
         for (name, token) in entries {
-            if token.chars().count() < MIN_TOKEN_CHARS || token.chars().any(char::is_whitespace) {
+            // Only what an HTTP header carries as text: a token of other
+            // characters was taken and could never be presented.
+            let printable = |c: char| c.is_ascii_graphic();
+            if token.chars().count() < MIN_TOKEN_CHARS || !token.chars().all(printable) {
                 return Err(format!(
-                    "token `{name}` must be at least {MIN_TOKEN_CHARS} characters without spaces \
-                     (e.g. `openssl rand -hex 24`)"
+                    "token `{name}` must be at least {MIN_TOKEN_CHARS} characters of printable \
+                     ASCII without spaces (e.g. `openssl rand -hex 24`)"
                 ));
             }
             let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -179,7 +182,7 @@ pub(crate) async fn require_token(
         return next.run(request).await;
     }
     let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
-    let presented = values.next().map(|v| v.to_str().unwrap_or(""));
+    let presented = values.next().map(|v| v.to_str().ok());
     // Two headers may be two credentials; which one a proxy or this server
     // reads is not for the client to guess.
     let several = values.next().is_some();
@@ -200,7 +203,12 @@ pub(crate) async fn require_token(
                  (tasker's clients and CLI send their `api_token` setting, `TASKER_API_TOKEN`)",
             "Bearer realm=\"tasker\"",
         ),
-        Some(value) => match value
+        Some(None) => (
+            "the Authorization header holds characters other than printable ASCII; \
+             a token never does",
+            INVALID_REQUEST,
+        ),
+        Some(Some(value)) => match value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
         {
