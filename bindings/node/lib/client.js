@@ -442,8 +442,9 @@ class Client {
     } catch (error) {
       // The url and token given here are the options `apiUrl` and
       // `apiToken` underneath: name them as the caller wrote them.
-      if (url !== undefined && url !== null && typeof error?.message === "string") {
-        error.message = error.message.replace("option `apiUrl`", "option `url`");
+      if (typeof error?.message === "string") {
+        if (url !== undefined && url !== null) error.message = error.message.replace("option `apiUrl`", "option `url`");
+        if (token !== undefined && token !== null) error.message = error.message.replace("option `apiToken`", "option `token`");
       }
       throw error;
     }
@@ -455,7 +456,11 @@ class Client {
     }
     /** The API's base URL (`http://HOST:PORT`, or `https://HOST[:PORT]` for a TLS proxy; no trailing slash). */
     this.url = base;
-    Object.defineProperty(this, "_token", { value: values.apiToken, enumerable: false });
+    // Checked in Rust with the rest of the configuration (printable ASCII
+    // only: a token never needs more, and a line break inside one went
+    // into the header); the whitespace around it, as a file ends, is not
+    // the token's.
+    Object.defineProperty(this, "_token", { value: values.apiToken.trim(), enumerable: false });
     Object.defineProperty(this, "_timeoutMs", { value: timeoutMs ?? DEFAULT_TIMEOUT_MS, enumerable: false });
   }
 

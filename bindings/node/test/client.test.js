@@ -579,6 +579,17 @@ test("with api tokens, no token and a wrong one are Unauthorized; the right one 
   }
   const authorized = new Client({ url: guarded.url, token: secret });
   assert.ok((await authorized.workflows()).length > 0);
+  // A token read from a file ends in a line break: not the token's.
+  assert.ok((await new Client({ url: guarded.url, token: `${secret}\n` }).workflows()).length > 0);
+  // One with a line break inside goes into no header: refused when the
+  // client is made, naming the setting, never quoting the token.
+  assert.throws(
+    () => new Client({ url: guarded.url, token: "secret-token\r\nX-Injected: 1" }),
+    (error) =>
+      error instanceof ConfigError &&
+      /option `token`: holds a line break/.test(error.message) &&
+      !error.message.includes("secret-token"),
+  );
 
   // The same from the environment, as a worker's config would be.
   const saved = { url: process.env.TASKER_API_URL, token: process.env.TASKER_API_TOKEN };

@@ -705,6 +705,16 @@ def test_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert {w.name for w in Client(server.url, token="ci-secret-token-0123456789").workflows()} == set(
             WORKFLOWS
         )
+        # A token read from a file ends in a line break: not the token's.
+        assert Client(server.url, token="ci-secret-token-0123456789\n").workflows()
+        # One with a line break inside goes into no header: refused when
+        # the client is made, naming the setting, never quoting the token.
+        with pytest.raises(ConfigError) as bad:
+            Client(server.url, token="ci-secret\r\nX-Injected: 1")
+        assert "api_token" in str(bad.value) and "a line break" in str(bad.value)
+        assert "ci-secret" not in str(bad.value)
+        with pytest.raises(TypeError, match="token must be a str"):
+            Client(server.url, token=5)  # type: ignore[arg-type]
         # From the environment, like a worker's configuration.
         monkeypatch.setenv("TASKER_API_URL", server.url)
         monkeypatch.setenv("TASKER_API_TOKEN", "ci-secret-token-0123456789")

@@ -600,6 +600,16 @@ class TestClient < Minitest::Test
     assert handle.created?
     assert_equal handle.id, right.list.first.task_id
     refute_match(/secret-token/, right.inspect)
+    # A token read from a file ends in a line break: not the token's.
+    assert TaskerCore::Client.new(url: server.url, token: "secret-token-0123456789\n").workflows.any?
+    # One with a line break inside goes into no header: refused when the
+    # client is made, naming the setting, never quoting the token.
+    bad = assert_raises(TaskerCore::ConfigError) do
+      TaskerCore::Client.new(url: server.url, token: "secret-token\r\nX-Injected: 1")
+    end
+    assert_match(/api_token.*a line break/, bad.message)
+    refute_match(/secret-token/, bad.message)
+    assert_raises(TypeError) { TaskerCore::Client.new(url: server.url, token: 5) }
 
     with_env("TASKER_API_URL" => server.url, "TASKER_API_TOKEN" => "secret-token-0123456789") do
       from_env = TaskerCore::Client.new

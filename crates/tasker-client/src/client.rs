@@ -38,7 +38,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
-    token: Option<String>,
+    /// The token as sent, or why it cannot be (told at the first call).
+    token: Option<Result<String, String>>,
     retry: RetryPolicy,
     timeout: Duration,
     http: reqwest::Client,
@@ -114,9 +115,13 @@ impl Client {
         })
     }
 
-    /// Sends `token` as `Authorization: Bearer` with every request.
+    /// Sends `token` as `Authorization: Bearer` with every request,
+    /// without the whitespace around it (a token read from a file ends in
+    /// a line break). A token holding what no header carries makes every
+    /// call fail [`Error::InvalidToken`] at once (it was retried as a
+    /// server that could not be reached).
     pub fn with_token(mut self, token: impl Into<String>) -> Client {
-        self.token = Some(token.into());
+        self.token = Some(tasker_config::parse_api_token(&token.into()));
         self
     }
 
@@ -295,6 +300,11 @@ impl Client {
     /// got no answer or a 5xx; a 2xx answer, or the error.
     async fn call(&self, call: Call) -> Result<Answer, Error> {
         let url = format!("{}{}", self.base, call.path);
+        let token = match &self.token {
+            Some(Err(why)) => return Err(Error::InvalidToken(why.clone())),
+            Some(Ok(token)) => Some(token),
+            None => None,
+        };
         let mut retries = 0;
         loop {
             let mut request = self
@@ -305,7 +315,7 @@ impl Client {
             if !call.query.is_empty() {
                 request = request.query(&call.query);
             }
-            if let Some(token) = &self.token {
+            if let Some(token) = token {
                 request = request.header(AUTHORIZATION, format!("Bearer {token}"));
             }
             if let Some(body) = &call.body {

@@ -101,6 +101,11 @@ pub enum Error {
     /// The client was given a URL it cannot use.
     #[error("{0}")]
     InvalidUrl(String),
+    /// The client was given a token no HTTP header can carry (a line
+    /// break or a space inside it, a character other than ASCII); never
+    /// sent, and never quoted.
+    #[error("invalid value for api_token: {0}")]
+    InvalidToken(String),
 }
 
 impl Error {

@@ -380,6 +380,26 @@ async fn a_server_with_tokens_refuses_a_client_without_the_right_one() {
     let client = Client::from_config(&config).unwrap();
     let names = workflow_names(&client).await;
     assert_eq!(names, ["double", "refuse", "slow"]);
+    // A token read from a file ends in a line break: not the token's.
+    let client = Client::new(&serve.url)
+        .unwrap()
+        .with_token("ci-token-0123456789abcdef\n");
+    assert_eq!(workflow_names(&client).await, ["double", "refuse", "slow"]);
+    // One with a line break inside goes into no header: refused at once,
+    // not retried as a server that cannot be reached, and not quoted.
+    let client = Client::new(&serve.url)
+        .unwrap()
+        .with_token("ci-token-0123\r\nX-Injected: 1");
+    let started = Instant::now();
+    let refused = client.workflows().await.unwrap_err();
+    assert!(matches!(refused, Error::InvalidToken(_)), "{refused:?}");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    let message = refused.to_string();
+    assert!(
+        message.contains("api_token") && message.contains("a line break"),
+        "{message}"
+    );
+    assert!(!message.contains("ci-token"), "{message}");
     serve.stop().await;
 }
 

@@ -308,6 +308,38 @@ impl Default for TaskerConfig {
     }
 }
 
+/// `token` as a client sends it in `Authorization: Bearer`: without the
+/// whitespace around it (a token read from a file or a secret ends in a
+/// line break), and only printable ASCII, as an HTTP header carries text
+/// and `api_tokens_file` takes tokens. The message never holds the token.
+///
+/// ```
+/// use tasker_config::parse_api_token;
+/// assert_eq!(parse_api_token("s3cret-token-0123456789\n").unwrap(), "s3cret-token-0123456789");
+/// let error = parse_api_token("s3cret\r\nX-Injected: 1").unwrap_err();
+/// assert!(error.contains("a line break") && !error.contains("s3cret"));
+/// ```
+pub fn parse_api_token(token: &str) -> Result<String, String> {
+    let token = token.trim();
+    match token.chars().position(|c| !c.is_ascii_graphic()) {
+        None => Ok(token.to_string()),
+        Some(at) => {
+            let c = token.chars().nth(at).unwrap_or(' ');
+            let what = match c {
+                '\r' | '\n' => "a line break",
+                ' ' | '\t' => "a space",
+                c if c.is_control() => "a control character",
+                _ => "a character other than ASCII",
+            };
+            Err(format!(
+                "holds {what} at character {}; a token is printable ASCII without spaces \
+                 (the token is not shown)",
+                at + 1
+            ))
+        }
+    }
+}
+
 /// `url` as an API base URL without a trailing slash, or why it is not
 /// one. `http://` reaches `tasker serve` itself; `https://` a
 /// TLS-terminating proxy in front of it (`serve` speaks no TLS). A URL
@@ -754,6 +786,12 @@ impl TaskerConfig {
             .any(|s| self.endpoint.starts_with(s) && self.endpoint.len() > s.len());
         if !scheme_ok {
             return invalid("endpoint", "must be tcp://HOST:PORT or ipc://PATH");
+        }
+        if let Err(message) = parse_api_token(&self.api_token) {
+            return Err(ConfigError::Invalid {
+                key: "api_token",
+                message,
+            });
         }
         if let Some(address) = self.endpoint.strip_prefix("tcp://") {
             if let Err(why) = check_tcp_address(address) {

@@ -739,11 +739,19 @@ class _Core:
         checked = _check_timeout(timeout, "timeout", positive=True)
         if checked is None:
             raise ValueError("timeout must be a positive number of seconds, got None")
+        if token is not None and not isinstance(token, str):
+            raise TypeError(f"token must be a str, got {type(token).__name__}")
+        # An explicit token is checked in Rust as the configuration's is
+        # (printable ASCII only: a line break inside one went into the
+        # header, and the error quoted it); the whitespace around it, as a
+        # file ends, is not the token's.
         config = _native.load_config(
-            os.fspath(config_path) if config_path is not None else None, env, None
+            os.fspath(config_path) if config_path is not None else None,
+            env,
+            {"api_token": token} if token is not None else None,
         )
         self.url = _native.parse_api_url(url) if url is not None else _native.api_base_url(config)
-        self.token: str = token if token is not None else str(config["api_token"] or "")
+        self.token: str = str(config["api_token"] or "").strip()
         self.timeout = checked
         # HTTPS always verifies the certificate and the host name, against
         # OpenSSL's default verify paths (which honour SSL_CERT_FILE).

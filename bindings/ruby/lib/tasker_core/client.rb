@@ -97,7 +97,13 @@ module TaskerCore
       config ||= Config.load if url.nil? || token.nil?
       @url = url.nil? ? config.api_base_url : Native.parse_api_url(url.to_s)
       token = config.api_token if token.nil?
-      token = token.to_s
+      raise TypeError, "token must be a String, not #{token.class}" unless token.is_a?(String)
+
+      # Checked in Rust as the configuration's api_token is (printable
+      # ASCII only: a line break inside one went into the header); the
+      # whitespace around it, as a file ends, is not the token's.
+      Config.new("api_token" => token) unless token.empty?
+      token = token.strip
       @token = token.empty? ? nil : token
       @transport = Transport.new(@url, token: @token, open_timeout: open_timeout, read_timeout: read_timeout,
                                        logger: logger)
