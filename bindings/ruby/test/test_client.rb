@@ -465,6 +465,21 @@ class TestClient < Minitest::Test
     assert_equal "idempotency_key", error.field
     refute_kind_of TaskerCore::UnknownWorkflow, error
 
+    # Not coerced to a string, as Python and Node do not: 5 created a task
+    # keyed "5".
+    error = assert_raises(TaskerCore::ValidationError) { c.submit("pipeline", {}, idempotency_key: 5) }
+    assert_equal "idempotency_key", error.field
+    assert_match(/expected a string, got an integer/, error.message)
+    error = assert_raises(TaskerCore::ValidationError) { c.submit(nil, {}) }
+    assert_equal "workflow", error.field
+    assert_equal "pipeline", c.submit(:pipeline, {}).task.workflow, "a Symbol is a name"
+    %w[open_timeout read_timeout].each do |name|
+      [0, -1, "abc", Float::INFINITY].each do |value|
+        error = assert_raises(ArgumentError) { TaskerCore::Client.new(url: c.url, token: "", name.to_sym => value) }
+        assert_match(/#{name} must be a positive number of seconds/, error.message)
+      end
+    end
+
     error = assert_misuse(TaskerCore::ValidationError) { c.list(status: "done") }
     assert_equal "status", error.field
   end

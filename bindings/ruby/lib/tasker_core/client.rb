@@ -105,6 +105,8 @@ module TaskerCore
       Config.new("api_token" => token) unless token.empty?
       token = token.strip
       @token = token.empty? ? nil : token
+      check_seconds("open_timeout", open_timeout)
+      check_seconds("read_timeout", read_timeout)
       @transport = Transport.new(@url, token: @token, open_timeout: open_timeout, read_timeout: read_timeout,
                                        logger: logger)
     end
@@ -140,8 +142,10 @@ module TaskerCore
         context.is_a?(Hash)
 
       check_json(context, "context", {}.compare_by_identity)
-      body = { "workflow" => workflow.to_s, "context" => context }
-      body["idempotency_key"] = idempotency_key.to_s unless idempotency_key.nil?
+      # A Symbol is a name too; anything else goes as it is, for the server
+      # to name what is wrong as it does for every client (5 became "5").
+      body = { "workflow" => name_or_as_is(workflow), "context" => context }
+      body["idempotency_key"] = name_or_as_is(idempotency_key) unless idempotency_key.nil?
       status, json = @transport.call(:post, "/v1/tasks", body: body, idempotent: !idempotency_key.nil?)
       TaskHandle.new(self, Task.from_json(json), created: status == 201)
     end
@@ -309,6 +313,18 @@ module TaskerCore
     # Raises ArgumentError unless `text` can be JSON text (Unicode): JSON's
     # generator refused it anyway, but named neither the place nor the
     # string ("partial character in source, but hit end").
+    def name_or_as_is(value)
+      value.is_a?(Symbol) ? value.to_s : value
+    end
+
+    # A timeout of 0 made every call fail as an unreachable server, and a
+    # negative or non-numeric one failed at the first call naming no option.
+    def check_seconds(name, value)
+      return if value.is_a?(Numeric) && value.positive? && value.finite?
+
+      raise ArgumentError, "#{name} must be a positive number of seconds, got #{value.inspect[0, 40]}"
+    end
+
     def check_text(text, path)
       unicode = if text.encoding == Encoding::BINARY
                   text.ascii_only?
