@@ -184,6 +184,31 @@ function toWorkflow(raw) {
   );
 }
 
+function isObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+/** What a task (`TaskDetail`, `TaskSummary`) lacks, if anything. */
+function notATask(raw, detail) {
+  if (!isObject(raw)) return "expected a task object";
+  if (!Number.isSafeInteger(raw.task_id)) return "task_id: expected an integer";
+  if (typeof raw.workflow !== "string") return "workflow: expected a string";
+  if (typeof raw.status !== "string") return "status: expected a string";
+  if (detail && !Array.isArray(raw.steps)) return "steps: expected an array";
+  return null;
+}
+
+/** Why `json` is not the answer `expect` (`"task"`, `"page"`) names, or null. */
+function notShaped(expect, json) {
+  if (expect === "task") return notATask(json, true);
+  if (!isObject(json) || !Array.isArray(json.tasks)) return "tasks: expected an array";
+  for (const task of json.tasks) {
+    const wrong = notATask(task, false);
+    if (wrong) return `tasks: ${wrong}`;
+  }
+  return null;
+}
+
 /** Whether a task (report or summary) has ended: its status is not `running`. */
 function hasEnded(task) {
   return task.status !== "running";
@@ -478,13 +503,13 @@ class Client {
     const body = { workflow, context: checkContext(context) };
     if (idempotencyKey !== undefined && idempotencyKey !== null) body.idempotency_key = idempotencyKey;
     const idempotent = body.idempotency_key !== undefined;
-    const { status, json } = await this._request("POST", "/v1/tasks", { body, idempotent });
+    const { status, json } = await this._request("POST", "/v1/tasks", { body, idempotent, expect: "task" });
     return new TaskHandle(this, toTask(json), status === 201);
   }
 
   /** The task `id` now. */
   async get(id) {
-    const { json } = await this._request("GET", `/v1/tasks/${checkTaskId(id)}`, { idempotent: true });
+    const { json } = await this._request("GET", `/v1/tasks/${checkTaskId(id)}`, { idempotent: true, expect: "task" });
     return toTask(json);
   }
 
@@ -506,6 +531,7 @@ class Client {
       const { json } = await this._request("GET", path, {
         query: { wait: String(waitMs / 1000) },
         idempotent: true,
+        expect: "task",
         timeoutMs: waitMs + WAIT_GRACE_MS,
         signal,
       });
@@ -527,7 +553,10 @@ class Client {
    * is a `TaskEnded`.
    */
   async cancel(id) {
-    const { json } = await this._request("POST", `/v1/tasks/${checkTaskId(id)}/cancel`, { idempotent: true });
+    const { json } = await this._request("POST", `/v1/tasks/${checkTaskId(id)}/cancel`, {
+      idempotent: true,
+      expect: "task",
+    });
     return toTask(json);
   }
 
@@ -538,7 +567,7 @@ class Client {
    */
   async list(filters = {}) {
     const query = listQuery(filters);
-    const { json } = await this._request("GET", "/v1/tasks", { query, idempotent: true });
+    const { json } = await this._request("GET", "/v1/tasks", { query, idempotent: true, expect: "page" });
     return withRaw(
       { tasks: (json.tasks ?? []).map(toSummary), nextCursor: orNull(json.next_cursor) },
       json,
@@ -567,7 +596,7 @@ class Client {
    * there was no answer or a 5xx one (CLIENT.md §5). Resolves to the
    * status and parsed JSON of a 2xx answer; throws the error of any other.
    */
-  async _request(method, path, { query, body, idempotent, timeoutMs = this._timeoutMs, signal } = {}) {
+  async _request(method, path, { query, body, idempotent, expect, timeoutMs = this._timeoutMs, signal } = {}) {
     let target = this.url + path;
     if (query) {
       const params = new URLSearchParams();
@@ -631,13 +660,23 @@ class Client {
       const status = response.status;
       const contentType = response.headers.get("content-type");
       if (status >= 200 && status < 300) {
+        let json;
         try {
-          return { status, json: JSON.parse(text) };
+          json = JSON.parse(text);
         } catch {
           throw new ApiError(`${method} ${target} answered ${status} with a body that is not JSON: ${quote(text)}`, {
             status,
           });
         }
+        const wrong = expect && notShaped(expect, json);
+        if (wrong) {
+          // Another JSON service (a wrong path prefix, a proxy's own page):
+          // read as a task, it had "ended" with no status.
+          throw new ApiError(`unexpected answer to ${method} ${target} (${status}): ${wrong}: ${quote(text)}`, {
+            status,
+          });
+        }
+        return { status, json };
       }
       const problem = parseProblem(text, contentType);
       if (status >= 500) {

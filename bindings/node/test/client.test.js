@@ -515,6 +515,34 @@ test("a URL naming a ZeroMQ endpoint fails at once, saying so", async () => {
   assert.match(error.message, /no task was created/);
 });
 
+test("a JSON answer that is no task is an ApiError, not a task that has ended", async () => {
+  // Another JSON service behind the URL (a wrong path prefix, a proxy's own
+  // page): its `{"hello":"world"}` read as a task had ended with no status,
+  // and a keyed submit "was already started".
+  const other = http.createServer((req, res) => {
+    res.writeHead(200, { "Content-Type": "application/json" });
+    res.end('{"hello":"world"}');
+  });
+  await new Promise((resolve) => other.listen(0, "127.0.0.1", resolve));
+  try {
+    const client = new Client({ url: `http://127.0.0.1:${other.address().port}` });
+    for (const call of [
+      () => client.get(1),
+      () => client.wait(1),
+      () => client.submit("pipeline", {}, { idempotencyKey: "k" }),
+      () => client.cancel(1),
+      () => client.list(),
+    ]) {
+      const { error } = await timed(call());
+      assert.ok(error instanceof ApiError, String(error));
+      assert.match(error.message, /unexpected answer to .*\(200\): (task_id: expected an integer|tasks: expected an array)/);
+    }
+  } finally {
+    other.closeAllConnections();
+    await new Promise((resolve) => other.close(resolve));
+  }
+});
+
 test("an answer without end is refused at its limit, not read into memory", async () => {
   // A server that streamed 2 GB took a client's memory with it.
   const http = require("node:http");

@@ -808,6 +808,35 @@ class TestClient < Minitest::Test
     server&.close
   end
 
+  def test_a_json_answer_that_is_no_task_is_an_api_error
+    # Another JSON service behind the URL (a wrong path prefix, a proxy's
+    # own page): its `{"hello":"world"}` read as a task had ended, with no
+    # status, and a keyed submit "was already started".
+    server = TCPServer.new("127.0.0.1", 0)
+    thread = Thread.new do
+      loop do
+        socket = server.accept
+        socket.readpartial(65_536)
+        body = '{"hello":"world"}'
+        socket.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: #{body.bytesize}\r\n" \
+                     "Connection: close\r\n\r\n#{body}")
+        socket.close
+      end
+    rescue IOError, SystemCallError
+      nil
+    end
+    c = TaskerCore::Client.new(url: "http://127.0.0.1:#{server.addr[1]}", token: "")
+    [-> { c.get(1) }, -> { c.wait(1) }, -> { c.submit("pipeline", {}, idempotency_key: "k") },
+     -> { c.cancel(1) }, -> { c.list }].each do |call|
+      error = assert_raises(TaskerCore::ApiError, &call)
+      assert_match(/unexpected answer to .*\(200\): (task_id: expected an integer|tasks: expected an array)/,
+                   error.message)
+    end
+  ensure
+    server&.close
+    thread&.join(5)
+  end
+
   def test_a_url_naming_a_zeromq_endpoint_fails_at_once_saying_so
     # What a user gets who copies the orchestrator's endpoint for the API's:
     # a ZeroMQ socket greets and then waits, and each try waited out its read

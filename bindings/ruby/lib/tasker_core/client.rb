@@ -146,7 +146,7 @@ module TaskerCore
       # to name what is wrong as it does for every client (5 became "5").
       body = { "workflow" => name_or_as_is(workflow), "context" => context }
       body["idempotency_key"] = name_or_as_is(idempotency_key) unless idempotency_key.nil?
-      status, json = @transport.call(:post, "/v1/tasks", body: body, idempotent: !idempotency_key.nil?)
+      status, json = @transport.call(:post, "/v1/tasks", body: body, idempotent: !idempotency_key.nil?, expect: :task)
       TaskHandle.new(self, Task.from_json(json), created: status == 201)
     end
 
@@ -156,7 +156,7 @@ module TaskerCore
     # @return [Task]
     # @raise [TaskNotFound]
     def get(id)
-      Task.from_json(@transport.call(:get, task_path(id))[1])
+      Task.from_json(@transport.call(:get, task_path(id), expect: :task)[1])
     end
 
     # Waits until the task has ended and returns its report, long-polling the
@@ -180,7 +180,7 @@ module TaskerCore
         chunk = deadline ? (deadline - monotonic).clamp(0, WAIT_CHUNK) : WAIT_CHUNK
         chunk = chunk.round(3)
         json = @transport.call(:get, path, query: { "wait" => format_seconds(chunk) },
-                                           read_timeout: chunk + WAIT_READ_MARGIN)[1]
+                                           read_timeout: chunk + WAIT_READ_MARGIN, expect: :task)[1]
         task = Task.from_json(json)
         return task if task.ended?
         next unless deadline && monotonic >= deadline
@@ -198,7 +198,7 @@ module TaskerCore
     # @raise [TaskEnded] when the task had ended ({TaskEnded#task_status})
     # @raise [TaskNotFound]
     def cancel(id)
-      Task.from_json(@transport.call(:post, "#{task_path(id)}/cancel")[1])
+      Task.from_json(@transport.call(:post, "#{task_path(id)}/cancel", expect: :task)[1])
     end
 
     # One page of tasks, newest first.
@@ -220,7 +220,7 @@ module TaskerCore
       query = { "status" => status&.to_s, "workflow" => workflow&.to_s,
                 "created_since" => timestamp(created_since),
                 "limit" => limit&.to_s, "cursor" => cursor&.to_s }
-      TaskPage.from_json(@transport.call(:get, "/v1/tasks", query: query)[1])
+      TaskPage.from_json(@transport.call(:get, "/v1/tasks", query: query, expect: :page)[1])
     end
 
     # Every task matching the filters, newest first, following the pages.

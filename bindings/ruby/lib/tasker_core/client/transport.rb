@@ -147,7 +147,7 @@ module TaskerCore
       # @param read_timeout [Numeric, nil] nil: the transport's
       # @return [Array(Integer, Object)] the status and the parsed JSON body
       # @raise [ClientError]
-      def call(method, path, query: nil, body: nil, idempotent: true, read_timeout: nil)
+      def call(method, path, query: nil, body: nil, idempotent: true, read_timeout: nil, expect: nil)
         target = @prefix + path
         query = query&.compact
         target += "?#{URI.encode_www_form(query)}" if query && !query.empty?
@@ -156,7 +156,7 @@ module TaskerCore
         loop do
           tries += 1
           failure = attempt(method, target, payload, read_timeout || @read_timeout)
-          return failure unless failure.is_a?(Exception)
+          return check_shape(expect, failure, method, target) unless failure.is_a?(Exception)
 
           unless idempotent && tries <= RETRY_DELAYS.size && !failure.is_a?(NotHttp)
             raise unavailable(failure, retried: idempotent, tries: tries), cause: failure
@@ -285,6 +285,37 @@ module TaskerCore
       def finish(http)
         http.finish if http.started?
       rescue IOError, SystemCallError
+        nil
+      end
+
+      # Another JSON service's answer (a wrong path prefix, a proxy's own
+      # page), read as a task, had "ended" with no status: an ApiError, as
+      # Python and Node raise.
+      def check_shape(expect, answer, method, target)
+        status, json = answer
+        wrong = case expect
+                when :task then not_a_task(json, detail: true)
+                when :page
+                  tasks = json.is_a?(Hash) && json["tasks"]
+                  if tasks.is_a?(Array)
+                    tasks.lazy.map { |t| not_a_task(t, detail: false) }.find(&:itself)&.then { |w| "tasks: #{w}" }
+                  else
+                    "tasks: expected an array"
+                  end
+                end
+        return answer unless wrong
+
+        raise ApiError.new("unexpected answer to #{method.upcase} #{@base_url}#{target} (#{status}): #{wrong}: " \
+                           "#{Transport.quote(JSON.generate(json))}", status: status)
+      end
+
+      def not_a_task(json, detail:)
+        return "expected a task object" unless json.is_a?(Hash)
+        return "task_id: expected an integer" unless json["task_id"].is_a?(Integer)
+        return "workflow: expected a string" unless json["workflow"].is_a?(String)
+        return "status: expected a string" unless json["status"].is_a?(String)
+        return "steps: expected an array" if detail && !json["steps"].is_a?(Array)
+
         nil
       end
 
