@@ -1026,6 +1026,40 @@ async fn with_tokens_every_route_but_healthz_needs_a_listed_bearer_token() {
     api.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tokens_only_requests_for_localhost_or_an_ip_address_are_answered() {
+    // A web page whose domain the attacker points at 127.0.0.1 (DNS
+    // rebinding) reached the tokenless API as its own origin: its requests
+    // name that domain in Host.
+    let api = Api::start().await;
+    for (host, status) in [
+        ("attacker.example", StatusCode::MISDIRECTED_REQUEST),
+        ("attacker.example:8080", StatusCode::MISDIRECTED_REQUEST),
+        ("localhost:8080", StatusCode::OK),
+        ("127.0.0.1:8080", StatusCode::OK),
+        ("[::1]:8080", StatusCode::OK),
+    ] {
+        let response = api
+            .http
+            .get(api.url("/v1/tasks"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{host}");
+        if status != StatusCode::OK {
+            assert_problem(
+                &answer(response).await,
+                421,
+                "http-error",
+                "answers only requests addressed to localhost or an IP address, not `attacker.example",
+                None,
+            );
+        }
+    }
+    api.stop().await;
+}
+
 #[tokio::test]
 async fn a_server_other_machines_can_reach_needs_tokens_or_a_trusted_network() {
     let dir = tempfile::tempdir().unwrap();
@@ -1319,7 +1353,7 @@ async fn a_half_sent_request_does_not_keep_the_server_from_stopping() {
     // A client that sends half a request and waits: it used to hold the
     // server's stop for good.
     let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
-    half.write_all(b"GET /v1/tasks HTTP/1.1\r\nHost: x\r\n")
+    half.write_all(b"GET /v1/tasks HTTP/1.1\r\nHost: localhost\r\n")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1354,7 +1388,7 @@ async fn a_body_with_broken_chunked_framing_is_a_400_http_error_naming_it() {
         .unwrap();
     stream
         .write_all(
-            b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+            b"POST /v1/tasks HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
               Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nFFFFFFFFFFFFFFFFFF\r\n",
         )
         .await

@@ -157,6 +157,53 @@ impl<'de> serde::Deserialize<'de> for Entries {
 /// client expects the API to be closed to others, and it is open. (An
 /// operator who left `api_tokens_file` out by mistake heard nothing, and
 /// every client's token was accepted unread.)
+/// A server without tokens (and not `api_trusted_network`) answers only
+/// requests addressed to `localhost` or to an IP address. Its API is open
+/// to whatever runs on its host, a browser included: a web page whose
+/// domain name the attacker points at 127.0.0.1 (DNS rebinding) reaches it
+/// as its own origin and could start and cancel tasks and read every
+/// task's context. Such a request names the attacker's domain in `Host`.
+pub(crate) async fn require_local_host(request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string())
+        .or_else(|| request.uri().authority().map(|a| a.as_str().to_string()));
+    match host {
+        Some(host) if !is_local_host(&host) => {
+            tracing::debug!(host = %super::problem::quote(&host), "refused a request for another host");
+            Problem::new(
+                ProblemKind::Other(axum::http::StatusCode::MISDIRECTED_REQUEST),
+                format!(
+                    "this server has no api_tokens_file, so it answers only requests addressed to \
+                     localhost or an IP address, not `{}` (a web page could otherwise reach it \
+                     through DNS rebinding): set api_tokens_file, or have a proxy in front send \
+                     Host: localhost",
+                    super::problem::quote(&host)
+                ),
+            )
+            .into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
+/// Whether a `Host` value (with or without its port) names `localhost` or
+/// an IP address.
+fn is_local_host(host: &str) -> bool {
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
 pub(crate) async fn note_unchecked_token(request: Request, next: Next) -> Response {
     static NOTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if request.headers().contains_key(header::AUTHORIZATION)
@@ -252,6 +299,32 @@ pub(crate) async fn require_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_hosts_are_localhost_and_ip_addresses() {
+        for host in [
+            "localhost",
+            "LOCALHOST:8080",
+            "localhost.:8080",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "10.1.2.3:80",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(is_local_host(host), "{host}");
+        }
+        for host in [
+            "attacker.example",
+            "attacker.example:8080",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io:8080",
+            "[evil]:80",
+            "",
+        ] {
+            assert!(!is_local_host(host), "{host}");
+        }
+    }
 
     fn entries(list: &[(&str, &str)]) -> BTreeMap<String, String> {
         list.iter()
