@@ -751,6 +751,11 @@ impl TaskerConfig {
             } else {
                 serde_norway::from_str(&value).map_err(|e| override_error(e.to_string()))?
             };
+            // An address is checked here too, so a bad one names its
+            // variable (it was found only when a client used it).
+            if key == "api_url" && !value.is_empty() {
+                parse_api_url(&value).map_err(override_error)?;
+            }
             // Check the one value on its own so the error names its variable.
             let mut probe = current.clone();
             probe.insert(serde_norway::Value::String(key.clone()), parsed.clone());
@@ -1070,6 +1075,33 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("TASKER_SUBMIT_POLICY"), "{err}");
+        let err = TaskerConfig::from_yaml_str("", "test", vars(&[("TASKER_API_URL", "ftp://x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("TASKER_API_URL") && err.contains("https://HOST"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_api_token_is_printable_ascii_and_never_quoted() {
+        for (token, ok) in [
+            ("tok-0123456789abcdef\n", true),
+            ("tok-0123\r\nX: 1", false),
+            ("tök-0123456789abcdef", false),
+        ] {
+            let result =
+                TaskerConfig::from_yaml_str("", "test", vars(&[("TASKER_API_TOKEN", token)]))
+                    .and_then(|c| c.validate().map(|()| c));
+            match result {
+                Ok(_) => assert!(ok, "{token:?} taken"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(!ok && e.contains("api_token") && !e.contains("0123"), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

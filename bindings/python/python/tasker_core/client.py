@@ -874,7 +874,8 @@ class _Core:
         message += f"; {tries} tries)" if tries > 1 else ")"
         final = isinstance(failure, _NoAnswer) and failure.final
         if idempotent:
-            if not final:
+            # A server that answered 5xx is running: the hint is for silence.
+            if not final and isinstance(failure, _NoAnswer):
                 message += "; is tasker serve running?"
         elif isinstance(failure, _NoAnswer) and not failure.sent:
             message += (

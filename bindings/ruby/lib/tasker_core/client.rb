@@ -191,7 +191,8 @@ module TaskerCore
     end
 
     # Requests the task's cancellation: no step is dispatched any more, the
-    # running ones finish, then the task ends `cancelled`.
+    # running ones finish, then the task ends `cancelled` (`complete` when
+    # every step it still had was already running and completed).
     #
     # @param id [Integer] the task's id
     # @return [Task] the task as it is now (`cancel_requested?` true)
