@@ -60,9 +60,7 @@ pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
 /// server's writes are lost to the other.
 pub(crate) fn sqlite_file(path: &Path) -> Result<PathBuf, StoreError> {
     let io = |what: &str, e: std::io::Error| {
-        StoreError::Database(sqlx::Error::Configuration(
-            format!("{what} {}: {e}", path.display()).into(),
-        ))
+        StoreError::File(format!("{what} {}: {e}", path.display()))
     };
     match std::fs::canonicalize(path) {
         Ok(real) => {
@@ -71,15 +69,12 @@ pub(crate) fn sqlite_file(path: &Path) -> Result<PathBuf, StoreError> {
                 .map_err(|e| io("reading", e))?
                 .nlink();
             if links > 1 {
-                return Err(StoreError::Database(sqlx::Error::Configuration(
-                    format!(
+                return Err(StoreError::File(format!(
                         "the SQLite store {} has {links} hard links: SQLite keeps its WAL beside \
                          the name it is opened by, so two names of one database give two WALs and \
                          lose writes; remove the other links (a symbolic link is fine)",
                         real.display()
-                    )
-                    .into(),
-                )));
+                    )));
             }
             Ok(real)
         }

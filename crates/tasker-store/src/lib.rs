@@ -97,6 +97,11 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A file or folder of the store (the database, its lock file, their
+    /// folder) could not be used: what was done to which path, and why
+    /// (a read-only file system, permissions, hard links).
+    #[error("{0}")]
+    File(String),
     /// Migrations failed.
     #[error("migrating the store failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -155,7 +160,8 @@ impl StoreError {
             | StoreError::IdempotencyConflict { .. }
             | StoreError::Migrate(_)
             | StoreError::Corrupt(_)
-            | StoreError::InUse(_) => false,
+            | StoreError::InUse(_)
+            | StoreError::File(_) => false,
         }
     }
 }

@@ -78,9 +78,7 @@ pub(crate) async fn connect(path: &Path) -> Result<SqlitePool, StoreError> {
             new_folder = Some(parent.display().to_string());
         }
         std::fs::create_dir_all(parent).map_err(|e| {
-            StoreError::Database(sqlx::Error::Configuration(
-                format!("creating {}: {e}", parent.display()).into(),
-            ))
+            StoreError::File(format!("creating {}: {e}", parent.display()))
         })?;
     }
     let options = SqliteConnectOptions::new()
