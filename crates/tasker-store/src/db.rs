@@ -59,9 +59,8 @@ pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
 /// was opened by, so two names of one file give two WALs, and each
 /// server's writes are lost to the other.
 pub(crate) fn sqlite_file(path: &Path) -> Result<PathBuf, StoreError> {
-    let io = |what: &str, e: std::io::Error| {
-        StoreError::File(format!("{what} {}: {e}", path.display()))
-    };
+    let io =
+        |what: &str, e: std::io::Error| StoreError::File(format!("{what} {}: {e}", path.display()));
     match std::fs::canonicalize(path) {
         Ok(real) => {
             use std::os::unix::fs::MetadataExt;
@@ -70,11 +69,11 @@ pub(crate) fn sqlite_file(path: &Path) -> Result<PathBuf, StoreError> {
                 .nlink();
             if links > 1 {
                 return Err(StoreError::File(format!(
-                        "the SQLite store {} has {links} hard links: SQLite keeps its WAL beside \
+                    "the SQLite store {} has {links} hard links: SQLite keeps its WAL beside \
                          the name it is opened by, so two names of one database give two WALs and \
                          lose writes; remove the other links (a symbolic link is fine)",
-                        real.display()
-                    )));
+                    real.display()
+                )));
             }
             Ok(real)
         }

@@ -92,9 +92,8 @@ fn lock_path(db: &Path) -> PathBuf {
 
 fn lock_file(db: &Path) -> Result<std::fs::File, StoreError> {
     let path = lock_path(db);
-    let io = |what: &str, e: std::io::Error| {
-        StoreError::File(format!("{what} {}: {e}", path.display()))
-    };
+    let io =
+        |what: &str, e: std::io::Error| StoreError::File(format!("{what} {}: {e}", path.display()));
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| io("creating the folder of", e))?;
     }

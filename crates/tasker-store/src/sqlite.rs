@@ -77,9 +77,8 @@ pub(crate) async fn connect(path: &Path) -> Result<SqlitePool, StoreError> {
         if !parent.exists() {
             new_folder = Some(parent.display().to_string());
         }
-        std::fs::create_dir_all(parent).map_err(|e| {
-            StoreError::File(format!("creating {}: {e}", parent.display()))
-        })?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::File(format!("creating {}: {e}", parent.display())))?;
     }
     let options = SqliteConnectOptions::new()
         .filename(path)
