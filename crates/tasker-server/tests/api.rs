@@ -105,6 +105,12 @@ impl Api {
         .await
     }
 
+    /// The body of `GET path`, as text.
+    async fn text(&self, path: &str) -> String {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     async fn post(&self, path: &str) -> (StatusCode, Value) {
         answer(self.http.post(self.url(path)).send().await.unwrap()).await
     }
@@ -537,15 +543,7 @@ async fn numbers_come_back_as_they_were_sent_to_the_last_digit() {
     let id = created["task_id"].as_i64().unwrap();
     api.wait_for(id, "complete", |task| task["status"] == "complete")
         .await;
-    let text = api
-        .http
-        .get(api.url(&format!("/v1/tasks/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api.text(&format!("/v1/tasks/{id}")).await;
     let printed = format!("[{}]", numbers.join(","));
     // The context, and each echoing step's output.
     assert_eq!(text.matches(&printed).count(), 3, "{printed} in {text}");
@@ -1306,15 +1304,7 @@ async fn the_dashboard_is_served_from_the_binary_with_a_strict_content_policy() 
         assert!(policy.contains("frame-ancestors 'none'"), "{path}");
         assert!(!response.text().await.unwrap().is_empty(), "{path}");
     }
-    let index = api
-        .http
-        .get(api.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let index = api.text("/").await;
     assert!(index.contains("/dashboard/app.js"), "{index}");
     let (status, _) = api.get("/dashboard/nothing.js").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
