@@ -39,13 +39,12 @@ WRONG = {
   'Worker.new(capacity: "8")' => -> { TaskerCore::Worker.new(capacity: "8", logger: nil) },
   'register(42, handler)' => -> { worker.register(42, ->(step) { step.task_context }) },
   "PermanentError.new(42)" => -> { TaskerCore::PermanentError.new(42) },
-  # Accepted until the first request.
-  'Client.new(open_timeout: "5")' => lambda {
-    TaskerCore::Client.new(url: "http://127.0.0.1:1", token: "", open_timeout: "5")
-  },
   # A server answering a String id: the report would carry it.
   'Task.from_json("task_id" => "7")' => -> { TaskerCore::Client::Task.from_json(TASK_JSON.merge("task_id" => "7")) },
   # The gem refuses these too, at run time.
+  'Client.new(open_timeout: "5")' => lambda {
+    TaskerCore::Client.new(url: "http://127.0.0.1:1", token: "", open_timeout: "5")
+  },
   'PermanentError.new(msg, error_type: 42)' => -> { TaskerCore::PermanentError.new("declined", error_type: 42) },
   "Worker.new(endpont: ...)" => -> { TaskerCore::Worker.new(endpont: "tcp://127.0.0.1:5555", logger: nil) },
   'Config.load(worker_capacity: "4")' => -> { TaskerCore::Config.load(nil, worker_capacity: "4") },

@@ -201,6 +201,6 @@ class TestSignatures < Minitest::Test
       assert_equal "ok", result["outcome"], "#{result['call']} without the check" if result["kind"] == "right"
     end
     let_through = plain.values.select { |r| r["kind"] == "wrong" && r["outcome"] == "ok" }.map { |r| r["call"] }
-    assert_operator let_through.size, :>=, 5, "wrong calls the gem alone accepts: #{let_through}"
+    assert_operator let_through.size, :>=, 4, "wrong calls the gem alone accepts: #{let_through}"
   end
 end
