@@ -3,6 +3,7 @@
 //! queue depth, workers by language).
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -30,6 +31,8 @@ pub(crate) struct ServiceMetrics {
     credit: Gauge,
     store_queued: Gauge,
     held_back: Gauge,
+    /// Requests answered 401: a client misconfigured, or tokens guessed.
+    pub unauthorized: Counter,
     /// One scrape at a time: each sets the gauges, then encodes them.
     scraping: tokio::sync::Mutex<()>,
 }
@@ -75,6 +78,12 @@ impl ServiceMetrics {
             "Steps the connected workers could take now (free capacity of those not draining)",
             credit.clone(),
         );
+        let unauthorized = Counter::default();
+        registry.register(
+            "api_requests_unauthorized",
+            "HTTP requests refused 401 for a missing or wrong bearer token",
+            unauthorized.clone(),
+        );
         registry.register(
             "store_queued_writes",
             "Writes waiting for the store's writer",
@@ -89,6 +98,7 @@ impl ServiceMetrics {
             credit,
             store_queued,
             held_back,
+            unauthorized,
             scraping: tokio::sync::Mutex::new(()),
         }
     }

@@ -544,6 +544,11 @@ impl Service {
     }
 
     /// Every metric in the Prometheus text format, gauges read now.
+    /// Counts the requests answered 401 (`tasker_api_requests_unauthorized_total`).
+    pub(crate) fn unauthorized_counter(&self) -> prometheus_client::metrics::counter::Counter {
+        self.metrics.unauthorized.clone()
+    }
+
     pub async fn render_metrics(&self) -> Result<String, ServiceError> {
         Ok(self.metrics.render(self).await?)
     }

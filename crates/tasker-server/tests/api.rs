@@ -1009,6 +1009,13 @@ async fn with_tokens_every_route_but_healthz_needs_a_listed_bearer_token() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    // Every refusal above is counted, for an alert on a misconfigured
+    // client or on guessing.
+    let refused = sample(
+        &response.text().await.unwrap(),
+        "tasker_api_requests_unauthorized_total",
+    );
+    assert!(refused >= 10.0, "{refused}");
     // A POST without a token creates nothing.
     let (status, _) = api
         .post_json("/v1/tasks", &json!({ "workflow": "echo_twice" }))

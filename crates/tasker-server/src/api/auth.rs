@@ -220,7 +220,7 @@ pub(crate) async fn note_unchecked_token(request: Request, next: Next) -> Respon
 /// Lets a request through only with a valid bearer token (`/healthz`
 /// always).
 pub(crate) async fn require_token(
-    State(tokens): State<Tokens>,
+    State((tokens, unauthorized)): State<(Tokens, prometheus_client::metrics::counter::Counter)>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -287,6 +287,7 @@ pub(crate) async fn require_token(
             },
         },
     };
+    unauthorized.inc();
     tracing::debug!(path = %super::problem::quote(request.uri().path()), "refused a request without a valid token");
     let mut response = Problem::new(ProblemKind::Unauthorized, detail).into_response();
     response.headers_mut().insert(

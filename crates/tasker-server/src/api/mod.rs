@@ -56,6 +56,7 @@ pub(crate) mod paths {
 pub fn router(service: Arc<Service>) -> axum::Router {
     let tokens = service.tokens().cloned();
     let trusted_network = service.config().api_trusted_network;
+    let unauthorized = service.unauthorized_counter();
     let router = Router::new()
         .route(paths::TASKS, post(create_task).get(list_tasks))
         .route(paths::TASK, get(get_task))
@@ -73,7 +74,10 @@ pub fn router(service: Arc<Service>) -> axum::Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service);
     match tokens {
-        Some(tokens) => router.layer(middleware::from_fn_with_state(tokens, auth::require_token)),
+        Some(tokens) => router.layer(middleware::from_fn_with_state(
+            (tokens, unauthorized),
+            auth::require_token,
+        )),
         None if trusted_network => router.layer(middleware::from_fn(auth::note_unchecked_token)),
         None => router
             .layer(middleware::from_fn(auth::note_unchecked_token))
