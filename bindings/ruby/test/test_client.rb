@@ -467,15 +467,17 @@ class TestClient < Minitest::Test
 
     # Not coerced to a string, as Python and Node do not: 5 created a task
     # keyed "5".
-    error = assert_raises(TaskerCore::ValidationError) { c.submit("pipeline", {}, idempotency_key: 5) }
+    error = assert_misuse(TaskerCore::ValidationError) { c.submit("pipeline", {}, idempotency_key: 5) }
     assert_equal "idempotency_key", error.field
     assert_match(/expected a string, got an integer/, error.message)
-    error = assert_raises(TaskerCore::ValidationError) { c.submit(nil, {}) }
+    error = assert_misuse(TaskerCore::ValidationError) { c.submit(nil, {}) }
     assert_equal "workflow", error.field
     assert_equal "pipeline", c.submit(:pipeline, {}).task.workflow, "a Symbol is a name"
     %w[open_timeout read_timeout].each do |name|
       [0, -1, "abc", Float::INFINITY].each do |value|
-        error = assert_raises(ArgumentError) { TaskerCore::Client.new(url: c.url, token: "", name.to_sym => value) }
+        make = -> { TaskerCore::Client.new(url: c.url, token: "", name.to_sym => value) }
+        # A String is outside sig/ too; the numbers only the gem refuses.
+        error = value.is_a?(Numeric) ? assert_raises(ArgumentError, &make) : assert_misuse(ArgumentError, &make)
         assert_match(/#{name} must be a positive number of seconds/, error.message)
       end
     end
@@ -624,7 +626,7 @@ class TestClient < Minitest::Test
     end
     assert_match(/api_token.*a line break/, bad.message)
     refute_match(/secret-token/, bad.message)
-    assert_raises(TypeError) { TaskerCore::Client.new(url: server.url, token: 5) }
+    assert_misuse(TypeError) { TaskerCore::Client.new(url: server.url, token: 5) }
 
     with_env("TASKER_API_URL" => server.url, "TASKER_API_TOKEN" => "secret-token-0123456789") do
       from_env = TaskerCore::Client.new
