@@ -105,8 +105,10 @@ module TaskerCore
       Config.new("api_token" => token) unless token.empty?
       token = token.strip
       @token = token.empty? ? nil : token
-      check_seconds("open_timeout", open_timeout)
-      check_seconds("read_timeout", read_timeout)
+      # A timeout of 0 made every call fail as an unreachable server, and a
+      # negative or non-numeric one failed at the first call naming no option.
+      seconds(open_timeout, name: "open_timeout", positive: true)
+      seconds(read_timeout, name: "read_timeout", positive: true)
       @transport = Transport.new(@url, token: @token, open_timeout: open_timeout, read_timeout: read_timeout,
                                        logger: logger)
     end
@@ -318,14 +320,6 @@ module TaskerCore
       value.is_a?(Symbol) ? value.to_s : value
     end
 
-    # A timeout of 0 made every call fail as an unreachable server, and a
-    # negative or non-numeric one failed at the first call naming no option.
-    def check_seconds(name, value)
-      return if value.is_a?(Numeric) && value.positive? && value.finite?
-
-      raise ArgumentError, "#{name} must be a positive number of seconds, got #{value.inspect[0, 40]}"
-    end
-
     def check_text(text, path)
       unicode = if text.encoding == Encoding::BINARY
                   text.ascii_only?
@@ -352,12 +346,16 @@ module TaskerCore
       text.length > 80 ? "#{text[0, 77]}..." : text
     end
 
-    def seconds(timeout)
-      unless timeout.is_a?(Numeric) && timeout.real? && timeout >= 0 && !(timeout.is_a?(Float) && timeout.nan?)
-        raise ArgumentError, "timeout: expected seconds (a number >= 0) or nil, got #{timeout.inspect}"
-      end
+    # `timeout` in seconds as a Float: at least 0 (a wait's, where
+    # Infinity is no deadline), or with `positive` above 0 and finite (a
+    # connection's).
+    def seconds(timeout, name: "timeout", positive: false)
+      number = timeout.is_a?(Numeric) && timeout.real? && !(timeout.is_a?(Float) && timeout.nan?)
+      return timeout.to_f if number && (positive ? timeout.positive? && timeout.finite? : timeout >= 0)
 
-      timeout.to_f
+      raise ArgumentError, "#{name} must be a positive number of seconds, got #{timeout.inspect[0, 40]}" if positive
+
+      raise ArgumentError, "#{name}: expected seconds (a number >= 0) or nil, got #{timeout.inspect}"
     end
 
     # "20", "1.5", "0.25": what the server's `wait` parameter takes.
