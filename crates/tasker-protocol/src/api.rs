@@ -294,9 +294,10 @@ pub struct CreateTaskRequest {
     pub context: Map<String, Value>,
     /// A key of the client's choosing: the same key with the same workflow
     /// and context returns the task it created (200 instead of 201); with
-    /// another workflow or context it is a 409.
+    /// another workflow or context it is a 409. 1 to 255 characters, none
+    /// of them a control character.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 255))]
+    #[schemars(length(min = 1, max = 255), pattern(r"^[^\x00-\x1f\x7f-\x9f]+$"))]
     pub idempotency_key: Option<String>,
 }
 

@@ -49,6 +49,20 @@ impl Validate for CreateTaskRequest {
                 )
                 .with_field("idempotency_key"));
             }
+            // A key is shown back in logs, problems and the dashboard; a
+            // control character there could forge a log line or hide the
+            // key's end, and no client picks one on purpose.
+            if let Some(at) = key.chars().position(char::is_control) {
+                return Err(Problem::new(
+                    ProblemKind::InvalidBody,
+                    format!(
+                        "idempotency_key: must not hold control characters, \
+                         found one at character {}",
+                        at + 1
+                    ),
+                )
+                .with_field("idempotency_key"));
+            }
         }
         Ok(())
     }
@@ -775,6 +789,33 @@ mod tests {
         .unwrap();
         let p = body_problem(r#"{"workflow":""}"#);
         assert_eq!(p.detail, "workflow: must not be empty");
+    }
+
+    #[test]
+    fn idempotency_keys_hold_no_control_characters() {
+        for (key, at) in [
+            (r"A-1\n", 4),
+            (r"\u0000", 1),
+            (r"x\u001b[2J", 2),
+            (r"ab\u007f", 3),
+        ] {
+            let p = body_problem(&format!(
+                r#"{{"workflow":"etl","idempotency_key":"{key}"}}"#
+            ));
+            assert_eq!(
+                p.detail,
+                format!(
+                    "idempotency_key: must not hold control characters, found one at character {at}"
+                ),
+                "{key}"
+            );
+            assert_eq!(p.field.as_deref(), Some("idempotency_key"));
+        }
+        // Anything printable is a key, whatever its script.
+        parse_body::<CreateTaskRequest>(
+            r#"{"workflow":"etl","idempotency_key":"order A-1 · 注文 ✓"}"#.as_bytes(),
+        )
+        .unwrap();
     }
 
     #[test]
