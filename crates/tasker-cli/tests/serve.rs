@@ -1380,6 +1380,38 @@ fn s17_a_server_without_tokens_says_once_that_it_did_not_check_a_token_it_was_se
     assert_eq!(serve.log().matches(warning).count(), 1, "{}", serve.log());
 }
 
+/// A tokens file others may read hands them every token in it: the server
+/// starts, as a CURVE secret key readable by others lets it, but says so
+/// and how to mend it, naming no token.
+#[test]
+fn s17b_a_tokens_file_other_users_can_read_is_warned_of_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, endpoint, store) = sqlite_setup_with("one_try", ONE_TRY_WORKFLOW);
+    let tokens = dir.path().join("tokens.yaml");
+    let token = "s17b-token-0123456789abcdef";
+    std::fs::write(&tokens, format!("ci: {token}\n")).unwrap();
+    let warning = "api_tokens_file is readable by other users";
+    for (mode, warned) in [(0o644, true), (0o600, false)] {
+        std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(mode)).unwrap();
+        let serve = Serve::try_start_with(dir.path(), &store, &endpoint, |command| {
+            command.env("TASKER_API_TOKENS_FILE", &tokens);
+        })
+        .unwrap_or_else(|log| panic!("serve did not start:\n{log}"));
+        let answered = client()
+            .get(serve.url("/v1/workflows"))
+            .bearer_auth(token)
+            .send()
+            .unwrap();
+        assert_eq!(answered.status(), 200);
+        let log = serve.log();
+        assert_eq!(log.contains(warning), warned, "mode {mode:o}:\n{log}");
+        if warned {
+            assert!(log.contains("chmod 600") && log.contains("644"), "{log}");
+        }
+        assert!(!log.contains(token), "{log}");
+    }
+}
+
 const PAUSE_WORKFLOW: &str = r#"
 name: pause
 description: one short step that may run once, with a short timeout

@@ -308,6 +308,25 @@ impl Default for TaskerConfig {
     }
 }
 
+/// The permission bits of a secrets file (a CURVE secret key, a tokens
+/// file) when users other than its owner may read or write it, for a
+/// warning: the secrets are then as good as theirs. `None` when only the
+/// owner may, or the file cannot be examined (reading it says why).
+///
+/// ```
+/// use std::os::unix::fs::PermissionsExt;
+/// let file = tempfile::NamedTempFile::new().unwrap();
+/// std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+/// assert_eq!(tasker_config::open_to_others(file.path()), Some(0o644));
+/// std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+/// assert_eq!(tasker_config::open_to_others(file.path()), None);
+/// ```
+pub fn open_to_others(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
 /// `token` as a client sends it in `Authorization: Bearer`: without the
 /// whitespace around it (a token read from a file or a secret ends in a
 /// line break), and only printable ASCII, as an HTTP header carries text

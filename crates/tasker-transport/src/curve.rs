@@ -501,17 +501,13 @@ fn read_key_file(path: &Path, key: &'static str) -> Result<String, CurveError> {
 }
 
 fn warn_if_others_can_read(path: &Path, key: &'static str) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            tracing::warn!(
-                key,
-                path = %path.display(),
-                mode = format!("{mode:o}"),
-                "a CURVE secret key file is readable by other users; chmod 600 it"
-            );
-        }
+    if let Some(mode) = tasker_config::open_to_others(path) {
+        tracing::warn!(
+            key,
+            path = %path.display(),
+            mode = format!("{mode:o}"),
+            "a CURVE secret key file is readable by other users; chmod 600 it"
+        );
     }
 }
 

@@ -61,6 +61,14 @@ impl Tokens {
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        if let Some(mode) = tasker_config::open_to_others(path) {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{mode:o}"),
+                "api_tokens_file is readable by other users, who can then call the API \
+                 as any of its tokens; chmod 600 it"
+            );
+        }
         // serde_norway's messages quote the text they choke on: a token.
         let Entries(pairs) = serde_norway::from_str(&text)
             .map_err(|_| error("expected a YAML mapping of token names to tokens".into()))?;
