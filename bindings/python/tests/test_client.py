@@ -849,14 +849,16 @@ def test_a_wrong_prefix_is_an_api_error(serve: Serve) -> None:
 class _OddHandler(http.server.BaseHTTPRequestHandler):
     """Answers no tasker server gives, to check what the client does with
     them: `/v1/tasks/1` a 502 with an HTML page, `/v1/tasks/2` a 418 that is
-    not a problem document, `/v1/tasks/3` a 200 that is not JSON."""
+    not a problem document, `/v1/tasks/3` a 200 that is not JSON, `/v1/tasks/4`
+    a 401 from something in front of the server (a proxy's login page)."""
 
     hits: List[str] = []
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         type(self).hits.append(self.path)
         page = b"<html><body>" + b"x" * 5000 + b"</body></html>"
-        status = {"/v1/tasks/1": 502, "/v1/tasks/2": 418, "/v1/tasks/3": 200}.get(self.path, 404)
+        status = {"/v1/tasks/1": 502, "/v1/tasks/2": 418, "/v1/tasks/3": 200, "/v1/tasks/4": 401}
+        status = status.get(self.path, 404)
         self.send_response(status)
         self.send_header("Content-Type", "text/html")
         self.send_header("Content-Length", str(len(page)))
@@ -893,7 +895,11 @@ def test_answers_that_are_not_problem_documents() -> None:
         assert teapot.value.status == 418
         with pytest.raises(ApiError) as not_json:
             client.get(3)
-        for error in (bad_gateway.value, teapot.value, not_json.value):
+        # A 401 is Unauthorized whatever its body, as in the Node and Ruby clients.
+        with pytest.raises(Unauthorized) as login_page:
+            client.get(4)
+        assert login_page.value.status == 401 and login_page.value.problem is None
+        for error in (bad_gateway.value, teapot.value, not_json.value, login_page.value):
             assert "<html><body>xxx" in str(error)
             assert len(str(error)) < 200 + 150, str(error)  # quoted, not the whole body
 

@@ -856,7 +856,10 @@ class _Core:
     def _client_error(method: str, url: str, status: int, body: bytes) -> ClientError:
         problem = _problem(body)
         if problem is None:
-            return ApiError(
+            # A proxy in front of the server may ask for credentials in a
+            # page of its own: still a matter of credentials.
+            cls = Unauthorized if status == 401 else ApiError
+            return cls(
                 f"unexpected answer to {method} {url}: HTTP {status}: {_quote(body)}",
                 status=status,
             )
