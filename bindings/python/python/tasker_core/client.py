@@ -858,8 +858,8 @@ class _Core:
         if problem is None:
             # A proxy in front of the server may ask for credentials in a
             # page of its own: still a matter of credentials.
-            cls = Unauthorized if status == 401 else ApiError
-            return cls(
+            unexpected: Type[ClientError] = Unauthorized if status == 401 else ApiError
+            return unexpected(
                 f"unexpected answer to {method} {url}: HTTP {status}: {_quote(body)}",
                 status=status,
             )
