@@ -81,35 +81,66 @@ where
 {
     type Rejection = Problem;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         check_json_content_type(req.headers().get(header::CONTENT_TYPE))?;
         check_no_content_encoding(req.headers().get(header::CONTENT_ENCODING))?;
+        let declared = declared_length(req.headers());
         // Refused before any of it is read: a client that declares 100 GB
         // and sends nothing would otherwise hold the request until the
         // body timeout, and one that sent `Expect: 100-continue` learns
         // before it uploads.
-        if declared_length(req.headers()).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        if declared.is_some_and(|n| n > MAX_DRAINED_BYTES as u64)
+            || (declared.is_some_and(|n| n > MAX_BODY_BYTES as u64)
+                && req.headers().contains_key(header::EXPECT))
+        {
             return Err(body_too_large());
         }
-        let read = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state)).await;
-        let bytes = read.map_err(|_| body_too_slow())?.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                body_too_large()
-            } else {
-                // The HTTP framing is broken (a bad chunk, a connection
-                // cut short): not a JSON problem.
-                Problem::new(
-                    ProblemKind::Other(axum::http::StatusCode::BAD_REQUEST),
-                    format!(
-                        "the body could not be read: {}",
-                        quote(&innermost(&rejection))
-                    ),
-                )
-            }
-        })?;
+        let read = tokio::time::timeout(BODY_TIMEOUT, read_body(req.into_body())).await;
+        let bytes = read.map_err(|_| body_too_slow())??;
         let value = parse_body(&bytes)?;
         Ok(ApiJson(value))
     }
+}
+
+/// Most bytes of a body read past [`MAX_BODY_BYTES`] before the 413.
+///
+/// A client sends the body right after the head. Answered and closed with
+/// the body's rest unread, the connection is reset under the client while
+/// it still writes, and Python's and Node's clients then saw a broken pipe
+/// (a server gone, retried) where the 413 said what was wrong. Reading the
+/// rest first lets the answer reach them; past this, a client is no longer
+/// mistaken but wasting the server's bandwidth, and is cut off.
+pub const MAX_DRAINED_BYTES: usize = 16 * MAX_BODY_BYTES;
+
+/// The whole body, or a problem: over [`MAX_BODY_BYTES`] (read to its end
+/// up to [`MAX_DRAINED_BYTES`], so the answer reaches the client), or its
+/// HTTP framing broken.
+async fn read_body(body: axum::body::Body) -> Result<Bytes, Problem> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| {
+            // A bad chunk, a connection cut short: not a JSON problem.
+            Problem::new(
+                ProblemKind::Other(axum::http::StatusCode::BAD_REQUEST),
+                format!("the body could not be read: {}", quote(&innermost(&error))),
+            )
+        })?;
+        seen = seen.saturating_add(chunk.len());
+        if seen <= MAX_BODY_BYTES {
+            kept.extend_from_slice(&chunk);
+        } else if seen > MAX_DRAINED_BYTES {
+            break;
+        } else {
+            kept = Vec::new();
+        }
+    }
+    if seen > MAX_BODY_BYTES {
+        return Err(body_too_large());
+    }
+    Ok(Bytes::from(kept))
 }
 
 /// Longest a request body may take to arrive: the head's limit (see
