@@ -4,7 +4,7 @@
 # test_signatures.rb runs this file twice: under the runtime type check
 # (test/rbs_check.rb), where every WRONG call must be refused and every
 # RIGHT one accepted, and without it, to show what the gem alone does with
-# the wrong ones (several run without complaint: the gem converts the
+# the wrong ones (a few run without complaint: the gem converts the
 # value, so only the signatures catch them). No network, no orchestrator.
 #
 #   ruby -I tmp/native -I lib test/signature_misuse.rb   # one JSON line per call
@@ -35,13 +35,14 @@ def client
 end
 
 WRONG = {
-  # The gem accepts these (Integer("8"), "42", a message "42"); the signatures do not.
-  'Worker.new(capacity: "8")' => -> { TaskerCore::Worker.new(capacity: "8", logger: nil) },
-  'register(42, handler)' => -> { worker.register(42, ->(step) { step.task_context }) },
+  # The gem accepts these (a message "42"); the signatures do not.
   "PermanentError.new(42)" => -> { TaskerCore::PermanentError.new(42) },
   # A server answering a String id: the report would carry it.
   'Task.from_json("task_id" => "7")' => -> { TaskerCore::Client::Task.from_json(TASK_JSON.merge("task_id" => "7")) },
   # The gem refuses these too, at run time.
+  'Worker.new(capacity: "8")' => -> { TaskerCore::Worker.new(capacity: "8", logger: nil) },
+  "Worker.new(capacity: 2.7)" => -> { TaskerCore::Worker.new(capacity: 2.7, logger: nil) },
+  'register(42, handler)' => -> { worker.register(42, ->(step) { step.task_context }) },
   'Client.new(open_timeout: "5")' => lambda {
     TaskerCore::Client.new(url: "http://127.0.0.1:1", token: "", open_timeout: "5")
   },

@@ -99,6 +99,13 @@ class TestConfig < Minitest::Test
     assert_equal 2, worker.capacity, "capacity defaults to worker_capacity"
     assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(capacity: 0) }
     assert_misuse(TaskerCore::ConfigError) { TaskerCore::Worker.new(threads: "many") }
+    # Taken as given, as the Python and Node SDKs do: "8" is not converted,
+    # nor 2.7 cut to 2.
+    error = assert_misuse(TaskerCore::ConfigError) { TaskerCore::Worker.new(capacity: "8", logger: nil) }
+    assert_match(/capacity must be an Integer, got "8"/, error.message)
+    error = assert_misuse(TaskerCore::ConfigError) { TaskerCore::Worker.new(capacity: 2.7, logger: nil) }
+    assert_match(/capacity must be an Integer, got 2.7/, error.message)
+    assert_misuse(TaskerCore::ConfigError) { TaskerCore::Worker.new(threads: 2.0, logger: nil) }
     error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(threads: 0) }
     assert_match(/threads must be at least 1, got 0/, error.message)
     error = assert_raises(TaskerCore::ConfigError) { TaskerCore::Worker.new(threads: -2) }

@@ -181,7 +181,7 @@ class TestSignatures < Minitest::Test
     out.lines.map { |line| JSON.parse(line) }
   end
 
-  # Wrong calls, several of which the gem lets through, refused by rbs's
+  # Wrong calls, some of which the gem lets through, refused by rbs's
   # runtime check; right calls accepted.
   def test_the_runtime_check_refuses_wrong_calls
     checked = run_misuse("RUBYOPT" => "-I#{__dir__} -rrbs_check")
@@ -201,6 +201,6 @@ class TestSignatures < Minitest::Test
       assert_equal "ok", result["outcome"], "#{result['call']} without the check" if result["kind"] == "right"
     end
     let_through = plain.values.select { |r| r["kind"] == "wrong" && r["outcome"] == "ok" }.map { |r| r["call"] }
-    assert_operator let_through.size, :>=, 4, "wrong calls the gem alone accepts: #{let_through}"
+    assert_operator let_through.size, :>=, 2, "wrong calls the gem alone accepts: #{let_through}"
   end
 end

@@ -202,6 +202,10 @@ class TestWorker < Minitest::Test
       worker.register("double", Doubler.new)
       worker.register(:triple, ->(step) { step.task_context["n"] * 3 })
       worker.handle("square") { |step| step.task_context["n"]**2 }
+      # A name is a String or Symbol, as the Python and Node SDKs take a
+      # string: 42 is not quietly the handler "42".
+      error = assert_misuse(TypeError) { worker.register(42, ->(step) { step }) }
+      assert_match(/handler name must be a String or Symbol, got 42/, error.message)
       assert_equal %w[double triple square], worker.handler_names
       worker.start
       assert_raises(TaskerCore::Error) { worker.handle("late") { nil } }

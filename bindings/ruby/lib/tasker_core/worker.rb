@@ -146,7 +146,12 @@ module TaskerCore
     # @param concurrency [Integer, nil] at least 1
     # @return [self]
     # @raise [ConfigError] when `concurrency` is not an Integer of at least 1
+    # @raise [TypeError] when `name` is neither a String nor a Symbol
     def register(name, callable, concurrency: nil)
+      unless name.is_a?(String) || name.is_a?(Symbol)
+        raise TypeError, "handler name must be a String or Symbol, got #{name.inspect}"
+      end
+
       name = name.to_s
       raise ArgumentError, "handler name must not be empty" if name.empty?
       raise ArgumentError, "handler for #{name.inspect} does not respond to #call" unless callable.respond_to?(:call)
@@ -252,7 +257,9 @@ module TaskerCore
         @watcher = spawn_thread("tasker-watch") { watch }
       end
       @logger&.info("tasker_core") do
-        "worker #{worker_id} serving #{@handlers.keys.join(', ')} on #{@config.endpoint} " \
+        # "connecting", as in Python and Node: the orchestrator may still
+        # refuse the hello ("registered" is logged when it takes it).
+        "worker #{worker_id} connecting to #{@config.endpoint}, handlers #{@handlers.keys.join(', ')} " \
           "(capacity #{@capacity}, #{@threads} threads)"
       end
       self
@@ -335,9 +342,12 @@ module TaskerCore
     private
 
     # The range rules are Rust's (Native.handler_threads).
+    # An Integer, as given: `Integer("8")` would take a String, and
+    # `Integer(2.7)` drop the fraction without a word, where the Python and
+    # Node SDKs refuse both.
     def integer(name, value)
-      Integer(value)
-    rescue ArgumentError, TypeError
+      return value if value.is_a?(Integer)
+
       raise ConfigError, "#{name} must be an Integer, got #{value.inspect}"
     end
 
