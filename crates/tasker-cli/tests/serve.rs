@@ -1521,3 +1521,65 @@ fn s19_a_stop_while_postgres_is_down_waits_for_it_and_records_the_results_worker
         assert_eq!(task["status"], "failed", "task {id}: {task:#}");
     }
 }
+
+const ONCE_WORKFLOW: &str = r#"
+name: once
+defaults:
+  timeout_ms: 30000
+  retry: { max_attempts: 1 }
+steps:
+  - name: only
+    handler: sleep
+    handler_config: { ms: 1200 }
+"#;
+
+/// A clean stop while a restarted server still waits for workers to
+/// reclaim the steps its predecessor dispatched (here the workers are
+/// frozen, as by a pause of their host) leaves those steps to the next
+/// start, as a crash would: their handlers' results count there. It used
+/// to end them `WorkerLost` at the end of the wait, and a task of one try
+/// failed with its result on the way.
+#[test]
+fn s20_a_clean_stop_during_the_reclaim_wait_costs_no_attempt() {
+    let (dir, endpoint, store) = sqlite_setup_with("once", ONCE_WORKFLOW);
+    let http = client();
+    let serve = Serve::start(dir.path(), &store, &endpoint);
+    let workers = Workers::start(&endpoint, 1, 5);
+    let tasks = submit_of(&http, &serve, "once", 3);
+    wait_for_steps_at_workers(&http, &serve, 3);
+    serve.kill_9();
+    let freeze = |signal: &str| {
+        for child in &workers.0 {
+            let pid = child.id().to_string();
+            assert!(Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success());
+        }
+    };
+    freeze("-STOP");
+    let mut serve = Serve::start(dir.path(), &store, &endpoint);
+    // Within the reclaim wait (2.2 s with the test section's 200 ms
+    // heartbeats).
+    std::thread::sleep(Duration::from_millis(500));
+    serve.stop();
+    assert!(
+        !serve.log().contains("no worker reclaimed"),
+        "{}",
+        tail(&serve.log(), 20)
+    );
+    freeze("-CONT");
+    let serve = Serve::start(dir.path(), &store, &endpoint);
+    wait_all_ended(&http, &serve, Duration::from_secs(60));
+    for id in &tasks {
+        let task: Value = get_task(&http, &serve, &id.to_string());
+        assert_eq!(
+            task["status"],
+            "complete",
+            "task {id}: {task:#}\n{}",
+            tail(&serve.log(), 30)
+        );
+        assert_eq!(task["steps"][0]["attempts"], 1, "{task:#}");
+    }
+}

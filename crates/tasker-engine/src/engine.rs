@@ -885,7 +885,7 @@ impl TaskRun {
         self.suspended = true;
         self.leave_the_line();
         let queued = self.running_steps();
-        self.integration.withdraw(queued);
+        self.integration.suspend(queued);
     }
 
     /// Nothing more will be dispatched: the task's place in line, and the

@@ -258,7 +258,24 @@ impl ZmqPubSubExecutor {
     /// Each ended one gets its result on its batch handle as usual.
     pub fn withdraw(&self, steps: Vec<StepRef>) {
         if !steps.is_empty() {
-            let _ = self.send(Command::Withdraw { steps });
+            let _ = self.send(Command::Withdraw {
+                steps,
+                suspending: false,
+            });
+        }
+    }
+
+    /// As [`withdraw`](Self::withdraw), for a task a stop suspends: also,
+    /// each of these attempts that an earlier run dispatched and no worker
+    /// has reclaimed yet ends `cancelled` (`Abandoned`) when its grace
+    /// ends, not `WorkerLost`, so the next start waits for its worker
+    /// again. A result that comes within the grace is taken as usual.
+    pub fn suspend(&self, steps: Vec<StepRef>) {
+        if !steps.is_empty() {
+            let _ = self.send(Command::Withdraw {
+                steps,
+                suspending: true,
+            });
         }
     }
 
@@ -498,6 +515,10 @@ impl FrameworkIntegration for ZmqPubSubExecutor {
 
     fn withdraw(&self, steps: Vec<StepRef>) {
         ZmqPubSubExecutor::withdraw(self, steps)
+    }
+
+    fn suspend(&self, steps: Vec<StepRef>) {
+        ZmqPubSubExecutor::suspend(self, steps)
     }
 
     fn admission(&self) -> Option<&Admission> {

@@ -68,6 +68,16 @@ pub trait FrameworkIntegration: Send + Sync {
         let _ = steps;
     }
 
+    /// As [`withdraw`](Self::withdraw), for a task suspended by a stop, to
+    /// carry on at the next start: also, those of these attempts that an
+    /// earlier run dispatched (see [`resume`](Self::resume)) and no worker
+    /// has reclaimed yet end `cancelled` (`Abandoned`) when their grace
+    /// ends, rather than `WorkerLost`, so the next start waits for their
+    /// workers again. This default withdraws.
+    fn suspend(&self, steps: Vec<StepRef>) {
+        self.withdraw(steps);
+    }
+
     /// The line a caller that commits its dispatches to a store joins
     /// before each, so that its backlog waits there (see [`Admission`]).
     /// This default has none: nothing is held back.

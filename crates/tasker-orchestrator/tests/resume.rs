@@ -136,6 +136,87 @@ async fn r3_a_step_nobody_reclaims_ends_worker_lost_after_the_grace_period_only(
     executor.shutdown(LONG).await;
 }
 
+/// A clean stop is no verdict on a step no worker has reclaimed yet: when
+/// its grace ends during the stop it is abandoned (a store keeps it
+/// running, for the next start to wait for its worker again), not lost,
+/// which would cost an attempt whose worker may still hold its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3b_a_stop_within_the_grace_leaves_an_unreclaimed_step_to_the_next_start() {
+    let executor = restarted();
+    let grace = Duration::from_millis(800);
+    let started = Instant::now();
+    let mut handle = executor
+        .resume(
+            StepBatchRequest::new("resumed", vec![dispatched_before(45)]),
+            grace,
+        )
+        .await
+        .unwrap();
+    let report = executor.shutdown(LONG).await;
+    let ended = handle.next().await.unwrap();
+    assert_eq!(ended.status, StepStatus::Cancelled, "{ended:?}");
+    assert_eq!(ended.error.unwrap().error_type, error_types::ABANDONED);
+    assert_eq!(
+        report.abandoned,
+        vec![StepRef {
+            step_id: 45,
+            attempt: 2
+        }]
+    );
+    assert!(started.elapsed() >= grace, "its worker had the grace");
+    assert!(
+        started.elapsed() < LONG / 2,
+        "the stop ends with the grace: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(executor.metrics().worker_lost, 0);
+}
+
+/// The same for a task suspended by a stop before the executor's own
+/// shutdown begins (`tasker serve` suspends its tasks first, and waits for
+/// their steps): its unreclaimed step is abandoned at the grace's end, and
+/// a result that comes within the grace is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3c_a_suspended_tasks_unreclaimed_step_is_abandoned_not_lost() {
+    let executor = restarted();
+    let grace = Duration::from_millis(800);
+    let mut handle = executor
+        .resume(
+            StepBatchRequest::new(
+                "resumed",
+                vec![dispatched_before(46), dispatched_before(47)],
+            ),
+            grace,
+        )
+        .await
+        .unwrap();
+    executor.suspend(vec![
+        StepRef {
+            step_id: 46,
+            attempt: 2,
+        },
+        StepRef {
+            step_id: 47,
+            attempt: 2,
+        },
+    ]);
+    let peer = RawPeer::connect(executor.endpoint());
+    let mut hello = WorkerHello::new("survivor", vec!["echo".into()], 4);
+    hello.in_progress = vec![held(47, KEPT_ID)];
+    peer.send_hello(hello);
+    peer.respond(vec![result(47)]);
+    let mut ended = [handle.next().await.unwrap(), handle.next().await.unwrap()];
+    ended.sort_by_key(|r| r.step_id);
+    assert_eq!(ended[0].status, StepStatus::Cancelled, "{:?}", ended[0]);
+    assert_eq!(
+        ended[0].error.as_ref().unwrap().error_type,
+        error_types::ABANDONED
+    );
+    assert_eq!(ended[1].status, StepStatus::Completed, "{:?}", ended[1]);
+    assert_eq!(executor.metrics().worker_lost, 0);
+    executor.shutdown(LONG).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r4_a_result_tagged_with_another_orchestrator_is_not_the_same_dispatch() {
     let executor = restarted();

@@ -80,13 +80,19 @@ impl Dispatcher {
     /// Ends each of `steps` still waiting in a queue: its task was
     /// cancelled, and without this it would wait for a worker until its
     /// timeout (`NoWorkerForHandler`), holding the cancel up that long.
-    pub(super) fn withdraw(&mut self, steps: &[StepRef]) {
+    /// `suspending` (a stop): one of an earlier run that no worker has
+    /// reclaimed yet will be abandoned at the end of its grace, not lost.
+    pub(super) fn withdraw(&mut self, steps: &[StepRef], suspending: bool) {
         for step in steps {
-            let queued = self
+            let state = self
                 .steps
                 .get(step.step_id)
-                .is_some_and(|entry| entry.state == StepState::Queued && entry.step_ref() == *step);
-            if queued {
+                .filter(|entry| entry.step_ref() == *step)
+                .map(|entry| entry.state);
+            if suspending && state == Some(StepState::Orphaned) {
+                self.suspended_orphans.insert(step.step_id);
+            }
+            if state == Some(StepState::Queued) {
                 self.fail(
                     step.step_id,
                     StepStatus::Cancelled,
@@ -167,6 +173,29 @@ impl Dispatcher {
                     };
                     self.fail(step_id, status, error);
                 }
+                StepState::Orphaned
+                    if self.shutdown.is_some() || self.suspended_orphans.remove(&step_id) =>
+                {
+                    // Stopping is no verdict on the step: a store keeps it
+                    // running and the next start waits for its worker
+                    // again, as after a crash. `WorkerLost` here cost an
+                    // attempt whose worker, frozen or cut off for a few
+                    // seconds, still held its result (a task of one try
+                    // failed with its handler's result on the way).
+                    let step = entry.step_ref();
+                    if let Some(shutdown) = &mut self.shutdown {
+                        shutdown.abandoned.push(step);
+                    }
+                    self.fail(
+                        step_id,
+                        StepStatus::Cancelled,
+                        StepExecutionError::new(
+                            error_types::ABANDONED,
+                            "orchestrator shut down before a worker reclaimed the step",
+                            true,
+                        ),
+                    );
+                }
                 StepState::Orphaned => {
                     tracing::info!(
                         step_id,
@@ -209,11 +238,15 @@ impl Dispatcher {
         if !self.steps.is_empty() && now < shutdown.deadline {
             return false;
         }
-        let abandoned = self.end_all(
+        let mut abandoned = self.end_all(
             StepStatus::Cancelled,
             error_types::ABANDONED,
             "orchestrator shut down before the step finished",
         );
+        if let Some(shutdown) = &mut self.shutdown {
+            abandoned.append(&mut shutdown.abandoned);
+            abandoned.sort();
+        }
         self.hand_over_results();
         let goodbye = OrchestratorMessage::Goodbye(Goodbye::new("orchestrator shutting down"));
         let peers: Vec<RoutingId> = self

@@ -108,9 +108,12 @@ pub(crate) enum Command {
         reply: Option<oneshot::Sender<ShutdownReport>>,
     },
     /// Ends these step attempts `cancelled` (`Withdrawn`) if they are still
-    /// queued; one out at a worker, or already ended, is left alone.
+    /// queued; one out at a worker, or already ended, is left alone. With
+    /// `suspending`, one of an earlier run not reclaimed yet ends
+    /// `Abandoned` rather than lost when its grace ends.
     Withdraw {
         steps: Vec<StepRef>,
+        suspending: bool,
     },
     /// Start reading the socket (see `input_held`).
     ReleaseInput,
@@ -148,6 +151,9 @@ struct Shutdown {
     deadline: Instant,
     reply: Option<oneshot::Sender<ShutdownReport>>,
     finished_before: u64,
+    /// Steps of an earlier run no worker reclaimed before their grace
+    /// ended, abandoned rather than lost since the stop began.
+    abandoned: Vec<StepRef>,
 }
 
 pub(crate) struct Dispatcher {
@@ -189,6 +195,9 @@ pub(crate) struct Dispatcher {
     /// Least time between two counts (see `publish_capacity`).
     capacity_every: Duration,
     shutdown: Option<Shutdown>,
+    /// Steps of an earlier run, not reclaimed yet, whose task was suspended
+    /// by a stop: abandoned, not lost, when their grace ends.
+    suspended_orphans: HashSet<StepId>,
     /// Nothing is read from the socket yet: a restarted orchestrator first
     /// learns which steps its earlier run left out, or a worker's answer
     /// to one, arriving first, would be taken for a stray result.
@@ -251,6 +260,7 @@ impl Dispatcher {
             stale_slots: 0,
             capacity_every: CAPACITY_EVERY,
             shutdown: None,
+            suspended_orphans: HashSet::new(),
         }
     }
 
@@ -418,7 +428,7 @@ impl Dispatcher {
                     let _ = reply.send(holders);
                 }
                 Ok(Command::Shutdown { deadline, reply }) => self.begin_shutdown(deadline, reply),
-                Ok(Command::Withdraw { steps }) => self.withdraw(&steps),
+                Ok(Command::Withdraw { steps, suspending }) => self.withdraw(&steps, suspending),
                 Ok(Command::ReleaseInput) => {
                     self.input_held = false;
                     // Time spent held was ours, not the workers'.
@@ -446,6 +456,7 @@ impl Dispatcher {
                 deadline,
                 reply,
                 finished_before: self.finished_total(),
+                abandoned: Vec::new(),
             });
         }
     }
