@@ -548,3 +548,78 @@ async fn wait_for_worker_ids(executor: &ZmqPubSubExecutor, ids: &[&str]) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A CURVE peer of key `name` (in `keys/`), trusting the orchestrator's.
+fn curve_peer(keys: &Keys, executor: &ZmqPubSubExecutor, name: &str) -> RawPeer {
+    let client = tasker_transport::curve::ClientCurve {
+        keys: KeyPair::load(&keys.path(&format!("keys/{name}.key")), "key").unwrap(),
+        server: tasker_transport::curve::read_public_key(
+            &keys.path("keys/orchestrator.pub"),
+            "key",
+        )
+        .unwrap(),
+    };
+    RawPeer::connect_with(executor.endpoint(), |socket| client.apply(socket).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c9_a_workers_steps_pass_only_to_a_connection_of_its_own_key() {
+    // An admitted peer of another key said hello under the id of a worker
+    // that had just died, listed its running step and answered it: the
+    // forged output was recorded as that worker's. The id is held by its
+    // key until the dead connection is removed; the worker itself, back on
+    // a new connection with its key, takes its step over as before.
+    let keys = Keys::new();
+    keys.make("honest", true);
+    keys.make("evil", true);
+    let executor = start(&keys.orchestrator_config());
+    let honest = curve_peer(&keys, &executor, "honest");
+    let mut hello = WorkerHello::new("w", vec!["echo".into()], 1);
+    hello.incarnation = Some("run-1".into());
+    honest.send_hello(hello.clone());
+    let mut handle = executor
+        .submit(StepBatchRequest::new("b", steps(1..2, "echo", 10_000)))
+        .await
+        .unwrap();
+    let step = match honest.recv_skipping_heartbeats(LONG) {
+        Some(OrchestratorMessage::StepBatchRequest(batch)) => batch.steps[0].step_ref(),
+        other => panic!("expected the step, got {other:?}"),
+    };
+    let orchestrator_id = honest.orchestrator_id.borrow().clone();
+    drop(honest);
+    hello.in_progress = vec![HeldStep {
+        step_id: step.step_id,
+        attempt: step.attempt,
+        orchestrator_id: orchestrator_id.clone(),
+    }];
+
+    let evil = curve_peer(&keys, &executor, "evil");
+    for _ in 0..3 {
+        evil.send(&WorkerMessage::Hello(hello.clone()));
+        match evil.recv_skipping_heartbeats(LONG) {
+            Some(OrchestratorMessage::ProtocolError(e)) => {
+                assert_eq!(e.code, ProtocolErrorCode::WorkerIdInUse, "{e:?}");
+                assert!(e.message.contains("another CURVE key"), "{}", e.message);
+            }
+            other => panic!("another key's hello as `w` was not refused: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    *evil.orchestrator_id.borrow_mut() = orchestrator_id;
+    let mut forged = StepExecutionResult::completed(step, json!({ "forged": true }), "w", 1);
+    forged.metadata.attempt = step.attempt;
+    evil.respond(vec![forged]);
+
+    let back = curve_peer(&keys, &executor, "honest");
+    back.send_hello(hello);
+    back.respond(vec![StepExecutionResult::completed(
+        step,
+        json!({ "honest": true }),
+        "w",
+        1,
+    )]);
+    let result = handle.next().await.unwrap();
+    assert_eq!(result.status, StepStatus::Completed, "{result:?}");
+    assert_eq!(result.output, Some(json!({ "honest": true })));
+    executor.shutdown(LONG).await;
+}

@@ -1,6 +1,6 @@
 //! Receiving a message's frames without copying them out of libzmq.
 
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
 
 /// A frame as received, in libzmq's own buffer. Copied out, as
 /// `zmq::Socket::recv_multipart` does, a message of a hundred steps or
@@ -19,6 +19,17 @@ impl Deref for Frame {
 impl AsRef<[u8]> for Frame {
     fn as_ref(&self) -> &[u8] {
         &self.0
+    }
+}
+
+impl Frame {
+    /// The name the ZAP handler admitted the sender's CURVE key under (the
+    /// message's `User-Id` property), if the connection was authenticated.
+    pub fn user_id(&mut self) -> Option<String> {
+        self.0
+            .gets("User-Id")
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
     }
 }
 
@@ -61,6 +72,12 @@ impl Deref for Frames {
 
     fn deref(&self) -> &[Frame] {
         &self.kept
+    }
+}
+
+impl DerefMut for Frames {
+    fn deref_mut(&mut self) -> &mut [Frame] {
+        &mut self.kept
     }
 }
 

@@ -11,6 +11,7 @@ impl Dispatcher {
         routing_id: RoutingId,
         conn: Option<ConnId>,
         hello: WorkerHello,
+        key: Option<String>,
     ) {
         let (mine, foreign) = self.split_held(hello.in_progress);
         let reclaimed: Vec<StepRef> = mine
@@ -28,6 +29,7 @@ impl Dispatcher {
             language: hello.language,
             pid: hello.pid,
             incarnation: hello.incarnation,
+            key,
             limits: None,
         };
         let conn = match conn {
@@ -99,6 +101,23 @@ impl Dispatcher {
                             message,
                         );
                     }
+                    // With CURVE a worker's steps pass only to a connection
+                    // of the key it said hello with: another admitted key
+                    // naming the id of a worker that just died took over
+                    // its steps and answered them as that worker.
+                    let old_key = self.registry.get(holder).and_then(|c| c.key.as_deref());
+                    if old_key != registration.key.as_deref() {
+                        let message = format!(
+                            "worker_id {:?} is held by a connection of another CURVE key until \
+                             that connection is removed (its liveness expiry)",
+                            codec::truncate(&registration.worker_id, 64)
+                        );
+                        return self.refuse_hello(
+                            &routing_id,
+                            ProtocolErrorCode::WorkerIdInUse,
+                            message,
+                        );
+                    }
                 } else if self.registry.is_full() {
                     // A reconnecting worker replaces its entry, so only a
                     // new worker can be refused for room.
@@ -157,6 +176,7 @@ impl Dispatcher {
                 handlers = c.handlers.len(),
                 capacity = c.capacity,
                 language = c.language.as_deref().map(|l| codec::truncate(l, 32)).unwrap_or_default(),
+                key = c.key.as_deref().map(|k| codec::truncate(k, 64)).unwrap_or_default(),
                 "worker registered"
             );
         }

@@ -13,13 +13,13 @@ impl Dispatcher {
         }
         for _ in 0..RECV_BURST {
             match recv_frames(&self.socket, zmq::DONTWAIT) {
-                Ok(frames) => {
-                    let Some((routing_id, body)) = frames.split_first() else {
+                Ok(mut frames) => {
+                    let count = frames.count();
+                    let Some((routing_id, body)) = frames.split_first_mut() else {
                         continue;
                     };
                     // The frames after the routing id, those not kept too.
-                    let count = frames.count() - 1;
-                    self.handle_frames(routing_id.as_ref().to_vec(), body, count);
+                    self.handle_frames(routing_id.as_ref().to_vec(), body, count - 1);
                 }
                 Err(zmq::Error::EAGAIN) => return false,
                 Err(zmq::Error::EINTR) => continue,
@@ -34,7 +34,12 @@ impl Dispatcher {
 
     /// Handles one message: `frames` after the routing id, of `count` in
     /// all (more when some were not kept).
-    pub(super) fn handle_frames(&mut self, routing_id: RoutingId, frames: &[Frame], count: usize) {
+    pub(super) fn handle_frames(
+        &mut self,
+        routing_id: RoutingId,
+        frames: &mut [Frame],
+        count: usize,
+    ) {
         let now = Instant::now();
         if self.quarantine.holds(&routing_id, now) {
             // Not even a sign of life: a worker flooding garbage is not
@@ -113,7 +118,12 @@ impl Dispatcher {
                 }
             },
             FromWorker::Message(WorkerMessage::Hello(hello)) => {
-                self.on_hello(routing_id, conn, hello)
+                // Looked up for hellos only: a property costs an allocation.
+                let key = match &self.zap {
+                    Some(_) => frames.last_mut().and_then(Frame::user_id),
+                    None => None,
+                };
+                self.on_hello(routing_id, conn, hello, key)
             }
             FromWorker::Message(WorkerMessage::Heartbeat(_)) => {
                 if conn.is_none() {

@@ -149,6 +149,8 @@ pub(crate) struct Conn {
     pub pid: Option<u32>,
     /// The worker run that said hello (`incarnation`), if it said.
     pub incarnation: Option<String>,
+    /// The name its CURVE key was admitted under, with CURVE on.
+    pub key: Option<String>,
     /// Retired for a hello of another run of its worker (another
     /// `incarnation`, or none to compare): a process that restarted under
     /// the same `worker_id` lists none of the steps it received before,
@@ -237,6 +239,8 @@ pub(crate) struct Hello {
     pub language: Option<String>,
     pub pid: Option<u32>,
     pub incarnation: Option<String>,
+    /// The name its CURVE key was admitted under, with CURVE on.
+    pub key: Option<String>,
     /// Its limits, with the held steps (of `mine`, and for a hello again
     /// those held already) counted.
     pub limits: Option<Box<Limits>>,
@@ -253,6 +257,7 @@ impl Hello {
             .iter()
             .chain(&self.language)
             .chain(&self.incarnation)
+            .chain(&self.key)
             .map(|name| name.len() + NAME_BYTES)
             .sum();
         let foreign: usize = self
@@ -367,6 +372,7 @@ impl Registry {
                 language: hello.language,
                 pid: hello.pid,
                 incarnation: hello.incarnation,
+                key: hello.key,
                 replaced: false,
                 limits: hello.limits,
                 next_handler: 0,
@@ -479,6 +485,7 @@ mod tests {
             language: None,
             pid: None,
             incarnation: None,
+            key: None,
             limits: None,
         }
     }

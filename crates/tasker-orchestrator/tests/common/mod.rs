@@ -88,9 +88,15 @@ pub struct RawPeer {
 
 impl RawPeer {
     pub fn connect(endpoint: &str) -> Self {
+        Self::connect_with(endpoint, |_| {})
+    }
+
+    /// A peer whose socket `set_up` adjusts before it connects (CURVE keys).
+    pub fn connect_with(endpoint: &str, set_up: impl FnOnce(&zmq::Socket)) -> Self {
         let context = zmq::Context::new();
         let socket = context.socket(zmq::DEALER).unwrap();
         socket.set_linger(0).unwrap();
+        set_up(&socket);
         socket.connect(endpoint).unwrap();
         Self {
             socket,
