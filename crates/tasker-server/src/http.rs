@@ -7,7 +7,10 @@
 //! held its connection for good, and `with_graceful_shutdown` waited for
 //! it, so `tasker serve` never exited after SIGTERM.
 
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -15,6 +18,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+use crate::slots::{Slot, Slots};
 
 /// How long clients get: see [`Limits::SERVE`].
 #[derive(Debug, Clone, Copy)]
@@ -26,16 +31,25 @@ pub(crate) struct Limits {
     /// After the server is closed, how long requests still in progress have
     /// to finish before their connections are dropped.
     pub close_grace: Duration,
+    /// Most connections open at once (see [`crate::slots`]).
+    pub connections: usize,
 }
 
 impl Limits {
     /// `tasker serve`'s: hyper's own default for the head; five seconds of
-    /// grace, as long-polls end when the service stops.
-    pub const SERVE: Limits = Limits {
-        head: Duration::from_secs(30),
-        close_grace: Duration::from_secs(5),
-    };
+    /// grace, as long-polls end when the service stops; a quarter of the
+    /// open-files limit for connections.
+    pub fn serve() -> Limits {
+        Limits {
+            head: Duration::from_secs(30),
+            close_grace: Duration::from_secs(5),
+            connections: crate::slots::default_max(),
+        }
+    }
 }
+
+/// Least time between two warnings that the connections are all in use.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// Pause after an accept fails for want of resources (descriptors, memory),
 /// rather than retrying at once, which would spin.
@@ -52,13 +66,44 @@ pub(crate) async fn serve(
 ) {
     let (closing, _) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let mut slots = Slots::new(limits.connections);
+    let mut refused = 0u64;
+    let mut warned: Option<Instant> = None;
+    let mut warned_pushed_out = 0u64;
     tokio::pin!(closed);
     loop {
         tokio::select! {
             () = &mut closed => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(connection(stream, app.clone(), limits.head, closing.subscribe()));
+                    let admitted = slots.admit();
+                    // Said at most every ten seconds: under a flood of
+                    // connections, a line per connection would be a flood too.
+                    let pushed_out = slots.pushed_out_total();
+                    if (admitted.is_none() || pushed_out > warned_pushed_out)
+                        && warned.map_or(true, |at| at.elapsed() >= FULL_WARNING_EVERY)
+                    {
+                        tracing::warn!(
+                            max = slots.max(),
+                            idle_closed = pushed_out,
+                            refused = refused + u64::from(admitted.is_none()),
+                            "the API's connections are at their bound: the longest idle is \
+                             closed for each new one, and a new one is closed when all are in \
+                             a request (clients connecting without sending requests?)"
+                        );
+                        warned = Some(Instant::now());
+                        warned_pushed_out = pushed_out;
+                    }
+                    let Some((id, slot)) = admitted else {
+                        refused += 1;
+                        drop(stream);
+                        continue;
+                    };
+                    let served = connection(stream, app.clone(), limits.head, closing.subscribe(), slot);
+                    connections.spawn(async move {
+                        served.await;
+                        id
+                    });
                 }
                 Err(e) if is_per_connection(&e) => {}
                 Err(e) => {
@@ -67,7 +112,11 @@ pub(crate) async fn serve(
                 }
             },
             // Reaps ended connections, so the set holds only open ones.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                if let Ok(id) = ended {
+                    slots.release(id);
+                }
+            }
         }
     }
     drop(listener);
@@ -103,6 +152,7 @@ async fn connection(
     app: Router,
     head_timeout: Duration,
     mut closing: watch::Receiver<bool>,
+    slot: Arc<Slot>,
 ) {
     // Responses are whole JSON bodies: waiting to fill a segment only
     // delays them.
@@ -111,7 +161,11 @@ async fn connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout);
-    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    let service = Counted {
+        app: TowerToHyperService::new(app),
+        slot: Arc::clone(&slot),
+    };
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut asked_to_close = false;
     loop {
@@ -120,6 +174,10 @@ async fn connection(
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "API connection ended with an error");
                 }
+                return;
+            }
+            () = slot.pushed_out() => {
+                tracing::debug!("an idle API connection closed to make room for a new one");
                 return;
             }
             _ = closing.wait_for(|closing| *closing), if !asked_to_close => {
@@ -132,6 +190,29 @@ async fn connection(
     }
 }
 
+/// The API's service, marking its connection's slot busy while a request
+/// is in progress (see [`crate::slots`]).
+struct Counted {
+    app: TowerToHyperService<Router>,
+    slot: Arc<Slot>,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Counted {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let busy = self.slot.enter();
+        let answer = self.app.call(request);
+        Box::pin(async move {
+            let answer = answer.await;
+            drop(busy);
+            answer
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +222,7 @@ mod tests {
     const QUICK: Limits = Limits {
         head: Duration::from_millis(300),
         close_grace: Duration::from_millis(300),
+        connections: 1024,
     };
 
     fn app() -> Router {
@@ -265,5 +347,82 @@ mod tests {
             let got = read_to_close(stream, Duration::from_secs(1)).await;
             assert_eq!(got.as_deref(), Some(""), "dropped without an answer");
         }
+    }
+
+    #[tokio::test]
+    async fn at_the_connection_bound_a_silent_connection_makes_room_for_a_request() {
+        let limits = Limits {
+            head: Duration::from_secs(60),
+            connections: 3,
+            ..QUICK
+        };
+        let (addr, _close, _server) = start(limits).await;
+        // Three clients that connect and say nothing hold every slot.
+        let mut silent = Vec::new();
+        for _ in 0..3 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+            silent.push(stream);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut asking = TcpStream::connect(addr).await.unwrap();
+        asking
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_to_close(&mut asking, Duration::from_secs(5))
+            .await
+            .expect("answered");
+        assert!(got.ends_with("hello"), "{got}");
+        // The one silent the longest was closed for it; the others wait on.
+        let oldest = read_to_close(&mut silent[0], Duration::from_secs(1)).await;
+        assert_eq!(oldest.as_deref(), Some(""), "closed without an answer");
+        for stream in &mut silent[1..] {
+            assert!(read_to_close(stream, Duration::from_millis(200))
+                .await
+                .is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn when_every_connection_is_in_a_request_a_new_one_is_closed_and_they_finish() {
+        let limits = Limits {
+            connections: 2,
+            ..QUICK
+        };
+        let (addr, _close, _server) = start(limits).await;
+        let mut slow = Vec::new();
+        for _ in 0..2 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(b"GET /slow/800 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            slow.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut late = TcpStream::connect(addr).await.unwrap();
+        let _ = late.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut got = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_millis(500), late.read_to_end(&mut got))
+            .await
+            .expect("closed at once, not left waiting");
+        assert!(closed.is_err() || got.is_empty(), "{got:?}");
+        for stream in &mut slow {
+            let got = read_to_close(stream, Duration::from_secs(5))
+                .await
+                .expect("answered");
+            assert!(got.ends_with("slow"), "{got}");
+        }
+        // Their slots are free again.
+        let mut again = TcpStream::connect(addr).await.unwrap();
+        again
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_to_close(&mut again, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(got.ends_with("hello"), "{got}");
     }
 }

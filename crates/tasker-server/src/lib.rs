@@ -17,6 +17,7 @@ mod http;
 mod metrics;
 mod server;
 mod service;
+mod slots;
 mod throughput;
 
 pub use server::Server;

@@ -86,7 +86,7 @@ impl Server {
         let http = tokio::spawn(crate::http::serve(
             self.listener,
             app,
-            crate::http::Limits::SERVE,
+            crate::http::Limits::serve(),
             async move {
                 let _ = closed_rx.await;
             },
