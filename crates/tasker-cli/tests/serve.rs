@@ -962,6 +962,26 @@ fn s9_with_postgres_down_requests_are_answered_503_store_unavailable_and_a_creat
     );
     assert_eq!(ready["store"], false, "{ready:#}");
     assert_eq!(ready["ready"], false, "{ready:#}");
+    // Metrics answer, within Prometheus's default scrape timeout (10 s),
+    // all but the count the store would give, and say the store is down.
+    let asked = Instant::now();
+    let metrics = http.get(serve.url("/metrics")).send().unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().unwrap();
+    assert!(text.contains("\ntasker_store_up 0\n"), "{text}");
+    assert!(
+        text.contains("\ntasker_workers_connected") || text.contains("tasker_steps_queued"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("tasker_tasks{"),
+        "no stale task counts: {text}"
+    );
     let log = serve.log();
     assert!(
         log.contains("the task store is unavailable to an API request")
@@ -994,6 +1014,17 @@ fn s9_with_postgres_down_requests_are_answered_503_store_unavailable_and_a_creat
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(created.status(), 201, "{:?}", created.text());
+    let text = http
+        .get(serve.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(text.contains("\ntasker_store_up 1\n"), "{text}");
+    assert!(
+        text.contains("tasker_tasks{status=\"running\"} 1"),
+        "{text}"
+    );
     let page: Value = http
         .get(serve.url("/v1/tasks"))
         .send()

@@ -7,8 +7,9 @@ use tasker_protocol::StepRef;
 pub struct WorkerInfo {
     /// The id the worker announced.
     pub worker_id: String,
-    /// The handlers it serves.
-    pub handlers: Vec<String>,
+    /// The handlers it serves (shared with the registry: a worker may
+    /// announce a thousand long names, and every report would copy them).
+    pub handlers: std::sync::Arc<[String]>,
     /// Its declared capacity.
     pub capacity: u32,
     /// Unfinished steps it holds now (including timed-out ones still

@@ -31,11 +31,15 @@ pub(crate) struct ServiceMetrics {
     credit: Gauge,
     store_queued: Gauge,
     held_back: Gauge,
+    store_up: Gauge,
     /// Requests answered 401: a client misconfigured, or tokens guessed.
     pub unauthorized: Counter,
     /// One scrape at a time: each sets the gauges, then encodes them.
     scraping: tokio::sync::Mutex<()>,
 }
+
+/// Longest a scrape waits for the store's count of tasks.
+const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Most distinct `language` label values; workers announce their own.
 const MAX_LANGUAGES: usize = 32;
@@ -54,8 +58,8 @@ impl ServiceMetrics {
         store.register_metrics(&mut registry);
         let tasks = Family::<StatusLabel, Gauge>::default();
         let workers = Family::<LanguageLabel, Gauge>::default();
-        let [queued, in_flight, credit, store_queued, held_back] =
-            [(); 5].map(|_| Gauge::<i64>::default());
+        let [queued, in_flight, credit, store_queued, held_back, store_up] =
+            [(); 6].map(|_| Gauge::<i64>::default());
         registry.register("tasks", "Tasks in the store, by status", tasks.clone());
         registry.register(
             "workers_connected",
@@ -89,6 +93,11 @@ impl ServiceMetrics {
             "Writes waiting for the store's writer",
             store_queued.clone(),
         );
+        registry.register(
+            "store_up",
+            "1 when the store answered this scrape's count of tasks (tasker_tasks) in time, else 0",
+            store_up.clone(),
+        );
         ServiceMetrics {
             registry,
             tasks,
@@ -98,6 +107,7 @@ impl ServiceMetrics {
             credit,
             store_queued,
             held_back,
+            store_up,
             unauthorized,
             scraping: tokio::sync::Mutex::new(()),
         }
@@ -105,19 +115,35 @@ impl ServiceMetrics {
 
     /// Reads the gauges, then encodes everything in the Prometheus text
     /// format (0.0.4).
-    pub async fn render(&self, service: &Service) -> Result<String, tasker_store::StoreError> {
+    ///
+    /// The store is asked for one thing, the count of tasks by status, and
+    /// for at most [`STORE_WAIT`]: with PostgreSQL down a read waits 10 s
+    /// for a connection, as long as Prometheus waits for a scrape by
+    /// default, and every metric was lost for the whole outage, the ones
+    /// that say what the workers and the queue do included. Without an
+    /// answer `tasker_tasks` is left out and `tasker_store_up` is 0.
+    pub async fn render(&self, service: &Service) -> String {
         let _one_at_a_time = self.scraping.lock().await;
-        let counts = service.store().count_tasks_by_status().await?;
-        for state in tasker_engine::TaskState::ALL {
-            let n = counts
-                .iter()
-                .find(|(s, _)| *s == state)
-                .map_or(0, |(_, n)| *n);
-            self.tasks
-                .get_or_create(&StatusLabel {
-                    status: state.as_str(),
-                })
-                .set(n as i64);
+        let counted = tokio::time::timeout(STORE_WAIT, service.store().count_tasks_by_status());
+        match counted.await {
+            Ok(Ok(counts)) => {
+                for state in tasker_engine::TaskState::ALL {
+                    let n = counts
+                        .iter()
+                        .find(|(s, _)| *s == state)
+                        .map_or(0, |(_, n)| *n);
+                    self.tasks
+                        .get_or_create(&StatusLabel {
+                            status: state.as_str(),
+                        })
+                        .set(n as i64);
+                }
+                self.store_up.set(1);
+            }
+            Ok(Err(_)) | Err(_) => {
+                self.tasks.clear();
+                self.store_up.set(0);
+            }
         }
         let load = service.executor().load().await;
         self.queued.set(load.queued as i64);
@@ -155,7 +181,7 @@ impl ServiceMetrics {
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
-        Ok(text)
+        text
     }
 }
 

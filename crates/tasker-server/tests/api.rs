@@ -420,7 +420,6 @@ async fn bad_requests_are_problems_that_name_the_field_and_store_nothing() {
         "/v1/tasks/987654/journal?limit=10",
         "/v1/throughput?limit=10",
         "/v1/workflows?limit=10",
-        "/v1/workers?limit=10",
     ] {
         let route = path.split('?').next().unwrap();
         assert_problem(
@@ -429,6 +428,36 @@ async fn bad_requests_are_problems_that_name_the_field_and_store_nothing() {
             "invalid-parameter",
             &format!("unknown query parameter `limit`: GET {route} takes none"),
             Some("limit"),
+        );
+    }
+    for (path, detail, field) in [
+        (
+            "/v1/workers?offset=10",
+            "unknown query parameter `offset`, expected `limit`",
+            "offset",
+        ),
+        (
+            "/v1/workers?limit=1001",
+            "limit: expected an integer from 0 to 1000, got `1001`",
+            "limit",
+        ),
+        (
+            "/v1/workers?limit=-1",
+            "limit: expected an integer from 0 to 1000, got `-1`",
+            "limit",
+        ),
+        (
+            "/v1/workers?limit=1&limit=2",
+            "limit: given more than once",
+            "limit",
+        ),
+    ] {
+        assert_problem(
+            &api.get(path).await,
+            400,
+            "invalid-parameter",
+            detail,
+            Some(field),
         );
     }
     assert_problem(
@@ -733,7 +762,18 @@ async fn serves_its_document_health_workflows_workers_and_every_documented_route
         .collect();
     handlers.sort_unstable();
     assert_eq!(handlers, ["echo", "slow"]);
+    assert_eq!(listed["handlers_total"], 2);
     assert!(listed["capacity"].as_u64().unwrap() > 0);
+    assert_eq!(workers["total"], 1);
+    assert_eq!(workers["capacity"], listed["capacity"]);
+    assert_eq!(workers["in_flight"], 0);
+    // The totals alone, as the dashboard's task list asks.
+    let (_, totals) = api.get("/v1/workers?limit=0").await;
+    assert_eq!(totals["workers"], json!([]));
+    assert_eq!(
+        (&totals["total"], &totals["capacity"]),
+        (&workers["total"], &workers["capacity"])
+    );
 
     // Each documented operation is routed: whatever it answers, it is not
     // the router's own "no such route" or "wrong method".
@@ -1463,5 +1503,50 @@ async fn a_body_over_the_limit_is_answered_413_after_the_client_has_sent_it_all(
             "{body}"
         );
     }
+    api.stop().await;
+}
+
+/// A worker may announce 1,024 handlers of 255 characters, and 871 such
+/// workers made every `GET /v1/workers` 228 MB (the dashboard asks every two
+/// seconds): a listed worker names its first 64 handlers and says how many
+/// it serves, and at most `limit` workers are listed (100 by default),
+/// the first by id, with the totals over all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_list_is_bounded_however_many_handlers_and_workers_announce() {
+    let api = Api::start().await;
+    let config = TaskerConfig {
+        endpoint: api.service.endpoint().to_string(),
+        heartbeat_interval_ms: 200,
+        ..TaskerConfig::default()
+    };
+    let mut running = Vec::new();
+    for id in ["w-b", "w-a", "w-c"] {
+        let mut worker = tasker_worker::Worker::new(config.clone()).worker_id(id);
+        for n in 0..100 {
+            worker = worker.handler(format!("h{n:03}"), |_| Ok(json!(null)));
+        }
+        running.push(worker.spawn().expect("worker starts"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let listed = loop {
+        let (_, listed) = api.get("/v1/workers?limit=2").await;
+        if listed["total"] == 3 {
+            break listed;
+        }
+        assert!(Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ids: Vec<&str> = listed["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["worker_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["w-a", "w-b"]);
+    for worker in listed["workers"].as_array().unwrap() {
+        assert_eq!(worker["handlers"].as_array().unwrap().len(), 64, "{worker}");
+        assert_eq!(worker["handlers_total"], 100);
+    }
+    drop(running);
     api.stop().await;
 }

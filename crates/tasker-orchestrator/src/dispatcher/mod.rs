@@ -550,7 +550,7 @@ impl Dispatcher {
             .filter(|(_, c)| !c.retired)
             .map(|(_, c)| WorkerInfo {
                 worker_id: c.worker_id.to_string(),
-                handlers: c.handlers.to_vec(),
+                handlers: Arc::clone(&c.handlers),
                 capacity: c.capacity,
                 in_flight: c.in_flight(),
                 draining: c.draining,

@@ -345,8 +345,9 @@
       for (const key of ['status', 'workflow', 'cursor']) if (filter[key]) query.set(key, filter[key]);
 
       Poller.start(async (isCurrent) => {
+        // The totals alone: the list of workers may be long.
         const [page, throughput, workers] = await Promise.all([
-          api('/v1/tasks?' + query), api('/v1/throughput'), api('/v1/workers')]);
+          api('/v1/tasks?' + query), api('/v1/throughput'), api('/v1/workers?limit=0')]);
         if (!isCurrent()) return false;
         const key = JSON.stringify(page);
         if (key !== lastKey) replace(rows, taskRows(page.tasks || []));
@@ -355,7 +356,7 @@
         next.disabled = !page.next_cursor;
         next.onclick = () => go({ cursor: page.next_cursor });
         ThroughputChart.render(chart, throughput);
-        replace(stats, statTiles(throughput, workers.workers || []));
+        replace(stats, statTiles(throughput, workers));
         return true;
       }, 2000);
     },
@@ -395,8 +396,6 @@
     // The server keeps up to the last 10 minutes of intervals, from its
     // start: a restart begins again at zero.
     const span = ' (last 10 min)';
-    const inFlight = workers.reduce((n, w) => n + (w.in_flight || 0), 0);
-    const capacity = workers.reduce((n, w) => n + (w.capacity || 0), 0);
     const tile = (label, value, cls) => h('div', { class: 'stat ' + (cls || '') },
       h('div', { class: 'label', text: label }), h('div', { class: 'value', text: value }));
     return [
@@ -404,8 +403,8 @@
       // Attempts, not steps: a retried attempt that failed counts, though
       // its step may complete on the next one.
       tile('Attempts failed' + span, sum('failed'), sum('failed') ? 'bad' : ''),
-      tile('Workers', workers.length),
-      tile('In flight / capacity', inFlight + ' / ' + capacity),
+      tile('Workers', workers.total || 0),
+      tile('In flight / capacity', (workers.in_flight || 0) + ' / ' + (workers.capacity || 0)),
     ];
   }
 
@@ -485,6 +484,7 @@
   const WorkersPage = {
     show() {
       const rows = h('tbody');
+      const more = h('div');
       replace($('app'),
         pageHead('Workers', 'Connected workers; refreshes every 2 s'),
         card('Workers', h('div', { class: 'card-body flush scroll-x' },
@@ -492,11 +492,16 @@
             h('thead', null, h('tr', null,
               ['Worker', 'Language', 'Handlers', 'Capacity', 'In flight', 'State', 'Heartbeat'].map((t) =>
                 h('th', { class: t === 'Capacity' || t === 'In flight' ? 'num' : null, text: t })))),
-            rows))));
+            rows)),
+          more));
       Poller.start(async (isCurrent) => {
         const list = await api('/v1/workers');
         if (!isCurrent()) return false;
+        const shown = (list.workers || []).length;
         replace(rows, workerRows(list.workers || []));
+        replace(more, list.total > shown
+          ? h('p', { class: 'muted', 'data-testid': 'workers-more', text: 'The first ' + shown + ' of ' + list.total + ' workers, by id.' })
+          : null);
         return true;
       }, 2000);
     },
@@ -509,7 +514,10 @@
       return h('tr', { 'data-testid': 'worker-row', 'data-worker-id': w.worker_id },
         h('td', null, h('span', { class: 'mono', text: w.worker_id }), w.pid ? h('span', { class: 'muted', text: '  pid ' + w.pid }) : null),
         h('td', { text: w.language || '—' }),
-        h('td', null, (w.handlers || []).map((name) => h('span', { class: 'chip', text: name }))),
+        h('td', null, (w.handlers || []).map((name) => h('span', { class: 'chip', text: name })),
+          w.handlers_total > (w.handlers || []).length
+            ? h('span', { class: 'muted', text: ' and ' + (w.handlers_total - w.handlers.length) + ' more' })
+            : null),
         h('td', { class: 'num', text: w.capacity }),
         h('td', { class: 'num', text: w.in_flight }),
         h('td', null, w.draining ? badge('retry_wait', { text: 'draining' }) : badge('completed', { text: 'ready' })),

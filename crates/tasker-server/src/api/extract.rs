@@ -18,8 +18,8 @@ use tasker_store::TaskFilter;
 
 use super::problem::{json_kind, quote, sanitize_serde_message, ProblemKind};
 use super::types::{
-    CreateTaskRequest, ListTasksQuery, Problem, DEFAULT_LIST_LIMIT, MAX_IDEMPOTENCY_KEY_CHARS,
-    MAX_LIST_LIMIT,
+    CreateTaskRequest, ListTasksQuery, Problem, DEFAULT_LIST_LIMIT, DEFAULT_WORKERS_LIMIT,
+    MAX_IDEMPOTENCY_KEY_CHARS, MAX_LIST_LIMIT, MAX_WORKERS_LIMIT,
 };
 use super::MAX_BODY_BYTES;
 
@@ -431,6 +431,51 @@ impl<S: Send + Sync> FromRequestParts<S> for WaitQuery {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         parse_wait_query(&query_pairs(parts, state).await?).map(WaitQuery)
+    }
+}
+
+/// The query of `GET /v1/workers`: `limit`, how many workers to list (0:
+/// none, only the totals), [`DEFAULT_WORKERS_LIMIT`] by default.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkersQuery(pub usize);
+
+impl<S: Send + Sync> FromRequestParts<S> for WorkersQuery {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let mut limit = None;
+        for (name, value) in query_pairs(parts, state).await? {
+            if name != "limit" {
+                return Err(Problem::new(
+                    ProblemKind::InvalidParameter,
+                    format!(
+                        "unknown query parameter `{}`, expected `limit`",
+                        quote(&name)
+                    ),
+                )
+                .with_field(quote(&name)));
+            }
+            let bad = |detail: String| {
+                Problem::new(ProblemKind::InvalidParameter, format!("limit: {detail}"))
+                    .with_field("limit")
+            };
+            if limit.is_some() {
+                return Err(bad("given more than once".into()));
+            }
+            limit = Some(
+                value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n <= MAX_WORKERS_LIMIT)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "expected an integer from 0 to {MAX_WORKERS_LIMIT}, got `{}`",
+                            quote(&value)
+                        ))
+                    })?,
+            );
+        }
+        Ok(WorkersQuery(limit.unwrap_or(DEFAULT_WORKERS_LIMIT)))
     }
 }
 

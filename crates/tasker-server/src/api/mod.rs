@@ -29,7 +29,7 @@ pub use openapi::{openapi, render_openapi, OPENAPI_PATH};
 pub use problem::{ProblemKind, MAX_QUOTED_CHARS, PROBLEM_BASE, PROBLEM_CONTENT_TYPE};
 
 use crate::Service;
-use extract::{ApiJson, ListQuery, NoQuery, TaskIdPath, WaitQuery};
+use extract::{ApiJson, ListQuery, NoQuery, TaskIdPath, WaitQuery, WorkersQuery};
 use problem::quote;
 use types::{CreateTaskRequest, Health, HealthStatus, Journal, Problem, WorkerList, WorkflowList};
 
@@ -152,9 +152,9 @@ async fn throughput(State(service): Shared, NoQuery: NoQuery) -> Json<crate::Thr
     Json(service.throughput())
 }
 
-async fn metrics(State(service): Shared) -> Result<Response, Problem> {
-    let text = service.render_metrics().await?;
-    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+async fn metrics(State(service): Shared) -> Response {
+    let text = service.render_metrics().await;
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 async fn workflows(State(service): Shared, NoQuery: NoQuery) -> Json<WorkflowList> {
@@ -163,10 +163,16 @@ async fn workflows(State(service): Shared, NoQuery: NoQuery) -> Json<WorkflowLis
     })
 }
 
-async fn workers(State(service): Shared, NoQuery: NoQuery) -> Json<WorkerList> {
-    Json(WorkerList {
-        workers: service.workers().await,
-    })
+async fn workers(State(service): Shared, WorkersQuery(limit): WorkersQuery) -> Json<WorkerList> {
+    let mut workers = service.workers().await;
+    let list = WorkerList {
+        total: workers.len(),
+        capacity: workers.iter().map(|w| u64::from(w.capacity)).sum(),
+        in_flight: workers.iter().map(|w| w.in_flight).sum(),
+        workers: Vec::new(),
+    };
+    workers.truncate(limit);
+    Json(WorkerList { workers, ..list })
 }
 
 async fn openapi_document() -> Json<&'static Value> {

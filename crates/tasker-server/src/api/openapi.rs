@@ -15,6 +15,7 @@ use super::extract::{LIST_PARAMETERS, MAX_WAIT_SECONDS};
 use super::paths;
 use super::types::{
     CreateTaskRequest, Health, Journal, ListTasksQuery, Problem, WorkerList, WorkflowList,
+    DEFAULT_WORKERS_LIMIT, MAX_WORKERS_LIMIT,
 };
 use super::{MAX_BODY_BYTES, PROBLEM_CONTENT_TYPE};
 use crate::Readiness;
@@ -39,6 +40,8 @@ enum Parameters {
     TaskIdWait,
     /// The fields of [`ListTasksQuery`], each a query parameter.
     ListQuery,
+    /// `GET /v1/workers`'s `limit`.
+    WorkersLimit,
 }
 
 /// What a response carries.
@@ -324,13 +327,18 @@ const OPERATIONS: &[Operation] = &[
         operation_id: "listWorkers",
         tag: "workers",
         summary: "The workers connected",
-        description: "Each connected worker: language, handlers, capacity, steps in \
-            flight and last heartbeat.",
-        parameters: Parameters::None,
+        description: "The connected workers, by worker_id, the first `limit` of them (each \
+            with language, its first 64 handlers and how many it serves, capacity, steps in \
+            flight and last heartbeat), and totals over all of them.",
+        parameters: Parameters::WorkersLimit,
         request: None,
         answers: &[
             ok("200", "The workers.", schema::<WorkerList>),
-            NO_QUERY,
+            problem(
+                "400",
+                "`invalid-parameter`: a parameter other than `limit`, or `limit` out of range \
+                 (`field` names it).",
+            ),
             DEFAULT_PROBLEM,
         ],
     },
@@ -565,6 +573,16 @@ fn parameters(parameters: Parameters, generator: &mut SchemaGenerator) -> Vec<Va
     match parameters {
         Parameters::None => Vec::new(),
         Parameters::TaskId => vec![task_id_parameter()],
+        Parameters::WorkersLimit => vec![json!({
+            "name": "limit",
+            "in": "query",
+            "required": false,
+            "description": format!(
+                "Most workers listed (default {DEFAULT_WORKERS_LIMIT}); 0 lists none, for the \
+                 totals alone."
+            ),
+            "schema": { "type": "integer", "minimum": 0, "maximum": MAX_WORKERS_LIMIT }
+        })],
         Parameters::TaskIdWait => vec![
             task_id_parameter(),
             json!({

@@ -23,9 +23,20 @@ pub struct WorkflowList {
 /// `GET /v1/workers`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WorkerList {
-    /// Every worker connected now.
+    /// The workers connected now, by `worker_id`: the first `limit`.
     pub workers: Vec<WorkerView>,
+    /// How many workers are connected.
+    pub total: usize,
+    /// Their capacities, summed.
+    pub capacity: u64,
+    /// The steps they hold, summed.
+    pub in_flight: u64,
 }
+
+/// Default of `GET /v1/workers`'s `limit`.
+pub const DEFAULT_WORKERS_LIMIT: usize = 100;
+/// Largest `limit` of `GET /v1/workers`.
+pub const MAX_WORKERS_LIMIT: usize = 1000;
 
 /// `GET /v1/tasks/{id}/journal`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
