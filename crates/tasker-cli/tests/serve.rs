@@ -1080,9 +1080,42 @@ fn s10_a_step_no_worker_has_taken_is_taken_back_at_the_stop_and_runs_once_after_
     let serve = Serve::start(dir.path(), &store, &endpoint);
     let _workers = Workers::start(&endpoint, 1, 4);
     wait_all_ended(&http, &serve, Duration::from_secs(30));
-    let task = get_task(&http, &serve, &task.to_string());
+    let id = task;
+    let task = get_task(&http, &serve, &id.to_string());
     assert_eq!(task["status"], "complete", "{task:#}");
     assert_eq!(task["steps"][0]["attempts"], 1, "{task:#}");
+    // The journal says attempt 1 was sent, taken back (by no worker) and
+    // sent again; it said attempt 0 for the take-back.
+    let journal: Value = http
+        .get(serve.url(&format!("/v1/tasks/{id}/journal")))
+        .send()
+        .and_then(|r| r.json())
+        .unwrap();
+    let steps: Vec<(String, String, u64, bool)> = journal["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.get("step_id").is_some())
+        .map(|e| {
+            (
+                e["from_state"].as_str().unwrap().to_string(),
+                e["to_state"].as_str().unwrap().to_string(),
+                e["attempt"].as_u64().unwrap(),
+                e.get("worker_id").is_some(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("waiting", "running", 1, false),
+        ("running", "waiting", 1, false),
+        ("waiting", "running", 1, false),
+        ("running", "completed", 1, true),
+    ];
+    assert_eq!(
+        steps,
+        expected.map(|(f, t, a, w)| (f.to_string(), t.to_string(), a, w)),
+        "{journal:#}"
+    );
 }
 
 #[test]

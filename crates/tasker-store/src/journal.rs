@@ -102,8 +102,16 @@ pub(crate) fn prepare(
                 at,
             } => {
                 // A result names its worker; a dispatch names its executor.
-                let result_of_attempt =
-                    from_state == StepState::Running && to.state != StepState::Running;
+                // A take-back (a stop withdrew the attempt before any worker
+                // had it) is no result: it names no worker, and the attempt
+                // taken back, where the step goes back to the attempts
+                // before it (the next start sends the same number again).
+                // Written as the step's, it read as the previous attempt
+                // ending twice, by the previous attempt's worker.
+                let taken_back = from_state == StepState::Running && to.state == StepState::Waiting;
+                let result_of_attempt = from_state == StepState::Running
+                    && to.state != StepState::Running
+                    && !taken_back;
                 let detail = match (&to.dispatched_by, &to.error, to.state) {
                     (Some(by), _, StepState::Running) => Some(Detail {
                         dispatched_by: Some(by.clone()),
@@ -127,7 +135,7 @@ pub(crate) fn prepare(
                     step_id: Some(step_id),
                     from_state: from_state.as_str(),
                     to_state: to.state.as_str(),
-                    attempt: i64::from(to.attempt),
+                    attempt: i64::from(if taken_back { from_attempt } else { to.attempt }),
                     worker_id: to.worker_id.clone().filter(|_| result_of_attempt),
                     at: to_ms(at),
                     detail,

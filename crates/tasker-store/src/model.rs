@@ -92,7 +92,10 @@ pub struct JournalEntry {
     pub from_state: String,
     /// The state after.
     pub to_state: String,
-    /// The step's attempt after the transition (0 for task entries).
+    /// The step's attempt after the transition (0 for task entries); for a
+    /// take-back (`running` → `waiting`: a stop withdrew the attempt before
+    /// any worker had it, and the next start sends it again under the same
+    /// number), the attempt taken back.
     pub attempt: u32,
     /// The worker whose result caused it, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
