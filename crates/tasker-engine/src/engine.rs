@@ -1175,15 +1175,19 @@ impl TaskRun {
         let retrying = error.retryable && attempt < policy.max_attempts && !self.cancelled;
         // The one place an attempt's failure is told whole: the journal
         // keeps only the state, and the step's error the latest one.
-        let cut = tasker_protocol::codec::truncate;
+        // What a worker chose is quoted: it cannot pass for more fields.
+        let (cut, quoted) = (
+            tasker_protocol::codec::truncate,
+            tasker_protocol::codec::quoted,
+        );
         tracing::info!(
             task_id = self.task_id,
             step = %cut(&name, 80),
             step_id = self.steps[i].step_id,
             attempt,
-            worker_id = %cut(self.steps[i].worker_id.as_deref().unwrap_or(""), 64),
-            error_type = %cut(&error.error_type, 80),
-            error = %cut(&error.message, 200),
+            worker_id = %quoted(self.steps[i].worker_id.as_deref().unwrap_or(""), 64),
+            error_type = %quoted(&error.error_type, 80),
+            error = %quoted(&error.message, 200),
             retrying,
             "step attempt failed"
         );

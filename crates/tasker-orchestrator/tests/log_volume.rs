@@ -168,7 +168,8 @@ async fn h8_h10_h11_bad_input_is_quoted_briefly_and_floods_do_not_flood_the_log(
 
     // h12: what a peer names itself or says cannot forge a log line: a
     // newline and a timestamp in a worker_id, a goodbye's reason or a
-    // protocol error's message, or a terminal's escape codes.
+    // protocol error's message, a terminal's escape codes, more fields of
+    // the line, or text a bidi override turns around.
     let forged = "\n2026-01-01T00:00:00.000000Z ERROR forged: FORGED \u{1b}[31mred";
     let from = captured().0.lock().unwrap().len();
     let liar = RawPeer::connect(executor.endpoint());
@@ -193,6 +194,15 @@ async fn h8_h10_h11_bad_input_is_quoted_briefly_and_floods_do_not_flood_the_log(
             "an escape code went through: {text}"
         );
     }
+    let from = captured().0.lock().unwrap().len();
+    let fields = RawPeer::connect(executor.endpoint());
+    fields.hello("w capacity=999 \u{202e}dne", &["echo"], 1);
+    wait_until_logged(from, "worker registered").await;
+    let text = String::from_utf8_lossy(&captured().0.lock().unwrap()[from..]).to_string();
+    assert!(
+        text.contains(r#""w capacity=999 \u{202e}dne""#) && !text.contains('\u{202e}'),
+        "the worker_id is one quoted field, its bidi override escaped: {text}"
+    );
 
     // h13: a registered peer resending 20,000 results nobody wants writes a
     // few lines, not one each.

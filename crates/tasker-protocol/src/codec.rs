@@ -322,14 +322,25 @@ pub(crate) fn classify<M: WireMessage>(body: &[u8], typed_error: serde_json::Err
 /// assert_eq!(truncate("abc", 3), "abc");
 /// assert_eq!(truncate("a\nERROR forged\u{1b}[31m", 64), "a\\nERROR forged\\u{1b}[31m");
 /// assert_eq!(truncate(&"\u{1}".repeat(100), 12), "\\u{1}\\u{1}…");
+/// // Text that reorders or hides what follows it on a terminal, too.
+/// assert_eq!(truncate("evil\u{202e}gpj.exe\u{200b}", 64), "evil\\u{202e}gpj.exe\\u{200b}");
 /// ```
 pub fn truncate(text: &str, max_bytes: usize) -> String {
+    escape(text, max_bytes, false)
+}
+
+/// `text` cut to `max_bytes` (then `…`), control and invisible characters
+/// escaped, and with `quotes` also `"` and `\`.
+fn escape(text: &str, max_bytes: usize, quotes: bool) -> String {
     let mut cut = String::with_capacity(text.len().min(max_bytes) + '…'.len_utf8());
     let mut escaped = String::new();
     for c in text.chars() {
         escaped.clear();
-        if c.is_control() {
+        if c.is_control() || is_invisible(c) {
             escaped.extend(c.escape_default());
+        } else if quotes && (c == '"' || c == '\\') {
+            escaped.push('\\');
+            escaped.push(c);
         } else {
             escaped.push(c);
         }
@@ -340,6 +351,35 @@ pub fn truncate(text: &str, max_bytes: usize) -> String {
         cut.push_str(&escaped);
     }
     cut
+}
+
+/// [`truncate`] as a log field's value: in double quotes, with `"` and `\`
+/// escaped too, so text a peer chose (a `worker_id` such as
+/// `w error_type=Forged`) cannot pass for more fields of the line.
+///
+/// ```
+/// use tasker_protocol::codec::quoted;
+/// assert_eq!(quoted("w1", 64), r#""w1""#);
+/// assert_eq!(quoted("w error=\"x\"", 64), r#""w error=\"x\"""#);
+/// assert_eq!(quoted("a\\b\n", 64), r#""a\\b\n""#);
+/// ```
+pub fn quoted(text: &str, max_bytes: usize) -> String {
+    format!("\"{}\"", escape(text, max_bytes, true))
+}
+
+/// Characters that draw nothing yet change what a terminal shows around
+/// them: bidirectional overrides and isolates (which can show `exe.txt` for
+/// `txt.exe`), zero-width characters, and line and paragraph separators.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+    )
 }
 
 /// How deeply arrays and objects nest in `value`: `7` is 0 deep, `[7]`

@@ -145,7 +145,7 @@ impl Dispatcher {
                     self.channels.recorder.as_mut(),
                 );
                 if let Some(c) = self.registry.get_mut(conn) {
-                    tracing::debug!(worker_id = %c.worker_id, %batch_id, steps = n, "delivered");
+                    tracing::debug!(worker_id = %codec::quoted(&c.worker_id, 64), %batch_id, steps = n, "delivered");
                     if let Some(limits) = c.limits.as_deref_mut() {
                         for step in &picked {
                             if let Some(entry) = self.steps.get(step.step_id) {

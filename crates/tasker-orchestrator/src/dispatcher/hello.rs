@@ -170,7 +170,7 @@ impl Dispatcher {
         if self.comings_and_goings.allow_conn(conn) {
             let c = self.registry.get(conn).expect("just registered");
             tracing::info!(
-                worker_id = %codec::truncate(&c.worker_id, 64),
+                worker_id = %codec::quoted(&c.worker_id, 64),
                 // The routing id the refusals and drops of this peer name.
                 peer = %hex(&routing_id),
                 handlers = c.handlers.len(),
@@ -335,7 +335,7 @@ impl Dispatcher {
                 "worker reconnected; its old connection is retired"
             };
             tracing::info!(
-                worker_id = %codec::truncate(&c.worker_id, 64),
+                worker_id = %codec::quoted(&c.worker_id, 64),
                 moved,
                 left = c.occupied.len(),
                 "{what}"

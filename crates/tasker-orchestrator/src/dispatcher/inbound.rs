@@ -140,7 +140,7 @@ impl Dispatcher {
                     if self.comings_and_goings.allow_conn(conn) {
                         tracing::info!(
                             peer = %hex(&routing_id),
-                            reason = %codec::truncate(&goodbye.reason, 200),
+                            reason = %codec::quoted(&goodbye.reason, 200),
                             "worker said goodbye"
                         );
                     }
@@ -152,7 +152,7 @@ impl Dispatcher {
                     tracing::warn!(
                         peer = %hex(&routing_id),
                         code = ?error.code,
-                        reason = %codec::truncate(&error.message, 200),
+                        reason = %codec::quoted(&error.message, 200),
                         "worker refused a message"
                     );
                 }

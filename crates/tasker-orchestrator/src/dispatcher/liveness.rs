@@ -42,7 +42,7 @@ impl Dispatcher {
             if let Some(c) = self.registry.get(conn) {
                 if self.comings_and_goings.allow_conn(conn) {
                     tracing::warn!(
-                        worker_id = %codec::truncate(&c.worker_id, 64),
+                        worker_id = %codec::quoted(&c.worker_id, 64),
                         retired = c.retired,
                         "worker silent for {expiry:?}: declared dead"
                     );
@@ -119,7 +119,7 @@ impl Dispatcher {
             let redelivered = self.deliver_again(never_received);
             if redelivered > 0 {
                 tracing::info!(
-                    worker_id = %codec::truncate(&c.worker_id, 64),
+                    worker_id = %codec::quoted(&c.worker_id, 64),
                     redelivered,
                     "steps its worker never received are delivered again"
                 );
@@ -143,7 +143,7 @@ impl Dispatcher {
                     c.gone = true;
                     if self.comings_and_goings.allow_conn(conn) {
                         tracing::info!(
-                            worker_id = %codec::truncate(&c.worker_id, 64),
+                            worker_id = %codec::quoted(&c.worker_id, 64),
                             "worker connection closed; it gets no more work"
                         );
                     }
@@ -151,7 +151,7 @@ impl Dispatcher {
                 }
             }
             SendError::Zmq(zmq::Error::EAGAIN) => {
-                tracing::debug!(worker_id = %codec::truncate(&c.worker_id, 64), "worker pipe full");
+                tracing::debug!(worker_id = %codec::quoted(&c.worker_id, 64), "worker pipe full");
             }
             other => tracing::error!(error = %other, "cannot send to worker"),
         }

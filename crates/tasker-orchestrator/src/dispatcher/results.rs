@@ -165,7 +165,7 @@ impl Dispatcher {
         if !c.drain_logged && self.comings_and_goings.allow_conn(conn) {
             c.drain_logged = true;
             tracing::info!(
-                worker_id = %codec::truncate(&c.worker_id, 64),
+                worker_id = %codec::quoted(&c.worker_id, 64),
                 returned = given_back.len(),
                 "worker draining"
             );
