@@ -38,6 +38,7 @@ const logging = require("./logging.js");
 const { version } = require("../package.json");
 
 const CONFIG_PATH = Symbol("configPath");
+const CONFIG_ENV = Symbol("configEnv");
 
 /** `type` values start with this; the rest (the slug) picks the class. */
 const PROBLEM_BASE = "https://tasker-core.dev/problems/";
@@ -390,7 +391,7 @@ function checkTimeout(name, value, { nullable }) {
   const least = nullable ? 0 : Number.MIN_VALUE;
   if (typeof value !== "number" || !(value >= least) || value === Infinity) {
     const range = nullable ? "0 or more, or null (or Infinity) for no deadline" : "more than 0";
-    throw new TaskerError(`${name} must be a number of ms, ${range}; got ${String(value)}`);
+    throw new TaskerError(`${name} must be a number of ms, ${range}; got ${typeof value === "string" ? JSON.stringify(value) : String(value)}`);
   }
 }
 
@@ -442,7 +443,11 @@ class Client {
     if (typeof path !== "string" || path === "") {
       throw new TaskerError("Client.fromConfig needs the path of a YAML config file");
     }
-    return new Client({ ...options, [CONFIG_PATH]: path });
+    if (options === null || typeof options !== "object") {
+      throw new TaskerError("Client options must be an object");
+    }
+    const { env, ...rest } = options;
+    return new Client({ ...rest, [CONFIG_PATH]: path, [CONFIG_ENV]: env });
   }
 
   constructor(options = {}) {
@@ -451,7 +456,7 @@ class Client {
     }
     // The client's own options; every other key is a config key, for Rust
     // to resolve (and to refuse when it is none).
-    const { [CONFIG_PATH]: path, url, token, timeoutMs, ...configOptions } = options;
+    const { [CONFIG_PATH]: path, [CONFIG_ENV]: env, url, token, timeoutMs, ...configOptions } = options;
     if (url !== undefined && url !== null) {
       if (typeof url !== "string" || url === "") throw new TaskerError("url must be a non-empty string");
       configOptions.apiUrl = url;
@@ -463,7 +468,7 @@ class Client {
     checkTimeout("timeoutMs", timeoutMs, { nullable: false });
     let resolved, values;
     try {
-      ({ resolved, values } = resolveConfig(path, configOptions));
+      ({ resolved, values } = resolveConfig(path, configOptions, env));
     } catch (error) {
       // The url and token given here are the options `apiUrl` and
       // `apiToken` underneath: name them as the caller wrote them.
@@ -498,7 +503,7 @@ class Client {
    * request.
    */
   async submit(workflow, context = {}, options = {}) {
-    const { idempotencyKey, ...unknown } = options ?? {};
+    const { idempotencyKey, ...unknown } = optionsObject("submit", options, "{ idempotencyKey: \"order-1\" }");
     rejectUnknown("submit", unknown, ["idempotencyKey"]);
     const body = { workflow, context: checkContext(context) };
     if (idempotencyKey !== undefined && idempotencyKey !== null) body.idempotency_key = idempotencyKey;
@@ -520,7 +525,7 @@ class Client {
    * aborts the wait (the Promise rejects with the signal's reason).
    */
   async wait(id, options = {}) {
-    const { timeoutMs = null, signal, ...unknown } = options ?? {};
+    const { timeoutMs = null, signal, ...unknown } = optionsObject("wait", options, "{ timeoutMs: 30000 }");
     rejectUnknown("wait", unknown, ["timeoutMs", "signal"]);
     checkTimeout("timeoutMs", timeoutMs, { nullable: true });
     const path = `/v1/tasks/${checkTaskId(id)}`;
@@ -722,6 +727,16 @@ function errorOf(method, target, status, problem, text) {
   }
   const Class = status === 401 ? Unauthorized : ApiError;
   return new Class(`${method} ${target} answered ${status}: ${quote(text)}`, { status });
+}
+
+/** `options`, an object (or nothing); anything else is named, with `example`. */
+function optionsObject(operation, options, example) {
+  if (options === undefined || options === null) return {};
+  if (typeof options !== "object" || Array.isArray(options)) {
+    const got = Array.isArray(options) ? "an array" : `a ${typeof options}`;
+    throw new TaskerError(`${operation} options must be an object like ${example}, got ${got}`);
+  }
+  return options;
 }
 
 function rejectUnknown(operation, unknown, known) {

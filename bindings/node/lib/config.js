@@ -7,16 +7,20 @@
 // ConfigError. This layer keeps no list of keys.
 
 const native = require("../native.js");
-const { fromNative } = require("./errors.js");
+const { ConfigError, fromNative } = require("./errors.js");
 
 /**
- * Resolves a configuration: `path`'s section (or the built-in defaults),
- * then `TASKER_*` variables, then `options`. Returns the native handle a
- * worker runs with and the values, by camelCase key.
+ * Resolves a configuration: `path`'s section `env` (else `TASKER_ENV`, else
+ * `development`), or the built-in defaults, then `TASKER_*` variables, then
+ * `options`. Returns the native handle a worker runs with and the values,
+ * by camelCase key.
  */
-function resolveConfig(path, options) {
+function resolveConfig(path, options, env) {
+  if (env !== undefined && env !== null && (typeof env !== "string" || env === "")) {
+    throw new ConfigError("env must be the name of a section of the config file, a non-empty string");
+  }
   try {
-    const resolved = native.NativeConfig.resolve(path ?? null, options ?? null);
+    const resolved = native.NativeConfig.resolve(path ?? null, options ?? null, env ?? null);
     return { resolved, values: resolved.values() };
   } catch (error) {
     throw fromNative(error);

@@ -104,6 +104,12 @@ export interface Config {
 /** Config keys that replace those of the file and the environment; `undefined` keeps the loaded value. */
 export type ConfigOptions = Partial<Config>;
 
+/** Which section of a YAML config file to read (`fromConfig`, `loadConfig`). */
+export interface FileSection {
+  /** The section's name; default `TASKER_ENV`, else `development`. */
+  env?: string;
+}
+
 /** The former name of `ConfigOptions`. */
 export type ConfigOverrides = ConfigOptions;
 
@@ -249,8 +255,11 @@ export type WorkerState = "idle" | "connecting" | "connected" | "draining" | "st
 
 /** A Node worker serving the steps of its registered handlers. */
 export declare class Worker {
-  /** Configured from a YAML file, then `TASKER_*` variables, then `options`. */
-  static fromConfig(path: string, options?: WorkerOptions): Worker;
+  /**
+   * Configured from a YAML file's section `env` (else `TASKER_ENV`, else
+   * `development`), then `TASKER_*` variables, then `options`.
+   */
+  static fromConfig(path: string, options?: WorkerOptions & FileSection): Worker;
   /** Configured from the defaults, then `TASKER_*` variables, then `options`. */
   constructor(options?: WorkerOptions);
   /** The resolved configuration. */
@@ -296,7 +305,7 @@ export declare function setLogger(logger: Logger | undefined, level?: LogLevel):
 export declare function setLogLevel(level: LogLevel): void;
 
 /** Resolves a configuration like a Worker does, without starting anything; throws ConfigError. */
-export declare function loadConfig(path?: string | null, options?: ConfigOptions | null): Config;
+export declare function loadConfig(path?: string | null, options?: (ConfigOptions & FileSection) | null): Config;
 
 // ---- The HTTP client (`Client`): start tasks from an application ---------
 //
@@ -508,8 +517,11 @@ export declare class TaskHandle<C = Record<string, unknown>> {
  * a submit without an idempotency key) when there is no answer or a 5xx.
  */
 export declare class Client {
-  /** Configured from a YAML file, then `TASKER_*` variables, then `options`. */
-  static fromConfig(path: string, options?: ClientOptions): Client;
+  /**
+   * Configured from a YAML file's section `env` (else `TASKER_ENV`, else
+   * `development`), then `TASKER_*` variables, then `options`.
+   */
+  static fromConfig(path: string, options?: ClientOptions & FileSection): Client;
   /** Configured from the defaults, then `TASKER_*` variables, then `options`. */
   constructor(options?: ClientOptions);
   /** The API's base URL (no trailing slash). */

@@ -32,11 +32,13 @@ const { setLogger, setLogLevel } = require("./logging.js");
 
 /**
  * Resolves a configuration the way a Worker does (file or defaults, then
- * `TASKER_*` variables, then `options`: config keys in camelCase), without
- * starting anything. Throws a ConfigError naming a bad key or value.
+ * `TASKER_*` variables, then `options`: config keys in camelCase; `env`
+ * names the file's section), without starting anything. Throws a
+ * ConfigError naming a bad key or value.
  */
 function loadConfig(path, options) {
-  return resolveConfig(path, options).values;
+  const { env, ...rest } = options ?? {};
+  return resolveConfig(path, rest, env).values;
 }
 
 module.exports = {

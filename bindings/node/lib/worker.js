@@ -11,20 +11,29 @@ const { jsonProblem } = require("./json.js");
 const logging = require("./logging.js");
 
 const CONFIG_PATH = Symbol("configPath");
+const CONFIG_ENV = Symbol("configEnv");
 
 /** Tells `stop()` whether it runs inside one of a worker's handlers. */
 const handlerContext = new AsyncLocalStorage();
 
-/** Innermost-first stack lines of an error, without its "Name: message" header. */
+/**
+ * Innermost-first stack lines of an error, without its "Name: message"
+ * header and without this file's frames (the SDK calling the handler), as
+ * the Python and Ruby SDKs report them.
+ */
 function stackLines(error) {
   const stack = error.stack;
   if (typeof stack !== "string") return [];
   const lines = [];
   for (const line of stack.split("\n")) {
     const trimmed = line.trim();
-    if (trimmed.startsWith("at ")) lines.push(trimmed);
+    if (trimmed.startsWith("at ") && !isOwnFrame(trimmed)) lines.push(trimmed);
   }
   return lines;
+}
+
+function isOwnFrame(line) {
+  return line.includes(`(${__filename}:`) || line.startsWith(`at ${__filename}:`);
 }
 
 // A step reaches this layer as a row: an array of its fields in the order
@@ -116,7 +125,11 @@ class Worker {
     if (typeof path !== "string" || path === "") {
       throw new TaskerError("Worker.fromConfig needs the path of a YAML config file");
     }
-    return new Worker({ ...options, [CONFIG_PATH]: path });
+    if (options === null || typeof options !== "object") {
+      throw new TaskerError("Worker options must be an object");
+    }
+    const { env, ...rest } = options;
+    return new Worker({ ...rest, [CONFIG_PATH]: path, [CONFIG_ENV]: env });
   }
 
   /**
@@ -129,9 +142,20 @@ class Worker {
     }
     // The worker's own options; every other key is a config key, for Rust
     // to resolve (and to refuse when it is none).
-    const { [CONFIG_PATH]: path, capacity, workerId, logger, logLevel, handleSignals, ...configOptions } = options;
-    if (capacity !== undefined) configOptions.workerCapacity = capacity;
-    const { resolved, values } = resolveConfig(path, configOptions);
+    const { [CONFIG_PATH]: path, [CONFIG_ENV]: env, capacity, workerId, logger, logLevel, handleSignals, ...configOptions } = options;
+    if (capacity !== undefined) {
+      // The same setting under the worker's name for it: given both,
+      // neither silently wins.
+      for (const key of ["workerCapacity", "worker_capacity"]) {
+        if (configOptions[key] !== undefined) {
+          throw new ConfigError(
+            `capacity: ${String(capacity)} and ${key}: ${String(configOptions[key])} are the same setting (the steps the worker holds at once): give only one`,
+          );
+        }
+      }
+      configOptions.workerCapacity = capacity;
+    }
+    const { resolved, values } = resolveConfig(path, configOptions, env);
     this._nativeConfig = resolved;
     /** The resolved configuration (read-only). */
     this.config = Object.freeze(values);

@@ -36,18 +36,20 @@ pub struct NativeConfig {
 
 #[napi]
 impl NativeConfig {
-    /// Resolves a configuration: `path`'s section named by `TASKER_ENV`
-    /// (default `development`), or without a path the built-in defaults;
-    /// then the `TASKER_*` variables; then `options`, config keys in
-    /// camelCase. Throws an error (code `TaskerConfigError`) naming the bad
-    /// key, variable, value or file.
+    /// Resolves a configuration: `path`'s section named by `environment`,
+    /// else `TASKER_ENV` (default `development`), or without a path the
+    /// built-in defaults; then the `TASKER_*` variables; then `options`,
+    /// config keys in camelCase. Throws an error (code `TaskerConfigError`)
+    /// naming the bad key, variable, value or file.
     #[napi(factory)]
     pub fn resolve(
         path: Option<String>,
         #[napi(ts_arg_type = "Record<string, unknown> | undefined | null")] options: Option<Object>,
+        environment: Option<String>,
     ) -> Result<Self> {
         let mut sources = Sources::new();
         sources.path = path.map(PathBuf::from);
+        sources.environment = environment;
         let mut given_as = BTreeMap::new();
         if let Some(options) = options {
             (sources.options, given_as) =

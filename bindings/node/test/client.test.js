@@ -645,7 +645,7 @@ test("with api tokens, no token and a wrong one are Unauthorized; the right one 
   }
 });
 
-test("the URL comes from apiUrl, else apiListen on loopback; https is for a TLS proxy; other schemes and malformed URLs are ConfigErrors", () => {
+test("the URL comes from apiUrl, else apiListen on loopback; https is for a TLS proxy; other schemes and malformed URLs are ConfigErrors", async () => {
   assert.equal(new Client().url, "http://127.0.0.1:8080");
   assert.equal(new Client({ apiListen: "0.0.0.0:9000" }).url, "http://127.0.0.1:9000");
   assert.equal(new Client({ apiListen: "[::]:9000" }).url, "http://[::1]:9000");
@@ -665,6 +665,14 @@ test("the URL comes from apiUrl, else apiListen on loopback; https is for a TLS 
   assert.throws(() => new Client({ timeoutMs: -1 }), (e) => e instanceof TaskerError);
   // 0 made every call fail as "is tasker serve running?".
   assert.throws(() => new Client({ timeoutMs: 0 }), (e) => e instanceof TaskerError && /timeoutMs must be a number of ms, more than 0; got 0/.test(e.message));
+  // A Python habit (a key as the third argument) is named as what it is,
+  // before any request; a string timeout keeps its quotes.
+  const client = new Client({ url: "http://127.0.0.1:9" });
+  await assert.rejects(
+    client.submit("demo", {}, "order-1"),
+    (e) => e instanceof TaskerError && e.message === 'submit options must be an object like { idempotencyKey: "order-1" }, got a string',
+  );
+  await assert.rejects(client.wait(1, { timeoutMs: "5" }), (e) => e instanceof TaskerError && /got "5"$/.test(e.message));
 });
 
 // A self-signed certificate for localhost and 127.0.0.1, for the tests only

@@ -6,7 +6,7 @@
 const { test, after } = require("node:test");
 const assert = require("node:assert/strict");
 
-const { Worker, HandlerError, RetryableError, PermanentError, TaskerError, setLogger } = require("tasker-core");
+const { Worker, Client, HandlerError, RetryableError, PermanentError, TaskerError, ConfigError, loadConfig, setLogger } = require("tasker-core");
 const { QUICK, serveBatch: serve, freeEndpoint, dispatch, byStepId, withTimeout, killAll } = require("./helpers.js");
 
 after(killAll);
@@ -144,6 +144,7 @@ test("each kind of failure is reported with its type, message, stack and retryab
   assert.equal(typeError.retryable, false, "unrecognised errors default to not retryable");
   assert.ok(typeError.backtrace.length > 0, "the stack is reported");
   assert.match(typeError.backtrace[0], /^at .*worker\.test\.js:\d+:\d+/);
+  assert.ok(!typeError.backtrace.some((line) => line.includes("lib/worker.js")), `no SDK frames: ${typeError.backtrace}`);
 
   assert.equal(error(5).error_type, "RangeError");
   assert.equal(error(5).message, "out of range");
@@ -636,6 +637,20 @@ test("Worker.fromConfig reads the project's config file, its environment section
     assert.equal(worker.config.endpoint, "tcp://127.0.0.1:5655");
     assert.equal(worker.config.heartbeatIntervalMs, 200);
     assert.equal(worker.capacity, 3);
+    // `env` picks the section over TASKER_ENV, as Python's and Ruby's
+    // `from_config(path, env)`; a section the file lacks is named.
+    const development = Worker.fromConfig(file, { env: "development" });
+    assert.equal(development.config.endpoint, loadConfig(file, { env: "development" }).endpoint);
+    assert.notEqual(development.config.heartbeatIntervalMs, 200);
+    assert.throws(() => Worker.fromConfig(file, { env: "staging" }), (e) => e instanceof ConfigError && /staging/.test(e.message));
+    assert.throws(() => Worker.fromConfig(file, { env: 7 }), (e) => e instanceof ConfigError && /env must be/.test(e.message));
+    assert.equal(Client.fromConfig(file, { env: "test" }).url.startsWith("http://"), true);
+    // `capacity` is `workerCapacity` under the worker's name: given both,
+    // neither silently wins.
+    assert.throws(
+      () => new Worker({ capacity: 2, workerCapacity: 3 }),
+      (e) => e instanceof ConfigError && /capacity: 2 and workerCapacity: 3 are the same setting/.test(e.message),
+    );
   } finally {
     if (previous === undefined) delete process.env.TASKER_ENV;
     else process.env.TASKER_ENV = previous;

@@ -251,6 +251,15 @@ def test_bad_configuration_is_named(kwargs, fragment):
     assert isinstance(info.value, TaskerError)
 
 
+def test_a_bad_capacity_is_named_as_the_caller_wrote_it():
+    # `capacity` is the config key `worker_capacity` underneath; the error
+    # named the key the caller never wrote.
+    with pytest.raises(ConfigError) as info:
+        Worker(capacity="8")  # type: ignore[arg-type]
+    assert "option `capacity`" in str(info.value), str(info.value)
+    assert "worker_capacity" not in str(info.value)
+
+
 def test_start_without_handlers_is_an_error():
     with pytest.raises(ConfigError, match="no handlers"):
         Worker(endpoint="tcp://127.0.0.1:6003").start()

@@ -96,6 +96,7 @@ class TestWorker < Minitest::Test
       end
       backtrace = results[5].dig("error", "backtrace")
       assert backtrace.first.include?("test_worker.rb"), "innermost frame first: #{backtrace.first}"
+      assert backtrace.none? { |line| line.include?("tasker_core/worker.rb") }, "no SDK frames: #{backtrace}"
     end
   end
 

@@ -63,7 +63,7 @@ from typing import (
 from . import _logging, _native
 from ._native import Step
 from .error_types import UNKNOWN_HANDLER
-from .errors import TaskerError
+from .errors import ConfigError, TaskerError
 
 __all__ = [
     "Worker",
@@ -442,10 +442,19 @@ class Worker:
                 options[key] = os.fspath(value) if isinstance(value, os.PathLike) else value
         if capacity is not None:
             options["worker_capacity"] = capacity
-        #: The effective configuration (every key), as a dict.
-        self.config: Dict[str, Any] = _native.load_config(
-            os.fspath(config_path) if config_path is not None else None, env, options
-        )
+        try:
+            #: The effective configuration (every key), as a dict.
+            self.config: Dict[str, Any] = _native.load_config(
+                os.fspath(config_path) if config_path is not None else None, env, options
+            )
+        except ConfigError as error:
+            # `capacity` is the key `worker_capacity` underneath: name it as
+            # the caller wrote it.
+            if capacity is not None and "option `worker_capacity`" in str(error):
+                raise ConfigError(
+                    str(error).replace("option `worker_capacity`", "option `capacity`")
+                ) from None
+            raise
         if threads is not None:
             # Refused here, not at start(): a bad count is a configuration error.
             _native.handler_threads(int(self.config["worker_capacity"]), threads)

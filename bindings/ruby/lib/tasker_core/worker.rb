@@ -41,6 +41,10 @@ module TaskerCore
                      "holds at once): give only one"
     private_constant :CAPACITY_TWICE
 
+    # Backtrace lines of this file start so.
+    OWN_FRAMES = "#{__FILE__}:".freeze
+    private_constant :OWN_FRAMES
+
     # @return [Config] the configuration in use
     attr_reader :config
     # @return [Integer] the capacity declared to the orchestrator
@@ -485,7 +489,9 @@ module TaskerCore
       type = error.respond_to?(:error_type) ? error.error_type.to_s : (error.class.name || error.class.inspect)
       retryable = error.respond_to?(:retryable?) ? error.retryable? : nil
       retryable = @default_retryable if retryable.nil?
-      backtrace = error.backtrace&.first(100)&.map { |line| utf8(line) }
+      # Without this file's frames (the SDK calling the handler), as the
+      # Python and Node SDKs report them.
+      backtrace = error.backtrace&.reject { |line| line.start_with?(OWN_FRAMES) }&.first(100)&.map { |line| utf8(line) }
       step._fail(utf8(type), utf8(error.message), retryable ? true : false, backtrace)
       @logger&.debug("tasker_core") { "step #{step.step_id} failed: #{type}: #{error.message}" }
     end
