@@ -83,6 +83,9 @@ impl Delivery {
     }
 }
 
+/// Least time between two warnings that the orchestrator refused a hello.
+const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(60);
+
 pub(crate) struct Connection {
     shared: Arc<Shared>,
     // Field order matters: sockets close before the context.
@@ -108,6 +111,11 @@ pub(crate) struct Connection {
     /// When to say hello again on this socket, after the orchestrator
     /// refused the last one (`worker_id_in_use`, `registry_full`).
     hello_at: Option<Instant>,
+    /// Hellos refused since the last welcome, and when that was last said
+    /// as a warning (a worker whose id is taken tries every few seconds
+    /// for as long as it runs: a warning each time filled its log).
+    refusals: u32,
+    refusal_warned: Option<Instant>,
     /// The last hello found no connection to go out on (the socket is
     /// `ZMQ_IMMEDIATE`): it goes as soon as one is up.
     hello_unsent: bool,
@@ -186,6 +194,8 @@ impl Connection {
             backoff,
             reconnect_at: None,
             hello_at: None,
+            refusals: 0,
+            refusal_warned: None,
             hello_unsent: false,
             drain_sent: false,
             drain_deadline: None,
@@ -706,6 +716,8 @@ impl Connection {
             OrchestratorMessage::Welcome(welcome) => {
                 self.welcomed = true;
                 self.hello_at = None;
+                self.refusals = 0;
+                self.refusal_warned = None;
                 self.orchestrator_id = Some(welcome.orchestrator_id.as_str().into());
                 self.backoff = Duration::from_millis(self.shared.config.reconnect_initial_ms);
                 // The orchestrator's timing rules, so both sides agree on death.
@@ -761,13 +773,28 @@ impl Connection {
                     self.send_hello();
                 }
                 ProtocolErrorCode::WorkerIdInUse | ProtocolErrorCode::RegistryFull => {
-                    tracing::warn!(
-                        worker_id = %self.shared.worker_id,
-                        code = ?error.code,
-                        reason = %codec::truncate(&error.message, 200),
-                        "orchestrator refused the hello; saying hello again in {:?}",
-                        self.backoff
-                    );
+                    self.refusals += 1;
+                    let due = self
+                        .refusal_warned
+                        .map_or(true, |at| at.elapsed() >= REFUSAL_WARNING_EVERY);
+                    if due {
+                        tracing::warn!(
+                            worker_id = %self.shared.worker_id,
+                            code = ?error.code,
+                            reason = %codec::truncate(&error.message, 200),
+                            refusals = self.refusals,
+                            "orchestrator refused the hello; saying hello again in {:?} \
+                             (said again at most once a minute while it refuses)",
+                            self.backoff
+                        );
+                        self.refusal_warned = Some(Instant::now());
+                    } else {
+                        tracing::debug!(
+                            code = ?error.code,
+                            refusals = self.refusals,
+                            "orchestrator refused the hello again"
+                        );
+                    }
                     self.welcomed = false;
                     self.set_unregistered_state();
                     self.hello_at = Some(Instant::now() + self.backoff);

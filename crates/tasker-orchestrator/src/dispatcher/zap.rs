@@ -134,7 +134,8 @@ pub(crate) fn log_handshake(
         }
         Handshake::Cryptographic => {
             "a CURVE handshake did not decrypt: the client's curve_server_public_key_file is \
-             not this orchestrator's public key"
+             not this orchestrator's public key, or the client sent a public key without its \
+             secret key"
         }
         Handshake::Protocol(_) => "a client broke the handshake protocol",
         Handshake::Refused { .. } | Handshake::Closed | Handshake::Succeeded => return,
