@@ -35,13 +35,16 @@ pub(crate) struct ServiceMetrics {
     /// Requests answered 401: a client misconfigured, or tokens guessed.
     pub unauthorized: Counter,
     /// One scrape at a time: each sets the gauges, then encodes them.
-    scraping: tokio::sync::Mutex<()>,
+    /// Held while a scrape reads the gauges: the languages given a label
+    /// of their own so far (see [`MAX_LANGUAGES`]).
+    scraping: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Longest a scrape waits for the store's count of tasks.
 const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Most distinct `language` label values; workers announce their own.
+/// Most distinct `language` label values over the process's life; workers
+/// announce their own.
 const MAX_LANGUAGES: usize = 32;
 /// The label value for languages past [`MAX_LANGUAGES`].
 const OTHER: &str = "_other";
@@ -109,7 +112,7 @@ impl ServiceMetrics {
             held_back,
             store_up,
             unauthorized,
-            scraping: tokio::sync::Mutex::new(()),
+            scraping: tokio::sync::Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -123,7 +126,7 @@ impl ServiceMetrics {
     /// that say what the workers and the queue do included. Without an
     /// answer `tasker_tasks` is left out and `tasker_store_up` is 0.
     pub async fn render(&self, service: &Service) -> String {
-        let _one_at_a_time = self.scraping.lock().await;
+        let mut labelled = self.scraping.lock().await;
         let counted = tokio::time::timeout(STORE_WAIT, service.store().count_tasks_by_status());
         match counted.await {
             Ok(Ok(counts)) => {
@@ -162,8 +165,11 @@ impl ServiceMetrics {
                 .chars()
                 .take(40)
                 .collect();
-            let known = by_language.contains_key(&language);
-            let key = if known || by_language.len() < MAX_LANGUAGES {
+            // The first languages seen keep their label for the process's
+            // life: bounded per scrape only, workers announcing a new
+            // language each made Prometheus keep a new series each.
+            let key = if labelled.contains(&language) || labelled.len() < MAX_LANGUAGES {
+                labelled.insert(language.clone());
                 language
             } else {
                 OTHER.to_string()

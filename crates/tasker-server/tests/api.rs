@@ -1550,3 +1550,43 @@ async fn the_worker_list_is_bounded_however_many_handlers_and_workers_announce()
     drop(running);
     api.stop().await;
 }
+
+/// Workers announce their own `language`: bounded per scrape only, one
+/// announcing a new language each time made Prometheus keep a new series
+/// each (215 in a minute). The first 32 seen keep their label for the
+/// process's life; the rest count under `_other`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_languages_take_at_most_32_label_values_however_many_come_and_go() {
+    use tasker_protocol::{codec, WorkerHello, WorkerMessage};
+    let api = Api::start().await;
+    let context = zmq::Context::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for n in 0..40 {
+        let peer = context.socket(zmq::DEALER).unwrap();
+        peer.set_linger(0).unwrap();
+        peer.connect(api.service.endpoint()).unwrap();
+        let mut hello = WorkerHello::new(format!("churn-{n}"), vec!["echo".into()], 1);
+        hello.language = Some(format!("lang-{n:02}"));
+        peer.send_multipart(codec::encode(&WorkerMessage::Hello(hello)).unwrap(), 0)
+            .unwrap();
+        peer.set_rcvtimeo(5_000).unwrap();
+        peer.recv_multipart(0).expect("welcomed");
+        let text = api.text("/metrics").await;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("tasker_workers_connected{language=\"") {
+                seen.insert(rest.split('"').next().unwrap().to_string());
+            }
+        }
+        peer.send_multipart(
+            codec::encode(&WorkerMessage::Goodbye(tasker_protocol::Goodbye::new(
+                "done",
+            )))
+            .unwrap(),
+            0,
+        )
+        .unwrap();
+    }
+    assert_eq!(seen.len(), 33, "{seen:?}");
+    assert!(seen.contains("_other") && seen.contains("lang-31") && !seen.contains("lang-32"));
+    api.stop().await;
+}
