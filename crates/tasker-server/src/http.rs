@@ -67,6 +67,9 @@ pub(crate) async fn serve(
     let (closing, _) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut slots = Slots::new(limits.connections);
+    // Each connection task's slot, so that one that panicked gives its
+    // slot back too (its task returns no value to say which).
+    let mut slot_of: std::collections::HashMap<tokio::task::Id, u64> = Default::default();
     let mut refused = 0u64;
     let mut warned: Option<Instant> = None;
     let mut warned_pushed_out = 0u64;
@@ -100,10 +103,8 @@ pub(crate) async fn serve(
                         continue;
                     };
                     let served = connection(stream, app.clone(), limits.head, closing.subscribe(), slot);
-                    connections.spawn(async move {
-                        served.await;
-                        id
-                    });
+                    let task = connections.spawn(served);
+                    slot_of.insert(task.id(), id);
                 }
                 Err(e) if is_per_connection(&e) => {}
                 Err(e) => {
@@ -112,8 +113,12 @@ pub(crate) async fn serve(
                 }
             },
             // Reaps ended connections, so the set holds only open ones.
-            Some(ended) = connections.join_next(), if !connections.is_empty() => {
-                if let Ok(id) = ended {
+            Some(ended) = connections.join_next_with_id(), if !connections.is_empty() => {
+                let task = match ended {
+                    Ok((task, ())) => task,
+                    Err(e) => e.id(),
+                };
+                if let Some(id) = slot_of.remove(&task) {
                     slots.release(id);
                 }
             }
