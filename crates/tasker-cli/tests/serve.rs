@@ -1586,17 +1586,6 @@ fn s19_a_stop_while_postgres_is_down_waits_for_it_and_records_the_results_worker
     }
 }
 
-const ONCE_WORKFLOW: &str = r#"
-name: once
-defaults:
-  timeout_ms: 30000
-  retry: { max_attempts: 1 }
-steps:
-  - name: only
-    handler: sleep
-    handler_config: { ms: 1200 }
-"#;
-
 /// A clean stop while a restarted server still waits for workers to
 /// reclaim the steps its predecessor dispatched (here the workers are
 /// frozen, as by a pause of their host) leaves those steps to the next
@@ -1605,11 +1594,11 @@ steps:
 /// failed with its result on the way.
 #[test]
 fn s20_a_clean_stop_during_the_reclaim_wait_costs_no_attempt() {
-    let (dir, endpoint, store) = sqlite_setup_with("once", ONCE_WORKFLOW);
+    let (dir, endpoint, store) = sqlite_setup_with("slow_one_try", SLOW_ONE_TRY_WORKFLOW);
     let http = client();
     let serve = Serve::start(dir.path(), &store, &endpoint);
     let workers = Workers::start(&endpoint, 1, 5);
-    let tasks = submit_of(&http, &serve, "once", 3);
+    let tasks = submit_of(&http, &serve, "slow_one_try", 3);
     wait_for_steps_at_workers(&http, &serve, 3);
     serve.kill_9();
     let freeze = |signal: &str| {

@@ -354,6 +354,19 @@ mod tests {
         }
     }
 
+    /// A new connection's `GET /` is answered.
+    async fn assert_answered(addr: std::net::SocketAddr) {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_to_close(&mut stream, Duration::from_secs(5))
+            .await
+            .expect("answered");
+        assert!(got.ends_with("hello"), "{got}");
+    }
+
     #[tokio::test]
     async fn at_the_connection_bound_a_silent_connection_makes_room_for_a_request() {
         let limits = Limits {
@@ -370,15 +383,7 @@ mod tests {
             silent.push(stream);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let mut asking = TcpStream::connect(addr).await.unwrap();
-        asking
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let got = read_to_close(&mut asking, Duration::from_secs(5))
-            .await
-            .expect("answered");
-        assert!(got.ends_with("hello"), "{got}");
+        assert_answered(addr).await;
         // The one silent the longest was closed for it; the others wait on.
         let oldest = read_to_close(&mut silent[0], Duration::from_secs(1)).await;
         assert_eq!(oldest.as_deref(), Some(""), "closed without an answer");
@@ -420,14 +425,6 @@ mod tests {
             assert!(got.ends_with("slow"), "{got}");
         }
         // Their slots are free again.
-        let mut again = TcpStream::connect(addr).await.unwrap();
-        again
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let got = read_to_close(&mut again, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert!(got.ends_with("hello"), "{got}");
+        assert_answered(addr).await;
     }
 }
