@@ -506,7 +506,12 @@ impl Recorder {
     pub fn failed(&mut self, handler: &str, error_type: &str, run_ms: Option<u64>) {
         let unserved =
             error_type == error_types::NO_WORKER_FOR_HANDLER && !self.by_name.contains_key(handler);
-        let known = self.error_types.contains(error_type);
+        let lost = error_type == error_types::WORKER_LOST;
+        // The system's own kinds always keep their label, outside the
+        // bound: a worker that reported 64 kinds of its own first made
+        // every later `WorkerLost` and `TimedOut` count as `_other`.
+        let system = error_types::ALL.iter().any(|(_, kind)| *kind == error_type);
+        let known = system || self.error_types.contains(error_type);
         let error_type = if known || self.error_types.len() < MAX_ERROR_TYPE_LABELS {
             if !known {
                 self.error_types.insert(error_type.to_string());
@@ -521,7 +526,7 @@ impl Recorder {
         } else {
             self.touch(handler)
         };
-        if error_type == error_types::WORKER_LOST {
+        if lost {
             m.worker_lost.inc();
         }
         if let Some(run_ms) = run_ms {
@@ -725,6 +730,36 @@ mod tests {
             "steps_failed_total{handler=\"served\",error_type=\"NoWorkerForHandler\"} 1"
         ));
         assert!(text.contains("steps_dispatched_total{handler=\"later\"} 1"));
+    }
+
+    #[test]
+    fn the_systems_error_types_keep_their_labels_whatever_workers_report_first() {
+        let metrics = ExecutorMetrics::new(Arc::default());
+        let mut recorder = Recorder::new(&metrics);
+        recorder.dispatched("h", None);
+        for i in 0..MAX_ERROR_TYPE_LABELS + 10 {
+            recorder.failed("h", &format!("Custom{i}"), Some(1));
+        }
+        recorder.failed("h", error_types::WORKER_LOST, None);
+        recorder.failed("h", error_types::TIMED_OUT, None);
+        recorder.flush();
+        let text = exposition(&metrics);
+        assert!(
+            text.contains("steps_failed_total{handler=\"h\",error_type=\"_other\"} 10"),
+            "{text}"
+        );
+        for kind in [error_types::WORKER_LOST, error_types::TIMED_OUT] {
+            assert!(
+                text.contains(&format!(
+                    "steps_failed_total{{handler=\"h\",error_type=\"{kind}\"}} 1"
+                )),
+                "{kind}: {text}"
+            );
+        }
+        assert!(
+            text.contains("steps_worker_lost_total{handler=\"h\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]
