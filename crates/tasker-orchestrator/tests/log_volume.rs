@@ -203,6 +203,19 @@ async fn h8_h10_h11_bad_input_is_quoted_briefly_and_floods_do_not_flood_the_log(
         text.contains(r#""w capacity=999 \u{202e}dne""#) && !text.contains('\u{202e}'),
         "the worker_id is one quoted field, its bidi override escaped: {text}"
     );
+    // A refusal quoting the peer's input keeps its quotes escaped: an
+    // unknown code `x" FORGED=1` was a field of its own to a logfmt reader.
+    let from = captured().0.lock().unwrap().len();
+    fields.send_raw(vec![
+        b"tasker/1.0".to_vec(),
+        br#"{"type":"protocol_error","code":"x\" FORGED=1","message":"m"}"#.to_vec(),
+    ]);
+    wait_until_logged(from, "malformed message refused").await;
+    let text = String::from_utf8_lossy(&captured().0.lock().unwrap()[from..]).to_string();
+    assert!(
+        text.contains(r#""invalid protocol_error message"#) && text.contains(r#"`x\" FORGED=1`"#),
+        "{text}"
+    );
 
     // h13: a registered peer resending 20,000 results nobody wants writes a
     // few lines, not one each.

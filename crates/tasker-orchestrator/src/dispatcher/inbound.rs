@@ -74,6 +74,8 @@ impl Dispatcher {
                     );
                 }
                 if self.warnings.allow(&routing_id) {
+                    // The error quotes the peer's input.
+                    let error = codec::quoted(&error.to_string(), 300);
                     tracing::warn!(peer = %hex(&routing_id), %error, "malformed message refused");
                 }
                 // An error is never answered, however malformed (SPEC §5

@@ -93,8 +93,8 @@ impl Dispatcher {
             return;
         }
         let worker_id = match conn.and_then(|conn| self.registry.get(conn)) {
-            Some(c) => codec::truncate(&c.worker_id, 64),
-            None => codec::truncate(&result.metadata.worker_id, 64),
+            Some(c) => codec::quoted(&c.worker_id, 64),
+            None => codec::quoted(&result.metadata.worker_id, 64),
         };
         if in_flight {
             tracing::warn!(step_id = step.step_id, attempt = step.attempt, %worker_id, "{why}");
@@ -127,7 +127,9 @@ impl Dispatcher {
             }
         }
         if self.warnings.allow(routing_id) {
-            tracing::warn!(peer = %hex(routing_id), reason = %refusal.message, "results refused");
+            // The reason quotes the peer's input.
+            let reason = codec::quoted(&refusal.message, 300);
+            tracing::warn!(peer = %hex(routing_id), %reason, "results refused");
         }
         self.reply_error(routing_id, refusal.code, refusal.message);
     }
