@@ -428,6 +428,9 @@ impl Progress {
     }
 
     pub(crate) fn line(&self, text: &str) {
+        // Lines quote workers (ids, error types and messages): whatever
+        // they hold must not drive the terminal.
+        let text = printable(text, false);
         let mut err = std::io::stderr().lock();
         if self.terminal {
             let _ = write!(err, "\r\x1b[2K");
@@ -588,7 +591,8 @@ fn print_summary(report: &TaskReport) {
 pub(crate) fn printable(text: &str, keep_lines: bool) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() && !(keep_lines && c == '\n') {
+        let hidden = c.is_control() || tasker_protocol::codec::is_invisible(c);
+        if hidden && !(keep_lines && c == '\n') {
             out.extend(c.escape_default());
         } else {
             out.push(c);

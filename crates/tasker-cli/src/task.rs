@@ -567,7 +567,7 @@ fn print_task(task: &TaskDetail) {
                 s.attempts.to_string(),
                 format!("{} ms", s.duration_ms),
                 match (&s.worker_id, s.state) {
-                    (Some(worker), _) => worker.clone(),
+                    (Some(worker), _) => truncate(worker, 40),
                     // Queued in the server: no worker serving its handler
                     // has taken it yet.
                     (None, StepState::Running) => "(none yet)".into(),

@@ -370,7 +370,13 @@ pub fn quoted(text: &str, max_bytes: usize) -> String {
 /// Characters that draw nothing yet change what a terminal shows around
 /// them: bidirectional overrides and isolates (which can show `exe.txt` for
 /// `txt.exe`), zero-width characters, and line and paragraph separators.
-fn is_invisible(c: char) -> bool {
+/// [`truncate`] escapes them, as it does control characters.
+///
+/// ```
+/// assert!(tasker_protocol::codec::is_invisible('\u{202e}'));
+/// assert!(!tasker_protocol::codec::is_invisible('é'));
+/// ```
+pub fn is_invisible(c: char) -> bool {
     matches!(
         c,
         '\u{200b}'..='\u{200f}'
