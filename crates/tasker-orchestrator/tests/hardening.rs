@@ -496,6 +496,55 @@ async fn h6b_steps_still_on_their_way_to_a_worker_that_reconnected_go_out_again_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h6c2_an_answered_step_listed_again_after_a_reconnect_keeps_its_one_result_and_frees_its_slot(
+) {
+    // A worker that cannot know whether results it sent just before it
+    // reconnected went out lists them again and sends them again (SPEC §5
+    // rule 18). The orchestrator already has them: each step keeps its one
+    // result, and the slots the hello took are freed by the second answers.
+    let executor = start(&config());
+    let (old, held, orchestrator_id, handle) = holding(&executor, "again", 2).await;
+    old.respond(
+        held.iter()
+            .map(|s| completed(s, json!("first"), "again"))
+            .collect(),
+    );
+    let results = handle.collect().await;
+    assert!(
+        results.iter().all(|r| r.output == Some(json!("first"))),
+        "{results:?}"
+    );
+    drop(old);
+    let new = RawPeer::connect(executor.endpoint());
+    take_over(&new, "again", 2, &held, &orchestrator_id, json!("second"));
+    // Both slots are free again: a batch of two goes out to it at once.
+    let next = executor
+        .submit(StepBatchRequest::new("next", steps(10..12, "echo", 10_000)))
+        .await
+        .unwrap();
+    assert_eq!(
+        delivered(&new).len(),
+        2,
+        "the listed steps' slots were freed"
+    );
+    new.respond(
+        (10..12)
+            .map(|id| {
+                let step = StepRef {
+                    step_id: id,
+                    attempt: 1,
+                };
+                StepExecutionResult::completed(step, json!("next"), "again", 1)
+            })
+            .collect(),
+    );
+    assert_eq!(next.collect().await.len(), 2);
+    let m = executor.metrics();
+    assert_eq!((m.redelivered, m.worker_lost), (0, 0));
+    executor.shutdown(LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h6d_a_worker_process_restarted_under_its_id_within_expiry_loses_its_steps_not_reruns_them()
 {
     // A worker killed mid-step and started again at once under the same

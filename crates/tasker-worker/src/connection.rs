@@ -83,6 +83,55 @@ impl Delivery {
     }
 }
 
+/// Results sent on the current socket lately, oldest first: those of the
+/// last two expiry periods, at most `capacity` of them (an orchestrator
+/// sends no more steps than the worker's capacity before it has read their
+/// results, so no more can be unread) and at most [`RECENT_BYTES`].
+#[derive(Default)]
+struct Recent {
+    sent: VecDeque<(Instant, EncodedResult, Delivery)>,
+    bytes: usize,
+}
+
+/// Most bytes of results [`Recent`] keeps.
+const RECENT_BYTES: usize = 64 << 20;
+
+impl Recent {
+    /// Keeps `sent`, sent at `now`, and lets go of what is older than
+    /// `window` or past the bounds.
+    fn keep(
+        &mut self,
+        sent: impl Iterator<Item = (EncodedResult, Delivery)>,
+        now: Instant,
+        window: Duration,
+        capacity: usize,
+    ) {
+        for (result, from) in sent {
+            self.bytes += result.json().len();
+            self.sent.push_back((now, result, from));
+        }
+        while let Some((at, result, _)) = self.sent.front() {
+            let stale = now.saturating_duration_since(*at) > window;
+            if !stale && self.sent.len() <= capacity && self.bytes <= RECENT_BYTES {
+                break;
+            }
+            self.bytes -= result.json().len();
+            self.sent.pop_front();
+        }
+    }
+
+    /// The latest `room` kept, oldest first, leaving it empty.
+    fn take(&mut self, room: usize) -> (Vec<EncodedResult>, Vec<Delivery>) {
+        self.bytes = 0;
+        let skip = self.sent.len().saturating_sub(room);
+        self.sent
+            .drain(..)
+            .skip(skip)
+            .map(|(_, result, from)| (result, from))
+            .unzip()
+    }
+}
+
 /// Least time between two warnings that the orchestrator refused a hello.
 const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(60);
 
@@ -138,6 +187,9 @@ pub(crate) struct Connection {
     /// where each step came from (`unsent_from`, same indices).
     unsent: VecDeque<EncodedResult>,
     unsent_from: VecDeque<Delivery>,
+    /// Results sent on the current socket lately (see [`Recent`]): held
+    /// again when it closes.
+    recent: Recent,
     /// A results or drain message was refused by ZeroMQ (high-water mark)
     /// this turn: wait until the socket can take one (`POLLOUT`).
     send_blocked: bool,
@@ -205,6 +257,7 @@ impl Connection {
             inline_steps: Vec::new(),
             unsent: VecDeque::new(),
             unsent_from: VecDeque::new(),
+            recent: Recent::default(),
             send_blocked: false,
             retry_at: None,
             planned_wake: None,
@@ -661,6 +714,21 @@ impl Connection {
             };
             let _ = socket.set_linger(linger);
         }
+        // What ZeroMQ took lately may still have been in its queue, and
+        // goes with the socket: counted as sent, those steps were in no
+        // hello, and the orchestrator took them for never received and ran
+        // them again as the same attempt (a result sent by a worker that
+        // resumed from a pause with its orchestrator's goodbye unread, or
+        // queued behind large results while the orchestrator was stopped).
+        // Held again, the next hello lists them and they go out again after
+        // the welcome; an answer the orchestrator already has it drops. The
+        // hello lists at most the capacity: the latest sent fill the room.
+        let room = (self.shared.capacity as usize).saturating_sub(self.in_progress().len());
+        let (results, from) = self.recent.take(room);
+        for (result, from) in results.into_iter().zip(from).rev() {
+            self.unsent.push_front(result);
+            self.unsent_from.push_front(from);
+        }
         self.forget_peer();
     }
 
@@ -1030,8 +1098,10 @@ impl Connection {
             let socket = self.socket.as_ref().expect("checked above");
             match socket.send_multipart(frames, zmq::DONTWAIT) {
                 Ok(()) => {
-                    self.unsent.drain(..n);
-                    self.unsent_from.drain(..n);
+                    let now = Instant::now();
+                    let sent = self.unsent.drain(..n).zip(self.unsent_from.drain(..n));
+                    let capacity = self.shared.capacity as usize;
+                    self.recent.keep(sent, now, 2 * self.expiry, capacity);
                     self.sends_done += 1;
                 }
                 Err(zmq::Error::EINTR) => continue,

@@ -742,7 +742,8 @@ fn a_driven_runtime_serves_steps_from_the_hosts_own_loop() {
     assert!(response.results.iter().all(|r| r.output == Some(json!(7))));
 
     // Driven only by its deadlines for a while: it beats, so the
-    // orchestrator hears from it at least every interval.
+    // orchestrator hears from it at least every interval (and it hears the
+    // orchestrator's, so the connection stays up).
     let beats_from = Instant::now();
     let mut beats = 0;
     while beats_from.elapsed() < Duration::from_millis(600) {
@@ -752,6 +753,7 @@ fn a_driven_runtime_serves_steps_from_the_hosts_own_loop() {
             let message: WorkerMessage = codec::decode(&frames[1..], usize::MAX).unwrap();
             if matches!(message, WorkerMessage::Heartbeat(_)) {
                 beats += 1;
+                orchestrator.send(&frames[0], &OrchestratorMessage::Heartbeat(Heartbeat {}));
             }
         }
     }
@@ -1573,4 +1575,58 @@ fn an_inline_step_too_deep_to_decode_fails_as_invalid_step_and_the_rest_are_serv
     assert_eq!(*threads.lock().unwrap(), ["tasker-worker-io"]);
     worker.stop();
     assert!(worker.join(Duration::from_secs(5)));
+}
+
+/// W9: results ZeroMQ took on a connection the worker then closes may
+/// have gone with its queue. A worker that resumed from a pause sent its
+/// results with its orchestrator's goodbye still unread, closed the socket,
+/// and said hello without them: the steps were lost, or, taken for never
+/// received, run again as the same attempt. The latest results are held
+/// again: the next hello lists them and they go out after the welcome (an
+/// answer the orchestrator already has it drops).
+#[test]
+fn w9_results_sent_just_before_a_reconnect_are_listed_again_and_sent_again() {
+    let orchestrator = FakeOrchestrator::bind();
+    let rt = WorkerRuntime::start(patient(&orchestrator.endpoint, 2)).unwrap();
+    let (id, _) = orchestrator.recv(Duration::from_secs(5)).expect("hello");
+    orchestrator.send(&id, &patient_welcome("orch-A"));
+    orchestrator.send(&id, &batch(0..2));
+    let pulled = pull(&rt, 2);
+    rt.complete_many(pulled.iter().map(done).collect());
+    let mut answered = 0;
+    while answered < 2 {
+        match orchestrator.recv(Duration::from_secs(5)) {
+            Some((_, WorkerMessage::StepBatchResponse(r))) => answered += r.results.len(),
+            other => panic!("{other:?}"),
+        }
+    }
+    orchestrator.send(
+        &id,
+        &OrchestratorMessage::Goodbye(Goodbye::new("orchestrator shutting down")),
+    );
+    let (new_id, hello) = orchestrator
+        .recv(Duration::from_secs(5))
+        .expect("a new hello");
+    let WorkerMessage::Hello(hello) = hello else {
+        panic!("expected a hello, got {hello:?}")
+    };
+    let held: Vec<(i64, String)> = hello
+        .in_progress
+        .iter()
+        .map(|h| (h.step_id, h.orchestrator_id.clone()))
+        .collect();
+    assert_eq!(held, [(0, "orch-A".into()), (1, "orch-A".into())]);
+    orchestrator.send(&new_id, &patient_welcome("orch-A"));
+    let Some((_, WorkerMessage::StepBatchResponse(again))) =
+        orchestrator.recv(Duration::from_secs(5))
+    else {
+        panic!("the results were not sent again")
+    };
+    let mut ids: Vec<i64> = again.results.iter().map(|r| r.step_id).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        (ids, again.orchestrator_id.as_str()),
+        (vec![0, 1], "orch-A")
+    );
+    rt.stop();
 }
