@@ -37,6 +37,9 @@ const { jsonProblem } = require("./json.js");
 const logging = require("./logging.js");
 const { version } = require("../package.json");
 
+/** Most bytes of a request body `tasker serve` takes (`body-too-large`). */
+const MAX_BODY_BYTES = 1 << 20;
+
 const CONFIG_PATH = Symbol("configPath");
 const CONFIG_ENV = Symbol("configEnv");
 
@@ -617,6 +620,16 @@ class Client {
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
       payload = JSON.stringify(body);
+      const bytes = Buffer.byteLength(payload, "utf8");
+      if (bytes > MAX_BODY_BYTES) {
+        // Said here, before the upload: a server refuses a body much
+        // larger than its limit unread and closes, and the client saw a
+        // broken pipe, a server "not reachable".
+        throw new ValidationError(
+          `the body is ${bytes} bytes, larger than the server's limit of ${MAX_BODY_BYTES} bytes (1 MiB); nothing was sent`,
+          { problemType: "body-too-large" },
+        );
+      }
     }
     const tries = idempotent ? RETRY_DELAYS_MS.length + 1 : 1;
     let last; // { cause, status, problem, detail } of the last failed try

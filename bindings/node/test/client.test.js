@@ -300,6 +300,17 @@ test("validation errors carry the field at fault", async () => {
   assert.equal(key.field, "idempotency_key");
   assert.equal(key.status, 422);
 
+  // Over the server's 1 MiB: said before any upload, not a broken pipe
+  // taken for a server gone (and a keyed submit retried five times).
+  for (const size of [2 << 20, 20 << 20]) {
+    const started = performance.now();
+    const big = await client.submit("echo_pair", { pad: "x".repeat(size) }, { idempotencyKey: `big-${size}` }).catch((e) => e);
+    assert.ok(big instanceof ValidationError, String(big));
+    assert.equal(big.problemType, "body-too-large");
+    assert.match(big.message, /1 MiB/);
+    assert.ok(performance.now() - started < 2_000);
+  }
+
   // Mistakes the SDK sees itself are TaskerErrors, before any request.
   await assert.rejects(client.list({ limt: 3 }), (e) => e instanceof TaskerError && /unknown list filter `limt`/.test(e.message));
   await assert.rejects(client.get("seven"), (e) => e instanceof TaskerError && !(e instanceof ClientError));

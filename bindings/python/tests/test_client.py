@@ -530,6 +530,16 @@ def test_validation_errors_carry_their_field(client: Client) -> None:
         client.list(status="sleeping")
     assert bad_status.value.field == "status"
 
+    # Over the server's 1 MiB: said before any upload, not a broken pipe
+    # taken for a server gone (and a keyed submit retried five times).
+    for size in (2 << 20, 20 << 20):
+        started = time.monotonic()
+        with pytest.raises(ValidationError) as too_large:
+            client.submit("pipeline", {"pad": "x" * size}, idempotency_key=f"big-{size}")
+        assert too_large.value.problem_type == "body-too-large", str(too_large.value)
+        assert "1 MiB" in str(too_large.value) and time.monotonic() - started < 2
+    assert not [t for t in client.list(limit=100).tasks if (t.idempotency_key or "").startswith("big-")]
+
 
 def test_errors_pickle_with_their_attributes(client: Client) -> None:
     with pytest.raises(UnknownWorkflow) as unknown:

@@ -461,6 +461,14 @@ class TestClient < Minitest::Test
     assert_equal 400, error.status
     assert_match(/limit/, error.message)
 
+    # Over the server's 1 MiB: refused before any upload, as in Python and Node.
+    [2 << 20, 20 << 20].each do |size|
+      big = assert_raises(TaskerCore::ValidationError) do
+        c.submit("pipeline", { "pad" => "x" * size }, idempotency_key: "big")
+      end
+      assert_equal "body-too-large", big.problem_type
+      assert_match(/1 MiB\); nothing was sent/, big.message)
+    end
     error = assert_raises(TaskerCore::ValidationError) { c.submit("pipeline", {}, idempotency_key: "k" * 300) }
     assert_equal "idempotency_key", error.field
     refute_kind_of TaskerCore::UnknownWorkflow, error

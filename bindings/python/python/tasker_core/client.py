@@ -597,6 +597,9 @@ class _NoAnswer(Exception):
         self.final = final
 
 
+#: Most bytes of a request body ``tasker serve`` takes (``body-too-large``).
+MAX_BODY_BYTES = 1 << 20
+
 #: Most bytes of an answer read: a task with every step's output is far
 #: smaller. A server that streams without end (hostile, or not tasker)
 #: would otherwise take the caller's memory.
@@ -793,6 +796,16 @@ class _Core:
                         f"a string with a lone surrogate ({bad!r}), which is not Unicode text"
                     )
                 raise kind(f"{_place_of_failure(body, '', set())}: {error}") from None
+            if len(data) > MAX_BODY_BYTES:
+                # Said here, before the upload: a server refuses a body
+                # much larger than its limit unread and closes, and the
+                # client saw a broken pipe, a server "not reachable".
+                raise ValidationError(
+                    f"the body is {len(data)} bytes, larger than the server's limit of "
+                    f"{MAX_BODY_BYTES} bytes (1 MiB); nothing was sent",
+                    status=None,
+                    problem_type="body-too-large",
+                )
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"

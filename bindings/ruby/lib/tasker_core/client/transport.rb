@@ -70,6 +70,8 @@ module TaskerCore
       # Waits before the retries of an idempotent call, in seconds (each
       # ±20% at random): at most 4 retries after the first try.
       RETRY_DELAYS = [0.2, 0.4, 0.8, 1.6].freeze
+      # Most bytes of a request body `tasker serve` takes (`body-too-large`).
+      MAX_BODY_BYTES = 1 << 20
 
       # Where problem types live; the rest of `type` is the slug.
       PROBLEM_BASE = "https://tasker-core.dev/problems/"
@@ -182,7 +184,17 @@ module TaskerCore
 
       def encode(body)
         # Depth is for the server to judge (its `max_json_depth`).
-        JSON.generate(body, max_nesting: false)
+        json = JSON.generate(body, max_nesting: false)
+        # Said here, before the upload, as the Python and Node clients do:
+        # a server refuses a body much larger than its limit unread.
+        if json.bytesize > MAX_BODY_BYTES
+          raise ValidationError.new(
+            "the body is #{json.bytesize} bytes, larger than the server's limit of " \
+            "#{MAX_BODY_BYTES} bytes (1 MiB); nothing was sent",
+            problem_type: "body-too-large"
+          )
+        end
+        json
       rescue JSON::GeneratorError => e
         raise ArgumentError, "the request has no JSON form: #{e.message}"
       end
