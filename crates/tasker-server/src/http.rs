@@ -73,6 +73,8 @@ pub(crate) async fn serve(
     let mut refused = 0u64;
     let mut warned: Option<Instant> = None;
     let mut warned_pushed_out = 0u64;
+    let mut failed_accepts = 0u64;
+    let mut accept_warned: Option<Instant> = None;
     tokio::pin!(closed);
     loop {
         tokio::select! {
@@ -108,7 +110,17 @@ pub(crate) async fn serve(
                 }
                 Err(e) if is_per_connection(&e) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "accepting an API connection failed");
+                    // Out of descriptors, this repeats every backoff for as
+                    // long as it lasts: said at most every ten seconds.
+                    failed_accepts += 1;
+                    if accept_warned.map_or(true, |at| at.elapsed() >= FULL_WARNING_EVERY) {
+                        tracing::warn!(
+                            error = %e,
+                            failed = failed_accepts,
+                            "accepting an API connection failed (said again at most every 10 s)"
+                        );
+                        accept_warned = Some(Instant::now());
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },
