@@ -677,6 +677,8 @@ mod tests {
     fn a_workers_text_is_shown_on_one_line_with_its_control_characters_escaped() {
         let shown = truncate("a\u{1b}[2Jb\nc", 60);
         assert_eq!(shown, "a\\u{1b}[2Jb\\nc");
+        // Nor may it turn the line around, or hide in it.
+        assert_eq!(truncate("w\u{202e}1\u{200b}", 60), "w\\u{202e}1\\u{200b}");
         assert_eq!(truncate("abcdef", 4), "abc…");
     }
 
