@@ -190,6 +190,9 @@ pub(crate) struct Connection {
     /// Results sent on the current socket lately (see [`Recent`]): held
     /// again when it closes.
     recent: Recent,
+    /// How many of the first in `unsent` were held again that way: most
+    /// reached the orchestrator, so a stop does not wait to send them.
+    sent_before: usize,
     /// A results or drain message was refused by ZeroMQ (high-water mark)
     /// this turn: wait until the socket can take one (`POLLOUT`).
     send_blocked: bool,
@@ -258,6 +261,7 @@ impl Connection {
             unsent: VecDeque::new(),
             unsent_from: VecDeque::new(),
             recent: Recent::default(),
+            sent_before: 0,
             send_blocked: false,
             retry_at: None,
             planned_wake: None,
@@ -725,6 +729,7 @@ impl Connection {
         // hello lists at most the capacity: the latest sent fill the room.
         let room = (self.shared.capacity as usize).saturating_sub(self.in_progress().len());
         let (results, from) = self.recent.take(room);
+        self.sent_before += results.len();
         for (result, from) in results.into_iter().zip(from).rev() {
             self.unsent.push_front(result);
             self.unsent_from.push_front(from);
@@ -1099,6 +1104,7 @@ impl Connection {
             match socket.send_multipart(frames, zmq::DONTWAIT) {
                 Ok(()) => {
                     let now = Instant::now();
+                    self.sent_before = self.sent_before.saturating_sub(n);
                     let sent = self.unsent.drain(..n).zip(self.unsent_from.drain(..n));
                     let capacity = self.shared.capacity as usize;
                     self.recent.keep(sent, now, 2 * self.expiry, capacity);
@@ -1207,7 +1213,11 @@ impl Connection {
             return false;
         }
         let in_hand = self.shared.inbox.lock().expect("inbox lock").in_hand.len();
-        let unsent = self.unsent.len() + self.shared.outbox.lock().expect("outbox lock").len();
+        // Results held again after a reconnect most likely reached the
+        // orchestrator already: a stop does not wait for a welcome to send
+        // them again (the goodbye lists their steps as unanswered).
+        let unsent = self.unsent.len() - self.sent_before.min(self.unsent.len())
+            + self.shared.outbox.lock().expect("outbox lock").len();
         let timed_out = self.drain_deadline.is_some_and(|d| now >= d);
         if (in_hand > 0 || unsent > 0 || !self.to_return.is_empty()) && !timed_out {
             return false;
