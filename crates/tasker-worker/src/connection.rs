@@ -718,23 +718,37 @@ impl Connection {
             };
             let _ = socket.set_linger(linger);
         }
-        // What ZeroMQ took lately may still have been in its queue, and
-        // goes with the socket: counted as sent, those steps were in no
-        // hello, and the orchestrator took them for never received and ran
-        // them again as the same attempt (a result sent by a worker that
-        // resumed from a pause with its orchestrator's goodbye unread, or
-        // queued behind large results while the orchestrator was stopped).
-        // Held again, the next hello lists them and they go out again after
-        // the welcome; an answer the orchestrator already has it drops. The
-        // hello lists at most the capacity: the latest sent fill the room.
+        self.hold_recent_again();
+        self.forget_peer();
+    }
+
+    /// Counts the results sent lately as not sent: the next hello lists
+    /// them and they go out again after its welcome (SPEC §5 rule 18).
+    ///
+    /// What ZeroMQ took lately may still have been in its queue when the
+    /// socket closed, or when the connection under it was replaced (the
+    /// orchestrator answers `unknown_worker`): the queue goes with it.
+    /// Counted as sent, those steps were in no hello, and the orchestrator
+    /// took them for never received and ran them again as the same attempt,
+    /// or ended them `WorkerLost` (a worker that resumed from a pause wrote
+    /// its results to the connection of an orchestrator that had stopped
+    /// meanwhile; results queued behind large ones while the orchestrator
+    /// was stopped). An answer the orchestrator already has it drops. The
+    /// hello lists at most the capacity: the latest sent fill the room.
+    fn hold_recent_again(&mut self) {
         let room = (self.shared.capacity as usize).saturating_sub(self.in_progress().len());
         let (results, from) = self.recent.take(room);
+        if !results.is_empty() {
+            tracing::debug!(
+                results = results.len(),
+                "results sent lately go out again after the welcome"
+            );
+        }
         self.sent_before += results.len();
         for (result, from) in results.into_iter().zip(from).rev() {
             self.unsent.push_front(result);
             self.unsent_from.push_front(from);
         }
-        self.forget_peer();
     }
 
     fn schedule_reconnect(&mut self) {
@@ -842,6 +856,7 @@ impl Connection {
                     tracing::info!("orchestrator does not know this worker; saying hello again");
                     // It takes no results from us until it welcomes us again.
                     self.welcomed = false;
+                    self.hold_recent_again();
                     self.set_unregistered_state();
                     self.send_hello();
                 }

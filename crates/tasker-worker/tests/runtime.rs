@@ -1586,11 +1586,22 @@ fn an_inline_step_too_deep_to_decode_fails_as_invalid_step_and_the_rest_are_serv
 /// answer the orchestrator already has it drops).
 #[test]
 fn w9_results_sent_just_before_a_reconnect_are_listed_again_and_sent_again() {
-    sent_again(false);
-    sent_again(true);
+    sent_again(Then::Goodbye, false);
+    sent_again(Then::Goodbye, true);
+    // The connection under the socket was replaced (the orchestrator
+    // restarted): it answers `unknown_worker`, and the worker says hello on
+    // the same socket, listing them too.
+    sent_again(Then::UnknownWorker, false);
 }
 
-fn sent_again(stop_unwelcomed: bool) {
+/// What the fake orchestrator does after it read the results.
+#[derive(PartialEq)]
+enum Then {
+    Goodbye,
+    UnknownWorker,
+}
+
+fn sent_again(then: Then, stop_unwelcomed: bool) {
     let orchestrator = FakeOrchestrator::bind();
     let rt = WorkerRuntime::start(patient(&orchestrator.endpoint, 2)).unwrap();
     let (id, _) = orchestrator.recv(Duration::from_secs(5)).expect("hello");
@@ -1605,16 +1616,25 @@ fn sent_again(stop_unwelcomed: bool) {
             other => panic!("{other:?}"),
         }
     }
-    orchestrator.send(
-        &id,
-        &OrchestratorMessage::Goodbye(Goodbye::new("orchestrator shutting down")),
-    );
+    let message = match then {
+        Then::Goodbye => OrchestratorMessage::Goodbye(Goodbye::new("orchestrator shutting down")),
+        Then::UnknownWorker => OrchestratorMessage::ProtocolError(ProtocolError {
+            code: ProtocolErrorCode::UnknownWorker,
+            message: "no hello on this connection (or declared dead): send hello".into(),
+        }),
+    };
+    orchestrator.send(&id, &message);
     let (new_id, hello) = orchestrator
         .recv(Duration::from_secs(5))
         .expect("a new hello");
     let WorkerMessage::Hello(hello) = hello else {
         panic!("expected a hello, got {hello:?}")
     };
+    assert_eq!(
+        new_id == id,
+        then == Then::UnknownWorker,
+        "the same socket after unknown_worker"
+    );
     let held: Vec<(i64, String)> = hello
         .in_progress
         .iter()
