@@ -155,6 +155,18 @@ fn unique(path: PathBuf) -> PathBuf {
 struct Workers(Vec<Child>);
 
 impl Workers {
+    /// Sends each `signal` (`-STOP`, `-CONT`, ...).
+    fn signal(&self, signal: &str) {
+        for child in &self.0 {
+            let pid = child.id().to_string();
+            assert!(Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success());
+        }
+    }
+
     fn start(endpoint: &str, n: usize, capacity: u32) -> Workers {
         Workers(
             (0..n)
@@ -1590,17 +1602,7 @@ fn s20_a_clean_stop_during_the_reclaim_wait_costs_no_attempt() {
     let tasks = submit_of(&http, &serve, "slow_one_try", 3);
     wait_for_steps_at_workers(&http, &serve, 3);
     serve.kill_9();
-    let freeze = |signal: &str| {
-        for child in &workers.0 {
-            let pid = child.id().to_string();
-            assert!(Command::new("kill")
-                .args([signal, &pid])
-                .status()
-                .unwrap()
-                .success());
-        }
-    };
-    freeze("-STOP");
+    workers.signal("-STOP");
     let mut serve = Serve::start(dir.path(), &store, &endpoint);
     // Within the reclaim wait (2.2 s with the test section's 200 ms
     // heartbeats).
@@ -1611,7 +1613,7 @@ fn s20_a_clean_stop_during_the_reclaim_wait_costs_no_attempt() {
         "{}",
         tail(&serve.log(), 20)
     );
-    freeze("-CONT");
+    workers.signal("-CONT");
     let serve = Serve::start(dir.path(), &store, &endpoint);
     wait_all_ended(&http, &serve, Duration::from_secs(60));
     for id in &tasks {
