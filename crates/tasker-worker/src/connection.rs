@@ -527,6 +527,10 @@ impl Connection {
             } else if now >= self.next_heartbeat {
                 self.send(&WorkerMessage::Heartbeat(Heartbeat {}));
                 self.next_heartbeat = now + self.heartbeat_interval;
+                // An idle worker lets go of what it sent long ago too.
+                let capacity = self.shared.capacity as usize;
+                self.recent
+                    .keep(std::iter::empty(), now, 2 * self.expiry, capacity);
             }
         }
         if self.drained(now) {
