@@ -159,7 +159,10 @@ async fn g5_a_stopped_worker_is_declared_dead_and_its_late_results_are_dropped()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let m = executor.metrics();
-    assert_eq!(m.late_results_dropped, 2, "{m:?}");
+    // Each is dropped once as sent, and may be once more: told it is
+    // unknown, the worker lists the results it sent lately in its hello
+    // and sends them again after the welcome (SPEC §5 rule 18).
+    assert!((2..=4).contains(&m.late_results_dropped), "{m:?}");
     assert_eq!(m.completed, 0, "a late result is never applied");
     // The thawed worker registers again and serves new work.
     assert!(executor.wait_for_workers(1, LONG).await);
