@@ -19,6 +19,8 @@ use tasker_protocol::{
 use tasker_transport::curve::KeyPair;
 use tasker_worker::{HandlerOptions, Worker};
 
+use crate::bench_latency::{interleaved, percentile, Probe, Relay};
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Steps per throughput run.
@@ -100,7 +102,7 @@ pub(crate) fn noop_steps(n: usize) -> Vec<StepExecutionRequest> {
 }
 
 /// The messages the real system exchanges for a batch of `n` no-op steps.
-fn messages(n: usize) -> (OrchestratorMessage, WorkerMessage) {
+pub(crate) fn messages(n: usize) -> (OrchestratorMessage, WorkerMessage) {
     let steps = noop_steps(n);
     let results: Vec<StepExecutionResult> = steps
         .iter()
@@ -117,8 +119,8 @@ fn messages(n: usize) -> (OrchestratorMessage, WorkerMessage) {
     (request, response)
 }
 
-struct RawEcho {
-    router: zmq::Socket,
+pub(crate) struct RawEcho {
+    pub(crate) router: zmq::Socket,
     peer: Vec<u8>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -129,7 +131,7 @@ struct RawEcho {
 
 /// Where the echoing DEALER of a [`RawEcho`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EchoPeer {
+pub(crate) enum EchoPeer {
     /// A thread of this process, in the ROUTER's ZeroMQ context: one libzmq
     /// I/O thread passes the TCP bytes to itself.
     Shared,
@@ -203,7 +205,7 @@ fn echo_peer() -> Result<()> {
 impl RawEcho {
     /// A ROUTER and an echoing DEALER, where `peer` says, that answers
     /// every message with `reply` (see [`echo_loop`]).
-    fn start_in(reply: WorkerMessage, typed: bool, peer: EchoPeer) -> Result<Self> {
+    pub(crate) fn start_in(reply: WorkerMessage, typed: bool, peer: EchoPeer) -> Result<Self> {
         let context = zmq::Context::new();
         let router = context.socket(zmq::ROUTER)?;
         router.bind("tcp://127.0.0.1:0")?;
@@ -268,14 +270,14 @@ impl RawEcho {
         })
     }
 
-    fn send(&self, body: &[Vec<u8>; 2]) -> Result<()> {
+    pub(crate) fn send(&self, body: &[Vec<u8>; 2]) -> Result<()> {
         self.router
             .send_multipart([&self.peer[..], &body[0][..], &body[1][..]], 0)?;
         Ok(())
     }
 
     /// The next reply's frames, without the routing id.
-    fn recv(&self) -> Result<Vec<tasker_transport::Frame>> {
+    pub(crate) fn recv(&self) -> Result<Vec<tasker_transport::Frame>> {
         let mut frames = tasker_transport::recv_frames(&self.router, 0)?.into_vec();
         frames.remove(0);
         Ok(frames)
@@ -348,103 +350,10 @@ fn raw_throughput(
     Ok(rate)
 }
 
-/// The raw echo's round trips, its DEALER where `peer` says.
-fn raw_latency(samples: usize, peer: EchoPeer) -> Result<Vec<Duration>> {
-    let (request, response) = messages(1);
-    let request = codec::encode(&request)?;
-    let echo = RawEcho::start_in(response, false, peer)?;
-    for _ in 0..samples.min(100) {
-        echo.send(&request)?;
-        echo.recv()?;
-    }
-    let mut out = Vec::with_capacity(samples);
-    let before = threads_use();
-    for _ in 0..samples {
-        let t = Instant::now();
-        echo.send(&request)?;
-        echo.recv()?;
-        out.push(t.elapsed());
-    }
-    print_round_trips(peer.label(), &before, samples);
-    Ok(out)
-}
-
-/// The raw echo's round trip with its socket on a thread of its own, as
-/// the orchestrator's is: the caller, a task, hands each request to that
-/// thread through a queue and a doorbell and is woken with the reply. Beside
-/// the raw echo it prices the two thread hand-overs tasker's design adds,
-/// with none of tasker's own work. With `peer` a process of its own, the
-/// same beside the worker process.
-fn relayed_latency(
-    samples: usize,
-    runtime: &tokio::runtime::Runtime,
-    peer: EchoPeer,
-) -> Result<Vec<Duration>> {
-    use std::sync::mpsc;
-    use tokio::sync::oneshot;
-    let (request, response) = messages(1);
-    let request = codec::encode(&request)?;
-    let echo = RawEcho::start_in(response, false, peer)?;
-    let bell = std::sync::Arc::new(tasker_transport::Doorbell::new()?);
-    let (asks, asked) = mpsc::channel::<oneshot::Sender<()>>();
-    let relay_bell = std::sync::Arc::clone(&bell);
-    let relay = std::thread::spawn(move || -> Result<()> {
-        let mut waiting = std::collections::VecDeque::new();
-        loop {
-            let items = [
-                tasker_transport::Waitable::Socket(&echo.router, zmq::POLLIN),
-                tasker_transport::Waitable::Fd(relay_bell.fd()),
-            ];
-            let ready = tasker_transport::wait(&items, -1)?;
-            if ready[1] {
-                relay_bell.drain();
-            }
-            loop {
-                match asked.try_recv() {
-                    Ok(reply) => {
-                        echo.send(&request)?;
-                        waiting.push_back(reply);
-                    }
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
-                }
-            }
-            if ready[0] {
-                while echo.router.recv_multipart(zmq::DONTWAIT).is_ok() {
-                    if let Some(reply) = waiting.pop_front() {
-                        let _ = reply.send(());
-                    }
-                }
-            }
-        }
-    });
-    let warm = samples.min(100);
-    let trips = runtime.block_on(async {
-        let mut out = Vec::with_capacity(samples);
-        for i in 0..warm + samples {
-            let t = Instant::now();
-            let (reply, replied) = oneshot::channel();
-            asks.send(reply)?;
-            bell.ring();
-            replied.await?;
-            if i >= warm {
-                out.push(t.elapsed());
-            }
-        }
-        anyhow::Ok(out)
-    });
-    drop(asks);
-    bell.ring();
-    relay
-        .join()
-        .map_err(|_| anyhow::anyhow!("relay thread panicked"))??;
-    trips
-}
-
 /// Where the bench's worker runs: on threads of this process, or as a
 /// `tasker worker` process of its own, as every deployment runs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Placement {
+pub(crate) enum Placement {
     /// Sharing the executor's ZeroMQ context, as a program embedding both
     /// should.
     InProcess,
@@ -462,15 +371,15 @@ enum BenchWorker {
     Process(crate::children::WorkerProcess),
 }
 
-struct System {
-    executor: ZmqPubSubExecutor,
+pub(crate) struct System {
+    pub(crate) executor: ZmqPubSubExecutor,
     worker: BenchWorker,
     /// The CURVE key files, when on.
     _keys: Option<tempfile::TempDir>,
 }
 
 impl System {
-    async fn stop(self) -> Result<()> {
+    pub(crate) async fn stop(self) -> Result<()> {
         self.executor.shutdown(Duration::from_secs(1)).await;
         match self.worker {
             BenchWorker::InProcess(worker) => {
@@ -516,7 +425,7 @@ fn noop_options(inline: bool) -> HandlerOptions {
     }
 }
 
-async fn system(
+pub(crate) async fn system(
     batch: usize,
     window: usize,
     curve: bool,
@@ -670,39 +579,6 @@ async fn system_throughput(
     })
 }
 
-async fn system_latency(
-    samples: usize,
-    idle_secs: f64,
-    curve: bool,
-    placement: Placement,
-    inline: bool,
-) -> Result<(Vec<Duration>, f64)> {
-    let sys = system(1, 1, curve, true, placement, inline).await?;
-    // Warm up, as the raw echo does.
-    for _ in 0..samples.min(100) {
-        sys.executor
-            .execute_step_batch(StepBatchRequest::new("warm", noop_steps(1)))
-            .await?;
-    }
-    let mut out = Vec::with_capacity(samples);
-    let before = threads_use();
-    for _ in 0..samples {
-        let t = Instant::now();
-        sys.executor
-            .execute_step_batch(StepBatchRequest::new("lat", noop_steps(1)))
-            .await?;
-        out.push(t.elapsed());
-    }
-    print_round_trips(&format!("tasker, {placement:?}"), &before, samples);
-    // Idle: orchestrator and worker connected, exchanging heartbeats only.
-    let cpu_before = process_cpu()?;
-    let wall = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(idle_secs)).await;
-    let idle = (process_cpu()? - cpu_before) / wall.elapsed().as_secs_f64() * 100.0;
-    sys.stop().await?;
-    Ok((out, idle))
-}
-
 /// With `TASKER_BENCH_THREADS` set, prints where a run's CPU went since
 /// `before`, per thread of this process and in all, per step; the CPU
 /// time of its threads now.
@@ -734,14 +610,14 @@ fn print_threads_cpu(
 /// to sleep (voluntary context switches) and how often the scheduler took
 /// its CPU from it (involuntary ones, mostly a thread it just woke).
 #[derive(Default, Clone, Copy)]
-struct ThreadUse {
-    cpu: Duration,
-    sleeps: u64,
-    preempted: u64,
+pub(crate) struct ThreadUse {
+    pub(crate) cpu: Duration,
+    pub(crate) sleeps: u64,
+    pub(crate) preempted: u64,
 }
 
 /// [`ThreadUse`] of this process's threads, summed by thread name.
-fn threads_use() -> std::collections::BTreeMap<String, ThreadUse> {
+pub(crate) fn threads_use() -> std::collections::BTreeMap<String, ThreadUse> {
     let mut out = std::collections::BTreeMap::<String, ThreadUse>::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return out;
@@ -766,32 +642,6 @@ fn threads_use() -> std::collections::BTreeMap<String, ThreadUse> {
         entry.preempted += count("nonvoluntary_ctxt_switches:");
     }
     out
-}
-
-/// With `TASKER_BENCH_THREADS` set, prints per round trip, for each thread
-/// of this process since `before`: its CPU time, how often it slept and
-/// how often it was preempted. Beside the raw echo's, the counts say how
-/// many hand-overs a design's round trip costs, where the machine's noise
-/// makes the times hard to compare.
-fn print_round_trips(
-    label: &str,
-    before: &std::collections::BTreeMap<String, ThreadUse>,
-    trips: usize,
-) {
-    if std::env::var_os("TASKER_BENCH_THREADS").is_none() {
-        return;
-    }
-    let trips = trips.max(1) as f64;
-    eprintln!("{label}: per round trip by thread");
-    for (name, now) in threads_use() {
-        let was = before.get(&name).copied().unwrap_or_default();
-        eprintln!(
-            "  {name:<24} {:6.1} us  {:5.2} sleeps  {:5.2} preempted",
-            now.cpu.saturating_sub(was.cpu).as_secs_f64() * 1e6 / trips,
-            now.sleeps.saturating_sub(was.sleeps) as f64 / trips,
-            now.preempted.saturating_sub(was.preempted) as f64 / trips,
-        );
-    }
 }
 
 /// CPU time of this process's threads, summed by thread name.
@@ -828,12 +678,6 @@ fn process_cpu() -> Result<f64> {
     Ok(cpu.as_secs_f64())
 }
 
-fn percentile(samples: &mut [Duration], p: f64) -> f64 {
-    samples.sort();
-    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[i].as_secs_f64() * 1e6
-}
-
 /// Steps of a throughput run at this batch size: batch 1 moves a step per
 /// message, so fewer make as long a run.
 fn run_steps(args: &BenchArgs, batch: usize) -> usize {
@@ -842,6 +686,28 @@ fn run_steps(args: &BenchArgs, batch: usize) -> usize {
     } else {
         args.steps
     }
+}
+
+/// Stops every probe's system, as a shutdown, not a drop, would.
+fn stop_probes(probes: Vec<(String, Probe)>, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    for (_, probe) in probes {
+        if let Probe::System(sys) = probe {
+            runtime.block_on(sys.stop())?;
+        }
+    }
+    Ok(())
+}
+
+/// CPU use of a connected orchestrator and worker in this process over
+/// `secs` while they exchange heartbeats only, in percent of one core.
+async fn idle_cpu(secs: f64, inline: bool) -> Result<f64> {
+    let sys = system(1, 1, false, true, Placement::InProcess, inline).await?;
+    let cpu_before = process_cpu()?;
+    let wall = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let idle = (process_cpu()? - cpu_before) / wall.elapsed().as_secs_f64() * 100.0;
+    sys.stop().await?;
+    Ok(idle)
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -934,54 +800,52 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
+    // A tasker system as a latency probe: one step per batch, one in flight.
+    let system_probe = |curve: bool, placement: Placement| -> Result<Probe> {
+        Ok(Probe::System(Box::new(
+            runtime.block_on(system(1, 1, curve, true, placement, inline))?,
+        )))
+    };
     if args.latency_only {
-        let mut raw = raw_latency(args.latency_samples, EchoPeer::Shared)?;
-        let mut relayed = relayed_latency(args.latency_samples, &runtime, EchoPeer::Shared)?;
-        let mut apart = raw_latency(args.latency_samples, EchoPeer::Apart)?;
-        let mut processes = raw_latency(args.latency_samples, EchoPeer::Process)?;
-        let mut relayed_processes =
-            relayed_latency(args.latency_samples, &runtime, EchoPeer::Process)?;
-        let mut placements = Vec::new();
-        for placement in [Placement::InProcess, Placement::Process] {
-            let (samples, _) = runtime.block_on(system_latency(
-                args.latency_samples,
-                0.0,
-                false,
-                placement,
-                inline,
-            ))?;
-            placements.push((placement, samples));
-        }
+        let mut probes = vec![
+            ("raw echo".to_string(), Probe::echo(EchoPeer::Shared)?),
+            (
+                "relayed echo".to_string(),
+                Probe::Relayed(Relay::start(EchoPeer::Shared)?),
+            ),
+            (
+                EchoPeer::Apart.label().to_string(),
+                Probe::echo(EchoPeer::Apart)?,
+            ),
+            (
+                EchoPeer::Process.label().to_string(),
+                Probe::echo(EchoPeer::Process)?,
+            ),
+            (
+                "relayed echo, two processes".to_string(),
+                Probe::Relayed(Relay::start(EchoPeer::Process)?),
+            ),
+            (
+                "tasker, InProcess".to_string(),
+                system_probe(false, Placement::InProcess)?,
+            ),
+            (
+                "tasker, Process".to_string(),
+                system_probe(false, Placement::Process)?,
+            ),
+        ];
+        let mut samples = interleaved(&mut probes, args.latency_samples, &runtime)?;
+        let labels: Vec<String> = probes.iter().map(|(label, _)| label.clone()).collect();
+        stop_probes(probes, &runtime)?;
         for p in [0.5, 0.99] {
-            let raw = percentile(&mut raw, p);
-            let relayed = percentile(&mut relayed, p);
-            let apart = percentile(&mut apart, p);
-            let processes = percentile(&mut processes, p);
-            println!(
-                "p{:.0} relayed echo: {relayed:.1} us, raw {raw:.1} us, {:.2}x",
-                p * 100.0,
-                relayed / raw
-            );
-            println!(
-                "p{:.0} echo, two I/O threads: {apart:.1} us, raw {raw:.1} us, {:.2}x",
-                p * 100.0,
-                apart / raw
-            );
-            println!(
-                "p{:.0} echo, two processes: {processes:.1} us, raw {raw:.1} us, {:.2}x",
-                p * 100.0,
-                processes / raw
-            );
-            let relayed_processes = percentile(&mut relayed_processes, p);
-            println!(
-                "p{:.0} relayed echo, two processes: {relayed_processes:.1} us, raw {raw:.1} us, {:.2}x",
-                p * 100.0,
-                relayed_processes / raw
-            );
-            for (placement, samples) in &mut placements {
+            let [raw, rest @ ..] = &mut samples[..] else {
+                unreachable!("the raw echo is the first probe")
+            };
+            let raw = percentile(raw, p);
+            for (label, samples) in labels[1..].iter().zip(rest) {
                 let ours = percentile(samples, p);
                 println!(
-                    "p{:.0} {placement:?}: tasker {ours:.1} us, raw {raw:.1} us, {:.2}x",
+                    "p{:.0} {label}: {ours:.1} us, raw {raw:.1} us, {:.2}x",
                     p * 100.0,
                     ours / raw
                 );
@@ -1054,72 +918,72 @@ pub fn run(args: BenchArgs) -> Result<()> {
          of its own (echo+JSON, 2p), as the worker process is; raw echo: the bodies \
          unparsed; best of {THROUGHPUT_ROUNDS} alternated runs each"
     );
-    let mut raw = raw_latency(args.latency_samples, EchoPeer::Shared)?;
-    let mut processes = raw_latency(args.latency_samples, EchoPeer::Process)?;
-    let (mut ours, idle) = runtime.block_on(system_latency(
-        args.latency_samples,
-        args.idle_secs,
-        false,
-        Placement::InProcess,
-        inline,
-    ))?;
-    let (mut process, _) = runtime.block_on(system_latency(
-        args.latency_samples,
-        0.0,
-        false,
-        Placement::Process,
-        inline,
-    ))?;
-    let mut curve = if args.no_curve {
-        None
-    } else {
-        Some(
-            runtime
-                .block_on(system_latency(
-                    args.latency_samples,
-                    0.0,
-                    true,
-                    Placement::InProcess,
-                    inline,
-                ))?
-                .0,
-        )
-    };
+    // Each with the index of its like-for-like floor: the raw echo with
+    // the same thread hand-overs and none of tasker's work.
+    let mut probes = vec![
+        ("raw echo".to_string(), Probe::echo(EchoPeer::Shared)?),
+        (
+            "relayed echo".to_string(),
+            Probe::Relayed(Relay::start(EchoPeer::Shared)?),
+        ),
+        (
+            "tasker".to_string(),
+            system_probe(false, Placement::InProcess)?,
+        ),
+        (
+            "echo, two processes".to_string(),
+            Probe::echo(EchoPeer::Process)?,
+        ),
+        (
+            "relayed echo, two processes".to_string(),
+            Probe::Relayed(Relay::start(EchoPeer::Process)?),
+        ),
+        (
+            "worker process".to_string(),
+            system_probe(false, Placement::Process)?,
+        ),
+    ];
+    let floors = [None, None, Some(1), None, None, Some(4), Some(1)];
+    if !args.no_curve {
+        probes.push((
+            "tasker+CURVE".to_string(),
+            system_probe(true, Placement::InProcess)?,
+        ));
+    }
+    let samples = interleaved(&mut probes, args.latency_samples, &runtime)?;
+    let labels: Vec<String> = probes.iter().map(|(label, _)| label.clone()).collect();
+    stop_probes(probes, &runtime)?;
+    let idle = runtime.block_on(idle_cpu(args.idle_secs, inline))?;
+    let quantiles: Vec<[f64; 2]> = samples
+        .into_iter()
+        .map(|mut s| [percentile(&mut s, 0.5), percentile(&mut s, 0.99)])
+        .collect();
     println!();
     println!(
-        "{:<22} {:>17} {:>17} {:>11} {:>21} {:>13}",
-        "single-step round trip",
-        "tasker",
-        "worker process",
-        "raw echo",
-        "echo, two processes",
-        "tasker+CURVE"
+        "{:<29} {:>17} {:>17} {:>15}",
+        "single-step round trip", "p50", "p99", "like for like"
     );
-    for (label, p) in [("p50", 0.50), ("p99", 0.99)] {
-        let raw = percentile(&mut raw, p);
-        let processes = percentile(&mut processes, p);
-        let ours = percentile(&mut ours, p);
-        let process = percentile(&mut process, p);
-        let with_curve = curve
-            .as_mut()
-            .map_or("-".to_string(), |c| format!("{:.1} us", percentile(c, p)));
+    let raw = quantiles[0];
+    for ((label, q), floor) in labels.iter().zip(&quantiles).zip(floors) {
+        let like = floor.map_or(String::new(), |f| {
+            let f: [f64; 2] = quantiles[f];
+            format!("{:.2}x / {:.2}x", q[0] / f[0], q[1] / f[1])
+        });
         println!(
-            "{:<22} {:>8.1} us {:>4.2}x {:>8.1} us {:>4.2}x {:>8.1} us {:>8.1} us ({:>4.2}x) {:>13}",
-            label,
-            ours,
-            ours / raw,
-            process,
-            process / raw,
-            raw,
-            processes,
-            process / processes,
-            with_curve
+            "{label:<29} {:>8.1} us {:>5.2}x {:>8.1} us {:>5.2}x {like:>15}",
+            q[0],
+            q[0] / raw[0],
+            q[1],
+            q[1] / raw[1],
         );
     }
     println!(
-        "x: times the raw echo's round trip; echo, two processes: the raw echo with its \
-         echoing end in a process of its own, as the worker process is ((x): the worker \
-         process's round trip, times this echo's)"
+        "x: times the raw echo's round trip (a ROUTER/DEALER echo of the same bodies, unparsed, \
+         one ZeroMQ context); relayed echo: the raw echo with its ROUTER on a thread of its own \
+         that the caller hands each request to, as tasker's caller does; two processes: its \
+         echoing end in a process of its own, as the worker process is; like for like: p50 / p99 \
+         times the relayed echo's of the same placement; {} rounds, each probe in turn",
+        crate::bench_latency::ROUNDS
     );
     if !args.no_curve {
         println!();

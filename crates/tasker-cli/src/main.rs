@@ -1,6 +1,7 @@
 //! `tasker`: the command line of tasker-core.
 
 mod bench;
+mod bench_latency;
 mod bench_store;
 mod bench_workers;
 mod children;

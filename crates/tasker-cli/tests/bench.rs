@@ -69,18 +69,38 @@ fn bench_prints_throughput_latency_and_metrics_overhead_for_both_worker_placemen
         assert_eq!(row.matches('%').count(), 3, "{row}");
         assert!(!row.contains("NaN") && !row.contains("inf"), "{row}");
     }
-    for percentile in ["p50", "p99"] {
-        let row = stdout
-            .lines()
-            .find(|l| l.starts_with(percentile))
-            .unwrap_or_else(|| panic!("no {percentile} row:\n{stdout}"));
-        // tasker and worker process, each with its multiple of raw; raw;
-        // the echo between two processes, with the worker process's
-        // multiple of it.
-        assert_eq!(row.matches(" us").count(), 4, "{row}");
-        assert_eq!(row.matches('x').count(), 3, "{row}");
+    // The round trips: one row per probe, p50 and p99 each with its
+    // multiple of the raw echo's; tasker's two placements also with their
+    // multiples of the relayed echo of the same placement.
+    let latency: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("single-step round trip"))
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert!(
+        latency.first().is_some_and(|h| h.contains("like for like")),
+        "no latency table:\n{stdout}"
+    );
+    for (probe, multiples) in [
+        ("raw echo ", 2),
+        ("relayed echo ", 2),
+        ("tasker ", 4),
+        ("echo, two processes ", 2),
+        ("relayed echo, two processes ", 2),
+        ("worker process ", 4),
+    ] {
+        let row = latency
+            .iter()
+            .find(|l| l.starts_with(probe))
+            .unwrap_or_else(|| panic!("no {probe:?} row:\n{stdout}"));
+        assert_eq!(row.matches(" us").count(), 2, "{row}");
+        assert_eq!(row.matches('x').count(), multiples, "{row}");
         assert!(!row.contains("NaN") && !row.contains("inf"), "{row}");
     }
+    assert!(
+        !latency.iter().any(|l| l.starts_with("tasker+CURVE")),
+        "--no-curve measured CURVE:\n{stdout}"
+    );
     assert!(stdout.contains("idle CPU"), "{stdout}");
     // Metrics on and off, each batch size, with their ratio.
     let metrics: Vec<&str> = stdout
@@ -211,8 +231,8 @@ fn latency_only_prints_tasker_and_each_echo_beside_the_raw_echo() {
             "echo, two I/O threads:",
             "echo, two processes:",
             "relayed echo, two processes:",
-            "InProcess: tasker",
-            "Process: tasker",
+            "tasker, InProcess:",
+            "tasker, Process:",
         ] {
             let prefix = format!("{percentile} {subject}");
             let row = stdout
