@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use reqwest::header::{ACCEPT, AUTHORIZATION};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -10,7 +10,7 @@ use tasker_config::TaskerConfig;
 use tasker_protocol::api::{TaskDetail, TaskPage, TaskState, WorkflowInfo};
 use tokio::time::Instant;
 
-use crate::error::{quote, Error, ProblemDetails};
+use crate::error::{quote, Error, ProblemDetails, PROBLEM_BASE};
 use crate::retry::RetryPolicy;
 
 pub use tasker_protocol::api::ListTasksQuery as ListTasks;
@@ -305,6 +305,20 @@ impl Client {
             Some(Ok(token)) => Some(token),
             None => None,
         };
+        // Encoded once for every try, and measured before the first: a
+        // server refuses a body far over its limit unread and closes, and
+        // the upload then failed as a broken pipe, a server "not reachable"
+        // (retried, with a key), where the server was up and took nothing.
+        let body = match &call.body {
+            Some(body) => {
+                let bytes = serde_json::to_vec(body).expect("a JSON value encodes");
+                if bytes.len() > MAX_BODY_BYTES {
+                    return Err(body_too_large(bytes.len()));
+                }
+                Some(bytes)
+            }
+            None => None,
+        };
         let mut retries = 0;
         loop {
             let mut request = self
@@ -318,8 +332,10 @@ impl Client {
             if let Some(token) = token {
                 request = request.header(AUTHORIZATION, format!("Bearer {token}"));
             }
-            if let Some(body) = &call.body {
-                request = request.json(body);
+            if let Some(body) = &body {
+                request = request
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone());
             }
             let failure = match send(request).await {
                 Ok(answer) if answer.too_large => {
@@ -414,6 +430,29 @@ struct Call {
     body: Option<Value>,
     idempotent: bool,
     timeout: Duration,
+}
+
+/// Most bytes of a request body `tasker serve` takes (`body-too-large`,
+/// CLIENT.md §2).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The refusal of a body over [`MAX_BODY_BYTES`], made here as the server
+/// would make it, before anything is sent.
+fn body_too_large(len: usize) -> Error {
+    Error::Validation(Box::new(ProblemDetails {
+        problem_type: format!("{PROBLEM_BASE}body-too-large"),
+        title: "Request body too large".into(),
+        status: StatusCode::PAYLOAD_TOO_LARGE.as_u16(),
+        detail: format!(
+            "the body is {len} bytes, larger than the server's limit of {MAX_BODY_BYTES} bytes \
+             (1 MiB); nothing was sent"
+        ),
+        field: None,
+        task_id: None,
+        task_status: None,
+        known_workflows: None,
+        closest: None,
+    }))
 }
 
 /// Most bytes of an answer read: a task with every step's output is far

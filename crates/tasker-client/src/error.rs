@@ -6,7 +6,7 @@ use serde::Deserialize;
 use tasker_protocol::api::{TaskDetail, TaskState};
 
 /// Where problem type URIs live; the rest of `type` is the kind's slug.
-const PROBLEM_BASE: &str = "https://tasker-core.dev/problems/";
+pub(crate) const PROBLEM_BASE: &str = "https://tasker-core.dev/problems/";
 
 /// Longest piece of an unexpected answer quoted in an error.
 const MAX_QUOTED: usize = 200;

@@ -28,7 +28,7 @@ mod retry;
 /// The `chrono` crate, whose `DateTime<Utc>` [`ListTasks::created_since`]
 /// and the tasks' timestamps are.
 pub use chrono;
-pub use client::{Client, ListTasks, TaskHandle};
+pub use client::{Client, ListTasks, TaskHandle, MAX_BODY_BYTES};
 pub use error::{Error, ProblemDetails};
 pub use retry::RetryPolicy;
 pub use tasker_protocol::api::{

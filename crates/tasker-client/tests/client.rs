@@ -305,6 +305,29 @@ async fn each_refusal_is_its_own_error_with_the_servers_message() {
     assert_eq!(problem.closest.as_deref(), Some("double"));
     assert_eq!(unknown.field(), Some("workflow"));
 
+    // Over the server's 1 MiB: refused here, before any upload, as the
+    // server would refuse it. Sent, a body far over the limit met a server
+    // that closes unread, and failed as a broken pipe, "not reachable"
+    // (retried five times with a key), with the server up.
+    for size in [(1 << 20) + 1, 20 << 20] {
+        let big = json!({ "blob": "x".repeat(size) });
+        let refused = client
+            .submit("double", big, Some("big-one"))
+            .await
+            .unwrap_err();
+        let Error::Validation(problem) = &refused else {
+            panic!("{refused:?}")
+        };
+        assert_eq!(problem.slug(), "body-too-large");
+        assert_eq!(refused.status(), Some(413));
+        assert!(
+            refused.to_string().contains("nothing was sent"),
+            "{refused}"
+        );
+    }
+    let none = client.list(&ListTasks::default()).await.unwrap();
+    assert!(none.tasks.is_empty(), "{:?}", none.tasks);
+
     let bad_limit = client
         .list(&ListTasks {
             limit: Some(0),
