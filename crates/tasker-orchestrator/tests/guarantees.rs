@@ -779,6 +779,44 @@ async fn g8_shutdown_waits_for_steps_in_flight_and_reports_what_it_abandoned() {
     drop(worker);
 }
 
+/// A worker's DEALER has `ZMQ_IMMEDIATE` (SPEC §5 rule 1), and libzmq then
+/// drops what the socket has not read when its connection closes. Closing
+/// at once after the goodbyes lost the goodbye of a worker that reads
+/// every 50 ms (a SPEC-only Python worker: 2 to 4 stops of 10); this one
+/// reads every 20 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g8b_a_worker_that_reads_a_little_late_still_gets_the_shutdowns_goodbye() {
+    for round in 0..3 {
+        let executor = start(&config());
+        let peer = RawPeer::connect_with(executor.endpoint(), |s| s.set_immediate(true).unwrap());
+        peer.hello(&format!("slow-reader-{round}"), &["h"], 1);
+        let reader = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                while let Ok(frames) = peer.socket.recv_multipart(zmq::DONTWAIT) {
+                    if let Ok(OrchestratorMessage::Goodbye(goodbye)) =
+                        codec::decode(&frames, usize::MAX)
+                    {
+                        return Some(goodbye.reason);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            None
+        });
+        let report = executor.shutdown(Duration::from_secs(1)).await;
+        assert_eq!(report.workers_at_close, 1);
+        let reason = tokio::task::spawn_blocking(move || reader.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            reason.as_deref(),
+            Some("orchestrator shutting down"),
+            "round {round}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipc_transport_carries_a_batch() {
     let dir = tempfile::tempdir().unwrap();
