@@ -268,11 +268,28 @@ async fn h8_h10_h11_bad_input_is_quoted_briefly_and_floods_do_not_flood_the_log(
         "ghost-7",
         1,
     )]);
-    wait_until_logged(from, "duplicate result dropped").await;
+    wait_until_logged(from, "duplicate or unknown result dropped").await;
     let text = String::from_utf8_lossy(&captured().0.lock().unwrap()[from..]).to_string();
     assert!(
         text.lines()
-            .any(|l| l.contains("duplicate result dropped") && l.contains("ghost-7")),
+            .any(|l| l.contains("duplicate or unknown result dropped") && l.contains("ghost-7")),
+        "{text}"
+    );
+    // A result tagged with another orchestrator's id frees a slot there
+    // and is dropped: said too, where only a counter moved.
+    let from = captured().0.lock().unwrap().len();
+    *known.orchestrator_id.borrow_mut() = "an-earlier-orchestrator".into();
+    known.respond(vec![StepExecutionResult::completed(
+        step,
+        serde_json::json!(1),
+        "known",
+        1,
+    )]);
+    wait_until_logged(from, "results for another orchestrator dropped").await;
+    let text = String::from_utf8_lossy(&captured().0.lock().unwrap()[from..]).to_string();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("an-earlier-orchestrator") && l.contains("\"known\"")),
         "{text}"
     );
     executor.shutdown(LONG).await;

@@ -11,6 +11,19 @@ impl Dispatcher {
             // results, but the slots they held are free now.
             let n = (batch.results.len() + batch.refused.len()) as u64;
             Metrics::add(&metrics.foreign_results_dropped, n);
+            if self.warnings.allow_conn(conn) {
+                let worker_id = self
+                    .registry
+                    .get(conn)
+                    .map(|c| codec::quoted(&c.worker_id, 64))
+                    .unwrap_or_default();
+                tracing::info!(
+                    results = n,
+                    orchestrator_id = %codec::quoted(&batch.orchestrator_id, 40),
+                    %worker_id,
+                    "results for another orchestrator dropped; the slots they held are free"
+                );
+            }
             if let Some(c) = self.registry.get_mut(conn) {
                 let steps = batch
                     .results
@@ -83,9 +96,11 @@ impl Dispatcher {
         } else if self.steps.ended_by_orchestrator(step) {
             (&metrics.late_results_dropped, "late result dropped")
         } else {
+            // Answered already, or never sent here: a step table that
+            // forgets ended steps cannot tell which.
             (
                 &metrics.duplicate_results_dropped,
-                "duplicate result dropped",
+                "duplicate or unknown result dropped",
             )
         };
         Metrics::add(counter, 1);
