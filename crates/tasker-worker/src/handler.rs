@@ -577,6 +577,16 @@ impl RunningWorker {
     /// ```
     pub fn serve_until_signal(self) -> Result<bool, WorkerError> {
         use tokio::signal::unix::{signal, SignalKind};
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // tokio's own panic ("Cannot start a runtime from within a
+            // runtime") named neither this call nor what to do instead.
+            return Err(WorkerError::Setup(
+                "serve_until_signal blocks its thread and cannot run inside a tokio runtime: \
+                 call it from a plain main, or wait for the signal yourself (tokio::signal) \
+                 and call stop(), then join() inside spawn_blocking"
+                    .into(),
+            ));
+        }
         let setup = |e: std::io::Error| WorkerError::Setup(format!("signal handling: {e}"));
         let signals = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -614,6 +624,14 @@ impl RunningWorker {
     /// Stops (if not yet) and waits up to `timeout` for the running steps
     /// and the goodbye; true if everything finished in time. Handler threads
     /// still running after that are left to end on their own.
+    ///
+    /// It blocks: in async code call it inside `spawn_blocking`. With the
+    /// orchestrator gone (an executor in this process shut down first), a
+    /// result it holds has nowhere to go, and it waits for one to come back
+    /// until `timeout` (or `shutdown_timeout_ms`) and returns false: stop
+    /// and join a worker before the executor it serves. Dropped without
+    /// `join`, a worker stops as `stop` does, in the background, with
+    /// nothing waiting for it (a process that exits first cuts it short).
     pub fn join(mut self, timeout: Duration) -> bool {
         self.runtime.stop();
         let deadline = Instant::now() + timeout;

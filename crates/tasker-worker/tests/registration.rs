@@ -97,3 +97,27 @@ fn a_refused_hello_is_warned_of_once_a_minute_not_at_every_try() {
     assert!(warnings[0].contains("refusals=1"), "{}", warnings[0]);
     worker.stop();
 }
+
+/// Called inside a runtime, `serve_until_signal` panicked with tokio's
+/// "Cannot start a runtime from within a runtime", naming neither the call
+/// nor what to do instead.
+#[tokio::test]
+async fn serve_until_signal_inside_a_tokio_runtime_is_an_error_that_says_what_to_do() {
+    let worker = Worker::new(TaskerConfig {
+        endpoint: "tcp://127.0.0.1:1".into(),
+        ..TaskerConfig::default()
+    })
+    .handler("noop", |_| Ok(json!(null)))
+    .spawn()
+    .unwrap();
+    let error = worker.serve_until_signal().unwrap_err();
+    assert!(
+        matches!(error, tasker_worker::WorkerError::Setup(_)),
+        "{error:?}"
+    );
+    let said = error.to_string();
+    assert!(
+        said.contains("serve_until_signal") && said.contains("spawn_blocking"),
+        "{said}"
+    );
+}
