@@ -547,7 +547,7 @@ class Client {
       if (hasEnded(task)) return task;
       if (deadline !== null && performance.now() >= deadline) {
         throw new WaitTimeout(
-          `task ${task.taskId} has not ended within ${timeoutMs / 1000} s (status ${task.status})`,
+          `task ${task.taskId} (${task.workflow}) did not end within ${timeoutMs / 1000} s; it is ${task.status}`,
           { task },
         );
       }

@@ -404,7 +404,7 @@ test("wait with a short timeout is a WaitTimeout carrying the running task", asy
     assert.equal(error.status, null);
     assert.equal(error.task.taskId, handle.id);
     assert.equal(error.task.status, "running");
-    assert.match(error.message, new RegExp(`task ${handle.id} has not ended within 0.4 s`));
+    assert.match(error.message, new RegExp(`task ${handle.id} \\([^)]+\\) did not end within 0.4 s; it is running`));
     assert.ok(ms >= 390 && ms < 5_000, `waited ${ms} ms`);
     // timeoutMs 0: one look, no waiting.
     const zero = await timed(client.wait(handle.id, { timeoutMs: 0 }));

@@ -560,6 +560,7 @@ def test_wait_timeout_carries_the_task(client: Client) -> None:
     assert timeout.value.task.task_id == handle.id
     assert timeout.value.task.status == "running" and not timeout.value.task.ended
     assert timeout.value.status is None
+    assert str(timeout.value) == f"task {handle.id} (slow) did not end within 0.5 s; it is running"
     # timeout=0 looks once.
     with pytest.raises(WaitTimeout):
         handle.wait(timeout=0)

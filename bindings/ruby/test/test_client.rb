@@ -505,7 +505,7 @@ class TestClient < Minitest::Test
     assert_equal handle.id, error.task.task_id
     assert error.task.running?
     assert_nil error.status
-    assert_match(/#{handle.id}/, error.message)
+    assert_match(/\Atask #{handle.id} \(slow\) did not end within 0\.6 s; it is running\z/, error.message)
     assert_kind_of TaskerCore::ClientError, error
 
     assert_raises(TaskerCore::WaitTimeout) { c.wait(handle.id, timeout: 0) }

@@ -86,7 +86,7 @@ pub enum Error {
         status: Option<u16>,
     },
     /// The wait's deadline passed before the task ended.
-    #[error("task {} had not ended when the wait timed out (status {})", .task.task_id, .task.status)]
+    #[error("task {} ({}) did not end within the wait's timeout; it is {}", .task.task_id, .task.workflow, .task.status)]
     WaitTimeout {
         /// The task as last seen.
         task: Box<TaskDetail>,

@@ -360,6 +360,13 @@ async fn each_refusal_is_its_own_error_with_the_servers_message() {
     };
     assert_eq!(task.task_id, handle.id);
     assert_eq!(task.status, TaskState::Running);
+    assert_eq!(
+        timeout.to_string(),
+        format!(
+            "task {} (double) did not end within the wait's timeout; it is running",
+            handle.id
+        )
+    );
     assert!(started.elapsed() >= Duration::from_millis(500));
     assert!(started.elapsed() < Duration::from_secs(3));
 

@@ -187,8 +187,8 @@ module TaskerCore
         return task if task.ended?
         next unless deadline && monotonic >= deadline
 
-        raise WaitTimeout.new("task #{task.task_id} did not end within #{format_seconds(timeout)} s " \
-                              "(it is #{task.status})", task: task)
+        raise WaitTimeout.new("task #{task.task_id} (#{task.workflow}) did not end within " \
+                              "#{format_seconds(timeout)} s; it is #{task.status}", task: task)
       end
     end
 
