@@ -216,6 +216,20 @@ def test_start_message_is_true_when_no_orchestrator_answers(make_worker, caplog)
     assert not any(m.startswith("registered with orchestrator") for m in messages)
 
 
+def test_run_on_a_stopped_worker_is_an_error_not_a_return(make_worker):
+    """A supervisor's `while True: worker.run()` spun at 100% CPU when run()
+    returned at once on a stopped worker; it raises, as in Node and Ruby."""
+    worker = make_worker(endpoint=free_endpoint(), shutdown_timeout_ms=300)
+    worker.register("work", lambda step: None)
+    worker.start()
+    worker.stop()
+    assert worker.join(15)
+    with pytest.raises(WorkerError, match="run\\(\\) called on a stopped worker; a Worker runs once"):
+        worker.run()
+    with pytest.raises(WorkerError, match="already started"):
+        worker.start()
+
+
 def test_config_from_file_environment_and_keywords(monkeypatch):
     monkeypatch.setenv("TASKER_BATCH_SIZE", "17")
     worker = Worker.from_config(CONFIG, env="test", endpoint="tcp://127.0.0.1:6001", capacity=3)

@@ -229,6 +229,10 @@ class TestWorker < Minitest::Test
     assert_equal "stopped myself", run.results.fetch(1)["output"]
     assert worker.stopped?
     assert_equal :stopped, worker.state
+    # A worker runs once: returning at once here made a supervisor's
+    # `loop { worker.run }` spin.
+    error = assert_raises(TaskerCore::Error) { worker.run(trap_signals: false) }
+    assert_match(/run called on a stopped worker; a Worker runs once/, error.message)
   end
 
   def test_graceful_stop_finishes_steps_in_flight

@@ -808,8 +808,17 @@ class Worker:
         Raises :class:`~tasker_core.WorkerRefused` as soon as the
         orchestrator refuses the connection (a CURVE key it does not admit,
         CURVE on one side only, a wrong server key): the message says what
-        to change, and no retry would help.
+        to change, and no retry would help. Raises :class:`WorkerError` on a
+        worker that has stopped: a worker runs once (make a new one).
         """
+        if self._rt is not None and self._done.is_set():
+            # Returning at once, as it did, made a supervisor's
+            # `while True: worker.run()` spin.
+            if self._failure is not None:
+                raise self._failure
+            raise _native.WorkerError(
+                "run() called on a stopped worker; a Worker runs once: make a new one"
+            )
         previous: Dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):

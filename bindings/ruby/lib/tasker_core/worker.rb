@@ -281,11 +281,21 @@ module TaskerCore
     # admit, CURVE on one side only), the worker stops at once and this
     # raises {WorkerRefused}, whose message says what to change.
     #
+    # A worker runs once: on a stopped one this raises {Error} (make a new
+    # worker).
+    #
     # @param trap_signals [Boolean]
     # @return [self]
     # @raise [WorkerRefused] when the orchestrator refused the connection
+    # @raise [Error] when the worker has stopped already
     # @raise [Exception] what killed a handler thread, if something did
     def run(trap_signals: true)
+      if @native && stopped?
+        # Returning at once, as it did, made a supervisor's
+        # `loop { worker.run }` spin.
+        wait # raises what stopped it, if something did
+        raise Error, "run called on a stopped worker; a Worker runs once: make a new one"
+      end
       start unless @native
       previous = trap_signals && Thread.current == Thread.main ? install_traps : {}
       begin
