@@ -1034,6 +1034,73 @@ fn s9_with_postgres_down_requests_are_answered_503_store_unavailable_and_a_creat
     assert_eq!(page["tasks"].as_array().unwrap().len(), 1, "{page:#}");
 }
 
+/// A store that reads but refuses writes (a read-only database, a full
+/// disk) refused every create while `tasker_store_up` stayed 1: an
+/// operator alerting from Prometheus saw nothing. It is 0 while writes
+/// fail, as `/readyz` says, and 1 again once they go through.
+#[test]
+fn s9b_a_store_that_refuses_writes_is_down_in_the_metrics_too() {
+    let pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
+    let dir = tempfile::tempdir().unwrap();
+    workflows_dir(dir.path());
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let serve = Serve::start(dir.path(), &pg.url(), &endpoint);
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let store_up = || {
+        let text = http
+            .get(serve.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("tasker_store_up "))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no tasker_store_up: {text}"))
+    };
+    assert_eq!(store_up(), "1");
+    // New sessions are read-only; the ones open now are cut, so the pool
+    // opens new ones.
+    let read_only = |on: &str| {
+        pg.psql(
+            "postgres",
+            &format!(
+                "ALTER DATABASE tasker SET default_transaction_read_only = {on}; \
+                 SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = 'tasker' AND pid <> pg_backend_pid()"
+            ),
+        )
+        .expect("psql runs");
+    };
+    read_only("on");
+    let create = json!({ "workflow": "slow", "context": {}, "idempotency_key": "ro-1" });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = http
+            .post(serve.url("/v1/tasks"))
+            .json(&create)
+            .send()
+            .unwrap()
+            .status();
+        if status == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "creates still taken: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(store_up(), "0", "reads answer, writes do not");
+    assert_eq!(http.get(serve.url("/readyz")).send().unwrap().status(), 503);
+    read_only("off");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store_up() != "1" {
+        assert!(Instant::now() < deadline, "never up again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 const ONE_TRY_WORKFLOW: &str = r#"
 name: one_try
 description: one step that may run once

@@ -163,6 +163,24 @@ impl PgServer {
         Ok(self.database_url(name))
     }
 
+    /// Runs `sql` with `psql` as the superuser, connected to database
+    /// `database`; its output.
+    ///
+    /// ```no_run
+    /// let pg = tasker_pgtest::PgServer::start()?;
+    /// pg.psql("postgres", "ALTER DATABASE tasker SET default_transaction_read_only = on")?;
+    /// # Ok::<(), tasker_pgtest::PgTestError>(())
+    /// ```
+    pub fn psql(&self, database: &str, sql: &str) -> Result<String, PgTestError> {
+        let mut command = Command::new(self.bin.join("psql"));
+        command
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", database, "-X", "-q", "-t", "-A"])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql]);
+        let output = run(&mut command, "running SQL")?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Creates a database with a name not used before on this server and
     /// returns its URL: one per test keeps tests apart on a shared server.
     pub fn fresh_database(&self) -> Result<String, PgTestError> {

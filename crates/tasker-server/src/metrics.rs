@@ -98,7 +98,7 @@ impl ServiceMetrics {
         );
         registry.register(
             "store_up",
-            "1 when the store answered this scrape's count of tasks (tasker_tasks) in time, else 0",
+            "1 when the store answered this scrape's count of tasks (tasker_tasks) in time and takes writes, else 0",
             store_up.clone(),
         );
         ServiceMetrics {
@@ -124,7 +124,8 @@ impl ServiceMetrics {
     /// for a connection, as long as Prometheus waits for a scrape by
     /// default, and every metric was lost for the whole outage, the ones
     /// that say what the workers and the queue do included. Without an
-    /// answer `tasker_tasks` is left out and `tasker_store_up` is 0.
+    /// answer `tasker_tasks` is left out and `tasker_store_up` is 0; it is
+    /// 0 too while the store's writes fail.
     pub async fn render(&self, service: &Service) -> String {
         let mut labelled = self.scraping.lock().await;
         let counted = tokio::time::timeout(STORE_WAIT, service.store().count_tasks_by_status());
@@ -141,7 +142,14 @@ impl ServiceMetrics {
                         })
                         .set(n as i64);
                 }
-                self.store_up.set(1);
+                // A store that reads but refuses writes (a full disk, a
+                // read-only database) refuses every create: up it is not,
+                // as /readyz says. Cheap while writes go through.
+                let writable = matches!(
+                    tokio::time::timeout(STORE_WAIT, service.store().writable()).await,
+                    Ok(true)
+                );
+                self.store_up.set(i64::from(writable));
             }
             Ok(Err(_)) | Err(_) => {
                 self.tasks.clear();
