@@ -1101,6 +1101,82 @@ fn s9b_a_store_that_refuses_writes_is_down_in_the_metrics_too() {
     }
 }
 
+const DRAIN_WORKFLOW: &str = r#"
+name: drain
+description: one step that outlasts the first seconds of a stop
+defaults:
+  timeout_ms: 30000
+steps:
+  - name: only
+    handler: sleep
+    handler_config: { ms: 2500 }
+"#;
+
+/// While a stop drains (it waits for the steps out at workers), reads and
+/// waits are answered as before and only creates are refused. A wait
+/// answered 503 when the stop began retried for its few seconds and failed
+/// while the drain went on (5 s of steps, up to `shutdown_timeout_ms`),
+/// though the server came back and the task completed; here the task ends
+/// during the drain, and the wait sees it end.
+#[test]
+fn s21_a_wait_goes_on_through_a_stops_drain_and_only_creates_are_refused() {
+    let (dir, endpoint, store) = sqlite_setup_with("drain", DRAIN_WORKFLOW);
+    let http = client();
+    let mut serve = Serve::start(dir.path(), &store, &endpoint);
+    let _workers = Workers::start(&endpoint, 1, 2);
+    wait_for_a_worker(&http, &serve);
+    let id = submit_of(&http, &serve, "drain", 1)[0];
+    wait_for_steps_at_workers(&http, &serve, 1);
+    let poll = {
+        let url = serve.url(&format!("/v1/tasks/{id}?wait=30"));
+        std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(40))
+                .build()
+                .unwrap();
+            let answer = http.get(url).send().unwrap();
+            let answered_at = Instant::now();
+            (
+                answer.status(),
+                answer.json::<Value>().unwrap(),
+                answered_at,
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let stopped_at = Instant::now();
+    serve.signal("-TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    let create = http
+        .post(serve.url("/v1/tasks"))
+        .json(&json!({ "workflow": "drain", "context": {} }))
+        .send()
+        .unwrap();
+    assert_eq!(create.status(), 503);
+    let problem: Value = create.json().unwrap();
+    assert_eq!(
+        problem["type"],
+        "https://tasker-core.dev/problems/shutting-down"
+    );
+    let read = http
+        .get(serve.url(&format!("/v1/tasks/{id}")))
+        .send()
+        .unwrap();
+    assert_eq!(read.status(), 200, "a read during the drain");
+    // The drain waits for the step, and the step's end is the task's: the
+    // wait sees it.
+    let (status, task, answered_at) = poll.join().unwrap();
+    assert_eq!(status, 200, "{task:#}");
+    assert_eq!(task["status"], "complete", "{task:#}");
+    let waited = answered_at - stopped_at;
+    assert!(
+        waited >= Duration::from_secs(1),
+        "the wait went on while the step finished, not {waited:?}"
+    );
+    let exit = serve.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}\n{}", tail(&serve.log(), 20));
+}
+
 const ONE_TRY_WORKFLOW: &str = r#"
 name: one_try
 description: one step that may run once

@@ -236,8 +236,8 @@ pub struct Service {
     shutting_down: AtomicBool,
     /// The bearer tokens the API requires, when `api_tokens_file` is set.
     tokens: Option<crate::api::Tokens>,
-    /// Turns true when shutdown starts, so long-polls answer at once
-    /// instead of holding the API's graceful stop.
+    /// Turns true when shutdown has drained, before the store closes, so
+    /// long-polls answer then instead of holding the API's graceful stop.
     stopping: tokio::sync::watch::Sender<bool>,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// This server's hold on its store, until `shutdown` ends.
@@ -595,8 +595,9 @@ impl Service {
     /// A task once it has ended, or as it is after `wait`, whichever comes
     /// first: the API's long-poll (`GET /v1/tasks/{id}?wait=`).
     ///
-    /// While the service stops, a wait on a running task answers
-    /// [`ServiceError::ShuttingDown`] at once: the API's graceful stop
+    /// While the service drains (a stop waits for the steps out at
+    /// workers), a wait goes on as before; once the drain is over it
+    /// answers [`ServiceError::ShuttingDown`]: the API's graceful stop
     /// waits for open requests, and a client should learn the server is
     /// going rather than hold it up.
     pub async fn wait_task(
@@ -760,7 +761,6 @@ impl Service {
         if self.shutting_down.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.stopping.send_replace(true);
         tracing::info!(tasks = self.tasks_in_progress(), "service stopping");
         for job in self.background.lock().expect("background lock").drain(..) {
             job.abort();
@@ -799,6 +799,13 @@ impl Service {
         for join in left {
             let _ = join.await;
         }
+        // Only now, with the store still open: answered 503 when the stop
+        // began, a client's wait retried for its few seconds and failed
+        // while the drain went on (5 s of steps out at workers, up to
+        // `shutdown_timeout_ms`), though the server came back and the task
+        // completed. Waiting through the drain, it retries across the
+        // restart itself.
+        self.stopping.send_replace(true);
         self.store.close().await;
         self.node.lock().await.take();
         tracing::info!(abandoned = report.abandoned.len(), "service stopped");

@@ -857,7 +857,7 @@ async fn a_long_poll_answers_as_soon_as_the_task_ends_or_when_its_wait_is_over()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_poll_is_answered_503_at_once_when_the_service_starts_to_stop() {
+async fn a_long_poll_is_answered_503_once_the_service_has_drained() {
     let api = Api::start().await;
     // No worker: the task stays running.
     let (_, task) = api
@@ -877,7 +877,7 @@ async fn a_long_poll_is_answered_503_at_once_when_the_service_starts_to_stop() {
     let stopping = tokio::spawn(async move { service.shutdown().await });
     let answered = tokio::time::timeout(Duration::from_secs(5), poll)
         .await
-        .expect("the long-poll is answered when the stop begins")
+        .expect("the long-poll is answered when the drain is over (no step is out)")
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_problem(&answered, 503, "shutting-down", "shutting down", None);
