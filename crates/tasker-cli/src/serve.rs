@@ -35,6 +35,12 @@ pub struct ServeArgs {
     /// on a network you trust; config key `api_trusted_network`).
     #[arg(long)]
     pub trusted_network: bool,
+    /// Check the configuration, the API tokens file and every workflow
+    /// file, say what is wrong (exit 1) or what would load (exit 0), and
+    /// start nothing: before a restart, since a file that does not load
+    /// stops `serve` at start.
+    #[arg(long)]
+    pub check: bool,
     #[command(flatten)]
     pub config: ConfigArgs,
 }
@@ -60,6 +66,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         config.api_trusted_network = true;
     }
     config.validate()?;
+    if args.check {
+        let names = tasker_server::Service::check(&config)?;
+        println!(
+            "tasker serve --check: the configuration and tokens are valid and {} workflows load: {}",
+            names.len(),
+            names.join(", ")
+        );
+        return Ok(());
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let server = tasker_server::Server::bind(&config).await?;

@@ -1177,6 +1177,57 @@ fn s21_a_wait_goes_on_through_a_stops_drain_and_only_creates_are_refused() {
     assert!(exit.success(), "{exit:?}\n{}", tail(&serve.log(), 20));
 }
 
+/// A workflow file that does not load stops `serve` at start, so a typo
+/// made before a restart took every workflow down: `--check` says so
+/// first, and starts nothing.
+#[test]
+fn s22_serve_check_names_a_workflow_file_that_does_not_load_and_starts_nothing() {
+    let (dir, endpoint, store) = sqlite_setup_with("drain", DRAIN_WORKFLOW);
+    let check = || {
+        Command::new(TASKER)
+            .args([
+                "serve",
+                "--check",
+                "--store",
+                &store,
+                "--endpoint",
+                &endpoint,
+            ])
+            .args([
+                "--workflows-dir",
+                dir.path().join("workflows").to_str().unwrap(),
+            ])
+            .env("TASKER_ENV", "test")
+            .output()
+            .expect("tasker serve --check runs")
+    };
+    let good = check();
+    let said = String::from_utf8_lossy(&good.stdout);
+    assert!(
+        good.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(said.contains("2 workflows load: drain, slow"), "{said}");
+
+    std::fs::write(
+        dir.path().join("workflows/broken.yaml"),
+        "name: broken\nsteps:\n  - name: a\n    handler: echo\n    retires: 3\n",
+    )
+    .unwrap();
+    let bad = check();
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("broken.yaml") && said.contains("retires"),
+        "names the file and the field: {said}"
+    );
+    assert!(
+        !dir.path().join("t.db").exists(),
+        "the store was not opened"
+    );
+}
+
 const ONE_TRY_WORKFLOW: &str = r#"
 name: one_try
 description: one step that may run once

@@ -799,7 +799,13 @@ impl TaskRun {
         }
         let report = self.report();
         self.save(Some(report.status.into())).await?;
-        tracing::info!(task_id = self.task_id, status = ?report.status, "task ended");
+        if report.status == TaskStatus::Failed {
+            // At warn, so a service run at RUST_LOG=warn still says which
+            // tasks failed (each attempt's failure is at info).
+            tracing::warn!(task_id = self.task_id, status = ?report.status, "task ended");
+        } else {
+            tracing::info!(task_id = self.task_id, status = ?report.status, "task ended");
+        }
         Ok(report)
     }
 

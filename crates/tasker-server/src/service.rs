@@ -247,6 +247,26 @@ pub struct Service {
 }
 
 impl Service {
+    /// Checks what [`start`](Self::start) reads before it touches the store:
+    /// the configuration, the API tokens file and every workflow file; the
+    /// names of the workflows it would load. Nothing is opened, bound or
+    /// started (`tasker serve --check`, before a restart: a file that does
+    /// not load stops a start).
+    ///
+    /// ```no_run
+    /// let config = tasker_config::TaskerConfig::load("config/zeromq.yaml")?;
+    /// let names = tasker_server::Service::check(&config)?;
+    /// println!("{} workflows load", names.len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn check(config: &TaskerConfig) -> Result<Vec<String>, StartError> {
+        config.validate()?;
+        if !config.api_tokens_file.is_empty() {
+            crate::api::Tokens::load(std::path::Path::new(&config.api_tokens_file))?;
+        }
+        Ok(load_workflows(config)?.into_keys().collect())
+    }
+
     /// Loads the workflows, takes the store's [`NodeLock`] (another server
     /// on the store is [`StoreError::InUse`]), opens the store, binds the
     /// orchestrator under the store's orchestrator id, and resumes every
