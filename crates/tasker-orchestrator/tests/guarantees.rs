@@ -499,6 +499,15 @@ async fn g5_a_step_past_its_timeout_ends_timed_out_and_its_late_result_is_droppe
         results[0].error.as_ref().unwrap().error_type,
         error_types::TIMED_OUT
     );
+    // The result is the orchestrator's; its message names the worker that
+    // held the step, which nothing else recorded does.
+    assert_eq!(
+        results[0].error.as_ref().unwrap().message,
+        format!(
+            "no result within timeout_ms = 200 from worker \"{}\"",
+            worker.worker_id()
+        )
+    );
     assert!(results[0].is_retryable());
     assert_eq!(results[1].status, StepStatus::Completed);
     let deadline = Instant::now() + Duration::from_secs(3);

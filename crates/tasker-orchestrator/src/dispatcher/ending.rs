@@ -217,7 +217,16 @@ impl Dispatcher {
                         ),
                     );
                 }
-                StepState::Dispatched(_) => {
+                StepState::Dispatched(conn) => {
+                    // The result is the orchestrator's (SPEC §6.4.7), so the
+                    // message names the worker that held the step: nothing
+                    // else recorded did, and a worker that hangs for good
+                    // never sends the late result that would.
+                    let held_by = self
+                        .registry
+                        .get(conn)
+                        .map(|c| format!(" from worker {}", codec::quoted(&c.worker_id, 64)))
+                        .unwrap_or_default();
                     tracing::info!(step_id, timeout_ms, "step timed out");
                     // Its slot is no room now (see `publish_capacity`).
                     self.capacity_changed = true;
@@ -227,7 +236,7 @@ impl Dispatcher {
                         StepStatus::TimedOut,
                         StepExecutionError::new(
                             error_types::TIMED_OUT,
-                            format!("no result within timeout_ms = {timeout_ms}"),
+                            format!("no result within timeout_ms = {timeout_ms}{held_by}"),
                             true,
                         ),
                     );
