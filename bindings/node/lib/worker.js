@@ -307,7 +307,8 @@ class Worker {
     this._state = "running";
     // The runtime logs "registered with orchestrator" once it is, and that
     // it is waiting for one while it is not.
-    logging.log("info", `connecting to ${this.config.endpoint}`, {
+    const curve = this.config.curveServerPublicKeyFile ? " with CURVE" : "";
+    logging.log("info", `connecting to ${this.config.endpoint}${curve}`, {
       worker_id: this._workerId,
       handlers: options.handlers.join(","),
       capacity: String(this._native.capacity),

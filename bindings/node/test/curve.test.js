@@ -99,11 +99,17 @@ test("a worker with its keys as options serves a step over CURVE", async () => {
   keys.make("alice", { admit: true });
   const endpoint = await freeEndpoint();
   const run = dispatch(endpoint, { steps: [{ step_id: 1, handler_class: "double", task_context: { n: 21 } }] }, { env: keys.orchestratorEnv() });
-  const worker = new Worker({ ...QUICK, endpoint, ...keys.workerOptions("alice") });
+  const records = [];
+  const worker = new Worker({ ...QUICK, endpoint, ...keys.workerOptions("alice"), logger: (entry) => records.push(entry) });
   assert.equal(worker.config.curveSecretKeyFile, keys.secret("alice"));
   worker.handle("double", (step) => ({ doubled: step.taskContext.n * 2 }));
   const running = worker.run();
   try {
+    // Its start line says CURVE is on, as Python's and Ruby's do.
+    assert.ok(
+      records.some((r) => r.message === `connecting to ${endpoint} with CURVE`),
+      JSON.stringify(records.map((r) => r.message)),
+    );
     const result = byStepId(await run.result).get(1);
     assert.equal(result.status, "completed", JSON.stringify(result));
     assert.deepEqual(result.output, { doubled: 42 });

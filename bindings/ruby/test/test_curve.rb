@@ -75,9 +75,12 @@ class TestCurve < Minitest::Test
     keygen("alice", admit: true)
     endpoint = free_endpoint
     run = dispatch([step(1, "double", task_context: { "n" => 21 })], endpoint: endpoint, env: orchestrator_env)
-    with_worker(endpoint: endpoint, **worker_keys("alice")) do |worker|
+    said = StringIO.new
+    with_worker(endpoint: endpoint, logger: Logger.new(said), **worker_keys("alice")) do |worker|
       worker.handle("double") { |s| { "doubled" => s.task_context.fetch("n") * 2 } }
       worker.start
+      # Its start line says CURVE is on, as Python's and Node's do.
+      assert_match(/connecting to #{Regexp.escape(endpoint)} with CURVE, handlers double/, said.string)
       result = run.results.fetch(1)
       assert_equal "completed", result["status"], result.inspect
       assert_equal({ "doubled" => 42 }, result["output"])

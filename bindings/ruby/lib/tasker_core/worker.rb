@@ -263,7 +263,8 @@ module TaskerCore
       @logger&.info("tasker_core") do
         # "connecting", as in Python and Node: the orchestrator may still
         # refuse the hello ("registered" is logged when it takes it).
-        "worker #{worker_id} connecting to #{@config.endpoint}, handlers #{@handlers.keys.join(', ')} " \
+        curve = @config.curve_server_public_key_file.to_s.empty? ? "" : " with CURVE"
+        "worker #{worker_id} connecting to #{@config.endpoint}#{curve}, handlers #{@handlers.keys.join(', ')} " \
           "(capacity #{@capacity}, #{@threads} threads)"
       end
       self

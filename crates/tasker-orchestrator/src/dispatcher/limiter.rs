@@ -32,7 +32,7 @@ pub(crate) struct Limiter {
 impl Limiter {
     /// For warnings about what peers send.
     pub fn warnings() -> Self {
-        Self::new("warnings about peers", WARNINGS)
+        Self::new("log lines about peers", WARNINGS)
     }
 
     /// For the lines that say a connection came, changed or went.
