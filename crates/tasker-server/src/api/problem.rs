@@ -282,7 +282,13 @@ impl From<ServiceError> for Problem {
             // The store's message can carry SQL, paths or connection
             // details: it goes to the log, the client gets a summary.
             ServiceError::Store(error) if error.is_unavailable() => {
-                tracing::warn!(%error, "the task store is unavailable to an API request");
+                if let Some(since) = store_warning_due() {
+                    tracing::warn!(
+                        %error,
+                        refused_since_last = since,
+                        "the task store is unavailable to an API request (said at most every 10 s)"
+                    );
+                }
                 Problem::new(
                     ProblemKind::StoreUnavailable,
                     format!(
@@ -401,8 +407,49 @@ fn json_words(message: &str) -> String {
     text
 }
 
+/// Whether the store-unavailable warning is due (at most every 10 s):
+/// with the store down, every request warned, hundreds of lines a second
+/// under load. Gives the number of refusals not said since the last one.
+fn store_warning_due() -> Option<u64> {
+    static LAST: std::sync::Mutex<WarnedAt> = std::sync::Mutex::new((None, 0));
+    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    warning_due(&mut last, std::time::Instant::now())
+}
+
+/// When a warning was last said, and how many were held back since.
+type WarnedAt = (Option<std::time::Instant>, u64);
+
+fn warning_due(last: &mut WarnedAt, now: std::time::Instant) -> Option<u64> {
+    if last
+        .0
+        .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(10))
+    {
+        last.1 += 1;
+        return None;
+    }
+    let since = std::mem::take(&mut last.1);
+    last.0 = Some(now);
+    Some(since)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_store_unavailable_warning_is_said_at_most_every_ten_seconds_with_a_count() {
+        use std::time::{Duration, Instant};
+        let mut last = (None, 0);
+        let start = Instant::now();
+        assert_eq!(super::warning_due(&mut last, start), Some(0));
+        for ms in [1, 500, 9_999] {
+            let at = start + Duration::from_millis(ms);
+            assert_eq!(super::warning_due(&mut last, at), None);
+        }
+        assert_eq!(
+            super::warning_due(&mut last, start + Duration::from_secs(10)),
+            Some(3)
+        );
+    }
+
     use super::*;
     use tasker_engine::TaskState;
 
