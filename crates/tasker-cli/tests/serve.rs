@@ -1062,6 +1062,15 @@ fn s9b_a_store_that_refuses_writes_is_down_in_the_metrics_too() {
             .unwrap_or_else(|| panic!("no tasker_store_up: {text}"))
     };
     assert_eq!(store_up(), "1");
+    // A database without the tables is said to be new, as a SQLite file is:
+    // a misspelt database name shows at the first line.
+    assert!(
+        serve
+            .log()
+            .contains("created a new, empty PostgreSQL store"),
+        "{}",
+        tail(&serve.log(), 20)
+    );
     // New sessions are read-only; the ones open now are cut, so the pool
     // opens new ones.
     let read_only = |on: &str| {

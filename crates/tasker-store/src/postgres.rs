@@ -59,11 +59,25 @@ pub(crate) async fn connect(url: &str) -> Result<(PgPool, PgConnectOptions), Sto
         .connect_with(options.clone())
         .await
         .map_err(|e| connect_error(&options, e))?;
-    tracing::info!(
-        host = options.get_host(),
-        database = options.get_database().unwrap_or_default(),
-        "opened the PostgreSQL store"
-    );
+    // Asked before the migrations make the tables: as SQLite's line does,
+    // so a misspelt database name shows at the first line.
+    let existing: bool = sqlx::query_scalar("SELECT to_regclass('tasks') IS NOT NULL")
+        .fetch_one(&pool)
+        .await?;
+    let database = options.get_database().unwrap_or_default();
+    if existing {
+        tracing::info!(
+            host = options.get_host(),
+            database,
+            "opened the PostgreSQL store"
+        );
+    } else {
+        tracing::info!(
+            host = options.get_host(),
+            database,
+            "created a new, empty PostgreSQL store (the database had no tasker tables)"
+        );
+    }
     Ok((pool, options))
 }
 
