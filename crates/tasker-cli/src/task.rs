@@ -20,7 +20,7 @@ use tasker_client::{Client, ListTasks, TaskDetail};
 use tasker_engine::{StepState, TaskEvent, TaskState};
 use tasker_protocol::StepExecutionError;
 
-use crate::run::{truncate, Progress};
+use crate::run::{printable, truncate, Progress};
 use crate::ConfigArgs;
 
 #[derive(Args, Debug)]
@@ -558,7 +558,12 @@ fn print_task(task: &TaskDetail) {
             let detail = match (&s.output, &s.error, &s.blocked_by) {
                 (_, _, Some(by)) => format!("needs {by}"),
                 (Some(out), _, _) => out.to_string(),
-                (_, Some(e), _) => format!("{}: {}", e.error_type, e.message),
+                // Its first line: a backtrace's lines, escaped onto one,
+                // hid the cause (the failed steps' errors follow whole).
+                (_, Some(e), _) => {
+                    let first = e.message.lines().find(|l| !l.trim().is_empty());
+                    format!("{}: {}", e.error_type, first.unwrap_or_default())
+                }
                 _ => String::new(),
             };
             vec![
@@ -588,7 +593,42 @@ fn print_task(task: &TaskDetail) {
         ],
         &rows,
     );
+    print!("{}", failed_errors(&task.steps));
 }
+
+/// The whole error of each failed step, lines kept (each escaped as the
+/// table is): the cause of a failure is often below a message's first
+/// line, and the table showed a backtrace's lines escaped onto one.
+fn failed_errors(steps: &[tasker_protocol::api::StepDetail]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for step in steps {
+        if let (StepState::Failed, Some(e)) = (step.state, &step.error) {
+            let lines: Vec<&str> = e.message.lines().collect();
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "{} failed: {}",
+                printable(&step.name, false),
+                printable(&e.error_type, false)
+            );
+            for line in lines.iter().take(ERROR_LINES_SHOWN) {
+                let _ = writeln!(out, "  {}", printable(line, false));
+            }
+            if lines.len() > ERROR_LINES_SHOWN {
+                let _ = writeln!(
+                    out,
+                    "  … {} more lines (--json or the dashboard shows them)",
+                    lines.len() - ERROR_LINES_SHOWN
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Lines of a failed step's error `tasker task get` prints under the table.
+const ERROR_LINES_SHOWN: usize = 20;
 
 /// Prints `rows` under `header`, each column as wide as its widest cell.
 pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
@@ -651,6 +691,32 @@ fn client(args: &ApiArgs) -> Result<Client> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failed_steps_whole_error_is_shown_under_the_table_line_by_line() {
+        let message = format!(
+            "undefined method `[]' for nil\n\n{}",
+            "  from app.rb:1\n".repeat(25)
+        );
+        let steps: Vec<tasker_protocol::api::StepDetail> = serde_json::from_value(serde_json::json!([
+            { "step_id": 1, "name": "ok", "handler": "h", "depends_on": [], "state": "completed",
+              "attempts": 1, "duration_ms": 1, "output": 1 },
+            { "step_id": 2, "name": "charge", "handler": "h", "depends_on": [], "state": "failed",
+              "attempts": 3, "duration_ms": 1,
+              "error": { "error_type": "NoMethodError", "message": message, "retryable": false } }
+        ]))
+        .unwrap();
+        let shown = super::failed_errors(&steps);
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines[1], "charge failed: NoMethodError");
+        assert_eq!(lines[2], "  undefined method `[]' for nil");
+        assert_eq!(lines[4], "    from app.rb:1");
+        assert_eq!(
+            lines.last().unwrap(),
+            &"  … 7 more lines (--json or the dashboard shows them)"
+        );
+        assert!(!shown.contains("\\n"), "{shown}");
+    }
+
     use super::*;
     use tasker_store::StepDetail;
 
