@@ -1112,26 +1112,31 @@ fn s9b_a_store_that_refuses_writes_is_down_in_the_metrics_too() {
 
 const DRAIN_WORKFLOW: &str = r#"
 name: drain
-description: one step that outlasts the first seconds of a stop
+description: a step that outlasts the first seconds of a stop, and one after it
 defaults:
   timeout_ms: 30000
 steps:
-  - name: only
+  - name: long
     handler: sleep
     handler_config: { ms: 2500 }
+  - name: after
+    handler: echo
+    depends_on: [long]
 "#;
 
 /// While a stop drains (it waits for the steps out at workers), reads and
-/// waits are answered as before and only creates are refused. A wait
-/// answered 503 when the stop began retried for its few seconds and failed
+/// waits are answered as before and only creates are refused; an open wait
+/// is answered 503 `shutting-down` once the drain is over. Answered at the
+/// stop's start, a client's wait retried for its few seconds and failed
 /// while the drain went on (5 s of steps, up to `shutdown_timeout_ms`),
-/// though the server came back and the task completed; here the task ends
-/// during the drain, and the wait sees it end.
+/// though the server came back and the task completed; answered after the
+/// store closed (on PostgreSQL), it was `store-unavailable`, with a warning.
 #[test]
 fn s21_a_wait_goes_on_through_a_stops_drain_and_only_creates_are_refused() {
-    let (dir, endpoint, store) = sqlite_setup_with("drain", DRAIN_WORKFLOW);
+    let pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
+    let (dir, endpoint, _) = sqlite_setup_with("drain", DRAIN_WORKFLOW);
     let http = client();
-    let mut serve = Serve::start(dir.path(), &store, &endpoint);
+    let mut serve = Serve::start(dir.path(), &pg.url(), &endpoint);
     let _workers = Workers::start(&endpoint, 1, 2);
     wait_for_a_worker(&http, &serve);
     let id = submit_of(&http, &serve, "drain", 1)[0];
@@ -1172,11 +1177,14 @@ fn s21_a_wait_goes_on_through_a_stops_drain_and_only_creates_are_refused() {
         .send()
         .unwrap();
     assert_eq!(read.status(), 200, "a read during the drain");
-    // The drain waits for the step, and the step's end is the task's: the
-    // wait sees it.
-    let (status, task, answered_at) = poll.join().unwrap();
-    assert_eq!(status, 200, "{task:#}");
-    assert_eq!(task["status"], "complete", "{task:#}");
+    // The drain waits for the long step; the task, suspended, does not end:
+    // the wait is answered when the drain is over, and says why.
+    let (status, problem, answered_at) = poll.join().unwrap();
+    assert_eq!(status, 503, "{problem:#}");
+    assert_eq!(
+        problem["type"], "https://tasker-core.dev/problems/shutting-down",
+        "{problem:#}"
+    );
     let waited = answered_at - stopped_at;
     assert!(
         waited >= Duration::from_secs(1),
@@ -1184,6 +1192,12 @@ fn s21_a_wait_goes_on_through_a_stops_drain_and_only_creates_are_refused() {
     );
     let exit = serve.child.wait().unwrap();
     assert!(exit.success(), "{exit:?}\n{}", tail(&serve.log(), 20));
+    let log = serve.log();
+    assert!(
+        !log.contains("unavailable to an API request"),
+        "a stop is not a store outage:\n{}",
+        tail(&log, 20)
+    );
 }
 
 /// A workflow file that does not load stops `serve` at start, so a typo

@@ -628,6 +628,12 @@ impl Service {
         let deadline = tokio::time::Instant::now() + wait;
         let mut stopping = self.stopping.subscribe();
         loop {
+            // Before the store is read: the store closes right after the
+            // drain, and a wait woken then answered `store-unavailable`
+            // (and warned of it) where the stop was the reason.
+            if *stopping.borrow_and_update() {
+                return Err(ServiceError::ShuttingDown);
+            }
             // Subscribed before reading, so an end between the two wakes us.
             let done = self
                 .drivers
@@ -636,12 +642,15 @@ impl Service {
                 .tasks
                 .get(&task_id)
                 .map(|driven| driven.done.clone());
-            let task = self.get_task(task_id).await?;
+            let task = match self.get_task(task_id).await {
+                Ok(task) => task,
+                // The store closed under a wait between the check above
+                // and the read: the stop, not the store, is why.
+                Err(_) if *stopping.borrow() => return Err(ServiceError::ShuttingDown),
+                Err(error) => return Err(error),
+            };
             if task.status != TaskState::Running {
                 return Ok(task);
-            }
-            if *stopping.borrow_and_update() {
-                return Err(ServiceError::ShuttingDown);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(task);
