@@ -912,13 +912,15 @@ fn s11_a_server_whose_store_another_took_over_after_a_postgres_restart_stops_and
     );
 }
 
-/// While PostgreSQL is down, the API answers at once, or within the store's
-/// 10 s read wait, with 503 `store-unavailable` and `Retry-After`, not 500
-/// and not a request held for 30 s; nothing of a refused create is kept,
-/// and the same create goes in once the database is back.
-#[test]
-fn s9_with_postgres_down_requests_are_answered_503_store_unavailable_and_a_create_goes_in_after() {
-    let mut pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
+/// A throwaway PostgreSQL, a `serve` on it with the usual workflows (in
+/// the returned folder), and an HTTP client that waits up to 30 s.
+fn serve_on_postgres() -> (
+    tasker_pgtest::PgServer,
+    tempfile::TempDir,
+    Serve,
+    reqwest::blocking::Client,
+) {
+    let pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
     let dir = tempfile::tempdir().unwrap();
     workflows_dir(dir.path());
     let endpoint = format!("tcp://127.0.0.1:{}", free_port());
@@ -927,6 +929,16 @@ fn s9_with_postgres_down_requests_are_answered_503_store_unavailable_and_a_creat
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
+    (pg, dir, serve, http)
+}
+
+/// While PostgreSQL is down, the API answers at once, or within the store's
+/// 10 s read wait, with 503 `store-unavailable` and `Retry-After`, not 500
+/// and not a request held for 30 s; nothing of a refused create is kept,
+/// and the same create goes in once the database is back.
+#[test]
+fn s9_with_postgres_down_requests_are_answered_503_store_unavailable_and_a_create_goes_in_after() {
+    let (mut pg, _dir, serve, http) = serve_on_postgres();
     let create = json!({ "workflow": "slow", "context": {}, "idempotency_key": "order-9" });
     pg.stop_for_now().expect("PostgreSQL stops");
 
@@ -1040,15 +1052,7 @@ fn s9_with_postgres_down_requests_are_answered_503_store_unavailable_and_a_creat
 /// fail, as `/readyz` says, and 1 again once they go through.
 #[test]
 fn s9b_a_store_that_refuses_writes_is_down_in_the_metrics_too() {
-    let pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
-    let dir = tempfile::tempdir().unwrap();
-    workflows_dir(dir.path());
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
-    let serve = Serve::start(dir.path(), &pg.url(), &endpoint);
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let (pg, _dir, serve, http) = serve_on_postgres();
     let store_up = || {
         let text = http
             .get(serve.url("/metrics"))
