@@ -345,9 +345,8 @@ impl Changes {
         // steps blocked last, as a failure blocks them (a poll that saw a
         // whole task said `blocked` before the failure upstream had
         // started).
-        let mut dispatched = Vec::new();
+        let mut started_here: Vec<Started> = Vec::new();
         let mut ended_running = Vec::new();
-        let mut ended_new = Vec::new();
         let mut blocked = Vec::new();
         for step in &task.steps {
             let (was, was_attempts) = self
@@ -376,7 +375,12 @@ impl Changes {
                         step.attempts - 1,
                     )));
                 }
-                dispatched.push((step.name.clone(), step.attempts));
+                started_here.push(Started {
+                    name: step.name.clone(),
+                    attempt: step.attempts,
+                    depends_on: step.depends_on.clone(),
+                    ended: None,
+                });
             }
             let event = match step.state {
                 StepState::Completed => Some(TaskEvent::Completed {
@@ -408,19 +412,71 @@ impl Changes {
             if step.state == StepState::Blocked {
                 blocked.extend(event);
             } else if started {
-                ended_new.extend(event);
+                started_here.last_mut().expect("pushed above").ended = event;
             } else {
                 ended_running.extend(event);
             }
         }
         out.extend(ended_running.into_iter().map(Change::Event));
-        if !dispatched.is_empty() {
-            out.push(Change::Event(TaskEvent::Dispatched { steps: dispatched }));
+        // A step that started after a parent which started and ended in
+        // the same poll comes after that parent's end, as it happened:
+        // `started charge` was said before `completed validate`.
+        let levels = dependency_levels(&started_here);
+        for level in 0..=levels.iter().copied().max().unwrap_or(0) {
+            let at: Vec<&Started> = started_here
+                .iter()
+                .zip(&levels)
+                .filter(|(_, l)| **l == level)
+                .map(|(s, _)| s)
+                .collect();
+            if at.is_empty() {
+                continue;
+            }
+            out.push(Change::Event(TaskEvent::Dispatched {
+                steps: at.iter().map(|s| (s.name.clone(), s.attempt)).collect(),
+            }));
+            out.extend(at.iter().filter_map(|s| s.ended.clone()).map(Change::Event));
         }
-        out.extend(ended_new.into_iter().map(Change::Event));
         out.extend(blocked.into_iter().map(Change::Event));
         out
     }
+}
+
+/// An attempt that started since the last poll, and how it ended if it
+/// did.
+struct Started {
+    name: String,
+    attempt: u32,
+    depends_on: Vec<String>,
+    ended: Option<TaskEvent>,
+}
+
+/// For each of `started`, how many of its ancestors also started (and
+/// ended) in the same poll, along its longest chain of them: the order in
+/// which they must be told.
+fn dependency_levels(started: &[Started]) -> Vec<usize> {
+    let mut levels = vec![0; started.len()];
+    // A chain is at most as long as the steps in it.
+    for _ in 0..started.len() {
+        let mut changed = false;
+        for (i, step) in started.iter().enumerate() {
+            let level = started
+                .iter()
+                .zip(&levels)
+                .filter(|(parent, _)| step.depends_on.contains(&parent.name))
+                .map(|(_, l)| l + 1)
+                .max()
+                .unwrap_or(0);
+            if level != levels[i] {
+                levels[i] = level;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    levels
 }
 
 fn unknown_error() -> StepExecutionError {
@@ -782,6 +838,60 @@ mod tests {
                 Change::Event(TaskEvent::Cancelling) => "cancelling".into(),
             })
             .collect()
+    }
+
+    /// A poll that finds a step done and its dependent already started
+    /// says the first's start and end before the second's start, as they
+    /// happened (it said `started charge` before `completed validate`).
+    #[test]
+    fn a_dependent_started_in_the_same_poll_as_its_parent_ended_is_said_after_it() {
+        let mut changes = Changes::default();
+        let mut charge = step(2, "charge", StepState::Running, 1);
+        charge.depends_on = vec!["validate".into()];
+        let mut notify = step(3, "notify", StepState::Waiting, 0);
+        notify.depends_on = vec!["charge".into()];
+        let mut render = step(4, "render", StepState::Running, 1);
+        render.depends_on = vec!["validate".into()];
+        let polled = task(
+            vec![
+                step(1, "validate", StepState::Completed, 1),
+                charge,
+                render,
+                notify,
+            ],
+            false,
+        );
+        assert_eq!(
+            describe(changes.between(&polled)),
+            [
+                "dispatched [(\"validate\", 1)]",
+                "completed validate 1",
+                "dispatched [(\"charge\", 1), (\"render\", 1)]",
+            ]
+        );
+        let mut charge = step(2, "charge", StepState::Completed, 1);
+        charge.depends_on = vec!["validate".into()];
+        let mut notify = step(3, "notify", StepState::Completed, 1);
+        notify.depends_on = vec!["charge".into()];
+        let mut render = step(4, "render", StepState::Running, 1);
+        render.depends_on = vec!["validate".into()];
+        let later = task(
+            vec![
+                step(1, "validate", StepState::Completed, 1),
+                charge,
+                render,
+                notify,
+            ],
+            false,
+        );
+        assert_eq!(
+            describe(changes.between(&later)),
+            [
+                "completed charge 1",
+                "dispatched [(\"notify\", 1)]",
+                "completed notify 1",
+            ]
+        );
     }
 
     #[test]
