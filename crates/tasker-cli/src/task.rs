@@ -845,45 +845,33 @@ mod tests {
     /// happened (it said `started charge` before `completed validate`).
     #[test]
     fn a_dependent_started_in_the_same_poll_as_its_parent_ended_is_said_after_it() {
+        // validate -> {charge, render}, charge -> notify, in the states given.
+        let poll = |charge: (StepState, u32), notify: (StepState, u32)| {
+            let with_parent = |mut step: StepDetail, parent: &str| {
+                step.depends_on = vec![parent.into()];
+                step
+            };
+            task(
+                vec![
+                    step(1, "validate", StepState::Completed, 1),
+                    with_parent(step(2, "charge", charge.0, charge.1), "validate"),
+                    with_parent(step(4, "render", StepState::Running, 1), "validate"),
+                    with_parent(step(3, "notify", notify.0, notify.1), "charge"),
+                ],
+                false,
+            )
+        };
         let mut changes = Changes::default();
-        let mut charge = step(2, "charge", StepState::Running, 1);
-        charge.depends_on = vec!["validate".into()];
-        let mut notify = step(3, "notify", StepState::Waiting, 0);
-        notify.depends_on = vec!["charge".into()];
-        let mut render = step(4, "render", StepState::Running, 1);
-        render.depends_on = vec!["validate".into()];
-        let polled = task(
-            vec![
-                step(1, "validate", StepState::Completed, 1),
-                charge,
-                render,
-                notify,
-            ],
-            false,
-        );
+        let first = poll((StepState::Running, 1), (StepState::Waiting, 0));
         assert_eq!(
-            describe(changes.between(&polled)),
+            describe(changes.between(&first)),
             [
                 "dispatched [(\"validate\", 1)]",
                 "completed validate 1",
                 "dispatched [(\"charge\", 1), (\"render\", 1)]",
             ]
         );
-        let mut charge = step(2, "charge", StepState::Completed, 1);
-        charge.depends_on = vec!["validate".into()];
-        let mut notify = step(3, "notify", StepState::Completed, 1);
-        notify.depends_on = vec!["charge".into()];
-        let mut render = step(4, "render", StepState::Running, 1);
-        render.depends_on = vec!["validate".into()];
-        let later = task(
-            vec![
-                step(1, "validate", StepState::Completed, 1),
-                charge,
-                render,
-                notify,
-            ],
-            false,
-        );
+        let later = poll((StepState::Completed, 1), (StepState::Completed, 1));
         assert_eq!(
             describe(changes.between(&later)),
             [

@@ -256,6 +256,14 @@ fn wait_all_ended(http: &reqwest::blocking::Client, serve: &Serve, timeout: Dura
     }
 }
 
+/// `serve`'s `/metrics` page.
+fn metrics_text(http: &reqwest::blocking::Client, serve: &Serve) -> String {
+    http.get(serve.url("/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap()
+}
+
 /// Waits until a worker has registered.
 fn wait_for_a_worker(http: &reqwest::blocking::Client, serve: &Serve) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -1027,12 +1035,7 @@ fn s9_with_postgres_down_requests_are_answered_503_store_unavailable_and_a_creat
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(created.status(), 201, "{:?}", created.text());
-    let text = http
-        .get(serve.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = metrics_text(&http, &serve);
     assert!(text.contains("\ntasker_store_up 1\n"), "{text}");
     assert!(
         text.contains("tasker_tasks{status=\"running\"} 1"),
@@ -1054,12 +1057,7 @@ fn s9_with_postgres_down_requests_are_answered_503_store_unavailable_and_a_creat
 fn s9b_a_store_that_refuses_writes_is_down_in_the_metrics_too() {
     let (pg, _dir, serve, http) = serve_on_postgres();
     let store_up = || {
-        let text = http
-            .get(serve.url("/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
+        let text = metrics_text(&http, &serve);
         text.lines()
             .find_map(|l| l.strip_prefix("tasker_store_up "))
             .map(str::to_string)
@@ -1451,12 +1449,7 @@ fn s14_a_killed_server_costs_no_attempt_of_the_backlog_waiting_in_its_store() {
         (&json!("waiting"), &json!(0)),
         "the backlog is not dispatched: {last:#}"
     );
-    let metrics = http
-        .get(serve.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics_text(&http, &serve);
     let waiting = metrics
         .lines()
         .find_map(|l| l.strip_prefix("tasker_tasks_waiting_for_room "))
