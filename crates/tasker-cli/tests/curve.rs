@@ -4,6 +4,7 @@
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use tasker_pgtest::free_port;
 
 const TASKER: &str = env!("CARGO_BIN_EXE_tasker");
 
@@ -12,8 +13,7 @@ fn repo_root() -> std::path::PathBuf {
 }
 
 fn free_endpoint() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("tcp://{}", listener.local_addr().unwrap())
+    format!("tcp://127.0.0.1:{}", free_port().unwrap())
 }
 
 fn keygen(dir: &std::path::Path, name: &str) -> std::process::Output {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
+use tasker_pgtest::free_port;
 
 const TASKER: &str = env!("CARGO_BIN_EXE_tasker");
 
@@ -54,14 +55,6 @@ steps:
     handler: echo
     depends_on: [nap]
 "#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A running `tasker serve`; killed when dropped.
 struct Serve {
@@ -186,7 +179,7 @@ struct ChromeDriver {
 impl ChromeDriver {
     fn start(log: &Path) -> ChromeDriver {
         let program = require("chromedriver");
-        let port = free_port();
+        let port = free_port().unwrap();
         let child = Command::new(program)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -485,7 +478,7 @@ fn the_dashboard_shows_a_task_to_the_end_and_cancels_a_running_one() {
     std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
     std::fs::write(dir.path().join("workflows/quick.yaml"), QUICK_WORKFLOW).unwrap();
     std::fs::write(dir.path().join("workflows/slow.yaml"), SLOW_WORKFLOW).unwrap();
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
     let serve = Serve::start(dir.path(), &endpoint, None);
     let _worker = Worker::start(&endpoint);
     let driver = ChromeDriver::start(&dir.path().join("chromedriver.log"));
@@ -671,7 +664,7 @@ fn the_dashboard_asks_for_a_token_when_the_server_has_tokens() {
     assert!(token.len() >= tasker_server::api::MIN_TOKEN_CHARS);
     let tokens = dir.path().join("tokens.yaml");
     std::fs::write(&tokens, format!("dashboard: {token}\n")).unwrap();
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
     let serve = Serve::start(dir.path(), &endpoint, Some(&tokens));
     // No worker: the task stays running, which is all the list needs.
     let id = start_task(&serve, Some(token), "quick", json!({}));

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tasker_config::TaskerConfig;
 use tasker_orchestrator::ZmqPubSubExecutor;
+use tasker_pgtest::free_port;
 use tasker_protocol::{error_types, StepBatchRequest, StepExecutionRequest, StepStatus};
 
 const LONG: Duration = Duration::from_secs(15);
@@ -272,12 +273,7 @@ fn write_stdin(child: &mut Child, input: &Value) {
 
 /// A free loopback port for a process that binds it itself.
 fn free_endpoint() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("tcp://127.0.0.1:{port}")
+    format!("tcp://127.0.0.1:{}", free_port().unwrap())
 }
 
 #[test]

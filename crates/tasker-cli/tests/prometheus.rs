@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+use tasker_pgtest::free_port;
 
 const TASKER: &str = env!("CARGO_BIN_EXE_tasker");
 
@@ -70,14 +71,6 @@ fn prometheus_binary() -> &'static str {
          install it with scripts/setup.sh (or `apt-get install prometheus`)"
     );
     PROMETHEUS
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn unix_now() -> f64 {
@@ -245,7 +238,7 @@ impl Prometheus {
         std::fs::write(&config_file, &config).unwrap();
         let log = home.join("prometheus.log");
         let log_file = std::fs::File::create(&log).unwrap();
-        let listen = format!("127.0.0.1:{}", free_port());
+        let listen = format!("127.0.0.1:{}", free_port().unwrap());
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config_file.display()))
             .arg(format!(
@@ -601,7 +594,7 @@ fn p1_prometheus_scrapes_serve_while_steps_run_and_stores_the_counts_of_the_step
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     workflows_dir(dir.path());
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
     let serve = Serve::start(dir.path(), &endpoint, None);
     let _workers = Workers::start(&endpoint, 2, 2);
     let http = client(None);
@@ -716,7 +709,7 @@ fn p2_with_api_tokens_metrics_needs_a_token_and_prometheus_scrapes_with_one() {
     std::fs::write(&credentials, token).unwrap();
     let wrong = dir.path().join("wrong.token");
     std::fs::write(&wrong, "not-a-listed-token-0123456789").unwrap();
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
     let serve = Serve::start(dir.path(), &endpoint, Some(&tokens));
     let _workers = Workers::start(&endpoint, 1, 4);
 

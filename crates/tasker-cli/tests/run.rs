@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tasker_pgtest::free_port;
 
 const TASKER: &str = env!("CARGO_BIN_EXE_tasker");
 
@@ -35,8 +36,7 @@ fn tasker_run_with_worker(workflow: impl AsRef<std::ffi::OsStr>) -> Command {
 }
 
 fn free_endpoint() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("tcp://{}", listener.local_addr().unwrap())
+    format!("tcp://127.0.0.1:{}", free_port().unwrap())
 }
 
 fn workflow_file(yaml: &str) -> tempfile::NamedTempFile {

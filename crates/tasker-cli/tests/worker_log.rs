@@ -8,12 +8,12 @@ use std::io::{BufRead, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
+use tasker_pgtest::free_port;
 
 const TASKER: &str = env!("CARGO_BIN_EXE_tasker");
 
 fn free_endpoint() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("tcp://{}", listener.local_addr().unwrap())
+    format!("tcp://127.0.0.1:{}", free_port().unwrap())
 }
 
 struct Reaper(Vec<Child>);

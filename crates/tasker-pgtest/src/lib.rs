@@ -1,4 +1,5 @@
-//! Throwaway PostgreSQL servers for tests.
+//! Throwaway PostgreSQL servers for tests, and free loopback ports
+//! ([`free_port`]) for servers a test stops and starts again.
 //!
 //! [`PgServer::start`] runs Debian's PostgreSQL binaries
 //! (`/usr/lib/postgresql/*/bin`) on a data directory of its own in a
@@ -263,7 +264,7 @@ impl PgServer {
         // Another process may take the free port between our probe and the
         // server's bind: try a few.
         for _ in 0..5 {
-            let port = free_port()?;
+            let port = free_port().map_err(io_error("finding a free port on 127.0.0.1"))?;
             match self.pg_ctl_start(port) {
                 Ok(()) => {
                     self.port = port;
@@ -416,14 +417,49 @@ fn postgres_user() -> Result<(u32, u32), PgTestError> {
         .ok_or(PgTestError::NoPostgresUser)
 }
 
-fn free_port() -> Result<u16, PgTestError> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(io_error("finding a free port on 127.0.0.1"))?;
-    let port = listener
-        .local_addr()
-        .map_err(io_error("finding a free port on 127.0.0.1"))?
-        .port();
-    Ok(port)
+/// A TCP port of 127.0.0.1 that nothing listens on, below the kernel's
+/// ephemeral range, for a server a test may stop and start again on it.
+///
+/// A port from `bind(127.0.0.1:0)` comes from the ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), and so does the local end of
+/// every outgoing connection: with tests side by side opening both, a
+/// server restarted on such a port can find it taken in the moment it was
+/// free (CI saw a restarted `tasker serve` fail to bind so). Below that
+/// range only a program binding a fixed port can take it. Each process
+/// walks its own stretch of ports, from a start its process id picks, so
+/// test processes running at once rarely try the same ones; a port found
+/// bound is skipped.
+///
+/// ```
+/// let port = tasker_pgtest::free_port().unwrap();
+/// let endpoint = format!("tcp://127.0.0.1:{port}");
+/// # let _ = endpoint;
+/// ```
+pub fn free_port() -> io::Result<u16> {
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_start.saturating_sub(LOWEST);
+    if span < 1_000 {
+        // A machine whose ephemeral range starts this low leaves no room:
+        // take what the kernel hands out.
+        return Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+    }
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(LOWEST + offset).expect("below the ephemeral range");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrNotAvailable,
+        "every port of 127.0.0.1 below the ephemeral range is in use",
+    ))
 }
 
 /// Runs `command` to completion; a failure carries the end of its output.

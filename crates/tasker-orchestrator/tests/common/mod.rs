@@ -29,13 +29,10 @@ pub fn config() -> TaskerConfig {
 }
 
 /// [`config`] on a loopback port free now, for an orchestrator started
-/// again where the first one was (a worker reconnects to the same endpoint).
+/// again where the first one was (a worker reconnects to the same endpoint);
+/// the port is below the ephemeral range, so no connection takes it between.
 pub fn config_on_a_fixed_port() -> TaskerConfig {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("its address")
-        .port();
+    let port = tasker_pgtest::free_port().expect("a free port");
     TaskerConfig {
         endpoint: format!("tcp://127.0.0.1:{port}"),
         ..config()
