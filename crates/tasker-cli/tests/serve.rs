@@ -164,25 +164,39 @@ impl Workers {
         Workers(
             (0..n)
                 .map(|i| {
-                    Command::new(TASKER)
-                        .arg("worker")
-                        .args(["--endpoint", endpoint])
-                        .args(["--handlers", "sleep,echo,fail_permanent"])
-                        .args(["--capacity", &capacity.to_string()])
-                        .args(["--threads", &capacity.min(64).to_string()])
-                        .args(["--worker-id", &format!("w{i}")])
-                        .env("TASKER_ENV", "test")
-                        .env("TASKER_HEARTBEAT_INTERVAL_MS", "200")
-                        .env("TASKER_LIVENESS", "3")
-                        .env("TASKER_RECONNECT_MAX_MS", "200")
-                        .env("RUST_LOG", "warn")
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .spawn()
-                        .expect("tasker worker starts")
+                    Workers::spawn(
+                        endpoint,
+                        &format!("w{i}"),
+                        capacity,
+                        "sleep,echo,fail_permanent",
+                    )
                 })
                 .collect(),
         )
+    }
+
+    /// One worker serving only `handlers` (comma-separated).
+    fn serving(endpoint: &str, worker_id: &str, handlers: &str) -> Workers {
+        Workers(vec![Workers::spawn(endpoint, worker_id, 2, handlers)])
+    }
+
+    fn spawn(endpoint: &str, worker_id: &str, capacity: u32, handlers: &str) -> Child {
+        Command::new(TASKER)
+            .arg("worker")
+            .args(["--endpoint", endpoint])
+            .args(["--handlers", handlers])
+            .args(["--capacity", &capacity.to_string()])
+            .args(["--threads", &capacity.min(64).to_string()])
+            .args(["--worker-id", worker_id])
+            .env("TASKER_ENV", "test")
+            .env("TASKER_HEARTBEAT_INTERVAL_MS", "200")
+            .env("TASKER_LIVENESS", "3")
+            .env("TASKER_RECONNECT_MAX_MS", "200")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tasker worker starts")
     }
 }
 
@@ -1586,11 +1600,21 @@ steps:
     handler: ecko
 "#;
 
-/// A handler name nobody serves, with workers connected, is said at once
+const ECHO_WORKFLOW: &str = r#"
+name: echo_only
+description: one echo step
+defaults:
+  timeout_ms: 60000
+steps:
+  - name: only
+    handler: echo
+"#;
+
+/// A handler name nobody serves, with workers connected, is said within seconds
 /// with the served name it comes close to: it used to show only when its
 /// steps ended `NoWorkerForHandler`, a timeout (and every retry) later.
 #[test]
-fn s16_a_handler_no_connected_worker_serves_is_warned_about_at_once_with_a_near_name() {
+fn s16_a_handler_no_connected_worker_serves_is_warned_about_within_seconds_with_a_near_name() {
     let (dir, endpoint, store) = sqlite_setup_with("typo", TYPO_WORKFLOW);
     let serve = Serve::start(dir.path(), &store, &endpoint);
     let _workers = Workers::start(&endpoint, 1, 2);
@@ -1626,6 +1650,43 @@ fn s16_a_handler_no_connected_worker_serves_is_warned_about_at_once_with_a_near_
         1,
         "once for three tasks"
     );
+}
+
+/// At a restart of `serve` the workers come back about a second apart, and
+/// the first one back made the server warn that no worker served the
+/// others' handlers. A handler is warned about only when it is still
+/// unserved some seconds on.
+#[test]
+fn s16b_a_handler_whose_worker_connects_seconds_later_is_not_warned_about() {
+    let (dir, endpoint, store) = sqlite_setup_with("echo_only", ECHO_WORKFLOW);
+    let serve = Serve::start(dir.path(), &store, &endpoint);
+    let _first = Workers::serving(&endpoint, "first", "sleep");
+    let http = client();
+    wait_for_a_worker(&http, &serve);
+    submit_of(&http, &serve, "echo_only", 2);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let _second = Workers::serving(&endpoint, "second", "echo");
+    wait_all_ended(&http, &serve, Duration::from_secs(20));
+    // Past the grace, and a heartbeat tick more.
+    std::thread::sleep(Duration::from_secs(6));
+    let log = serve.log();
+    assert!(
+        !log.contains("no connected worker serves handler"),
+        "{}",
+        tail(&log, 20)
+    );
+    let tasks: Value = http
+        .get(serve.url("/v1/tasks"))
+        .send()
+        .and_then(|r| r.json())
+        .unwrap();
+    let statuses: Vec<&str> = tasks["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["complete", "complete"], "{tasks}");
 }
 
 /// A server without `api_tokens_file` accepts every request; a client that

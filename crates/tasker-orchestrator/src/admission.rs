@@ -39,6 +39,13 @@ pub const ADMITTED_WITHOUT_WORKERS: u64 = 8;
 
 /// How often a handler no connected worker serves is warned about.
 const UNSERVED_WARNING_EVERY: Duration = Duration::from_secs(60);
+/// How long a handler stays unserved, with workers connected and steps of
+/// it admitted or waiting, before it is warned about. At a restart of
+/// `serve` the workers come back about a second apart, and the first one
+/// back made the server warn of every other one's handlers; a misspelt
+/// handler is still warned about seconds after its first step, long before
+/// that step times out.
+const UNSERVED_GRACE: Duration = Duration::from_secs(5);
 /// Handlers remembered as warned about, at most (a workflow may name
 /// thousands nobody serves).
 const WARNED_HANDLERS: usize = 1_024;
@@ -93,6 +100,8 @@ struct State {
     next_seq: u64,
     /// Handlers nobody serves, and when each was last warned about.
     warned: HashMap<Arc<str>, Instant>,
+    /// Handlers found unserved whose grace is running, and since when.
+    unserved: HashMap<Arc<str>, Instant>,
 }
 
 #[derive(Debug)]
@@ -184,27 +193,45 @@ impl State {
                 }
                 line.unserved += 1;
                 line.admitted += 1;
-                self.warn_unserved(handler);
+                self.note_unserved(handler);
                 Some(None)
             }
         }
     }
 
-    /// Says, once a minute per handler, that workers are connected but none
-    /// serves `handler`: a typo in a workflow or in a worker's handler list
-    /// otherwise showed only when its steps ended `NoWorkerForHandler`, a
-    /// timeout later (30 s and three attempts for a new user). Nothing
+    /// Starts the grace of a handler no connected worker serves, unless it
+    /// runs already or the handler was warned about this minute. Nothing
     /// while no worker is connected at all: a server starting, its workers
     /// not back yet.
-    fn warn_unserved(&mut self, handler: &str) {
-        if self.rooms.is_empty() {
+    fn note_unserved(&mut self, handler: &str) {
+        if self.rooms.is_empty() || self.unserved.contains_key(handler) {
+            return;
+        }
+        let recent = self
+            .warned
+            .get(handler)
+            .is_some_and(|at| at.elapsed() < UNSERVED_WARNING_EVERY);
+        if recent || self.unserved.len() >= WARNED_HANDLERS {
+            return;
+        }
+        let key = self.key(handler);
+        self.unserved.insert(key, Instant::now());
+    }
+
+    /// At the end of a handler's grace, says that workers are connected but
+    /// none serves it, if that is still so and steps of it still wait: a
+    /// typo in a workflow or in a worker's handler list otherwise showed
+    /// only when its steps ended `NoWorkerForHandler`, a timeout later (30 s
+    /// and three attempts for a new user). At most once a minute per
+    /// handler.
+    fn warn_if_still_unserved(&mut self, handler: &str) {
+        self.unserved.remove(handler);
+        let served = self.serving.get(handler).is_some_and(|ids| !ids.is_empty());
+        if self.rooms.is_empty() || served || !self.lines.contains_key(handler) {
             return;
         }
         let now = Instant::now();
         let recent = |at: &Instant| now.duration_since(*at) < UNSERVED_WARNING_EVERY;
-        if self.warned.get(handler).is_some_and(recent) {
-            return;
-        }
         if self.warned.len() >= WARNED_HANDLERS {
             self.warned.retain(|_, at| recent(at));
             if self.warned.len() >= WARNED_HANDLERS {
@@ -379,6 +406,25 @@ impl Admission {
         }
         state.serving = serving;
         state.admit_waiting();
+    }
+
+    /// Warns of each handler whose grace has ended while it is still
+    /// unserved with workers connected (see `UNSERVED_GRACE`). The I/O
+    /// thread calls this at each heartbeat tick.
+    pub(crate) fn warn_unserved_past_grace(&self, now: Instant) {
+        let mut state = self.shared.state.lock().expect("admission lock");
+        if state.unserved.is_empty() {
+            return;
+        }
+        let due: Vec<Arc<str>> = state
+            .unserved
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= UNSERVED_GRACE)
+            .map(|(handler, _)| Arc::clone(handler))
+            .collect();
+        for handler in due {
+            state.warn_if_still_unserved(&handler);
+        }
     }
 
     /// Steps admitted now, and tasks waiting in line (those still
@@ -601,6 +647,34 @@ mod tests {
         assert_eq!(more.len(), 2);
         drop(permits);
         assert!(admission.try_admit("h").is_none());
+    }
+
+    /// At a restart of `serve` the workers come back a second apart: the
+    /// first one back made the server warn of the handlers of all the
+    /// others. A handler still unserved at the end of its grace is a typo.
+    #[test]
+    fn a_handler_is_warned_of_only_if_still_unserved_at_the_end_of_its_grace() {
+        let warned = |admission: &Admission| {
+            let state = admission.shared.state.lock().unwrap();
+            let mut names: Vec<String> = state.warned.keys().map(|h| h.to_string()).collect();
+            names.sort();
+            names
+        };
+        let admission = Admission::default();
+        let _before_any_worker = admission.try_admit("nobody").unwrap();
+        admission.set_rooms(vec![conn(1, 2, &["a"])]);
+        let _back_soon = admission.try_admit("b").unwrap();
+        let _typo = admission.try_admit("ecko").unwrap();
+        let started = Instant::now();
+        admission.warn_unserved_past_grace(started);
+        assert!(warned(&admission).is_empty(), "not before the grace ends");
+        admission.set_rooms(vec![conn(1, 2, &["a"]), conn(2, 2, &["b"])]);
+        admission.warn_unserved_past_grace(started + UNSERVED_GRACE);
+        assert_eq!(
+            warned(&admission),
+            ["ecko"],
+            "not b, whose worker came back; not a step admitted while no worker was connected"
+        );
     }
 
     fn noop_waker() -> std::task::Waker {

@@ -56,6 +56,7 @@ impl Dispatcher {
             expired as u64,
         );
         self.send_heartbeats(&heartbeat, |c| !c.retired);
+        self.channels.admission.warn_unserved_past_grace(now);
     }
 
     /// Sends `heartbeat` to every connection not known gone that `which`
