@@ -30,6 +30,26 @@ use tasker_config::TaskerConfig;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr as text, or as one JSON object per line for a
+    /// log collector.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        ignore_case = true,
+        env = "TASKER_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    /// `{"timestamp":…,"level":"INFO","message":…,"target":…}` and the
+    /// event's fields beside them.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -108,30 +128,41 @@ impl ConfigArgs {
     }
 }
 
-fn init_logging(default_level: &str) {
+fn init_logging(default_level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    // Colour only for a person at a terminal: a log file or a pipe gets
-    // plain text (and NO_COLOR is honoured).
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").map_or(true, |v| v.is_empty());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(ansi)
         // A log line that cannot be written is lost, not reported: the
         // report goes through `eprintln!`, which panics when stderr fails
         // too, so a full disk under a log file panicked whichever thread
         // logged, the store's writer among them, and the server never
         // wrote again after space came back.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => {
+            // Colour only for a person at a terminal: a log file or a pipe
+            // gets plain text (and NO_COLOR is honoured).
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").map_or(true, |v| v.is_empty());
+            builder.with_ansi(ansi).init();
+        }
+        // Flattened, without span lists: a collector finds `level` and
+        // `message` at the top of every line.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 fn main() {
     let cli = Cli::parse();
     open_files::raise_to_hard_limit();
-    if let Err(e) = run_command(cli.command) {
+    if let Err(e) = run_command(cli.command, cli.log_format) {
         fail(&e, 1);
     }
 }
@@ -177,7 +208,7 @@ fn error_text(error: &anyhow::Error) -> String {
     text
 }
 
-fn run_command(command: Command) -> Result<()> {
+fn run_command(command: Command, log_format: LogFormat) -> Result<()> {
     match command {
         Command::Schema {
             out,
@@ -186,11 +217,11 @@ fn run_command(command: Command) -> Result<()> {
             check,
         } => schema(&out, &workflow_out, &openapi_out, check),
         Command::Dispatch(args) => {
-            init_logging("warn");
+            init_logging("warn", log_format);
             dispatch::run(args)
         }
         Command::Run(args) => {
-            init_logging("warn");
+            init_logging("warn", log_format);
             match run::run(args) {
                 Ok(tasker_engine::TaskStatus::Complete) => Ok(()),
                 Ok(_) => std::process::exit(1),
@@ -201,24 +232,24 @@ fn run_command(command: Command) -> Result<()> {
             }
         }
         Command::Worker(args) => {
-            init_logging("info");
+            init_logging("info", log_format);
             worker::run(args)
         }
         Command::Bench(args) => {
-            init_logging("error");
+            init_logging("error", log_format);
             bench::run(args)
         }
         Command::BenchWorkers(args) => {
-            init_logging("error");
+            init_logging("error", log_format);
             bench_workers::run(args)
         }
         Command::Serve(args) => {
-            init_logging("info");
+            init_logging("info", log_format);
             serve::run(args)
         }
         Command::Keygen(args) => keygen::run(args).map_err(|e| fail(&e, 2)),
         Command::Task(args) => {
-            init_logging("warn");
+            init_logging("warn", log_format);
             die_quietly_on_a_closed_pipe();
             match task::run(args) {
                 Ok(0) => Ok(()),
@@ -227,7 +258,7 @@ fn run_command(command: Command) -> Result<()> {
             }
         }
         Command::Soak(args) => {
-            init_logging("warn");
+            init_logging("warn", log_format);
             match soak::run(args) {
                 Ok(true) => Ok(()),
                 Ok(false) => std::process::exit(1),

@@ -1748,6 +1748,46 @@ fn s17b_a_tokens_file_other_users_can_read_is_warned_of_at_start() {
     }
 }
 
+/// A log collector reads one JSON object per line, with the level and the
+/// message at the top and the event's fields beside them.
+#[test]
+fn s23_with_tasker_log_format_json_every_log_line_is_a_json_object() {
+    let (dir, endpoint, store) = sqlite_setup_with("one_try", ONE_TRY_WORKFLOW);
+    let serve = Serve::try_start_with(dir.path(), &store, &endpoint, |command| {
+        command.env("TASKER_LOG_FORMAT", "json");
+    })
+    .unwrap_or_else(|log| panic!("serve did not start:\n{log}"));
+    let _workers = Workers::start(&endpoint, 1, 2);
+    let http = client();
+    wait_for_a_worker(&http, &serve);
+    submit_of(&http, &serve, "one_try", 1);
+    wait_all_ended(&http, &serve, Duration::from_secs(20));
+    let log = serve.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    for line in &lines {
+        for key in ["timestamp", "level", "message", "target"] {
+            assert!(line[key].is_string(), "no {key}: {line}");
+        }
+    }
+    let opened = lines
+        .iter()
+        .find(|l| l["message"] == "created a new, empty SQLite store")
+        .unwrap_or_else(|| panic!("no store line:\n{log}"));
+    assert_eq!(opened["level"], "INFO");
+    assert!(
+        opened["path"].as_str().is_some_and(|p| p.ends_with("t.db")),
+        "{opened}"
+    );
+    // A value the worker chose keeps the text form's quotes and escapes.
+    assert!(
+        lines.iter().any(|l| l["worker_id"] == r#""w0""#),
+        "the worker's registration names it in a field:\n{log}"
+    );
+}
+
 const PAUSE_WORKFLOW: &str = r#"
 name: pause
 description: one short step that may run once, with a short timeout
