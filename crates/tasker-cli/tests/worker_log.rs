@@ -158,3 +158,62 @@ fn a_worker_waiting_out_a_long_reconnect_backoff_does_not_say_it_could_not_beat(
     assert_eq!(count(&waited, "could not beat"), 0, "{waited:#?}");
     assert_eq!(count(&waited, "WARN"), 0, "{waited:#?}");
 }
+
+/// After a restart of `serve` a worker hears `unknown_worker` once for each
+/// message it sent before its hello was read (a heartbeat, results) and
+/// says hello to each (SPEC §5 rule 12): every worker logged "saying hello
+/// again" and "registered with orchestrator" twice in the same millisecond.
+#[test]
+fn unknown_worker_twice_in_a_row_is_said_once_and_so_is_the_registration_it_leads_to() {
+    use tasker_protocol::{codec, OrchestratorMessage, ProtocolError, ProtocolErrorCode, Welcome};
+    let context = zmq::Context::new();
+    let router = context.socket(zmq::ROUTER).unwrap();
+    router.set_linger(0).unwrap();
+    router.set_rcvtimeo(100).unwrap();
+    router.bind("tcp://127.0.0.1:*").unwrap();
+    let endpoint = router.get_last_endpoint().unwrap().unwrap();
+    let mut worker = worker(&endpoint, "echo", (50, 100));
+    let lines = lines_of(&mut worker);
+    let _reaper = Reaper(vec![worker]);
+
+    let welcome = codec::encode(&OrchestratorMessage::Welcome(Welcome {
+        heartbeat_interval_ms: 1_000,
+        liveness: 3,
+        max_message_bytes: 1 << 20,
+        orchestrator_id: "o1".into(),
+        max_json_depth: 64,
+    }))
+    .unwrap();
+    let unknown = codec::encode(&OrchestratorMessage::ProtocolError(ProtocolError {
+        code: ProtocolErrorCode::UnknownWorker,
+        message: "no worker is registered on this connection".into(),
+    }))
+    .unwrap();
+    let send = |peer: &[u8], message: &[Vec<u8>]| {
+        let mut frames = vec![peer.to_vec()];
+        frames.extend(message.iter().cloned());
+        router.send_multipart(frames, 0).unwrap();
+    };
+    // Welcomes each hello; after the first, tells the worker twice that it
+    // is unknown, as a restarted orchestrator answers two messages.
+    let mut hellos = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hellos < 3 {
+        assert!(Instant::now() < deadline, "{hellos} hellos");
+        let Ok(frames) = router.recv_multipart(0) else {
+            continue;
+        };
+        if !frames[frames.len() - 1].starts_with(br#"{"type":"hello""#) {
+            continue;
+        }
+        hellos += 1;
+        send(&frames[0], &welcome);
+        if hellos == 1 {
+            send(&frames[0], &unknown);
+            send(&frames[0], &unknown);
+        }
+    }
+    let said = lines_during(&lines, Duration::from_millis(500));
+    assert_eq!(count(&said, "saying hello again"), 1, "{said:#?}");
+    assert_eq!(count(&said, "registered with orchestrator"), 2, "{said:#?}");
+}

@@ -805,6 +805,10 @@ impl Connection {
     fn handle(&mut self, message: OrchestratorMessage) {
         match message {
             OrchestratorMessage::Welcome(welcome) => {
+                // The answer to a second hello said for a second
+                // `unknown_worker` in a row (rule 12): said once is enough.
+                let again = self.welcomed
+                    && self.orchestrator_id.as_deref() == Some(welcome.orchestrator_id.as_str());
                 self.welcomed = true;
                 self.hello_at = None;
                 self.refusals = 0;
@@ -832,13 +836,17 @@ impl Connection {
                     self.shared.set_state(RuntimeState::Connected);
                 }
                 self.waiting_said = false;
-                tracing::info!(
-                    worker_id = %self.shared.worker_id,
-                    endpoint = %self.shared.config.endpoint,
-                    handlers = %self.shared.handlers.join(","),
-                    orchestrator_id = %welcome.orchestrator_id,
-                    "registered with orchestrator"
-                );
+                if again {
+                    tracing::debug!(orchestrator_id = %welcome.orchestrator_id, "welcomed again");
+                } else {
+                    tracing::info!(
+                        worker_id = %self.shared.worker_id,
+                        endpoint = %self.shared.config.endpoint,
+                        handlers = %self.shared.handlers.join(","),
+                        orchestrator_id = %welcome.orchestrator_id,
+                        "registered with orchestrator"
+                    );
+                }
             }
             OrchestratorMessage::StepBatchRequest(batch) => {
                 let steps = batch.steps.into_iter().map(Received::Typed).collect();
@@ -857,7 +865,18 @@ impl Connection {
                         // A hello is due after the backoff already.
                         return;
                     }
-                    tracing::info!("orchestrator does not know this worker; saying hello again");
+                    // One comes for each message sent before the hello was
+                    // read (a heartbeat, results), each answered with a
+                    // hello: the log says the first.
+                    if self.welcomed {
+                        tracing::info!(
+                            "orchestrator does not know this worker; saying hello again"
+                        );
+                    } else {
+                        tracing::debug!(
+                            "unknown_worker again before the welcome; saying hello again"
+                        );
+                    }
                     // It takes no results from us until it welcomes us again.
                     self.welcomed = false;
                     self.hold_recent_again();
