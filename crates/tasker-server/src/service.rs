@@ -427,6 +427,7 @@ impl Service {
                 service
                     .throughput
                     .sample(Utc::now(), &service.executor.metrics());
+                crate::api::say_held_back_store_refusals();
             }
         }));
         let weak = Arc::downgrade(self);

@@ -31,6 +31,7 @@ pub use problem::{ProblemKind, MAX_QUOTED_CHARS, PROBLEM_BASE, PROBLEM_CONTENT_T
 use crate::Service;
 use extract::{ApiJson, ListQuery, NoQuery, TaskIdPath, WaitQuery, WorkersQuery};
 use problem::quote;
+pub(crate) use problem::say_held_back_store_refusals;
 use types::{CreateTaskRequest, Health, HealthStatus, Journal, Problem, WorkerList, WorkflowList};
 
 /// Largest request body accepted, in bytes (1 MiB); a larger one is a 413.

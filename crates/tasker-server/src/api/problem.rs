@@ -407,13 +407,37 @@ fn json_words(message: &str) -> String {
     text
 }
 
+/// When the store-unavailable warning was last said, and how many refusals
+/// were held back since.
+static STORE_WARNED: std::sync::Mutex<WarnedAt> = std::sync::Mutex::new((None, 0));
+
+/// How often the store-unavailable warning is said at most.
+const STORE_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Whether the store-unavailable warning is due (at most every 10 s):
 /// with the store down, every request warned, hundreds of lines a second
 /// under load. Gives the number of refusals not said since the last one.
 fn store_warning_due() -> Option<u64> {
-    static LAST: std::sync::Mutex<WarnedAt> = std::sync::Mutex::new((None, 0));
-    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut last = STORE_WARNED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     warning_due(&mut last, std::time::Instant::now())
+}
+
+/// Says how many store-unavailable refusals were held back since the last
+/// warning once that warning is 10 s old: the count of an outage's last
+/// seconds was never said when no refusal came after it (the store back).
+/// Called every few seconds.
+pub(crate) fn say_held_back_store_refusals() {
+    let mut last = STORE_WARNED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(held) = held_back_due(&mut last, std::time::Instant::now()) {
+        tracing::warn!(
+            refused_since_last = held,
+            "the task store was unavailable to more API requests after the last warning"
+        );
+    }
 }
 
 /// When a warning was last said, and how many were held back since.
@@ -422,7 +446,7 @@ type WarnedAt = (Option<std::time::Instant>, u64);
 fn warning_due(last: &mut WarnedAt, now: std::time::Instant) -> Option<u64> {
     if last
         .0
-        .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(10))
+        .is_some_and(|at| now.duration_since(at) < STORE_WARNING_EVERY)
     {
         last.1 += 1;
         return None;
@@ -430,6 +454,18 @@ fn warning_due(last: &mut WarnedAt, now: std::time::Instant) -> Option<u64> {
     let since = std::mem::take(&mut last.1);
     last.0 = Some(now);
     Some(since)
+}
+
+/// The held-back count, once the last warning is old enough to say it.
+fn held_back_due(last: &mut WarnedAt, now: std::time::Instant) -> Option<u64> {
+    let old_enough = last
+        .0
+        .is_some_and(|at| now.duration_since(at) >= STORE_WARNING_EVERY);
+    if last.1 == 0 || !old_enough {
+        return None;
+    }
+    last.0 = Some(now);
+    Some(std::mem::take(&mut last.1))
 }
 
 #[cfg(test)]
@@ -447,6 +483,41 @@ mod tests {
         assert_eq!(
             super::warning_due(&mut last, start + Duration::from_secs(10)),
             Some(3)
+        );
+    }
+
+    /// An outage's last refusals, held back after its last warning, are
+    /// said once that warning is 10 s old, whether more come or not.
+    #[test]
+    fn refusals_held_back_after_the_last_warning_are_said_ten_seconds_on() {
+        use std::time::{Duration, Instant};
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut last = (None, 0);
+        assert_eq!(
+            super::held_back_due(&mut last, at(0)),
+            None,
+            "nothing said yet"
+        );
+        assert_eq!(super::warning_due(&mut last, at(0)), Some(0));
+        assert_eq!(
+            super::held_back_due(&mut last, at(5_000)),
+            None,
+            "none held"
+        );
+        assert_eq!(super::warning_due(&mut last, at(6_000)), None);
+        assert_eq!(super::warning_due(&mut last, at(7_000)), None);
+        assert_eq!(super::held_back_due(&mut last, at(9_999)), None, "too soon");
+        assert_eq!(super::held_back_due(&mut last, at(10_000)), Some(2));
+        assert_eq!(
+            super::held_back_due(&mut last, at(30_000)),
+            None,
+            "said once"
+        );
+        assert_eq!(
+            super::warning_due(&mut last, at(15_000)),
+            None,
+            "the held-back line counts as the last warning"
         );
     }
 
