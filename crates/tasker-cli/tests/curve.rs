@@ -2,18 +2,16 @@
 //! requires CURVE with the workers it spawns, and a worker process the
 //! orchestrator refuses, which must exit saying why instead of waiting.
 
+mod common;
+
+use common::free_endpoint;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tasker_pgtest::free_port;
 
 const TASKER: &str = env!("CARGO_BIN_EXE_tasker");
 
 fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn free_endpoint() -> String {
-    format!("tcp://127.0.0.1:{}", free_port().unwrap())
 }
 
 fn keygen(dir: &std::path::Path, name: &str) -> std::process::Output {

@@ -4,11 +4,14 @@
 //! through the HTTP API and watched, and one cancelled, in the browser.
 //! Screenshots land in `<CARGO_TARGET_TMPDIR>/dashboard-screenshots/`.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_endpoint, worker_command};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
@@ -129,18 +132,7 @@ struct Worker(Child);
 
 impl Worker {
     fn start(endpoint: &str) -> Worker {
-        let child = Command::new(TASKER)
-            .arg("worker")
-            .args(["--endpoint", endpoint])
-            .args(["--handlers", "noop,echo,sleep,flaky"])
-            .args(["--worker-id", "dash-worker"])
-            .env("TASKER_ENV", "test")
-            .env("TASKER_HEARTBEAT_INTERVAL_MS", "200")
-            .env("TASKER_LIVENESS", "3")
-            .env("TASKER_RECONNECT_MAX_MS", "200")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let child = worker_command(endpoint, "dash-worker", "noop,echo,sleep,flaky")
             .spawn()
             .expect("tasker worker starts");
         Worker(child)
@@ -478,7 +470,7 @@ fn the_dashboard_shows_a_task_to_the_end_and_cancels_a_running_one() {
     std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
     std::fs::write(dir.path().join("workflows/quick.yaml"), QUICK_WORKFLOW).unwrap();
     std::fs::write(dir.path().join("workflows/slow.yaml"), SLOW_WORKFLOW).unwrap();
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
+    let endpoint = free_endpoint();
     let serve = Serve::start(dir.path(), &endpoint, None);
     let _worker = Worker::start(&endpoint);
     let driver = ChromeDriver::start(&dir.path().join("chromedriver.log"));
@@ -664,7 +656,7 @@ fn the_dashboard_asks_for_a_token_when_the_server_has_tokens() {
     assert!(token.len() >= tasker_server::api::MIN_TOKEN_CHARS);
     let tokens = dir.path().join("tokens.yaml");
     std::fs::write(&tokens, format!("dashboard: {token}\n")).unwrap();
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
+    let endpoint = free_endpoint();
     let serve = Serve::start(dir.path(), &endpoint, Some(&tokens));
     // No worker: the task stays running, which is all the list needs.
     let id = start_task(&serve, Some(token), "quick", json!({}));

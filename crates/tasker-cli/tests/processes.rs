@@ -3,14 +3,16 @@
 //! after it was declared dead, a worker draining on SIGINT, and the
 //! `tasker dispatch` command driving a worker from a shell.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_endpoint;
 use serde_json::{json, Value};
 use tasker_config::TaskerConfig;
 use tasker_orchestrator::ZmqPubSubExecutor;
-use tasker_pgtest::free_port;
 use tasker_protocol::{error_types, StepBatchRequest, StepExecutionRequest, StepStatus};
 
 const LONG: Duration = Duration::from_secs(15);
@@ -272,9 +274,6 @@ fn write_stdin(child: &mut Child, input: &Value) {
 }
 
 /// A free loopback port for a process that binds it itself.
-fn free_endpoint() -> String {
-    format!("tcp://127.0.0.1:{}", free_port().unwrap())
-}
 
 #[test]
 fn g4_a_stalled_orchestrator_declares_no_healthy_worker_dead() {

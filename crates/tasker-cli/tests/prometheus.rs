@@ -5,12 +5,15 @@
 //! the task API says ran. With API tokens, `/metrics` needs one too, and
 //! Prometheus scrapes with it.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{free_endpoint, worker_command};
 use serde_json::{json, Value};
 use tasker_pgtest::free_port;
 
@@ -161,20 +164,9 @@ impl Workers {
         Workers(
             (0..n)
                 .map(|i| {
-                    Command::new(TASKER)
-                        .arg("worker")
-                        .args(["--endpoint", endpoint])
-                        .args(["--handlers", HANDLERS])
+                    worker_command(endpoint, &format!("w{i}"), HANDLERS)
                         .args(["--capacity", &capacity.to_string()])
                         .args(["--threads", &capacity.to_string()])
-                        .args(["--worker-id", &format!("w{i}")])
-                        .env("TASKER_ENV", "test")
-                        .env("TASKER_HEARTBEAT_INTERVAL_MS", "200")
-                        .env("TASKER_LIVENESS", "3")
-                        .env("TASKER_RECONNECT_MAX_MS", "200")
-                        .env("RUST_LOG", "warn")
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
                         .spawn()
                         .expect("tasker worker starts")
                 })
@@ -594,7 +586,7 @@ fn p1_prometheus_scrapes_serve_while_steps_run_and_stores_the_counts_of_the_step
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     workflows_dir(dir.path());
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
+    let endpoint = free_endpoint();
     let serve = Serve::start(dir.path(), &endpoint, None);
     let _workers = Workers::start(&endpoint, 2, 2);
     let http = client(None);
@@ -709,7 +701,7 @@ fn p2_with_api_tokens_metrics_needs_a_token_and_prometheus_scrapes_with_one() {
     std::fs::write(&credentials, token).unwrap();
     let wrong = dir.path().join("wrong.token");
     std::fs::write(&wrong, "not-a-listed-token-0123456789").unwrap();
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
+    let endpoint = free_endpoint();
     let serve = Serve::start(dir.path(), &endpoint, Some(&tokens));
     let _workers = Workers::start(&endpoint, 1, 4);
 

@@ -2,12 +2,14 @@
 //! command or started beside it, and the exit status and JSON report a
 //! script would check.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_endpoint;
 use serde_json::Value;
-use tasker_pgtest::free_port;
 
 const TASKER: &str = env!("CARGO_BIN_EXE_tasker");
 
@@ -33,10 +35,6 @@ fn tasker_run_with_worker(workflow: impl AsRef<std::ffi::OsStr>) -> Command {
         .args(["--endpoint", &free_endpoint()])
         .args(["--spawn", &format!("rust={TASKER} worker")]);
     cmd
-}
-
-fn free_endpoint() -> String {
-    format!("tcp://127.0.0.1:{}", free_port().unwrap())
 }
 
 fn workflow_file(yaml: &str) -> tempfile::NamedTempFile {

@@ -3,13 +3,15 @@
 //! killed with SIGKILL while hundreds of tasks are in flight, restarted,
 //! and every task must end with each step completed exactly once.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_endpoint, worker_command};
 use serde_json::{json, Value};
-use tasker_pgtest::free_port;
 use tasker_store::Store;
 
 const TASKER: &str = env!("CARGO_BIN_EXE_tasker");
@@ -181,20 +183,9 @@ impl Workers {
     }
 
     fn spawn(endpoint: &str, worker_id: &str, capacity: u32, handlers: &str) -> Child {
-        Command::new(TASKER)
-            .arg("worker")
-            .args(["--endpoint", endpoint])
-            .args(["--handlers", handlers])
+        worker_command(endpoint, worker_id, handlers)
             .args(["--capacity", &capacity.to_string()])
             .args(["--threads", &capacity.min(64).to_string()])
-            .args(["--worker-id", worker_id])
-            .env("TASKER_ENV", "test")
-            .env("TASKER_HEARTBEAT_INTERVAL_MS", "200")
-            .env("TASKER_LIVENESS", "3")
-            .env("TASKER_RECONNECT_MAX_MS", "200")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .expect("tasker worker starts")
     }
@@ -340,7 +331,7 @@ fn workflows_dir(dir: &Path) {
 fn a_killed_server_restarts_and_every_step_completes_exactly_once(store_url: &str) {
     let dir = tempfile::tempdir().unwrap();
     workflows_dir(dir.path());
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
+    let endpoint = free_endpoint();
     let http = client();
     let serve = Serve::start(dir.path(), store_url, &endpoint);
     let _workers = Workers::start(&endpoint, 2, 60);
@@ -456,7 +447,7 @@ fn s3_the_task_command_submits_waits_shows_lists_and_cancels_with_exit_statuses(
     let dir = tempfile::tempdir().unwrap();
     workflows_dir(dir.path());
     std::fs::write(dir.path().join("workflows/mixed.yaml"), MIXED_WORKFLOW).unwrap();
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
+    let endpoint = free_endpoint();
     let store = format!("sqlite:{}", dir.path().join("t.db").display());
     let serve = Serve::start(dir.path(), &store, &endpoint);
     let _workers = Workers::start(&endpoint, 1, 8);
@@ -584,7 +575,7 @@ fn s3_the_task_command_submits_waits_shows_lists_and_cancels_with_exit_statuses(
 fn s4_sigterm_drains_the_steps_out_and_the_next_start_finishes_the_tasks() {
     let dir = tempfile::tempdir().unwrap();
     workflows_dir(dir.path());
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
+    let endpoint = free_endpoint();
     let store = format!("sqlite:{}", dir.path().join("t.db").display());
     let http = client();
     let mut serve = Serve::start(dir.path(), &store, &endpoint);
@@ -655,7 +646,7 @@ fn sqlite_setup_with(name: &str, yaml: &str) -> (tempfile::TempDir, String, Stri
     let dir = tempfile::tempdir().unwrap();
     workflows_dir(dir.path());
     std::fs::write(dir.path().join(format!("workflows/{name}.yaml")), yaml).unwrap();
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
+    let endpoint = free_endpoint();
     let store = format!("sqlite:{}", dir.path().join("t.db").display());
     (dir, endpoint, store)
 }
@@ -775,7 +766,7 @@ fn postgres_with_long_then_echo() -> (tasker_pgtest::PgServer, tempfile::TempDir
 #[test]
 fn s7_postgres_down_while_steps_end_the_tasks_wait_for_it_and_go_on_when_it_is_back() {
     let (mut pg, dir) = postgres_with_long_then_echo();
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
+    let endpoint = free_endpoint();
     let http = client();
     let serve = Serve::start(dir.path(), &pg.url(), &endpoint);
     let _workers = Workers::start(&endpoint, 1, 10);
@@ -813,7 +804,7 @@ fn s7_postgres_down_while_steps_end_the_tasks_wait_for_it_and_go_on_when_it_is_b
 fn s8_a_second_server_on_the_same_store_is_refused_and_the_first_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     workflows_dir(dir.path());
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
+    let endpoint = free_endpoint();
     let store = format!("sqlite:{}", dir.path().join("t.db").display());
     let http = client();
     let first = Serve::start(dir.path(), &store, &endpoint);
@@ -825,10 +816,7 @@ fn s8_a_second_server_on_the_same_store_is_refused_and_the_first_goes_on() {
             "--workflows-dir",
             dir.path().join("workflows").to_str().unwrap(),
         ])
-        .args([
-            "--endpoint",
-            &format!("tcp://127.0.0.1:{}", free_port().unwrap()),
-        ])
+        .args(["--endpoint", &free_endpoint()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -873,7 +861,7 @@ fn s11_a_server_whose_store_another_took_over_after_a_postgres_restart_stops_and
 ) {
     let (mut pg, dir) = postgres_with_long_then_echo();
     let http = client();
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
+    let endpoint = free_endpoint();
     let mut first = Serve::start(dir.path(), &pg.url(), &endpoint);
     let _workers = Workers::start(&endpoint, 1, 4);
     let task = submit_of(&http, &first, "long_then_echo", 1)[0];
@@ -881,7 +869,7 @@ fn s11_a_server_whose_store_another_took_over_after_a_postgres_restart_stops_and
 
     // The first server takes its lock again within seconds of the restart:
     // the second must start before that, which it may not every time.
-    let second_endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
+    let second_endpoint = free_endpoint();
     let mut tries = Vec::new();
     let second = loop {
         pg.stop_for_now().expect("PostgreSQL stops");
@@ -941,7 +929,7 @@ fn serve_on_postgres() -> (
     let pg = tasker_pgtest::PgServer::start().expect("a throwaway PostgreSQL starts");
     let dir = tempfile::tempdir().unwrap();
     workflows_dir(dir.path());
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
+    let endpoint = free_endpoint();
     let serve = Serve::start(dir.path(), &pg.url(), &endpoint);
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -1843,7 +1831,7 @@ fn s19_a_stop_while_postgres_is_down_waits_for_it_and_records_the_results_worker
     let dir = tempfile::tempdir().unwrap();
     workflows_dir(dir.path());
     std::fs::write(dir.path().join("workflows/pause.yaml"), PAUSE_WORKFLOW).unwrap();
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port().unwrap());
+    let endpoint = free_endpoint();
     let http = client();
     let with_deadline = |command: &mut Command| {
         command.env("TASKER_SHUTDOWN_TIMEOUT_MS", "6000");

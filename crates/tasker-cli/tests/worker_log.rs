@@ -4,17 +4,15 @@
 //! orchestrator goes away. The SDKs' workers run the same runtime and
 //! forward these lines to their host's logger.
 
+mod common;
+
+use common::free_endpoint;
 use std::io::{BufRead, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
-use tasker_pgtest::free_port;
 
 const TASKER: &str = env!("CARGO_BIN_EXE_tasker");
-
-fn free_endpoint() -> String {
-    format!("tcp://127.0.0.1:{}", free_port().unwrap())
-}
 
 struct Reaper(Vec<Child>);
 
