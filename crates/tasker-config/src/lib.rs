@@ -451,7 +451,7 @@ fn check_tcp_address(address: &str) -> Result<(), String> {
 pub const DEFAULT_STORE: &str = "sqlite:tasker-data/tasker.db";
 
 /// `TASKER_*` variables that name no config key and are not a mistake.
-pub const NON_KEY_VARIABLES: &[&str] = &["TASKER_CONFIG", "TASKER_ENV"];
+pub const NON_KEY_VARIABLES: &[&str] = &["TASKER_CONFIG", "TASKER_ENV", "TASKER_LOG_FORMAT"];
 
 /// The valid key closest to `key`, when it is close enough to be what was
 /// meant (a typo, not another setting altogether).
