@@ -1776,6 +1776,76 @@ fn s23_with_tasker_log_format_json_every_log_line_is_a_json_object() {
     );
 }
 
+const SOAK_WORKFLOW: &str = r#"
+name: soak_twice
+description: one step that records its runs, two attempts
+defaults:
+  timeout_ms: 20000
+  retry: { max_attempts: 2, initial_ms: 100, max_ms: 100 }
+steps:
+  - name: only
+    handler: soak
+"#;
+
+/// A worker stopped past its expiry with steps on their way to it starts
+/// none of them when it resumes: the orchestrator has ended them
+/// `WorkerLost` meanwhile and run them again elsewhere. Started, they ran
+/// after their step had ended (the chaos run with Python workers: 14 such
+/// runs, 5 in tasks that had already failed).
+#[test]
+fn s24_a_worker_resuming_from_a_pause_past_expiry_starts_no_step_that_came_meanwhile() {
+    let (dir, endpoint, store) = sqlite_setup_with("soak_twice", SOAK_WORKFLOW);
+    let runs = dir.path().join("runs.log");
+    let soak_worker = |id: &str| {
+        worker_command(&endpoint, id, "soak")
+            .args(["--capacity", "4"])
+            .env("TASKER_SOAK_LOG", &runs)
+            .spawn()
+            .expect("tasker worker starts")
+    };
+    let serve = Serve::start(dir.path(), &store, &endpoint);
+    let paused = Workers(vec![soak_worker("paused")]);
+    let http = client();
+    wait_for_a_worker(&http, &serve);
+    paused.signal("-STOP");
+    submit_of(&http, &serve, "soak_twice", 3);
+    // Sent to the stopped worker, then ended `WorkerLost` (expiry 600 ms).
+    std::thread::sleep(Duration::from_secs(2));
+    let other = Workers(vec![soak_worker("other")]);
+    wait_all_ended(&http, &serve, Duration::from_secs(20));
+    paused.signal("-CONT");
+    std::thread::sleep(Duration::from_millis(1_500));
+
+    let other_pid = other.0[0].id().to_string();
+    let log = std::fs::read_to_string(&runs).unwrap();
+    let started: Vec<Vec<&str>> = log
+        .lines()
+        .filter(|l| !l.starts_with("max "))
+        .map(|l| l.split(' ').collect())
+        .collect();
+    assert_eq!(started.len(), 3, "one run per step:\n{log}");
+    for run in &started {
+        assert_eq!(
+            (run[1], run[2]),
+            ("2", other_pid.as_str()),
+            "only the second attempts ran, at the other worker:\n{log}"
+        );
+    }
+    let tasks: Value = http
+        .get(serve.url("/v1/tasks"))
+        .send()
+        .and_then(|r| r.json())
+        .unwrap();
+    assert!(
+        tasks["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["status"] == "complete"),
+        "{tasks}"
+    );
+}
+
 const PAUSE_WORKFLOW: &str = r#"
 name: pause
 description: one short step that may run once, with a short timeout

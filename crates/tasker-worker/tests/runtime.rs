@@ -1292,10 +1292,11 @@ fn w6_a_refused_hello_is_sent_again_on_the_same_socket_after_a_growing_backoff()
     rt.stop();
 }
 
-/// W5: a turn that comes much later than planned (the worker itself was
-/// held up: stopped, or its host's loop was busy) is no evidence that the
-/// orchestrator went silent: what it sent may not even have reached the
-/// socket yet. The worker does not give up on the connection for it.
+/// W5: a turn that comes later than planned, by less than the expiry (the
+/// worker itself was held up: stopped, or its host's loop was busy), is no
+/// evidence that the orchestrator went silent: what it sent may not even
+/// have reached the socket yet. The worker does not give up on the
+/// connection for it.
 #[test]
 fn w5_a_turn_that_runs_late_does_not_count_as_orchestrator_silence() {
     let orchestrator = FakeOrchestrator::bind();
@@ -1308,12 +1309,20 @@ fn w5_a_turn_that_runs_late_does_not_count_as_orchestrator_silence() {
         event_loop::start(WorkerOptions::new(config, vec!["echo".into()])).unwrap();
     drive_for(&mut driver, Duration::from_millis(20));
     let (id, _) = orchestrator.recv(Duration::from_secs(5)).expect("hello");
-    // Expiry: 100 ms × 3.
-    orchestrator.welcome(&id);
+    // Expiry: 100 ms × 10.
+    orchestrator.send(
+        &id,
+        &OrchestratorMessage::Welcome(Welcome {
+            liveness: 10,
+            ..welcome(ORCHESTRATOR)
+        }),
+    );
     drive_for(&mut driver, Duration::from_millis(50));
     assert_eq!(rt.state(), RuntimeState::Connected);
-    // The host's loop is held up for over three expiries.
-    std::thread::sleep(Duration::from_millis(1_000));
+    // The orchestrator says nothing for 700 ms, then the host's loop is
+    // held up for 500 ms: 1.2 s without a word by the time it runs again.
+    drive_for(&mut driver, Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(500));
     // It runs again; the orchestrator beats as usual from now on.
     let until = Instant::now() + Duration::from_millis(600);
     while Instant::now() < until {
@@ -1324,6 +1333,46 @@ fn w5_a_turn_that_runs_late_does_not_count_as_orchestrator_silence() {
         }
     }
     assert_eq!(rt.state(), RuntimeState::Connected);
+    rt.stop();
+    drive_for(&mut driver, Duration::from_secs(2));
+}
+
+/// W5b: held up for longer than the expiry, the worker has likely been
+/// declared dead and its steps ended `WorkerLost` and given to another
+/// worker. It starts none of the steps not handed to its host yet, nor
+/// reads what came meanwhile: it reconnects at once and its hello lists
+/// only what the host had started. (Resuming from a pause, a worker ran
+/// steps of tasks that had already failed.)
+#[test]
+fn w5b_a_turn_late_past_expiry_reconnects_and_starts_nothing_that_waited() {
+    let orchestrator = FakeOrchestrator::bind();
+    let mut options = options(&orchestrator.endpoint, 10);
+    options.config.heartbeat_interval_ms = 100;
+    let (rt, mut driver) = event_loop::start(options).unwrap();
+    drive_for(&mut driver, Duration::from_millis(20));
+    let (id, _) = orchestrator.recv(Duration::from_secs(5)).expect("hello");
+    // Expiry: 100 ms × 3.
+    orchestrator.welcome(&id);
+    orchestrator.send(&id, &batch(0..2));
+    drive_for(&mut driver, Duration::from_millis(50));
+    let started = rt.next_steps(1, Some(Duration::from_secs(1))).unwrap();
+    assert_eq!(started.len(), 1);
+    // Held up for over three expiries, while one more step comes.
+    orchestrator.send(&id, &batch(2..3));
+    std::thread::sleep(Duration::from_millis(1_000));
+    drive_for(&mut driver, Duration::from_millis(50));
+    let (again, message) = orchestrator.recv(Duration::from_secs(2)).expect("a hello");
+    let WorkerMessage::Hello(hello) = message else {
+        panic!("{message:?}")
+    };
+    assert_ne!(again, id, "on a new connection");
+    let listed: Vec<i64> = hello.in_progress.iter().map(|s| s.step_id).collect();
+    assert_eq!(listed, [started[0].step_id], "only the step the host had");
+    assert_eq!(
+        rt.next_steps(10, Some(Duration::from_millis(200))).unwrap(),
+        [],
+        "nothing that waited is handed to the host"
+    );
     rt.stop();
     drive_for(&mut driver, Duration::from_secs(2));
 }
