@@ -69,6 +69,12 @@ const WAIT_CHUNK_MS = 20_000;
 /** A wait request's read timeout beyond its `wait`, in ms. */
 const WAIT_GRACE_MS = 10_000;
 
+/**
+ * How far past its deadline a wait may run while the server does not
+ * answer, in ms (CLIENT.md §3): its tries are cut to end by then.
+ */
+const DEADLINE_GRACE_MS = 2_000;
+
 /** Read timeout of every other request, in ms, unless `timeoutMs` says otherwise. */
 const DEFAULT_TIMEOUT_MS = 30_000;
 
@@ -541,6 +547,7 @@ class Client {
         idempotent: true,
         expect: "task",
         timeoutMs: waitMs + WAIT_GRACE_MS,
+        deadline,
         signal,
       });
       const task = toTask(json);
@@ -604,7 +611,11 @@ class Client {
    * there was no answer or a 5xx one (CLIENT.md §5). Resolves to the
    * status and parsed JSON of a 2xx answer; throws the error of any other.
    */
-  async _request(method, path, { query, body, idempotent, expect, timeoutMs = this._timeoutMs, signal } = {}) {
+  async _request(
+    method,
+    path,
+    { query, body, idempotent, expect, timeoutMs = this._timeoutMs, deadline = null, signal } = {},
+  ) {
     let target = this.url + path;
     if (query) {
       const params = new URLSearchParams();
@@ -636,6 +647,9 @@ class Client {
     for (let attempt = 0; attempt < tries; attempt++) {
       if (attempt > 0) {
         const delay = Math.round(RETRY_DELAYS_MS[attempt - 1] * (0.8 + Math.random() * 0.4));
+        if (deadline !== null && performance.now() + delay >= deadline) {
+          throw this._unavailable(method, body, last, attempt, { pastDeadline: true });
+        }
         logging.log(
           "debug",
           `retrying ${method} ${path} in ${delay} ms`,
@@ -646,7 +660,13 @@ class Client {
           throw signal.reason;
         });
       }
-      const { signal: requestAbort, dispose } = requestSignal(timeoutMs, signal);
+      // A server holding each try (a PostgreSQL store down holds a read
+      // 10 s) took a 3 s wait most of a minute to give up.
+      const tryMs =
+        deadline === null
+          ? timeoutMs
+          : Math.min(timeoutMs, Math.max(50, Math.round(deadline + DEADLINE_GRACE_MS - performance.now())));
+      const { signal: requestAbort, dispose } = requestSignal(tryMs, signal);
       let response;
       let text;
       try {
@@ -670,7 +690,7 @@ class Client {
             url: this.url,
           });
         }
-        last = { cause: describeFailure(requestAbort.reason ?? error, timeoutMs), error };
+        last = { cause: describeFailure(requestAbort.reason ?? error, tryMs), error };
         continue;
       } finally {
         dispose();
@@ -708,9 +728,10 @@ class Client {
     throw this._unavailable(method, body, last, tries);
   }
 
-  _unavailable(method, body, last, tries) {
+  _unavailable(method, body, last, tries, { pastDeadline = false } = {}) {
     const answered = last.status !== undefined;
-    const cause = tries > 1 ? `${last.cause}; ${tries} tries` : last.cause;
+    let cause = tries > 1 ? `${last.cause}; ${tries} tries` : last.cause;
+    if (pastDeadline) cause += `${tries > 1 ? "" : "; 1 try"}, until the wait's deadline`;
     let message = answered
       ? `the tasker server at ${this.url} is not available (${cause})`
       : `the tasker server at ${this.url} is not reachable (${cause}); is tasker serve running?`;

@@ -511,6 +511,25 @@ test("ServerUnavailable on a port nobody listens on: after the retries (about 3 
   assert.ok(keyed.ms > 2_300, `a submit with a key is retried (${keyed.ms} ms)`);
 });
 
+test("a wait's timeout bounds it against a server that holds every request", async () => {
+  // Each try was held for the wait plus 10 s, five times over: against a
+  // server whose PostgreSQL store is down, a 3 s wait gave up after most of
+  // a minute.
+  const held = [];
+  const holder = net.createServer((socket) => held.push(socket));
+  await new Promise((resolve) => holder.listen(0, "127.0.0.1", resolve));
+  try {
+    const client = new Client({ url: `http://127.0.0.1:${holder.address().port}` });
+    const { ms, error } = await timed(client.wait(1, { timeoutMs: 1_000 }));
+    assert.ok(error instanceof ServerUnavailable, String(error));
+    assert.match(error.message, /until the wait's deadline/);
+    assert.ok(ms >= 1_000 && ms < 1_000 + 2_000 + 1_000, `gave up after ${ms} ms`);
+  } finally {
+    for (const socket of held) socket.destroy();
+    await new Promise((resolve) => holder.close(resolve));
+  }
+});
+
 test("a URL naming a ZeroMQ endpoint fails at once, saying so", async () => {
   // What a user gets who copies the orchestrator's endpoint for the API's:
   // it was retried five times with the HTTP parser's HPE_INVALID_CONSTANT.

@@ -568,6 +568,47 @@ def test_wait_timeout_carries_the_task(client: Client) -> None:
     assert handle.wait(timeout=0).status == "complete"  # ended: no timeout
 
 
+@contextlib.contextmanager
+def holding_server() -> Iterator[str]:
+    """A loopback HTTP address that takes connections and never answers (a
+    server whose PostgreSQL store is down holds each read 10 s)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: List[socket.socket] = []
+    done = threading.Event()
+
+    def hold() -> None:
+        listener.settimeout(0.1)
+        while not done.is_set():
+            with contextlib.suppress(socket.timeout):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        listener.close()
+
+
+def test_a_waits_timeout_bounds_it_against_a_server_that_holds_every_request() -> None:
+    # Each try was held for the wait plus 10 s, five times over: a 3 s wait
+    # gave up after 53 s.
+    with holding_server() as url:
+        for wait in (lambda: Client(url).wait(1, timeout=1), lambda: asyncio.run(
+            AsyncClient(url).wait(1, timeout=1)
+        )):
+            started = time.monotonic()
+            with pytest.raises(ServerUnavailable) as unavailable:
+                wait()
+            elapsed = time.monotonic() - started
+            assert 1.0 <= elapsed < 1.0 + 2.0 + 1.0, elapsed
+            assert "until the wait's deadline" in str(unavailable.value), unavailable.value
+
+
 def test_wait_long_polls_and_returns_as_soon_as_the_task_ends(client: Client) -> None:
     handle = client.submit("slow", {"sleep_ms": 700})
     started = time.monotonic()

@@ -791,6 +791,26 @@ class TestClient < Minitest::Test
     assert_operator monotonic - started, :>=, 2.3, "a submit with a key is retried"
   end
 
+  # Each try was held for the wait plus 10 s, five times over: against a
+  # server whose PostgreSQL store is down, a 3 s wait gave up after most of
+  # a minute.
+  def test_a_waits_timeout_bounds_it_against_a_server_that_holds_every_request
+    server = TCPServer.new("127.0.0.1", 0)
+    held = []
+    holder = Thread.new { loop { held << server.accept } }
+    c = TaskerCore::Client.new(url: "http://127.0.0.1:#{server.addr[1]}", token: "")
+    started = monotonic
+    error = assert_raises(TaskerCore::ServerUnavailable) { c.wait(1, timeout: 1) }
+    elapsed = monotonic - started
+    assert_operator elapsed, :>=, 1
+    assert_operator elapsed, :<, 1 + 2 + 1, "the deadline, two seconds more at most"
+    assert_includes error.message, "until the wait's deadline"
+  ensure
+    holder&.kill
+    held&.each(&:close)
+    server&.close
+  end
+
   def test_an_answer_without_end_is_refused_at_its_limit_not_read_into_memory
     # A server that streamed 2 GB took a client's memory with it.
     server = TCPServer.new("127.0.0.1", 0)

@@ -19,6 +19,9 @@ pub use tasker_protocol::api::ListTasksQuery as ListTasks;
 const WAIT_CHUNK: Duration = Duration::from_secs(20);
 /// Read timeout beyond a long-poll's own wait.
 const WAIT_SLACK: Duration = Duration::from_secs(10);
+/// How far past its deadline a wait may run while the server does not
+/// answer (CLIENT.md §3): its tries are cut to end by then.
+const DEADLINE_GRACE: Duration = Duration::from_secs(2);
 /// Read timeout of every other call, unless [`Client::with_timeout`] says.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -167,6 +170,7 @@ impl Client {
                 body: Some(body),
                 idempotent: idempotency_key.is_some(),
                 timeout: self.timeout,
+                deadline: None,
             })
             .await?;
         let created = answer.status == StatusCode::CREATED;
@@ -187,7 +191,9 @@ impl Client {
 
     /// Waits until the task has ended and returns it; with a `timeout`,
     /// [`Error::WaitTimeout`] (carrying the task) once it passes. Uses the
-    /// API's long-poll, so the answer comes as the task ends.
+    /// API's long-poll, so the answer comes as the task ends. A server that
+    /// stops answering ends it with [`Error::ServerUnavailable`]: after the
+    /// retries, or with a `timeout` by then and 2 s more.
     pub async fn wait(&self, task_id: i64, timeout: Option<Duration>) -> Result<TaskDetail, Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -197,13 +203,18 @@ impl Client {
                     WAIT_CHUNK.min(deadline.saturating_duration_since(Instant::now()))
                 }
             };
-            let task: TaskDetail = self
-                .read(
-                    format!("/v1/tasks/{task_id}"),
-                    vec![("wait", format!("{:.3}", chunk.as_secs_f64()))],
-                    chunk + WAIT_SLACK,
-                )
+            let answer = self
+                .call(Call {
+                    method: Method::GET,
+                    path: format!("/v1/tasks/{task_id}"),
+                    query: vec![("wait", format!("{:.3}", chunk.as_secs_f64()))],
+                    body: None,
+                    idempotent: true,
+                    timeout: chunk + WAIT_SLACK,
+                    deadline,
+                })
                 .await?;
+            let task: TaskDetail = self.decode(&answer)?;
             if task.status != TaskState::Running {
                 return Ok(task);
             }
@@ -227,6 +238,7 @@ impl Client {
                 body: None,
                 idempotent: true,
                 timeout: self.timeout,
+                deadline: None,
             })
             .await?;
         self.decode(&answer)
@@ -280,6 +292,7 @@ impl Client {
                 body: None,
                 idempotent: true,
                 timeout,
+                deadline: None,
             })
             .await?;
         self.decode(&answer)
@@ -321,10 +334,20 @@ impl Client {
         };
         let mut retries = 0;
         loop {
+            let timeout = match call.deadline {
+                // A server holding each try (a PostgreSQL store down holds
+                // a read 10 s) took a 3 s wait most of a minute to give up.
+                Some(deadline) => call.timeout.min(
+                    (deadline + DEADLINE_GRACE)
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(50)),
+                ),
+                None => call.timeout,
+            };
             let mut request = self
                 .http
                 .request(call.method.clone(), &url)
-                .timeout(call.timeout)
+                .timeout(timeout)
                 .header(ACCEPT, "application/json");
             if !call.query.is_empty() {
                 request = request.query(&call.query);
@@ -363,6 +386,16 @@ impl Client {
             let Some(delay) = delay else {
                 return Err(self.unavailable(failure, call.idempotent, retries));
             };
+            if call
+                .deadline
+                .is_some_and(|deadline| Instant::now() + delay >= deadline)
+            {
+                let mut error = self.unavailable(failure, call.idempotent, retries);
+                if let Error::ServerUnavailable { message, .. } = &mut error {
+                    message.push_str(", until the wait's deadline");
+                }
+                return Err(error);
+            }
             tracing::debug!(
                 url = %url,
                 retry = retries + 1,
@@ -430,6 +463,9 @@ struct Call {
     body: Option<Value>,
     idempotent: bool,
     timeout: Duration,
+    /// A wait's: no retry starts after it, and each try ends by it and
+    /// [`DEADLINE_GRACE`] more.
+    deadline: Option<Instant>,
 }
 
 /// Most bytes of a request body `tasker serve` takes (`body-too-large`,

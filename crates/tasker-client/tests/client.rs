@@ -553,6 +553,41 @@ async fn an_answer_without_end_is_refused_at_its_limit_not_read_into_memory() {
     assert!(streamed < 300 << 20, "{streamed} bytes");
 }
 
+/// Each try was held for the wait plus 10 s, five times over: against a
+/// server whose PostgreSQL store is down, a 3 s wait gave up after most of
+/// a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waits_timeout_bounds_it_against_a_server_that_holds_every_request() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    let started = Instant::now();
+    let error = client
+        .wait(1, Some(Duration::from_secs(1)))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(error, Error::ServerUnavailable { .. }),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("until the wait's deadline"),
+        "{error}"
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(1 + 2 + 1),
+        "{took:?}"
+    );
+    holder.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_stopping_during_a_wait_ends_it_with_server_unavailable_not_a_hang() {
     let serve = Serve::start(|_, _| {}).await;

@@ -145,6 +145,9 @@ ASYNC_WAIT_CHUNK = 2.0
 WAIT_SLACK = 10.0
 #: Read timeout of every other request, in seconds (``timeout=``).
 DEFAULT_TIMEOUT = 30.0
+#: How far past its deadline a wait may run while the server does not
+#: answer (CLIENT.md §3): its tries are cut to end by then.
+DEADLINE_GRACE = 2.0
 
 _USER_AGENT = (
     f"tasker-core-python/{__version__} (Python {sys.version_info[0]}.{sys.version_info[1]})"
@@ -775,6 +778,7 @@ class _Core:
         body: Any = None,
         idempotent: bool,
         timeout: Optional[float] = None,
+        deadline: Optional[float] = None,
         decode: Callable[[Any], T],
     ) -> Tuple[int, T]:
         url = self.url + path
@@ -813,13 +817,21 @@ class _Core:
         tries = 0
         while True:
             tries += 1
+            try_timeout = read_timeout
+            if deadline is not None:
+                # A server holding each try (a PostgreSQL store down holds a
+                # read 10 s) took a 3 s wait 53 s to give up.
+                left = deadline + DEADLINE_GRACE - time.monotonic()
+                try_timeout = min(read_timeout, max(0.05, left))
             try:
-                status, answer = self._try(method, url, data, headers, read_timeout)
+                status, answer = self._try(method, url, data, headers, try_timeout)
             except (_NoAnswer, _ServerError) as failure:
                 final = isinstance(failure, _NoAnswer) and failure.final
                 if not idempotent or tries > len(RETRY_DELAYS) or final:
                     self._unavailable(failure, tries, idempotent)
                 delay = RETRY_DELAYS[tries - 1] * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
+                if deadline is not None and time.monotonic() + delay >= deadline:
+                    self._unavailable(failure, tries, idempotent, past_deadline=True)
                 log.debug(
                     "%s %s: %s; retry %d of %d in %.2f s",
                     method,
@@ -881,13 +893,18 @@ class _Core:
         return cls(str(problem["detail"]), status=status, problem_type=slug, problem=problem)
 
     def _unavailable(
-        self, failure: Union[_NoAnswer, _ServerError], tries: int, idempotent: bool
+        self,
+        failure: Union[_NoAnswer, _ServerError],
+        tries: int,
+        idempotent: bool,
+        past_deadline: bool = False,
     ) -> NoReturn:
         if isinstance(failure, _NoAnswer):
             message = f"the tasker server at {self.url} is not reachable ({failure.text}"
         else:
             message = f"the tasker server at {self.url} is unavailable ({failure.text}"
-        message += f"; {tries} tries)" if tries > 1 else ")"
+        message += f"; {tries} tries" if tries > 1 else ""
+        message += ", until the wait's deadline)" if past_deadline else ")"
         final = isinstance(failure, _NoAnswer) and failure.final
         if idempotent:
             # A server that answered 5xx is running: the hint is for silence.
@@ -943,7 +960,11 @@ class _Core:
             raise TypeError(f"task_id must be an int, got {type(task_id).__name__}")
         return f"/v1/tasks/{task_id}"
 
-    def get(self, task_id: int, wait: Optional[float] = None) -> Task:
+    def get(
+        self, task_id: int, wait: Optional[float] = None, deadline: Optional[float] = None
+    ) -> Task:
+        """The task; with ``wait``, long-polled, its tries ending by
+        ``deadline`` (``time.monotonic()``) and a little more."""
         path = self._task_path(task_id)
         if wait is None:
             return self.request("GET", path, idempotent=True, decode=_task)[1]
@@ -953,6 +974,7 @@ class _Core:
             query={"wait": _format_seconds(wait)},
             idempotent=True,
             timeout=wait + WAIT_SLACK,
+            deadline=deadline,
             decode=_task,
         )[1]
 
@@ -1098,7 +1120,7 @@ class Client:
         deadline = None if limit is None else time.monotonic() + limit
         while True:
             left = WAIT_CHUNK if deadline is None else deadline - time.monotonic()
-            task = self._core.get(task_id, wait=max(0.0, min(WAIT_CHUNK, left)))
+            task = self._core.get(task_id, max(0.0, min(WAIT_CHUNK, left)), deadline)
             if task.ended:
                 return task
             if deadline is not None and time.monotonic() >= deadline:
@@ -1299,15 +1321,14 @@ class AsyncClient:
         """As :meth:`Client.wait`, asking the server for at most 2 s at a
         time."""
         limit = _check_timeout(timeout, "timeout")
-        loop = asyncio.get_running_loop()
-        deadline = None if limit is None else loop.time() + limit
+        deadline = None if limit is None else time.monotonic() + limit
         while True:
-            left = ASYNC_WAIT_CHUNK if deadline is None else deadline - loop.time()
+            left = ASYNC_WAIT_CHUNK if deadline is None else deadline - time.monotonic()
             chunk = max(0.0, min(ASYNC_WAIT_CHUNK, left))
-            task = await self._run(self._core.get, task_id, chunk)
+            task = await self._run(self._core.get, task_id, chunk, deadline)
             if task.ended:
                 return task
-            if deadline is not None and loop.time() >= deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 assert limit is not None
                 raise _wait_timeout(task, limit)
 

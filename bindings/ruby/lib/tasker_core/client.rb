@@ -174,7 +174,8 @@ module TaskerCore
     #   the task as last seen
     # @raise [TaskNotFound]
     # @raise [ServerUnavailable] when the server stops answering (within the
-    #   retries: a few seconds, never a hang)
+    #   retries: a few seconds, never a hang), or does not answer by the
+    #   deadline and two seconds more
     def wait(id, timeout: nil)
       path = task_path(id)
       deadline = monotonic + seconds(timeout) unless timeout.nil?
@@ -182,7 +183,8 @@ module TaskerCore
         chunk = deadline ? (deadline - monotonic).clamp(0, WAIT_CHUNK) : WAIT_CHUNK
         chunk = chunk.round(3)
         json = @transport.call(:get, path, query: { "wait" => format_seconds(chunk) },
-                                           read_timeout: chunk + WAIT_READ_MARGIN, expect: :task)[1]
+                                           read_timeout: chunk + WAIT_READ_MARGIN, expect: :task,
+                                           deadline: deadline)[1]
         task = Task.from_json(json)
         return task if task.ended?
         next unless deadline && monotonic >= deadline

@@ -70,6 +70,9 @@ module TaskerCore
       # Waits before the retries of an idempotent call, in seconds (each
       # ±20% at random): at most 4 retries after the first try.
       RETRY_DELAYS = [0.2, 0.4, 0.8, 1.6].freeze
+      # How far past its deadline a call may run while the server does not
+      # answer, in seconds: its tries are cut to end by then (CLIENT.md §3).
+      DEADLINE_GRACE = 2
       # Most bytes of a request body `tasker serve` takes (`body-too-large`).
       MAX_BODY_BYTES = 1 << 20
 
@@ -147,9 +150,13 @@ module TaskerCore
       # @param body [Hash, nil] sent as JSON
       # @param idempotent [Boolean] whether the call may be retried
       # @param read_timeout [Numeric, nil] nil: the transport's
+      # @param deadline [Float, nil] a wait's deadline (CLOCK_MONOTONIC):
+      #   no retry starts after it, and each try ends by it and
+      #   {DEADLINE_GRACE} more
       # @return [Array(Integer, Object)] the status and the parsed JSON body
       # @raise [ClientError]
-      def call(method, path, query: nil, body: nil, idempotent: true, read_timeout: nil, expect: nil)
+      def call(method, path, query: nil, body: nil, idempotent: true, read_timeout: nil, expect: nil,
+               deadline: nil)
         target = @prefix + path
         query = query&.compact
         target += "?#{URI.encode_www_form(query)}" if query && !query.empty?
@@ -157,7 +164,11 @@ module TaskerCore
         tries = 0
         loop do
           tries += 1
-          failure = attempt(method, target, payload, read_timeout || @read_timeout)
+          timeout = read_timeout || @read_timeout
+          # A server holding each try (a PostgreSQL store down holds a read
+          # 10 s) took a 3 s wait most of a minute to give up.
+          timeout = [timeout, [deadline + DEADLINE_GRACE - monotonic, 0.05].max].min if deadline
+          failure = attempt(method, target, payload, timeout)
           return check_shape(expect, failure, method, target) unless failure.is_a?(Exception)
 
           unless idempotent && tries <= RETRY_DELAYS.size && !failure.is_a?(NotHttp)
@@ -165,6 +176,10 @@ module TaskerCore
           end
 
           delay = RETRY_DELAYS[tries - 1] * rand(0.8..1.2)
+          if deadline && monotonic + delay >= deadline
+            raise unavailable(failure, retried: true, tries: tries, past_deadline: true), cause: failure
+          end
+
           log_retry(method, target, failure, tries, delay)
           sleep(delay)
         end
@@ -181,6 +196,10 @@ module TaskerCore
       end
 
       private
+
+      def monotonic
+        Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      end
 
       def encode(body)
         # Depth is for the server to judge (its `max_json_depth`).
@@ -354,7 +373,7 @@ module TaskerCore
                                                                      detail: problem["detail"], problem: problem)
       end
 
-      def unavailable(failure, retried:, tries:)
+      def unavailable(failure, retried:, tries:, past_deadline: false)
         answered = failure.is_a?(ClientError)
         reason = Transport.describe(failure)
         if failure.is_a?(NotHttp)
@@ -367,7 +386,9 @@ module TaskerCore
                   else
                     +"the tasker server at #{@base_url} is not reachable (#{reason}); is tasker serve running?"
                   end
-        message << if retried
+        message << if past_deadline
+                     " (#{tries} #{tries == 1 ? 'try' : 'tries'}, until the wait's deadline)"
+                   elsif retried
                      " (#{tries} tries)"
                    elsif NOT_SENT.any? { |klass| failure.is_a?(klass) }
                      " The task was not created (the request could not be sent; a submit without an " \
