@@ -838,7 +838,13 @@ impl Service {
         self.stopping.send_replace(true);
         self.store.close().await;
         self.node.lock().await.take();
-        tracing::info!(abandoned = report.abandoned.len(), "service stopped");
+        // Both counts: `abandoned=0` alone read as "nothing lost" right
+        // before the error about unrecorded results.
+        tracing::info!(
+            abandoned = report.abandoned.len(),
+            unrecorded_tasks = self.unrecorded(),
+            "service stopped"
+        );
     }
 
     /// How many tasks stopped with their journal failing for good (the
