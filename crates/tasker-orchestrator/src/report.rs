@@ -30,7 +30,9 @@ pub struct WorkerInfo {
 pub struct Load {
     /// Steps submitted and not yet at a worker.
     pub queued: u64,
-    /// Steps out at workers (their `in_flight` summed).
+    /// Steps sent to workers and not ended yet (a step that timed out
+    /// where it still runs has ended; so has one a hello listed that this
+    /// orchestrator never sent).
     pub in_flight: u64,
     /// The workers registered now.
     pub workers: Vec<WorkerInfo>,

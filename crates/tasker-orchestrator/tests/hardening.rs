@@ -1236,3 +1236,126 @@ async fn h16_a_slot_held_by_a_timed_out_step_is_no_room_until_its_result_comes()
     room_for(&admission, 2).await;
     executor.shutdown(LONG).await;
 }
+
+/// A peer that declared a vast capacity, took steps and never answered was
+/// sent every retry of what timed out there: of 298 tasks of a burst, 167
+/// failed after three attempts at it while honest workers were busy. After
+/// three steps time out at a connection with no result from it in between,
+/// it is sent nothing until a result comes from it (a late one will do);
+/// then it is sent steps again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h17_a_peer_that_lets_steps_time_out_unanswered_is_sent_nothing_until_it_answers() {
+    let executor = start(&config());
+    let silent = RawPeer::connect(executor.endpoint());
+    silent.hello("silent", &["slow"], 1_000);
+    let first = executor
+        .submit(StepBatchRequest::new("a", steps(1..4, "slow", 200)))
+        .await
+        .unwrap();
+    let held = delivered(&silent);
+    assert_eq!(held.len(), 3);
+    assert!(first
+        .collect()
+        .await
+        .iter()
+        .all(|r| r.status == StepStatus::TimedOut));
+
+    // Six steps, room for four at the honest worker: the other two wait
+    // for it rather than go to the peer that answers nothing.
+    let honest = RawPeer::connect(executor.endpoint());
+    honest.hello("honest", &["slow"], 4);
+    let second = executor
+        .submit(StepBatchRequest::new("b", steps(4..10, "slow", 10_000)))
+        .await
+        .unwrap();
+    let mut answered = 0;
+    while answered < 6 {
+        let steps = delivered(&honest);
+        answered += steps.len();
+        let results = steps
+            .iter()
+            .map(|s| completed(s, json!("done"), "honest"))
+            .collect();
+        honest.respond(results);
+    }
+    assert!(
+        second
+            .collect()
+            .await
+            .iter()
+            .all(|r| r.status == StepStatus::Completed && r.metadata.worker_id == "honest"),
+        "every step ran at the honest worker"
+    );
+    match silent.recv_skipping_heartbeats(Duration::from_millis(300)) {
+        None => {}
+        Some(message) => panic!("the silent peer was sent {message:?}"),
+    }
+
+    // Its late result comes: it is sent steps again.
+    silent.respond(vec![completed(&held[0], json!("late"), "silent")]);
+    std::thread::sleep(Duration::from_millis(100));
+    let third = executor
+        .submit(StepBatchRequest::new("c", steps(10..16, "slow", 10_000)))
+        .await
+        .unwrap();
+    let to_silent = delivered(&silent);
+    assert!(!to_silent.is_empty());
+    silent.respond(
+        to_silent
+            .iter()
+            .map(|s| completed(s, json!("done"), "silent"))
+            .collect(),
+    );
+    let mut answered = to_silent.len();
+    while answered < 6 {
+        let steps = delivered(&honest);
+        answered += steps.len();
+        honest.respond(
+            steps
+                .iter()
+                .map(|s| completed(s, json!("done"), "honest"))
+                .collect(),
+        );
+    }
+    assert_eq!(third.collect().await.len(), 6);
+    executor.shutdown(LONG).await;
+}
+
+/// A first hello's steps of this orchestrator take slots, known or not
+/// (SPEC §6.6 rule 1): 300 peers listing 5,000 invented ones each made the
+/// in-flight gauge read 1.5 million with two steps out. The load's figure
+/// counts only steps this orchestrator sent and has not seen end; the
+/// worker's own report shows the slots its hello took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h18_steps_a_hello_invents_take_its_slots_but_are_not_counted_in_flight() {
+    let executor = start(&config());
+    let first = RawPeer::connect(executor.endpoint());
+    let ours = first.hello("first", &["echo"], 4).orchestrator_id;
+    let handle = executor
+        .submit(StepBatchRequest::new("a", steps(1..2, "echo", 10_000)))
+        .await
+        .unwrap();
+    let sent = delivered(&first);
+    let inventor = RawPeer::connect(executor.endpoint());
+    let mut hello = WorkerHello::new("inventor", vec!["echo".into()], 100);
+    hello.in_progress = (1_000..1_050)
+        .map(|step_id| HeldStep {
+            step_id,
+            attempt: 1,
+            orchestrator_id: ours.clone(),
+        })
+        .collect();
+    inventor.send_hello(hello);
+    let load = executor.load().await;
+    assert_eq!(load.in_flight, 1, "the one step sent");
+    let inventor_held = load
+        .workers
+        .iter()
+        .find(|w| &*w.worker_id == "inventor")
+        .map(|w| w.in_flight);
+    assert_eq!(inventor_held, Some(50), "its slots are taken all the same");
+    first.respond(vec![completed(&sent[0], json!(1), "first")]);
+    handle.collect().await;
+    assert_eq!(executor.load().await.in_flight, 0);
+    executor.shutdown(LONG).await;
+}

@@ -12,7 +12,7 @@ impl Dispatcher {
         let candidates: Vec<schedule::Candidate> = self
             .registry
             .iter()
-            .filter(|(_, c)| c.takes_work() && c.free_slots() > 0)
+            .filter(|(_, c)| c.takes_work() && !c.unresponsive() && c.free_slots() > 0)
             .map(|(conn, c)| schedule::Candidate {
                 conn,
                 capacity: c.capacity,

@@ -230,6 +230,17 @@ impl Dispatcher {
                     tracing::info!(step_id, timeout_ms, "step timed out");
                     // Its slot is no room now (see `publish_capacity`).
                     self.capacity_changed = true;
+                    if let Some(c) = self.registry.get_mut(conn) {
+                        c.timed_out_unanswered = c.timed_out_unanswered.saturating_add(1);
+                        if c.timed_out_unanswered == UNANSWERED_TIMEOUTS
+                            && self.comings_and_goings.allow_conn(conn)
+                        {
+                            tracing::warn!(
+                                worker_id = %codec::quoted(&c.worker_id, 64),
+                                "{UNANSWERED_TIMEOUTS} steps timed out at this worker without a result from it in between: it is sent no new steps until a result comes from it"
+                            );
+                        }
+                    }
                     // The slot stays occupied: the handler is still running.
                     self.fail(
                         step_id,

@@ -226,9 +226,18 @@ impl Dispatcher {
                     .filter(|step| !self.steps.held_by(**step, conn))
                     .count();
                 stale_total += stale;
+                // One that let a step time out and answered nothing since
+                // is sent nothing (`Conn::unresponsive`): it serves its
+                // handlers with no room, so their steps wait for it or
+                // another, rather than count as served by nobody.
+                let capacity = if c.unresponsive() {
+                    0
+                } else {
+                    u64::from(c.capacity).saturating_sub(stale as u64)
+                };
                 ConnRoom {
                     id: conn,
-                    capacity: u64::from(c.capacity).saturating_sub(stale as u64),
+                    capacity,
                     handlers: Arc::clone(&c.handlers),
                     limits: c
                         .limits

@@ -53,7 +53,7 @@ use crate::report::{Load, ShutdownReport, WorkerInfo};
 use crate::ExecutorError;
 use limiter::Limiter;
 use quarantine::Quarantine;
-use registry::{ConnId, Registry, RoutingId, StepSet};
+use registry::{ConnId, Registry, RoutingId, StepSet, UNANSWERED_TIMEOUTS};
 pub(crate) use steps::NewStep;
 use steps::{BatchSink, Ended, StepEntry, StepState, StepTable};
 use unclaimed::Unclaimed;
@@ -413,7 +413,10 @@ impl Dispatcher {
                     let workers = self.worker_infos();
                     let _ = reply.send(Load {
                         queued: self.steps.queued() as u64,
-                        in_flight: workers.iter().map(|w| w.in_flight as u64).sum(),
+                        // From the step table, not the workers' slots: a
+                        // hello's `in_progress` may list invented steps,
+                        // and 300 peers listing 5,000 each read 1.5 million.
+                        in_flight: self.steps.len().saturating_sub(self.steps.queued()) as u64,
                         workers,
                     });
                 }

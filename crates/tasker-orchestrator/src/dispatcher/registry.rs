@@ -163,6 +163,9 @@ pub(crate) struct Conn {
     pub next_handler: usize,
     /// Its drain was logged (once per connection).
     pub drain_logged: bool,
+    /// Steps that timed out here since its last result (see
+    /// [`Conn::unresponsive`]).
+    pub timed_out_unanswered: u32,
     /// What its hello holds here, as [`Hello::weight`] estimated it.
     weight: usize,
 }
@@ -208,10 +211,26 @@ impl Conn {
         !self.draining && !self.retired && !self.gone
     }
 
+    /// [`UNANSWERED_TIMEOUTS`] steps timed out here with no result from
+    /// it in between, late ones included: it is sent no new steps until
+    /// one comes (SPEC §6.2 rule 7). A peer that declared a vast capacity,
+    /// took steps and never answered was sent each retry of what timed out
+    /// there (of 298 tasks of a burst, 167 failed after three attempts
+    /// there), and a worker whose handlers all hang would be fed the same
+    /// way. One hung handler is not enough: the retry of its step may
+    /// still go to the same worker's free slots.
+    pub fn unresponsive(&self) -> bool {
+        self.timed_out_unanswered >= UNANSWERED_TIMEOUTS
+    }
+
     fn is_idle(&self) -> bool {
         self.occupied.is_empty() && self.foreign.is_empty()
     }
 }
+
+/// Steps timed out at a connection with no result from it in between after
+/// which it is sent nothing until a result comes (see [`Conn::unresponsive`]).
+pub(crate) const UNANSWERED_TIMEOUTS: u32 = 3;
 
 /// The registry's hellos hold at most this many times `max_message_bytes`
 /// together (256 MiB by default): bounded by `max_workers` alone, hellos
@@ -377,6 +396,7 @@ impl Registry {
                 limits: hello.limits,
                 next_handler: 0,
                 drain_logged: false,
+                timed_out_unanswered: 0,
                 weight,
             },
         );

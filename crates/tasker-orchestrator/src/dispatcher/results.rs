@@ -153,6 +153,17 @@ impl Dispatcher {
         if let Some(c) = self.registry.get_mut(conn) {
             if c.release(&step) {
                 self.dispatch_needed = true;
+                let was_unresponsive = c.unresponsive();
+                c.timed_out_unanswered = 0;
+                if was_unresponsive {
+                    self.capacity_changed = true;
+                    if self.comings_and_goings.allow_conn(conn) {
+                        tracing::info!(
+                            worker_id = %codec::quoted(&c.worker_id, 64),
+                            "a result came from a worker that had let a step time out: it is sent steps again"
+                        );
+                    }
+                }
             }
         }
     }
