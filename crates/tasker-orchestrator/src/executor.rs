@@ -112,6 +112,15 @@ impl ZmqPubSubExecutor {
         socket
             .set_sndhwm(config.send_hwm.min(ROUTER_SEND_HWM))
             .map_err(bind_error)?;
+        // Per connection too. A worker has a few result messages on their
+        // way at most (its credit bounds them); one sending valid bodies of
+        // the largest size faster than they are parsed had up to
+        // `recv_hwm` of them kept (100,000 by default: 9.6 GB in a minute
+        // from one peer). A full pipe leaves the rest in the sender's own
+        // queue: a worker's send waits, nothing is lost.
+        socket
+            .set_rcvhwm(router_receive_hwm(config))
+            .map_err(bind_error)?;
         // Both before the bind: no connection may get in unasked or unseen.
         let zap = match &curve {
             Some(curve) => {
@@ -555,6 +564,24 @@ fn submit_span(batch: &StepBatchRequest) -> tracing::Span {
 /// ROUTER (see `start`).
 const ROUTER_SEND_HWM: i32 = 4_096;
 
+/// Most bytes of messages waiting to be read from one connection of the
+/// orchestrator's ROUTER, as a count of messages of `max_message_bytes`
+/// (see `start`).
+const ROUTER_RECEIVE_BYTES: usize = 256 << 20;
+
+/// The receive high-water mark of each connection of the ROUTER: at most
+/// `recv_hwm` (0, ZeroMQ's "no limit", sets none), and at most
+/// [`ROUTER_RECEIVE_BYTES`] of the largest messages, but never under 16
+/// messages.
+fn router_receive_hwm(config: &TaskerConfig) -> i32 {
+    let by_bytes = (ROUTER_RECEIVE_BYTES / config.max_message_bytes.max(1)).max(16);
+    let by_bytes = i32::try_from(by_bytes).unwrap_or(i32::MAX);
+    match config.recv_hwm {
+        0 => by_bytes,
+        configured => configured.min(by_bytes),
+    }
+}
+
 /// Longest step timeout accepted: 30 days.
 const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -702,5 +729,33 @@ impl BatchHandle {
             }
         }
         slots.into_iter().flatten().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One peer sending valid 16 MiB results faster than they were parsed
+    /// had up to `recv_hwm` (100,000) of them kept: 9.6 GB in a minute.
+    #[test]
+    fn a_connection_queues_at_most_256_mib_of_the_largest_messages_for_reading() {
+        let with = |recv_hwm: i32, max_message_bytes: usize| {
+            router_receive_hwm(&TaskerConfig {
+                recv_hwm,
+                max_message_bytes,
+                ..TaskerConfig::default()
+            })
+        };
+        let defaults = TaskerConfig::default();
+        assert_eq!(with(defaults.recv_hwm, defaults.max_message_bytes), 16);
+        assert_eq!(with(100_000, 1 << 20), 256);
+        assert_eq!(with(100_000, 1 << 30), 16, "never under 16");
+        assert_eq!(with(8, 1 << 20), 8, "a lower recv_hwm holds");
+        assert_eq!(
+            with(0, 1 << 20),
+            256,
+            "0 is no limit in ZeroMQ: the bound holds"
+        );
     }
 }
