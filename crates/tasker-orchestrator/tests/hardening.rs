@@ -1268,16 +1268,7 @@ async fn h17_a_peer_that_lets_steps_time_out_unanswered_is_sent_nothing_until_it
         .submit(StepBatchRequest::new("b", steps(4..10, "slow", 10_000)))
         .await
         .unwrap();
-    let mut answered = 0;
-    while answered < 6 {
-        let steps = delivered(&honest);
-        answered += steps.len();
-        let results = steps
-            .iter()
-            .map(|s| completed(s, json!("done"), "honest"))
-            .collect();
-        honest.respond(results);
-    }
+    answer_until(&honest, "honest", 0, 6);
     assert!(
         second
             .collect()
@@ -1298,27 +1289,26 @@ async fn h17_a_peer_that_lets_steps_time_out_unanswered_is_sent_nothing_until_it
         .submit(StepBatchRequest::new("c", steps(10..16, "slow", 10_000)))
         .await
         .unwrap();
-    let to_silent = delivered(&silent);
-    assert!(!to_silent.is_empty());
-    silent.respond(
-        to_silent
-            .iter()
-            .map(|s| completed(s, json!("done"), "silent"))
-            .collect(),
-    );
-    let mut answered = to_silent.len();
-    while answered < 6 {
-        let steps = delivered(&honest);
+    let to_silent = answer_until(&silent, "silent", 0, 1);
+    answer_until(&honest, "honest", to_silent, 6);
+    assert_eq!(third.collect().await.len(), 6);
+    executor.shutdown(LONG).await;
+}
+
+/// Completes what `peer` is delivered until `answered` reaches `n` (or
+/// more); how many that made.
+fn answer_until(peer: &RawPeer, worker_id: &str, mut answered: usize, n: usize) -> usize {
+    while answered < n {
+        let steps = delivered(peer);
         answered += steps.len();
-        honest.respond(
+        peer.respond(
             steps
                 .iter()
-                .map(|s| completed(s, json!("done"), "honest"))
+                .map(|s| completed(s, json!("done"), worker_id))
                 .collect(),
         );
     }
-    assert_eq!(third.collect().await.len(), 6);
-    executor.shutdown(LONG).await;
+    answered
 }
 
 /// A first hello's steps of this orchestrator take slots, known or not
