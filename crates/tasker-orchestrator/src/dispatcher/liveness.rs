@@ -226,10 +226,10 @@ impl Dispatcher {
                     .filter(|step| !self.steps.held_by(**step, conn))
                     .count();
                 stale_total += stale;
-                // One that let a step time out and answered nothing since
-                // is sent nothing (`Conn::unresponsive`): it serves its
-                // handlers with no room, so their steps wait for it or
-                // another, rather than count as served by nobody.
+                // One at which steps timed out unanswered is sent nothing
+                // (`Conn::unresponsive`): it serves its handlers with no
+                // room, so their steps wait for it or another, rather than
+                // count as served by nobody.
                 let capacity = if c.unresponsive() {
                     0
                 } else {
