@@ -276,7 +276,7 @@ async function readAnswer(response, method, target) {
 
 /** Why a fetch failed, in a few words: the code of its cause where there is one. */
 function describeFailure(error, timeoutMs) {
-  if (error && error.name === "TimeoutError") return `no answer within ${timeoutMs / 1000} s`;
+  if (error && error.name === "TimeoutError") return `no answer within ${Number((timeoutMs / 1000).toPrecision(3))} s`;
   const cause = error && error.cause ? error.cause : error;
   const code = cause && (cause.code || (Array.isArray(cause.errors) && cause.errors[0] && cause.errors[0].code));
   switch (code) {
@@ -730,11 +730,17 @@ class Client {
 
   _unavailable(method, body, last, tries, { pastDeadline = false } = {}) {
     const answered = last.status !== undefined;
-    let cause = tries > 1 ? `${last.cause}; ${tries} tries` : last.cause;
-    if (pastDeadline) cause += `${tries > 1 ? "" : "; 1 try"}, until the wait's deadline`;
-    let message = answered
-      ? `the tasker server at ${this.url} is not available (${cause})`
-      : `the tasker server at ${this.url} is not reachable (${cause}); is tasker serve running?`;
+    const cause = tries > 1 ? `${last.cause}; ${tries} tries` : last.cause;
+    let message;
+    if (pastDeadline) {
+      // Silent past a wait's deadline, it may be up and its store down: no hint to start it.
+      const state = answered ? "was unavailable until" : "did not answer by";
+      message = `the tasker server at ${this.url} ${state} the wait's deadline (${cause})`;
+    } else {
+      message = answered
+        ? `the tasker server at ${this.url} is not available (${cause})`
+        : `the tasker server at ${this.url} is not reachable (${cause}); is tasker serve running?`;
+    }
     if (tries === 1 && method === "POST" && body && body.workflow !== undefined) {
       message +=
         " A submit without an idempotency key is tried once (a second try could start the task twice);" +

@@ -390,11 +390,7 @@ impl Client {
                 .deadline
                 .is_some_and(|deadline| Instant::now() + delay >= deadline)
             {
-                let mut error = self.unavailable(failure, call.idempotent, retries);
-                if let Error::ServerUnavailable { message, .. } = &mut error {
-                    message.push_str(", until the wait's deadline");
-                }
-                return Err(error);
+                return Err(self.unavailable_by_deadline(failure, retries));
             }
             tracing::debug!(
                 url = %url,
@@ -432,6 +428,36 @@ impl Client {
             message,
             status: None,
         }
+    }
+
+    /// A wait's deadline came before an answer. Silent then, the server
+    /// may be up and its store down: no hint to start it.
+    fn unavailable_by_deadline(&self, failure: Failure, retries: usize) -> Error {
+        let tries = retries + 1;
+        let (message, status) = match &failure {
+            Failure::NoAnswer(e) => (
+                format!(
+                    "the tasker server at {} did not answer by the wait's deadline ({}; tried {tries} times)",
+                    self.base,
+                    if e.is_timeout() {
+                        "no answer in time".to_string()
+                    } else {
+                        root_cause(e)
+                    }
+                ),
+                None,
+            ),
+            Failure::ServerError(answer) => (
+                format!(
+                    "the tasker server at {} was unavailable until the wait's deadline ({}; \
+                     tried {tries} times)",
+                    self.base,
+                    answered(answer)
+                ),
+                Some(answer.status.as_u16()),
+            ),
+        };
+        Error::ServerUnavailable { message, status }
     }
 
     fn unavailable(&self, failure: Failure, idempotent: bool, retries: usize) -> Error {
@@ -520,16 +546,19 @@ impl Failure {
                 root_cause(e)
             ),
             Failure::ServerError(answer) => {
-                let detail = serde_json::from_slice::<ProblemDetails>(&answer.body)
-                    .map(|p| p.detail)
-                    .unwrap_or_else(|_| quote(String::from_utf8_lossy(&answer.body).trim()));
-                format!(
-                    "the tasker server at {base} answered {}: {detail}",
-                    answer.status.as_u16()
-                )
+                format!("the tasker server at {base} {}", answered(answer))
             }
         }
     }
+}
+
+/// `answered 503: DETAIL`, the detail of a problem document or the body
+/// quoted.
+fn answered(answer: &Answer) -> String {
+    let detail = serde_json::from_slice::<ProblemDetails>(&answer.body)
+        .map(|p| p.detail)
+        .unwrap_or_else(|_| quote(String::from_utf8_lossy(&answer.body).trim()));
+    format!("answered {}: {detail}", answer.status.as_u16())
 }
 
 async fn send(request: reqwest::RequestBuilder) -> Result<Answer, reqwest::Error> {

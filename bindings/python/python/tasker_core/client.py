@@ -690,7 +690,7 @@ def _describe(error: BaseException, timeout: float) -> Tuple[str, bool]:
     if isinstance(error, socket.gaierror):
         return (f"cannot resolve the host: {error.strerror or error}", False)
     if isinstance(error, (socket.timeout, TimeoutError)):
-        return (f"no answer within {timeout:g} s", True)
+        return (f"no answer within {timeout:.3g} s", True)
     if isinstance(error, http.client.RemoteDisconnected):
         return ("the connection closed without an answer", True)
     if isinstance(error, OSError) and error.strerror:
@@ -899,16 +899,23 @@ class _Core:
         idempotent: bool,
         past_deadline: bool = False,
     ) -> NoReturn:
-        if isinstance(failure, _NoAnswer):
+        if past_deadline:
+            state = (
+                "did not answer by the wait's deadline"
+                if isinstance(failure, _NoAnswer)
+                else "was unavailable until the wait's deadline"
+            )
+            message = f"the tasker server at {self.url} {state} ({failure.text}"
+        elif isinstance(failure, _NoAnswer):
             message = f"the tasker server at {self.url} is not reachable ({failure.text}"
         else:
             message = f"the tasker server at {self.url} is unavailable ({failure.text}"
-        message += f"; {tries} tries" if tries > 1 else ""
-        message += ", until the wait's deadline)" if past_deadline else ")"
+        message += f"; {tries} tries)" if tries > 1 else ")"
         final = isinstance(failure, _NoAnswer) and failure.final
         if idempotent:
-            # A server that answered 5xx is running: the hint is for silence.
-            if not final and isinstance(failure, _NoAnswer):
+            # A server that answered 5xx is running: the hint is for silence
+            # (and one silent past a wait's deadline may be up, its store down).
+            if not final and not past_deadline and isinstance(failure, _NoAnswer):
                 message += "; is tasker serve running?"
         elif isinstance(failure, _NoAnswer) and not failure.sent:
             message += (

@@ -381,13 +381,17 @@ module TaskerCore
           return ServerUnavailable.new("the tasker server at #{@base_url} is not reachable (#{reason})" \
                                        "#{'; no task was created' unless retried}")
         end
-        message = if answered
+        message = if past_deadline
+                    # Silent past a wait's deadline, it may be up and its store down: no hint to start it.
+                    state = answered ? "was unavailable until" : "did not answer by"
+                    +"the tasker server at #{@base_url} #{state} the wait's deadline (#{reason})"
+                  elsif answered
                     +"the tasker server at #{@base_url} is unavailable (#{reason})"
                   else
                     +"the tasker server at #{@base_url} is not reachable (#{reason}); is tasker serve running?"
                   end
         message << if past_deadline
-                     " (#{tries} #{tries == 1 ? 'try' : 'tries'}, until the wait's deadline)"
+                     " (#{tries} #{tries == 1 ? 'try' : 'tries'})"
                    elsif retried
                      " (#{tries} tries)"
                    elsif NOT_SENT.any? { |klass| failure.is_a?(klass) }
