@@ -254,6 +254,24 @@ fn wait_all_ended(http: &reqwest::blocking::Client, serve: &Serve, timeout: Dura
     }
 }
 
+/// The first page of `GET /v1/tasks`.
+fn tasks_page(http: &reqwest::blocking::Client, serve: &Serve) -> Value {
+    http.get(serve.url("/v1/tasks"))
+        .send()
+        .and_then(|r| r.json())
+        .unwrap()
+}
+
+/// The statuses of the tasks on the first page, newest first.
+fn task_statuses(http: &reqwest::blocking::Client, serve: &Serve) -> Vec<String> {
+    tasks_page(http, serve)["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// `serve`'s `/metrics` page.
 fn metrics_text(http: &reqwest::blocking::Client, serve: &Serve) -> String {
     http.get(serve.url("/metrics"))
@@ -1039,11 +1057,7 @@ fn s9_with_postgres_down_requests_are_answered_503_store_unavailable_and_a_creat
         text.contains("tasker_tasks{status=\"running\"} 1"),
         "{text}"
     );
-    let page: Value = http
-        .get(serve.url("/v1/tasks"))
-        .send()
-        .and_then(|r| r.json())
-        .unwrap();
+    let page = tasks_page(&http, &serve);
     assert_eq!(page["tasks"].as_array().unwrap().len(), 1, "{page:#}");
 }
 
@@ -1663,18 +1677,7 @@ fn s16b_a_handler_whose_worker_connects_seconds_later_is_not_warned_about() {
         "{}",
         tail(&log, 20)
     );
-    let tasks: Value = http
-        .get(serve.url("/v1/tasks"))
-        .send()
-        .and_then(|r| r.json())
-        .unwrap();
-    let statuses: Vec<&str> = tasks["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(statuses, ["complete", "complete"], "{tasks}");
+    assert_eq!(task_statuses(&http, &serve), ["complete", "complete"]);
 }
 
 /// A server without `api_tokens_file` accepts every request; a client that
@@ -1831,19 +1834,7 @@ fn s24_a_worker_resuming_from_a_pause_past_expiry_starts_no_step_that_came_meanw
             "only the second attempts ran, at the other worker:\n{log}"
         );
     }
-    let tasks: Value = http
-        .get(serve.url("/v1/tasks"))
-        .send()
-        .and_then(|r| r.json())
-        .unwrap();
-    assert!(
-        tasks["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|t| t["status"] == "complete"),
-        "{tasks}"
-    );
+    assert_eq!(task_statuses(&http, &serve), ["complete"; 3]);
 }
 
 const PAUSE_WORKFLOW: &str = r#"
