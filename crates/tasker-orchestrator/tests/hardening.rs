@@ -1349,3 +1349,101 @@ async fn h18_steps_a_hello_invents_take_its_slots_but_are_not_counted_in_flight(
     assert_eq!(executor.load().await.in_flight, 0);
     executor.shutdown(LONG).await;
 }
+
+/// A connection found silent at a heartbeat tick made the I/O thread read
+/// until its input paused for 20 ms, for up to a heartbeat interval, before
+/// judging it. With another peer sending every few milliseconds that was the
+/// whole interval, and nothing was dispatched meanwhile: peers that said
+/// hello and went silent, one expiring at each tick, held an honest worker's
+/// every step for up to a second (hellos of 400 KB at 105 a second made
+/// tasks 50–100 times slower).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h19_peers_going_silent_beside_a_busy_one_do_not_hold_up_dispatch() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // Expiry 3 s, and a catch-up could last a whole second.
+    let config = TaskerConfig {
+        heartbeat_interval_ms: 1_000,
+        ..config()
+    };
+    let executor = start(&config);
+    let endpoint = executor.endpoint().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let (endpoint, stop) = (endpoint.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let peer = RawPeer::connect(&endpoint);
+            peer.hello("busy", &["other"], 1);
+            while !stop.load(Ordering::Relaxed) {
+                peer.send(&WorkerMessage::Heartbeat(Default::default()));
+                while peer.recv(Duration::ZERO).is_some() {}
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let ghosts = {
+        let (endpoint, stop) = (endpoint.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            // Kept open and never answering: each is declared dead at expiry.
+            let mut silent = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let peer = RawPeer::connect(&endpoint);
+                peer.hello(&format!("ghost-{}", silent.len()), &["other"], 1);
+                silent.push(peer);
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+    let honest = {
+        let (endpoint, stop) = (endpoint.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let peer = RawPeer::connect(&endpoint);
+            peer.hello("honest", &["echo"], 4);
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(OrchestratorMessage::StepBatchRequest(batch)) =
+                    peer.recv_skipping_heartbeats(Duration::from_millis(50))
+                {
+                    let results = batch
+                        .steps
+                        .iter()
+                        .map(|s| completed(s, json!("done"), "honest"))
+                        .collect();
+                    peer.respond(results);
+                }
+            }
+        })
+    };
+    // The first ghosts expire from about 3 s on, one or more at every
+    // tick: steps one after another through three ticks of that.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let mut slowest = Duration::ZERO;
+    let until = Instant::now() + Duration::from_secs(4);
+    for id in 1.. {
+        if Instant::now() > until {
+            break;
+        }
+        let started = Instant::now();
+        let handle = executor
+            .submit(StepBatchRequest::new(
+                format!("b{id}"),
+                steps(id..id + 1, "echo", 10_000),
+            ))
+            .await
+            .unwrap();
+        let results = handle.collect().await;
+        assert_eq!(results[0].status, StepStatus::Completed);
+        slowest = slowest.max(started.elapsed());
+    }
+    let lost = executor.metrics().workers_lost;
+    stop.store(true, Ordering::Relaxed);
+    for thread in [busy, ghosts, honest] {
+        thread.join().unwrap();
+    }
+    assert!(lost >= 3, "ghosts were declared dead meanwhile ({lost})");
+    // Each step waited a whole catch-up (about a second) before.
+    assert!(
+        slowest < Duration::from_millis(400),
+        "a step took {slowest:?} with peers going silent"
+    );
+    executor.shutdown(LONG).await;
+}

@@ -11,6 +11,12 @@ impl Dispatcher {
         if self.input_held {
             return false;
         }
+        let more = self.receive_some();
+        self.read_at = Instant::now();
+        more
+    }
+
+    fn receive_some(&mut self) -> bool {
         for _ in 0..RECV_BURST {
             match recv_frames(&self.socket, zmq::DONTWAIT) {
                 Ok(mut frames) => {

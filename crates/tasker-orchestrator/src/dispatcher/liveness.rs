@@ -19,10 +19,20 @@ impl Dispatcher {
         }
         let expiry = self.config.peer_expiry();
         if !self.registry.silent(now, expiry).is_empty() {
-            // Judge only after reading what is already queued: a stall of
-            // this process (stopped, starved) that the loop did not notice
-            // leaves heartbeats and results waiting here.
-            self.catch_up();
+            if now.saturating_duration_since(self.read_at) > READ_RECENTLY {
+                // Judge only after reading what is already queued: a stall
+                // of this process (stopped, starved) between the last read
+                // and now leaves heartbeats and results waiting here.
+                self.catch_up();
+            } else {
+                // Read moments ago, so nothing of theirs waits but what
+                // came since. Not a catch-up: it reads until the input
+                // pauses, and with any peer sending every few milliseconds
+                // it read a whole heartbeat interval at each tick, nothing
+                // dispatched meanwhile (peers going silent one a tick held
+                // every step for up to a second).
+                self.receive_burst();
+            }
         }
         let now = Instant::now();
         let heartbeat = OrchestratorMessage::Heartbeat(Heartbeat {});

@@ -67,6 +67,10 @@ const RECV_BURST: usize = 4_096;
 /// judging anyone: ZeroMQ's own I/O thread was stopped too and needs a
 /// moment to move what the kernel buffered into the socket's queues.
 const CATCH_UP_QUIET: Duration = Duration::from_millis(20);
+/// How recently the socket must have been read for a heartbeat tick to
+/// judge silent workers on what is queued now, without a catch-up: no stall
+/// can have hidden their input in so short a time.
+const READ_RECENTLY: Duration = Duration::from_millis(50);
 /// How long closing waits for ZeroMQ to close the listener: it takes
 /// microseconds unless the context's I/O thread is stuck.
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
@@ -184,6 +188,9 @@ pub(crate) struct Dispatcher {
     quarantine: Quarantine,
     next_heartbeat: Instant,
     last_turn: Instant,
+    /// When the socket was last read to its end (or to a burst's end), or
+    /// polled and found empty.
+    read_at: Instant,
     delivery_seq: u64,
     dispatch_needed: bool,
     /// Workers came, went or started draining since the admission was
@@ -252,6 +259,7 @@ impl Dispatcher {
             comings_and_goings: Limiter::comings_and_goings(),
             quarantine: Quarantine::default(),
             last_turn: now,
+            read_at: now,
             delivery_seq: 0,
             dispatch_needed: false,
             capacity_changed: false,
@@ -288,6 +296,9 @@ impl Dispatcher {
                     Err(e) => break Some(format!("polling the socket failed: {e}")),
                 }
             };
+            if !socket_ready && !self.input_held {
+                self.read_at = Instant::now();
+            }
             if bell_rang {
                 self.channels.doorbell.drain();
             }
