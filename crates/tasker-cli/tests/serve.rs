@@ -1263,6 +1263,24 @@ fn s22_serve_check_names_a_workflow_file_that_does_not_load_and_starts_nothing()
         !dir.path().join("t.db").exists(),
         "the store was not opened"
     );
+
+    // Every file that does not load is said, not only the first; an
+    // editor's hidden copy is no workflow.
+    std::fs::write(
+        dir.path().join("workflows/late.yaml"),
+        "name: late\nsteps:\n  - name: a\n    handler: echo\n    timeout_ms: 3000000000\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("workflows/.drain.yaml"), DRAIN_WORKFLOW).unwrap();
+    let bad = check();
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{said}");
+    assert!(said.contains("2 workflow files do not load"), "{said}");
+    assert!(
+        said.contains("broken.yaml") && said.contains("late.yaml: step `a`, field `timeout_ms`"),
+        "{said}"
+    );
+    assert!(!said.contains("defined twice"), "{said}");
 }
 
 const ONE_TRY_WORKFLOW: &str = r#"

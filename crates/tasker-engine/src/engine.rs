@@ -1202,7 +1202,9 @@ impl TaskRun {
             self.steps[i].state = State::RetryAt(now + delay);
             self.retried
                 .inc(&self.template.steps[i].handler, &error.error_type);
-            self.steps[i].retry_at = chrono::Duration::from_std(delay).ok().map(|d| wall + d);
+            self.steps[i].retry_at = chrono::Duration::from_std(delay)
+                .ok()
+                .and_then(|d| wall.checked_add_signed(d));
             self.steps[i].error = Some(error.clone());
             self.emit(TaskEvent::Retrying {
                 step: name,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tasker_protocol::MAX_TIMEOUT_MS;
 
 /// How a step's failed attempts are retried.
 ///
@@ -28,18 +29,24 @@ use serde::{Deserialize, Serialize};
 pub struct RetryPolicy {
     /// Attempts in all, the first included; 1 means never retry.
     #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1))]
     pub max_attempts: u32,
-    /// Wait after the first failed attempt, in ms.
+    /// Wait after the first failed attempt, in ms (at most 30 days).
     #[serde(default = "default_initial_ms")]
+    #[schemars(range(max = 2_592_000_000u64))]
     pub initial_ms: u64,
     /// Factor the wait grows by after each further failure (≥ 1).
     #[serde(default = "default_multiplier")]
+    #[schemars(range(min = 1.0))]
     pub multiplier: f64,
-    /// Longest wait, in ms.
+    /// Longest wait, in ms (at most 30 days; when left out, 10 000 or
+    /// `initial_ms` if that is longer).
     #[serde(default = "default_max_ms")]
+    #[schemars(range(max = 2_592_000_000u64))]
     pub max_ms: u64,
     /// Largest fraction (0 to 1) taken off a wait at random.
     #[serde(default = "default_jitter")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub jitter: f64,
 }
 
@@ -73,11 +80,14 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// The wait after failed attempt `attempt` (1-based), with `random` in
-    /// `[0, 1)` choosing how much jitter to take off.
+    /// `[0, 1)` choosing how much jitter to take off; never more than
+    /// [`MAX_TIMEOUT_MS`] (30 days), whatever a policy built without
+    /// [`TaskTemplate::check`](crate::TaskTemplate::check) says.
     pub fn delay(&self, attempt: u32, random: f64) -> Duration {
         let exponent = attempt.saturating_sub(1).min(63) as i32;
-        let base =
-            (self.initial_ms as f64 * self.multiplier.powi(exponent)).min(self.max_ms as f64);
+        let base = (self.initial_ms as f64 * self.multiplier.powi(exponent))
+            .min(self.max_ms as f64)
+            .min(MAX_TIMEOUT_MS as f64);
         let jittered = base * (1.0 - self.jitter * random.clamp(0.0, 1.0));
         Duration::from_micros((jittered * 1000.0) as u64)
     }
@@ -99,6 +109,14 @@ impl RetryPolicy {
                 format!("must be between 0 and 1, got {}", self.jitter),
             ));
         }
+        for (field, ms) in [("initial_ms", self.initial_ms), ("max_ms", self.max_ms)] {
+            if ms > MAX_TIMEOUT_MS {
+                return Err((
+                    field,
+                    format!("must be at most {MAX_TIMEOUT_MS} (30 days), got {ms}"),
+                ));
+            }
+        }
         if self.max_ms < self.initial_ms {
             return Err((
                 "max_ms",
@@ -111,21 +129,37 @@ impl RetryPolicy {
         Ok(())
     }
 
-    /// This policy with the keys of a step's partial `retry:` replaced.
+    /// This policy with the keys of a step's partial `retry:` replaced; an
+    /// error names the key at fault.
     pub(crate) fn merged(
         &self,
         overrides: serde_norway::Value,
-    ) -> Result<Self, serde_norway::Error> {
-        let serde_norway::Value::Mapping(overrides) = overrides else {
+    ) -> Result<Self, (String, serde_norway::Error)> {
+        let decode = |value: serde_norway::Value| {
+            serde_path_to_error::deserialize(value)
+                .map_err(|e| (e.path().to_string(), e.into_inner()))
+        };
+        let serde_norway::Value::Mapping(written) = overrides else {
             // Not a mapping: the decode names what is wrong with it.
-            return serde_norway::from_value(overrides);
+            return decode(overrides);
         };
         let serde_norway::Value::Mapping(mut base) =
             serde_norway::to_value(self).expect("a policy serialises")
         else {
             unreachable!("a policy serialises to a mapping")
         };
-        base.extend(overrides);
-        serde_norway::from_value(serde_norway::Value::Mapping(base))
+        base.extend(written.clone());
+        let mut merged: Self = decode(serde_norway::Value::Mapping(base))?;
+        merged.widen_unset_max(&serde_norway::Value::Mapping(written));
+        Ok(merged)
+    }
+
+    /// A `max_ms` left out of `written` is at least its `initial_ms`: a
+    /// workflow setting only `initial_ms: 60000` was refused for a default
+    /// `max_ms` it never wrote.
+    pub(crate) fn widen_unset_max(&mut self, written: &serde_norway::Value) {
+        if written.get("max_ms").is_none() {
+            self.max_ms = self.max_ms.max(self.initial_ms);
+        }
     }
 }

@@ -36,6 +36,7 @@ use crate::retry::RetryPolicy;
 #[serde(deny_unknown_fields)]
 pub struct TaskTemplate {
     /// The workflow's name, shown in reports.
+    #[schemars(length(min = 1))]
     pub name: String,
     /// What the workflow does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,6 +45,7 @@ pub struct TaskTemplate {
     #[serde(default)]
     pub defaults: StepDefaults,
     /// The steps, in any order; `depends_on` sets the order they run in.
+    #[schemars(length(min = 1))]
     pub steps: Vec<StepTemplate>,
 }
 
@@ -51,8 +53,9 @@ pub struct TaskTemplate {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepDefaults {
-    /// Step timeout in ms (default 30 000).
+    /// Step timeout in ms (default 30 000, at most 30 days).
     #[serde(default = "default_timeout_ms")]
+    #[schemars(range(min = 1, max = 2_592_000_000u64))]
     pub timeout_ms: u64,
     /// Retry policy.
     #[serde(default)]
@@ -78,6 +81,7 @@ fn default_timeout_ms() -> u64 {
 pub struct StepTemplate {
     /// Unique within the template; the key of this step's output in its
     /// dependents' `previous_results`.
+    #[schemars(length(min = 1))]
     pub name: String,
     /// The handler that runs it (`handler_class` on the wire); at most 255
     /// characters, as a worker's handler names are.
@@ -90,8 +94,9 @@ pub struct StepTemplate {
     #[serde(default = "empty_object")]
     pub handler_config: Value,
     /// Timeout of each attempt, in ms (default: the template's
-    /// `defaults.timeout_ms`).
+    /// `defaults.timeout_ms`; at most 30 days).
     #[serde(default = "default_timeout_ms")]
+    #[schemars(range(min = 1, max = 2_592_000_000u64))]
     pub timeout_ms: u64,
     /// How failed attempts are retried; keys left out take the template's
     /// `defaults.retry`.
@@ -187,18 +192,16 @@ impl TemplateError {
         }
     }
 
-    /// Classifies a serde error from a part of the template.
-    fn from_serde(step: Option<&str>, prefix: Option<&str>, e: &serde_norway::Error) -> Self {
-        let text = e.to_string();
-        // serde_norway prefixes nested errors with their path: "a.b: message".
-        let (path, message) = match text.split_once(": ") {
-            Some((path, rest))
-                if !path.contains(' ') && !path.is_empty() && !text.starts_with("unknown") =>
-            {
-                (Some(path.to_string()), rest.to_string())
-            }
-            _ => (None, text.clone()),
-        };
+    /// Classifies a decoding error from a part of the template, at `path`
+    /// within it (empty: the part itself).
+    fn from_serde(
+        step: Option<&str>,
+        prefix: Option<&str>,
+        path: &str,
+        e: &serde_norway::Error,
+    ) -> Self {
+        let message = e.to_string();
+        let path = (!path.is_empty() && path != ".").then(|| path.to_string());
         let kind = if message.starts_with("unknown field") {
             TemplateErrorKind::UnknownKey
         } else {
@@ -230,8 +233,18 @@ impl TaskTemplate {
 
     /// Parses and checks a template.
     pub fn from_yaml_str(yaml: &str) -> Result<Self, TemplateError> {
-        let source: TemplateSource = serde_norway::from_str(yaml).map_err(|e| {
-            let mut err = TemplateError::from_serde(None, None, &e);
+        let syntax =
+            |message: String| TemplateError::new(TemplateErrorKind::Syntax, None, None, message);
+        let mut document: serde_norway::Value =
+            serde_norway::from_str(yaml).map_err(|e| syntax(e.to_string()))?;
+        if document.is_null() {
+            return Err(syntax(
+                "the file is empty: a workflow needs a `name` and its `steps`".into(),
+            ));
+        }
+        // `<<: *anchor` merge keys, for steps that share settings.
+        document.apply_merge().map_err(|e| syntax(e.to_string()))?;
+        let source: TemplateSource = decode(document, None, None).map_err(|mut err| {
             if err.kind == TemplateErrorKind::BadValue && err.field.is_none() {
                 err.kind = TemplateErrorKind::Syntax;
             }
@@ -239,9 +252,15 @@ impl TaskTemplate {
         })?;
         let defaults: StepDefaults = match source.defaults {
             None => StepDefaults::default(),
-            Some(v) => serde_norway::from_value(v)
-                .map_err(|e| TemplateError::from_serde(None, Some("defaults"), &e))?,
+            Some(written) => {
+                let mut defaults: StepDefaults = decode(written.clone(), None, Some("defaults"))?;
+                if let Some(retry) = written.get("retry") {
+                    defaults.retry.widen_unset_max(retry);
+                }
+                defaults
+            }
         };
+        check_timeout(None, "defaults.timeout_ms", defaults.timeout_ms)?;
         defaults
             .retry
             .check()
@@ -270,10 +289,11 @@ impl TaskTemplate {
             return Err(bad(None, "steps", "a template needs at least one step"));
         }
         let mut seen = HashSet::new();
-        for step in &self.steps {
+        for (position, step) in self.steps.iter().enumerate() {
             let name = step.name.as_str();
             if name.trim().is_empty() {
-                return Err(bad(None, "name", "a step name must not be empty"));
+                let label = format!("#{}", position + 1);
+                return Err(bad(Some(&label), "name", "a step name must not be empty"));
             }
             if !seen.insert(name) {
                 return Err(TemplateError::new(
@@ -295,9 +315,7 @@ impl TaskTemplate {
                     "must be at most 255 characters, as a worker's handler names are",
                 ));
             }
-            if step.timeout_ms == 0 {
-                return Err(bad(Some(name), "timeout_ms", "must be positive"));
-            }
+            check_timeout(Some(name), "timeout_ms", step.timeout_ms)?;
             step.retry
                 .check()
                 .map_err(|(field, msg)| bad(Some(name), &format!("retry.{field}"), msg))?;
@@ -396,6 +414,39 @@ fn bad(step: Option<&str>, field: &str, message: impl Into<String>) -> TemplateE
     TemplateError::new(TemplateErrorKind::BadValue, step, Some(field), message)
 }
 
+/// A timeout an orchestrator takes: at least 1 ms, at most 30 days. Past
+/// that the orchestrator refused the whole batch at run time, and with it
+/// every step that became ready beside this one.
+fn check_timeout(step: Option<&str>, field: &str, ms: u64) -> Result<(), TemplateError> {
+    if ms == 0 {
+        return Err(bad(step, field, "must be positive"));
+    }
+    if ms > tasker_protocol::MAX_TIMEOUT_MS {
+        return Err(bad(
+            step,
+            field,
+            format!(
+                "must be at most {} (30 days), got {ms}",
+                tasker_protocol::MAX_TIMEOUT_MS
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes a part of the template, naming the field at fault by its path
+/// within the part (`retry.max_attempts`), after `prefix` when given.
+fn decode<T: serde::de::DeserializeOwned>(
+    value: serde_norway::Value,
+    step: Option<&str>,
+    prefix: Option<&str>,
+) -> Result<T, TemplateError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        TemplateError::from_serde(step, prefix, &path, e.inner())
+    })
+}
+
 fn step_from(
     raw: serde_norway::Value,
     position: usize,
@@ -407,14 +458,12 @@ fn step_from(
         .and_then(|n| n.as_str())
         .map(str::to_string)
         .unwrap_or_else(|| format!("#{}", position + 1));
-    let source: StepSource = serde_norway::from_value(raw)
-        .map_err(|e| TemplateError::from_serde(Some(&label), None, &e))?;
+    let source: StepSource = decode(raw, Some(&label), None)?;
     let retry = match source.retry {
         None => defaults.retry.clone(),
-        Some(overrides) => defaults
-            .retry
-            .merged(overrides)
-            .map_err(|e| TemplateError::from_serde(Some(&label), Some("retry"), &e))?,
+        Some(overrides) => defaults.retry.merged(overrides).map_err(|(path, e)| {
+            TemplateError::from_serde(Some(&label), Some("retry"), &path, &e)
+        })?,
     };
     Ok(StepTemplate {
         name: source.name,

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use foldhash::HashSetExt;
 use tasker_config::{SubmitPolicy, TaskerConfig};
-use tasker_protocol::{codec, StepBatchRequest, StepExecutionResult, StepId, StepRef};
+use tasker_protocol::{
+    codec, StepBatchRequest, StepExecutionResult, StepId, StepRef, MAX_TIMEOUT_MS,
+};
 use tasker_transport::curve::ServerCurve;
 use tasker_transport::monitor::HandshakeMonitor;
 use tasker_transport::Doorbell;
@@ -581,9 +583,6 @@ fn router_receive_hwm(config: &TaskerConfig) -> i32 {
         configured => configured.min(by_bytes),
     }
 }
-
-/// Longest step timeout accepted: 30 days.
-const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
 
 fn validate_batch(batch: &StepBatchRequest) -> Result<(), ExecutorError> {
     let invalid = |reason: String| ExecutorError::InvalidBatch {

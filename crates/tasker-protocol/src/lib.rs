@@ -67,6 +67,11 @@ pub const MAX_HANDLERS: usize = 1024;
 /// characters (as JSON Schema's `maxLength` counts them).
 pub const MAX_NAME_CHARS: usize = 255;
 
+/// Longest step `timeout_ms` an orchestrator accepts, and longest retry wait
+/// a workflow may set: 30 days. Past it a deadline is no longer a timeout
+/// anyone waits for, and far past it the time it names cannot be written.
+pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
+
 /// Longest `incarnation` in a `hello`, in characters.
 pub const MAX_INCARNATION_CHARS: usize = 64;
 

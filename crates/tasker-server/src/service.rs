@@ -114,6 +114,12 @@ pub enum ServiceError {
     Store(#[from] StoreError),
 }
 
+/// Each error on a line of its own, indented.
+fn lines(errors: &[StartError]) -> String {
+    let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+    lines.join("\n")
+}
+
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -133,6 +139,9 @@ pub enum StartError {
         /// What is wrong with it.
         source: tasker_engine::TemplateError,
     },
+    /// Several workflow files are invalid, each said on a line of its own.
+    #[error("{} workflow files do not load:\n{}", .0.len(), lines(.0))]
+    Workflows(Vec<StartError>),
     /// Two files define the same workflow name.
     #[error("workflow {name:?} is defined twice: {first} and {second}")]
     DuplicateWorkflow {
@@ -947,7 +956,9 @@ fn request_hash(workflow: &str, context: &Value) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Every `*.yaml` / `*.yml` file of the workflows folder, by name.
+/// Every `*.yaml` / `*.yml` file of the workflows folder, by name, hidden
+/// files (an editor's `.x.yaml`) left out. Every file that does not load is
+/// said, not only the first: an author fixed one and ran again per file.
 fn load_workflows(config: &TaskerConfig) -> Result<BTreeMap<String, TaskTemplate>, StartError> {
     let dir = if config.workflows_dir.is_empty() {
         let default = PathBuf::from("examples/workflows");
@@ -969,26 +980,39 @@ fn load_workflows(config: &TaskerConfig) -> Result<BTreeMap<String, TaskTemplate
         .map_err(dir_error)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     files.sort();
     let mut workflows = BTreeMap::new();
     let mut sources: HashMap<String, PathBuf> = HashMap::new();
+    let mut errors = Vec::new();
     for path in files {
-        let template = TaskTemplate::load(&path).map_err(|source| StartError::Workflow {
-            path: path.clone(),
-            source,
-        })?;
+        let template = match TaskTemplate::load(&path) {
+            Ok(template) => template,
+            Err(source) => {
+                errors.push(StartError::Workflow { path, source });
+                continue;
+            }
+        };
         if let Some(first) = sources.get(&template.name) {
-            return Err(StartError::DuplicateWorkflow {
+            errors.push(StartError::DuplicateWorkflow {
                 name: template.name,
                 first: first.clone(),
                 second: path,
             });
+            continue;
         }
         sources.insert(template.name.clone(), path);
         workflows.insert(template.name.clone(), template);
     }
-    Ok(workflows)
+    match errors.len() {
+        0 => Ok(workflows),
+        1 => Err(errors.remove(0)),
+        _ => Err(StartError::Workflows(errors)),
+    }
 }
 
 #[cfg(test)]
