@@ -27,7 +27,8 @@ use crate::ConfigArgs;
 pub struct RunArgs {
     /// The workflow (task template) YAML file.
     pub workflow: PathBuf,
-    /// The task's context, as JSON (handlers see it as `task_context`).
+    /// The task's context, as JSON (handlers see it as `task_context`), or
+    /// `@FILE` to read it from a file (`@-`: standard input).
     #[arg(long, default_value = "{}")]
     pub context: String,
     /// Start a worker process, as NAME=COMMAND; repeat for more. It gets the
@@ -55,11 +56,28 @@ pub struct RunArgs {
 #[error(transparent)]
 pub struct StartError(anyhow::Error);
 
+/// A `--context` argument: JSON, or `@FILE` naming a file that holds it
+/// (`@-`: standard input). A context over 128 KiB does not fit in one
+/// argument on Linux ("Argument list too long"), and the API takes 1 MiB.
+pub fn read_context(arg: &str) -> anyhow::Result<Value> {
+    use anyhow::Context as _;
+    let Some(path) = arg.strip_prefix('@') else {
+        return serde_json::from_str(arg)
+            .map_err(|e| anyhow::anyhow!("--context is not valid JSON: {e}"));
+    };
+    let text = if path == "-" {
+        std::io::read_to_string(std::io::stdin()).context("--context @-: reading standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("--context @{path}: reading it"))?
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("--context @{path} does not hold valid JSON: {e}"))
+}
+
 pub fn run(args: RunArgs) -> Result<TaskStatus> {
     let template = TaskTemplate::load(&args.workflow)
         .map_err(|e| StartError(anyhow::anyhow!("{}: {e}", args.workflow.display())))?;
-    let context: Value = serde_json::from_str(&args.context)
-        .map_err(|e| StartError(anyhow::anyhow!("--context is not valid JSON: {e}")))?;
+    let context = read_context(&args.context).map_err(StartError)?;
     // As `serve` refuses it (a 422): every handler reads named fields of
     // its task's context, and `[1]` reached them as a handler's failure.
     if !context.is_object() {

@@ -75,7 +75,9 @@ fn seconds(text: &str) -> Result<Duration, String> {
 pub struct SubmitArgs {
     /// The workflow's name (`GET /v1/workflows` lists them).
     pub workflow: String,
-    /// The task's context, a JSON object (handlers see it as `task_context`).
+    /// The task's context, a JSON object (handlers see it as
+    /// `task_context`), or `@FILE` to read it from a file (`@-`: standard
+    /// input).
     #[arg(long, default_value = "{}")]
     pub context: String,
     /// A key of your choosing: submitting the same workflow and context
@@ -184,8 +186,7 @@ pub fn run(args: TaskArgs) -> Result<i32> {
 }
 
 async fn submit(args: SubmitArgs) -> Result<i32> {
-    let context: Value = serde_json::from_str(&args.context)
-        .map_err(|e| anyhow!("--context is not valid JSON: {e}"))?;
+    let context = crate::run::read_context(&args.context)?;
     let client = client(&args.api)?;
     let handle = client
         .submit(&args.workflow, context, args.idempotency_key.as_deref())

@@ -471,16 +471,14 @@ fn s3_the_task_command_submits_waits_shows_lists_and_cancels_with_exit_statuses(
     let _workers = Workers::start(&endpoint, 1, 8);
 
     // Completes: exit 0, the JSON report of `tasker run --json`, with the id.
+    // Its context, from a file, would not fit in one argument (128 KiB).
+    let context = json!({ "order": 1, "note": "n".repeat(200_000) });
+    let context_file = dir.path().join("context.json");
+    std::fs::write(&context_file, context.to_string()).unwrap();
+    let at_file = format!("@{}", context_file.display());
     let done = task_cli(
         &serve.api,
-        &[
-            "submit",
-            "slow",
-            "--context",
-            r#"{"order": 1}"#,
-            "--wait",
-            "--json",
-        ],
+        &["submit", "slow", "--context", &at_file, "--wait", "--json"],
     );
     assert_eq!(
         done.status.code(),
@@ -525,7 +523,7 @@ fn s3_the_task_command_submits_waits_shows_lists_and_cancels_with_exit_statuses(
     assert_eq!(got.status.code(), Some(0));
     let got: Value = serde_json::from_slice(&got.stdout).unwrap();
     assert_eq!(got["task_id"], id);
-    assert_eq!(got["context"], json!({ "order": 1 }));
+    assert_eq!(got["context"], context);
     let listed = task_cli(&serve.api, &["list", "--status", "failed", "--json"]);
     let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
     let tasks = listed["tasks"].as_array().unwrap();
