@@ -15,7 +15,6 @@ use anyhow::{anyhow, Result};
 use chrono::{SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use serde_json::Value;
 use tasker_client::{Client, ListTasks, TaskDetail};
 use tasker_engine::{StepState, TaskEvent, TaskState};
 use tasker_protocol::StepExecutionError;
