@@ -291,8 +291,19 @@ impl RunningTask {
     pub async fn outcome(self) -> Result<TaskReport, TaskStopped> {
         match self.join.await {
             Ok(outcome) => outcome,
-            // The driver has no panicking paths; if one appears, surface it.
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            // A bug. Raised in the caller, it left `serve` with a task it
+            // took for running and a cancel that did nothing.
+            Err(e) if e.is_panic() => {
+                let panic = e.into_panic();
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                Err(TaskStopped::Panicked(message))
+            }
+            // The runtime is shutting down under it.
+            Err(_) => Err(TaskStopped::Suspended),
         }
     }
 }
@@ -375,6 +386,10 @@ pub enum TaskStopped {
     /// under it; its store holds where it was.
     #[error("the task was suspended; it resumes when its store is loaded again")]
     Suspended,
+    /// Its driver panicked, a bug; a durable task's store holds where it
+    /// was, and it resumes when the store is loaded again.
+    #[error("the task's driver panicked (a bug): {0}")]
+    Panicked(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -21,6 +21,8 @@ const ORCHESTRATOR_ID: &str = "durable-test";
 #[derive(Default)]
 struct FlakyJournal {
     down: AtomicBool,
+    /// Panics at the next commit, as a bug in a journal or the engine would.
+    panics: AtomicBool,
     attempts: AtomicUsize,
     committed: Mutex<Vec<Transition>>,
 }
@@ -29,6 +31,9 @@ impl Journal for FlakyJournal {
     fn commit(&self, transitions: Vec<Transition>) -> BoxFuture<'_, Result<(), JournalError>> {
         Box::pin(async move {
             let attempt = self.attempts.fetch_add(1, Ordering::SeqCst);
+            if self.panics.load(Ordering::SeqCst) {
+                panic!("a bug in the journal");
+            }
             // A bound, so that a retry loop that spins fails its test
             // rather than hanging it.
             if self.down.load(Ordering::SeqCst) && attempt < 10_000 {
@@ -242,5 +247,27 @@ async fn an_abandoned_task_stops_at_once_with_the_stores_error() {
         matches!(stopped, Err(TaskStopped::Journal(JournalError::Store(_)))),
         "{stopped:?}"
     );
+    rig.close().await;
+}
+
+/// A bug that panics in a task's driver stopped the task where it was and
+/// took the caller's task down with it: `tasker serve` kept the task
+/// `running` for good, its cancel answered 202 and did nothing, and the
+/// driver was never counted ended. The outcome says so instead, and the
+/// store still holds where the task was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_tasks_driver_is_its_outcome_not_its_callers() {
+    let rig = rig().await;
+    rig.journal.down.store(false, Ordering::SeqCst);
+    rig.journal.panics.store(true, Ordering::SeqCst);
+    let stopped = tokio::time::timeout(Duration::from_secs(5), rig.start().outcome())
+        .await
+        .expect("the outcome comes");
+    match stopped {
+        Err(TaskStopped::Panicked(message)) => {
+            assert!(message.contains("a bug in the journal"), "{message}")
+        }
+        other => panic!("expected Panicked, got {other:?}"),
+    }
     rig.close().await;
 }

@@ -399,6 +399,13 @@ impl Service {
                     tracing::debug!(task_id, status = ?report.status, "task ended");
                 }
                 Err(TaskStopped::Suspended) => {}
+                Err(TaskStopped::Panicked(message)) => {
+                    tracing::error!(
+                        task_id,
+                        panic = %tasker_protocol::codec::quoted(&message, 300),
+                        "task stopped by a bug in its driver; it stays running in the store and resumes at the next start"
+                    );
+                }
                 Err(TaskStopped::Journal(e)) => {
                     tracing::error!(task_id, error = %e, "task stopped: its journal failed; it resumes at the next start");
                     // A store error ends a task only when a stop abandons
