@@ -623,7 +623,8 @@ fn print_task(task: &TaskDetail) {
                 _ => String::new(),
             };
             vec![
-                s.name.clone(),
+                // A 5,000-character name made every row as wide.
+                truncate(&s.name, 60),
                 state,
                 s.attempts.to_string(),
                 format!("{} ms", s.duration_ms),
