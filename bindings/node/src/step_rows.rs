@@ -234,6 +234,7 @@ pub(crate) fn to_result(
             elapsed,
         );
         result.metadata.completed_at = now;
+        tasker_worker::log_failure(&result);
         return EncodedResult::new(&result);
     }
     completed.encode(step, o.output.unwrap_or(RawValue::NULL), elapsed)

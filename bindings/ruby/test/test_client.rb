@@ -440,6 +440,9 @@ class TestClient < Minitest::Test
     assert_raises(TaskerCore::TaskNotFound) { c.wait(987_654_321, timeout: 1) }
     assert_raises(TaskerCore::TaskNotFound) { c.cancel(987_654_321) }
     assert_raises(ArgumentError) { c.get("12; drop") }
+    # Refused here, as the other SDKs do, not sent to be refused there.
+    error = assert_raises(ArgumentError) { c.get(0) }
+    assert_includes error.message, "a positive Integer (or a String of digits)"
   end
 
   def test_unknown_workflow_names_the_field_and_the_closest

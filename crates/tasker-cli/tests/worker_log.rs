@@ -215,3 +215,49 @@ fn unknown_worker_twice_in_a_row_is_said_once_and_so_is_the_registration_it_lead
     assert_eq!(count(&said, "saying hello again"), 1, "{said:#?}");
     assert_eq!(count(&said, "registered with orchestrator"), 2, "{said:#?}");
 }
+
+/// A handler's failure is said in the worker's own log, where a developer
+/// debugging the handler looks first: it showed only in the orchestrator's
+/// log and through its API (the Node SDK's worker said nothing of it even
+/// at debug). Its first line, quoted.
+#[test]
+fn a_worker_says_which_step_failed_and_why() {
+    let endpoint = free_endpoint();
+    let mut worker = worker(&endpoint, "fail_permanent,fail_retryable", (50, 100));
+    let lines = lines_of(&mut worker);
+    let mut reaper = Reaper(vec![worker]);
+    let mut dispatch = tasker(&["dispatch", "-", "--endpoint", &endpoint])
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    dispatch
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            br#"{"steps":[{"step_id":7,"handler_class":"fail_permanent","metadata":{"timeout_ms":10000}},{"step_id":8,"handler_class":"fail_retryable","metadata":{"timeout_ms":10000}}]}"#,
+        )
+        .unwrap();
+    reaper.0.push(dispatch);
+    let mut failed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while failed.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains("step failed") => failed.push(line),
+            Ok(_) => continue,
+            Err(e) => panic!("the worker said no failure: {e} ({failed:#?})"),
+        }
+    }
+    let of = |step: &str| failed.iter().find(|l| l.contains(step)).expect(step);
+    assert!(of("step_id=7").contains("retryable=false"), "{failed:#?}");
+    assert!(of("step_id=8").contains("retryable=true"), "{failed:#?}");
+    assert!(
+        failed
+            .iter()
+            .all(|l| l.contains("INFO") && l.contains("error_type=\"")),
+        "{failed:#?}"
+    );
+}

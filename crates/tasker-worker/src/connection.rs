@@ -338,7 +338,7 @@ impl Connection {
             Err(tasker_transport::SendError::Zmq(zmq::Error::EAGAIN)) => {
                 tracing::debug!(
                     kind = message.type_name(),
-                    "not sent: no room or no connection"
+                    "not sent now: no connection up yet, or its queue is full"
                 );
                 false
             }
@@ -1072,6 +1072,7 @@ impl Connection {
             let (result, ended) =
                 inline.run(handler, step, &self.shared.worker_id, started, &clock);
             started = ended;
+            crate::runtime::log_failure(&result);
             done.push(encode_checked(&result, max_depth));
             if ended.duration_since(flushed_at) >= INLINE_FLUSH {
                 self.shared

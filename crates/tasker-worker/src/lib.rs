@@ -66,7 +66,7 @@ mod shared;
 pub use error::WorkerError;
 pub use handler::{HandlerError, HandlerOptions, HandlerResult, RunningWorker, Worker};
 pub use output::{check_output, check_output_json, serialization_failure};
-pub use runtime::{WorkerOptions, WorkerRuntime};
+pub use runtime::{log_failure, WorkerOptions, WorkerRuntime};
 pub use shared::RuntimeState;
 /// The `zmq` crate, whose context [`Worker::zmq_context`] takes.
 pub use zmq;

@@ -338,6 +338,7 @@ impl WorkerRuntime {
     /// not sent; its step is reported failed as
     /// [`error_types::SERIALIZATION_ERROR`], not retryable.
     pub fn complete_many(&self, results: Vec<StepExecutionResult>) {
+        results.iter().for_each(log_failure);
         let max_depth = self.max_json_depth();
         self.hand_over(
             results
@@ -471,6 +472,25 @@ pub(crate) fn invalid_step(
         worker_id,
         0,
     )
+}
+
+/// Says a step's failure in the worker's own log, at `info`: a handler's
+/// bug showed only in the orchestrator's log and through its API, where a
+/// developer debugging the handler looks last. The error's first line
+/// only, quoted (a handler's message may hold anything).
+pub fn log_failure(result: &StepExecutionResult) {
+    let Some(error) = &result.error else {
+        return;
+    };
+    let first = error.message.lines().next().unwrap_or_default();
+    tracing::info!(
+        step_id = result.step_id,
+        attempt = result.metadata.attempt,
+        error_type = %tasker_protocol::codec::quoted(&error.error_type, 80),
+        error = %tasker_protocol::codec::quoted(first, 200),
+        retryable = error.retryable,
+        "step failed"
+    );
 }
 
 /// A result encoded for the wire, or, when its output is nested deeper

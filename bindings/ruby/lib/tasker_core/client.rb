@@ -277,7 +277,9 @@ module TaskerCore
 
     def task_path(id)
       id = Integer(id, 10) if id.is_a?(String) && id.match?(/\A\d+\z/)
-      raise ArgumentError, "task id: expected an Integer, got #{id.inspect}" unless id.is_a?(Integer)
+      unless id.is_a?(Integer) && id.positive?
+        raise ArgumentError, "task id: expected a positive Integer (or a String of digits), got #{id.inspect[0, 80]}"
+      end
 
       "/v1/tasks/#{id}"
     end

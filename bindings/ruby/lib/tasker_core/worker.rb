@@ -503,8 +503,8 @@ module TaskerCore
       # Without this file's frames (the SDK calling the handler), as the
       # Python and Node SDKs report them.
       backtrace = error.backtrace&.reject { |line| line.start_with?(OWN_FRAMES) }&.first(100)&.map { |line| utf8(line) }
+      # The runtime logs the failure (at info, as every SDK's does).
       step._fail(utf8(type), utf8(error.message), retryable ? true : false, backtrace)
-      @logger&.debug("tasker_core") { "step #{step.step_id} failed: #{type}: #{error.message}" }
     end
 
     def utf8(text)
