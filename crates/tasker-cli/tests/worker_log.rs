@@ -81,6 +81,19 @@ fn worker(endpoint: &str, handlers: &str, backoff_ms: (u64, u64)) -> Child {
         .unwrap()
 }
 
+/// A `tasker dispatch` at `endpoint` handing out the batch `input`.
+fn dispatch(endpoint: &str, input: &[u8]) -> Child {
+    let mut dispatch = tasker(&["dispatch", "-", "--endpoint", endpoint])
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = dispatch.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    dispatch
+}
+
 #[test]
 fn a_worker_says_once_where_it_waits_what_it_serves_when_it_registers_and_warns_once_when_the_orchestrator_goes(
 ) {
@@ -99,21 +112,10 @@ fn a_worker_says_once_where_it_waits_what_it_serves_when_it_registers_and_warns_
     assert_eq!(count(&waiting, "WARN"), 0, "{waiting:#?}");
 
     // An orchestrator comes, hands the worker a long step, and dies.
-    let mut dispatch = tasker(&["dispatch", "-", "--endpoint", &endpoint])
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    dispatch
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            br#"{"steps":[{"step_id":1,"handler_class":"sleep","handler_config":{"ms":20000},"metadata":{"timeout_ms":60000}}]}"#,
-        )
-        .unwrap();
-    reaper.0.push(dispatch);
+    reaper.0.push(dispatch(
+        &endpoint,
+        br#"{"steps":[{"step_id":1,"handler_class":"sleep","handler_config":{"ms":20000},"metadata":{"timeout_ms":60000}}]}"#,
+    ));
     let deadline = Instant::now() + Duration::from_secs(15);
     let registered = loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -226,21 +228,10 @@ fn a_worker_says_which_step_failed_and_why() {
     let mut worker = worker(&endpoint, "fail_permanent,fail_retryable", (50, 100));
     let lines = lines_of(&mut worker);
     let mut reaper = Reaper(vec![worker]);
-    let mut dispatch = tasker(&["dispatch", "-", "--endpoint", &endpoint])
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    dispatch
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            br#"{"steps":[{"step_id":7,"handler_class":"fail_permanent","metadata":{"timeout_ms":10000}},{"step_id":8,"handler_class":"fail_retryable","metadata":{"timeout_ms":10000}}]}"#,
-        )
-        .unwrap();
-    reaper.0.push(dispatch);
+    reaper.0.push(dispatch(
+        &endpoint,
+        br#"{"steps":[{"step_id":7,"handler_class":"fail_permanent","metadata":{"timeout_ms":10000}},{"step_id":8,"handler_class":"fail_retryable","metadata":{"timeout_ms":10000}}]}"#,
+    ));
     let mut failed = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
     while failed.len() < 2 {
