@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::*;
@@ -14,49 +12,6 @@ use tasker_config::TaskerConfig;
 use tasker_protocol::*;
 
 const LONG: Duration = Duration::from_secs(10);
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Everything logged at info and above from here on, in this process.
-fn captured() -> &'static Capture {
-    static CAPTURE: OnceLock<Capture> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let capture = Capture::default();
-        let writer = capture.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
-            .init();
-        capture
-    })
-}
-
-/// Waits until the capture, from byte `start` on, holds `what`.
-async fn wait_until_logged(start: usize, what: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = String::from_utf8_lossy(&captured().0.lock().unwrap()[start..]).contains(what);
-        if found {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "never logged: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Bytes and lines logged while `f` ran.
 async fn logged_during<F: std::future::Future<Output = ()>>(f: F) -> (usize, usize) {

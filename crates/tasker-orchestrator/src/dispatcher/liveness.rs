@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// How long a connection has been registered for its death to be said
+/// whatever the rate limit of comings and goings.
+const SERVED_A_WHILE: Duration = Duration::from_secs(60);
+
 impl Dispatcher {
     pub(super) fn heartbeat_tick(&mut self, now: Instant) {
         let interval = self.config.heartbeat_interval();
@@ -50,7 +54,13 @@ impl Dispatcher {
         for conn in self.registry.silent(now, expiry) {
             Metrics::add(&self.channels.metrics.workers_lost, 1);
             if let Some(c) = self.registry.get(conn) {
-                if self.comings_and_goings.allow_conn(conn) {
+                // Said whatever the rate limit: peers saying hello and
+                // going a hundred a second used it up, and the death of a
+                // worker that held work or had served for a while went
+                // unsaid. Neither can be had in bulk.
+                let holds_work = c.occupied.iter().any(|s| self.steps.held_by(*s, conn));
+                let served = now.saturating_duration_since(c.registered_at) >= SERVED_A_WHILE;
+                if holds_work || served || self.comings_and_goings.allow_conn(conn) {
                     tracing::warn!(
                         worker_id = %codec::quoted(&c.worker_id, 64),
                         retired = c.retired,

@@ -137,6 +137,8 @@ pub(crate) struct Conn {
     /// until their results come.
     pub foreign: HashSet<HeldStep>,
     pub last_seen: Instant,
+    /// When its hello registered it.
+    pub registered_at: Instant,
     /// Asked for no more work.
     pub draining: bool,
     /// ZeroMQ has no pipe to it any more (a send failed `EHOSTUNREACH`).
@@ -385,6 +387,7 @@ impl Registry {
                 occupied: hello.mine,
                 foreign: hello.foreign,
                 last_seen: now,
+                registered_at: now,
                 draining: false,
                 gone: false,
                 retired: false,

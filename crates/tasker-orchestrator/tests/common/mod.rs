@@ -2,6 +2,7 @@
 //! workers connected to it, and a hand-driven raw DEALER peer.
 #![allow(dead_code)]
 
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -171,5 +172,51 @@ impl RawPeer {
                 return None;
             }
         }
+    }
+}
+
+/// A test binary's own log: everything logged at info and above, process
+/// wide (a binary that uses it holds only tests that may share it).
+#[derive(Clone, Default)]
+pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Everything logged at info and above from here on, in this process.
+pub fn captured() -> &'static Capture {
+    static CAPTURE: OnceLock<Capture> = OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        capture
+    })
+}
+
+/// Waits until the capture, from byte `start` on, holds `what`.
+pub async fn wait_until_logged(start: usize, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = String::from_utf8_lossy(&captured().0.lock().unwrap()[start..]).contains(what);
+        if found {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never logged: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
