@@ -68,9 +68,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
     config.validate()?;
     if args.check {
         let names = tasker_server::Service::check(&config)?;
+        let loaded = match names.len() {
+            1 => "1 workflow loads".to_string(),
+            n => format!("{n} workflows load"),
+        };
         println!(
-            "tasker serve --check: the configuration and tokens are valid and {} workflows load: {}",
-            names.len(),
+            "tasker serve --check: the configuration and tokens are valid and {loaded}: {}",
             names.join(", ")
         );
         return Ok(());

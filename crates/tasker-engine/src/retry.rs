@@ -130,10 +130,12 @@ impl RetryPolicy {
     }
 
     /// This policy with the keys of a step's partial `retry:` replaced; an
-    /// error names the key at fault.
+    /// error names the key at fault. `max_written`: this policy's `max_ms`
+    /// was written (in `defaults`), so it is kept as written.
     pub(crate) fn merged(
         &self,
         overrides: serde_norway::Value,
+        max_written: bool,
     ) -> Result<Self, (String, serde_norway::Error)> {
         let decode = |value: serde_norway::Value| {
             serde_path_to_error::deserialize(value)
@@ -150,13 +152,15 @@ impl RetryPolicy {
         };
         base.extend(written.clone());
         let mut merged: Self = decode(serde_norway::Value::Mapping(base))?;
-        merged.widen_unset_max(&serde_norway::Value::Mapping(written));
+        if !max_written {
+            merged.widen_unset_max(&serde_norway::Value::Mapping(written));
+        }
         Ok(merged)
     }
 
     /// A `max_ms` left out of `written` is at least its `initial_ms`: a
     /// workflow setting only `initial_ms: 60000` was refused for a default
-    /// `max_ms` it never wrote.
+    /// `max_ms` it never wrote. One it wrote is kept, and checked.
     pub(crate) fn widen_unset_max(&mut self, written: &serde_norway::Value) {
         if written.get("max_ms").is_none() {
             self.max_ms = self.max_ms.max(self.initial_ms);

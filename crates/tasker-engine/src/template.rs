@@ -36,7 +36,7 @@ use crate::retry::RetryPolicy;
 #[serde(deny_unknown_fields)]
 pub struct TaskTemplate {
     /// The workflow's name, shown in reports.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1), regex(pattern = r"\S"))]
     pub name: String,
     /// What the workflow does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,11 +81,11 @@ fn default_timeout_ms() -> u64 {
 pub struct StepTemplate {
     /// Unique within the template; the key of this step's output in its
     /// dependents' `previous_results`.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1), regex(pattern = r"\S"))]
     pub name: String,
     /// The handler that runs it (`handler_class` on the wire); at most 255
     /// characters, as a worker's handler names are.
-    #[schemars(length(min = 1, max = 255))]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"\S"))]
     pub handler: String,
     /// Steps that must complete before this one starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -250,6 +250,11 @@ impl TaskTemplate {
             }
             err
         })?;
+        let max_written = source
+            .defaults
+            .as_ref()
+            .and_then(|d| d.get("retry"))
+            .is_some_and(|r| r.get("max_ms").is_some());
         let defaults: StepDefaults = match source.defaults {
             None => StepDefaults::default(),
             Some(written) => {
@@ -267,7 +272,7 @@ impl TaskTemplate {
             .map_err(|(field, msg)| bad(None, &format!("defaults.retry.{field}"), msg))?;
         let mut steps = Vec::with_capacity(source.steps.len());
         for (i, raw) in source.steps.into_iter().enumerate() {
-            steps.push(step_from(raw, i, &defaults)?);
+            steps.push(step_from(raw, i, &defaults, max_written)?);
         }
         let template = TaskTemplate {
             name: source.name,
@@ -451,6 +456,7 @@ fn step_from(
     raw: serde_norway::Value,
     position: usize,
     defaults: &StepDefaults,
+    max_written: bool,
 ) -> Result<StepTemplate, TemplateError> {
     // Errors name the step; before its name is known, its position stands in.
     let label = raw
@@ -461,9 +467,12 @@ fn step_from(
     let source: StepSource = decode(raw, Some(&label), None)?;
     let retry = match source.retry {
         None => defaults.retry.clone(),
-        Some(overrides) => defaults.retry.merged(overrides).map_err(|(path, e)| {
-            TemplateError::from_serde(Some(&label), Some("retry"), &path, &e)
-        })?,
+        Some(overrides) => defaults
+            .retry
+            .merged(overrides, max_written)
+            .map_err(|(path, e)| {
+                TemplateError::from_serde(Some(&label), Some("retry"), &path, &e)
+            })?,
     };
     Ok(StepTemplate {
         name: source.name,

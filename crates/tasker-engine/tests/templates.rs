@@ -268,10 +268,12 @@ fn a_max_ms_left_out_is_at_least_initial_ms() {
         waits,
         [(20_000, 20_000), (60_000, 60_000), (20_000, 20_000)]
     );
-    // Written, it still must not be below.
+    // Written, it still must not be below, in the step or in `defaults`.
     let e = reject(
         "name: t\nsteps:\n  - {name: a, handler: h, retry: {initial_ms: 60000, max_ms: 1000}}\n",
     );
+    assert_eq!(e.field.as_deref(), Some("retry.max_ms"), "{e}");
+    let e = reject("name: t\ndefaults: {retry: {max_ms: 5000}}\nsteps:\n  - {name: a, handler: h, retry: {initial_ms: 20000}}\n");
     assert_eq!(e.field.as_deref(), Some("retry.max_ms"), "{e}");
 }
 

@@ -108,12 +108,14 @@ impl EventLoopHost for WorkerRuntime {
         for result in &mut results {
             if let Err(problem) = check_result_json(result.json(), max_depth) {
                 tracing::warn!(step_id = result.step_ref().step_id, %problem, "output cannot be sent; reporting the step failed");
-                *result = EncodedResult::new(&serialization_failure(
+                let failure = serialization_failure(
                     result.step_ref(),
                     &problem,
                     self.worker_id(),
                     result.execution_time_ms(),
-                ));
+                );
+                crate::runtime::log_failure(&failure);
+                *result = EncodedResult::new(&failure);
             }
         }
         self.hand_over(results);

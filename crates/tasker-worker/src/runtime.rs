@@ -500,12 +500,14 @@ pub(crate) fn encode_checked(result: &StepExecutionResult, max_depth: u32) -> En
     if let Some(output) = &result.output {
         if let Err(problem) = check_output(output, max_depth) {
             tracing::warn!(step_id = result.step_id, %problem, "output cannot be sent; reporting the step failed");
-            return EncodedResult::new(&serialization_failure(
+            let failure = serialization_failure(
                 result.step_ref(),
                 &problem,
                 &result.metadata.worker_id,
                 result.metadata.execution_time_ms,
-            ));
+            );
+            log_failure(&failure);
+            return EncodedResult::new(&failure);
         }
     }
     EncodedResult::new(result)
