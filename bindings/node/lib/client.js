@@ -644,11 +644,14 @@ class Client {
     }
     const tries = idempotent ? RETRY_DELAYS_MS.length + 1 : 1;
     let last; // { cause, status, problem, detail } of the last failed try
+    // Answered `shutting-down` by an earlier try: a refusal after it is the
+    // server gone, not a server never started.
+    let shutDown = false;
     for (let attempt = 0; attempt < tries; attempt++) {
       if (attempt > 0) {
         const delay = Math.round(RETRY_DELAYS_MS[attempt - 1] * (0.8 + Math.random() * 0.4));
         if (deadline !== null && performance.now() + delay >= deadline) {
-          throw this._unavailable(method, body, last, attempt, { pastDeadline: true });
+          throw this._unavailable(method, body, last, attempt, { pastDeadline: true, shutDown });
         }
         logging.log(
           "debug",
@@ -721,18 +724,23 @@ class Client {
         last = problem
           ? { cause: `${status} ${slugOf(problem)}: ${problem.detail}`, status, problem }
           : { cause: `${status}: ${quote(text)}`, status, problem: null };
+        shutDown = shutDown || (problem !== null && slugOf(problem) === "shutting-down");
         continue;
       }
       throw errorOf(method, target, status, problem, text);
     }
-    throw this._unavailable(method, body, last, tries);
+    throw this._unavailable(method, body, last, tries, { shutDown });
   }
 
-  _unavailable(method, body, last, tries, { pastDeadline = false } = {}) {
+  _unavailable(method, body, last, tries, { pastDeadline = false, shutDown = false } = {}) {
     const answered = last.status !== undefined;
     const cause = tries > 1 ? `${last.cause}; ${tries} tries` : last.cause;
     let message;
-    if (pastDeadline) {
+    if (shutDown && !answered) {
+      message =
+        `the tasker server at ${this.url} shut down (it answered shutting-down) and has not answered since (${cause});` +
+        " a restarted server carries on with the task: wait again once it is up";
+    } else if (pastDeadline) {
       // Silent past a wait's deadline, it may be up and its store down: no hint to start it.
       const state = answered ? "was unavailable until" : "did not answer by";
       message = `the tasker server at ${this.url} ${state} the wait's deadline (${cause})`;

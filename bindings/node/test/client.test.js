@@ -617,6 +617,12 @@ test("a server stopped (SIGTERM) during a wait ends it with ServerUnavailable, n
   // Answered 503 shutting-down while it drains, or refused once it has gone.
   assert.ok(error.status === 503 || error.status === null, `status ${error.status}`);
   if (error.status === 503) assert.equal(error.problemType, "shutting-down");
+  if (error.status === null) {
+    // Refused after it answered shutting-down: said as a stop, not as a
+    // server that may never have run.
+    assert.match(error.message, /shut down \(it answered shutting-down\)/);
+    assert.doesNotMatch(error.message, /is tasker serve running/);
+  }
   assert.ok(ms < 15_000, `took ${ms} ms`);
   await stopProcess(own.child, 2_000);
 });

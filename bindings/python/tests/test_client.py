@@ -743,6 +743,11 @@ def test_server_stopped_mid_wait_is_server_unavailable(tmp_path: Path) -> None:
         elapsed = time.monotonic() - started
         assert 0.9 <= elapsed < 15, elapsed
         assert server.url in str(unavailable.value)
+        if unavailable.value.status is None:
+            # Refused after it answered shutting-down: said as a stop, not
+            # as a server that may never have run.
+            assert "shut down (it answered shutting-down)" in str(unavailable.value)
+            assert "is tasker serve running" not in str(unavailable.value)
     finally:
         server.stop()
 

@@ -909,6 +909,12 @@ class TestClient < Minitest::Test
     assert_instance_of TaskerCore::ServerUnavailable, error
     assert_operator elapsed, :<, 15
     assert_includes error.message, server.url
+    return unless error.status.nil?
+
+    # Refused after it answered shutting-down: said as a stop, not as a
+    # server that may never have run.
+    assert_includes error.message, "shut down (it answered shutting-down)"
+    refute_includes error.message, "is tasker serve running"
   end
 
   def test_answers_that_are_not_problem_documents_are_quoted_briefly

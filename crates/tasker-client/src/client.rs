@@ -333,6 +333,7 @@ impl Client {
             None => None,
         };
         let mut retries = 0;
+        let mut shut_down = false;
         loop {
             let timeout = match call.deadline {
                 // A server holding each try (a PostgreSQL store down holds
@@ -378,13 +379,15 @@ impl Client {
                 }
                 Err(e) => Failure::NoAnswer(e),
             };
+            shut_down |=
+                matches!(&failure, Failure::ServerError(answer) if says_shutting_down(answer));
             let delay = if call.idempotent {
                 self.retry.delay(retries)
             } else {
                 None
             };
             let Some(delay) = delay else {
-                return Err(self.unavailable(failure, call.idempotent, retries));
+                return Err(self.unavailable(failure, call.idempotent, retries, shut_down));
             };
             if call
                 .deadline
@@ -460,8 +463,24 @@ impl Client {
         Error::ServerUnavailable { message, status }
     }
 
-    fn unavailable(&self, failure: Failure, idempotent: bool, retries: usize) -> Error {
-        let mut message = failure.describe(&self.base);
+    fn unavailable(
+        &self,
+        failure: Failure,
+        idempotent: bool,
+        retries: usize,
+        shut_down: bool,
+    ) -> Error {
+        let mut message = match &failure {
+            // Refused after it answered `shutting-down`: the server gone,
+            // not a server never started.
+            Failure::NoAnswer(e) if shut_down && !e.is_timeout() => format!(
+                "the tasker server at {} shut down (it answered shutting-down) and has not \
+                 answered since ({})",
+                self.base,
+                root_cause(e)
+            ),
+            _ => failure.describe(&self.base),
+        };
         if retries > 0 {
             message.push_str(&format!(" (tried {} times)", retries + 1));
         }
@@ -550,6 +569,12 @@ impl Failure {
             }
         }
     }
+}
+
+/// Whether a 5xx answer is the server saying it is stopping.
+fn says_shutting_down(answer: &Answer) -> bool {
+    serde_json::from_slice::<ProblemDetails>(&answer.body)
+        .is_ok_and(|p| p.problem_type.ends_with("/shutting-down"))
 }
 
 /// `answered 503: DETAIL`, the detail of a problem document or the body

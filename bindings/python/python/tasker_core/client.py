@@ -815,6 +815,9 @@ class _Core:
             headers["Authorization"] = f"Bearer {self.token}"
         read_timeout = timeout if timeout is not None else self.timeout
         tries = 0
+        # Answered `shutting-down` by an earlier try: a refusal after it is
+        # the server gone, not a server never started.
+        shut_down = False
         while True:
             tries += 1
             try_timeout = read_timeout
@@ -826,12 +829,16 @@ class _Core:
             try:
                 status, answer = self._try(method, url, data, headers, try_timeout)
             except (_NoAnswer, _ServerError) as failure:
+                if isinstance(failure, _ServerError) and failure.problem is not None:
+                    shut_down = shut_down or _slug(failure.problem) == "shutting-down"
                 final = isinstance(failure, _NoAnswer) and failure.final
                 if not idempotent or tries > len(RETRY_DELAYS) or final:
-                    self._unavailable(failure, tries, idempotent)
+                    self._unavailable(failure, tries, idempotent, shut_down=shut_down)
                 delay = RETRY_DELAYS[tries - 1] * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
                 if deadline is not None and time.monotonic() + delay >= deadline:
-                    self._unavailable(failure, tries, idempotent, past_deadline=True)
+                    self._unavailable(
+                        failure, tries, idempotent, past_deadline=True, shut_down=shut_down
+                    )
                 log.debug(
                     "%s %s: %s; retry %d of %d in %.2f s",
                     method,
@@ -898,8 +905,14 @@ class _Core:
         tries: int,
         idempotent: bool,
         past_deadline: bool = False,
+        shut_down: bool = False,
     ) -> NoReturn:
-        if past_deadline:
+        if shut_down and isinstance(failure, _NoAnswer):
+            message = (
+                f"the tasker server at {self.url} shut down (it answered shutting-down)"
+                f" and has not answered since ({failure.text}"
+            )
+        elif past_deadline:
             state = (
                 "did not answer by the wait's deadline"
                 if isinstance(failure, _NoAnswer)
@@ -915,7 +928,9 @@ class _Core:
         if idempotent:
             # A server that answered 5xx is running: the hint is for silence
             # (and one silent past a wait's deadline may be up, its store down).
-            if not final and not past_deadline and isinstance(failure, _NoAnswer):
+            if shut_down and isinstance(failure, _NoAnswer):
+                message += "; a restarted server carries on with the task: wait again once it is up"
+            elif not final and not past_deadline and isinstance(failure, _NoAnswer):
                 message += "; is tasker serve running?"
         elif isinstance(failure, _NoAnswer) and not failure.sent:
             message += (

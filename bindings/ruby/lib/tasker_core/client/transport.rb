@@ -162,6 +162,9 @@ module TaskerCore
         target += "?#{URI.encode_www_form(query)}" if query && !query.empty?
         payload = body && encode(body)
         tries = 0
+        # Answered `shutting-down` by an earlier try: a refusal after it is
+        # the server gone, not a server never started.
+        shut_down = false
         loop do
           tries += 1
           timeout = read_timeout || @read_timeout
@@ -171,13 +174,15 @@ module TaskerCore
           failure = attempt(method, target, payload, timeout)
           return check_shape(expect, failure, method, target) unless failure.is_a?(Exception)
 
+          shut_down ||= failure.is_a?(ClientError) && failure.problem_type == "shutting-down"
           unless idempotent && tries <= RETRY_DELAYS.size && !failure.is_a?(NotHttp)
-            raise unavailable(failure, retried: idempotent, tries: tries), cause: failure
+            raise unavailable(failure, retried: idempotent, tries: tries, shut_down: shut_down), cause: failure
           end
 
           delay = RETRY_DELAYS[tries - 1] * rand(0.8..1.2)
           if deadline && monotonic + delay >= deadline
-            raise unavailable(failure, retried: true, tries: tries, past_deadline: true), cause: failure
+            raise unavailable(failure, retried: true, tries: tries, past_deadline: true, shut_down: shut_down),
+                  cause: failure
           end
 
           log_retry(method, target, failure, tries, delay)
@@ -373,7 +378,7 @@ module TaskerCore
                                                                      detail: problem["detail"], problem: problem)
       end
 
-      def unavailable(failure, retried:, tries:, past_deadline: false)
+      def unavailable(failure, retried:, tries:, past_deadline: false, shut_down: false)
         answered = failure.is_a?(ClientError)
         reason = Transport.describe(failure)
         if failure.is_a?(NotHttp)
@@ -381,7 +386,10 @@ module TaskerCore
           return ServerUnavailable.new("the tasker server at #{@base_url} is not reachable (#{reason})" \
                                        "#{'; no task was created' unless retried}")
         end
-        message = if past_deadline
+        message = if shut_down && !answered
+                    +"the tasker server at #{@base_url} shut down (it answered shutting-down) " \
+                     "and has not answered since (#{reason})"
+                  elsif past_deadline
                     # Silent past a wait's deadline, it may be up and its store down: no hint to start it.
                     state = answered ? "was unavailable until" : "did not answer by"
                     +"the tasker server at #{@base_url} #{state} the wait's deadline (#{reason})"
@@ -402,6 +410,7 @@ module TaskerCore
                        "task twice), so the task may or may not have been created; pass idempotency_key: " \
                        "to make retries safe."
                    end
+        message << "; a restarted server carries on with the task: wait again once it is up" if shut_down && !answered
         if answered
           ServerUnavailable.new(message, status: failure.status, problem_type: failure.problem_type,
                                          detail: failure.detail, problem: failure.problem)
