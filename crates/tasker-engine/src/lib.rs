@@ -45,6 +45,11 @@ pub fn template_schema() -> serde_json::Value {
         "$id".into(),
         "https://tasker-core.dev/workflow/1/workflow.schema.json".into(),
     );
+    // Top-level `x-` keys hold YAML anchors and are not read.
+    schema.insert(
+        "patternProperties".into(),
+        serde_json::json!({ "^x-": { "description": "Not read: a place for YAML anchors." } }),
+    );
     schema.to_value()
 }
 

@@ -242,8 +242,13 @@ impl TaskTemplate {
                 "the file is empty: a workflow needs a `name` and its `steps`".into(),
             ));
         }
-        // `<<: *anchor` merge keys, for steps that share settings.
+        // `<<: *anchor` merge keys, for steps that share settings; top-level
+        // keys starting `x-` hold what the anchors name, and are not read
+        // (as in a Compose file).
         document.apply_merge().map_err(|e| syntax(e.to_string()))?;
+        if let serde_norway::Value::Mapping(top) = &mut document {
+            top.retain(|key, _| !key.as_str().is_some_and(|k| k.starts_with("x-")));
+        }
         let source: TemplateSource = decode(document, None, None).map_err(|mut err| {
             if err.kind == TemplateErrorKind::BadValue && err.field.is_none() {
                 err.kind = TemplateErrorKind::Syntax;

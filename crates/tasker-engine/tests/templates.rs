@@ -287,6 +287,18 @@ fn merge_keys_share_settings_between_steps() {
     assert_eq!(t.steps[1].name, "b");
     assert_eq!(t.steps[1].timeout_ms, 5_000);
     assert_eq!(t.steps[1].retry.max_attempts, 5);
+
+    // Or from a top-level `x-` key, which is otherwise not read.
+    let t = TaskTemplate::from_yaml_str(
+        "name: t\nx-common: &common {handler: h, timeout_ms: 7000}\nsteps:\n  - {<<: *common, name: a}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (t.steps[0].handler.as_str(), t.steps[0].timeout_ms),
+        ("h", 7_000)
+    );
+    let e = reject("name: t\ncommon: {handler: h}\nsteps:\n  - {name: a, handler: h}\n");
+    assert_eq!(e.kind, TemplateErrorKind::UnknownKey, "{e}");
 }
 
 #[test]
