@@ -1072,7 +1072,6 @@ impl Connection {
             let (result, ended) =
                 inline.run(handler, step, &self.shared.worker_id, started, &clock);
             started = ended;
-            crate::runtime::log_failure(&result);
             done.push(encode_checked(&result, max_depth));
             if ended.duration_since(flushed_at) >= INLINE_FLUSH {
                 self.shared

@@ -338,7 +338,6 @@ impl WorkerRuntime {
     /// not sent; its step is reported failed as
     /// [`error_types::SERIALIZATION_ERROR`], not retryable.
     pub fn complete_many(&self, results: Vec<StepExecutionResult>) {
-        results.iter().for_each(log_failure);
         let max_depth = self.max_json_depth();
         self.hand_over(
             results
@@ -497,6 +496,9 @@ pub fn log_failure(result: &StepExecutionResult) {
 /// than `max_depth`, the failure reported in its place (see
 /// [`WorkerRuntime::complete_many`]).
 pub(crate) fn encode_checked(result: &StepExecutionResult, max_depth: u32) -> EncodedResult {
+    // Every typed result passes here on its way out, a host's and an
+    // inline handler's alike: the one place its failure is said.
+    log_failure(result);
     if let Some(output) = &result.output {
         if let Err(problem) = check_output(output, max_depth) {
             tracing::warn!(step_id = result.step_id, %problem, "output cannot be sent; reporting the step failed");
