@@ -33,7 +33,7 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// Wait after the first failed attempt, in ms (at most 30 days).
     #[serde(default = "default_initial_ms")]
-    #[schemars(range(max = 2_592_000_000u64))]
+    #[schemars(range(max = MAX_TIMEOUT_MS))]
     pub initial_ms: u64,
     /// Factor the wait grows by after each further failure (≥ 1).
     #[serde(default = "default_multiplier")]
@@ -42,7 +42,7 @@ pub struct RetryPolicy {
     /// Longest wait, in ms (at most 30 days; when left out, 10 000 or
     /// `initial_ms` if that is longer).
     #[serde(default = "default_max_ms")]
-    #[schemars(range(max = 2_592_000_000u64))]
+    #[schemars(range(max = MAX_TIMEOUT_MS))]
     pub max_ms: u64,
     /// Largest fraction (0 to 1) taken off a wait at random.
     #[serde(default = "default_jitter")]

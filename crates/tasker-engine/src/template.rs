@@ -55,7 +55,7 @@ pub struct TaskTemplate {
 pub struct StepDefaults {
     /// Step timeout in ms (default 30 000, at most 30 days).
     #[serde(default = "default_timeout_ms")]
-    #[schemars(range(min = 1, max = 2_592_000_000u64))]
+    #[schemars(range(min = 1, max = tasker_protocol::MAX_TIMEOUT_MS))]
     pub timeout_ms: u64,
     /// Retry policy.
     #[serde(default)]
@@ -96,7 +96,7 @@ pub struct StepTemplate {
     /// Timeout of each attempt, in ms (default: the template's
     /// `defaults.timeout_ms`; at most 30 days).
     #[serde(default = "default_timeout_ms")]
-    #[schemars(range(min = 1, max = 2_592_000_000u64))]
+    #[schemars(range(min = 1, max = tasker_protocol::MAX_TIMEOUT_MS))]
     pub timeout_ms: u64,
     /// How failed attempts are retried; keys left out take the template's
     /// `defaults.retry`.
