@@ -809,6 +809,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.latency_only {
         let mut probes = vec![
             ("raw echo".to_string(), Probe::echo(EchoPeer::Shared)?),
+            ("echo+JSON".to_string(), Probe::echo_json(EchoPeer::Shared)?),
             (
                 "relayed echo".to_string(),
                 Probe::Relayed(Relay::start(EchoPeer::Shared)?),
@@ -922,6 +923,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // the same thread hand-overs and none of tasker's work.
     let mut probes = vec![
         ("raw echo".to_string(), Probe::echo(EchoPeer::Shared)?),
+        ("echo+JSON".to_string(), Probe::echo_json(EchoPeer::Shared)?),
         (
             "relayed echo".to_string(),
             Probe::Relayed(Relay::start(EchoPeer::Shared)?),
@@ -943,7 +945,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             system_probe(false, Placement::Process)?,
         ),
     ];
-    let floors = [None, None, Some(1), None, None, Some(4), Some(1)];
+    let floors = [None, None, None, Some(2), None, None, Some(5), Some(2)];
     if !args.no_curve {
         probes.push((
             "tasker+CURVE".to_string(),
@@ -979,7 +981,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     println!(
         "x: times the raw echo's round trip (a ROUTER/DEALER echo of the same bodies, unparsed, \
-         one ZeroMQ context); relayed echo: the raw echo with its ROUTER on a thread of its own \
+         one ZeroMQ context); echo+JSON: the same echo, its ends decoding and encoding the \
+         bodies as tasker's do, with no hand-over; relayed echo: the raw echo with its ROUTER on a thread of its own \
          that the caller hands each request to, as tasker's caller does; two processes: its \
          echoing end in a process of its own, as the worker process is; like for like: p50 / p99 \
          times the relayed echo's of the same placement; {} rounds, each probe in turn",

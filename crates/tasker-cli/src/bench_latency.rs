@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tasker_protocol::{codec, StepBatchRequest};
+use tasker_protocol::{codec, OrchestratorMessage, StepBatchRequest, WorkerMessage};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
@@ -32,6 +32,9 @@ const WARM_TRIPS: usize = 10;
 pub(crate) enum Probe {
     /// A ROUTER/DEALER echo of the bodies, unparsed (see [`RawEcho`]).
     Echo(RawEcho, [Vec<u8>; 2]),
+    /// The echo with both ends decoding and encoding the bodies, as any
+    /// JSON system must: the floor of a round trip with no hand-over.
+    EchoJson(RawEcho, Box<OrchestratorMessage>),
     /// The same echo with its ROUTER on a thread of its own, as tasker's
     /// I/O thread is (see [`Relay`]).
     Relayed(Relay),
@@ -50,6 +53,16 @@ impl Probe {
         ))
     }
 
+    /// The echo whose ends decode and encode the bodies, the echoing end
+    /// where `peer` says.
+    pub(crate) fn echo_json(peer: EchoPeer) -> Result<Self> {
+        let (request, response) = messages(1);
+        Ok(Probe::EchoJson(
+            RawEcho::start_in(response, true, peer)?,
+            Box::new(request),
+        ))
+    }
+
     /// `trips` timed round trips after [`WARM_TRIPS`] untimed ones.
     fn round(&mut self, runtime: &Runtime, trips: usize) -> Result<Vec<Duration>> {
         let mut out = Vec::with_capacity(trips);
@@ -59,6 +72,17 @@ impl Probe {
                     let t = Instant::now();
                     echo.send(request)?;
                     echo.recv()?;
+                    if i >= WARM_TRIPS {
+                        out.push(t.elapsed());
+                    }
+                }
+            }
+            Probe::EchoJson(echo, request) => {
+                for i in 0..WARM_TRIPS + trips {
+                    let t = Instant::now();
+                    echo.send(&codec::encode(&**request)?)?;
+                    let reply: WorkerMessage = codec::decode(&echo.recv()?, usize::MAX)?;
+                    std::hint::black_box(reply);
                     if i >= WARM_TRIPS {
                         out.push(t.elapsed());
                     }

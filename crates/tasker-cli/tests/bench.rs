@@ -83,6 +83,7 @@ fn bench_prints_throughput_latency_and_metrics_overhead_for_both_worker_placemen
     );
     for (probe, multiples) in [
         ("raw echo ", 2),
+        ("echo+JSON ", 2),
         ("relayed echo ", 2),
         ("tasker ", 4),
         ("echo, two processes ", 2),
@@ -174,9 +175,9 @@ fn bench_threads_prints_cpu_per_step_by_thread_for_tasker_and_both_echoes() {
 }
 
 /// What `--latency-only` promises: tasker's round trip in both placements
-/// and the four echoes that price its extra hand-overs, each beside the raw
-/// echo, at p50 and p99, every figure a number; and the echo's process of
-/// its own is gone when the bench is.
+/// and the five echoes that price its JSON and its extra hand-overs, each
+/// beside the raw echo, at p50 and p99, every figure a number; and the
+/// echo's process of its own is gone when the bench is.
 #[test]
 fn latency_only_prints_tasker_and_each_echo_beside_the_raw_echo() {
     // Every process this run starts inherits the mark.
@@ -227,6 +228,7 @@ fn latency_only_prints_tasker_and_each_echo_beside_the_raw_echo() {
     );
     for percentile in ["p50", "p99"] {
         for subject in [
+            "echo+JSON:",
             "relayed echo:",
             "echo, two I/O threads:",
             "echo, two processes:",
