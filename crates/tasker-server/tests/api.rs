@@ -267,6 +267,25 @@ async fn bad_requests_are_problems_that_name_the_field_and_store_nothing() {
         "the body is not valid JSON: EOF while parsing an object at line 1 column",
         None,
     );
+    // A repeated key, read as the last value by serde_json and as the
+    // first by other parsers, is refused at any depth, not read either way.
+    for body in [
+        r#"{"workflow": "slow_then_echo", "workflow": "echo_twice"}"#,
+        r#"{"workflow": "echo_twice", "context": {"order": {"amount": 1, "amount": 1e9}}}"#,
+    ] {
+        let key = if body.contains("amount") {
+            "amount"
+        } else {
+            "workflow"
+        };
+        assert_problem(
+            &send_raw(&api, JSON, body).await,
+            400,
+            "malformed-json",
+            &format!("the body repeats the key `{key}` in one object at line 1 column"),
+            None,
+        );
+    }
     assert_problem(
         &api.post_json(
             "/v1/tasks",

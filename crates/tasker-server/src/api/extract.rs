@@ -247,17 +247,22 @@ pub fn parse_body<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, Pro
             "the body is empty; expected a JSON object",
         ));
     }
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        // serde_json's syntax errors say where (line, column), never what.
-        let reason = tasker_protocol::codec::json_error_reason(&e, bytes);
-        // Too deep may still be valid JSON: not called malformed then.
-        let detail = if reason.starts_with("nested more than") {
-            format!("the body is {reason}")
-        } else {
-            format!("the body is not valid JSON: {reason}")
-        };
-        Problem::new(ProblemKind::MalformedJson, detail)
-    })?;
+    let value = serde_json::from_slice::<UniqueKeys>(bytes)
+        .map(|v| v.0)
+        .map_err(|e| {
+            // serde_json's syntax errors say where (line, column), never what.
+            let reason = tasker_protocol::codec::json_error_reason(&e, bytes);
+            // Too deep may still be valid JSON: not called malformed then.
+            let detail = if reason.starts_with("nested more than") {
+                format!("the body is {reason}")
+            } else if e.is_data() {
+                // Valid JSON that repeats a key (see `UniqueKeys`).
+                format!("the body {reason}")
+            } else {
+                format!("the body is not valid JSON: {reason}")
+            };
+            Problem::new(ProblemKind::MalformedJson, detail)
+        })?;
     if !value.is_object() {
         return Err(Problem::new(
             ProblemKind::InvalidBody,
@@ -268,6 +273,88 @@ pub fn parse_body<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, Pro
         .map_err(|e| data_problem(&value, e.path(), &e.inner().to_string()))?;
     parsed.validate()?;
     Ok(parsed)
+}
+
+/// A JSON value in which no object repeats a key.
+///
+/// RFC 8259 leaves the meaning of a repeated name open, and parsers differ:
+/// serde_json keeps the last, others the first. A proxy or an audit log
+/// that read `{"workflow": "report", "workflow": "refund"}` one way while
+/// this server read it the other would each see a different request, so
+/// such a body is refused rather than read either way.
+struct UniqueKeys(Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UniqueKeysVisitor)
+            .map(UniqueKeys)
+    }
+}
+
+/// Builds a [`Value`] as serde_json's own visitor does, but fails on a
+/// repeated key.
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // JSON text has no NaN or infinity; serde_json's own visitor maps
+        // them to null the same way.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "repeats the key `{}` in one object",
+                    quote(&key)
+                )));
+            }
+            let UniqueKeys(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 /// A problem for JSON that does not deserialise: `message` is serde's, at
