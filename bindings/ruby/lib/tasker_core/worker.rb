@@ -479,8 +479,10 @@ module TaskerCore
         return
       end
       output = @middleware.empty? ? handler.call(step) : call_chain(0, step, handler)
-      problem = step._succeed(output)
-      @logger&.warn("tasker_core") { "step #{step.step_id}: #{problem}" } if problem
+      # An output with no JSON form fails the step (SerializationError,
+      # naming the handler), and the runtime logs that as `step failed`:
+      # a warning here too said it twice.
+      step._succeed(output)
     rescue StandardError, ScriptError => e
       # NotImplementedError is a ScriptError, not a StandardError: without
       # it here, a handler raising it would kill this thread and leave its
