@@ -1609,3 +1609,106 @@ async fn worker_languages_take_at_most_32_label_values_however_many_come_and_go(
     assert!(seen.contains("_other") && seen.contains("lang-31") && !seen.contains("lang-32"));
     api.stop().await;
 }
+
+/// Sends `head` with a body of `size` bytes on a new connection, reads the
+/// answer, then asks `GET /healthz` on the same connection: the status
+/// lines of both, or what went wrong (a reset while the body was still
+/// being written, the connection closed after the first answer).
+fn refused_then_healthz(addr: &str, head: &str, size: usize) -> Result<(String, String), String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let request = format!("{head}Content-Length: {size}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .and_then(|()| stream.write_all(&vec![b'x'; size]))
+        .map_err(|e| format!("writing the body: {e}"))?;
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut read_answer = || -> Result<String, String> {
+        let mut status = String::new();
+        reader
+            .read_line(&mut status)
+            .map_err(|e| format!("reading the answer: {e}"))?;
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).map_err(|e| e.to_string())?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).map_err(|e| e.to_string())?;
+        Ok(status.trim_end().to_string())
+    };
+    let first = read_answer()?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .map_err(|e| format!("asking again: {e}"))?;
+    let second = read_answer()?;
+    if second.is_empty() {
+        return Err(format!("{first}, then the connection was closed"));
+    }
+    Ok((first, second))
+}
+
+/// A client sends its body right after the head. Refused from the head
+/// alone (no route, wrong method, wrong content type, a bad query, a wrong
+/// token) with the body left unread, the connection was closed under the
+/// client while it still wrote: it saw a broken pipe, not the answer, and
+/// reported a server it could not reach. Now the body is read first, the
+/// answer arrives, and the connection stays open for the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_decided_from_the_head_reads_the_body_first_so_its_answer_arrives() {
+    let api = Api::start_with(|config, dir| {
+        let path = dir.join("tokens.yaml");
+        std::fs::write(&path, "ci: ci-token-0123456789abcdef\n").unwrap();
+        config.api_tokens_file = path.display().to_string();
+    })
+    .await;
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let token = "Authorization: Bearer ci-token-0123456789abcdef\r\n";
+    let cases = [
+        (
+            "POST /v1/tasks HTTP/1.1\r\nAuthorization: Bearer wrong-token-0123456789\r\n",
+            "401",
+        ),
+        ("POST /v1/nope HTTP/1.1\r\n", "404"),
+        ("POST /v1/workflows HTTP/1.1\r\n", "405"),
+        (
+            "POST /v1/tasks HTTP/1.1\r\nContent-Type: text/plain\r\n",
+            "415",
+        ),
+        (
+            "POST /v1/tasks?x=1 HTTP/1.1\r\nContent-Type: application/json\r\n",
+            "400",
+        ),
+    ];
+    for (head, status) in cases {
+        for round in 0..5 {
+            let head = format!("{head}Host: localhost\r\n");
+            let head = if status == "401" {
+                head
+            } else {
+                format!("{head}{token}")
+            };
+            let addr = addr.clone();
+            let answers =
+                tokio::task::spawn_blocking(move || refused_then_healthz(&addr, &head, 900 * 1024))
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("{status}, round {round}: {e}"));
+            assert!(
+                answers.0.starts_with(&format!("HTTP/1.1 {status}")),
+                "round {round}: {answers:?}"
+            );
+            assert!(answers.1.starts_with("HTTP/1.1 200"), "{answers:?}");
+        }
+    }
+    api.stop().await;
+}

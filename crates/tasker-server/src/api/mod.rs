@@ -5,6 +5,7 @@
 //! (unknown route, wrong method, body too large) included.
 
 mod auth;
+mod drain;
 mod extract;
 mod openapi;
 mod problem;
@@ -74,7 +75,7 @@ pub fn router(service: Arc<Service>) -> axum::Router {
         .layer(middleware::from_fn(problem_for_bare_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service);
-    match tokens {
+    let router = match tokens {
         Some(tokens) => router.layer(middleware::from_fn_with_state(
             (tokens, unauthorized),
             auth::require_token,
@@ -83,7 +84,9 @@ pub fn router(service: Arc<Service>) -> axum::Router {
         None => router
             .layer(middleware::from_fn(auth::note_unchecked_token))
             .layer(middleware::from_fn(auth::require_local_host)),
-    }
+    };
+    // Outermost, so that every refusal, the token's included, is read.
+    router.layer(middleware::from_fn(drain::drain_unread_body))
 }
 
 type Shared = State<Arc<Service>>;
