@@ -227,8 +227,9 @@ impl Client {
     }
 
     /// Cancels the task: nothing more of it is dispatched, running steps
-    /// finish, then it ends `cancelled`. [`Error::TaskEnded`] if it had
-    /// ended.
+    /// finish, then it ends `cancelled` (`failed` if a step failed for
+    /// good, before the cancel or after it). [`Error::TaskEnded`] if it
+    /// had ended.
     pub async fn cancel(&self, task_id: i64) -> Result<TaskDetail, Error> {
         let answer = self
             .call(Call {

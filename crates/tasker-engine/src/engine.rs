@@ -1296,8 +1296,14 @@ impl TaskRun {
                 }
             })
             .collect();
+        // A step that failed for good decides the task whether or not it
+        // was cancelled after: a cancel pressed once a payment had been
+        // declined made the task `cancelled`, and whoever looked for
+        // failed tasks missed it.
         let status = if steps.iter().all(|s| s.outcome == StepOutcome::Completed) {
             TaskStatus::Complete
+        } else if steps.iter().any(|s| s.outcome == StepOutcome::Failed) {
+            TaskStatus::Failed
         } else if self.cancelled {
             TaskStatus::Cancelled
         } else {

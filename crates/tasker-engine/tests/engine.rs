@@ -390,6 +390,42 @@ async fn cancelling_stops_dispatch_and_lets_running_steps_finish() {
     rig.close().await;
 }
 
+/// A step that failed for good decides the task: a cancel pressed after a
+/// payment was declined, while another branch still ran, ended the task
+/// `cancelled`, and whoever looked for failed tasks missed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_after_a_step_failed_for_good_ends_failed() {
+    let rig = rig().await;
+    let t = template(
+        "name: declined\nsteps:\n  - {name: charge, handler: fail_permanent}\n  - {name: ship, handler: echo, depends_on: [charge]}\n  - {name: load, handler: echo}\n  - {name: audit, handler: slow, handler_config: {ms: 400}, depends_on: [load]}\n  - {name: archive, handler: echo, depends_on: [audit]}\n",
+    );
+    // `audit` goes in a batch after the failure's: a worker may send a
+    // batch's results together, and the failure would arrive with audit's.
+    let mut task = rig.engine.start(t, json!({}));
+    let mut events = task.events().unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Some(TaskEvent::Failed { step, .. })) if step == "charge" => break,
+            Ok(Some(_)) => continue,
+            other => panic!("charge never failed: {other:?}"),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rig.attempts_of("audit").is_empty() {
+        assert!(Instant::now() < deadline, "audit never reached its handler");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    task.cancel();
+    let report = task.wait().await;
+    assert_eq!(report.status, TaskStatus::Failed, "{report:#?}");
+    let outcome = |name: &str| report.step(name).unwrap().outcome;
+    assert_eq!(outcome("charge"), StepOutcome::Failed);
+    assert_eq!(outcome("ship"), StepOutcome::Blocked);
+    assert_eq!(outcome("audit"), StepOutcome::Completed);
+    assert_eq!(outcome("archive"), StepOutcome::Cancelled, "{report:#?}");
+    rig.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_withdraws_a_step_no_worker_has_taken_at_once() {
     let rig = rig().await;

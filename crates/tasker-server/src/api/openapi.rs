@@ -222,9 +222,10 @@ const OPERATIONS: &[Operation] = &[
         tag: "tasks",
         summary: "Cancel a task",
         description: "Nothing more of the task is dispatched; steps running at workers \
-            finish and their results are recorded, then the task ends `cancelled`, or \
-            `complete` (`failed`) when every step it still had was out at workers and \
-            they all completed (one failed for good). Cancelling a task again while it \
+            finish and their results are recorded, then the task ends `cancelled`; \
+            `complete` when every step it still had was out at workers and they all \
+            completed; `failed` when a step failed for good, before the cancel or at a \
+            worker after it. Cancelling a task again while it \
             winds down is accepted again.",
         parameters: Parameters::TaskId,
         request: None,
