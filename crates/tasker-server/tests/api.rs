@@ -1712,3 +1712,41 @@ async fn a_refusal_decided_from_the_head_reads_the_body_first_so_its_answer_arri
     }
     api.stop().await;
 }
+
+/// Another process holding the SQLite file's write lock (a `sqlite3` shell
+/// in a transaction) held every create for 30 s, as long as a client's
+/// default timeout: it gave up not knowing whether its task existed. A
+/// create now gets its 503 `store-unavailable` within seconds, is not
+/// stored, and creates work again once the lock is let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_locked_by_another_process_answers_503_long_before_a_clients_timeout() {
+    let mut db = None;
+    let api = Api::start_with(|_, dir| db = Some(dir.join("tasker.db"))).await;
+    let db = db.unwrap();
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        locked_tx.send(()).unwrap();
+        let _ = released.recv();
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    locked.recv().unwrap();
+    let asked = std::time::Instant::now();
+    let refused = api
+        .post_json("/v1/tasks", &json!({ "workflow": "echo_twice" }))
+        .await;
+    let took = asked.elapsed();
+    assert_problem(&refused, 503, "store-unavailable", "", None);
+    assert!(took < Duration::from_secs(15), "answered after {took:?}");
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let (status, task) = api
+        .post_json("/v1/tasks", &json!({ "workflow": "echo_twice" }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    let (_, page) = api.get("/v1/tasks").await;
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 1, "{page}");
+    api.stop().await;
+}

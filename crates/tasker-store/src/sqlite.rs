@@ -63,7 +63,12 @@ fn step_values(row: &StepUpdate) -> [&dyn ToSql; 11] {
 const READERS: u32 = 4;
 
 /// How long a connection waits for another's lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+///
+/// Only another process takes one (the one `tasker serve` writes alone):
+/// a `sqlite3` shell in a transaction, a `VACUUM`. At 30 s a create waited
+/// out its client's default timeout, and the client never saw the 503 the
+/// failure becomes, nor learnt that nothing was created.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pages of cache per connection, in KiB (SQLite's negative `cache_size`).
 const CACHE_KIB: i64 = 16_000;
