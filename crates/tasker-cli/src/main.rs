@@ -24,7 +24,7 @@ use tasker_config::TaskerConfig;
 #[derive(Parser)]
 #[command(
     name = "tasker",
-    version,
+    version = tasker_server::VERSION,
     about = "tasker-core: language-agnostic step execution over ZeroMQ"
 )]
 struct Cli {
@@ -129,8 +129,17 @@ impl ConfigArgs {
 }
 
 fn init_logging(default_level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // PostgreSQL's notices reach the log through sqlx at info, and the one
+    // every start gave ("relation \"_sqlx_migrations\" already exists,
+    // skipping") read as a migration when none ran: they are kept for
+    // RUST_LOG to ask for.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let notices = match default_level {
+            "error" | "warn" => "",
+            _ => ",sqlx::postgres::notice=warn",
+        };
+        tracing_subscriber::EnvFilter::new(format!("{default_level}{notices}"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -11,6 +11,19 @@
 //! * `/metrics` (Prometheus text format) and the dashboard at `/`, served
 //!   beside the API.
 
+/// This build's version and commit, as `tasker --version` prints them:
+/// `0.1.0 (3f2a9c1d0b7e)`. The commit is `unknown` in a build made outside
+/// a git checkout without `TASKER_BUILD_COMMIT`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("TASKER_BUILD_COMMIT"),
+    ")"
+);
+
+/// The commit this build was made from (see [`VERSION`]).
+pub const BUILD_COMMIT: &str = env!("TASKER_BUILD_COMMIT");
+
 pub mod api;
 mod dashboard;
 mod http;

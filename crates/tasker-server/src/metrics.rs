@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::Service;
@@ -63,6 +64,14 @@ impl ServiceMetrics {
         let workers = Family::<LanguageLabel, Gauge>::default();
         let [queued, in_flight, credit, store_queued, held_back, store_up] =
             [(); 6].map(|_| Gauge::<i64>::default());
+        registry.register(
+            "build",
+            "This build: its version and the commit it was made from",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", crate::BUILD_COMMIT),
+            ]),
+        );
         registry.register("tasks", "Tasks in the store, by status", tasks.clone());
         registry.register(
             "workers_connected",

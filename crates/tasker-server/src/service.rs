@@ -342,6 +342,7 @@ impl Service {
         service.executor.release_input();
         service.start_background();
         tracing::info!(
+            version = crate::VERSION,
             endpoint = %service.executor.endpoint(),
             workflows = service.workflows.len(),
             "service started"

@@ -119,11 +119,41 @@ impl Db {
                 (Db::Postgres(pool), Connector::Postgres(Box::new(options)))
             }
         };
-        match &opened.0 {
-            Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
-            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        let migrator = match &opened.0 {
+            Db::Sqlite(_) => sqlx::migrate!("./migrations/sqlite"),
+            Db::Postgres(_) => sqlx::migrate!("./migrations/postgres"),
+        };
+        let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        let before = opened.0.schema_version().await;
+        let run = with_pool!(&opened.0, pool => migrator.run(pool).await);
+        run.map_err(|e| match e {
+            sqlx::migrate::MigrateError::VersionMissing(applied) => {
+                StoreError::NewerSchema { applied, known }
+            }
+            other => StoreError::Migrate(other),
+        })?;
+        // Said at each start, so that an upgrade's log shows whether it
+        // changed the store.
+        match before {
+            None => tracing::info!(schema = known, "created the store's schema"),
+            Some(v) if v < known => {
+                tracing::info!(from = v, to = known, "migrated the store's schema")
+            }
+            Some(v) => tracing::info!(schema = v, "the store's schema is up to date"),
         }
         Ok(opened)
+    }
+
+    /// The newest migration applied to the store, or `None` before any.
+    async fn schema_version(&self) -> Option<i64> {
+        const SQL: &str = "SELECT MAX(version) FROM _sqlx_migrations WHERE success";
+        // No table yet: a new store. (A failed read means the same here;
+        // the migration that follows says what is really wrong.)
+        with_pool!(self, pool => sqlx::query_scalar::<_, Option<i64>>(SQL)
+            .fetch_one(pool)
+            .await
+            .ok()
+            .flatten())
     }
 
     pub(crate) fn backend(&self) -> Backend {

@@ -105,6 +105,19 @@ pub enum StoreError {
     /// Migrations failed.
     #[error("migrating the store failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store was migrated by a newer tasker than this one: this build
+    /// refuses it rather than run on a schema it does not know.
+    #[error(
+        "the store was migrated by a newer tasker (its schema has migration {applied}; this \
+         build knows migrations up to {known}): run that version, or restore the backup taken \
+         before the upgrade"
+    )]
+    NewerSchema {
+        /// A migration the store has and this build does not.
+        applied: i64,
+        /// This build's newest migration.
+        known: i64,
+    },
     /// A stored row could not be read back (corrupt or from a newer version).
     #[error("stored data is not readable: {0}")]
     Corrupt(String),
@@ -159,6 +172,7 @@ impl StoreError {
             StoreError::BadUrl(_)
             | StoreError::IdempotencyConflict { .. }
             | StoreError::Migrate(_)
+            | StoreError::NewerSchema { .. }
             | StoreError::Corrupt(_)
             | StoreError::InUse(_)
             | StoreError::File(_) => false,

@@ -29,6 +29,7 @@ on_both_backends!(
     lists_filter_and_page_newest_first,
     purging_deletes_ended_tasks_whole_and_ids_are_never_reused,
     the_orchestrator_id_survives_a_reopen,
+    a_store_a_newer_tasker_migrated_is_refused_in_words_that_say_so,
     everything_committed_survives_close_and_reopen,
     a_closed_store_refuses_work_and_commits_what_was_queued,
     concurrent_commits_are_grouped,
@@ -872,6 +873,48 @@ async fn the_orchestrator_id_survives_a_reopen(db: TestDb) {
     let store = db.open().await;
     assert_eq!(store.orchestrator_id().await.unwrap(), id);
     store.close().await;
+}
+
+/// An older build rolled back onto a store a newer one migrated refused
+/// it in sqlx's words ("migration 2 was previously applied but is missing
+/// in the resolved migrations"); it says what happened and what to do, and
+/// writes nothing.
+async fn a_store_a_newer_tasker_migrated_is_refused_in_words_that_say_so(db: TestDb) {
+    let store = db.open().await;
+    store.close().await;
+    const FUTURE: &str = "INSERT INTO _sqlx_migrations \
+        (version, description, success, checksum, execution_time) \
+        VALUES (999, 'from a newer tasker', TRUE, $1, 0)";
+    if db.url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        sqlx::query(FUTURE)
+            .bind(vec![0u8])
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        sqlx::query(FUTURE)
+            .bind(vec![0u8])
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let refused = match tasker_store::Store::open(&db.url).await {
+        Err(e) => e,
+        Ok(_) => panic!("a store with a newer migration was opened"),
+    };
+    assert!(
+        matches!(refused, StoreError::NewerSchema { applied: 999, .. }),
+        "{refused:?}"
+    );
+    let said = refused.to_string();
+    assert!(
+        said.contains("migrated by a newer tasker") && said.contains("restore the backup"),
+        "{said}"
+    );
 }
 
 async fn everything_committed_survives_close_and_reopen(db: TestDb) {
