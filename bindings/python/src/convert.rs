@@ -5,7 +5,10 @@ use std::fmt;
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple,
+    PyType,
+};
 use pyo3::IntoPyObjectExt;
 use serde_json::{Map, Number, Value};
 
@@ -170,6 +173,55 @@ impl Converter {
         if let Some(text) = encode_other(obj)? {
             return Ok(Value::String(text));
         }
+        // Any other Mapping or Sequence, as the type hints promise
+        // (`Mapping[str, object]`, `Sequence[...]`): a `range`, a `deque`
+        // or a `MappingProxyType` passed the type checkers and then failed
+        // its step every time. Looked for last, so plain outputs pay nothing.
+        let py = obj.py();
+        let abc = |cell: &'static PyOnceLock<Py<PyType>>, name: &str| {
+            cell.import(py, "collections.abc", name)
+                .and_then(|ty| obj.is_instance(ty))
+                .map_err(|e| {
+                    ConvertError::new(format!("{} could not be read: {e}", type_name(obj)))
+                })
+        };
+        let failed =
+            |e: PyErr| ConvertError::new(format!("{} could not be read: {e}", type_name(obj)));
+        if abc(&MAPPING, "Mapping")? {
+            if depth >= self.max_depth {
+                return Err(too_deep());
+            }
+            let mut map = Map::new();
+            for pair in obj
+                .call_method0("items")
+                .and_then(|i| i.try_iter())
+                .map_err(failed)?
+            {
+                let (key, item): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+                    pair.and_then(|p| p.extract()).map_err(failed)?;
+                let key = dict_key(&key)?;
+                let value = self
+                    .convert(&item, depth + 1)
+                    .map_err(|e| e.under(format!("[{key:?}]")))?;
+                map.insert(key, value);
+            }
+            return Ok(Value::Object(map));
+        }
+        // Bytes are a Sequence of ints, and not what JSON text means by them.
+        let bytes_like = obj.cast::<PyBytes>().is_ok()
+            || obj.cast::<PyByteArray>().is_ok()
+            || obj.cast::<PyMemoryView>().is_ok();
+        if !bytes_like && abc(&SEQUENCE, "Sequence")? {
+            if depth >= self.max_depth {
+                return Err(too_deep());
+            }
+            let items = obj
+                .try_iter()
+                .map_err(failed)?
+                .collect::<PyResult<Vec<_>>>()
+                .map_err(failed)?;
+            return self.sequence(items.into_iter(), depth);
+        }
         Err(ConvertError::new(format!(
             "object of type {} is not JSON-serialisable",
             type_name(obj)
@@ -224,6 +276,8 @@ static DATETIME: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static DATE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static DECIMAL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static UUID: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static MAPPING: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static SEQUENCE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// The JSON text of a value of a type JSON lacks but whose text form is
 /// standard, or `None` when `obj` is none of them (instances of subclasses

@@ -4,6 +4,7 @@
 //! `tasker_worker::policy::wait_timeout`.
 
 use std::collections::BTreeMap;
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use pyo3::exceptions::PyTypeError;
@@ -32,7 +33,23 @@ fn elapsed_ms(seconds: f64) -> u64 {
 /// thread.
 #[pyclass(frozen, name = "WorkerRuntime", module = "tasker_core._native")]
 pub struct PyWorkerRuntime {
-    inner: Arc<tasker_worker::WorkerRuntime>,
+    inner: ManuallyDrop<Arc<tasker_worker::WorkerRuntime>>,
+    /// The process that started it (see `Drop`).
+    pid: u32,
+}
+
+impl Drop for PyWorkerRuntime {
+    fn drop(&mut self) {
+        // In a child forked from the process that started the runtime, its
+        // threads do not exist, and a lock one of them held at the fork
+        // stays held: stopping it there could wait for good. Its memory is
+        // left as it is; the child's exit returns it.
+        if std::process::id() == self.pid {
+            // SAFETY: `inner` is dropped once, here, and not used after:
+            // this is the last use of `self`.
+            unsafe { ManuallyDrop::drop(&mut self.inner) }
+        }
+    }
 }
 
 impl PyWorkerRuntime {
@@ -105,7 +122,8 @@ impl PyWorkerRuntime {
         options.language = "python".into();
         let inner = tasker_worker::WorkerRuntime::start(options).map_err(errors::worker)?;
         Ok(Self {
-            inner: Arc::new(inner),
+            inner: ManuallyDrop::new(Arc::new(inner)),
+            pid: std::process::id(),
         })
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import types
 from decimal import Decimal
 
 import pytest
@@ -247,6 +248,11 @@ BAD_OUTPUTS = {
     "decimal_inf": ({"x": [Decimal("-Infinity")]}, '$["x"][0]: Decimal -Infinity is not valid JSON'),
     "time": ({"t": datetime.time(10, 0)}, '$["t"]: object of type time'),
     "timedelta": ([datetime.timedelta(seconds=1)], "$[0]: object of type timedelta"),
+    # Bytes are a Sequence, but not of what JSON means by one.
+    "bytearray": ({"b": [bytearray(b"raw")]}, '$["b"][0]: object of type bytearray'),
+    "memoryview": (memoryview(b"raw"), "$: object of type memoryview"),
+    "frozenset": (frozenset({1}), "$: object of type frozenset"),
+    "mapping_tuple_key": (types.MappingProxyType({(1, 2): "v"}), "dict key of type tuple"),
 }
 
 

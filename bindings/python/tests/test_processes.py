@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import signal
 import time
+from pathlib import Path
 
 from conftest import step
 
@@ -117,3 +118,32 @@ def test_second_ctrl_c_does_not_wait_for_a_hung_handler(dispatch, worker_process
     assert proc.proc.poll() is None, "the first Ctrl-C waits for the running step"
     proc.signal(signal.SIGINT)  # ...the second one does not
     assert proc.wait(timeout=10) != 0
+
+
+def test_a_worker_started_before_a_fork_does_not_hold_or_mislead_the_child(
+    dispatch, worker_process
+):
+    # gunicorn --preload, a fork pool: the child has a copy of a started
+    # worker but none of its threads. It said `connected`, waited for it at
+    # exit for the drain time (13 s by default), its run() never returned,
+    # and a worker the child started itself had its runtime's records held
+    # until it stopped (the log thread was not copied either).
+    run = dispatch([step(1, "echo")], workers=2)
+    proc = worker_process(run.endpoint, script=Path(__file__).parent / "fork_script.py")
+    state = proc.expect_line("CHILD ")
+    assert state.endswith("parent's worker state stopped"), state
+    refused = proc.expect_line("CHILD run refused: ")
+    assert "which this process was forked from" in refused, refused
+    assert "after the fork" in refused, refused
+    assert proc.expect_line("CHILD join") == "CHILD join True"
+    child = state.split()[1]
+    proc.expect_line(f"{child} tasker_core.tasker_worker.connection registered with")
+    assert proc.expect_line("CHILD served") == "CHILD served True"
+    results = run.results()
+    assert results[1]["status"] == "completed", results
+    assert proc.wait(timeout=30) == 0, proc.stderr()
+    lines = proc.remaining_lines()
+    exited = next(line for line in lines if line.startswith("PARENT child exited"))
+    assert exited.startswith("PARENT child exited 0 after"), exited
+    assert float(exited.split()[-1].rstrip("s")) < 5.0, exited
+    assert "PARENT stopped True" in lines, lines

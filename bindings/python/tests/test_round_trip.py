@@ -4,8 +4,10 @@ attributes, class handlers and async handlers."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import threading
+import types
 import uuid
 from decimal import Decimal
 
@@ -18,6 +20,31 @@ NESTED = {
     "deep": {"a": [{"b": [[{"c": "d"}]]}], "empty_list": [], "empty_dict": {}},
     "clé-ü": {"ключ": "значение"},
 }
+
+
+def test_any_mapping_or_sequence_is_an_object_or_an_array_as_the_type_hints_say(
+    dispatch, make_worker
+):
+    # `StepOutput` admits any Mapping[str, object] and Sequence; these passed
+    # mypy and pyright and then failed their step every time.
+    outputs = {
+        "range": (range(3), [0, 1, 2]),
+        "deque": (collections.deque([1, "two"]), [1, "two"]),
+        "userlist": (collections.UserList([{"a": 1}]), [{"a": 1}]),
+        "userdict": (collections.UserDict({"k": range(2)}), {"k": [0, 1]}),
+        "mappingproxy": (types.MappingProxyType({"n": {"m": None}}), {"n": {"m": None}}),
+        "chainmap": (collections.ChainMap({"a": 1}, {"a": 2, "b": 3}), {"a": 1, "b": 3}),
+    }
+
+    def register(worker):
+        for name, (value, _) in outputs.items():
+            worker.register(name, lambda step, value=value: value)
+
+    names = list(outputs)
+    results = run_batch(dispatch, make_worker, [step(i, n) for i, n in enumerate(names)], register)
+    for i, name in enumerate(names):
+        assert results[i]["status"] == "completed", (name, results[i])
+        assert results[i]["output"] == outputs[name][1], name
 
 
 def test_output_round_trip_nested_json_and_unicode(dispatch, make_worker):

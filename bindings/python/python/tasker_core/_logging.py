@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -27,6 +28,9 @@ _lock = threading.Lock()
 #: logging handler that flushes. Holding it keeps the runtime's records back.
 emit_lock = threading.RLock()
 _thread: Optional[threading.Thread] = None
+#: Whether the runtime's subscriber is installed: once per process, and a
+#: forked child inherits it (but not the thread).
+_installed = False
 _stopping = False
 _loggers: Dict[str, logging.Logger] = {}
 
@@ -55,21 +59,23 @@ def enable_log_bridge(level: Union[int, str, None] = None) -> bool:
     Called by :meth:`Worker.start`; calling it again only changes the level.
     Returns False when another Rust ``tracing`` subscriber owns the process.
     """
-    global _thread
+    global _thread, _installed
     if level is None:
         level = logging.getLogger(LOGGER_NAME).getEffectiveLevel()
     rust_level = _rust_level(level)
     with _lock:
-        if _thread is not None:
+        if _installed:
             _native.set_log_level(rust_level)
-            return True
-        if not _native.install_log_bridge(rust_level):
+        elif _native.install_log_bridge(rust_level):
+            _installed = True
+        else:
             logging.getLogger(LOGGER_NAME).warning(
                 "another tracing subscriber is installed; runtime logs are not forwarded"
             )
             return False
-        _thread = threading.Thread(target=_pump, name="tasker-core-logs", daemon=True)
-        _thread.start()
+        if _thread is None:
+            _thread = threading.Thread(target=_pump, name="tasker-core-logs", daemon=True)
+            _thread.start()
         return True
 
 
@@ -108,7 +114,7 @@ def flush() -> None:
     exit: the log thread is a daemon, and records still queued when the
     interpreter ends were lost ("goodbye", "worker connection closed").
     """
-    if _thread is None:
+    if not _installed:
         return
     with emit_lock:
         while True:
@@ -116,6 +122,19 @@ def flush() -> None:
             if not records:
                 return
             _emit(records)
+
+
+def _after_fork_in_child() -> None:
+    # fork() copies no thread: without a new one, a worker started in the
+    # child had its runtime's records held until it stopped. Locks a
+    # parent's thread held at the fork would stay held here.
+    global _thread, _lock, emit_lock
+    _thread = None
+    _lock = threading.Lock()
+    emit_lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

@@ -482,6 +482,9 @@ class Worker:
         self._stopping = False
         self._forced = False
         self._failure: Optional[BaseException] = None
+        #: The pid of the process that started this worker, once a child
+        #: forked from it holds this copy (see ``_after_fork_in_child``).
+        self._forked_from: Optional[int] = None
 
     @classmethod
     def from_config(
@@ -697,14 +700,16 @@ class Worker:
         ``connected``, ``draining`` or ``stopped`` (the Ruby SDK's names)."""
         if self._rt is None:
             return "idle"
-        if self._done.is_set():
+        if self._forked_from is not None or self._done.is_set():
             return "stopped"
         return "draining" if self._stopping else self._rt.state
 
     @property
     def in_hand(self) -> int:
         """Steps pulled and not yet answered."""
-        return self._rt.in_hand if self._rt is not None else 0
+        if self._rt is None or self._forked_from is not None:
+            return 0
+        return self._rt.in_hand
 
     @property
     def failure(self) -> Optional[BaseException]:
@@ -712,6 +717,8 @@ class Worker:
         :class:`~tasker_core.WorkerRefused` the orchestrator's refusal of
         the connection raised (:meth:`run` and :meth:`join` raise it too);
         ``None`` otherwise."""
+        if self._forked_from is not None:
+            return None
         return self._failure if self._done.is_set() else None
 
     # -- lifecycle --------------------------------------------------------
@@ -723,6 +730,7 @@ class Worker:
         options are invalid, :class:`WorkerError` when already started.
         """
         with self._lock:
+            self._refuse_if_forked("start()")
             if self._rt is not None:
                 raise _native.WorkerError("this worker was already started")
             self._wrap_handlers()
@@ -777,7 +785,7 @@ class Worker:
         :meth:`join` (or :meth:`run`) to wait for the end.
         """
         rt = self._rt
-        if rt is not None:
+        if rt is not None and self._forked_from is None:
             self._stopping = True
             rt.stop()
 
@@ -789,7 +797,7 @@ class Worker:
         Raises :class:`~tasker_core.WorkerRefused` when the worker stopped
         because the orchestrator refused its connection (see
         :attr:`failure`)."""
-        if self._rt is None:
+        if self._rt is None or self._forked_from is not None:
             return True
         if threading.current_thread() in self._pumps:
             raise _native.WorkerError("join() called from a handler would wait for itself")
@@ -811,6 +819,7 @@ class Worker:
         to change, and no retry would help. Raises :class:`WorkerError` on a
         worker that has stopped: a worker runs once (make a new one).
         """
+        self._refuse_if_forked("run()")
         if self._rt is not None and self._done.is_set():
             # Returning at once, as it did, made a supervisor's
             # `while True: worker.run()` spin.
@@ -839,6 +848,15 @@ class Worker:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+    def _refuse_if_forked(self, call: str) -> None:
+        if self._forked_from is not None:
+            raise _native.WorkerError(
+                f"{call} on a Worker started in process {self._forked_from}, which this "
+                "process was forked from: its connection and threads stay in that process. "
+                "Start a Worker in this process after the fork (gunicorn: in post_fork, or "
+                "without --preload)"
+            )
 
     def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         # Runs between two bytecodes of the main thread, which may hold any
@@ -981,6 +999,20 @@ class Worker:
         else:
             log.info("worker %s stopped", rt.worker_id)
         self._done.set()
+
+
+def _after_fork_in_child() -> None:
+    # A started worker's threads and connection are not copied by fork():
+    # in the child its copy serves nothing. Waiting for it at exit held
+    # every forked child (gunicorn --preload's web workers) for the drain
+    # time, and stop()/join()/run() on it waited for good.
+    parent = os.getppid()
+    for worker in list(_live_workers):
+        worker._forked_from = parent
+    _live_workers.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register
