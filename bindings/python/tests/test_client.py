@@ -549,6 +549,17 @@ def test_errors_pickle_with_their_attributes(client: Client) -> None:
     assert copy.closest == "pipeline" and copy.status == 422
 
 
+def test_a_client_pickles_to_one_that_reaches_the_same_server(client: Client) -> None:
+    # A multiprocessing Pool or Process is handed its arguments pickled; a
+    # client failed there ("cannot pickle 'SSLContext' object").
+    slow = Client(client.url, "pickled-token-0123456789", timeout=7.5)
+    copy = pickle.loads(pickle.dumps(slow))
+    assert (copy.url, copy.timeout, repr(copy)) == (slow.url, 7.5, repr(slow))
+    same = pickle.loads(pickle.dumps(client))
+    task = same.submit("pipeline", {"n": 1}).wait(timeout=30)
+    assert task.status == "complete", task
+
+
 def test_wait_timeout_carries_the_task(client: Client) -> None:
     handle = client.submit("slow", {"sleep_ms": 2000})
     started = time.monotonic()

@@ -372,9 +372,13 @@ pub fn parse_api_token(token: &str) -> Result<String, String> {
 ///     "https://tasks.example.com"
 /// );
 /// assert!(parse_api_url("ftp://tasks.example.com").is_err());
+/// assert!(parse_api_url("http://").unwrap_err().starts_with("http://: "));
 /// ```
 pub fn parse_api_url(url: &str) -> Result<String, String> {
-    let url = url.trim().trim_end_matches('/');
+    // Errors quote it as given: without its trailing slashes `http://`
+    // was quoted as `http:`.
+    let given = url.trim();
+    let url = given.trim_end_matches('/');
     const EXPECTED: &str = "expected http://HOST:PORT, or https://HOST[:PORT] for a TLS proxy";
     // Schemes are case-insensitive (RFC 3986 §3.1).
     let lower = url.to_ascii_lowercase();
@@ -383,7 +387,7 @@ pub fn parse_api_url(url: &str) -> Result<String, String> {
     } else if lower.starts_with("http://") {
         ("http", &url["http://".len()..])
     } else if url.contains("://") {
-        return Err(format!("{url}: {EXPECTED}"));
+        return Err(format!("{given}: {EXPECTED}"));
     } else {
         ("http", url)
     };
@@ -403,7 +407,7 @@ pub fn parse_api_url(url: &str) -> Result<String, String> {
     let valid_authority =
         !authority.is_empty() && !authority.contains(['@', '?', '#', ' ']) && host_and_port_ok;
     if !valid_authority {
-        return Err(format!("{url}: {EXPECTED}"));
+        return Err(format!("{given}: {EXPECTED}"));
     }
     // Every call's path starts with /v1: a base ending in it made every
     // call a 404 for /v1/v1/....
@@ -454,14 +458,25 @@ pub const DEFAULT_STORE: &str = "sqlite:tasker-data/tasker.db";
 pub const NON_KEY_VARIABLES: &[&str] = &["TASKER_CONFIG", "TASKER_ENV", "TASKER_LOG_FORMAT"];
 
 /// The valid key closest to `key`, when it is close enough to be what was
-/// meant (a typo, not another setting altogether).
+/// meant: a typo, or the key without its first words when one key alone
+/// ends that way (`capacity` for `worker_capacity`: `TASKER_CAPACITY=3`
+/// was ignored, the capacity left at 8), not another setting altogether.
 pub fn closest_key(key: &str) -> Option<&'static str> {
     let key = key.to_ascii_lowercase();
-    KEYS.iter()
+    let typo = KEYS
+        .iter()
         .map(|k| (strsim::levenshtein(&key, k), *k))
         .filter(|(distance, k)| *distance <= (k.len() / 4).max(2))
         .min_by_key(|(distance, _)| *distance)
-        .map(|(_, k)| k)
+        .map(|(_, k)| k);
+    typo.or_else(|| {
+        let tail = format!("_{key}");
+        let mut ending = KEYS.iter().filter(|k| k.ends_with(&tail));
+        match (ending.next(), ending.next()) {
+            (Some(k), None) => Some(*k),
+            _ => None,
+        }
+    })
 }
 
 /// The name among `names` closest to `name`, when it is close enough to be
@@ -1217,6 +1232,14 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("did you mean `worker_capacity`"), "{err}");
+
+        // The key without its first word, when one key alone ends so.
+        let sources = Sources::with_vars(vars(&[("TASKER_CAPACITY", "3")]));
+        let err = TaskerConfig::resolve(&sources).unwrap_err().to_string();
+        assert!(err.contains("did you mean `worker_capacity`"), "{err}");
+        assert_eq!(closest_key("token"), Some("api_token"));
+        assert_eq!(closest_key("file"), None, "three keys end in _file");
+        assert_eq!(closest_key("bin"), None);
 
         let err = TaskerConfig::from_yaml_str("test:\n  batch_sise: 5\n", "test", vec![])
             .unwrap_err()

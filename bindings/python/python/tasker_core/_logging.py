@@ -37,9 +37,13 @@ _loggers: Dict[str, logging.Logger] = {}
 
 def _rust_level(level: Union[int, str]) -> str:
     if isinstance(level, str):
-        level = logging.getLevelName(level.upper())
-        if not isinstance(level, int):
-            raise ValueError(f"unknown log level {level!r}")
+        number = logging.getLevelName(level.upper())
+        if not isinstance(number, int):
+            raise ValueError(
+                f"unknown log level {level!r}: one of DEBUG, INFO, WARNING, ERROR, CRITICAL "
+                "(or a number)"
+            )
+        level = number
     if level <= 5:
         return "trace"
     if level <= logging.DEBUG:

@@ -89,6 +89,7 @@ from typing import (
     Type,
     TypeVar,
     Union,
+    cast,
 )
 
 from . import _native
@@ -310,7 +311,7 @@ class Task:
     task_id: int
     workflow: str
     #: ``running``, ``complete``, ``failed`` or ``cancelled``.
-    status: str
+    status: TaskStatus
     #: Whether a cancel was requested (the task stops dispatching).
     cancel_requested: bool
     idempotency_key: Optional[str]
@@ -351,7 +352,7 @@ class TaskSummary:
 
     task_id: int
     workflow: str
-    status: str
+    status: TaskStatus
     cancel_requested: bool
     idempotency_key: Optional[str]
     started_at: datetime
@@ -439,6 +440,11 @@ def _str(value: Any) -> str:
     return value
 
 
+def _status(value: Any) -> TaskStatus:
+    # Not checked against the four: a newer server's status still reads.
+    return cast(TaskStatus, _str(value))
+
+
 def _int(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"expected an integer, got {type(value).__name__}")
@@ -490,7 +496,7 @@ def _task(value: Any) -> Task:
     return Task(
         task_id=_int(raw["task_id"]),
         workflow=_str(raw["workflow"]),
-        status=_str(raw["status"]),
+        status=_status(raw["status"]),
         cancel_requested=bool(raw["cancel_requested"]),
         idempotency_key=_opt_str(raw.get("idempotency_key")),
         context=context if isinstance(context, dict) else {},
@@ -507,7 +513,7 @@ def _summary(value: Any) -> TaskSummary:
     return TaskSummary(
         task_id=_int(raw["task_id"]),
         workflow=_str(raw["workflow"]),
-        status=_str(raw["status"]),
+        status=_status(raw["status"]),
         cancel_requested=bool(raw["cancel_requested"]),
         idempotency_key=_opt_str(raw.get("idempotency_key")),
         started_at=_time(raw["started_at"]),
@@ -1098,6 +1104,15 @@ class Client:
 
     def __repr__(self) -> str:
         return f"Client(url={self.url!r}, token={'set' if self._core.token else 'none'})"
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # Pickled as what it was made with, so that it can be handed to a
+        # multiprocessing worker or a Process (pickling its SSL context
+        # failed, for an http:// URL too). The token travels with it.
+        return (Client, (self.url, self._core.token), {"_timeout": self.timeout})
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self._core.timeout = state["_timeout"]
 
     def submit(
         self,
