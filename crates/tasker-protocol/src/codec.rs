@@ -234,14 +234,14 @@ pub fn json_error_reason(error: &serde_json::Error, text: &[u8]) -> String {
             .to_string()
     } else if message.starts_with("recursion limit exceeded") {
         // The text may be valid JSON; it is deeper than anyone here reads.
-        format!("nested more than {JSON_PARSE_DEPTH} levels deep, more than is read ({message})")
+        format!("nested {JSON_PARSE_DEPTH} levels deep or more, more than is read ({message})")
     } else {
         message
     }
 }
 
-/// How deep serde_json parses arrays and objects before it gives up
-/// ("recursion limit exceeded").
+/// How deep serde_json's parse of arrays and objects gives up ("recursion
+/// limit exceeded"): at this level, so 127 levels are read.
 const JSON_PARSE_DEPTH: usize = 128;
 
 /// The top-level fields of a body, each left as its JSON text: read

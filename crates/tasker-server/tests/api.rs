@@ -1052,9 +1052,12 @@ async fn with_tokens_every_route_but_healthz_needs_a_listed_bearer_token() {
         "send one Authorization header, not several",
         None,
     );
+    // The scheme in any case (RFC 9110 §11.1): `BEARER` was refused.
     for token in [
         "Bearer ci-token-0123456789abcdef",
         "Bearer ops-token-0123456789abcdef",
+        "BEARER ci-token-0123456789abcdef",
+        "bEaReR ops-token-0123456789abcdef",
     ] {
         let (status, body) = answer(get(Some(token), "/v1/workflows").await.unwrap()).await;
         assert_eq!(status, StatusCode::OK, "{body}");

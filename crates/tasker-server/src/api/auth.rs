@@ -263,9 +263,11 @@ pub(crate) async fn require_token(
              a token never does",
             INVALID_REQUEST,
         ),
+        // The scheme's name is case-insensitive (RFC 9110 §11.1).
         Some(Some(value)) => match value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
+            .get(..7)
+            .filter(|scheme| scheme.eq_ignore_ascii_case("bearer "))
+            .map(|_| &value[7..])
         {
             None => (
                 "the Authorization header must be `Bearer TOKEN`",

@@ -253,7 +253,7 @@ pub fn parse_body<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, Pro
             // serde_json's syntax errors say where (line, column), never what.
             let reason = tasker_protocol::codec::json_error_reason(&e, bytes);
             // Too deep may still be valid JSON: not called malformed then.
-            let detail = if reason.starts_with("nested more than") {
+            let detail = if reason.starts_with("nested ") {
                 format!("the body is {reason}")
             } else if e.is_data() {
                 // Valid JSON that repeats a key (see `UniqueKeys`).
@@ -874,7 +874,7 @@ mod tests {
         assert_eq!(p.status, 400);
         assert!(
             p.detail
-                .starts_with("the body is nested more than 128 levels deep, more than is read"),
+                .starts_with("the body is nested 128 levels deep or more, more than is read"),
             "{}",
             p.detail
         );
