@@ -28,6 +28,51 @@ class TestProcesses < Minitest::Test
     assert_operator pids.size, :>=, 2, "the work was shared (#{pids})"
   end
 
+  # Puma's and Unicorn's workers are forks: the child has a copy of a
+  # started worker but none of its threads. It said :connected while
+  # nothing served, and its #run and #wait never returned.
+  def test_a_worker_started_before_a_fork_is_stopped_in_the_child_and_one_started_there_serves
+    endpoint = free_endpoint
+    pid, out = spawn_worker(<<~RUBY, endpoint: endpoint)
+      require "timeout"
+      $stdout.sync = true
+      parent = TaskerCore::Worker.new(endpoint: ENDPOINT, heartbeat_interval_ms: 200)
+      parent.handle("elsewhere") { |_step| nil }
+      parent.start
+      sleep 0.01 until parent.state == :connected
+      child = fork do
+        puts "state \#{parent.state} \#{parent.stopped?} \#{parent.wait(0)}"
+        begin
+          parent.run
+        rescue TaskerCore::Error => e
+          puts "run refused: \#{e.message}"
+        end
+        served = Queue.new
+        worker = TaskerCore::Worker.new(endpoint: ENDPOINT, heartbeat_interval_ms: 200)
+        worker.handle("echo") { |_step| served << true; { "pid" => Process.pid } }
+        worker.start
+        puts "served \#{Timeout.timeout(20) { served.pop }}"
+        worker.stop
+        worker.wait(15)
+      end
+      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      Process.wait(child)
+      puts "child exited \#{$?.exitstatus} after \#{(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).round(1)}"
+      parent.stop
+      puts "parent stopped \#{parent.wait(15)}"
+    RUBY
+    run = dispatch([step(1, "echo")], endpoint: endpoint, workers: 2)
+    assert_equal "state stopped true true", read_line(out)
+    refused = read_line(out)
+    assert_match(/\Arun refused: run on a Worker started in process \d+, which this process was forked from/, refused)
+    assert_includes refused, "after the fork"
+    assert_equal "served true", read_line(out)
+    assert_equal "completed", run.results.fetch(1)["status"]
+    assert_match(/\Achild exited 0 after /, read_line(out))
+    assert_equal "parent stopped true", read_line(out)
+    assert_predicate wait_exit(pid, timeout: 20), :success?
+  end
+
   def test_a_worker_killed_mid_batch_loses_only_its_steps
     endpoint = free_endpoint
     stuck, stuck_out = spawn_worker(<<~RUBY, endpoint: endpoint)

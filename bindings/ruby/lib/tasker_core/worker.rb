@@ -118,6 +118,7 @@ module TaskerCore
       @stopped = false
       @done_mutex = Mutex.new
       @done = ConditionVariable.new
+      @forked_from = nil
     end
 
     # Registers a block as the handler of `name`. The block gets a {Step}
@@ -240,6 +241,8 @@ module TaskerCore
     # @return [Symbol] `:idle` (not started), `:connecting`, `:connected`,
     #   `:draining` or `:stopped`
     def state
+      return :stopped if @forked_from
+
       @native ? @native.state.to_sym : :idle
     end
 
@@ -250,6 +253,7 @@ module TaskerCore
     # @raise [WorkerError, ConfigError] when the runtime refuses to start
     def start
       @mutex.synchronize do
+        refuse_if_forked("start")
         raise Error, "worker already started" if @native
         raise Error, "no handlers registered: call #handle or #register first" if @handlers.empty?
 
@@ -259,6 +263,7 @@ module TaskerCore
         @native = Native::Runtime.new(@config.to_h, @handlers.keys, @capacity, @worker_id, @limits)
         @pool = Array.new(@threads) { |i| spawn_thread("tasker-worker-#{i}") { pump } }
         @watcher = spawn_thread("tasker-watch") { watch }
+        Worker.started(self)
       end
       @logger&.info("tasker_core") do
         # "connecting", as in Python and Node: the orchestrator may still
@@ -291,6 +296,7 @@ module TaskerCore
     # @raise [Error] when the worker has stopped already
     # @raise [Exception] what killed a handler thread, if something did
     def run(trap_signals: true)
+      refuse_if_forked("run")
       if @native && stopped?
         # Returning at once, as it did, made a supervisor's
         # `loop { worker.run }` spin.
@@ -315,12 +321,14 @@ module TaskerCore
     #
     # @return [self]
     def stop
-      @native&.stop
+      @native&.stop unless @forked_from
       self
     end
 
     # @return [Boolean] whether the worker has stopped and its threads ended
     def stopped?
+      return true if @forked_from
+
       @done_mutex.synchronize { @stopped }
     end
 
@@ -336,6 +344,7 @@ module TaskerCore
     # @raise [Exception] what killed a handler thread, if something did
     def wait(timeout = nil)
       raise Error, "worker not started" unless @native
+      return true if @forked_from
 
       timeout = Native.wait_seconds(timeout)
       deadline = timeout && monotonic + timeout
@@ -354,7 +363,47 @@ module TaskerCore
       true
     end
 
+    @started = ObjectSpace::WeakMap.new
+
+    class << self
+      # @api private
+      def started(worker)
+        @started[worker] = true
+      end
+
+      # Called in the child of a fork: `fork` copies none of a started
+      # worker's threads or its connection, so in the child its copy said
+      # `:connected` while nothing served, and #run and #wait never
+      # returned. Each is marked, and answers as a stopped worker does.
+      # @api private
+      def forked
+        parent = Process.ppid
+        @started.each_key { |worker| worker.instance_variable_set(:@forked_from, parent) }
+        @started = ObjectSpace::WeakMap.new
+        nil
+      end
+    end
+
+    # Ruby 3.1's hook around every fork (Kernel#fork, Process.fork, and so
+    # Puma's and Unicorn's workers).
+    module ForkHook
+      def _fork
+        pid = super
+        TaskerCore::Worker.forked if pid.zero?
+        pid
+      end
+    end
+    Process.singleton_class.prepend(ForkHook) if Process.respond_to?(:_fork)
+
     private
+
+    def refuse_if_forked(call)
+      return unless @forked_from
+
+      raise Error, "#{call} on a Worker started in process #{@forked_from}, which this process was " \
+                   "forked from: its connection and threads stay in that process. Start a Worker in " \
+                   "this process after the fork (Puma: in on_worker_boot; Unicorn: in after_fork)"
+    end
 
     # The range rules are Rust's (Native.handler_threads).
     # An Integer, as given: `Integer("8")` would take a String, and

@@ -3,6 +3,7 @@
 //! steps it hands out are [`Step`]s.
 
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,8 +21,24 @@ use crate::step::{self, Step};
 /// The Rust worker runtime, owned by a Ruby object.
 #[magnus::wrap(class = "TaskerCore::Native::Runtime", free_immediately, size)]
 pub struct Runtime {
-    inner: Arc<WorkerRuntime>,
+    inner: ManuallyDrop<Arc<WorkerRuntime>>,
     worker_id: Arc<str>,
+    /// The process that started it (see `Drop`).
+    pid: u32,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // In a child forked from the process that started the runtime, its
+        // threads do not exist, and a lock one of them held at the fork
+        // stays held: stopping it there could wait for good. Its memory is
+        // left as it is; the child's exit returns it.
+        if std::process::id() == self.pid {
+            // SAFETY: `inner` is dropped once, here, and not used after:
+            // this is the last use of `self`.
+            unsafe { ManuallyDrop::drop(&mut self.inner) }
+        }
+    }
 }
 
 impl Runtime {
@@ -46,8 +63,9 @@ impl Runtime {
         let inner = WorkerRuntime::start(options).map_err(errors::worker)?;
         let worker_id = Arc::from(inner.worker_id());
         Ok(Self {
-            inner: Arc::new(inner),
+            inner: ManuallyDrop::new(Arc::new(inner)),
             worker_id,
+            pid: std::process::id(),
         })
     }
 
