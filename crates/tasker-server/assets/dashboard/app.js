@@ -544,7 +544,7 @@
         card('Graph', h('div', { class: 'card-body' }, dag)),
         card('Timeline', h('div', { class: 'card-body' }, timeline,
           h('div', { class: 'legend' },
-            [['completed', 'completed'], ['failed', 'failed'], ['retry_wait', 'failed, retried'], ['running', 'running'], ['cancelled', 'cancelled']]
+            [['completed', 'completed'], ['failed', 'failed'], ['retry_wait', 'failed, retried'], ['running', 'running'], ['waiting', 'taken back, sent again'], ['cancelled', 'cancelled']]
               .map(([cls, label]) => h('span', null, h('i', { class: 'sw-' + cls }), label)),
             h('span', null, h('i', { class: 'hatch' }), 'backoff')))),
         h('div', { class: 'two-col' },
@@ -877,8 +877,10 @@
             s('title', { text: step.name + ': backoff ' + duration(b.end - b.start) })));
         }
         for (const a of lane.attempts) {
-          const cls = ['completed', 'failed', 'retry_wait', 'running', 'cancelled'].includes(a.outcome) ? a.outcome : 'other';
-          const what = a.outcome === 'retry_wait' ? 'failed, retried' : a.outcome === 'other' ? 'ended' : a.outcome;
+          const cls = ['completed', 'failed', 'retry_wait', 'running', 'cancelled', 'waiting'].includes(a.outcome) ? a.outcome : 'other';
+          const what = a.outcome === 'retry_wait' ? 'failed, retried'
+            : a.outcome === 'waiting' ? 'taken back unstarted, sent again'
+            : a.outcome === 'other' ? 'ended' : a.outcome;
           svg.append(s('rect', {
             class: 'bar-' + cls, 'data-testid': 'attempt-bar', 'data-step': step.name, 'data-attempt': a.attempt, 'data-outcome': a.outcome,
             x: x(a.start), y: mid, width: Math.max(3, x(a.end) - x(a.start)), height: this.barH, rx: 3,
