@@ -231,10 +231,25 @@ fn check_json_content_type(value: Option<&header::HeaderValue>) -> Result<(), Pr
         .to_ascii_lowercase();
     let json = essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"));
-    if json {
-        Ok(())
-    } else {
-        Err(problem(&format!("`{}`", quote(text))))
+    if !json {
+        return Err(problem(&format!("`{}`", quote(text))));
+    }
+    // JSON text is UTF-8 (RFC 8259 §8.1); a body said to be in another
+    // charset was read as UTF-8 anyway, its Latin-1 bytes refused as
+    // malformed or, all ASCII, taken.
+    let charset = text.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| value.trim().trim_matches('"').to_ascii_lowercase())
+    });
+    match charset.as_deref() {
+        None | Some("utf-8") | Some("utf8") => Ok(()),
+        Some(_) => Err(Problem::new(
+            ProblemKind::UnsupportedMediaType,
+            format!("Content-Type: JSON is sent in UTF-8, got `{}`", quote(text)),
+        )
+        .with_field("Content-Type")),
     }
 }
 
@@ -994,6 +1009,16 @@ mod tests {
             "application/merge-patch+json"
         )))
         .is_ok());
+        assert!(check_json_content_type(Some(&HeaderValue::from_static(
+            "application/json; charset=UTF-8"
+        )))
+        .is_ok());
+        let latin = check_json_content_type(Some(&HeaderValue::from_static(
+            "application/json;charset=latin1",
+        )))
+        .unwrap_err();
+        assert_eq!(latin.status, 415);
+        assert!(latin.detail.contains("UTF-8"), "{}", latin.detail);
         let p = check_json_content_type(Some(&HeaderValue::from_static("text/plain"))).unwrap_err();
         assert_eq!(p.status, 415);
         assert_eq!(
