@@ -148,15 +148,7 @@ impl Converter {
             if depth >= self.max_depth {
                 return Err(too_deep());
             }
-            let mut map = Map::new();
-            for (key, item) in dict.iter() {
-                let key = dict_key(&key)?;
-                let value = self
-                    .convert(&item, depth + 1)
-                    .map_err(|e| e.under(format!("[{key:?}]")))?;
-                map.insert(key, value);
-            }
-            return Ok(Value::Object(map));
+            return self.object(dict.iter().map(Ok), depth);
         }
         if let Ok(list) = obj.cast::<PyList>() {
             if depth >= self.max_depth {
@@ -178,34 +170,23 @@ impl Converter {
         // or a `MappingProxyType` passed the type checkers and then failed
         // its step every time. Looked for last, so plain outputs pay nothing.
         let py = obj.py();
+        let failed =
+            |e: PyErr| ConvertError::new(format!("{} could not be read: {e}", type_name(obj)));
         let abc = |cell: &'static PyOnceLock<Py<PyType>>, name: &str| {
             cell.import(py, "collections.abc", name)
                 .and_then(|ty| obj.is_instance(ty))
-                .map_err(|e| {
-                    ConvertError::new(format!("{} could not be read: {e}", type_name(obj)))
-                })
+                .map_err(failed)
         };
-        let failed =
-            |e: PyErr| ConvertError::new(format!("{} could not be read: {e}", type_name(obj)));
         if abc(&MAPPING, "Mapping")? {
             if depth >= self.max_depth {
                 return Err(too_deep());
             }
-            let mut map = Map::new();
-            for pair in obj
+            let pairs = obj
                 .call_method0("items")
                 .and_then(|i| i.try_iter())
                 .map_err(failed)?
-            {
-                let (key, item): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
-                    pair.and_then(|p| p.extract()).map_err(failed)?;
-                let key = dict_key(&key)?;
-                let value = self
-                    .convert(&item, depth + 1)
-                    .map_err(|e| e.under(format!("[{key:?}]")))?;
-                map.insert(key, value);
-            }
-            return Ok(Value::Object(map));
+                .map(|pair| pair.and_then(|p| p.extract()).map_err(failed));
+            return self.object(pairs, depth);
         }
         // Bytes are a Sequence of ints, and not what JSON text means by them.
         let bytes_like = obj.cast::<PyBytes>().is_ok()
@@ -226,6 +207,24 @@ impl Converter {
             "object of type {} is not JSON-serialisable",
             type_name(obj)
         )))
+    }
+
+    /// A JSON object of `pairs` (key, value), each value `depth + 1` deep.
+    fn object<'py>(
+        &self,
+        pairs: impl Iterator<Item = Result<(Bound<'py, PyAny>, Bound<'py, PyAny>), ConvertError>>,
+        depth: u32,
+    ) -> Result<Value, ConvertError> {
+        let mut map = Map::new();
+        for pair in pairs {
+            let (key, item) = pair?;
+            let key = dict_key(&key)?;
+            let value = self
+                .convert(&item, depth + 1)
+                .map_err(|e| e.under(format!("[{key:?}]")))?;
+            map.insert(key, value);
+        }
+        Ok(Value::Object(map))
     }
 
     fn sequence<'py>(

@@ -99,6 +99,21 @@ fn worker(endpoint: &str, calls: &Calls) -> RunningWorker {
         .unwrap()
 }
 
+/// Reads `events` (at most 5 s each) until one that `wanted` accepts.
+async fn until_event(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<TaskEvent>,
+    what: &str,
+    wanted: impl Fn(&TaskEvent) -> bool,
+) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Some(event)) if wanted(&event) => return,
+            Ok(Some(_)) => continue,
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}
+
 async fn rig() -> Rig {
     let executor = Arc::new(ZmqPubSubExecutor::start(&config()).unwrap());
     let calls: Calls = Arc::default();
@@ -128,6 +143,18 @@ impl Rig {
             .filter(|(n, _, _)| n == name)
             .map(|(_, a, t)| (*a, *t))
             .collect()
+    }
+
+    /// Waits (at most 5 s) until step `name`'s handler has been called.
+    async fn until_handler_runs(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.attempts_of(name).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "step {name} never reached its handler"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     async fn close(self) {
@@ -362,21 +389,11 @@ async fn cancelling_stops_dispatch_and_lets_running_steps_finish() {
     let mut events = task.events().unwrap();
     // Cancel once the first step runs at the worker: a step still queued
     // in the executor would be withdrawn instead (the next test).
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
-            Ok(Some(TaskEvent::Dispatched { .. })) => break,
-            Ok(Some(_)) => continue,
-            other => panic!("no dispatch: {other:?}"),
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while rig.attempts_of("a").is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "step a never reached its handler"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_event(&mut events, "no dispatch", |e| {
+        matches!(e, TaskEvent::Dispatched { .. })
+    })
+    .await;
+    rig.until_handler_runs("a").await;
     task.cancel();
     let report = task.wait().await;
     assert_eq!(report.status, TaskStatus::Cancelled);
@@ -403,18 +420,13 @@ async fn a_task_cancelled_after_a_step_failed_for_good_ends_failed() {
     // batch's results together, and the failure would arrive with audit's.
     let mut task = rig.engine.start(t, json!({}));
     let mut events = task.events().unwrap();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
-            Ok(Some(TaskEvent::Failed { step, .. })) if step == "charge" => break,
-            Ok(Some(_)) => continue,
-            other => panic!("charge never failed: {other:?}"),
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while rig.attempts_of("audit").is_empty() {
-        assert!(Instant::now() < deadline, "audit never reached its handler");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_event(
+        &mut events,
+        "charge never failed",
+        |e| matches!(e, TaskEvent::Failed { step, .. } if step == "charge"),
+    )
+    .await;
+    rig.until_handler_runs("audit").await;
     task.cancel();
     let report = task.wait().await;
     assert_eq!(report.status, TaskStatus::Failed, "{report:#?}");
@@ -435,13 +447,10 @@ async fn cancelling_withdraws_a_step_no_worker_has_taken_at_once() {
     );
     let mut task = rig.engine.start(t, json!({}));
     let mut events = task.events().unwrap();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
-            Ok(Some(TaskEvent::Dispatched { .. })) => break,
-            Ok(Some(_)) => continue,
-            other => panic!("no dispatch: {other:?}"),
-        }
-    }
+    until_event(&mut events, "no dispatch", |e| {
+        matches!(e, TaskEvent::Dispatched { .. })
+    })
+    .await;
     let cancelled_at = Instant::now();
     task.cancel();
     let report = task.wait().await;

@@ -885,22 +885,18 @@ async fn a_store_a_newer_tasker_migrated_is_refused_in_words_that_say_so(db: Tes
     const FUTURE: &str = "INSERT INTO _sqlx_migrations \
         (version, description, success, checksum, execution_time) \
         VALUES (999, 'from a newer tasker', TRUE, $1, 0)";
+    macro_rules! insert_future {
+        ($pool:ty) => {{
+            let pool = <$pool>::connect(&db.url).await.unwrap();
+            let query = sqlx::query(FUTURE).bind(vec![0u8]);
+            query.execute(&pool).await.unwrap();
+            pool.close().await;
+        }};
+    }
     if db.url.starts_with("sqlite:") {
-        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
-        sqlx::query(FUTURE)
-            .bind(vec![0u8])
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
+        insert_future!(sqlx::SqlitePool);
     } else {
-        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-        sqlx::query(FUTURE)
-            .bind(vec![0u8])
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
+        insert_future!(sqlx::PgPool);
     }
     let refused = match tasker_store::Store::open(&db.url).await {
         Err(e) => e,
