@@ -1124,6 +1124,22 @@ async fn without_tokens_only_requests_for_localhost_or_an_ip_address_are_answere
             );
         }
     }
+    // Without a Host there was nothing to check, and it was answered.
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET /v1/tasks HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("must carry a Host header"), "{answer}");
     api.stop().await;
 }
 

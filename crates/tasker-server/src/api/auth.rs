@@ -192,6 +192,13 @@ pub(crate) async fn require_local_host(request: Request, next: Next) -> Response
             )
             .into_response()
         }
+        // Required of HTTP/1.1 (RFC 9112 §3.2); without it the check above
+        // had nothing to check and let the request through.
+        None if request.version() == axum::http::Version::HTTP_11 => Problem::new(
+            ProblemKind::Other(axum::http::StatusCode::BAD_REQUEST),
+            "an HTTP/1.1 request must carry a Host header (RFC 9112 §3.2)",
+        )
+        .into_response(),
         _ => next.run(request).await,
     }
 }
