@@ -173,10 +173,23 @@ impl Converter {
         let failed =
             |e: PyErr| ConvertError::new(format!("{} could not be read: {e}", type_name(obj)));
         let abc = |cell: &'static PyOnceLock<Py<PyType>>, name: &str| {
-            cell.import(py, "collections.abc", name)
+            let module = if name == "UserString" {
+                "collections"
+            } else {
+                "collections.abc"
+            };
+            cell.import(py, module, name)
                 .and_then(|ty| obj.is_instance(ty))
                 .map_err(failed)
         };
+        // A Sequence whose items are of its own type, one character each:
+        // read as the sequence it is, it nested without end.
+        if abc(&USER_STRING, "UserString")? {
+            return obj
+                .str()
+                .and_then(|s| s.to_cow().map(|s| Value::String(s.into_owned())))
+                .map_err(failed);
+        }
         if abc(&MAPPING, "Mapping")? {
             if depth >= self.max_depth {
                 return Err(too_deep());
@@ -277,6 +290,7 @@ static DECIMAL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static UUID: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static MAPPING: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static SEQUENCE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static USER_STRING: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// The JSON text of a value of a type JSON lacks but whose text form is
 /// standard, or `None` when `obj` is none of them (instances of subclasses

@@ -558,6 +558,11 @@ def test_a_client_pickles_to_one_that_reaches_the_same_server(client: Client) ->
     same = pickle.loads(pickle.dumps(client))
     task = same.submit("pipeline", {"n": 1}).wait(timeout=30)
     assert task.status == "complete", task
+    lazy = AsyncClient(client.url, "pickled-token-0123456789", timeout=4.0, max_threads=3)
+    again = pickle.loads(pickle.dumps(lazy))
+    assert (again.url, again.timeout, again._pool._max_workers) == (client.url, 4.0, 3)
+    asyncio.run(lazy.aclose())
+    asyncio.run(again.aclose())
 
 
 def test_wait_timeout_carries_the_task(client: Client) -> None:

@@ -34,6 +34,9 @@ def test_any_mapping_or_sequence_is_an_object_or_an_array_as_the_type_hints_say(
         "userdict": (collections.UserDict({"k": range(2)}), {"k": [0, 1]}),
         "mappingproxy": (types.MappingProxyType({"n": {"m": None}}), {"n": {"m": None}}),
         "chainmap": (collections.ChainMap({"a": 1}, {"a": 2, "b": 3}), {"a": 1, "b": 3}),
+        # A Sequence of its own kind, a character each: a string, not an
+        # array nested without end.
+        "userstring": (collections.UserString("hé"), "hé"),
     }
 
     def register(worker):

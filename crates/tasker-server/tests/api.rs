@@ -1760,9 +1760,18 @@ async fn a_store_locked_by_another_process_answers_503_long_before_a_clients_tim
     });
     locked.recv().unwrap();
     let asked = std::time::Instant::now();
-    let refused = api
-        .post_json("/v1/tasks", &json!({ "workflow": "echo_twice" }))
-        .await;
+    let create = api
+        .http
+        .post(api.url("/v1/tasks"))
+        .json(&json!({ "workflow": "echo_twice" }))
+        .send();
+    let create = tokio::spawn(async move { answer(create.await.unwrap()).await });
+    // While the create waits on the lock, no write goes through: a load
+    // balancer asking /readyz then should send creates elsewhere.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (ready, readiness) = api.get("/readyz").await;
+    assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE, "{readiness}");
+    let refused = create.await.unwrap();
     let took = asked.elapsed();
     assert_problem(&refused, 503, "store-unavailable", "", None);
     assert!(took < Duration::from_secs(15), "answered after {took:?}");
@@ -1774,5 +1783,7 @@ async fn a_store_locked_by_another_process_answers_503_long_before_a_clients_tim
     assert_eq!(status, StatusCode::CREATED, "{task}");
     let (_, page) = api.get("/v1/tasks").await;
     assert_eq!(page["tasks"].as_array().unwrap().len(), 1, "{page}");
+    let (ready, readiness) = api.get("/readyz").await;
+    assert_eq!(ready, StatusCode::OK, "{readiness}");
     api.stop().await;
 }

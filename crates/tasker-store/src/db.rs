@@ -130,6 +130,9 @@ impl Db {
             sqlx::migrate::MigrateError::VersionMissing(applied) => {
                 StoreError::NewerSchema { applied, known }
             }
+            sqlx::migrate::MigrateError::VersionMismatch(version) => {
+                StoreError::ForeignSchema { version }
+            }
             other => StoreError::Migrate(other),
         })?;
         // Said at each start, so that an upgrade's log shows whether it

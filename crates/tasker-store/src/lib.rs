@@ -118,6 +118,16 @@ pub enum StoreError {
         /// This build's newest migration.
         known: i64,
     },
+    /// A migration the store has differs from this build's of the same
+    /// number (a store made by another build of the same version).
+    #[error(
+        "the store's migration {version} is not this build's (a store made by another build of \
+         this version?): run the build that made it, or restore a backup"
+    )]
+    ForeignSchema {
+        /// The migration that differs.
+        version: i64,
+    },
     /// A stored row could not be read back (corrupt or from a newer version).
     #[error("stored data is not readable: {0}")]
     Corrupt(String),
@@ -173,6 +183,7 @@ impl StoreError {
             | StoreError::IdempotencyConflict { .. }
             | StoreError::Migrate(_)
             | StoreError::NewerSchema { .. }
+            | StoreError::ForeignSchema { .. }
             | StoreError::Corrupt(_)
             | StoreError::InUse(_)
             | StoreError::File(_) => false,
@@ -259,6 +270,11 @@ const QUEUE_DEPTH: usize = 16 * 1024;
 /// Tasks one purge transaction deletes at most, so that a large purge
 /// does not hold up commits.
 const PURGE_CHUNK: i64 = 1000;
+
+/// How long a group's transaction may take before the store is not
+/// [`writable`](Store::writable): a commit takes milliseconds, and one held
+/// on a lock makes every create wait.
+const STUCK_WRITE_MS: u64 = 2_000;
 
 fn lease_until(lease: Duration) -> i64 {
     now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
@@ -545,9 +561,16 @@ impl Store {
 
     /// Whether writes go through: true unless the writer's last group
     /// failed (a full disk, a database gone), in which case one small row
-    /// is written to find out whether they go through again. Reads may
-    /// still answer when writes do not, so a readiness check asks both.
+    /// is written to find out whether they go through again, or the group
+    /// in progress has waited more than 2 s. Reads may still answer when
+    /// writes do not, so a readiness check asks both.
     pub async fn writable(&self) -> bool {
+        // A write held this long (another process's lock on a SQLite file)
+        // has not failed yet, and for all that time nothing is written.
+        let since = self.inner.stats.writing_since_ms.load(Ordering::Relaxed);
+        if since != 0 && now_ms() as u64 > since + STUCK_WRITE_MS {
+            return false;
+        }
         if !self.inner.stats.failing.load(Ordering::Relaxed) {
             return true;
         }

@@ -395,6 +395,10 @@ pub(crate) struct Stats {
     /// Whether the last group failed: nothing is written until one goes
     /// through again (`/readyz` asks).
     pub failing: std::sync::atomic::AtomicBool,
+    /// When the transaction in progress began (ms since the epoch), 0
+    /// between transactions: one that waits on a lock is not failing yet,
+    /// but takes no writes either (`/readyz` asks).
+    pub writing_since_ms: AtomicU64,
     pub transitions: AtomicU64,
     pub tasks_created: AtomicU64,
     /// How long each group's transaction took (Prometheus).
@@ -409,6 +413,7 @@ impl Default for Stats {
             commits: AtomicU64::default(),
             calls: AtomicU64::default(),
             failing: Default::default(),
+            writing_since_ms: AtomicU64::default(),
             transitions: AtomicU64::default(),
             tasks_created: AtomicU64::default(),
             // 100 µs to about 6.5 s.
@@ -610,7 +615,12 @@ impl Writer {
     async fn write(&mut self, ops: Vec<(Request, Reply)>) {
         let (requests, replies): (Vec<Request>, Vec<Reply>) = ops.into_iter().unzip();
         let started = std::time::Instant::now();
-        match self.transact(&requests).await {
+        self.stats
+            .writing_since_ms
+            .store(crate::rows::now_ms().max(1) as u64, Ordering::Relaxed);
+        let written = self.transact(&requests).await;
+        self.stats.writing_since_ms.store(0, Ordering::Relaxed);
+        match written {
             Ok((outcomes, counts)) => {
                 if counts.epoch.is_some() {
                     self.epoch = counts.epoch;

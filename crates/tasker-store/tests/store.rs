@@ -885,19 +885,24 @@ async fn a_store_a_newer_tasker_migrated_is_refused_in_words_that_say_so(db: Tes
     const FUTURE: &str = "INSERT INTO _sqlx_migrations \
         (version, description, success, checksum, execution_time) \
         VALUES (999, 'from a newer tasker', TRUE, $1, 0)";
-    macro_rules! insert_future {
-        ($pool:ty) => {{
-            let pool = <$pool>::connect(&db.url).await.unwrap();
-            let query = sqlx::query(FUTURE).bind(vec![0u8]);
-            query.execute(&pool).await.unwrap();
-            pool.close().await;
+    macro_rules! execute {
+        ($sql:expr) => {{
+            macro_rules! on {
+                ($pool:ty) => {{
+                    let pool = <$pool>::connect(&db.url).await.unwrap();
+                    let query = sqlx::query($sql).bind(vec![0u8]);
+                    query.execute(&pool).await.unwrap();
+                    pool.close().await;
+                }};
+            }
+            if db.url.starts_with("sqlite:") {
+                on!(sqlx::SqlitePool);
+            } else {
+                on!(sqlx::PgPool);
+            }
         }};
     }
-    if db.url.starts_with("sqlite:") {
-        insert_future!(sqlx::SqlitePool);
-    } else {
-        insert_future!(sqlx::PgPool);
-    }
+    execute!(FUTURE);
     let refused = match tasker_store::Store::open(&db.url).await {
         Err(e) => e,
         Ok(_) => panic!("a store with a newer migration was opened"),
@@ -910,6 +915,17 @@ async fn a_store_a_newer_tasker_migrated_is_refused_in_words_that_say_so(db: Tes
     assert!(
         said.contains("migrated by a newer tasker") && said.contains("restore the backup"),
         "{said}"
+    );
+    // A migration of the same number that differs: another build's.
+    execute!("DELETE FROM _sqlx_migrations WHERE version = 999 OR checksum = $1");
+    execute!("UPDATE _sqlx_migrations SET checksum = $1 WHERE version = 1");
+    let refused = match tasker_store::Store::open(&db.url).await {
+        Err(e) => e,
+        Ok(_) => panic!("a store with another build's migration was opened"),
+    };
+    assert!(
+        matches!(refused, StoreError::ForeignSchema { version: 1 }),
+        "{refused:?}"
     );
 }
 

@@ -1109,10 +1109,7 @@ class Client:
         # Pickled as what it was made with, so that it can be handed to a
         # multiprocessing worker or a Process (pickling its SSL context
         # failed, for an http:// URL too). The token travels with it.
-        return (Client, (self.url, self._core.token), {"_timeout": self.timeout})
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self._core.timeout = state["_timeout"]
+        return (_client, (self._core.url, self._core.token, self._core.timeout))
 
     def submit(
         self,
@@ -1264,6 +1261,16 @@ class TaskHandle(_Handle["Client"]):
 # -- the asyncio client --------------------------------------------------------
 
 
+def _client(url: str, token: str, timeout: float) -> "Client":
+    """A pickled :class:`Client` made again."""
+    return Client(url, token, timeout=timeout)
+
+
+def _async_client(url: str, token: str, timeout: float, max_threads: int) -> "AsyncClient":
+    """A pickled :class:`AsyncClient` made again."""
+    return AsyncClient(url, token, timeout=timeout, max_threads=max_threads)
+
+
 class AsyncClient:
     """The :class:`Client`'s operations as coroutines, for asyncio.
 
@@ -1310,6 +1317,14 @@ class AsyncClient:
         """A client configured from a YAML file (section ``env``)."""
         return cls(
             url, token, config_path=path, env=env, timeout=timeout, max_threads=max_threads
+        )
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # As Client's: made again from what it was made with (its thread
+        # pool and SSL context cannot be pickled, nor need to be).
+        return (
+            _async_client,
+            (self._core.url, self._core.token, self._core.timeout, self._pool._max_workers),
         )
 
     @property
