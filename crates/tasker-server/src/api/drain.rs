@@ -21,7 +21,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
-use super::extract::{BODY_TIMEOUT, MAX_DRAINED_BYTES};
+use super::extract::{declared_length, BODY_TIMEOUT, MAX_DRAINED_BYTES};
 
 /// Serves `request`, then reads what is left of its body, up to
 /// [`MAX_DRAINED_BYTES`] and until [`BODY_TIMEOUT`] after it began, so
@@ -33,13 +33,8 @@ use super::extract::{BODY_TIMEOUT, MAX_DRAINED_BYTES};
 /// connection is closed as before.
 pub(crate) async fn drain_unread_body(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     if request.headers().contains_key(header::EXPECT)
-        || declared.is_some_and(|n| n > MAX_DRAINED_BYTES as u64)
+        || declared_length(request.headers()).is_some_and(|n| n > MAX_DRAINED_BYTES as u64)
         || request.body().is_end_stream()
     {
         return next.run(request).await;

@@ -160,7 +160,7 @@ fn body_too_slow() -> Problem {
 }
 
 /// The `Content-Length` the client declared, if it is a number.
-fn declared_length(headers: &header::HeaderMap) -> Option<u64> {
+pub(super) fn declared_length(headers: &header::HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
